@@ -1,0 +1,71 @@
+//! Error kinds shared by every layer, and the process exit code each one maps to.
+//!
+//! The exit codes are a stable contract for scripts; `docs/cli.md` lists them.
+
+use serde::{Deserialize, Serialize};
+
+/// What went wrong, coarsely: enough for a script to decide what to do next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    /// Bad command line or input (clap reports its own errors with the same code).
+    Usage,
+    /// The peer did not know the code, or someone guessed and failed.
+    WrongCode,
+    /// The receiver refused the offer (or the sender's peer did).
+    Refused,
+    /// Files to be written already exist at the destination.
+    Conflict,
+    /// A file's SHA-256 did not match, or a sealed record failed authentication.
+    Integrity,
+    /// The network failed or timed out; no peer found.
+    Network,
+    /// The peer broke the protocol (malformed, unexpected or unsafe messages).
+    Protocol,
+    /// Local storage: disk full, permission denied, other I/O errors.
+    Io,
+    /// The peer reported an error of its own.
+    Peer,
+    /// Anything else: a bug.
+    Internal,
+}
+
+impl ErrorKind {
+    /// The process exit code for this kind. 0 is success; 1 is never used for a known kind.
+    pub fn exit_code(self) -> u8 {
+        match self {
+            ErrorKind::Usage => 2,
+            ErrorKind::WrongCode => 3,
+            ErrorKind::Refused => 4,
+            ErrorKind::Conflict => 5,
+            ErrorKind::Integrity => 6,
+            ErrorKind::Network => 7,
+            ErrorKind::Protocol => 8,
+            ErrorKind::Io => 9,
+            ErrorKind::Peer => 10,
+            ErrorKind::Internal => 1,
+        }
+    }
+
+    /// The name used in `--json` error events.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::Usage => "usage",
+            ErrorKind::WrongCode => "wrong_code",
+            ErrorKind::Refused => "refused",
+            ErrorKind::Conflict => "conflict",
+            ErrorKind::Integrity => "integrity",
+            ErrorKind::Network => "network",
+            ErrorKind::Protocol => "protocol",
+            ErrorKind::Io => "io",
+            ErrorKind::Peer => "peer",
+            ErrorKind::Internal => "internal",
+        }
+    }
+}
+
+impl std::fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}

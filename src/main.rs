@@ -1,0 +1,3 @@
+fn main() -> std::process::ExitCode {
+    p2p_copy::cli::main()
+}

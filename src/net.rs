@@ -1,0 +1,3 @@
+//! Networking: QUIC endpoints and LAN discovery.
+
+pub mod discovery;

@@ -1,0 +1,3 @@
+//! The tokio driver around the protocol: file system and streams.
+
+pub mod fs;

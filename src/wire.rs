@@ -1,0 +1,3 @@
+//! Codecs for everything that crosses the network.
+
+pub mod discovery;
