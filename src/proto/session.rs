@@ -1,0 +1,513 @@
+//! The control-stream state machine of one side.
+//!
+//! Flow (S = sender, R = receiver; both run the same machine with their [`Role`]):
+//!
+//! 1. Both send `PAKE` at once ([`Session::new`] queues it).
+//! 2. On the peer's `PAKE`: finish SPAKE2, send `CONFIRM`.
+//! 3. On the peer's `CONFIRM`: check it (a mismatch is [`SessionError::WrongCode`]: nothing
+//!    else is sent), then send a sealed `Hello` with our certificate fingerprint and the
+//!    channel-binding MAC over the QUIC exporter.
+//! 4. On the peer's `Hello`: check the fingerprint against the certificate the QUIC layer saw
+//!    and the binding MAC; emit [`Event::Secured`].
+//! 5. S: [`Session::offer`] → `Offer`. R: emits [`Event::Offer`]; the application answers with
+//!    [`Session::accept`] or [`Session::refuse`]. S emits [`Event::Accepted`], or fails with
+//!    [`SessionError::Refused`].
+//! 6. Data flows on lanes ([`super::lane`]). S: [`Session::finish`] → `Finish(totals)`.
+//!    R: emits [`Event::Finished`]; after checking its lanes, [`Session::complete`] →
+//!    `Complete`. S emits [`Event::Completed`]. Both are done.
+//!
+//! Either side may send `Error` at any point after step 3 ([`Session::abort`]); the other
+//! fails with [`SessionError::Peer`]. Time comes in as `now`; the only timer is the handshake
+//! deadline (steps 1–4), exposed by [`Session::poll_timeout`].
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use rand::{CryptoRng, RngCore};
+
+use crate::code::Code;
+use crate::crypto::{CryptoError, Keys, Opener, Pake, Role, Sealer};
+use crate::error::ErrorKind;
+use crate::wire::control::{
+    Accept, Control, ErrorReport, Frame, Hello, Offer, Refuse, RefuseReason, Summary, VERSION,
+};
+use crate::wire::{frame, DecodeError};
+
+/// The control stream's lane number in both directions (each direction has its own key).
+pub const CONTROL_LANE: u32 = 0;
+
+/// Tunables the session announces in its hello.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Most data lanes this side runs.
+    pub max_lanes: u16,
+    /// Largest chunk payload this side accepts.
+    pub max_chunk: u32,
+    /// Time allowed from the start until the peer's hello is verified.
+    pub handshake_timeout: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            max_lanes: 8,
+            max_chunk: crate::wire::data::MAX_CHUNK as u32,
+            handshake_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// What the QUIC layer knows about the connection, for channel binding.
+#[derive(Debug, Clone)]
+pub struct Channel {
+    /// SHA-256 of our certificate.
+    pub local_fingerprint: [u8; 32],
+    /// SHA-256 of the certificate the peer presented in the TLS handshake.
+    pub peer_fingerprint: [u8; 32],
+    /// TLS exporter value of this connection (same on both ends).
+    pub exporter: Vec<u8>,
+}
+
+/// Something the application must act on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// Key confirmed, channel bound: the peer knows the code. Carries the verifier string.
+    Secured {
+        /// Short string equal on both sides.
+        verifier: String,
+        /// The peer's hello (its limits).
+        peer: Hello,
+    },
+    /// Receiver: the sender's offer; answer with accept or refuse.
+    Offer(Offer),
+    /// Sender: the receiver accepted; start the lanes.
+    Accepted(Accept),
+    /// Receiver: the sender wrote every lane; these are its totals.
+    Finished(Summary),
+    /// Sender: the receiver verified everything. The transfer succeeded.
+    Completed(Summary),
+}
+
+/// Why a session ended unsuccessfully.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SessionError {
+    /// Key confirmation failed.
+    #[error("the code is wrong: the other side used a different code (or someone tried to guess it); no data was exchanged")]
+    WrongCode,
+    /// The peer speaks another protocol version.
+    #[error("the other side speaks protocol version {0}, this p2p-copy speaks {VERSION}; install the same version on both sides")]
+    Version(u16),
+    /// A frame could not be decoded.
+    #[error("the other side sent a malformed message: {0}")]
+    Decode(#[from] DecodeError),
+    /// A sealed frame failed authentication or the binding did not verify.
+    #[error("{0}")]
+    Crypto(CryptoError),
+    /// The peer's certificate is not the one it claims in its sealed hello.
+    #[error("the connection's certificate does not match the one the peer announced: someone is in the middle")]
+    Fingerprint,
+    /// A message that is not allowed in the current state.
+    #[error("the other side broke the protocol: unexpected {got} while {state}")]
+    Unexpected {
+        /// What arrived.
+        got: &'static str,
+        /// What we were doing.
+        state: &'static str,
+    },
+    /// An application call that is not allowed in the current state (a bug in the driver).
+    #[error("internal error: {0} not allowed now")]
+    Misuse(&'static str),
+    /// The handshake did not complete in time.
+    #[error("the other side did not complete the handshake within {0:?}")]
+    Timeout(Duration),
+    /// The receiver refused the offer.
+    #[error("{}", refusal_message(.0))]
+    Refused(Refuse),
+    /// The peer reported an error and ended the session.
+    #[error("the other side failed: {}", .0.message)]
+    Peer(ErrorReport),
+}
+
+fn refusal_message(r: &Refuse) -> String {
+    match r.reason {
+        RefuseReason::Declined => "the receiver declined the transfer".into(),
+        RefuseReason::NoSpace => "the receiver does not have enough free space".into(),
+        RefuseReason::Conflict => format!(
+            "the receiver already has {} and did not allow overwriting (receive with --overwrite)",
+            r.names.join(", ")
+        ),
+    }
+}
+
+impl SessionError {
+    /// The error kind (and so the exit code) this failure maps to.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            SessionError::WrongCode => ErrorKind::WrongCode,
+            SessionError::Version(_)
+            | SessionError::Decode(_)
+            | SessionError::Unexpected { .. } => ErrorKind::Protocol,
+            SessionError::Crypto(CryptoError::WrongCode) => ErrorKind::WrongCode,
+            SessionError::Crypto(_) | SessionError::Fingerprint => ErrorKind::Integrity,
+            SessionError::Misuse(_) => ErrorKind::Internal,
+            SessionError::Timeout(_) => ErrorKind::Network,
+            SessionError::Refused(r) if r.reason == RefuseReason::Conflict => ErrorKind::Conflict,
+            SessionError::Refused(_) => ErrorKind::Refused,
+            SessionError::Peer(r) => match r.kind {
+                // The peer's own local trouble is not ours; keep kinds that describe the
+                // shared session as they are.
+                ErrorKind::Io | ErrorKind::Internal | ErrorKind::Usage => ErrorKind::Peer,
+                k => k,
+            },
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    AwaitPake,
+    AwaitConfirm,
+    AwaitHello,
+    /// Sender: may offer. Receiver: awaiting the offer.
+    Ready,
+    /// Sender: offer sent.
+    Offered,
+    /// Receiver: offer shown, awaiting the application's answer.
+    Deciding,
+    Transferring,
+    /// Sender: finish sent, awaiting complete. Receiver: finish received, checking lanes.
+    Finishing,
+    Done,
+    Failed,
+}
+
+impl State {
+    fn describe(self) -> &'static str {
+        match self {
+            State::AwaitPake => "awaiting the key exchange",
+            State::AwaitConfirm => "awaiting key confirmation",
+            State::AwaitHello => "awaiting the hello",
+            State::Ready => "awaiting the offer",
+            State::Offered => "awaiting the answer to the offer",
+            State::Deciding => "deciding on the offer",
+            State::Transferring => "transferring",
+            State::Finishing => "finishing",
+            State::Done => "done",
+            State::Failed => "failed",
+        }
+    }
+}
+
+/// One side of a session. See the module documentation for the flow.
+#[derive(Debug)]
+pub struct Session {
+    role: Role,
+    config: Config,
+    channel: Channel,
+    state: State,
+    pake: Option<Pake>,
+    keys: Option<Keys>,
+    sealer: Option<Sealer>,
+    opener: Option<Opener>,
+    deadline: Option<Instant>,
+    outbox: VecDeque<Vec<u8>>,
+    events: VecDeque<Event>,
+}
+
+impl Session {
+    /// Starts a session and queues our PAKE message.
+    pub fn new<R: RngCore + CryptoRng>(
+        role: Role,
+        code: &Code,
+        channel: Channel,
+        config: Config,
+        now: Instant,
+        rng: &mut R,
+    ) -> Session {
+        let (pake, msg) = Pake::start(role, code, rng);
+        let mut s = Session {
+            role,
+            deadline: Some(now + config.handshake_timeout),
+            config,
+            channel,
+            state: State::AwaitPake,
+            pake: Some(pake),
+            keys: None,
+            sealer: None,
+            opener: None,
+            outbox: VecDeque::new(),
+            events: VecDeque::new(),
+        };
+        let mut fixed = [0u8; crate::wire::control::PAKE_LEN];
+        fixed.copy_from_slice(&msg);
+        s.send_clear(&Frame::Pake { version: VERSION, msg: fixed });
+        s
+    }
+
+    /// This side's role.
+    pub fn role(&self) -> Role {
+        self.role
+    }
+
+    /// The agreed keys, once the peer's confirmation has been checked.
+    pub fn keys(&self) -> Option<&Keys> {
+        self.keys.as_ref().filter(|_| self.opener.is_some())
+    }
+
+    /// True once the session ended successfully (or with a refusal this side sent).
+    pub fn is_done(&self) -> bool {
+        self.state == State::Done
+    }
+
+    /// The next frame to write on the control stream, length prefix included.
+    pub fn poll_transmit(&mut self) -> Option<Vec<u8>> {
+        self.outbox.pop_front()
+    }
+
+    /// The next event for the application.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// When [`Session::handle_timeout`] must be called next, if ever.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.deadline
+    }
+
+    /// Fails the session if a deadline has passed.
+    pub fn handle_timeout(&mut self, now: Instant) -> Result<(), SessionError> {
+        match self.deadline {
+            Some(d) if now >= d => self.fail(SessionError::Timeout(self.config.handshake_timeout)),
+            _ => Ok(()),
+        }
+    }
+
+    /// Handles one control frame body from the peer.
+    pub fn handle_frame(&mut self, _now: Instant, body: &[u8]) -> Result<(), SessionError> {
+        if matches!(self.state, State::Failed | State::Done) {
+            return Err(SessionError::Misuse("a frame after the session ended"));
+        }
+        let result = self.handle_frame_inner(body);
+        match result {
+            Ok(()) => Ok(()),
+            Err(e) => self.fail(e),
+        }
+    }
+
+    fn handle_frame_inner(&mut self, body: &[u8]) -> Result<(), SessionError> {
+        let frame = Frame::decode(body)?;
+        match (self.state, frame) {
+            (State::AwaitPake, Frame::Pake { version, msg }) => {
+                if version != VERSION {
+                    return Err(SessionError::Version(version));
+                }
+                let pake = self.pake.take().ok_or(SessionError::Misuse("PAKE twice"))?;
+                let keys = pake.finish(&msg).map_err(SessionError::Crypto)?;
+                self.send_clear(&Frame::Confirm(keys.confirmation()));
+                self.keys = Some(keys);
+                self.state = State::AwaitConfirm;
+                Ok(())
+            }
+            (State::AwaitConfirm, Frame::Confirm(mac)) => {
+                let keys = self.keys.as_ref().ok_or(SessionError::Misuse("confirm without keys"))?;
+                keys.check_confirmation(&mac).map_err(|_| SessionError::WrongCode)?;
+                let (sender_fp, receiver_fp) = self.fingerprints();
+                let hello = Hello {
+                    version: VERSION,
+                    cert_fingerprint: self.channel.local_fingerprint,
+                    binding: keys.binding(&self.channel.exporter, &sender_fp, &receiver_fp),
+                    max_lanes: self.config.max_lanes,
+                    max_chunk: self.config.max_chunk,
+                    features: 0,
+                };
+                self.sealer = Some(keys.sealer(CONTROL_LANE));
+                self.opener = Some(keys.opener(CONTROL_LANE));
+                self.send(&Control::Hello(hello))?;
+                self.state = State::AwaitHello;
+                Ok(())
+            }
+            (_, Frame::Sealed(ct)) if self.opener.is_some() => {
+                let msg = self.open(ct)?;
+                self.handle_control(msg)
+            }
+            (state, frame) => Err(SessionError::Unexpected {
+                got: match frame {
+                    Frame::Pake { .. } => "key exchange message",
+                    Frame::Confirm(_) => "key confirmation",
+                    Frame::Sealed(_) => "sealed message",
+                },
+                state: state.describe(),
+            }),
+        }
+    }
+
+    fn handle_control(&mut self, msg: Control) -> Result<(), SessionError> {
+        let sender = self.role == Role::Sender;
+        match (self.state, msg) {
+            (_, Control::Error(report)) => Err(SessionError::Peer(report)),
+            (State::AwaitHello, Control::Hello(hello)) => {
+                if hello.cert_fingerprint != self.channel.peer_fingerprint {
+                    return Err(SessionError::Fingerprint);
+                }
+                let (sender_fp, receiver_fp) = self.fingerprints();
+                let keys = self.keys.as_ref().ok_or(SessionError::Misuse("hello without keys"))?;
+                keys.check_binding(&hello.binding, &self.channel.exporter, &sender_fp, &receiver_fp)
+                    .map_err(SessionError::Crypto)?;
+                let verifier = keys.verifier();
+                self.deadline = None;
+                self.state = State::Ready;
+                self.events.push_back(Event::Secured { verifier, peer: hello });
+                Ok(())
+            }
+            (State::Ready, Control::Offer(offer)) if !sender => {
+                self.state = State::Deciding;
+                self.events.push_back(Event::Offer(offer));
+                Ok(())
+            }
+            (State::Offered, Control::Accept(accept)) if sender => {
+                self.state = State::Transferring;
+                self.events.push_back(Event::Accepted(accept));
+                Ok(())
+            }
+            (State::Offered, Control::Refuse(refuse)) if sender => {
+                Err(SessionError::Refused(refuse))
+            }
+            (State::Transferring, Control::Finish(summary)) if !sender => {
+                self.state = State::Finishing;
+                self.events.push_back(Event::Finished(summary));
+                Ok(())
+            }
+            (State::Finishing, Control::Complete(summary)) if sender => {
+                self.state = State::Done;
+                self.events.push_back(Event::Completed(summary));
+                Ok(())
+            }
+            (state, msg) => Err(SessionError::Unexpected {
+                got: match msg {
+                    Control::Hello(_) => "hello",
+                    Control::Offer(_) => "offer",
+                    Control::Accept(_) => "accept",
+                    Control::Refuse(_) => "refusal",
+                    Control::Finish(_) => "finish",
+                    Control::Complete(_) => "complete",
+                    Control::Error(_) => "error",
+                },
+                state: state.describe(),
+            }),
+        }
+    }
+
+    /// Sender: offers the transfer.
+    pub fn offer(&mut self, offer: Offer) -> Result<(), SessionError> {
+        self.expect(Role::Sender, State::Ready, "offer")?;
+        self.send(&Control::Offer(offer))?;
+        self.state = State::Offered;
+        Ok(())
+    }
+
+    /// Receiver: accepts the offer.
+    pub fn accept(&mut self, accept: Accept) -> Result<(), SessionError> {
+        self.expect(Role::Receiver, State::Deciding, "accept")?;
+        self.send(&Control::Accept(accept))?;
+        self.state = State::Transferring;
+        Ok(())
+    }
+
+    /// Receiver: refuses the offer; the session is over.
+    pub fn refuse(&mut self, refuse: Refuse) -> Result<(), SessionError> {
+        self.expect(Role::Receiver, State::Deciding, "refuse")?;
+        self.send(&Control::Refuse(refuse))?;
+        self.state = State::Done;
+        Ok(())
+    }
+
+    /// Sender: every lane is written; tells the receiver the totals.
+    pub fn finish(&mut self, summary: Summary) -> Result<(), SessionError> {
+        self.expect(Role::Sender, State::Transferring, "finish")?;
+        self.send(&Control::Finish(summary))?;
+        self.state = State::Finishing;
+        Ok(())
+    }
+
+    /// Receiver: every file is verified and in place.
+    pub fn complete(&mut self, summary: Summary) -> Result<(), SessionError> {
+        self.expect(Role::Receiver, State::Finishing, "complete")?;
+        self.send(&Control::Complete(summary))?;
+        self.state = State::Done;
+        Ok(())
+    }
+
+    /// Ends the session because of a local error, telling the peer when the channel is
+    /// sealed (before key confirmation nothing is sent: the peer learns from the closed
+    /// connection).
+    pub fn abort(&mut self, kind: ErrorKind, message: &str) {
+        if self.sealer.is_some() && !matches!(self.state, State::Done | State::Failed) {
+            let mut message = message.to_owned();
+            truncate_utf8(&mut message, crate::wire::control::MAX_MESSAGE);
+            // A failure to seal here only means the counter is exhausted; nothing more to say.
+            let _ = self.send(&Control::Error(ErrorReport { kind, message }));
+        }
+        self.state = State::Failed;
+        self.deadline = None;
+    }
+
+    fn expect(&self, role: Role, state: State, what: &'static str) -> Result<(), SessionError> {
+        if self.role != role || self.state != state {
+            return Err(SessionError::Misuse(what));
+        }
+        Ok(())
+    }
+
+    fn fail(&mut self, e: SessionError) -> Result<(), SessionError> {
+        self.state = State::Failed;
+        self.deadline = None;
+        Err(e)
+    }
+
+    fn fingerprints(&self) -> ([u8; 32], [u8; 32]) {
+        match self.role {
+            Role::Sender => (self.channel.local_fingerprint, self.channel.peer_fingerprint),
+            Role::Receiver => (self.channel.peer_fingerprint, self.channel.local_fingerprint),
+        }
+    }
+
+    fn send_clear(&mut self, f: &Frame) {
+        let mut buf = Vec::new();
+        frame::begin(&mut buf);
+        f.encode(&mut buf);
+        frame::finish(&mut buf);
+        self.outbox.push_back(buf);
+    }
+
+    fn send(&mut self, msg: &Control) -> Result<(), SessionError> {
+        let sealer = self.sealer.as_mut().ok_or(SessionError::Misuse("send before keys"))?;
+        let mut buf = Vec::new();
+        frame::begin(&mut buf);
+        buf.push(crate::wire::control::KIND_SEALED);
+        let start = buf.len();
+        msg.encode(&mut buf);
+        sealer.seal(&mut buf, start).map_err(SessionError::Crypto)?;
+        frame::finish(&mut buf);
+        self.outbox.push_back(buf);
+        Ok(())
+    }
+
+    fn open(&mut self, mut ct: Vec<u8>) -> Result<Control, SessionError> {
+        let opener = self.opener.as_mut().ok_or(SessionError::Misuse("open before keys"))?;
+        opener.open(&mut ct).map_err(SessionError::Crypto)?;
+        Ok(Control::decode(&ct)?)
+    }
+}
+
+fn truncate_utf8(s: &mut String, max: usize) {
+    if s.len() > max {
+        let mut end = max;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,404 @@
+//! Control-stream messages.
+//!
+//! Every control frame body starts with a kind byte:
+//!
+//! | kind | name    | body after the kind byte                                   |
+//! |------|---------|------------------------------------------------------------|
+//! | 0x01 | PAKE    | `version: u16 BE ‖ spake2 message (33 bytes)`              |
+//! | 0x02 | CONFIRM | `mac: [u8; 32]` (HMAC-SHA256 key confirmation)             |
+//! | 0x03 | SEALED  | AES-256-GCM ciphertext of a postcard-encoded [`Control`]   |
+//!
+//! PAKE and CONFIRM travel in clear (they are safe to show); everything after them is SEALED.
+//! [`Control`] is encoded with postcard (varint integers, length-prefixed strings, enum
+//! variants by index: new variants and fields are only ever appended). Its protocol version is
+//! the one in the PAKE frame and again in [`Hello`]. After decoding, [`Control::validate`]
+//! enforces the caps on every list and string.
+
+use serde::{Deserialize, Serialize};
+
+use super::{from_postcard, to_postcard, DecodeError};
+use crate::error::ErrorKind;
+
+/// The protocol version this build speaks.
+pub const VERSION: u16 = 1;
+/// Cap on a control frame body (an offer naming many top-level paths is the largest).
+pub const MAX_FRAME: usize = 4 << 20;
+/// Cap on the top-level names in an offer.
+pub const MAX_NAMES: usize = 10_000;
+/// Cap on one path or name, in bytes.
+pub const MAX_PATH: usize = 4096;
+/// Cap on a free-text message (errors).
+pub const MAX_MESSAGE: usize = 4096;
+/// Length of the SPAKE2 message.
+pub const PAKE_LEN: usize = crate::crypto::PAKE_MSG_LEN;
+
+const KIND_PAKE: u8 = 0x01;
+const KIND_CONFIRM: u8 = 0x02;
+/// Kind byte of a sealed frame (exposed so a sealed frame can be built in place).
+pub const KIND_SEALED: u8 = 0x03;
+
+/// A control frame as it crosses the network.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Frame {
+    /// Our SPAKE2 message and the protocol version we speak.
+    Pake {
+        /// Protocol version.
+        version: u16,
+        /// SPAKE2 message.
+        msg: [u8; PAKE_LEN],
+    },
+    /// Key confirmation MAC.
+    Confirm([u8; 32]),
+    /// A sealed [`Control`] message (ciphertext and tag).
+    Sealed(Vec<u8>),
+}
+
+impl Frame {
+    /// Appends the frame body to `out`.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        match self {
+            Frame::Pake { version, msg } => {
+                out.push(KIND_PAKE);
+                out.extend_from_slice(&version.to_be_bytes());
+                out.extend_from_slice(msg);
+            }
+            Frame::Confirm(mac) => {
+                out.push(KIND_CONFIRM);
+                out.extend_from_slice(mac);
+            }
+            Frame::Sealed(ct) => {
+                out.push(KIND_SEALED);
+                out.extend_from_slice(ct);
+            }
+        }
+    }
+
+    /// Decodes a frame body.
+    pub fn decode(body: &[u8]) -> Result<Frame, DecodeError> {
+        if body.len() > MAX_FRAME {
+            return Err(DecodeError::TooLong { what: "control frame", len: body.len(), max: MAX_FRAME });
+        }
+        let (&kind, rest) = body.split_first().ok_or(DecodeError::Truncated)?;
+        match kind {
+            KIND_PAKE => {
+                let fixed = exact::<{ 2 + PAKE_LEN }>(rest)?;
+                let version = u16::from_be_bytes([fixed[0], fixed[1]]);
+                let mut msg = [0; PAKE_LEN];
+                msg.copy_from_slice(&fixed[2..]);
+                Ok(Frame::Pake { version, msg })
+            }
+            KIND_CONFIRM => Ok(Frame::Confirm(exact::<32>(rest)?)),
+            KIND_SEALED => Ok(Frame::Sealed(rest.to_vec())),
+            other => Err(DecodeError::UnknownType(other)),
+        }
+    }
+}
+
+fn exact<const N: usize>(bytes: &[u8]) -> Result<[u8; N], DecodeError> {
+    match bytes.len() {
+        n if n < N => Err(DecodeError::Truncated),
+        n if n > N => Err(DecodeError::TrailingBytes(n - N)),
+        _ => {
+            let mut out = [0; N];
+            out.copy_from_slice(bytes);
+            Ok(out)
+        }
+    }
+}
+
+/// A session message, sealed inside [`Frame::Sealed`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Control {
+    /// First sealed message each way: who I am on the QUIC layer, what I can do.
+    Hello(Hello),
+    /// Sender → receiver: what would be sent.
+    Offer(Offer),
+    /// Receiver → sender: go ahead.
+    Accept(Accept),
+    /// Receiver → sender: no.
+    Refuse(Refuse),
+    /// Sender → receiver: every lane is written; the totals that were sent.
+    Finish(Summary),
+    /// Receiver → sender: every file verified and in place.
+    Complete(Summary),
+    /// Either way: the session is over because of this error.
+    Error(ErrorReport),
+}
+
+/// Capabilities and the QUIC identity of one side.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    /// Protocol version (equal to the one in the PAKE frame).
+    pub version: u16,
+    /// SHA-256 of this side's QUIC certificate (DER).
+    pub cert_fingerprint: [u8; 32],
+    /// `HMAC(bind_key[side], TLS exporter ‖ sender fp ‖ receiver fp)`: proves the QUIC session
+    /// carrying this message is the one the PAKE partners share.
+    pub binding: [u8; 32],
+    /// Most data lanes this side will run at once.
+    pub max_lanes: u16,
+    /// Largest chunk payload this side accepts.
+    pub max_chunk: u32,
+    /// Feature bits (none defined in version 1; unknown bits are ignored).
+    pub features: u64,
+}
+
+/// What the sender offers. Counts come from a walk just before the offer; the manifest itself
+/// streams on the data lanes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Offer {
+    /// Regular files.
+    pub files: u64,
+    /// Directories (including the top-level ones).
+    pub dirs: u64,
+    /// Symbolic links.
+    pub symlinks: u64,
+    /// Sum of file sizes.
+    pub bytes: u64,
+    /// Top-level names: every entry path starts with one of these.
+    pub names: Vec<String>,
+    /// Data lanes the sender will open.
+    pub lanes: u16,
+    /// Chunk payload size the sender will use.
+    pub chunk_size: u32,
+}
+
+/// The receiver's yes, with what it already holds (resume; empty in this version).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Accept {
+    /// Files the receiver already holds in part or whole; the sender skips what they cover.
+    pub have: Vec<Have>,
+}
+
+/// One file the receiver holds a verified prefix of.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Have {
+    /// Entry path.
+    pub path: String,
+    /// Bytes held.
+    pub len: u64,
+    /// SHA-256 of those bytes.
+    pub sha256: [u8; 32],
+}
+
+/// Why the receiver said no.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Refuse {
+    /// The reason.
+    pub reason: RefuseReason,
+    /// Names concerned (conflicting top-level names), possibly truncated.
+    pub names: Vec<String>,
+}
+
+/// Reasons for a refusal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RefuseReason {
+    /// The person (or `--yes` missing on a non-interactive receive) declined.
+    Declined,
+    /// Destination names exist and `--overwrite` was not given.
+    Conflict,
+    /// Not enough free space at the destination.
+    NoSpace,
+}
+
+/// Totals of a transfer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Summary {
+    /// Manifest entries of every kind.
+    pub entries: u64,
+    /// Regular files.
+    pub files: u64,
+    /// File bytes.
+    pub bytes: u64,
+}
+
+/// An error one side reports to the other before closing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorReport {
+    /// What kind of failure.
+    pub kind: ErrorKind,
+    /// A sentence for the person on the other side.
+    pub message: String,
+}
+
+impl Control {
+    /// Appends the encoding to `out`.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        to_postcard(self, out);
+    }
+
+    /// Decodes and validates a message.
+    pub fn decode(bytes: &[u8]) -> Result<Control, DecodeError> {
+        let msg: Control = from_postcard(bytes)?;
+        msg.validate()?;
+        Ok(msg)
+    }
+
+    /// Checks every cap. Called by [`Control::decode`].
+    pub fn validate(&self) -> Result<(), DecodeError> {
+        match self {
+            Control::Hello(h) if h.version != VERSION => Err(DecodeError::Version(h.version)),
+            Control::Offer(o) => {
+                check_names("offer names", &o.names)?;
+                if o.lanes == 0 {
+                    return Err(DecodeError::Invalid("lane count"));
+                }
+                Ok(())
+            }
+            Control::Accept(a) => {
+                cap("have list", a.have.len(), crate::wire::data::MAX_HAVE)?;
+                a.have.iter().try_for_each(|h| cap("path", h.path.len(), MAX_PATH))
+            }
+            Control::Refuse(r) => check_names("refused names", &r.names),
+            Control::Error(e) => cap("error message", e.message.len(), MAX_MESSAGE),
+            _ => Ok(()),
+        }
+    }
+}
+
+fn check_names(what: &'static str, names: &[String]) -> Result<(), DecodeError> {
+    cap(what, names.len(), MAX_NAMES)?;
+    names.iter().try_for_each(|n| cap("name", n.len(), MAX_PATH))
+}
+
+fn cap(what: &'static str, len: usize, max: usize) -> Result<(), DecodeError> {
+    if len > max {
+        return Err(DecodeError::TooLong { what, len, max });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn samples() -> Vec<Control> {
+        vec![
+            Control::Hello(Hello {
+                version: VERSION,
+                cert_fingerprint: [0xab; 32],
+                binding: [0xcd; 32],
+                max_lanes: 4,
+                max_chunk: 1 << 20,
+                features: 0,
+            }),
+            Control::Offer(Offer {
+                files: 2,
+                dirs: 1,
+                symlinks: 0,
+                bytes: 300,
+                names: vec!["photos".into(), "notes.txt".into()],
+                lanes: 2,
+                chunk_size: 1 << 20,
+            }),
+            Control::Accept(Accept { have: vec![] }),
+            Control::Refuse(Refuse { reason: RefuseReason::Conflict, names: vec!["a".into()] }),
+            Control::Finish(Summary { entries: 3, files: 2, bytes: 300 }),
+            Control::Complete(Summary { entries: 3, files: 2, bytes: 300 }),
+            Control::Error(ErrorReport { kind: ErrorKind::Io, message: "disk full".into() }),
+        ]
+    }
+
+    fn encoded(m: &Control) -> String {
+        let mut out = Vec::new();
+        m.encode(&mut out);
+        hex::encode(out)
+    }
+
+    #[test]
+    fn control_snapshots() {
+        let got: Vec<String> = samples().iter().map(encoded).collect();
+        let want = [
+            "0001abababababababababababababababababababababababababababababababab\
+             cdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcd04808040\
+             00",
+            "0102010000ac020206706870746f73096e6f7465732e74787402808040",
+            "0200",
+            "0301010161",
+            "04030282ff",
+            "05030282ff",
+            "0607096469736b2066756c6c",
+        ];
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn frame_snapshots() {
+        let mut out = Vec::new();
+        Frame::Pake { version: 1, msg: [7; PAKE_LEN] }.encode(&mut out);
+        assert_eq!(hex::encode(&out), format!("010001{}", "07".repeat(PAKE_LEN)));
+        out.clear();
+        Frame::Confirm([9; 32]).encode(&mut out);
+        assert_eq!(hex::encode(&out), format!("02{}", "09".repeat(32)));
+        out.clear();
+        Frame::Sealed(vec![1, 2]).encode(&mut out);
+        assert_eq!(hex::encode(&out), "030102");
+    }
+
+    #[test]
+    fn frame_errors() {
+        assert_eq!(Frame::decode(&[]), Err(DecodeError::Truncated));
+        assert_eq!(Frame::decode(&[0x09]), Err(DecodeError::UnknownType(9)));
+        assert_eq!(Frame::decode(&[KIND_CONFIRM, 1]), Err(DecodeError::Truncated));
+        assert_eq!(Frame::decode(&[KIND_CONFIRM; 34]), Err(DecodeError::TrailingBytes(1)));
+    }
+
+    #[test]
+    fn control_rejects_trailing_bytes_bad_version_and_oversized_lists() {
+        let mut out = Vec::new();
+        Control::Accept(Accept { have: vec![] }).encode(&mut out);
+        out.push(0);
+        assert_eq!(Control::decode(&out), Err(DecodeError::TrailingBytes(1)));
+
+        let Control::Hello(mut hello) = samples()[0].clone() else { unreachable!() };
+        hello.version = 9;
+        out.clear();
+        Control::Hello(hello).encode(&mut out);
+        assert_eq!(Control::decode(&out), Err(DecodeError::Version(9)));
+
+        let offer = Control::Offer(Offer {
+            files: 0,
+            dirs: 0,
+            symlinks: 0,
+            bytes: 0,
+            names: vec![String::new(); MAX_NAMES + 1],
+            lanes: 1,
+            chunk_size: 1,
+        });
+        out.clear();
+        offer.encode(&mut out);
+        assert!(matches!(Control::decode(&out), Err(DecodeError::TooLong { .. })));
+    }
+
+    proptest! {
+        #[test]
+        fn control_round_trips(i in 0usize..7, names in proptest::collection::vec(".{0,40}", 0..5), n in any::<u64>()) {
+            let mut m = samples()[i].clone();
+            match &mut m {
+                Control::Offer(o) => { o.names = names; o.bytes = n; }
+                Control::Refuse(r) => r.names = names,
+                Control::Finish(s) | Control::Complete(s) => s.bytes = n,
+                _ => {}
+            }
+            let mut out = Vec::new();
+            m.encode(&mut out);
+            prop_assert_eq!(Control::decode(&out).unwrap(), m);
+        }
+
+        #[test]
+        fn frame_round_trips(ct in proptest::collection::vec(any::<u8>(), 0..100), mac in any::<[u8; 32]>()) {
+            for f in [Frame::Sealed(ct.clone()), Frame::Confirm(mac)] {
+                let mut out = Vec::new();
+                f.encode(&mut out);
+                prop_assert_eq!(Frame::decode(&out).unwrap(), f);
+            }
+        }
+
+        #[test]
+        fn random_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
+            let _ = Frame::decode(&bytes);
+            let _ = Control::decode(&bytes);
+        }
+    }
+}

@@ -1,0 +1,337 @@
+//! Records on data lanes (sender → receiver unidirectional QUIC streams).
+//!
+//! A lane stream starts with `lane: u32 BE`, then carries frames ([`super::frame`]) whose
+//! bodies are sealed records. A record's plaintext starts with a type byte:
+//!
+//! | type | name     | plaintext after the type byte                                      |
+//! |------|----------|--------------------------------------------------------------------|
+//! | 0x01 | ENTRY    | postcard-encoded [`Entry`]                                         |
+//! | 0x02 | CHUNK    | `flags: u8 ‖ file_id: u64 BE ‖ offset: u64 BE ‖ payload`           |
+//! | 0x03 | FILE_END | `file_id: u64 BE ‖ sha256: [u8; 32]`                               |
+//! | 0x04 | LANE_END | `entries: u64 BE` (entries this lane carried)                      |
+//!
+//! CHUNK `flags` bit 0: the payload is a zstd frame (decompressed size ≤ the chunk size);
+//! other bits must be zero. A file's chunks follow its ENTRY on the same lane, in order, then
+//! its FILE_END. LANE_END is the last record; a lane that ends without it was cut.
+
+use serde::{Deserialize, Serialize};
+
+use super::{from_postcard, to_postcard, DecodeError};
+
+/// Largest chunk payload any peer may send (the default is 1 MiB).
+pub const MAX_CHUNK: usize = 4 << 20;
+/// Smallest chunk size a sender may choose.
+pub const MIN_CHUNK: usize = 16 << 10;
+/// Default chunk payload size.
+pub const DEFAULT_CHUNK: usize = 1 << 20;
+/// Cap on a data frame body: the largest plaintext record plus the AEAD tag.
+pub const MAX_FRAME: usize = CHUNK_HEADER_LEN + MAX_CHUNK + crate::crypto::TAG_LEN;
+/// Cap on a symlink target, in bytes.
+pub const MAX_TARGET: usize = 4096;
+/// Cap on the entries of a resume list.
+pub const MAX_HAVE: usize = 100_000;
+/// Length of the plaintext header of a CHUNK record (type byte included).
+pub const CHUNK_HEADER_LEN: usize = 1 + 1 + 8 + 8;
+/// CHUNK flag: payload compressed with zstd.
+pub const FLAG_ZSTD: u8 = 0x01;
+
+const TYPE_ENTRY: u8 = 0x01;
+const TYPE_CHUNK: u8 = 0x02;
+const TYPE_FILE_END: u8 = 0x03;
+const TYPE_LANE_END: u8 = 0x04;
+
+/// One item of the manifest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    /// Sender-assigned id, unique within the session; chunks name it.
+    pub id: u64,
+    /// Relative path with `/` separators; its first component is an offered top-level name.
+    pub path: String,
+    /// What it is.
+    pub kind: EntryKind,
+    /// Unix permission bits (`st_mode & 0o7777`).
+    pub mode: u32,
+    /// Modification time, if known.
+    pub mtime: Option<Timestamp>,
+}
+
+/// Kinds of manifest entries. Devices, sockets and FIFOs are never sent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EntryKind {
+    /// A directory (created even when empty).
+    Dir,
+    /// A regular file of this many bytes.
+    File {
+        /// Size in bytes.
+        size: u64,
+    },
+    /// A symbolic link, recreated as a link and never followed.
+    Symlink {
+        /// The link target, verbatim.
+        target: String,
+    },
+}
+
+/// Seconds and nanoseconds since the Unix epoch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Timestamp {
+    /// Whole seconds (negative before 1970).
+    pub secs: i64,
+    /// Nanoseconds, below 1e9.
+    pub nanos: u32,
+}
+
+/// A decoded data record, borrowing its payload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Record<'a> {
+    /// A manifest entry.
+    Entry(Entry),
+    /// File data.
+    Chunk {
+        /// Flags ([`FLAG_ZSTD`]).
+        flags: u8,
+        /// The file's entry id.
+        file_id: u64,
+        /// Offset of the (decompressed) payload in the file.
+        offset: u64,
+        /// The payload as sent.
+        payload: &'a [u8],
+    },
+    /// The end of a file and the SHA-256 of its whole content.
+    FileEnd {
+        /// The file's entry id.
+        file_id: u64,
+        /// SHA-256 of the file.
+        sha256: [u8; 32],
+    },
+    /// The lane is complete.
+    LaneEnd {
+        /// Entries the lane carried.
+        entries: u64,
+    },
+}
+
+impl Record<'_> {
+    /// Appends the plaintext encoding to `out`.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        match self {
+            Record::Entry(e) => {
+                out.push(TYPE_ENTRY);
+                to_postcard(e, out);
+            }
+            Record::Chunk { flags, file_id, offset, payload } => {
+                encode_chunk_header(out, *flags, *file_id, *offset);
+                out.extend_from_slice(payload);
+            }
+            Record::FileEnd { file_id, sha256 } => {
+                out.push(TYPE_FILE_END);
+                out.extend_from_slice(&file_id.to_be_bytes());
+                out.extend_from_slice(sha256);
+            }
+            Record::LaneEnd { entries } => {
+                out.push(TYPE_LANE_END);
+                out.extend_from_slice(&entries.to_be_bytes());
+            }
+        }
+    }
+
+    /// Decodes a plaintext record.
+    pub fn decode(bytes: &[u8]) -> Result<Record<'_>, DecodeError> {
+        let (&ty, rest) = bytes.split_first().ok_or(DecodeError::Truncated)?;
+        match ty {
+            TYPE_ENTRY => {
+                let entry: Entry = from_postcard(rest)?;
+                entry.validate()?;
+                Ok(Record::Entry(entry))
+            }
+            TYPE_CHUNK => {
+                if rest.len() < CHUNK_HEADER_LEN - 1 {
+                    return Err(DecodeError::Truncated);
+                }
+                let flags = rest[0];
+                if flags & !FLAG_ZSTD != 0 {
+                    return Err(DecodeError::Invalid("chunk flags"));
+                }
+                let payload = &rest[17..];
+                if payload.len() > MAX_CHUNK {
+                    return Err(DecodeError::TooLong {
+                        what: "chunk",
+                        len: payload.len(),
+                        max: MAX_CHUNK,
+                    });
+                }
+                Ok(Record::Chunk {
+                    flags,
+                    file_id: be_u64(&rest[1..9]),
+                    offset: be_u64(&rest[9..17]),
+                    payload,
+                })
+            }
+            TYPE_FILE_END => {
+                let body = fixed::<40>(rest)?;
+                let mut sha256 = [0; 32];
+                sha256.copy_from_slice(&body[8..]);
+                Ok(Record::FileEnd { file_id: be_u64(&body[..8]), sha256 })
+            }
+            TYPE_LANE_END => Ok(Record::LaneEnd { entries: be_u64(&fixed::<8>(rest)?) }),
+            other => Err(DecodeError::UnknownType(other)),
+        }
+    }
+}
+
+/// Writes a CHUNK header; the payload follows. Lets the sender read file data straight into
+/// the record buffer.
+pub fn encode_chunk_header(out: &mut Vec<u8>, flags: u8, file_id: u64, offset: u64) {
+    out.push(TYPE_CHUNK);
+    out.push(flags);
+    out.extend_from_slice(&file_id.to_be_bytes());
+    out.extend_from_slice(&offset.to_be_bytes());
+}
+
+impl Entry {
+    /// Checks the caps on strings. Path *safety* is the receiver's file-system layer's job.
+    pub fn validate(&self) -> Result<(), DecodeError> {
+        if self.path.len() > super::control::MAX_PATH {
+            return Err(DecodeError::TooLong {
+                what: "path",
+                len: self.path.len(),
+                max: super::control::MAX_PATH,
+            });
+        }
+        if let EntryKind::Symlink { target } = &self.kind {
+            if target.len() > MAX_TARGET {
+                return Err(DecodeError::TooLong {
+                    what: "symlink target",
+                    len: target.len(),
+                    max: MAX_TARGET,
+                });
+            }
+        }
+        if matches!(self.mtime, Some(t) if t.nanos >= 1_000_000_000) {
+            return Err(DecodeError::Invalid("timestamp"));
+        }
+        Ok(())
+    }
+}
+
+fn be_u64(b: &[u8]) -> u64 {
+    let mut a = [0; 8];
+    a.copy_from_slice(&b[..8]);
+    u64::from_be_bytes(a)
+}
+
+fn fixed<const N: usize>(bytes: &[u8]) -> Result<[u8; N], DecodeError> {
+    match bytes.len() {
+        n if n < N => Err(DecodeError::Truncated),
+        n if n > N => Err(DecodeError::TrailingBytes(n - N)),
+        _ => {
+            let mut out = [0; N];
+            out.copy_from_slice(bytes);
+            Ok(out)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn file_entry() -> Entry {
+        Entry {
+            id: 5,
+            path: "photos/a.jpg".into(),
+            kind: EntryKind::File { size: 1000 },
+            mode: 0o644,
+            mtime: Some(Timestamp { secs: 1_700_000_000, nanos: 5 }),
+        }
+    }
+
+    fn hex_of(r: &Record) -> String {
+        let mut out = Vec::new();
+        r.encode(&mut out);
+        hex::encode(out)
+    }
+
+    #[test]
+    fn record_snapshots() {
+        assert_eq!(
+            hex_of(&Record::Entry(file_entry())),
+            "01050c70686f746f732f612e6a706701e807a403018080d0ab0c05"
+        );
+        let link = Entry {
+            id: 6,
+            path: "l".into(),
+            kind: EntryKind::Symlink { target: "t".into() },
+            mode: 0o777,
+            mtime: None,
+        };
+        assert_eq!(hex_of(&Record::Entry(link)), "010601036c020174ff0300");
+        let dir = Entry { id: 1, path: "d".into(), kind: EntryKind::Dir, mode: 0o755, mtime: None };
+        assert_eq!(hex_of(&Record::Entry(dir)), "010101036400ed0300");
+        assert_eq!(
+            hex_of(&Record::Chunk { flags: 1, file_id: 5, offset: 256, payload: b"xy" }),
+            "02010000000000000005000000000000010078 79".replace(' ', "")
+        );
+        assert_eq!(
+            hex_of(&Record::FileEnd { file_id: 5, sha256: [0xee; 32] }),
+            format!("030000000000000005{}", "ee".repeat(32))
+        );
+        assert_eq!(hex_of(&Record::LaneEnd { entries: 3 }), "040000000000000003");
+    }
+
+    #[test]
+    fn decode_errors() {
+        assert_eq!(Record::decode(&[]), Err(DecodeError::Truncated));
+        assert_eq!(Record::decode(&[0x7f]), Err(DecodeError::UnknownType(0x7f)));
+        assert_eq!(Record::decode(&[TYPE_CHUNK, 0, 1]), Err(DecodeError::Truncated));
+        let mut bad_flags = Vec::new();
+        encode_chunk_header(&mut bad_flags, 0x80, 1, 0);
+        assert_eq!(Record::decode(&bad_flags), Err(DecodeError::Invalid("chunk flags")));
+        assert_eq!(Record::decode(&[TYPE_LANE_END, 0]), Err(DecodeError::Truncated));
+        let mut long = vec![TYPE_LANE_END];
+        long.extend_from_slice(&[0; 9]);
+        assert_eq!(Record::decode(&long), Err(DecodeError::TrailingBytes(1)));
+
+        let mut e = file_entry();
+        e.path = "x".repeat(5000);
+        let mut out = Vec::new();
+        Record::Entry(e).encode(&mut out);
+        assert!(matches!(Record::decode(&out), Err(DecodeError::TooLong { what: "path", .. })));
+
+        let mut e = file_entry();
+        e.mtime = Some(Timestamp { secs: 0, nanos: 1_000_000_000 });
+        out.clear();
+        Record::Entry(e).encode(&mut out);
+        assert_eq!(Record::decode(&out), Err(DecodeError::Invalid("timestamp")));
+    }
+
+    proptest! {
+        #[test]
+        fn records_round_trip(
+            id in any::<u64>(), off in any::<u64>(), path in ".{0,64}", size in any::<u64>(),
+            payload in proptest::collection::vec(any::<u8>(), 0..2000), sha in any::<[u8; 32]>(),
+            secs in any::<i64>(), nanos in 0u32..1_000_000_000,
+        ) {
+            let entry = Entry { id, path: path.clone(), kind: EntryKind::File { size }, mode: 0o600, mtime: Some(Timestamp { secs, nanos }) };
+            let link = Entry { id, path: path.clone(), kind: EntryKind::Symlink { target: path }, mode: 0, mtime: None };
+            let records = [
+                Record::Entry(entry),
+                Record::Entry(link),
+                Record::Chunk { flags: 0, file_id: id, offset: off, payload: &payload },
+                Record::FileEnd { file_id: id, sha256: sha },
+                Record::LaneEnd { entries: off },
+            ];
+            for r in records {
+                let mut out = Vec::new();
+                r.encode(&mut out);
+                prop_assert_eq!(Record::decode(&out).unwrap(), r);
+            }
+        }
+
+        #[test]
+        fn random_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
+            let _ = Record::decode(&bytes);
+        }
+    }
+}
