@@ -313,11 +313,11 @@ mod tests {
             "0001abababababababababababababababababababababababababababababababab\
              cdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcd04808040\
              00",
-            "0102010000ac020206706870746f73096e6f7465732e74787402808040",
+            "01020100ac02020670686f746f73096e6f7465732e74787402808040",
             "0200",
             "0301010161",
-            "04030282ff",
-            "05030282ff",
+            "040302ac02",
+            "050302ac02",
             "0607096469736b2066756c6c",
         ];
         assert_eq!(got, want);

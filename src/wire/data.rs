@@ -257,7 +257,7 @@ mod tests {
     fn record_snapshots() {
         assert_eq!(
             hex_of(&Record::Entry(file_entry())),
-            "01050c70686f746f732f612e6a706701e807a403018080d0ab0c05"
+            "01050c70686f746f732f612e6a706701e807a4030180c49fd50c05"
         );
         let link = Entry {
             id: 6,
@@ -266,9 +266,9 @@ mod tests {
             mode: 0o777,
             mtime: None,
         };
-        assert_eq!(hex_of(&Record::Entry(link)), "010601036c020174ff0300");
+        assert_eq!(hex_of(&Record::Entry(link)), "0106016c020174ff0300");
         let dir = Entry { id: 1, path: "d".into(), kind: EntryKind::Dir, mode: 0o755, mtime: None };
-        assert_eq!(hex_of(&Record::Entry(dir)), "010101036400ed0300");
+        assert_eq!(hex_of(&Record::Entry(dir)), "0101016400ed0300");
         assert_eq!(
             hex_of(&Record::Chunk { flags: 1, file_id: 5, offset: 256, payload: b"xy" }),
             "02010000000000000005000000000000010078 79".replace(' ', "")

@@ -1,0 +1,229 @@
+//! Two sessions driven against each other in memory, deterministically.
+
+use super::*;
+use crate::wire::control::{Accept, Offer, Refuse, RefuseReason, Summary};
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+
+const CODE: &str = "7-orbit-velvet-canyon";
+
+struct Pair {
+    s: Session,
+    r: Session,
+    now: Instant,
+}
+
+fn channels() -> (Channel, Channel) {
+    let (fs, fr) = ([0x11; 32], [0x22; 32]);
+    let exporter = vec![0x33; 32];
+    (
+        Channel { local_fingerprint: fs, peer_fingerprint: fr, exporter: exporter.clone() },
+        Channel { local_fingerprint: fr, peer_fingerprint: fs, exporter },
+    )
+}
+
+fn pair_with(sender_code: &str, receiver_code: &str, cs: Channel, cr: Channel) -> Pair {
+    let mut rng = StdRng::seed_from_u64(99);
+    let now = Instant::now();
+    let s = Session::new(
+        Role::Sender,
+        &sender_code.parse().unwrap(),
+        cs,
+        Config::default(),
+        now,
+        &mut rng,
+    );
+    let r = Session::new(
+        Role::Receiver,
+        &receiver_code.parse().unwrap(),
+        cr,
+        Config::default(),
+        now,
+        &mut rng,
+    );
+    Pair { s, r, now }
+}
+
+fn pair() -> Pair {
+    let (cs, cr) = channels();
+    pair_with(CODE, CODE, cs, cr)
+}
+
+fn body(frame: &[u8]) -> &[u8] {
+    &frame[frame::HEADER_LEN..]
+}
+
+impl Pair {
+    /// Delivers frames both ways until neither side has anything to send. Returns the first
+    /// error of each side.
+    fn pump(&mut self) -> (Option<SessionError>, Option<SessionError>) {
+        let (mut es, mut er) = (None, None);
+        loop {
+            let mut moved = false;
+            while let Some(f) = self.s.poll_transmit() {
+                moved = true;
+                if er.is_none() {
+                    er = self.r.handle_frame(self.now, body(&f)).err();
+                }
+            }
+            while let Some(f) = self.r.poll_transmit() {
+                moved = true;
+                if es.is_none() {
+                    es = self.s.handle_frame(self.now, body(&f)).err();
+                }
+            }
+            if !moved {
+                return (es, er);
+            }
+        }
+    }
+
+    fn events(s: &mut Session) -> Vec<Event> {
+        std::iter::from_fn(|| s.poll_event()).collect()
+    }
+}
+
+fn offer() -> Offer {
+    Offer {
+        files: 1,
+        dirs: 0,
+        symlinks: 0,
+        bytes: 5,
+        names: vec!["a.txt".into()],
+        lanes: 1,
+        chunk_size: 1 << 20,
+    }
+}
+
+#[test]
+fn full_session_succeeds() {
+    let mut p = pair();
+    assert_eq!(p.pump(), (None, None));
+    let es = Pair::events(&mut p.s);
+    let er = Pair::events(&mut p.r);
+    let (Event::Secured { verifier: vs, .. }, Event::Secured { verifier: vr, .. }) = (&es[0], &er[0])
+    else {
+        panic!("not secured: {es:?} {er:?}")
+    };
+    assert_eq!(vs, vr);
+    assert!(p.s.keys().is_some() && p.r.keys().is_some());
+    assert_eq!(p.s.poll_timeout(), None, "handshake deadline cleared");
+
+    p.s.offer(offer()).unwrap();
+    p.pump();
+    assert_eq!(Pair::events(&mut p.r), [Event::Offer(offer())]);
+    p.r.accept(Accept { have: vec![] }).unwrap();
+    p.pump();
+    assert_eq!(Pair::events(&mut p.s), [Event::Accepted(Accept { have: vec![] })]);
+
+    let totals = Summary { entries: 1, files: 1, bytes: 5 };
+    p.s.finish(totals).unwrap();
+    p.pump();
+    assert_eq!(Pair::events(&mut p.r), [Event::Finished(totals)]);
+    p.r.complete(totals).unwrap();
+    assert_eq!(p.pump(), (None, None));
+    assert_eq!(Pair::events(&mut p.s), [Event::Completed(totals)]);
+    assert!(p.s.is_done() && p.r.is_done());
+}
+
+#[test]
+fn wrong_code_fails_both_sides_before_any_sealed_message() {
+    let (cs, cr) = channels();
+    let mut p = pair_with(CODE, "7-orbit-velvet-cannon", cs, cr);
+    let (es, er) = p.pump();
+    assert_eq!(es, Some(SessionError::WrongCode));
+    assert_eq!(er, Some(SessionError::WrongCode));
+    assert_eq!(SessionError::WrongCode.kind(), ErrorKind::WrongCode);
+    assert!(Pair::events(&mut p.s).is_empty() && Pair::events(&mut p.r).is_empty());
+    assert!(p.s.keys().is_none(), "keys are never released after a failed confirmation");
+    // A second guess on the same session goes nowhere.
+    assert!(p.s.handle_frame(p.now, &[0x01]).is_err());
+}
+
+#[test]
+fn refusal_reaches_the_sender_with_its_reason() {
+    let mut p = pair();
+    p.pump();
+    p.s.offer(offer()).unwrap();
+    p.pump();
+    let refuse = Refuse { reason: RefuseReason::Conflict, names: vec!["a.txt".into()] };
+    p.r.refuse(refuse.clone()).unwrap();
+    let (es, er) = p.pump();
+    assert_eq!(er, None);
+    let err = es.unwrap();
+    assert_eq!(err, SessionError::Refused(refuse));
+    assert_eq!(err.kind(), ErrorKind::Conflict);
+    assert!(err.to_string().contains("--overwrite"));
+    assert!(p.r.is_done());
+}
+
+#[test]
+fn a_substituted_connection_is_detected() {
+    // The sender sees a different exporter than the receiver: two TLS sessions spliced by a
+    // machine in the middle that relays the PAKE.
+    let (cs, mut cr) = channels();
+    cr.exporter = vec![0x44; 32];
+    let mut p = pair_with(CODE, CODE, cs, cr);
+    let (es, er) = p.pump();
+    assert_eq!(es, Some(SessionError::Crypto(CryptoError::BadBinding)));
+    assert_eq!(er, Some(SessionError::Crypto(CryptoError::BadBinding)));
+    assert_eq!(es.unwrap().kind(), ErrorKind::Integrity);
+}
+
+#[test]
+fn a_swapped_certificate_is_detected() {
+    let (cs, mut cr) = channels();
+    cr.peer_fingerprint = [0x55; 32];
+    let mut p = pair_with(CODE, CODE, cs, cr);
+    let (_, er) = p.pump();
+    assert_eq!(er, Some(SessionError::Fingerprint));
+}
+
+#[test]
+fn out_of_order_messages_are_protocol_errors() {
+    let mut p = pair();
+    p.pump();
+    // The receiver cannot finish or offer; the sender cannot accept.
+    assert_eq!(p.r.offer(offer()), Err(SessionError::Misuse("offer")));
+    assert_eq!(p.s.accept(Accept { have: vec![] }), Err(SessionError::Misuse("accept")));
+    // A peer that sends Finish before an offer was accepted breaks the protocol.
+    p.s.state = State::Transferring;
+    p.s.finish(Summary::default()).unwrap();
+    let (_, er) = p.pump();
+    assert!(matches!(er, Some(SessionError::Unexpected { got: "finish", .. })), "{er:?}");
+}
+
+#[test]
+fn peer_errors_are_reported() {
+    let mut p = pair();
+    p.pump();
+    p.r.abort(ErrorKind::Io, "disk full while writing a.txt");
+    let (es, _) = p.pump();
+    let err = es.unwrap();
+    assert!(err.to_string().contains("disk full"));
+    assert_eq!(err.kind(), ErrorKind::Peer);
+}
+
+#[test]
+fn handshake_times_out() {
+    let mut p = pair();
+    let deadline = p.s.poll_timeout().unwrap();
+    assert!(p.s.handle_timeout(deadline - Duration::from_millis(1)).is_ok());
+    assert_eq!(
+        p.s.handle_timeout(deadline),
+        Err(SessionError::Timeout(Config::default().handshake_timeout))
+    );
+}
+
+#[test]
+fn garbage_frames_fail_cleanly() {
+    for junk in [&[][..], &[0x03, 1, 2, 3], &[0x01, 0, 1], &[0xff; 40]] {
+        let mut p = pair();
+        assert!(p.r.handle_frame(p.now, junk).is_err());
+    }
+    // Sealed garbage after the handshake.
+    let mut p = pair();
+    p.pump();
+    let err = p.r.handle_frame(p.now, &[0x03, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9]);
+    assert_eq!(err, Err(SessionError::Crypto(CryptoError::Open)));
+}
