@@ -1,1 +1,52 @@
-//! (being written)
+//! The receiver's file system: the only code that writes to the destination directory.
+//!
+//! The peer is untrusted, so every name it sends is a [`RelPath`] first, and every write goes
+//! through [`Dest`]. The rules:
+//!
+//! 1. **Paths are validated before use** ([`RelPath::parse`]): relative, non-empty components,
+//!    no `.` or `..`, no NUL, `\` or control characters (a name must not rewrite the user's
+//!    terminal), no drive prefix, at most 255 bytes per component and 4096 in all.
+//! 2. **Walk, never resolve.** Parents are checked from the root one component at a time with
+//!    `symlink_metadata`: each must be a real directory. A symlink is refused even if it points
+//!    inside the destination, and so is a file where a directory is needed. Missing directories
+//!    are created one by one; losing a creation race means looking again, not trusting.
+//! 3. **Final names are never opened.** File data goes to a new hidden temporary file beside
+//!    the final name (`.<name>.p2p-copy-<hex>.part`, `O_EXCL`, mode 0o600), which is fsynced,
+//!    given its mode and mtime, then atomically renamed into place, and the directory fsynced.
+//!    Dropping a [`PartFile`] without committing removes it: no half-written file is ever
+//!    visible under a final name.
+//! 4. **Overwriting is explicit.** Without it, an existing final name (any type, dangling
+//!    symlinks included) is [`FsError::Exists`], also when it appears during the transfer
+//!    (`link(2)` refuses atomically). With it, a file or symlink is replaced by the rename
+//!    itself, so a symlink is replaced, never written through. A directory is never replaced
+//!    or deleted.
+//! 5. **Only files, directories and symlinks are created.** Symlink targets are stored
+//!    verbatim and never followed here; a later path through the link is refused by rule 2.
+//!    Device files and FIFOs are never created. Setuid and setgid bits are dropped.
+//! 6. **Errors say what to do:** ENOSPC/EDQUOT become [`FsError::DiskFull`], EACCES/EROFS
+//!    [`FsError::PermissionDenied`], each naming the destination path.
+//!
+//! Races: the checks use paths, not directory handles (std has no `openat`). They are sound
+//! against the peer, who can only act through this module: it never turns a directory into
+//! anything else, so a parent once checked stays a real directory. A hostile *local* process
+//! writing into the destination at the same time is out of scope.
+
+mod error;
+mod path;
+
+#[cfg(unix)]
+mod dest;
+#[cfg(unix)]
+mod part;
+
+pub use error::{classify, FsError};
+pub use path::{rel_path_of, PathError, RelPath, MAX_COMPONENT_LEN, MAX_PATH_LEN};
+
+#[cfg(unix)]
+pub use dest::Dest;
+#[cfg(unix)]
+pub use part::PartFile;
+
+#[cfg(all(test, unix))]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests;

@@ -1,0 +1,295 @@
+//! The destination directory: checked walks from the root, directories, symlinks, new files.
+
+use std::fs::{self, File, OpenOptions, Permissions};
+use std::io;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use super::error::{classify, FsError};
+use super::part::PartFile;
+use super::path::{RelPath, MAX_COMPONENT_LEN};
+
+/// Attempts at finding an unused temporary name before giving up.
+const TEMP_ATTEMPTS: usize = 16;
+/// Marker in every temporary name, so leftovers are recognisable.
+const TEMP_MARKER: &str = ".p2p-copy-";
+const TEMP_SUFFIX: &str = ".part";
+
+/// The destination directory. All operations take [`RelPath`]s and stay inside `root`.
+#[derive(Debug)]
+pub struct Dest {
+    /// Canonical: no symlinks, absolute.
+    root: PathBuf,
+}
+
+impl Dest {
+    /// Open the destination, creating it (and missing parents) if needed.
+    ///
+    /// `root` is the user's choice, so symlinks in it are resolved once here; everything below
+    /// it is checked on every operation.
+    pub fn open(root: &Path) -> Result<Dest, FsError> {
+        match fs::metadata(root) {
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                fs::create_dir_all(root).map_err(|e| classify(root, e))?;
+            }
+            Err(e) => return Err(classify(root, e)),
+        }
+        let canonical = fs::canonicalize(root).map_err(|e| classify(root, e))?;
+        let meta = fs::metadata(&canonical).map_err(|e| classify(&canonical, e))?;
+        if !meta.is_dir() {
+            return Err(FsError::Io {
+                path: canonical,
+                source: io::Error::new(
+                    io::ErrorKind::NotADirectory,
+                    "the destination is not a directory; choose a directory with --out",
+                ),
+            });
+        }
+        Ok(Dest { root: canonical })
+    }
+
+    /// The canonical destination directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Which of these top-level names already exist (any file type, dangling symlinks too)?
+    ///
+    /// Names that are not valid [`RelPath`]s are never reported: they are refused later anyway.
+    pub fn existing(&self, names: &[&str]) -> Vec<String> {
+        names
+            .iter()
+            .filter(|name| {
+                RelPath::parse(name).is_ok() && fs::symlink_metadata(self.root.join(name)).is_ok()
+            })
+            .map(|name| (*name).to_owned())
+            .collect()
+    }
+
+    /// Create a directory and its missing parents; fine if it already is a real directory.
+    pub fn create_dir(&self, rel: &RelPath) -> Result<(), FsError> {
+        self.walk(rel, rel.components(), true).map(drop)
+    }
+
+    /// Apply `mode` (permission bits, setuid/setgid dropped) and `mtime` to a directory. Call it
+    /// after the directory's contents are written.
+    pub fn finish_dir(
+        &self,
+        rel: &RelPath,
+        mode: u32,
+        mtime: Option<SystemTime>,
+    ) -> Result<(), FsError> {
+        let path = self.walk(rel, rel.components(), false)?;
+        // The walk saw a real directory; make sure the handle we change is that same one and not
+        // something swapped in since.
+        let before = fs::symlink_metadata(&path).map_err(|e| classify(&path, e))?;
+        check_dir(rel, rel.as_str(), &before)?;
+        let dir = File::open(&path).map_err(|e| classify(&path, e))?;
+        let after = dir.metadata().map_err(|e| classify(&path, e))?;
+        if (after.dev(), after.ino()) != (before.dev(), before.ino()) {
+            return Err(unsafe_path(rel, "the directory was replaced while being written"));
+        }
+        dir.set_permissions(Permissions::from_mode(safe_mode(mode)))
+            .map_err(|e| classify(&path, e))?;
+        if let Some(mtime) = mtime {
+            dir.set_modified(mtime).map_err(|e| classify(&path, e))?;
+        }
+        Ok(())
+    }
+
+    /// Create a symlink at `rel` pointing to `target`, stored verbatim and never followed here.
+    /// With `overwrite`, an existing non-directory is replaced atomically.
+    pub fn symlink(&self, rel: &RelPath, target: &str, overwrite: bool) -> Result<(), FsError> {
+        if target.is_empty() || target.contains('\0') || target.len() > super::MAX_PATH_LEN {
+            return Err(unsafe_path(
+                rel,
+                "the link target is empty, too long or contains a NUL byte",
+            ));
+        }
+        let (parent, path) = self.prepare_final(rel, overwrite)?;
+        if !overwrite {
+            // symlink(2) never replaces: an entry that appeared meanwhile is reported.
+            return std::os::unix::fs::symlink(target, &path).map_err(|e| match e.kind() {
+                io::ErrorKind::AlreadyExists => FsError::Exists { path: path.clone() },
+                _ => classify(&path, e),
+            });
+        }
+        for _ in 0..TEMP_ATTEMPTS {
+            let tmp = parent.join(temp_name(rel.name()));
+            match std::os::unix::fs::symlink(target, &tmp) {
+                Ok(()) => {
+                    return fs::rename(&tmp, &path).map_err(|e| {
+                        if let Err(e) = fs::remove_file(&tmp) {
+                            tracing::warn!(path = %tmp.display(), error = %e, "could not remove temporary link");
+                        }
+                        rename_error(rel, &path, e)
+                    });
+                }
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(classify(&path, e)),
+            }
+        }
+        Err(no_temp_name(&path))
+    }
+
+    /// Start receiving a file: create missing parents, then open a new temporary file beside the
+    /// final name (hidden, `O_EXCL`, mode 0o600). Data never goes to the final name directly.
+    pub fn create_file(&self, rel: &RelPath, overwrite: bool) -> Result<PartFile, FsError> {
+        let (parent, path) = self.prepare_final(rel, overwrite)?;
+        for _ in 0..TEMP_ATTEMPTS {
+            let tmp = parent.join(temp_name(rel.name()));
+            let opened = OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp);
+            match opened {
+                Ok(file) => {
+                    tracing::debug!(path = %path.display(), tmp = %tmp.display(), "receiving file");
+                    return Ok(PartFile::new(file, tmp, path, parent, rel.clone(), overwrite));
+                }
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(classify(&path, e)),
+            }
+        }
+        Err(no_temp_name(&path))
+    }
+
+    /// Create the parents of `rel` and check its final name: it may exist only with `overwrite`,
+    /// and never as a directory. Returns the parent directory and the final path.
+    fn prepare_final(&self, rel: &RelPath, overwrite: bool) -> Result<(PathBuf, PathBuf), FsError> {
+        let parent = match rel.parent() {
+            Some(parent) => self.walk(rel, parent.components(), true)?,
+            None => self.root.clone(),
+        };
+        let path = parent.join(rel.name());
+        match fs::symlink_metadata(&path) {
+            Ok(_) if !overwrite => Err(FsError::Exists { path }),
+            Ok(meta) if meta.is_dir() => Err(replaces_dir(rel)),
+            Ok(_) => Ok((parent, path)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok((parent, path)),
+            Err(e) => Err(classify(&path, e)),
+        }
+    }
+
+    /// Walk `comps` (a prefix of `rel`) from the root one component at a time. Each must be a
+    /// real directory, not a symlink; missing ones are created when `create`. Returns the path
+    /// of the last one.
+    fn walk<'a>(
+        &self,
+        rel: &RelPath,
+        comps: impl Iterator<Item = &'a str>,
+        create: bool,
+    ) -> Result<PathBuf, FsError> {
+        let mut path = self.root.clone();
+        let mut shown = String::new();
+        for comp in comps {
+            path.push(comp);
+            if !shown.is_empty() {
+                shown.push('/');
+            }
+            shown.push_str(comp);
+            let meta = match fs::symlink_metadata(&path) {
+                Ok(meta) => meta,
+                Err(e) if e.kind() == io::ErrorKind::NotFound && create => {
+                    match fs::create_dir(&path) {
+                        Ok(()) => continue,
+                        // Lost a race: look again at whatever is there now.
+                        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                            fs::symlink_metadata(&path).map_err(|e| classify(&path, e))?
+                        }
+                        Err(e) => return Err(classify(&path, e)),
+                    }
+                }
+                Err(e) => return Err(classify(&path, e)),
+            };
+            check_dir(rel, &shown, &meta)?;
+        }
+        Ok(path)
+    }
+}
+
+/// Permission bits to apply: `mode & 0o7777` without setuid and setgid.
+pub(super) fn safe_mode(mode: u32) -> u32 {
+    mode & 0o7777 & !0o6000
+}
+
+/// A hidden, unique name beside `name`: `.<name>.p2p-copy-<16 hex>.part`, with `name`
+/// shortened (at a character boundary) so the result fits in one component.
+fn temp_name(name: &str) -> String {
+    let overhead = 1 + TEMP_MARKER.len() + 16 + TEMP_SUFFIX.len();
+    let mut keep = name.len().min(MAX_COMPONENT_LEN - overhead);
+    while !name.is_char_boundary(keep) {
+        keep -= 1;
+    }
+    format!(".{}{TEMP_MARKER}{:016x}{TEMP_SUFFIX}", &name[..keep], rand::random::<u64>())
+}
+
+/// Refuse anything but a real directory at `shown` (a prefix of `rel`).
+fn check_dir(rel: &RelPath, shown: &str, meta: &fs::Metadata) -> Result<(), FsError> {
+    let ft = meta.file_type();
+    if ft.is_dir() {
+        Ok(())
+    } else if ft.is_symlink() {
+        Err(unsafe_path(
+            rel,
+            &format!(
+                "{shown} is a symbolic link, and p2p-copy never writes through links \
+                 in the destination"
+            ),
+        ))
+    } else {
+        Err(unsafe_path(rel, &format!("{shown} exists and is not a directory")))
+    }
+}
+
+pub(super) fn unsafe_path(rel: &RelPath, reason: &str) -> FsError {
+    FsError::Unsafe { path: rel.to_string(), reason: reason.to_owned() }
+}
+
+pub(super) fn replaces_dir(rel: &RelPath) -> FsError {
+    unsafe_path(rel, "a directory is in the way, and p2p-copy never replaces a directory")
+}
+
+/// Map a failed rename onto `path`; EISDIR means a directory appeared under the final name.
+pub(super) fn rename_error(rel: &RelPath, path: &Path, err: io::Error) -> FsError {
+    match err.kind() {
+        io::ErrorKind::IsADirectory | io::ErrorKind::DirectoryNotEmpty => replaces_dir(rel),
+        _ => classify(path, err),
+    }
+}
+
+fn no_temp_name(path: &Path) -> FsError {
+    FsError::Io {
+        path: path.to_path_buf(),
+        source: io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            "no unused temporary name found beside it",
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn temp_names_are_hidden_unique_and_fit() {
+        let a = temp_name("photo.jpg");
+        let b = temp_name("photo.jpg");
+        assert_ne!(a, b);
+        assert!(a.starts_with(".photo.jpg.p2p-copy-") && a.ends_with(".part"), "{a}");
+        assert_eq!(a.len(), ".photo.jpg".len() + TEMP_MARKER.len() + 16 + TEMP_SUFFIX.len());
+
+        let long = "é".repeat(MAX_COMPONENT_LEN / 2);
+        let t = temp_name(&long);
+        assert!(t.len() <= MAX_COMPONENT_LEN, "{}", t.len());
+        assert!(t.starts_with(".é"));
+    }
+
+    #[test]
+    fn safe_mode_drops_setuid_and_setgid() {
+        assert_eq!(safe_mode(0o104755), 0o755);
+        assert_eq!(safe_mode(0o6777), 0o777);
+        assert_eq!(safe_mode(0o1777), 0o1777);
+        assert_eq!(safe_mode(0o640), 0o640);
+    }
+}

@@ -1,0 +1,159 @@
+//! A file being received: a temporary file beside its final name until `commit`.
+
+use std::fs::{self, File, Permissions};
+use std::io::{self, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+use std::time::SystemTime;
+
+use super::dest::{rename_error, replaces_dir, safe_mode};
+use super::error::{classify, FsError};
+use super::path::RelPath;
+
+/// A file being received. Dropping it without [`commit`](PartFile::commit) removes the
+/// temporary file.
+#[derive(Debug)]
+pub struct PartFile {
+    file: File,
+    /// The temporary file, in the same directory as `path`.
+    tmp: PathBuf,
+    /// The final name.
+    path: PathBuf,
+    /// The directory holding both, fsynced after the rename.
+    parent: PathBuf,
+    rel: RelPath,
+    overwrite: bool,
+    written: u64,
+    /// Whether `tmp` still exists and is ours to remove.
+    tmp_exists: bool,
+}
+
+impl PartFile {
+    pub(super) fn new(
+        file: File,
+        tmp: PathBuf,
+        path: PathBuf,
+        parent: PathBuf,
+        rel: RelPath,
+        overwrite: bool,
+    ) -> PartFile {
+        PartFile { file, tmp, path, parent, rel, overwrite, written: 0, tmp_exists: true }
+    }
+
+    /// Append `data`. ENOSPC and EDQUOT surface as [`FsError::DiskFull`].
+    pub fn write_all(&mut self, data: &[u8]) -> Result<(), FsError> {
+        self.file.write_all(data).map_err(|e| classify(&self.path, e))?;
+        self.written += data.len() as u64;
+        Ok(())
+    }
+
+    /// Bytes written so far.
+    pub fn written(&self) -> u64 {
+        self.written
+    }
+
+    /// Make the file durable and put it in place: set `mtime` and `mode` (setuid/setgid
+    /// dropped), fsync, atomically move it onto the final name, fsync the directory.
+    ///
+    /// Without `overwrite`, a final name that appeared since [`create_file`] is reported as
+    /// [`FsError::Exists`] and left alone; a directory there is never replaced. On error the
+    /// temporary file is removed.
+    ///
+    /// [`create_file`]: super::Dest::create_file
+    pub fn commit(mut self, mode: u32, mtime: Option<SystemTime>) -> Result<(), FsError> {
+        let path = &self.path;
+        if let Some(mtime) = mtime {
+            self.file.set_modified(mtime).map_err(|e| classify(path, e))?;
+        }
+        self.file
+            .set_permissions(Permissions::from_mode(safe_mode(mode)))
+            .map_err(|e| classify(path, e))?;
+        self.file.sync_all().map_err(|e| classify(path, e))?;
+        self.install()?;
+        sync_dir(&self.parent)?;
+        tracing::debug!(path = %self.path.display(), bytes = self.written, "file committed");
+        Ok(())
+    }
+
+    /// Discard the file: remove the temporary file, reporting any error.
+    pub fn discard(mut self) -> Result<(), FsError> {
+        self.tmp_exists = false;
+        match fs::remove_file(&self.tmp) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(classify(&self.tmp, e)),
+        }
+    }
+
+    /// Move the temporary file onto the final name.
+    fn install(&mut self) -> Result<(), FsError> {
+        if self.overwrite {
+            // rename(2) replaces a file or a symlink itself (never what a link points to) and
+            // fails with EISDIR on a directory; checking first gives the clearer error.
+            if fs::symlink_metadata(&self.path).is_ok_and(|m| m.is_dir()) {
+                return Err(replaces_dir(&self.rel));
+            }
+            return self.rename();
+        }
+        // link(2) fails atomically if the final name exists, which rename(2) cannot do.
+        match fs::hard_link(&self.tmp, &self.path) {
+            Ok(()) => {
+                match fs::remove_file(&self.tmp) {
+                    Ok(()) => self.tmp_exists = false,
+                    // The file is in place; Drop tries again to remove the extra name.
+                    Err(e) => {
+                        tracing::warn!(path = %self.tmp.display(), error = %e, "could not remove temporary file")
+                    }
+                }
+                Ok(())
+            }
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                Err(FsError::Exists { path: self.path.clone() })
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded
+                ) =>
+            {
+                Err(classify(&self.path, e))
+            }
+            // No hard links on this file system (FAT, some network and FUSE file systems):
+            // check, then rename. Only another local process could race us here.
+            Err(_) => match fs::symlink_metadata(&self.path) {
+                Ok(_) => Err(FsError::Exists { path: self.path.clone() }),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => self.rename(),
+                Err(e) => Err(classify(&self.path, e)),
+            },
+        }
+    }
+
+    fn rename(&mut self) -> Result<(), FsError> {
+        fs::rename(&self.tmp, &self.path).map_err(|e| rename_error(&self.rel, &self.path, e))?;
+        self.tmp_exists = false;
+        Ok(())
+    }
+}
+
+impl Drop for PartFile {
+    fn drop(&mut self) {
+        if self.tmp_exists {
+            if let Err(e) = fs::remove_file(&self.tmp) {
+                tracing::warn!(path = %self.tmp.display(), error = %e, "could not remove temporary file");
+            }
+        }
+    }
+}
+
+/// fsync a directory so a rename in it survives a crash. File systems that cannot (EINVAL) are
+/// skipped.
+fn sync_dir(dir: &std::path::Path) -> Result<(), FsError> {
+    let result = File::open(dir).and_then(|d| d.sync_all());
+    match result {
+        Ok(()) => Ok(()),
+        Err(e) if matches!(e.kind(), io::ErrorKind::InvalidInput | io::ErrorKind::Unsupported) => {
+            Ok(())
+        }
+        Err(e) => Err(classify(dir, e)),
+    }
+}

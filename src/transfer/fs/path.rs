@@ -1,0 +1,320 @@
+//! Relative paths as they cross the wire, and their validation.
+//!
+//! A [`RelPath`] is the only way a peer-supplied name reaches the file system. Parsing is total
+//! (never panics) and rejects anything that could name a place outside the destination or that
+//! would be unsafe to print on a terminal.
+
+use std::fmt;
+use std::path::{Component, Path, PathBuf};
+
+/// Longest accepted path, in bytes (Linux `PATH_MAX`).
+pub const MAX_PATH_LEN: usize = 4096;
+/// Longest accepted path component, in bytes (`NAME_MAX` on common file systems).
+pub const MAX_COMPONENT_LEN: usize = 255;
+
+/// A relative path from the peer, validated.
+///
+/// Non-empty, components separated by `/`, each component non-empty, not `.` or `..`, without
+/// NUL, `\` or control characters, at most [`MAX_COMPONENT_LEN`] bytes per component and
+/// [`MAX_PATH_LEN`] bytes in total; no leading `/` and no Windows drive prefix such as `C:`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct RelPath(String);
+
+/// Why a path was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum PathError {
+    /// The path is the empty string.
+    #[error("refused an empty path: every entry must have a name")]
+    Empty,
+    /// The path is absolute (`/...`) or starts with a drive prefix (`C:`).
+    #[error("refused absolute path {0:?}: only paths relative to the destination are accepted")]
+    Absolute(String),
+    /// A component is `..`.
+    #[error("refused path {0:?}: it contains '..' and could escape the destination")]
+    DotDot(String),
+    /// A component is empty, `.`, too long, or holds a forbidden character.
+    #[error("refused path {path:?}: {reason}")]
+    InvalidComponent {
+        /// The whole path as received.
+        path: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// The path is longer than [`MAX_PATH_LEN`] bytes.
+    #[error("refused a path longer than {MAX_PATH_LEN} bytes")]
+    TooLong,
+    /// A local name is not valid UTF-8 and cannot be sent.
+    #[error("cannot send {}: its name is not valid UTF-8; rename it first", .0.display())]
+    NotUtf8(PathBuf),
+}
+
+impl RelPath {
+    /// Validate a path received from the peer.
+    pub fn parse(s: &str) -> Result<RelPath, PathError> {
+        if s.is_empty() {
+            return Err(PathError::Empty);
+        }
+        // Checked first so that no error ever carries an unbounded peer string.
+        if s.len() > MAX_PATH_LEN {
+            return Err(PathError::TooLong);
+        }
+        if s.starts_with('/') || has_drive_prefix(s) {
+            return Err(PathError::Absolute(s.to_owned()));
+        }
+        for comp in s.split('/') {
+            check_component(s, comp)?;
+        }
+        Ok(RelPath(s.to_owned()))
+    }
+
+    /// The path as it travels on the wire.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The components, top-level first.
+    pub fn components(&self) -> impl Iterator<Item = &str> {
+        self.0.split('/')
+    }
+
+    /// The top-level name (the first component).
+    pub fn first(&self) -> &str {
+        self.0.split('/').next().unwrap_or(&self.0)
+    }
+
+    /// The last component: the entry's own name.
+    pub fn name(&self) -> &str {
+        self.0.rsplit('/').next().unwrap_or(&self.0)
+    }
+
+    /// The path without its last component, or `None` for a top-level name.
+    pub fn parent(&self) -> Option<RelPath> {
+        // Every prefix of a valid path at a '/' is itself valid.
+        self.0.rsplit_once('/').map(|(parent, _)| RelPath(parent.to_owned()))
+    }
+}
+
+impl fmt::Display for RelPath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Safe to print as is: control characters are refused by `parse`.
+        f.write_str(&self.0)
+    }
+}
+
+/// Sender side: the [`RelPath`] for `rel` (relative to the sent root) below the top-level name
+/// `root_name`. An empty `rel` names the root itself.
+pub fn rel_path_of(root_name: &str, rel: &Path) -> Result<RelPath, PathError> {
+    let root = RelPath::parse(root_name)?;
+    if root.parent().is_some() {
+        return Err(PathError::InvalidComponent {
+            path: root_name.to_owned(),
+            reason: "the top-level name must be a single component",
+        });
+    }
+    let mut s = root.0;
+    for comp in rel.components() {
+        match comp {
+            Component::Normal(name) => {
+                let name = name.to_str().ok_or_else(|| PathError::NotUtf8(rel.to_path_buf()))?;
+                s.push('/');
+                s.push_str(name);
+            }
+            Component::CurDir => {}
+            Component::ParentDir => return Err(PathError::DotDot(rel.display().to_string())),
+            Component::RootDir | Component::Prefix(_) => {
+                return Err(PathError::Absolute(rel.display().to_string()))
+            }
+        }
+    }
+    RelPath::parse(&s)
+}
+
+/// `C:`, `c:foo`: a Windows drive prefix on the first component.
+fn has_drive_prefix(s: &str) -> bool {
+    let b = s.as_bytes();
+    b.len() >= 2 && b[0].is_ascii_alphabetic() && b[1] == b':'
+}
+
+fn check_component(path: &str, comp: &str) -> Result<(), PathError> {
+    let reason = if comp.is_empty() {
+        "it has an empty component (a doubled or trailing '/')"
+    } else if comp == "." {
+        "it has a '.' component"
+    } else if comp == ".." {
+        return Err(PathError::DotDot(path.to_owned()));
+    } else if comp.len() > MAX_COMPONENT_LEN {
+        "a component is longer than 255 bytes"
+    } else if comp.contains('\0') {
+        "it contains a NUL byte"
+    } else if comp.contains('\\') {
+        "it contains a backslash, which is a separator on Windows"
+    } else if comp.chars().any(char::is_control) {
+        "it contains a control character"
+    } else {
+        return Ok(());
+    };
+    Err(PathError::InvalidComponent { path: path.to_owned(), reason })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn ok(s: &str) -> RelPath {
+        match RelPath::parse(s) {
+            Ok(p) => p,
+            Err(e) => panic!("{s:?} should be valid: {e}"),
+        }
+    }
+
+    #[test]
+    fn valid_paths() {
+        for s in [
+            "a",
+            "a/b",
+            "a b/c.txt",
+            ".hidden",
+            "a..b",
+            "...",
+            "x/C:",
+            "ünïcode/ファイル",
+            "1:",
+            &"n".repeat(MAX_COMPONENT_LEN),
+        ] {
+            assert_eq!(ok(s).as_str(), s);
+        }
+        let long = vec!["d".repeat(MAX_COMPONENT_LEN); 16].join("/");
+        assert!(long.len() <= MAX_PATH_LEN);
+        ok(&long);
+    }
+
+    #[test]
+    fn invalid_paths() {
+        type IsExpected = fn(&PathError) -> bool;
+        let cases: &[(&str, IsExpected)] = &[
+            ("", |e| matches!(e, PathError::Empty)),
+            ("/a", |e| matches!(e, PathError::Absolute(_))),
+            ("/", |e| matches!(e, PathError::Absolute(_))),
+            ("C:", |e| matches!(e, PathError::Absolute(_))),
+            ("c:/x", |e| matches!(e, PathError::Absolute(_))),
+            ("C:foo", |e| matches!(e, PathError::Absolute(_))),
+            ("..", |e| matches!(e, PathError::DotDot(_))),
+            ("a/../b", |e| matches!(e, PathError::DotDot(_))),
+            ("a/..", |e| matches!(e, PathError::DotDot(_))),
+            (".", |e| matches!(e, PathError::InvalidComponent { .. })),
+            ("./a", |e| matches!(e, PathError::InvalidComponent { .. })),
+            ("a/./b", |e| matches!(e, PathError::InvalidComponent { .. })),
+            ("a//b", |e| matches!(e, PathError::InvalidComponent { .. })),
+            ("a/", |e| matches!(e, PathError::InvalidComponent { .. })),
+            ("a\\b", |e| matches!(e, PathError::InvalidComponent { .. })),
+            ("..\\x", |e| matches!(e, PathError::InvalidComponent { .. })),
+            ("a\0b", |e| matches!(e, PathError::InvalidComponent { .. })),
+            ("a\nb", |e| matches!(e, PathError::InvalidComponent { .. })),
+            ("\x1b[31mred", |e| matches!(e, PathError::InvalidComponent { .. })),
+            ("a\u{9b}b", |e| matches!(e, PathError::InvalidComponent { .. })),
+        ];
+        for (s, is_expected) in cases {
+            match RelPath::parse(s) {
+                Ok(p) => panic!("{s:?} accepted as {p:?}"),
+                Err(e) => assert!(is_expected(&e), "{s:?}: unexpected error {e:?}"),
+            }
+        }
+        let long_comp = format!("a/{}", "n".repeat(MAX_COMPONENT_LEN + 1));
+        assert!(matches!(RelPath::parse(&long_comp), Err(PathError::InvalidComponent { .. })));
+        let long_path = vec!["d".repeat(200); 21].join("/");
+        assert!(long_path.len() > MAX_PATH_LEN);
+        assert!(matches!(RelPath::parse(&long_path), Err(PathError::TooLong)));
+    }
+
+    #[test]
+    fn error_messages_escape_peer_strings() {
+        let Err(e) = RelPath::parse("x/\x1b]0;owned\x07") else {
+            panic!("accepted a control character");
+        };
+        let msg = e.to_string();
+        assert!(!msg.chars().any(char::is_control), "{msg:?}");
+        assert!(msg.contains("control character"), "{msg}");
+    }
+
+    #[test]
+    fn accessors() {
+        let p = ok("top/mid/leaf.txt");
+        assert_eq!(p.components().collect::<Vec<_>>(), ["top", "mid", "leaf.txt"]);
+        assert_eq!(p.first(), "top");
+        assert_eq!(p.name(), "leaf.txt");
+        assert_eq!(p.parent(), Some(ok("top/mid")));
+        assert_eq!(p.parent().and_then(|p| p.parent()), Some(ok("top")));
+        assert_eq!(ok("top").parent(), None);
+        assert_eq!(ok("top").first(), "top");
+        assert_eq!(ok("top").name(), "top");
+        assert_eq!(p.to_string(), "top/mid/leaf.txt");
+    }
+
+    #[test]
+    fn rel_path_of_joins_below_the_root_name() {
+        assert_eq!(rel_path_of("results", Path::new("a/b.txt")).ok(), Some(ok("results/a/b.txt")));
+        assert_eq!(rel_path_of("results", Path::new("./a/./b")).ok(), Some(ok("results/a/b")));
+        assert_eq!(rel_path_of("results", Path::new("")).ok(), Some(ok("results")));
+        assert!(matches!(rel_path_of("results", Path::new("../x")), Err(PathError::DotDot(_))));
+        assert!(matches!(rel_path_of("results", Path::new("/etc")), Err(PathError::Absolute(_))));
+        assert!(matches!(
+            rel_path_of("a/b", Path::new("c")),
+            Err(PathError::InvalidComponent { .. })
+        ));
+        assert!(matches!(rel_path_of("..", Path::new("c")), Err(PathError::DotDot(_))));
+        assert!(matches!(
+            rel_path_of("r", Path::new("a\\b")),
+            Err(PathError::InvalidComponent { .. })
+        ));
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn rel_path_of_refuses_non_utf8() {
+        use std::ffi::OsStr;
+        use std::os::unix::ffi::OsStrExt;
+        let bad = Path::new(OsStr::from_bytes(b"dir/caf\xe9"));
+        let err = rel_path_of("r", bad).err();
+        assert!(matches!(err, Some(PathError::NotUtf8(ref p)) if p == bad), "{err:?}");
+    }
+
+    fn check_accepted(s: &str) {
+        if let Ok(p) = RelPath::parse(s) {
+            assert_eq!(p.as_str(), s);
+            assert!(!s.starts_with('/'));
+            assert!(s.len() <= MAX_PATH_LEN);
+            for comp in p.components() {
+                assert!(!comp.is_empty() && comp != "." && comp != "..", "{s:?}");
+                assert!(comp.len() <= MAX_COMPONENT_LEN);
+                assert!(!comp.contains('\\') && !comp.contains('\0'));
+            }
+            // The path stays below any directory it is joined to.
+            let joined = Path::new("/dest").join(s);
+            assert!(joined.starts_with("/dest"));
+            assert!(joined
+                .components()
+                .all(|c| matches!(c, Component::RootDir | Component::Normal(_))));
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn parse_never_panics_on_any_string(s in ".*") {
+            check_accepted(&s);
+        }
+
+        #[test]
+        fn parse_never_panics_on_tricky_strings(s in "[a./\\\\:C\\x00\\x1b ]{0,16}") {
+            check_accepted(&s);
+        }
+
+        #[test]
+        fn valid_paths_round_trip(comps in prop::collection::vec("[a-zA-Z0-9 ._-]{1,20}", 1..8)) {
+            let s = comps.join("/");
+            let all_valid = comps.iter().all(|c| c != "." && c != "..");
+            prop_assert_eq!(RelPath::parse(&s).is_ok(), all_valid && !has_drive_prefix(&s));
+            check_accepted(&s);
+        }
+    }
+}
