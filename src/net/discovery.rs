@@ -1,1 +1,988 @@
-//! (being written)
+//! LAN discovery: with no rendezvous node configured, the receiver learns the sender's QUIC
+//! address from the public nameplate by UDP multicast (DESIGN.md §4 step 2, LAN mode).
+//!
+//! The datagrams are [`DiscoveryMsg`]s (byte layout in [`crate::wire::discovery`]). They carry
+//! the nameplate, random identifiers and a port, nothing secret: the PAKE that runs next over
+//! QUIC is what authenticates the peer, so a forged answer can cost a retry, never data.
+//!
+//! # Flow
+//!
+//! 1. **Sender** ([`Announcer::start`]): binds UDP `0.0.0.0:<port>` (default [`DEFAULT_PORT`])
+//!    with `SO_REUSEADDR` + `SO_REUSEPORT`, so several senders (and receivers) on one host
+//!    share the port, and joins the group ([`GROUP_V4`]) on every IPv4 interface, loopback
+//!    included. Linux's `lo` lacks the `MULTICAST` flag, yet membership and sends pinned to
+//!    127.0.0.1 work, which is what lets two processes on a loopback-only host meet.
+//! 2. The sender multicasts an unsolicited `Announce { query_id: 0 }` through every interface
+//!    (`IP_MULTICAST_IF` per send, TTL 1, loopback on) every
+//!    [`DiscoveryConfig::announce_interval`], until the [`Announcer`] is dropped. It re-reads
+//!    the interface list every few seconds so a network that comes up later is served too.
+//! 3. **Receiver** ([`find`]): binds an ephemeral socket (for unicast answers) and, like the
+//!    sender, a shared socket on the group port (for unsolicited announces). Through the
+//!    ephemeral socket it multicasts `Query { nameplate, query_id }` on every interface, first
+//!    at once, then every 200 ms, backing off to 1 s.
+//! 4. The sender answers a `Query` for its nameplate with an `Announce` carrying the query's id,
+//!    by unicast to the query's source (rate-limited) and by multicast (at most every 100 ms)
+//!    so that a receiver whose unicast path is filtered still hears it.
+//! 5. The receiver takes the announce's **source IP** with the **announced port** as the
+//!    sender's address. After the first matching announce it keeps listening for a grace
+//!    period ([`GRACE`]) to collect the sender's other addresses (one per interface the
+//!    datagrams crossed, at most [`MAX_ADDRS`]) and to notice a second sender *instance* on
+//!    the same nameplate, which is an [`DiscoveryError::Ambiguous`] error: picking one would
+//!    be a coin toss, and a new code fixes it.
+//! 6. No answer within the timeout is [`DiscoveryError::NotFound`]. Malformed datagrams,
+//!    queries and other nameplates are ignored (logged at debug level).
+//!
+//! The decisions (what to answer, when to stop, which addresses) live in two small sans-IO
+//! state machines, `Responder` and `Collector`; the async code around them only moves bytes.
+//! IPv6 is not used: every host that can run the QUIC transfer has IPv4 loopback, and LAN
+//! peers have link IPv4 in practice.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::time::Duration;
+
+use socket2::{Domain, Protocol, SockRef, Socket, Type};
+use tokio::net::UdpSocket;
+use tokio::task::JoinHandle;
+use tokio::time::{sleep_until, Instant, MissedTickBehavior};
+use tracing::{debug, trace, warn};
+
+use crate::error::ErrorKind;
+use crate::wire::discovery::{DiscoveryMsg, MAX_DATAGRAM};
+
+/// UDP port discovery runs on unless configured otherwise.
+pub const DEFAULT_PORT: u16 = 41641;
+/// Administratively scoped (RFC 2365) IPv4 group discovery datagrams go to.
+pub const GROUP_V4: Ipv4Addr = Ipv4Addr::new(239, 255, 41, 41);
+/// Environment variable that overrides [`DEFAULT_PORT`] in [`DiscoveryConfig::default`].
+pub const PORT_ENV: &str = "P2P_COPY_DISCOVERY_PORT";
+/// How long [`find`] keeps listening after the first matching answer.
+pub const GRACE: Duration = Duration::from_millis(300);
+/// At most this many addresses are collected for one sender.
+pub const MAX_ADDRS: usize = 16;
+
+/// First query retry interval of [`find`]; it grows by a quarter each round up to the cap.
+const QUERY_INTERVAL_START: Duration = Duration::from_millis(200);
+const QUERY_INTERVAL_MAX: Duration = Duration::from_secs(1);
+/// Minimum spacing of multicast answers to queries (each one costs a send per interface).
+const MULTICAST_REPLY_SPACING: Duration = Duration::from_millis(100);
+/// Unicast answers allowed per [`UNICAST_REPLY_WINDOW`].
+const UNICAST_REPLIES_PER_WINDOW: u32 = 50;
+const UNICAST_REPLY_WINDOW: Duration = Duration::from_secs(1);
+/// The announcer re-reads the interface list every this many announce ticks.
+const REFRESH_INTERFACES_EVERY: u32 = 10;
+/// Interfaces beyond this many are ignored (bounds the sends per announce).
+const MAX_INTERFACES: usize = 64;
+/// One more than the largest valid datagram, so oversized input is seen as such.
+const RECV_BUF: usize = MAX_DATAGRAM + 1;
+
+/// Where discovery runs; tests override the port so parallel tests do not see each other.
+#[derive(Debug, Clone)]
+pub struct DiscoveryConfig {
+    /// UDP port shared by all senders and receivers on the network.
+    pub port: u16,
+    /// IPv4 multicast group.
+    pub group: Ipv4Addr,
+    /// Period of the sender's unsolicited announces.
+    pub announce_interval: Duration,
+}
+
+impl Default for DiscoveryConfig {
+    /// Port from `P2P_COPY_DISCOVERY_PORT` if set and valid, else [`DEFAULT_PORT`];
+    /// group [`GROUP_V4`]; announces every 500 ms.
+    fn default() -> Self {
+        DiscoveryConfig {
+            port: port_from_env(std::env::var(PORT_ENV).ok().as_deref()),
+            group: GROUP_V4,
+            announce_interval: Duration::from_millis(500),
+        }
+    }
+}
+
+/// The port named by the environment variable's value, or [`DEFAULT_PORT`].
+fn port_from_env(value: Option<&str>) -> u16 {
+    let Some(value) = value else {
+        return DEFAULT_PORT;
+    };
+    match value.trim().parse::<u16>() {
+        Ok(port) if port != 0 => port,
+        _ => {
+            warn!(
+                value,
+                default = DEFAULT_PORT,
+                "ignoring invalid {PORT_ENV} (want a port 1-65535)"
+            );
+            DEFAULT_PORT
+        }
+    }
+}
+
+/// Why discovery failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DiscoveryError {
+    /// A socket could not be bound, configured or used; `context` says which and what for.
+    #[error("{context}")]
+    Io {
+        /// What was being done, in words a user can act on.
+        context: String,
+        /// The operating system's error.
+        #[source]
+        source: io::Error,
+    },
+    /// Nobody answered for the nameplate.
+    #[error(
+        "no sender for nameplate {nameplate} answered on the local network within {waited:?}; \
+         check that the sender is running, on the same network, and that UDP port {port} is \
+         not blocked"
+    )]
+    NotFound {
+        /// The nameplate looked for.
+        nameplate: u32,
+        /// How long [`find`] waited.
+        waited: Duration,
+        /// The discovery port used.
+        port: u16,
+    },
+    /// Two different senders answered for the nameplate.
+    #[error(
+        "two different senders on the local network use nameplate {nameplate}; ask the sender \
+         to start again so it gets a new code"
+    )]
+    Ambiguous {
+        /// The nameplate both senders offer.
+        nameplate: u32,
+    },
+}
+
+impl DiscoveryError {
+    /// Discovery failures are all network trouble as far as exit codes go.
+    pub fn kind(&self) -> ErrorKind {
+        ErrorKind::Network
+    }
+
+    fn io(context: impl Into<String>, source: io::Error) -> Self {
+        DiscoveryError::Io { context: context.into(), source }
+    }
+}
+
+/// A sender found on the network.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Found {
+    /// The sender's random instance id.
+    pub instance: u64,
+    /// Source IP(s) its announces came from, with the announced port; in order of arrival,
+    /// deduplicated, at most [`MAX_ADDRS`].
+    pub addrs: Vec<SocketAddr>,
+}
+
+/// Sender side: answers queries for the nameplate and announces it periodically until
+/// dropped. Dropping it aborts the background task, which closes the socket.
+#[derive(Debug)]
+pub struct Announcer {
+    instance: u64,
+    task: JoinHandle<()>,
+}
+
+impl Announcer {
+    /// Binds the discovery port, joins the group on every interface and starts announcing
+    /// that `nameplate` is served by a QUIC endpoint on `quic_port`.
+    ///
+    /// Fails if the port cannot be bound or the group joined on no interface at all.
+    pub async fn start(
+        config: &DiscoveryConfig,
+        nameplate: u32,
+        quic_port: u16,
+    ) -> Result<Announcer, DiscoveryError> {
+        let socket = bind_group_socket(config.port)?;
+        let mut interfaces = Interfaces::default();
+        interfaces
+            .refresh(&socket, config.group)
+            .map_err(|e| DiscoveryError::io("listing network interfaces for discovery", e))?;
+        if interfaces.joined == 0 {
+            return Err(DiscoveryError::io(
+                format!(
+                    "could not join multicast group {} on any network interface \
+                     (not even loopback); LAN discovery cannot work on this host",
+                    config.group
+                ),
+                io::Error::new(io::ErrorKind::AddrNotAvailable, "no interface joined"),
+            ));
+        }
+        let instance = loop {
+            // Non-zero, so it never looks like the unset `query_id` 0 in logs.
+            let id = rand::random::<u64>();
+            if id != 0 {
+                break id;
+            }
+        };
+        let responder = Responder::new(nameplate, instance, quic_port, Instant::now());
+        debug!(
+            nameplate,
+            instance = format_args!("{instance:016x}"),
+            quic_port,
+            discovery_port = config.port,
+            interfaces = ?interfaces.addrs,
+            "announcing on the local network"
+        );
+        let task = tokio::spawn(run_announcer(socket, interfaces, config.clone(), responder));
+        Ok(Announcer { instance, task })
+    }
+
+    /// This sender's random instance id, as seen in [`Found::instance`].
+    pub fn instance(&self) -> u64 {
+        self.instance
+    }
+}
+
+impl Drop for Announcer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// The announcer's loop: periodic announces, answers to queries.
+async fn run_announcer(
+    socket: UdpSocket,
+    mut interfaces: Interfaces,
+    config: DiscoveryConfig,
+    mut responder: Responder,
+) {
+    let group = SocketAddrV4::new(config.group, config.port);
+    let mut ticker = tokio::time::interval(config.announce_interval);
+    ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut ticks = 0u32;
+    let mut buf = [0u8; RECV_BUF];
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {
+                ticks = ticks.wrapping_add(1);
+                if ticks % REFRESH_INTERFACES_EVERY == 0 {
+                    if let Err(e) = interfaces.refresh(&socket, config.group) {
+                        debug!(error = %e, "could not re-read the network interfaces");
+                    }
+                }
+                let bytes = responder.announce(0).encode();
+                send_multicast(&socket, &interfaces.addrs, group, &bytes).await;
+            }
+            received = socket.recv_from(&mut buf) => match received {
+                Ok((len, from)) => {
+                    let Some(answer) = responder.handle(Instant::now(), from, &buf[..len]) else {
+                        continue;
+                    };
+                    let bytes = answer.msg.encode();
+                    if let Some(to) = answer.unicast_to {
+                        if let Err(e) = socket.send_to(&bytes, to).await {
+                            debug!(%to, error = %e, "could not answer a discovery query");
+                        }
+                    }
+                    if answer.multicast {
+                        send_multicast(&socket, &interfaces.addrs, group, &bytes).await;
+                    }
+                }
+                Err(e) if is_transient(&e) => trace!(error = %e, "discovery receive"),
+                Err(e) => {
+                    warn!(error = %e, "discovery socket receive failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            },
+        }
+    }
+}
+
+/// Receiver side: queries every interface repeatedly until an announce for `nameplate`
+/// arrives or `timeout` elapses, then listens [`GRACE`] longer to collect more addresses of
+/// that sender and to detect a second sender on the same nameplate.
+///
+/// Returns within `timeout` + [`GRACE`]; `timeout` bounds the wait for the first answer.
+pub async fn find(
+    config: &DiscoveryConfig,
+    nameplate: u32,
+    timeout: Duration,
+) -> Result<Found, DiscoveryError> {
+    let started = Instant::now();
+    let deadline = started + timeout;
+    let group = SocketAddrV4::new(config.group, config.port);
+    let query_id = rand::random::<u64>() | 1;
+    let query = DiscoveryMsg::Query { nameplate, query_id }.encode();
+
+    let querier = bind_query_socket()?;
+    // Unsolicited announces are a second chance, not a requirement: if the shared port is
+    // taken by something that does not allow sharing, unicast answers still work.
+    let listener = match bind_group_socket(config.port) {
+        Ok(socket) => {
+            let mut interfaces = Interfaces::default();
+            match interfaces.refresh(&socket, config.group) {
+                Ok(()) if interfaces.joined > 0 => Some(socket),
+                Ok(()) => {
+                    debug!("joined the discovery group nowhere; relying on unicast answers");
+                    None
+                }
+                Err(e) => {
+                    debug!(error = %e, "could not list interfaces for the discovery listener");
+                    None
+                }
+            }
+        }
+        Err(e) => {
+            debug!(error = %e, "no listener on the discovery port; relying on unicast answers");
+            None
+        }
+    };
+    let interfaces = ipv4_interfaces()
+        .map_err(|e| DiscoveryError::io("listing network interfaces for discovery", e))?;
+    let targets: Vec<Ipv4Addr> = interfaces.into_iter().map(|(_, ip)| ip).collect();
+
+    let mut collector = Collector::new(nameplate);
+    let mut query_interval = QUERY_INTERVAL_START;
+    let mut next_query = started;
+    let mut first_round = true;
+    let mut query_buf = [0u8; RECV_BUF];
+    let mut listen_buf = [0u8; RECV_BUF];
+    loop {
+        let stop_at = collector.poll_timeout().unwrap_or(deadline);
+        let listen = async {
+            match &listener {
+                Some(socket) => socket.recv_from(&mut listen_buf).await,
+                None => std::future::pending().await,
+            }
+        };
+        let received = tokio::select! {
+            _ = sleep_until(stop_at) => break,
+            _ = sleep_until(next_query) => {
+                let sent = send_multicast(&querier, &targets, group, &query).await;
+                if sent == 0 && first_round {
+                    return Err(DiscoveryError::io(
+                        format!(
+                            "could not send a discovery query to {group} on any network \
+                             interface; check that this host has a working network (or at \
+                             least loopback)"
+                        ),
+                        io::Error::new(io::ErrorKind::NetworkUnreachable, "no interface sent"),
+                    ));
+                }
+                first_round = false;
+                next_query = Instant::now() + query_interval;
+                query_interval = (query_interval * 5 / 4).min(QUERY_INTERVAL_MAX);
+                continue;
+            }
+            r = querier.recv_from(&mut query_buf) => r.map(|(len, from)| (from, &query_buf[..len])),
+            r = listen => r.map(|(len, from)| (from, &listen_buf[..len])),
+        };
+        match received {
+            Ok((from, bytes)) => {
+                if collector.handle(Instant::now(), from, bytes).is_err() {
+                    return Err(DiscoveryError::Ambiguous { nameplate });
+                }
+            }
+            Err(e) if is_transient(&e) => trace!(error = %e, "discovery receive"),
+            Err(e) => return Err(DiscoveryError::io("receiving discovery answers failed", e)),
+        }
+    }
+    collector.finish().ok_or(DiscoveryError::NotFound {
+        nameplate,
+        waited: timeout,
+        port: config.port,
+    })
+}
+
+/// What the announcer sends in answer to one datagram.
+#[derive(Debug, PartialEq, Eq)]
+struct Answer {
+    msg: DiscoveryMsg,
+    unicast_to: Option<SocketAddr>,
+    multicast: bool,
+}
+
+/// Sans-IO sender logic: which datagrams deserve an answer, with rate limits so a flood of
+/// queries cannot turn the sender into an amplifier.
+#[derive(Debug)]
+struct Responder {
+    nameplate: u32,
+    instance: u64,
+    port: u16,
+    window_start: Instant,
+    unicast_in_window: u32,
+    last_multicast: Option<Instant>,
+}
+
+impl Responder {
+    fn new(nameplate: u32, instance: u64, port: u16, now: Instant) -> Self {
+        Responder {
+            nameplate,
+            instance,
+            port,
+            window_start: now,
+            unicast_in_window: 0,
+            last_multicast: None,
+        }
+    }
+
+    fn announce(&self, query_id: u64) -> DiscoveryMsg {
+        DiscoveryMsg::Announce {
+            nameplate: self.nameplate,
+            instance: self.instance,
+            port: self.port,
+            query_id,
+        }
+    }
+
+    fn handle(&mut self, now: Instant, from: SocketAddr, bytes: &[u8]) -> Option<Answer> {
+        let query_id = match DiscoveryMsg::decode(bytes) {
+            Ok(DiscoveryMsg::Query { nameplate, query_id }) if nameplate == self.nameplate => {
+                query_id
+            }
+            Ok(DiscoveryMsg::Query { nameplate, .. }) => {
+                trace!(%from, nameplate, "query for another nameplate");
+                return None;
+            }
+            Ok(DiscoveryMsg::Announce { nameplate, instance, .. }) => {
+                if nameplate == self.nameplate && instance != self.instance {
+                    debug!(%from, nameplate, "another sender announces the same nameplate");
+                }
+                return None;
+            }
+            Err(e) => {
+                debug!(%from, len = bytes.len(), error = %e, "ignoring malformed datagram");
+                return None;
+            }
+        };
+        if now.saturating_duration_since(self.window_start) >= UNICAST_REPLY_WINDOW {
+            self.window_start = now;
+            self.unicast_in_window = 0;
+        }
+        let unicast_to = (self.unicast_in_window < UNICAST_REPLIES_PER_WINDOW).then(|| {
+            self.unicast_in_window += 1;
+            from
+        });
+        let multicast = self
+            .last_multicast
+            .is_none_or(|last| now.saturating_duration_since(last) >= MULTICAST_REPLY_SPACING);
+        if multicast {
+            self.last_multicast = Some(now);
+        }
+        if unicast_to.is_none() && !multicast {
+            debug!(%from, "discovery answers rate-limited");
+            return None;
+        }
+        trace!(%from, query_id, multicast, "answering discovery query");
+        Some(Answer { msg: self.announce(query_id), unicast_to, multicast })
+    }
+}
+
+/// Two different instances answered for the nameplate.
+#[derive(Debug, PartialEq, Eq)]
+struct Ambiguous;
+
+/// Sans-IO receiver logic: collects the addresses of the first sender that answers and
+/// notices a second one.
+#[derive(Debug)]
+struct Collector {
+    nameplate: u32,
+    found: Option<(Found, Instant)>,
+}
+
+impl Collector {
+    fn new(nameplate: u32) -> Self {
+        Collector { nameplate, found: None }
+    }
+
+    /// Feeds one received datagram.
+    fn handle(&mut self, now: Instant, from: SocketAddr, bytes: &[u8]) -> Result<(), Ambiguous> {
+        let (instance, port) = match DiscoveryMsg::decode(bytes) {
+            Ok(DiscoveryMsg::Announce { nameplate, instance, port, .. })
+                if nameplate == self.nameplate && port != 0 =>
+            {
+                (instance, port)
+            }
+            Ok(DiscoveryMsg::Announce { nameplate, .. }) => {
+                debug!(%from, nameplate, "ignoring announce for another nameplate (or port 0)");
+                return Ok(());
+            }
+            Ok(DiscoveryMsg::Query { .. }) => return Ok(()),
+            Err(e) => {
+                debug!(%from, len = bytes.len(), error = %e, "ignoring malformed datagram");
+                return Ok(());
+            }
+        };
+        let addr = SocketAddr::new(from.ip(), port);
+        match &mut self.found {
+            None => {
+                debug!(%addr, instance = format_args!("{instance:016x}"), "sender found");
+                let found = Found { instance, addrs: vec![addr] };
+                self.found = Some((found, now + GRACE));
+            }
+            Some((found, _)) if found.instance != instance => {
+                debug!(%addr, "a second sender answers for the same nameplate");
+                return Err(Ambiguous);
+            }
+            Some((found, _)) => {
+                if !found.addrs.contains(&addr) && found.addrs.len() < MAX_ADDRS {
+                    debug!(%addr, "another address of the sender");
+                    found.addrs.push(addr);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// When the grace period after the first answer ends, if one arrived.
+    fn poll_timeout(&self) -> Option<Instant> {
+        self.found.as_ref().map(|(_, until)| *until)
+    }
+
+    fn finish(self) -> Option<Found> {
+        self.found.map(|(found, _)| found)
+    }
+}
+
+/// The IPv4 interfaces this host's discovery sockets use, and how many joined the group.
+#[derive(Debug, Default)]
+struct Interfaces {
+    /// One address per interface; multicast sends go out through each.
+    addrs: Vec<Ipv4Addr>,
+    /// Interfaces (by name) the group was joined on; joins are not repeated.
+    joined_names: BTreeMap<String, Ipv4Addr>,
+    joined: usize,
+}
+
+impl Interfaces {
+    /// Re-reads the interface list and joins the group on interfaces not joined yet. A join
+    /// that fails is logged and skipped: an interface without multicast must not stop the
+    /// others from working.
+    fn refresh(&mut self, socket: &UdpSocket, group: Ipv4Addr) -> io::Result<()> {
+        let current = ipv4_interfaces()?;
+        for (name, ip) in &current {
+            if self.joined_names.get(name) == Some(ip) {
+                continue;
+            }
+            match socket.join_multicast_v4(group, *ip) {
+                Ok(()) => {
+                    trace!(interface = %name, %ip, %group, "joined discovery group");
+                    self.joined_names.insert(name.clone(), *ip);
+                }
+                Err(e) => {
+                    debug!(interface = %name, %ip, %group, error = %e, "could not join group");
+                }
+            }
+        }
+        self.addrs = current.into_iter().map(|(_, ip)| ip).collect();
+        self.joined = self.joined_names.len();
+        Ok(())
+    }
+}
+
+/// Every IPv4 interface (loopback included), one address each, at most [`MAX_INTERFACES`].
+fn ipv4_interfaces() -> io::Result<Vec<(String, Ipv4Addr)>> {
+    let mut out: Vec<(String, Ipv4Addr)> = Vec::new();
+    for interface in if_addrs::get_if_addrs()? {
+        let IpAddr::V4(ip) = interface.ip() else {
+            continue;
+        };
+        if out.len() < MAX_INTERFACES && !out.iter().any(|(name, _)| *name == interface.name) {
+            out.push((interface.name, ip));
+        }
+    }
+    Ok(out)
+}
+
+/// The socket on the shared discovery port: `0.0.0.0:port`, shared with other senders and
+/// receivers on this host, multicast TTL 1 with loopback.
+fn bind_group_socket(port: u16) -> Result<UdpSocket, DiscoveryError> {
+    let context = || {
+        format!(
+            "could not bind UDP port {port} for LAN discovery; another program may hold it \
+             exclusively (set {PORT_ENV} to use another port on both sides)"
+        )
+    };
+    let socket = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))
+        .map_err(|e| DiscoveryError::io(context(), e))?;
+    socket.set_reuse_address(true).map_err(|e| DiscoveryError::io(context(), e))?;
+    #[cfg(all(
+        unix,
+        not(any(target_os = "solaris", target_os = "illumos", target_os = "cygwin"))
+    ))]
+    socket.set_reuse_port(true).map_err(|e| DiscoveryError::io(context(), e))?;
+    socket
+        .bind(&SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port).into())
+        .map_err(|e| DiscoveryError::io(context(), e))?;
+    into_tokio(socket).map_err(|e| DiscoveryError::io(context(), e))
+}
+
+/// The receiver's ephemeral socket: queries go out of it, unicast answers come back to it.
+fn bind_query_socket() -> Result<UdpSocket, DiscoveryError> {
+    let context = "could not bind a UDP socket for LAN discovery queries";
+    let socket = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))
+        .map_err(|e| DiscoveryError::io(context, e))?;
+    socket
+        .bind(&SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0).into())
+        .map_err(|e| DiscoveryError::io(context, e))?;
+    into_tokio(socket).map_err(|e| DiscoveryError::io(context, e))
+}
+
+/// Sets the multicast options every discovery socket shares and hands it to tokio.
+fn into_tokio(socket: Socket) -> io::Result<UdpSocket> {
+    // Stay on the local link; let processes on this host (and loopback-only hosts) hear us.
+    socket.set_multicast_ttl_v4(1)?;
+    socket.set_multicast_loop_v4(true)?;
+    socket.set_nonblocking(true)?;
+    UdpSocket::from_std(socket.into())
+}
+
+/// Sends `bytes` to the group once through each interface; returns how many sends worked.
+/// Failures are per interface (down, no multicast route) and only logged.
+async fn send_multicast(
+    socket: &UdpSocket,
+    interfaces: &[Ipv4Addr],
+    group: SocketAddrV4,
+    bytes: &[u8],
+) -> usize {
+    let mut sent = 0;
+    for ip in interfaces {
+        // The caller's task is the only user of the socket, so the option set here is
+        // still in force for the send that follows.
+        if let Err(e) = SockRef::from(socket).set_multicast_if_v4(ip) {
+            debug!(interface = %ip, error = %e, "could not select multicast interface");
+            continue;
+        }
+        match socket.send_to(bytes, group).await {
+            Ok(_) => sent += 1,
+            Err(e) => debug!(interface = %ip, %group, error = %e, "multicast send failed"),
+        }
+    }
+    sent
+}
+
+/// Errors a UDP receive may report because of an earlier send (ICMP unreachable on some
+/// platforms); the socket is still fine.
+fn is_transient(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionRefused
+            | io::ErrorKind::Interrupted
+            | io::ErrorKind::WouldBlock
+    )
+}
+
+#[cfg(test)]
+// Tests may panic on unexpected results; that is how they fail.
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+    use rand::Rng;
+    use std::process::Command;
+
+    /// A config on a random port (and the caller picks a random nameplate), so tests running
+    /// in parallel, or in another checkout on this host, never see each other.
+    fn test_config() -> DiscoveryConfig {
+        DiscoveryConfig {
+            port: rand::thread_rng().gen_range(40000..60000),
+            group: GROUP_V4,
+            announce_interval: Duration::from_millis(100),
+        }
+    }
+
+    fn nameplate() -> u32 {
+        rand::thread_rng().gen_range(1..1_000_000)
+    }
+
+    fn loopback(port: u16) -> SocketAddr {
+        SocketAddr::from((Ipv4Addr::LOCALHOST, port))
+    }
+
+    /// Checks what a loopback-only or ordinary host must yield: the right instance, and
+    /// the announced port on the loopback address.
+    async fn finds_sender_on_loopback() {
+        let config = test_config();
+        let np = nameplate();
+        let announcer = Announcer::start(&config, np, 4433).await.unwrap();
+        let started = std::time::Instant::now();
+        let found = find(&config, np, Duration::from_secs(2)).await.unwrap();
+        let elapsed = started.elapsed();
+        assert_eq!(found.instance, announcer.instance());
+        assert!(found.addrs.contains(&loopback(4433)), "{found:?}");
+        assert!(found.addrs.iter().all(|a| a.port() == 4433), "{found:?}");
+        assert!(elapsed < Duration::from_secs(2), "took {elapsed:?}");
+    }
+
+    #[tokio::test]
+    async fn finds_announcer_on_loopback() {
+        finds_sender_on_loopback().await;
+    }
+
+    #[tokio::test]
+    async fn other_nameplate_is_not_found() {
+        let config = test_config();
+        let np = nameplate();
+        let _announcer = Announcer::start(&config, np, 4433).await.unwrap();
+        let err = find(&config, np + 1, Duration::from_millis(600)).await.unwrap_err();
+        match &err {
+            DiscoveryError::NotFound { nameplate, waited, port } => {
+                assert_eq!(*nameplate, np + 1);
+                assert_eq!(*waited, Duration::from_millis(600));
+                assert_eq!(*port, config.port);
+            }
+            other => panic!("expected NotFound, got {other:?}"),
+        }
+        let msg = err.to_string();
+        assert!(msg.contains(&format!("nameplate {}", np + 1)), "{msg}");
+        assert!(msg.contains("within 600ms"), "{msg}");
+        assert!(msg.contains(&format!("UDP port {}", config.port)), "{msg}");
+    }
+
+    #[tokio::test]
+    async fn two_senders_on_one_nameplate_are_ambiguous() {
+        let config = test_config();
+        let np = nameplate();
+        let a = Announcer::start(&config, np, 4433).await.unwrap();
+        let b = Announcer::start(&config, np, 4434).await.unwrap();
+        assert_ne!(a.instance(), b.instance());
+        let err = find(&config, np, Duration::from_secs(2)).await.unwrap_err();
+        assert!(
+            matches!(err, DiscoveryError::Ambiguous { nameplate } if nameplate == np),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("start again"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn find_started_before_the_announcer() {
+        let config = test_config();
+        let np = nameplate();
+        let finder = tokio::spawn({
+            let config = config.clone();
+            async move { find(&config, np, Duration::from_secs(3)).await }
+        });
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        let announcer = Announcer::start(&config, np, 5555).await.unwrap();
+        let found = finder.await.unwrap().unwrap();
+        assert_eq!(found.instance, announcer.instance());
+        assert!(found.addrs.contains(&loopback(5555)), "{found:?}");
+    }
+
+    #[tokio::test]
+    async fn malformed_datagrams_do_not_disturb_discovery() {
+        let config = test_config();
+        let np = nameplate();
+        let _announcer = Announcer::start(&config, np, 4433).await.unwrap();
+        let junk: Vec<Vec<u8>> = vec![
+            Vec::new(),
+            b"P2".to_vec(),
+            b"GET / HTTP/1.1\r\n\r\n".to_vec(),
+            vec![0xff; 600],
+            {
+                let mut v = DiscoveryMsg::Query { nameplate: np, query_id: 1 }.encode();
+                v[4] = 9; // unsupported version
+                v
+            },
+            {
+                let mut v = DiscoveryMsg::Query { nameplate: np, query_id: 1 }.encode();
+                v.push(0); // trailing byte
+                v
+            },
+            // Well-formed but harmless: another nameplate, and a port-0 announce.
+            DiscoveryMsg::Announce { nameplate: np + 1, instance: 1, port: 9, query_id: 0 }
+                .encode(),
+            DiscoveryMsg::Announce { nameplate: np, instance: 2, port: 0, query_id: 0 }.encode(),
+        ];
+        let sender = bind_query_socket().unwrap();
+        SockRef::from(&sender).set_multicast_if_v4(&Ipv4Addr::LOCALHOST).unwrap();
+        let group = SocketAddr::from((config.group, config.port));
+        let flood = tokio::spawn(async move {
+            loop {
+                for datagram in &junk {
+                    for to in [loopback(config.port), group] {
+                        let _ = sender.send_to(datagram, to).await;
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let found = find(&config, np, Duration::from_secs(2)).await;
+        flood.abort();
+        let found = found.unwrap();
+        assert!(found.addrs.contains(&loopback(4433)), "{found:?}");
+    }
+
+    #[tokio::test]
+    async fn dropped_announcer_stops_answering() {
+        let config = test_config();
+        let np = nameplate();
+        let announcer = Announcer::start(&config, np, 4433).await.unwrap();
+        find(&config, np, Duration::from_secs(2)).await.unwrap();
+        drop(announcer);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let err = find(&config, np, Duration::from_millis(500)).await.unwrap_err();
+        assert!(matches!(err, DiscoveryError::NotFound { .. }), "{err:?}");
+    }
+
+    #[test]
+    fn port_from_env_falls_back_to_default() {
+        assert_eq!(port_from_env(None), DEFAULT_PORT);
+        assert_eq!(port_from_env(Some("50000")), 50000);
+        assert_eq!(port_from_env(Some(" 50001 ")), 50001);
+        assert_eq!(port_from_env(Some("0")), DEFAULT_PORT);
+        assert_eq!(port_from_env(Some("70000")), DEFAULT_PORT);
+        assert_eq!(port_from_env(Some("abc")), DEFAULT_PORT);
+    }
+
+    fn announce(nameplate: u32, instance: u64, port: u16) -> Vec<u8> {
+        DiscoveryMsg::Announce { nameplate, instance, port, query_id: 0 }.encode()
+    }
+
+    #[test]
+    fn collector_collects_addresses_of_one_sender() {
+        let t0 = Instant::now();
+        let mut c = Collector::new(7);
+        let from = |ip: [u8; 4]| SocketAddr::from((ip, DEFAULT_PORT));
+        assert_eq!(c.poll_timeout(), None);
+        // Noise changes nothing.
+        c.handle(t0, from([10, 0, 0, 1]), b"junk").unwrap();
+        c.handle(t0, from([10, 0, 0, 1]), &announce(8, 1, 4433)).unwrap();
+        c.handle(t0, from([10, 0, 0, 1]), &announce(7, 1, 0)).unwrap();
+        assert_eq!(c.poll_timeout(), None);
+
+        c.handle(t0, from([10, 0, 0, 1]), &announce(7, 1, 4433)).unwrap();
+        assert_eq!(c.poll_timeout(), Some(t0 + GRACE));
+        let later = t0 + Duration::from_millis(100);
+        c.handle(later, from([10, 0, 0, 1]), &announce(7, 1, 4433)).unwrap();
+        c.handle(later, from([127, 0, 0, 1]), &announce(7, 1, 4433)).unwrap();
+        // The grace period runs from the first answer only.
+        assert_eq!(c.poll_timeout(), Some(t0 + GRACE));
+        for i in 0..100u8 {
+            c.handle(later, from([192, 168, 0, i]), &announce(7, 1, 4433)).unwrap();
+        }
+        let found = c.finish().unwrap();
+        assert_eq!(found.instance, 1);
+        assert_eq!(found.addrs.len(), MAX_ADDRS);
+        assert_eq!(found.addrs[0], "10.0.0.1:4433".parse().unwrap());
+        assert_eq!(found.addrs[1], "127.0.0.1:4433".parse().unwrap());
+    }
+
+    #[test]
+    fn collector_detects_a_second_instance() {
+        let t0 = Instant::now();
+        let mut c = Collector::new(7);
+        let from = loopback(DEFAULT_PORT);
+        c.handle(t0, from, &announce(7, 1, 4433)).unwrap();
+        assert_eq!(c.handle(t0, from, &announce(7, 2, 4433)), Err(Ambiguous));
+    }
+
+    #[test]
+    fn responder_answers_only_its_queries_within_limits() {
+        let t0 = Instant::now();
+        let mut r = Responder::new(7, 42, 4433, t0);
+        let from = loopback(50000);
+        let query = |nameplate| DiscoveryMsg::Query { nameplate, query_id: 9 }.encode();
+        assert_eq!(r.handle(t0, from, b"junk"), None);
+        assert_eq!(r.handle(t0, from, &query(8)), None);
+        assert_eq!(r.handle(t0, from, &announce(7, 43, 1)), None);
+
+        let expected_msg =
+            DiscoveryMsg::Announce { nameplate: 7, instance: 42, port: 4433, query_id: 9 };
+        assert_eq!(
+            r.handle(t0, from, &query(7)),
+            Some(Answer { msg: expected_msg.clone(), unicast_to: Some(from), multicast: true })
+        );
+        // Right after, unicast only: multicast answers are spaced out.
+        let answer = r.handle(t0, from, &query(7)).unwrap();
+        assert_eq!((answer.unicast_to, answer.multicast), (Some(from), false));
+        // A flood exhausts the unicast budget of the window.
+        for _ in 2..UNICAST_REPLIES_PER_WINDOW {
+            assert!(r.handle(t0, from, &query(7)).is_some());
+        }
+        assert_eq!(r.handle(t0, from, &query(7)), None);
+        let t1 = t0 + MULTICAST_REPLY_SPACING;
+        let answer = r.handle(t1, from, &query(7)).unwrap();
+        assert_eq!((answer.unicast_to, answer.multicast), (None, true));
+        // A new window restores unicast answers.
+        let t2 = t0 + UNICAST_REPLY_WINDOW;
+        let answer = r.handle(t2, from, &query(7)).unwrap();
+        assert_eq!(answer.unicast_to, Some(from));
+    }
+
+    /// Removes the network namespace when the test ends, however it ends.
+    struct NetnsGuard(String);
+
+    impl Drop for NetnsGuard {
+        fn drop(&mut self) {
+            let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+        }
+    }
+
+    /// Skips the test with a reason, unless `CI=true`, where a skipped test would hide a
+    /// broken runner: then it fails.
+    fn skip_or_fail(reason: &str) {
+        if std::env::var("CI").is_ok_and(|v| v == "true") {
+            panic!("{reason}; CI=true, so this test must run: give it root and iproute2 (`ip`)");
+        }
+        eprintln!("skipping the loopback-only namespace test: {reason}");
+    }
+
+    fn effective_uid() -> Option<u32> {
+        let status = std::fs::read_to_string("/proc/self/status").ok()?;
+        let line = status.lines().find(|l| l.starts_with("Uid:"))?;
+        line.split_whitespace().nth(2)?.parse().ok()
+    }
+
+    const NETNS_INNER_TEST: &str = "net::discovery::tests::netns_inner_discovery";
+    const NETNS_MARKER_ENV: &str = "P2P_COPY_NETNS_INNER";
+
+    /// Discovery between two "processes" on a host whose only interface is `lo` (no
+    /// MULTICAST flag): runs [`netns_inner_discovery`] in a fresh network namespace.
+    #[test]
+    fn discovery_in_loopback_only_namespace() {
+        if effective_uid() != Some(0) {
+            return skip_or_fail("not running as root (network namespaces need it)");
+        }
+        if !Command::new("ip").arg("-V").output().is_ok_and(|o| o.status.success()) {
+            return skip_or_fail("`ip` (iproute2) is not installed");
+        }
+        let name = format!("p2pc-disc-{}-{:08x}", std::process::id(), rand::random::<u32>());
+        let added = Command::new("ip").args(["netns", "add", &name]).output().unwrap();
+        if !added.status.success() {
+            return skip_or_fail(&format!(
+                "`ip netns add` failed: {}",
+                String::from_utf8_lossy(&added.stderr).trim()
+            ));
+        }
+        let _guard = NetnsGuard(name.clone());
+        let up = Command::new("ip")
+            .args(["netns", "exec", &name, "ip", "link", "set", "lo", "up"])
+            .status()
+            .unwrap();
+        assert!(up.success(), "could not bring lo up in namespace {name}");
+
+        let exe = std::env::current_exe().unwrap();
+        let out = Command::new("ip")
+            .args(["netns", "exec", &name])
+            .arg(&exe)
+            .args(["--exact", NETNS_INNER_TEST, "--ignored", "--nocapture"])
+            .env(NETNS_MARKER_ENV, "1")
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success() && stdout.contains("1 passed"),
+            "inner test failed in namespace {name}:\n--- stdout\n{stdout}\n--- stderr\n{stderr}"
+        );
+    }
+
+    /// Run by [`discovery_in_loopback_only_namespace`] inside a namespace with only `lo`.
+    #[tokio::test]
+    #[ignore = "runs inside a loopback-only network namespace; started by \
+                discovery_in_loopback_only_namespace"]
+    async fn netns_inner_discovery() {
+        if std::env::var_os(NETNS_MARKER_ENV).is_some() {
+            let interfaces = ipv4_interfaces().unwrap();
+            assert!(
+                interfaces.iter().all(|(_, ip)| ip.is_loopback()),
+                "expected a loopback-only namespace, found {interfaces:?}"
+            );
+        }
+        finds_sender_on_loopback().await;
+    }
+}
