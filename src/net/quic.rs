@@ -1,0 +1,362 @@
+//! QUIC endpoints with self-signed certificates, authenticated after the fact.
+//!
+//! Each process makes a fresh key pair and self-signed certificate. The TLS verifiers on both
+//! sides accept any certificate *but* check the handshake signature, so the peer proves it
+//! holds the key of the certificate it shows. Who that peer is gets settled by the session on
+//! top ([`crate::proto::session`]): each side sends the fingerprint of its certificate in its
+//! sealed hello, together with a MAC over the TLS exporter of this very connection under the
+//! PAKE key. A machine in the middle would need the code to produce either.
+//!
+//! One [`quinn::Endpoint`] acts as client and server on one UDP socket.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
+
+use crate::crypto::fingerprint;
+
+/// ALPN protocol name; a peer speaking anything else fails the TLS handshake.
+pub const ALPN: &[u8] = b"p2p-copy/1";
+/// Label of the TLS exporter the channel binding is computed over (context is empty).
+pub const EXPORTER_LABEL: &[u8] = b"EXPORTER-p2p-copy/1 channel binding";
+/// Server name used in the TLS handshake (certificates are self-signed; it is not checked).
+const SERVER_NAME: &str = "p2p-copy";
+
+/// Failures setting up or using the QUIC layer.
+#[derive(Debug, thiserror::Error)]
+pub enum QuicError {
+    /// Could not make a certificate or TLS configuration (a bug or a broken crypto provider).
+    #[error("could not set up TLS: {0}")]
+    Tls(String),
+    /// Could not bind the UDP socket.
+    #[error("could not open a UDP socket on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// No candidate address answered.
+    #[error("could not connect to the sender at {addrs}: {reason}")]
+    Connect {
+        /// The addresses tried.
+        addrs: String,
+        /// The last failure.
+        reason: String,
+    },
+    /// The peer presented no usable certificate.
+    #[error("the peer presented no certificate")]
+    NoPeerCertificate,
+    /// The exporter could not be computed.
+    #[error("could not compute the TLS exporter")]
+    Exporter,
+}
+
+/// Transport tunables.
+#[derive(Debug, Clone)]
+pub struct Tuning {
+    /// Per-stream receive window, bytes.
+    pub stream_window: u32,
+    /// Connection-wide receive window, bytes.
+    pub conn_window: u32,
+    /// Send window, bytes.
+    pub send_window: u64,
+    /// Idle timeout: a silent peer is declared gone after this long.
+    pub idle_timeout: Duration,
+    /// Keep-alive interval (must be well below the idle timeout).
+    pub keep_alive: Duration,
+}
+
+impl Default for Tuning {
+    fn default() -> Self {
+        Tuning {
+            stream_window: 8 << 20,
+            conn_window: 32 << 20,
+            send_window: 32 << 20,
+            idle_timeout: Duration::from_secs(30),
+            keep_alive: Duration::from_secs(5),
+        }
+    }
+}
+
+/// A bound endpoint and the certificate it presents.
+#[derive(Debug)]
+pub struct Node {
+    /// The endpoint (client and server).
+    pub endpoint: quinn::Endpoint,
+    /// SHA-256 of our certificate.
+    pub fingerprint: [u8; 32],
+    client_config: quinn::ClientConfig,
+}
+
+impl Node {
+    /// Binds a UDP socket on `addr` and starts an endpoint with a fresh identity.
+    pub fn bind(addr: SocketAddr, tuning: &Tuning) -> Result<Node, QuicError> {
+        let certified = rcgen::generate_simple_self_signed(vec![SERVER_NAME.to_owned()])
+            .map_err(|e| QuicError::Tls(e.to_string()))?;
+        let cert = CertificateDer::from(certified.cert.der().to_vec());
+        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(
+            certified.key_pair.serialize_der(),
+        ));
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let transport = Arc::new(transport_config(tuning));
+
+        let mut server = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(tls)?
+            .with_client_cert_verifier(Arc::new(AnyCert(provider.clone())))
+            .with_single_cert(vec![cert.clone()], key.clone_key())
+            .map_err(tls)?;
+        server.alpn_protocols = vec![ALPN.to_vec()];
+        let server = QuicServerConfig::try_from(server).map_err(tls)?;
+        let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(server));
+        server_config.transport_config(transport.clone());
+        // Address validation costs a round trip and buys nothing for a two-party session.
+        server_config.retry_token_lifetime(Duration::from_secs(15));
+
+        let mut client = rustls::ClientConfig::builder_with_provider(provider.clone())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(tls)?
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AnyCert(provider)))
+            .with_client_auth_cert(vec![cert.clone()], key)
+            .map_err(tls)?;
+        client.alpn_protocols = vec![ALPN.to_vec()];
+        let client = QuicClientConfig::try_from(client).map_err(tls)?;
+        let mut client_config = quinn::ClientConfig::new(Arc::new(client));
+        client_config.transport_config(transport);
+
+        let endpoint = quinn::Endpoint::server(server_config, addr)
+            .map_err(|source| QuicError::Bind { addr, source })?;
+        Ok(Node { endpoint, fingerprint: fingerprint(&cert), client_config })
+    }
+
+    /// The local address (port) of the endpoint.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.endpoint.local_addr()
+    }
+
+    /// Connects to the first of `addrs` that answers, trying them staggered by 250 ms, each
+    /// attempt bounded by `timeout`. Losing attempts are closed.
+    pub async fn connect_any(
+        &self,
+        addrs: &[SocketAddr],
+        timeout: Duration,
+    ) -> Result<quinn::Connection, QuicError> {
+        let mut attempts = tokio::task::JoinSet::new();
+        for (i, &addr) in addrs.iter().enumerate() {
+            let endpoint = self.endpoint.clone();
+            let config = self.client_config.clone();
+            attempts.spawn(async move {
+                tokio::time::sleep(Duration::from_millis(250) * i as u32).await;
+                let connecting = endpoint
+                    .connect_with(config, addr, SERVER_NAME)
+                    .map_err(|e| format!("{addr}: {e}"))?;
+                match tokio::time::timeout(timeout, connecting).await {
+                    Ok(Ok(conn)) => Ok(conn),
+                    Ok(Err(e)) => Err(format!("{addr}: {e}")),
+                    Err(_) => Err(format!("{addr}: no answer within {timeout:?}")),
+                }
+            });
+        }
+        let mut last = String::from("no address to try");
+        while let Some(joined) = attempts.join_next().await {
+            match joined {
+                Ok(Ok(conn)) => {
+                    // Dropping the set aborts the other attempts; their handshakes time out
+                    // on the sender, which only serves the connection that opens a stream.
+                    tracing::debug!(peer = %conn.remote_address(), "connected");
+                    return Ok(conn);
+                }
+                Ok(Err(reason)) => {
+                    tracing::debug!(%reason, "connection attempt failed");
+                    last = reason;
+                }
+                Err(e) => last = e.to_string(),
+            }
+        }
+        let addrs = addrs.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(", ");
+        Err(QuicError::Connect { addrs, reason: last })
+    }
+}
+
+/// SHA-256 of the certificate the peer presented on `conn`.
+pub fn peer_fingerprint(conn: &quinn::Connection) -> Result<[u8; 32], QuicError> {
+    let identity = conn.peer_identity().ok_or(QuicError::NoPeerCertificate)?;
+    let certs = identity
+        .downcast::<Vec<CertificateDer<'static>>>()
+        .map_err(|_| QuicError::NoPeerCertificate)?;
+    let first = certs.first().ok_or(QuicError::NoPeerCertificate)?;
+    Ok(fingerprint(first))
+}
+
+/// The channel-binding value of `conn`: 32 bytes of TLS exporter output.
+pub fn exporter(conn: &quinn::Connection) -> Result<Vec<u8>, QuicError> {
+    let mut out = vec![0u8; 32];
+    conn.export_keying_material(&mut out, EXPORTER_LABEL, b"").map_err(|_| QuicError::Exporter)?;
+    Ok(out)
+}
+
+fn transport_config(t: &Tuning) -> quinn::TransportConfig {
+    let mut config = quinn::TransportConfig::default();
+    config
+        .stream_receive_window(t.stream_window.into())
+        .receive_window(t.conn_window.into())
+        .send_window(t.send_window)
+        .max_concurrent_bidi_streams(4u32.into())
+        .max_concurrent_uni_streams(64u32.into())
+        .keep_alive_interval(Some(t.keep_alive));
+    // Invariant: durations of seconds fit QUIC's idle-timeout varint.
+    if let Ok(idle) = t.idle_timeout.try_into() {
+        config.max_idle_timeout(Some(idle));
+    }
+    config
+}
+
+fn tls(e: impl std::fmt::Display) -> QuicError {
+    QuicError::Tls(e.to_string())
+}
+
+/// Accepts any certificate, checking only that the handshake is signed by its key. The
+/// session pins the certificate afterwards (see the module documentation).
+#[derive(Debug)]
+struct AnyCert(Arc<CryptoProvider>);
+
+impl AnyCert {
+    fn schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+
+    fn verify13(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+}
+
+impl ServerCertVerifier for AnyCert {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _message: &[u8],
+        _cert: &CertificateDer<'_>,
+        _dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        Err(rustls::Error::PeerIncompatible(rustls::PeerIncompatible::Tls13RequiredForQuic))
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.verify13(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.schemes()
+    }
+}
+
+impl ClientCertVerifier for AnyCert {
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        Ok(ClientCertVerified::assertion())
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        true
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _message: &[u8],
+        _cert: &CertificateDer<'_>,
+        _dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        Err(rustls::Error::PeerIncompatible(rustls::PeerIncompatible::Tls13RequiredForQuic))
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.verify13(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Two endpoints on loopback connect; both see the other's certificate and the same
+    /// exporter value.
+    #[tokio::test]
+    async fn endpoints_connect_and_agree_on_binding_inputs() {
+        let local: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let server = Node::bind(local, &Tuning::default()).unwrap();
+        let client = Node::bind(local, &Tuning::default()).unwrap();
+        let addr = server.local_addr().unwrap();
+        let accept = tokio::spawn({
+            let ep = server.endpoint.clone();
+            async move { ep.accept().await.unwrap().await.unwrap() }
+        });
+        let c = client.connect_any(&[addr], Duration::from_secs(5)).await.unwrap();
+        let s = accept.await.unwrap();
+        assert_eq!(peer_fingerprint(&c).unwrap(), server.fingerprint);
+        assert_eq!(peer_fingerprint(&s).unwrap(), client.fingerprint);
+        assert_eq!(exporter(&c).unwrap(), exporter(&s).unwrap());
+        assert_ne!(server.fingerprint, client.fingerprint);
+    }
+
+    #[tokio::test]
+    async fn connect_any_reports_every_failure() {
+        let local: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let client = Node::bind(local, &Tuning::default()).unwrap();
+        // A bound socket that never answers QUIC.
+        let silent = std::net::UdpSocket::bind(local).unwrap();
+        let addr = silent.local_addr().unwrap();
+        let err = client.connect_any(&[addr], Duration::from_millis(300)).await.unwrap_err();
+        assert!(err.to_string().contains(&addr.to_string()), "{err}");
+    }
+}
