@@ -1,3 +1,246 @@
-//! The tokio driver around the protocol: file system and streams.
+//! The tokio driver around the protocol: sockets, streams, files, progress.
+//!
+//! - [`send`] and [`receive`]: one transfer each, start to finish.
+//! - [`control`]: the control stream, pumping a [`crate::proto::Session`].
+//! - [`walk`]: the sender's view of its paths (a counting scan, then a streaming walk).
+//! - [`lanes`]: data lanes — reading, hashing and sealing on blocking threads on the sender;
+//!   opening, checking and writing on blocking threads on the receiver.
+//! - [`fs`]: the receiver's destination directory, the only code that writes there.
+//!
+//! The CLI (or any caller) watches a transfer through an [`Observer`] and reads progress from
+//! a shared counter.
 
+pub mod control;
 pub mod fs;
+pub mod lanes;
+pub mod receive;
+pub mod send;
+pub mod walk;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::code::Code;
+use crate::error::ErrorKind;
+use crate::wire::control::Offer;
+
+pub use receive::{receive, ReceiveOptions};
+pub use send::{send, SendOptions};
+
+/// How long a sender waits for the receiver to answer its offer (a person may be deciding).
+pub const DECISION_TIMEOUT: Duration = Duration::from_secs(600);
+/// How long the closing exchange may take once the data is through.
+pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A failed transfer: what kind of failure (for the exit code) and a sentence for the user.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct TransferError {
+    /// The kind.
+    pub kind: ErrorKind,
+    /// What happened and, where possible, what to do.
+    pub message: String,
+}
+
+impl TransferError {
+    /// A new error.
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> TransferError {
+        TransferError { kind, message: message.into() }
+    }
+
+    pub(crate) fn network(message: impl Into<String>) -> TransferError {
+        TransferError::new(ErrorKind::Network, message)
+    }
+
+    pub(crate) fn internal(message: impl Into<String>) -> TransferError {
+        TransferError::new(ErrorKind::Internal, message)
+    }
+}
+
+impl From<crate::proto::SessionError> for TransferError {
+    fn from(e: crate::proto::SessionError) -> Self {
+        TransferError::new(e.kind(), e.to_string())
+    }
+}
+
+impl From<crate::proto::LaneError> for TransferError {
+    fn from(e: crate::proto::LaneError) -> Self {
+        use crate::proto::LaneError;
+        let kind = match e {
+            LaneError::Tampered | LaneError::Hash { .. } => ErrorKind::Integrity,
+            LaneError::Decode(_) | LaneError::Order(_) => ErrorKind::Protocol,
+            LaneError::Exhausted => ErrorKind::Internal,
+        };
+        TransferError::new(kind, e.to_string())
+    }
+}
+
+impl From<fs::FsError> for TransferError {
+    fn from(e: fs::FsError) -> Self {
+        let kind = match e {
+            fs::FsError::Exists { .. } => ErrorKind::Conflict,
+            fs::FsError::Unsafe { .. } => ErrorKind::Protocol,
+            _ => ErrorKind::Io,
+        };
+        TransferError::new(kind, e.to_string())
+    }
+}
+
+impl From<crate::net::discovery::DiscoveryError> for TransferError {
+    fn from(e: crate::net::discovery::DiscoveryError) -> Self {
+        TransferError::new(e.kind(), error_chain(&e))
+    }
+}
+
+impl From<crate::net::quic::QuicError> for TransferError {
+    fn from(e: crate::net::quic::QuicError) -> Self {
+        use crate::net::quic::QuicError;
+        let kind = match e {
+            QuicError::Tls(_) => ErrorKind::Internal,
+            _ => ErrorKind::Network,
+        };
+        TransferError::new(kind, e.to_string())
+    }
+}
+
+impl From<quinn::ConnectionError> for TransferError {
+    fn from(e: quinn::ConnectionError) -> Self {
+        TransferError::network(connection_lost(&e))
+    }
+}
+
+/// A sentence for a lost connection.
+pub(crate) fn connection_lost(e: &quinn::ConnectionError) -> String {
+    match e {
+        quinn::ConnectionError::TimedOut => {
+            "the connection to the other side timed out (no answer for 30 s)".into()
+        }
+        quinn::ConnectionError::ApplicationClosed(c) => {
+            let reason = String::from_utf8_lossy(&c.reason);
+            format!("the other side closed the connection ({reason})")
+        }
+        quinn::ConnectionError::LocallyClosed => "the connection was closed".into(),
+        other => format!("the connection to the other side was lost: {other}"),
+    }
+}
+
+/// Formats an error with its sources: `outer: inner: innermost`.
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut source = e.source();
+    while let Some(inner) = source {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        source = inner.source();
+    }
+    s
+}
+
+/// How the data flowed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PathKind {
+    /// A direct QUIC connection between the peers.
+    Direct,
+}
+
+impl PathKind {
+    /// The name used in output.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PathKind::Direct => "direct",
+        }
+    }
+}
+
+/// What a finished transfer did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Report {
+    /// How the data flowed.
+    pub path: PathKind,
+    /// File bytes moved.
+    pub bytes: u64,
+    /// Files moved.
+    pub files: u64,
+    /// Entries of every kind.
+    pub entries: u64,
+    /// Seconds from the start of the command to the end.
+    pub seconds: f64,
+}
+
+/// Milestones a transfer reports to its observer, in order.
+#[derive(Debug)]
+pub enum Note<'a> {
+    /// Sender: the code to hand to the receiver; the sender now waits for it.
+    Code(&'a Code),
+    /// Receiver: looking for the sender on the local network.
+    Searching {
+        /// The nameplate searched for.
+        nameplate: u32,
+    },
+    /// A QUIC connection to the peer is up (not yet authenticated).
+    Connected {
+        /// The peer's address.
+        peer: SocketAddr,
+        /// How the data will flow.
+        path: PathKind,
+    },
+    /// The peer proved it knows the code.
+    Secured {
+        /// A short string equal on both sides.
+        verifier: &'a str,
+    },
+    /// The offer: the receiver is about to decide; the sender is waiting for the decision.
+    Offer(&'a Offer),
+    /// The offer was accepted; data is about to flow.
+    Accepted {
+        /// Bytes to move.
+        total: u64,
+    },
+    /// Something worth telling the person that does not stop the transfer.
+    Warning(String),
+}
+
+/// Watches a transfer. Implemented by the CLI (human or JSON output) and by tests.
+pub trait Observer: Send + Sync {
+    /// A milestone.
+    fn note(&self, note: Note<'_>);
+
+    /// Receiver: asks whether to accept the offer. Called only when the caller asked to be
+    /// asked (no `--yes`); may block (it runs on a blocking thread).
+    fn confirm(&self, _offer: &Offer) -> bool {
+        false
+    }
+}
+
+/// An observer that ignores everything and declines offers.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Quiet;
+
+impl Observer for Quiet {
+    fn note(&self, _note: Note<'_>) {}
+}
+
+/// Bytes moved so far, shared with whoever shows progress.
+#[derive(Debug, Default)]
+pub struct Progress(AtomicU64);
+
+impl Progress {
+    /// A counter at zero.
+    pub fn new() -> Arc<Progress> {
+        Arc::new(Progress::default())
+    }
+
+    /// Bytes so far.
+    pub fn bytes(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn add(&self, n: u64) {
+        self.0.fetch_add(n, Ordering::Relaxed);
+    }
+}

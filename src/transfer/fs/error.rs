@@ -26,8 +26,7 @@ pub enum FsError {
     },
     /// A final name exists and overwriting is off.
     #[error(
-        "{} already exists: pass --overwrite to replace it, --skip-existing to keep it, \
-         or choose another --out",
+        "{} already exists: pass --overwrite to replace it, or choose another --out",
         path.display()
     )]
     Exists {

@@ -1,0 +1,254 @@
+//! The receiving side of one transfer.
+//!
+//! 1. Find the sender of the code's nameplate on the local network; connect over QUIC.
+//! 2. Run the session: PAKE, confirmation, hello (channel binding).
+//! 3. Check the offer: sane limits, safe top-level names, no conflict with existing names
+//!    (unless overwriting); then accept (`--yes` or the person says so) or refuse. Nothing is
+//!    written before this point — not even the destination directory.
+//! 4. Receive the lanes and the sender's `Finish` totals; compare; set directory metadata.
+//! 5. Send `Complete`; wait for the sender to close.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rand::rngs::OsRng;
+
+use super::control::{ControlStream, UNBOUNDED};
+use super::fs::{Dest, RelPath};
+use super::lanes::{receive_lanes, Sink};
+use super::send::unexpected;
+use super::{Note, Observer, PathKind, Progress, Report, TransferError, CLOSE_TIMEOUT};
+use crate::code::Code;
+use crate::crypto::Role;
+use crate::error::ErrorKind;
+use crate::net::discovery::{self, DiscoveryConfig};
+use crate::net::quic::{self, Node, Tuning};
+use crate::proto::{Channel, Config, Event, Session};
+use crate::wire::control::{Accept, Offer, Refuse, RefuseReason};
+use crate::wire::data::{MAX_CHUNK, MIN_CHUNK};
+
+/// Most data lanes a receiver allows.
+pub const MAX_LANES: u16 = 16;
+
+/// Everything a receive needs.
+#[derive(Debug, Clone)]
+pub struct ReceiveOptions {
+    /// The code the sender showed.
+    pub code: Code,
+    /// Destination directory (created on accept if missing).
+    pub out: PathBuf,
+    /// Accept without asking.
+    pub yes: bool,
+    /// Ask the observer (a person) when `yes` is off; otherwise refuse.
+    pub interactive: bool,
+    /// Replace existing files.
+    pub overwrite: bool,
+    /// How long to look for the sender.
+    pub wait: Duration,
+    /// LAN discovery settings.
+    pub discovery: DiscoveryConfig,
+    /// Local address to bind the QUIC endpoint to.
+    pub bind: SocketAddr,
+    /// Transport tunables.
+    pub tuning: Tuning,
+}
+
+impl ReceiveOptions {
+    /// Defaults for receiving `code` into `out`.
+    pub fn new(code: Code, out: PathBuf) -> ReceiveOptions {
+        ReceiveOptions {
+            code,
+            out,
+            yes: false,
+            interactive: false,
+            overwrite: false,
+            wait: Duration::from_secs(30),
+            discovery: DiscoveryConfig::default(),
+            bind: SocketAddr::from(([0, 0, 0, 0], 0)),
+            tuning: Tuning::default(),
+        }
+    }
+}
+
+/// Receives one transfer into `opts.out`.
+pub async fn receive(
+    opts: ReceiveOptions,
+    observer: Arc<dyn Observer>,
+    progress: Arc<Progress>,
+) -> Result<Report, TransferError> {
+    let started = Instant::now();
+    observer.note(Note::Searching { nameplate: opts.code.nameplate() });
+    let found = discovery::find(&opts.discovery, opts.code.nameplate(), opts.wait).await?;
+    let node = Node::bind(opts.bind, &opts.tuning)?;
+    let conn = node.connect_any(&found.addrs, Duration::from_secs(10)).await?;
+    observer.note(Note::Connected { peer: conn.remote_address(), path: PathKind::Direct });
+    let (send, recv) = conn.open_bi().await.map_err(TransferError::from)?;
+
+    let channel = Channel {
+        local_fingerprint: node.fingerprint,
+        peer_fingerprint: quic::peer_fingerprint(&conn)?,
+        exporter: quic::exporter(&conn)?,
+    };
+    let config = Config { max_lanes: MAX_LANES, ..Config::default() };
+    let session =
+        Session::new(Role::Receiver, &opts.code, channel, config, Instant::now(), &mut OsRng);
+    let mut ctl = ControlStream::new(session, send, recv);
+    match run(&mut ctl, &conn, &opts, observer, progress).await {
+        Ok((files, bytes, entries)) => {
+            // The sender closes once it has our Complete; wait for that so it surely arrived.
+            let _ = tokio::time::timeout(CLOSE_TIMEOUT, conn.closed()).await;
+            Ok(Report {
+                path: PathKind::Direct,
+                bytes,
+                files,
+                entries,
+                seconds: started.elapsed().as_secs_f64(),
+            })
+        }
+        Err(e) => {
+            ctl.abort(&conn, &e).await;
+            let _ = tokio::time::timeout(Duration::from_secs(1), node.endpoint.wait_idle()).await;
+            Err(e)
+        }
+    }
+}
+
+async fn run(
+    ctl: &mut ControlStream,
+    conn: &quinn::Connection,
+    opts: &ReceiveOptions,
+    observer: Arc<dyn Observer>,
+    progress: Arc<Progress>,
+) -> Result<(u64, u64, u64), TransferError> {
+    match ctl.next_event(Duration::from_secs(60)).await? {
+        Event::Secured { verifier, .. } => observer.note(Note::Secured { verifier: &verifier }),
+        other => return Err(unexpected(&other)),
+    }
+    let offer = match ctl.next_event(Duration::from_secs(60)).await? {
+        Event::Offer(offer) => offer,
+        other => return Err(unexpected(&other)),
+    };
+    let names = check_offer(&offer)?;
+
+    let conflicts = existing(opts, &offer.names)?;
+    if !conflicts.is_empty() && !opts.overwrite {
+        let shown: Vec<String> = conflicts.iter().take(20).cloned().collect();
+        ctl.session().refuse(Refuse { reason: RefuseReason::Conflict, names: shown.clone() })?;
+        ctl.flush().await?;
+        return Err(TransferError::new(
+            ErrorKind::Conflict,
+            format!(
+                "{} already exist{} in {}: {}; receive with --overwrite to replace, or choose another --out",
+                if conflicts.len() == 1 { "this name" } else { "these names" },
+                if conflicts.len() == 1 { "s" } else { "" },
+                opts.out.display(),
+                shown.join(", ")
+            ),
+        ));
+    }
+
+    observer.note(Note::Offer(&offer));
+    if !decide(opts, &observer, &offer).await {
+        ctl.session().refuse(Refuse { reason: RefuseReason::Declined, names: vec![] })?;
+        ctl.flush().await?;
+        let message = if opts.interactive {
+            "you declined the transfer".to_owned()
+        } else {
+            "not accepting without confirmation: standard input is not a terminal; pass --yes to accept".to_owned()
+        };
+        return Err(TransferError::new(ErrorKind::Refused, message));
+    }
+
+    let dest = Dest::open(&opts.out)?;
+    ctl.session().accept(Accept { have: vec![] })?;
+    ctl.flush().await?;
+    observer.note(Note::Accepted { total: offer.bytes });
+
+    let keys = ctl
+        .session()
+        .keys()
+        .ok_or_else(|| TransferError::internal("no keys after the handshake"))?
+        .clone();
+    let sink = Arc::new(Sink::new(dest, opts.overwrite, names, progress));
+    let lanes = receive_lanes(conn, &keys, offer.lanes, offer.chunk_size as usize, sink.clone());
+    tokio::pin!(lanes);
+    let (mut received, mut announced) = (None, None);
+    while received.is_none() || announced.is_none() {
+        tokio::select! {
+            r = &mut lanes, if received.is_none() => received = Some(r?),
+            ev = ctl.next_event(UNBOUNDED), if announced.is_none() => match ev? {
+                Event::Finished(totals) => announced = Some(totals),
+                other => return Err(unexpected(&other)),
+            },
+        }
+    }
+    let (Some(received), Some(announced)) = (received, announced) else {
+        return Err(TransferError::internal("loop ended early"));
+    };
+    if received != announced {
+        return Err(TransferError::new(
+            ErrorKind::Integrity,
+            format!(
+                "the sender reports {} entries / {} bytes but {} / {} arrived",
+                announced.entries, announced.bytes, received.entries, received.bytes
+            ),
+        ));
+    }
+    let sink_ref = sink.clone();
+    tokio::task::spawn_blocking(move || sink_ref.finish_dirs())
+        .await
+        .map_err(|e| TransferError::internal(e.to_string()))??;
+    ctl.session().complete(received)?;
+    ctl.flush().await?;
+    Ok((received.files, received.bytes, received.entries))
+}
+
+/// Checks what the sender may not ask for; returns the set of top-level names.
+fn check_offer(offer: &Offer) -> Result<HashSet<String>, TransferError> {
+    let protocol = |m: String| TransferError::new(ErrorKind::Protocol, m);
+    if offer.lanes == 0 || offer.lanes > MAX_LANES {
+        return Err(protocol(format!("the sender asked for {} data lanes", offer.lanes)));
+    }
+    if !(MIN_CHUNK..=MAX_CHUNK).contains(&(offer.chunk_size as usize)) {
+        return Err(protocol(format!("the sender asked for chunks of {} bytes", offer.chunk_size)));
+    }
+    let mut names = HashSet::new();
+    for name in &offer.names {
+        let rel = RelPath::parse(name)
+            .map_err(|e| protocol(format!("the sender offered an unsafe name: {e}")))?;
+        if rel.components().count() != 1 || !names.insert(name.clone()) {
+            return Err(protocol(format!("the sender offered an invalid top-level name {rel}")));
+        }
+    }
+    if names.is_empty() {
+        return Err(protocol("the sender offered nothing".into()));
+    }
+    Ok(names)
+}
+
+fn existing(opts: &ReceiveOptions, names: &[String]) -> Result<Vec<String>, TransferError> {
+    match std::fs::symlink_metadata(&opts.out) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        _ => {
+            let dest = Dest::open(&opts.out)?;
+            let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+            Ok(dest.existing(&refs))
+        }
+    }
+}
+
+async fn decide(opts: &ReceiveOptions, observer: &Arc<dyn Observer>, offer: &Offer) -> bool {
+    if opts.yes {
+        return true;
+    }
+    if !opts.interactive {
+        return false;
+    }
+    let observer = observer.clone();
+    let offer = offer.clone();
+    let ask = tokio::task::spawn_blocking(move || observer.confirm(&offer));
+    matches!(tokio::time::timeout(super::DECISION_TIMEOUT, ask).await, Ok(Ok(true)))
+}

@@ -1,0 +1,335 @@
+//! The sender's paths: a counting scan for the offer, then a streaming walk for the lanes.
+//!
+//! Each command-line path becomes a top-level name (its last component). Directories are
+//! walked without following symlinks (a top-level symlink is followed, as the user named it);
+//! entries come out sorted by name, parents before children. Sockets, FIFOs and devices are
+//! skipped with a warning. Memory stays flat: the walk holds one directory listing per level,
+//! never the whole tree.
+
+use std::collections::HashSet;
+use std::fs::Metadata;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::UNIX_EPOCH;
+
+use walkdir::WalkDir;
+
+use super::fs::{rel_path_of, RelPath};
+use super::TransferError;
+use crate::error::ErrorKind;
+use crate::wire::control::{Summary, MAX_NAMES};
+use crate::wire::data::{Entry, EntryKind, Timestamp};
+
+/// How many skipped names a scan remembers for its warning.
+const MAX_SKIPPED_NAMES: usize = 20;
+
+/// One command-line path.
+#[derive(Debug, Clone)]
+pub struct Source {
+    /// As given.
+    pub path: PathBuf,
+    /// Its top-level name on the receiving side.
+    pub name: String,
+}
+
+/// What the sender is about to offer.
+#[derive(Debug, Clone, Default)]
+pub struct Scan {
+    /// The paths, in the order given.
+    pub sources: Vec<Source>,
+    /// Regular files.
+    pub files: u64,
+    /// Directories.
+    pub dirs: u64,
+    /// Symbolic links.
+    pub symlinks: u64,
+    /// Sum of file sizes.
+    pub bytes: u64,
+    /// Special files that will not be sent (first few names).
+    pub skipped: Vec<String>,
+    /// How many were skipped.
+    pub skipped_count: u64,
+}
+
+/// One manifest entry with the local file it describes.
+#[derive(Debug, Clone)]
+pub struct Job {
+    /// The entry as sent.
+    pub entry: Entry,
+    /// The local path (for files: what to read).
+    pub local: PathBuf,
+}
+
+/// Checks the paths and counts what they hold.
+pub fn scan(paths: &[PathBuf]) -> Result<Scan, TransferError> {
+    let sources = sources(paths)?;
+    let mut scan = Scan { sources: sources.clone(), ..Scan::default() };
+    visit(&sources, |item| {
+        match item {
+            Item::Entry { meta, kind, .. } => match kind {
+                Kind::Dir => scan.dirs += 1,
+                Kind::Symlink => scan.symlinks += 1,
+                Kind::File => {
+                    scan.files += 1;
+                    scan.bytes += meta.len();
+                }
+            },
+            Item::Skipped(path) => {
+                scan.skipped_count += 1;
+                if scan.skipped.len() < MAX_SKIPPED_NAMES {
+                    scan.skipped.push(path.display().to_string());
+                }
+            }
+        }
+        Ok(true)
+    })?;
+    Ok(scan)
+}
+
+/// Walks the sources again, handing each entry to `emit` (ids from 1). Stops early when
+/// `emit` returns false. Returns the totals of what was emitted.
+pub fn walk(
+    sources: &[Source],
+    mut emit: impl FnMut(Job) -> bool,
+) -> Result<Summary, TransferError> {
+    let mut totals = Summary::default();
+    visit(sources, |item| {
+        let Item::Entry { local, rel, meta, kind } = item else { return Ok(true) };
+        let entry_kind = match kind {
+            Kind::Dir => EntryKind::Dir,
+            Kind::File => {
+                totals.files += 1;
+                totals.bytes += meta.len();
+                EntryKind::File { size: meta.len() }
+            }
+            Kind::Symlink => {
+                let target = std::fs::read_link(local).map_err(|e| read_failed(local, &e))?;
+                let target = target.into_os_string().into_string().map_err(|_| {
+                    TransferError::new(
+                        ErrorKind::Usage,
+                        format!("the target of symlink {} is not valid UTF-8", local.display()),
+                    )
+                })?;
+                EntryKind::Symlink { target }
+            }
+        };
+        totals.entries += 1;
+        let entry = Entry {
+            id: totals.entries,
+            path: rel.as_str().to_owned(),
+            kind: entry_kind,
+            mode: meta.permissions().mode() & 0o7777,
+            mtime: mtime(meta),
+        };
+        Ok(emit(Job { entry, local: local.to_owned() }))
+    })?;
+    Ok(totals)
+}
+
+fn sources(paths: &[PathBuf]) -> Result<Vec<Source>, TransferError> {
+    if paths.is_empty() {
+        return Err(TransferError::new(ErrorKind::Usage, "nothing to send: name files or directories"));
+    }
+    if paths.len() > MAX_NAMES {
+        return Err(TransferError::new(
+            ErrorKind::Usage,
+            format!("too many paths ({}); put them in a directory and send that", paths.len()),
+        ));
+    }
+    let mut seen = HashSet::new();
+    paths
+        .iter()
+        .map(|path| {
+            let meta = std::fs::metadata(path).map_err(|e| read_failed(path, &e))?;
+            if !meta.is_dir() && !meta.is_file() {
+                return Err(TransferError::new(
+                    ErrorKind::Usage,
+                    format!("{} is not a file or directory", path.display()),
+                ));
+            }
+            let name = top_name(path)?;
+            if !seen.insert(name.clone()) {
+                return Err(TransferError::new(
+                    ErrorKind::Usage,
+                    format!("two paths are named {name:?}; the receiver would get only one; rename one or send their parent"),
+                ));
+            }
+            Ok(Source { path: path.clone(), name })
+        })
+        .collect()
+}
+
+/// The last component of a path, resolving `.` and `..` first.
+fn top_name(path: &Path) -> Result<String, TransferError> {
+    let named = match path.file_name() {
+        Some(n) if !path.ends_with("..") => Some(n.to_owned()),
+        _ => std::fs::canonicalize(path)
+            .map_err(|e| read_failed(path, &e))?
+            .file_name()
+            .map(|n| n.to_owned()),
+    };
+    let name = named.ok_or_else(|| {
+        TransferError::new(
+            ErrorKind::Usage,
+            format!("{} has no name to send it under; send the paths inside it", path.display()),
+        )
+    })?;
+    let name = name.into_string().map_err(|_| {
+        TransferError::new(ErrorKind::Usage, format!("{} is not valid UTF-8", path.display()))
+    })?;
+    RelPath::parse(&name).map_err(|e| TransferError::new(ErrorKind::Usage, e.to_string()))?;
+    Ok(name)
+}
+
+enum Kind {
+    Dir,
+    File,
+    Symlink,
+}
+
+enum Item<'a> {
+    Entry { local: &'a Path, rel: RelPath, meta: &'a Metadata, kind: Kind },
+    Skipped(&'a Path),
+}
+
+fn visit(
+    sources: &[Source],
+    mut f: impl FnMut(Item<'_>) -> Result<bool, TransferError>,
+) -> Result<(), TransferError> {
+    for source in sources {
+        let walker =
+            WalkDir::new(&source.path).follow_links(false).follow_root_links(true).sort_by_file_name();
+        for dent in walker {
+            let dent = dent.map_err(|e| {
+                let path = e.path().map(Path::to_path_buf).unwrap_or_else(|| source.path.clone());
+                let io = e.into_io_error().unwrap_or_else(|| std::io::Error::other("filesystem loop"));
+                read_failed(&path, &io)
+            })?;
+            let meta = dent.metadata().map_err(|e| {
+                read_failed(dent.path(), &e.into_io_error().unwrap_or_else(|| std::io::Error::other("unreadable")))
+            })?;
+            let ft = meta.file_type();
+            let kind = if ft.is_dir() {
+                Kind::Dir
+            } else if ft.is_file() {
+                Kind::File
+            } else if ft.is_symlink() {
+                Kind::Symlink
+            } else {
+                if !f(Item::Skipped(dent.path()))? {
+                    return Ok(());
+                }
+                continue;
+            };
+            let below = dent.path().strip_prefix(&source.path).unwrap_or(Path::new(""));
+            let rel = rel_path_of(&source.name, below)
+                .map_err(|e| TransferError::new(ErrorKind::Usage, format!("cannot send {}: {e}", dent.path().display())))?;
+            if !f(Item::Entry { local: dent.path(), rel, meta: &meta, kind })? {
+                return Ok(());
+            }
+        }
+    }
+    Ok(())
+}
+
+fn mtime(meta: &Metadata) -> Option<Timestamp> {
+    let t = meta.modified().ok()?;
+    Some(match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => Timestamp { secs: d.as_secs() as i64, nanos: d.subsec_nanos() },
+        Err(before) => {
+            let d = before.duration();
+            if d.subsec_nanos() == 0 {
+                Timestamp { secs: -(d.as_secs() as i64), nanos: 0 }
+            } else {
+                Timestamp { secs: -(d.as_secs() as i64) - 1, nanos: 1_000_000_000 - d.subsec_nanos() }
+            }
+        }
+    })
+}
+
+/// A local read failure, classified.
+pub(crate) fn read_failed(path: &Path, e: &std::io::Error) -> TransferError {
+    let what = match e.kind() {
+        std::io::ErrorKind::NotFound => "does not exist".to_owned(),
+        std::io::ErrorKind::PermissionDenied => "permission denied".to_owned(),
+        _ => e.to_string(),
+    };
+    let kind = if e.kind() == std::io::ErrorKind::NotFound { ErrorKind::Usage } else { ErrorKind::Io };
+    TransferError::new(kind, format!("cannot read {}: {what}", path.display()))
+}
+
+/// Converts a wire timestamp back to a system time.
+pub fn system_time(t: Timestamp) -> Option<std::time::SystemTime> {
+    let nanos = std::time::Duration::new(0, t.nanos);
+    if t.secs >= 0 {
+        UNIX_EPOCH.checked_add(std::time::Duration::from_secs(t.secs as u64))?.checked_add(nanos)
+    } else {
+        UNIX_EPOCH.checked_sub(std::time::Duration::from_secs(t.secs.unsigned_abs()))?.checked_add(nanos)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scan_and_walk_agree_and_sort() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("top");
+        std::fs::create_dir_all(root.join("b/empty")).unwrap();
+        std::fs::write(root.join("b/z.txt"), b"zz").unwrap();
+        std::fs::write(root.join("a.txt"), b"a").unwrap();
+        std::os::unix::fs::symlink("a.txt", root.join("link")).unwrap();
+        let single = dir.path().join("single.bin");
+        std::fs::write(&single, vec![0u8; 10]).unwrap();
+
+        let scan = scan(&[root.clone(), single]).unwrap();
+        assert_eq!((scan.files, scan.dirs, scan.symlinks, scan.bytes), (3, 3, 1, 13));
+        let mut paths = Vec::new();
+        let totals = walk(&scan.sources, |job| {
+            paths.push(job.entry.path.clone());
+            true
+        })
+        .unwrap();
+        assert_eq!(
+            paths,
+            ["top", "top/a.txt", "top/b", "top/b/empty", "top/b/z.txt", "top/link", "single.bin"]
+        );
+        assert_eq!((totals.entries, totals.files, totals.bytes), (7, 3, 13));
+    }
+
+    #[test]
+    fn duplicate_names_and_missing_paths_are_usage_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        for d in ["x/same", "y/same"] {
+            std::fs::create_dir_all(dir.path().join(d)).unwrap();
+        }
+        let err = scan(&[dir.path().join("x/same"), dir.path().join("y/same")]).unwrap_err();
+        assert_eq!(err.kind, ErrorKind::Usage);
+        assert!(err.message.contains("same"));
+        let err = scan(&[dir.path().join("nope")]).unwrap_err();
+        assert_eq!(err.kind, ErrorKind::Usage);
+        assert!(err.message.contains("does not exist"));
+    }
+
+    #[test]
+    fn dot_is_named_after_the_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let inner = dir.path().join("named");
+        std::fs::create_dir(&inner).unwrap();
+        assert_eq!(top_name(&inner.join(".")).unwrap(), "named");
+        assert!(top_name(Path::new("/")).is_err());
+    }
+
+    #[test]
+    fn timestamps_round_trip_including_before_1970() {
+        for t in [UNIX_EPOCH + std::time::Duration::new(5, 7), UNIX_EPOCH - std::time::Duration::new(5, 7)] {
+            let dir = tempfile::tempdir().unwrap();
+            let f = dir.path().join("f");
+            std::fs::write(&f, b"").unwrap();
+            std::fs::File::options().write(true).open(&f).unwrap().set_modified(t).unwrap();
+            let ts = mtime(&std::fs::metadata(&f).unwrap()).unwrap();
+            assert_eq!(system_time(ts), Some(t));
+        }
+    }
+}
