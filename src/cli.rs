@@ -1,3 +1,147 @@
-//! Command line.
+//! The `p2p-copy` command line. Each subcommand module owns its `Args` and `run()`.
+//!
+//! Human output goes to stderr; `--json` puts newline-delimited JSON events on stdout
+//! (documented in `docs/cli.md`). The exit code comes from the error kind
+//! ([`crate::error::ErrorKind::exit_code`]).
+
+mod code;
+mod output;
+mod receive;
+mod send;
+
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::error::ErrorKind;
+use crate::transfer::TransferError;
+
+/// Send files and directories between two machines, end-to-end encrypted.
+#[derive(Debug, Parser)]
+#[command(name = "p2p-copy", version, about, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Send files or directories; prints a code for the receiver.
+    Send(send::Args),
+    /// Receive what a sender offers, given its code.
+    #[command(visible_alias = "recv")]
+    Receive(receive::Args),
+    /// Print a fresh code (for scripts that agree on a code in advance).
+    Code(code::Args),
+    /// Print a shell completion script.
+    Completions(CompletionArgs),
+}
+
+#[derive(Debug, Args)]
+struct CompletionArgs {
+    /// The shell.
+    shell: clap_complete::Shell,
+}
+
+/// Output flags shared by every transfer command.
+#[derive(Debug, Clone, Args)]
+pub struct Common {
+    /// Newline-delimited JSON events on stdout instead of human output.
+    #[arg(long, global = true, env = "P2P_COPY_JSON")]
+    json: bool,
+    /// More detail on stderr (-v: candidates, verifier, timings; -vv: protocol trace).
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+    /// Only errors (and the sender's code) on stderr.
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    quiet: bool,
+}
+
 /// Entry point of the binary.
-pub fn main() -> std::process::ExitCode { std::process::ExitCode::SUCCESS }
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Send(args) => with_runtime(&args.common.clone(), send::run(args)),
+        Command::Receive(args) => with_runtime(&args.common.clone(), receive::run(args)),
+        Command::Code(args) => code::run(args),
+        Command::Completions(args) => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(args.shell, &mut cmd, "p2p-copy", &mut std::io::stdout());
+            Ok(())
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => ExitCode::from(e.kind.exit_code()),
+    }
+}
+
+/// Runs a transfer command on a fresh runtime, stopping it cleanly on Ctrl-C or SIGTERM
+/// (dropping the transfer removes any partial file). Reports the error, if any.
+fn with_runtime(
+    common: &Common,
+    work: impl std::future::Future<Output = Result<(), TransferError>>,
+) -> Result<(), TransferError> {
+    init_tracing(common);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| TransferError::internal(format!("cannot start the async runtime: {e}")))?;
+    let result = runtime.block_on(async {
+        tokio::select! {
+            r = work => r,
+            signal = interrupted() => Err(TransferError::new(
+                ErrorKind::Interrupted,
+                format!("stopped by {signal}; nothing incomplete was kept"),
+            )),
+        }
+    });
+    // Blocking lane workers notice their closed channels and clean up; wait for them.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(5));
+    if let Err(e) = &result {
+        output::report_error(common, e);
+    }
+    result
+}
+
+async fn interrupted() -> &'static str {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => tokio::select! {
+                _ = tokio::signal::ctrl_c() => "Ctrl-C",
+                _ = term.recv() => "SIGTERM",
+            },
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+                "Ctrl-C"
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+        "Ctrl-C"
+    }
+}
+
+fn init_tracing(common: &Common) {
+    let default = match (common.quiet, common.verbose) {
+        (true, _) => "error",
+        (_, 0) => "warn",
+        (_, 1) => "info,p2p_copy=debug",
+        _ => "debug,p2p_copy=trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}
+
+fn usage(message: impl Into<String>) -> TransferError {
+    TransferError::new(ErrorKind::Usage, message)
+}

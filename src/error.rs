@@ -26,6 +26,8 @@ pub enum ErrorKind {
     Io,
     /// The peer reported an error of its own.
     Peer,
+    /// Stopped by a signal (Ctrl-C, SIGTERM).
+    Interrupted,
     /// Anything else: a bug.
     Internal,
 }
@@ -43,6 +45,7 @@ impl ErrorKind {
             ErrorKind::Protocol => 8,
             ErrorKind::Io => 9,
             ErrorKind::Peer => 10,
+            ErrorKind::Interrupted => 130,
             ErrorKind::Internal => 1,
         }
     }
@@ -59,6 +62,7 @@ impl ErrorKind {
             ErrorKind::Protocol => "protocol",
             ErrorKind::Io => "io",
             ErrorKind::Peer => "peer",
+            ErrorKind::Interrupted => "interrupted",
             ErrorKind::Internal => "internal",
         }
     }

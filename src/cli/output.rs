@@ -1,0 +1,234 @@
+//! What the person (stderr) or the script (`--json` on stdout) sees.
+
+use std::io::{IsTerminal, Write};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use indicatif::{HumanBytes, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use serde_json::json;
+
+use super::Common;
+use crate::crypto::Role;
+use crate::transfer::{Note, Observer, Progress, Report, TransferError};
+use crate::wire::control::Offer;
+
+/// The CLI's observer.
+#[derive(Debug)]
+pub struct Ui {
+    json: bool,
+    quiet: bool,
+    verbose: bool,
+    role: Role,
+    progress: Arc<Progress>,
+    state: Mutex<State>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    /// Bytes to move, once accepted.
+    total: Option<u64>,
+    bar: Option<ProgressBar>,
+}
+
+impl Ui {
+    /// An observer for one command.
+    pub fn new(common: &Common, role: Role) -> Arc<Ui> {
+        Arc::new(Ui {
+            json: common.json,
+            quiet: common.quiet,
+            verbose: common.verbose > 0,
+            role,
+            progress: Progress::new(),
+            state: Mutex::new(State::default()),
+        })
+    }
+
+    /// The shared byte counter the transfer updates.
+    pub fn progress(&self) -> Arc<Progress> {
+        self.progress.clone()
+    }
+
+    fn human(&self) -> bool {
+        !self.json && !self.quiet
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        // A poisoned lock only means a panic elsewhere; the display state is still usable.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Starts the task that moves the progress bar (and, with `--json`, prints a progress
+    /// event every second).
+    pub fn start_ticker(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
+        let ui = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(100));
+            let mut n: u64 = 0;
+            loop {
+                tick.tick().await;
+                n += 1;
+                let bytes = ui.progress.bytes();
+                let state = ui.state();
+                if let Some(bar) = &state.bar {
+                    bar.set_position(bytes);
+                }
+                if ui.json && n % 10 == 0 {
+                    if let Some(total) = state.total {
+                        emit(&json!({"event": "progress", "bytes": bytes, "total": total}));
+                    }
+                }
+            }
+        })
+    }
+
+    /// Prints the outcome (errors are printed by the caller).
+    pub fn finish(&self, result: &Result<Report, TransferError>) {
+        if let Some(bar) = self.state().bar.take() {
+            match result {
+                Ok(_) => bar.finish_and_clear(),
+                Err(_) => bar.abandon(),
+            }
+        }
+        let Ok(report) = result else { return };
+        if self.json {
+            emit(&json!({
+                "event": "done",
+                "path": report.path.as_str(),
+                "bytes": report.bytes,
+                "files": report.files,
+                "entries": report.entries,
+                "seconds": report.seconds,
+            }));
+        } else if !self.quiet {
+            let verb = if self.role == Role::Sender { "Sent" } else { "Received" };
+            let rate = report.bytes as f64 / report.seconds.max(1e-6);
+            eprintln!(
+                "{verb} {} in {} file(s) in {:.1}s ({}/s, {})",
+                HumanBytes(report.bytes),
+                report.files,
+                report.seconds,
+                HumanBytes(rate as u64),
+                report.path.as_str()
+            );
+        }
+    }
+}
+
+impl Observer for Ui {
+    fn note(&self, note: Note<'_>) {
+        match note {
+            Note::Code(code) => {
+                if self.json {
+                    emit(&json!({"event": "code", "code": code.to_string(), "nameplate": code.nameplate()}));
+                } else {
+                    eprintln!(
+                        "Code: {code}   (on the other machine: p2p-copy receive {code})"
+                    );
+                }
+            }
+            Note::Searching { nameplate } => {
+                if self.json {
+                    emit(&json!({"event": "searching", "nameplate": nameplate}));
+                } else if self.verbose {
+                    eprintln!("Looking for the sender of nameplate {nameplate} on the local network…");
+                }
+            }
+            Note::Connected { peer, path } => {
+                if self.json {
+                    emit(&json!({"event": "connected", "peer": peer.to_string(), "path": path.as_str()}));
+                } else if self.human() {
+                    eprintln!("Connected to {peer} ({})", path.as_str());
+                }
+            }
+            Note::Secured { verifier } => {
+                if self.json {
+                    emit(&json!({"event": "secured", "verifier": verifier}));
+                } else if self.verbose {
+                    eprintln!("Key confirmed; verifier {verifier} (the same on both sides)");
+                }
+            }
+            Note::Offer(offer) => {
+                if self.json {
+                    emit(&json!({
+                        "event": "offer",
+                        "files": offer.files,
+                        "dirs": offer.dirs,
+                        "symlinks": offer.symlinks,
+                        "bytes": offer.bytes,
+                        "names": offer.names,
+                    }));
+                } else if self.human() {
+                    let lead = if self.role == Role::Sender { "Offering" } else { "Offered" };
+                    eprintln!("{lead}: {}", describe(offer));
+                }
+            }
+            Note::Accepted { total } => {
+                let mut state = self.state();
+                state.total = Some(total);
+                if self.json {
+                    emit(&json!({"event": "accepted", "bytes": total}));
+                } else if self.human() && std::io::stderr().is_terminal() {
+                    let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
+                    if let Ok(style) = ProgressStyle::with_template(
+                        "{bar:30} {bytes}/{total_bytes} {bytes_per_sec} ETA {eta}",
+                    ) {
+                        bar.set_style(style);
+                    }
+                    state.bar = Some(bar);
+                }
+            }
+            Note::Warning(message) => {
+                if self.json {
+                    emit(&json!({"event": "warning", "message": message}));
+                } else {
+                    eprintln!("warning: {message}");
+                }
+            }
+        }
+    }
+
+    fn confirm(&self, offer: &Offer) -> bool {
+        eprint!("Accept {}? [y/N] ", describe_short(offer));
+        let _ = std::io::stderr().flush();
+        let mut line = String::new();
+        if std::io::stdin().read_line(&mut line).is_err() {
+            return false;
+        }
+        matches!(line.trim().to_ascii_lowercase().as_str(), "y" | "yes")
+    }
+}
+
+fn describe_short(offer: &Offer) -> String {
+    let mut parts = vec![format!("{} file(s)", offer.files)];
+    if offer.dirs > 0 {
+        parts.push(format!("{} dir(s)", offer.dirs));
+    }
+    if offer.symlinks > 0 {
+        parts.push(format!("{} link(s)", offer.symlinks));
+    }
+    format!("{}, {}", parts.join(", "), HumanBytes(offer.bytes))
+}
+
+fn describe(offer: &Offer) -> String {
+    const SHOWN: usize = 5;
+    let mut names = offer.names.iter().take(SHOWN).cloned().collect::<Vec<_>>().join(", ");
+    if offer.names.len() > SHOWN {
+        names.push_str(&format!(" and {} more", offer.names.len() - SHOWN));
+    }
+    format!("{} ({names})", describe_short(offer))
+}
+
+/// Prints an error: a JSON event with `--json`, and always a line on stderr.
+pub fn report_error(common: &Common, e: &TransferError) {
+    if common.json {
+        emit(&json!({"event": "error", "kind": e.kind.as_str(), "message": e.message}));
+    }
+    eprintln!("error: {}", e.message);
+}
+
+fn emit(value: &serde_json::Value) {
+    let mut out = std::io::stdout().lock();
+    let _ = serde_json::to_writer(&mut out, value);
+    let _ = out.write_all(b"\n");
+    let _ = out.flush();
+}

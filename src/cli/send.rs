@@ -1,0 +1,57 @@
+//! `p2p-copy send`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args as ClapArgs;
+
+use super::output::Ui;
+use super::Common;
+use crate::code::{Code, DEFAULT_WORDS};
+use crate::crypto::Role;
+use crate::transfer::{self, SendOptions, TransferError};
+use crate::wire::data::DEFAULT_CHUNK;
+
+/// Arguments of `p2p-copy send`.
+#[derive(Debug, ClapArgs)]
+pub struct Args {
+    /// Files and directories to send.
+    #[arg(required = true, value_name = "PATH")]
+    pub paths: Vec<PathBuf>,
+    /// Use this code instead of a generated one (must be strong enough: see `p2p-copy code`).
+    #[arg(long, env = "P2P_COPY_CODE", hide_env_values = true)]
+    pub code: Option<String>,
+    /// Secret words in a generated code (3 words = 24 bits; each word adds 8).
+    #[arg(long, default_value_t = DEFAULT_WORDS, env = "P2P_COPY_CODE_WORDS")]
+    pub code_words: usize,
+    /// Seconds to wait for the receiver before giving up.
+    #[arg(long, default_value_t = 3600, value_name = "SECS", env = "P2P_COPY_WAIT")]
+    pub wait: u64,
+    /// Data streams to run in parallel (the receiver may allow fewer).
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=16), env = "P2P_COPY_LANES")]
+    pub lanes: u16,
+    /// Chunk size in bytes (16 KiB to 4 MiB).
+    #[arg(long, default_value_t = DEFAULT_CHUNK, value_name = "BYTES", env = "P2P_COPY_CHUNK_SIZE")]
+    pub chunk_size: usize,
+    #[command(flatten)]
+    pub common: Common,
+}
+
+/// Runs a send.
+pub async fn run(args: Args) -> Result<(), TransferError> {
+    let code = match &args.code {
+        Some(chosen) => Code::parse_chosen(chosen).map_err(|e| super::usage(e.to_string()))?,
+        None => super::code::generate(args.code_words)?,
+    };
+    let mut opts = SendOptions::new(args.paths, code);
+    opts.wait = Duration::from_secs(args.wait);
+    opts.lanes = args.lanes;
+    opts.chunk_size = args.chunk_size;
+    let ui = Ui::new(&args.common, Role::Sender);
+    let progress = ui.progress();
+    let ticker = ui.start_ticker();
+    let result = transfer::send(opts, ui.clone(), progress).await;
+    ticker.abort();
+    ui.finish(&result);
+    result.map(|_| ())
+}
