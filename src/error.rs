@@ -5,6 +5,10 @@
 use serde::{Deserialize, Serialize};
 
 /// What went wrong, coarsely: enough for a script to decide what to do next.
+///
+/// Also part of the wire format: an `ErrorReport` carries it by variant index (postcard).
+/// Never reorder or remove variants; new ones go at the end, before a protocol version bump
+/// makes old peers see them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorKind {
@@ -26,10 +30,10 @@ pub enum ErrorKind {
     Io,
     /// The peer reported an error of its own.
     Peer,
-    /// Stopped by a signal (Ctrl-C, SIGTERM).
-    Interrupted,
     /// Anything else: a bug.
     Internal,
+    /// Stopped by a signal (Ctrl-C, SIGTERM).
+    Interrupted,
 }
 
 impl ErrorKind {

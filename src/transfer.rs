@@ -117,7 +117,7 @@ impl From<quinn::ConnectionError> for TransferError {
 pub(crate) fn connection_lost(e: &quinn::ConnectionError) -> String {
     match e {
         quinn::ConnectionError::TimedOut => {
-            "the connection to the other side timed out (no answer for 30 s)".into()
+            "the connection to the other side timed out (the peer stopped answering)".into()
         }
         quinn::ConnectionError::ApplicationClosed(c) => {
             let reason = String::from_utf8_lossy(&c.reason);
@@ -225,9 +225,19 @@ impl Observer for Quiet {
     fn note(&self, _note: Note<'_>) {}
 }
 
-/// Bytes moved so far, shared with whoever shows progress.
+/// How long data lanes may make no progress at all before the transfer is abandoned. QUIC's
+/// idle timeout catches a peer that vanished; this catches one that is alive but stuck (its
+/// keep-alives hold the connection open). Generous, because a slow disk may take a while to
+/// fsync a large file.
+pub const STALL_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Bytes moved so far, shared with whoever shows progress, and a count of records moved (for
+/// the stall watchdog, which must see progress even when files are empty).
 #[derive(Debug, Default)]
-pub struct Progress(AtomicU64);
+pub struct Progress {
+    bytes: AtomicU64,
+    records: AtomicU64,
+}
 
 impl Progress {
     /// A counter at zero.
@@ -237,10 +247,69 @@ impl Progress {
 
     /// Bytes so far.
     pub fn bytes(&self) -> u64 {
-        self.0.load(Ordering::Relaxed)
+        self.bytes.load(Ordering::Relaxed)
     }
 
     pub(crate) fn add(&self, n: u64) {
-        self.0.fetch_add(n, Ordering::Relaxed);
+        self.bytes.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Records one unit of work (a record written or applied).
+    pub(crate) fn touch(&self) {
+        self.records.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn records(&self) -> u64 {
+        self.records.load(Ordering::Relaxed)
+    }
+}
+
+/// Resolves (with an error) once `progress` has not moved for `limit`; never otherwise.
+pub(crate) async fn stalled(progress: &Progress, limit: Duration) -> TransferError {
+    let step = (limit / 8).max(Duration::from_millis(10));
+    let mut last = progress.records();
+    let mut since = tokio::time::Instant::now();
+    loop {
+        tokio::time::sleep(step).await;
+        let now = progress.records();
+        if now != last {
+            last = now;
+            since = tokio::time::Instant::now();
+        } else if since.elapsed() >= limit {
+            return TransferError::network(format!(
+                "no data moved for {}s: the other side is stuck; giving up",
+                limit.as_secs()
+            ));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn the_watchdog_fires_only_without_progress() {
+        let progress = Progress::new();
+        let limit = Duration::from_secs(120);
+        // Progress every 30 s keeps it quiet for ten minutes of virtual time.
+        let busy = {
+            let p = progress.clone();
+            async move {
+                for _ in 0..20 {
+                    tokio::time::sleep(Duration::from_secs(30)).await;
+                    p.touch();
+                }
+            }
+        };
+        tokio::select! {
+            e = stalled(&progress, limit) => panic!("fired despite progress: {e}"),
+            () = busy => {}
+        }
+        let start = tokio::time::Instant::now();
+        let e = stalled(&progress, limit).await;
+        assert_eq!(e.kind, ErrorKind::Network);
+        let waited = start.elapsed();
+        assert!(waited >= limit && waited <= limit + limit / 4, "{waited:?}");
     }
 }

@@ -118,8 +118,6 @@ impl Node {
         let server = QuicServerConfig::try_from(server).map_err(tls)?;
         let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(server));
         server_config.transport_config(transport.clone());
-        // Address validation costs a round trip and buys nothing for a two-party session.
-        server_config.retry_token_lifetime(Duration::from_secs(15));
 
         let mut client = rustls::ClientConfig::builder_with_provider(provider.clone())
             .with_protocol_versions(&[&rustls::version::TLS13])

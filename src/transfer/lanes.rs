@@ -88,6 +88,7 @@ fn lane_worker(
     progress: &Progress,
 ) -> Result<(), TransferError> {
     let send = |out: Vec<u8>| {
+        progress.touch();
         tx.blocking_send(Bytes::from(out))
             .map_err(|_| TransferError::network("the connection to the receiver was lost"))
     };
@@ -275,6 +276,7 @@ fn apply_lane(
     let mut totals = Summary::default();
     while let Some(item) = rx.blocking_recv() {
         let mut body = item?;
+        sink.progress.touch();
         match reader.handle(&mut body)? {
             LaneEvent::Entry(entry) => {
                 let rel = sink.check(&entry.path)?;

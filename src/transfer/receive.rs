@@ -172,13 +172,14 @@ async fn run(
         .keys()
         .ok_or_else(|| TransferError::internal("no keys after the handshake"))?
         .clone();
-    let sink = Arc::new(Sink::new(dest, opts.overwrite, names, progress));
+    let sink = Arc::new(Sink::new(dest, opts.overwrite, names, progress.clone()));
     let lanes = receive_lanes(conn, &keys, offer.lanes, offer.chunk_size as usize, sink.clone());
     tokio::pin!(lanes);
     let (mut received, mut announced) = (None, None);
     while received.is_none() || announced.is_none() {
         tokio::select! {
             r = &mut lanes, if received.is_none() => received = Some(r?),
+            e = super::stalled(&progress, super::STALL_TIMEOUT), if received.is_none() => return Err(e),
             ev = ctl.next_event(UNBOUNDED), if announced.is_none() => match ev? {
                 Event::Finished(totals) => announced = Some(totals),
                 other => return Err(unexpected(&other)),

@@ -100,7 +100,8 @@ pub async fn send(
                 "no receiver connected within {}s; the code is no longer valid",
                 opts.wait.as_secs()
             ))
-        })?;
+        })?
+        .ok_or_else(|| TransferError::internal("the QUIC endpoint closed unexpectedly"))?;
     drop(announcer);
     observer.note(Note::Connected { peer: conn.remote_address(), path: PathKind::Direct });
 
@@ -167,13 +168,14 @@ async fn run(
     }
 
     let keys = ctl_keys(ctl)?.clone();
-    let lanes_done = send_lanes(conn, &keys, lanes, chunk, scan.sources, progress);
+    let lanes_done = send_lanes(conn, &keys, lanes, chunk, scan.sources, progress.clone());
     tokio::pin!(lanes_done);
     let totals = loop {
         tokio::select! {
             totals = &mut lanes_done => break totals?,
+            e = super::stalled(&progress, super::STALL_TIMEOUT) => return Err(e),
             // Only an error can arrive while the lanes run; anything else is a violation. The
-            // wait is bounded by the lanes, which QUIC's idle timeout bounds.
+            // wait is bounded by the lanes, which the stall watchdog bounds.
             ev = ctl.next_event(super::control::UNBOUNDED) => return Err(match ev {
                 Ok(other) => unexpected(&other),
                 Err(e) => e,
@@ -208,12 +210,12 @@ pub(crate) fn unexpected(ev: &Event) -> TransferError {
 /// only possible on the connection returned here, so there is exactly one.
 async fn first_session(
     endpoint: &quinn::Endpoint,
-) -> (quinn::Connection, quinn::SendStream, quinn::RecvStream) {
+) -> Option<(quinn::Connection, quinn::SendStream, quinn::RecvStream)> {
     let mut pending = tokio::task::JoinSet::new();
     loop {
         tokio::select! {
             incoming = endpoint.accept() => {
-                let Some(incoming) = incoming else { continue };
+                let Some(incoming) = incoming else { return None };
                 pending.spawn(async move {
                     let conn = tokio::time::timeout(Duration::from_secs(10), incoming).await.ok()?.ok()?;
                     let (send, recv) =
@@ -223,7 +225,7 @@ async fn first_session(
             }
             Some(done) = pending.join_next(), if !pending.is_empty() => {
                 if let Ok(Some(session)) = done {
-                    return session;
+                    return Some(session);
                 }
             }
         }
