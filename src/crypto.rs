@@ -206,7 +206,12 @@ impl Keys {
 
     /// The channel-binding MAC this side sends: over the QUIC session's exporter value and both
     /// certificate fingerprints (sender's first).
-    pub fn binding(&self, exporter: &[u8], sender_fp: &[u8; 32], receiver_fp: &[u8; 32]) -> [u8; 32] {
+    pub fn binding(
+        &self,
+        exporter: &[u8],
+        sender_fp: &[u8; 32],
+        receiver_fp: &[u8; 32],
+    ) -> [u8; 32] {
         mac(&self.bind[index(self.role)], &[exporter, sender_fp, receiver_fp])
     }
 
@@ -293,7 +298,10 @@ pub struct Sealer(LaneCipher);
 
 impl std::fmt::Debug for Sealer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Sealer").field("lane", &self.0.lane).field("counter", &self.0.counter).finish()
+        f.debug_struct("Sealer")
+            .field("lane", &self.0.lane)
+            .field("counter", &self.0.counter)
+            .finish()
     }
 }
 
@@ -322,7 +330,10 @@ pub struct Opener(LaneCipher);
 
 impl std::fmt::Debug for Opener {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Opener").field("lane", &self.0.lane).field("counter", &self.0.counter).finish()
+        f.debug_struct("Opener")
+            .field("lane", &self.0.lane)
+            .field("counter", &self.0.counter)
+            .finish()
     }
 }
 

@@ -119,23 +119,27 @@ impl Observer for Ui {
         match note {
             Note::Code(code) => {
                 if self.json {
-                    emit(&json!({"event": "code", "code": code.to_string(), "nameplate": code.nameplate()}));
-                } else {
-                    eprintln!(
-                        "Code: {code}   (on the other machine: p2p-copy receive {code})"
+                    emit(
+                        &json!({"event": "code", "code": code.to_string(), "nameplate": code.nameplate()}),
                     );
+                } else {
+                    eprintln!("Code: {code}   (on the other machine: p2p-copy receive {code})");
                 }
             }
             Note::Searching { nameplate } => {
                 if self.json {
                     emit(&json!({"event": "searching", "nameplate": nameplate}));
                 } else if self.verbose {
-                    eprintln!("Looking for the sender of nameplate {nameplate} on the local network…");
+                    eprintln!(
+                        "Looking for the sender of nameplate {nameplate} on the local network…"
+                    );
                 }
             }
             Note::Connected { peer, path } => {
                 if self.json {
-                    emit(&json!({"event": "connected", "peer": peer.to_string(), "path": path.as_str()}));
+                    emit(
+                        &json!({"event": "connected", "peer": peer.to_string(), "path": path.as_str()}),
+                    );
                 } else if self.human() {
                     eprintln!("Connected to {peer} ({})", path.as_str());
                 }
@@ -168,7 +172,8 @@ impl Observer for Ui {
                 if self.json {
                     emit(&json!({"event": "accepted", "bytes": total}));
                 } else if self.human() && std::io::stderr().is_terminal() {
-                    let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
+                    let bar =
+                        ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
                     if let Ok(style) = ProgressStyle::with_template(
                         "{bar:30} {bytes}/{total_bytes} {bytes_per_sec} ETA {eta}",
                     ) {

@@ -40,9 +40,7 @@ pub async fn run(args: Args) -> Result<(), TransferError> {
         Some(c) => c,
         None if std::io::stdin().is_terminal() => ask_code()?,
         None => {
-            return Err(super::usage(
-                "no code given: pass it as an argument or in P2P_COPY_CODE",
-            ))
+            return Err(super::usage("no code given: pass it as an argument or in P2P_COPY_CODE"))
         }
     };
     let code = Code::parse(&typed).map_err(|e| super::usage(e.to_string()))?;

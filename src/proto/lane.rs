@@ -138,7 +138,11 @@ impl LaneWriter {
         self.seal(out, |buf| Record::LaneEnd { entries }.encode(buf))
     }
 
-    fn seal(&mut self, out: &mut Vec<u8>, fill: impl FnOnce(&mut Vec<u8>)) -> Result<(), CryptoError> {
+    fn seal(
+        &mut self,
+        out: &mut Vec<u8>,
+        fill: impl FnOnce(&mut Vec<u8>),
+    ) -> Result<(), CryptoError> {
         frame::begin(out);
         fill(out);
         self.sealer.seal(out, frame::HEADER_LEN)?;

@@ -309,7 +309,8 @@ impl Session {
                 Ok(())
             }
             (State::AwaitConfirm, Frame::Confirm(mac)) => {
-                let keys = self.keys.as_ref().ok_or(SessionError::Misuse("confirm without keys"))?;
+                let keys =
+                    self.keys.as_ref().ok_or(SessionError::Misuse("confirm without keys"))?;
                 keys.check_confirmation(&mac).map_err(|_| SessionError::WrongCode)?;
                 let (sender_fp, receiver_fp) = self.fingerprints();
                 let hello = Hello {
@@ -351,8 +352,13 @@ impl Session {
                 }
                 let (sender_fp, receiver_fp) = self.fingerprints();
                 let keys = self.keys.as_ref().ok_or(SessionError::Misuse("hello without keys"))?;
-                keys.check_binding(&hello.binding, &self.channel.exporter, &sender_fp, &receiver_fp)
-                    .map_err(SessionError::Crypto)?;
+                keys.check_binding(
+                    &hello.binding,
+                    &self.channel.exporter,
+                    &sender_fp,
+                    &receiver_fp,
+                )
+                .map_err(SessionError::Crypto)?;
                 let verifier = keys.verifier();
                 self.deadline = None;
                 self.state = State::Ready;

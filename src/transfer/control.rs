@@ -141,7 +141,9 @@ async fn read_frames(
 }
 
 /// Reads one frame body; `None` at a clean end of stream between frames.
-pub(crate) async fn read_frame(recv: &mut quinn::RecvStream) -> Result<Option<Vec<u8>>, TransferError> {
+pub(crate) async fn read_frame(
+    recv: &mut quinn::RecvStream,
+) -> Result<Option<Vec<u8>>, TransferError> {
     read_frame_capped(recv, MAX_FRAME).await
 }
 

@@ -46,9 +46,7 @@ pub async fn send_lanes(
     let job_rx = Arc::new(Mutex::new(job_rx));
     let mut tasks: JoinSet<Result<Option<Summary>, TransferError>> = JoinSet::new();
 
-    tasks.spawn_blocking(move || {
-        walk::walk(&sources, |job| job_tx.send(job).is_ok()).map(Some)
-    });
+    tasks.spawn_blocking(move || walk::walk(&sources, |job| job_tx.send(job).is_ok()).map(Some));
     for lane in 1..=u32::from(lanes) {
         let mut stream = conn.open_uni().await.map_err(TransferError::from)?;
         let (tx, mut rx) = mpsc::channel::<Bytes>(LANE_DEPTH);
@@ -56,7 +54,8 @@ pub async fn send_lanes(
         let preamble = writer.preamble();
         let jobs = job_rx.clone();
         let progress = progress.clone();
-        tasks.spawn_blocking(move || lane_worker(writer, jobs, tx, chunk, &progress).map(|()| None));
+        tasks
+            .spawn_blocking(move || lane_worker(writer, jobs, tx, chunk, &progress).map(|()| None));
         tasks.spawn(async move {
             stream.write_all(&preamble).await.map_err(write_error)?;
             while let Some(record) = rx.recv().await {
@@ -136,7 +135,10 @@ fn read_full(file: &mut std::fs::File, buf: &mut [u8], job: &Job) -> Result<(), 
             Ok(0) => {
                 return Err(TransferError::new(
                     ErrorKind::Io,
-                    format!("{} shrank while it was being sent; send it again", job.local.display()),
+                    format!(
+                        "{} shrank while it was being sent; send it again",
+                        job.local.display()
+                    ),
                 ))
             }
             Ok(n) => filled += n,
@@ -176,7 +178,12 @@ pub struct Sink {
 
 impl Sink {
     /// A sink writing into `dest`.
-    pub fn new(dest: Dest, overwrite: bool, names: HashSet<String>, progress: Arc<Progress>) -> Sink {
+    pub fn new(
+        dest: Dest,
+        overwrite: bool,
+        names: HashSet<String>,
+        progress: Arc<Progress>,
+    ) -> Sink {
         Sink { dest, overwrite, names, progress, dirs: Mutex::new(Vec::new()) }
     }
 
@@ -221,9 +228,10 @@ pub async fn receive_lanes(
     for _ in 0..lanes {
         let mut stream = conn.accept_uni().await.map_err(TransferError::from)?;
         let mut preamble = [0u8; 4];
-        stream.read_exact(&mut preamble).await.map_err(|_| {
-            TransferError::network("a data stream ended before its first bytes")
-        })?;
+        stream
+            .read_exact(&mut preamble)
+            .await
+            .map_err(|_| TransferError::network("a data stream ended before its first bytes"))?;
         let lane = u32::from_be_bytes(preamble);
         if lane == 0 || lane > u32::from(lanes) || !seen.insert(lane) {
             return Err(TransferError::new(

@@ -111,7 +111,8 @@ pub async fn send(
         exporter: quic::exporter(&conn)?,
     };
     let config = Config { max_lanes: opts.lanes.max(1), ..Config::default() };
-    let session = Session::new(Role::Sender, &opts.code, channel, config, Instant::now(), &mut OsRng);
+    let session =
+        Session::new(Role::Sender, &opts.code, channel, config, Instant::now(), &mut OsRng);
     let mut ctl = ControlStream::new(session, send, recv);
     let result = run(&mut ctl, &conn, &opts, scan, observer, progress).await;
     match result {
@@ -170,17 +171,15 @@ async fn run(
     let keys = ctl_keys(ctl)?.clone();
     let lanes_done = send_lanes(conn, &keys, lanes, chunk, scan.sources, progress.clone());
     tokio::pin!(lanes_done);
-    let totals = loop {
-        tokio::select! {
-            totals = &mut lanes_done => break totals?,
-            e = super::stalled(&progress, super::STALL_TIMEOUT) => return Err(e),
-            // Only an error can arrive while the lanes run; anything else is a violation. The
-            // wait is bounded by the lanes, which the stall watchdog bounds.
-            ev = ctl.next_event(super::control::UNBOUNDED) => return Err(match ev {
-                Ok(other) => unexpected(&other),
-                Err(e) => e,
-            }),
-        }
+    let totals = tokio::select! {
+        totals = &mut lanes_done => totals?,
+        e = super::stalled(&progress, super::STALL_TIMEOUT) => return Err(e),
+        // Only an error can arrive while the lanes run; anything else is a violation. The
+        // wait is bounded by the lanes, which the stall watchdog bounds.
+        ev = ctl.next_event(super::control::UNBOUNDED) => return Err(match ev {
+            Ok(other) => unexpected(&other),
+            Err(e) => e,
+        }),
     };
     ctl.session().finish(totals)?;
     match ctl.next_event(Duration::from_secs(600)).await? {
@@ -215,7 +214,7 @@ async fn first_session(
     loop {
         tokio::select! {
             incoming = endpoint.accept() => {
-                let Some(incoming) = incoming else { return None };
+                let incoming = incoming?;
                 pending.spawn(async move {
                     let conn = tokio::time::timeout(Duration::from_secs(10), incoming).await.ok()?.ok()?;
                     let (send, recv) =

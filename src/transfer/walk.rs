@@ -128,7 +128,10 @@ pub fn walk(
 
 fn sources(paths: &[PathBuf]) -> Result<Vec<Source>, TransferError> {
     if paths.is_empty() {
-        return Err(TransferError::new(ErrorKind::Usage, "nothing to send: name files or directories"));
+        return Err(TransferError::new(
+            ErrorKind::Usage,
+            "nothing to send: name files or directories",
+        ));
     }
     if paths.len() > MAX_NAMES {
         return Err(TransferError::new(
@@ -197,16 +200,22 @@ fn visit(
     mut f: impl FnMut(Item<'_>) -> Result<bool, TransferError>,
 ) -> Result<(), TransferError> {
     for source in sources {
-        let walker =
-            WalkDir::new(&source.path).follow_links(false).follow_root_links(true).sort_by_file_name();
+        let walker = WalkDir::new(&source.path)
+            .follow_links(false)
+            .follow_root_links(true)
+            .sort_by_file_name();
         for dent in walker {
             let dent = dent.map_err(|e| {
                 let path = e.path().map(Path::to_path_buf).unwrap_or_else(|| source.path.clone());
-                let io = e.into_io_error().unwrap_or_else(|| std::io::Error::other("filesystem loop"));
+                let io =
+                    e.into_io_error().unwrap_or_else(|| std::io::Error::other("filesystem loop"));
                 read_failed(&path, &io)
             })?;
             let meta = dent.metadata().map_err(|e| {
-                read_failed(dent.path(), &e.into_io_error().unwrap_or_else(|| std::io::Error::other("unreadable")))
+                read_failed(
+                    dent.path(),
+                    &e.into_io_error().unwrap_or_else(|| std::io::Error::other("unreadable")),
+                )
             })?;
             let ft = meta.file_type();
             let kind = if ft.is_dir() {
@@ -222,8 +231,12 @@ fn visit(
                 continue;
             };
             let below = dent.path().strip_prefix(&source.path).unwrap_or(Path::new(""));
-            let rel = rel_path_of(&source.name, below)
-                .map_err(|e| TransferError::new(ErrorKind::Usage, format!("cannot send {}: {e}", dent.path().display())))?;
+            let rel = rel_path_of(&source.name, below).map_err(|e| {
+                TransferError::new(
+                    ErrorKind::Usage,
+                    format!("cannot send {}: {e}", dent.path().display()),
+                )
+            })?;
             if !f(Item::Entry { local: dent.path(), rel, meta: &meta, kind })? {
                 return Ok(());
             }
@@ -241,7 +254,10 @@ fn mtime(meta: &Metadata) -> Option<Timestamp> {
             if d.subsec_nanos() == 0 {
                 Timestamp { secs: -(d.as_secs() as i64), nanos: 0 }
             } else {
-                Timestamp { secs: -(d.as_secs() as i64) - 1, nanos: 1_000_000_000 - d.subsec_nanos() }
+                Timestamp {
+                    secs: -(d.as_secs() as i64) - 1,
+                    nanos: 1_000_000_000 - d.subsec_nanos(),
+                }
             }
         }
     })
@@ -254,7 +270,8 @@ pub(crate) fn read_failed(path: &Path, e: &std::io::Error) -> TransferError {
         std::io::ErrorKind::PermissionDenied => "permission denied".to_owned(),
         _ => e.to_string(),
     };
-    let kind = if e.kind() == std::io::ErrorKind::NotFound { ErrorKind::Usage } else { ErrorKind::Io };
+    let kind =
+        if e.kind() == std::io::ErrorKind::NotFound { ErrorKind::Usage } else { ErrorKind::Io };
     TransferError::new(kind, format!("cannot read {}: {what}", path.display()))
 }
 
@@ -264,7 +281,9 @@ pub fn system_time(t: Timestamp) -> Option<std::time::SystemTime> {
     if t.secs >= 0 {
         UNIX_EPOCH.checked_add(std::time::Duration::from_secs(t.secs as u64))?.checked_add(nanos)
     } else {
-        UNIX_EPOCH.checked_sub(std::time::Duration::from_secs(t.secs.unsigned_abs()))?.checked_add(nanos)
+        UNIX_EPOCH
+            .checked_sub(std::time::Duration::from_secs(t.secs.unsigned_abs()))?
+            .checked_add(nanos)
     }
 }
 
@@ -323,7 +342,10 @@ mod tests {
 
     #[test]
     fn timestamps_round_trip_including_before_1970() {
-        for t in [UNIX_EPOCH + std::time::Duration::new(5, 7), UNIX_EPOCH - std::time::Duration::new(5, 7)] {
+        for t in [
+            UNIX_EPOCH + std::time::Duration::new(5, 7),
+            UNIX_EPOCH - std::time::Duration::new(5, 7),
+        ] {
             let dir = tempfile::tempdir().unwrap();
             let f = dir.path().join("f");
             std::fs::write(&f, b"").unwrap();

@@ -76,7 +76,11 @@ impl Frame {
     /// Decodes a frame body.
     pub fn decode(body: &[u8]) -> Result<Frame, DecodeError> {
         if body.len() > MAX_FRAME {
-            return Err(DecodeError::TooLong { what: "control frame", len: body.len(), max: MAX_FRAME });
+            return Err(DecodeError::TooLong {
+                what: "control frame",
+                len: body.len(),
+                max: MAX_FRAME,
+            });
         }
         let (&kind, rest) = body.split_first().ok_or(DecodeError::Truncated)?;
         match kind {

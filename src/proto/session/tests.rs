@@ -101,7 +101,8 @@ fn full_session_succeeds() {
     assert_eq!(p.pump(), (None, None));
     let es = Pair::events(&mut p.s);
     let er = Pair::events(&mut p.r);
-    let (Event::Secured { verifier: vs, .. }, Event::Secured { verifier: vr, .. }) = (&es[0], &er[0])
+    let (Event::Secured { verifier: vs, .. }, Event::Secured { verifier: vr, .. }) =
+        (&es[0], &er[0])
     else {
         panic!("not secured: {es:?} {er:?}")
     };
