@@ -172,6 +172,42 @@ pub struct Report {
     pub seconds: f64,
 }
 
+/// Ends a session on both sides alike: on success the sender closes the connection (the
+/// receiver waits for that close, which proves its `Complete` arrived); on failure the peer is
+/// told why, then the connection closes. Either way the endpoint gets a moment to send.
+pub(crate) async fn conclude(
+    role: crate::crypto::Role,
+    ctl: &mut control::ControlStream,
+    conn: &quinn::Connection,
+    endpoint: &quinn::Endpoint,
+    started: std::time::Instant,
+    result: Result<crate::wire::control::Summary, TransferError>,
+) -> Result<Report, TransferError> {
+    match result {
+        Ok(totals) => {
+            match role {
+                crate::crypto::Role::Sender => conn.close(control::close::DONE.into(), b"done"),
+                crate::crypto::Role::Receiver => {
+                    let _ = tokio::time::timeout(CLOSE_TIMEOUT, conn.closed()).await;
+                }
+            }
+            let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
+            Ok(Report {
+                path: PathKind::Direct,
+                bytes: totals.bytes,
+                files: totals.files,
+                entries: totals.entries,
+                seconds: started.elapsed().as_secs_f64(),
+            })
+        }
+        Err(e) => {
+            ctl.abort(conn, &e).await;
+            let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
+            Err(e)
+        }
+    }
+}
+
 /// Milestones a transfer reports to its observer, in order.
 #[derive(Debug)]
 pub enum Note<'a> {

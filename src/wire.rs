@@ -64,3 +64,16 @@ fn to_postcard<T: serde::Serialize>(value: &T, out: &mut Vec<u8>) {
     let encoded = postcard::to_extend(value, std::mem::take(out)).expect("postcard into a Vec");
     *out = encoded;
 }
+
+/// Exactly `N` bytes, or the error that says how the length is off.
+fn fixed<const N: usize>(bytes: &[u8]) -> Result<[u8; N], DecodeError> {
+    match bytes.len() {
+        n if n < N => Err(DecodeError::Truncated),
+        n if n > N => Err(DecodeError::TrailingBytes(n - N)),
+        _ => {
+            let mut out = [0; N];
+            out.copy_from_slice(bytes);
+            Ok(out)
+        }
+    }
+}

@@ -20,14 +20,14 @@ use super::control::{ControlStream, UNBOUNDED};
 use super::fs::{Dest, RelPath};
 use super::lanes::{receive_lanes, Sink};
 use super::send::unexpected;
-use super::{Note, Observer, PathKind, Progress, Report, TransferError, CLOSE_TIMEOUT};
+use super::{Note, Observer, PathKind, Progress, Report, TransferError};
 use crate::code::Code;
 use crate::crypto::Role;
 use crate::error::ErrorKind;
 use crate::net::discovery::{self, DiscoveryConfig};
 use crate::net::quic::{self, Node, Tuning};
 use crate::proto::{Channel, Config, Event, Session};
-use crate::wire::control::{Accept, Offer, Refuse, RefuseReason};
+use crate::wire::control::{Accept, Offer, Refuse, RefuseReason, Summary};
 use crate::wire::data::{MAX_CHUNK, MIN_CHUNK};
 
 /// Most data lanes a receiver allows.
@@ -96,24 +96,8 @@ pub async fn receive(
     let session =
         Session::new(Role::Receiver, &opts.code, channel, config, Instant::now(), &mut OsRng);
     let mut ctl = ControlStream::new(session, send, recv);
-    match run(&mut ctl, &conn, &opts, observer, progress).await {
-        Ok((files, bytes, entries)) => {
-            // The sender closes once it has our Complete; wait for that so it surely arrived.
-            let _ = tokio::time::timeout(CLOSE_TIMEOUT, conn.closed()).await;
-            Ok(Report {
-                path: PathKind::Direct,
-                bytes,
-                files,
-                entries,
-                seconds: started.elapsed().as_secs_f64(),
-            })
-        }
-        Err(e) => {
-            ctl.abort(&conn, &e).await;
-            let _ = tokio::time::timeout(Duration::from_secs(1), node.endpoint.wait_idle()).await;
-            Err(e)
-        }
-    }
+    let result = run(&mut ctl, &conn, &opts, observer, progress).await;
+    super::conclude(Role::Receiver, &mut ctl, &conn, &node.endpoint, started, result).await
 }
 
 async fn run(
@@ -122,7 +106,7 @@ async fn run(
     opts: &ReceiveOptions,
     observer: Arc<dyn Observer>,
     progress: Arc<Progress>,
-) -> Result<(u64, u64, u64), TransferError> {
+) -> Result<Summary, TransferError> {
     match ctl.next_event(Duration::from_secs(60)).await? {
         Event::Secured { verifier, .. } => observer.note(Note::Secured { verifier: &verifier }),
         other => return Err(unexpected(&other)),
@@ -204,7 +188,7 @@ async fn run(
         .map_err(|e| TransferError::internal(e.to_string()))??;
     ctl.session().complete(received)?;
     ctl.flush().await?;
-    Ok((received.files, received.bytes, received.entries))
+    Ok(received)
 }
 
 /// Checks what the sender may not ask for; returns the set of top-level names.

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use rand::rngs::OsRng;
 
-use super::control::{close, ControlStream};
+use super::control::ControlStream;
 use super::lanes::send_lanes;
 use super::{walk, Note, Observer, PathKind, Progress, Report, TransferError, CLOSE_TIMEOUT};
 use crate::code::Code;
@@ -23,7 +23,7 @@ use crate::error::ErrorKind;
 use crate::net::discovery::{Announcer, DiscoveryConfig};
 use crate::net::quic::{self, Node, Tuning};
 use crate::proto::{Channel, Config, Event, Session};
-use crate::wire::control::Offer;
+use crate::wire::control::{Offer, Summary};
 use crate::wire::data::{DEFAULT_CHUNK, MAX_CHUNK, MIN_CHUNK};
 
 /// Everything a send needs.
@@ -115,24 +115,7 @@ pub async fn send(
         Session::new(Role::Sender, &opts.code, channel, config, Instant::now(), &mut OsRng);
     let mut ctl = ControlStream::new(session, send, recv);
     let result = run(&mut ctl, &conn, &opts, scan, observer, progress).await;
-    match result {
-        Ok((files, bytes, entries)) => {
-            conn.close(close::DONE.into(), b"done");
-            let _ = tokio::time::timeout(Duration::from_secs(1), node.endpoint.wait_idle()).await;
-            Ok(Report {
-                path: PathKind::Direct,
-                bytes,
-                files,
-                entries,
-                seconds: started.elapsed().as_secs_f64(),
-            })
-        }
-        Err(e) => {
-            ctl.abort(&conn, &e).await;
-            let _ = tokio::time::timeout(Duration::from_secs(1), node.endpoint.wait_idle()).await;
-            Err(e)
-        }
-    }
+    super::conclude(Role::Sender, &mut ctl, &conn, &node.endpoint, started, result).await
 }
 
 async fn run(
@@ -142,7 +125,7 @@ async fn run(
     scan: walk::Scan,
     observer: Arc<dyn Observer>,
     progress: Arc<Progress>,
-) -> Result<(u64, u64, u64), TransferError> {
+) -> Result<Summary, TransferError> {
     let peer = match ctl.next_event(Duration::from_secs(60)).await? {
         Event::Secured { verifier, peer } => {
             observer.note(Note::Secured { verifier: &verifier });
@@ -193,7 +176,7 @@ async fn run(
         other => return Err(unexpected(&other)),
     }
     let _ = tokio::time::timeout(CLOSE_TIMEOUT, ctl.flush()).await;
-    Ok((totals.files, totals.bytes, totals.entries))
+    Ok(totals)
 }
 
 fn ctl_keys(ctl: &mut ControlStream) -> Result<&crate::crypto::Keys, TransferError> {

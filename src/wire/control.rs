@@ -16,7 +16,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{from_postcard, to_postcard, DecodeError};
+use super::{fixed, from_postcard, to_postcard, DecodeError};
 use crate::error::ErrorKind;
 
 /// The protocol version this build speaks.
@@ -85,27 +85,15 @@ impl Frame {
         let (&kind, rest) = body.split_first().ok_or(DecodeError::Truncated)?;
         match kind {
             KIND_PAKE => {
-                let fixed = exact::<{ 2 + PAKE_LEN }>(rest)?;
+                let fixed = fixed::<{ 2 + PAKE_LEN }>(rest)?;
                 let version = u16::from_be_bytes([fixed[0], fixed[1]]);
                 let mut msg = [0; PAKE_LEN];
                 msg.copy_from_slice(&fixed[2..]);
                 Ok(Frame::Pake { version, msg })
             }
-            KIND_CONFIRM => Ok(Frame::Confirm(exact::<32>(rest)?)),
+            KIND_CONFIRM => Ok(Frame::Confirm(fixed::<32>(rest)?)),
             KIND_SEALED => Ok(Frame::Sealed(rest.to_vec())),
             other => Err(DecodeError::UnknownType(other)),
-        }
-    }
-}
-
-fn exact<const N: usize>(bytes: &[u8]) -> Result<[u8; N], DecodeError> {
-    match bytes.len() {
-        n if n < N => Err(DecodeError::Truncated),
-        n if n > N => Err(DecodeError::TrailingBytes(n - N)),
-        _ => {
-            let mut out = [0; N];
-            out.copy_from_slice(bytes);
-            Ok(out)
         }
     }
 }

@@ -16,7 +16,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{from_postcard, to_postcard, DecodeError};
+use super::{fixed, from_postcard, to_postcard, DecodeError};
 
 /// Largest chunk payload any peer may send (the default is 1 MiB).
 pub const MAX_CHUNK: usize = 4 << 20;
@@ -218,18 +218,6 @@ fn be_u64(b: &[u8]) -> u64 {
     let mut a = [0; 8];
     a.copy_from_slice(&b[..8]);
     u64::from_be_bytes(a)
-}
-
-fn fixed<const N: usize>(bytes: &[u8]) -> Result<[u8; N], DecodeError> {
-    match bytes.len() {
-        n if n < N => Err(DecodeError::Truncated),
-        n if n > N => Err(DecodeError::TrailingBytes(n - N)),
-        _ => {
-            let mut out = [0; N];
-            out.copy_from_slice(bytes);
-            Ok(out)
-        }
-    }
 }
 
 #[cfg(test)]
