@@ -47,7 +47,7 @@ struct CompletionArgs {
 #[derive(Debug, Clone, Args)]
 pub struct Common {
     /// Newline-delimited JSON events on stdout instead of human output.
-    #[arg(long, global = true, env = "P2P_COPY_JSON")]
+    #[arg(long, global = true, env = "P2P_COPY_JSON", value_parser = clap::builder::FalseyValueParser::new())]
     json: bool,
     /// More detail on stderr (-v: candidates, verifier, timings; -vv: protocol trace).
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
@@ -96,8 +96,9 @@ fn with_runtime(
             )),
         }
     });
-    // Blocking lane workers notice their closed channels and clean up; wait for them.
-    runtime.shutdown_timeout(std::time::Duration::from_secs(5));
+    // Blocking lane workers notice their closed channels at once and remove partial files;
+    // give them a moment (a prompt blocked on stdin is not waited for).
+    runtime.shutdown_timeout(std::time::Duration::from_secs(2));
     if let Err(e) = &result {
         output::report_error(common, e);
     }

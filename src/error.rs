@@ -54,6 +54,26 @@ impl ErrorKind {
         }
     }
 
+    /// The kind with this [`ErrorKind::as_str`] name.
+    pub fn from_name(name: &str) -> Option<ErrorKind> {
+        use ErrorKind::*;
+        [
+            Usage,
+            WrongCode,
+            Refused,
+            Conflict,
+            Integrity,
+            Network,
+            Protocol,
+            Io,
+            Peer,
+            Internal,
+            Interrupted,
+        ]
+        .into_iter()
+        .find(|k| k.as_str() == name)
+    }
+
     /// The name used in `--json` error events.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -75,5 +95,35 @@ impl ErrorKind {
 impl std::fmt::Display for ErrorKind {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip_and_exit_codes_are_distinct() {
+        use ErrorKind::*;
+        let all = [
+            Usage,
+            WrongCode,
+            Refused,
+            Conflict,
+            Integrity,
+            Network,
+            Protocol,
+            Io,
+            Peer,
+            Internal,
+            Interrupted,
+        ];
+        let mut codes = std::collections::HashSet::new();
+        for k in all {
+            assert_eq!(ErrorKind::from_name(k.as_str()), Some(k));
+            assert!(codes.insert(k.exit_code()), "{k} shares its exit code");
+            assert_ne!(k.exit_code(), 0);
+        }
+        assert_eq!(ErrorKind::from_name("nonsense"), None);
     }
 }

@@ -109,23 +109,63 @@ impl From<crate::net::quic::QuicError> for TransferError {
 
 impl From<quinn::ConnectionError> for TransferError {
     fn from(e: quinn::ConnectionError) -> Self {
-        TransferError::network(connection_lost(&e))
+        connection_lost(&e)
     }
 }
 
-/// A sentence for a lost connection.
-pub(crate) fn connection_lost(e: &quinn::ConnectionError) -> String {
+/// The error for a lost connection. A peer that closed with an error names its kind in the
+/// close reason; kinds both sides share (wrong code, refusal, conflict, integrity) keep their
+/// kind here, so both sides exit alike even when the sealed report was lost.
+pub(crate) fn connection_lost(e: &quinn::ConnectionError) -> TransferError {
     match e {
-        quinn::ConnectionError::TimedOut => {
-            "the connection to the other side timed out (the peer stopped answering)".into()
-        }
-        quinn::ConnectionError::ApplicationClosed(c) => {
+        quinn::ConnectionError::TimedOut => TransferError::network(
+            "the connection to the other side timed out (the peer stopped answering)",
+        ),
+        quinn::ConnectionError::ApplicationClosed(c)
+            if c.error_code == control::close::ERROR.into() =>
+        {
             let reason = String::from_utf8_lossy(&c.reason);
-            format!("the other side closed the connection ({reason})")
+            let kind = match ErrorKind::from_name(&reason) {
+                Some(
+                    k @ (ErrorKind::WrongCode
+                    | ErrorKind::Refused
+                    | ErrorKind::Conflict
+                    | ErrorKind::Integrity),
+                ) => k,
+                _ => ErrorKind::Peer,
+            };
+            TransferError::new(
+                kind,
+                format!("the other side ended the transfer ({})", printable(&reason)),
+            )
         }
-        quinn::ConnectionError::LocallyClosed => "the connection was closed".into(),
-        other => format!("the connection to the other side was lost: {other}"),
+        quinn::ConnectionError::ApplicationClosed(c)
+            if c.error_code == control::close::DONE.into() =>
+        {
+            TransferError::network("the other side closed the connection before we were done")
+        }
+        quinn::ConnectionError::ApplicationClosed(_) => TransferError::network(
+            "the other side stopped without finishing (interrupted or crashed)",
+        ),
+        quinn::ConnectionError::LocallyClosed => {
+            TransferError::network("the connection was closed")
+        }
+        other => {
+            TransferError::network(format!("the connection to the other side was lost: {other}"))
+        }
     }
+}
+
+/// Peer-supplied text made safe to print: control characters (which could rewrite the
+/// user's terminal) are shown escaped.
+pub fn printable(s: &str) -> String {
+    s.chars()
+        .flat_map(|c| {
+            let escaped: Vec<char> =
+                if c.is_control() { c.escape_default().collect() } else { vec![c] };
+            escaped
+        })
+        .collect()
 }
 
 /// Formats an error with its sources: `outer: inner: innermost`.

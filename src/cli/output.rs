@@ -193,6 +193,24 @@ impl Observer for Ui {
     }
 
     fn confirm(&self, offer: &Offer) -> bool {
+        // Every top-level name is shown before a yes, hidden ones called out: a name like
+        // `.bashrc` landing in a home directory must never be a surprise.
+        const LISTED: usize = 20;
+        for name in offer.names.iter().take(LISTED) {
+            eprintln!("  {}", crate::transfer::printable(name));
+        }
+        if offer.names.len() > LISTED {
+            eprintln!("  … and {} more", offer.names.len() - LISTED);
+        }
+        let hidden: Vec<String> = offer
+            .names
+            .iter()
+            .filter(|n| n.starts_with('.'))
+            .map(|n| crate::transfer::printable(n))
+            .collect();
+        if !hidden.is_empty() {
+            eprintln!("warning: the offer includes hidden names: {}", hidden.join(", "));
+        }
         eprint!("Accept {}? [y/N] ", describe_short(offer));
         let _ = std::io::stderr().flush();
         let mut line = String::new();
@@ -216,7 +234,9 @@ fn describe_short(offer: &Offer) -> String {
 
 fn describe(offer: &Offer) -> String {
     const SHOWN: usize = 5;
-    let mut names = offer.names.iter().take(SHOWN).cloned().collect::<Vec<_>>().join(", ");
+    let mut names = crate::transfer::printable(
+        &offer.names.iter().take(SHOWN).cloned().collect::<Vec<_>>().join(", "),
+    );
     if offer.names.len() > SHOWN {
         names.push_str(&format!(" and {} more", offer.names.len() - SHOWN));
     }

@@ -22,13 +22,14 @@ pub struct Args {
     #[arg(long, short, default_value = ".", value_name = "DIR", env = "P2P_COPY_OUT")]
     pub out: PathBuf,
     /// Accept the offer without asking.
-    #[arg(long, short, env = "P2P_COPY_YES")]
+    #[arg(long, short, env = "P2P_COPY_YES", value_parser = clap::builder::FalseyValueParser::new())]
     pub yes: bool,
     /// Replace files and links that already exist in the destination.
-    #[arg(long, env = "P2P_COPY_OVERWRITE")]
+    #[arg(long, env = "P2P_COPY_OVERWRITE", value_parser = clap::builder::FalseyValueParser::new())]
     pub overwrite: bool,
-    /// Seconds to look for the sender before giving up.
-    #[arg(long, default_value_t = 30, value_name = "SECS", env = "P2P_COPY_WAIT")]
+    /// Seconds to look for the sender before giving up (at most a day).
+    #[arg(long, default_value_t = 30, value_name = "SECS", env = "P2P_COPY_WAIT",
+          value_parser = clap::value_parser!(u64).range(1..=86_400))]
     pub wait: u64,
     #[command(flatten)]
     pub common: Common,

@@ -24,8 +24,9 @@ pub struct Args {
     /// Secret words in a generated code (3 words = 24 bits; each word adds 8).
     #[arg(long, default_value_t = DEFAULT_WORDS, env = "P2P_COPY_CODE_WORDS")]
     pub code_words: usize,
-    /// Seconds to wait for the receiver before giving up.
-    #[arg(long, default_value_t = 3600, value_name = "SECS", env = "P2P_COPY_WAIT")]
+    /// Seconds to wait for the receiver before giving up (at most 30 days).
+    #[arg(long, default_value_t = 3600, value_name = "SECS", env = "P2P_COPY_WAIT",
+          value_parser = clap::value_parser!(u64).range(1..=2_592_000))]
     pub wait: u64,
     /// Data streams to run in parallel (the receiver may allow fewer).
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=16), env = "P2P_COPY_LANES")]

@@ -97,8 +97,9 @@ pub struct Node {
 }
 
 impl Node {
-    /// Binds a UDP socket on `addr` and starts an endpoint with a fresh identity.
-    pub fn bind(addr: SocketAddr, tuning: &Tuning) -> Result<Node, QuicError> {
+    /// Binds a UDP socket on `addr` and starts an endpoint with a fresh identity; it accepts
+    /// connections only when `serve` is set.
+    pub fn bind(addr: SocketAddr, tuning: &Tuning, serve: bool) -> Result<Node, QuicError> {
         let certified = rcgen::generate_simple_self_signed(vec![SERVER_NAME.to_owned()])
             .map_err(|e| QuicError::Tls(e.to_string()))?;
         let cert = CertificateDer::from(certified.cert.der().to_vec());
@@ -130,8 +131,12 @@ impl Node {
         let mut client_config = quinn::ClientConfig::new(Arc::new(client));
         client_config.transport_config(transport);
 
-        let endpoint = quinn::Endpoint::server(server_config, addr)
-            .map_err(|source| QuicError::Bind { addr, source })?;
+        let endpoint = if serve {
+            quinn::Endpoint::server(server_config, addr)
+        } else {
+            quinn::Endpoint::client(addr)
+        }
+        .map_err(|source| QuicError::Bind { addr, source })?;
         Ok(Node { endpoint, fingerprint: fingerprint(&cert), client_config })
     }
 
@@ -331,8 +336,8 @@ mod tests {
     #[tokio::test]
     async fn endpoints_connect_and_agree_on_binding_inputs() {
         let local: SocketAddr = "127.0.0.1:0".parse().unwrap();
-        let server = Node::bind(local, &Tuning::default()).unwrap();
-        let client = Node::bind(local, &Tuning::default()).unwrap();
+        let server = Node::bind(local, &Tuning::default(), true).unwrap();
+        let client = Node::bind(local, &Tuning::default(), false).unwrap();
         let addr = server.local_addr().unwrap();
         let accept = tokio::spawn({
             let ep = server.endpoint.clone();
@@ -349,7 +354,7 @@ mod tests {
     #[tokio::test]
     async fn connect_any_reports_every_failure() {
         let local: SocketAddr = "127.0.0.1:0".parse().unwrap();
-        let client = Node::bind(local, &Tuning::default()).unwrap();
+        let client = Node::bind(local, &Tuning::default(), false).unwrap();
         // A bound socket that never answers QUIC.
         let silent = std::net::UdpSocket::bind(local).unwrap();
         let addr = silent.local_addr().unwrap();

@@ -124,7 +124,7 @@ pub enum SessionError {
     #[error("{}", refusal_message(.0))]
     Refused(Refuse),
     /// The peer reported an error and ended the session.
-    #[error("the other side failed: {}", .0.message)]
+    #[error("the other side failed: {}", crate::transfer::printable(&.0.message))]
     Peer(ErrorReport),
 }
 
@@ -134,7 +134,7 @@ fn refusal_message(r: &Refuse) -> String {
         RefuseReason::NoSpace => "the receiver does not have enough free space".into(),
         RefuseReason::Conflict => format!(
             "the receiver already has {} and did not allow overwriting (receive with --overwrite)",
-            r.names.join(", ")
+            crate::transfer::printable(&r.names.join(", "))
         ),
     }
 }
@@ -154,10 +154,15 @@ impl SessionError {
             SessionError::Refused(r) if r.reason == RefuseReason::Conflict => ErrorKind::Conflict,
             SessionError::Refused(_) => ErrorKind::Refused,
             SessionError::Peer(r) => match r.kind {
-                // The peer's own local trouble is not ours; keep kinds that describe the
-                // shared session as they are.
-                ErrorKind::Io | ErrorKind::Internal | ErrorKind::Usage => ErrorKind::Peer,
-                k => k,
+                // Kinds that describe the shared session are the same on both sides; the
+                // peer's own trouble (its disk, its bug, its Ctrl-C) is "peer" here.
+                k @ (ErrorKind::WrongCode
+                | ErrorKind::Refused
+                | ErrorKind::Conflict
+                | ErrorKind::Integrity
+                | ErrorKind::Protocol
+                | ErrorKind::Network) => k,
+                _ => ErrorKind::Peer,
             },
         }
     }

@@ -15,13 +15,21 @@ use crate::proto::{Event, Session};
 use crate::wire::control::MAX_FRAME;
 use crate::wire::frame;
 
-/// Application close codes.
+/// Application close codes. 0 is what a connection closes with when its process ends
+/// without a word (killed, interrupted): the peer reports that as such.
 pub mod close {
     /// The transfer completed.
-    pub const DONE: u32 = 0;
-    /// The transfer failed; the reason was sent on the control stream when possible.
-    pub const ERROR: u32 = 1;
+    pub const DONE: u32 = 1;
+    /// The transfer failed; the close reason is the error kind's name, and the full report was
+    /// sent on the control stream when the channel was sealed.
+    pub const ERROR: u32 = 2;
 }
+
+/// Longest a write on the control stream may take (a peer that grants no flow-control credit
+/// must not hold us forever).
+const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long an aborting side waits for its error report to be acknowledged before closing.
+const REPORT_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// A wait with no deadline of its own, for use where another bounded wait runs alongside.
 pub const UNBOUNDED: Duration = Duration::from_secs(365 * 24 * 3600);
@@ -54,15 +62,39 @@ impl ControlStream {
         &mut self.session
     }
 
-    /// Writes everything the session has queued.
+    /// Writes everything the session has queued, within [`WRITE_TIMEOUT`].
     pub async fn flush(&mut self) -> Result<(), TransferError> {
-        while let Some(f) = self.session.poll_transmit() {
-            self.send.write_all(&f).await.map_err(|e| match e {
-                quinn::WriteError::ConnectionLost(c) => TransferError::network(connection_lost(&c)),
-                other => TransferError::network(format!("control stream: {other}")),
-            })?;
+        let write = async {
+            while let Some(f) = self.session.poll_transmit() {
+                self.send.write_all(&f).await.map_err(|e| match e {
+                    quinn::WriteError::ConnectionLost(c) => connection_lost(&c),
+                    other => TransferError::network(format!("control stream: {other}")),
+                })?;
+            }
+            Ok(())
+        };
+        tokio::time::timeout(WRITE_TIMEOUT, write).await.unwrap_or_else(|_| {
+            Err(TransferError::network("the other side stopped reading the control stream"))
+        })
+    }
+
+    /// Sends our error report now (while data streams are still open, so the peer learns the
+    /// reason from the report rather than from streams closing under it).
+    pub async fn report(&mut self, err: &TransferError) {
+        self.session.abort(err.kind, &err.message);
+        let _ = self.flush().await;
+    }
+
+    /// When a data stream failed because of the network, the peer may have said why on the
+    /// control stream: prefer its report (briefly waited for) over our own guess.
+    pub async fn explain(&mut self, err: TransferError) -> TransferError {
+        if err.kind != ErrorKind::Network {
+            return err;
         }
-        Ok(())
+        match self.next_event(Duration::from_secs(1)).await {
+            Err(peer) if peer.kind != ErrorKind::Network => peer,
+            _ => err,
+        }
     }
 
     /// Runs the session until it has an event, waiting at most `timeout` for the peer (and
@@ -107,15 +139,16 @@ impl ControlStream {
         }
     }
 
-    /// Tells the peer why we stop (when the channel is sealed), waits briefly for it to go
-    /// out, and closes the connection.
+    /// Tells the peer why we stop (when the channel is sealed and it was not told yet), waits
+    /// until the report is acknowledged (bounded), and closes the connection with the error
+    /// kind as the reason.
     pub async fn abort(&mut self, conn: &quinn::Connection, err: &TransferError) {
         self.session.abort(err.kind, &err.message);
-        let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        let _ = tokio::time::timeout(REPORT_TIMEOUT, async {
             let _ = self.flush().await;
-            let _ = self.send.finish();
-            // Give the peer a moment to read the report before the close discards it.
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            if self.send.finish().is_ok() {
+                let _ = self.send.stopped().await;
+            }
         })
         .await;
         conn.close(close::ERROR.into(), err.kind.as_str().as_bytes());
@@ -171,7 +204,7 @@ fn read_error(e: quinn::ReadExactError) -> TransferError {
             TransferError::network("the other side stopped in the middle of a message")
         }
         quinn::ReadExactError::ReadError(quinn::ReadError::ConnectionLost(c)) => {
-            TransferError::network(connection_lost(&c))
+            connection_lost(&c)
         }
         quinn::ReadExactError::ReadError(other) => {
             TransferError::network(format!("stream failed: {other}"))

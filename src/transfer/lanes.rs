@@ -20,33 +20,33 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
 use super::fs::{Dest, PartFile, RelPath};
-use super::walk::{self, read_failed, Job, Source};
+use super::walk::{self, read_failed, Job, Scan};
 use super::{connection_lost, Progress, TransferError};
 use crate::crypto::Keys;
 use crate::error::ErrorKind;
 use crate::proto::{LaneEvent, LaneReader, LaneWriter};
-use crate::wire::control::Summary;
-use crate::wire::data::{Entry, EntryKind, MAX_FRAME};
+use crate::wire::control::{Offer, Summary};
+use crate::wire::data::{Entry, EntryKind, CHUNK_HEADER_LEN};
 
 /// Records buffered between a lane's worker and its stream, per lane.
 const LANE_DEPTH: usize = 4;
 /// Entries buffered between the walker and the lane workers.
 const JOB_DEPTH: usize = 256;
 
-/// Sends every entry of `sources` over `lanes` new streams; returns the totals sent.
+/// Sends every entry of the scanned paths over `lanes` new streams; returns the totals sent.
 pub async fn send_lanes(
     conn: &quinn::Connection,
     keys: &Keys,
     lanes: u16,
     chunk: usize,
-    sources: Vec<Source>,
+    scan: Scan,
     progress: Arc<Progress>,
 ) -> Result<Summary, TransferError> {
     let (job_tx, job_rx) = std::sync::mpsc::sync_channel::<Job>(JOB_DEPTH);
     let job_rx = Arc::new(Mutex::new(job_rx));
     let mut tasks: JoinSet<Result<Option<Summary>, TransferError>> = JoinSet::new();
 
-    tasks.spawn_blocking(move || walk::walk(&sources, |job| job_tx.send(job).is_ok()).map(Some));
+    tasks.spawn_blocking(move || walk::walk(&scan, |job| job_tx.send(job).is_ok()).map(Some));
     for lane in 1..=u32::from(lanes) {
         let mut stream = conn.open_uni().await.map_err(TransferError::from)?;
         let (tx, mut rx) = mpsc::channel::<Bytes>(LANE_DEPTH);
@@ -155,11 +155,19 @@ fn seal_error(e: crate::crypto::CryptoError) -> TransferError {
 
 fn write_error(e: quinn::WriteError) -> TransferError {
     match e {
-        quinn::WriteError::ConnectionLost(c) => TransferError::network(connection_lost(&c)),
+        quinn::WriteError::ConnectionLost(c) => connection_lost(&c),
         quinn::WriteError::Stopped(_) => TransferError::network("the receiver stopped reading"),
         other => TransferError::network(format!("data stream failed: {other}")),
     }
 }
+
+/// Permission bits a received file or directory never gets: group and other write. The
+/// sender's modes are kept otherwise (setuid and setgid are dropped by [`Dest`]).
+pub const MODE_MASK: u32 = !0o022;
+
+/// Smallest frame cap on a receiving lane: room for an entry with the longest path and link
+/// target.
+const MIN_FRAME_CAP: usize = 16 << 10;
 
 /// Where the receiver's lanes write, and the rules they follow.
 #[derive(Debug)]
@@ -172,23 +180,32 @@ pub struct Sink {
     pub names: HashSet<String>,
     /// Bytes written so far.
     pub progress: Arc<Progress>,
-    /// Directories received, to get their mode and mtime once their contents are in.
+    /// What the person accepted: the sender may not send more.
+    limits: Offer,
+    /// What arrived so far, checked against `limits` as each entry arrives.
+    admitted: Mutex<Offer>,
+    /// Directories created by this transfer, to get their mode and mtime once their contents
+    /// are in (at most `limits.dirs` of them).
     dirs: Mutex<Vec<(RelPath, u32, Option<std::time::SystemTime>)>>,
 }
 
 impl Sink {
-    /// A sink writing into `dest`.
-    pub fn new(
-        dest: Dest,
-        overwrite: bool,
-        names: HashSet<String>,
-        progress: Arc<Progress>,
-    ) -> Sink {
-        Sink { dest, overwrite, names, progress, dirs: Mutex::new(Vec::new()) }
+    /// A sink writing into `dest` what `offer` announced.
+    pub fn new(dest: Dest, overwrite: bool, offer: &Offer, progress: Arc<Progress>) -> Sink {
+        let admitted = Offer { files: 0, dirs: 0, symlinks: 0, bytes: 0, ..offer.clone() };
+        Sink {
+            dest,
+            overwrite,
+            names: offer.names.iter().cloned().collect(),
+            progress,
+            limits: offer.clone(),
+            admitted: Mutex::new(admitted),
+            dirs: Mutex::new(Vec::new()),
+        }
     }
 
-    fn check(&self, path: &str) -> Result<RelPath, TransferError> {
-        let rel = RelPath::parse(path).map_err(|e| {
+    fn check(&self, entry: &Entry) -> Result<RelPath, TransferError> {
+        let rel = RelPath::parse(&entry.path).map_err(|e| {
             TransferError::new(ErrorKind::Protocol, format!("the sender sent an unsafe path: {e}"))
         })?;
         if !self.names.contains(rel.first()) {
@@ -197,16 +214,35 @@ impl Sink {
                 format!("the sender sent {rel}, which is outside what it offered"),
             ));
         }
+        let mut got = self.admitted.lock().map_err(|_| poisoned())?;
+        let over = match entry.kind {
+            EntryKind::Dir => {
+                got.dirs += 1;
+                got.dirs > self.limits.dirs
+            }
+            EntryKind::Symlink { .. } => {
+                got.symlinks += 1;
+                got.symlinks > self.limits.symlinks
+            }
+            EntryKind::File { size } => {
+                got.files += 1;
+                got.bytes = got.bytes.saturating_add(size);
+                got.files > self.limits.files || got.bytes > self.limits.bytes
+            }
+        };
+        if over {
+            return Err(TransferError::new(
+                ErrorKind::Protocol,
+                format!("the sender sent more than it offered (at {rel}); stopped"),
+            ));
+        }
         Ok(rel)
     }
 
     /// Gives received directories their modes and mtimes, deepest first (so setting a
     /// parent's mtime comes after its children changed it). Call after every lane finished.
     pub fn finish_dirs(&self) -> Result<(), TransferError> {
-        let mut dirs = match self.dirs.lock() {
-            Ok(mut d) => std::mem::take(&mut *d),
-            Err(_) => return Err(TransferError::internal("a lane worker panicked")),
-        };
+        let mut dirs = std::mem::take(&mut *self.dirs.lock().map_err(|_| poisoned())?);
         dirs.sort_by_key(|(rel, _, _)| std::cmp::Reverse(rel.components().count()));
         for (rel, mode, mtime) in dirs {
             self.dest.finish_dir(&rel, mode, mtime)?;
@@ -215,64 +251,90 @@ impl Sink {
     }
 }
 
-/// Receives `lanes` streams into `sink`; returns the totals received.
+fn poisoned() -> TransferError {
+    TransferError::internal("a lane worker panicked")
+}
+
+/// Receives `lanes` streams of chunks up to `chunk` bytes into `sink`; returns the totals
+/// received. Lanes are accepted while earlier ones run, so the first failure surfaces at once.
 pub async fn receive_lanes(
     conn: &quinn::Connection,
     keys: &Keys,
     lanes: u16,
-    max_chunk: usize,
+    chunk: usize,
     sink: Arc<Sink>,
 ) -> Result<Summary, TransferError> {
+    let max_frame = (CHUNK_HEADER_LEN + chunk + crate::crypto::TAG_LEN).max(MIN_FRAME_CAP);
+    let seen = Arc::new(Mutex::new(HashSet::new()));
     let mut tasks: JoinSet<Result<Summary, TransferError>> = JoinSet::new();
-    let mut seen = HashSet::new();
-    for _ in 0..lanes {
-        let mut stream = conn.accept_uni().await.map_err(TransferError::from)?;
-        let mut preamble = [0u8; 4];
-        stream
-            .read_exact(&mut preamble)
-            .await
-            .map_err(|_| TransferError::network("a data stream ended before its first bytes"))?;
-        let lane = u32::from_be_bytes(preamble);
-        if lane == 0 || lane > u32::from(lanes) || !seen.insert(lane) {
-            return Err(TransferError::new(
-                ErrorKind::Protocol,
-                format!("the sender opened an unexpected data lane {lane}"),
-            ));
-        }
-        let reader = LaneReader::new(keys, lane, max_chunk);
-        let (tx, rx) = mpsc::channel::<Result<Vec<u8>, TransferError>>(LANE_DEPTH);
-        tasks.spawn(async move {
-            loop {
-                let item = super::control::read_frame_capped(&mut stream, MAX_FRAME).await;
-                let end = !matches!(item, Ok(Some(_)));
-                let item = match item {
-                    Ok(Some(body)) => Ok(body),
-                    Ok(None) => break,
-                    Err(e) => Err(e),
-                };
-                if tx.send(item).await.is_err() || end {
-                    break;
-                }
-            }
-            Ok(Summary::default())
-        });
-        let sink = sink.clone();
-        tasks.spawn_blocking(move || apply_lane(reader, rx, &sink));
-    }
-
+    let mut accepted = 0;
     let mut totals = Summary::default();
-    while let Some(joined) = tasks.join_next().await {
-        match joined {
-            Ok(Ok(t)) => {
-                totals.entries += t.entries;
-                totals.files += t.files;
-                totals.bytes += t.bytes;
+    loop {
+        tokio::select! {
+            stream = conn.accept_uni(), if accepted < lanes => {
+                let stream = stream.map_err(TransferError::from)?;
+                accepted += 1;
+                let lane = LaneSetup { keys: keys.clone(), lanes, chunk, max_frame, seen: seen.clone() };
+                tasks.spawn(receive_lane(stream, lane, sink.clone()));
             }
-            Ok(Err(e)) => return Err(e),
-            Err(e) => return Err(TransferError::internal(format!("a lane task failed: {e}"))),
+            Some(joined) = tasks.join_next() => match joined {
+                Ok(Ok(t)) => {
+                    totals.entries += t.entries;
+                    totals.files += t.files;
+                    totals.bytes += t.bytes;
+                }
+                Ok(Err(e)) => return Err(e),
+                Err(e) => return Err(TransferError::internal(format!("a lane task failed: {e}"))),
+            },
+            else => break,
         }
     }
     Ok(totals)
+}
+
+struct LaneSetup {
+    keys: Keys,
+    lanes: u16,
+    chunk: usize,
+    max_frame: usize,
+    seen: Arc<Mutex<HashSet<u32>>>,
+}
+
+async fn receive_lane(
+    mut stream: quinn::RecvStream,
+    setup: LaneSetup,
+    sink: Arc<Sink>,
+) -> Result<Summary, TransferError> {
+    let mut preamble = [0u8; 4];
+    stream
+        .read_exact(&mut preamble)
+        .await
+        .map_err(|_| TransferError::network("a data stream ended before its first bytes"))?;
+    let lane = u32::from_be_bytes(preamble);
+    let fresh = setup.seen.lock().map_err(|_| poisoned())?.insert(lane);
+    if lane == 0 || lane > u32::from(setup.lanes) || !fresh {
+        return Err(TransferError::new(
+            ErrorKind::Protocol,
+            format!("the sender opened an unexpected data lane {lane}"),
+        ));
+    }
+    let reader = LaneReader::new(&setup.keys, lane, setup.chunk);
+    let (tx, rx) = mpsc::channel::<Result<Vec<u8>, TransferError>>(LANE_DEPTH);
+    let worker = tokio::task::spawn_blocking(move || apply_lane(reader, rx, &sink));
+    loop {
+        let item = match super::control::read_frame_capped(&mut stream, setup.max_frame).await {
+            Ok(Some(body)) => Ok(body),
+            Ok(None) => break,
+            Err(e) => Err(e),
+        };
+        let failed = item.is_err();
+        // A closed channel means the worker stopped with an error; it reports it below.
+        if tx.send(item).await.is_err() || failed {
+            break;
+        }
+    }
+    drop(tx);
+    worker.await.map_err(|e| TransferError::internal(format!("a lane worker failed: {e}")))?
 }
 
 fn apply_lane(
@@ -287,14 +349,22 @@ fn apply_lane(
         sink.progress.touch();
         match reader.handle(&mut body)? {
             LaneEvent::Entry(entry) => {
-                let rel = sink.check(&entry.path)?;
+                let rel = sink.check(&entry)?;
                 totals.entries += 1;
                 let mtime = entry.mtime.and_then(walk::system_time);
                 match &entry.kind {
                     EntryKind::Dir => {
+                        let existed =
+                            std::fs::symlink_metadata(sink.dest.root().join(rel.as_str()))
+                                .is_ok_and(|m| m.is_dir());
                         sink.dest.create_dir(&rel)?;
-                        if let Ok(mut dirs) = sink.dirs.lock() {
-                            dirs.push((rel, entry.mode, mtime));
+                        // A directory that was already there keeps its own mode and mtime.
+                        if !existed {
+                            sink.dirs.lock().map_err(|_| poisoned())?.push((
+                                rel,
+                                entry.mode & MODE_MASK,
+                                mtime,
+                            ));
                         }
                     }
                     EntryKind::Symlink { target } => {
@@ -317,7 +387,7 @@ fn apply_lane(
                     return Err(TransferError::internal("file end without an open file"));
                 };
                 let size = part.written();
-                part.commit(entry.mode, entry.mtime.and_then(walk::system_time))?;
+                part.commit(entry.mode & MODE_MASK, entry.mtime.and_then(walk::system_time))?;
                 totals.files += 1;
                 totals.bytes += size;
             }

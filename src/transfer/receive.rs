@@ -32,6 +32,10 @@ use crate::wire::data::{MAX_CHUNK, MIN_CHUNK};
 
 /// Most data lanes a receiver allows.
 pub const MAX_LANES: u16 = 16;
+/// How long the sender's totals may take once every lane is complete.
+const FINISH_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long the receiver's prompt may take; shorter than the sender's wait for the answer.
+const PROMPT_TIMEOUT: Duration = Duration::from_secs(540);
 
 /// Everything a receive needs.
 #[derive(Debug, Clone)]
@@ -82,10 +86,13 @@ pub async fn receive(
     let started = Instant::now();
     observer.note(Note::Searching { nameplate: opts.code.nameplate() });
     let found = discovery::find(&opts.discovery, opts.code.nameplate(), opts.wait).await?;
-    let node = Node::bind(opts.bind, &opts.tuning)?;
+    let node = Node::bind(opts.bind, &opts.tuning, false)?;
     let conn = node.connect_any(&found.addrs, Duration::from_secs(10)).await?;
     observer.note(Note::Connected { peer: conn.remote_address(), path: PathKind::Direct });
-    let (send, recv) = conn.open_bi().await.map_err(TransferError::from)?;
+    let (send, recv) = tokio::time::timeout(Duration::from_secs(10), conn.open_bi())
+        .await
+        .map_err(|_| TransferError::network("the sender did not let us open a stream"))?
+        .map_err(TransferError::from)?;
 
     let channel = Channel {
         local_fingerprint: node.fingerprint,
@@ -115,7 +122,7 @@ async fn run(
         Event::Offer(offer) => offer,
         other => return Err(unexpected(&other)),
     };
-    let names = check_offer(&offer)?;
+    check_offer(&offer)?;
 
     let conflicts = existing(opts, &offer.names)?;
     if !conflicts.is_empty() && !opts.overwrite {
@@ -139,9 +146,9 @@ async fn run(
         ctl.session().refuse(Refuse { reason: RefuseReason::Declined, names: vec![] })?;
         ctl.flush().await?;
         let message = if opts.interactive {
-            "you declined the transfer".to_owned()
+            "the transfer was declined".to_owned()
         } else {
-            "not accepting without confirmation: standard input is not a terminal; pass --yes to accept".to_owned()
+            "not accepting without confirmation: no one can be asked (no terminal, or --json); pass --yes to accept".to_owned()
         };
         return Err(TransferError::new(ErrorKind::Refused, message));
     }
@@ -156,15 +163,22 @@ async fn run(
         .keys()
         .ok_or_else(|| TransferError::internal("no keys after the handshake"))?
         .clone();
-    let sink = Arc::new(Sink::new(dest, opts.overwrite, names, progress.clone()));
+    let sink = Arc::new(Sink::new(dest, opts.overwrite, &offer, progress.clone()));
     let lanes = receive_lanes(conn, &keys, offer.lanes, offer.chunk_size as usize, sink.clone());
     tokio::pin!(lanes);
     let (mut received, mut announced) = (None, None);
     while received.is_none() || announced.is_none() {
+        // Once our lanes are complete the sender's totals are due at once.
+        let wait = if received.is_some() { FINISH_TIMEOUT } else { UNBOUNDED };
         tokio::select! {
-            r = &mut lanes, if received.is_none() => received = Some(r?),
-            e = super::stalled(&progress, super::STALL_TIMEOUT), if received.is_none() => return Err(e),
-            ev = ctl.next_event(UNBOUNDED), if announced.is_none() => match ev? {
+            r = &mut lanes, if received.is_none() => match r {
+                Ok(totals) => received = Some(totals),
+                Err(e) => return Err(fail_lanes(ctl, e).await),
+            },
+            e = super::stalled(&progress, super::STALL_TIMEOUT), if received.is_none() => {
+                return Err(fail_lanes(ctl, e).await)
+            }
+            ev = ctl.next_event(wait), if announced.is_none() => match ev? {
                 Event::Finished(totals) => announced = Some(totals),
                 other => return Err(unexpected(&other)),
             },
@@ -191,8 +205,16 @@ async fn run(
     Ok(received)
 }
 
-/// Checks what the sender may not ask for; returns the set of top-level names.
-fn check_offer(offer: &Offer) -> Result<HashSet<String>, TransferError> {
+/// A lane failed (or stalled) while the others still run: learn the peer's reason if the
+/// network is to blame, and tell the peer ours before the streams are dropped.
+async fn fail_lanes(ctl: &mut ControlStream, e: TransferError) -> TransferError {
+    let e = ctl.explain(e).await;
+    ctl.report(&e).await;
+    e
+}
+
+/// Checks what the sender may not ask for.
+fn check_offer(offer: &Offer) -> Result<(), TransferError> {
     let protocol = |m: String| TransferError::new(ErrorKind::Protocol, m);
     if offer.lanes == 0 || offer.lanes > MAX_LANES {
         return Err(protocol(format!("the sender asked for {} data lanes", offer.lanes)));
@@ -211,7 +233,7 @@ fn check_offer(offer: &Offer) -> Result<HashSet<String>, TransferError> {
     if names.is_empty() {
         return Err(protocol("the sender offered nothing".into()));
     }
-    Ok(names)
+    Ok(())
 }
 
 fn existing(opts: &ReceiveOptions, names: &[String]) -> Result<Vec<String>, TransferError> {
@@ -232,8 +254,18 @@ async fn decide(opts: &ReceiveOptions, observer: &Arc<dyn Observer>, offer: &Off
     if !opts.interactive {
         return false;
     }
-    let observer = observer.clone();
+    let asked = observer.clone();
     let offer = offer.clone();
-    let ask = tokio::task::spawn_blocking(move || observer.confirm(&offer));
-    matches!(tokio::time::timeout(super::DECISION_TIMEOUT, ask).await, Ok(Ok(true)))
+    let ask = tokio::task::spawn_blocking(move || asked.confirm(&offer));
+    match tokio::time::timeout(PROMPT_TIMEOUT, ask).await {
+        Ok(Ok(yes)) => yes,
+        Ok(Err(_)) => false,
+        Err(_) => {
+            observer.note(Note::Warning(format!(
+                "no answer within {} minutes: declining",
+                PROMPT_TIMEOUT.as_secs() / 60
+            )));
+            false
+        }
+    }
 }

@@ -88,7 +88,7 @@ pub async fn send(
         )));
     }
 
-    let node = Node::bind(opts.bind, &opts.tuning)?;
+    let node = Node::bind(opts.bind, &opts.tuning, true)?;
     let port = node.local_addr().map_err(|e| TransferError::network(e.to_string()))?.port();
     let announcer = Announcer::start(&opts.discovery, opts.code.nameplate(), port).await?;
     observer.note(Note::Code(&opts.code));
@@ -102,6 +102,8 @@ pub async fn send(
             ))
         })?
         .ok_or_else(|| TransferError::internal("the QUIC endpoint closed unexpectedly"))?;
+    // One connection per code: nobody else gets a handshake, let alone a guess.
+    node.endpoint.set_server_config(None);
     drop(announcer);
     observer.note(Note::Connected { peer: conn.remote_address(), path: PathKind::Direct });
 
@@ -152,11 +154,23 @@ async fn run(
     }
 
     let keys = ctl_keys(ctl)?.clone();
-    let lanes_done = send_lanes(conn, &keys, lanes, chunk, scan.sources, progress.clone());
+    let lanes_done = send_lanes(conn, &keys, lanes, chunk, scan, progress.clone());
     tokio::pin!(lanes_done);
     let totals = tokio::select! {
-        totals = &mut lanes_done => totals?,
-        e = super::stalled(&progress, super::STALL_TIMEOUT) => return Err(e),
+        totals = &mut lanes_done => match totals {
+            Ok(t) => t,
+            Err(e) => {
+                // Learn the receiver's reason if the network is to blame, and tell it ours
+                // while the data streams are still open.
+                let e = ctl.explain(e).await;
+                ctl.report(&e).await;
+                return Err(e);
+            }
+        },
+        e = super::stalled(&progress, super::STALL_TIMEOUT) => {
+            ctl.report(&e).await;
+            return Err(e);
+        }
         // Only an error can arrive while the lanes run; anything else is a violation. The
         // wait is bounded by the lanes, which the stall watchdog bounds.
         ev = ctl.next_event(super::control::UNBOUNDED) => return Err(match ev {
@@ -187,6 +201,9 @@ pub(crate) fn unexpected(ev: &Event) -> TransferError {
     TransferError::new(ErrorKind::Protocol, format!("the other side sent an unexpected {ev:?}"))
 }
 
+/// Connection attempts handled at once before the session starts; more are refused.
+const MAX_PENDING: usize = 16;
+
 /// Waits for the first incoming connection that opens a control stream. Connections that fail
 /// their handshake or open nothing within a few seconds are dropped; a guess at the code is
 /// only possible on the connection returned here, so there is exactly one.
@@ -198,6 +215,10 @@ async fn first_session(
         tokio::select! {
             incoming = endpoint.accept() => {
                 let incoming = incoming?;
+                if pending.len() >= MAX_PENDING {
+                    incoming.refuse();
+                    continue;
+                }
                 pending.spawn(async move {
                     let conn = tokio::time::timeout(Duration::from_secs(10), incoming).await.ok()?.ok()?;
                     let (send, recv) =

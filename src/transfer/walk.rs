@@ -86,23 +86,27 @@ pub fn scan(paths: &[PathBuf]) -> Result<Scan, TransferError> {
     Ok(scan)
 }
 
-/// Walks the sources again, handing each entry to `emit` (ids from 1). Stops early when
-/// `emit` returns false. Returns the totals of what was emitted.
-pub fn walk(
-    sources: &[Source],
-    mut emit: impl FnMut(Job) -> bool,
-) -> Result<Summary, TransferError> {
+/// Walks the scanned sources again, handing each entry to `emit` (ids from 1). Stops early
+/// when `emit` returns false. Returns the totals of what was emitted. The walk never exceeds
+/// the scan (the receiver accepted the scan's counts and holds the sender to them): paths that
+/// grew in between are an error that says so.
+pub fn walk(scan: &Scan, mut emit: impl FnMut(Job) -> bool) -> Result<Summary, TransferError> {
     let mut totals = Summary::default();
-    visit(sources, |item| {
+    let (mut dirs, mut symlinks) = (0u64, 0u64);
+    visit(&scan.sources, |item| {
         let Item::Entry { local, rel, meta, kind } = item else { return Ok(true) };
         let entry_kind = match kind {
-            Kind::Dir => EntryKind::Dir,
+            Kind::Dir => {
+                dirs += 1;
+                EntryKind::Dir
+            }
             Kind::File => {
                 totals.files += 1;
                 totals.bytes += meta.len();
                 EntryKind::File { size: meta.len() }
             }
             Kind::Symlink => {
+                symlinks += 1;
                 let target = std::fs::read_link(local).map_err(|e| read_failed(local, &e))?;
                 let target = target.into_os_string().into_string().map_err(|_| {
                     TransferError::new(
@@ -113,6 +117,19 @@ pub fn walk(
                 EntryKind::Symlink { target }
             }
         };
+        if totals.files > scan.files
+            || totals.bytes > scan.bytes
+            || dirs > scan.dirs
+            || symlinks > scan.symlinks
+        {
+            return Err(TransferError::new(
+                ErrorKind::Io,
+                format!(
+                    "the paths changed after the offer was made (more files or bytes than offered, noticed at {}); send again once they are settled",
+                    local.display()
+                ),
+            ));
+        }
         totals.entries += 1;
         let entry = Entry {
             id: totals.entries,
@@ -305,7 +322,7 @@ mod tests {
         let scan = scan(&[root.clone(), single]).unwrap();
         assert_eq!((scan.files, scan.dirs, scan.symlinks, scan.bytes), (3, 3, 1, 13));
         let mut paths = Vec::new();
-        let totals = walk(&scan.sources, |job| {
+        let totals = walk(&scan, |job| {
             paths.push(job.entry.path.clone());
             true
         })
@@ -315,6 +332,11 @@ mod tests {
             ["top", "top/a.txt", "top/b", "top/b/empty", "top/b/z.txt", "top/link", "single.bin"]
         );
         assert_eq!((totals.entries, totals.files, totals.bytes), (7, 3, 13));
+
+        // A file that grew after the scan is refused rather than sent beyond the offer.
+        std::fs::write(root.join("a.txt"), b"grown").unwrap();
+        let err = walk(&scan, |_| true).unwrap_err();
+        assert!(err.message.contains("changed after the offer"), "{err}");
     }
 
     #[test]

@@ -230,6 +230,10 @@ impl Control {
     pub fn validate(&self) -> Result<(), DecodeError> {
         match self {
             Control::Hello(h) if h.version != VERSION => Err(DecodeError::Version(h.version)),
+            Control::Hello(h) if h.max_lanes == 0 => Err(DecodeError::Invalid("lane limit")),
+            Control::Hello(h) if (h.max_chunk as usize) < crate::wire::data::MIN_CHUNK => {
+                Err(DecodeError::Invalid("chunk limit"))
+            }
             Control::Offer(o) => {
                 check_names("offer names", &o.names)?;
                 if o.lanes == 0 {
@@ -343,11 +347,16 @@ mod tests {
         out.push(0);
         assert_eq!(Control::decode(&out), Err(DecodeError::TrailingBytes(1)));
 
-        let Control::Hello(mut hello) = samples()[0].clone() else { unreachable!() };
-        hello.version = 9;
-        out.clear();
-        Control::Hello(hello).encode(&mut out);
-        assert_eq!(Control::decode(&out), Err(DecodeError::Version(9)));
+        let Control::Hello(hello) = samples()[0].clone() else { unreachable!() };
+        for (bad, want) in [
+            (Hello { version: 9, ..hello.clone() }, DecodeError::Version(9)),
+            (Hello { max_chunk: 0, ..hello.clone() }, DecodeError::Invalid("chunk limit")),
+            (Hello { max_lanes: 0, ..hello.clone() }, DecodeError::Invalid("lane limit")),
+        ] {
+            out.clear();
+            Control::Hello(bad).encode(&mut out);
+            assert_eq!(Control::decode(&out), Err(want));
+        }
 
         let offer = Control::Offer(Offer {
             files: 0,
