@@ -14,7 +14,7 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 
 use crate::error::ErrorKind;
-use crate::transfer::TransferError;
+use crate::transfer::{Stop, TransferError};
 
 /// Send files and directories between two machines, end-to-end encrypted.
 #[derive(Debug, Parser)]
@@ -61,8 +61,10 @@ pub struct Common {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Send(args) => with_runtime(&args.common.clone(), send::run(args)),
-        Command::Receive(args) => with_runtime(&args.common.clone(), receive::run(args)),
+        Command::Send(args) => with_runtime(&args.common.clone(), |stop| send::run(args, stop)),
+        Command::Receive(args) => {
+            with_runtime(&args.common.clone(), |stop| receive::run(args, stop))
+        }
         Command::Code(args) => code::run(args),
         Command::Completions(args) => {
             let mut cmd = <Cli as clap::CommandFactory>::command();
@@ -76,11 +78,12 @@ pub fn main() -> ExitCode {
     }
 }
 
-/// Runs a transfer command on a fresh runtime, stopping it cleanly on Ctrl-C or SIGTERM
-/// (dropping the transfer removes any partial file). Reports the error, if any.
-fn with_runtime(
+/// Runs a transfer command on a fresh runtime. Ctrl-C or SIGTERM asks the transfer to stop
+/// cleanly (it tells the peer and removes partial files); a second signal ends it at once.
+/// Reports the error, if any.
+fn with_runtime<F: std::future::Future<Output = Result<(), TransferError>>>(
     common: &Common,
-    work: impl std::future::Future<Output = Result<(), TransferError>>,
+    work: impl FnOnce(Stop) -> F,
 ) -> Result<(), TransferError> {
     init_tracing(common);
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -88,11 +91,18 @@ fn with_runtime(
         .build()
         .map_err(|e| TransferError::internal(format!("cannot start the async runtime: {e}")))?;
     let result = runtime.block_on(async {
+        let (handle, stop) = Stop::new();
+        let work = work(stop);
+        tokio::pin!(work);
+        tokio::select! {
+            r = &mut work => return r,
+            signal = interrupted() => handle.stop(signal),
+        }
         tokio::select! {
             r = work => r,
             signal = interrupted() => Err(TransferError::new(
                 ErrorKind::Interrupted,
-                format!("stopped by {signal}; nothing incomplete was kept"),
+                format!("stopped at once by a second {signal}"),
             )),
         }
     });

@@ -36,6 +36,51 @@ pub const DECISION_TIMEOUT: Duration = Duration::from_secs(600);
 /// How long the closing exchange may take once the data is through.
 pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// A request to stop a transfer cleanly (Ctrl-C, SIGTERM): the driver tells the peer why,
+/// closes the connection and removes partial files before it returns.
+#[derive(Debug, Clone)]
+pub struct Stop(tokio::sync::watch::Receiver<Option<&'static str>>);
+
+/// Triggers the [`Stop`] it was made with.
+#[derive(Debug)]
+pub struct StopHandle(tokio::sync::watch::Sender<Option<&'static str>>);
+
+impl Stop {
+    /// A stop and the handle that triggers it.
+    pub fn new() -> (StopHandle, Stop) {
+        let (tx, rx) = tokio::sync::watch::channel(None);
+        (StopHandle(tx), Stop(rx))
+    }
+
+    /// A stop that never triggers.
+    pub fn never() -> Stop {
+        Stop::new().1
+    }
+
+    /// Resolves once a stop is requested, with the error the transfer ends with.
+    pub async fn requested(&mut self) -> TransferError {
+        loop {
+            if let Some(why) = *self.0.borrow_and_update() {
+                return TransferError::new(
+                    ErrorKind::Interrupted,
+                    format!("stopped by {why}; nothing incomplete was kept"),
+                );
+            }
+            if self.0.changed().await.is_err() {
+                // The handle is gone: nobody can ask any more.
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+}
+
+impl StopHandle {
+    /// Asks the transfer to stop, naming the cause (e.g. "Ctrl-C").
+    pub fn stop(&self, why: &'static str) {
+        let _ = self.0.send(Some(why));
+    }
+}
+
 /// A failed transfer: what kind of failure (for the exit code) and a sentence for the user.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{message}")]
@@ -81,9 +126,11 @@ impl From<crate::proto::LaneError> for TransferError {
 
 impl From<fs::FsError> for TransferError {
     fn from(e: fs::FsError) -> Self {
+        // Something in the way at the destination (an existing name, a directory where a
+        // file goes, a symlink as a parent) is a conflict, whoever put it there: the write was
+        // refused either way. Malformed names never get this far (they are protocol errors).
         let kind = match e {
-            fs::FsError::Exists { .. } => ErrorKind::Conflict,
-            fs::FsError::Unsafe { .. } => ErrorKind::Protocol,
+            fs::FsError::Exists { .. } | fs::FsError::Unsafe { .. } => ErrorKind::Conflict,
             _ => ErrorKind::Io,
         };
         TransferError::new(kind, e.to_string())

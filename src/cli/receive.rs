@@ -10,7 +10,7 @@ use super::output::Ui;
 use super::Common;
 use crate::code::Code;
 use crate::crypto::Role;
-use crate::transfer::{self, ReceiveOptions, TransferError};
+use crate::transfer::{self, ReceiveOptions, Stop, TransferError};
 
 /// Arguments of `p2p-copy receive`.
 #[derive(Debug, ClapArgs)]
@@ -36,7 +36,7 @@ pub struct Args {
 }
 
 /// Runs a receive.
-pub async fn run(args: Args) -> Result<(), TransferError> {
+pub async fn run(args: Args, stop: Stop) -> Result<(), TransferError> {
     let typed = match args.code {
         Some(c) => c,
         None if std::io::stdin().is_terminal() => ask_code()?,
@@ -50,6 +50,7 @@ pub async fn run(args: Args) -> Result<(), TransferError> {
     opts.interactive = std::io::stdin().is_terminal() && !args.common.json;
     opts.overwrite = args.overwrite;
     opts.wait = Duration::from_secs(args.wait);
+    opts.stop = stop;
     let ui = Ui::new(&args.common, Role::Receiver);
     let progress = ui.progress();
     let ticker = ui.start_ticker();

@@ -9,7 +9,7 @@ use super::output::Ui;
 use super::Common;
 use crate::code::{Code, DEFAULT_WORDS};
 use crate::crypto::Role;
-use crate::transfer::{self, SendOptions, TransferError};
+use crate::transfer::{self, SendOptions, Stop, TransferError};
 use crate::wire::data::DEFAULT_CHUNK;
 
 /// Arguments of `p2p-copy send`.
@@ -39,7 +39,7 @@ pub struct Args {
 }
 
 /// Runs a send.
-pub async fn run(args: Args) -> Result<(), TransferError> {
+pub async fn run(args: Args, stop: Stop) -> Result<(), TransferError> {
     let code = match &args.code {
         Some(chosen) => Code::parse_chosen(chosen).map_err(|e| super::usage(e.to_string()))?,
         None => super::code::generate(args.code_words)?,
@@ -48,6 +48,7 @@ pub async fn run(args: Args) -> Result<(), TransferError> {
     opts.wait = Duration::from_secs(args.wait);
     opts.lanes = args.lanes;
     opts.chunk_size = args.chunk_size;
+    opts.stop = stop;
     let ui = Ui::new(&args.common, Role::Sender);
     let progress = ui.progress();
     let ticker = ui.start_ticker();

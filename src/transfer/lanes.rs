@@ -180,6 +180,9 @@ pub struct Sink {
     pub names: HashSet<String>,
     /// Bytes written so far.
     pub progress: Arc<Progress>,
+    /// Top-level names that existed before this transfer (only with `--overwrite`): below
+    /// them a directory may be the user's own, whose mode and mtime must not change.
+    preexisting: HashSet<String>,
     /// What the person accepted: the sender may not send more.
     limits: Offer,
     /// What arrived so far, checked against `limits` as each entry arrives.
@@ -190,12 +193,20 @@ pub struct Sink {
 }
 
 impl Sink {
-    /// A sink writing into `dest` what `offer` announced.
-    pub fn new(dest: Dest, overwrite: bool, offer: &Offer, progress: Arc<Progress>) -> Sink {
+    /// A sink writing into `dest` what `offer` announced; `preexisting` are the offered
+    /// top-level names that already exist in `dest`.
+    pub fn new(
+        dest: Dest,
+        overwrite: bool,
+        offer: &Offer,
+        preexisting: &[String],
+        progress: Arc<Progress>,
+    ) -> Sink {
         let admitted = Offer { files: 0, dirs: 0, symlinks: 0, bytes: 0, ..offer.clone() };
         Sink {
             dest,
             overwrite,
+            preexisting: preexisting.iter().cloned().collect(),
             names: offer.names.iter().cloned().collect(),
             progress,
             limits: offer.clone(),
@@ -354,12 +365,15 @@ fn apply_lane(
                 let mtime = entry.mtime.and_then(walk::system_time);
                 match &entry.kind {
                     EntryKind::Dir => {
-                        let existed =
-                            std::fs::symlink_metadata(sink.dest.root().join(rel.as_str()))
+                        // Below a top-level name that did not exist before, every directory is
+                        // this transfer's (possibly already created as another lane's parent)
+                        // and gets the sender's metadata. Below one that existed, a directory
+                        // found in place may be the user's own and keeps its mode and mtime.
+                        let theirs = sink.preexisting.contains(rel.first())
+                            && std::fs::symlink_metadata(sink.dest.root().join(rel.as_str()))
                                 .is_ok_and(|m| m.is_dir());
                         sink.dest.create_dir(&rel)?;
-                        // A directory that was already there keeps its own mode and mtime.
-                        if !existed {
+                        if !theirs {
                             sink.dirs.lock().map_err(|_| poisoned())?.push((
                                 rel,
                                 entry.mode & MODE_MASK,

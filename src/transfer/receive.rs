@@ -58,6 +58,8 @@ pub struct ReceiveOptions {
     pub bind: SocketAddr,
     /// Transport tunables.
     pub tuning: Tuning,
+    /// Ends the transfer cleanly when triggered.
+    pub stop: super::Stop,
 }
 
 impl ReceiveOptions {
@@ -73,6 +75,7 @@ impl ReceiveOptions {
             discovery: DiscoveryConfig::default(),
             bind: SocketAddr::from(([0, 0, 0, 0], 0)),
             tuning: Tuning::default(),
+            stop: super::Stop::never(),
         }
     }
 }
@@ -85,9 +88,16 @@ pub async fn receive(
 ) -> Result<Report, TransferError> {
     let started = Instant::now();
     observer.note(Note::Searching { nameplate: opts.code.nameplate() });
-    let found = discovery::find(&opts.discovery, opts.code.nameplate(), opts.wait).await?;
+    let mut stop = opts.stop.clone();
+    let found = tokio::select! {
+        found = discovery::find(&opts.discovery, opts.code.nameplate(), opts.wait) => found?,
+        e = stop.requested() => return Err(e),
+    };
     let node = Node::bind(opts.bind, &opts.tuning, false)?;
-    let conn = node.connect_any(&found.addrs, Duration::from_secs(10)).await?;
+    let conn = tokio::select! {
+        conn = node.connect_any(&found.addrs, Duration::from_secs(10)) => conn?,
+        e = stop.requested() => return Err(e),
+    };
     observer.note(Note::Connected { peer: conn.remote_address(), path: PathKind::Direct });
     let (send, recv) = tokio::time::timeout(Duration::from_secs(10), conn.open_bi())
         .await
@@ -103,7 +113,10 @@ pub async fn receive(
     let session =
         Session::new(Role::Receiver, &opts.code, channel, config, Instant::now(), &mut OsRng);
     let mut ctl = ControlStream::new(session, send, recv);
-    let result = run(&mut ctl, &conn, &opts, observer, progress).await;
+    let result = tokio::select! {
+        r = run(&mut ctl, &conn, &opts, observer, progress) => r,
+        e = stop.requested() => Err(e),
+    };
     super::conclude(Role::Receiver, &mut ctl, &conn, &node.endpoint, started, result).await
 }
 
@@ -163,7 +176,7 @@ async fn run(
         .keys()
         .ok_or_else(|| TransferError::internal("no keys after the handshake"))?
         .clone();
-    let sink = Arc::new(Sink::new(dest, opts.overwrite, &offer, progress.clone()));
+    let sink = Arc::new(Sink::new(dest, opts.overwrite, &offer, &conflicts, progress.clone()));
     let lanes = receive_lanes(conn, &keys, offer.lanes, offer.chunk_size as usize, sink.clone());
     tokio::pin!(lanes);
     let (mut received, mut announced) = (None, None);

@@ -45,6 +45,8 @@ pub struct SendOptions {
     pub bind: SocketAddr,
     /// Transport tunables.
     pub tuning: Tuning,
+    /// Ends the transfer cleanly when triggered.
+    pub stop: super::Stop,
 }
 
 impl SendOptions {
@@ -59,6 +61,7 @@ impl SendOptions {
             discovery: DiscoveryConfig::default(),
             bind: SocketAddr::from(([0, 0, 0, 0], 0)),
             tuning: Tuning::default(),
+            stop: super::Stop::never(),
         }
     }
 }
@@ -93,8 +96,12 @@ pub async fn send(
     let announcer = Announcer::start(&opts.discovery, opts.code.nameplate(), port).await?;
     observer.note(Note::Code(&opts.code));
 
-    let (conn, send, recv) = tokio::time::timeout(opts.wait, first_session(&node.endpoint))
-        .await
+    let mut stop = opts.stop.clone();
+    let waited = tokio::select! {
+        w = tokio::time::timeout(opts.wait, first_session(&node.endpoint)) => w,
+        e = stop.requested() => return Err(e),
+    };
+    let (conn, send, recv) = waited
         .map_err(|_| {
             TransferError::network(format!(
                 "no receiver connected within {}s; the code is no longer valid",
@@ -116,7 +123,10 @@ pub async fn send(
     let session =
         Session::new(Role::Sender, &opts.code, channel, config, Instant::now(), &mut OsRng);
     let mut ctl = ControlStream::new(session, send, recv);
-    let result = run(&mut ctl, &conn, &opts, scan, observer, progress).await;
+    let result = tokio::select! {
+        r = run(&mut ctl, &conn, &opts, scan, observer, progress) => r,
+        e = stop.requested() => Err(e),
+    };
     super::conclude(Role::Sender, &mut ctl, &conn, &node.endpoint, started, result).await
 }
 

@@ -1,0 +1,171 @@
+//! Transfers inside network namespaces the tests create: a host with nothing but loopback, and
+//! two hosts on one Ethernet segment (a veth pair) with nothing configured but their
+//! addresses. Needs root and `ip` (iproute2); without them the tests fail under `CI=true` and
+//! are skipped otherwise. Namespaces are deleted on drop, also when a test panics.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod util;
+
+use std::ffi::OsStr;
+use std::os::unix::fs::symlink;
+use std::path::Path;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use serde_json::Value;
+use util::*;
+
+/// A network namespace, deleted on drop (which also deletes the interfaces inside it).
+struct Netns {
+    name: String,
+}
+
+impl Netns {
+    fn add(name: String) -> Result<Netns, String> {
+        run("ip", &["netns", "add", &name])?;
+        let ns = Netns { name };
+        ns.ip(&["link", "set", "lo", "up"])?;
+        Ok(ns)
+    }
+
+    /// `ip -n NS ARGS…`
+    fn ip(&self, args: &[&str]) -> Result<(), String> {
+        let mut all = vec!["-n", &self.name];
+        all.extend_from_slice(args);
+        run("ip", &all)
+    }
+
+    /// Runs a command inside the namespace.
+    fn prefix(&self) -> [&str; 4] {
+        ["ip", "netns", "exec", &self.name]
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        if let Err(e) = run("ip", &["netns", "del", &self.name]) {
+            eprintln!("cleanup: {e}");
+        }
+    }
+}
+
+/// A name unique to this process and call, short enough for an interface name (15 bytes).
+fn unique(tag: &str) -> (String, u32) {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    (format!("p2p{tag}{}x{n}", std::process::id() % 100_000), n)
+}
+
+/// Whether namespaces can be used here; see the module documentation.
+fn can_use_netns() -> bool {
+    if !privileged("creating network namespaces") {
+        return false;
+    }
+    if let Err(e) = run("ip", &["-V"]) {
+        skip_or_fail(&format!("iproute2 is needed: {e}"));
+        return false;
+    }
+    true
+}
+
+const NOTES: &str = "été\n";
+/// File bytes in [`small_tree`].
+const TREE_BYTES: u64 = 300_000 + 1_500_000 + NOTES.len() as u64;
+
+/// A small tree with a subdirectory, an empty directory, a symlink and set mtimes.
+fn small_tree(fx: &mut Fixture) -> std::path::PathBuf {
+    let tree = fx.path("src/photos");
+    random_file(&tree.join("a.jpg"), 300_000, &mut fx.rng);
+    random_file(&tree.join("2024/b.jpg"), 1_500_000, &mut fx.rng);
+    write_file(&tree.join("2024/notes.txt"), NOTES.as_bytes());
+    std::fs::create_dir_all(tree.join("empty")).expect("mkdir");
+    symlink("2024/b.jpg", tree.join("latest.jpg")).expect("symlink");
+    for (i, f) in ["a.jpg", "2024/b.jpg", "2024/notes.txt", "empty", "2024", ""].iter().enumerate()
+    {
+        set_mtime(&tree.join(f), 1_700_000_000 + i as u64);
+    }
+    tree
+}
+
+fn peer_ip(o: &Outcome) -> String {
+    let connected = o.event("connected").unwrap_or_else(|| panic!("no connected event\n{o}"));
+    let peer = connected["peer"].as_str().unwrap_or_else(|| panic!("peer is a string\n{o}"));
+    let addr: std::net::SocketAddr = peer.parse().unwrap_or_else(|e| panic!("{peer:?}: {e}\n{o}"));
+    addr.ip().to_string()
+}
+
+/// Sends `tree` from `send_ns` to `recv_ns`; returns (sender, receiver) after checking the copy.
+fn transfer_between(
+    fx: &Fixture,
+    tree: &Path,
+    send_ns: &Netns,
+    recv_ns: &Netns,
+) -> (Outcome, Outcome) {
+    let out = fx.path("out");
+    let sender = fx.send_in(&send_ns.prefix(), [tree]);
+    let receiver = fx
+        .receive_in(&recv_ns.prefix(), [OsStr::new("--yes"), OsStr::new("--out"), out.as_os_str()]);
+    let (s, r) = finish_pair(sender, receiver);
+    assert_exits(&[(&s, 0), (&r, 0)]);
+    let name = tree.file_name().expect("named");
+    let entries = assert_same_tree(tree, &out.join(name));
+    let done: Value = assert_done(&r, TREE_BYTES, 3);
+    assert_eq!(done["entries"], entries as u64, "{r}");
+    assert_done(&s, TREE_BYTES, 3);
+    (s, r)
+}
+
+#[test]
+fn loopback_only_host() {
+    if !can_use_netns() {
+        return;
+    }
+    let (name, _) = unique("l");
+    let ns = match Netns::add(name) {
+        Ok(ns) => ns,
+        Err(e) => return skip_or_fail(&format!("cannot create a network namespace: {e}")),
+    };
+    let mut fx = Fixture::new();
+    let tree = small_tree(&mut fx);
+    let (s, r) = transfer_between(&fx, &tree, &ns, &ns);
+    assert_eq!(peer_ip(&r), "127.0.0.1", "{r}");
+    assert_eq!(peer_ip(&s), "127.0.0.1", "{s}");
+}
+
+#[test]
+fn two_hosts_on_one_segment() {
+    if !can_use_netns() {
+        return;
+    }
+    let (base, n) = unique("v");
+    let subnet = (std::process::id().wrapping_mul(3).wrapping_add(n)) % 250 + 1;
+    let (a_addr, b_addr) = (format!("10.99.{subnet}.1"), format!("10.99.{subnet}.2"));
+    let setup = || -> Result<(Netns, Netns), String> {
+        let a = Netns::add(format!("{base}a"))?;
+        let b = Netns::add(format!("{base}b"))?;
+        let (va, vb) = (format!("{base}a"), format!("{base}b"));
+        run(
+            "ip",
+            &[
+                "link", "add", &va, "netns", &a.name, "type", "veth", "peer", "name", &vb, "netns",
+                &b.name,
+            ],
+        )?;
+        a.ip(&["addr", "add", &format!("{a_addr}/24"), "dev", &va])?;
+        b.ip(&["addr", "add", &format!("{b_addr}/24"), "dev", &vb])?;
+        a.ip(&["link", "set", &va, "up"])?;
+        b.ip(&["link", "set", &vb, "up"])?;
+        Ok((a, b))
+    };
+    let (a, b) = match setup() {
+        Ok(pair) => pair,
+        Err(e) => {
+            return skip_or_fail(&format!("cannot set up two namespaces and a veth pair: {e}"))
+        }
+    };
+    let mut fx = Fixture::new();
+    let tree = small_tree(&mut fx);
+    let (s, r) = transfer_between(&fx, &tree, &a, &b);
+    assert_eq!(peer_ip(&r), a_addr, "the receiver reached the sender's veth address\n{r}");
+    assert_eq!(peer_ip(&s), b_addr, "the sender saw the receiver's veth address\n{s}");
+}
