@@ -104,22 +104,8 @@ mod tests {
 
     #[test]
     fn names_round_trip_and_exit_codes_are_distinct() {
-        use ErrorKind::*;
-        let all = [
-            Usage,
-            WrongCode,
-            Refused,
-            Conflict,
-            Integrity,
-            Network,
-            Protocol,
-            Io,
-            Peer,
-            Internal,
-            Interrupted,
-        ];
         let mut codes = std::collections::HashSet::new();
-        for k in all {
+        for k in ErrorKind::ALL {
             assert_eq!(ErrorKind::from_name(k.as_str()), Some(k));
             assert!(codes.insert(k.exit_code()), "{k} shares its exit code");
             assert_ne!(k.exit_code(), 0);
