@@ -54,24 +54,24 @@ impl ErrorKind {
         }
     }
 
+    /// Every kind, in wire order.
+    pub const ALL: [ErrorKind; 11] = [
+        ErrorKind::Usage,
+        ErrorKind::WrongCode,
+        ErrorKind::Refused,
+        ErrorKind::Conflict,
+        ErrorKind::Integrity,
+        ErrorKind::Network,
+        ErrorKind::Protocol,
+        ErrorKind::Io,
+        ErrorKind::Peer,
+        ErrorKind::Internal,
+        ErrorKind::Interrupted,
+    ];
+
     /// The kind with this [`ErrorKind::as_str`] name.
     pub fn from_name(name: &str) -> Option<ErrorKind> {
-        use ErrorKind::*;
-        [
-            Usage,
-            WrongCode,
-            Refused,
-            Conflict,
-            Integrity,
-            Network,
-            Protocol,
-            Io,
-            Peer,
-            Internal,
-            Interrupted,
-        ]
-        .into_iter()
-        .find(|k| k.as_str() == name)
+        ErrorKind::ALL.into_iter().find(|k| k.as_str() == name)
     }
 
     /// The name used in `--json` error events.
