@@ -1,0 +1,11 @@
+//! The p2p-copy rendezvous node.
+//!
+//! Two peers that cannot find each other on a LAN meet here: the sender allocates a short
+//! *nameplate* (or claims the one in a pre-shared code), the receiver claims it, and the node
+//! passes opaque messages between exactly these two sides (the mailbox) — the PAKE and the
+//! sealed hello travel this way. The node also tells each client the address it sees, and
+//! (later) relays the data when a direct connection fails. It never holds a key.
+//!
+//! - [`wire`]: the client ↔ node messages and their framing. Pure, never panics on input.
+//! - [`table`]: the sans-IO nameplate and mailbox table: allocation, claims, expiry,
+//!   per-source rate limits. Time is passed in.
