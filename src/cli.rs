@@ -7,6 +7,7 @@
 mod code;
 mod output;
 mod receive;
+mod rendezvous;
 mod send;
 
 use std::process::ExitCode;
@@ -33,6 +34,8 @@ enum Command {
     Receive(receive::Args),
     /// Print a fresh code (for scripts that agree on a code in advance).
     Code(code::Args),
+    /// Run a rendezvous node (the same as the p2p-copy-rendezvous binary).
+    Rendezvous(rendezvous::Args),
     /// Print a shell completion script.
     Completions(CompletionArgs),
 }
@@ -66,6 +69,9 @@ pub fn main() -> ExitCode {
             with_runtime(&args.common.clone(), |stop| receive::run(args, stop))
         }
         Command::Code(args) => code::run(args),
+        Command::Rendezvous(args) => {
+            with_runtime(&args.common.clone(), |stop| rendezvous::run(args, stop))
+        }
         Command::Completions(args) => {
             let mut cmd = <Cli as clap::CommandFactory>::command();
             clap_complete::generate(args.shell, &mut cmd, "p2p-copy", &mut std::io::stdout());
@@ -155,4 +161,13 @@ fn init_tracing(common: &Common) {
 
 fn usage(message: impl Into<String>) -> TransferError {
     TransferError::new(ErrorKind::Usage, message)
+}
+
+#[cfg(test)]
+mod tests {
+    /// Clap's own consistency checks over every subcommand (duplicate ids, bad defaults, …).
+    #[test]
+    fn the_command_line_is_consistent() {
+        <super::Cli as clap::CommandFactory>::command().debug_assert();
+    }
 }

@@ -9,3 +9,11 @@
 //! - [`wire`]: the client ↔ node messages and their framing. Pure, never panics on input.
 //! - [`table`]: the sans-IO nameplate and mailbox table: allocation, claims, expiry,
 //!   per-source rate limits. Time is passed in.
+//! - [`client`]: a client session with a node, on the caller's QUIC endpoint.
+//! - `server` (feature `server`): the QUIC server driving the table.
+
+pub mod client;
+#[cfg(feature = "server")]
+pub mod server;
+pub mod table;
+pub mod wire;

@@ -1,0 +1,39 @@
+//! `p2p-copy-rendezvous`: the rendezvous node as its own binary (same as `p2p-copy rendezvous`).
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+/// The p2p-copy rendezvous node: peers meet here and, when a direct connection fails, relay
+/// through it. It keeps no files and no keys.
+#[derive(Debug, Parser)]
+#[command(name = "p2p-copy-rendezvous", version, about)]
+struct Cli {
+    #[command(flatten)]
+    args: p2p_copy_rendezvous::server::NodeArgs,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(p2p_copy_rendezvous::server::run(
+        &cli.args,
+        p2p_copy_rendezvous::server::signalled(),
+    ));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,717 @@
+//! The sans-IO nameplate and mailbox table: the whole state of a node, without any I/O.
+//!
+//! The driver feeds it connections ([`Table::connect`], [`Table::disconnect`]), decoded client
+//! messages ([`Table::handle`]) and the time; it drains [`Output`]s with
+//! [`Table::poll_output`] after every call and calls [`Table::handle_timeout`] at
+//! [`Table::poll_timeout`]. Every entry point first applies the timers that are due, so the
+//! outcome never depends on how late the driver wakes up.
+//!
+//! # Flow of one client
+//!
+//! 1. `connect`: refused with [`ErrorCode::Busy`] when its source already has
+//!    [`Limits::clients_per_ip`] clients.
+//! 2. `Hello` must come first. Wrong version → `Error Version`, wrong or missing token (when
+//!    [`Limits::token`] is set) → `Error Unauthorized`, anything else first → `Error Protocol`;
+//!    each followed by [`Output::Close`] (later messages from that client are ignored).
+//!    Otherwise → `Welcome { observed }` with the address given to `connect` (an IPv4-mapped
+//!    IPv6 address is reported as IPv4).
+//! 3. `Allocate` / `Claim` (at most one nameplate per client; each spends a rate token of the
+//!    source, successful or not):
+//!    - `Allocate` → `Allocated { n }` with the smallest free `n` in
+//!      `1..=max_nameplate_number` that is neither open nor cooling down.
+//!    - `Claim { n }` of a number nobody holds → creates it: `Claimed { n, peer_present: false }`.
+//!    - `Claim { n }` of a nameplate with one side → `Claimed { n, peer_present: true }` to the
+//!      claimer, `PeerJoined` to the first side, then the first side's queued messages.
+//!    - two sides already → `Error NameplateFull`; closed and cooling down → `Error
+//!      NameplateClosed` (one guess per code: a used nameplate is never reopened while a stale
+//!      peer may still try it); `n = 0` → `Error NoSuchNameplate`.
+//! 4. `Send { body }` → `Message { body }` to the other side, or queued for it while it has not
+//!    joined ([`Limits::mailbox_messages`], [`Limits::mailbox_bytes`]; over → `Error Busy`).
+//! 5. `Release` or disconnect → `PeerLeft` to the other side; the nameplate closes and its
+//!    number cools down for [`Limits::reuse_after`]. The other side no longer holds it: its
+//!    `Send`s get `Error NameplateClosed` until it allocates or claims again. A `Release`
+//!    without a nameplate is a no-op.
+//! 6. A nameplate without `Claim` or `Send` for [`Limits::idle_expiry`] expires: both sides
+//!    get `Error Expired` (they stay connected) and it closes as in 5.
+//!
+//! # Bounds
+//!
+//! Open nameplates ≤ [`Limits::max_nameplates`]; queued bytes per nameplate ≤
+//! [`Limits::mailbox_bytes`]; closed numbers ≤ [`Limits::max_closed`] + `max_nameplates` (new
+//! nameplates get `Busy` while `max_closed` are cooling down); rate-limit entries ≤ sources with
+//! clients + [`Limits::max_idle_sources`] (the entry of a source without clients is dropped
+//! once its bucket is full again, or evicted early when there are too many). Clients are
+//! bounded by the driver's connection cap and `clients_per_ip`. Outputs are bounded per call:
+//! drain them after each one.
+//!
+//! # Sources
+//!
+//! Rate limits and `clients_per_ip` apply per *source*: an IPv4 address (IPv4-mapped IPv6
+//! included), or the /64 prefix of an IPv6 address, since one host or LAN usually holds a whole
+//! /64.
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use crate::wire::{ClientMsg, ErrorCode, NodeMsg, MAX_TEXT, VERSION};
+
+/// The driver's name for a connection.
+pub type ClientId = u64;
+
+/// What the table admits. [`Limits::default`] suits a public node.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Open nameplates at once; over it, `Allocate` and `Claim` get `Busy`.
+    pub max_nameplates: usize,
+    /// `Allocate` never hands out a number above this (claims of pre-shared codes may use any
+    /// number ≥ 1); `Busy` when none is free.
+    pub max_nameplate_number: u32,
+    /// A nameplate without `Claim` or `Send` this long expires.
+    pub idle_expiry: Duration,
+    /// A closed (released or expired) number is neither allocated nor claimable for this long.
+    pub reuse_after: Duration,
+    /// `Allocate` + `Claim` per minute per source, as a token bucket of this size refilling
+    /// continuously. 0 disables the limit.
+    pub claims_per_minute: u32,
+    /// Connections at once per source.
+    pub clients_per_ip: usize,
+    /// Messages queued for a peer that has not joined yet.
+    pub mailbox_messages: usize,
+    /// Bytes queued for a peer that has not joined yet.
+    pub mailbox_bytes: usize,
+    /// Access token required in `Hello` (`None`: open node).
+    pub token: Option<String>,
+    /// Closed numbers cooling down at once; while this many are, new nameplates get `Busy`
+    /// (a closed number is never forgotten early, so it cannot be reopened early).
+    pub max_closed: usize,
+    /// Rate-limit entries kept for sources with no client (the entry closest to a full
+    /// bucket is forgotten first when there are more).
+    pub max_idle_sources: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_nameplates: 10_000,
+            max_nameplate_number: 999_999,
+            idle_expiry: Duration::from_secs(10 * 60),
+            reuse_after: Duration::from_secs(10 * 60),
+            claims_per_minute: 30,
+            clients_per_ip: 64,
+            mailbox_messages: 16,
+            mailbox_bytes: 64 * 1024,
+            token: None,
+            max_closed: 100_000,
+            max_idle_sources: 65_536,
+        }
+    }
+}
+
+/// Something the driver must do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Output {
+    /// Send this message to this client.
+    Send {
+        /// The recipient.
+        to: ClientId,
+        /// The message.
+        msg: NodeMsg,
+    },
+    /// Close this client's connection after sending what is queued for it; then call
+    /// [`Table::disconnect`].
+    Close {
+        /// The client.
+        client: ClientId,
+    },
+}
+
+/// The nameplate and mailbox table. See the [module documentation](self).
+#[derive(Debug)]
+pub struct Table {
+    limits: Limits,
+    clients: HashMap<ClientId, Client>,
+    sources: HashMap<IpAddr, Source>,
+    /// Sources without clients, by the instant their bucket is full (when they are dropped).
+    idle_sources: BTreeSet<(Instant, IpAddr)>,
+    nameplates: HashMap<u32, Nameplate>,
+    /// Open nameplates by expiry deadline.
+    deadlines: BTreeSet<(Instant, u32)>,
+    /// Closed numbers and the end of their cooldown.
+    closed: HashMap<u32, Instant>,
+    /// The same, by end of cooldown.
+    cooldowns: BTreeSet<(Instant, u32)>,
+    /// Numbers in `1..=max_nameplate_number` that are open or cooling down.
+    taken: BTreeSet<u32>,
+    outputs: VecDeque<Output>,
+    shutting_down: bool,
+    #[cfg(test)]
+    next_serial: u64,
+}
+
+#[derive(Debug)]
+struct Client {
+    observed: SocketAddr,
+    source: IpAddr,
+    phase: Phase,
+    slot: Slot,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    AwaitHello,
+    Ready,
+    /// Close was output; everything from this client is ignored until it disconnects.
+    Closing,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Slot {
+    None,
+    Held(u32),
+    /// Its nameplate was closed under it (peer left, expiry).
+    Lost,
+}
+
+#[derive(Debug)]
+struct Source {
+    clients: usize,
+    /// Token bucket: whole tokens, and the instant up to which refills are counted.
+    tokens: u32,
+    refilled_at: Instant,
+    /// The key of this source in `idle_sources`, while it has no clients.
+    idle_key: Option<Instant>,
+}
+
+#[derive(Debug)]
+struct Nameplate {
+    first: ClientId,
+    second: Option<ClientId>,
+    deadline: Instant,
+    /// Messages from `first` waiting for `second`.
+    queue: VecDeque<Vec<u8>>,
+    queued_bytes: usize,
+    /// Tells one opening of a number from the next (tests only).
+    #[cfg(test)]
+    serial: u64,
+}
+
+impl Nameplate {
+    fn peer_of(&self, client: ClientId) -> Option<ClientId> {
+        if client == self.first {
+            self.second
+        } else {
+            Some(self.first)
+        }
+    }
+}
+
+/// Why a nameplate closes.
+#[derive(Debug, Clone, Copy)]
+enum CloseReason {
+    /// This side released it or disconnected.
+    Left(ClientId),
+    Expired,
+}
+
+impl Table {
+    /// An empty table.
+    pub fn new(limits: Limits) -> Table {
+        Table {
+            limits,
+            clients: HashMap::new(),
+            sources: HashMap::new(),
+            idle_sources: BTreeSet::new(),
+            nameplates: HashMap::new(),
+            deadlines: BTreeSet::new(),
+            closed: HashMap::new(),
+            cooldowns: BTreeSet::new(),
+            taken: BTreeSet::new(),
+            outputs: VecDeque::new(),
+            shutting_down: false,
+            #[cfg(test)]
+            next_serial: 0,
+        }
+    }
+
+    /// A connection arrived. `Err(ErrorCode::Busy)` if its source already has
+    /// [`Limits::clients_per_ip`] clients (the driver then refuses it); `Err(ErrorCode::Protocol)`
+    /// if the id is already connected (a driver bug; the table is unchanged).
+    pub fn connect(
+        &mut self,
+        now: Instant,
+        client: ClientId,
+        addr: SocketAddr,
+    ) -> Result<(), ErrorCode> {
+        self.advance(now);
+        if self.clients.contains_key(&client) {
+            return Err(ErrorCode::Protocol);
+        }
+        let source = source_of(addr.ip());
+        match self.sources.get_mut(&source) {
+            Some(s) if s.clients >= self.limits.clients_per_ip => return Err(ErrorCode::Busy),
+            Some(s) => {
+                if let Some(key) = s.idle_key.take() {
+                    self.idle_sources.remove(&(key, source));
+                }
+                s.clients += 1;
+            }
+            None if self.limits.clients_per_ip == 0 => return Err(ErrorCode::Busy),
+            None => {
+                let tokens = self.limits.claims_per_minute;
+                let s = Source { clients: 1, tokens, refilled_at: now, idle_key: None };
+                self.sources.insert(source, s);
+            }
+        }
+        let observed = SocketAddr::new(addr.ip().to_canonical(), addr.port());
+        let c = Client { observed, source, phase: Phase::AwaitHello, slot: Slot::None };
+        self.clients.insert(client, c);
+        Ok(())
+    }
+
+    /// A message from a client. Outputs are queued ([`Table::poll_output`]). Messages from
+    /// unknown clients are ignored.
+    pub fn handle(&mut self, now: Instant, client: ClientId, msg: ClientMsg) {
+        self.advance(now);
+        let Some(c) = self.clients.get(&client) else { return };
+        match (c.phase, msg) {
+            (Phase::Closing, _) => {}
+            (Phase::AwaitHello, ClientMsg::Hello { version, token }) => {
+                self.hello(client, version, token)
+            }
+            (Phase::AwaitHello, _) => {
+                self.fail(client, ErrorCode::Protocol, "send Hello first".into());
+            }
+            (Phase::Ready, msg) if msg.validate().is_err() => {
+                self.error(client, ErrorCode::Protocol, "message over the size limit".into());
+            }
+            (Phase::Ready, ClientMsg::Hello { .. }) => {
+                self.error(client, ErrorCode::Protocol, "Hello was already received".into());
+            }
+            (Phase::Ready, ClientMsg::Allocate) => self.allocate(now, client),
+            (Phase::Ready, ClientMsg::Claim { nameplate }) => self.claim(now, client, nameplate),
+            (Phase::Ready, ClientMsg::Send { body }) => self.send(now, client, body),
+            (Phase::Ready, ClientMsg::Release) => self.release(now, client),
+        }
+    }
+
+    /// The connection is gone (closed, reset, timed out): as `Release`, then forget the
+    /// client. Unknown clients are ignored.
+    pub fn disconnect(&mut self, now: Instant, client: ClientId) {
+        self.advance(now);
+        self.release(now, client);
+        let Some(c) = self.clients.remove(&client) else { return };
+        // Nothing is sent to a client that is gone (timers applied above may have queued).
+        self.outputs.retain(|o| match o {
+            Output::Send { to, .. } => *to != client,
+            Output::Close { client: c } => *c != client,
+        });
+        let Some(s) = self.sources.get_mut(&c.source) else { return };
+        s.clients = s.clients.saturating_sub(1);
+        if s.clients > 0 {
+            return;
+        }
+        refill(s, now, self.limits.claims_per_minute);
+        match full_at(s, self.limits.claims_per_minute) {
+            Some(at) if at > now => {
+                s.idle_key = Some(at);
+                self.idle_sources.insert((at, c.source));
+                self.trim_idle_sources();
+            }
+            _ => {
+                self.sources.remove(&c.source);
+            }
+        }
+    }
+
+    /// The next output for the driver.
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.outputs.pop_front()
+    }
+
+    /// Next expiry/refill instant to call [`Table::handle_timeout`] at.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        [self.deadlines.first(), self.cooldowns.first()]
+            .into_iter()
+            .flatten()
+            .map(|&(at, _)| at)
+            .chain(self.idle_sources.first().map(|&(at, _)| at))
+            .min()
+    }
+
+    /// Applies the timers due at `now`: expiries, ends of cooldowns, dropping full idle
+    /// buckets.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.advance(now);
+    }
+
+    /// Open nameplates (for metrics).
+    pub fn nameplates(&self) -> usize {
+        self.nameplates.len()
+    }
+
+    /// Connected clients (for metrics).
+    pub fn clients(&self) -> usize {
+        self.clients.len()
+    }
+
+    /// Stop accepting `Allocate`/`Claim` (graceful shutdown): they get `Error ShuttingDown`.
+    /// Open nameplates keep working.
+    pub fn shutting_down(&mut self) {
+        self.shutting_down = true;
+    }
+
+    fn advance(&mut self, now: Instant) {
+        while let Some(&(at, n)) = self.deadlines.first() {
+            if at > now {
+                break;
+            }
+            self.deadlines.remove(&(at, n));
+            self.close(now, n, CloseReason::Expired);
+        }
+        while let Some(&(at, n)) = self.cooldowns.first() {
+            if at > now {
+                break;
+            }
+            self.cooldowns.remove(&(at, n));
+            self.closed.remove(&n);
+            self.taken.remove(&n);
+        }
+        while let Some(&(at, source)) = self.idle_sources.first() {
+            if at > now {
+                break;
+            }
+            self.idle_sources.remove(&(at, source));
+            self.sources.remove(&source);
+        }
+    }
+
+    fn hello(&mut self, client: ClientId, version: u16, token: Option<String>) {
+        if version != VERSION {
+            let message = format!(
+                "this node speaks rendezvous protocol version {VERSION}, the client {version}: \
+                 use a p2p-copy release that matches the node"
+            );
+            return self.fail(client, ErrorCode::Version, message);
+        }
+        if let Some(want) = &self.limits.token {
+            if !token.is_some_and(|got| same_secret(got.as_bytes(), want.as_bytes())) {
+                let message = "this node requires an access token and the one given is missing \
+                               or wrong: pass the node's token";
+                return self.fail(client, ErrorCode::Unauthorized, message.into());
+            }
+        }
+        let Some(c) = self.clients.get_mut(&client) else { return };
+        c.phase = Phase::Ready;
+        let observed = c.observed;
+        self.send_to(client, NodeMsg::Welcome { version: VERSION, observed });
+    }
+
+    /// The checks common to `Allocate` and `Claim`; spends the rate token.
+    fn admit(&mut self, now: Instant, client: ClientId) -> bool {
+        let Some(c) = self.clients.get(&client) else { return false };
+        if self.shutting_down {
+            let message = "the node is shutting down: try again in a moment";
+            self.error(client, ErrorCode::ShuttingDown, message.into());
+            return false;
+        }
+        if let Slot::Held(n) = c.slot {
+            let message = format!("this connection already holds nameplate {n}; release it first");
+            self.error(client, ErrorCode::Protocol, message);
+            return false;
+        }
+        let source = c.source;
+        let rate = self.limits.claims_per_minute;
+        if let Some(s) = self.sources.get_mut(&source) {
+            refill(s, now, rate);
+            if rate > 0 {
+                if s.tokens == 0 {
+                    let message = format!(
+                        "too many nameplate requests from your address (at most {rate} a \
+                         minute): wait a little and try again"
+                    );
+                    self.error(client, ErrorCode::RateLimited, message);
+                    return false;
+                }
+                s.tokens -= 1;
+            }
+        }
+        true
+    }
+
+    /// Whether another nameplate may open; answers `Busy` if not.
+    fn room(&mut self, client: ClientId) -> bool {
+        if self.nameplates.len() >= self.limits.max_nameplates
+            || self.closed.len() >= self.limits.max_closed
+        {
+            let message = "the node has too many nameplates open: try again later";
+            self.error(client, ErrorCode::Busy, message.into());
+            return false;
+        }
+        true
+    }
+
+    fn allocate(&mut self, now: Instant, client: ClientId) {
+        if !self.admit(now, client) || !self.room(client) {
+            return;
+        }
+        let Some(n) = self.free_number() else {
+            let message = "no free nameplate number on this node: try again later";
+            return self.error(client, ErrorCode::Busy, message.into());
+        };
+        self.open(now, client, n);
+        self.send_to(client, NodeMsg::Allocated { nameplate: n });
+    }
+
+    /// The smallest number in `1..=max_nameplate_number` that is not taken.
+    fn free_number(&self) -> Option<u32> {
+        let mut candidate = 1u32;
+        for &n in self.taken.range(1..) {
+            if n != candidate {
+                break;
+            }
+            candidate = candidate.checked_add(1)?;
+        }
+        (candidate <= self.limits.max_nameplate_number).then_some(candidate)
+    }
+
+    fn claim(&mut self, now: Instant, client: ClientId, n: u32) {
+        if !self.admit(now, client) {
+            return;
+        }
+        if n == 0 {
+            let message = "nameplate 0 does not exist: check the code".to_string();
+            return self.error(client, ErrorCode::NoSuchNameplate, message);
+        }
+        if self.closed.contains_key(&n) {
+            let message = format!(
+                "nameplate {n} was used or expired and is closed: ask the sender for a new code"
+            );
+            return self.error(client, ErrorCode::NameplateClosed, message);
+        }
+        let Some(np) = self.nameplates.get_mut(&n) else {
+            if self.room(client) {
+                self.open(now, client, n);
+                self.send_to(client, NodeMsg::Claimed { nameplate: n, peer_present: false });
+            }
+            return;
+        };
+        if np.second.is_some() {
+            let message =
+                format!("nameplate {n} already has two sides: someone else is using this code");
+            return self.error(client, ErrorCode::NameplateFull, message);
+        }
+        np.second = Some(client);
+        let first = np.first;
+        let queue = std::mem::take(&mut np.queue);
+        np.queued_bytes = 0;
+        if let Some(c) = self.clients.get_mut(&client) {
+            c.slot = Slot::Held(n);
+        }
+        self.touch(now, n);
+        self.send_to(client, NodeMsg::Claimed { nameplate: n, peer_present: true });
+        self.send_to(first, NodeMsg::PeerJoined);
+        for body in queue {
+            self.send_to(client, NodeMsg::Message { body });
+        }
+    }
+
+    /// Opens nameplate `n` with `client` as its first side.
+    fn open(&mut self, now: Instant, client: ClientId, n: u32) {
+        let deadline = after(now, self.limits.idle_expiry);
+        let np = Nameplate {
+            first: client,
+            second: None,
+            deadline,
+            queue: VecDeque::new(),
+            queued_bytes: 0,
+            #[cfg(test)]
+            serial: {
+                self.next_serial += 1;
+                self.next_serial
+            },
+        };
+        self.nameplates.insert(n, np);
+        self.deadlines.insert((deadline, n));
+        if n <= self.limits.max_nameplate_number {
+            self.taken.insert(n);
+        }
+        if let Some(c) = self.clients.get_mut(&client) {
+            c.slot = Slot::Held(n);
+        }
+    }
+
+    /// Records activity on nameplate `n`: its expiry starts again.
+    fn touch(&mut self, now: Instant, n: u32) {
+        let Some(np) = self.nameplates.get_mut(&n) else { return };
+        self.deadlines.remove(&(np.deadline, n));
+        np.deadline = after(now, self.limits.idle_expiry);
+        self.deadlines.insert((np.deadline, n));
+    }
+
+    fn send(&mut self, now: Instant, client: ClientId, body: Vec<u8>) {
+        let Some(c) = self.clients.get(&client) else { return };
+        let n = match c.slot {
+            Slot::Held(n) => n,
+            Slot::None => {
+                let message = "allocate or claim a nameplate before sending";
+                return self.error(client, ErrorCode::Protocol, message.into());
+            }
+            Slot::Lost => {
+                let message = "the nameplate is closed: the other side left or it expired";
+                return self.error(client, ErrorCode::NameplateClosed, message.into());
+            }
+        };
+        let Some(np) = self.nameplates.get_mut(&n) else { return };
+        match np.peer_of(client) {
+            Some(peer) => self.send_to(peer, NodeMsg::Message { body }),
+            None => {
+                if np.queue.len() >= self.limits.mailbox_messages
+                    || np.queued_bytes.saturating_add(body.len()) > self.limits.mailbox_bytes
+                {
+                    let message = format!(
+                        "the mailbox of nameplate {n} is full: wait for the other side to join"
+                    );
+                    return self.error(client, ErrorCode::Busy, message);
+                }
+                np.queued_bytes += body.len();
+                np.queue.push_back(body);
+            }
+        }
+        self.touch(now, n);
+    }
+
+    fn release(&mut self, now: Instant, client: ClientId) {
+        let Some(c) = self.clients.get_mut(&client) else { return };
+        match std::mem::replace(&mut c.slot, Slot::None) {
+            Slot::Held(n) => self.close(now, n, CloseReason::Left(client)),
+            Slot::None | Slot::Lost => {}
+        }
+    }
+
+    /// Closes nameplate `n`, tells the sides that remain, and starts its cooldown.
+    fn close(&mut self, now: Instant, n: u32, why: CloseReason) {
+        let Some(np) = self.nameplates.remove(&n) else { return };
+        self.deadlines.remove(&(np.deadline, n));
+        let until = after(now, self.limits.reuse_after);
+        self.closed.insert(n, until);
+        self.cooldowns.insert((until, n));
+        for side in [Some(np.first), np.second].into_iter().flatten() {
+            match why {
+                CloseReason::Left(leaver) if side == leaver => {}
+                CloseReason::Left(_) => {
+                    self.lose(side);
+                    self.send_to(side, NodeMsg::PeerLeft);
+                }
+                CloseReason::Expired => {
+                    self.lose(side);
+                    let secs = self.limits.idle_expiry.as_secs();
+                    let idle = match secs {
+                        s if s >= 120 && s % 60 == 0 => format!("{} minutes", s / 60),
+                        s => format!("{s} seconds"),
+                    };
+                    let message = format!(
+                        "nameplate {n} expired after {idle} without activity: start again with \
+                         a new code"
+                    );
+                    self.error(side, ErrorCode::Expired, message);
+                }
+            }
+        }
+    }
+
+    fn lose(&mut self, client: ClientId) {
+        if let Some(c) = self.clients.get_mut(&client) {
+            c.slot = Slot::Lost;
+        }
+    }
+
+    /// Forgets the idle sources closest to a full bucket while there are too many.
+    fn trim_idle_sources(&mut self) {
+        while self.idle_sources.len() > self.limits.max_idle_sources {
+            let Some((_, source)) = self.idle_sources.pop_first() else { return };
+            self.sources.remove(&source);
+        }
+    }
+
+    fn send_to(&mut self, to: ClientId, msg: NodeMsg) {
+        self.outputs.push_back(Output::Send { to, msg });
+    }
+
+    /// Answers with an error; the connection stays usable.
+    fn error(&mut self, to: ClientId, code: ErrorCode, mut message: String) {
+        truncate_utf8(&mut message, MAX_TEXT);
+        self.send_to(to, NodeMsg::Error { code, message });
+    }
+
+    /// Answers with an error and closes the connection.
+    fn fail(&mut self, client: ClientId, code: ErrorCode, message: String) {
+        self.error(client, code, message);
+        if let Some(c) = self.clients.get_mut(&client) {
+            c.phase = Phase::Closing;
+        }
+        self.outputs.push_back(Output::Close { client });
+    }
+}
+
+/// The rate-limit and connection-count key of an address.
+fn source_of(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => {
+            let prefix = u128::from(v6) & !((1u128 << 64) - 1);
+            IpAddr::V6(Ipv6Addr::from(prefix))
+        }
+        v4 => v4,
+    }
+}
+
+/// The time one token takes to come back, or `None` when the rate is unlimited.
+fn token_period(rate: u32) -> Option<Duration> {
+    (rate > 0).then(|| Duration::from_secs(60) / rate)
+}
+
+/// Adds the tokens earned since the last refill.
+fn refill(s: &mut Source, now: Instant, rate: u32) {
+    let Some(period) = token_period(rate) else { return };
+    let elapsed = now.saturating_duration_since(s.refilled_at);
+    let earned = elapsed.as_nanos() / period.as_nanos().max(1);
+    let missing = rate.saturating_sub(s.tokens);
+    if earned >= u128::from(missing) {
+        s.tokens = rate;
+        s.refilled_at = now;
+    } else {
+        // `earned < missing ≤ u32::MAX`, and `period * earned ≤ elapsed`.
+        let earned = earned as u32;
+        s.tokens += earned;
+        s.refilled_at = after(s.refilled_at, period.saturating_mul(earned));
+    }
+}
+
+/// When the bucket will be full again, or `None` when the rate is unlimited.
+fn full_at(s: &Source, rate: u32) -> Option<Instant> {
+    let period = token_period(rate)?;
+    Some(after(s.refilled_at, period.saturating_mul(rate.saturating_sub(s.tokens))))
+}
+
+/// `now + d`, saturating at about a year from now for a duration too large to represent
+/// (ample for an expiry or a cooldown).
+fn after(now: Instant, d: Duration) -> Instant {
+    const YEAR: Duration = Duration::from_secs(365 * 24 * 3600);
+    now.checked_add(d).or_else(|| now.checked_add(YEAR)).unwrap_or(now)
+}
+
+/// Compares two secrets in time independent of where they differ.
+fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Cuts `s` to at most `max` bytes on a character boundary.
+fn truncate_utf8(s: &mut String, max: usize) {
+    if s.len() > max {
+        let cut = (0..=max).rev().find(|&i| s.is_char_boundary(i)).unwrap_or(0);
+        s.truncate(cut);
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,504 @@
+//! The client ↔ node messages and their framing. Pure; never panics on peer bytes.
+//!
+//! # Framing
+//!
+//! A client opens one QUIC bidirectional stream to the node. Each direction carries frames
+//! `len: u32 BE ‖ body`, where `len` counts the body only and is at most [`MAX_FRAME`]. Read the
+//! four header bytes, check them with [`frame_len`] (before allocating anything), read the body,
+//! decode it with [`decode_client`] (node side) or [`decode_node`] (client side). [`encode`]
+//! builds a whole frame.
+//!
+//! # Flow
+//!
+//! 1. Client: `Hello { version, token }`. Node: `Welcome { version, observed }`, or `Error`
+//!    (`Version` or `Unauthorized`) and the node closes the connection.
+//! 2. Client: `Allocate` → `Allocated { nameplate }`, or `Claim { nameplate }` →
+//!    `Claimed { nameplate, peer_present }`.
+//! 3. When the second side claims, the first gets `PeerJoined`.
+//! 4. Either side: `Send { body }`; the other side gets `Message { body }` (at once, or when it
+//!    joins: the node queues a few messages for an absent peer).
+//! 5. Either side: `Release` (or it disconnects); the other gets `PeerLeft` and the nameplate
+//!    is closed for good.
+//!
+//! Any request may instead be answered by `Error { code, message }`; see [`ErrorCode`].
+//!
+//! # Body layout
+//!
+//! Bodies are [postcard]: integers are LEB128 varints (`u16`, `u32`), `bool` and `u8` are one
+//! byte, a string or byte vector is `varint len ‖ bytes`, an `Option` is `00` or `01 ‖ value`,
+//! an enum is `varint variant index ‖ fields in order`. A [`SocketAddr`] is `00 ‖ 4 address
+//! bytes ‖ varint port` (IPv4) or `01 ‖ 16 address bytes ‖ varint port` (IPv6; flow info and
+//! scope id are not sent).
+//!
+//! | index | [`ClientMsg`] | fields                                   |
+//! |-------|---------------|------------------------------------------|
+//! | 0     | `Hello`       | `version: u16`, `token: Option<String>`  |
+//! | 1     | `Allocate`    | —                                        |
+//! | 2     | `Claim`       | `nameplate: u32`                         |
+//! | 3     | `Send`        | `body: bytes` (≤ [`MAX_BODY`])           |
+//! | 4     | `Release`     | —                                        |
+//!
+//! | index | [`NodeMsg`]   | fields                                         |
+//! |-------|---------------|------------------------------------------------|
+//! | 0     | `Welcome`     | `version: u16`, `observed: SocketAddr`         |
+//! | 1     | `Allocated`   | `nameplate: u32`                               |
+//! | 2     | `Claimed`     | `nameplate: u32`, `peer_present: bool`         |
+//! | 3     | `PeerJoined`  | —                                              |
+//! | 4     | `Message`     | `body: bytes` (≤ [`MAX_BODY`])                 |
+//! | 5     | `PeerLeft`    | —                                              |
+//! | 6     | `Error`       | `code: ErrorCode`, `message: String` (≤ [`MAX_TEXT`]) |
+//!
+//! [`ErrorCode`] indexes: 0 `Version`, 1 `Unauthorized`, 2 `NoSuchNameplate`, 3
+//! `NameplateFull`, 4 `NameplateClosed`, 5 `RateLimited`, 6 `Busy`, 7 `Protocol`, 8 `Expired`,
+//! 9 `ShuttingDown`.
+//!
+//! New variants and codes are only ever appended. `Hello` stays variant 0 with `version` first
+//! in every protocol version, so a node can always read a client's version and answer a
+//! mismatch with `Error { code: Version }` (decoding does not reject other versions; the
+//! table does). The snapshot tests pin these bytes.
+//!
+//! [postcard]: https://postcard.jamesmunns.com/wire-format
+
+use std::net::SocketAddr;
+
+use serde::{Deserialize, Serialize};
+
+/// The rendezvous protocol version this build speaks.
+pub const VERSION: u16 = 1;
+/// Cap on a frame body, either direction.
+pub const MAX_FRAME: usize = 16 * 1024;
+/// Cap on one mailbox message (`Send` / `Message` body).
+pub const MAX_BODY: usize = 8 * 1024;
+/// Cap on the access token in `Hello`, in bytes.
+pub const MAX_TOKEN: usize = 256;
+/// Cap on the text of an `Error`, in bytes.
+pub const MAX_TEXT: usize = 512;
+/// Length of the frame header.
+pub const HEADER_LEN: usize = 4;
+
+/// A message from a client to the node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ClientMsg {
+    /// First message: protocol version and the access token if the node requires one.
+    Hello {
+        /// The client's protocol version ([`VERSION`]).
+        version: u16,
+        /// The node's access token (ignored by an open node), at most [`MAX_TOKEN`] bytes.
+        token: Option<String>,
+    },
+    /// Give me a fresh nameplate (I am its first side).
+    Allocate,
+    /// Join this nameplate (creating it if nobody holds it: a pre-shared code).
+    Claim {
+        /// The nameplate number (the number in front of the code).
+        nameplate: u32,
+    },
+    /// Pass this opaque message to the other side (queued until it joins).
+    Send {
+        /// The message, at most [`MAX_BODY`] bytes.
+        body: Vec<u8>,
+    },
+    /// I am done with my nameplate.
+    Release,
+}
+
+/// A message from the node to a client.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum NodeMsg {
+    /// Answer to Hello: the address the node sees this connection come from.
+    Welcome {
+        /// The node's protocol version.
+        version: u16,
+        /// The client's address as the node sees it (its NAT mapping).
+        observed: SocketAddr,
+    },
+    /// Answer to Allocate: the client now holds this nameplate, alone.
+    Allocated {
+        /// The fresh nameplate number.
+        nameplate: u32,
+    },
+    /// Joined; `peer_present` tells whether the other side is already there.
+    Claimed {
+        /// The claimed nameplate.
+        nameplate: u32,
+        /// The other side is already there (this client is the second side).
+        peer_present: bool,
+    },
+    /// The other side joined.
+    PeerJoined,
+    /// A message from the other side.
+    Message {
+        /// The message, at most [`MAX_BODY`] bytes.
+        body: Vec<u8>,
+    },
+    /// The other side left; the nameplate is closed for good.
+    PeerLeft,
+    /// The request failed (the connection stays usable unless the code says otherwise).
+    Error {
+        /// What failed.
+        code: ErrorCode,
+        /// A sentence for the person, at most [`MAX_TEXT`] bytes.
+        message: String,
+    },
+}
+
+/// Why the node refused a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ErrorCode {
+    /// The client speaks another protocol version. The node closes the connection.
+    Version,
+    /// The access token is missing or wrong. The node closes the connection.
+    Unauthorized,
+    /// The nameplate number cannot exist (0).
+    NoSuchNameplate,
+    /// The nameplate already has two sides.
+    NameplateFull,
+    /// The nameplate was used (or expired) and is closed; it is not reopened.
+    NameplateClosed,
+    /// Too many claims from this source address; wait and retry.
+    RateLimited,
+    /// The node (or the mailbox) is full; retry later.
+    Busy,
+    /// The request is not allowed now (e.g. a second nameplate, Send without one). Before
+    /// `Hello`, the node closes the connection.
+    Protocol,
+    /// The nameplate saw no activity for too long and was closed.
+    Expired,
+    /// The node is shutting down and takes no new nameplates.
+    ShuttingDown,
+}
+
+/// Why bytes from the other end could not be decoded. Every variant is the peer's fault.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WireError {
+    /// The input ended in the middle of a field.
+    #[error("rendezvous message truncated")]
+    Truncated,
+    /// Bytes were left over after a complete message.
+    #[error("{0} unexpected bytes after the rendezvous message")]
+    TrailingBytes(usize),
+    /// A length over the cap for its field.
+    #[error("rendezvous {what} too long: {len} > {max}")]
+    TooLong {
+        /// Which field.
+        what: &'static str,
+        /// Its length.
+        len: usize,
+        /// The cap.
+        max: usize,
+    },
+    /// Bytes that are not a message (unknown variant, bad UTF-8, overlong varint, …).
+    #[error("invalid rendezvous message")]
+    Invalid,
+}
+
+/// A message type of this protocol: [`ClientMsg`] or [`NodeMsg`].
+///
+/// Sealed: [`encode`] relies on every implementor serialising without error.
+pub trait WireMsg: Serialize + sealed::Sealed {}
+impl WireMsg for ClientMsg {}
+impl WireMsg for NodeMsg {}
+
+mod sealed {
+    pub trait Sealed {}
+    impl Sealed for super::ClientMsg {}
+    impl Sealed for super::NodeMsg {}
+}
+
+/// Encodes a whole frame: length prefix and body.
+///
+/// Does not check the caps: the other end rejects a message over them, so a client checks
+/// with [`ClientMsg::validate`] (or simply `body.len() <= MAX_BODY`) first.
+pub fn encode<T: WireMsg>(msg: &T) -> Vec<u8> {
+    let mut out = vec![0; HEADER_LEN];
+    // Invariant: postcard only fails on writer errors or serde features our two types do not
+    // use (maps, sequences of unknown length); extending a Vec never fails.
+    #[allow(clippy::expect_used)]
+    let mut out = postcard::to_extend(msg, std::mem::take(&mut out)).expect("postcard into a Vec");
+    // A body over 4 GiB cannot be built from capped fields; saturate rather than wrap, the
+    // other end rejects it either way.
+    let len = u32::try_from(out.len() - HEADER_LEN).unwrap_or(u32::MAX);
+    out[..HEADER_LEN].copy_from_slice(&len.to_be_bytes());
+    out
+}
+
+/// Reads a body length from a frame header, checking it against [`MAX_FRAME`].
+pub fn frame_len(header: [u8; HEADER_LEN]) -> Result<usize, WireError> {
+    let len = u32::from_be_bytes(header) as usize;
+    cap("frame", len, MAX_FRAME)?;
+    Ok(len)
+}
+
+/// Decodes a frame body from a client: exactly one message, within every cap.
+pub fn decode_client(body: &[u8]) -> Result<ClientMsg, WireError> {
+    let msg: ClientMsg = from_postcard(body)?;
+    msg.validate()?;
+    Ok(msg)
+}
+
+/// Decodes a frame body from the node: exactly one message, within every cap.
+pub fn decode_node(body: &[u8]) -> Result<NodeMsg, WireError> {
+    let msg: NodeMsg = from_postcard(body)?;
+    msg.validate()?;
+    Ok(msg)
+}
+
+impl ClientMsg {
+    /// Checks the caps ([`MAX_TOKEN`], [`MAX_BODY`]). Called by [`decode_client`].
+    pub fn validate(&self) -> Result<(), WireError> {
+        match self {
+            ClientMsg::Hello { token: Some(t), .. } => cap("token", t.len(), MAX_TOKEN),
+            ClientMsg::Send { body } => cap("message body", body.len(), MAX_BODY),
+            _ => Ok(()),
+        }
+    }
+}
+
+impl NodeMsg {
+    /// Checks the caps ([`MAX_BODY`], [`MAX_TEXT`]). Called by [`decode_node`].
+    pub fn validate(&self) -> Result<(), WireError> {
+        match self {
+            NodeMsg::Message { body } => cap("message body", body.len(), MAX_BODY),
+            NodeMsg::Error { message, .. } => cap("error text", message.len(), MAX_TEXT),
+            _ => Ok(()),
+        }
+    }
+}
+
+fn cap(what: &'static str, len: usize, max: usize) -> Result<(), WireError> {
+    if len > max {
+        return Err(WireError::TooLong { what, len, max });
+    }
+    Ok(())
+}
+
+/// Decodes exactly `body` (at most [`MAX_FRAME`] bytes), rejecting trailing data.
+fn from_postcard<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, WireError> {
+    cap("frame", body.len(), MAX_FRAME)?;
+    let (value, rest) = postcard::take_from_bytes(body).map_err(|e| match e {
+        postcard::Error::DeserializeUnexpectedEnd => WireError::Truncated,
+        _ => WireError::Invalid,
+    })?;
+    if !rest.is_empty() {
+        return Err(WireError::TrailingBytes(rest.len()));
+    }
+    Ok(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::net::{Ipv4Addr, Ipv6Addr, SocketAddrV6};
+
+    const CODES: [ErrorCode; 10] = [
+        ErrorCode::Version,
+        ErrorCode::Unauthorized,
+        ErrorCode::NoSuchNameplate,
+        ErrorCode::NameplateFull,
+        ErrorCode::NameplateClosed,
+        ErrorCode::RateLimited,
+        ErrorCode::Busy,
+        ErrorCode::Protocol,
+        ErrorCode::Expired,
+        ErrorCode::ShuttingDown,
+    ];
+
+    fn body_hex<T: WireMsg>(msg: &T) -> String {
+        let frame = encode(msg);
+        let len = frame_len([frame[0], frame[1], frame[2], frame[3]]).unwrap();
+        assert_eq!(len, frame.len() - HEADER_LEN);
+        hex::encode(&frame[HEADER_LEN..])
+    }
+
+    #[test]
+    fn client_snapshots() {
+        let cases = [
+            (ClientMsg::Hello { version: VERSION, token: None }, "000100"),
+            (ClientMsg::Hello { version: 300, token: Some("tok".into()) }, "00ac020103746f6b"),
+            (ClientMsg::Allocate, "01"),
+            (ClientMsg::Claim { nameplate: 7 }, "0207"),
+            (ClientMsg::Claim { nameplate: u32::MAX }, "02ffffffff0f"),
+            (ClientMsg::Send { body: vec![0xde, 0xad] }, "0302dead"),
+            (ClientMsg::Release, "04"),
+        ];
+        for (msg, want) in cases {
+            assert_eq!(body_hex(&msg), want, "{msg:?}");
+            assert_eq!(decode_client(&hex::decode(want).unwrap()), Ok(msg));
+        }
+    }
+
+    #[test]
+    fn node_snapshots() {
+        let v4 = SocketAddr::from((Ipv4Addr::new(192, 0, 2, 1), 443));
+        let v6 = SocketAddr::from((Ipv6Addr::LOCALHOST, 1));
+        let cases = [
+            (NodeMsg::Welcome { version: VERSION, observed: v4 }, "000100c0000201bb03"),
+            (
+                NodeMsg::Welcome { version: VERSION, observed: v6 },
+                "0001010000000000000000000000000000000101",
+            ),
+            (NodeMsg::Allocated { nameplate: 1000 }, "01e807"),
+            (NodeMsg::Claimed { nameplate: 7, peer_present: true }, "020701"),
+            (NodeMsg::Claimed { nameplate: 7, peer_present: false }, "020700"),
+            (NodeMsg::PeerJoined, "03"),
+            (NodeMsg::Message { body: vec![1, 2, 3] }, "0403010203"),
+            (NodeMsg::PeerLeft, "05"),
+            (NodeMsg::Error { code: ErrorCode::Busy, message: "full".into() }, "06060466756c6c"),
+        ];
+        for (msg, want) in cases {
+            assert_eq!(body_hex(&msg), want, "{msg:?}");
+            assert_eq!(decode_node(&hex::decode(want).unwrap()), Ok(msg));
+        }
+    }
+
+    #[test]
+    fn error_code_snapshots() {
+        for (i, code) in CODES.into_iter().enumerate() {
+            let msg = NodeMsg::Error { code, message: String::new() };
+            assert_eq!(body_hex(&msg), format!("06{i:02x}00"));
+        }
+    }
+
+    #[test]
+    fn frame_header() {
+        assert_eq!(hex::encode(encode(&ClientMsg::Allocate)), "0000000101");
+        assert_eq!(frame_len([0, 0, 0x40, 0]), Ok(MAX_FRAME));
+        assert_eq!(
+            frame_len([0, 0, 0x40, 1]),
+            Err(WireError::TooLong { what: "frame", len: MAX_FRAME + 1, max: MAX_FRAME })
+        );
+        assert!(frame_len([0xff; 4]).is_err());
+    }
+
+    #[test]
+    fn decode_errors() {
+        assert_eq!(decode_client(&[]), Err(WireError::Truncated));
+        assert_eq!(decode_node(&[]), Err(WireError::Truncated));
+        assert_eq!(decode_client(&[0x05]), Err(WireError::Invalid));
+        assert_eq!(decode_node(&[0x07]), Err(WireError::Invalid));
+        assert_eq!(decode_node(&[0x06, 0x0a, 0x00]), Err(WireError::Invalid));
+        assert_eq!(decode_client(&[0x01, 0x00]), Err(WireError::TrailingBytes(1)));
+        assert_eq!(decode_node(&[0x05, 0x00, 0x00]), Err(WireError::TrailingBytes(2)));
+        assert_eq!(decode_client(&[0x03, 0x05, 1, 2]), Err(WireError::Truncated));
+        // Invalid UTF-8 in the token.
+        assert_eq!(decode_client(&[0x00, 0x01, 0x01, 0x01, 0xff]), Err(WireError::Invalid));
+        // A bool that is neither 0 nor 1.
+        assert_eq!(decode_node(&[0x02, 0x07, 0x02]), Err(WireError::Invalid));
+        let big = vec![0x04; MAX_FRAME + 1];
+        assert!(matches!(decode_client(&big), Err(WireError::TooLong { what: "frame", .. })));
+        assert!(matches!(decode_node(&big), Err(WireError::TooLong { what: "frame", .. })));
+    }
+
+    fn body_of<T: WireMsg>(msg: &T) -> Vec<u8> {
+        encode(msg)[HEADER_LEN..].to_vec()
+    }
+
+    #[test]
+    fn caps_enforced() {
+        let too_long = |what, len, max| WireError::TooLong { what, len, max };
+
+        assert!(decode_client(&body_of(&ClientMsg::Send { body: vec![0; MAX_BODY] })).is_ok());
+        let big = body_of(&ClientMsg::Send { body: vec![0; MAX_BODY + 1] });
+        assert_eq!(decode_client(&big), Err(too_long("message body", MAX_BODY + 1, MAX_BODY)));
+
+        let tok = |n| ClientMsg::Hello { version: VERSION, token: Some("t".repeat(n)) };
+        assert!(decode_client(&body_of(&tok(MAX_TOKEN))).is_ok());
+        assert_eq!(
+            decode_client(&body_of(&tok(MAX_TOKEN + 1))),
+            Err(too_long("token", MAX_TOKEN + 1, MAX_TOKEN))
+        );
+
+        assert!(decode_node(&body_of(&NodeMsg::Message { body: vec![0; MAX_BODY] })).is_ok());
+        let big = body_of(&NodeMsg::Message { body: vec![0; MAX_BODY + 1] });
+        assert_eq!(decode_node(&big), Err(too_long("message body", MAX_BODY + 1, MAX_BODY)));
+
+        let text = |n| NodeMsg::Error { code: ErrorCode::Protocol, message: "x".repeat(n) };
+        assert!(decode_node(&body_of(&text(MAX_TEXT))).is_ok());
+        assert_eq!(
+            decode_node(&body_of(&text(MAX_TEXT + 1))),
+            Err(too_long("error text", MAX_TEXT + 1, MAX_TEXT))
+        );
+
+        // The largest valid messages fit a frame.
+        assert!(body_of(&ClientMsg::Send { body: vec![0; MAX_BODY] }).len() <= MAX_FRAME);
+        assert!(body_of(&tok(MAX_TOKEN)).len() <= MAX_FRAME);
+        assert!(body_of(&text(MAX_TEXT)).len() <= MAX_FRAME);
+    }
+
+    fn client_msg() -> impl Strategy<Value = ClientMsg> {
+        prop_oneof![
+            (any::<u16>(), proptest::option::of(".{0,40}"))
+                .prop_map(|(version, token)| ClientMsg::Hello { version, token }),
+            Just(ClientMsg::Allocate),
+            any::<u32>().prop_map(|nameplate| ClientMsg::Claim { nameplate }),
+            proptest::collection::vec(any::<u8>(), 0..300)
+                .prop_map(|body| ClientMsg::Send { body }),
+            Just(ClientMsg::Release),
+        ]
+    }
+
+    fn socket_addr() -> impl Strategy<Value = SocketAddr> {
+        prop_oneof![
+            (any::<[u8; 4]>(), any::<u16>()).prop_map(|(ip, port)| SocketAddr::from((ip, port))),
+            // Flow info and scope id do not cross the wire.
+            (any::<[u8; 16]>(), any::<u16>()).prop_map(|(ip, port)| v6(ip, port)),
+        ]
+    }
+
+    fn v6(ip: [u8; 16], port: u16) -> SocketAddr {
+        SocketAddrV6::new(ip.into(), port, 0, 0).into()
+    }
+
+    fn node_msg() -> impl Strategy<Value = NodeMsg> {
+        prop_oneof![
+            (any::<u16>(), socket_addr())
+                .prop_map(|(version, observed)| NodeMsg::Welcome { version, observed }),
+            any::<u32>().prop_map(|nameplate| NodeMsg::Allocated { nameplate }),
+            (any::<u32>(), any::<bool>()).prop_map(|(nameplate, peer_present)| {
+                NodeMsg::Claimed { nameplate, peer_present }
+            }),
+            Just(NodeMsg::PeerJoined),
+            proptest::collection::vec(any::<u8>(), 0..300)
+                .prop_map(|body| NodeMsg::Message { body }),
+            Just(NodeMsg::PeerLeft),
+            (0..CODES.len(), ".{0,60}")
+                .prop_map(|(i, message)| NodeMsg::Error { code: CODES[i], message }),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn client_round_trips(msg in client_msg()) {
+            let frame = encode(&msg);
+            let len = frame_len([frame[0], frame[1], frame[2], frame[3]]).unwrap();
+            prop_assert_eq!(len, frame.len() - HEADER_LEN);
+            prop_assert_eq!(decode_client(&frame[HEADER_LEN..]).unwrap(), msg);
+        }
+
+        #[test]
+        fn node_round_trips(msg in node_msg()) {
+            let frame = encode(&msg);
+            let len = frame_len([frame[0], frame[1], frame[2], frame[3]]).unwrap();
+            prop_assert_eq!(len, frame.len() - HEADER_LEN);
+            prop_assert_eq!(decode_node(&frame[HEADER_LEN..]).unwrap(), msg);
+        }
+
+        #[test]
+        fn random_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..400)) {
+            let _ = decode_client(&bytes);
+            let _ = decode_node(&bytes);
+            if let Some(header) = bytes.first_chunk::<4>() {
+                let _ = frame_len(*header);
+            }
+        }
+
+        #[test]
+        fn truncations_never_panic(msg in node_msg(), cut in any::<prop::sample::Index>()) {
+            let frame = encode(&msg);
+            let body = &frame[HEADER_LEN..];
+            let cut = cut.index(body.len());
+            prop_assert!(decode_node(&body[..cut]).is_err());
+        }
+    }
+}

@@ -1,0 +1,136 @@
+//! The node in-process on loopback, driven by real clients.
+#![cfg(feature = "server")]
+// Fixture helpers outside #[test] functions panic on setup failure, like the tests do.
+#![allow(clippy::unwrap_used)]
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use p2p_copy_rendezvous::client::{Client, ClientError};
+use p2p_copy_rendezvous::server::{self, ServerConfig};
+use p2p_copy_rendezvous::wire::{ErrorCode, NodeMsg};
+
+const WAIT: Duration = Duration::from_secs(5);
+
+struct Node {
+    addr: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Node {
+    /// Starts a node; the shutdown grace is kept short, since test clients stay connected.
+    fn start(mut config: ServerConfig) -> Node {
+        config.grace = config.grace.min(Duration::from_millis(300));
+        let endpoint = server::endpoint("127.0.0.1:0".parse().unwrap(), &config).unwrap();
+        let addr = endpoint.local_addr().unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(server::serve(endpoint, config, async {
+            let _ = stopped.await;
+        }));
+        Node { addr, stop: Some(stop), task }
+    }
+
+    async fn shutdown(mut self) {
+        let _ = self.stop.take().unwrap().send(());
+        tokio::time::timeout(Duration::from_secs(20), &mut self.task).await.unwrap().unwrap();
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn endpoint() -> quinn::Endpoint {
+    quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap()
+}
+
+async fn client(node: &Node) -> (Client, quinn::Endpoint) {
+    let ep = endpoint();
+    let c = Client::connect(&ep, node.addr, None, WAIT).await.unwrap();
+    (c, ep)
+}
+
+#[tokio::test]
+async fn two_sides_meet_exchange_messages_and_part() {
+    let node = Node::start(ServerConfig::default());
+    let (mut a, ep_a) = client(&node).await;
+    assert_eq!(
+        a.observed(),
+        ep_a.local_addr().unwrap(),
+        "the node reports the client's own socket"
+    );
+    let (mut b, _ep_b) = client(&node).await;
+
+    let n = a.allocate().await.unwrap();
+    assert!(n >= 1);
+    assert!(b.claim(n).await.unwrap(), "the allocator is already there");
+    assert_eq!(a.recv().await.unwrap(), NodeMsg::PeerJoined);
+
+    a.post(b"pake from a".to_vec()).await.unwrap();
+    b.post(b"pake from b".to_vec()).await.unwrap();
+    assert_eq!(b.recv().await.unwrap(), NodeMsg::Message { body: b"pake from a".to_vec() });
+    assert_eq!(a.recv().await.unwrap(), NodeMsg::Message { body: b"pake from b".to_vec() });
+
+    // A third party cannot join a nameplate that has two sides.
+    let (mut c, _ep_c) = client(&node).await;
+    match c.claim(n).await {
+        Err(ClientError::Refused { code: ErrorCode::NameplateFull, .. }) => {}
+        other => panic!("third party got {other:?}"),
+    }
+
+    a.release().await.unwrap();
+    assert_eq!(b.recv().await.unwrap(), NodeMsg::PeerLeft);
+    node.shutdown().await;
+}
+
+#[tokio::test]
+async fn messages_wait_for_the_peer_and_a_preshared_nameplate_works() {
+    let node = Node::start(ServerConfig::default());
+    let (mut a, _ea) = client(&node).await;
+    assert!(!a.claim(4242).await.unwrap(), "first to claim a pre-shared nameplate");
+    a.post(b"early".to_vec()).await.unwrap();
+    let (mut b, _eb) = client(&node).await;
+    assert!(b.claim(4242).await.unwrap());
+    assert_eq!(b.recv().await.unwrap(), NodeMsg::Message { body: b"early".to_vec() });
+    node.shutdown().await;
+}
+
+#[tokio::test]
+async fn malformed_input_closes_only_that_client() {
+    let node = Node::start(ServerConfig::default());
+    let (mut good, _eg) = client(&node).await;
+    // A raw connection that sends an absurd length prefix instead of a hello.
+    let ep = endpoint();
+    let config = p2p_copy_rendezvous::client::client_config().unwrap();
+    let raw = ep.connect_with(config, node.addr, "node").unwrap().await.unwrap();
+    let (mut send, _recv) = raw.open_bi().await.unwrap();
+    send.write_all(&[0xff, 0xff, 0xff, 0xff, 1, 2, 3]).await.unwrap();
+    tokio::time::timeout(WAIT, raw.closed()).await.expect("the node closes a malformed client");
+    let n = good.allocate().await.unwrap();
+    assert!(n >= 1, "the node still serves others");
+    node.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_unreachable_node_fails_within_the_timeout_and_names_it() {
+    let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let addr = silent.local_addr().unwrap();
+    let started = std::time::Instant::now();
+    let err =
+        Client::connect(&endpoint(), addr, None, Duration::from_millis(500)).await.unwrap_err();
+    assert!(started.elapsed() < Duration::from_secs(3));
+    assert!(err.to_string().contains(&addr.to_string()), "{err}");
+}
+
+#[tokio::test]
+async fn shutdown_refuses_new_sessions() {
+    let node =
+        Node::start(ServerConfig { grace: Duration::from_millis(200), ..Default::default() });
+    let addr = node.addr;
+    node.shutdown().await;
+    let err = Client::connect(&endpoint(), addr, None, Duration::from_millis(500)).await;
+    assert!(err.is_err(), "a stopped node accepts nobody");
+}
