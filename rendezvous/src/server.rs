@@ -28,6 +28,8 @@ use crate::wire::{self, ClientMsg, NodeMsg};
 
 /// Messages buffered for one client before it counts as not reading.
 const OUTBOX: usize = 64;
+/// Receive buffer requested for the node's UDP socket.
+const SOCKET_BUFFER: usize = 4 << 20;
 /// Events buffered towards the table task.
 const EVENTS: usize = 4096;
 /// Time allowed for a connection's handshake and for its first stream.
@@ -175,7 +177,24 @@ pub fn endpoint(addr: SocketAddr, config: &ServerConfig) -> Result<quinn::Endpoi
         transport.max_idle_timeout(Some(idle));
     }
     server.transport_config(Arc::new(transport));
-    quinn::Endpoint::server(server, addr).map_err(|source| ServerError::Bind { addr, source })
+    let bind = |source| ServerError::Bind { addr, source };
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::DGRAM,
+        Some(socket2::Protocol::UDP),
+    )
+    .map_err(bind)?;
+    // A burst of handshakes (hundreds of clients at once) overflows the default buffer; lost
+    // Initial packets are only resent after a growing backoff. The kernel caps the request
+    // at net.core.rmem_max.
+    if let Err(e) = socket.set_recv_buffer_size(SOCKET_BUFFER) {
+        tracing::debug!(error = %e, "could not enlarge the UDP receive buffer");
+    }
+    socket.bind(&addr.into()).map_err(bind)?;
+    let runtime = quinn::default_runtime()
+        .ok_or_else(|| ServerError::Tls("no async runtime for QUIC".to_owned()))?;
+    quinn::Endpoint::new(quinn::EndpointConfig::default(), Some(server), socket.into(), runtime)
+        .map_err(bind)
 }
 
 enum Event {

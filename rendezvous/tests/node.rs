@@ -134,3 +134,43 @@ async fn shutdown_refuses_new_sessions() {
     let err = Client::connect(&endpoint(), addr, None, Duration::from_millis(500)).await;
     assert!(err.is_err(), "a stopped node accepts nobody");
 }
+
+/// 500 pairings at once through one node, all from loopback (so the per-address limits are
+/// lifted for the test), each completing the whole mailbox exchange.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_hundred_concurrent_pairings_complete() {
+    const PAIRS: usize = 500;
+    let mut config = ServerConfig::default();
+    config.limits.clients_per_ip = 2 * PAIRS;
+    config.limits.claims_per_minute = 0;
+    let node = Node::start(config);
+    let endpoints: Vec<_> = (0..8).map(|_| endpoint()).collect();
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..PAIRS {
+        let ep = endpoints[i % endpoints.len()].clone();
+        let addr = node.addr;
+        tasks.spawn(async move {
+            let mut a = Client::connect(&ep, addr, None, Duration::from_secs(30)).await.unwrap();
+            let mut b = Client::connect(&ep, addr, None, Duration::from_secs(30)).await.unwrap();
+            let n = a.allocate().await.unwrap();
+            b.claim(n).await.unwrap();
+            assert_eq!(a.recv().await.unwrap(), NodeMsg::PeerJoined);
+            a.post(n.to_be_bytes().to_vec()).await.unwrap();
+            assert_eq!(
+                b.recv().await.unwrap(),
+                NodeMsg::Message { body: n.to_be_bytes().to_vec() }
+            );
+            n
+        });
+    }
+    let mut nameplates = std::collections::HashSet::new();
+    let all = tokio::time::timeout(Duration::from_secs(120), async {
+        while let Some(done) = tasks.join_next().await {
+            assert!(nameplates.insert(done.unwrap()), "a nameplate was handed out twice");
+        }
+    })
+    .await;
+    assert!(all.is_ok(), "pairings did not complete in time");
+    assert_eq!(nameplates.len(), PAIRS);
+    node.shutdown().await;
+}
