@@ -48,7 +48,7 @@ async fn main() -> Result<(), String> {
         args.next().unwrap_or_else(|| "500".into()).parse().map_err(|e| format!("{e}"))?;
     // A handful of client sockets, as many hosts behind one address would have.
     let endpoints: Vec<quinn::Endpoint> = (0..16)
-        .map(|_| quinn::Endpoint::client("127.0.0.1:0".parse().expect("address")))
+        .map(|_| quinn::Endpoint::client(SocketAddr::from(([127, 0, 0, 1], 0))))
         .collect::<Result<_, _>>()
         .map_err(|e| e.to_string())?;
     let started = Instant::now();
