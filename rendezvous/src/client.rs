@@ -12,10 +12,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use quinn::crypto::rustls::QuicClientConfig;
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{DigitallySignedStruct, SignatureScheme};
 
+use crate::tls::AnyCert;
 use crate::wire::{self, ClientMsg, ErrorCode, NodeMsg, WireError, VERSION};
 
 /// ALPN of the client ↔ node protocol.
@@ -184,7 +182,7 @@ pub fn client_config() -> Result<quinn::ClientConfig, ClientError> {
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| ClientError::Protocol(e.to_string()))?
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(Unauthenticated(provider)))
+        .with_custom_certificate_verifier(Arc::new(AnyCert::new(provider)))
         .with_no_client_auth();
     crypto.alpn_protocols = vec![ALPN.to_vec()];
     let crypto =
@@ -194,49 +192,4 @@ pub fn client_config() -> Result<quinn::ClientConfig, ClientError> {
     transport.keep_alive_interval(Some(Duration::from_secs(5)));
     config.transport_config(Arc::new(transport));
     Ok(config)
-}
-
-/// The node is not authenticated (see the module documentation); the handshake signature is
-/// still checked so the session keys are the node's.
-#[derive(Debug)]
-struct Unauthenticated(Arc<rustls::crypto::CryptoProvider>);
-
-impl ServerCertVerifier for Unauthenticated {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        _message: &[u8],
-        _cert: &CertificateDer<'_>,
-        _dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Err(rustls::Error::PeerIncompatible(rustls::PeerIncompatible::Tls13RequiredForQuic))
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
 }

@@ -10,10 +10,12 @@
 //! - [`table`]: the sans-IO nameplate and mailbox table: allocation, claims, expiry,
 //!   per-source rate limits. Time is passed in.
 //! - [`client`]: a client session with a node, on the caller's QUIC endpoint.
+//! - [`tls`]: certificate verification shared with p2p-copy's peers.
 //! - `server` (feature `server`): the QUIC server driving the table.
 
 pub mod client;
 #[cfg(feature = "server")]
 pub mod server;
 pub mod table;
+pub mod tls;
 pub mod wire;
