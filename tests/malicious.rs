@@ -19,8 +19,8 @@ use p2p_copy::code::Code;
 use p2p_copy::crypto::Role;
 use p2p_copy::error::ErrorKind;
 use p2p_copy::net::discovery::{Announcer, DiscoveryConfig};
-use p2p_copy::net::quic::{self, Node, Tuning};
-use p2p_copy::proto::{Channel, Config, Event, Session};
+use p2p_copy::net::quic::{Node, Tuning};
+use p2p_copy::proto::{Config, Event, Session};
 use p2p_copy::transfer::control::ControlStream;
 use p2p_copy::transfer::TransferError;
 use p2p_copy::wire::control::Offer;
@@ -54,11 +54,7 @@ impl Evil {
             Announcer::start(&discovery, code.nameplate(), port).await.expect("announce");
         let (conn, send, recv) = first_session(&node.endpoint).await;
         drop(announcer);
-        let channel = Channel {
-            local_fingerprint: node.fingerprint,
-            peer_fingerprint: quic::peer_fingerprint(&conn).expect("peer certificate"),
-            exporter: quic::exporter(&conn).expect("exporter"),
-        };
+        let channel = node.channel(&conn).expect("channel binding inputs");
         let session = Session::new(
             Role::Sender,
             &code,
@@ -365,11 +361,7 @@ fn stalled_receiver_is_given_up() {
             .expect("bind");
         let conn = node.connect_any(&found.addrs, STEP).await.expect("connect");
         let (send, recv) = conn.open_bi().await.expect("control stream");
-        let channel = Channel {
-            local_fingerprint: node.fingerprint,
-            peer_fingerprint: quic::peer_fingerprint(&conn).expect("peer certificate"),
-            exporter: quic::exporter(&conn).expect("exporter"),
-        };
+        let channel = node.channel(&conn).expect("channel binding inputs");
         let session = Session::new(
             Role::Receiver,
             &code,

@@ -58,7 +58,7 @@ impl ServerCertVerifier for AnyCert {
         _cert: &CertificateDer<'_>,
         _dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Err(rustls::Error::PeerIncompatible(rustls::PeerIncompatible::Tls13RequiredForQuic))
+        tls12_refused()
     }
 
     fn verify_tls13_signature(
@@ -99,7 +99,7 @@ impl ClientCertVerifier for AnyCert {
         _cert: &CertificateDer<'_>,
         _dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Err(rustls::Error::PeerIncompatible(rustls::PeerIncompatible::Tls13RequiredForQuic))
+        tls12_refused()
     }
 
     fn verify_tls13_signature(
@@ -114,4 +114,9 @@ impl ClientCertVerifier for AnyCert {
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.schemes()
     }
+}
+
+/// QUIC is TLS 1.3 only; a TLS 1.2 signature never belongs here.
+fn tls12_refused() -> Result<HandshakeSignatureValid, rustls::Error> {
+    Err(rustls::Error::PeerIncompatible(rustls::PeerIncompatible::Tls13RequiredForQuic))
 }

@@ -137,6 +137,16 @@ impl Node {
         Ok(Node { endpoint, fingerprint: fingerprint(&cert), client_config })
     }
 
+    /// What the session needs to bind itself to `conn`: both certificate fingerprints and the
+    /// connection's TLS exporter value.
+    pub fn channel(&self, conn: &quinn::Connection) -> Result<crate::proto::Channel, QuicError> {
+        Ok(crate::proto::Channel {
+            local_fingerprint: self.fingerprint,
+            peer_fingerprint: peer_fingerprint(conn)?,
+            exporter: exporter(conn)?,
+        })
+    }
+
     /// The local address (port) of the endpoint.
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
         self.endpoint.local_addr()

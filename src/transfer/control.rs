@@ -155,6 +155,11 @@ impl ControlStream {
     }
 }
 
+/// The error for an event that is valid in the protocol but not at this point of a transfer.
+pub(crate) fn unexpected(ev: &Event) -> TransferError {
+    TransferError::new(ErrorKind::Protocol, format!("the other side sent an unexpected {ev:?}"))
+}
+
 async fn read_frames(
     mut recv: quinn::RecvStream,
     tx: mpsc::Sender<Result<Vec<u8>, TransferError>>,

@@ -16,17 +16,16 @@ use std::time::{Duration, Instant};
 
 use rand::rngs::OsRng;
 
-use super::control::{ControlStream, UNBOUNDED};
+use super::control::{unexpected, ControlStream, UNBOUNDED};
 use super::fs::{Dest, RelPath};
 use super::lanes::{receive_lanes, Sink};
-use super::send::unexpected;
 use super::{Note, Observer, PathKind, Progress, Report, TransferError};
 use crate::code::Code;
 use crate::crypto::Role;
 use crate::error::ErrorKind;
 use crate::net::discovery::{self, DiscoveryConfig};
-use crate::net::quic::{self, Node, Tuning};
-use crate::proto::{Channel, Config, Event, Session};
+use crate::net::quic::{Node, Tuning};
+use crate::proto::{Config, Event, Session};
 use crate::wire::control::{Accept, Offer, Refuse, RefuseReason, Summary};
 use crate::wire::data::{MAX_CHUNK, MIN_CHUNK};
 
@@ -104,11 +103,7 @@ pub async fn receive(
         .map_err(|_| TransferError::network("the sender did not let us open a stream"))?
         .map_err(TransferError::from)?;
 
-    let channel = Channel {
-        local_fingerprint: node.fingerprint,
-        peer_fingerprint: quic::peer_fingerprint(&conn)?,
-        exporter: quic::exporter(&conn)?,
-    };
+    let channel = node.channel(&conn)?;
     let config = Config { max_lanes: MAX_LANES, ..Config::default() };
     let session =
         Session::new(Role::Receiver, &opts.code, channel, config, Instant::now(), &mut OsRng);

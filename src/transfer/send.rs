@@ -14,15 +14,15 @@ use std::time::{Duration, Instant};
 
 use rand::rngs::OsRng;
 
-use super::control::ControlStream;
+use super::control::{unexpected, ControlStream};
 use super::lanes::send_lanes;
 use super::{walk, Note, Observer, PathKind, Progress, Report, TransferError, CLOSE_TIMEOUT};
 use crate::code::Code;
 use crate::crypto::Role;
 use crate::error::ErrorKind;
 use crate::net::discovery::{Announcer, DiscoveryConfig};
-use crate::net::quic::{self, Node, Tuning};
-use crate::proto::{Channel, Config, Event, Session};
+use crate::net::quic::{Node, Tuning};
+use crate::proto::{Config, Event, Session};
 use crate::wire::control::{Offer, Summary};
 use crate::wire::data::{DEFAULT_CHUNK, MAX_CHUNK, MIN_CHUNK};
 
@@ -114,11 +114,7 @@ pub async fn send(
     drop(announcer);
     observer.note(Note::Connected { peer: conn.remote_address(), path: PathKind::Direct });
 
-    let channel = Channel {
-        local_fingerprint: node.fingerprint,
-        peer_fingerprint: quic::peer_fingerprint(&conn)?,
-        exporter: quic::exporter(&conn)?,
-    };
+    let channel = node.channel(&conn)?;
     let config = Config { max_lanes: opts.lanes.max(1), ..Config::default() };
     let session =
         Session::new(Role::Sender, &opts.code, channel, config, Instant::now(), &mut OsRng);
@@ -205,10 +201,6 @@ async fn run(
 
 fn ctl_keys(ctl: &mut ControlStream) -> Result<&crate::crypto::Keys, TransferError> {
     ctl.session().keys().ok_or_else(|| TransferError::internal("no keys after the handshake"))
-}
-
-pub(crate) fn unexpected(ev: &Event) -> TransferError {
-    TransferError::new(ErrorKind::Protocol, format!("the other side sent an unexpected {ev:?}"))
 }
 
 /// Connection attempts handled at once before the session starts; more are refused.
