@@ -12,12 +12,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use quinn::crypto::rustls::QuicClientConfig;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
 
 use crate::tls::AnyCert;
 use crate::wire::{self, ClientMsg, ErrorCode, NodeMsg, WireError, VERSION};
 
 /// ALPN of the client ↔ node protocol.
 pub const ALPN: &[u8] = b"p2p-copy-rendezvous/1";
+/// Server name sent in the TLS handshake (the node's certificate is not checked).
+const SERVER_NAME: &str = "p2p-copy-rendezvous";
 
 /// Failures talking to the node.
 #[derive(Debug, thiserror::Error)]
@@ -55,39 +59,125 @@ impl From<WireError> for ClientError {
     }
 }
 
+/// The read half of a stream to the node (a QUIC stream or a TCP connection).
+pub type Reader = Box<dyn AsyncRead + Send + Unpin>;
+/// The write half of a stream to the node.
+pub type Writer = Box<dyn AsyncWrite + Send + Unpin>;
+
+/// How a client reaches the node.
+#[derive(Debug, Clone)]
+enum Transport {
+    /// A QUIC connection: each stream is a new bidirectional stream on it.
+    Quic(quinn::Connection),
+    /// TCP with TLS: each stream is a new connection.
+    Tcp,
+}
+
+/// A relay stream the node paired with the other side's: from now on it carries the other
+/// side's bytes.
+pub struct RelayStream {
+    /// Bytes from the other side.
+    pub reader: Reader,
+    /// Bytes to the other side.
+    pub writer: Writer,
+}
+
+impl std::fmt::Debug for RelayStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RelayStream")
+    }
+}
+
 /// A session with the node.
-#[derive(Debug)]
 pub struct Client {
-    conn: quinn::Connection,
-    send: quinn::SendStream,
-    recv: quinn::RecvStream,
+    transport: Transport,
+    send: Writer,
+    recv: Reader,
+    node: SocketAddr,
+    token: Option<String>,
     observed: SocketAddr,
     timeout: Duration,
 }
 
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("node", &self.node)
+            .field("transport", &self.transport)
+            .field("observed", &self.observed)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Client {
-    /// Connects to `node` over `endpoint` and says hello; every later wait is bounded by
-    /// `timeout`.
+    /// Connects to `node` over QUIC on `endpoint` and says hello; every later wait is bounded
+    /// by `timeout`.
     pub async fn connect(
         endpoint: &quinn::Endpoint,
         node: SocketAddr,
         token: Option<String>,
         timeout: Duration,
     ) -> Result<Client, ClientError> {
-        let unreachable = |reason: String| ClientError::Unreachable { node, reason };
-        let connecting = endpoint
-            .connect_with(client_config()?, node, "p2p-copy-rendezvous")
-            .map_err(|e| unreachable(e.to_string()))?;
-        let conn = tokio::time::timeout(timeout, connecting)
-            .await
-            .map_err(|_| unreachable(format!("no answer within {}s", timeout.as_secs())))?
-            .map_err(|e| unreachable(e.to_string()))?;
+        let conn = connect_quic(endpoint, node, timeout).await?;
         let (send, recv) = tokio::time::timeout(timeout, conn.open_bi())
             .await
             .map_err(|_| ClientError::Timeout(timeout))?
             .map_err(|e| ClientError::Lost(e.to_string()))?;
-        let mut client =
-            Client { conn, send, recv, observed: SocketAddr::from(([0, 0, 0, 0], 0)), timeout };
+        Client::start(Transport::Quic(conn), Box::new(send), Box::new(recv), node, token, timeout)
+            .await
+    }
+
+    /// Connects to `node` over TCP (TLS) and says hello.
+    pub async fn connect_tcp(
+        node: SocketAddr,
+        token: Option<String>,
+        timeout: Duration,
+    ) -> Result<Client, ClientError> {
+        let (recv, send) = open_tcp(node, timeout).await?;
+        Client::start(Transport::Tcp, send, recv, node, token, timeout).await
+    }
+
+    /// Connects over QUIC; when UDP gets no answer within `udp_timeout`, over TCP instead.
+    pub async fn connect_any(
+        endpoint: &quinn::Endpoint,
+        node: SocketAddr,
+        token: Option<String>,
+        udp_timeout: Duration,
+        timeout: Duration,
+    ) -> Result<Client, ClientError> {
+        match Client::connect(endpoint, node, token.clone(), udp_timeout.min(timeout)).await {
+            Ok(client) => Ok(client),
+            // An answer that refuses is final; silence (UDP blocked) is worth a TCP try.
+            Err(ClientError::Unreachable { reason: udp, .. }) => {
+                Client::connect_tcp(node, token, timeout).await.map_err(|e| match e {
+                    ClientError::Unreachable { node, reason } => ClientError::Unreachable {
+                        node,
+                        reason: format!("UDP: {udp}; TCP: {reason}"),
+                    },
+                    other => other,
+                })
+            }
+            Err(other) => Err(other),
+        }
+    }
+
+    async fn start(
+        transport: Transport,
+        send: Writer,
+        recv: Reader,
+        node: SocketAddr,
+        token: Option<String>,
+        timeout: Duration,
+    ) -> Result<Client, ClientError> {
+        let mut client = Client {
+            transport,
+            send,
+            recv,
+            node,
+            token: token.clone(),
+            observed: SocketAddr::from(([0, 0, 0, 0], 0)),
+            timeout,
+        };
         client.send(&ClientMsg::Hello { version: VERSION, token }).await?;
         match client.recv().await? {
             NodeMsg::Welcome { observed, .. } => client.observed = observed,
@@ -99,6 +189,51 @@ impl Client {
     /// The address the node sees this client's socket at.
     pub fn observed(&self) -> SocketAddr {
         self.observed
+    }
+
+    /// True when this client reached the node over TCP (its UDP is blocked, or the node's).
+    pub fn is_tcp(&self) -> bool {
+        matches!(self.transport, Transport::Tcp)
+    }
+
+    /// The node's address.
+    pub fn node(&self) -> SocketAddr {
+        self.node
+    }
+
+    /// Opens a relay stream and waits (at most `wait`) until the node paired it with the
+    /// other side's stream of the same `token`; `side` must differ between the two.
+    pub async fn relay(
+        &self,
+        token: [u8; 32],
+        side: u8,
+        wait: Duration,
+    ) -> Result<RelayStream, ClientError> {
+        let (mut reader, mut writer): (Reader, Writer) = match &self.transport {
+            Transport::Quic(conn) => {
+                let (send, recv) = tokio::time::timeout(self.timeout, conn.open_bi())
+                    .await
+                    .map_err(|_| ClientError::Timeout(self.timeout))?
+                    .map_err(|e| ClientError::Lost(e.to_string()))?;
+                (Box::new(recv), Box::new(send))
+            }
+            Transport::Tcp => open_tcp(self.node, self.timeout).await?,
+        };
+        let request = wire::encode(&ClientMsg::Relay {
+            version: VERSION,
+            access: self.token.clone(),
+            token,
+            side,
+        });
+        tokio::time::timeout(self.timeout, writer.write_all(&request))
+            .await
+            .map_err(|_| ClientError::Timeout(self.timeout))?
+            .map_err(|e| ClientError::Lost(e.to_string()))?;
+        match read_msg(&mut reader, wait).await? {
+            NodeMsg::Paired => Ok(RelayStream { reader, writer }),
+            NodeMsg::Error { code, message } => Err(ClientError::Refused { code, message }),
+            other => Err(unexpected(&other)),
+        }
     }
 
     /// Asks for a fresh nameplate.
@@ -136,21 +271,7 @@ impl Client {
 
     /// As [`Client::recv`], waiting at most `timeout`.
     pub async fn recv_within(&mut self, timeout: Duration) -> Result<NodeMsg, ClientError> {
-        let read = async {
-            let mut header = [0u8; 4];
-            self.recv
-                .read_exact(&mut header)
-                .await
-                .map_err(|e| ClientError::Lost(e.to_string()))?;
-            let len = wire::frame_len(header)?;
-            let mut body = vec![0u8; len];
-            self.recv.read_exact(&mut body).await.map_err(|e| ClientError::Lost(e.to_string()))?;
-            Ok::<_, ClientError>(wire::decode_node(&body)?)
-        };
-        match tokio::time::timeout(timeout, read)
-            .await
-            .map_err(|_| ClientError::Timeout(timeout))??
-        {
+        match read_msg(&mut self.recv, timeout).await? {
             NodeMsg::Error { code, message } => Err(ClientError::Refused { code, message }),
             msg => Ok(msg),
         }
@@ -158,7 +279,9 @@ impl Client {
 
     /// Closes the session.
     pub fn close(&self) {
-        self.conn.close(0u32.into(), b"bye");
+        if let Transport::Quic(conn) = &self.transport {
+            conn.close(0u32.into(), b"bye");
+        }
     }
 
     async fn send(&mut self, msg: &ClientMsg) -> Result<(), ClientError> {
@@ -170,6 +293,54 @@ impl Client {
     }
 }
 
+async fn read_msg(reader: &mut Reader, timeout: Duration) -> Result<NodeMsg, ClientError> {
+    let read = async {
+        let mut header = [0u8; 4];
+        reader.read_exact(&mut header).await.map_err(|e| ClientError::Lost(e.to_string()))?;
+        let len = wire::frame_len(header)?;
+        let mut body = vec![0u8; len];
+        reader.read_exact(&mut body).await.map_err(|e| ClientError::Lost(e.to_string()))?;
+        Ok::<_, ClientError>(wire::decode_node(&body)?)
+    };
+    tokio::time::timeout(timeout, read).await.map_err(|_| ClientError::Timeout(timeout))?
+}
+
+async fn connect_quic(
+    endpoint: &quinn::Endpoint,
+    node: SocketAddr,
+    timeout: Duration,
+) -> Result<quinn::Connection, ClientError> {
+    let unreachable = |reason: String| ClientError::Unreachable { node, reason };
+    let connecting = endpoint
+        .connect_with(client_config()?, node, SERVER_NAME)
+        .map_err(|e| unreachable(e.to_string()))?;
+    tokio::time::timeout(timeout, connecting)
+        .await
+        .map_err(|_| unreachable(format!("no answer within {}s", timeout.as_secs_f32())))?
+        .map_err(|e| unreachable(e.to_string()))
+}
+
+/// A new TLS-over-TCP stream to `node`.
+async fn open_tcp(node: SocketAddr, timeout: Duration) -> Result<(Reader, Writer), ClientError> {
+    let unreachable = |reason: String| ClientError::Unreachable { node, reason };
+    let setup = async {
+        let tcp = TcpStream::connect(node).await.map_err(|e| unreachable(e.to_string()))?;
+        let _ = tcp.set_nodelay(true);
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(tls_client_config()?));
+        let name = rustls::pki_types::ServerName::try_from(SERVER_NAME)
+            .map_err(|e| ClientError::Protocol(e.to_string()))?;
+        let tls = connector
+            .connect(name, tcp)
+            .await
+            .map_err(|e| unreachable(format!("TLS over TCP: {e}")))?;
+        let (reader, writer) = tokio::io::split(tls);
+        Ok::<(Reader, Writer), ClientError>((Box::new(reader), Box::new(writer)))
+    };
+    tokio::time::timeout(timeout, setup)
+        .await
+        .map_err(|_| unreachable(format!("no TCP answer within {}s", timeout.as_secs_f32())))?
+}
+
 fn unexpected(msg: &NodeMsg) -> ClientError {
     ClientError::Protocol(format!("unexpected {msg:?}"))
 }
@@ -177,6 +348,17 @@ fn unexpected(msg: &NodeMsg) -> ClientError {
 /// The QUIC client configuration for talking to a node (ALPN, no node authentication,
 /// keep-alives).
 pub fn client_config() -> Result<quinn::ClientConfig, ClientError> {
+    let crypto = QuicClientConfig::try_from(tls_client_config()?)
+        .map_err(|e| ClientError::Protocol(e.to_string()))?;
+    let mut config = quinn::ClientConfig::new(Arc::new(crypto));
+    let mut transport = quinn::TransportConfig::default();
+    transport.keep_alive_interval(Some(Duration::from_secs(5)));
+    config.transport_config(Arc::new(transport));
+    Ok(config)
+}
+
+/// TLS settings towards a node (QUIC or TCP): ALPN, TLS 1.3, no node authentication.
+fn tls_client_config() -> Result<rustls::ClientConfig, ClientError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut crypto = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])
@@ -185,11 +367,5 @@ pub fn client_config() -> Result<quinn::ClientConfig, ClientError> {
         .with_custom_certificate_verifier(Arc::new(AnyCert::new(provider)))
         .with_no_client_auth();
     crypto.alpn_protocols = vec![ALPN.to_vec()];
-    let crypto =
-        QuicClientConfig::try_from(crypto).map_err(|e| ClientError::Protocol(e.to_string()))?;
-    let mut config = quinn::ClientConfig::new(Arc::new(crypto));
-    let mut transport = quinn::TransportConfig::default();
-    transport.keep_alive_interval(Some(Duration::from_secs(5)));
-    config.transport_config(Arc::new(transport));
-    Ok(config)
+    Ok(crypto)
 }

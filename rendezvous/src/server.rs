@@ -1,8 +1,11 @@
-//! The node's QUIC server: a thin async driver around [`Table`].
+//! The node's server: a thin async driver around [`Table`] and [`Relays`].
 //!
-//! 1. [`serve`] accepts connections (bounded in number) on a QUIC endpoint the caller bound.
-//! 2. Each connection opens one bidirectional stream; its task reads frames, decodes them and
-//!    hands them to the table task. A writer task drains the connection's bounded outbox.
+//! 1. [`serve`] accepts connections (bounded in number) on the QUIC endpoint and the TCP
+//!    listener the caller bound ([`bind`]).
+//! 2. Each QUIC stream, and each TCP connection (TLS, see [`crate::tcp`]), starts with one
+//!    frame: `Hello` makes it a mailbox session, `Relay` a relay stream. A mailbox task reads
+//!    frames, decodes them and hands them to the table task; a writer drains its bounded
+//!    outbox. Relay streams go to [`Relays`].
 //! 3. The table task owns the [`Table`]: it applies events in arrival order, fires its timers
 //!    and routes its outputs to the outboxes. A client whose outbox is full (it does not read)
 //!    is closed rather than buffered without bound.
@@ -22,9 +25,14 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
 use crate::client::ALPN;
+use crate::relay::{read_first, Reader, RelayLimits, Relays, Writer};
 use crate::table::{ClientId, Limits, Output, Table};
-use crate::wire::{self, ClientMsg, NodeMsg};
+use crate::wire::{self, ClientMsg, ErrorCode, NodeMsg, VERSION};
 
 /// Messages buffered for one client before it counts as not reading.
 const OUTBOX: usize = 64;
@@ -46,6 +54,12 @@ pub struct ServerConfig {
     pub grace: Duration,
     /// Silence after which a client is dropped.
     pub idle_timeout: Duration,
+    /// Relay limits.
+    pub relay: RelayLimits,
+    /// Also listen on TCP, on the same port number as QUIC.
+    pub tcp: bool,
+    /// Certificate chain and key for TLS on the TCP listener (a self-signed one otherwise).
+    pub tls_identity: Option<crate::tcp::Identity>,
 }
 
 impl Default for ServerConfig {
@@ -55,6 +69,9 @@ impl Default for ServerConfig {
             max_connections: 20_000,
             grace: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(30),
+            relay: RelayLimits::default(),
+            tcp: true,
+            tls_identity: None,
         }
     }
 }
@@ -123,11 +140,16 @@ impl NodeArgs {
 /// Binds and serves the node described by `args` until `shutdown` resolves.
 pub async fn run(args: &NodeArgs, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
     let config = args.config();
-    let endpoint = endpoint(args.listen, &config)?;
+    let listeners = bind(args.listen, &config)?;
     let local =
-        endpoint.local_addr().map_err(|source| ServerError::Bind { addr: args.listen, source })?;
-    tracing::info!(listen = %local, token = config.limits.token.is_some(), "rendezvous node serving");
-    serve(endpoint, config, shutdown).await;
+        listeners.local_addr().map_err(|source| ServerError::Bind { addr: args.listen, source })?;
+    tracing::info!(
+        listen = %local,
+        tcp = listeners.tcp.is_some(),
+        token = config.limits.token.is_some(),
+        "rendezvous node serving"
+    );
+    serve(listeners, config, shutdown).await;
     tracing::info!("rendezvous node stopped");
     Ok(())
 }
@@ -169,10 +191,14 @@ pub fn endpoint(addr: SocketAddr, config: &ServerConfig) -> Result<quinn::Endpoi
     let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     let mut transport = quinn::TransportConfig::default();
     transport
-        .max_concurrent_bidi_streams(1u32.into())
+        // The mailbox stream plus a few relay streams.
+        .max_concurrent_bidi_streams(4u32.into())
         .max_concurrent_uni_streams(0u32.into())
-        .stream_receive_window((64u32 << 10).into())
-        .receive_window((128u32 << 10).into());
+        // Relayed data is forwarded as it arrives; the window bounds what waits for a slow
+        // receiving side (per relay: twice this).
+        .stream_receive_window((2u32 << 20).into())
+        .receive_window((3u32 << 20).into())
+        .send_window(4 << 20);
     if let Ok(idle) = config.idle_timeout.try_into() {
         transport.max_idle_timeout(Some(idle));
     }
@@ -209,20 +235,69 @@ enum Routed {
     Close,
 }
 
-/// Serves the node on `endpoint` until `shutdown` resolves, then drains for the grace period.
-pub async fn serve(
-    endpoint: quinn::Endpoint,
-    config: ServerConfig,
-    shutdown: impl Future<Output = ()>,
-) {
+/// The node's sockets: QUIC on UDP and, optionally, TCP on the same port number.
+#[derive(Debug)]
+pub struct Listeners {
+    /// The QUIC endpoint.
+    pub quic: quinn::Endpoint,
+    /// The TCP listener for clients that cannot use UDP.
+    pub tcp: Option<tokio::net::TcpListener>,
+}
+
+impl Listeners {
+    /// The UDP address (the TCP listener has the same port).
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.quic.local_addr()
+    }
+}
+
+/// Binds QUIC on `addr` and, when `config.tcp` is set, TCP on the same address and port (for
+/// port 0, on the port the UDP socket got).
+pub fn bind(addr: SocketAddr, config: &ServerConfig) -> Result<Listeners, ServerError> {
+    let quic = endpoint(addr, config)?;
+    let tcp = if config.tcp {
+        let local = quic.local_addr().map_err(|source| ServerError::Bind { addr, source })?;
+        let listener = std::net::TcpListener::bind(local)
+            .and_then(|l| l.set_nonblocking(true).map(|()| l))
+            .and_then(tokio::net::TcpListener::from_std)
+            .map_err(|source| ServerError::Bind { addr: local, source })?;
+        Some(listener)
+    } else {
+        None
+    };
+    Ok(Listeners { quic, tcp })
+}
+
+/// Serves the node until `shutdown` resolves, then drains for the grace period.
+pub async fn serve(listeners: Listeners, config: ServerConfig, shutdown: impl Future<Output = ()>) {
+    let Listeners { quic: endpoint, tcp } = listeners;
+    let tls = match crate::tcp::acceptor(config.tls_identity.clone()) {
+        Ok(tls) => Some(tls),
+        Err(e) => {
+            tracing::error!(error = %e, "TCP listener disabled: no TLS configuration");
+            None
+        }
+    };
+    let tcp = tcp.zip(tls);
     let (events_tx, events_rx) = mpsc::channel(EVENTS);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut table_task =
         tokio::spawn(run_table(Table::new(config.limits.clone()), events_rx, stop_rx));
+    let shared = Arc::new(Shared {
+        events: events_tx,
+        relays: Arc::new(Relays::new(config.relay.clone())),
+        next_id: AtomicU64::new(1),
+        token: config.limits.token.clone(),
+    });
     let mut connections = JoinSet::new();
-    let mut next_id: ClientId = 1;
     tokio::pin!(shutdown);
     loop {
+        let tcp_accept = async {
+            match &tcp {
+                Some((listener, _)) => listener.accept().await.ok(),
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             incoming = endpoint.accept() => {
                 let Some(incoming) = incoming else { break };
@@ -230,9 +305,15 @@ pub async fn serve(
                     incoming.refuse();
                     continue;
                 }
-                let client = next_id;
-                next_id += 1;
-                connections.spawn(serve_connection(incoming, client, events_tx.clone()));
+                connections.spawn(serve_connection(incoming, shared.clone()));
+            }
+            Some((stream, addr)) = tcp_accept => {
+                if connections.len() >= config.max_connections {
+                    continue;
+                }
+                if let Some((_, tls)) = &tcp {
+                    connections.spawn(crate::tcp::serve(stream, addr, tls.clone(), shared.clone()));
+                }
             }
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
             () = &mut shutdown => break,
@@ -241,6 +322,7 @@ pub async fn serve(
     tracing::info!(connections = connections.len(), "shutting down: refusing new sessions");
     let _ = stop_tx.send(true);
     endpoint.set_server_config(None);
+    drop(tcp);
     let drained = tokio::time::timeout(config.grace, async {
         while connections.join_next().await.is_some() {}
     })
@@ -250,7 +332,7 @@ pub async fn serve(
     }
     connections.shutdown().await;
     endpoint.close(0u32.into(), b"shutting down");
-    drop(events_tx);
+    drop(shared);
     let _ = tokio::time::timeout(Duration::from_secs(1), &mut table_task).await;
     table_task.abort();
     let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
@@ -315,46 +397,144 @@ async fn sleep_until(at: Option<Instant>) {
     }
 }
 
-async fn serve_connection(
-    incoming: quinn::Incoming,
-    client: ClientId,
+/// What every connection and stream task shares.
+pub(crate) struct Shared {
     events: mpsc::Sender<Event>,
-) {
+    relays: Arc<Relays>,
+    next_id: AtomicU64,
+    token: Option<String>,
+}
+
+impl Shared {
+    fn client_id(&self) -> ClientId {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+}
+
+/// Serves one QUIC connection: each bidirectional stream is a mailbox session or a relay
+/// stream ([`serve_stream`]). The connection closes when the client closes it, or when its
+/// last stream ended.
+async fn serve_connection(incoming: quinn::Incoming, shared: Arc<Shared>) {
     let Ok(Ok(conn)) = tokio::time::timeout(SETUP_TIMEOUT, incoming).await else { return };
     let addr = conn.remote_address();
-    let Ok(Ok((mut send, mut recv))) = tokio::time::timeout(SETUP_TIMEOUT, conn.accept_bi()).await
-    else {
-        conn.close(1u32.into(), b"no stream");
-        return;
-    };
+    let mut streams = JoinSet::new();
+    let mut node_closed = false;
+    loop {
+        let idle = streams.is_empty();
+        let accept = async {
+            if idle {
+                // A connection without a stream gets a bounded time to open one.
+                tokio::time::timeout(SETUP_TIMEOUT, conn.accept_bi()).await.ok()
+            } else {
+                Some(conn.accept_bi().await)
+            }
+        };
+        tokio::select! {
+            stream = accept => match stream {
+                Some(Ok((send, recv))) => {
+                    streams.spawn(serve_stream(Box::new(recv), Box::new(send), addr, shared.clone()));
+                }
+                _ => break,
+            },
+            Some(ended) = streams.join_next(), if !streams.is_empty() => {
+                node_closed |= matches!(ended, Ok(StreamEnd::NodeClosed));
+                if streams.is_empty() {
+                    break;
+                }
+            }
+        }
+    }
+    if node_closed {
+        // Let the last message (often an error) reach the client: it hangs up on reading it.
+        let _ = tokio::time::timeout(Duration::from_secs(1), conn.closed()).await;
+    }
+    conn.close(0u32.into(), b"bye");
+    // The streams end with the connection; wait so that the table hears every disconnect.
+    while streams.join_next().await.is_some() {}
+}
+
+/// How a stream ended.
+pub(crate) enum StreamEnd {
+    /// The client ended it, or it broke.
+    Client,
+    /// The node ended the mailbox session (an error, a full outbox, shutdown).
+    NodeClosed,
+}
+
+/// Serves one stream (a QUIC stream, or a whole TCP connection): its first frame says whether
+/// it is a mailbox session (`Hello`) or a relay stream (`Relay`).
+pub(crate) async fn serve_stream(
+    mut reader: Reader,
+    mut writer: Writer,
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+) -> StreamEnd {
+    match read_first(&mut reader, SETUP_TIMEOUT).await {
+        Some(hello @ ClientMsg::Hello { .. }) => {
+            mailbox(reader, writer, addr, hello, &shared).await
+        }
+        Some(ClientMsg::Relay { version, access, token, side }) => {
+            let refusal = if version != VERSION {
+                Some((ErrorCode::Version, format!("this node speaks version {VERSION}")))
+            } else if shared.token.is_some() && access != shared.token {
+                Some((ErrorCode::Unauthorized, "this node requires an access token".to_owned()))
+            } else {
+                None
+            };
+            if let Some((code, message)) = refusal {
+                shared.relays.stats.refused.fetch_add(1, Ordering::Relaxed);
+                let frame = wire::encode(&NodeMsg::Error { code, message });
+                let _ = tokio::time::timeout(SETUP_TIMEOUT, writer.write_all(&frame)).await;
+                let _ = writer.shutdown().await;
+                return StreamEnd::NodeClosed;
+            }
+            shared.relays.serve(token, side, reader, writer).await;
+            StreamEnd::Client
+        }
+        _ => StreamEnd::Client,
+    }
+}
+
+/// A mailbox session: frames go to the table task, its answers come back through a bounded
+/// outbox.
+async fn mailbox(
+    mut reader: Reader,
+    mut writer: Writer,
+    addr: SocketAddr,
+    hello: ClientMsg,
+    shared: &Shared,
+) -> StreamEnd {
+    let client = shared.client_id();
+    let events = &shared.events;
     let (outbox, mut inbox) = mpsc::channel(OUTBOX);
-    if events.send(Event::Connect { client, addr, outbox }).await.is_err() {
-        return;
+    if events.send(Event::Connect { client, addr, outbox }).await.is_err()
+        || events.send(Event::Message { client, msg: hello }).await.is_err()
+    {
+        return StreamEnd::NodeClosed;
     }
     let writer = async {
         while let Some(routed) = inbox.recv().await {
             match routed {
                 Routed::Msg(msg) => {
-                    if send.write_all(&wire::encode(&msg)).await.is_err() {
-                        break;
+                    if writer.write_all(&wire::encode(&msg)).await.is_err() {
+                        return StreamEnd::Client;
                     }
                 }
                 Routed::Close => break,
             }
         }
-        let _ = send.finish();
-        // Let the last message (often an error) reach the client before closing.
-        let _ = tokio::time::timeout(Duration::from_secs(1), send.stopped()).await;
+        let _ = writer.shutdown().await;
+        StreamEnd::NodeClosed
     };
     let reader = async {
         loop {
             let mut header = [0u8; 4];
-            if recv.read_exact(&mut header).await.is_err() {
+            if reader.read_exact(&mut header).await.is_err() {
                 return;
             }
             let Ok(len) = wire::frame_len(header) else { return };
             let mut body = vec![0u8; len];
-            if recv.read_exact(&mut body).await.is_err() {
+            if reader.read_exact(&mut body).await.is_err() {
                 return;
             }
             let msg = match wire::decode_client(&body) {
@@ -369,11 +549,11 @@ async fn serve_connection(
             }
         }
     };
-    // Either side ending ends the connection.
-    tokio::select! {
-        () = writer => {}
-        () = reader => {}
-    }
+    // Either side ending ends the session.
+    let end = tokio::select! {
+        end = writer => end,
+        () = reader => StreamEnd::Client,
+    };
     let _ = events.send(Event::Disconnect { client }).await;
-    conn.close(0u32.into(), b"bye");
+    end
 }

@@ -292,6 +292,9 @@ impl Table {
             (Phase::Ready, ClientMsg::Claim { nameplate }) => self.claim(now, client, nameplate),
             (Phase::Ready, ClientMsg::Send { body }) => self.send(now, client, body),
             (Phase::Ready, ClientMsg::Release) => self.release(now, client),
+            (Phase::Ready, ClientMsg::Relay { .. }) => {
+                self.error(client, ErrorCode::Protocol, "Relay opens its own stream".into());
+            }
         }
     }
 

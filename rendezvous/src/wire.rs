@@ -22,6 +22,15 @@
 //!
 //! Any request may instead be answered by `Error { code, message }`; see [`ErrorCode`].
 //!
+//! # Relay streams
+//!
+//! A client may open further streams (further TCP connections, for a client on TCP) whose
+//! first frame is `Relay { version, access, token, side }`. The node holds it until a stream
+//! with the same token and the other side arrives, answers both with `Paired`, and from then
+//! on copies raw bytes between the two streams, within its relay limits. The token is derived
+//! by both peers from their session key; what they send through the relay is sealed end to
+//! end. A relay stream that finds no partner in time gets `Error { code: Expired }`.
+//!
 //! # Body layout
 //!
 //! Bodies are [postcard]: integers are LEB128 varints (`u16`, `u32`), `bool` and `u8` are one
@@ -37,6 +46,7 @@
 //! | 2     | `Claim`       | `nameplate: u32`                         |
 //! | 3     | `Send`        | `body: bytes` (≤ [`MAX_BODY`])           |
 //! | 4     | `Release`     | —                                        |
+//! | 5     | `Relay`       | `version: u16`, `access: Option<String>`, `token: [u8; 32]` (32 bytes, no length), `side: u8` |
 //!
 //! | index | [`NodeMsg`]   | fields                                         |
 //! |-------|---------------|------------------------------------------------|
@@ -47,6 +57,7 @@
 //! | 4     | `Message`     | `body: bytes` (≤ [`MAX_BODY`])                 |
 //! | 5     | `PeerLeft`    | —                                              |
 //! | 6     | `Error`       | `code: ErrorCode`, `message: String` (≤ [`MAX_TEXT`]) |
+//! | 7     | `Paired`      | —                                              |
 //!
 //! [`ErrorCode`] indexes: 0 `Version`, 1 `Unauthorized`, 2 `NoSuchNameplate`, 3
 //! `NameplateFull`, 4 `NameplateClosed`, 5 `RateLimited`, 6 `Busy`, 7 `Protocol`, 8 `Expired`,
@@ -100,6 +111,19 @@ pub enum ClientMsg {
     },
     /// I am done with my nameplate.
     Release,
+    /// First (and only) message of a relay stream: pair me with the other side presenting the
+    /// same token, then carry bytes between us. Answered by `Paired` or `Error`; after
+    /// `Paired`, the stream carries raw bytes in both directions.
+    Relay {
+        /// The client's protocol version ([`VERSION`]).
+        version: u16,
+        /// The node's access token (ignored by an open node), at most [`MAX_TOKEN`] bytes.
+        access: Option<String>,
+        /// Derived by both sides from their session key; the node learns nothing from it.
+        token: [u8; 32],
+        /// Which end of the pair this is (0 or 1); the two ends must differ.
+        side: u8,
+    },
 }
 
 /// A message from the node to a client.
@@ -140,6 +164,8 @@ pub enum NodeMsg {
         /// A sentence for the person, at most [`MAX_TEXT`] bytes.
         message: String,
     },
+    /// Answer to `Relay`: the other side is here; from now on the stream carries its bytes.
+    Paired,
 }
 
 /// Why the node refused a request.
@@ -247,7 +273,9 @@ impl ClientMsg {
     /// Checks the caps ([`MAX_TOKEN`], [`MAX_BODY`]). Called by [`decode_client`].
     pub fn validate(&self) -> Result<(), WireError> {
         match self {
-            ClientMsg::Hello { token: Some(t), .. } => cap("token", t.len(), MAX_TOKEN),
+            ClientMsg::Hello { token: Some(t), .. } | ClientMsg::Relay { access: Some(t), .. } => {
+                cap("token", t.len(), MAX_TOKEN)
+            }
             ClientMsg::Send { body } => cap("message body", body.len(), MAX_BODY),
             _ => Ok(()),
         }
@@ -321,6 +349,10 @@ mod tests {
             (ClientMsg::Claim { nameplate: u32::MAX }, "02ffffffff0f"),
             (ClientMsg::Send { body: vec![0xde, 0xad] }, "0302dead"),
             (ClientMsg::Release, "04"),
+            (
+                ClientMsg::Relay { version: VERSION, access: None, token: [0xab; 32], side: 1 },
+                "050100abababababababababababababababababababababababababababababababab01",
+            ),
         ];
         for (msg, want) in cases {
             assert_eq!(body_hex(&msg), want, "{msg:?}");
@@ -344,6 +376,7 @@ mod tests {
             (NodeMsg::PeerJoined, "03"),
             (NodeMsg::Message { body: vec![1, 2, 3] }, "0403010203"),
             (NodeMsg::PeerLeft, "05"),
+            (NodeMsg::Paired, "07"),
             (NodeMsg::Error { code: ErrorCode::Busy, message: "full".into() }, "06060466756c6c"),
         ];
         for (msg, want) in cases {
@@ -375,8 +408,8 @@ mod tests {
     fn decode_errors() {
         assert_eq!(decode_client(&[]), Err(WireError::Truncated));
         assert_eq!(decode_node(&[]), Err(WireError::Truncated));
-        assert_eq!(decode_client(&[0x05]), Err(WireError::Invalid));
-        assert_eq!(decode_node(&[0x07]), Err(WireError::Invalid));
+        assert_eq!(decode_client(&[0x06]), Err(WireError::Invalid));
+        assert_eq!(decode_node(&[0x08]), Err(WireError::Invalid));
         assert_eq!(decode_node(&[0x06, 0x0a, 0x00]), Err(WireError::Invalid));
         assert_eq!(decode_client(&[0x01, 0x00]), Err(WireError::TrailingBytes(1)));
         assert_eq!(decode_node(&[0x05, 0x00, 0x00]), Err(WireError::TrailingBytes(2)));
@@ -435,6 +468,13 @@ mod tests {
             proptest::collection::vec(any::<u8>(), 0..300)
                 .prop_map(|body| ClientMsg::Send { body }),
             Just(ClientMsg::Release),
+            (any::<u16>(), proptest::option::of("[a-z]{0,8}"), any::<[u8; 32]>(), any::<u8>())
+                .prop_map(|(version, access, token, side)| ClientMsg::Relay {
+                    version,
+                    access,
+                    token,
+                    side
+                }),
         ]
     }
 
@@ -462,6 +502,7 @@ mod tests {
             proptest::collection::vec(any::<u8>(), 0..300)
                 .prop_map(|body| NodeMsg::Message { body }),
             Just(NodeMsg::PeerLeft),
+            Just(NodeMsg::Paired),
             (0..CODES.len(), ".{0,60}")
                 .prop_map(|(i, message)| NodeMsg::Error { code: CODES[i], message }),
         ]

@@ -20,12 +20,16 @@ struct Node {
 
 impl Node {
     /// Starts a node; the shutdown grace is kept short, since test clients stay connected.
-    fn start(mut config: ServerConfig) -> Node {
+    fn start(config: ServerConfig) -> Node {
+        let listeners = server::bind("127.0.0.1:0".parse().unwrap(), &config).unwrap();
+        Node::serve(listeners, config)
+    }
+
+    fn serve(listeners: server::Listeners, mut config: ServerConfig) -> Node {
         config.grace = config.grace.min(Duration::from_millis(300));
-        let endpoint = server::endpoint("127.0.0.1:0".parse().unwrap(), &config).unwrap();
-        let addr = endpoint.local_addr().unwrap();
+        let addr = listeners.local_addr().unwrap();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(server::serve(endpoint, config, async {
+        let task = tokio::spawn(server::serve(listeners, config, async {
             let _ = stopped.await;
         }));
         Node { addr, stop: Some(stop), task }
@@ -133,6 +137,95 @@ async fn shutdown_refuses_new_sessions() {
     node.shutdown().await;
     let err = Client::connect(&endpoint(), addr, None, Duration::from_millis(500)).await;
     assert!(err.is_err(), "a stopped node accepts nobody");
+}
+
+/// Pairs two clients on a fresh nameplate and returns them (a allocated, b claimed).
+async fn pair(a: &mut Client, b: &mut Client) {
+    let n = a.allocate().await.unwrap();
+    assert!(b.claim(n).await.unwrap());
+    assert_eq!(a.recv().await.unwrap(), NodeMsg::PeerJoined);
+}
+
+/// Relay streams with the same token and different sides are spliced; bytes pass both ways
+/// and the end of one direction reaches the other side.
+async fn relay_between(a: &Client, b: &Client, token: [u8; 32]) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (ra, rb) = tokio::join!(a.relay(token, 0, WAIT), b.relay(token, 1, WAIT));
+    let (mut ra, mut rb) = (ra.unwrap(), rb.unwrap());
+    let big: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    let send = async {
+        ra.writer.write_all(&big).await.unwrap();
+        ra.writer.shutdown().await.unwrap();
+    };
+    let recv = async {
+        let mut got = Vec::new();
+        rb.reader.read_to_end(&mut got).await.unwrap();
+        got
+    };
+    let ((), got) = tokio::join!(send, recv);
+    assert!(got == big, "the relay delivers every byte in order");
+    rb.writer.write_all(b"back").await.unwrap();
+    let mut back = [0u8; 4];
+    ra.reader.read_exact(&mut back).await.unwrap();
+    assert_eq!(&back, b"back");
+}
+
+#[tokio::test]
+async fn quic_and_tcp_clients_meet_and_relay() {
+    let node = Node::start(ServerConfig::default());
+    let (mut a, _ea) = client(&node).await;
+    let mut b = Client::connect_tcp(node.addr, None, WAIT).await.unwrap();
+    assert!(b.is_tcp());
+    assert_eq!(b.observed().ip(), node.addr.ip());
+    pair(&mut a, &mut b).await;
+    b.post(b"over tcp".to_vec()).await.unwrap();
+    assert_eq!(a.recv().await.unwrap(), NodeMsg::Message { body: b"over tcp".to_vec() });
+    relay_between(&a, &b, [7; 32]).await;
+    // Two QUIC clients relay too.
+    let (c, _ec) = client(&node).await;
+    let (d, _ed) = client(&node).await;
+    relay_between(&c, &d, [8; 32]).await;
+    node.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_access_token_guards_the_relay_too() {
+    let config = ServerConfig {
+        limits: p2p_copy_rendezvous::table::Limits {
+            token: Some("sesame".into()),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let node = Node::start(config);
+    let ep = endpoint();
+    match Client::connect(&ep, node.addr, None, WAIT).await {
+        Err(ClientError::Refused { code: ErrorCode::Unauthorized, .. }) => {}
+        other => panic!("no token: {other:?}"),
+    }
+    let a = Client::connect(&ep, node.addr, Some("sesame".into()), WAIT).await.unwrap();
+    let b = Client::connect_tcp(node.addr, Some("sesame".into()), WAIT).await.unwrap();
+    relay_between(&a, &b, [9; 32]).await;
+    node.shutdown().await;
+}
+
+#[tokio::test]
+async fn udp_without_answer_falls_back_to_tcp() {
+    let config = ServerConfig::default();
+    // QUIC is served elsewhere; on the port the client is given, UDP is a black hole and only
+    // the node's TCP listener answers.
+    let quic = server::endpoint("127.0.0.1:0".parse().unwrap(), &config).unwrap();
+    let hole = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let port_addr = hole.local_addr().unwrap();
+    let tcp = tokio::net::TcpListener::bind(port_addr).await.unwrap();
+    let node = Node::serve(server::Listeners { quic, tcp: Some(tcp) }, config);
+    let started = std::time::Instant::now();
+    let c = Client::connect_any(&endpoint(), port_addr, None, Duration::from_millis(500), WAIT)
+        .await
+        .unwrap();
+    assert!(c.is_tcp());
+    assert!(started.elapsed() < Duration::from_secs(4));
+    node.shutdown().await;
 }
 
 /// 500 pairings at once through one node, all from loopback (so the per-address limits are

@@ -1,0 +1,437 @@
+//! The relay: pairs two byte streams that present the same token and copies bytes between
+//! them, within limits.
+//!
+//! A relay stream is a QUIC stream or a TCP connection whose first frame was
+//! [`ClientMsg::Relay`](crate::wire::ClientMsg::Relay). [`Relays::serve`] parks the first of a
+//! pair (bounded in number and in time), hands the second to it, answers both with
+//! [`NodeMsg::Paired`] and then splices. The node never looks at what passes: the peers seal
+//! it end to end, so the relay can only delay, drop or damage bytes, and the peers detect
+//! damage.
+//!
+//! Limits: relays at once (waiting ones included), bytes per second per relay and direction,
+//! bytes per second over all relays, the longest a relay may last, and how long it may stay
+//! silent in both directions.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::oneshot;
+
+use crate::wire::{self, ErrorCode, NodeMsg};
+
+/// How long the first stream of a pair waits for the second.
+pub const PAIR_TIMEOUT: Duration = Duration::from_secs(30);
+/// Size of the copy buffer of each direction.
+const COPY_BUFFER: usize = 64 * 1024;
+
+pub use crate::client::{Reader, Writer};
+
+/// Relay limits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RelayLimits {
+    /// Relays at once, counting streams still waiting for their partner.
+    pub max_sessions: usize,
+    /// Bytes per second per relay and direction; 0 means unlimited.
+    pub session_rate: u64,
+    /// Bytes per second over all relays; 0 means unlimited.
+    pub total_rate: u64,
+    /// The longest a relay may last.
+    pub max_duration: Duration,
+    /// A relay with no bytes in either direction for this long is closed.
+    pub idle_timeout: Duration,
+}
+
+impl Default for RelayLimits {
+    fn default() -> Self {
+        RelayLimits {
+            max_sessions: 1000,
+            session_rate: 0,
+            total_rate: 0,
+            max_duration: Duration::from_secs(6 * 3600),
+            idle_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Counters the node reports.
+#[derive(Debug, Default)]
+pub struct RelayStats {
+    /// Relays running or waiting now.
+    pub active: AtomicUsize,
+    /// Relays paired since start.
+    pub paired: AtomicU64,
+    /// Relay requests refused (limits, duplicates) or never paired.
+    pub refused: AtomicU64,
+    /// Bytes copied since start, both directions.
+    pub bytes: AtomicU64,
+}
+
+/// One end of a relay: its stream and, for the second end, a signal that the splice ended.
+struct End {
+    reader: Reader,
+    writer: Writer,
+    /// Dropped when the splice is over (the end's connection must live until then).
+    _done: Option<oneshot::Sender<()>>,
+}
+
+struct Waiting {
+    side: u8,
+    id: u64,
+    deliver: oneshot::Sender<End>,
+}
+
+/// The relays of one node.
+#[derive(Debug)]
+pub struct Relays {
+    limits: RelayLimits,
+    waiting: Mutex<HashMap<[u8; 32], Waiting>>,
+    total: Option<Mutex<Bucket>>,
+    next_id: AtomicU64,
+    /// What the relays did.
+    pub stats: RelayStats,
+}
+
+impl std::fmt::Debug for Waiting {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Waiting").field("side", &self.side).field("id", &self.id).finish()
+    }
+}
+
+impl Relays {
+    /// Relays under `limits`.
+    pub fn new(limits: RelayLimits) -> Relays {
+        let total = (limits.total_rate > 0).then(|| Mutex::new(Bucket::new(limits.total_rate)));
+        Relays {
+            limits,
+            waiting: Mutex::new(HashMap::new()),
+            total,
+            next_id: AtomicU64::new(1),
+            stats: RelayStats::default(),
+        }
+    }
+
+    /// Serves one relay stream whose `Relay` request (`token`, `side`) was read; returns when
+    /// the relay is over (or was refused).
+    pub async fn serve(&self, token: [u8; 32], side: u8, reader: Reader, mut writer: Writer) {
+        let active = self.stats.active.fetch_add(1, Ordering::Relaxed) + 1;
+        let _active = Decrement(&self.stats.active);
+        if active > self.limits.max_sessions {
+            self.refuse(&mut writer, ErrorCode::Busy, "the relay is full; try again later").await;
+            return;
+        }
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (deliver, delivered) = oneshot::channel();
+        let partner = {
+            let mut waiting = lock(&self.waiting);
+            match waiting.remove(&token) {
+                Some(w) if w.side != side => Some(w),
+                Some(w) => {
+                    waiting.insert(token, w);
+                    None
+                }
+                None => {
+                    waiting.insert(token, Waiting { side, id, deliver });
+                    None
+                }
+            }
+        };
+        if let Some(partner) = partner {
+            // Second end: hand ourselves to the first, which runs the splice, and stay until
+            // it is over so that our connection stays open.
+            let (done, finished) = oneshot::channel();
+            let end = End { reader, writer, _done: Some(done) };
+            if partner.deliver.send(end).is_ok() {
+                let _ = finished.await;
+            }
+            return;
+        }
+        // First end (or a duplicate side, which finds its own entry: refused).
+        let registered = lock(&self.waiting).get(&token).is_some_and(|w| w.id == id);
+        if !registered {
+            self.refuse(&mut writer, ErrorCode::Protocol, "this relay token is already waiting")
+                .await;
+            return;
+        }
+        let other = match tokio::time::timeout(PAIR_TIMEOUT, delivered).await {
+            Ok(Ok(other)) => other,
+            _ => {
+                {
+                    let mut waiting = lock(&self.waiting);
+                    if waiting.get(&token).is_some_and(|w| w.id == id) {
+                        waiting.remove(&token);
+                    }
+                }
+                self.refuse(&mut writer, ErrorCode::Expired, "the other side never came").await;
+                return;
+            }
+        };
+        self.stats.paired.fetch_add(1, Ordering::Relaxed);
+        let mine = End { reader, writer, _done: None };
+        let bytes = self.splice(mine, other).await;
+        tracing::debug!(bytes, "relay finished");
+    }
+
+    async fn refuse(&self, writer: &mut Writer, code: ErrorCode, message: &str) {
+        self.stats.refused.fetch_add(1, Ordering::Relaxed);
+        let frame = wire::encode(&NodeMsg::Error { code, message: message.to_owned() });
+        let _ = tokio::time::timeout(Duration::from_secs(5), async {
+            let _ = writer.write_all(&frame).await;
+            let _ = writer.shutdown().await;
+        })
+        .await;
+    }
+
+    /// Answers both ends and copies bytes until both directions end, the relay goes idle or
+    /// runs out of time. Returns the bytes copied.
+    async fn splice(&self, a: End, b: End) -> u64 {
+        let End { reader: ar, writer: mut aw, _done: a_done } = a;
+        let End { reader: br, writer: mut bw, _done: b_done } = b;
+        let paired = wire::encode(&NodeMsg::Paired);
+        let answered = tokio::time::timeout(Duration::from_secs(10), async {
+            aw.write_all(&paired).await?;
+            bw.write_all(&paired).await
+        })
+        .await;
+        if !matches!(answered, Ok(Ok(()))) {
+            return 0;
+        }
+        let started = Instant::now();
+        let activity = AtomicU64::new(0);
+        let forward = self.pump(ar, bw, started, &activity);
+        let backward = self.pump(br, aw, started, &activity);
+        let idle = async {
+            let tick = (self.limits.idle_timeout / 4).max(Duration::from_millis(100));
+            loop {
+                tokio::time::sleep(tick).await;
+                let last = Duration::from_millis(activity.load(Ordering::Relaxed));
+                if started.elapsed().saturating_sub(last) >= self.limits.idle_timeout {
+                    return;
+                }
+            }
+        };
+        let bytes = tokio::select! {
+            (f, b) = async { tokio::join!(forward, backward) } => f + b,
+            () = idle => 0,
+            () = tokio::time::sleep(self.limits.max_duration) => 0,
+        };
+        drop((a_done, b_done));
+        bytes
+    }
+
+    /// Copies one direction until end of stream or an error, then ends the writer.
+    async fn pump(
+        &self,
+        mut reader: Reader,
+        mut writer: Writer,
+        started: Instant,
+        activity: &AtomicU64,
+    ) -> u64 {
+        let mut own = (self.limits.session_rate > 0).then(|| Bucket::new(self.limits.session_rate));
+        let mut buf = vec![0u8; COPY_BUFFER];
+        let mut copied = 0u64;
+        loop {
+            let n = match reader.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            activity.store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
+            if let Some(own) = own.as_mut() {
+                tokio::time::sleep(own.take(n as u64)).await;
+            }
+            if let Some(total) = &self.total {
+                let wait = lock(total).take(n as u64);
+                tokio::time::sleep(wait).await;
+            }
+            if writer.write_all(&buf[..n]).await.is_err() {
+                break;
+            }
+            copied += n as u64;
+            self.stats.bytes.fetch_add(n as u64, Ordering::Relaxed);
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(5), writer.shutdown()).await;
+        copied
+    }
+}
+
+/// A token bucket with one second of burst: [`Bucket::take`] returns how long to wait before
+/// the bytes may pass.
+#[derive(Debug)]
+struct Bucket {
+    rate: f64,
+    tokens: f64,
+    last: Instant,
+}
+
+impl Bucket {
+    fn new(rate: u64) -> Bucket {
+        Bucket { rate: rate as f64, tokens: rate as f64, last: Instant::now() }
+    }
+
+    fn take(&mut self, n: u64) -> Duration {
+        let now = Instant::now();
+        let elapsed = now.duration_since(self.last).as_secs_f64();
+        self.last = now;
+        self.tokens = (self.tokens + elapsed * self.rate).min(self.rate);
+        self.tokens -= n as f64;
+        if self.tokens >= 0.0 {
+            Duration::ZERO
+        } else {
+            Duration::from_secs_f64(-self.tokens / self.rate)
+        }
+    }
+}
+
+struct Decrement<'a>(&'a AtomicUsize);
+
+impl Drop for Decrement<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Reads the first frame of a stream (bounded by `timeout` and [`wire::MAX_FRAME`]).
+pub(crate) async fn read_first(
+    reader: &mut Reader,
+    timeout: Duration,
+) -> Option<crate::wire::ClientMsg> {
+    tokio::time::timeout(timeout, async {
+        let mut header = [0u8; wire::HEADER_LEN];
+        reader.read_exact(&mut header).await.ok()?;
+        let len = wire::frame_len(header).ok()?;
+        let mut body = vec![0u8; len];
+        reader.read_exact(&mut body).await.ok()?;
+        wire::decode_client(&body).ok()
+    })
+    .await
+    .ok()
+    .flatten()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    #[test]
+    fn bucket_paces_to_its_rate() {
+        let mut b = Bucket::new(1000);
+        assert_eq!(b.take(1000), Duration::ZERO, "one second of burst");
+        let wait = b.take(500);
+        assert!(
+            wait > Duration::from_millis(400) && wait <= Duration::from_millis(500),
+            "{wait:?}"
+        );
+    }
+
+    fn pipe() -> (Reader, Writer, tokio::io::DuplexStream) {
+        let (mine, theirs) = tokio::io::duplex(1 << 16);
+        let (r, w) = tokio::io::split(mine);
+        (Box::new(r), Box::new(w), theirs)
+    }
+
+    async fn read_msg(s: &mut tokio::io::DuplexStream) -> NodeMsg {
+        let mut header = [0u8; 4];
+        s.read_exact(&mut header).await.unwrap();
+        let mut body = vec![0u8; wire::frame_len(header).unwrap()];
+        s.read_exact(&mut body).await.unwrap();
+        wire::decode_node(&body).unwrap()
+    }
+
+    #[tokio::test]
+    async fn pairs_by_token_and_copies_both_ways() {
+        let relays = Arc::new(Relays::new(RelayLimits::default()));
+        let (ar, aw, mut a) = pipe();
+        let (br, bw, mut b) = pipe();
+        let first = tokio::spawn({
+            let r = relays.clone();
+            async move { r.serve([1; 32], 0, ar, aw).await }
+        });
+        tokio::task::yield_now().await;
+        let second = tokio::spawn({
+            let r = relays.clone();
+            async move { r.serve([1; 32], 1, br, bw).await }
+        });
+        assert_eq!(read_msg(&mut a).await, NodeMsg::Paired);
+        assert_eq!(read_msg(&mut b).await, NodeMsg::Paired);
+        a.write_all(b"ping").await.unwrap();
+        let mut got = [0u8; 4];
+        b.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"ping");
+        b.write_all(b"pong").await.unwrap();
+        a.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"pong");
+        drop(a);
+        drop(b);
+        first.await.unwrap();
+        second.await.unwrap();
+        assert_eq!(relays.stats.bytes.load(Ordering::Relaxed), 8);
+        assert_eq!(relays.stats.active.load(Ordering::Relaxed), 0);
+    }
+
+    #[tokio::test]
+    async fn same_side_twice_and_over_the_limit_are_refused() {
+        let limits = RelayLimits { max_sessions: 2, ..RelayLimits::default() };
+        let relays = Arc::new(Relays::new(limits));
+        let (ar, aw, _a) = pipe();
+        let first = tokio::spawn({
+            let r = relays.clone();
+            async move { r.serve([2; 32], 0, ar, aw).await }
+        });
+        tokio::task::yield_now().await;
+        let (br, bw, mut b) = pipe();
+        relays.serve([2; 32], 0, br, bw).await;
+        assert!(matches!(read_msg(&mut b).await, NodeMsg::Error { code: ErrorCode::Protocol, .. }));
+        let (cr, cw, _c) = pipe();
+        let other = tokio::spawn({
+            let r = relays.clone();
+            async move { r.serve([3; 32], 0, cr, cw).await }
+        });
+        tokio::task::yield_now().await;
+        let (dr, dw, mut d) = pipe();
+        relays.serve([4; 32], 0, dr, dw).await;
+        assert!(matches!(read_msg(&mut d).await, NodeMsg::Error { code: ErrorCode::Busy, .. }));
+        first.abort();
+        other.abort();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_unpaired_stream_expires() {
+        let relays = Relays::new(RelayLimits::default());
+        let (ar, aw, mut a) = pipe();
+        relays.serve([5; 32], 0, ar, aw).await;
+        assert!(matches!(read_msg(&mut a).await, NodeMsg::Error { code: ErrorCode::Expired, .. }));
+        assert!(lock(&relays.waiting).is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_relay_is_closed() {
+        let limits = RelayLimits { idle_timeout: Duration::from_secs(5), ..RelayLimits::default() };
+        let relays = Arc::new(Relays::new(limits));
+        let (ar, aw, mut a) = pipe();
+        let (br, bw, mut b) = pipe();
+        let first = tokio::spawn({
+            let r = relays.clone();
+            async move { r.serve([6; 32], 0, ar, aw).await }
+        });
+        tokio::task::yield_now().await;
+        let second = tokio::spawn({
+            let r = relays.clone();
+            async move { r.serve([6; 32], 1, br, bw).await }
+        });
+        assert_eq!(read_msg(&mut a).await, NodeMsg::Paired);
+        assert_eq!(read_msg(&mut b).await, NodeMsg::Paired);
+        // Nobody sends anything: the relay ends on its own and both ends see the close.
+        first.await.unwrap();
+        second.await.unwrap();
+        let mut rest = Vec::new();
+        a.read_to_end(&mut rest).await.unwrap();
+        assert!(rest.is_empty());
+    }
+}

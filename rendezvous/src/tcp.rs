@@ -1,0 +1,92 @@
+//! The node's TCP listener, for clients whose UDP is blocked.
+//!
+//! Each TCP connection carries one stream: a mailbox session or a relay stream, exactly as a
+//! QUIC stream does (see [`crate::wire`]). Clients speak TLS (ALPN `p2p-copy-rendezvous/1`),
+//! which also lets the port pass middleboxes that only allow TLS; the node presents the
+//! operator's certificate when given one, a self-signed one otherwise. As with QUIC, clients
+//! do not authenticate the node. A connection whose first byte is not a TLS handshake record
+//! is served in the clear (for tools and debugging).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsAcceptor;
+
+use crate::client::ALPN;
+use crate::server::{serve_stream, ServerError, Shared};
+
+/// Time allowed for the first byte and the TLS handshake.
+const SETUP_TIMEOUT: Duration = Duration::from_secs(10);
+/// First byte of a TLS record carrying a handshake message.
+const TLS_HANDSHAKE: u8 = 0x16;
+
+/// A certificate chain and its private key.
+#[derive(Debug)]
+pub struct Identity {
+    /// The chain, leaf first.
+    pub certs: Vec<CertificateDer<'static>>,
+    /// The leaf's key.
+    pub key: PrivateKeyDer<'static>,
+}
+
+impl Clone for Identity {
+    fn clone(&self) -> Self {
+        Identity { certs: self.certs.clone(), key: self.key.clone_key() }
+    }
+}
+
+/// The TLS acceptor for `identity`, or for a fresh self-signed certificate.
+pub fn acceptor(identity: Option<Identity>) -> Result<TlsAcceptor, ServerError> {
+    let tls = |e: &dyn std::fmt::Display| ServerError::Tls(e.to_string());
+    let identity = match identity {
+        Some(id) => id,
+        None => {
+            let certified =
+                rcgen::generate_simple_self_signed(vec!["p2p-copy-rendezvous".to_owned()])
+                    .map_err(|e| tls(&e))?;
+            Identity {
+                certs: vec![CertificateDer::from(certified.cert.der().to_vec())],
+                key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(
+                    certified.key_pair.serialize_der(),
+                )),
+            }
+        }
+    };
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| tls(&e))?
+        .with_no_client_auth()
+        .with_single_cert(identity.certs, identity.key)
+        .map_err(|e| tls(&e))?;
+    config.alpn_protocols = vec![ALPN.to_vec()];
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+/// Serves one TCP connection.
+pub(crate) async fn serve(
+    stream: TcpStream,
+    addr: SocketAddr,
+    tls: TlsAcceptor,
+    shared: Arc<Shared>,
+) {
+    let _ = stream.set_nodelay(true);
+    let mut first = [0u8; 1];
+    match tokio::time::timeout(SETUP_TIMEOUT, stream.peek(&mut first)).await {
+        Ok(Ok(1)) => {}
+        _ => return,
+    }
+    if first[0] == TLS_HANDSHAKE {
+        let Ok(Ok(stream)) = tokio::time::timeout(SETUP_TIMEOUT, tls.accept(stream)).await else {
+            return;
+        };
+        let (reader, writer) = tokio::io::split(stream);
+        serve_stream(Box::new(reader), Box::new(writer), addr, shared).await;
+    } else {
+        let (reader, writer) = stream.into_split();
+        serve_stream(Box::new(reader), Box::new(writer), addr, shared).await;
+    }
+}
