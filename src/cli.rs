@@ -60,6 +60,51 @@ pub struct Common {
     quiet: bool,
 }
 
+/// Where peers meet: the local network (default) or a rendezvous node.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Meeting {
+    /// Meet through this rendezvous node (HOST or HOST:PORT, port 4433 by default) instead of
+    /// on the local network; `none` means the local network.
+    #[arg(long, value_name = "HOST:PORT", env = "P2P_COPY_RENDEZVOUS")]
+    rendezvous: Option<String>,
+    /// The rendezvous node's access token, if it requires one.
+    #[arg(long, value_name = "TOKEN", env = "P2P_COPY_RENDEZVOUS_TOKEN", hide_env_values = true)]
+    rendezvous_token: Option<String>,
+    /// Send the data through the node's relay even if a direct connection is possible.
+    #[arg(long, conflicts_with = "no_relay", env = "P2P_COPY_FORCE_RELAY",
+          value_parser = clap::builder::FalseyValueParser::new())]
+    force_relay: bool,
+    /// Never use the node's relay (fails where a direct connection is impossible).
+    #[arg(long, env = "P2P_COPY_NO_RELAY", value_parser = clap::builder::FalseyValueParser::new())]
+    no_relay: bool,
+}
+
+impl Meeting {
+    /// The rendezvous settings, or `None` for the local network.
+    pub fn rendezvous(&self) -> Result<Option<crate::transfer::meet::Rendezvous>, TransferError> {
+        let node = match self.rendezvous.as_deref().map(str::trim) {
+            None | Some("") | Some("none") => {
+                if self.force_relay || self.no_relay {
+                    return Err(usage("--force-relay and --no-relay need --rendezvous"));
+                }
+                return Ok(None);
+            }
+            Some(n) => n,
+        };
+        // HOST, HOST:PORT, [V6]:PORT; a bare IPv6 address has colons but no brackets.
+        let has_port = node.rsplit_once(':').is_some_and(|(host, port)| {
+            port.parse::<u16>().is_ok() && (!host.contains(':') || host.ends_with(']'))
+        });
+        let node = if has_port { node.to_owned() } else { format!("{node}:4433") };
+        Ok(Some(crate::transfer::meet::Rendezvous {
+            node,
+            token: self.rendezvous_token.clone(),
+            force_relay: self.force_relay,
+            no_relay: self.no_relay,
+        }))
+    }
+}
+
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();

@@ -190,6 +190,15 @@ impl Code {
         self.nameplate
     }
 
+    /// The same secret under another nameplate (the one a rendezvous node allocated).
+    /// Nameplate 0 is refused, as [`Code::parse`] would refuse the result.
+    pub fn with_nameplate(&self, nameplate: u32) -> Result<Code, CodeError> {
+        if nameplate == 0 {
+            return Err(CodeError::BadNameplate("0 is not allowed".into()));
+        }
+        Ok(Code { nameplate, secret: self.secret.clone() })
+    }
+
     /// Estimated entropy of the secret part in bits. The nameplate counts nothing: it is public.
     ///
     /// - Each part that is a word of [`WORDS`] counts 8 bits, repeated or not (generated codes

@@ -9,4 +9,4 @@ pub mod lane;
 pub mod session;
 
 pub use lane::{LaneError, LaneEvent, LaneReader, LaneWriter};
-pub use session::{Channel, Config, Event, Session, SessionError};
+pub use session::{Channel, Config, Event, Session, SessionError, MAILBOX_LANE};

@@ -13,6 +13,7 @@
 pub mod control;
 pub mod fs;
 pub mod lanes;
+pub mod meet;
 pub mod receive;
 pub mod send;
 pub mod walk;
@@ -233,6 +234,8 @@ pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
 pub enum PathKind {
     /// A direct QUIC connection between the peers.
     Direct,
+    /// The peers' QUIC connection carried through the rendezvous node's relay.
+    Relay,
 }
 
 impl PathKind {
@@ -240,6 +243,7 @@ impl PathKind {
     pub fn as_str(self) -> &'static str {
         match self {
             PathKind::Direct => "direct",
+            PathKind::Relay => "relay",
         }
     }
 }
@@ -267,6 +271,7 @@ pub(crate) async fn conclude(
     ctl: &mut control::ControlStream,
     conn: &quinn::Connection,
     endpoint: &quinn::Endpoint,
+    path: PathKind,
     started: std::time::Instant,
     result: Result<crate::wire::control::Summary, TransferError>,
 ) -> Result<Report, TransferError> {
@@ -280,7 +285,7 @@ pub(crate) async fn conclude(
             }
             let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
             Ok(Report {
-                path: PathKind::Direct,
+                path,
                 bytes: totals.bytes,
                 files: totals.files,
                 entries: totals.entries,

@@ -95,7 +95,7 @@ impl Default for Limits {
         Limits {
             max_nameplates: 10_000,
             max_nameplate_number: 999_999,
-            idle_expiry: Duration::from_secs(10 * 60),
+            idle_expiry: Duration::from_secs(60 * 60),
             reuse_after: Duration::from_secs(10 * 60),
             claims_per_minute: 30,
             clients_per_ip: 64,

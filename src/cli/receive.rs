@@ -32,6 +32,8 @@ pub struct Args {
           value_parser = clap::value_parser!(u64).range(1..=86_400))]
     pub wait: u64,
     #[command(flatten)]
+    pub meeting: super::Meeting,
+    #[command(flatten)]
     pub common: Common,
 }
 
@@ -51,6 +53,7 @@ pub async fn run(args: Args, stop: Stop) -> Result<(), TransferError> {
     opts.overwrite = args.overwrite;
     opts.wait = Duration::from_secs(args.wait);
     opts.stop = stop;
+    opts.rendezvous = args.meeting.rendezvous()?;
     let ui = Ui::new(&args.common, Role::Receiver);
     let progress = ui.progress();
     let ticker = ui.start_ticker();

@@ -35,6 +35,8 @@ pub struct Args {
     #[arg(long, default_value_t = DEFAULT_CHUNK, value_name = "BYTES", env = "P2P_COPY_CHUNK_SIZE")]
     pub chunk_size: usize,
     #[command(flatten)]
+    pub meeting: super::Meeting,
+    #[command(flatten)]
     pub common: Common,
 }
 
@@ -49,6 +51,8 @@ pub async fn run(args: Args, stop: Stop) -> Result<(), TransferError> {
     opts.lanes = args.lanes;
     opts.chunk_size = args.chunk_size;
     opts.stop = stop;
+    opts.rendezvous = args.meeting.rendezvous()?;
+    opts.code_chosen = args.code.is_some();
     let ui = Ui::new(&args.common, Role::Sender);
     let progress = ui.progress();
     let ticker = ui.start_ticker();

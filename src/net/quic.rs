@@ -91,6 +91,7 @@ pub struct Node {
     /// SHA-256 of our certificate.
     pub fingerprint: [u8; 32],
     client_config: quinn::ClientConfig,
+    server_config: quinn::ServerConfig,
 }
 
 impl Node {
@@ -115,6 +116,7 @@ impl Node {
         let server = QuicServerConfig::try_from(server).map_err(tls)?;
         let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(server));
         server_config.transport_config(transport.clone());
+        let serving = server_config.clone();
 
         let mut client = rustls::ClientConfig::builder_with_provider(provider.clone())
             .with_protocol_versions(&[&rustls::version::TLS13])
@@ -134,7 +136,55 @@ impl Node {
             quinn::Endpoint::client(addr)
         }
         .map_err(|source| QuicError::Bind { addr, source })?;
-        Ok(Node { endpoint, fingerprint: fingerprint(&cert), client_config })
+        Ok(Node {
+            endpoint,
+            fingerprint: fingerprint(&cert),
+            client_config,
+            server_config: serving,
+        })
+    }
+
+    /// A second endpoint with the same certificate over `socket` (a relay stream, see
+    /// [`super::relay`]), with packets of up to [`super::relay::RELAY_MTU`] bytes.
+    pub fn relayed(
+        &self,
+        socket: Arc<dyn quinn::AsyncUdpSocket>,
+        tuning: &Tuning,
+        serve: bool,
+    ) -> Result<Node, QuicError> {
+        let mtu = super::relay::RELAY_MTU;
+        let mut transport = transport_config(tuning);
+        // quinn's default initial congestion window (14,720 bytes) is smaller than one such
+        // packet, which would block sending for good.
+        let mut congestion = quinn::congestion::CubicConfig::default();
+        congestion.initial_window(10 * u64::from(mtu));
+        transport
+            .initial_mtu(mtu)
+            .min_mtu(mtu)
+            .mtu_discovery_config(None)
+            .congestion_controller_factory(Arc::new(congestion));
+        let transport = Arc::new(transport);
+        let mut client_config = self.client_config.clone();
+        client_config.transport_config(transport.clone());
+        let mut server_config = self.server_config.clone();
+        server_config.transport_config(transport);
+        let mut endpoint_config = quinn::EndpointConfig::default();
+        endpoint_config.max_udp_payload_size(mtu).map_err(tls)?;
+        let runtime = quinn::default_runtime()
+            .ok_or_else(|| QuicError::Tls("no async runtime for QUIC".to_owned()))?;
+        let endpoint = quinn::Endpoint::new_with_abstract_socket(
+            endpoint_config,
+            serve.then(|| server_config.clone()),
+            socket,
+            runtime,
+        )
+        .map_err(|source| QuicError::Bind { addr: super::relay::RelayLink::peer_addr(), source })?;
+        Ok(Node { endpoint, fingerprint: self.fingerprint, client_config, server_config })
+    }
+
+    /// Stops (or resumes) accepting connections.
+    pub fn serve(&self, on: bool) {
+        self.endpoint.set_server_config(on.then(|| self.server_config.clone()));
     }
 
     /// What the session needs to bind itself to `conn`: both certificate fingerprints and the
@@ -159,6 +209,17 @@ impl Node {
         addrs: &[SocketAddr],
         timeout: Duration,
     ) -> Result<quinn::Connection, QuicError> {
+        self.connect_to(addrs, timeout, None).await
+    }
+
+    /// As [`Node::connect_any`]; with `expect`, a peer whose certificate has another
+    /// fingerprint counts as a failed attempt (some other program on a candidate address).
+    pub async fn connect_to(
+        &self,
+        addrs: &[SocketAddr],
+        timeout: Duration,
+        expect: Option<[u8; 32]>,
+    ) -> Result<quinn::Connection, QuicError> {
         let mut attempts = tokio::task::JoinSet::new();
         for (i, &addr) in addrs.iter().enumerate() {
             let endpoint = self.endpoint.clone();
@@ -169,7 +230,13 @@ impl Node {
                     .connect_with(config, addr, SERVER_NAME)
                     .map_err(|e| format!("{addr}: {e}"))?;
                 match tokio::time::timeout(timeout, connecting).await {
-                    Ok(Ok(conn)) => Ok(conn),
+                    Ok(Ok(conn)) => match expect {
+                        Some(fp) if peer_fingerprint(&conn).ok() != Some(fp) => {
+                            conn.close(0u32.into(), b"not you");
+                            Err(format!("{addr}: another program answered"))
+                        }
+                        _ => Ok(conn),
+                    },
                     Ok(Err(e)) => Err(format!("{addr}: {e}")),
                     Err(_) => Err(format!("{addr}: no answer within {timeout:?}")),
                 }

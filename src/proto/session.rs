@@ -16,6 +16,10 @@
 //!    R: emits [`Event::Finished`]; after checking its lanes, [`Session::complete`] →
 //!    `Complete`. S emits [`Event::Completed`]. Both are done.
 //!
+//! A session made with [`Session::new_deferred`] runs steps 1–2 over the rendezvous mailbox:
+//! after step 3's check it emits [`Event::Confirmed`] and sends its hello only when the driver
+//! passes the connection in with [`Session::set_channel`].
+//!
 //! Either side may send `Error` at any point after step 3 ([`Session::abort`]); the other
 //! fails with [`SessionError::Peer`]. Time comes in as `now`; the only timer is the handshake
 //! deadline (steps 1–4), exposed by [`Session::poll_timeout`].
@@ -35,6 +39,8 @@ use crate::wire::{frame, DecodeError};
 
 /// The control stream's lane number in both directions (each direction has its own key).
 pub const CONTROL_LANE: u32 = 0;
+/// The lane of the sealed candidates message sent through the rendezvous mailbox.
+pub const MAILBOX_LANE: u32 = u32::MAX - 1;
 
 /// Tunables the session announces in its hello.
 #[derive(Debug, Clone)]
@@ -71,6 +77,9 @@ pub struct Channel {
 /// Something the application must act on.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
+    /// Deferred sessions only: the peer proved it knows the code; call
+    /// [`Session::set_channel`] once connected.
+    Confirmed,
     /// Key confirmed, channel bound: the peer knows the code. Carries the verifier string.
     Secured {
         /// Short string equal on both sides.
@@ -172,6 +181,8 @@ impl SessionError {
 enum State {
     AwaitPake,
     AwaitConfirm,
+    /// Deferred sessions: keys confirmed, waiting for the connection.
+    AwaitChannel,
     AwaitHello,
     /// Sender: may offer. Receiver: awaiting the offer.
     Ready,
@@ -191,6 +202,7 @@ impl State {
         match self {
             State::AwaitPake => "awaiting the key exchange",
             State::AwaitConfirm => "awaiting key confirmation",
+            State::AwaitChannel => "connecting",
             State::AwaitHello => "awaiting the hello",
             State::Ready => "awaiting the offer",
             State::Offered => "awaiting the answer to the offer",
@@ -208,7 +220,8 @@ impl State {
 pub struct Session {
     role: Role,
     config: Config,
-    channel: Channel,
+    /// `None` until the driver knows the connection (rendezvous mode: after confirmation).
+    channel: Option<Channel>,
     state: State,
     pake: Option<Pake>,
     keys: Option<Keys>,
@@ -225,6 +238,30 @@ impl Session {
         role: Role,
         code: &Code,
         channel: Channel,
+        config: Config,
+        now: Instant,
+        rng: &mut R,
+    ) -> Session {
+        Session::start(role, code, Some(channel), config, now, rng)
+    }
+
+    /// Starts a session whose connection is not known yet: the PAKE and confirmation travel
+    /// another way (the rendezvous mailbox). After the peer's confirmation checks out it emits
+    /// [`Event::Confirmed`] and waits for [`Session::set_channel`] before sending its hello.
+    pub fn new_deferred<R: RngCore + CryptoRng>(
+        role: Role,
+        code: &Code,
+        config: Config,
+        now: Instant,
+        rng: &mut R,
+    ) -> Session {
+        Session::start(role, code, None, config, now, rng)
+    }
+
+    fn start<R: RngCore + CryptoRng>(
+        role: Role,
+        code: &Code,
+        channel: Option<Channel>,
         config: Config,
         now: Instant,
         rng: &mut R,
@@ -317,20 +354,15 @@ impl Session {
                 let keys =
                     self.keys.as_ref().ok_or(SessionError::Misuse("confirm without keys"))?;
                 keys.check_confirmation(&mac).map_err(|_| SessionError::WrongCode)?;
-                let (sender_fp, receiver_fp) = self.fingerprints();
-                let hello = Hello {
-                    version: VERSION,
-                    cert_fingerprint: self.channel.local_fingerprint,
-                    binding: keys.binding(&self.channel.exporter, &sender_fp, &receiver_fp),
-                    max_lanes: self.config.max_lanes,
-                    max_chunk: self.config.max_chunk,
-                    features: 0,
-                };
                 self.sealer = Some(keys.sealer(CONTROL_LANE));
                 self.opener = Some(keys.opener(CONTROL_LANE));
-                self.send(&Control::Hello(hello))?;
-                self.state = State::AwaitHello;
-                Ok(())
+                if self.channel.is_some() {
+                    self.send_hello()
+                } else {
+                    self.state = State::AwaitChannel;
+                    self.events.push_back(Event::Confirmed);
+                    Ok(())
+                }
             }
             (_, Frame::Sealed(ct)) if self.opener.is_some() => {
                 let msg = self.open(ct)?;
@@ -347,23 +379,47 @@ impl Session {
         }
     }
 
+    fn send_hello(&mut self) -> Result<(), SessionError> {
+        let channel = self.channel.as_ref().ok_or(SessionError::Misuse("hello without channel"))?;
+        let keys = self.keys.as_ref().ok_or(SessionError::Misuse("hello without keys"))?;
+        let (sender_fp, receiver_fp) = fingerprints(self.role, channel);
+        let hello = Hello {
+            version: VERSION,
+            cert_fingerprint: channel.local_fingerprint,
+            binding: keys.binding(&channel.exporter, &sender_fp, &receiver_fp),
+            max_lanes: self.config.max_lanes,
+            max_chunk: self.config.max_chunk,
+            features: 0,
+        };
+        self.send(&Control::Hello(hello))?;
+        self.state = State::AwaitHello;
+        Ok(())
+    }
+
+    /// Deferred sessions: the connection the rest of the session runs on is now known; sends
+    /// our hello on it.
+    pub fn set_channel(&mut self, channel: Channel) -> Result<(), SessionError> {
+        if self.state != State::AwaitChannel {
+            return Err(SessionError::Misuse("set_channel"));
+        }
+        self.channel = Some(channel);
+        self.send_hello()
+    }
+
     fn handle_control(&mut self, msg: Control) -> Result<(), SessionError> {
         let sender = self.role == Role::Sender;
         match (self.state, msg) {
             (_, Control::Error(report)) => Err(SessionError::Peer(report)),
             (State::AwaitHello, Control::Hello(hello)) => {
-                if hello.cert_fingerprint != self.channel.peer_fingerprint {
+                let channel =
+                    self.channel.as_ref().ok_or(SessionError::Misuse("hello without channel"))?;
+                if hello.cert_fingerprint != channel.peer_fingerprint {
                     return Err(SessionError::Fingerprint);
                 }
-                let (sender_fp, receiver_fp) = self.fingerprints();
+                let (sender_fp, receiver_fp) = fingerprints(self.role, channel);
                 let keys = self.keys.as_ref().ok_or(SessionError::Misuse("hello without keys"))?;
-                keys.check_binding(
-                    &hello.binding,
-                    &self.channel.exporter,
-                    &sender_fp,
-                    &receiver_fp,
-                )
-                .map_err(SessionError::Crypto)?;
+                keys.check_binding(&hello.binding, &channel.exporter, &sender_fp, &receiver_fp)
+                    .map_err(SessionError::Crypto)?;
                 let verifier = keys.verifier();
                 self.deadline = None;
                 self.state = State::Ready;
@@ -475,13 +531,6 @@ impl Session {
         Err(e)
     }
 
-    fn fingerprints(&self) -> ([u8; 32], [u8; 32]) {
-        match self.role {
-            Role::Sender => (self.channel.local_fingerprint, self.channel.peer_fingerprint),
-            Role::Receiver => (self.channel.peer_fingerprint, self.channel.local_fingerprint),
-        }
-    }
-
     fn send_clear(&mut self, f: &Frame) {
         let mut buf = Vec::new();
         frame::begin(&mut buf);
@@ -507,6 +556,14 @@ impl Session {
         let opener = self.opener.as_mut().ok_or(SessionError::Misuse("open before keys"))?;
         opener.open(&mut ct).map_err(SessionError::Crypto)?;
         Ok(Control::decode(&ct)?)
+    }
+}
+
+/// (sender's, receiver's) certificate fingerprints.
+fn fingerprints(role: Role, channel: &Channel) -> ([u8; 32], [u8; 32]) {
+    match role {
+        Role::Sender => (channel.local_fingerprint, channel.peer_fingerprint),
+        Role::Receiver => (channel.peer_fingerprint, channel.local_fingerprint),
     }
 }
 

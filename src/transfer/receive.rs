@@ -19,6 +19,7 @@ use rand::rngs::OsRng;
 use super::control::{unexpected, ControlStream, UNBOUNDED};
 use super::fs::{Dest, RelPath};
 use super::lanes::{receive_lanes, Sink};
+use super::meet::{meet, Guard, Plan, Rendezvous};
 use super::{Note, Observer, PathKind, Progress, Report, TransferError};
 use crate::code::Code;
 use crate::crypto::Role;
@@ -59,6 +60,8 @@ pub struct ReceiveOptions {
     pub tuning: Tuning,
     /// Ends the transfer cleanly when triggered.
     pub stop: super::Stop,
+    /// Meet through this rendezvous node instead of on the local network.
+    pub rendezvous: Option<Rendezvous>,
 }
 
 impl ReceiveOptions {
@@ -75,6 +78,7 @@ impl ReceiveOptions {
             bind: SocketAddr::from(([0, 0, 0, 0], 0)),
             tuning: Tuning::default(),
             stop: super::Stop::never(),
+            rendezvous: None,
         }
     }
 }
@@ -86,6 +90,46 @@ pub async fn receive(
     progress: Arc<Progress>,
 ) -> Result<Report, TransferError> {
     let started = Instant::now();
+    let mut stop = opts.stop.clone();
+    let config = Config { max_lanes: MAX_LANES, ..Config::default() };
+    let (node, conn, mut ctl, path, guard) = match &opts.rendezvous {
+        Some(rv) => {
+            let plan = Plan {
+                role: Role::Receiver,
+                code: opts.code.clone(),
+                claim: true,
+                rendezvous: rv,
+                bind: opts.bind,
+                tuning: &opts.tuning,
+                config,
+                wait: opts.wait,
+            };
+            let (met, _code) = tokio::select! {
+                met = meet(plan, &observer) => met?,
+                e = stop.requested() => return Err(e),
+            };
+            let (node, conn, session, send, recv, path, guard) = met.into_parts();
+            (node, conn, ControlStream::new(session, send, recv), path, guard)
+        }
+        None => {
+            let (node, conn, ctl) = lan(&opts, config, &observer).await?;
+            (node, conn, ctl, PathKind::Direct, Guard::none())
+        }
+    };
+    let result = tokio::select! {
+        r = run(&mut ctl, &conn, &opts, observer, progress) => r,
+        e = stop.requested() => Err(e),
+        e = guard.trouble() => Err(e),
+    };
+    super::conclude(Role::Receiver, &mut ctl, &conn, &node.endpoint, path, started, result).await
+}
+
+/// LAN mode: find the sender by multicast and connect to it.
+async fn lan(
+    opts: &ReceiveOptions,
+    config: Config,
+    observer: &Arc<dyn Observer>,
+) -> Result<(Node, quinn::Connection, ControlStream), TransferError> {
     observer.note(Note::Searching { nameplate: opts.code.nameplate() });
     let mut stop = opts.stop.clone();
     let found = tokio::select! {
@@ -102,17 +146,10 @@ pub async fn receive(
         .await
         .map_err(|_| TransferError::network("the sender did not let us open a stream"))?
         .map_err(TransferError::from)?;
-
     let channel = node.channel(&conn)?;
-    let config = Config { max_lanes: MAX_LANES, ..Config::default() };
     let session =
         Session::new(Role::Receiver, &opts.code, channel, config, Instant::now(), &mut OsRng);
-    let mut ctl = ControlStream::new(session, send, recv);
-    let result = tokio::select! {
-        r = run(&mut ctl, &conn, &opts, observer, progress) => r,
-        e = stop.requested() => Err(e),
-    };
-    super::conclude(Role::Receiver, &mut ctl, &conn, &node.endpoint, started, result).await
+    Ok((node, conn, ControlStream::new(session, send, recv)))
 }
 
 async fn run(

@@ -16,6 +16,7 @@ use rand::rngs::OsRng;
 
 use super::control::{unexpected, ControlStream};
 use super::lanes::send_lanes;
+use super::meet::{meet, Guard, Plan, Rendezvous};
 use super::{walk, Note, Observer, PathKind, Progress, Report, TransferError, CLOSE_TIMEOUT};
 use crate::code::Code;
 use crate::crypto::Role;
@@ -47,6 +48,11 @@ pub struct SendOptions {
     pub tuning: Tuning,
     /// Ends the transfer cleanly when triggered.
     pub stop: super::Stop,
+    /// Meet through this rendezvous node instead of on the local network.
+    pub rendezvous: Option<Rendezvous>,
+    /// The code was chosen (or pre-shared): with a node, claim its nameplate instead of
+    /// allocating one.
+    pub code_chosen: bool,
 }
 
 impl SendOptions {
@@ -62,6 +68,8 @@ impl SendOptions {
             bind: SocketAddr::from(([0, 0, 0, 0], 0)),
             tuning: Tuning::default(),
             stop: super::Stop::never(),
+            rendezvous: None,
+            code_chosen: false,
         }
     }
 }
@@ -91,6 +99,46 @@ pub async fn send(
         )));
     }
 
+    let mut stop = opts.stop.clone();
+    let config = Config { max_lanes: opts.lanes.max(1), ..Config::default() };
+    let (node, conn, mut ctl, path, guard) = match &opts.rendezvous {
+        Some(rv) => {
+            let plan = Plan {
+                role: Role::Sender,
+                code: opts.code.clone(),
+                claim: opts.code_chosen,
+                rendezvous: rv,
+                bind: opts.bind,
+                tuning: &opts.tuning,
+                config,
+                wait: opts.wait,
+            };
+            let (met, _code) = tokio::select! {
+                met = meet(plan, &observer) => met?,
+                e = stop.requested() => return Err(e),
+            };
+            let (node, conn, session, send, recv, path, guard) = met.into_parts();
+            (node, conn, ControlStream::new(session, send, recv), path, guard)
+        }
+        None => {
+            let (node, conn, ctl) = lan(&opts, config, &observer).await?;
+            (node, conn, ctl, PathKind::Direct, Guard::none())
+        }
+    };
+    let result = tokio::select! {
+        r = run(&mut ctl, &conn, &opts, scan, observer, progress) => r,
+        e = stop.requested() => Err(e),
+        e = guard.trouble() => Err(e),
+    };
+    super::conclude(Role::Sender, &mut ctl, &conn, &node.endpoint, path, started, result).await
+}
+
+/// LAN mode: announce the nameplate, serve the first receiver that connects.
+async fn lan(
+    opts: &SendOptions,
+    config: Config,
+    observer: &Arc<dyn Observer>,
+) -> Result<(Node, quinn::Connection, ControlStream), TransferError> {
     let node = Node::bind(opts.bind, &opts.tuning, true)?;
     let port = node.local_addr().map_err(|e| TransferError::network(e.to_string()))?.port();
     let announcer = Announcer::start(&opts.discovery, opts.code.nameplate(), port).await?;
@@ -98,7 +146,7 @@ pub async fn send(
 
     let mut stop = opts.stop.clone();
     let waited = tokio::select! {
-        w = tokio::time::timeout(opts.wait, first_session(&node.endpoint)) => w,
+        w = tokio::time::timeout(opts.wait, first_session(&node.endpoint, None)) => w,
         e = stop.requested() => return Err(e),
     };
     let (conn, send, recv) = waited
@@ -115,15 +163,9 @@ pub async fn send(
     observer.note(Note::Connected { peer: conn.remote_address(), path: PathKind::Direct });
 
     let channel = node.channel(&conn)?;
-    let config = Config { max_lanes: opts.lanes.max(1), ..Config::default() };
     let session =
         Session::new(Role::Sender, &opts.code, channel, config, Instant::now(), &mut OsRng);
-    let mut ctl = ControlStream::new(session, send, recv);
-    let result = tokio::select! {
-        r = run(&mut ctl, &conn, &opts, scan, observer, progress) => r,
-        e = stop.requested() => Err(e),
-    };
-    super::conclude(Role::Sender, &mut ctl, &conn, &node.endpoint, started, result).await
+    Ok((node, conn, ControlStream::new(session, send, recv)))
 }
 
 async fn run(
@@ -209,8 +251,9 @@ const MAX_PENDING: usize = 16;
 /// Waits for the first incoming connection that opens a control stream. Connections that fail
 /// their handshake or open nothing within a few seconds are dropped; a guess at the code is
 /// only possible on the connection returned here, so there is exactly one.
-async fn first_session(
+pub(crate) async fn first_session(
     endpoint: &quinn::Endpoint,
+    expect: Option<[u8; 32]>,
 ) -> Option<(quinn::Connection, quinn::SendStream, quinn::RecvStream)> {
     let mut pending = tokio::task::JoinSet::new();
     loop {
@@ -223,6 +266,12 @@ async fn first_session(
                 }
                 pending.spawn(async move {
                     let conn = tokio::time::timeout(Duration::from_secs(10), incoming).await.ok()?.ok()?;
+                    if let Some(fp) = expect {
+                        if crate::net::quic::peer_fingerprint(&conn).ok() != Some(fp) {
+                            conn.close(0u32.into(), b"not you");
+                            return None;
+                        }
+                    }
                     let (send, recv) =
                         tokio::time::timeout(Duration::from_secs(10), conn.accept_bi()).await.ok()?.ok()?;
                     Some((conn, send, recv))

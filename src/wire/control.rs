@@ -252,6 +252,37 @@ impl Control {
     }
 }
 
+/// Cap on the addresses in [`Candidates`].
+pub const MAX_CANDIDATES: usize = 32;
+
+/// What each side tells the other through the rendezvous mailbox once the keys are confirmed,
+/// sealed under the mailbox lane ([`crate::proto::MAILBOX_LANE`]): where it can be reached and
+/// which certificate it will present there. Postcard: `fingerprint: [u8; 32]` (no length),
+/// `addrs: varint n ‖ n × SocketAddr` (see the rendezvous wire format), `relay: bool`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Candidates {
+    /// SHA-256 of the certificate this side presents on every path (direct and relayed).
+    pub fingerprint: [u8; 32],
+    /// Addresses to try for a direct connection, best first (empty: relay only).
+    pub addrs: Vec<std::net::SocketAddr>,
+    /// This side will use the node's relay.
+    pub relay: bool,
+}
+
+impl Candidates {
+    /// Appends the encoding to `out`.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        to_postcard(self, out);
+    }
+
+    /// Decodes and checks the cap.
+    pub fn decode(bytes: &[u8]) -> Result<Candidates, DecodeError> {
+        let c: Candidates = from_postcard(bytes)?;
+        cap("candidate list", c.addrs.len(), MAX_CANDIDATES)?;
+        Ok(c)
+    }
+}
+
 fn check_names(what: &'static str, names: &[String]) -> Result<(), DecodeError> {
     cap(what, names.len(), MAX_NAMES)?;
     names.iter().try_for_each(|n| cap("name", n.len(), MAX_PATH))
@@ -268,6 +299,28 @@ fn cap(what: &'static str, len: usize, max: usize) -> Result<(), DecodeError> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn candidates_snapshot_and_caps() {
+        let c = Candidates {
+            fingerprint: [0x11; 32],
+            addrs: vec!["192.0.2.1:4433".parse().unwrap(), "[2001:db8::1]:80".parse().unwrap()],
+            relay: true,
+        };
+        let mut out = Vec::new();
+        c.encode(&mut out);
+        assert_eq!(
+            hex::encode(&out),
+            "1111111111111111111111111111111111111111111111111111111111111111\
+             0200c0000201d1220120010db80000000000000000000000015001"
+        );
+        assert_eq!(Candidates::decode(&out), Ok(c.clone()));
+        let many = Candidates { addrs: vec![c.addrs[0]; MAX_CANDIDATES + 1], ..c };
+        let mut out = Vec::new();
+        many.encode(&mut out);
+        assert!(matches!(Candidates::decode(&out), Err(DecodeError::TooLong { .. })));
+        assert!(Candidates::decode(&out[..10]).is_err());
+    }
 
     fn samples() -> Vec<Control> {
         vec![

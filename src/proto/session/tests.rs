@@ -228,3 +228,71 @@ fn garbage_frames_fail_cleanly() {
     let err = p.r.handle_frame(p.now, &[0x03, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9]);
     assert_eq!(err, Err(SessionError::Crypto(CryptoError::Open)));
 }
+
+fn deferred_pair(sender_code: &str, receiver_code: &str) -> Pair {
+    let mut rng = StdRng::seed_from_u64(7);
+    let now = Instant::now();
+    let s = Session::new_deferred(
+        Role::Sender,
+        &sender_code.parse().unwrap(),
+        Config::default(),
+        now,
+        &mut rng,
+    );
+    let r = Session::new_deferred(
+        Role::Receiver,
+        &receiver_code.parse().unwrap(),
+        Config::default(),
+        now,
+        &mut rng,
+    );
+    Pair { s, r, now }
+}
+
+/// Rendezvous mode: PAKE and confirmation first (over the mailbox), then the channel, then the
+/// hello on it; the result is the same secured session.
+#[test]
+fn deferred_session_confirms_then_binds_the_channel() {
+    let mut p = deferred_pair(CODE, CODE);
+    assert_eq!(p.pump(), (None, None));
+    assert_eq!(Pair::events(&mut p.s), [Event::Confirmed]);
+    assert_eq!(Pair::events(&mut p.r), [Event::Confirmed]);
+    assert!(p.s.keys().is_some() && p.r.keys().is_some(), "keys usable for the candidates");
+    assert!(p.s.poll_transmit().is_none(), "no hello before the channel is known");
+    assert!(p.s.offer(offer()).is_err(), "no offer before the hello");
+
+    let (cs, cr) = channels();
+    p.s.set_channel(cs.clone()).unwrap();
+    assert!(p.s.set_channel(cs).is_err(), "once only");
+    p.r.set_channel(cr).unwrap();
+    assert_eq!(p.pump(), (None, None));
+    assert!(matches!(Pair::events(&mut p.s)[..], [Event::Secured { .. }]));
+    assert!(matches!(Pair::events(&mut p.r)[..], [Event::Secured { .. }]));
+    p.s.offer(offer()).unwrap();
+    p.pump();
+    assert_eq!(Pair::events(&mut p.r), [Event::Offer(offer())]);
+}
+
+#[test]
+fn deferred_session_with_the_wrong_code_never_confirms() {
+    let mut p = deferred_pair(CODE, "7-orbit-velvet-canyom");
+    let (es, er) = p.pump();
+    assert_eq!(es, Some(SessionError::WrongCode));
+    assert_eq!(er, Some(SessionError::WrongCode));
+    assert!(Pair::events(&mut p.s).is_empty() && Pair::events(&mut p.r).is_empty());
+    assert!(p.s.keys().is_none() && p.r.keys().is_none());
+}
+
+/// The binding still protects a deferred session: a connection other than the peer's (its
+/// exporter differs) fails the hello.
+#[test]
+fn deferred_session_detects_a_substituted_connection() {
+    let mut p = deferred_pair(CODE, CODE);
+    p.pump();
+    let (cs, mut cr) = channels();
+    cr.exporter = vec![0x44; 32];
+    p.s.set_channel(cs).unwrap();
+    p.r.set_channel(cr).unwrap();
+    let (es, er) = p.pump();
+    assert!(es.is_some() && er.is_some(), "{es:?} {er:?}");
+}

@@ -1,0 +1,77 @@
+//! The addresses a peer may be reached at directly, for its sealed candidates message.
+
+use std::net::{IpAddr, SocketAddr};
+
+use crate::wire::control::MAX_CANDIDATES;
+
+/// Candidates for an endpoint bound at `local`: the address of every interface (when bound
+/// to the unspecified address) with its port, then the address the rendezvous node observed
+/// (the NAT mapping), then loopback (same-host peers). Only the endpoint's address family;
+/// no duplicates; at most [`MAX_CANDIDATES`].
+pub fn gather(local: SocketAddr, observed: Option<SocketAddr>) -> Vec<SocketAddr> {
+    let mut host = Vec::new();
+    let mut loopback = Vec::new();
+    if local.ip().is_unspecified() {
+        for iface in if_addrs::get_if_addrs().unwrap_or_default() {
+            let ip = iface.ip();
+            if ip.is_ipv4() != local.is_ipv4() || is_link_local(ip) {
+                continue;
+            }
+            let addr = SocketAddr::new(ip, local.port());
+            if ip.is_loopback() {
+                loopback.push(addr);
+            } else {
+                host.push(addr);
+            }
+        }
+    } else if local.ip().is_loopback() {
+        loopback.push(local);
+    } else {
+        host.push(local);
+    }
+    let observed = observed.filter(|o| o.is_ipv4() == local.is_ipv4() && !o.ip().is_unspecified());
+    let mut out: Vec<SocketAddr> = Vec::new();
+    for addr in host.into_iter().chain(observed).chain(loopback) {
+        if !out.contains(&addr) && out.len() < MAX_CANDIDATES {
+            out.push(addr);
+        }
+    }
+    out
+}
+
+fn is_link_local(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => v4.is_link_local(),
+        // fe80::/10 needs a scope id, which candidates do not carry.
+        IpAddr::V6(v6) => (v6.segments()[0] & 0xffc0) == 0xfe80,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_then_observed_then_loopback_without_duplicates() {
+        let local: SocketAddr = "0.0.0.0:5000".parse().unwrap();
+        let observed: SocketAddr = "203.0.113.7:6000".parse().unwrap();
+        let c = gather(local, Some(observed));
+        assert!(c.contains(&observed));
+        assert!(c.contains(&"127.0.0.1:5000".parse().unwrap()), "{c:?}");
+        assert_eq!(c.last(), Some(&"127.0.0.1:5000".parse().unwrap()), "loopback last");
+        let mut sorted = c.clone();
+        sorted.sort();
+        sorted.dedup();
+        assert_eq!(sorted.len(), c.len());
+        assert!(c.iter().all(|a| a.is_ipv4() && a.port() != 0));
+        // An observed address of the other family is left out.
+        let v6: SocketAddr = "[2001:db8::1]:7".parse().unwrap();
+        assert!(!gather(local, Some(v6)).contains(&v6));
+    }
+
+    #[test]
+    fn a_specific_bind_address_is_the_only_host_candidate() {
+        let local: SocketAddr = "127.0.0.1:4000".parse().unwrap();
+        assert_eq!(gather(local, None), vec![local]);
+    }
+}
