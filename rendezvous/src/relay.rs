@@ -14,7 +14,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -69,8 +69,20 @@ pub struct RelayStats {
     pub bytes: AtomicU64,
 }
 
+/// Sees, and may alter, every relayed buffer: `(side it came from, offset in that direction,
+/// bytes)`. Only for tests and diagnosis: it lets a test play a malicious relay.
+#[derive(Clone)]
+pub struct Tap(pub Arc<dyn Fn(u8, u64, &mut [u8]) + Send + Sync>);
+
+impl std::fmt::Debug for Tap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Tap")
+    }
+}
+
 /// One end of a relay: its stream and, for the second end, a signal that the splice ended.
 struct End {
+    side: u8,
     reader: Reader,
     writer: Writer,
     /// Dropped when the splice is over (the end's connection must live until then).
@@ -90,6 +102,7 @@ pub struct Relays {
     waiting: Mutex<HashMap<[u8; 32], Waiting>>,
     total: Option<Mutex<Bucket>>,
     next_id: AtomicU64,
+    tap: Option<Tap>,
     /// What the relays did.
     pub stats: RelayStats,
 }
@@ -103,12 +116,18 @@ impl std::fmt::Debug for Waiting {
 impl Relays {
     /// Relays under `limits`.
     pub fn new(limits: RelayLimits) -> Relays {
+        Relays::with_tap(limits, None)
+    }
+
+    /// Relays under `limits` whose bytes pass through `tap`.
+    pub fn with_tap(limits: RelayLimits, tap: Option<Tap>) -> Relays {
         let total = (limits.total_rate > 0).then(|| Mutex::new(Bucket::new(limits.total_rate)));
         Relays {
             limits,
             waiting: Mutex::new(HashMap::new()),
             total,
             next_id: AtomicU64::new(1),
+            tap,
             stats: RelayStats::default(),
         }
     }
@@ -142,7 +161,7 @@ impl Relays {
             // Second end: hand ourselves to the first, which runs the splice, and stay until
             // it is over so that our connection stays open.
             let (done, finished) = oneshot::channel();
-            let end = End { reader, writer, _done: Some(done) };
+            let end = End { side, reader, writer, _done: Some(done) };
             if partner.deliver.send(end).is_ok() {
                 let _ = finished.await;
             }
@@ -169,7 +188,7 @@ impl Relays {
             }
         };
         self.stats.paired.fetch_add(1, Ordering::Relaxed);
-        let mine = End { reader, writer, _done: None };
+        let mine = End { side, reader, writer, _done: None };
         let bytes = self.splice(mine, other).await;
         tracing::debug!(bytes, "relay finished");
     }
@@ -187,8 +206,8 @@ impl Relays {
     /// Answers both ends and copies bytes until both directions end, the relay goes idle or
     /// runs out of time. Returns the bytes copied.
     async fn splice(&self, a: End, b: End) -> u64 {
-        let End { reader: ar, writer: mut aw, _done: a_done } = a;
-        let End { reader: br, writer: mut bw, _done: b_done } = b;
+        let End { side: a_side, reader: ar, writer: mut aw, _done: a_done } = a;
+        let End { side: b_side, reader: br, writer: mut bw, _done: b_done } = b;
         let paired = wire::encode(&NodeMsg::Paired);
         let answered = tokio::time::timeout(Duration::from_secs(10), async {
             aw.write_all(&paired).await?;
@@ -200,8 +219,8 @@ impl Relays {
         }
         let started = Instant::now();
         let activity = AtomicU64::new(0);
-        let forward = self.pump(ar, bw, started, &activity);
-        let backward = self.pump(br, aw, started, &activity);
+        let forward = self.pump(a_side, ar, bw, started, &activity);
+        let backward = self.pump(b_side, br, aw, started, &activity);
         let idle = async {
             let tick = (self.limits.idle_timeout / 4).max(Duration::from_millis(100));
             loop {
@@ -224,6 +243,7 @@ impl Relays {
     /// Copies one direction until end of stream or an error, then ends the writer.
     async fn pump(
         &self,
+        from: u8,
         mut reader: Reader,
         mut writer: Writer,
         started: Instant,
@@ -238,6 +258,9 @@ impl Relays {
                 Ok(n) => n,
             };
             activity.store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
+            if let Some(tap) = &self.tap {
+                (tap.0)(from, copied, &mut buf[..n]);
+            }
             if let Some(own) = own.as_mut() {
                 tokio::time::sleep(own.take(n as u64)).await;
             }
@@ -317,7 +340,6 @@ pub(crate) async fn read_first(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Arc;
 
     #[test]
     fn bucket_paces_to_its_rate() {

@@ -60,6 +60,9 @@ pub struct ServerConfig {
     pub tcp: bool,
     /// Certificate chain and key for TLS on the TCP listener (a self-signed one otherwise).
     pub tls_identity: Option<crate::tcp::Identity>,
+    /// Tests only: sees and may alter relayed bytes (plays a malicious relay).
+    #[doc(hidden)]
+    pub relay_tap: Option<crate::relay::Tap>,
 }
 
 impl Default for ServerConfig {
@@ -72,6 +75,7 @@ impl Default for ServerConfig {
             relay: RelayLimits::default(),
             tcp: true,
             tls_identity: None,
+            relay_tap: None,
         }
     }
 }
@@ -285,7 +289,7 @@ pub async fn serve(listeners: Listeners, config: ServerConfig, shutdown: impl Fu
         tokio::spawn(run_table(Table::new(config.limits.clone()), events_rx, stop_rx));
     let shared = Arc::new(Shared {
         events: events_tx,
-        relays: Arc::new(Relays::new(config.relay.clone())),
+        relays: Arc::new(Relays::with_tap(config.relay.clone(), config.relay_tap.clone())),
         next_id: AtomicU64::new(1),
         token: config.limits.token.clone(),
     });

@@ -1,0 +1,308 @@
+//! Transfers through a rendezvous node: the node runs in this test process (on its own
+//! runtime thread) on loopback, the peers are the built binary.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod util;
+
+use std::ffi::{OsStr, OsString};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use p2p_copy_rendezvous::client::Client;
+use p2p_copy_rendezvous::relay::Tap;
+use p2p_copy_rendezvous::server::{self, Listeners, ServerConfig};
+use util::*;
+
+/// A node served on a thread of its own until stopped (or dropped).
+struct TestNode {
+    addr: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    /// Sockets the test holds for the node's lifetime (a UDP black hole).
+    _held: Vec<std::net::UdpSocket>,
+}
+
+impl TestNode {
+    fn start(config: ServerConfig) -> TestNode {
+        TestNode::start_with(config, "127.0.0.1:0".parse().unwrap(), false)
+    }
+
+    /// `udp_blocked`: QUIC is served on another port; on the port clients are given, UDP is a
+    /// socket that never answers and only TCP reaches the node.
+    fn start_with(mut config: ServerConfig, at: SocketAddr, udp_blocked: bool) -> TestNode {
+        config.grace = Duration::ZERO;
+        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let hole = udp_blocked.then(|| std::net::UdpSocket::bind(at).unwrap());
+        let hole_addr = hole.as_ref().map(|h| h.local_addr().unwrap());
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let listeners = match hole_addr {
+                    Some(port_addr) => Listeners {
+                        quic: server::endpoint("127.0.0.1:0".parse().unwrap(), &config).unwrap(),
+                        tcp: Some(tokio::net::TcpListener::bind(port_addr).await.unwrap()),
+                    },
+                    None => server::bind(at, &config).unwrap(),
+                };
+                let addr = hole_addr.unwrap_or_else(|| listeners.local_addr().unwrap());
+                addr_tx.send(addr).unwrap();
+                server::serve(listeners, config, async {
+                    let _ = stopped.await;
+                })
+                .await;
+            });
+        });
+        let addr = addr_rx.recv_timeout(Duration::from_secs(10)).expect("node started");
+        eprintln!("node at {addr} (udp blocked: {udp_blocked})");
+        TestNode { addr, stop: Some(stop), thread: Some(thread), _held: hole.into_iter().collect() }
+    }
+
+    fn arg(&self) -> OsString {
+        self.addr.to_string().into()
+    }
+
+    fn stop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            t.join().unwrap();
+        }
+    }
+}
+
+impl Drop for TestNode {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// `send --json --rendezvous NODE [--code CODE] EXTRA… PATH`, returned once it printed its code.
+fn send_via(
+    fx: &Fixture,
+    node: &TestNode,
+    code: Option<&str>,
+    extra: &[&str],
+    path: &OsStr,
+) -> Proc {
+    let mut args: Vec<OsString> =
+        vec!["send".into(), "--json".into(), "--rendezvous".into(), node.arg()];
+    if let Some(code) = code {
+        args.extend(["--code".into(), code.into()]);
+    }
+    args.extend(extra.iter().map(OsString::from));
+    args.push(path.to_owned());
+    let mut p = fx.spawn("sender", &[], args);
+    p.wait_event("code");
+    p
+}
+
+fn receive_via(fx: &Fixture, node: &TestNode, code: &str, extra: &[&str], out: &OsStr) -> Proc {
+    let mut args: Vec<OsString> =
+        vec!["receive".into(), "--json".into(), "--rendezvous".into(), node.arg(), "--yes".into()];
+    args.extend(extra.iter().map(OsString::from));
+    args.extend(["--out".into(), out.to_owned(), code.into()]);
+    fx.spawn("receiver", &[], args)
+}
+
+fn path_of(o: &Outcome) -> String {
+    o.event("done").expect("done event")["path"].as_str().unwrap().to_owned()
+}
+
+/// A generated code: the sender allocates a nameplate on the node, its code carries that
+/// number; a directory arrives whole over the direct path.
+#[test]
+fn a_directory_goes_direct_through_the_node() {
+    let mut fx = Fixture::new();
+    let node = TestNode::start(ServerConfig::default());
+    let src = fx.path("src/photos");
+    for (i, size) in [0u64, 1, 70_000, 3_000_000].iter().enumerate() {
+        random_file(&src.join(format!("album/{i}.jpg")), *size, &mut fx.rng);
+    }
+    std::fs::create_dir_all(src.join("empty")).unwrap();
+    let out = fx.path("out");
+    let mut args: Vec<OsString> =
+        vec!["send".into(), "--json".into(), "--rendezvous".into(), node.arg()];
+    args.push(src.clone().into());
+    let mut sender = fx.spawn("sender", &[], args);
+    let code = sender.wait_event("code")["code"].as_str().unwrap().to_owned();
+    let receiver = receive_via(&fx, &node, &code, &[], out.as_os_str());
+    let (s, r) = finish_pair(sender, receiver);
+    assert_exits(&[(&s, 0), (&r, 0)]);
+    assert_eq!(path_of(&s), "direct", "{s}");
+    assert_eq!(path_of(&r), "direct", "{r}");
+    assert_eq!(r.event("connected").unwrap()["path"], "direct");
+    assert_same_tree(&src, &out.join("photos"));
+}
+
+#[test]
+fn forced_relay_delivers_identical_bytes() {
+    let mut fx = Fixture::new();
+    let node = TestNode::start(ServerConfig::default());
+    let src = fx.path("src/big.bin");
+    random_file(&src, 24 << 20, &mut fx.rng);
+    let out = fx.path("out");
+    let code = fx.code.clone();
+    let sender = send_via(&fx, &node, Some(&code), &[], src.as_os_str());
+    let receiver = receive_via(&fx, &node, &code, &["--force-relay"], out.as_os_str());
+    let (s, r) = finish_pair(sender, receiver);
+    assert_exits(&[(&s, 0), (&r, 0)]);
+    assert_eq!(path_of(&s), "relay", "{s}");
+    assert_eq!(path_of(&r), "relay", "{r}");
+    assert!(
+        std::fs::read(&src).unwrap() == std::fs::read(out.join("big.bin")).unwrap(),
+        "identical bytes"
+    );
+}
+
+/// UDP to the node gets no answer: both sides reach it over TCP (TLS). Direct between the
+/// peers still works; with the relay forced, the relay runs over TCP too.
+#[test]
+fn without_udp_to_the_node_tcp_is_used() {
+    let mut fx = Fixture::new();
+    let node = TestNode::start_with(ServerConfig::default(), "127.0.0.1:0".parse().unwrap(), true);
+    let src = fx.path("src/data.bin");
+    random_file(&src, 2 << 20, &mut fx.rng);
+    for (i, forced) in [false, true].into_iter().enumerate() {
+        let out = fx.path(&format!("out{i}"));
+        let code = fresh_code();
+        let started = Instant::now();
+        let sender = send_via(&fx, &node, Some(&code), &[], src.as_os_str());
+        let extra: &[&str] = if forced { &["--force-relay"] } else { &[] };
+        let receiver = receive_via(&fx, &node, &code, extra, out.as_os_str());
+        let (s, r) = finish_pair(sender, receiver);
+        assert_exits(&[(&s, 0), (&r, 0)]);
+        assert_eq!(path_of(&r), if forced { "relay" } else { "direct" }, "{r}");
+        assert_same_tree(&src, &out.join("data.bin"));
+        eprintln!("forced relay {forced}: {:?}", started.elapsed());
+    }
+}
+
+#[test]
+fn a_wrong_code_fails_on_both_sides_through_the_node() {
+    let mut fx = Fixture::new();
+    let node = TestNode::start(ServerConfig::default());
+    let src = fx.path("src/secret.bin");
+    random_file(&src, 10_000, &mut fx.rng);
+    let out = fx.path("out");
+    let code = fx.code.clone();
+    let sender = send_via(&fx, &node, Some(&code), &[], src.as_os_str());
+    let receiver = receive_via(&fx, &node, &other_code(&code), &[], out.as_os_str());
+    let (s, r) = finish_pair(sender, receiver);
+    assert_exits(&[(&s, 3), (&r, 3)]);
+    for o in [&s, &r] {
+        assert_says(o, &["code is wrong"]);
+        assert!(o.event("secured").is_none() && o.event("connected").is_none(), "{o}");
+    }
+    assert!(list_all(&out).is_empty());
+}
+
+/// Two parties hold a nameplate; a third that claims it is refused with a clear error and
+/// no guess at the code.
+#[test]
+fn a_third_party_is_refused() {
+    let fx = Fixture::new();
+    let node = TestNode::start(ServerConfig::default());
+    let code = fx.code.clone();
+    let nameplate: u32 = code.split('-').next().unwrap().parse().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let (_a, _b, _ep) = rt.block_on(async {
+        let ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+        let wait = Duration::from_secs(5);
+        let mut a = Client::connect(&ep, node.addr, None, wait).await.unwrap();
+        let mut b = Client::connect(&ep, node.addr, None, wait).await.unwrap();
+        assert!(!a.claim(nameplate).await.unwrap());
+        assert!(b.claim(nameplate).await.unwrap());
+        (a, b, ep)
+    });
+    let out = fx.path("out");
+    let r = receive_via(&fx, &node, &code, &[], out.as_os_str()).finish();
+    assert_exits(&[(&r, 3)]);
+    assert_says(&r, &["already in use"]);
+    assert!(r.event("secured").is_none());
+}
+
+/// The node goes away while the sender waits: it fails at once with a message naming the
+/// node; against the restarted node, the old code finds nobody.
+#[test]
+fn a_node_restart_mid_handshake_is_a_clear_error() {
+    let mut fx = Fixture::new();
+    let mut node = TestNode::start(ServerConfig::default());
+    let src = fx.path("src/a.bin");
+    random_file(&src, 1000, &mut fx.rng);
+    let code = fx.code.clone();
+    let sender = send_via(&fx, &node, Some(&code), &[], src.as_os_str());
+    let addr = node.addr;
+    node.stop();
+    let s = sender.finish_within(Duration::from_secs(40));
+    assert_exits(&[(&s, 7)]);
+    assert_says(&s, &["rendezvous node", &addr.to_string()]);
+
+    let node = TestNode::start_with(ServerConfig::default(), addr, false);
+    let out = fx.path("out");
+    let r = receive_via(&fx, &node, &code, &["--wait", "2"], out.as_os_str()).finish();
+    assert_exits(&[(&r, 7)]);
+    assert_says(&r, &["nobody is sending"]);
+}
+
+#[test]
+fn an_unreachable_node_fails_in_bounded_time_and_is_named() {
+    let mut fx = Fixture::new();
+    let src = fx.path("src/a.bin");
+    random_file(&src, 10, &mut fx.rng);
+    // Nothing listens on this port, UDP or TCP.
+    let free = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let addr = free.local_addr().unwrap();
+    drop(free);
+    let started = Instant::now();
+    let args: Vec<OsString> = vec![
+        "send".into(),
+        "--json".into(),
+        "--rendezvous".into(),
+        addr.to_string().into(),
+        src.into(),
+    ];
+    let s = fx.spawn("sender", &[], args).finish();
+    assert_exits(&[(&s, 7)]);
+    assert_says(&s, &["cannot reach the rendezvous node", &addr.to_string()]);
+    assert!(started.elapsed() < Duration::from_secs(20), "{:?}", started.elapsed());
+}
+
+/// A relay that flips one byte of what it carries: the receiver detects it, both fail with an
+/// integrity error, and nothing is written under a final name.
+#[test]
+fn a_tampering_relay_is_detected() {
+    let mut fx = Fixture::new();
+    let tampered = Arc::new(AtomicBool::new(false));
+    let flag = tampered.clone();
+    // Sender to receiver (relay side 0 is the sender), well into the file's data.
+    let at = 1_500_000u64;
+    let tap = Tap(Arc::new(move |side: u8, offset: u64, buf: &mut [u8]| {
+        if side == 0 && (offset..offset + buf.len() as u64).contains(&at) {
+            buf[(at - offset) as usize] ^= 0x40;
+            flag.store(true, Ordering::SeqCst);
+        }
+    }));
+    let node = TestNode::start(ServerConfig { relay_tap: Some(tap), ..ServerConfig::default() });
+    let src = fx.path("src/victim.bin");
+    random_file(&src, 8 << 20, &mut fx.rng);
+    let out = fx.path("out");
+    let code = fx.code.clone();
+    let sender = send_via(&fx, &node, Some(&code), &["--force-relay"], src.as_os_str());
+    let receiver = receive_via(&fx, &node, &code, &[], out.as_os_str());
+    let (s, r) = finish_pair(sender, receiver);
+    assert!(tampered.load(Ordering::SeqCst), "the relay tampered");
+    assert_exits(&[(&r, 6)]);
+    assert_says(&r, &["relay altered"]);
+    assert_ne!(s.code(), Some(0), "{s}");
+    assert!(!out.join("victim.bin").exists(), "nothing under the final name");
+    assert!(part_files(&out).is_empty(), "no partial file left: {:?}", list_all(&out));
+}
