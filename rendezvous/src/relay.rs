@@ -72,7 +72,10 @@ pub struct RelayStats {
 /// Sees, and may alter, every relayed buffer: `(side it came from, offset in that direction,
 /// bytes)`. Only for tests and diagnosis: it lets a test play a malicious relay.
 #[derive(Clone)]
-pub struct Tap(pub Arc<dyn Fn(u8, u64, &mut [u8]) + Send + Sync>);
+pub struct Tap(pub Arc<TapFn>);
+
+/// The function of a [`Tap`].
+pub type TapFn = dyn Fn(u8, u64, &mut [u8]) + Send + Sync;
 
 impl std::fmt::Debug for Tap {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
