@@ -12,8 +12,14 @@
 //! - [`client`]: a client session with a node, on the caller's QUIC endpoint.
 //! - [`tls`]: certificate verification shared with p2p-copy's peers.
 //! - `server` (feature `server`): the QUIC server driving the table.
+//! - `config` (feature `server`): the node's settings from flags, a TOML file and defaults.
+//! - `metrics` (feature `server`): counters, and the HTTP listener for metrics and health.
 
 pub mod client;
+#[cfg(feature = "server")]
+pub mod config;
+#[cfg(feature = "server")]
+pub mod metrics;
 #[cfg(feature = "server")]
 pub mod server;
 pub mod table;

@@ -7,7 +7,8 @@
 //!    and routes its outputs to the outboxes. A client whose outbox is full (it does not read)
 //!    is closed rather than buffered without bound.
 //! 4. When the shutdown future resolves, new claims are refused, the endpoint stops accepting,
-//!    and open connections get a bounded grace period before they are closed.
+//!    health turns to 503, and open connections get a bounded grace period before they are
+//!    closed.
 //!
 //! Every wait is bounded: the handshake and first stream (10 s each), QUIC's idle timeout
 //! (30 s) for silent clients, and the grace period at shutdown.
@@ -22,8 +23,11 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
+pub use crate::config::{ConfigError, LogFormat, NodeArgs, RelayLimits, ServerConfig, TlsFiles};
+
 use crate::client::ALPN;
-use crate::table::{ClientId, Limits, Output, Table};
+use crate::metrics::{self, GaugeGuard, Metrics};
+use crate::table::{ClientId, Output, Table};
 use crate::wire::{self, ClientMsg, NodeMsg};
 
 /// Messages buffered for one client before it counts as not reading.
@@ -34,30 +38,6 @@ const SOCKET_BUFFER: usize = 4 << 20;
 const EVENTS: usize = 4096;
 /// Time allowed for a connection's handshake and for its first stream.
 const SETUP_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Node settings beyond the table's limits.
-#[derive(Debug, Clone)]
-pub struct ServerConfig {
-    /// Nameplate, rate and mailbox limits.
-    pub limits: Limits,
-    /// Connections served at once (beyond `Limits::clients_per_ip` per source).
-    pub max_connections: usize,
-    /// How long running sessions may continue after shutdown starts.
-    pub grace: Duration,
-    /// Silence after which a client is dropped.
-    pub idle_timeout: Duration,
-}
-
-impl Default for ServerConfig {
-    fn default() -> Self {
-        ServerConfig {
-            limits: Limits::default(),
-            max_connections: 20_000,
-            grace: Duration::from_secs(10),
-            idle_timeout: Duration::from_secs(30),
-        }
-    }
-}
 
 /// Failures starting the node.
 #[derive(Debug, thiserror::Error)]
@@ -73,61 +53,51 @@ pub enum ServerError {
         /// The cause.
         source: std::io::Error,
     },
+    /// The settings are unusable.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
 }
 
-/// The node's command line (`p2p-copy rendezvous` and `p2p-copy-rendezvous` share it).
-#[derive(Debug, Clone, clap::Args)]
-pub struct NodeArgs {
-    /// Address and port to listen on (UDP).
-    #[arg(long, default_value = "0.0.0.0:4433", env = "P2P_COPY_RENDEZVOUS_LISTEN")]
-    pub listen: SocketAddr,
-    /// Require this token from clients (they pass it with --rendezvous-token).
-    #[arg(long, env = "P2P_COPY_RENDEZVOUS_TOKEN", hide_env_values = true)]
-    pub token: Option<String>,
-    /// Nameplates open at once.
-    #[arg(long, default_value_t = Limits::default().max_nameplates)]
-    pub max_nameplates: usize,
-    /// Nameplate allocations and claims per minute from one IP address.
-    #[arg(long, default_value_t = Limits::default().claims_per_minute)]
-    pub claims_per_minute: u32,
-    /// Connections at once from one IP address.
-    #[arg(long, default_value_t = Limits::default().clients_per_ip)]
-    pub clients_per_ip: usize,
-    /// Connections at once in all.
-    #[arg(long, default_value_t = ServerConfig::default().max_connections)]
-    pub max_connections: usize,
-    /// Seconds running sessions may go on after SIGTERM or Ctrl-C.
-    #[arg(long, default_value_t = 10, value_name = "SECS")]
-    pub grace: u64,
-}
-
-impl NodeArgs {
-    /// The server configuration these arguments describe.
-    pub fn config(&self) -> ServerConfig {
-        let limits = Limits {
-            token: self.token.clone(),
-            max_nameplates: self.max_nameplates,
-            claims_per_minute: self.claims_per_minute,
-            clients_per_ip: self.clients_per_ip,
-            ..Limits::default()
-        };
-        ServerConfig {
-            limits,
-            max_connections: self.max_connections,
-            grace: Duration::from_secs(self.grace),
-            ..ServerConfig::default()
+/// Binds and serves the node `config` describes until `shutdown` resolves, with its metrics
+/// listener if it has one.
+pub async fn run(
+    config: ServerConfig,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServerError> {
+    let endpoint = endpoint(config.listen, &config)?;
+    let local = endpoint
+        .local_addr()
+        .map_err(|source| ServerError::Bind { addr: config.listen, source })?;
+    let http = match config.metrics {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|source| ServerError::Bind { addr, source })?,
+        ),
+        None => None,
+    };
+    tracing::info!(
+        listen = %local,
+        token = config.limits.token.is_some(),
+        metrics = ?config.metrics,
+        "rendezvous node serving"
+    );
+    let counters = config.metrics_handle.clone();
+    let (served, served_rx) = tokio::sync::oneshot::channel::<()>();
+    let node = async {
+        serve(endpoint, config, shutdown).await;
+        let _ = served.send(());
+    };
+    // The metrics listener outlives the grace period, so health reports it.
+    let http = async {
+        if let Some(listener) = http {
+            metrics::serve(listener, counters, async {
+                let _ = served_rx.await;
+            })
+            .await;
         }
-    }
-}
-
-/// Binds and serves the node described by `args` until `shutdown` resolves.
-pub async fn run(args: &NodeArgs, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
-    let config = args.config();
-    let endpoint = endpoint(args.listen, &config)?;
-    let local =
-        endpoint.local_addr().map_err(|source| ServerError::Bind { addr: args.listen, source })?;
-    tracing::info!(listen = %local, token = config.limits.token.is_some(), "rendezvous node serving");
-    serve(endpoint, config, shutdown).await;
+    };
+    tokio::join!(node, http);
     tracing::info!("rendezvous node stopped");
     Ok(())
 }
@@ -217,8 +187,9 @@ pub async fn serve(
 ) {
     let (events_tx, events_rx) = mpsc::channel(EVENTS);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let mut table_task =
-        tokio::spawn(run_table(Table::new(config.limits.clone()), events_rx, stop_rx));
+    let counters = config.metrics_handle.clone();
+    let table = Table::new(config.limits.clone());
+    let mut table_task = tokio::spawn(run_table(table, events_rx, stop_rx, counters.clone()));
     let mut connections = JoinSet::new();
     let mut next_id: ClientId = 1;
     tokio::pin!(shutdown);
@@ -227,18 +198,22 @@ pub async fn serve(
             incoming = endpoint.accept() => {
                 let Some(incoming) = incoming else { break };
                 if connections.len() >= config.max_connections {
+                    Metrics::bump(&counters.clients_refused_total);
                     incoming.refuse();
                     continue;
                 }
                 let client = next_id;
                 next_id += 1;
-                connections.spawn(serve_connection(incoming, client, events_tx.clone()));
+                let open = GaugeGuard::new(counters.clone(), |m| &m.connections_quic);
+                let served = serve_connection(incoming, client, events_tx.clone());
+                connections.spawn(async move { served.await; drop(open) });
             }
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
             () = &mut shutdown => break,
         }
     }
     tracing::info!(connections = connections.len(), "shutting down: refusing new sessions");
+    counters.shutting_down.store(true, std::sync::atomic::Ordering::Relaxed);
     let _ = stop_tx.send(true);
     endpoint.set_server_config(None);
     let drained = tokio::time::timeout(config.grace, async {
@@ -260,6 +235,7 @@ async fn run_table(
     mut table: Table,
     mut events: mpsc::Receiver<Event>,
     mut stop: tokio::sync::watch::Receiver<bool>,
+    counters: Arc<Metrics>,
 ) {
     let mut outboxes: std::collections::HashMap<ClientId, mpsc::Sender<Routed>> =
         std::collections::HashMap::new();
@@ -273,6 +249,7 @@ async fn run_table(
                     Event::Connect { client, addr, outbox } => match table.connect(now, client, addr) {
                         Ok(()) => { outboxes.insert(client, outbox); }
                         Err(code) => {
+                            Metrics::bump(&counters.clients_refused_total);
                             let _ = outbox.try_send(Routed::Msg(NodeMsg::Error {
                                 code,
                                 message: "too many connections from your address".into(),
@@ -292,7 +269,10 @@ async fn run_table(
                 if changed.is_ok() && *stop.borrow() { table.shutting_down(); }
             }
         }
+        let open = i64::try_from(table.nameplates()).unwrap_or(i64::MAX);
+        counters.nameplates_open.store(open, std::sync::atomic::Ordering::Relaxed);
         while let Some(out) = table.poll_output() {
+            counters.observe(&out);
             let (client, routed) = match out {
                 Output::Send { to, msg } => (to, Routed::Msg(msg)),
                 Output::Close { client } => (client, Routed::Close),
