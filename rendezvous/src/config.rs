@@ -124,7 +124,13 @@ impl TlsFiles {
     ) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), ConfigError> {
         let tls =
             |path: &Path, message: String| ConfigError::Tls { path: path.to_owned(), message };
-        let pem = read_capped(&self.cert, MAX_PEM)?;
+        let read = |path: &Path| {
+            read_capped(path, MAX_PEM).map_err(|e| match e {
+                ConfigError::Read { source, .. } => tls(path, format!("cannot read it: {source}")),
+                other => other,
+            })
+        };
+        let pem = read(&self.cert)?;
         let chain = CertificateDer::pem_slice_iter(&pem)
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| tls(&self.cert, format!("not a PEM certificate chain: {e}")))?;
@@ -132,7 +138,7 @@ impl TlsFiles {
             let message = "no certificate in it (expected -----BEGIN CERTIFICATE-----)";
             return Err(tls(&self.cert, message.to_owned()));
         }
-        let pem = read_capped(&self.key, MAX_PEM)?;
+        let pem = read(&self.key)?;
         let key = PrivateKeyDer::from_pem_slice(&pem).map_err(|e| {
             tls(&self.key, format!("no PEM private key in it (PKCS#8, PKCS#1 or SEC1): {e}"))
         })?;

@@ -76,12 +76,10 @@ pub async fn run(
         ),
         None => None,
     };
-    tracing::info!(
-        listen = %local,
-        token = config.limits.token.is_some(),
-        metrics = ?config.metrics,
-        "rendezvous node serving"
-    );
+    tracing::info!(listen = %local, token = config.limits.token.is_some(), "rendezvous node serving");
+    if let Some(addr) = config.metrics {
+        tracing::info!(metrics = %addr, "metrics and health served over HTTP");
+    }
     let counters = config.metrics_handle.clone();
     let (served, served_rx) = tokio::sync::oneshot::channel::<()>();
     let node = async {

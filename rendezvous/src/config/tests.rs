@@ -222,3 +222,21 @@ fn tls_files_are_loaded_and_checked_at_startup() {
     let no_tcp = args(&["--no-tcp", "--tls-cert", &p("cert.pem"), "--tls-key", &p("key.pem")]);
     assert!(invalid_setting(no_tcp.load()).starts_with("--tls-cert"));
 }
+
+#[test]
+fn the_docs_show_every_flag_and_the_shipped_files_as_they_are() {
+    let docs = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/self-hosting.md"));
+    let unit = include_str!(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../contrib/p2p-copy-rendezvous.service"
+    ));
+    assert!(docs.contains(EXAMPLE), "docs/self-hosting.md shows contrib/rendezvous.toml");
+    assert!(docs.contains(unit), "docs/self-hosting.md shows the systemd unit");
+    let command = <Cli as clap::CommandFactory>::command();
+    for arg in command.get_arguments() {
+        let Some(long) = arg.get_long() else { continue };
+        if long != "help" && long != "version" {
+            assert!(docs.contains(&format!("| `--{long}")), "--{long} is in the settings table");
+        }
+    }
+}
