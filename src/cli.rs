@@ -35,7 +35,7 @@ enum Command {
     /// Print a fresh code (for scripts that agree on a code in advance).
     Code(code::Args),
     /// Run a rendezvous node (the same as the p2p-copy-rendezvous binary).
-    Rendezvous(rendezvous::Args),
+    Rendezvous(Box<rendezvous::Args>),
     /// Print a shell completion script.
     Completions(CompletionArgs),
 }
@@ -114,9 +114,7 @@ pub fn main() -> ExitCode {
             with_runtime(&args.common.clone(), |stop| receive::run(args, stop))
         }
         Command::Code(args) => code::run(args),
-        Command::Rendezvous(args) => {
-            with_runtime(&args.common.clone(), |stop| rendezvous::run(args, stop))
-        }
+        Command::Rendezvous(args) => rendezvous::main(*args),
         Command::Completions(args) => {
             let mut cmd = <Cli as clap::CommandFactory>::command();
             clap_complete::generate(args.shell, &mut cmd, "p2p-copy", &mut std::io::stdout());
@@ -188,15 +186,20 @@ async fn interrupted() -> &'static str {
     }
 }
 
-fn init_tracing(common: &Common) {
-    let default = match (common.quiet, common.verbose) {
+/// The log filter `-q`/`-v` ask for when `RUST_LOG` is not set.
+fn default_filter(common: &Common) -> &'static str {
+    match (common.quiet, common.verbose) {
         (true, _) => "error",
         (_, 0) => "warn",
         (_, 1) => "info,p2p_copy=debug",
         _ => "debug,p2p_copy=trace",
-    };
+    }
+}
+
+/// Installs the log subscriber unless one is (the rendezvous node may have its own format).
+fn init_tracing(common: &Common) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter(common)));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

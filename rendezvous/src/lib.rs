@@ -14,8 +14,14 @@
 //! - `server` (feature `server`): the server driving the table, on QUIC and TCP.
 //! - `relay` (feature `server`): pairs relay streams by token and splices them.
 //! - `tcp` (feature `server`): the TCP (TLS) listener for clients without UDP.
+//! - `config` (feature `server`): the node's settings from flags, a TOML file and defaults.
+//! - `metrics` (feature `server`): counters, and the HTTP listener for metrics and health.
 
 pub mod client;
+#[cfg(feature = "server")]
+pub mod config;
+#[cfg(feature = "server")]
+pub mod metrics;
 #[cfg(feature = "server")]
 pub mod relay;
 #[cfg(feature = "server")]

@@ -13,13 +13,14 @@
 //! silent in both directions.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::oneshot;
 
+use crate::metrics::{GaugeGuard, Metrics};
 use crate::wire::{self, ErrorCode, NodeMsg};
 
 /// How long the first stream of a pair waits for the second.
@@ -54,19 +55,6 @@ impl Default for RelayLimits {
             idle_timeout: Duration::from_secs(60),
         }
     }
-}
-
-/// Counters the node reports.
-#[derive(Debug, Default)]
-pub struct RelayStats {
-    /// Relays running or waiting now.
-    pub active: AtomicUsize,
-    /// Relays paired since start.
-    pub paired: AtomicU64,
-    /// Relay requests refused (limits, duplicates) or never paired.
-    pub refused: AtomicU64,
-    /// Bytes copied since start, both directions.
-    pub bytes: AtomicU64,
 }
 
 /// Sees, and may alter, every relayed buffer: `(side it came from, offset in that direction,
@@ -106,8 +94,8 @@ pub struct Relays {
     total: Option<Mutex<Bucket>>,
     next_id: AtomicU64,
     tap: Option<Tap>,
-    /// What the relays did.
-    pub stats: RelayStats,
+    /// Where the relays count what they do (`relays_*`, `relay_bytes_total`).
+    pub metrics: Arc<Metrics>,
 }
 
 impl std::fmt::Debug for Waiting {
@@ -119,11 +107,11 @@ impl std::fmt::Debug for Waiting {
 impl Relays {
     /// Relays under `limits`.
     pub fn new(limits: RelayLimits) -> Relays {
-        Relays::with_tap(limits, None)
+        Relays::with(limits, None, Arc::default())
     }
 
-    /// Relays under `limits` whose bytes pass through `tap`.
-    pub fn with_tap(limits: RelayLimits, tap: Option<Tap>) -> Relays {
+    /// Relays under `limits` that count into `metrics` and pass their bytes through `tap`.
+    pub fn with(limits: RelayLimits, tap: Option<Tap>, metrics: Arc<Metrics>) -> Relays {
         let total = (limits.total_rate > 0).then(|| Mutex::new(Bucket::new(limits.total_rate)));
         Relays {
             limits,
@@ -131,16 +119,16 @@ impl Relays {
             total,
             next_id: AtomicU64::new(1),
             tap,
-            stats: RelayStats::default(),
+            metrics,
         }
     }
 
     /// Serves one relay stream whose `Relay` request (`token`, `side`) was read; returns when
     /// the relay is over (or was refused).
     pub async fn serve(&self, token: [u8; 32], side: u8, reader: Reader, mut writer: Writer) {
-        let active = self.stats.active.fetch_add(1, Ordering::Relaxed) + 1;
-        let _active = Decrement(&self.stats.active);
-        if active > self.limits.max_sessions {
+        let _active = GaugeGuard::new(self.metrics.clone(), |m| &m.relays_active);
+        let active = self.metrics.relays_active.load(Ordering::Relaxed);
+        if usize::try_from(active).unwrap_or(0) > self.limits.max_sessions {
             self.refuse(&mut writer, ErrorCode::Busy, "the relay is full; try again later").await;
             return;
         }
@@ -190,14 +178,14 @@ impl Relays {
                 return;
             }
         };
-        self.stats.paired.fetch_add(1, Ordering::Relaxed);
+        Metrics::bump(&self.metrics.relays_total);
         let mine = End { side, reader, writer, _done: None };
         let bytes = self.splice(mine, other).await;
         tracing::debug!(bytes, "relay finished");
     }
 
     async fn refuse(&self, writer: &mut Writer, code: ErrorCode, message: &str) {
-        self.stats.refused.fetch_add(1, Ordering::Relaxed);
+        Metrics::bump(&self.metrics.relays_refused_total);
         let frame = wire::encode(&NodeMsg::Error { code, message: message.to_owned() });
         let _ = tokio::time::timeout(Duration::from_secs(5), async {
             let _ = writer.write_all(&frame).await;
@@ -275,7 +263,7 @@ impl Relays {
                 break;
             }
             copied += n as u64;
-            self.stats.bytes.fetch_add(n as u64, Ordering::Relaxed);
+            self.metrics.relay_bytes_total.fetch_add(n as u64, Ordering::Relaxed);
         }
         let _ = tokio::time::timeout(Duration::from_secs(5), writer.shutdown()).await;
         copied
@@ -307,14 +295,6 @@ impl Bucket {
         } else {
             Duration::from_secs_f64(-self.tokens / self.rate)
         }
-    }
-}
-
-struct Decrement<'a>(&'a AtomicUsize);
-
-impl Drop for Decrement<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -396,8 +376,9 @@ mod tests {
         drop(b);
         first.await.unwrap();
         second.await.unwrap();
-        assert_eq!(relays.stats.bytes.load(Ordering::Relaxed), 8);
-        assert_eq!(relays.stats.active.load(Ordering::Relaxed), 0);
+        assert_eq!(relays.metrics.relay_bytes_total.load(Ordering::Relaxed), 8);
+        assert_eq!(relays.metrics.relays_active.load(Ordering::Relaxed), 0);
+        assert_eq!(relays.metrics.relays_total.load(Ordering::Relaxed), 1);
     }
 
     #[tokio::test]

@@ -10,7 +10,8 @@
 //!    and routes its outputs to the outboxes. A client whose outbox is full (it does not read)
 //!    is closed rather than buffered without bound.
 //! 4. When the shutdown future resolves, new claims are refused, the endpoint stops accepting,
-//!    and open connections get a bounded grace period before they are closed.
+//!    health turns to 503, and open connections get a bounded grace period before they are
+//!    closed.
 //!
 //! Every wait is bounded: the handshake and first stream (10 s each), QUIC's idle timeout
 //! (30 s) for silent clients, and the grace period at shutdown.
@@ -29,9 +30,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+pub use crate::config::{ConfigError, LogFormat, NodeArgs, RelayLimits, ServerConfig, TlsFiles};
+
 use crate::client::ALPN;
-use crate::relay::{read_first, Reader, RelayLimits, Relays, Writer};
-use crate::table::{ClientId, Limits, Output, Table};
+use crate::metrics::{self, GaugeGuard, Metrics};
+use crate::relay::{read_first, Reader, Relays, Writer};
+use crate::table::{ClientId, Output, Table};
 use crate::wire::{self, ClientMsg, ErrorCode, NodeMsg, VERSION};
 
 /// Messages buffered for one client before it counts as not reading.
@@ -42,43 +46,6 @@ const SOCKET_BUFFER: usize = 4 << 20;
 const EVENTS: usize = 4096;
 /// Time allowed for a connection's handshake and for its first stream.
 const SETUP_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Node settings beyond the table's limits.
-#[derive(Debug, Clone)]
-pub struct ServerConfig {
-    /// Nameplate, rate and mailbox limits.
-    pub limits: Limits,
-    /// Connections served at once (beyond `Limits::clients_per_ip` per source).
-    pub max_connections: usize,
-    /// How long running sessions may continue after shutdown starts.
-    pub grace: Duration,
-    /// Silence after which a client is dropped.
-    pub idle_timeout: Duration,
-    /// Relay limits.
-    pub relay: RelayLimits,
-    /// Also listen on TCP, on the same port number as QUIC.
-    pub tcp: bool,
-    /// Certificate chain and key for TLS on the TCP listener (a self-signed one otherwise).
-    pub tls_identity: Option<crate::tcp::Identity>,
-    /// Tests only: sees and may alter relayed bytes (plays a malicious relay).
-    #[doc(hidden)]
-    pub relay_tap: Option<crate::relay::Tap>,
-}
-
-impl Default for ServerConfig {
-    fn default() -> Self {
-        ServerConfig {
-            limits: Limits::default(),
-            max_connections: 20_000,
-            grace: Duration::from_secs(10),
-            idle_timeout: Duration::from_secs(30),
-            relay: RelayLimits::default(),
-            tcp: true,
-            tls_identity: None,
-            relay_tap: None,
-        }
-    }
-}
 
 /// Failures starting the node.
 #[derive(Debug, thiserror::Error)]
@@ -94,66 +61,55 @@ pub enum ServerError {
         /// The cause.
         source: std::io::Error,
     },
+    /// The settings are unusable.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
 }
 
-/// The node's command line (`p2p-copy rendezvous` and `p2p-copy-rendezvous` share it).
-#[derive(Debug, Clone, clap::Args)]
-pub struct NodeArgs {
-    /// Address and port to listen on (UDP).
-    #[arg(long, default_value = "0.0.0.0:4433", env = "P2P_COPY_RENDEZVOUS_LISTEN")]
-    pub listen: SocketAddr,
-    /// Require this token from clients (they pass it with --rendezvous-token).
-    #[arg(long, env = "P2P_COPY_RENDEZVOUS_TOKEN", hide_env_values = true)]
-    pub token: Option<String>,
-    /// Nameplates open at once.
-    #[arg(long, default_value_t = Limits::default().max_nameplates)]
-    pub max_nameplates: usize,
-    /// Nameplate allocations and claims per minute from one IP address.
-    #[arg(long, default_value_t = Limits::default().claims_per_minute)]
-    pub claims_per_minute: u32,
-    /// Connections at once from one IP address.
-    #[arg(long, default_value_t = Limits::default().clients_per_ip)]
-    pub clients_per_ip: usize,
-    /// Connections at once in all.
-    #[arg(long, default_value_t = ServerConfig::default().max_connections)]
-    pub max_connections: usize,
-    /// Seconds running sessions may go on after SIGTERM or Ctrl-C.
-    #[arg(long, default_value_t = 10, value_name = "SECS")]
-    pub grace: u64,
-}
-
-impl NodeArgs {
-    /// The server configuration these arguments describe.
-    pub fn config(&self) -> ServerConfig {
-        let limits = Limits {
-            token: self.token.clone(),
-            max_nameplates: self.max_nameplates,
-            claims_per_minute: self.claims_per_minute,
-            clients_per_ip: self.clients_per_ip,
-            ..Limits::default()
-        };
-        ServerConfig {
-            limits,
-            max_connections: self.max_connections,
-            grace: Duration::from_secs(self.grace),
-            ..ServerConfig::default()
-        }
-    }
-}
-
-/// Binds and serves the node described by `args` until `shutdown` resolves.
-pub async fn run(args: &NodeArgs, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
-    let config = args.config();
-    let listeners = bind(args.listen, &config)?;
-    let local =
-        listeners.local_addr().map_err(|source| ServerError::Bind { addr: args.listen, source })?;
+/// Binds and serves the node `config` describes until `shutdown` resolves, with its metrics
+/// listener if it has one.
+pub async fn run(
+    config: ServerConfig,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServerError> {
+    let listeners = bind(config.listen, &config)?;
+    let local = listeners
+        .local_addr()
+        .map_err(|source| ServerError::Bind { addr: config.listen, source })?;
+    let http = match config.metrics {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|source| ServerError::Bind { addr, source })?,
+        ),
+        None => None,
+    };
     tracing::info!(
         listen = %local,
         tcp = listeners.tcp.is_some(),
+        tls_certificate = config.tls.is_some(),
         token = config.limits.token.is_some(),
         "rendezvous node serving"
     );
-    serve(listeners, config, shutdown).await;
+    if let Some(addr) = config.metrics {
+        tracing::info!(metrics = %addr, "metrics and health served over HTTP");
+    }
+    let counters = config.metrics_handle.clone();
+    let (served, served_rx) = tokio::sync::oneshot::channel::<()>();
+    let node = async {
+        serve(listeners, config, shutdown).await;
+        let _ = served.send(());
+    };
+    // The metrics listener outlives the grace period, so health reports it.
+    let http = async {
+        if let Some(listener) = http {
+            metrics::serve(listener, counters, async {
+                let _ = served_rx.await;
+            })
+            .await;
+        }
+    };
+    tokio::join!(node, http);
     tracing::info!("rendezvous node stopped");
     Ok(())
 }
@@ -275,23 +231,30 @@ pub fn bind(addr: SocketAddr, config: &ServerConfig) -> Result<Listeners, Server
 /// Serves the node until `shutdown` resolves, then drains for the grace period.
 pub async fn serve(listeners: Listeners, config: ServerConfig, shutdown: impl Future<Output = ()>) {
     let Listeners { quic: endpoint, tcp } = listeners;
-    let tls = match crate::tcp::acceptor(config.tls_identity.clone()) {
+    let identity = config.tls.as_ref().map(TlsFiles::load).transpose();
+    let tls = match identity.map_err(ServerError::from).and_then(crate::tcp::acceptor) {
         Ok(tls) => Some(tls),
         Err(e) => {
-            tracing::error!(error = %e, "TCP listener disabled: no TLS configuration");
+            tracing::error!(error = %e, "TCP listener disabled: no usable TLS configuration");
             None
         }
     };
     let tcp = tcp.zip(tls);
     let (events_tx, events_rx) = mpsc::channel(EVENTS);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let mut table_task =
-        tokio::spawn(run_table(Table::new(config.limits.clone()), events_rx, stop_rx));
+    let counters = config.metrics_handle.clone();
+    let table = Table::new(config.limits.clone());
+    let mut table_task = tokio::spawn(run_table(table, events_rx, stop_rx, counters.clone()));
     let shared = Arc::new(Shared {
         events: events_tx,
-        relays: Arc::new(Relays::with_tap(config.relay.clone(), config.relay_tap.clone())),
+        relays: Arc::new(Relays::with(
+            config.relay.clone(),
+            config.relay_tap.clone(),
+            counters.clone(),
+        )),
         next_id: AtomicU64::new(1),
         token: config.limits.token.clone(),
+        metrics: counters.clone(),
     });
     let mut connections = JoinSet::new();
     tokio::pin!(shutdown);
@@ -306,17 +269,23 @@ pub async fn serve(listeners: Listeners, config: ServerConfig, shutdown: impl Fu
             incoming = endpoint.accept() => {
                 let Some(incoming) = incoming else { break };
                 if connections.len() >= config.max_connections {
+                    Metrics::bump(&counters.clients_refused_total);
                     incoming.refuse();
                     continue;
                 }
-                connections.spawn(serve_connection(incoming, shared.clone()));
+                let open = GaugeGuard::new(counters.clone(), |m| &m.connections_quic);
+                let served = serve_connection(incoming, shared.clone());
+                connections.spawn(async move { served.await; drop(open) });
             }
             Some((stream, addr)) = tcp_accept => {
                 if connections.len() >= config.max_connections {
+                    Metrics::bump(&counters.clients_refused_total);
                     continue;
                 }
                 if let Some((_, tls)) = &tcp {
-                    connections.spawn(crate::tcp::serve(stream, addr, tls.clone(), shared.clone()));
+                    let open = GaugeGuard::new(counters.clone(), |m| &m.connections_tcp);
+                    let served = crate::tcp::serve(stream, addr, tls.clone(), shared.clone());
+                    connections.spawn(async move { served.await; drop(open) });
                 }
             }
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
@@ -324,6 +293,7 @@ pub async fn serve(listeners: Listeners, config: ServerConfig, shutdown: impl Fu
         }
     }
     tracing::info!(connections = connections.len(), "shutting down: refusing new sessions");
+    counters.shutting_down.store(true, std::sync::atomic::Ordering::Relaxed);
     let _ = stop_tx.send(true);
     endpoint.set_server_config(None);
     drop(tcp);
@@ -346,6 +316,7 @@ async fn run_table(
     mut table: Table,
     mut events: mpsc::Receiver<Event>,
     mut stop: tokio::sync::watch::Receiver<bool>,
+    counters: Arc<Metrics>,
 ) {
     let mut outboxes: std::collections::HashMap<ClientId, mpsc::Sender<Routed>> =
         std::collections::HashMap::new();
@@ -359,6 +330,7 @@ async fn run_table(
                     Event::Connect { client, addr, outbox } => match table.connect(now, client, addr) {
                         Ok(()) => { outboxes.insert(client, outbox); }
                         Err(code) => {
+                            Metrics::bump(&counters.clients_refused_total);
                             let _ = outbox.try_send(Routed::Msg(NodeMsg::Error {
                                 code,
                                 message: "too many connections from your address".into(),
@@ -378,7 +350,10 @@ async fn run_table(
                 if changed.is_ok() && *stop.borrow() { table.shutting_down(); }
             }
         }
+        let open = i64::try_from(table.nameplates()).unwrap_or(i64::MAX);
+        counters.nameplates_open.store(open, std::sync::atomic::Ordering::Relaxed);
         while let Some(out) = table.poll_output() {
+            counters.observe(&out);
             let (client, routed) = match out {
                 Output::Send { to, msg } => (to, Routed::Msg(msg)),
                 Output::Close { client } => (client, Routed::Close),
@@ -407,6 +382,7 @@ pub(crate) struct Shared {
     relays: Arc<Relays>,
     next_id: AtomicU64,
     token: Option<String>,
+    metrics: Arc<Metrics>,
 }
 
 impl Shared {
@@ -486,7 +462,7 @@ pub(crate) async fn serve_stream(
                 None
             };
             if let Some((code, message)) = refusal {
-                shared.relays.stats.refused.fetch_add(1, Ordering::Relaxed);
+                Metrics::bump(&shared.metrics.relays_refused_total);
                 let frame = wire::encode(&NodeMsg::Error { code, message });
                 let _ = tokio::time::timeout(SETUP_TIMEOUT, writer.write_all(&frame)).await;
                 let _ = writer.shutdown().await;

@@ -23,20 +23,8 @@ const SETUP_TIMEOUT: Duration = Duration::from_secs(10);
 /// First byte of a TLS record carrying a handshake message.
 const TLS_HANDSHAKE: u8 = 0x16;
 
-/// A certificate chain and its private key.
-#[derive(Debug)]
-pub struct Identity {
-    /// The chain, leaf first.
-    pub certs: Vec<CertificateDer<'static>>,
-    /// The leaf's key.
-    pub key: PrivateKeyDer<'static>,
-}
-
-impl Clone for Identity {
-    fn clone(&self) -> Self {
-        Identity { certs: self.certs.clone(), key: self.key.clone_key() }
-    }
-}
+/// A certificate chain (leaf first) and the leaf's private key.
+pub type Identity = (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>);
 
 /// The TLS acceptor for `identity`, or for a fresh self-signed certificate.
 pub fn acceptor(identity: Option<Identity>) -> Result<TlsAcceptor, ServerError> {
@@ -47,12 +35,10 @@ pub fn acceptor(identity: Option<Identity>) -> Result<TlsAcceptor, ServerError> 
             let certified =
                 rcgen::generate_simple_self_signed(vec!["p2p-copy-rendezvous".to_owned()])
                     .map_err(|e| tls(&e))?;
-            Identity {
-                certs: vec![CertificateDer::from(certified.cert.der().to_vec())],
-                key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(
-                    certified.key_pair.serialize_der(),
-                )),
-            }
+            (
+                vec![CertificateDer::from(certified.cert.der().to_vec())],
+                PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(certified.key_pair.serialize_der())),
+            )
         }
     };
     let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -60,7 +46,7 @@ pub fn acceptor(identity: Option<Identity>) -> Result<TlsAcceptor, ServerError> 
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .map_err(|e| tls(&e))?
         .with_no_client_auth()
-        .with_single_cert(identity.certs, identity.key)
+        .with_single_cert(identity.0, identity.1)
         .map_err(|e| tls(&e))?;
     config.alpn_protocols = vec![ALPN.to_vec()];
     Ok(TlsAcceptor::from(Arc::new(config)))
