@@ -79,10 +79,71 @@ pub struct Meeting {
     no_relay: bool,
 }
 
+/// The user's settings file: `rendezvous` and `rendezvous_token`, used when neither the
+/// option nor its environment variable is given.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Settings {
+    rendezvous: Option<String>,
+    rendezvous_token: Option<String>,
+}
+
+/// Largest settings file read.
+const MAX_SETTINGS: u64 = 64 * 1024;
+
+impl Settings {
+    /// `$P2P_COPY_CONFIG`, else `$XDG_CONFIG_HOME/p2p-copy/config.toml`, else
+    /// `~/.config/p2p-copy/config.toml`. A missing default file is no error; a named one is.
+    fn load() -> Result<Settings, TransferError> {
+        let (path, named) = match std::env::var_os("P2P_COPY_CONFIG") {
+            Some(p) if !p.is_empty() => (std::path::PathBuf::from(p), true),
+            _ => {
+                let base = std::env::var_os("XDG_CONFIG_HOME")
+                    .filter(|v| !v.is_empty())
+                    .map(std::path::PathBuf::from)
+                    .or_else(|| {
+                        std::env::var_os("HOME").map(|h| std::path::Path::new(&h).join(".config"))
+                    });
+                match base {
+                    Some(b) => (b.join("p2p-copy").join("config.toml"), false),
+                    None => return Ok(Settings::default()),
+                }
+            }
+        };
+        let bad = |why: String| usage(format!("settings file {}: {why}", path.display()));
+        let text = match std::fs::File::open(&path) {
+            Ok(f) => {
+                use std::io::Read;
+                let mut text = String::new();
+                f.take(MAX_SETTINGS + 1)
+                    .read_to_string(&mut text)
+                    .map_err(|e| bad(e.to_string()))?;
+                if text.len() as u64 > MAX_SETTINGS {
+                    return Err(bad(format!("larger than {MAX_SETTINGS} bytes")));
+                }
+                text
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !named => {
+                return Ok(Settings::default())
+            }
+            Err(e) => return Err(bad(e.to_string())),
+        };
+        toml::from_str(&text).map_err(|e| bad(e.to_string()))
+    }
+}
+
 impl Meeting {
-    /// The rendezvous settings, or `None` for the local network.
+    /// The rendezvous settings, or `None` for the local network. Options (and their
+    /// environment variables) win over the settings file.
     pub fn rendezvous(&self) -> Result<Option<crate::transfer::meet::Rendezvous>, TransferError> {
-        let node = match self.rendezvous.as_deref().map(str::trim) {
+        let settings = if self.rendezvous.is_none() || self.rendezvous_token.is_none() {
+            Settings::load()?
+        } else {
+            Settings::default()
+        };
+        let chosen = self.rendezvous.clone().or(settings.rendezvous);
+        let token = self.rendezvous_token.clone().or(settings.rendezvous_token);
+        let node = match chosen.as_deref().map(str::trim) {
             None | Some("") | Some("none") => {
                 if self.force_relay || self.no_relay {
                     return Err(usage("--force-relay and --no-relay need --rendezvous"));
@@ -98,7 +159,7 @@ impl Meeting {
         let node = if has_port { node.to_owned() } else { format!("{node}:4433") };
         Ok(Some(crate::transfer::meet::Rendezvous {
             node,
-            token: self.rendezvous_token.clone(),
+            token,
             force_relay: self.force_relay,
             no_relay: self.no_relay,
         }))

@@ -306,3 +306,29 @@ fn a_tampering_relay_is_detected() {
     assert!(!out.join("victim.bin").exists(), "nothing under the final name");
     assert!(part_files(&out).is_empty(), "no partial file left: {:?}", list_all(&out));
 }
+
+/// The settings file names the node when neither the option nor the variable does; a bad
+/// settings file is a usage error that names it.
+#[test]
+fn the_settings_file_names_the_node() {
+    let mut fx = Fixture::new();
+    let src = fx.path("src/a.bin");
+    random_file(&src, 10, &mut fx.rng);
+    let free = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let addr = free.local_addr().unwrap();
+    drop(free);
+    let settings = fx.path("settings.toml");
+    write_file(&settings, format!("rendezvous = \"{addr}\"\n").as_bytes());
+    let mut cmd = fx.command(&[], [OsStr::new("send"), OsStr::new("--json"), src.as_os_str()]);
+    cmd.env("P2P_COPY_CONFIG", &settings);
+    let s = Proc::spawn("sender", cmd).finish();
+    assert_exits(&[(&s, 7)]);
+    assert_says(&s, &["rendezvous node", &addr.to_string()]);
+
+    write_file(&settings, b"rendezvouz = \"typo:1\"\n");
+    let mut cmd = fx.command(&[], [OsStr::new("send"), OsStr::new("--json"), src.as_os_str()]);
+    cmd.env("P2P_COPY_CONFIG", &settings);
+    let s = Proc::spawn("sender", cmd).finish();
+    assert_exits(&[(&s, 2)]);
+    assert_says(&s, &["settings.toml", "rendezvouz"]);
+}

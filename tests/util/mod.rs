@@ -69,7 +69,7 @@ impl Fixture {
     }
 
     /// The binary with this fixture's environment: every inherited `P2P_COPY_*` and `RUST_LOG`
-    /// removed, the discovery port set, stdin null, stdout and stderr piped. `prefix` runs it
+    /// removed, the settings directory inside the fixture, the discovery port set, stdin null, stdout and stderr piped. `prefix` runs it
     /// through another program (`ip netns exec NS`).
     pub fn command<S: AsRef<OsStr>>(
         &self,
@@ -90,7 +90,9 @@ impl Fixture {
                 cmd.env_remove(key);
             }
         }
-        cmd.env("P2P_COPY_DISCOVERY_PORT", self.port.to_string())
+        // No settings file of the person running the tests applies.
+        cmd.env("XDG_CONFIG_HOME", self.dir.path().join("xdg-config"))
+            .env("P2P_COPY_DISCOVERY_PORT", self.port.to_string())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
