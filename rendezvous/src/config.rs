@@ -51,7 +51,7 @@ pub struct ServerConfig {
     pub relay: RelayLimits,
     /// Also listen on TCP at the same port.
     pub tcp: bool,
-    /// Certificate and key for TLS on the TCP listener (`None`: plain TCP).
+    /// Certificate and key for TLS on the TCP listener (`None`: a fresh self-signed one).
     pub tls: Option<TlsFiles>,
     /// Address of the metrics and health listener (`None`: off).
     pub metrics: Option<SocketAddr>,
