@@ -118,7 +118,18 @@ impl Client {
         token: Option<String>,
         timeout: Duration,
     ) -> Result<Client, ClientError> {
-        let conn = connect_quic(endpoint, node, timeout).await?;
+        Client::connect_within(endpoint, node, token, timeout, timeout).await
+    }
+
+    /// As [`Client::connect`], with `handshake` bounding the QUIC handshake alone.
+    async fn connect_within(
+        endpoint: &quinn::Endpoint,
+        node: SocketAddr,
+        token: Option<String>,
+        handshake: Duration,
+        timeout: Duration,
+    ) -> Result<Client, ClientError> {
+        let conn = connect_quic(endpoint, node, handshake).await?;
         let (send, recv) = tokio::time::timeout(timeout, conn.open_bi())
             .await
             .map_err(|_| ClientError::Timeout(timeout))?
@@ -145,7 +156,8 @@ impl Client {
         udp_timeout: Duration,
         timeout: Duration,
     ) -> Result<Client, ClientError> {
-        match Client::connect(endpoint, node, token.clone(), udp_timeout.min(timeout)).await {
+        let handshake = udp_timeout.min(timeout);
+        match Client::connect_within(endpoint, node, token.clone(), handshake, timeout).await {
             Ok(client) => Ok(client),
             // An answer that refuses is final; silence (UDP blocked) is worth a TCP try.
             Err(ClientError::Unreachable { reason: udp, .. }) => {
@@ -320,12 +332,23 @@ async fn connect_quic(
         .map_err(|e| unreachable(e.to_string()))
 }
 
+/// TCP keep-alive settings for connections between clients and the node: a dead peer is
+/// noticed within about a minute.
+pub fn keepalive() -> socket2::TcpKeepalive {
+    socket2::TcpKeepalive::new()
+        .with_time(Duration::from_secs(20))
+        .with_interval(Duration::from_secs(10))
+        .with_retries(4)
+}
+
 /// A new TLS-over-TCP stream to `node`.
 async fn open_tcp(node: SocketAddr, timeout: Duration) -> Result<(Reader, Writer), ClientError> {
     let unreachable = |reason: String| ClientError::Unreachable { node, reason };
     let setup = async {
         let tcp = TcpStream::connect(node).await.map_err(|e| unreachable(e.to_string()))?;
         let _ = tcp.set_nodelay(true);
+        // A node (or NAT mapping) that vanished is noticed while we wait for the peer.
+        let _ = socket2::SockRef::from(&tcp).set_tcp_keepalive(&keepalive());
         let connector = tokio_rustls::TlsConnector::from(Arc::new(tls_client_config()?));
         let name = rustls::pki_types::ServerName::try_from(SERVER_NAME)
             .map_err(|e| ClientError::Protocol(e.to_string()))?;

@@ -318,6 +318,7 @@ impl NodeArgs {
                 .unwrap_or(d.max_connections),
             grace: self.grace.or(file.grace).map_or(d.grace, secs),
             relay: RelayLimits {
+                per_source: d.relay.per_source,
                 max_sessions: self
                     .relay_max_sessions
                     .or(relay.max_sessions)

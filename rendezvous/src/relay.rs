@@ -13,6 +13,7 @@
 //! silent in both directions.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -43,6 +44,9 @@ pub struct RelayLimits {
     pub max_duration: Duration,
     /// A relay with no bytes in either direction for this long is closed.
     pub idle_timeout: Duration,
+    /// Relays at once (waiting ones included) from one IPv4 address or IPv6 /64; the node
+    /// sets it to its clients-per-address limit.
+    pub per_source: usize,
 }
 
 impl Default for RelayLimits {
@@ -53,6 +57,7 @@ impl Default for RelayLimits {
             total_rate: 0,
             max_duration: Duration::from_secs(6 * 3600),
             idle_timeout: Duration::from_secs(60),
+            per_source: 64,
         }
     }
 }
@@ -80,6 +85,25 @@ struct End {
     _done: Option<oneshot::Sender<()>>,
 }
 
+/// A relay slot: one session (or waiting end) counted overall and for its source.
+struct Slot<'a> {
+    relays: &'a Relays,
+    key: IpAddr,
+    _active: GaugeGuard,
+}
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        let mut per_source = lock(&self.relays.per_source);
+        if let Some(n) = per_source.get_mut(&self.key) {
+            *n -= 1;
+            if *n == 0 {
+                per_source.remove(&self.key);
+            }
+        }
+    }
+}
+
 struct Waiting {
     side: u8,
     id: u64,
@@ -91,6 +115,7 @@ struct Waiting {
 pub struct Relays {
     limits: RelayLimits,
     waiting: Mutex<HashMap<[u8; 32], Waiting>>,
+    per_source: Mutex<HashMap<IpAddr, usize>>,
     total: Option<Mutex<Bucket>>,
     next_id: AtomicU64,
     tap: Option<Tap>,
@@ -116,6 +141,7 @@ impl Relays {
         Relays {
             limits,
             waiting: Mutex::new(HashMap::new()),
+            per_source: Mutex::new(HashMap::new()),
             total,
             next_id: AtomicU64::new(1),
             tap,
@@ -123,65 +149,120 @@ impl Relays {
         }
     }
 
-    /// Serves one relay stream whose `Relay` request (`token`, `side`) was read; returns when
-    /// the relay is over (or was refused).
-    pub async fn serve(&self, token: [u8; 32], side: u8, reader: Reader, mut writer: Writer) {
-        let _active = GaugeGuard::new(self.metrics.clone(), |m| &m.relays_active);
-        let active = self.metrics.relays_active.load(Ordering::Relaxed);
-        if usize::try_from(active).unwrap_or(0) > self.limits.max_sessions {
+    /// Serves one relay stream from `source` whose `Relay` request (`token`, `side`) was read;
+    /// returns when the relay is over (or was refused). `on_paired` runs once the stream is
+    /// paired (the QUIC server widens the connection's receive window then).
+    pub async fn serve(
+        &self,
+        token: [u8; 32],
+        side: u8,
+        source: IpAddr,
+        reader: Reader,
+        mut writer: Writer,
+        on_paired: Option<Box<dyn FnOnce() + Send>>,
+    ) {
+        let Some(slot) = self.admit(source) else {
             self.refuse(&mut writer, ErrorCode::Busy, "the relay is full; try again later").await;
             return;
-        }
+        };
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (deliver, delivered) = oneshot::channel();
-        let partner = {
+        enum Role {
+            First,
+            Second(Waiting),
+            Duplicate,
+        }
+        // One critical section decides: pair with the waiting end, wait, or refuse.
+        let role = {
             let mut waiting = lock(&self.waiting);
             match waiting.remove(&token) {
-                Some(w) if w.side != side => Some(w),
+                Some(w) if w.side != side => Role::Second(w),
                 Some(w) => {
                     waiting.insert(token, w);
-                    None
+                    Role::Duplicate
                 }
                 None => {
                     waiting.insert(token, Waiting { side, id, deliver });
-                    None
+                    Role::First
                 }
             }
         };
-        if let Some(partner) = partner {
-            // Second end: hand ourselves to the first, which runs the splice, and stay until
-            // it is over so that our connection stays open.
-            let (done, finished) = oneshot::channel();
-            let end = End { side, reader, writer, _done: Some(done) };
-            if partner.deliver.send(end).is_ok() {
-                let _ = finished.await;
-            }
-            return;
-        }
-        // First end (or a duplicate side, which finds its own entry: refused).
-        let registered = lock(&self.waiting).get(&token).is_some_and(|w| w.id == id);
-        if !registered {
-            self.refuse(&mut writer, ErrorCode::Protocol, "this relay token is already waiting")
+        match role {
+            Role::Duplicate => {
+                self.refuse(
+                    &mut writer,
+                    ErrorCode::Protocol,
+                    "this relay token is already waiting",
+                )
                 .await;
-            return;
-        }
-        let other = match tokio::time::timeout(PAIR_TIMEOUT, delivered).await {
-            Ok(Ok(other)) => other,
-            _ => {
-                {
-                    let mut waiting = lock(&self.waiting);
-                    if waiting.get(&token).is_some_and(|w| w.id == id) {
-                        waiting.remove(&token);
+            }
+            Role::Second(partner) => {
+                // Hand ourselves to the first end, which runs the splice (and counts as the
+                // session), and stay until it is over so that our connection stays open.
+                drop(slot);
+                if let Some(widen) = on_paired {
+                    widen();
+                }
+                let (done, finished) = oneshot::channel();
+                let end = End { side, reader, writer, _done: Some(done) };
+                match partner.deliver.send(end) {
+                    Ok(()) => {
+                        let _ = finished.await;
+                    }
+                    Err(mut end) => {
+                        self.refuse(&mut end.writer, ErrorCode::Expired, "the other side left")
+                            .await;
                     }
                 }
-                self.refuse(&mut writer, ErrorCode::Expired, "the other side never came").await;
-                return;
             }
-        };
-        Metrics::bump(&self.metrics.relays_total);
-        let mine = End { side, reader, writer, _done: None };
-        let bytes = self.splice(mine, other).await;
-        tracing::debug!(bytes, "relay finished");
+            Role::First => {
+                let mut reader = reader;
+                // The client sends nothing before `Paired`: a read that returns means it hung
+                // up (or broke the protocol); either way stop waiting.
+                let mut probe = [0u8; 1];
+                let other = tokio::select! {
+                    r = tokio::time::timeout(PAIR_TIMEOUT, delivered) => r.ok().and_then(Result::ok),
+                    _ = reader.read(&mut probe) => None,
+                };
+                let Some(other) = other else {
+                    {
+                        let mut waiting = lock(&self.waiting);
+                        if waiting.get(&token).is_some_and(|w| w.id == id) {
+                            waiting.remove(&token);
+                        }
+                    }
+                    self.refuse(&mut writer, ErrorCode::Expired, "the other side never came").await;
+                    return;
+                };
+                if let Some(widen) = on_paired {
+                    widen();
+                }
+                Metrics::bump(&self.metrics.relays_total);
+                let mine = End { side, reader, writer, _done: None };
+                let bytes = self.splice(mine, other).await;
+                tracing::debug!(bytes, "relay finished");
+                drop(slot);
+            }
+        }
+    }
+
+    /// Takes a relay slot for `source` within the session cap and the per-address cap.
+    fn admit(&self, source: IpAddr) -> Option<Slot<'_>> {
+        let key = crate::table::source_of(source);
+        let mut per_source = lock(&self.per_source);
+        let active = self.metrics.relays_active.load(Ordering::Relaxed);
+        let mine = per_source.get(&key).copied().unwrap_or(0);
+        if usize::try_from(active).unwrap_or(usize::MAX) >= self.limits.max_sessions
+            || mine >= self.limits.per_source
+        {
+            return None;
+        }
+        per_source.insert(key, mine + 1);
+        Some(Slot {
+            relays: self,
+            key,
+            _active: GaugeGuard::new(self.metrics.clone(), |m| &m.relays_active),
+        })
     }
 
     async fn refuse(&self, writer: &mut Writer, code: ErrorCode, message: &str) {
@@ -324,6 +405,8 @@ pub(crate) async fn read_first(
 mod tests {
     use super::*;
 
+    const LOCAL: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+
     #[test]
     fn bucket_paces_to_its_rate() {
         let mut b = Bucket::new(1000);
@@ -356,12 +439,12 @@ mod tests {
         let (br, bw, mut b) = pipe();
         let first = tokio::spawn({
             let r = relays.clone();
-            async move { r.serve([1; 32], 0, ar, aw).await }
+            async move { r.serve([1; 32], 0, LOCAL, ar, aw, None).await }
         });
         tokio::task::yield_now().await;
         let second = tokio::spawn({
             let r = relays.clone();
-            async move { r.serve([1; 32], 1, br, bw).await }
+            async move { r.serve([1; 32], 1, LOCAL, br, bw, None).await }
         });
         assert_eq!(read_msg(&mut a).await, NodeMsg::Paired);
         assert_eq!(read_msg(&mut b).await, NodeMsg::Paired);
@@ -388,20 +471,20 @@ mod tests {
         let (ar, aw, _a) = pipe();
         let first = tokio::spawn({
             let r = relays.clone();
-            async move { r.serve([2; 32], 0, ar, aw).await }
+            async move { r.serve([2; 32], 0, LOCAL, ar, aw, None).await }
         });
         tokio::task::yield_now().await;
         let (br, bw, mut b) = pipe();
-        relays.serve([2; 32], 0, br, bw).await;
+        relays.serve([2; 32], 0, LOCAL, br, bw, None).await;
         assert!(matches!(read_msg(&mut b).await, NodeMsg::Error { code: ErrorCode::Protocol, .. }));
         let (cr, cw, _c) = pipe();
         let other = tokio::spawn({
             let r = relays.clone();
-            async move { r.serve([3; 32], 0, cr, cw).await }
+            async move { r.serve([3; 32], 0, LOCAL, cr, cw, None).await }
         });
         tokio::task::yield_now().await;
         let (dr, dw, mut d) = pipe();
-        relays.serve([4; 32], 0, dr, dw).await;
+        relays.serve([4; 32], 0, LOCAL, dr, dw, None).await;
         assert!(matches!(read_msg(&mut d).await, NodeMsg::Error { code: ErrorCode::Busy, .. }));
         first.abort();
         other.abort();
@@ -411,7 +494,7 @@ mod tests {
     async fn an_unpaired_stream_expires() {
         let relays = Relays::new(RelayLimits::default());
         let (ar, aw, mut a) = pipe();
-        relays.serve([5; 32], 0, ar, aw).await;
+        relays.serve([5; 32], 0, LOCAL, ar, aw, None).await;
         assert!(matches!(read_msg(&mut a).await, NodeMsg::Error { code: ErrorCode::Expired, .. }));
         assert!(lock(&relays.waiting).is_empty());
     }
@@ -424,12 +507,12 @@ mod tests {
         let (br, bw, mut b) = pipe();
         let first = tokio::spawn({
             let r = relays.clone();
-            async move { r.serve([6; 32], 0, ar, aw).await }
+            async move { r.serve([6; 32], 0, LOCAL, ar, aw, None).await }
         });
         tokio::task::yield_now().await;
         let second = tokio::spawn({
             let r = relays.clone();
-            async move { r.serve([6; 32], 1, br, bw).await }
+            async move { r.serve([6; 32], 1, LOCAL, br, bw, None).await }
         });
         assert_eq!(read_msg(&mut a).await, NodeMsg::Paired);
         assert_eq!(read_msg(&mut b).await, NodeMsg::Paired);
@@ -439,5 +522,66 @@ mod tests {
         let mut rest = Vec::new();
         a.read_to_end(&mut rest).await.unwrap();
         assert!(rest.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_pair_counts_once_and_a_source_has_a_cap() {
+        let limits = RelayLimits { per_source: 2, ..RelayLimits::default() };
+        let relays = Arc::new(Relays::new(limits));
+        let (ar, aw, mut a) = pipe();
+        let (br, bw, mut b) = pipe();
+        let first = tokio::spawn({
+            let r = relays.clone();
+            async move { r.serve([10; 32], 0, LOCAL, ar, aw, None).await }
+        });
+        tokio::task::yield_now().await;
+        let second = tokio::spawn({
+            let r = relays.clone();
+            async move { r.serve([10; 32], 1, LOCAL, br, bw, None).await }
+        });
+        assert_eq!(read_msg(&mut a).await, NodeMsg::Paired);
+        assert_eq!(read_msg(&mut b).await, NodeMsg::Paired);
+        assert_eq!(relays.metrics.relays_active.load(Ordering::Relaxed), 1, "one session");
+        // The same source holds one slot; a second waiting end takes the other; a third is
+        // refused.
+        let (cr, cw, _c) = pipe();
+        let waiting = tokio::spawn({
+            let r = relays.clone();
+            async move { r.serve([11; 32], 0, LOCAL, cr, cw, None).await }
+        });
+        tokio::task::yield_now().await;
+        let (dr, dw, mut d) = pipe();
+        relays.serve([12; 32], 0, LOCAL, dr, dw, None).await;
+        assert!(matches!(read_msg(&mut d).await, NodeMsg::Error { code: ErrorCode::Busy, .. }));
+        // Another source is not affected.
+        let (er, ew, _e) = pipe();
+        let other: IpAddr = "192.0.2.9".parse().unwrap();
+        let elsewhere = tokio::spawn({
+            let r = relays.clone();
+            async move { r.serve([13; 32], 0, other, er, ew, None).await }
+        });
+        tokio::task::yield_now().await;
+        assert_eq!(relays.metrics.relays_active.load(Ordering::Relaxed), 3);
+        drop((a, b));
+        first.await.unwrap();
+        second.await.unwrap();
+        waiting.abort();
+        elsewhere.abort();
+    }
+
+    #[tokio::test]
+    async fn a_waiting_end_that_hangs_up_is_forgotten_at_once() {
+        let relays = Arc::new(Relays::new(RelayLimits::default()));
+        let (ar, aw, a) = pipe();
+        let task = tokio::spawn({
+            let r = relays.clone();
+            async move { r.serve([14; 32], 0, LOCAL, ar, aw, None).await }
+        });
+        tokio::task::yield_now().await;
+        assert_eq!(relays.metrics.relays_active.load(Ordering::Relaxed), 1);
+        drop(a);
+        tokio::time::timeout(Duration::from_secs(5), task).await.unwrap().unwrap();
+        assert_eq!(relays.metrics.relays_active.load(Ordering::Relaxed), 0);
+        assert!(lock(&relays.waiting).is_empty());
     }
 }

@@ -44,8 +44,21 @@ const OUTBOX: usize = 64;
 const SOCKET_BUFFER: usize = 4 << 20;
 /// Events buffered towards the table task.
 const EVENTS: usize = 4096;
-/// Time allowed for a connection's handshake and for its first stream.
+/// Time allowed for a connection's handshake and for its first stream, and for each write.
 const SETUP_TIMEOUT: Duration = Duration::from_secs(10);
+/// Receive window of a QUIC connection without a paired relay.
+const MAILBOX_WINDOW: u32 = 64 * 1024;
+/// Receive window of a connection (and of each stream) once a relay on it is paired.
+const RELAY_WINDOW: u32 = 2 << 20;
+
+/// The configured access token matches the one presented (compared in constant time).
+fn token_ok(required: Option<&str>, presented: Option<&str>) -> bool {
+    match (required, presented) {
+        (None, _) => true,
+        (Some(r), Some(p)) => crate::table::same_secret(r.as_bytes(), p.as_bytes()),
+        (Some(_), None) => false,
+    }
+}
 
 /// Failures starting the node.
 #[derive(Debug, thiserror::Error)]
@@ -154,10 +167,10 @@ pub fn endpoint(addr: SocketAddr, config: &ServerConfig) -> Result<quinn::Endpoi
         // The mailbox stream plus a few relay streams.
         .max_concurrent_bidi_streams(4u32.into())
         .max_concurrent_uni_streams(0u32.into())
-        // Relayed data is forwarded as it arrives; the window bounds what waits for a slow
-        // receiving side (per relay: twice this).
-        .stream_receive_window((2u32 << 20).into())
-        .receive_window((3u32 << 20).into())
+        // Small until a relay is paired (mailbox messages are small); then RELAY_WINDOW, which
+        // bounds what waits for a slow receiving side.
+        .stream_receive_window(RELAY_WINDOW.into())
+        .receive_window(MAILBOX_WINDOW.into())
         .send_window(4 << 20);
     if let Ok(idle) = config.idle_timeout.try_into() {
         transport.max_idle_timeout(Some(idle));
@@ -248,13 +261,14 @@ pub async fn serve(listeners: Listeners, config: ServerConfig, shutdown: impl Fu
     let shared = Arc::new(Shared {
         events: events_tx,
         relays: Arc::new(Relays::with(
-            config.relay.clone(),
+            RelayLimits { per_source: config.limits.clients_per_ip, ..config.relay.clone() },
             config.relay_tap.clone(),
             counters.clone(),
         )),
         next_id: AtomicU64::new(1),
         token: config.limits.token.clone(),
         metrics: counters.clone(),
+        conns: Arc::default(),
     });
     let mut connections = JoinSet::new();
     tokio::pin!(shutdown);
@@ -268,24 +282,31 @@ pub async fn serve(listeners: Listeners, config: ServerConfig, shutdown: impl Fu
         tokio::select! {
             incoming = endpoint.accept() => {
                 let Some(incoming) = incoming else { break };
-                if connections.len() >= config.max_connections {
+                let slot = shared.conns.take(incoming.remote_address().ip(), config.limits.clients_per_ip * 2);
+                let Some(slot) = slot.filter(|_| connections.len() < config.max_connections) else {
                     Metrics::bump(&counters.clients_refused_total);
                     incoming.refuse();
                     continue;
-                }
+                };
                 let open = GaugeGuard::new(counters.clone(), |m| &m.connections_quic);
                 let served = serve_connection(incoming, shared.clone());
-                connections.spawn(async move { served.await; drop(open) });
+                connections.spawn(async move { served.await; drop((open, slot)) });
             }
-            Some((stream, addr)) = tcp_accept => {
-                if connections.len() >= config.max_connections {
+            accepted = tcp_accept => {
+                let Some((stream, addr)) = accepted else {
+                    // Out of file descriptors, say: pause rather than spin.
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                };
+                let slot = shared.conns.take(addr.ip(), config.limits.clients_per_ip * 2);
+                let Some(slot) = slot.filter(|_| connections.len() < config.max_connections) else {
                     Metrics::bump(&counters.clients_refused_total);
                     continue;
-                }
+                };
                 if let Some((_, tls)) = &tcp {
                     let open = GaugeGuard::new(counters.clone(), |m| &m.connections_tcp);
                     let served = crate::tcp::serve(stream, addr, tls.clone(), shared.clone());
-                    connections.spawn(async move { served.await; drop(open) });
+                    connections.spawn(async move { served.await; drop((open, slot)) });
                 }
             }
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
@@ -383,6 +404,43 @@ pub(crate) struct Shared {
     next_id: AtomicU64,
     token: Option<String>,
     metrics: Arc<Metrics>,
+    conns: Arc<Conns>,
+}
+
+/// Connections (QUIC and TCP) per source address (IPv4, or IPv6 /64), counted at accept: a
+/// bound even before a client says hello.
+#[derive(Debug, Default)]
+pub(crate) struct Conns(std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>);
+
+impl Conns {
+    fn take(self: &Arc<Self>, ip: std::net::IpAddr, max: usize) -> Option<ConnSlot> {
+        let key = crate::table::source_of(ip);
+        let mut map = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let n = map.entry(key).or_insert(0);
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(ConnSlot { conns: self.clone(), key })
+    }
+}
+
+/// One counted connection; released on drop.
+pub(crate) struct ConnSlot {
+    conns: Arc<Conns>,
+    key: std::net::IpAddr,
+}
+
+impl Drop for ConnSlot {
+    fn drop(&mut self) {
+        let mut map = self.conns.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(n) = map.get_mut(&self.key) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.key);
+            }
+        }
+    }
 }
 
 impl Shared {
@@ -412,7 +470,12 @@ async fn serve_connection(incoming: quinn::Incoming, shared: Arc<Shared>) {
         tokio::select! {
             stream = accept => match stream {
                 Some(Ok((send, recv))) => {
-                    streams.spawn(serve_stream(Box::new(recv), Box::new(send), addr, shared.clone()));
+                    // Relayed data may only fill a large window once a relay is paired.
+                    let widen_conn = conn.clone();
+                    let widen: Box<dyn FnOnce() + Send> =
+                        Box::new(move || widen_conn.set_receive_window(RELAY_WINDOW.into()));
+                    let stream = serve_stream(Box::new(recv), Box::new(send), addr, shared.clone(), Some(widen));
+                    streams.spawn(stream);
                 }
                 _ => break,
             },
@@ -448,6 +511,7 @@ pub(crate) async fn serve_stream(
     mut writer: Writer,
     addr: SocketAddr,
     shared: Arc<Shared>,
+    on_paired: Option<Box<dyn FnOnce() + Send>>,
 ) -> StreamEnd {
     match read_first(&mut reader, SETUP_TIMEOUT).await {
         Some(hello @ ClientMsg::Hello { .. }) => {
@@ -456,7 +520,7 @@ pub(crate) async fn serve_stream(
         Some(ClientMsg::Relay { version, access, token, side }) => {
             let refusal = if version != VERSION {
                 Some((ErrorCode::Version, format!("this node speaks version {VERSION}")))
-            } else if shared.token.is_some() && access != shared.token {
+            } else if !token_ok(shared.token.as_deref(), access.as_deref()) {
                 Some((ErrorCode::Unauthorized, "this node requires an access token".to_owned()))
             } else {
                 None
@@ -468,7 +532,7 @@ pub(crate) async fn serve_stream(
                 let _ = writer.shutdown().await;
                 return StreamEnd::NodeClosed;
             }
-            shared.relays.serve(token, side, reader, writer).await;
+            shared.relays.serve(token, side, addr.ip(), reader, writer, on_paired).await;
             StreamEnd::Client
         }
         _ => StreamEnd::Client,
@@ -496,7 +560,10 @@ async fn mailbox(
         while let Some(routed) = inbox.recv().await {
             match routed {
                 Routed::Msg(msg) => {
-                    if writer.write_all(&wire::encode(&msg)).await.is_err() {
+                    // A client that grants no credit is dropped, not waited for.
+                    let frame = wire::encode(&msg);
+                    let write = tokio::time::timeout(SETUP_TIMEOUT, writer.write_all(&frame));
+                    if !matches!(write.await, Ok(Ok(()))) {
                         return StreamEnd::Client;
                     }
                 }

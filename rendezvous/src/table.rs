@@ -657,8 +657,8 @@ impl Table {
     }
 }
 
-/// The rate-limit and connection-count key of an address.
-fn source_of(ip: IpAddr) -> IpAddr {
+/// The rate-limit and connection-count key of an address: itself (IPv4), or its /64 (IPv6).
+pub(crate) fn source_of(ip: IpAddr) -> IpAddr {
     match ip.to_canonical() {
         IpAddr::V6(v6) => {
             let prefix = u128::from(v6) & !((1u128 << 64) - 1);
@@ -704,7 +704,7 @@ fn after(now: Instant, d: Duration) -> Instant {
 }
 
 /// Compares two secrets in time independent of where they differ.
-fn same_secret(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn same_secret(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 

@@ -60,6 +60,8 @@ pub(crate) async fn serve(
     shared: Arc<Shared>,
 ) {
     let _ = stream.set_nodelay(true);
+    // A client that vanished without closing (crash, NAT timeout) is noticed.
+    let _ = socket2::SockRef::from(&stream).set_tcp_keepalive(&crate::client::keepalive());
     let mut first = [0u8; 1];
     match tokio::time::timeout(SETUP_TIMEOUT, stream.peek(&mut first)).await {
         Ok(Ok(1)) => {}
@@ -70,9 +72,9 @@ pub(crate) async fn serve(
             return;
         };
         let (reader, writer) = tokio::io::split(stream);
-        serve_stream(Box::new(reader), Box::new(writer), addr, shared).await;
+        serve_stream(Box::new(reader), Box::new(writer), addr, shared, None).await;
     } else {
         let (reader, writer) = stream.into_split();
-        serve_stream(Box::new(reader), Box::new(writer), addr, shared).await;
+        serve_stream(Box::new(reader), Box::new(writer), addr, shared, None).await;
     }
 }

@@ -4,9 +4,11 @@ use std::net::{IpAddr, SocketAddr};
 
 use crate::wire::control::MAX_CANDIDATES;
 
-/// Candidates for an endpoint bound at `local`: the address of every interface (when bound
-/// to the unspecified address) with its port, then the address the rendezvous node observed
-/// (the NAT mapping), then loopback (same-host peers). Only the endpoint's address family;
+/// Candidates for an endpoint bound at `local`: the address of the first interface (when bound
+/// to the unspecified address) with its port, the address the rendezvous node observed (the
+/// NAT mapping), the other interfaces, then loopback (same-host peers). The observed address
+/// comes early because behind a NAT it is the one that works, while a machine with several
+/// interfaces (containers, VPNs) may list many that do not. Only the endpoint's address family;
 /// no duplicates; at most [`MAX_CANDIDATES`].
 pub fn gather(local: SocketAddr, observed: Option<SocketAddr>) -> Vec<SocketAddr> {
     let mut host = Vec::new();
@@ -31,7 +33,8 @@ pub fn gather(local: SocketAddr, observed: Option<SocketAddr>) -> Vec<SocketAddr
     }
     let observed = observed.filter(|o| o.is_ipv4() == local.is_ipv4() && !o.ip().is_unspecified());
     let mut out: Vec<SocketAddr> = Vec::new();
-    for addr in host.into_iter().chain(observed).chain(loopback) {
+    let rest = if host.is_empty() { Vec::new() } else { host.split_off(1) };
+    for addr in host.into_iter().chain(observed).chain(rest).chain(loopback) {
         if !out.contains(&addr) && out.len() < MAX_CANDIDATES {
             out.push(addr);
         }

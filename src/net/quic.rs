@@ -209,23 +209,25 @@ impl Node {
         addrs: &[SocketAddr],
         timeout: Duration,
     ) -> Result<quinn::Connection, QuicError> {
-        self.connect_to(addrs, timeout, None).await
+        self.connect_to(addrs, timeout, None, Duration::from_millis(250)).await
     }
 
-    /// As [`Node::connect_any`]; with `expect`, a peer whose certificate has another
-    /// fingerprint counts as a failed attempt (some other program on a candidate address).
+    /// As [`Node::connect_any`], with attempts `stagger` apart; with `expect`, a peer whose
+    /// certificate has another fingerprint counts as a failed attempt (some other program on a
+    /// candidate address).
     pub async fn connect_to(
         &self,
         addrs: &[SocketAddr],
         timeout: Duration,
         expect: Option<[u8; 32]>,
+        stagger: Duration,
     ) -> Result<quinn::Connection, QuicError> {
         let mut attempts = tokio::task::JoinSet::new();
         for (i, &addr) in addrs.iter().enumerate() {
             let endpoint = self.endpoint.clone();
             let config = self.client_config.clone();
             attempts.spawn(async move {
-                tokio::time::sleep(Duration::from_millis(250) * i as u32).await;
+                tokio::time::sleep(stagger * i as u32).await;
                 let connecting = endpoint
                     .connect_with(config, addr, SERVER_NAME)
                     .map_err(|e| format!("{addr}: {e}"))?;

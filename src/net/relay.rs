@@ -198,18 +198,17 @@ impl AsyncUdpSocket for RelaySocket {
         let mut frame = Vec::with_capacity(4 + transmit.contents.len() + TAG);
         frame.extend_from_slice(&[0; 4]);
         frame.extend_from_slice(transmit.contents);
-        let sealed = self
-            .sealer
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .seal(&mut frame, 4);
-        if sealed.is_err() {
+        // Seal and queue under one lock: quinn sends from more than one task, and datagrams
+        // must be queued in counter order.
+        let mut sealer = self.sealer.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if sealer.seal(&mut frame, 4).is_err() {
             // 2^64 datagrams: cannot happen in practice; refuse rather than reuse a nonce.
             return Err(io::Error::other("relay nonce space exhausted"));
         }
         let len = (frame.len() - 4) as u32;
         frame[..4].copy_from_slice(&len.to_be_bytes());
         permit.send(frame);
+        drop(sealer);
         Ok(())
     }
 
@@ -375,7 +374,12 @@ mod tests {
             }
         });
         let conn = r
-            .connect_to(&[RelayLink::peer_addr()], Duration::from_secs(5), Some(s.fingerprint))
+            .connect_to(
+                &[RelayLink::peer_addr()],
+                Duration::from_secs(5),
+                Some(s.fingerprint),
+                Duration::ZERO,
+            )
             .await
             .unwrap();
         let (mut send, mut recv) = conn.open_bi().await.unwrap();
@@ -400,7 +404,8 @@ mod tests {
             }
         });
         let _client = tokio::spawn(async move {
-            r.connect_to(&[RelayLink::peer_addr()], Duration::from_secs(3), None).await
+            r.connect_to(&[RelayLink::peer_addr()], Duration::from_secs(3), None, Duration::ZERO)
+                .await
         });
         let mut state = rl.state.clone();
         let s =

@@ -397,11 +397,12 @@ impl Session {
     }
 
     /// Deferred sessions: the connection the rest of the session runs on is now known; sends
-    /// our hello on it.
-    pub fn set_channel(&mut self, channel: Channel) -> Result<(), SessionError> {
+    /// our hello on it. The handshake deadline restarts: finding a path had its own bound.
+    pub fn set_channel(&mut self, now: Instant, channel: Channel) -> Result<(), SessionError> {
         if self.state != State::AwaitChannel {
             return Err(SessionError::Misuse("set_channel"));
         }
+        self.deadline = Some(now + self.config.handshake_timeout);
         self.channel = Some(channel);
         self.send_hello()
     }

@@ -41,6 +41,8 @@ pub const UDP_BOUND: Duration = Duration::from_secs(3);
 pub const NODE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a direct connection attempt may take.
 const DIRECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Time between the starts of direct attempts to successive candidates.
+const STAGGER: Duration = Duration::from_millis(100);
 /// How long the receiver still waits for the direct path once the relay is ready.
 pub const DIRECT_GRACE: Duration = Duration::from_millis(750);
 /// How long a relay stream waits for the other side's.
@@ -92,7 +94,8 @@ pub(crate) struct Met {
 /// Kept alive for the transfer: the node session (it carries the relay stream), the relay
 /// link, and the data endpoint when the relay won.
 struct Keep {
-    _client: Client,
+    /// The node session, while it carries the relay stream (QUIC).
+    _client: Option<Client>,
     _link: Option<RelayLink>,
     _other: Option<Node>,
 }
@@ -278,7 +281,17 @@ pub(crate) async fn meet(
     // Through the relay, the peer's address is the node's.
     let via = if won.path == PathKind::Relay { client.node() } else { won.conn.remote_address() };
     observer.note(Note::Connected { peer: via, path: won.path });
-    session.set_channel(won.node.channel(&won.conn)?)?;
+    session.set_channel(Instant::now(), won.node.channel(&won.conn)?)?;
+    // The nameplate has done its job: free it (and, when nothing more goes through the node,
+    // the connection to it).
+    let _ = tokio::time::timeout(Duration::from_secs(2), client.release()).await;
+    let keep_client = won.path == PathKind::Relay && !client.is_tcp();
+    let client = if keep_client {
+        Some(client)
+    } else {
+        client.close();
+        None
+    };
     let relay = won.link.as_ref().map(|l| l.state.clone());
     let met = Met {
         node: won.node,
@@ -337,7 +350,7 @@ impl Paths<'_> {
                 return Err(TransferError::network("direct path not tried"));
             }
             let started = Instant::now();
-            let conn = self.data.connect_to(&self.peer.addrs, DIRECT_TIMEOUT, fp).await?;
+            let conn = self.data.connect_to(&self.peer.addrs, DIRECT_TIMEOUT, fp, STAGGER).await?;
             tracing::debug!(elapsed = ?started.elapsed(), peer = %conn.remote_address(), "direct path up");
             Ok(conn)
         };
@@ -347,7 +360,8 @@ impl Paths<'_> {
             }
             let started = Instant::now();
             let (node, link) = self.relay(false).await?;
-            let conn = node.connect_to(&[RelayLink::peer_addr()], NODE_TIMEOUT, fp).await?;
+            let conn =
+                node.connect_to(&[RelayLink::peer_addr()], NODE_TIMEOUT, fp, STAGGER).await?;
             tracing::debug!(elapsed = ?started.elapsed(), "relayed path up");
             Ok::<_, TransferError>((node, link, conn))
         };
@@ -554,6 +568,7 @@ fn protocol(msg: &NodeMsg) -> TransferError {
 fn node_error(node: &str, e: ClientError) -> TransferError {
     let kind = match &e {
         ClientError::Refused { code: ErrorCode::Unauthorized, .. } => ErrorKind::Usage,
+        ClientError::Refused { code: ErrorCode::Version, .. } => ErrorKind::Protocol,
         ClientError::Protocol(_) => ErrorKind::Protocol,
         _ => ErrorKind::Network,
     };
@@ -568,13 +583,13 @@ fn claim_error(node: &str, e: ClientError) -> TransferError {
     match e {
         ClientError::Refused { code: ErrorCode::NameplateFull, .. } => TransferError::new(
             ErrorKind::WrongCode,
-            "this code is already in use by two other parties on the rendezvous node; ask the \
-             sender for a new code",
+            "this code is already in use by two other parties on the rendezvous node; start \
+             again with a new code",
         ),
         ClientError::Refused { code: ErrorCode::NameplateClosed, .. } => TransferError::new(
             ErrorKind::WrongCode,
-            "this code was already used (or expired) on the rendezvous node; ask the sender for \
-             a new code",
+            "this code was already used (or expired) on the rendezvous node; start again with a \
+             new code",
         ),
         other => node_error(node, other),
     }

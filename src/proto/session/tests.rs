@@ -262,9 +262,9 @@ fn deferred_session_confirms_then_binds_the_channel() {
     assert!(p.s.offer(offer()).is_err(), "no offer before the hello");
 
     let (cs, cr) = channels();
-    p.s.set_channel(cs.clone()).unwrap();
-    assert!(p.s.set_channel(cs).is_err(), "once only");
-    p.r.set_channel(cr).unwrap();
+    p.s.set_channel(p.now, cs.clone()).unwrap();
+    assert!(p.s.set_channel(p.now, cs).is_err(), "once only");
+    p.r.set_channel(p.now, cr).unwrap();
     assert_eq!(p.pump(), (None, None));
     assert!(matches!(Pair::events(&mut p.s)[..], [Event::Secured { .. }]));
     assert!(matches!(Pair::events(&mut p.r)[..], [Event::Secured { .. }]));
@@ -291,8 +291,8 @@ fn deferred_session_detects_a_substituted_connection() {
     p.pump();
     let (cs, mut cr) = channels();
     cr.exporter = vec![0x44; 32];
-    p.s.set_channel(cs).unwrap();
-    p.r.set_channel(cr).unwrap();
+    p.s.set_channel(p.now, cs).unwrap();
+    p.r.set_channel(p.now, cr).unwrap();
     let (es, er) = p.pump();
     assert!(es.is_some() && er.is_some(), "{es:?} {er:?}");
 }
