@@ -132,10 +132,10 @@ fn loopback_only_host() {
     assert_eq!(peer_ip(&s), "127.0.0.1", "{s}");
 }
 
-#[test]
-fn two_hosts_on_one_segment() {
+/// Two namespaces joined by a veth pair: (a, b, a's address, b's address).
+fn two_hosts() -> Option<(Netns, Netns, String, String)> {
     if !can_use_netns() {
-        return;
+        return None;
     }
     let (base, n) = unique("v");
     let subnet = (std::process::id().wrapping_mul(3).wrapping_add(n)) % 250 + 1;
@@ -157,15 +157,62 @@ fn two_hosts_on_one_segment() {
         b.ip(&["link", "set", &vb, "up"])?;
         Ok((a, b))
     };
-    let (a, b) = match setup() {
-        Ok(pair) => pair,
+    match setup() {
+        Ok((a, b)) => Some((a, b, a_addr, b_addr)),
         Err(e) => {
-            return skip_or_fail(&format!("cannot set up two namespaces and a veth pair: {e}"))
+            skip_or_fail(&format!("cannot set up two namespaces and a veth pair: {e}"));
+            None
         }
-    };
+    }
+}
+
+#[test]
+fn two_hosts_on_one_segment() {
+    let Some((a, b, a_addr, b_addr)) = two_hosts() else { return };
     let mut fx = Fixture::new();
     let tree = small_tree(&mut fx);
     let (s, r) = transfer_between(&fx, &tree, &a, &b);
     assert_eq!(peer_ip(&r), a_addr, "the receiver reached the sender's veth address\n{r}");
     assert_eq!(peer_ip(&s), b_addr, "the sender saw the receiver's veth address\n{s}");
+}
+
+/// With a rendezvous node configured, two hosts on one LAN still connect directly (host
+/// candidates); with the relay forced, the same transfer goes through the node.
+#[test]
+fn two_hosts_on_one_segment_through_a_node() {
+    let Some((a, b, a_addr, _b_addr)) = two_hosts() else { return };
+    let mut fx = Fixture::new();
+    let tree = small_tree(&mut fx);
+    let node_addr = format!("{a_addr}:4433");
+    let mut node = fx.spawn(
+        "node",
+        &a.prefix(),
+        ["rendezvous", "-q", "--listen", &node_addr, "--claims-per-minute", "0"],
+    );
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    for (i, forced) in [false, true].into_iter().enumerate() {
+        let out = fx.path(&format!("out{i}"));
+        let code = fresh_code();
+        let mut send_args = vec!["send", "--json", "--rendezvous", &node_addr, "--code", &code];
+        send_args.push(tree.to_str().unwrap());
+        let mut sender = fx.spawn("sender", &a.prefix(), send_args);
+        sender.wait_event("code");
+        let mut recv_args = vec!["receive", "--json", "--yes", "--rendezvous", &node_addr, "--out"];
+        recv_args.push(out.to_str().unwrap());
+        if forced {
+            recv_args.push("--force-relay");
+        }
+        recv_args.push(&code);
+        let receiver = fx.spawn("receiver", &b.prefix(), recv_args);
+        let (s, r) = finish_pair(sender, receiver);
+        assert_exits(&[(&s, 0), (&r, 0)]);
+        assert_same_tree(&tree, &out.join("photos"));
+        let want = if forced { "relay" } else { "direct" };
+        assert_done_via(&r, TREE_BYTES, 3, want);
+        assert_done_via(&s, TREE_BYTES, 3, want);
+        if !forced {
+            assert_eq!(peer_ip(&r), a_addr, "the receiver reached the sender's LAN address\n{r}");
+        }
+    }
+    node.kill();
 }

@@ -497,10 +497,15 @@ pub fn assert_says(o: &Outcome, needles: &[&str]) {
 
 /// Checks the `done` event: the bytes and files counts, and that the path was direct.
 pub fn assert_done(o: &Outcome, bytes: u64, files: u64) -> Value {
+    assert_done_via(o, bytes, files, "direct")
+}
+
+/// Checks the `done` event: the bytes and files counts, and the path (`direct` or `relay`).
+pub fn assert_done_via(o: &Outcome, bytes: u64, files: u64, path: &str) -> Value {
     let done = o.event("done").unwrap_or_else(|| panic!("no done event\n{o}"));
     assert_eq!(done["bytes"], bytes, "done.bytes\n{o}");
     assert_eq!(done["files"], files, "done.files\n{o}");
-    assert_eq!(done["path"], "direct", "done.path\n{o}");
+    assert_eq!(done["path"], path, "done.path\n{o}");
     assert!(done["seconds"].as_f64().is_some_and(|s| s > 0.0), "done.seconds\n{o}");
     done
 }
