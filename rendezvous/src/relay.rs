@@ -116,6 +116,7 @@ pub struct Relays {
     limits: RelayLimits,
     waiting: Mutex<HashMap<[u8; 32], Waiting>>,
     per_source: Mutex<HashMap<IpAddr, usize>>,
+    closing: std::sync::atomic::AtomicBool,
     total: Option<Mutex<Bucket>>,
     next_id: AtomicU64,
     tap: Option<Tap>,
@@ -142,6 +143,7 @@ impl Relays {
             limits,
             waiting: Mutex::new(HashMap::new()),
             per_source: Mutex::new(HashMap::new()),
+            closing: std::sync::atomic::AtomicBool::new(false),
             total,
             next_id: AtomicU64::new(1),
             tap,
@@ -161,6 +163,11 @@ impl Relays {
         mut writer: Writer,
         on_paired: Option<Box<dyn FnOnce() + Send>>,
     ) {
+        if self.closing.load(Ordering::Relaxed) {
+            let message = "the node is shutting down; try again later";
+            self.refuse(&mut writer, ErrorCode::ShuttingDown, message).await;
+            return;
+        }
         let Some(slot) = self.admit(source) else {
             self.refuse(&mut writer, ErrorCode::Busy, "the relay is full; try again later").await;
             return;
@@ -244,6 +251,12 @@ impl Relays {
                 drop(slot);
             }
         }
+    }
+
+    /// Shutdown: new relay streams are refused; running relays go on (the server bounds them
+    /// by its grace period).
+    pub fn close(&self) {
+        self.closing.store(true, Ordering::Relaxed);
     }
 
     /// Takes a relay slot for `source` within the session cap and the per-address cap.
@@ -583,5 +596,15 @@ mod tests {
         tokio::time::timeout(Duration::from_secs(5), task).await.unwrap().unwrap();
         assert_eq!(relays.metrics.relays_active.load(Ordering::Relaxed), 0);
         assert!(lock(&relays.waiting).is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_closing_node_takes_no_new_relays() {
+        let relays = Relays::new(RelayLimits::default());
+        relays.close();
+        let (ar, aw, mut a) = pipe();
+        relays.serve([15; 32], 0, LOCAL, ar, aw, None).await;
+        let refused = read_msg(&mut a).await;
+        assert!(matches!(refused, NodeMsg::Error { code: ErrorCode::ShuttingDown, .. }));
     }
 }

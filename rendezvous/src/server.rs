@@ -315,6 +315,7 @@ pub async fn serve(listeners: Listeners, config: ServerConfig, shutdown: impl Fu
     }
     tracing::info!(connections = connections.len(), "shutting down: refusing new sessions");
     counters.shutting_down.store(true, std::sync::atomic::Ordering::Relaxed);
+    shared.relays.close();
     let _ = stop_tx.send(true);
     endpoint.set_server_config(None);
     drop(tcp);

@@ -569,10 +569,14 @@ fn node_error(node: &str, e: ClientError) -> TransferError {
     let kind = match &e {
         ClientError::Refused { code: ErrorCode::Unauthorized, .. } => ErrorKind::Usage,
         ClientError::Refused { code: ErrorCode::Version, .. } => ErrorKind::Protocol,
+        ClientError::Refused { code: ErrorCode::NoSuchNameplate, .. } => ErrorKind::Usage,
         ClientError::Protocol(_) => ErrorKind::Protocol,
         _ => ErrorKind::Network,
     };
     let message = match e {
+        ClientError::Unreachable { node: addr, reason } if addr.to_string() != node => {
+            format!("cannot reach the rendezvous node {node} (at {addr}): {reason}")
+        }
         ClientError::Unreachable { .. } => e.to_string(),
         other => format!("rendezvous node {node}: {other}"),
     };
