@@ -38,7 +38,8 @@ pub fn main(args: Args) -> Result<(), TransferError> {
 
 async fn run(config: ServerConfig, common: Common, mut stop: Stop) -> Result<(), TransferError> {
     if !common.quiet {
-        eprintln!("rendezvous node listening on {} (UDP)", config.listen);
+        let transports = if config.tcp { "UDP and TCP" } else { "UDP" };
+        eprintln!("rendezvous node listening on {} ({transports})", config.listen);
     }
     p2p_copy_rendezvous::server::run(config, async move {
         stop.requested().await;
