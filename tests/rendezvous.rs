@@ -113,6 +113,12 @@ fn receive_via(fx: &Fixture, node: &TestNode, code: &str, extra: &[&str], out: &
     fx.spawn("receiver", &[], args)
 }
 
+/// A loopback address where nothing listens, UDP or TCP (it was free a moment ago).
+fn unused_addr() -> SocketAddr {
+    let free = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    free.local_addr().unwrap()
+}
+
 fn path_of(o: &Outcome) -> String {
     o.event("done").expect("done event")["path"].as_str().unwrap().to_owned()
 }
@@ -258,10 +264,7 @@ fn an_unreachable_node_fails_in_bounded_time_and_is_named() {
     let mut fx = Fixture::new();
     let src = fx.path("src/a.bin");
     random_file(&src, 10, &mut fx.rng);
-    // Nothing listens on this port, UDP or TCP.
-    let free = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-    let addr = free.local_addr().unwrap();
-    drop(free);
+    let addr = unused_addr();
     let started = Instant::now();
     let args: Vec<OsString> = vec![
         "send".into(),
@@ -314,9 +317,7 @@ fn the_settings_file_names_the_node() {
     let mut fx = Fixture::new();
     let src = fx.path("src/a.bin");
     random_file(&src, 10, &mut fx.rng);
-    let free = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-    let addr = free.local_addr().unwrap();
-    drop(free);
+    let addr = unused_addr();
     let settings = fx.path("settings.toml");
     write_file(&settings, format!("rendezvous = \"{addr}\"\n").as_bytes());
     let mut cmd = fx.command(&[], [OsStr::new("send"), OsStr::new("--json"), src.as_os_str()]);

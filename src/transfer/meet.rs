@@ -24,6 +24,7 @@ use p2p_copy_rendezvous::wire::{ErrorCode, NodeMsg};
 use rand::rngs::OsRng;
 use tokio::sync::watch;
 
+use super::control::ControlStream;
 use super::{Note, Observer, PathKind, TransferError};
 use crate::code::Code;
 use crate::crypto::{Keys, Role};
@@ -138,6 +139,24 @@ impl Guard {
             _ => TransferError::network("the rendezvous node closed the relayed connection"),
         }
     }
+}
+
+/// What a side needs to run the transfer: the endpoint, the connection, the control stream
+/// (its hello queued), the path, and what must live as long as the transfer.
+pub(crate) type Joined = (Node, quinn::Connection, ControlStream, PathKind, Guard);
+
+/// [`meet`], then the control stream on the chosen connection; ends early on a stop request.
+pub(crate) async fn join(
+    plan: Plan<'_>,
+    observer: &Arc<dyn Observer>,
+    stop: &mut super::Stop,
+) -> Result<Joined, TransferError> {
+    let (met, _code) = tokio::select! {
+        met = meet(plan, observer) => met?,
+        e = stop.requested() => return Err(e),
+    };
+    let (node, conn, session, send, recv, path, guard) = met.into_parts();
+    Ok((node, conn, ControlStream::new(session, send, recv), path, guard))
 }
 
 /// Meets the other side through the node. On success the session is secured up to its

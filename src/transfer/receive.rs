@@ -19,7 +19,7 @@ use rand::rngs::OsRng;
 use super::control::{unexpected, ControlStream, UNBOUNDED};
 use super::fs::{Dest, RelPath};
 use super::lanes::{receive_lanes, Sink};
-use super::meet::{meet, Guard, Plan, Rendezvous};
+use super::meet::{join, Guard, Plan, Rendezvous};
 use super::{Note, Observer, PathKind, Progress, Report, TransferError};
 use crate::code::Code;
 use crate::crypto::Role;
@@ -104,12 +104,7 @@ pub async fn receive(
                 config,
                 wait: opts.wait,
             };
-            let (met, _code) = tokio::select! {
-                met = meet(plan, &observer) => met?,
-                e = stop.requested() => return Err(e),
-            };
-            let (node, conn, session, send, recv, path, guard) = met.into_parts();
-            (node, conn, ControlStream::new(session, send, recv), path, guard)
+            join(plan, &observer, &mut stop).await?
         }
         None => {
             let (node, conn, ctl) = lan(&opts, config, &observer).await?;

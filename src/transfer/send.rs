@@ -16,7 +16,7 @@ use rand::rngs::OsRng;
 
 use super::control::{unexpected, ControlStream};
 use super::lanes::send_lanes;
-use super::meet::{meet, Guard, Plan, Rendezvous};
+use super::meet::{join, Guard, Plan, Rendezvous};
 use super::{walk, Note, Observer, PathKind, Progress, Report, TransferError, CLOSE_TIMEOUT};
 use crate::code::Code;
 use crate::crypto::Role;
@@ -113,12 +113,7 @@ pub async fn send(
                 config,
                 wait: opts.wait,
             };
-            let (met, _code) = tokio::select! {
-                met = meet(plan, &observer) => met?,
-                e = stop.requested() => return Err(e),
-            };
-            let (node, conn, session, send, recv, path, guard) = met.into_parts();
-            (node, conn, ControlStream::new(session, send, recv), path, guard)
+            join(plan, &observer, &mut stop).await?
         }
         None => {
             let (node, conn, ctl) = lan(&opts, config, &observer).await?;
