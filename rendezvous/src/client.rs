@@ -289,7 +289,20 @@ impl Client {
         }
     }
 
-    /// Closes the session.
+    /// Ends the session after everything sent so far reached the node: ends our side of the
+    /// stream and waits (at most 2 s) for the node to end its side, which it does once it has
+    /// read ours to the end.
+    pub async fn finish(mut self) {
+        let _ = tokio::time::timeout(Duration::from_secs(2), async {
+            let _ = self.send.shutdown().await;
+            let mut sink = [0u8; 512];
+            while matches!(self.recv.read(&mut sink).await, Ok(n) if n > 0) {}
+        })
+        .await;
+        self.close();
+    }
+
+    /// Closes the session at once (what was sent may be lost).
     pub fn close(&self) {
         if let Transport::Quic(conn) = &self.transport {
             conn.close(0u32.into(), b"bye");

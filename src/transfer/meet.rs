@@ -167,7 +167,8 @@ pub(crate) async fn meet(
 ) -> Result<(Met, Code), TransferError> {
     let rv = plan.rendezvous;
     let sender = plan.role == Role::Sender;
-    let data = Node::bind(plan.bind, plan.tuning, sender)?;
+    // Both sides serve: each dials the other's candidates (hole punching).
+    let data = Node::bind(plan.bind, plan.tuning, true)?;
     let node_addr = resolve(&rv.node).await?;
     let mut client =
         Client::connect_any(&data.endpoint, node_addr, rv.token.clone(), UDP_BOUND, NODE_TIMEOUT)
@@ -175,128 +176,152 @@ pub(crate) async fn meet(
             .map_err(|e| node_error(&rv.node, e))?;
     tracing::debug!(node = %node_addr, tcp = client.is_tcp(), observed = %client.observed(), "at the node");
 
-    // Nameplate.
-    let (code, mut present) = if sender && !plan.claim {
-        let n = client.allocate().await.map_err(|e| node_error(&rv.node, e))?;
-        let code =
-            plan.code.with_nameplate(n).map_err(|e| TransferError::internal(e.to_string()))?;
-        (code, false)
-    } else {
-        let present =
-            client.claim(plan.code.nameplate()).await.map_err(|e| claim_error(&rv.node, e))?;
-        (plan.code.clone(), present)
-    };
-    if sender {
-        observer.note(Note::Code(&code));
-    } else {
-        observer.note(Note::Searching { nameplate: code.nameplate() });
-    }
+    let outcome = async {
+        // Nameplate.
+        let (code, mut present) = if sender && !plan.claim {
+            let n = client.allocate().await.map_err(|e| node_error(&rv.node, e))?;
+            let code =
+                plan.code.with_nameplate(n).map_err(|e| TransferError::internal(e.to_string()))?;
+            (code, false)
+        } else {
+            let present =
+                client.claim(plan.code.nameplate()).await.map_err(|e| claim_error(&rv.node, e))?;
+            (plan.code.clone(), present)
+        };
+        if sender {
+            observer.note(Note::Code(&code));
+        } else {
+            observer.note(Note::Searching { nameplate: code.nameplate() });
+        }
 
-    // The other side.
-    let mut early = Vec::new();
-    let give_up = Instant::now() + plan.wait;
-    while !present {
-        let left = give_up.saturating_duration_since(Instant::now());
-        match client.recv_within(left).await {
-            Ok(NodeMsg::PeerJoined) => present = true,
-            Ok(NodeMsg::Message { body }) => {
-                early.push(body);
-                present = true;
+        // The other side.
+        let mut early = Vec::new();
+        let give_up = Instant::now() + plan.wait;
+        while !present {
+            let left = give_up.saturating_duration_since(Instant::now());
+            match client.recv_within(left).await {
+                Ok(NodeMsg::PeerJoined) => present = true,
+                Ok(NodeMsg::Message { body }) => {
+                    early.push(body);
+                    present = true;
+                }
+                Ok(other) => return Err(protocol(&other)),
+                Err(ClientError::Timeout(_)) => {
+                    return Err(TransferError::network(if sender {
+                        format!(
+                            "no receiver came within {}s; the code is no longer valid",
+                            plan.wait.as_secs()
+                        )
+                    } else {
+                        format!(
+                            "nobody is sending with nameplate {} on the rendezvous node {} \
+                             (waited {}s); check the code",
+                            code.nameplate(),
+                            rv.node,
+                            plan.wait.as_secs()
+                        )
+                    }));
+                }
+                Err(e) => return Err(node_error(&rv.node, e)),
             }
-            Ok(other) => return Err(protocol(&other)),
-            Err(ClientError::Timeout(_)) => {
-                return Err(TransferError::network(if sender {
-                    format!(
-                        "no receiver came within {}s; the code is no longer valid",
-                        plan.wait.as_secs()
-                    )
-                } else {
-                    format!(
-                        "nobody is sending with nameplate {} on the rendezvous node {} \
-                         (waited {}s); check the code",
-                        code.nameplate(),
-                        rv.node,
-                        plan.wait.as_secs()
-                    )
-                }));
-            }
-            Err(e) => return Err(node_error(&rv.node, e)),
         }
-    }
 
-    // PAKE and confirmation through the mailbox.
-    let mut session =
-        Session::new_deferred(plan.role, &code, plan.config.clone(), Instant::now(), &mut OsRng);
-    let mut inbox = std::collections::VecDeque::from(early);
-    loop {
-        while let Some(f) = session.poll_transmit() {
-            client.post(f).await.map_err(|e| node_error(&rv.node, e))?;
-        }
-        if let Some(ev) = session.poll_event() {
-            match ev {
-                Event::Confirmed => break,
-                other => return Err(super::control::unexpected(&other)),
+        // PAKE and confirmation through the mailbox.
+        let mut session = Session::new_deferred(
+            plan.role,
+            &code,
+            plan.config.clone(),
+            Instant::now(),
+            &mut OsRng,
+        );
+        let mut inbox = std::collections::VecDeque::from(early);
+        loop {
+            while let Some(f) = session.poll_transmit() {
+                client.post(f).await.map_err(|e| node_error(&rv.node, e))?;
             }
+            if let Some(ev) = session.poll_event() {
+                match ev {
+                    Event::Confirmed => break,
+                    other => return Err(super::control::unexpected(&other)),
+                }
+            }
+            let body = match inbox.pop_front() {
+                Some(b) => b,
+                None => next_message(&mut client, &session, &rv.node).await?,
+            };
+            let frame_body = unframe(&body)?;
+            let handled = session.handle_frame(Instant::now(), frame_body);
+            handled?;
         }
-        let body = match inbox.pop_front() {
+        let keys = session.keys().ok_or_else(|| TransferError::internal("no keys"))?.clone();
+
+        // Candidates, sealed.
+        let observed = (!client.is_tcp()).then(|| client.observed());
+        let local = data.local_addr().map_err(|e| TransferError::network(e.to_string()))?;
+        let mine = Candidates {
+            fingerprint: data.fingerprint,
+            addrs: if rv.force_relay { Vec::new() } else { candidates::gather(local, observed) },
+            relay: !rv.no_relay,
+        };
+        tracing::debug!(candidates = ?mine.addrs, relay = mine.relay, "our candidates");
+        let mut sealed = Vec::new();
+        mine.encode(&mut sealed);
+        keys.sealer(MAILBOX_LANE)
+            .seal(&mut sealed, 0)
+            .map_err(|e| TransferError::internal(e.to_string()))?;
+        client.post(sealed).await.map_err(|e| node_error(&rv.node, e))?;
+        let mut theirs = match inbox.pop_front() {
             Some(b) => b,
             None => next_message(&mut client, &session, &rv.node).await?,
         };
-        let frame_body = unframe(&body)?;
-        let handled = session.handle_frame(Instant::now(), frame_body);
-        handled?;
-    }
-    let keys = session.keys().ok_or_else(|| TransferError::internal("no keys"))?.clone();
+        keys.opener(MAILBOX_LANE).open(&mut theirs).map_err(|_| {
+            TransferError::new(
+                ErrorKind::Integrity,
+                "the candidates message was altered in transit",
+            )
+        })?;
+        let peer = Candidates::decode(&theirs).map_err(|e| {
+            TransferError::new(
+                ErrorKind::Protocol,
+                format!("the other side sent bad candidates: {e}"),
+            )
+        })?;
+        tracing::debug!(candidates = ?peer.addrs, relay = peer.relay, "peer candidates");
 
-    // Candidates, sealed.
-    let observed = (!client.is_tcp()).then(|| client.observed());
-    let local = data.local_addr().map_err(|e| TransferError::network(e.to_string()))?;
-    let mine = Candidates {
-        fingerprint: data.fingerprint,
-        addrs: if rv.force_relay { Vec::new() } else { candidates::gather(local, observed) },
-        relay: !rv.no_relay,
-    };
-    tracing::debug!(candidates = ?mine.addrs, relay = mine.relay, "our candidates");
-    let mut sealed = Vec::new();
-    mine.encode(&mut sealed);
-    keys.sealer(MAILBOX_LANE)
-        .seal(&mut sealed, 0)
-        .map_err(|e| TransferError::internal(e.to_string()))?;
-    client.post(sealed).await.map_err(|e| node_error(&rv.node, e))?;
-    let mut theirs = match inbox.pop_front() {
-        Some(b) => b,
-        None => next_message(&mut client, &session, &rv.node).await?,
-    };
-    keys.opener(MAILBOX_LANE).open(&mut theirs).map_err(|_| {
-        TransferError::new(ErrorKind::Integrity, "the candidates message was altered in transit")
-    })?;
-    let peer = Candidates::decode(&theirs).map_err(|e| {
-        TransferError::new(ErrorKind::Protocol, format!("the other side sent bad candidates: {e}"))
-    })?;
-    tracing::debug!(candidates = ?peer.addrs, relay = peer.relay, "peer candidates");
-
-    let use_relay = mine.relay && peer.relay;
-    let use_direct = !rv.force_relay && !peer.addrs.is_empty() && !mine.addrs.is_empty();
-    if !use_relay && !use_direct {
-        return Err(TransferError::new(
-            ErrorKind::Usage,
-            "no path is allowed: one side forces the relay and the other refuses it",
-        ));
+        let use_relay = mine.relay && peer.relay;
+        let use_direct = !rv.force_relay && !peer.addrs.is_empty() && !mine.addrs.is_empty();
+        if !use_relay && !use_direct {
+            return Err(TransferError::new(
+                ErrorKind::Usage,
+                "no path is allowed: one side forces the relay and the other refuses it",
+            ));
+        }
+        let deadline = session.poll_timeout().unwrap_or_else(|| Instant::now() + NODE_TIMEOUT);
+        let paths = Paths { data, client: &client, keys: &keys, tuning: plan.tuning, peer: &peer };
+        let connect = async {
+            if sender {
+                paths.accept(use_direct, use_relay).await
+            } else {
+                paths.connect(use_direct, use_relay).await
+            }
+        };
+        let won = tokio::time::timeout_at(deadline.into(), connect).await.map_err(|_| {
+            TransferError::network(
+                "could not connect to the other side directly or through the relay in time",
+            )
+        })??;
+        Ok::<_, TransferError>((session, won, code))
     }
-    let deadline = session.poll_timeout().unwrap_or_else(|| Instant::now() + NODE_TIMEOUT);
-    let paths = Paths { data, client: &client, keys: &keys, tuning: plan.tuning, peer: &peer };
-    let connect = async {
-        if sender {
-            paths.accept(use_direct, use_relay).await
-        } else {
-            paths.connect(use_direct, use_relay).await
+    .await;
+    let (mut session, won, code) = match outcome {
+        Ok(o) => o,
+        Err(e) => {
+            // Whatever we posted (our key confirmation, say) must reach the other side, so
+            // that it fails for the same reason rather than on our vanishing.
+            client.finish().await;
+            return Err(e);
         }
     };
-    let won = tokio::time::timeout_at(deadline.into(), connect).await.map_err(|_| {
-        TransferError::network(
-            "could not connect to the other side directly or through the relay in time",
-        )
-    })??;
     // Through the relay, the peer's address is the node's.
     let via = if won.path == PathKind::Relay { client.node() } else { won.conn.remote_address() };
     observer.note(Note::Connected { peer: via, path: won.path });
@@ -308,7 +333,7 @@ pub(crate) async fn meet(
     let client = if keep_client {
         Some(client)
     } else {
-        client.close();
+        tokio::spawn(client.finish());
         None
     };
     let relay = won.link.as_ref().map(|l| l.state.clone());
@@ -369,7 +394,36 @@ impl Paths<'_> {
                 return Err(TransferError::network("direct path not tried"));
             }
             let started = Instant::now();
-            let conn = self.data.connect_to(&self.peer.addrs, DIRECT_TIMEOUT, fp, STAGGER).await?;
+            let outgoing = self.data.connect_to(&self.peer.addrs, DIRECT_TIMEOUT, fp, STAGGER);
+            // The sender dials our candidates at the same time (both punch through their NAT):
+            // its connection counts as well.
+            let incoming = async {
+                tokio::time::timeout(DIRECT_TIMEOUT, first_connection(&self.data.endpoint, fp))
+                    .await
+                    .ok()
+                    .flatten()
+            };
+            tokio::pin!(outgoing, incoming);
+            let mut incoming_done = false;
+            let mut outgoing_error = None;
+            let conn = loop {
+                tokio::select! {
+                    r = &mut outgoing, if outgoing_error.is_none() => match r {
+                        Ok(conn) => break conn,
+                        Err(e) if incoming_done => return Err(e.into()),
+                        Err(e) => outgoing_error = Some(e),
+                    },
+                    c = &mut incoming, if !incoming_done => match c {
+                        Some(conn) => break conn,
+                        None => {
+                            incoming_done = true;
+                            if let Some(e) = outgoing_error.take() {
+                                return Err(e.into());
+                            }
+                        }
+                    },
+                }
+            };
             tracing::debug!(elapsed = ?started.elapsed(), peer = %conn.remote_address(), "direct path up");
             Ok(conn)
         };
@@ -415,6 +469,7 @@ impl Paths<'_> {
                 }
             }
         };
+        self.data.serve(false);
         let (node, conn, path, link, other) = if chosen {
             let Some(Ok(conn)) = direct_result else { unreachable!() };
             (self.data, conn, PathKind::Direct, None, None)
@@ -445,7 +500,22 @@ impl Paths<'_> {
                 if !direct {
                     return std::future::pending().await;
                 }
-                super::send::first_session(&self.data.endpoint, fp).await
+                let incoming = super::send::first_session(&self.data.endpoint, fp);
+                // Dial the receiver's candidates too, so that both NATs see outgoing packets
+                // (hole punching); the receiver may open the control stream on this one.
+                let outgoing = async {
+                    let conn = self
+                        .data
+                        .connect_to(&self.peer.addrs, DIRECT_TIMEOUT, fp, STAGGER)
+                        .await
+                        .ok()?;
+                    let (send, recv) = conn.accept_bi().await.ok()?;
+                    Some((conn, send, recv))
+                };
+                tokio::select! {
+                    s = incoming => s,
+                    Some(s) = outgoing => Some(s),
+                }
             };
             let relay_wait = async {
                 if !relay {
@@ -481,6 +551,8 @@ impl Paths<'_> {
                 }
             }
         };
+        // One connection per code: nothing else gets a handshake.
+        self.data.serve(false);
         let won = match outcome {
             Outcome::Direct(conn, send, recv) => Won {
                 node: self.data,
@@ -510,6 +582,23 @@ impl Paths<'_> {
             other.serve(false);
         }
         Ok(won)
+    }
+}
+
+/// The first incoming connection from the certificate `fp` (others are closed).
+async fn first_connection(
+    endpoint: &quinn::Endpoint,
+    fp: Option<[u8; 32]>,
+) -> Option<quinn::Connection> {
+    loop {
+        let incoming = endpoint.accept().await?;
+        let Ok(Ok(conn)) = tokio::time::timeout(DIRECT_TIMEOUT, incoming).await else { continue };
+        match fp {
+            Some(fp) if crate::net::quic::peer_fingerprint(&conn).ok() != Some(fp) => {
+                conn.close(0u32.into(), b"not you");
+            }
+            _ => return Some(conn),
+        }
     }
 }
 
