@@ -290,7 +290,11 @@ fn transport_config(t: &Tuning) -> quinn::TransportConfig {
         .send_window(t.send_window)
         .max_concurrent_bidi_streams(4u32.into())
         .max_concurrent_uni_streams(64u32.into())
-        .keep_alive_interval(Some(t.keep_alive));
+        .keep_alive_interval(Some(t.keep_alive))
+        // quinn assumes 333 ms before it has measured anything, so a first packet lost to a
+        // NAT that had not opened yet (hole punching) would be sent again only after about a
+        // second; peers that punch need the retry sooner.
+        .initial_rtt(Duration::from_millis(100));
     // Invariant: durations of seconds fit QUIC's idle-timeout varint.
     if let Ok(idle) = t.idle_timeout.try_into() {
         config.max_idle_timeout(Some(idle));

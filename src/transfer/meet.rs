@@ -45,7 +45,7 @@ const DIRECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Time between the starts of direct attempts to successive candidates.
 const STAGGER: Duration = Duration::from_millis(100);
 /// How long the receiver still waits for the direct path once the relay is ready.
-pub const DIRECT_GRACE: Duration = Duration::from_millis(750);
+pub const DIRECT_GRACE: Duration = Duration::from_millis(1500);
 /// How long a relay stream waits for the other side's.
 const PAIR_WAIT: Duration = Duration::from_secs(20);
 

@@ -1,0 +1,409 @@
+//! Network topologies for tests, built from Linux network namespaces, veth pairs, bridges,
+//! nftables and `tc` (the kernel layer of DESIGN §7). Needs root, `ip` (iproute2), `nft` and,
+//! for rate limits, `tc`.
+//!
+//! A [`Net`] is one topology: an "internet" (a bridge in a namespace of its own, addresses in
+//! 198.18.0.0/16, the benchmarking range that nothing on a real network uses), hosts on it
+//! with public addresses, and NAT routers with hosts behind them on private LANs (10.K.0.0/24,
+//! or 100.64.K.0/24 behind a carrier-grade NAT). Everything exists only inside the
+//! namespaces; dropping the `Net` deletes them, also when a test panics. Namespaces left by a
+//! process that was killed are deleted by the next [`Net::new`].
+//!
+//! NAT behaviours ([`Nat`]), all with a forward policy that drops unsolicited input like a
+//! home router:
+//!
+//! | kind | mapping | filtering |
+//! |---|---|---|
+//! | [`Nat::FullCone`] | endpoint-independent (port kept) | none: anyone may send to a mapped port |
+//! | [`Nat::AddressRestricted`] | endpoint-independent | from addresses the host has sent to |
+//! | [`Nat::PortRestricted`] | endpoint-independent | from the exact address and port sent to |
+//! | [`Nat::Symmetric`] | a random port per destination | from the exact address and port |
+//!
+//! Full-cone and address-restricted NATs forward unsolicited UDP to the first host behind them.
+//! Options per router ([`Router`]): UDP blocked, random loss (`nft numgen`), a rate limit on the
+//! WAN side (`tc tbf`). A router does not hairpin: a host cannot reach a neighbour through the
+//! router's public address.
+
+use std::net::Ipv4Addr;
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+/// Why a topology could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A command failed.
+    #[error("`{command}` failed: {message}")]
+    Command {
+        /// The command line.
+        command: String,
+        /// Its stderr, or why it could not run.
+        message: String,
+    },
+}
+
+/// NAT behaviour of a router (see the crate documentation).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Nat {
+    /// Endpoint-independent mapping and no filtering.
+    FullCone,
+    /// Endpoint-independent mapping, filtering by address.
+    AddressRestricted,
+    /// Endpoint-independent mapping, filtering by address and port (Linux masquerade).
+    PortRestricted,
+    /// A random port per destination, filtering by address and port.
+    Symmetric,
+}
+
+impl Nat {
+    /// A short name, for test output.
+    pub fn name(self) -> &'static str {
+        match self {
+            Nat::FullCone => "full-cone",
+            Nat::AddressRestricted => "address-restricted",
+            Nat::PortRestricted => "port-restricted",
+            Nat::Symmetric => "symmetric",
+        }
+    }
+}
+
+/// Options of a router beyond its NAT kind.
+#[derive(Debug, Clone, Default)]
+pub struct RouterOptions {
+    /// Drop all UDP from the LAN (only TCP gets out).
+    pub udp_blocked: bool,
+    /// Drop this percentage of forwarded packets, both ways.
+    pub loss_percent: u8,
+    /// Limit what leaves the WAN side to this many kbit/s.
+    pub rate_kbit: Option<u32>,
+}
+
+/// A namespace with an address: something that runs programs.
+#[derive(Debug, Clone)]
+pub struct Host {
+    /// The namespace.
+    pub ns: String,
+    /// Its address (public, or on its router's LAN).
+    pub addr: Ipv4Addr,
+}
+
+impl Host {
+    /// `program` to run inside this host (`ip netns exec NS program`).
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.ns]).arg(program);
+        c
+    }
+
+    /// The prefix that runs a program inside this host: `["ip", "netns", "exec", NS]`.
+    pub fn prefix(&self) -> [&str; 4] {
+        ["ip", "netns", "exec", &self.ns]
+    }
+}
+
+/// A NAT router: a WAN side (public, or on a carrier-grade NAT's LAN) and a LAN bridge.
+#[derive(Debug, Clone)]
+pub struct Router {
+    /// The namespace.
+    pub ns: String,
+    /// The WAN address (what the hosts behind it look like from outside).
+    pub wan: Ipv4Addr,
+    /// The NAT kind.
+    pub nat: Nat,
+    lan_prefix: [u8; 3],
+    hosts: u8,
+}
+
+/// One topology; see the crate documentation.
+#[derive(Debug)]
+pub struct Net {
+    prefix: String,
+    internet: String,
+    namespaces: Vec<String>,
+    next_public: u16,
+    next_lan: u8,
+    next_port: u16,
+}
+
+/// Namespaces of this crate start with this; the process id follows.
+const NS_PREFIX: &str = "nsim";
+
+impl Net {
+    /// An empty internet. Deletes namespaces that processes which no longer exist left behind.
+    pub fn new() -> Result<Net, Error> {
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        remove_stale();
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let prefix = format!("{NS_PREFIX}{}-{n}-", std::process::id());
+        let mut net = Net {
+            internet: format!("{prefix}inet"),
+            prefix,
+            namespaces: Vec::new(),
+            next_public: 2,
+            next_lan: 1,
+            next_port: 0,
+        };
+        net.add_ns(&net.internet.clone())?;
+        net.exec(&net.internet.clone(), &["ip", "link", "add", "name", "br0", "type", "bridge"])?;
+        net.exec(&net.internet.clone(), &["ip", "addr", "add", "198.18.0.1/16", "dev", "br0"])?;
+        net.exec(&net.internet.clone(), &["ip", "link", "set", "br0", "up"])?;
+        Ok(net)
+    }
+
+    /// A host on the internet with a public address.
+    pub fn public_host(&mut self, name: &str) -> Result<Host, Error> {
+        let ns = format!("{}{name}", self.prefix);
+        self.add_ns(&ns)?;
+        let addr = self.public_addr();
+        self.plug_into_internet(&ns, "eth0")?;
+        self.exec(&ns, &["ip", "addr", "add", &format!("{addr}/16"), "dev", "eth0"])?;
+        self.exec(&ns, &["ip", "link", "set", "eth0", "up"])?;
+        Ok(Host { ns, addr })
+    }
+
+    /// A NAT router on the internet.
+    pub fn router(
+        &mut self,
+        name: &str,
+        nat: Nat,
+        options: RouterOptions,
+    ) -> Result<Router, Error> {
+        let ns = format!("{}{name}", self.prefix);
+        self.add_ns(&ns)?;
+        let wan = self.public_addr();
+        self.plug_into_internet(&ns, "wan")?;
+        self.exec(&ns, &["ip", "addr", "add", &format!("{wan}/16"), "dev", "wan"])?;
+        self.exec(&ns, &["ip", "link", "set", "wan", "up"])?;
+        let k = self.lan_number();
+        self.finish_router(ns, wan, nat, [10, k, 0], &options)
+    }
+
+    /// A NAT router whose WAN side is on `outer`'s LAN (a home router behind a carrier-grade
+    /// NAT).
+    pub fn router_behind(
+        &mut self,
+        outer: &mut Router,
+        name: &str,
+        nat: Nat,
+        options: RouterOptions,
+    ) -> Result<Router, Error> {
+        let ns = format!("{}{name}", self.prefix);
+        self.add_ns(&ns)?;
+        let wan = self.attach(outer, &ns, "wan")?;
+        let k = self.lan_number();
+        self.finish_router(ns, wan, nat, [10, k, 0], &options)
+    }
+
+    /// A host on `router`'s LAN.
+    pub fn host_behind(&mut self, router: &mut Router, name: &str) -> Result<Host, Error> {
+        let ns = format!("{}{name}", self.prefix);
+        self.add_ns(&ns)?;
+        let addr = self.attach(router, &ns, "eth0")?;
+        Ok(Host { ns, addr })
+    }
+
+    /// Makes `router` forward unsolicited UDP (full cone, address-restricted) to `host`.
+    fn forward_to(&self, router: &Router, host: Ipv4Addr) -> Result<(), Error> {
+        let rule = match router.nat {
+            Nat::FullCone => format!("iifname \"wan\" meta l4proto udp dnat to {host}"),
+            Nat::AddressRestricted => {
+                format!("iifname \"wan\" ip saddr @contacted meta l4proto udp dnat to {host}")
+            }
+            Nat::PortRestricted | Nat::Symmetric => return Ok(()),
+        };
+        self.exec(&router.ns, &["nft", &format!("add rule ip netsim pre {rule}")])
+    }
+
+    /// Connects namespace `ns` (interface `ifname`) to `router`'s LAN; returns its address.
+    fn attach(&mut self, router: &mut Router, ns: &str, ifname: &str) -> Result<Ipv4Addr, Error> {
+        router.hosts += 1;
+        let [a, b, c] = router.lan_prefix;
+        let addr = Ipv4Addr::new(a, b, c, router.hosts + 1);
+        let port = self.port_name();
+        self.exec_root(&[
+            "ip", "link", "add", "name", ifname, "netns", ns, "type", "veth", "peer", "name",
+            &port, "netns", &router.ns,
+        ])?;
+        self.exec(&router.ns, &["ip", "link", "set", &port, "master", "lan"])?;
+        self.exec(&router.ns, &["ip", "link", "set", &port, "up"])?;
+        self.exec(ns, &["ip", "addr", "add", &format!("{addr}/24"), "dev", ifname])?;
+        self.exec(ns, &["ip", "link", "set", ifname, "up"])?;
+        let gateway = Ipv4Addr::new(a, b, c, 1).to_string();
+        self.exec(ns, &["ip", "route", "add", "default", "via", &gateway])?;
+        if router.hosts == 1 {
+            self.forward_to(router, addr)?;
+        }
+        Ok(addr)
+    }
+
+    fn finish_router(
+        &mut self,
+        ns: String,
+        wan: Ipv4Addr,
+        nat: Nat,
+        lan_prefix: [u8; 3],
+        options: &RouterOptions,
+    ) -> Result<Router, Error> {
+        let [a, b, c] = lan_prefix;
+        self.exec(&ns, &["ip", "link", "add", "name", "lan", "type", "bridge"])?;
+        self.exec(&ns, &["ip", "addr", "add", &format!("{a}.{b}.{c}.1/24"), "dev", "lan"])?;
+        self.exec(&ns, &["ip", "link", "set", "lan", "up"])?;
+        self.exec(&ns, &["sh", "-c", "echo 1 > /proc/sys/net/ipv4/ip_forward"])?;
+        // With br_netfilter loaded, bridged LAN traffic would go through the forward chain
+        // (and be dropped): neighbours on a LAN talk directly.
+        if std::path::Path::new("/proc/sys/net/bridge/bridge-nf-call-iptables").exists() {
+            let off = "echo 0 > /proc/sys/net/bridge/bridge-nf-call-iptables";
+            self.exec(&ns, &["sh", "-c", off])?;
+        }
+        let rules = ruleset(nat, options);
+        run_stdin(&["ip", "netns", "exec", &ns, "nft", "-f", "-"], &rules)?;
+        if let Some(kbit) = options.rate_kbit {
+            let rate = format!("{kbit}kbit");
+            self.exec(
+                &ns,
+                &[
+                    "tc", "qdisc", "add", "dev", "wan", "root", "tbf", "rate", &rate, "burst",
+                    "32kbit", "latency", "400ms",
+                ],
+            )?;
+        }
+        Ok(Router { ns, wan, nat, lan_prefix, hosts: 0 })
+    }
+
+    fn public_addr(&mut self) -> Ipv4Addr {
+        let n = self.next_public;
+        self.next_public += 1;
+        Ipv4Addr::new(198, 18, (n >> 8) as u8, (n & 0xff) as u8)
+    }
+
+    fn lan_number(&mut self) -> u8 {
+        let k = self.next_lan;
+        self.next_lan = self.next_lan.wrapping_add(1).max(1);
+        k
+    }
+
+    /// An interface name unique in this topology (at most 15 bytes).
+    fn port_name(&mut self) -> String {
+        self.next_port += 1;
+        format!("p{}", self.next_port)
+    }
+
+    fn plug_into_internet(&mut self, ns: &str, ifname: &str) -> Result<(), Error> {
+        let port = self.port_name();
+        let internet = self.internet.clone();
+        self.exec_root(&[
+            "ip", "link", "add", "name", ifname, "netns", ns, "type", "veth", "peer", "name",
+            &port, "netns", &internet,
+        ])?;
+        self.exec(&internet, &["ip", "link", "set", &port, "master", "br0"])?;
+        self.exec(&internet, &["ip", "link", "set", &port, "up"])
+    }
+
+    fn add_ns(&mut self, ns: &str) -> Result<(), Error> {
+        self.exec_root(&["ip", "netns", "add", ns])?;
+        self.namespaces.push(ns.to_owned());
+        self.exec(ns, &["ip", "link", "set", "lo", "up"])
+    }
+
+    fn exec(&self, ns: &str, args: &[&str]) -> Result<(), Error> {
+        let mut all = vec!["ip", "netns", "exec", ns];
+        all.extend_from_slice(args);
+        run(&all).map(drop)
+    }
+
+    fn exec_root(&self, args: &[&str]) -> Result<(), Error> {
+        run(args).map(drop)
+    }
+}
+
+impl Drop for Net {
+    fn drop(&mut self) {
+        for ns in self.namespaces.iter().rev() {
+            let _ = run(&["ip", "netns", "del", ns]);
+        }
+    }
+}
+
+/// The nftables ruleset of a router.
+fn ruleset(nat: Nat, options: &RouterOptions) -> String {
+    let masquerade = if nat == Nat::Symmetric { "masquerade random" } else { "masquerade" };
+    let loss = if options.loss_percent > 0 {
+        format!("numgen random mod 100 < {} drop", options.loss_percent)
+    } else {
+        String::new()
+    };
+    let udp_blocked =
+        if options.udp_blocked { "iifname \"lan\" meta l4proto udp drop" } else { "" };
+    let remember =
+        if nat == Nat::AddressRestricted { "update @contacted { ip daddr }" } else { "" };
+    let forwarded = if matches!(nat, Nat::FullCone | Nat::AddressRestricted) {
+        "ct status dnat accept"
+    } else {
+        ""
+    };
+    format!(
+        "table ip netsim {{
+  set contacted {{ type ipv4_addr; flags timeout; timeout 5m; }}
+  chain pre {{ type nat hook prerouting priority dstnat; policy accept; }}
+  chain post {{ type nat hook postrouting priority srcnat; policy accept;
+    oifname \"wan\" {masquerade}
+  }}
+  chain forward {{ type filter hook forward priority filter; policy drop;
+    {loss}
+    ct state established,related accept
+    {udp_blocked}
+    iifname \"lan\" oifname \"wan\" {remember} accept
+    {forwarded}
+  }}
+  chain input {{ type filter hook input priority filter; policy drop;
+    iifname \"lo\" accept
+    ct state established,related accept
+    iifname \"lan\" accept
+  }}
+}}
+"
+    )
+}
+
+/// Deletes namespaces of this crate whose process is gone.
+fn remove_stale() {
+    let Ok(out) = run(&["ip", "netns", "list"]) else { return };
+    let list = String::from_utf8_lossy(&out.stdout).into_owned();
+    for line in list.lines() {
+        let Some(name) = line.split_whitespace().next() else { continue };
+        let Some(rest) = name.strip_prefix(NS_PREFIX) else { continue };
+        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
+        if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = run(&["ip", "netns", "del", name]);
+        }
+    }
+}
+
+fn run(args: &[&str]) -> Result<Output, Error> {
+    let fail = |message: String| Error::Command { command: args.join(" "), message };
+    let out = Command::new(args[0]).args(&args[1..]).output().map_err(|e| fail(e.to_string()))?;
+    if !out.status.success() {
+        return Err(fail(String::from_utf8_lossy(&out.stderr).trim().to_owned()));
+    }
+    Ok(out)
+}
+
+fn run_stdin(args: &[&str], input: &str) -> Result<(), Error> {
+    use std::io::Write;
+    let fail = |message: String| Error::Command { command: args.join(" "), message };
+    let mut child = Command::new(args[0])
+        .args(&args[1..])
+        .stdin(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| fail(e.to_string()))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin.write_all(input.as_bytes()).map_err(|e| fail(e.to_string()))?;
+    }
+    let out = child.wait_with_output().map_err(|e| fail(e.to_string()))?;
+    if !out.status.success() {
+        return Err(fail(String::from_utf8_lossy(&out.stderr).trim().to_owned()));
+    }
+    Ok(())
+}
