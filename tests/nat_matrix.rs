@@ -267,3 +267,24 @@ fn wrong_code_behind_nats_fails_cleanly() {
     assert_exits(&[(&so, 3), (&ro, 3)]);
     assert!(list_all(&out).is_empty());
 }
+
+/// 5 % loss both ways and a 20 Mbit/s limit at the sender's NAT: the transfer completes with
+/// identical bytes (checked in `transfer`).
+#[test]
+fn lossy_rate_limited_link_completes() {
+    let Some(mut w) = World::new() else { return };
+    let options =
+        RouterOptions { loss_percent: 5, rate_kbit: Some(20_000), ..RouterOptions::default() };
+    let mut router = w.net.router("sndr", Nat::PortRestricted, options).unwrap();
+    let s = w.net.host_behind(&mut router, "snd").unwrap();
+    let r = place(&mut w.net, "rcv", Place::Behind(Nat::PortRestricted));
+    w.start_node();
+    let started = Instant::now();
+    let (so, ro, connect) = w.transfer(&s, &r, &fresh_code());
+    assert_exits(&[(&so, 0), (&ro, 0)]);
+    eprintln!(
+        "MATRIX 5% loss, 20 Mbit/s: {}, connected after {connect:?}, done after {:?}",
+        ro.event("done").unwrap()["path"],
+        started.elapsed()
+    );
+}
