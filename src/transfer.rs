@@ -253,6 +253,10 @@ impl PathKind {
 pub struct Report {
     /// How the data flowed.
     pub path: PathKind,
+    /// Rendezvous mode: seconds from the exchange of candidates to the chosen connection.
+    pub punch_seconds: Option<f64>,
+    /// Seconds from the start of the command to the first file byte (none for empty files).
+    pub first_byte_seconds: Option<f64>,
     /// File bytes moved.
     pub bytes: u64,
     /// Files moved.
@@ -263,6 +267,17 @@ pub struct Report {
     pub seconds: f64,
 }
 
+/// How a transfer reached its peer, for its report.
+#[derive(Debug, Clone)]
+pub(crate) struct Route {
+    pub path: PathKind,
+    /// Rendezvous mode: how long finding the path took.
+    pub punch: Option<Duration>,
+    /// When the command started.
+    pub started: std::time::Instant,
+    pub progress: Arc<Progress>,
+}
+
 /// Ends a session on both sides alike: on success the sender closes the connection (the
 /// receiver waits for that close, which proves its `Complete` arrived); on failure the peer is
 /// told why, then the connection closes. Either way the endpoint gets a moment to send.
@@ -271,10 +286,10 @@ pub(crate) async fn conclude(
     ctl: &mut control::ControlStream,
     conn: &quinn::Connection,
     endpoint: &quinn::Endpoint,
-    path: PathKind,
-    started: std::time::Instant,
+    route: Route,
     result: Result<crate::wire::control::Summary, TransferError>,
 ) -> Result<Report, TransferError> {
+    let Route { path, punch, started, progress } = route;
     match result {
         Ok(totals) => {
             match role {
@@ -286,6 +301,10 @@ pub(crate) async fn conclude(
             let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
             Ok(Report {
                 path,
+                punch_seconds: punch.map(|d| d.as_secs_f64()),
+                first_byte_seconds: progress
+                    .first_byte()
+                    .map(|t| t.saturating_duration_since(started).as_secs_f64()),
                 bytes: totals.bytes,
                 files: totals.files,
                 entries: totals.entries,
@@ -365,6 +384,7 @@ pub const STALL_TIMEOUT: Duration = Duration::from_secs(120);
 pub struct Progress {
     bytes: AtomicU64,
     records: AtomicU64,
+    first_byte: std::sync::OnceLock<std::time::Instant>,
 }
 
 impl Progress {
@@ -379,7 +399,15 @@ impl Progress {
     }
 
     pub(crate) fn add(&self, n: u64) {
+        if n > 0 {
+            self.first_byte.get_or_init(std::time::Instant::now);
+        }
         self.bytes.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// When the first file byte moved, if one did.
+    pub fn first_byte(&self) -> Option<std::time::Instant> {
+        self.first_byte.get().copied()
     }
 
     /// Records one unit of work (a record written or applied).

@@ -151,7 +151,10 @@ fn pair(sender: Place, receiver: Place, expected: &str) {
     for o in [&so, &ro] {
         assert_eq!(o.event("done").unwrap()["path"], expected, "{sender:?} -> {receiver:?}\n{o}");
     }
-    eprintln!("MATRIX {sender:?} -> {receiver:?}: {expected}, connected after {connect:?}");
+    let punch = ro.event("done").unwrap()["punch_seconds"].clone();
+    eprintln!(
+        "MATRIX {sender:?} -> {receiver:?}: {expected}, connected after {connect:?}, punching {punch}s"
+    );
 }
 
 #[test]

@@ -146,6 +146,12 @@ fn a_directory_goes_direct_through_the_node() {
     assert_eq!(path_of(&s), "direct", "{s}");
     assert_eq!(path_of(&r), "direct", "{r}");
     assert_eq!(r.event("connected").unwrap()["path"], "direct");
+    for o in [&s, &r] {
+        let done = o.event("done").unwrap();
+        let punch = done["punch_seconds"].as_f64().expect("punch time through a node");
+        let first = done["first_byte_seconds"].as_f64().expect("time to first byte");
+        assert!(punch >= 0.0 && first > 0.0 && first <= done["seconds"].as_f64().unwrap(), "{o}");
+    }
     assert_same_tree(&src, &out.join("photos"));
 }
 

@@ -98,6 +98,8 @@ impl Ui {
                 "files": report.files,
                 "entries": report.entries,
                 "seconds": report.seconds,
+                "first_byte_seconds": report.first_byte_seconds,
+                "punch_seconds": report.punch_seconds,
             }));
         } else if !self.quiet {
             let verb = if self.role == Role::Sender { "Sent" } else { "Received" };

@@ -43,7 +43,7 @@ pub const NODE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a direct connection attempt may take.
 const DIRECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Time between the starts of direct attempts to successive candidates.
-const STAGGER: Duration = Duration::from_millis(100);
+const STAGGER: Duration = Duration::from_millis(20);
 /// How long the receiver still waits for the direct path once the relay is ready.
 pub const DIRECT_GRACE: Duration = Duration::from_millis(1500);
 /// How long a relay stream waits for the other side's.
@@ -88,6 +88,8 @@ pub(crate) struct Met {
     /// Bound to `conn`; its hello is queued.
     pub session: Session,
     pub path: PathKind,
+    /// From the exchange of candidates to the chosen connection.
+    pub punch: Duration,
     relay: Option<watch::Receiver<RelayState>>,
     _keep: Keep,
 }
@@ -107,7 +109,7 @@ impl Met {
         self,
     ) -> (Node, quinn::Connection, Session, quinn::SendStream, quinn::RecvStream, PathKind, Guard)
     {
-        let guard = Guard { relay: self.relay, _keep: Some(self._keep) };
+        let guard = Guard { relay: self.relay, punch: Some(self.punch), _keep: Some(self._keep) };
         (self.node, self.conn, self.session, self.send, self.recv, self.path, guard)
     }
 }
@@ -116,13 +118,19 @@ impl Met {
 #[allow(missing_debug_implementations)]
 pub(crate) struct Guard {
     relay: Option<watch::Receiver<RelayState>>,
+    punch: Option<Duration>,
     _keep: Option<Keep>,
 }
 
 impl Guard {
     /// Nothing to keep (the LAN path).
     pub fn none() -> Guard {
-        Guard { relay: None, _keep: None }
+        Guard { relay: None, punch: None, _keep: None }
+    }
+
+    /// Rendezvous mode: how long finding the path took.
+    pub fn punch(&self) -> Option<Duration> {
+        self.punch
     }
 
     /// Resolves if the relayed path breaks: damaged data (integrity) or a closed relay.
@@ -297,6 +305,7 @@ pub(crate) async fn meet(
             ));
         }
         let deadline = session.poll_timeout().unwrap_or_else(|| Instant::now() + NODE_TIMEOUT);
+        let punch_started = Instant::now();
         let paths = Paths { data, client: &client, keys: &keys, tuning: plan.tuning, peer: &peer };
         let connect = async {
             if sender {
@@ -310,10 +319,12 @@ pub(crate) async fn meet(
                 "could not connect to the other side directly or through the relay in time",
             )
         })??;
-        Ok::<_, TransferError>((session, won, code))
+        let punch = punch_started.elapsed();
+        tracing::debug!(path = won.path.as_str(), peer = %won.conn.remote_address(), ?punch, "path chosen");
+        Ok::<_, TransferError>((session, won, code, punch))
     }
     .await;
-    let (mut session, won, code) = match outcome {
+    let (mut session, won, code, punch) = match outcome {
         Ok(o) => o,
         Err(e) => {
             // Whatever we posted (our key confirmation, say) must reach the other side, so
@@ -344,6 +355,7 @@ pub(crate) async fn meet(
         recv: won.recv,
         session,
         path: won.path,
+        punch,
         relay,
         _keep: Keep { _client: client, _link: won.link, _other: won.other },
     };

@@ -111,12 +111,14 @@ pub async fn receive(
             (node, conn, ctl, PathKind::Direct, Guard::none())
         }
     };
+    let progress_for_report = progress.clone();
     let result = tokio::select! {
         r = run(&mut ctl, &conn, &opts, observer, progress) => r,
         e = stop.requested() => Err(e),
         e = guard.trouble() => Err(e),
     };
-    super::conclude(Role::Receiver, &mut ctl, &conn, &node.endpoint, path, started, result).await
+    let route = super::Route { path, punch: guard.punch(), started, progress: progress_for_report };
+    super::conclude(Role::Receiver, &mut ctl, &conn, &node.endpoint, route, result).await
 }
 
 /// LAN mode: find the sender by multicast and connect to it.

@@ -120,12 +120,14 @@ pub async fn send(
             (node, conn, ctl, PathKind::Direct, Guard::none())
         }
     };
+    let progress_for_report = progress.clone();
     let result = tokio::select! {
         r = run(&mut ctl, &conn, &opts, scan, observer, progress) => r,
         e = stop.requested() => Err(e),
         e = guard.trouble() => Err(e),
     };
-    super::conclude(Role::Sender, &mut ctl, &conn, &node.endpoint, path, started, result).await
+    let route = super::Route { path, punch: guard.punch(), started, progress: progress_for_report };
+    super::conclude(Role::Sender, &mut ctl, &conn, &node.endpoint, route, result).await
 }
 
 /// LAN mode: announce the nameplate, serve the first receiver that connects.
