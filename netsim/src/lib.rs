@@ -24,6 +24,8 @@
 //! WAN side (`tc tbf`). A router does not hairpin: a host cannot reach a neighbour through the
 //! router's public address.
 
+pub mod sim;
+
 use std::net::Ipv4Addr;
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicU32, Ordering};
