@@ -141,12 +141,20 @@ impl Meeting {
         } else {
             Settings::default()
         };
-        let chosen = self.rendezvous.clone().or(settings.rendezvous);
-        let token = self.rendezvous_token.clone().or(settings.rendezvous_token);
+        // The file's token belongs to the file's node: it is never sent to a node named on the
+        // command line or in the environment.
+        let (chosen, file_token) = match self.rendezvous.clone() {
+            Some(node) => (Some(node), None),
+            None => (settings.rendezvous, settings.rendezvous_token),
+        };
+        let token = self.rendezvous_token.clone().or(file_token);
         let node = match chosen.as_deref().map(str::trim) {
             None | Some("") | Some("none") => {
-                if self.force_relay || self.no_relay {
-                    return Err(usage("--force-relay and --no-relay need --rendezvous"));
+                if self.force_relay {
+                    return Err(usage("--force-relay needs a rendezvous node (--rendezvous)"));
+                }
+                if self.no_relay {
+                    return Err(usage("--no-relay needs a rendezvous node (--rendezvous)"));
                 }
                 return Ok(None);
             }
@@ -251,7 +259,9 @@ async fn interrupted() -> &'static str {
 fn default_filter(common: &Common) -> &'static str {
     match (common.quiet, common.verbose) {
         (true, _) => "error",
-        (_, 0) => "warn",
+        // quinn's own warnings (a send refused by a firewall, say) are noise for a person: the
+        // transfer reports what matters.
+        (_, 0) => "warn,quinn=error,quinn_udp=error",
         (_, 1) => "info,p2p_copy=debug",
         _ => "debug,p2p_copy=trace",
     }
@@ -264,6 +274,7 @@ fn init_tracing(common: &Common) {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
         .try_init();
 }

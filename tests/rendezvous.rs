@@ -339,3 +339,32 @@ fn the_settings_file_names_the_node() {
     assert_exits(&[(&s, 2)]);
     assert_says(&s, &["settings.toml", "rendezvouz"]);
 }
+
+/// A token in the settings file goes only to the file's node: naming another node on the
+/// command line does not send it there (even when it happens to be that node's token).
+#[test]
+fn the_settings_file_token_stays_with_its_node() {
+    let mut fx = Fixture::new();
+    let token = "file-secret";
+    let config = ServerConfig {
+        limits: p2p_copy_rendezvous::table::Limits {
+            token: Some(token.into()),
+            ..Default::default()
+        },
+        ..ServerConfig::default()
+    };
+    let node = TestNode::start(config);
+    let src = fx.path("src/a.bin");
+    random_file(&src, 10, &mut fx.rng);
+    let settings = fx.path("settings.toml");
+    let elsewhere = unused_addr();
+    let text = format!("rendezvous = \"{elsewhere}\"\nrendezvous_token = \"{token}\"\n");
+    write_file(&settings, text.as_bytes());
+    let args = [OsStr::new("send"), OsStr::new("--json"), OsStr::new("--rendezvous")];
+    let node_arg = node.arg();
+    let mut cmd = fx.command(&[], args.into_iter().chain([node_arg.as_os_str(), src.as_os_str()]));
+    cmd.env("P2P_COPY_CONFIG", &settings);
+    let s = Proc::spawn("sender", cmd).finish();
+    assert_exits(&[(&s, 2)]);
+    assert_says(&s, &["--rendezvous-token"]);
+}

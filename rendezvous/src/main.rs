@@ -7,7 +7,7 @@ use clap::Parser;
 /// The p2p-copy rendezvous node: peers meet here and, when a direct connection fails, relay
 /// through it. It keeps no files and no keys.
 #[derive(Debug, Parser)]
-#[command(name = "p2p-copy-rendezvous", version, about)]
+#[command(name = "p2p-copy-rendezvous", version)]
 struct Cli {
     #[command(flatten)]
     args: p2p_copy_rendezvous::server::NodeArgs,
@@ -30,10 +30,16 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let result = runtime.block_on(p2p_copy_rendezvous::server::run(
-        config,
-        p2p_copy_rendezvous::server::signalled(),
-    ));
+    let shutdown = async {
+        p2p_copy_rendezvous::server::signalled().await;
+        // A second signal stops at once, without waiting out the grace period.
+        tokio::spawn(async {
+            p2p_copy_rendezvous::server::signalled().await;
+            eprintln!("second signal: stopping now");
+            std::process::exit(130);
+        });
+    };
+    let result = runtime.block_on(p2p_copy_rendezvous::server::run(config, shutdown));
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

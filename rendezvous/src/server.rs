@@ -272,6 +272,10 @@ pub async fn serve(listeners: Listeners, config: ServerConfig, shutdown: impl Fu
     });
     let mut connections = JoinSet::new();
     tokio::pin!(shutdown);
+    // Set when shutdown starts: the end of the grace period.
+    let grace = tokio::time::sleep(Duration::from_secs(365 * 24 * 3600));
+    tokio::pin!(grace);
+    let mut draining = false;
     loop {
         let tcp_accept = async {
             match &tcp {
@@ -309,23 +313,33 @@ pub async fn serve(listeners: Listeners, config: ServerConfig, shutdown: impl Fu
                     connections.spawn(async move { served.await; drop((open, slot)) });
                 }
             }
-            Some(_) = connections.join_next(), if !connections.is_empty() => {}
-            () = &mut shutdown => break,
+            Some(_) = connections.join_next(), if !connections.is_empty() => {
+                if draining && connections.is_empty() {
+                    break;
+                }
+            }
+            () = &mut shutdown, if !draining => {
+                // Still accepting during the grace period, so that new clients hear that the
+                // node is shutting down (the table refuses their nameplates, the relay their
+                // streams) instead of finding nothing there.
+                tracing::info!(connections = connections.len(), "shutting down: refusing new sessions");
+                counters.shutting_down.store(true, std::sync::atomic::Ordering::Relaxed);
+                shared.relays.close();
+                let _ = stop_tx.send(true);
+                draining = true;
+                grace.as_mut().reset(tokio::time::Instant::now() + config.grace);
+                if connections.is_empty() {
+                    break;
+                }
+            }
+            () = &mut grace, if draining => {
+                tracing::info!(left = connections.len(), "grace period over: closing remaining sessions");
+                break;
+            }
         }
     }
-    tracing::info!(connections = connections.len(), "shutting down: refusing new sessions");
-    counters.shutting_down.store(true, std::sync::atomic::Ordering::Relaxed);
-    shared.relays.close();
-    let _ = stop_tx.send(true);
     endpoint.set_server_config(None);
     drop(tcp);
-    let drained = tokio::time::timeout(config.grace, async {
-        while connections.join_next().await.is_some() {}
-    })
-    .await;
-    if drained.is_err() {
-        tracing::info!(left = connections.len(), "grace period over: closing remaining sessions");
-    }
     connections.shutdown().await;
     endpoint.close(0u32.into(), b"shutting down");
     drop(shared);

@@ -27,6 +27,11 @@ impl Node {
 
     fn serve(listeners: server::Listeners, mut config: ServerConfig) -> Node {
         config.grace = config.grace.min(Duration::from_millis(300));
+        Node::serve_as_is(listeners, config)
+    }
+
+    /// Serves with the configured grace period.
+    fn serve_as_is(listeners: server::Listeners, config: ServerConfig) -> Node {
         let addr = listeners.local_addr().unwrap();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(server::serve(listeners, config, async {
@@ -137,6 +142,24 @@ async fn shutdown_refuses_new_sessions() {
     node.shutdown().await;
     let err = Client::connect(&endpoint(), addr, None, Duration::from_millis(500)).await;
     assert!(err.is_err(), "a stopped node accepts nobody");
+}
+
+/// While open sessions drain, a newcomer still reaches the node and is told it is shutting
+/// down (rather than finding nothing there).
+#[tokio::test]
+async fn a_draining_node_says_so() {
+    let config = ServerConfig { grace: Duration::from_secs(2), ..Default::default() };
+    let listeners = server::bind("127.0.0.1:0".parse().unwrap(), &config).unwrap();
+    let mut node = Node::serve_as_is(listeners, config);
+    let (mut a, _ea) = client(&node).await;
+    a.allocate().await.unwrap();
+    let _ = node.stop.take().unwrap().send(());
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let (mut b, _eb) = client(&node).await;
+    match b.allocate().await {
+        Err(ClientError::Refused { code: ErrorCode::ShuttingDown, .. }) => {}
+        other => panic!("newcomer during the grace period got {other:?}"),
+    }
 }
 
 /// Pairs two clients on a fresh nameplate and returns them (a allocated, b claimed).

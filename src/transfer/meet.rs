@@ -128,6 +128,19 @@ impl Guard {
         Guard { relay: None, punch: None, _keep: None }
     }
 
+    /// Ends what the transfer kept open at the node (the relay stream's connection), telling the
+    /// node at once rather than leaving it to time out.
+    pub async fn close(self) {
+        let Some(keep) = self._keep else { return };
+        drop(keep._link);
+        if let Some(client) = &keep._client {
+            client.close();
+        }
+        if let Some(data) = &keep._other {
+            let _ = tokio::time::timeout(Duration::from_secs(1), data.endpoint.wait_idle()).await;
+        }
+    }
+
     /// Rendezvous mode: how long finding the path took.
     pub fn punch(&self) -> Option<Duration> {
         self.punch
@@ -694,6 +707,10 @@ fn node_error(node: &str, e: ClientError) -> TransferError {
         _ => ErrorKind::Network,
     };
     let message = match e {
+        ClientError::Refused { code: ErrorCode::Unauthorized, message } => format!(
+            "rendezvous node {node}: {message}; give its token with --rendezvous-token or \
+             P2P_COPY_RENDEZVOUS_TOKEN"
+        ),
         ClientError::Unreachable { node: addr, reason } if addr.to_string() != node => {
             format!("cannot reach the rendezvous node {node} (at {addr}): {reason}")
         }

@@ -118,7 +118,10 @@ pub async fn receive(
         e = guard.trouble() => Err(e),
     };
     let route = super::Route { path, punch: guard.punch(), started, progress: progress_for_report };
-    super::conclude(Role::Receiver, &mut ctl, &conn, &node.endpoint, route, result).await
+    let report =
+        super::conclude(Role::Receiver, &mut ctl, &conn, &node.endpoint, route, result).await;
+    guard.close().await;
+    report
 }
 
 /// LAN mode: find the sender by multicast and connect to it.

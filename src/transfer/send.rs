@@ -127,7 +127,10 @@ pub async fn send(
         e = guard.trouble() => Err(e),
     };
     let route = super::Route { path, punch: guard.punch(), started, progress: progress_for_report };
-    super::conclude(Role::Sender, &mut ctl, &conn, &node.endpoint, route, result).await
+    let report =
+        super::conclude(Role::Sender, &mut ctl, &conn, &node.endpoint, route, result).await;
+    guard.close().await;
+    report
 }
 
 /// LAN mode: announce the nameplate, serve the first receiver that connects.
