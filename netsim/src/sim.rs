@@ -38,7 +38,8 @@ const SOCKET_QUEUE: usize = 4096;
 /// Longest a datagram may wait behind a link's rate before it is dropped (tail drop).
 const LINK_QUEUE: Duration = Duration::from_millis(200);
 
-/// A host's access link (applies in both directions).
+/// A host's access link (applies in both directions). Jitter varies the delay but keeps the
+/// order of datagrams, as a queue does.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Link {
     /// One-way latency.
@@ -102,6 +103,9 @@ struct HostInfo {
     link: Link,
     up_free: Instant,
     down_free: Instant,
+    /// Latest arrival so far on each direction: jitter varies delay but keeps order (FIFO).
+    up_last: Instant,
+    down_last: Instant,
 }
 
 struct NatBox {
@@ -122,12 +126,24 @@ struct Mapping {
     to_ips: HashSet<IpAddr>,
 }
 
+/// A datagram on its way: (arrival, sequence, source, bytes).
+type InFlight = std::cmp::Reverse<(Instant, u64, SocketAddr, Vec<u8>)>;
+
+/// A bound socket's side of the network: what is on its way to it, in arrival order.
+struct SocketState {
+    inbox: mpsc::Sender<(SocketAddr, Vec<u8>)>,
+    pending: std::collections::BinaryHeap<InFlight>,
+    wake: Arc<tokio::sync::Notify>,
+}
+
 struct World {
     seed: u64,
     rng: StdRng,
     hosts: HashMap<Ipv4Addr, HostInfo>,
     nats: Vec<NatBox>,
-    sockets: HashMap<SocketAddr, mpsc::Sender<(SocketAddr, Vec<u8>)>>,
+    sockets: HashMap<SocketAddr, SocketState>,
+    /// Orders datagrams that arrive at the same instant.
+    next_seq: u64,
     next_public: u16,
     next_lan: u8,
     dropped: u64,
@@ -142,6 +158,7 @@ impl Sim {
             hosts: HashMap::new(),
             nats: Vec::new(),
             sockets: HashMap::new(),
+            next_seq: 0,
             next_public: 2,
             next_lan: 1,
             dropped: 0,
@@ -192,21 +209,53 @@ impl Sim {
         self.0.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Sends one datagram; schedules its delivery (or drops it).
+    /// Sends one datagram; queues it for delivery at its arrival time (or drops it).
     fn send(&self, from: SocketAddr, to: SocketAddr, data: &[u8]) {
         let now = Instant::now();
-        let routed = self.world().route(now, from, to, data.len());
-        let Some((at, from, to)) = routed else { return };
-        let sim = self.clone();
-        let data = data.to_vec();
-        tokio::spawn(async move {
-            tokio::time::sleep_until(at).await;
-            let inbox = sim.world().sockets.get(&to).cloned();
-            let delivered = inbox.is_some_and(|tx| tx.try_send((from, data)).is_ok());
-            if !delivered {
-                sim.world().dropped += 1;
+        let mut w = self.world();
+        let Some((at, from, to)) = w.route(now, from, to, data.len()) else { return };
+        let seq = w.next_seq;
+        w.next_seq += 1;
+        match w.sockets.get_mut(&to) {
+            Some(socket) => {
+                socket.pending.push(std::cmp::Reverse((at, seq, from, data.to_vec())));
+                socket.wake.notify_one();
             }
-        });
+            None => w.dropped += 1,
+        }
+    }
+
+    /// Delivers what arrives at `addr`, in order of arrival, until the socket is closed.
+    async fn deliver(self, addr: SocketAddr, wake: Arc<tokio::sync::Notify>) {
+        loop {
+            let next = {
+                let mut w = self.world();
+                let Some(socket) = w.sockets.get_mut(&addr) else { return };
+                match socket.pending.peek() {
+                    Some(std::cmp::Reverse((at, ..))) if *at <= Instant::now() => {
+                        let Some(std::cmp::Reverse((_, _, from, data))) = socket.pending.pop()
+                        else {
+                            continue;
+                        };
+                        if socket.inbox.try_send((from, data)).is_err() {
+                            w.dropped += 1;
+                        }
+                        continue;
+                    }
+                    Some(std::cmp::Reverse((at, ..))) => Some(*at),
+                    None => None,
+                }
+            };
+            match next {
+                Some(at) => {
+                    tokio::select! {
+                        () = tokio::time::sleep_until(at) => {}
+                        () = wake.notified() => {}
+                    }
+                }
+                None => wake.notified().await,
+            }
+        }
     }
 }
 
@@ -229,7 +278,13 @@ impl SimHost {
             return Err(io::ErrorKind::AddrInUse.into());
         }
         let (tx, rx) = mpsc::channel(SOCKET_QUEUE);
-        w.sockets.insert(addr, tx);
+        let wake = Arc::new(tokio::sync::Notify::new());
+        w.sockets.insert(
+            addr,
+            SocketState { inbox: tx, pending: Default::default(), wake: wake.clone() },
+        );
+        drop(w);
+        tokio::spawn(self.sim.clone().deliver(addr, wake));
         Ok(Arc::new(SimSocket { sim: self.sim.clone(), addr, inbox: Mutex::new(rx) }))
     }
 }
@@ -250,7 +305,10 @@ impl World {
 
     fn add_host(&mut self, ip: Ipv4Addr, behind: Option<usize>, link: Link) {
         let now = Instant::now();
-        self.hosts.insert(ip, HostInfo { behind, link, up_free: now, down_free: now });
+        self.hosts.insert(
+            ip,
+            HostInfo { behind, link, up_free: now, down_free: now, up_last: now, down_last: now },
+        );
     }
 
     fn add_nat(
@@ -372,7 +430,9 @@ impl World {
         if loss < link.loss {
             return None;
         }
-        Some(done + link.latency + link.jitter.mul_f64(jitter))
+        let arrives = (done + link.latency + link.jitter.mul_f64(jitter)).max(host.up_last);
+        host.up_last = arrives;
+        Some(arrives)
     }
 
     /// A datagram arriving at host `ip` from the network at `at`.
@@ -381,7 +441,8 @@ impl World {
         let jitter: f64 = self.rng.gen();
         let host = self.hosts.get_mut(&ip)?;
         let link = host.link;
-        let arrives = at + link.latency + link.jitter.mul_f64(jitter);
+        let arrives = (at + link.latency + link.jitter.mul_f64(jitter)).max(host.down_last);
+        host.down_last = arrives;
         let start = host.down_free.max(arrives);
         let done = start + serialization(link.rate, len);
         if done.saturating_duration_since(arrives) > LINK_QUEUE {
@@ -466,7 +527,9 @@ impl fmt::Debug for SimSocket {
 
 impl Drop for SimSocket {
     fn drop(&mut self) {
-        self.sim.world().sockets.remove(&self.addr);
+        if let Some(socket) = self.sim.world().sockets.remove(&self.addr) {
+            socket.wake.notify_one();
+        }
     }
 }
 

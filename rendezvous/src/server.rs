@@ -127,6 +127,26 @@ pub async fn run(
     Ok(())
 }
 
+/// A QUIC endpoint for the node on any socket quinn can use (a simulated network in tests).
+pub fn endpoint_on(
+    socket: Arc<dyn quinn::AsyncUdpSocket>,
+    config: &ServerConfig,
+) -> Result<quinn::Endpoint, ServerError> {
+    let runtime = quinn::default_runtime()
+        .ok_or_else(|| ServerError::Tls("no async runtime for QUIC".to_owned()))?;
+    let addr = socket.local_addr().map_err(|source| ServerError::Bind {
+        addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+        source,
+    })?;
+    quinn::Endpoint::new_with_abstract_socket(
+        quinn::EndpointConfig::default(),
+        Some(server_config(config)?),
+        socket,
+        runtime,
+    )
+    .map_err(|source| ServerError::Bind { addr, source })
+}
+
 /// Resolves on Ctrl-C or SIGTERM.
 pub async fn signalled() {
     #[cfg(unix)]
@@ -143,10 +163,10 @@ pub async fn signalled() {
     let _ = tokio::signal::ctrl_c().await;
 }
 
-/// Binds a QUIC endpoint for the node on `addr` with a fresh self-signed certificate.
-/// Clients do not authenticate the node: everything they exchange through it is protected
-/// end to end by the code, so the node is not trusted with anything.
-pub fn endpoint(addr: SocketAddr, config: &ServerConfig) -> Result<quinn::Endpoint, ServerError> {
+/// The node's QUIC settings, with a fresh self-signed certificate. Clients do not authenticate
+/// the node: everything they exchange through it is protected end to end by the code, so the
+/// node is not trusted with anything.
+fn server_config(config: &ServerConfig) -> Result<quinn::ServerConfig, ServerError> {
     let tls = |e: &dyn std::fmt::Display| ServerError::Tls(e.to_string());
     let certified = rcgen::generate_simple_self_signed(vec!["p2p-copy-rendezvous".to_owned()])
         .map_err(|e| tls(&e))?;
@@ -176,6 +196,12 @@ pub fn endpoint(addr: SocketAddr, config: &ServerConfig) -> Result<quinn::Endpoi
         transport.max_idle_timeout(Some(idle));
     }
     server.transport_config(Arc::new(transport));
+    Ok(server)
+}
+
+/// Binds a QUIC endpoint for the node on `addr` with a fresh self-signed certificate.
+pub fn endpoint(addr: SocketAddr, config: &ServerConfig) -> Result<quinn::Endpoint, ServerError> {
+    let server = server_config(config)?;
     let bind = |source| ServerError::Bind { addr, source };
     let socket = socket2::Socket::new(
         socket2::Domain::for_address(addr),

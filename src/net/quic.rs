@@ -83,6 +83,14 @@ impl Default for Tuning {
     }
 }
 
+/// Where an endpoint sends and receives.
+enum Socket {
+    /// A UDP socket bound on this address.
+    Udp(SocketAddr),
+    /// Any socket quinn can use.
+    Abstract(Arc<dyn quinn::AsyncUdpSocket>),
+}
+
 /// A bound endpoint and the certificate it presents.
 #[derive(Debug)]
 pub struct Node {
@@ -98,6 +106,19 @@ impl Node {
     /// Binds a UDP socket on `addr` and starts an endpoint with a fresh identity; it accepts
     /// connections only when `serve` is set.
     pub fn bind(addr: SocketAddr, tuning: &Tuning, serve: bool) -> Result<Node, QuicError> {
+        Node::new(tuning, serve, Socket::Udp(addr))
+    }
+
+    /// As [`Node::bind`], on a socket of another kind (a simulated network in tests).
+    pub fn with_socket(
+        socket: Arc<dyn quinn::AsyncUdpSocket>,
+        tuning: &Tuning,
+        serve: bool,
+    ) -> Result<Node, QuicError> {
+        Node::new(tuning, serve, Socket::Abstract(socket))
+    }
+
+    fn new(tuning: &Tuning, serve: bool, socket: Socket) -> Result<Node, QuicError> {
         let certified = rcgen::generate_simple_self_signed(vec![SERVER_NAME.to_owned()])
             .map_err(|e| QuicError::Tls(e.to_string()))?;
         let cert = CertificateDer::from(certified.cert.der().to_vec());
@@ -130,12 +151,29 @@ impl Node {
         let mut client_config = quinn::ClientConfig::new(Arc::new(client));
         client_config.transport_config(transport);
 
-        let endpoint = if serve {
-            quinn::Endpoint::server(server_config, addr)
-        } else {
-            quinn::Endpoint::client(addr)
-        }
-        .map_err(|source| QuicError::Bind { addr, source })?;
+        let endpoint = match socket {
+            Socket::Udp(addr) => if serve {
+                quinn::Endpoint::server(server_config, addr)
+            } else {
+                quinn::Endpoint::client(addr)
+            }
+            .map_err(|source| QuicError::Bind { addr, source })?,
+            Socket::Abstract(socket) => {
+                let addr = socket.local_addr().map_err(|source| QuicError::Bind {
+                    addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+                    source,
+                })?;
+                let runtime = quinn::default_runtime()
+                    .ok_or_else(|| QuicError::Tls("no async runtime for QUIC".to_owned()))?;
+                quinn::Endpoint::new_with_abstract_socket(
+                    quinn::EndpointConfig::default(),
+                    serve.then_some(server_config),
+                    socket,
+                    runtime,
+                )
+                .map_err(|source| QuicError::Bind { addr, source })?
+            }
+        };
         Ok(Node {
             endpoint,
             fingerprint: fingerprint(&cert),

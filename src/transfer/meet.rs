@@ -72,6 +72,8 @@ pub(crate) struct Plan<'a> {
     pub claim: bool,
     pub rendezvous: &'a Rendezvous,
     pub bind: SocketAddr,
+    /// Use this socket instead of binding `bind`.
+    pub socket: Option<Arc<dyn quinn::AsyncUdpSocket>>,
     pub tuning: &'a Tuning,
     pub config: Config,
     /// How long to wait for the other side to show up at the node.
@@ -189,7 +191,10 @@ pub(crate) async fn meet(
     let rv = plan.rendezvous;
     let sender = plan.role == Role::Sender;
     // Both sides serve: each dials the other's candidates (hole punching).
-    let data = Node::bind(plan.bind, plan.tuning, true)?;
+    let data = match plan.socket.clone() {
+        Some(socket) => Node::with_socket(socket, plan.tuning, true)?,
+        None => Node::bind(plan.bind, plan.tuning, true)?,
+    };
     let node_addr = resolve(&rv.node).await?;
     let mut client =
         Client::connect_any(&data.endpoint, node_addr, rv.token.clone(), UDP_BOUND, NODE_TIMEOUT)

@@ -62,6 +62,9 @@ pub struct ReceiveOptions {
     pub stop: super::Stop,
     /// Meet through this rendezvous node instead of on the local network.
     pub rendezvous: Option<Rendezvous>,
+    /// Rendezvous mode: use this socket instead of binding `bind` (tests on a simulated
+    /// network).
+    pub socket: Option<Arc<dyn quinn::AsyncUdpSocket>>,
 }
 
 impl ReceiveOptions {
@@ -79,6 +82,7 @@ impl ReceiveOptions {
             tuning: Tuning::default(),
             stop: super::Stop::never(),
             rendezvous: None,
+            socket: None,
         }
     }
 }
@@ -100,6 +104,7 @@ pub async fn receive(
                 claim: true,
                 rendezvous: rv,
                 bind: opts.bind,
+                socket: opts.socket.clone(),
                 tuning: &opts.tuning,
                 config,
                 wait: opts.wait,

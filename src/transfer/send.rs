@@ -50,6 +50,9 @@ pub struct SendOptions {
     pub stop: super::Stop,
     /// Meet through this rendezvous node instead of on the local network.
     pub rendezvous: Option<Rendezvous>,
+    /// Rendezvous mode: use this socket instead of binding `bind` (tests on a simulated
+    /// network).
+    pub socket: Option<Arc<dyn quinn::AsyncUdpSocket>>,
     /// The code was chosen (or pre-shared): with a node, claim its nameplate instead of
     /// allocating one.
     pub code_chosen: bool,
@@ -69,6 +72,7 @@ impl SendOptions {
             tuning: Tuning::default(),
             stop: super::Stop::never(),
             rendezvous: None,
+            socket: None,
             code_chosen: false,
         }
     }
@@ -109,6 +113,7 @@ pub async fn send(
                 claim: opts.code_chosen,
                 rendezvous: rv,
                 bind: opts.bind,
+                socket: opts.socket.clone(),
                 tuning: &opts.tuning,
                 config,
                 wait: opts.wait,

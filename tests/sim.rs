@@ -1,0 +1,171 @@
+//! The NAT matrix in the in-process layer: the library's real send and receive, a real node,
+//! and real quinn endpoints, all on `netsim`'s simulated network with 20–150 ms between the
+//! peers. No root needed. Each case prints its seed; `P2P_COPY_SIM_SEED=N` replays it.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use p2p_copy::code::Code;
+use p2p_copy::transfer::meet::Rendezvous;
+use p2p_copy::transfer::{self, PathKind, Progress, Quiet, ReceiveOptions, SendOptions};
+use p2p_copy_netsim::sim::{Link, NatOptions, Sim, SimHost};
+use p2p_copy_netsim::Nat;
+use p2p_copy_rendezvous::server::{self, Listeners, ServerConfig};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+/// Where a peer sits.
+#[derive(Debug, Clone, Copy)]
+enum Place {
+    Public,
+    Behind(Nat),
+    /// Behind a port-restricted home NAT behind a carrier-grade NAT of this kind.
+    Cgnat(Nat),
+}
+
+fn seed() -> u64 {
+    std::env::var("P2P_COPY_SIM_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| rand::random::<u64>() >> 1)
+}
+
+fn host(sim: &Sim, place: Place, link: Link) -> SimHost {
+    match place {
+        Place::Public => sim.public_host(link),
+        Place::Behind(nat) => sim.host_behind(sim.nat(nat, NatOptions::default()), link),
+        Place::Cgnat(nat) => {
+            let carrier = sim.nat(nat, NatOptions::default());
+            let home = sim.nat_behind(carrier, Nat::PortRestricted, NatOptions::default());
+            sim.host_behind(home, link)
+        }
+    }
+}
+
+/// One transfer from `sender` to `receiver` through a node on the simulated network; checks the
+/// bytes and returns the path both sides took.
+async fn pair(sender: Place, receiver: Place) -> (PathKind, Duration) {
+    let seed = seed();
+    eprintln!("sim seed {seed} (P2P_COPY_SIM_SEED): {sender:?} -> {receiver:?}");
+    let sim = Sim::new(seed);
+    let mut rng = StdRng::seed_from_u64(seed);
+    // Each access link 10–75 ms one way, so 20–150 ms between two hosts.
+    let mut link = || Link {
+        latency: Duration::from_millis(rng.gen_range(10..=75)),
+        jitter: Duration::from_millis(2),
+        ..Link::IDEAL
+    };
+    let node_host = sim.public_host(link());
+    let config = ServerConfig::default();
+    let quic = server::endpoint_on(node_host.bind(4433).unwrap(), &config).unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let node = tokio::spawn(server::serve(Listeners { quic, tcp: None }, config, async {
+        let _ = stopped.await;
+    }));
+    let s_host = host(&sim, sender, link());
+    let r_host = host(&sim, receiver, link());
+
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("data.bin");
+    let data: Vec<u8> =
+        (0..1_000_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    std::fs::write(&src, &data).unwrap();
+    let out = dir.path().join("out");
+    let code = Code::generate(rng.gen_range(1..=999), 3, &mut rand::rngs::OsRng).unwrap();
+    let rendezvous = Rendezvous {
+        node: format!("{}:4433", node_host.ip),
+        token: None,
+        force_relay: false,
+        no_relay: false,
+    };
+    let mut s = SendOptions::new(vec![src.clone()], code.clone());
+    s.rendezvous = Some(rendezvous.clone());
+    s.code_chosen = true;
+    s.socket = Some(s_host.bind(0).unwrap());
+    let mut r = ReceiveOptions::new(code, out.clone());
+    r.yes = true;
+    r.rendezvous = Some(rendezvous);
+    r.socket = Some(r_host.bind(0).unwrap());
+    let started = std::time::Instant::now();
+    let (sent, received) = tokio::join!(
+        transfer::send(s, Arc::new(Quiet), Progress::new()),
+        transfer::receive(r, Arc::new(Quiet), Progress::new()),
+    );
+    let elapsed = started.elapsed();
+    let (sent, received) = match (sent, received) {
+        (Ok(s), Ok(r)) => (s, r),
+        other => panic!("seed {seed}: {sender:?} -> {receiver:?} failed: {other:?}"),
+    };
+    assert_eq!(sent.path, received.path, "seed {seed}");
+    assert!(std::fs::read(out.join("data.bin")).unwrap() == data, "seed {seed}: identical bytes");
+    let _ = stop.send(());
+    let _ = tokio::time::timeout(Duration::from_secs(5), node).await;
+    eprintln!(
+        "SIM {sender:?} -> {receiver:?}: {} (punching {:?}, all {elapsed:?})",
+        received.path.as_str(),
+        received.punch_seconds
+    );
+    (received.path, elapsed)
+}
+
+macro_rules! case {
+    ($name:ident, $sender:expr, $receiver:expr, $path:expr) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $name() {
+            let (path, _) = pair($sender, $receiver).await;
+            assert_eq!(path, $path, "{:?} -> {:?}", $sender, $receiver);
+        }
+    };
+}
+
+case!(public_to_public, Place::Public, Place::Public, PathKind::Direct);
+case!(
+    port_restricted_to_public,
+    Place::Behind(Nat::PortRestricted),
+    Place::Public,
+    PathKind::Direct
+);
+case!(
+    port_restricted_to_port_restricted,
+    Place::Behind(Nat::PortRestricted),
+    Place::Behind(Nat::PortRestricted),
+    PathKind::Direct
+);
+case!(
+    full_cone_to_symmetric,
+    Place::Behind(Nat::FullCone),
+    Place::Behind(Nat::Symmetric),
+    PathKind::Direct
+);
+case!(
+    address_restricted_to_symmetric,
+    Place::Behind(Nat::AddressRestricted),
+    Place::Behind(Nat::Symmetric),
+    PathKind::Direct
+);
+case!(
+    port_restricted_to_symmetric,
+    Place::Behind(Nat::PortRestricted),
+    Place::Behind(Nat::Symmetric),
+    PathKind::Relay
+);
+case!(
+    symmetric_to_symmetric,
+    Place::Behind(Nat::Symmetric),
+    Place::Behind(Nat::Symmetric),
+    PathKind::Relay
+);
+case!(
+    port_preserving_cgnat_to_port_restricted,
+    Place::Cgnat(Nat::PortRestricted),
+    Place::Behind(Nat::PortRestricted),
+    PathKind::Direct
+);
+case!(
+    random_port_cgnat_to_port_restricted,
+    Place::Cgnat(Nat::Symmetric),
+    Place::Behind(Nat::PortRestricted),
+    PathKind::Relay
+);
