@@ -89,10 +89,10 @@ async fn pair(sender: Place, receiver: Place) -> (PathKind, Duration) {
     r.rendezvous = Some(rendezvous);
     r.socket = Some(r_host.bind(0).unwrap());
     let started = std::time::Instant::now();
-    let (sent, received) = tokio::join!(
-        transfer::send(s, Arc::new(Quiet), Progress::new()),
-        transfer::receive(r, Arc::new(Quiet), Progress::new()),
-    );
+    // Spawned: the futures are Send, so a library user can run them on any task.
+    let sending = tokio::spawn(transfer::send(s, Arc::new(Quiet), Progress::new()));
+    let received = transfer::receive(r, Arc::new(Quiet), Progress::new()).await;
+    let sent = sending.await.unwrap();
     let elapsed = started.elapsed();
     let (sent, received) = match (sent, received) {
         (Ok(s), Ok(r)) => (s, r),

@@ -60,9 +60,9 @@ impl From<WireError> for ClientError {
 }
 
 /// The read half of a stream to the node (a QUIC stream or a TCP connection).
-pub type Reader = Box<dyn AsyncRead + Send + Unpin>;
+pub type Reader = Box<dyn AsyncRead + Send + Sync + Unpin>;
 /// The write half of a stream to the node.
-pub type Writer = Box<dyn AsyncWrite + Send + Unpin>;
+pub type Writer = Box<dyn AsyncWrite + Send + Sync + Unpin>;
 
 /// How a client reaches the node.
 #[derive(Debug, Clone)]
