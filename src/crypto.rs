@@ -14,8 +14,7 @@
 //!    on each lane. A lane number is used once per session and direction, so a nonce never
 //!    repeats; a record moved to another lane or position fails to open.
 
-use aes_gcm::aead::{AeadInPlace, KeyInit};
-use aes_gcm::{Aes256Gcm, Nonce};
+use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM};
 use hkdf::Hkdf;
 use hmac::{Hmac, Mac};
 use rand::{CryptoRng, RngCore};
@@ -273,15 +272,20 @@ fn keyed(key: &[u8; 32]) -> HmacSha256 {
     <HmacSha256 as Mac>::new_from_slice(key).expect("HMAC takes any key length")
 }
 
+/// AES-256-GCM of one lane and direction (ring's implementation: several times faster than a
+/// portable one on CPUs with AES and carry-less multiply instructions).
 struct LaneCipher {
-    aead: Aes256Gcm,
+    aead: LessSafeKey,
     lane: u32,
     counter: u64,
 }
 
 impl LaneCipher {
     fn new(key: &[u8; 32], lane: u32) -> LaneCipher {
-        LaneCipher { aead: Aes256Gcm::new(key.into()), lane, counter: 0 }
+        // Invariant: a 32-byte key is what AES-256 takes; this cannot fail.
+        #[allow(clippy::expect_used)]
+        let key = UnboundKey::new(&AES_256_GCM, key).expect("AES-256 takes a 32-byte key");
+        LaneCipher { aead: LessSafeKey::new(key), lane, counter: 0 }
     }
 
     fn next_nonce(&mut self) -> Result<[u8; 12], CryptoError> {
@@ -309,13 +313,13 @@ impl Sealer {
     /// Encrypts `buf[start..]` in place and appends the tag; `buf[..start]` is left as is (room
     /// for a length prefix, so a record is sealed without a copy).
     pub fn seal(&mut self, buf: &mut Vec<u8>, start: usize) -> Result<(), CryptoError> {
-        let nonce = self.0.next_nonce()?;
+        let nonce = Nonce::assume_unique_for_key(self.0.next_nonce()?);
         let tag = self
             .0
             .aead
-            .encrypt_in_place_detached(Nonce::from_slice(&nonce), &[], &mut buf[start..])
+            .seal_in_place_separate_tag(nonce, Aad::empty(), &mut buf[start..])
             .map_err(|_| CryptoError::Open)?;
-        buf.extend_from_slice(&tag);
+        buf.extend_from_slice(tag.as_ref());
         Ok(())
     }
 
@@ -344,13 +348,9 @@ impl Opener {
         if buf.len() < TAG_LEN {
             return Err(CryptoError::Open);
         }
-        let nonce = self.0.next_nonce()?;
+        let nonce = Nonce::assume_unique_for_key(self.0.next_nonce()?);
         let split = buf.len() - TAG_LEN;
-        let tag = aes_gcm::Tag::clone_from_slice(&buf[split..]);
-        self.0
-            .aead
-            .decrypt_in_place_detached(Nonce::from_slice(&nonce), &[], &mut buf[..split], &tag)
-            .map_err(|_| CryptoError::Open)?;
+        self.0.aead.open_in_place(nonce, Aad::empty(), buf).map_err(|_| CryptoError::Open)?;
         buf.truncate(split);
         Ok(())
     }
