@@ -88,6 +88,56 @@ impl std::fmt::Debug for RelayStream {
     }
 }
 
+/// Opens relay streams to a node (see [`Client::relay_opener`]).
+#[derive(Debug, Clone)]
+pub struct RelayOpener {
+    transport: Transport,
+    node: SocketAddr,
+    token: Option<String>,
+    timeout: Duration,
+}
+
+impl RelayOpener {
+    /// See [`Client::relay`].
+    pub async fn relay(
+        &self,
+        token: [u8; 32],
+        side: u8,
+        wait: Duration,
+    ) -> Result<RelayStream, ClientError> {
+        let (mut reader, mut writer): (Reader, Writer) = match &self.transport {
+            Transport::Quic(conn) => {
+                let (send, recv) = tokio::time::timeout(self.timeout, conn.open_bi())
+                    .await
+                    .map_err(|_| ClientError::Timeout(self.timeout))?
+                    .map_err(|e| ClientError::Lost(e.to_string()))?;
+                (Box::new(recv), Box::new(send))
+            }
+            Transport::Tcp => open_tcp(self.node, self.timeout).await?,
+        };
+        let request = wire::encode(&ClientMsg::Relay {
+            version: VERSION,
+            access: self.token.clone(),
+            token,
+            side,
+        });
+        tokio::time::timeout(self.timeout, writer.write_all(&request))
+            .await
+            .map_err(|_| ClientError::Timeout(self.timeout))?
+            .map_err(|e| ClientError::Lost(e.to_string()))?;
+        match read_msg(&mut reader, wait).await? {
+            NodeMsg::Paired => Ok(RelayStream { reader, writer }),
+            NodeMsg::Error { code, message } => Err(ClientError::Refused { code, message }),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// The node's address.
+    pub fn node(&self) -> SocketAddr {
+        self.node
+    }
+}
+
 /// A session with the node.
 pub struct Client {
     transport: Transport,
@@ -221,30 +271,17 @@ impl Client {
         side: u8,
         wait: Duration,
     ) -> Result<RelayStream, ClientError> {
-        let (mut reader, mut writer): (Reader, Writer) = match &self.transport {
-            Transport::Quic(conn) => {
-                let (send, recv) = tokio::time::timeout(self.timeout, conn.open_bi())
-                    .await
-                    .map_err(|_| ClientError::Timeout(self.timeout))?
-                    .map_err(|e| ClientError::Lost(e.to_string()))?;
-                (Box::new(recv), Box::new(send))
-            }
-            Transport::Tcp => open_tcp(self.node, self.timeout).await?,
-        };
-        let request = wire::encode(&ClientMsg::Relay {
-            version: VERSION,
-            access: self.token.clone(),
-            token,
-            side,
-        });
-        tokio::time::timeout(self.timeout, writer.write_all(&request))
-            .await
-            .map_err(|_| ClientError::Timeout(self.timeout))?
-            .map_err(|e| ClientError::Lost(e.to_string()))?;
-        match read_msg(&mut reader, wait).await? {
-            NodeMsg::Paired => Ok(RelayStream { reader, writer }),
-            NodeMsg::Error { code, message } => Err(ClientError::Refused { code, message }),
-            other => Err(unexpected(&other)),
+        self.relay_opener().relay(token, side, wait).await
+    }
+
+    /// What opening relay streams needs, apart from the mailbox (so that the mailbox can be
+    /// read while relay streams are opened).
+    pub fn relay_opener(&self) -> RelayOpener {
+        RelayOpener {
+            transport: self.transport.clone(),
+            node: self.node,
+            token: self.token.clone(),
+            timeout: self.timeout,
         }
     }
 

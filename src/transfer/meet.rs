@@ -19,7 +19,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use p2p_copy_rendezvous::client::{Client, ClientError};
+use p2p_copy_rendezvous::client::{Client, ClientError, RelayOpener};
 use p2p_copy_rendezvous::wire::{ErrorCode, NodeMsg};
 use rand::rngs::OsRng;
 use tokio::sync::watch;
@@ -46,6 +46,8 @@ const DIRECT_TIMEOUT: Duration = Duration::from_secs(5);
 const STAGGER: Duration = Duration::from_millis(20);
 /// How long the receiver still waits for the direct path once the relay is ready.
 pub const DIRECT_GRACE: Duration = Duration::from_millis(1500);
+/// How long a connection may still come once the other side left the nameplate.
+const LEFT_GRACE: Duration = Duration::from_secs(3);
 /// How long a relay stream waits for the other side's.
 const PAIR_WAIT: Duration = Duration::from_secs(20);
 
@@ -324,7 +326,8 @@ pub(crate) async fn meet(
         }
         let deadline = session.poll_timeout().unwrap_or_else(|| Instant::now() + NODE_TIMEOUT);
         let punch_started = Instant::now();
-        let paths = Paths { data, client: &client, keys: &keys, tuning: plan.tuning, peer: &peer };
+        let opener = client.relay_opener();
+        let paths = Paths { data, relay: &opener, keys: &keys, tuning: plan.tuning, peer: &peer };
         let connect = async {
             if sender {
                 paths.accept(use_direct, use_relay).await
@@ -332,7 +335,24 @@ pub(crate) async fn meet(
                 paths.connect(use_direct, use_relay).await
             }
         };
-        let won = tokio::time::timeout_at(deadline.into(), connect).await.map_err(|_| {
+        let connect = tokio::time::timeout_at(deadline.into(), connect);
+        tokio::pin!(connect);
+        // Meanwhile, watch the mailbox: if the other side leaves (it failed, or gave up), stop
+        // trying rather than wait out the deadline. A side that connected releases its
+        // nameplate at once, so its leaving only counts if no connection comes soon after.
+        let won = tokio::select! {
+            won = &mut connect => won,
+            left = peer_leaves(&mut client, &rv.node) => {
+                // The other side left, or the node connection failed: a path may still be
+                // about to come up.
+                let gone = match left { Ok(e) | Err(e) => e };
+                match tokio::time::timeout(LEFT_GRACE, &mut connect).await {
+                    Ok(won) => won,
+                    Err(_) => return Err(gone),
+                }
+            }
+        };
+        let won = won.map_err(|_| {
             TransferError::network(
                 "could not connect to the other side directly or through the relay in time",
             )
@@ -394,7 +414,7 @@ struct Won {
 
 struct Paths<'a> {
     data: Node,
-    client: &'a Client,
+    relay: &'a RelayOpener,
     keys: &'a Keys,
     tuning: &'a Tuning,
     peer: &'a Candidates,
@@ -407,10 +427,10 @@ impl Paths<'_> {
     async fn relay(&self, serve: bool) -> Result<Relayed, TransferError> {
         let side = u8::from(!serve);
         let stream = self
-            .client
+            .relay
             .relay(self.keys.relay_token(), side, PAIR_WAIT)
             .await
-            .map_err(|e| node_error(&self.client.node().to_string(), e))?;
+            .map_err(|e| node_error(&self.relay.node().to_string(), e))?;
         let link = RelayLink::new(stream, self.keys);
         let node = self.data.relayed(link.socket.clone(), self.tuning, serve)?;
         Ok((node, link))
@@ -640,6 +660,23 @@ fn both_failed(d: TransferError, r: TransferError, direct: bool, relay: bool) ->
             "could not reach the other side: directly: {}; through the relay: {}",
             d.message, r.message
         )),
+    }
+}
+
+/// Resolves once the node says the other side left (the error to report), or the node
+/// connection fails; other messages are ignored. Never resolves otherwise.
+async fn peer_leaves(client: &mut Client, node: &str) -> Result<TransferError, TransferError> {
+    loop {
+        match client.recv_within(Duration::from_secs(3600)).await {
+            Ok(NodeMsg::PeerLeft) => {
+                return Ok(TransferError::new(
+                    ErrorKind::Peer,
+                    "the other side left before a connection was made",
+                ))
+            }
+            Ok(_) | Err(ClientError::Timeout(_)) => {}
+            Err(e) => return Err(node_error(node, e)),
+        }
     }
 }
 
