@@ -103,9 +103,8 @@ struct HostInfo {
     link: Link,
     up_free: Instant,
     down_free: Instant,
-    /// Latest arrival so far on each direction: jitter varies delay but keeps order (FIFO).
+    /// Latest departure so far: jitter varies delay but keeps order (FIFO).
     up_last: Instant,
-    down_last: Instant,
 }
 
 struct NatBox {
@@ -142,6 +141,8 @@ struct World {
     hosts: HashMap<Ipv4Addr, HostInfo>,
     nats: Vec<NatBox>,
     sockets: HashMap<SocketAddr, SocketState>,
+    /// Latest arrival so far from one host to another: jitter keeps each pair's order.
+    last_arrival: HashMap<(Ipv4Addr, Ipv4Addr), Instant>,
     /// Orders datagrams that arrive at the same instant.
     next_seq: u64,
     next_public: u16,
@@ -158,6 +159,7 @@ impl Sim {
             hosts: HashMap::new(),
             nats: Vec::new(),
             sockets: HashMap::new(),
+            last_arrival: HashMap::new(),
             next_seq: 0,
             next_public: 2,
             next_lan: 1,
@@ -230,7 +232,11 @@ impl Sim {
         loop {
             let next = {
                 let mut w = self.world();
+                // Gone, or bound again by a newer socket with a task of its own.
                 let Some(socket) = w.sockets.get_mut(&addr) else { return };
+                if !Arc::ptr_eq(&socket.wake, &wake) {
+                    return;
+                }
                 match socket.pending.peek() {
                     Some(std::cmp::Reverse((at, ..))) if *at <= Instant::now() => {
                         let Some(std::cmp::Reverse((_, _, from, data))) = socket.pending.pop()
@@ -305,10 +311,8 @@ impl World {
 
     fn add_host(&mut self, ip: Ipv4Addr, behind: Option<usize>, link: Link) {
         let now = Instant::now();
-        self.hosts.insert(
-            ip,
-            HostInfo { behind, link, up_free: now, down_free: now, up_last: now, down_last: now },
-        );
+        self.hosts
+            .insert(ip, HostInfo { behind, link, up_free: now, down_free: now, up_last: now });
     }
 
     fn add_nat(
@@ -382,7 +386,7 @@ impl World {
             && src_chain.first() == dst_chain.first()
             && self.hosts.contains_key(&dst_ip)
         {
-            let at = self.downlink(sent, dst_ip, len)?;
+            let at = self.downlink(sent, src_ip, dst_ip, len)?;
             return Some((at, from, to));
         }
         // Up through our NATs.
@@ -411,7 +415,7 @@ impl World {
         if !self.hosts.contains_key(&final_ip) {
             return None;
         }
-        let at = self.downlink(sent, final_ip, len)?;
+        let at = self.downlink(sent, src_ip, final_ip, len)?;
         Some((at, src, dst))
     }
 
@@ -436,13 +440,21 @@ impl World {
     }
 
     /// A datagram arriving at host `ip` from the network at `at`.
-    fn downlink(&mut self, at: Instant, ip: Ipv4Addr, len: usize) -> Option<Instant> {
+    fn downlink(
+        &mut self,
+        at: Instant,
+        from: Ipv4Addr,
+        ip: Ipv4Addr,
+        len: usize,
+    ) -> Option<Instant> {
         let loss: f64 = self.rng.gen();
         let jitter: f64 = self.rng.gen();
         let host = self.hosts.get_mut(&ip)?;
         let link = host.link;
-        let arrives = (at + link.latency + link.jitter.mul_f64(jitter)).max(host.down_last);
-        host.down_last = arrives;
+        let last = self.last_arrival.entry((from, ip)).or_insert(at);
+        let arrives = (at + link.latency + link.jitter.mul_f64(jitter)).max(*last);
+        *last = arrives;
+        let host = self.hosts.get_mut(&ip)?;
         let start = host.down_free.max(arrives);
         let done = start + serialization(link.rate, len);
         if done.saturating_duration_since(arrives) > LINK_QUEUE {

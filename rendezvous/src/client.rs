@@ -318,7 +318,8 @@ impl Client {
         self.recv_within(self.timeout).await
     }
 
-    /// As [`Client::recv`], waiting at most `timeout`.
+    /// As [`Client::recv`], waiting at most `timeout`. A call that is cancelled (dropped before
+    /// it returns) may leave half a message unread: afterwards, only send, or [`Client::finish`].
     pub async fn recv_within(&mut self, timeout: Duration) -> Result<NodeMsg, ClientError> {
         match read_msg(&mut self.recv, timeout).await? {
             NodeMsg::Error { code, message } => Err(ClientError::Refused { code, message }),

@@ -342,10 +342,9 @@ pub(crate) async fn meet(
         // nameplate at once, so its leaving only counts if no connection comes soon after.
         let won = tokio::select! {
             won = &mut connect => won,
-            left = peer_leaves(&mut client, &rv.node) => {
-                // The other side left, or the node connection failed: a path may still be
-                // about to come up.
-                let gone = match left { Ok(e) | Err(e) => e };
+            gone = peer_leaves(&mut client) => {
+                // A path may still be about to come up (a side that connected releases its
+                // nameplate at once).
                 match tokio::time::timeout(LEFT_GRACE, &mut connect).await {
                     Ok(won) => won,
                     Err(_) => return Err(gone),
@@ -663,19 +662,23 @@ fn both_failed(d: TransferError, r: TransferError, direct: bool, relay: bool) ->
     }
 }
 
-/// Resolves once the node says the other side left (the error to report), or the node
-/// connection fails; other messages are ignored. Never resolves otherwise.
-async fn peer_leaves(client: &mut Client, node: &str) -> Result<TransferError, TransferError> {
+/// Resolves once the node says the other side left (with the error to report). Other messages
+/// are ignored; if the node connection fails, this stops watching and never resolves: a direct
+/// path does not need the node, and a relay over it fails by itself.
+async fn peer_leaves(client: &mut Client) -> TransferError {
     loop {
         match client.recv_within(Duration::from_secs(3600)).await {
             Ok(NodeMsg::PeerLeft) => {
-                return Ok(TransferError::new(
+                return TransferError::new(
                     ErrorKind::Peer,
                     "the other side left before a connection was made",
-                ))
+                )
             }
             Ok(_) | Err(ClientError::Timeout(_)) => {}
-            Err(e) => return Err(node_error(node, e)),
+            Err(e) => {
+                tracing::debug!(error = %e, "lost the node while connecting to the other side");
+                return std::future::pending().await;
+            }
         }
     }
 }
