@@ -6,22 +6,28 @@ use crate::wire::control::MAX_CANDIDATES;
 
 /// Candidates for an endpoint bound at `local`: the address of the first interface (when bound
 /// to the unspecified address) with its port, the address the rendezvous node observed (the
-/// NAT mapping), the other interfaces, then loopback (same-host peers). The observed address
-/// comes early because behind a NAT it is the one that works, while a machine with several
-/// interfaces (containers, VPNs) may list many that do not. Only the endpoint's address family;
-/// no duplicates; at most [`MAX_CANDIDATES`].
+/// NAT mapping), the other IPv4 interfaces, the IPv6 ones (a dual-stack socket, bound to
+/// `[::]`, has both), then loopback (same-host peers). The observed address comes early because
+/// behind a NAT it is the one that works, while a machine with several interfaces (containers,
+/// VPNs) may list many that do not. Link-local addresses are left out (they need a scope). No
+/// duplicates; at most [`MAX_CANDIDATES`].
 pub fn gather(local: SocketAddr, observed: Option<SocketAddr>) -> Vec<SocketAddr> {
+    let dual = local.is_ipv6() && local.ip().is_unspecified();
+    let usable = |ip: IpAddr| dual || ip.is_ipv4() == local.is_ipv4();
     let mut host = Vec::new();
+    let mut v6 = Vec::new();
     let mut loopback = Vec::new();
     if local.ip().is_unspecified() {
         for iface in if_addrs::get_if_addrs().unwrap_or_default() {
             let ip = iface.ip();
-            if ip.is_ipv4() != local.is_ipv4() || is_link_local(ip) {
+            if !usable(ip) || is_link_local(ip) {
                 continue;
             }
             let addr = SocketAddr::new(ip, local.port());
             if ip.is_loopback() {
                 loopback.push(addr);
+            } else if ip.is_ipv6() {
+                v6.push(addr);
             } else {
                 host.push(addr);
             }
@@ -31,10 +37,14 @@ pub fn gather(local: SocketAddr, observed: Option<SocketAddr>) -> Vec<SocketAddr
     } else {
         host.push(local);
     }
-    let observed = observed.filter(|o| o.is_ipv4() == local.is_ipv4() && !o.ip().is_unspecified());
+    let observed = observed
+        .map(|o| SocketAddr::new(o.ip().to_canonical(), o.port()))
+        .filter(|o| usable(o.ip()) && !o.ip().is_unspecified());
     let mut out: Vec<SocketAddr> = Vec::new();
     let rest = if host.is_empty() { Vec::new() } else { host.split_off(1) };
-    for addr in host.into_iter().chain(observed).chain(rest).chain(loopback) {
+    // IPv4 loopback before IPv6 loopback.
+    loopback.sort_by_key(|a| a.is_ipv6());
+    for addr in host.into_iter().chain(observed).chain(rest).chain(v6).chain(loopback) {
         if !out.contains(&addr) && out.len() < MAX_CANDIDATES {
             out.push(addr);
         }
@@ -70,6 +80,26 @@ mod tests {
         // An observed address of the other family is left out.
         let v6: SocketAddr = "[2001:db8::1]:7".parse().unwrap();
         assert!(!gather(local, Some(v6)).contains(&v6));
+    }
+
+    #[test]
+    fn a_dual_stack_socket_offers_both_families() {
+        let local: SocketAddr = "[::]:5000".parse().unwrap();
+        let observed: SocketAddr = "[::ffff:203.0.113.7]:6000".parse().unwrap();
+        let c = gather(local, Some(observed));
+        assert!(
+            c.contains(&"203.0.113.7:6000".parse().unwrap()),
+            "mapped address made IPv4: {c:?}"
+        );
+        assert!(c.contains(&"127.0.0.1:5000".parse().unwrap()), "{c:?}");
+        assert!(c.iter().all(|a| a.port() == 5000 || a.port() == 6000));
+        assert!(
+            c.iter().all(|a| match a.ip() {
+                IpAddr::V6(v6) => (v6.segments()[0] & 0xffc0) != 0xfe80,
+                IpAddr::V4(_) => true,
+            }),
+            "no link-local: {c:?}"
+        );
     }
 
     #[test]

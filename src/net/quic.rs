@@ -87,6 +87,8 @@ impl Default for Tuning {
 enum Socket {
     /// A UDP socket bound on this address.
     Udp(SocketAddr),
+    /// A UDP socket bound already.
+    Std(std::net::UdpSocket),
     /// Any socket quinn can use.
     Abstract(Arc<dyn quinn::AsyncUdpSocket>),
 }
@@ -107,6 +109,22 @@ impl Node {
     /// connections only when `serve` is set.
     pub fn bind(addr: SocketAddr, tuning: &Tuning, serve: bool) -> Result<Node, QuicError> {
         Node::new(tuning, serve, Socket::Udp(addr))
+    }
+
+    /// A UDP socket on every interface and both address families (`[::]:0` with IPv4 mapped
+    /// in), so that IPv6 candidates work where IPv4 is behind a NAT; `None` where the system
+    /// has no IPv6 (the caller then binds IPv4 only).
+    pub fn bind_dual_stack(tuning: &Tuning, serve: bool) -> Option<Node> {
+        let socket = socket2::Socket::new(
+            socket2::Domain::IPV6,
+            socket2::Type::DGRAM,
+            Some(socket2::Protocol::UDP),
+        )
+        .ok()?;
+        socket.set_only_v6(false).ok()?;
+        let any = SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 0));
+        socket.bind(&any.into()).ok()?;
+        Node::new(tuning, serve, Socket::Std(socket.into())).ok()
     }
 
     /// As [`Node::bind`], on a socket of another kind (a simulated network in tests).
@@ -158,6 +176,21 @@ impl Node {
                 quinn::Endpoint::client(addr)
             }
             .map_err(|source| QuicError::Bind { addr, source })?,
+            Socket::Std(socket) => {
+                let addr = socket.local_addr().map_err(|source| QuicError::Bind {
+                    addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+                    source,
+                })?;
+                let runtime = quinn::default_runtime()
+                    .ok_or_else(|| QuicError::Tls("no async runtime for QUIC".to_owned()))?;
+                quinn::Endpoint::new(
+                    quinn::EndpointConfig::default(),
+                    serve.then_some(server_config),
+                    socket,
+                    runtime,
+                )
+                .map_err(|source| QuicError::Bind { addr, source })?
+            }
             Socket::Abstract(socket) => {
                 let addr = socket.local_addr().map_err(|source| QuicError::Bind {
                     addr: SocketAddr::from(([0, 0, 0, 0], 0)),

@@ -193,11 +193,18 @@ pub(crate) async fn meet(
     let rv = plan.rendezvous;
     let sender = plan.role == Role::Sender;
     // Both sides serve: each dials the other's candidates (hole punching).
+    let any_v4 = SocketAddr::from(([0, 0, 0, 0], 0));
     let data = match plan.socket.clone() {
         Some(socket) => Node::with_socket(socket, plan.tuning, true)?,
+        // The default: both address families, so IPv6 can go direct where IPv4 cannot.
+        None if plan.bind == any_v4 => match Node::bind_dual_stack(plan.tuning, true) {
+            Some(node) => node,
+            None => Node::bind(plan.bind, plan.tuning, true)?,
+        },
         None => Node::bind(plan.bind, plan.tuning, true)?,
     };
-    let node_addr = resolve(&rv.node).await?;
+    let dual = data.local_addr().is_ok_and(|a| a.is_ipv6() && a.ip().is_unspecified());
+    let node_addr = resolve(&rv.node, dual).await?;
     let mut client =
         Client::connect_any(&data.endpoint, node_addr, rv.token.clone(), UDP_BOUND, NODE_TIMEOUT)
             .await
@@ -372,6 +379,7 @@ pub(crate) async fn meet(
     };
     // Through the relay, the peer's address is the node's.
     let via = if won.path == PathKind::Relay { client.node() } else { won.conn.remote_address() };
+    let via = SocketAddr::new(via.ip().to_canonical(), via.port());
     observer.note(Note::Connected { peer: via, path: won.path });
     session.set_channel(Instant::now(), won.node.channel(&won.conn)?)?;
     // The nameplate has done its job: free it (and, when nothing more goes through the node,
@@ -720,7 +728,9 @@ fn unframe(msg: &[u8]) -> Result<&[u8], TransferError> {
     Ok(&msg[frame::HEADER_LEN..])
 }
 
-async fn resolve(node: &str) -> Result<SocketAddr, TransferError> {
+/// The node's address: IPv4 first (the NAT mapping the node observes is then the IPv4 one that
+/// needs punching); IPv6 too when the data socket has both families.
+async fn resolve(node: &str, dual: bool) -> Result<SocketAddr, TransferError> {
     let unresolved = |why: String| {
         TransferError::new(
             ErrorKind::Network,
@@ -732,8 +742,12 @@ async fn resolve(node: &str) -> Result<SocketAddr, TransferError> {
         .map_err(|_| unresolved("no answer from DNS".into()))?
         .map_err(|e| unresolved(e.to_string()))?
         .collect::<Vec<_>>();
-    // The data endpoint is IPv4.
-    addrs.iter().find(|a| a.is_ipv4()).copied().ok_or_else(|| unresolved("no IPv4 address".into()))
+    addrs
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or_else(|| addrs.iter().find(|_| dual))
+        .copied()
+        .ok_or_else(|| unresolved("no IPv4 address".into()))
 }
 
 fn protocol(msg: &NodeMsg) -> TransferError {
