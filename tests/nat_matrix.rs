@@ -62,10 +62,15 @@ struct World {
 
 impl World {
     fn new() -> Option<World> {
+        World::build(false)
+    }
+
+    fn build(ipv6: bool) -> Option<World> {
         if !privileged("building NAT topologies in network namespaces") {
             return None;
         }
-        let mut net = match Net::new() {
+        let built = if ipv6 { Net::with_ipv6() } else { Net::new() };
+        let mut net = match built {
             Ok(net) => net,
             Err(e) => {
                 skip_or_fail(&format!("cannot build a topology: {e}"));
@@ -289,5 +294,25 @@ fn lossy_rate_limited_link_completes() {
         "MATRIX 5% loss, 20 Mbit/s: {}, connected after {connect:?}, done after {:?}",
         ro.event("done").unwrap()["path"],
         started.elapsed()
+    );
+}
+
+/// Both sides behind symmetric IPv4 NATs, but with IPv6 (firewalled the same way, not
+/// translated): the IPv6 candidates go direct where IPv4 would need the relay.
+#[test]
+fn ipv6_goes_direct_where_ipv4_is_symmetric() {
+    let Some(mut w) = World::build(true) else { return };
+    let s = place(&mut w.net, "snd", Place::Behind(Nat::Symmetric));
+    let r = place(&mut w.net, "rcv", Place::Behind(Nat::Symmetric));
+    assert!(s.addr6.is_some() && r.addr6.is_some());
+    w.start_node();
+    let (so, ro, connect) = w.transfer(&s, &r, &fresh_code());
+    assert_exits(&[(&so, 0), (&ro, 0)]);
+    assert_eq!(ro.event("done").unwrap()["path"], "direct", "{ro}");
+    let peer = ro.event("connected").unwrap()["peer"].as_str().unwrap().to_owned();
+    let sender6 = s.addr6.unwrap().to_string();
+    assert!(peer.contains(&sender6), "reached the sender's IPv6 address: {peer}");
+    eprintln!(
+        "MATRIX symmetric <-> symmetric with IPv6: direct via {peer}, connected after {connect:?}"
     );
 }

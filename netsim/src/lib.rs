@@ -26,7 +26,7 @@
 
 pub mod sim;
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -86,6 +86,8 @@ pub struct Host {
     pub ns: String,
     /// Its address (public, or on its router's LAN).
     pub addr: Ipv4Addr,
+    /// Its global IPv6 address, in a topology built with [`Net::with_ipv6`].
+    pub addr6: Option<Ipv6Addr>,
 }
 
 impl Host {
@@ -113,6 +115,8 @@ pub struct Router {
     pub nat: Nat,
     lan_prefix: [u8; 3],
     hosts: u8,
+    /// The LAN's IPv6 prefix number (`2001:db8:K::/64`), when it has IPv6.
+    lan6: Option<u16>,
 }
 
 /// One topology; see the crate documentation.
@@ -124,6 +128,7 @@ pub struct Net {
     next_public: u16,
     next_lan: u8,
     next_port: u16,
+    ipv6: bool,
 }
 
 /// Namespaces of this crate start with this; the process id follows.
@@ -143,11 +148,30 @@ impl Net {
             next_public: 2,
             next_lan: 1,
             next_port: 0,
+            ipv6: false,
         };
         net.add_ns(&net.internet.clone())?;
         net.exec(&net.internet.clone(), &["ip", "link", "add", "name", "br0", "type", "bridge"])?;
         net.exec(&net.internet.clone(), &["ip", "addr", "add", "198.18.0.1/16", "dev", "br0"])?;
         net.exec(&net.internet.clone(), &["ip", "link", "set", "br0", "up"])?;
+        Ok(net)
+    }
+
+    /// As [`Net::new`], with IPv6 as well: public addresses in 2001:db8:ffff::/64, each LAN of a
+    /// router on the internet in 2001:db8:K::/64, no NAT for IPv6, and the same stateful filter
+    /// in the routers (only replies and forwarded LAN traffic pass). Routers behind a
+    /// carrier-grade NAT stay IPv4 only.
+    pub fn with_ipv6() -> Result<Net, Error> {
+        let mut net = Net::new()?;
+        net.ipv6 = true;
+        let inet = net.internet.clone();
+        net.no_dad(&inet)?;
+        net.exec(&inet, &["sh", "-c", "echo 0 > /proc/sys/net/ipv6/conf/br0/accept_dad"])?;
+        net.exec(
+            &inet,
+            &["ip", "-6", "addr", "add", "2001:db8:ffff::1/64", "dev", "br0", "nodad"],
+        )?;
+        net.exec(&inet, &["sh", "-c", "echo 1 > /proc/sys/net/ipv6/conf/all/forwarding"])?;
         Ok(net)
     }
 
@@ -159,7 +183,23 @@ impl Net {
         self.plug_into_internet(&ns, "eth0")?;
         self.exec(&ns, &["ip", "addr", "add", &format!("{addr}/16"), "dev", "eth0"])?;
         self.exec(&ns, &["ip", "link", "set", "eth0", "up"])?;
-        Ok(Host { ns, addr })
+        let addr6 = self.public_v6(&ns, "eth0", addr)?;
+        Ok(Host { ns, addr, addr6 })
+    }
+
+    /// With IPv6: a public address on `ifname` derived from the IPv4 one, and the default route.
+    fn public_v6(&self, ns: &str, ifname: &str, v4: Ipv4Addr) -> Result<Option<Ipv6Addr>, Error> {
+        if !self.ipv6 {
+            return Ok(None);
+        }
+        let [_, _, c, d] = v4.octets();
+        let addr6 = Ipv6Addr::new(0x2001, 0xdb8, 0xffff, 0, 0, 0, u16::from(c), u16::from(d));
+        self.exec(
+            ns,
+            &["ip", "-6", "addr", "add", &format!("{addr6}/64"), "dev", ifname, "nodad"],
+        )?;
+        self.exec(ns, &["ip", "-6", "route", "add", "default", "via", "2001:db8:ffff::1"])?;
+        Ok(Some(addr6))
     }
 
     /// A NAT router on the internet.
@@ -175,8 +215,26 @@ impl Net {
         self.plug_into_internet(&ns, "wan")?;
         self.exec(&ns, &["ip", "addr", "add", &format!("{wan}/16"), "dev", "wan"])?;
         self.exec(&ns, &["ip", "link", "set", "wan", "up"])?;
+        let wan6 = self.public_v6(&ns, "wan", wan)?;
         let k = self.lan_number();
-        self.finish_router(ns, wan, nat, [10, k, 0], &options)
+        let mut router = self.finish_router(ns, wan, nat, [10, k, 0], &options)?;
+        if let Some(wan6) = wan6 {
+            // The LAN's prefix, routed by the internet to this router.
+            let k6 = u16::from(k);
+            let lan6 = Ipv6Addr::new(0x2001, 0xdb8, k6, 0, 0, 0, 0, 1);
+            let ns = router.ns.clone();
+            self.exec(
+                &ns,
+                &["ip", "-6", "addr", "add", &format!("{lan6}/64"), "dev", "lan", "nodad"],
+            )?;
+            self.exec(&ns, &["sh", "-c", "echo 1 > /proc/sys/net/ipv6/conf/all/forwarding"])?;
+            let prefix = format!("2001:db8:{k6:x}::/64");
+            let inet = self.internet.clone();
+            self.exec(&inet, &["ip", "-6", "route", "add", &prefix, "via", &wan6.to_string()])?;
+            run_stdin(&["ip", "netns", "exec", &ns, "nft", "-f", "-"], &ruleset6(&options))?;
+            router.lan6 = Some(k6);
+        }
+        Ok(router)
     }
 
     /// A NAT router whose WAN side is on `outer`'s LAN (a home router behind a carrier-grade
@@ -200,7 +258,20 @@ impl Net {
         let ns = format!("{}{name}", self.prefix);
         self.add_ns(&ns)?;
         let addr = self.attach(router, &ns, "eth0")?;
-        Ok(Host { ns, addr })
+        let addr6 = match router.lan6 {
+            Some(k6) => {
+                let a6 = Ipv6Addr::new(0x2001, 0xdb8, k6, 0, 0, 0, 0, u16::from(router.hosts) + 1);
+                self.exec(
+                    &ns,
+                    &["ip", "-6", "addr", "add", &format!("{a6}/64"), "dev", "eth0", "nodad"],
+                )?;
+                let gateway = Ipv6Addr::new(0x2001, 0xdb8, k6, 0, 0, 0, 0, 1).to_string();
+                self.exec(&ns, &["ip", "-6", "route", "add", "default", "via", &gateway])?;
+                Some(a6)
+            }
+            None => None,
+        };
+        Ok(Host { ns, addr, addr6 })
     }
 
     /// Makes `router` forward unsolicited UDP (full cone, address-restricted) to `host`.
@@ -252,9 +323,11 @@ impl Net {
         self.exec(&ns, &["sh", "-c", "echo 1 > /proc/sys/net/ipv4/ip_forward"])?;
         // With br_netfilter loaded, bridged LAN traffic would go through the forward chain
         // (and be dropped): neighbours on a LAN talk directly.
-        if std::path::Path::new("/proc/sys/net/bridge/bridge-nf-call-iptables").exists() {
-            let off = "echo 0 > /proc/sys/net/bridge/bridge-nf-call-iptables";
-            self.exec(&ns, &["sh", "-c", off])?;
+        for family in ["iptables", "ip6tables"] {
+            let knob = format!("/proc/sys/net/bridge/bridge-nf-call-{family}");
+            if std::path::Path::new(&knob).exists() {
+                self.exec(&ns, &["sh", "-c", &format!("echo 0 > {knob}")])?;
+            }
         }
         let rules = ruleset(nat, options);
         run_stdin(&["ip", "netns", "exec", &ns, "nft", "-f", "-"], &rules)?;
@@ -268,7 +341,7 @@ impl Net {
                 ],
             )?;
         }
-        Ok(Router { ns, wan, nat, lan_prefix, hosts: 0 })
+        Ok(Router { ns, wan, nat, lan_prefix, hosts: 0, lan6: None })
     }
 
     fn public_addr(&mut self) -> Ipv4Addr {
@@ -300,9 +373,21 @@ impl Net {
         self.exec(&internet, &["ip", "link", "set", &port, "up"])
     }
 
+    /// New interfaces in `ns` skip duplicate address detection, so that IPv6 works at once
+    /// (their link-local addresses would otherwise stay tentative for a second or two, and
+    /// neighbour discovery with them).
+    fn no_dad(&self, ns: &str) -> Result<(), Error> {
+        let off = "echo 0 > /proc/sys/net/ipv6/conf/default/accept_dad; \
+                   echo 0 > /proc/sys/net/ipv6/conf/all/accept_dad";
+        self.exec(ns, &["sh", "-c", off])
+    }
+
     fn add_ns(&mut self, ns: &str) -> Result<(), Error> {
         self.exec_root(&["ip", "netns", "add", ns])?;
         self.namespaces.push(ns.to_owned());
+        if self.ipv6 {
+            self.no_dad(ns)?;
+        }
         self.exec(ns, &["ip", "link", "set", "lo", "up"])
     }
 
@@ -360,6 +445,29 @@ fn ruleset(nat: Nat, options: &RouterOptions) -> String {
     iifname \"lo\" accept
     ct state established,related accept
     iifname \"lan\" accept
+  }}
+}}
+"
+    )
+}
+
+/// The IPv6 ruleset of a router: no NAT, the same stateful filter as for IPv4.
+fn ruleset6(options: &RouterOptions) -> String {
+    let loss = if options.loss_percent > 0 {
+        format!("numgen random mod 100 < {} drop", options.loss_percent)
+    } else {
+        String::new()
+    };
+    let udp_blocked =
+        if options.udp_blocked { "iifname \"lan\" meta l4proto udp drop" } else { "" };
+    format!(
+        "table ip6 netsim6 {{
+  chain forward {{ type filter hook forward priority filter; policy drop;
+    {loss}
+    ct state established,related accept
+    meta l4proto ipv6-icmp accept
+    {udp_blocked}
+    iifname \"lan\" oifname \"wan\" accept
   }}
 }}
 "

@@ -45,7 +45,7 @@ const DIRECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Time between the starts of direct attempts to successive candidates.
 const STAGGER: Duration = Duration::from_millis(20);
 /// How long the receiver still waits for the direct path once the relay is ready.
-pub const DIRECT_GRACE: Duration = Duration::from_millis(1500);
+pub const DIRECT_GRACE: Duration = Duration::from_secs(3);
 /// How long a connection may still come once the other side left the nameplate.
 const LEFT_GRACE: Duration = Duration::from_secs(3);
 /// How long a relay stream waits for the other side's.
