@@ -169,44 +169,26 @@ impl Node {
         let mut client_config = quinn::ClientConfig::new(Arc::new(client));
         client_config.transport_config(transport);
 
-        let endpoint = match socket {
-            Socket::Udp(addr) => if serve {
-                quinn::Endpoint::server(server_config, addr)
-            } else {
-                quinn::Endpoint::client(addr)
-            }
-            .map_err(|source| QuicError::Bind { addr, source })?,
-            Socket::Std(socket) => {
-                let addr = socket.local_addr().map_err(|source| QuicError::Bind {
-                    addr: SocketAddr::from(([0, 0, 0, 0], 0)),
-                    source,
-                })?;
-                let runtime = quinn::default_runtime()
-                    .ok_or_else(|| QuicError::Tls("no async runtime for QUIC".to_owned()))?;
-                quinn::Endpoint::new(
-                    quinn::EndpointConfig::default(),
-                    serve.then_some(server_config),
-                    socket,
-                    runtime,
-                )
-                .map_err(|source| QuicError::Bind { addr, source })?
-            }
-            Socket::Abstract(socket) => {
-                let addr = socket.local_addr().map_err(|source| QuicError::Bind {
-                    addr: SocketAddr::from(([0, 0, 0, 0], 0)),
-                    source,
-                })?;
-                let runtime = quinn::default_runtime()
-                    .ok_or_else(|| QuicError::Tls("no async runtime for QUIC".to_owned()))?;
-                quinn::Endpoint::new_with_abstract_socket(
-                    quinn::EndpointConfig::default(),
-                    serve.then_some(server_config),
-                    socket,
-                    runtime,
-                )
-                .map_err(|source| QuicError::Bind { addr, source })?
-            }
+        let runtime = quinn::default_runtime()
+            .ok_or_else(|| QuicError::Tls("no async runtime for QUIC".to_owned()))?;
+        let unknown = SocketAddr::from(([0, 0, 0, 0], 0));
+        let socket: Arc<dyn quinn::AsyncUdpSocket> = match socket {
+            Socket::Udp(addr) => std::net::UdpSocket::bind(addr)
+                .and_then(|s| runtime.wrap_udp_socket(s))
+                .map_err(|source| QuicError::Bind { addr, source })?,
+            Socket::Std(s) => runtime
+                .wrap_udp_socket(s)
+                .map_err(|source| QuicError::Bind { addr: unknown, source })?,
+            Socket::Abstract(s) => s,
         };
+        let addr = socket.local_addr().unwrap_or(unknown);
+        let endpoint = quinn::Endpoint::new_with_abstract_socket(
+            quinn::EndpointConfig::default(),
+            serve.then_some(server_config),
+            socket,
+            runtime,
+        )
+        .map_err(|source| QuicError::Bind { addr, source })?;
         Ok(Node {
             endpoint,
             fingerprint: fingerprint(&cert),
