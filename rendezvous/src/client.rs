@@ -140,20 +140,18 @@ impl RelayOpener {
 
 /// A session with the node.
 pub struct Client {
-    transport: Transport,
+    /// The transport, the node, the access token and the timeout (shared with relay streams).
+    link: RelayOpener,
     send: Writer,
     recv: Reader,
-    node: SocketAddr,
-    token: Option<String>,
     observed: SocketAddr,
-    timeout: Duration,
 }
 
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Client")
-            .field("node", &self.node)
-            .field("transport", &self.transport)
+            .field("node", &self.link.node)
+            .field("transport", &self.link.transport)
             .field("observed", &self.observed)
             .finish_non_exhaustive()
     }
@@ -232,13 +230,10 @@ impl Client {
         timeout: Duration,
     ) -> Result<Client, ClientError> {
         let mut client = Client {
-            transport,
+            link: RelayOpener { transport, node, token: token.clone(), timeout },
             send,
             recv,
-            node,
-            token: token.clone(),
             observed: SocketAddr::from(([0, 0, 0, 0], 0)),
-            timeout,
         };
         client.send(&ClientMsg::Hello { version: VERSION, token }).await?;
         match client.recv().await? {
@@ -255,12 +250,12 @@ impl Client {
 
     /// True when this client reached the node over TCP (its UDP is blocked, or the node's).
     pub fn is_tcp(&self) -> bool {
-        matches!(self.transport, Transport::Tcp)
+        matches!(self.link.transport, Transport::Tcp)
     }
 
     /// The node's address.
     pub fn node(&self) -> SocketAddr {
-        self.node
+        self.link.node
     }
 
     /// Opens a relay stream and waits (at most `wait`) until the node paired it with the
@@ -277,12 +272,7 @@ impl Client {
     /// What opening relay streams needs, apart from the mailbox (so that the mailbox can be
     /// read while relay streams are opened).
     pub fn relay_opener(&self) -> RelayOpener {
-        RelayOpener {
-            transport: self.transport.clone(),
-            node: self.node,
-            token: self.token.clone(),
-            timeout: self.timeout,
-        }
+        self.link.clone()
     }
 
     /// Asks for a fresh nameplate.
@@ -315,7 +305,7 @@ impl Client {
 
     /// The next message from the node (errors are returned as [`ClientError::Refused`]).
     pub async fn recv(&mut self) -> Result<NodeMsg, ClientError> {
-        self.recv_within(self.timeout).await
+        self.recv_within(self.link.timeout).await
     }
 
     /// As [`Client::recv`], waiting at most `timeout`. A call that is cancelled (dropped before
@@ -342,16 +332,17 @@ impl Client {
 
     /// Closes the session at once (what was sent may be lost).
     pub fn close(&self) {
-        if let Transport::Quic(conn) = &self.transport {
+        if let Transport::Quic(conn) = &self.link.transport {
             conn.close(0u32.into(), b"bye");
         }
     }
 
     async fn send(&mut self, msg: &ClientMsg) -> Result<(), ClientError> {
         let frame = wire::encode(msg);
-        tokio::time::timeout(self.timeout, self.send.write_all(&frame))
+        let timeout = self.link.timeout;
+        tokio::time::timeout(timeout, self.send.write_all(&frame))
             .await
-            .map_err(|_| ClientError::Timeout(self.timeout))?
+            .map_err(|_| ClientError::Timeout(timeout))?
             .map_err(|e| ClientError::Lost(e.to_string()))
     }
 }

@@ -102,9 +102,9 @@ pub(crate) struct Met {
 /// link, and the data endpoint when the relay won.
 struct Keep {
     /// The node session, while it carries the relay stream (QUIC).
-    _client: Option<Client>,
-    _link: Option<RelayLink>,
-    _other: Option<Node>,
+    client: Option<Client>,
+    link: Option<RelayLink>,
+    other: Option<Node>,
 }
 
 impl Met {
@@ -136,11 +136,11 @@ impl Guard {
     /// node at once rather than leaving it to time out.
     pub async fn close(self) {
         let Some(keep) = self._keep else { return };
-        drop(keep._link);
-        if let Some(client) = &keep._client {
+        drop(keep.link);
+        if let Some(client) = &keep.client {
             client.close();
         }
-        if let Some(data) = &keep._other {
+        if let Some(data) = &keep.other {
             let _ = tokio::time::timeout(Duration::from_secs(1), data.endpoint.wait_idle()).await;
         }
     }
@@ -402,7 +402,7 @@ pub(crate) async fn meet(
         path: won.path,
         punch,
         relay,
-        _keep: Keep { _client: client, _link: won.link, _other: won.other },
+        _keep: Keep { client, link: won.link, other: won.other },
     };
     Ok((met, code))
 }
