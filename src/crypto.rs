@@ -139,6 +139,9 @@ fn transcript_hash(sender_msg: &[u8], receiver_msg: &[u8]) -> [u8; 32] {
     h.finalize().into()
 }
 
+/// Bytes of a path probe's tag (a truncated HMAC-SHA256).
+pub const PROBE_TAG_LEN: usize = 16;
+
 /// Everything derived from one successful key agreement, seen from one side.
 #[derive(Clone)]
 pub struct Keys {
@@ -148,6 +151,7 @@ pub struct Keys {
     bind: [[u8; 32]; 2],
     record: [[u8; 32]; 2],
     relay_token: [u8; 32],
+    probe: [[u8; 32]; 2],
     verifier: [u8; 32],
 }
 
@@ -183,6 +187,7 @@ impl Keys {
             bind: [expand("bind sender"), expand("bind receiver")],
             record: [expand("record sender->receiver"), expand("record receiver->sender")],
             relay_token: expand("relay token"),
+            probe: [expand("probe sender"), expand("probe receiver")],
             verifier: expand("verifier"),
         }
     }
@@ -239,6 +244,24 @@ impl Keys {
     /// Token both peers present to a relay so it can pair them without learning the key.
     pub fn relay_token(&self) -> [u8; 32] {
         self.relay_token
+    }
+
+    /// The tag this side puts on a path probe (`kind ‖ id`), truncated to [`PROBE_TAG_LEN`].
+    pub fn probe_tag(&self, kind: u8, id: &[u8]) -> [u8; PROBE_TAG_LEN] {
+        let full = mac(&self.probe[index(self.role)], &[&[kind], id]);
+        let mut tag = [0u8; PROBE_TAG_LEN];
+        tag.copy_from_slice(&full[..PROBE_TAG_LEN]);
+        tag
+    }
+
+    /// Checks the tag of a probe the peer sent (constant time).
+    pub fn check_probe_tag(&self, kind: u8, id: &[u8], tag: &[u8]) -> bool {
+        let mut m = keyed(&self.probe[index(self.role.peer())]);
+        for p in [&[kind][..], id] {
+            m.update(&(p.len() as u64).to_be_bytes());
+            m.update(p);
+        }
+        m.verify_truncated_left(tag).is_ok() && tag.len() == PROBE_TAG_LEN
     }
 
     /// A short string both users can compare out of band (`-v` shows it): equal on both sides
@@ -376,6 +399,21 @@ mod tests {
         let (ps, ms) = Pake::start(Role::Sender, &code(a), &mut rng);
         let (pr, mr) = Pake::start(Role::Receiver, &code(b), &mut rng);
         (ps.finish(&mr).unwrap(), pr.finish(&ms).unwrap())
+    }
+
+    #[test]
+    fn probe_tags_verify_only_from_the_peer_with_the_same_key() {
+        let (s, r) = agree("7-orbit-velvet-canyon", "7-orbit-velvet-canyon", 1);
+        let id = [5u8; 16];
+        let tag = s.probe_tag(1, &id);
+        assert!(r.check_probe_tag(1, &id, &tag));
+        // Reflected back to its author, another kind, another id, a cut tag: all refused.
+        assert!(!s.check_probe_tag(1, &id, &tag));
+        assert!(!r.check_probe_tag(2, &id, &tag));
+        assert!(!r.check_probe_tag(1, &[6u8; 16], &tag));
+        assert!(!r.check_probe_tag(1, &id, &tag[..8]));
+        let (_, other) = agree("7-orbit-velvet-canyon", "7-orbit-velvet-canyon", 2);
+        assert!(!other.check_probe_tag(1, &id, &tag));
     }
 
     #[test]

@@ -2,10 +2,13 @@
 //!
 //! - [`quic`]: endpoints with self-signed certificates that the session pins afterwards.
 //! - [`discovery`]: multicast discovery of a sender by nameplate on the local network.
-//! - [`relay`]: the peers' QUIC connection carried over the rendezvous node's relay.
+//! - [`path`]: one QUIC connection to the peer over the direct path or the relay, switching as
+//!   they come and go; the probes that find the direct path.
+//! - [`relay`]: the relay path: QUIC packets sealed over the rendezvous node's relay stream.
 //! - [`candidates`]: the addresses a peer may be reached at.
 
 pub mod candidates;
 pub mod discovery;
+pub mod path;
 pub mod quic;
 pub mod relay;

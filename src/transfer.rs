@@ -23,12 +23,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde::Serialize;
-
 use crate::code::Code;
 use crate::error::ErrorKind;
 use crate::wire::control::Offer;
 
+pub use crate::net::path::PathKind;
 pub use receive::{receive, ReceiveOptions};
 pub use send::{send, SendOptions};
 
@@ -228,31 +227,13 @@ pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     s
 }
 
-/// How the data flowed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum PathKind {
-    /// A direct QUIC connection between the peers.
-    Direct,
-    /// The peers' QUIC connection carried through the rendezvous node's relay.
-    Relay,
-}
-
-impl PathKind {
-    /// The name used in output.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            PathKind::Direct => "direct",
-            PathKind::Relay => "relay",
-        }
-    }
-}
-
 /// What a finished transfer did.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Report {
-    /// How the data flowed.
+    /// The path the data took last.
     pub path: PathKind,
+    /// How often the data moved between the direct path and the relay (rendezvous mode).
+    pub path_changes: u32,
     /// Rendezvous mode: seconds from the exchange of candidates to the chosen connection.
     pub punch_seconds: Option<f64>,
     /// Seconds from the start of the command to the first file byte (none for empty files).
@@ -271,6 +252,8 @@ pub struct Report {
 #[derive(Debug, Clone)]
 pub(crate) struct Route {
     pub path: PathKind,
+    /// How often the data moved between the direct path and the relay.
+    pub changes: u32,
     /// Rendezvous mode: how long finding the path took.
     pub punch: Option<Duration>,
     /// When the command started.
@@ -289,7 +272,7 @@ pub(crate) async fn conclude(
     route: Route,
     result: Result<crate::wire::control::Summary, TransferError>,
 ) -> Result<Report, TransferError> {
-    let Route { path, punch, started, progress } = route;
+    let Route { path, changes, punch, started, progress } = route;
     match result {
         Ok(totals) => {
             match role {
@@ -301,6 +284,7 @@ pub(crate) async fn conclude(
             let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
             Ok(Report {
                 path,
+                path_changes: changes,
                 punch_seconds: punch.map(|d| d.as_secs_f64()),
                 first_byte_seconds: progress
                     .first_byte()

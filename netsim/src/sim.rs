@@ -148,6 +148,8 @@ struct World {
     next_public: u16,
     next_lan: u8,
     dropped: u64,
+    /// Pairs of public addresses that cannot reach each other (a cut path).
+    cuts: HashSet<(IpAddr, IpAddr)>,
 }
 
 impl Sim {
@@ -164,6 +166,7 @@ impl Sim {
             next_public: 2,
             next_lan: 1,
             dropped: 0,
+            cuts: HashSet::new(),
         })))
     }
 
@@ -175,6 +178,20 @@ impl Sim {
     /// Datagrams lost so far (loss, filters, full queues, nowhere to go).
     pub fn dropped(&self) -> u64 {
         self.world().dropped
+    }
+
+    /// Cuts (or, with `cut` false, restores) the internet between two public addresses (hosts
+    /// or NATs), both ways, from now on: datagrams between them are lost. What either sends to
+    /// anyone else still arrives.
+    pub fn cut(&self, a: Ipv4Addr, b: Ipv4Addr, cut: bool) {
+        let mut w = self.world();
+        for pair in [(IpAddr::V4(a), IpAddr::V4(b)), (IpAddr::V4(b), IpAddr::V4(a))] {
+            if cut {
+                w.cuts.insert(pair);
+            } else {
+                w.cuts.remove(&pair);
+            }
+        }
     }
 
     /// A host with a public address.
@@ -397,6 +414,9 @@ impl World {
                 break;
             }
             src = self.translate_out(n, src, to)?;
+        }
+        if self.cuts.contains(&(src.ip(), to.ip())) {
+            return None;
         }
         // Down through theirs.
         let mut dst = to;

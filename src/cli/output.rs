@@ -94,6 +94,7 @@ impl Ui {
             emit(&json!({
                 "event": "done",
                 "path": report.path.as_str(),
+                "path_changes": report.path_changes,
                 "bytes": report.bytes,
                 "files": report.files,
                 "entries": report.entries,
@@ -104,8 +105,12 @@ impl Ui {
         } else if !self.quiet {
             let verb = if self.role == Role::Sender { "Sent" } else { "Received" };
             let rate = report.bytes as f64 / report.seconds.max(1e-6);
+            let moved = match report.path_changes {
+                0 => String::new(),
+                n => format!(", after {n} change(s) of path"),
+            };
             eprintln!(
-                "{verb} {} in {} file(s) in {:.1}s ({}/s, {})",
+                "{verb} {} in {} file(s) in {:.1}s ({}/s, {}{moved})",
                 HumanBytes(report.bytes),
                 report.files,
                 report.seconds,

@@ -83,14 +83,32 @@ impl Default for Tuning {
     }
 }
 
-/// Where an endpoint sends and receives.
-enum Socket {
-    /// A UDP socket bound on this address.
-    Udp(SocketAddr),
-    /// A UDP socket bound already.
-    Std(std::net::UdpSocket),
-    /// Any socket quinn can use.
-    Abstract(Arc<dyn quinn::AsyncUdpSocket>),
+/// A UDP socket bound on `addr`, for quinn.
+pub fn udp_socket(addr: SocketAddr) -> Result<Arc<dyn quinn::AsyncUdpSocket>, QuicError> {
+    let runtime = runtime()?;
+    std::net::UdpSocket::bind(addr)
+        .and_then(|s| runtime.wrap_udp_socket(s))
+        .map_err(|source| QuicError::Bind { addr, source })
+}
+
+/// A UDP socket on every interface and both address families (`[::]:0` with IPv4 mapped in),
+/// so that IPv6 candidates work where IPv4 is behind a NAT; `None` where the system has no
+/// IPv6 (the caller then binds IPv4 only).
+pub fn dual_stack_socket() -> Option<Arc<dyn quinn::AsyncUdpSocket>> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::IPV6,
+        socket2::Type::DGRAM,
+        Some(socket2::Protocol::UDP),
+    )
+    .ok()?;
+    socket.set_only_v6(false).ok()?;
+    let any = SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 0));
+    socket.bind(&any.into()).ok()?;
+    runtime().ok()?.wrap_udp_socket(socket.into()).ok()
+}
+
+fn runtime() -> Result<Arc<dyn quinn::Runtime>, QuicError> {
+    quinn::default_runtime().ok_or_else(|| QuicError::Tls("no async runtime for QUIC".to_owned()))
 }
 
 /// A bound endpoint and the certificate it presents.
@@ -108,35 +126,24 @@ impl Node {
     /// Binds a UDP socket on `addr` and starts an endpoint with a fresh identity; it accepts
     /// connections only when `serve` is set.
     pub fn bind(addr: SocketAddr, tuning: &Tuning, serve: bool) -> Result<Node, QuicError> {
-        Node::new(tuning, serve, Socket::Udp(addr))
+        Node::with_socket(udp_socket(addr)?, tuning, serve)
     }
 
-    /// A UDP socket on every interface and both address families (`[::]:0` with IPv4 mapped
-    /// in), so that IPv6 candidates work where IPv4 is behind a NAT; `None` where the system
-    /// has no IPv6 (the caller then binds IPv4 only).
-    pub fn bind_dual_stack(tuning: &Tuning, serve: bool) -> Option<Node> {
-        let socket = socket2::Socket::new(
-            socket2::Domain::IPV6,
-            socket2::Type::DGRAM,
-            Some(socket2::Protocol::UDP),
-        )
-        .ok()?;
-        socket.set_only_v6(false).ok()?;
-        let any = SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 0));
-        socket.bind(&any.into()).ok()?;
-        Node::new(tuning, serve, Socket::Std(socket.into())).ok()
-    }
-
-    /// As [`Node::bind`], on a socket of another kind (a simulated network in tests).
+    /// As [`Node::bind`], on a socket of another kind ([`dual_stack_socket`],
+    /// [`super::path::PathSocket`], a simulated network in tests).
     pub fn with_socket(
         socket: Arc<dyn quinn::AsyncUdpSocket>,
         tuning: &Tuning,
         serve: bool,
     ) -> Result<Node, QuicError> {
-        Node::new(tuning, serve, Socket::Abstract(socket))
+        Node::new(tuning, serve, socket)
     }
 
-    fn new(tuning: &Tuning, serve: bool, socket: Socket) -> Result<Node, QuicError> {
+    fn new(
+        tuning: &Tuning,
+        serve: bool,
+        socket: Arc<dyn quinn::AsyncUdpSocket>,
+    ) -> Result<Node, QuicError> {
         let certified = rcgen::generate_simple_self_signed(vec![SERVER_NAME.to_owned()])
             .map_err(|e| QuicError::Tls(e.to_string()))?;
         let cert = CertificateDer::from(certified.cert.der().to_vec());
@@ -169,21 +176,15 @@ impl Node {
         let mut client_config = quinn::ClientConfig::new(Arc::new(client));
         client_config.transport_config(transport);
 
-        let runtime = quinn::default_runtime()
-            .ok_or_else(|| QuicError::Tls("no async runtime for QUIC".to_owned()))?;
+        let runtime = runtime()?;
         let unknown = SocketAddr::from(([0, 0, 0, 0], 0));
-        let socket: Arc<dyn quinn::AsyncUdpSocket> = match socket {
-            Socket::Udp(addr) => std::net::UdpSocket::bind(addr)
-                .and_then(|s| runtime.wrap_udp_socket(s))
-                .map_err(|source| QuicError::Bind { addr, source })?,
-            Socket::Std(s) => runtime
-                .wrap_udp_socket(s)
-                .map_err(|source| QuicError::Bind { addr: unknown, source })?,
-            Socket::Abstract(s) => s,
-        };
         let addr = socket.local_addr().unwrap_or(unknown);
+        // Our QUIC packets always carry the fixed bit, so that probes (which lack it) share
+        // the socket: see `super::path`.
+        let mut endpoint_config = quinn::EndpointConfig::default();
+        endpoint_config.grease_quic_bit(false);
         let endpoint = quinn::Endpoint::new_with_abstract_socket(
-            quinn::EndpointConfig::default(),
+            endpoint_config,
             serve.then_some(server_config),
             socket,
             runtime,
@@ -195,44 +196,6 @@ impl Node {
             client_config,
             server_config: serving,
         })
-    }
-
-    /// A second endpoint with the same certificate over `socket` (a relay stream, see
-    /// [`super::relay`]), with packets of up to [`super::relay::RELAY_MTU`] bytes.
-    pub fn relayed(
-        &self,
-        socket: Arc<dyn quinn::AsyncUdpSocket>,
-        tuning: &Tuning,
-        serve: bool,
-    ) -> Result<Node, QuicError> {
-        let mtu = super::relay::RELAY_MTU;
-        let mut transport = transport_config(tuning);
-        // quinn's default initial congestion window (14,720 bytes) is smaller than one such
-        // packet, which would block sending for good.
-        let mut congestion = quinn::congestion::CubicConfig::default();
-        congestion.initial_window(10 * u64::from(mtu));
-        transport
-            .initial_mtu(mtu)
-            .min_mtu(mtu)
-            .mtu_discovery_config(None)
-            .congestion_controller_factory(Arc::new(congestion));
-        let transport = Arc::new(transport);
-        let mut client_config = self.client_config.clone();
-        client_config.transport_config(transport.clone());
-        let mut server_config = self.server_config.clone();
-        server_config.transport_config(transport);
-        let mut endpoint_config = quinn::EndpointConfig::default();
-        endpoint_config.max_udp_payload_size(mtu).map_err(tls)?;
-        let runtime = quinn::default_runtime()
-            .ok_or_else(|| QuicError::Tls("no async runtime for QUIC".to_owned()))?;
-        let endpoint = quinn::Endpoint::new_with_abstract_socket(
-            endpoint_config,
-            serve.then(|| server_config.clone()),
-            socket,
-            runtime,
-        )
-        .map_err(|source| QuicError::Bind { addr: super::relay::RelayLink::peer_addr(), source })?;
-        Ok(Node { endpoint, fingerprint: self.fingerprint, client_config, server_config })
     }
 
     /// Stops (or resumes) accepting connections.

@@ -19,19 +19,19 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use p2p_copy_rendezvous::client::{Client, ClientError, RelayOpener};
+use p2p_copy_rendezvous::client::{Client, ClientError};
 use p2p_copy_rendezvous::wire::{ErrorCode, NodeMsg};
 use rand::rngs::OsRng;
-use tokio::sync::watch;
 
 use super::control::ControlStream;
 use super::{Note, Observer, PathKind, TransferError};
 use crate::code::Code;
-use crate::crypto::{Keys, Role};
+use crate::crypto::Role;
 use crate::error::ErrorKind;
 use crate::net::candidates;
-use crate::net::quic::{Node, Tuning};
-use crate::net::relay::{RelayLink, RelayState};
+use crate::net::path::PathSocket;
+use crate::net::quic::{dual_stack_socket, udp_socket, Node, Tuning};
+use crate::net::relay::RelayState;
 use crate::proto::{Config, Event, Session, MAILBOX_LANE};
 use crate::wire::control::Candidates;
 use crate::wire::frame;
@@ -41,15 +41,15 @@ pub const UDP_BOUND: Duration = Duration::from_secs(3);
 /// Bound on every exchange with the node.
 pub const NODE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a direct connection attempt may take.
-const DIRECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// Time between the starts of direct attempts to successive candidates.
-const STAGGER: Duration = Duration::from_millis(20);
+const DIRECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long the receiver still waits for the direct path once the relay is ready.
-pub const DIRECT_GRACE: Duration = Duration::from_secs(3);
+pub const DIRECT_GRACE: Duration = Duration::from_secs(1);
 /// How long a connection may still come once the other side left the nameplate.
 const LEFT_GRACE: Duration = Duration::from_secs(3);
 /// How long a relay stream waits for the other side's.
 const PAIR_WAIT: Duration = Duration::from_secs(20);
+/// How long a transfer waits for a direct path to come back once the relay closed under it.
+const RELAY_LOST_GRACE: Duration = Duration::from_secs(10);
 
 /// Where and how to meet.
 #[derive(Debug, Clone)]
@@ -84,91 +84,100 @@ pub(crate) struct Plan<'a> {
 
 /// The connection the transfer runs on, and what must live as long as it.
 pub(crate) struct Met {
-    /// The endpoint of the winning path.
+    /// The data endpoint.
     pub node: Node,
     pub conn: quinn::Connection,
     pub send: quinn::SendStream,
     pub recv: quinn::RecvStream,
     /// Bound to `conn`; its hello is queued.
     pub session: Session,
-    pub path: PathKind,
-    /// From the exchange of candidates to the chosen connection.
-    pub punch: Duration,
-    relay: Option<watch::Receiver<RelayState>>,
-    _keep: Keep,
+    pub guard: Guard,
 }
 
-/// Kept alive for the transfer: the node session (it carries the relay stream), the relay
-/// link, and the data endpoint when the relay won.
-struct Keep {
-    /// The node session, while it carries the relay stream (QUIC).
-    client: Option<Client>,
-    link: Option<RelayLink>,
-    other: Option<Node>,
-}
-
-impl Met {
-    /// Splits into what the transfer uses and what it must keep alive.
-    pub fn into_parts(
-        self,
-    ) -> (Node, quinn::Connection, Session, quinn::SendStream, quinn::RecvStream, PathKind, Guard)
-    {
-        let guard = Guard { relay: self.relay, punch: Some(self.punch), _keep: Some(self._keep) };
-        (self.node, self.conn, self.session, self.send, self.recv, self.path, guard)
-    }
-}
-
-/// Keeps the node session and relay alive for the transfer, and watches the relay.
+/// Keeps the paths (and the node session that carries the relay) alive for the transfer, and
+/// watches them.
 #[allow(missing_debug_implementations)]
 pub(crate) struct Guard {
-    relay: Option<watch::Receiver<RelayState>>,
+    paths: Option<Arc<PathSocket>>,
     punch: Option<Duration>,
-    _keep: Option<Keep>,
+    /// The node session, while it carries (or may yet carry) the relay stream.
+    client: Option<Client>,
+    /// Setting up the relay, if it is still under way.
+    relay: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Guard {
     /// Nothing to keep (the LAN path).
     pub fn none() -> Guard {
-        Guard { relay: None, punch: None, _keep: None }
+        Guard { paths: None, punch: None, client: None, relay: None }
     }
 
-    /// Ends what the transfer kept open at the node (the relay stream's connection), telling the
-    /// node at once rather than leaving it to time out.
+    /// Ends what the transfer kept open: probing, the relay, and the connection to the node
+    /// (telling the node at once rather than leaving it to time out).
     pub async fn close(self) {
-        let Some(keep) = self._keep else { return };
-        drop(keep.link);
-        if let Some(client) = &keep.client {
+        if let Some(r) = &self.relay {
+            r.abort();
+        }
+        if let Some(paths) = &self.paths {
+            paths.close();
+        }
+        if let Some(client) = &self.client {
             client.close();
         }
-        if let Some(data) = &keep.other {
-            let _ = tokio::time::timeout(Duration::from_secs(1), data.endpoint.wait_idle()).await;
-        }
     }
 
-    /// Rendezvous mode: how long finding the path took.
+    /// Rendezvous mode: how long finding the first path took.
     pub fn punch(&self) -> Option<Duration> {
         self.punch
     }
 
-    /// Resolves if the relayed path breaks: damaged data (integrity) or a closed relay.
-    /// Never resolves on the direct path.
+    /// The path the data took last (`lan`: what the LAN path is).
+    pub fn path(&self, lan: PathKind) -> PathKind {
+        self.paths.as_ref().and_then(|p| p.status().borrow().using).unwrap_or(lan)
+    }
+
+    /// How often the data moved from one path to the other.
+    pub fn changes(&self) -> u32 {
+        self.paths.as_ref().map_or(0, |p| p.status().borrow().changes)
+    }
+
+    /// Resolves when the paths fail the transfer: the relay altered data (integrity), or the
+    /// relay ended while no direct path came back within [`RELAY_LOST_GRACE`]. Never resolves
+    /// on the LAN.
     pub async fn trouble(&self) -> TransferError {
-        let Some(mut state) = self.relay.clone() else { return std::future::pending().await };
-        let bad = state.wait_for(|s| *s != RelayState::Up).await.map(|s| *s);
-        match bad {
-            Ok(RelayState::Tampered) => TransferError::new(
-                ErrorKind::Integrity,
-                "data relayed through the rendezvous node failed authentication: the relay \
-                 altered it; nothing altered was written",
-            ),
-            _ => TransferError::network("the rendezvous node closed the relayed connection"),
+        let Some(paths) = &self.paths else { return std::future::pending().await };
+        let mut status = paths.status();
+        loop {
+            let s = status.borrow_and_update().clone();
+            if s.relay == Some(RelayState::Tampered) {
+                return TransferError::new(
+                    ErrorKind::Integrity,
+                    "data relayed through the rendezvous node failed authentication: the relay \
+                     altered it; nothing altered was written",
+                );
+            }
+            let stranded = s.relay == Some(RelayState::Closed) && s.direct.is_none();
+            if stranded {
+                tokio::select! {
+                    _ = status.changed() => continue,
+                    () = tokio::time::sleep(RELAY_LOST_GRACE) => {
+                        return TransferError::network(
+                            "the rendezvous node closed the relay and there is no direct path \
+                             to the other side",
+                        );
+                    }
+                }
+            }
+            if status.changed().await.is_err() {
+                return std::future::pending().await;
+            }
         }
     }
 }
 
 /// What a side needs to run the transfer: the endpoint, the connection, the control stream
-/// (its hello queued), the path, and what must live as long as the transfer.
-pub(crate) type Joined = (Node, quinn::Connection, ControlStream, PathKind, Guard);
+/// (its hello queued), and what must live as long as the transfer.
+pub(crate) type Joined = (Node, quinn::Connection, ControlStream, Guard);
 
 /// [`meet`], then the control stream on the chosen connection; ends early on a stop request.
 pub(crate) async fn join(
@@ -180,8 +189,8 @@ pub(crate) async fn join(
         met = meet(plan, observer) => met?,
         e = stop.requested() => return Err(e),
     };
-    let (node, conn, session, send, recv, path, guard) = met.into_parts();
-    Ok((node, conn, ControlStream::new(session, send, recv), path, guard))
+    let Met { node, conn, send, recv, session, guard } = met;
+    Ok((node, conn, ControlStream::new(session, send, recv), guard))
 }
 
 /// Meets the other side through the node. On success the session is secured up to its
@@ -192,17 +201,19 @@ pub(crate) async fn meet(
 ) -> Result<(Met, Code), TransferError> {
     let rv = plan.rendezvous;
     let sender = plan.role == Role::Sender;
-    // Both sides serve: each dials the other's candidates (hole punching).
+    // One socket reaches the node and the peer; the peer by either path (see `PathSocket`).
     let any_v4 = SocketAddr::from(([0, 0, 0, 0], 0));
-    let data = match plan.socket.clone() {
-        Some(socket) => Node::with_socket(socket, plan.tuning, true)?,
+    let base = match plan.socket.clone() {
+        Some(socket) => socket,
         // The default: both address families, so IPv6 can go direct where IPv4 cannot.
-        None if plan.bind == any_v4 => match Node::bind_dual_stack(plan.tuning, true) {
-            Some(node) => node,
-            None => Node::bind(plan.bind, plan.tuning, true)?,
+        None if plan.bind == any_v4 => match dual_stack_socket() {
+            Some(socket) => socket,
+            None => udp_socket(plan.bind)?,
         },
-        None => Node::bind(plan.bind, plan.tuning, true)?,
+        None => udp_socket(plan.bind)?,
     };
+    let paths = PathSocket::new(base);
+    let data = Node::with_socket(paths.clone(), plan.tuning, false)?;
     let dual = data.local_addr().is_ok_and(|a| a.is_ipv6() && a.ip().is_unspecified());
     let node_addr = resolve(&rv.node, dual).await?;
     let mut client =
@@ -333,13 +344,48 @@ pub(crate) async fn meet(
         }
         let deadline = session.poll_timeout().unwrap_or_else(|| Instant::now() + NODE_TIMEOUT);
         let punch_started = Instant::now();
-        let opener = client.relay_opener();
-        let paths = Paths { data, relay: &opener, keys: &keys, tuning: plan.tuning, peer: &peer };
+        if use_direct {
+            paths.start_probing(&keys, &peer.addrs);
+        }
+        // The relay comes up in the background and stays as the fallback (or the path, until
+        // a direct one appears) for the whole transfer.
+        let relay = use_relay.then(|| {
+            let opener = client.relay_opener();
+            let (paths, keys) = (paths.clone(), keys.clone());
+            let side = u8::from(!sender);
+            tokio::spawn(async move {
+                match opener.relay(keys.relay_token(), side, PAIR_WAIT).await {
+                    Ok(stream) => {
+                        paths.attach_relay(stream, &keys);
+                        tracing::debug!("relay ready");
+                    }
+                    Err(e) => tracing::info!(error = %e, "no relay"),
+                }
+            })
+        });
+        let fp = peer.fingerprint;
+        let relay_handle = relay.as_ref().map(|r| r.abort_handle());
         let connect = async {
             if sender {
-                paths.accept(use_direct, use_relay).await
+                data.serve(true);
+                let session =
+                    super::send::first_session(&data.endpoint, Some(fp), Some(paths.peer()))
+                        .await
+                        .ok_or_else(|| {
+                            TransferError::internal("the QUIC endpoint closed unexpectedly")
+                        })?;
+                data.serve(false);
+                Ok(session)
             } else {
-                paths.connect(use_direct, use_relay).await
+                first_path(&paths, use_direct, relay_handle, punch_started).await?;
+                let conn = data
+                    .connect_to(&[paths.peer()], NODE_TIMEOUT, Some(fp), Duration::ZERO)
+                    .await?;
+                let (send, recv) = tokio::time::timeout(NODE_TIMEOUT, conn.open_bi())
+                    .await
+                    .map_err(|_| TransferError::network("the sender did not let us open a stream"))?
+                    .map_err(TransferError::from)?;
+                Ok((conn, send, recv))
             }
         };
         let connect = tokio::time::timeout_at(deadline.into(), connect);
@@ -350,8 +396,6 @@ pub(crate) async fn meet(
         let won = tokio::select! {
             won = &mut connect => won,
             gone = peer_leaves(&mut client) => {
-                // A path may still be about to come up (a side that connected releases its
-                // nameplate at once).
                 match tokio::time::timeout(LEFT_GRACE, &mut connect).await {
                     Ok(won) => won,
                     Err(_) => return Err(gone),
@@ -362,311 +406,111 @@ pub(crate) async fn meet(
             TransferError::network(
                 "could not connect to the other side directly or through the relay in time",
             )
-        })??;
+        })?;
+        let (conn, send, recv) = match won {
+            Ok(c) => c,
+            Err(e) => {
+                if let Some(r) = &relay {
+                    r.abort();
+                }
+                return Err(e);
+            }
+        };
         let punch = punch_started.elapsed();
-        tracing::debug!(path = won.path.as_str(), peer = %won.conn.remote_address(), ?punch, "path chosen");
-        Ok::<_, TransferError>((session, won, code, punch))
+        Ok::<_, TransferError>((session, conn, send, recv, relay, code, punch))
     }
     .await;
-    let (mut session, won, code, punch) = match outcome {
+    let (mut session, conn, send, recv, relay, code, punch) = match outcome {
         Ok(o) => o,
         Err(e) => {
+            paths.close();
             // Whatever we posted (our key confirmation, say) must reach the other side, so
             // that it fails for the same reason rather than on our vanishing.
             client.finish().await;
             return Err(e);
         }
     };
+    let status = paths.status().borrow().clone();
+    let path = if status.direct.is_some() { PathKind::Direct } else { PathKind::Relay };
     // Through the relay, the peer's address is the node's.
-    let via = if won.path == PathKind::Relay { client.node() } else { won.conn.remote_address() };
+    let via = status.direct.unwrap_or_else(|| client.node());
     let via = SocketAddr::new(via.ip().to_canonical(), via.port());
-    observer.note(Note::Connected { peer: via, path: won.path });
-    session.set_channel(Instant::now(), won.node.channel(&won.conn)?)?;
-    // The nameplate has done its job: free it (and, when nothing more goes through the node,
-    // the connection to it).
+    tracing::debug!(path = path.as_str(), %via, ?punch, "connected");
+    observer.note(Note::Connected { peer: via, path });
+    session.set_channel(Instant::now(), data.channel(&conn)?)?;
+    // The nameplate has done its job: free it. The connection to the node stays while it
+    // carries (or may yet carry) the relay stream.
     let _ = tokio::time::timeout(Duration::from_secs(2), client.release()).await;
-    let keep_client = won.path == PathKind::Relay && !client.is_tcp();
-    let client = if keep_client {
+    let client = if relay.is_some() && !client.is_tcp() {
         Some(client)
     } else {
         tokio::spawn(client.finish());
         None
     };
-    let relay = won.link.as_ref().map(|l| l.state.clone());
-    let met = Met {
-        node: won.node,
-        conn: won.conn,
-        send: won.send,
-        recv: won.recv,
-        session,
-        path: won.path,
-        punch,
-        relay,
-        _keep: Keep { client, link: won.link, other: won.other },
-    };
-    Ok((met, code))
+    let guard = Guard { paths: Some(paths), punch: Some(punch), client, relay };
+    Ok((Met { node: data, conn, send, recv, session, guard }, code))
 }
 
-/// The winning connection of [`Paths`].
-struct Won {
-    node: Node,
-    conn: quinn::Connection,
-    send: quinn::SendStream,
-    recv: quinn::RecvStream,
-    path: PathKind,
-    link: Option<RelayLink>,
-    /// The data endpoint, when the relay won (it carries the node connection).
-    other: Option<Node>,
-}
-
-struct Paths<'a> {
-    data: Node,
-    relay: &'a RelayOpener,
-    keys: &'a Keys,
-    tuning: &'a Tuning,
-    peer: &'a Candidates,
-}
-
-type Relayed = (Node, RelayLink);
-
-impl Paths<'_> {
-    /// A relayed endpoint, once the node paired our relay stream with the peer's.
-    async fn relay(&self, serve: bool) -> Result<Relayed, TransferError> {
-        let side = u8::from(!serve);
-        let stream = self
-            .relay
-            .relay(self.keys.relay_token(), side, PAIR_WAIT)
-            .await
-            .map_err(|e| node_error(&self.relay.node().to_string(), e))?;
-        let link = RelayLink::new(stream, self.keys);
-        let node = self.data.relayed(link.socket.clone(), self.tuning, serve)?;
-        Ok((node, link))
-    }
-
-    /// Receiver: connect directly and through the relay at once; prefer direct.
-    async fn connect(self, direct: bool, relay: bool) -> Result<Won, TransferError> {
-        let fp = Some(self.peer.fingerprint);
-        let direct_attempt = async {
-            if !direct {
-                return Err(TransferError::network("direct path not tried"));
-            }
-            let started = Instant::now();
-            let outgoing = self.data.connect_to(&self.peer.addrs, DIRECT_TIMEOUT, fp, STAGGER);
-            // The sender dials our candidates at the same time (both punch through their NAT):
-            // its connection counts as well.
-            let incoming = async {
-                tokio::time::timeout(DIRECT_TIMEOUT, first_connection(&self.data.endpoint, fp))
-                    .await
-                    .ok()
-                    .flatten()
-            };
-            tokio::pin!(outgoing, incoming);
-            let mut incoming_done = false;
-            let mut outgoing_error = None;
-            let conn = loop {
-                tokio::select! {
-                    r = &mut outgoing, if outgoing_error.is_none() => match r {
-                        Ok(conn) => break conn,
-                        Err(e) if incoming_done => return Err(e.into()),
-                        Err(e) => outgoing_error = Some(e),
-                    },
-                    c = &mut incoming, if !incoming_done => match c {
-                        Some(conn) => break conn,
-                        None => {
-                            incoming_done = true;
-                            if let Some(e) = outgoing_error.take() {
-                                return Err(e.into());
-                            }
-                        }
-                    },
-                }
-            };
-            tracing::debug!(elapsed = ?started.elapsed(), peer = %conn.remote_address(), "direct path up");
-            Ok(conn)
-        };
-        let relay_attempt = async {
-            if !relay {
-                return Err(TransferError::network("relay not used"));
-            }
-            let started = Instant::now();
-            let (node, link) = self.relay(false).await?;
-            let conn =
-                node.connect_to(&[RelayLink::peer_addr()], NODE_TIMEOUT, fp, STAGGER).await?;
-            tracing::debug!(elapsed = ?started.elapsed(), "relayed path up");
-            Ok::<_, TransferError>((node, link, conn))
-        };
-        let mut direct_result: Option<Result<quinn::Connection, TransferError>> = None;
-        let mut relay_result = None;
-        let chosen = {
-            tokio::pin!(direct_attempt, relay_attempt);
-            loop {
-                if let Some(Ok(_)) = &direct_result {
-                    break true;
-                }
-                match (&direct_result, &relay_result) {
-                    (Some(Err(_)), Some(Ok(_))) => break false,
-                    (Some(Err(_)), Some(Err(_))) => {
-                        let (Some(Err(d)), Some(Err(r))) = (direct_result, relay_result) else {
-                            unreachable!()
-                        };
-                        return Err(both_failed(d, r, direct, relay));
-                    }
-                    _ => {}
-                }
-                let grace = async {
-                    match relay_result {
-                        Some(Ok(_)) => tokio::time::sleep(DIRECT_GRACE).await,
-                        _ => std::future::pending().await,
-                    }
-                };
-                tokio::select! {
-                    r = &mut direct_attempt, if direct_result.is_none() => direct_result = Some(r),
-                    r = &mut relay_attempt, if relay_result.is_none() => relay_result = Some(r),
-                    () = grace => break false,
-                }
-            }
-        };
-        self.data.serve(false);
-        let (node, conn, path, link, other) = if chosen {
-            let Some(Ok(conn)) = direct_result else { unreachable!() };
-            (self.data, conn, PathKind::Direct, None, None)
-        } else {
-            let Some(Ok((node, link, conn))) = relay_result else { unreachable!() };
-            (node, conn, PathKind::Relay, Some(link), Some(self.data))
-        };
-        let (send, recv) = tokio::time::timeout(NODE_TIMEOUT, conn.open_bi())
-            .await
-            .map_err(|_| TransferError::network("the sender did not let us open a stream"))?
-            .map_err(TransferError::from)?;
-        Ok(Won { node, conn, send, recv, path, link, other })
-    }
-
-    /// Sender: serve both paths; the first connection from the receiver's certificate that
-    /// opens the control stream wins.
-    async fn accept(self, direct: bool, relay: bool) -> Result<Won, TransferError> {
-        let fp = Some(self.peer.fingerprint);
-        if !direct {
-            self.data.serve(false);
-        }
-        enum Outcome {
-            Direct(quinn::Connection, quinn::SendStream, quinn::RecvStream),
-            Relay(Box<Relayed>, quinn::Connection, quinn::SendStream, quinn::RecvStream),
-        }
-        let outcome = {
-            let direct_wait = async {
-                if !direct {
-                    return std::future::pending().await;
-                }
-                let incoming = super::send::first_session(&self.data.endpoint, fp);
-                // Dial the receiver's candidates too, so that both NATs see outgoing packets
-                // (hole punching); the receiver may open the control stream on this one.
-                let outgoing = async {
-                    let conn = self
-                        .data
-                        .connect_to(&self.peer.addrs, DIRECT_TIMEOUT, fp, STAGGER)
-                        .await
-                        .ok()?;
-                    let (send, recv) = conn.accept_bi().await.ok()?;
-                    Some((conn, send, recv))
-                };
-                tokio::select! {
-                    s = incoming => s,
-                    Some(s) = outgoing => Some(s),
-                }
-            };
-            let relay_wait = async {
-                if !relay {
-                    return Err(TransferError::network("relay not used"));
-                }
-                let (node, link) = self.relay(true).await?;
-                let session = super::send::first_session(&node.endpoint, fp).await;
-                Ok::<_, TransferError>((node, link, session))
-            };
-            tokio::pin!(direct_wait, relay_wait);
-            let mut relay_done = false;
-            loop {
-                tokio::select! {
-                    s = &mut direct_wait => {
-                        let Some((conn, send, recv)) = s else {
-                            return Err(TransferError::internal("the QUIC endpoint closed unexpectedly"));
-                        };
-                        break Outcome::Direct(conn, send, recv);
-                    }
-                    r = &mut relay_wait, if !relay_done => {
-                        relay_done = true;
-                        match r {
-                            Ok((node, link, Some((conn, send, recv)))) => {
-                                break Outcome::Relay(Box::new((node, link)), conn, send, recv);
-                            }
-                            Ok((_, _, None)) => {
-                                return Err(TransferError::internal("the relayed endpoint closed unexpectedly"));
-                            }
-                            Err(e) if !direct => return Err(e),
-                            Err(e) => tracing::debug!(error = %e, "relay failed; waiting for the direct path"),
-                        }
-                    }
-                }
-            }
-        };
-        // One connection per code: nothing else gets a handshake.
-        self.data.serve(false);
-        let won = match outcome {
-            Outcome::Direct(conn, send, recv) => Won {
-                node: self.data,
-                conn,
-                send,
-                recv,
-                path: PathKind::Direct,
-                link: None,
-                other: None,
-            },
-            Outcome::Relay(relayed, conn, send, recv) => {
-                let (node, link) = *relayed;
-                Won {
-                    node,
-                    conn,
-                    send,
-                    recv,
-                    path: PathKind::Relay,
-                    link: Some(link),
-                    other: Some(self.data),
-                }
-            }
-        };
-        // One connection per code: nothing else gets a handshake.
-        won.node.serve(false);
-        if let Some(other) = &won.other {
-            other.serve(false);
-        }
-        Ok(won)
-    }
-}
-
-/// The first incoming connection from the certificate `fp` (others are closed).
-async fn first_connection(
-    endpoint: &quinn::Endpoint,
-    fp: Option<[u8; 32]>,
-) -> Option<quinn::Connection> {
+/// Receiver: waits until a path to the peer is up. Direct wins at once; the relay wins when
+/// direct is impossible, or has not come within [`DIRECT_GRACE`] of the relay being ready (a
+/// transfer moves to a direct path that comes later). Fails when neither can come.
+async fn first_path(
+    paths: &PathSocket,
+    direct: bool,
+    relay: Option<tokio::task::AbortHandle>,
+    started: Instant,
+) -> Result<(), TransferError> {
+    let mut status = paths.status();
+    let mut grace: Option<tokio::time::Instant> = None;
+    let direct_deadline = tokio::time::Instant::from(started + DIRECT_TIMEOUT);
     loop {
-        let incoming = endpoint.accept().await?;
-        let Ok(Ok(conn)) = tokio::time::timeout(DIRECT_TIMEOUT, incoming).await else { continue };
-        match fp {
-            Some(fp) if crate::net::quic::peer_fingerprint(&conn).ok() != Some(fp) => {
-                conn.close(0u32.into(), b"not you");
-            }
-            _ => return Some(conn),
+        let s = status.borrow_and_update().clone();
+        if s.direct.is_some() {
+            return Ok(());
         }
-    }
-}
-
-fn both_failed(d: TransferError, r: TransferError, direct: bool, relay: bool) -> TransferError {
-    match (direct, relay) {
-        (true, false) => d,
-        (false, true) => r,
-        _ => TransferError::network(format!(
-            "could not reach the other side: directly: {}; through the relay: {}",
-            d.message, r.message
-        )),
+        let relay_up = s.relay == Some(RelayState::Up);
+        if relay_up && !direct {
+            return Ok(());
+        }
+        if relay_up {
+            grace.get_or_insert_with(|| tokio::time::Instant::now() + DIRECT_GRACE);
+        }
+        let relay_gone = match &relay {
+            None => true,
+            Some(r) => r.is_finished() && !relay_up,
+        };
+        if relay_gone && !direct {
+            return Err(TransferError::network(
+                "the relay could not be set up and the direct path is not allowed",
+            ));
+        }
+        let give_up = if relay_gone { Some(direct_deadline) } else { None };
+        let wake = grace.into_iter().chain(give_up).min();
+        tokio::select! {
+            changed = status.changed() => {
+                if changed.is_err() {
+                    return Err(TransferError::internal("the data socket closed"));
+                }
+            }
+            () = async {
+                match wake {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => tokio::time::sleep(Duration::from_millis(100)).await,
+                }
+            } => {
+                let now = tokio::time::Instant::now();
+                if grace.is_some_and(|g| now >= g) && relay_up {
+                    return Ok(());
+                }
+                if give_up.is_some_and(|g| now >= g) {
+                    return Err(TransferError::network(format!(
+                        "could not reach the other side directly within {}s{}",
+                        DIRECT_TIMEOUT.as_secs(),
+                        if relay.is_some() { ", and the relay failed" } else { "" }
+                    )));
+                }
+            }
+        }
     }
 }
 

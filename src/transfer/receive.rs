@@ -96,7 +96,7 @@ pub async fn receive(
     let started = Instant::now();
     let mut stop = opts.stop.clone();
     let config = Config { max_lanes: MAX_LANES, ..Config::default() };
-    let (node, conn, mut ctl, path, guard) = match &opts.rendezvous {
+    let (node, conn, mut ctl, guard) = match &opts.rendezvous {
         Some(rv) => {
             let plan = Plan {
                 role: Role::Receiver,
@@ -113,7 +113,7 @@ pub async fn receive(
         }
         None => {
             let (node, conn, ctl) = lan(&opts, config, &observer).await?;
-            (node, conn, ctl, PathKind::Direct, Guard::none())
+            (node, conn, ctl, Guard::none())
         }
     };
     let progress_for_report = progress.clone();
@@ -122,7 +122,13 @@ pub async fn receive(
         e = stop.requested() => Err(e),
         e = guard.trouble() => Err(e),
     };
-    let route = super::Route { path, punch: guard.punch(), started, progress: progress_for_report };
+    let route = super::Route {
+        path: guard.path(PathKind::Direct),
+        changes: guard.changes(),
+        punch: guard.punch(),
+        started,
+        progress: progress_for_report,
+    };
     let report =
         super::conclude(Role::Receiver, &mut ctl, &conn, &node.endpoint, route, result).await;
     guard.close().await;

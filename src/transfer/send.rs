@@ -105,7 +105,7 @@ pub async fn send(
 
     let mut stop = opts.stop.clone();
     let config = Config { max_lanes: opts.lanes.max(1), ..Config::default() };
-    let (node, conn, mut ctl, path, guard) = match &opts.rendezvous {
+    let (node, conn, mut ctl, guard) = match &opts.rendezvous {
         Some(rv) => {
             let plan = Plan {
                 role: Role::Sender,
@@ -122,7 +122,7 @@ pub async fn send(
         }
         None => {
             let (node, conn, ctl) = lan(&opts, config, &observer).await?;
-            (node, conn, ctl, PathKind::Direct, Guard::none())
+            (node, conn, ctl, Guard::none())
         }
     };
     let progress_for_report = progress.clone();
@@ -131,7 +131,13 @@ pub async fn send(
         e = stop.requested() => Err(e),
         e = guard.trouble() => Err(e),
     };
-    let route = super::Route { path, punch: guard.punch(), started, progress: progress_for_report };
+    let route = super::Route {
+        path: guard.path(PathKind::Direct),
+        changes: guard.changes(),
+        punch: guard.punch(),
+        started,
+        progress: progress_for_report,
+    };
     let report =
         super::conclude(Role::Sender, &mut ctl, &conn, &node.endpoint, route, result).await;
     guard.close().await;
@@ -151,7 +157,7 @@ async fn lan(
 
     let mut stop = opts.stop.clone();
     let waited = tokio::select! {
-        w = tokio::time::timeout(opts.wait, first_session(&node.endpoint, None)) => w,
+        w = tokio::time::timeout(opts.wait, first_session(&node.endpoint, None, None)) => w,
         e = stop.requested() => return Err(e),
     };
     let (conn, send, recv) = waited
@@ -255,17 +261,21 @@ const MAX_PENDING: usize = 16;
 
 /// Waits for the first incoming connection that opens a control stream. Connections that fail
 /// their handshake or open nothing within a few seconds are dropped; a guess at the code is
-/// only possible on the connection returned here, so there is exactly one.
+/// only possible on the connection returned here, so there is exactly one. With `expect`, only
+/// that certificate counts; with `from`, only that address gets a handshake.
 pub(crate) async fn first_session(
     endpoint: &quinn::Endpoint,
     expect: Option<[u8; 32]>,
+    from: Option<SocketAddr>,
 ) -> Option<(quinn::Connection, quinn::SendStream, quinn::RecvStream)> {
     let mut pending = tokio::task::JoinSet::new();
     loop {
         tokio::select! {
             incoming = endpoint.accept() => {
                 let incoming = incoming?;
-                if pending.len() >= MAX_PENDING {
+                if pending.len() >= MAX_PENDING
+                    || from.is_some_and(|a| a != incoming.remote_address())
+                {
                     incoming.refuse();
                     continue;
                 }

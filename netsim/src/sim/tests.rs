@@ -169,3 +169,27 @@ async fn loss_is_seeded_and_rate_paces() {
     // datagrams queued beyond 200 ms are dropped, so it is bounded by the queue).
     assert!(t1 <= Duration::from_millis(250), "{t1:?}");
 }
+
+/// A cut stops traffic between two public addresses both ways, and only between them; healing
+/// it lets traffic through again.
+#[tokio::test(start_paused = true)]
+async fn a_cut_separates_two_addresses_until_healed() {
+    let sim = Sim::new(9);
+    let nat = sim.nat(Nat::FullCone, NatOptions::default());
+    let inside = sim.host_behind(nat, Link::IDEAL).bind(5000).unwrap();
+    let far = sim.public_host(Link::IDEAL);
+    let (f, other) = (far.bind(7000).unwrap(), sim.public_host(Link::IDEAL).bind(7000).unwrap());
+    let mapped = SocketAddr::from((nat.public, 5000));
+    inside.send_to(b"open", f.local_addr().unwrap());
+    assert_eq!(recv(&f).await.unwrap().0, b"open");
+    sim.cut(nat.public, far.ip, true);
+    inside.send_to(b"lost", f.local_addr().unwrap());
+    f.send_to(b"lost too", mapped);
+    assert!(recv(&f).await.is_none());
+    assert!(recv(&inside).await.is_none());
+    inside.send_to(b"elsewhere", other.local_addr().unwrap());
+    assert_eq!(recv(&other).await.unwrap().0, b"elsewhere", "only the cut pair is affected");
+    sim.cut(far.ip, nat.public, false);
+    f.send_to(b"back", mapped);
+    assert_eq!(recv(&inside).await.unwrap().0, b"back");
+}

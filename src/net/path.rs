@@ -1,0 +1,956 @@
+//! One QUIC connection over two paths: direct UDP, and the rendezvous node's relay.
+//!
+//! [`PathSocket`] is the data endpoint's socket in rendezvous mode. quinn talks to the peer at
+//! one fixed, made-up address ([`PathSocket::peer`]); the socket decides, packet by packet, how that
+//! address is reached:
+//!
+//! - **direct**, to the peer address that last answered a probe, while it keeps answering;
+//! - otherwise **through the relay**, when one is attached ([`PathSocket::attach_relay`]);
+//! - otherwise nowhere (the packet is lost, and QUIC sends it again later).
+//!
+//! Everything else the endpoint sends (its connection to the node) goes out unchanged.
+//! Because quinn never sees the peer's address change, a transfer moves between the paths
+//! without knowing: QUIC retransmits what a dying path lost, and no stream, lane or file
+//! starts again.
+//!
+//! **Probes** find and watch the direct path ([`PathSocket::start_probing`]). A probe is
+//! `0x00 ‖ kind ‖ id (16) ‖ tag (16)`: the first byte lacks QUIC's fixed bit (our endpoints
+//! never grease it), so probes and QUIC share the socket. The tag is an HMAC under a key from
+//! the session, so only the peer can make one. Each side pings every candidate of the other
+//! (punching its own NAT open on the way) and answers every authentic ping *to the address it
+//! came from* — so a side behind a symmetric NAT is reached at the mapping its ping revealed
+//! (peer-reflexive). A pong from the address its ping went to validates that address as the
+//! direct path. Datagrams from addresses that sent authentic probes are the peer's, and quinn
+//! sees them as coming from [`PathSocket::peer`].
+
+use std::collections::{HashSet, VecDeque};
+use std::fmt;
+use std::io::{self, IoSliceMut};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use p2p_copy_rendezvous::client::RelayStream;
+use quinn::udp::{RecvMeta, Transmit};
+use quinn::{AsyncUdpSocket, UdpPoller};
+use serde::Serialize;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use super::relay::{Record, RelayLink, RelayOut, RelayState};
+use crate::crypto::{Keys, PROBE_TAG_LEN};
+
+/// First byte of a probe (QUIC packets have 0x40 set).
+const PROBE: u8 = 0x00;
+const PING: u8 = 1;
+const PONG: u8 = 2;
+const ID_LEN: usize = 16;
+const PROBE_LEN: usize = 2 + ID_LEN + PROBE_TAG_LEN;
+
+/// How often candidates are pinged while the connection is being set up.
+const PUNCH_INTERVAL: Duration = Duration::from_millis(200);
+/// How long candidates are pinged at [`PUNCH_INTERVAL`].
+const PUNCH_PHASE: Duration = Duration::from_secs(5);
+/// How often the other candidates are pinged afterwards (a relayed transfer moves to the
+/// direct path when one answers), for the first minute; then every [`LATE_INTERVAL`].
+const RETRY_INTERVAL: Duration = Duration::from_secs(1);
+const LATE_INTERVAL: Duration = Duration::from_secs(5);
+/// How often the direct path in use is pinged.
+const PING_INTERVAL: Duration = Duration::from_millis(500);
+/// The direct path is given up after this long without an answer.
+pub const DEAD_AFTER: Duration = Duration::from_secs(3);
+/// Addresses pinged at most (candidates, then addresses learnt from the peer's pings).
+const MAX_TARGETS: usize = 48;
+/// Addresses whose datagrams count as the peer's, at most.
+const MAX_PEERS: usize = 64;
+/// Pings awaiting their pong, at most.
+const MAX_PENDING: usize = 512;
+/// Probes queued towards the prober.
+const PROBE_QUEUE: usize = 256;
+/// Records queued from the relay towards quinn.
+const INBOX: usize = 256;
+/// Datagrams quinn may hand over at once (and receive in one relayed record).
+const SEGMENTS: usize = 10;
+
+/// How the data flowed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PathKind {
+    /// A direct QUIC connection between the peers.
+    Direct,
+    /// The peers' QUIC connection carried through the rendezvous node's relay.
+    Relay,
+}
+
+impl PathKind {
+    /// The name used in output.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PathKind::Direct => "direct",
+            PathKind::Relay => "relay",
+        }
+    }
+}
+
+/// The address quinn sends to for the peer (any path reaches it), in the family of the local
+/// socket (quinn insists): from the discard-only prefix 100::/64 (RFC 6666), or from 240/4
+/// (reserved, never routed). Never a real host.
+fn peer_addr(ipv6: bool) -> SocketAddr {
+    if ipv6 {
+        SocketAddr::from((Ipv6Addr::new(0x100, 0, 0, 0, 0, 0, 0, 2), 1))
+    } else {
+        SocketAddr::from((Ipv4Addr::new(240, 0, 0, 2), 1))
+    }
+}
+
+/// Where the paths stand.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PathStatus {
+    /// The validated direct address of the peer, while it answers.
+    pub direct: Option<SocketAddr>,
+    /// The relay, once attached.
+    pub relay: Option<RelayState>,
+    /// The path the last packet to the peer took.
+    pub using: Option<PathKind>,
+    /// How often the peer's packets moved from one path to the other.
+    pub changes: u32,
+}
+
+/// A received probe and where it came from.
+type Probe = (SocketAddr, Vec<u8>);
+
+struct Route {
+    direct: Option<SocketAddr>,
+    relay: Option<RelayOut>,
+    /// Addresses that sent authentic probes: their datagrams are the peer's.
+    peers: HashSet<SocketAddr>,
+}
+
+struct Shared {
+    route: Mutex<Route>,
+    status: watch::Sender<PathStatus>,
+    inbox: mpsc::Sender<Record>,
+    probes: mpsc::Sender<Probe>,
+    probe_rx: Mutex<Option<mpsc::Receiver<Probe>>>,
+    link: Mutex<Option<RelayLink>>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+    /// Bytes sent to the peer: direct, relayed.
+    sent: [AtomicU64; 2],
+}
+
+impl Shared {
+    fn route(&self) -> MutexGuard<'_, Route> {
+        self.route.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn set_direct(&self, to: Option<SocketAddr>) {
+        self.route().direct = to;
+        self.status.send_if_modified(|s| {
+            let changed = s.direct != to;
+            s.direct = to;
+            changed
+        });
+    }
+}
+
+/// The data endpoint's socket in rendezvous mode (see the module documentation).
+pub struct PathSocket {
+    base: Arc<dyn AsyncUdpSocket>,
+    /// Where quinn sees the peer.
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    inbox: Mutex<mpsc::Receiver<Record>>,
+    /// Alternates which source `poll_recv` serves first.
+    relay_first: AtomicBool,
+}
+
+impl fmt::Debug for PathSocket {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PathSocket").field("status", &*self.shared.status.borrow()).finish()
+    }
+}
+
+impl Drop for PathSocket {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+impl PathSocket {
+    /// Wraps `base`, the UDP socket that reaches the node and the peer's direct addresses.
+    pub fn new(base: Arc<dyn AsyncUdpSocket>) -> Arc<PathSocket> {
+        let (inbox_tx, inbox) = mpsc::channel(INBOX);
+        let (probes, probe_rx) = mpsc::channel(PROBE_QUEUE);
+        let shared = Arc::new(Shared {
+            route: Mutex::new(Route { direct: None, relay: None, peers: HashSet::new() }),
+            status: watch::Sender::new(PathStatus::default()),
+            inbox: inbox_tx,
+            probes,
+            probe_rx: Mutex::new(Some(probe_rx)),
+            link: Mutex::new(None),
+            tasks: Mutex::new(Vec::new()),
+            sent: [AtomicU64::new(0), AtomicU64::new(0)],
+        });
+        let ipv6 = base.local_addr().is_ok_and(|a| a.is_ipv6());
+        Arc::new(PathSocket {
+            base,
+            peer: peer_addr(ipv6),
+            shared,
+            inbox: Mutex::new(inbox),
+            relay_first: AtomicBool::new(false),
+        })
+    }
+
+    /// The address quinn reaches the peer at, by whichever path is up.
+    pub fn peer(&self) -> SocketAddr {
+        self.peer
+    }
+
+    /// Watches the paths.
+    pub fn status(&self) -> watch::Receiver<PathStatus> {
+        self.shared.status.subscribe()
+    }
+
+    /// Bytes sent to the peer so far: (direct, relayed).
+    pub fn sent(&self) -> (u64, u64) {
+        (self.shared.sent[0].load(Ordering::Relaxed), self.shared.sent[1].load(Ordering::Relaxed))
+    }
+
+    /// Starts pinging `candidates` (the peer's addresses) and answering the peer's pings, for
+    /// as long as the socket lives. Call once.
+    pub fn start_probing(&self, keys: &Keys, candidates: &[SocketAddr]) {
+        let Some(rx) = self.shared.probe_rx.lock().unwrap_or_else(PoisonError::into_inner).take()
+        else {
+            return;
+        };
+        let prober = Prober {
+            base: self.base.clone(),
+            shared: self.shared.clone(),
+            keys: keys.clone(),
+            started: Instant::now(),
+            targets: Vec::new(),
+            pending: VecDeque::new(),
+            current: None,
+        };
+        let candidates: Vec<SocketAddr> = candidates.iter().map(|a| canonical(*a)).collect();
+        self.spawn(prober.run(rx, candidates));
+    }
+
+    /// Makes a paired relay stream the fallback path (and the path while there is no direct
+    /// one). Returns its state.
+    pub fn attach_relay(&self, stream: RelayStream, keys: &Keys) -> watch::Receiver<RelayState> {
+        let link = RelayLink::new(stream, keys, self.shared.inbox.clone());
+        let mut state = link.state.clone();
+        self.shared.route().relay = Some(link.out.clone());
+        *self.shared.link.lock().unwrap_or_else(PoisonError::into_inner) = Some(link);
+        self.shared.status.send_modify(|s| s.relay = Some(RelayState::Up));
+        let shared = self.shared.clone();
+        let watched = state.clone();
+        self.spawn(async move {
+            let ended = state.wait_for(|s| *s != RelayState::Up).await.map(|s| *s);
+            let ended = ended.unwrap_or(RelayState::Closed);
+            shared.route().relay = None;
+            tracing::debug!(state = ?ended, "the relay ended");
+            shared.status.send_modify(|s| s.relay = Some(ended));
+        });
+        watched
+    }
+
+    /// Stops probing and drops the relay.
+    pub fn close(&self) {
+        for t in self.shared.tasks.lock().unwrap_or_else(PoisonError::into_inner).drain(..) {
+            t.abort();
+        }
+        self.shared.route().relay = None;
+        self.shared.link.lock().unwrap_or_else(PoisonError::into_inner).take();
+    }
+
+    fn spawn(&self, task: impl std::future::Future<Output = ()> + Send + 'static) {
+        let handle = tokio::spawn(task);
+        self.shared.tasks.lock().unwrap_or_else(PoisonError::into_inner).push(handle);
+    }
+
+    /// Sends to the peer's direct address; datagrams beyond what the base socket takes at
+    /// once go one by one. Errors other than a full buffer lose the packet, as on any link.
+    fn send_direct(&self, to: SocketAddr, t: &Transmit) -> io::Result<()> {
+        let size = t.segment_size.unwrap_or(t.contents.len()).max(1);
+        let segments = t.contents.len().div_ceil(size);
+        let parts: Vec<(&[u8], Option<usize>)> = if segments <= self.base.max_transmit_segments() {
+            vec![(t.contents, t.segment_size)]
+        } else {
+            t.contents.chunks(size).map(|c| (c, None)).collect()
+        };
+        for (i, (contents, segment_size)) in parts.into_iter().enumerate() {
+            let direct =
+                Transmit { destination: to, ecn: t.ecn, contents, segment_size, src_ip: None };
+            match self.base.try_send(&direct) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock && i == 0 => return Err(e),
+                Err(e) => {
+                    tracing::trace!(error = %e, %to, "direct send failed");
+                    return Ok(());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Takes relayed records into quinn's buffers; `cx` registers for more when none is ready.
+    fn take_relay(
+        &self,
+        cx: Option<&mut Context>,
+        bufs: &mut [IoSliceMut<'_>],
+        meta: &mut [RecvMeta],
+    ) -> usize {
+        let mut inbox = self.inbox.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut cx = cx;
+        let mut n = 0;
+        while n < bufs.len().min(meta.len()) {
+            let record = match (n, cx.take()) {
+                (0, Some(cx)) => match inbox.poll_recv(cx) {
+                    Poll::Ready(Some(r)) => r,
+                    Poll::Ready(None) | Poll::Pending => break,
+                },
+                _ => match inbox.try_recv() {
+                    Ok(r) => r,
+                    Err(_) => break,
+                },
+            };
+            let len = record.packets.len();
+            if len > bufs[n].len() {
+                tracing::debug!(len, "dropped a relayed record too large for quinn's buffer");
+                continue;
+            }
+            bufs[n][..len].copy_from_slice(&record.packets);
+            meta[n] = RecvMeta {
+                addr: self.peer,
+                len,
+                stride: record.stride.min(len),
+                ecn: None,
+                dst_ip: None,
+            };
+            n += 1;
+        }
+        n
+    }
+
+    /// Takes probes out of what the base socket received and marks the peer's datagrams as
+    /// coming from [`PathSocket::peer`]; returns how many entries remain (moved to the front).
+    fn sort(&self, bufs: &mut [IoSliceMut<'_>], meta: &mut [RecvMeta], n: usize) -> usize {
+        let peers_known = {
+            let route = self.shared.route();
+            (0..n).map(|i| route.peers.contains(&canonical(meta[i].addr))).collect::<Vec<_>>()
+        };
+        let mut kept = 0;
+        for i in 0..n {
+            let mut m = meta[i];
+            m.len = self.strip_probes(&mut bufs[i], &m);
+            if m.len == 0 {
+                continue;
+            }
+            if peers_known[i] {
+                m.addr = self.peer;
+            }
+            if kept != i {
+                let (front, back) = bufs.split_at_mut(i);
+                front[kept][..m.len].copy_from_slice(&back[0][..m.len]);
+            }
+            meta[kept] = m;
+            kept += 1;
+        }
+        kept
+    }
+
+    /// Hands the probes among one received entry (a GRO batch may hold several datagrams) to
+    /// the prober and closes the gaps; returns the length left.
+    fn strip_probes(&self, buf: &mut [u8], m: &RecvMeta) -> usize {
+        let stride = m.stride.clamp(1, m.len.max(1));
+        let is_probe = |seg: &[u8]| seg.first().is_some_and(|b| b & 0x40 == 0);
+        if !buf[..m.len].chunks(stride).any(is_probe) {
+            return m.len;
+        }
+        let from = canonical(m.addr);
+        let mut write = 0;
+        let mut read = 0;
+        while read < m.len {
+            let end = (read + stride).min(m.len);
+            if is_probe(&buf[read..end]) {
+                if self.shared.probes.try_send((from, buf[read..end].to_vec())).is_err() {
+                    tracing::trace!("probe queue full; dropped a probe");
+                }
+            } else {
+                buf.copy_within(read..end, write);
+                write += end - read;
+            }
+            read = end;
+        }
+        write
+    }
+}
+
+impl AsyncUdpSocket for PathSocket {
+    fn create_io_poller(self: Arc<Self>) -> Pin<Box<dyn UdpPoller>> {
+        Box::pin(PathPoller {
+            base: self.base.clone().create_io_poller(),
+            shared: self.shared.clone(),
+            waiting: Mutex::new(None),
+        })
+    }
+
+    fn try_send(&self, transmit: &Transmit) -> io::Result<()> {
+        if transmit.destination != self.peer {
+            return self.base.try_send(transmit);
+        }
+        let route = self.shared.route();
+        let (kind, result) = if let Some(to) = route.direct {
+            (PathKind::Direct, self.send_direct(to, transmit))
+        } else if let Some(relay) = &route.relay {
+            let stride = transmit.segment_size.unwrap_or(transmit.contents.len());
+            let result = match relay.try_send(stride, transmit.contents) {
+                Ok(true) => Ok(()),
+                Ok(false) => Err(io::ErrorKind::WouldBlock.into()),
+                Err(e) => Err(e),
+            };
+            (PathKind::Relay, result)
+        } else {
+            // No path (yet, or any more): lost, like on a dead link.
+            return Ok(());
+        };
+        drop(route);
+        if result.is_ok() {
+            let index = usize::from(kind == PathKind::Relay);
+            self.shared.sent[index].fetch_add(transmit.contents.len() as u64, Ordering::Relaxed);
+            self.shared.status.send_if_modified(|s| match s.using {
+                Some(k) if k == kind => false,
+                before => {
+                    if before.is_some() {
+                        s.changes += 1;
+                        tracing::info!(from = ?before, to = kind.as_str(), "the transfer moved to another path");
+                    }
+                    s.using = Some(kind);
+                    true
+                }
+            });
+        }
+        result
+    }
+
+    fn poll_recv(
+        &self,
+        cx: &mut Context,
+        bufs: &mut [IoSliceMut<'_>],
+        meta: &mut [RecvMeta],
+    ) -> Poll<io::Result<usize>> {
+        if self.relay_first.fetch_xor(true, Ordering::Relaxed) {
+            let n = self.take_relay(None, bufs, meta);
+            if n > 0 {
+                return Poll::Ready(Ok(n));
+            }
+        }
+        loop {
+            match self.base.poll_recv(cx, bufs, meta) {
+                Poll::Ready(Ok(n)) => {
+                    let kept = self.sort(bufs, meta, n);
+                    if kept > 0 {
+                        return Poll::Ready(Ok(kept));
+                    }
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => break,
+            }
+        }
+        match self.take_relay(Some(cx), bufs, meta) {
+            0 => Poll::Pending,
+            n => Poll::Ready(Ok(n)),
+        }
+    }
+
+    fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.base.local_addr()
+    }
+
+    fn max_transmit_segments(&self) -> usize {
+        self.base.max_transmit_segments().max(SEGMENTS)
+    }
+
+    fn max_receive_segments(&self) -> usize {
+        self.base.max_receive_segments().max(SEGMENTS)
+    }
+
+    fn may_fragment(&self) -> bool {
+        self.base.may_fragment()
+    }
+}
+
+type Reserve = Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
+/// Wakes quinn when the path in use can take more.
+struct PathPoller {
+    base: Pin<Box<dyn UdpPoller>>,
+    shared: Arc<Shared>,
+    /// In a mutex only to be `Sync`, as quinn requires: one task polls.
+    waiting: Mutex<Option<Reserve>>,
+}
+
+impl fmt::Debug for PathPoller {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("PathPoller")
+    }
+}
+
+impl UdpPoller for PathPoller {
+    fn poll_writable(self: Pin<&mut Self>, cx: &mut Context) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let relay = {
+            let route = this.shared.route();
+            if route.direct.is_some() {
+                None
+            } else {
+                route.relay.clone()
+            }
+        };
+        let waiting = this.waiting.get_mut().unwrap_or_else(PoisonError::into_inner);
+        let Some(relay) = relay else {
+            *waiting = None;
+            return this.base.as_mut().poll_writable(cx);
+        };
+        let fut = waiting.get_or_insert_with(|| Box::pin(relay.ready()));
+        match fut.as_mut().poll(cx) {
+            Poll::Ready(()) => {
+                *waiting = None;
+                Poll::Ready(Ok(()))
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+/// An address in the form received datagrams carry on a dual-stack socket's IPv4 side
+/// normalised to plain IPv4, so that both compare equal.
+fn canonical(a: SocketAddr) -> SocketAddr {
+    SocketAddr::new(a.ip().to_canonical(), a.port())
+}
+
+struct Target {
+    addr: SocketAddr,
+    next: Instant,
+    answered: Option<Instant>,
+}
+
+/// Pings the peer's addresses, answers its pings and keeps the direct path up to date.
+struct Prober {
+    base: Arc<dyn AsyncUdpSocket>,
+    shared: Arc<Shared>,
+    keys: Keys,
+    started: Instant,
+    targets: Vec<Target>,
+    /// Pings sent: (id, to).
+    pending: VecDeque<([u8; ID_LEN], SocketAddr)>,
+    current: Option<SocketAddr>,
+}
+
+impl Prober {
+    async fn run(
+        mut self,
+        mut rx: mpsc::Receiver<(SocketAddr, Vec<u8>)>,
+        candidates: Vec<SocketAddr>,
+    ) {
+        for addr in candidates {
+            self.add_target(addr);
+        }
+        tracing::debug!(targets = self.targets.len(), "probing the peer's candidates");
+        loop {
+            let now = Instant::now();
+            self.ping_due(now);
+            self.check_current(now);
+            let mut wake = self.targets.iter().map(|t| t.next).min().unwrap_or(now + LATE_INTERVAL);
+            if let Some(dead) = self.current_deadline() {
+                wake = wake.min(dead);
+            }
+            tokio::select! {
+                () = tokio::time::sleep_until(wake) => {}
+                probe = rx.recv() => match probe {
+                    Some((from, bytes)) => self.handle(from, &bytes),
+                    None => return,
+                },
+            }
+        }
+    }
+
+    fn add_target(&mut self, addr: SocketAddr) {
+        if self.targets.len() < MAX_TARGETS && !self.targets.iter().any(|t| t.addr == addr) {
+            self.targets.push(Target { addr, next: Instant::now(), answered: None });
+        }
+    }
+
+    fn interval(&self, now: Instant, addr: SocketAddr) -> Duration {
+        let age = now.saturating_duration_since(self.started);
+        if self.current == Some(addr) {
+            PING_INTERVAL
+        } else if age < PUNCH_PHASE && self.current.is_none() {
+            PUNCH_INTERVAL
+        } else if age < Duration::from_secs(60) {
+            RETRY_INTERVAL
+        } else {
+            LATE_INTERVAL
+        }
+    }
+
+    fn ping_due(&mut self, now: Instant) {
+        for i in 0..self.targets.len() {
+            if self.targets[i].next > now {
+                continue;
+            }
+            let addr = self.targets[i].addr;
+            let id: [u8; ID_LEN] = rand::random();
+            self.send(PING, &id, addr);
+            if self.pending.len() >= MAX_PENDING {
+                self.pending.pop_front();
+            }
+            self.pending.push_back((id, addr));
+            self.targets[i].next = now + self.interval(now, addr);
+        }
+    }
+
+    fn send(&self, kind: u8, id: &[u8; ID_LEN], to: SocketAddr) {
+        let mut probe = Vec::with_capacity(PROBE_LEN);
+        probe.extend_from_slice(&[PROBE, kind]);
+        probe.extend_from_slice(id);
+        probe.extend_from_slice(&self.keys.probe_tag(kind, id));
+        let transmit = Transmit {
+            destination: to,
+            ecn: None,
+            contents: &probe,
+            segment_size: None,
+            src_ip: None,
+        };
+        if let Err(e) = self.base.try_send(&transmit) {
+            tracing::trace!(error = %e, %to, "probe not sent");
+        }
+    }
+
+    fn handle(&mut self, from: SocketAddr, probe: &[u8]) {
+        if probe.len() != PROBE_LEN || probe[0] != PROBE {
+            return;
+        }
+        let kind = probe[1];
+        let mut id = [0u8; ID_LEN];
+        id.copy_from_slice(&probe[2..2 + ID_LEN]);
+        if !self.keys.check_probe_tag(kind, &id, &probe[2 + ID_LEN..]) {
+            tracing::trace!(%from, "ignored a probe that is not the peer's");
+            return;
+        }
+        {
+            let mut route = self.shared.route();
+            if route.peers.len() < MAX_PEERS {
+                route.peers.insert(from);
+            }
+        }
+        match kind {
+            PING => {
+                self.send(PONG, &id, from);
+                match self.targets.iter_mut().find(|t| t.addr == from) {
+                    // Its ping opened the way through its NAT: answer with a ping of our own
+                    // now, rather than at the next round (ours so far may have been dropped).
+                    Some(t) if self.current.is_none() => t.next = Instant::now(),
+                    Some(_) => {}
+                    None => {
+                        tracing::debug!(%from, "the peer pings from an address it did not announce");
+                        self.add_target(from);
+                    }
+                }
+            }
+            PONG => {
+                let Some(at) = self.pending.iter().position(|(p, to)| *p == id && *to == from)
+                else {
+                    return;
+                };
+                self.pending.remove(at);
+                let now = Instant::now();
+                if let Some(t) = self.targets.iter_mut().find(|t| t.addr == from) {
+                    t.answered = Some(now);
+                }
+                if self.current.is_none() {
+                    tracing::info!(peer = %from, after = ?now.duration_since(self.started), "direct path up");
+                    self.current = Some(from);
+                    self.shared.set_direct(Some(from));
+                    if let Some(t) = self.targets.iter_mut().find(|t| t.addr == from) {
+                        t.next = now + PING_INTERVAL;
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn current_deadline(&self) -> Option<Instant> {
+        let current = self.current?;
+        let t = self.targets.iter().find(|t| t.addr == current)?;
+        Some(t.answered? + DEAD_AFTER)
+    }
+
+    /// Gives up a direct path that stopped answering: another address that answered lately
+    /// takes over, or the relay does.
+    fn check_current(&mut self, now: Instant) {
+        match self.current_deadline() {
+            Some(dead) if dead <= now => {}
+            _ => return,
+        }
+        let lost = self.current.take();
+        let next = self
+            .targets
+            .iter()
+            .filter(|t| Some(t.addr) != lost)
+            .filter(|t| {
+                t.answered.is_some_and(|a| now.saturating_duration_since(a) < PING_INTERVAL * 3)
+            })
+            .map(|t| t.addr)
+            .next();
+        tracing::info!(lost = ?lost, next = ?next, "the direct path stopped answering");
+        self.current = next;
+        self.shared.set_direct(next);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::Role;
+    use crate::net::quic::{udp_socket, Node, Tuning};
+    use p2p_copy_netsim::sim::{Link, Sim};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    const WAIT: Duration = Duration::from_secs(10);
+
+    fn keys() -> (Keys, Keys) {
+        let (secret, transcript) = ([7u8; 32], [9u8; 32]);
+        (
+            Keys::from_shared_secret(Role::Sender, &secret, transcript),
+            Keys::from_shared_secret(Role::Receiver, &secret, transcript),
+        )
+    }
+
+    /// Two relay streams joined in memory: a byte splice, optionally damaging one byte.
+    fn joined(tamper_at: Option<usize>) -> (RelayStream, RelayStream) {
+        let (a, a_far) = tokio::io::duplex(1 << 20);
+        let (b, b_far) = tokio::io::duplex(1 << 20);
+        let (mut a_far_r, mut a_far_w) = tokio::io::split(a_far);
+        let (mut b_far_r, mut b_far_w) = tokio::io::split(b_far);
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 8192];
+            let mut seen = 0usize;
+            while let Ok(n) = a_far_r.read(&mut buf).await {
+                if n == 0 {
+                    break;
+                }
+                if let Some(at) = tamper_at.filter(|at| (seen..seen + n).contains(at)) {
+                    buf[at - seen] ^= 0x01;
+                }
+                seen += n;
+                if b_far_w.write_all(&buf[..n]).await.is_err() {
+                    break;
+                }
+            }
+        });
+        tokio::spawn(async move {
+            let _ = tokio::io::copy(&mut b_far_r, &mut a_far_w).await;
+        });
+        let (ar, aw) = tokio::io::split(a);
+        let (br, bw) = tokio::io::split(b);
+        (
+            RelayStream { reader: Box::new(ar), writer: Box::new(aw) },
+            RelayStream { reader: Box::new(br), writer: Box::new(bw) },
+        )
+    }
+
+    struct Pair {
+        s: (Arc<PathSocket>, Node, Keys),
+        r: (Arc<PathSocket>, Node, Keys),
+    }
+
+    fn pair(s_base: Arc<dyn AsyncUdpSocket>, r_base: Arc<dyn AsyncUdpSocket>) -> Pair {
+        let (ks, kr) = keys();
+        let tuning = Tuning::default();
+        let s = PathSocket::new(s_base);
+        let r = PathSocket::new(r_base);
+        let s_node = Node::with_socket(s.clone(), &tuning, true).unwrap();
+        let r_node = Node::with_socket(r.clone(), &tuning, false).unwrap();
+        Pair { s: (s, s_node, ks), r: (r, r_node, kr) }
+    }
+
+    impl Pair {
+        fn relay(&self, tamper_at: Option<usize>) {
+            let (a, b) = joined(tamper_at);
+            self.s.0.attach_relay(a, &self.s.2);
+            self.r.0.attach_relay(b, &self.r.2);
+        }
+
+        fn probe(&self) {
+            let s_addr = self.s.0.base.local_addr().unwrap();
+            let r_addr = self.r.0.base.local_addr().unwrap();
+            self.s.0.start_probing(&self.s.2, &[r_addr]);
+            self.r.0.start_probing(&self.r.2, &[s_addr]);
+        }
+
+        async fn connect(&self) -> (quinn::Connection, quinn::Connection) {
+            let ep = self.s.1.endpoint.clone();
+            let accept = tokio::spawn(async move { ep.accept().await.unwrap().await.unwrap() });
+            let peer = self.r.0.peer();
+            let c = self.r.1.connect_to(&[peer], WAIT, None, Duration::ZERO).await.unwrap();
+            (c, accept.await.unwrap())
+        }
+    }
+
+    async fn until(paths: &PathSocket, what: impl Fn(&PathStatus) -> bool) -> PathStatus {
+        let mut status = paths.status();
+        let seen = tokio::time::timeout(WAIT, status.wait_for(|s| what(s))).await;
+        #[allow(clippy::let_and_return)] // the borrow of `status` must end first
+        let seen = seen.expect("in time").unwrap().clone();
+        seen
+    }
+
+    /// Sends `chunks` of 64 KiB on a new stream, `pause` apart; returns what arrived.
+    async fn stream(
+        from: &quinn::Connection,
+        to: &quinn::Connection,
+        chunks: usize,
+        pause: Duration,
+    ) -> usize {
+        let mut send = from.open_uni().await.unwrap();
+        let to = to.clone();
+        let reader = tokio::spawn(async move {
+            let mut recv = to.accept_uni().await.unwrap();
+            recv.read_to_end(1 << 30).await.unwrap().len()
+        });
+        for _ in 0..chunks {
+            send.write_all(&[0x5a; 64 << 10]).await.unwrap();
+            tokio::time::sleep(pause).await;
+        }
+        send.finish().unwrap();
+        tokio::time::timeout(Duration::from_secs(60), reader).await.unwrap().unwrap()
+    }
+
+    #[tokio::test]
+    async fn probes_find_the_direct_path_and_quic_uses_it() {
+        let local = "127.0.0.1:0".parse().unwrap();
+        let p = pair(udp_socket(local).unwrap(), udp_socket(local).unwrap());
+        p.probe();
+        let r_addr = p.r.0.base.local_addr().unwrap();
+        assert_eq!(until(&p.s.0, |s| s.direct.is_some()).await.direct, Some(r_addr));
+        let (c, s) = p.connect().await;
+        assert_eq!(stream(&c, &s, 64, Duration::ZERO).await, 64 << 16);
+        let (direct, relayed) = p.r.0.sent();
+        assert!(direct > 4 << 20 && relayed == 0, "{direct} {relayed}");
+        assert_eq!(p.r.0.status().borrow().using, Some(PathKind::Direct));
+    }
+
+    /// A connection made over the relay moves to the direct path once probes find it; the
+    /// stream open across the move completes.
+    #[tokio::test]
+    async fn a_relayed_connection_moves_to_a_direct_path_that_appears() {
+        let local = "127.0.0.1:0".parse().unwrap();
+        let p = pair(udp_socket(local).unwrap(), udp_socket(local).unwrap());
+        p.relay(None);
+        let (c, s) = p.connect().await;
+        let moving = tokio::spawn({
+            let (c, s) = (c.clone(), s.clone());
+            async move { stream(&c, &s, 100, Duration::from_millis(10)).await }
+        });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(p.r.0.sent().0, 0, "nothing direct before probing");
+        p.probe();
+        until(&p.r.0, |s| s.using == Some(PathKind::Direct)).await;
+        assert_eq!(moving.await.unwrap(), 100 << 16);
+        let (direct, relayed) = p.r.0.sent();
+        assert!(direct > 0 && relayed > 0, "{direct} {relayed}");
+        assert!(p.r.0.status().borrow().changes >= 1);
+    }
+
+    /// The direct path is cut mid-stream: after [`DEAD_AFTER`] the packets go through the
+    /// relay and the stream completes, nothing sent twice at the application's level.
+    #[tokio::test]
+    async fn a_cut_direct_path_falls_back_to_the_relay() {
+        let sim = Sim::new(11);
+        let (a, b) = (sim.public_host(Link::IDEAL), sim.public_host(Link::IDEAL));
+        let p = pair(a.bind(0).unwrap(), b.bind(0).unwrap());
+        p.relay(None);
+        p.probe();
+        until(&p.r.0, |s| s.direct.is_some()).await;
+        let (c, s) = p.connect().await;
+        let moving = tokio::spawn({
+            let (c, s) = (c.clone(), s.clone());
+            async move { stream(&c, &s, 300, Duration::from_millis(20)).await }
+        });
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert!(p.r.0.sent().0 > 0);
+        sim.cut(a.ip, b.ip, true);
+        let s_status = until(&p.r.0, |s| s.direct.is_none()).await;
+        assert_eq!(s_status.relay, Some(RelayState::Up));
+        assert_eq!(moving.await.unwrap(), 300 << 16);
+        let status = p.r.0.status().borrow().clone();
+        assert_eq!(status.using, Some(PathKind::Relay));
+        assert!(status.changes >= 1);
+        assert!(p.r.0.sent().1 > 0);
+    }
+
+    #[tokio::test]
+    async fn a_relay_that_alters_a_byte_is_reported() {
+        let local = "127.0.0.1:0".parse().unwrap();
+        let p = pair(udp_socket(local).unwrap(), udp_socket(local).unwrap());
+        // Early in what the sender's side sends: its first handshake flight.
+        p.relay(Some(100));
+        let _connecting = tokio::spawn({
+            let ep = p.s.1.endpoint.clone();
+            async move { ep.accept().await?.await.ok() }
+        });
+        let peer = p.r.0.peer();
+        let _c =
+            tokio::spawn(
+                async move { p.r.1.connect_to(&[peer], WAIT, None, Duration::ZERO).await },
+            );
+        let _status = until(&p.r.0, |s| s.relay == Some(RelayState::Tampered)).await;
+    }
+
+    /// Only the peer's probes get answers, and only they make an address the peer's.
+    #[tokio::test]
+    async fn probes_without_the_key_are_ignored() {
+        let local = "127.0.0.1:0".parse().unwrap();
+        let (ks, kr) = keys();
+        let paths = PathSocket::new(udp_socket(local).unwrap());
+        // The endpoint drives the socket.
+        let _node = Node::with_socket(paths.clone(), &Tuning::default(), false).unwrap();
+        paths.start_probing(&ks, &[]);
+        let to = paths.base.local_addr().unwrap();
+        let stranger = tokio::net::UdpSocket::bind(local).await.unwrap();
+        let ping = |keys: &Keys| {
+            let id = [3u8; ID_LEN];
+            let mut p = vec![PROBE, PING];
+            p.extend_from_slice(&id);
+            p.extend_from_slice(&keys.probe_tag(PING, &id));
+            p
+        };
+        let (_, other) = {
+            let (secret, transcript) = ([8u8; 32], [9u8; 32]);
+            (
+                Keys::from_shared_secret(Role::Sender, &secret, transcript),
+                Keys::from_shared_secret(Role::Receiver, &secret, transcript),
+            )
+        };
+        let mut buf = [0u8; 100];
+        for wrong in [ping(&other), ping(&ks)] {
+            stranger.send_to(&wrong, to).await.unwrap();
+            let answer =
+                tokio::time::timeout(Duration::from_millis(500), stranger.recv(&mut buf)).await;
+            assert!(answer.is_err(), "no pong to a ping without the peer's key");
+        }
+        stranger.send_to(&ping(&kr), to).await.unwrap();
+        let n = tokio::time::timeout(WAIT, stranger.recv(&mut buf)).await.unwrap().unwrap();
+        assert_eq!(n, PROBE_LEN);
+        assert_eq!(&buf[..2], &[PROBE, PONG]);
+        assert!(kr.check_probe_tag(PONG, &[3u8; ID_LEN], &buf[2 + ID_LEN..n]));
+    }
+}
