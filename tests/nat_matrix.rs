@@ -96,9 +96,22 @@ impl World {
     /// Sends a file from `s` to `r` through the node; returns (sender, receiver, time from the
     /// receiver's start to its `connected` event).
     fn transfer(&mut self, s: &Host, r: &Host, code: &str) -> (Outcome, Outcome, Duration) {
-        let src = self.fx.path("src/data.bin");
+        self.transfer_with(s, r, code, 3 << 20, |_| {})
+    }
+
+    /// As [`World::transfer`], with a file of `size` bytes, calling `during` with the topology
+    /// once the receiver connected.
+    fn transfer_with(
+        &mut self,
+        s: &Host,
+        r: &Host,
+        code: &str,
+        size: u64,
+        during: impl FnOnce(&Net),
+    ) -> (Outcome, Outcome, Duration) {
+        let src = self.fx.path(&format!("src-{size}/data.bin"));
         if !src.exists() {
-            random_file(&src, 3 << 20, &mut self.fx.rng);
+            random_file(&src, size, &mut self.fx.rng);
         }
         let node = self.node_addr();
         let out = self.fx.path(&format!("out-{}", fresh_code()));
@@ -129,6 +142,7 @@ impl World {
             line.contains("\"connected\"") || line.contains("\"error\"")
         });
         let connect = started.elapsed();
+        during(&self.net);
         let (s_out, r_out) = finish_pair(sender, receiver);
         if r_out.code() == Some(0) {
             assert_same_tree(&src, &out.join("data.bin"));
@@ -315,4 +329,38 @@ fn ipv6_goes_direct_where_ipv4_is_symmetric() {
     eprintln!(
         "MATRIX symmetric <-> symmetric with IPv6: direct via {peer}, connected after {connect:?}"
     );
+}
+
+/// The direct path dies mid-transfer (both NATs' routers drop each other's traffic, the node
+/// stays reachable): the transfer moves to the relay and completes with identical bytes,
+/// without starting the file again.
+#[test]
+fn direct_path_cut_mid_transfer_completes_over_the_relay() {
+    let Some(mut w) = World::new() else { return };
+    // 40 Mbit/s at the sender: 24 MiB need at least 5 s, so a cut at 1.5 s is mid-file.
+    let options = RouterOptions { rate_kbit: Some(40_000), ..RouterOptions::default() };
+    let mut s_router = w.net.router("sndr", Nat::PortRestricted, options).unwrap();
+    let s = w.net.host_behind(&mut s_router, "snd").unwrap();
+    let mut r_router = w.net.router("rcvr", Nat::PortRestricted, RouterOptions::default()).unwrap();
+    let r = w.net.host_behind(&mut r_router, "rcv").unwrap();
+    w.start_node();
+    let cut = |net: &Net| {
+        std::thread::sleep(Duration::from_millis(1500));
+        net.cut(&s_router.ns, r_router.wan).unwrap();
+    };
+    let (so, ro, connect) = w.transfer_with(&s, &r, &fresh_code(), 24 << 20, cut);
+    assert_exits(&[(&so, 0), (&ro, 0)]);
+    let done = ro.event("done").unwrap();
+    assert_eq!(done["path"], "relay", "{ro}");
+    assert!(done["path_changes"].as_u64().unwrap() >= 1, "{ro}");
+    assert_eq!(done["bytes"], 24 << 20);
+    // Progress only ever grows: nothing was received twice from the start of the file.
+    let progress: Vec<u64> = ro
+        .events()
+        .iter()
+        .filter(|e| e["event"] == "progress")
+        .map(|e| e["bytes"].as_u64().unwrap())
+        .collect();
+    assert!(progress.windows(2).all(|p| p[0] <= p[1]), "{progress:?}");
+    eprintln!("MATRIX direct path cut mid-transfer: relay, connected after {connect:?}, {done}");
 }

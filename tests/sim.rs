@@ -44,6 +44,19 @@ fn host(sim: &Sim, place: Place, link: Link) -> SimHost {
     }
 }
 
+type NodeTask = tokio::task::JoinHandle<()>;
+
+/// A rendezvous node on `host`, port 4433, until the sender is used or dropped.
+fn start_node(host: &SimHost) -> (tokio::sync::oneshot::Sender<()>, NodeTask) {
+    let config = ServerConfig::default();
+    let quic = server::endpoint_on(host.bind(4433).unwrap(), &config).unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let node = tokio::spawn(server::serve(Listeners { quic, tcp: None }, config, async {
+        let _ = stopped.await;
+    }));
+    (stop, node)
+}
+
 /// One transfer from `sender` to `receiver` through a node on the simulated network; checks the
 /// bytes and returns the path both sides took.
 async fn pair(sender: Place, receiver: Place) -> (PathKind, Duration) {
@@ -58,12 +71,7 @@ async fn pair(sender: Place, receiver: Place) -> (PathKind, Duration) {
         ..Link::IDEAL
     };
     let node_host = sim.public_host(link());
-    let config = ServerConfig::default();
-    let quic = server::endpoint_on(node_host.bind(4433).unwrap(), &config).unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let node = tokio::spawn(server::serve(Listeners { quic, tcp: None }, config, async {
-        let _ = stopped.await;
-    }));
+    let (stop, node) = start_node(&node_host);
     let s_host = host(&sim, sender, link());
     let r_host = host(&sim, receiver, link());
 
@@ -169,3 +177,73 @@ case!(
     Place::Behind(Nat::PortRestricted),
     PathKind::Relay
 );
+
+/// The direct path between two port-restricted NATs dies mid-file (the NATs cannot reach each
+/// other any more; the node still can): the transfer moves to the relay and completes with
+/// identical bytes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn direct_path_cut_mid_transfer_moves_to_the_relay() {
+    let seed = seed();
+    eprintln!("sim seed {seed} (P2P_COPY_SIM_SEED): direct path cut mid-transfer");
+    let sim = Sim::new(seed);
+    let node_host = sim.public_host(Link::latency(Duration::from_millis(10)));
+    let (stop, node) = start_node(&node_host);
+    // 4 MB/s each way: 8 MiB need two seconds at least, so the cut at 1 MiB is mid-file.
+    let link = Link {
+        latency: Duration::from_millis(20),
+        jitter: Duration::from_millis(2),
+        rate: Some(4_000_000),
+        ..Link::IDEAL
+    };
+    let (s_nat, r_nat) = (
+        sim.nat(Nat::PortRestricted, NatOptions::default()),
+        sim.nat(Nat::PortRestricted, NatOptions::default()),
+    );
+    let (s_host, r_host) = (sim.host_behind(s_nat, link), sim.host_behind(r_nat, link));
+
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("data.bin");
+    let mut rng = StdRng::seed_from_u64(seed);
+    let data: Vec<u8> = (0..8 << 20).map(|_| rng.gen()).collect();
+    std::fs::write(&src, &data).unwrap();
+    let out = dir.path().join("out");
+    let code = Code::generate(rng.gen_range(1..=999), 3, &mut rand::rngs::OsRng).unwrap();
+    let rendezvous = Rendezvous {
+        node: format!("{}:4433", node_host.ip),
+        token: None,
+        force_relay: false,
+        no_relay: false,
+    };
+    let mut s = SendOptions::new(vec![src], code.clone());
+    s.rendezvous = Some(rendezvous.clone());
+    s.code_chosen = true;
+    s.socket = Some(s_host.bind(0).unwrap());
+    let mut r = ReceiveOptions::new(code, out.clone());
+    r.yes = true;
+    r.rendezvous = Some(rendezvous);
+    r.socket = Some(r_host.bind(0).unwrap());
+    let progress = Progress::new();
+    let sending = tokio::spawn(transfer::send(s, Arc::new(Quiet), Progress::new()));
+    let receiving = tokio::spawn(transfer::receive(r, Arc::new(Quiet), progress.clone()));
+    let moved = tokio::time::timeout(Duration::from_secs(60), async {
+        while progress.bytes() < 1 << 20 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
+    moved.await.expect("a first MiB within a minute");
+    assert!(progress.bytes() < 8 << 20, "seed {seed}: the cut comes mid-file");
+    sim.cut(s_nat.public, r_nat.public, true);
+    let (sent, received) = (sending.await.unwrap(), receiving.await.unwrap());
+    let (sent, received) = match (sent, received) {
+        (Ok(s), Ok(r)) => (s, r),
+        other => panic!("seed {seed}: failed after the cut: {other:?}"),
+    };
+    assert!(std::fs::read(out.join("data.bin")).unwrap() == data, "seed {seed}: identical bytes");
+    for report in [&sent, &received] {
+        assert_eq!(report.path, PathKind::Relay, "seed {seed}: {report:?}");
+        assert!(report.path_changes >= 1, "seed {seed}: {report:?}");
+    }
+    assert_eq!(progress.bytes(), 8 << 20, "seed {seed}: every byte written once");
+    let _ = stop.send(());
+    let _ = tokio::time::timeout(Duration::from_secs(5), node).await;
+}

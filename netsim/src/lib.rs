@@ -391,6 +391,31 @@ impl Net {
         self.exec(ns, &["ip", "link", "set", "lo", "up"])
     }
 
+    /// Cuts namespace `ns` (a host or a router of this topology) off from `peer`, both ways,
+    /// from now on: whatever it sends, forwards or receives to or from that address is dropped,
+    /// established flows included. Everything else still flows: a path that dies mid-transfer.
+    pub fn cut(&self, ns: &str, peer: Ipv4Addr) -> Result<(), Error> {
+        if !self.namespaces.iter().any(|n| n == ns) {
+            return Err(Error::Command {
+                command: format!("cut {ns} from {peer}"),
+                message: "not a namespace of this topology".to_owned(),
+            });
+        }
+        let chain = |name: &str| {
+            format!(
+                "  chain {name} {{\n    type filter hook {name} priority -10; policy accept;\n    \
+                 ip daddr {peer} drop\n    ip saddr {peer} drop\n  }}\n"
+            )
+        };
+        let rules = format!(
+            "table ip netsimcut {{\n{}{}{}}}\n",
+            chain("forward"),
+            chain("input"),
+            chain("output")
+        );
+        run_stdin(&["ip", "netns", "exec", ns, "nft", "-f", "-"], &rules)
+    }
+
     fn exec(&self, ns: &str, args: &[&str]) -> Result<(), Error> {
         let mut all = vec!["ip", "netns", "exec", ns];
         all.extend_from_slice(args);
