@@ -143,12 +143,18 @@ impl Guard {
 
     /// Resolves when the paths fail the transfer: the relay altered data (integrity), or the
     /// relay ended while no direct path came back within [`RELAY_LOST_GRACE`]. Never resolves
-    /// on the LAN.
-    pub async fn trouble(&self) -> TransferError {
+    /// on the LAN. Meanwhile, whenever the direct path comes or goes, it nudges `conn` (see
+    /// [`nudge`]).
+    pub async fn trouble(&self, conn: &quinn::Connection) -> TransferError {
         let Some(paths) = &self.paths else { return std::future::pending().await };
         let mut status = paths.status();
+        let mut direct = status.borrow().direct;
         loop {
             let s = status.borrow_and_update().clone();
+            if s.direct != direct {
+                direct = s.direct;
+                nudge(conn);
+            }
             if s.relay == Some(RelayState::Tampered) {
                 return TransferError::new(
                     ErrorKind::Integrity,
@@ -157,21 +163,38 @@ impl Guard {
                 );
             }
             let stranded = s.relay == Some(RelayState::Closed) && s.direct.is_none();
-            if stranded {
-                tokio::select! {
-                    _ = status.changed() => continue,
-                    () = tokio::time::sleep(RELAY_LOST_GRACE) => {
-                        return TransferError::network(
-                            "the rendezvous node closed the relay and there is no direct path \
-                             to the other side",
-                        );
+            let lost = async {
+                if stranded {
+                    tokio::time::sleep(RELAY_LOST_GRACE).await;
+                } else {
+                    std::future::pending::<()>().await;
+                }
+            };
+            tokio::select! {
+                changed = status.changed() => {
+                    if changed.is_err() {
+                        return std::future::pending().await;
                     }
                 }
-            }
-            if status.changed().await.is_err() {
-                return std::future::pending().await;
+                // The peer's nudges: read and dropped (quinn would buffer them).
+                _ = conn.read_datagram() => {}
+                () = lost => {
+                    return TransferError::network(
+                        "the rendezvous node closed the relay and there is no direct path to the \
+                         other side",
+                    );
+                }
             }
         }
+    }
+}
+
+/// Sends a one-byte QUIC datagram on `conn` after the path changed. Its acknowledgement, over the
+/// new path, lets QUIC declare what the old path swallowed lost and send it again at once,
+/// rather than when its retransmission timer (backed off while the old path died) fires.
+fn nudge(conn: &quinn::Connection) {
+    if let Err(e) = conn.send_datagram(bytes::Bytes::from_static(&[0])) {
+        tracing::debug!(error = %e, "could not nudge the connection after a path change");
     }
 }
 

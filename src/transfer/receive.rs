@@ -120,7 +120,7 @@ pub async fn receive(
     let result = tokio::select! {
         r = run(&mut ctl, &conn, &opts, observer, progress) => r,
         e = stop.requested() => Err(e),
-        e = guard.trouble() => Err(e),
+        e = guard.trouble(&conn) => Err(e),
     };
     let route = super::Route {
         path: guard.path(PathKind::Direct),

@@ -129,7 +129,7 @@ pub async fn send(
     let result = tokio::select! {
         r = run(&mut ctl, &conn, &opts, scan, observer, progress) => r,
         e = stop.requested() => Err(e),
-        e = guard.trouble() => Err(e),
+        e = guard.trouble(&conn) => Err(e),
     };
     let route = super::Route {
         path: guard.path(PathKind::Direct),
