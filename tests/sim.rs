@@ -64,17 +64,44 @@ async fn pair(sender: Place, receiver: Place) -> (PathKind, Duration) {
     eprintln!("sim seed {seed} (P2P_COPY_SIM_SEED): {sender:?} -> {receiver:?}");
     let sim = Sim::new(seed);
     let mut rng = StdRng::seed_from_u64(seed);
-    // Each access link 10–75 ms one way, so 20–150 ms between two hosts.
-    let mut link = || Link {
+    let node_host = sim.public_host(link(&mut rng));
+    let s_host = host(&sim, sender, link(&mut rng));
+    let r_host = host(&sim, receiver, link(&mut rng));
+    let label = format!("{sender:?} -> {receiver:?}");
+    let (path, elapsed, punch) = run(seed, &node_host, &s_host, &r_host, Outcome::Completes).await;
+    eprintln!("SIM {label}: {} (punching {punch:?} s, all {elapsed:?})", path.as_str());
+    (path, elapsed)
+}
+
+/// An access link of 10–75 ms one way, so 20–150 ms between two hosts.
+fn link(rng: &mut StdRng) -> Link {
+    Link {
         latency: Duration::from_millis(rng.gen_range(10..=75)),
         jitter: Duration::from_millis(2),
         ..Link::IDEAL
-    };
-    let node_host = sim.public_host(link());
-    let (stop, node) = start_node(&node_host);
-    let s_host = host(&sim, sender, link());
-    let r_host = host(&sim, receiver, link());
+    }
+}
 
+/// What a run must end with.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Outcome {
+    Completes,
+    /// The receiver types another code: both fail with `wrong_code`, nothing is written.
+    WrongCode,
+}
+
+/// Sends 1 MB from `s_host` to `r_host` through a node on `node_host`; checks the outcome and
+/// the bytes, and returns the path both sides took (for a wrong code, the relay), the time
+/// taken and the receiver's `punch_seconds`.
+async fn run(
+    seed: u64,
+    node_host: &SimHost,
+    s_host: &SimHost,
+    r_host: &SimHost,
+    outcome: Outcome,
+) -> (PathKind, Duration, Option<f64>) {
+    let (stop, node) = start_node(node_host);
+    let mut rng = StdRng::seed_from_u64(seed ^ 1);
     let dir = tempfile::tempdir().unwrap();
     let src = dir.path().join("data.bin");
     let data: Vec<u8> =
@@ -92,7 +119,12 @@ async fn pair(sender: Place, receiver: Place) -> (PathKind, Duration) {
     s.rendezvous = Some(rendezvous.clone());
     s.code_chosen = true;
     s.socket = Some(s_host.bind(0).unwrap());
-    let mut r = ReceiveOptions::new(code, out.clone());
+    let typed = match outcome {
+        Outcome::Completes => code,
+        // The same nameplate, other words.
+        Outcome::WrongCode => Code::generate(code.nameplate(), 3, &mut rand::rngs::OsRng).unwrap(),
+    };
+    let mut r = ReceiveOptions::new(typed, out.clone());
     r.yes = true;
     r.rendezvous = Some(rendezvous);
     r.socket = Some(r_host.bind(0).unwrap());
@@ -102,20 +134,23 @@ async fn pair(sender: Place, receiver: Place) -> (PathKind, Duration) {
     let received = transfer::receive(r, Arc::new(Quiet), Progress::new()).await;
     let sent = sending.await.unwrap();
     let elapsed = started.elapsed();
+    let _ = stop.send(());
+    let _ = tokio::time::timeout(Duration::from_secs(5), node).await;
+    if outcome == Outcome::WrongCode {
+        for result in [&sent, &received] {
+            let e = result.as_ref().expect_err("a wrong code fails");
+            assert_eq!(e.kind, p2p_copy::error::ErrorKind::WrongCode, "seed {seed}: {e:?}");
+        }
+        assert!(!out.exists(), "seed {seed}: nothing written");
+        return (PathKind::Relay, elapsed, None);
+    }
     let (sent, received) = match (sent, received) {
         (Ok(s), Ok(r)) => (s, r),
-        other => panic!("seed {seed}: {sender:?} -> {receiver:?} failed: {other:?}"),
+        other => panic!("seed {seed}: failed: {other:?}"),
     };
     assert_eq!(sent.path, received.path, "seed {seed}");
     assert!(std::fs::read(out.join("data.bin")).unwrap() == data, "seed {seed}: identical bytes");
-    let _ = stop.send(());
-    let _ = tokio::time::timeout(Duration::from_secs(5), node).await;
-    eprintln!(
-        "SIM {sender:?} -> {receiver:?}: {} (punching {:?}, all {elapsed:?})",
-        received.path.as_str(),
-        received.punch_seconds
-    );
-    (received.path, elapsed)
+    (received.path, elapsed, received.punch_seconds)
 }
 
 macro_rules! case {
@@ -129,6 +164,18 @@ macro_rules! case {
 }
 
 case!(public_to_public, Place::Public, Place::Public, PathKind::Direct);
+case!(
+    public_to_port_restricted,
+    Place::Public,
+    Place::Behind(Nat::PortRestricted),
+    PathKind::Direct
+);
+case!(
+    symmetric_to_full_cone,
+    Place::Behind(Nat::Symmetric),
+    Place::Behind(Nat::FullCone),
+    PathKind::Direct
+);
 case!(
     port_restricted_to_public,
     Place::Behind(Nat::PortRestricted),
@@ -177,6 +224,52 @@ case!(
     Place::Behind(Nat::PortRestricted),
     PathKind::Relay
 );
+
+/// Two hosts behind one NAT, with and without hairpinning: direct either way (through their
+/// LAN addresses, or the NAT's public mappings).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn same_lan_behind_one_nat_is_direct() {
+    for hairpin in [false, true] {
+        let seed = seed();
+        eprintln!("sim seed {seed} (P2P_COPY_SIM_SEED): same LAN, hairpin {hairpin}");
+        let sim = Sim::new(seed);
+        let mut rng = StdRng::seed_from_u64(seed);
+        let node_host = sim.public_host(link(&mut rng));
+        let nat = sim.nat(Nat::PortRestricted, NatOptions { hairpin, ..NatOptions::default() });
+        let lan = Link::latency(Duration::from_millis(1));
+        let (s_host, r_host) = (sim.host_behind(nat, lan), sim.host_behind(nat, lan));
+        let (path, ..) = run(seed, &node_host, &s_host, &r_host, Outcome::Completes).await;
+        assert_eq!(path, PathKind::Direct, "seed {seed}, hairpin {hairpin}");
+    }
+}
+
+/// 5 % loss each way on the sender's link and 20 Mbit/s: completes with identical bytes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lossy_rate_limited_link_completes() {
+    let seed = seed();
+    eprintln!("sim seed {seed} (P2P_COPY_SIM_SEED): 5% loss, 20 Mbit/s");
+    let sim = Sim::new(seed);
+    let mut rng = StdRng::seed_from_u64(seed);
+    let node_host = sim.public_host(link(&mut rng));
+    let lossy = Link { loss: 0.05, rate: Some(2_500_000), ..link(&mut rng) };
+    let s_host = host(&sim, Place::Behind(Nat::PortRestricted), lossy);
+    let r_host = host(&sim, Place::Behind(Nat::PortRestricted), link(&mut rng));
+    let (path, elapsed, _) = run(seed, &node_host, &s_host, &r_host, Outcome::Completes).await;
+    eprintln!("SIM 5% loss, 20 Mbit/s: {} (all {elapsed:?})", path.as_str());
+}
+
+/// A wrong code behind NATs fails on both sides, nothing written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_code_behind_nats_fails_cleanly() {
+    let seed = seed();
+    eprintln!("sim seed {seed} (P2P_COPY_SIM_SEED): wrong code");
+    let sim = Sim::new(seed);
+    let mut rng = StdRng::seed_from_u64(seed);
+    let node_host = sim.public_host(link(&mut rng));
+    let s_host = host(&sim, Place::Behind(Nat::PortRestricted), link(&mut rng));
+    let r_host = host(&sim, Place::Behind(Nat::Symmetric), link(&mut rng));
+    run(seed, &node_host, &s_host, &r_host, Outcome::WrongCode).await;
+}
 
 /// The direct path between two port-restricted NATs dies mid-file (the NATs cannot reach each
 /// other any more; the node still can): the transfer moves to the relay and completes with
