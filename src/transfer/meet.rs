@@ -149,6 +149,8 @@ impl Guard {
         let Some(paths) = &self.paths else { return std::future::pending().await };
         let mut status = paths.status();
         let mut direct = status.borrow().direct;
+        // Until the connection ends (then reading fails at once, every time).
+        let mut reading = true;
         loop {
             let s = status.borrow_and_update().clone();
             if s.direct != direct {
@@ -177,7 +179,7 @@ impl Guard {
                     }
                 }
                 // The peer's nudges: read and dropped (quinn would buffer them).
-                _ = conn.read_datagram() => {}
+                read = conn.read_datagram(), if reading => reading = read.is_ok(),
                 () = lost => {
                     return TransferError::network(
                         "the rendezvous node closed the relay and there is no direct path to the \
