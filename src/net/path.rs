@@ -23,6 +23,7 @@
 //! direct path. Datagrams from addresses that sent authentic probes are the peer's, and quinn
 //! sees them as coming from [`PathSocket::peer`].
 
+use std::cell::Cell;
 use std::collections::{HashSet, VecDeque};
 use std::fmt;
 use std::io::{self, IoSliceMut};
@@ -75,6 +76,15 @@ const PROBE_QUEUE: usize = 256;
 const INBOX: usize = 256;
 /// Datagrams quinn may hand over at once (and receive in one relayed record).
 const SEGMENTS: usize = 10;
+
+thread_local! {
+    /// Set when the relay's outbox refused one of the peer's packets on this thread. quinn
+    /// calls `poll_writable` again at once, on the same thread and for the same connection,
+    /// to retry that packet: that call, and only that one, waits for room in the outbox. The
+    /// endpoint's connection to the node must never wait for it, since it is what empties the
+    /// outbox (waiting there would deadlock a busy relay).
+    static RELAY_REFUSED: Cell<bool> = const { Cell::new(false) };
+}
 
 /// How the data flowed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
@@ -310,12 +320,13 @@ impl PathSocket {
         let mut cx = cx;
         let mut n = 0;
         while n < bufs.len().min(meta.len()) {
-            let record = match (n, cx.take()) {
-                (0, Some(cx)) => match inbox.poll_recv(cx) {
+            // Register for a wakeup only while nothing was taken (then we return Pending).
+            let record = match cx.as_deref_mut().filter(|_| n == 0) {
+                Some(cx) => match inbox.poll_recv(cx) {
                     Poll::Ready(Some(r)) => r,
                     Poll::Ready(None) | Poll::Pending => break,
                 },
-                _ => match inbox.try_recv() {
+                None => match inbox.try_recv() {
                     Ok(r) => r,
                     Err(_) => break,
                 },
@@ -412,7 +423,10 @@ impl AsyncUdpSocket for PathSocket {
             let stride = transmit.segment_size.unwrap_or(transmit.contents.len());
             let result = match relay.try_send(stride, transmit.contents) {
                 Ok(true) => Ok(()),
-                Ok(false) => Err(io::ErrorKind::WouldBlock.into()),
+                Ok(false) => {
+                    RELAY_REFUSED.set(true);
+                    Err(io::ErrorKind::WouldBlock.into())
+                }
                 Err(e) => Err(e),
             };
             (PathKind::Relay, result)
@@ -505,27 +519,27 @@ impl fmt::Debug for PathPoller {
 impl UdpPoller for PathPoller {
     fn poll_writable(self: Pin<&mut Self>, cx: &mut Context) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        let relay = {
-            let route = this.shared.route();
-            if route.direct.is_some() {
-                None
-            } else {
-                route.relay.clone()
-            }
-        };
         let waiting = this.waiting.get_mut().unwrap_or_else(PoisonError::into_inner);
-        let Some(relay) = relay else {
-            *waiting = None;
-            return this.base.as_mut().poll_writable(cx);
-        };
-        let fut = waiting.get_or_insert_with(|| Box::pin(relay.ready()));
-        match fut.as_mut().poll(cx) {
-            Poll::Ready(()) => {
-                *waiting = None;
-                Poll::Ready(Ok(()))
+        if waiting.is_none() && RELAY_REFUSED.replace(false) {
+            let relay = this.shared.route().relay.clone();
+            if let Some(relay) = relay {
+                // Room in the outbox, or a direct path to send on instead.
+                let mut status = this.shared.status.subscribe();
+                *waiting = Some(Box::pin(async move {
+                    tokio::select! {
+                        () = relay.ready() => {}
+                        _ = status.wait_for(|s| s.direct.is_some()) => {}
+                    }
+                }));
             }
-            Poll::Pending => Poll::Pending,
         }
+        if let Some(fut) = waiting.as_mut() {
+            match fut.as_mut().poll(cx) {
+                Poll::Ready(()) => *waiting = None,
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        this.base.as_mut().poll_writable(cx)
     }
 }
 
