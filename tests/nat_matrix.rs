@@ -243,20 +243,30 @@ fn udp_blocked_is_relayed_over_tcp() {
     pair(Place::UdpBlocked, Place::Behind(Nat::PortRestricted), "relay");
 }
 
-/// Two hosts behind one NAT that does not hairpin: direct through their LAN addresses.
+/// Two hosts behind one NAT, which does not hairpin (most do not): direct through their LAN
+/// addresses. With hairpinning, direct too (by the LAN or through the router).
 #[test]
 fn same_lan_behind_one_nat_is_direct() {
-    let Some(mut w) = World::new() else { return };
-    let mut router = w.net.router("homer", Nat::PortRestricted, RouterOptions::default()).unwrap();
-    let s = w.net.host_behind(&mut router, "snd").unwrap();
-    let r = w.net.host_behind(&mut router, "rcv").unwrap();
-    w.start_node();
-    let (so, ro, connect) = w.transfer(&s, &r, &fresh_code());
-    assert_exits(&[(&so, 0), (&ro, 0)]);
-    assert_eq!(ro.event("done").unwrap()["path"], "direct", "{ro}");
-    let peer = direct_peer(&ro);
-    assert!(peer.contains(&format!("peer={}:", s.addr)), "reached the LAN address: {peer}");
-    eprintln!("MATRIX same LAN behind one NAT: direct, connected after {connect:?}");
+    for hairpin in [false, true] {
+        let Some(mut w) = World::new() else { return };
+        let options = RouterOptions { hairpin, ..RouterOptions::default() };
+        let mut router = w.net.router("homer", Nat::PortRestricted, options).unwrap();
+        let s = w.net.host_behind(&mut router, "snd").unwrap();
+        let r = w.net.host_behind(&mut router, "rcv").unwrap();
+        w.start_node();
+        let (so, ro, connect) = w.transfer(&s, &r, &fresh_code());
+        assert_exits(&[(&so, 0), (&ro, 0)]);
+        assert_eq!(ro.event("done").unwrap()["path"], "direct", "hairpin {hairpin}: {ro}");
+        let peer = direct_peer(&ro);
+        let lan = peer.contains(&format!("peer={}:", s.addr));
+        let hairpinned = peer.contains(&format!("peer={}:", router.wan));
+        assert!(lan || (hairpin && hairpinned), "hairpin {hairpin}: reached {peer}");
+        eprintln!(
+            "MATRIX same LAN behind one NAT, hairpin {hairpin}: direct ({}), connected after \
+             {connect:?}",
+            if lan { "LAN address" } else { "through the router" }
+        );
+    }
 }
 
 /// Behind NATs, a wrong code still fails cleanly on both sides and writes nothing.

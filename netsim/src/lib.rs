@@ -21,8 +21,12 @@
 //!
 //! Full-cone and address-restricted NATs forward unsolicited UDP to the first host behind them.
 //! Options per router ([`Router`]): UDP blocked, random loss (`nft numgen`), a rate limit on the
-//! WAN side (`tc tbf`). A router does not hairpin: a host cannot reach a neighbour through the
-//! router's public address.
+//! WAN side (`tc tbf`), and hairpinning: without it (the default) a host cannot reach a neighbour
+//! through the router's public address; with it, a datagram from the LAN to a public mapping
+//! of the router reaches the host behind that mapping, from the sender's public mapping.
+//!
+//! [`Host::udp_socket`] opens a socket inside a host, so tests can check what a topology lets
+//! through from their own process.
 
 pub mod sim;
 
@@ -77,6 +81,9 @@ pub struct RouterOptions {
     pub loss_percent: u8,
     /// Limit what leaves the WAN side to this many kbit/s.
     pub rate_kbit: Option<u32>,
+    /// Hairpin: datagrams from the LAN to one of the router's public UDP mappings go to the
+    /// host behind it (translated to come from the sender's public address).
+    pub hairpin: bool,
 }
 
 /// A namespace with an address: something that runs programs.
@@ -101,6 +108,32 @@ impl Host {
     /// The prefix that runs a program inside this host: `["ip", "netns", "exec", NS]`.
     pub fn prefix(&self) -> [&str; 4] {
         ["ip", "netns", "exec", &self.ns]
+    }
+
+    /// A UDP socket on `port` (0: any) of all this host's IPv4 addresses, made inside the
+    /// host's namespace and usable from anywhere in the calling process.
+    pub fn udp_socket(&self, port: u16) -> Result<std::net::UdpSocket, Error> {
+        let failed = |message: String| Error::Command {
+            command: format!("bind UDP port {port} in {}", self.ns),
+            message,
+        };
+        let ns = std::fs::File::open(format!("/run/netns/{}", self.ns))
+            .map_err(|e| failed(e.to_string()))?;
+        // A socket stays in the namespace it was made in; setns changes only the calling
+        // thread's, so a thread of its own enters the namespace and ends.
+        std::thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    use rustix::thread::{move_into_link_name_space, LinkNameSpaceType};
+                    use std::os::fd::AsFd;
+                    move_into_link_name_space(ns.as_fd(), Some(LinkNameSpaceType::Network))
+                        .map_err(|e| failed(format!("setns: {e}")))?;
+                    std::net::UdpSocket::bind((Ipv4Addr::UNSPECIFIED, port))
+                        .map_err(|e| failed(e.to_string()))
+                })
+                .join()
+                .unwrap_or_else(|_| Err(failed("the thread panicked".to_owned())))
+        })
     }
 }
 
@@ -329,7 +362,7 @@ impl Net {
                 self.exec(&ns, &["sh", "-c", &format!("echo 0 > {knob}")])?;
             }
         }
-        let rules = ruleset(nat, options);
+        let rules = ruleset(nat, options, wan, lan_prefix);
         run_stdin(&["ip", "netns", "exec", &ns, "nft", "-f", "-"], &rules)?;
         if let Some(kbit) = options.rate_kbit {
             let rate = format!("{kbit}kbit");
@@ -436,7 +469,28 @@ impl Drop for Net {
 }
 
 /// The nftables ruleset of a router.
-fn ruleset(nat: Nat, options: &RouterOptions) -> String {
+///
+/// Hairpinning: a filter chain after the source NAT remembers, for every UDP flow leaving by
+/// the WAN side, which LAN address and port its public port belongs to (`hairpin` map). A
+/// datagram from the LAN to the router's public address and such a port is sent (destination
+/// NAT) to that host, with the router's public address as its source (so the host sees the
+/// sender's public mapping, as from outside).
+fn ruleset(nat: Nat, options: &RouterOptions, wan: Ipv4Addr, lan: [u8; 3]) -> String {
+    let [a, b, c] = lan;
+    let (hairpin_in, hairpin_out, hairpin_forward, hairpin_learn) = if options.hairpin {
+        (
+            format!(
+                "iifname \"lan\" ip daddr {wan} meta l4proto udp dnat ip to udp dport map @hairpin"
+            ),
+            format!("oifname \"lan\" ip saddr {a}.{b}.{c}.0/24 ct status dnat snat ip to {wan}"),
+            "iifname \"lan\" oifname \"lan\" ct status dnat accept".to_owned(),
+            "oifname \"wan\" meta l4proto udp update @hairpin \
+             { ct reply proto-dst : ct original ip saddr . ct original proto-src }"
+                .to_owned(),
+        )
+    } else {
+        Default::default()
+    };
     let masquerade = if nat == Nat::Symmetric { "masquerade random" } else { "masquerade" };
     let loss = if options.loss_percent > 0 {
         format!("numgen random mod 100 < {} drop", options.loss_percent)
@@ -455,9 +509,16 @@ fn ruleset(nat: Nat, options: &RouterOptions) -> String {
     format!(
         "table ip netsim {{
   set contacted {{ type ipv4_addr; flags timeout; timeout 5m; }}
-  chain pre {{ type nat hook prerouting priority dstnat; policy accept; }}
+  map hairpin {{ type inet_service : ipv4_addr . inet_service; flags dynamic,timeout; timeout 5m; }}
+  chain pre {{ type nat hook prerouting priority dstnat; policy accept;
+    {hairpin_in}
+  }}
   chain post {{ type nat hook postrouting priority srcnat; policy accept;
     oifname \"wan\" {masquerade}
+    {hairpin_out}
+  }}
+  chain learn {{ type filter hook postrouting priority srcnat + 10; policy accept;
+    {hairpin_learn}
   }}
   chain forward {{ type filter hook forward priority filter; policy drop;
     {loss}
@@ -465,6 +526,7 @@ fn ruleset(nat: Nat, options: &RouterOptions) -> String {
     {udp_blocked}
     iifname \"lan\" oifname \"wan\" {remember} accept
     {forwarded}
+    {hairpin_forward}
   }}
   chain input {{ type filter hook input priority filter; policy drop;
     iifname \"lo\" accept
