@@ -261,6 +261,23 @@ pub(crate) struct Route {
     pub progress: Arc<Progress>,
 }
 
+impl Route {
+    /// The route `guard` watched (direct when there was nothing to watch: LAN mode).
+    pub(crate) fn of(
+        guard: &meet::Guard,
+        started: std::time::Instant,
+        progress: Arc<Progress>,
+    ) -> Route {
+        Route {
+            path: guard.path(PathKind::Direct),
+            changes: guard.changes(),
+            punch: guard.punch(),
+            started,
+            progress,
+        }
+    }
+}
+
 /// Ends a session on both sides alike: on success the sender closes the connection (the
 /// receiver waits for that close, which proves its `Complete` arrived); on failure the peer is
 /// told why, then the connection closes. Either way the endpoint gets a moment to send.

@@ -4,6 +4,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -90,6 +91,30 @@ enum Outcome {
     WrongCode,
 }
 
+/// A sender on `sender.0` sending `sender.2` with code `sender.1`, and a receiver on
+/// `receiver.0` typing `receiver.1` into `receiver.2`, both through the node on `node_host`.
+fn options(
+    node_host: &SimHost,
+    sender: (&SimHost, Code, &Path),
+    receiver: (&SimHost, Code, &Path),
+) -> (SendOptions, ReceiveOptions) {
+    let rendezvous = Rendezvous {
+        node: format!("{}:4433", node_host.ip),
+        token: None,
+        force_relay: false,
+        no_relay: false,
+    };
+    let mut s = SendOptions::new(vec![sender.2.to_path_buf()], sender.1);
+    s.rendezvous = Some(rendezvous.clone());
+    s.code_chosen = true;
+    s.socket = Some(sender.0.bind(0).unwrap());
+    let mut r = ReceiveOptions::new(receiver.1, receiver.2.to_path_buf());
+    r.yes = true;
+    r.rendezvous = Some(rendezvous);
+    r.socket = Some(receiver.0.bind(0).unwrap());
+    (s, r)
+}
+
 /// Sends 1 MB from `s_host` to `r_host` through a node on `node_host`; checks the outcome and
 /// the bytes, and returns the path both sides took (for a wrong code, the relay), the time
 /// taken and the receiver's `punch_seconds`.
@@ -109,25 +134,12 @@ async fn run(
     std::fs::write(&src, &data).unwrap();
     let out = dir.path().join("out");
     let code = Code::generate(rng.gen_range(1..=999), 3, &mut rand::rngs::OsRng).unwrap();
-    let rendezvous = Rendezvous {
-        node: format!("{}:4433", node_host.ip),
-        token: None,
-        force_relay: false,
-        no_relay: false,
-    };
-    let mut s = SendOptions::new(vec![src.clone()], code.clone());
-    s.rendezvous = Some(rendezvous.clone());
-    s.code_chosen = true;
-    s.socket = Some(s_host.bind(0).unwrap());
     let typed = match outcome {
-        Outcome::Completes => code,
+        Outcome::Completes => code.clone(),
         // The same nameplate, other words.
         Outcome::WrongCode => Code::generate(code.nameplate(), 3, &mut rand::rngs::OsRng).unwrap(),
     };
-    let mut r = ReceiveOptions::new(typed, out.clone());
-    r.yes = true;
-    r.rendezvous = Some(rendezvous);
-    r.socket = Some(r_host.bind(0).unwrap());
+    let (s, r) = options(node_host, (s_host, code, &src), (r_host, typed, &out));
     let started = std::time::Instant::now();
     // Spawned: the futures are Send, so a library user can run them on any task.
     let sending = tokio::spawn(transfer::send(s, Arc::new(Quiet), Progress::new()));
@@ -301,20 +313,7 @@ async fn direct_path_cut_mid_transfer_moves_to_the_relay() {
     std::fs::write(&src, &data).unwrap();
     let out = dir.path().join("out");
     let code = Code::generate(rng.gen_range(1..=999), 3, &mut rand::rngs::OsRng).unwrap();
-    let rendezvous = Rendezvous {
-        node: format!("{}:4433", node_host.ip),
-        token: None,
-        force_relay: false,
-        no_relay: false,
-    };
-    let mut s = SendOptions::new(vec![src], code.clone());
-    s.rendezvous = Some(rendezvous.clone());
-    s.code_chosen = true;
-    s.socket = Some(s_host.bind(0).unwrap());
-    let mut r = ReceiveOptions::new(code, out.clone());
-    r.yes = true;
-    r.rendezvous = Some(rendezvous);
-    r.socket = Some(r_host.bind(0).unwrap());
+    let (s, r) = options(&node_host, (&s_host, code.clone(), &src), (&r_host, code, &out));
     let progress = Progress::new();
     let sending = tokio::spawn(transfer::send(s, Arc::new(Quiet), Progress::new()));
     let receiving = tokio::spawn(transfer::receive(r, Arc::new(Quiet), progress.clone()));

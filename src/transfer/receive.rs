@@ -122,13 +122,7 @@ pub async fn receive(
         e = stop.requested() => Err(e),
         e = guard.trouble(&conn) => Err(e),
     };
-    let route = super::Route {
-        path: guard.path(PathKind::Direct),
-        changes: guard.changes(),
-        punch: guard.punch(),
-        started,
-        progress: progress_for_report,
-    };
+    let route = super::Route::of(&guard, started, progress_for_report);
     let report =
         super::conclude(Role::Receiver, &mut ctl, &conn, &node.endpoint, route, result).await;
     guard.close().await;

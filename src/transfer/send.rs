@@ -131,13 +131,7 @@ pub async fn send(
         e = stop.requested() => Err(e),
         e = guard.trouble(&conn) => Err(e),
     };
-    let route = super::Route {
-        path: guard.path(PathKind::Direct),
-        changes: guard.changes(),
-        punch: guard.punch(),
-        started,
-        progress: progress_for_report,
-    };
+    let route = super::Route::of(&guard, started, progress_for_report);
     let report =
         super::conclude(Role::Sender, &mut ctl, &conn, &node.endpoint, route, result).await;
     guard.close().await;
