@@ -5,7 +5,8 @@
 //! manifest-and-chunk protocol over a QUIC connection whose certificates are bound to that key.
 //!
 //! Layout, bottom up:
-//! - [`code`], [`crypto`] — pure: code generation/parsing, SPAKE2 key schedule, record sealing.
+//! - [`code`], [`crypto`], [`compress`] — pure: code generation/parsing, SPAKE2 key schedule,
+//!   record sealing, chunk compression.
 //! - [`wire`] — codecs for everything that crosses the network; never panics on peer bytes.
 //! - [`proto`] — the sans-IO session state machine (PAKE → confirm → hello → offer/accept →
 //!   transfer → verify → done) and the per-lane data state machine.
@@ -17,6 +18,7 @@
 
 pub mod cli;
 pub mod code;
+pub mod compress;
 pub mod crypto;
 pub mod error;
 pub mod net;

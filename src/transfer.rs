@@ -240,6 +240,9 @@ pub struct Report {
     pub first_byte_seconds: Option<f64>,
     /// File bytes moved.
     pub bytes: u64,
+    /// What the file bytes took on the wire, as chunk payloads: less than `bytes` when
+    /// compression paid.
+    pub wire_bytes: u64,
     /// Files moved.
     pub files: u64,
     /// Entries of every kind.
@@ -307,6 +310,7 @@ pub(crate) async fn conclude(
                     .first_byte()
                     .map(|t| t.saturating_duration_since(started).as_secs_f64()),
                 bytes: totals.bytes,
+                wire_bytes: progress.wire_bytes(),
                 files: totals.files,
                 entries: totals.entries,
                 seconds: started.elapsed().as_secs_f64(),
@@ -384,6 +388,7 @@ pub const STALL_TIMEOUT: Duration = Duration::from_secs(120);
 #[derive(Debug, Default)]
 pub struct Progress {
     bytes: AtomicU64,
+    wire: AtomicU64,
     records: AtomicU64,
     first_byte: std::sync::OnceLock<std::time::Instant>,
 }
@@ -404,6 +409,15 @@ impl Progress {
             self.first_byte.get_or_init(std::time::Instant::now);
         }
         self.bytes.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Chunk payload bytes so far, as they travel (compressed or not).
+    pub fn wire_bytes(&self) -> u64 {
+        self.wire.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn add_wire(&self, n: u64) {
+        self.wire.fetch_add(n, Ordering::Relaxed);
     }
 
     /// When the first file byte moved, if one did.

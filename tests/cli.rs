@@ -42,6 +42,68 @@ fn large_random_file() {
     one_file(200 << 20);
 }
 
+/// Text that zstd shrinks several-fold, like a service's log.
+fn log_text(lines: usize, rng: &mut XorShift) -> Vec<u8> {
+    let mut out = Vec::new();
+    for i in 0..lines {
+        let status = [200, 200, 200, 304, 404, 500][rng.range(0, 5) as usize];
+        let line = format!(
+            "2026-12-01T10:{:02}:{:02}.{:03}Z INFO http request={i} id={:08x} status={status} \
+             bytes={} path=/api/v1/items/{}\n",
+            i / 60_000 % 60,
+            i / 1000 % 60,
+            i % 1000,
+            rng.next_u64() as u32,
+            rng.range(0, 99_999),
+            rng.range(0, 4999)
+        );
+        out.extend_from_slice(line.as_bytes());
+    }
+    out
+}
+
+/// Every compression mode delivers identical bytes; `auto` and `on` shrink the logs on the wire
+/// (both sides report it in `wire_bytes`) and `auto` leaves random data as it is.
+#[test]
+fn compression_modes_deliver_identical_bytes() {
+    let mut fx = Fixture::new();
+    let tree = fx.path("src/tree");
+    let logs = log_text(60_000, &mut fx.rng);
+    write_file(&tree.join("service.log"), &logs);
+    write_file(&tree.join("small.log"), &logs[..3000]);
+    random_file(&tree.join("photo.jpg"), 3 << 20, &mut fx.rng);
+    // Random data, then logs: the chunks after the first change nature.
+    let mut mixed = std::fs::read(tree.join("photo.jpg")).unwrap();
+    mixed.extend_from_slice(&logs);
+    write_file(&tree.join("mixed.bin"), &mixed);
+    let total: u64 =
+        list_all(&tree).iter().map(|p| std::fs::metadata(tree.join(p)).unwrap().len()).sum();
+    let random = 2 * (3u64 << 20);
+    for mode in ["auto", "on", "off"] {
+        let out = fx.path(&format!("out-{mode}"));
+        fx.code = fresh_code();
+        let (s, r) = fx.transfer(
+            &[OsStr::new("--compress"), OsStr::new(mode), tree.as_os_str()],
+            &[OsStr::new("--yes"), OsStr::new("--out"), out.as_os_str()],
+        );
+        assert_exits(&[(&s, 0), (&r, 0)]);
+        assert_same_tree(&tree, &out.join("tree"));
+        let wire = |o: &Outcome| assert_done(o, total, 4)["wire_bytes"].as_u64().unwrap();
+        let (sent, received) = (wire(&s), wire(&r));
+        assert_eq!(sent, received, "{mode}: both sides count the same bytes");
+        match mode {
+            "off" => assert_eq!(sent, total, "off sends the bytes as they are"),
+            _ => assert!(
+                sent < random + (total - random) / 3,
+                "{mode}: the logs shrink ({sent} of {total} bytes on the wire)"
+            ),
+        }
+        if mode == "auto" {
+            assert!(sent >= random, "auto sends random data as it is ({sent} bytes on the wire)");
+        }
+    }
+}
+
 /// A tree with every kind of entry, names that need care, 1,000 small files, modes and
 /// mtimes, sent together with a plain file as two top-level paths.
 #[test]

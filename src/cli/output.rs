@@ -96,6 +96,7 @@ impl Ui {
                 "path": report.path.as_str(),
                 "path_changes": report.path_changes,
                 "bytes": report.bytes,
+                "wire_bytes": report.wire_bytes,
                 "files": report.files,
                 "entries": report.entries,
                 "seconds": report.seconds,
@@ -109,8 +110,13 @@ impl Ui {
                 0 => String::new(),
                 n => format!(", after {n} change(s) of path"),
             };
+            let packed = if report.wire_bytes < report.bytes {
+                format!(", compressed to {}", HumanBytes(report.wire_bytes))
+            } else {
+                String::new()
+            };
             eprintln!(
-                "{verb} {} in {} file(s) in {:.1}s ({}/s, {}{moved})",
+                "{verb} {} in {} file(s) in {:.1}s ({}/s, {}{moved}{packed})",
                 HumanBytes(report.bytes),
                 report.files,
                 report.seconds,

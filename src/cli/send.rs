@@ -8,6 +8,7 @@ use clap::Args as ClapArgs;
 use super::output::Ui;
 use super::Common;
 use crate::code::{Code, DEFAULT_WORDS};
+use crate::compress::Compression;
 use crate::crypto::Role;
 use crate::transfer::{self, SendOptions, Stop, TransferError};
 use crate::wire::data::DEFAULT_CHUNK;
@@ -34,6 +35,10 @@ pub struct Args {
     /// Chunk size in bytes (16 KiB to 4 MiB).
     #[arg(long, default_value_t = DEFAULT_CHUNK, value_name = "BYTES", env = "P2P_COPY_CHUNK_SIZE")]
     pub chunk_size: usize,
+    /// Compress chunks with zstd: `auto` compresses what shrinks (sampled, so incompressible
+    /// data costs next to nothing), `on` everything that shrinks at all, `off` nothing.
+    #[arg(long, value_enum, default_value_t = Compression::Auto, env = "P2P_COPY_COMPRESS")]
+    pub compress: Compression,
     #[command(flatten)]
     pub meeting: super::Meeting,
     #[command(flatten)]
@@ -50,6 +55,7 @@ pub async fn run(args: Args, stop: Stop) -> Result<(), TransferError> {
     opts.wait = Duration::from_secs(args.wait);
     opts.lanes = args.lanes;
     opts.chunk_size = args.chunk_size;
+    opts.compression = args.compress;
     opts.stop = stop;
     opts.rendezvous = args.meeting.rendezvous()?;
     opts.code_chosen = args.code.is_some();

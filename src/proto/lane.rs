@@ -176,6 +176,8 @@ pub struct LaneReader {
     ended: bool,
     file: Option<ReadFile>,
     scratch: Vec<u8>,
+    /// Chunk payload bytes received, as sent (compressed or not).
+    wire: u64,
 }
 
 #[derive(Debug)]
@@ -197,7 +199,13 @@ impl LaneReader {
             ended: false,
             file: None,
             scratch: Vec::new(),
+            wire: 0,
         }
+    }
+
+    /// Chunk payload bytes received so far, as they travelled (compressed or not).
+    pub fn wire_bytes(&self) -> u64 {
+        self.wire
     }
 
     /// Entries seen so far.
@@ -239,8 +247,11 @@ impl LaneReader {
                     return Err(LaneError::Order("chunk out of sequence"));
                 }
                 let data: &[u8] = if flags & FLAG_ZSTD != 0 {
+                    // Into the same buffer every time; more than `max_chunk` bytes fail.
                     self.scratch.clear();
-                    self.scratch = zstd::bulk::decompress(payload, self.max_chunk)
+                    self.scratch.reserve(self.max_chunk);
+                    zstd::bulk::Decompressor::new()
+                        .and_then(|mut z| z.decompress_to_buffer(payload, &mut self.scratch))
                         .map_err(|_| LaneError::Decode(DecodeError::Invalid("zstd payload")))?;
                     &self.scratch
                 } else {
@@ -254,6 +265,7 @@ impl LaneReader {
                 }
                 file.received += data.len() as u64;
                 file.hash.update(data);
+                self.wire += payload.len() as u64;
                 Ok(LaneEvent::Data(data))
             }
             Record::FileEnd { file_id, sha256 } => {

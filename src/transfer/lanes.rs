@@ -1,7 +1,8 @@
 //! Data lanes over QUIC unidirectional streams.
 //!
 //! Sender: a walker thread feeds manifest entries into a bounded queue; each lane has a
-//! blocking worker that takes the next entry, reads the file, hashes and seals it
+//! blocking worker that takes the next entry, reads the file, hashes, compresses (per the
+//! [`Compression`] mode) and seals it
 //! ([`LaneWriter`]) and hands sealed records through a bounded channel to the lane's stream
 //! task. Lanes pull work, so a lane stuck on a large file does not hold up small ones.
 //!
@@ -22,6 +23,7 @@ use tokio::task::JoinSet;
 use super::fs::{Dest, PartFile, RelPath};
 use super::walk::{self, read_failed, Job, Scan};
 use super::{connection_lost, Progress, TransferError};
+use crate::compress::{Compression, Packer};
 use crate::crypto::Keys;
 use crate::error::ErrorKind;
 use crate::proto::{LaneEvent, LaneReader, LaneWriter};
@@ -39,6 +41,7 @@ pub async fn send_lanes(
     keys: &Keys,
     lanes: u16,
     chunk: usize,
+    compression: Compression,
     scan: Scan,
     progress: Arc<Progress>,
 ) -> Result<Summary, TransferError> {
@@ -52,10 +55,12 @@ pub async fn send_lanes(
         let (tx, mut rx) = mpsc::channel::<Bytes>(LANE_DEPTH);
         let writer = LaneWriter::new(keys, lane);
         let preamble = writer.preamble();
+        let packer = Packer::new(compression)
+            .map_err(|e| TransferError::internal(format!("cannot start zstd: {e}")))?;
         let jobs = job_rx.clone();
         let progress = progress.clone();
-        tasks
-            .spawn_blocking(move || lane_worker(writer, jobs, tx, chunk, &progress).map(|()| None));
+        let worker = Worker { writer, packer, chunk };
+        tasks.spawn_blocking(move || worker.run(jobs, tx, &progress).map(|()| None));
         tasks.spawn(async move {
             stream.write_all(&preamble).await.map_err(write_error)?;
             while let Some(record) = rx.recv().await {
@@ -79,53 +84,66 @@ pub async fn send_lanes(
     totals.ok_or_else(|| TransferError::internal("the walker did not report"))
 }
 
-fn lane_worker(
-    mut writer: LaneWriter,
-    jobs: Arc<Mutex<std::sync::mpsc::Receiver<Job>>>,
-    tx: mpsc::Sender<Bytes>,
+/// A sending lane's blocking half: reads, hashes, compresses and seals.
+struct Worker {
+    writer: LaneWriter,
+    packer: Packer,
     chunk: usize,
-    progress: &Progress,
-) -> Result<(), TransferError> {
-    let send = |out: Vec<u8>| {
-        progress.touch();
-        tx.blocking_send(Bytes::from(out))
-            .map_err(|_| TransferError::network("the connection to the receiver was lost"))
-    };
-    let mut buf = vec![0u8; chunk];
-    loop {
-        // Invariant: the lock is only held around `recv`; a poisoned lock means another
-        // worker panicked, and stopping this one is right.
-        let job = match jobs.lock() {
-            Ok(rx) => rx.recv(),
-            Err(_) => return Err(TransferError::internal("a lane worker panicked")),
+}
+
+impl Worker {
+    fn run(
+        self,
+        jobs: Arc<Mutex<std::sync::mpsc::Receiver<Job>>>,
+        tx: mpsc::Sender<Bytes>,
+        progress: &Progress,
+    ) -> Result<(), TransferError> {
+        let Worker { mut writer, mut packer, chunk } = self;
+        let send = |out: Vec<u8>| {
+            progress.touch();
+            tx.blocking_send(Bytes::from(out))
+                .map_err(|_| TransferError::network("the connection to the receiver was lost"))
         };
-        let Ok(job) = job else { break };
-        let mut out = Vec::new();
-        let EntryKind::File { size } = job.entry.kind else {
+        let mut buf = vec![0u8; chunk];
+        loop {
+            // Invariant: the lock is only held around `recv`; a poisoned lock means another
+            // worker panicked, and stopping this one is right.
+            let job = match jobs.lock() {
+                Ok(rx) => rx.recv(),
+                Err(_) => return Err(TransferError::internal("a lane worker panicked")),
+            };
+            let Ok(job) = job else { break };
+            let mut out = Vec::new();
+            let EntryKind::File { size } = job.entry.kind else {
+                writer.entry(&job.entry, &mut out).map_err(seal_error)?;
+                send(out)?;
+                continue;
+            };
+            let mut file =
+                std::fs::File::open(&job.local).map_err(|e| read_failed(&job.local, &e))?;
             writer.entry(&job.entry, &mut out).map_err(seal_error)?;
             send(out)?;
-            continue;
-        };
-        let mut file = std::fs::File::open(&job.local).map_err(|e| read_failed(&job.local, &e))?;
-        writer.entry(&job.entry, &mut out).map_err(seal_error)?;
-        send(out)?;
-        let mut remaining = size;
-        while remaining > 0 {
-            let n = remaining.min(chunk as u64) as usize;
-            read_full(&mut file, &mut buf[..n], &job)?;
+            packer.start_file();
+            let mut remaining = size;
+            while remaining > 0 {
+                let n = remaining.min(chunk as u64) as usize;
+                read_full(&mut file, &mut buf[..n], &job)?;
+                let mut out = Vec::new();
+                let packed = packer.pack(&buf[..n]);
+                progress.add_wire(packed.map_or(n, <[u8]>::len) as u64);
+                writer.chunk(&buf[..n], packed, &mut out).map_err(seal_error)?;
+                send(out)?;
+                progress.add(n as u64);
+                remaining -= n as u64;
+            }
             let mut out = Vec::new();
-            writer.chunk(&buf[..n], None, &mut out).map_err(seal_error)?;
+            writer.file_end(&mut out).map_err(seal_error)?;
             send(out)?;
-            progress.add(n as u64);
-            remaining -= n as u64;
         }
         let mut out = Vec::new();
-        writer.file_end(&mut out).map_err(seal_error)?;
-        send(out)?;
+        writer.lane_end(&mut out).map_err(seal_error)?;
+        send(out)
     }
-    let mut out = Vec::new();
-    writer.lane_end(&mut out).map_err(seal_error)?;
-    send(out)
 }
 
 fn read_full(file: &mut std::fs::File, buf: &mut [u8], job: &Job) -> Result<(), TransferError> {
@@ -355,7 +373,10 @@ fn apply_lane(
 ) -> Result<Summary, TransferError> {
     let mut open: Option<(PartFile, Entry)> = None;
     let mut totals = Summary::default();
+    let mut wire = 0;
     while let Some(item) = rx.blocking_recv() {
+        sink.progress.add_wire(reader.wire_bytes() - wire);
+        wire = reader.wire_bytes();
         let mut body = item?;
         sink.progress.touch();
         match reader.handle(&mut body)? {
@@ -408,6 +429,7 @@ fn apply_lane(
             LaneEvent::End => {}
         }
     }
+    sink.progress.add_wire(reader.wire_bytes() - wire);
     if !reader.is_ended() {
         return Err(TransferError::network(
             "the sender stopped in the middle of the transfer; nothing incomplete was kept",

@@ -19,6 +19,7 @@ use super::lanes::send_lanes;
 use super::meet::{join, Guard, Plan, Rendezvous};
 use super::{walk, Note, Observer, PathKind, Progress, Report, TransferError, CLOSE_TIMEOUT};
 use crate::code::Code;
+use crate::compress::Compression;
 use crate::crypto::Role;
 use crate::error::ErrorKind;
 use crate::net::discovery::{Announcer, DiscoveryConfig};
@@ -40,6 +41,8 @@ pub struct SendOptions {
     pub lanes: u16,
     /// Chunk payload size.
     pub chunk_size: usize,
+    /// What to compress.
+    pub compression: Compression,
     /// LAN discovery settings.
     pub discovery: DiscoveryConfig,
     /// Local address to bind the QUIC endpoint to.
@@ -67,6 +70,7 @@ impl SendOptions {
             wait: Duration::from_secs(3600),
             lanes: 4,
             chunk_size: DEFAULT_CHUNK,
+            compression: Compression::default(),
             discovery: DiscoveryConfig::default(),
             bind: SocketAddr::from(([0, 0, 0, 0], 0)),
             tuning: Tuning::default(),
@@ -207,7 +211,8 @@ async fn run(
     }
 
     let keys = ctl_keys(ctl)?.clone();
-    let lanes_done = send_lanes(conn, &keys, lanes, chunk, scan, progress.clone());
+    let lanes_done =
+        send_lanes(conn, &keys, lanes, chunk, opts.compression, scan, progress.clone());
     tokio::pin!(lanes_done);
     let totals = tokio::select! {
         totals = &mut lanes_done => match totals {
