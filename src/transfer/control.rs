@@ -85,10 +85,11 @@ impl ControlStream {
         let _ = self.flush().await;
     }
 
-    /// When a data stream failed because of the network, the peer may have said why on the
+    /// When a data stream failed because of the network, or because the peer closed the
+    /// connection (whose close carries only an error kind), the peer may have said why on the
     /// control stream: prefer its report (briefly waited for) over our own guess.
     pub async fn explain(&mut self, err: TransferError) -> TransferError {
-        if err.kind != ErrorKind::Network {
+        if !matches!(err.kind, ErrorKind::Network | ErrorKind::Peer) {
             return err;
         }
         match self.next_event(Duration::from_secs(1)).await {
