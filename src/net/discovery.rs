@@ -25,7 +25,9 @@
 //!    so that a receiver whose unicast path is filtered still hears it.
 //! 5. The receiver takes the announce's **source IP** with the **announced port** as the
 //!    sender's address. After the first matching announce it keeps listening for a grace
-//!    period ([`GRACE`]) to collect the sender's other addresses (one per interface the
+//!    period (four times the answer's delay after the last query, [`MIN_GRACE`] to [`GRACE`]:
+//!    other answers to the same query take about as long) to collect the sender's other
+//!    addresses (one per interface the
 //!    datagrams crossed, at most [`MAX_ADDRS`]) and to notice a second sender *instance* on
 //!    the same nameplate, which is an [`DiscoveryError::Ambiguous`] error: picking one would
 //!    be a coin toss, and a new code fixes it.
@@ -57,8 +59,11 @@ pub const DEFAULT_PORT: u16 = 41641;
 pub const GROUP_V4: Ipv4Addr = Ipv4Addr::new(239, 255, 41, 41);
 /// Environment variable that overrides [`DEFAULT_PORT`] in [`DiscoveryConfig::default`].
 pub const PORT_ENV: &str = "P2P_COPY_DISCOVERY_PORT";
-/// How long [`find`] keeps listening after the first matching answer.
+/// How long [`find`] keeps listening after the first matching answer, at most: four times
+/// that answer's delay after the last query, within [`MIN_GRACE`] and this.
 pub const GRACE: Duration = Duration::from_millis(300);
+/// How long [`find`] keeps listening after the first matching answer, at least.
+pub const MIN_GRACE: Duration = Duration::from_millis(50);
 /// At most this many addresses are collected for one sender.
 pub const MAX_ADDRS: usize = 16;
 
@@ -362,6 +367,7 @@ pub async fn find(
                     ));
                 }
                 first_round = false;
+                collector.queried(Instant::now());
                 next_query = Instant::now() + query_interval;
                 query_interval = (query_interval * 5 / 4).min(QUERY_INTERVAL_MAX);
                 continue;
@@ -480,11 +486,18 @@ struct Ambiguous;
 struct Collector {
     nameplate: u32,
     found: Option<(Found, Instant)>,
+    /// When the last query went out.
+    queried: Option<Instant>,
 }
 
 impl Collector {
     fn new(nameplate: u32) -> Self {
-        Collector { nameplate, found: None }
+        Collector { nameplate, found: None, queried: None }
+    }
+
+    /// A query went out at `now`.
+    fn queried(&mut self, now: Instant) {
+        self.queried = Some(now);
     }
 
     /// Feeds one received datagram.
@@ -510,7 +523,8 @@ impl Collector {
             None => {
                 debug!(%addr, instance = format_args!("{instance:016x}"), "sender found");
                 let found = Found { instance, addrs: vec![addr] };
-                self.found = Some((found, now + GRACE));
+                let delay = self.queried.map_or(GRACE, |q| now.saturating_duration_since(q));
+                self.found = Some((found, now + (delay * 4).clamp(MIN_GRACE, GRACE)));
             }
             Some((found, _)) if found.instance != instance => {
                 debug!(%addr, "a second sender answers for the same nameplate");
@@ -844,6 +858,7 @@ mod tests {
         c.handle(t0, from([10, 0, 0, 1]), &announce(7, 1, 0)).unwrap();
         assert_eq!(c.poll_timeout(), None);
 
+        // An announce with no query before it: the longest grace.
         c.handle(t0, from([10, 0, 0, 1]), &announce(7, 1, 4433)).unwrap();
         assert_eq!(c.poll_timeout(), Some(t0 + GRACE));
         let later = t0 + Duration::from_millis(100);
@@ -859,6 +874,18 @@ mod tests {
         assert_eq!(found.addrs.len(), MAX_ADDRS);
         assert_eq!(found.addrs[0], "10.0.0.1:4433".parse().unwrap());
         assert_eq!(found.addrs[1], "127.0.0.1:4433".parse().unwrap());
+    }
+
+    #[test]
+    fn the_grace_period_follows_the_first_answers_delay() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        for (delay, grace) in [(ms(1), MIN_GRACE), (ms(40), ms(160)), (ms(900), GRACE)] {
+            let mut c = Collector::new(7);
+            c.queried(t0);
+            c.handle(t0 + delay, loopback(DEFAULT_PORT), &announce(7, 1, 4433)).unwrap();
+            assert_eq!(c.poll_timeout(), Some(t0 + delay + grace), "answer after {delay:?}");
+        }
     }
 
     #[test]
