@@ -283,7 +283,8 @@ impl Route {
 
 /// Ends a session on both sides alike: on success the sender closes the connection (the
 /// receiver waits for that close, which proves its `Complete` arrived); on failure the peer is
-/// told why, then the connection closes. Either way the endpoint gets a moment to send.
+/// told why, then the connection closes. The side that closes gives its endpoint a moment to
+/// send the close.
 pub(crate) async fn conclude(
     role: crate::crypto::Role,
     ctl: &mut control::ControlStream,
@@ -296,12 +297,19 @@ pub(crate) async fn conclude(
     match result {
         Ok(totals) => {
             match role {
-                crate::crypto::Role::Sender => conn.close(control::close::DONE.into(), b"done"),
+                crate::crypto::Role::Sender => {
+                    conn.close(control::close::DONE.into(), b"done");
+                    // Until the close has gone out.
+                    let _ =
+                        tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
+                }
                 crate::crypto::Role::Receiver => {
+                    // The sender's close is the last packet; once it arrived there is nothing
+                    // left to send (waiting for the endpoint to go idle would only sit out
+                    // QUIC's draining period, about 80 ms on loopback).
                     let _ = tokio::time::timeout(CLOSE_TIMEOUT, conn.closed()).await;
                 }
             }
-            let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
             Ok(Report {
                 path,
                 path_changes: changes,

@@ -269,13 +269,15 @@ impl Sink {
     }
 
     /// Gives received directories their modes and mtimes, deepest first (so setting a
-    /// parent's mtime comes after its children changed it). Call after every lane finished.
+    /// parent's mtime comes after its children changed it), and makes the received names
+    /// durable. Call after every lane finished.
     pub fn finish_dirs(&self) -> Result<(), TransferError> {
         let mut dirs = std::mem::take(&mut *self.dirs.lock().map_err(|_| poisoned())?);
         dirs.sort_by_key(|(rel, _, _)| std::cmp::Reverse(rel.components().count()));
         for (rel, mode, mtime) in dirs {
             self.dest.finish_dir(&rel, mode, mtime)?;
         }
+        self.dest.sync_dirs()?;
         Ok(())
     }
 }

@@ -1,9 +1,11 @@
 //! The destination directory: checked walks from the root, directories, symlinks, new files.
 
+use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions, Permissions};
 use std::io;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, PoisonError};
 use std::time::SystemTime;
 
 use super::error::{classify, FsError};
@@ -21,6 +23,9 @@ const TEMP_SUFFIX: &str = ".part";
 pub struct Dest {
     /// Canonical: no symlinks, absolute.
     root: PathBuf,
+    /// Directories that received files whose names are not yet durable: [`Dest::sync_dirs`]
+    /// fsyncs each once, at the end, instead of once per file.
+    unsynced: Mutex<HashSet<PathBuf>>,
 }
 
 impl Dest {
@@ -47,7 +52,7 @@ impl Dest {
                 ),
             });
         }
-        Ok(Dest { root: canonical })
+        Ok(Dest { root: canonical, unsynced: Mutex::default() })
     }
 
     /// The canonical destination directory.
@@ -144,13 +149,29 @@ impl Dest {
             match opened {
                 Ok(file) => {
                     tracing::debug!(path = %path.display(), tmp = %tmp.display(), "receiving file");
-                    return Ok(PartFile::new(file, tmp, path, parent, rel.clone(), overwrite));
+                    self.unsynced
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .insert(parent.clone());
+                    return Ok(PartFile::new(file, tmp, path, rel.clone(), overwrite));
                 }
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
                 Err(e) => return Err(classify(&path, e)),
             }
         }
         Err(no_temp_name(&path))
+    }
+
+    /// Makes the names of the files committed so far durable: fsyncs every directory that
+    /// received one (file systems that cannot are skipped). Call once every file is in place,
+    /// before telling the sender the transfer is complete.
+    pub fn sync_dirs(&self) -> Result<(), FsError> {
+        let dirs =
+            std::mem::take(&mut *self.unsynced.lock().unwrap_or_else(PoisonError::into_inner));
+        for dir in dirs {
+            super::part::sync_dir(&dir)?;
+        }
+        Ok(())
     }
 
     /// Create the parents of `rel` and check its final name: it may exist only with `overwrite`,

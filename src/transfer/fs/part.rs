@@ -19,8 +19,6 @@ pub struct PartFile {
     tmp: PathBuf,
     /// The final name.
     path: PathBuf,
-    /// The directory holding both, fsynced after the rename.
-    parent: PathBuf,
     rel: RelPath,
     overwrite: bool,
     written: u64,
@@ -33,11 +31,10 @@ impl PartFile {
         file: File,
         tmp: PathBuf,
         path: PathBuf,
-        parent: PathBuf,
         rel: RelPath,
         overwrite: bool,
     ) -> PartFile {
-        PartFile { file, tmp, path, parent, rel, overwrite, written: 0, tmp_exists: true }
+        PartFile { file, tmp, path, rel, overwrite, written: 0, tmp_exists: true }
     }
 
     /// Append `data`. ENOSPC and EDQUOT surface as [`FsError::DiskFull`].
@@ -53,7 +50,9 @@ impl PartFile {
     }
 
     /// Make the file durable and put it in place: set `mtime` and `mode` (setuid/setgid
-    /// dropped), fsync, atomically move it onto the final name, fsync the directory.
+    /// dropped), fsync, atomically move it onto the final name. The name itself becomes
+    /// durable with [`Dest::sync_dirs`](super::Dest::sync_dirs): a crash before that may lose
+    /// the file, but never leaves its final name on incomplete data.
     ///
     /// Without `overwrite`, a final name that appeared since [`create_file`] is reported as
     /// [`FsError::Exists`] and left alone; a directory there is never replaced. On error the
@@ -70,7 +69,6 @@ impl PartFile {
             .map_err(|e| classify(path, e))?;
         self.file.sync_all().map_err(|e| classify(path, e))?;
         self.install()?;
-        sync_dir(&self.parent)?;
         tracing::debug!(path = %self.path.display(), bytes = self.written, "file committed");
         Ok(())
     }
@@ -147,7 +145,7 @@ impl Drop for PartFile {
 
 /// fsync a directory so a rename in it survives a crash. File systems that cannot (EINVAL) are
 /// skipped.
-fn sync_dir(dir: &std::path::Path) -> Result<(), FsError> {
+pub(super) fn sync_dir(dir: &std::path::Path) -> Result<(), FsError> {
     let result = File::open(dir).and_then(|d| d.sync_all());
     match result {
         Ok(()) => Ok(()),
