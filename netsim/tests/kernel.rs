@@ -133,6 +133,10 @@ fn hairpinning_only_when_asked_for() {
             assert_eq!(got.is_some(), hairpin, "{what}: arrived {got:?}");
             if let Some(from) = got {
                 assert_eq!(from.ip(), IpAddr::V4(router.wan), "{what}: from the public address");
+                if nat == Nat::PortRestricted {
+                    // The port is kept too: exactly the sender's public mapping.
+                    assert_eq!(from, b_public, "{what}");
+                }
                 // The answer goes back the same way.
                 assert_eq!(deliver(&a, from, &b, ARRIVES), Some(a_public), "{what}: answer");
             }

@@ -25,8 +25,9 @@
 //!    so that a receiver whose unicast path is filtered still hears it.
 //! 5. The receiver takes the announce's **source IP** with the **announced port** as the
 //!    sender's address. After the first matching announce it keeps listening for a grace
-//!    period (four times the answer's delay after the last query, [`MIN_GRACE`] to [`GRACE`]:
-//!    other answers to the same query take about as long) to collect the sender's other
+//!    period (four times as long as that announce took to answer the receiver's last query,
+//!    [`MIN_GRACE`] to [`GRACE`]: other answers to the same query take about as long; the full
+//!    [`GRACE`] for an unsolicited announce or a late answer) to collect the sender's other
 //!    addresses (one per interface the
 //!    datagrams crossed, at most [`MAX_ADDRS`]) and to notice a second sender *instance* on
 //!    the same nameplate, which is an [`DiscoveryError::Ambiguous`] error: picking one would
@@ -60,7 +61,8 @@ pub const GROUP_V4: Ipv4Addr = Ipv4Addr::new(239, 255, 41, 41);
 /// Environment variable that overrides [`DEFAULT_PORT`] in [`DiscoveryConfig::default`].
 pub const PORT_ENV: &str = "P2P_COPY_DISCOVERY_PORT";
 /// How long [`find`] keeps listening after the first matching answer, at most: four times
-/// that answer's delay after the last query, within [`MIN_GRACE`] and this.
+/// that answer's delay after the query it answers (when that is the last query), within
+/// [`MIN_GRACE`] and this; this long after any other announce.
 pub const GRACE: Duration = Duration::from_millis(300);
 /// How long [`find`] keeps listening after the first matching answer, at least.
 pub const MIN_GRACE: Duration = Duration::from_millis(50);
@@ -308,8 +310,6 @@ pub async fn find(
     let started = Instant::now();
     let deadline = started + timeout;
     let group = SocketAddrV4::new(config.group, config.port);
-    let query_id = rand::random::<u64>() | 1;
-    let query = DiscoveryMsg::Query { nameplate, query_id }.encode();
 
     let querier = bind_query_socket()?;
     // Unsolicited announces are a second chance, not a requirement: if the shared port is
@@ -355,6 +355,10 @@ pub async fn find(
         let received = tokio::select! {
             _ = sleep_until(stop_at) => break,
             _ = sleep_until(next_query) => {
+                // A fresh id per query: an answer names the query it answers, which tells
+                // how long answers take (see `Collector::handle`).
+                let query_id = rand::random::<u64>() | 1;
+                let query = DiscoveryMsg::Query { nameplate, query_id }.encode();
                 let sent = send_multicast(&querier, &targets, group, &query).await;
                 if sent == 0 && first_round {
                     return Err(DiscoveryError::io(
@@ -367,7 +371,7 @@ pub async fn find(
                     ));
                 }
                 first_round = false;
-                collector.queried(Instant::now());
+                collector.queried(query_id, Instant::now());
                 next_query = Instant::now() + query_interval;
                 query_interval = (query_interval * 5 / 4).min(QUERY_INTERVAL_MAX);
                 continue;
@@ -486,8 +490,8 @@ struct Ambiguous;
 struct Collector {
     nameplate: u32,
     found: Option<(Found, Instant)>,
-    /// When the last query went out.
-    queried: Option<Instant>,
+    /// The last query's id and when it went out.
+    queried: Option<(u64, Instant)>,
 }
 
 impl Collector {
@@ -495,18 +499,18 @@ impl Collector {
         Collector { nameplate, found: None, queried: None }
     }
 
-    /// A query went out at `now`.
-    fn queried(&mut self, now: Instant) {
-        self.queried = Some(now);
+    /// Query `id` went out at `now`.
+    fn queried(&mut self, id: u64, now: Instant) {
+        self.queried = Some((id, now));
     }
 
     /// Feeds one received datagram.
     fn handle(&mut self, now: Instant, from: SocketAddr, bytes: &[u8]) -> Result<(), Ambiguous> {
-        let (instance, port) = match DiscoveryMsg::decode(bytes) {
-            Ok(DiscoveryMsg::Announce { nameplate, instance, port, .. })
+        let (instance, port, answers) = match DiscoveryMsg::decode(bytes) {
+            Ok(DiscoveryMsg::Announce { nameplate, instance, port, query_id })
                 if nameplate == self.nameplate && port != 0 =>
             {
-                (instance, port)
+                (instance, port, query_id)
             }
             Ok(DiscoveryMsg::Announce { nameplate, .. }) => {
                 debug!(%from, nameplate, "ignoring announce for another nameplate (or port 0)");
@@ -523,8 +527,15 @@ impl Collector {
             None => {
                 debug!(%addr, instance = format_args!("{instance:016x}"), "sender found");
                 let found = Found { instance, addrs: vec![addr] };
-                let delay = self.queried.map_or(GRACE, |q| now.saturating_duration_since(q));
-                self.found = Some((found, now + (delay * 4).clamp(MIN_GRACE, GRACE)));
+                // Only an answer to the last query tells how long answers take; anything
+                // else (an unsolicited announce, a late answer) gets the full grace.
+                let grace = match self.queried {
+                    Some((id, at)) if id == answers => {
+                        (now.saturating_duration_since(at) * 4).clamp(MIN_GRACE, GRACE)
+                    }
+                    _ => GRACE,
+                };
+                self.found = Some((found, now + grace));
             }
             Some((found, _)) if found.instance != instance => {
                 debug!(%addr, "a second sender answers for the same nameplate");
@@ -880,11 +891,22 @@ mod tests {
     fn the_grace_period_follows_the_first_answers_delay() {
         let t0 = Instant::now();
         let ms = Duration::from_millis;
+        let answer = |query_id| {
+            DiscoveryMsg::Announce { nameplate: 7, instance: 1, port: 4433, query_id }.encode()
+        };
         for (delay, grace) in [(ms(1), MIN_GRACE), (ms(40), ms(160)), (ms(900), GRACE)] {
             let mut c = Collector::new(7);
-            c.queried(t0);
-            c.handle(t0 + delay, loopback(DEFAULT_PORT), &announce(7, 1, 4433)).unwrap();
+            c.queried(5, t0);
+            c.handle(t0 + delay, loopback(DEFAULT_PORT), &answer(5)).unwrap();
             assert_eq!(c.poll_timeout(), Some(t0 + delay + grace), "answer after {delay:?}");
+        }
+        // An answer to an earlier query, or an unsolicited announce, says nothing about the
+        // delay: the full grace.
+        for other in [4, 0] {
+            let mut c = Collector::new(7);
+            c.queried(5, t0);
+            c.handle(t0 + ms(1), loopback(DEFAULT_PORT), &answer(other)).unwrap();
+            assert_eq!(c.poll_timeout(), Some(t0 + ms(1) + GRACE), "query id {other}");
         }
     }
 

@@ -78,12 +78,16 @@ const INBOX: usize = 256;
 const SEGMENTS: usize = 10;
 
 thread_local! {
-    /// Set when the relay's outbox refused one of the peer's packets on this thread. quinn
-    /// calls `poll_writable` again at once, on the same thread and for the same connection,
-    /// to retry that packet: that call, and only that one, waits for room in the outbox. The
-    /// endpoint's connection to the node must never wait for it, since it is what empties the
-    /// outbox (waiting there would deadlock a busy relay).
-    static RELAY_REFUSED: Cell<bool> = const { Cell::new(false) };
+    /// The poller whose `poll_writable` last said "ready" on this thread: quinn calls
+    /// `try_send` right after, on the same thread, for the same connection. 0: none.
+    static WRITING: Cell<usize> = const { Cell::new(0) };
+    /// The poller whose packet for the peer the relay's outbox refused on this thread. quinn
+    /// calls that poller's `poll_writable` again at once to retry the packet: that call, and
+    /// only that one, waits for room in the outbox. The endpoint's connection to the node must
+    /// never wait for it, since it is what empties the outbox (waiting there would deadlock a
+    /// busy relay); so must packets quinn's endpoint sends without a poller (its answers to
+    /// unknown connections), which leave no mark. 0: none.
+    static REFUSED: Cell<usize> = const { Cell::new(0) };
 }
 
 /// How the data flowed.
@@ -413,6 +417,7 @@ impl AsyncUdpSocket for PathSocket {
     }
 
     fn try_send(&self, transmit: &Transmit) -> io::Result<()> {
+        let writing = WRITING.replace(0);
         if transmit.destination != self.peer {
             return self.base.try_send(transmit);
         }
@@ -424,7 +429,7 @@ impl AsyncUdpSocket for PathSocket {
             let result = match relay.try_send(stride, transmit.contents) {
                 Ok(true) => Ok(()),
                 Ok(false) => {
-                    RELAY_REFUSED.set(true);
+                    REFUSED.set(writing);
                     Err(io::ErrorKind::WouldBlock.into())
                 }
                 Err(e) => Err(e),
@@ -519,16 +524,20 @@ impl fmt::Debug for PathPoller {
 impl UdpPoller for PathPoller {
     fn poll_writable(self: Pin<&mut Self>, cx: &mut Context) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        let me = std::ptr::from_ref::<PathPoller>(this) as usize;
         let waiting = this.waiting.get_mut().unwrap_or_else(PoisonError::into_inner);
-        if waiting.is_none() && RELAY_REFUSED.replace(false) {
+        let refused = REFUSED.replace(0);
+        if waiting.is_none() && refused == me {
             let relay = this.shared.route().relay.clone();
             if let Some(relay) = relay {
-                // Room in the outbox, or a direct path to send on instead.
+                // Room in the outbox, a direct path to send on instead, or the relay gone.
                 let mut status = this.shared.status.subscribe();
                 *waiting = Some(Box::pin(async move {
                     tokio::select! {
                         () = relay.ready() => {}
-                        _ = status.wait_for(|s| s.direct.is_some()) => {}
+                        _ = status.wait_for(|s| {
+                            s.direct.is_some() || s.relay != Some(RelayState::Up)
+                        }) => {}
                     }
                 }));
             }
@@ -539,7 +548,11 @@ impl UdpPoller for PathPoller {
                 Poll::Pending => return Poll::Pending,
             }
         }
-        this.base.as_mut().poll_writable(cx)
+        let ready = this.base.as_mut().poll_writable(cx);
+        if ready.is_ready() {
+            WRITING.set(me);
+        }
+        ready
     }
 }
 

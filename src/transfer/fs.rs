@@ -12,7 +12,8 @@
 //!    are created one by one; losing a creation race means looking again, not trusting.
 //! 3. **Final names are never opened.** File data goes to a new hidden temporary file beside
 //!    the final name (`.<name>.p2p-copy-<hex>.part`, `O_EXCL`, mode 0o600), which is fsynced,
-//!    given its mode and mtime, then atomically renamed into place, and the directory fsynced.
+//!    given its mode and mtime, then atomically renamed into place; each directory that got
+//!    entries is fsynced once at the end ([`Dest::sync_dirs`]).
 //!    Dropping a [`PartFile`] without committing removes it: no half-written file is ever
 //!    visible under a final name.
 //! 4. **Overwriting is explicit.** Without it, an existing final name (any type, dangling

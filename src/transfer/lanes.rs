@@ -272,12 +272,14 @@ impl Sink {
     /// parent's mtime comes after its children changed it), and makes the received names
     /// durable. Call after every lane finished.
     pub fn finish_dirs(&self) -> Result<(), TransferError> {
+        // First, while the directories are still ours to open (the sender's modes may not
+        // let us read them afterwards).
+        self.dest.sync_dirs()?;
         let mut dirs = std::mem::take(&mut *self.dirs.lock().map_err(|_| poisoned())?);
         dirs.sort_by_key(|(rel, _, _)| std::cmp::Reverse(rel.components().count()));
         for (rel, mode, mtime) in dirs {
             self.dest.finish_dir(&rel, mode, mtime)?;
         }
-        self.dest.sync_dirs()?;
         Ok(())
     }
 }

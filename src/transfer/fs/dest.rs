@@ -23,8 +23,8 @@ const TEMP_SUFFIX: &str = ".part";
 pub struct Dest {
     /// Canonical: no symlinks, absolute.
     root: PathBuf,
-    /// Directories that received files whose names are not yet durable: [`Dest::sync_dirs`]
-    /// fsyncs each once, at the end, instead of once per file.
+    /// Directories that received entries (files, directories, symlinks) whose names are not
+    /// yet durable: [`Dest::sync_dirs`] fsyncs each once, at the end, instead of once per entry.
     unsynced: Mutex<HashSet<PathBuf>>,
 }
 
@@ -114,6 +114,7 @@ impl Dest {
             ));
         }
         let (parent, path) = self.prepare_final(rel, overwrite)?;
+        self.unsynced(parent.clone());
         if !overwrite {
             // symlink(2) never replaces: an entry that appeared meanwhile is reported.
             return std::os::unix::fs::symlink(target, &path).map_err(|e| match e.kind() {
@@ -149,10 +150,7 @@ impl Dest {
             match opened {
                 Ok(file) => {
                     tracing::debug!(path = %path.display(), tmp = %tmp.display(), "receiving file");
-                    self.unsynced
-                        .lock()
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .insert(parent.clone());
+                    self.unsynced(parent.clone());
                     return Ok(PartFile::new(file, tmp, path, rel.clone(), overwrite));
                 }
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
@@ -162,7 +160,12 @@ impl Dest {
         Err(no_temp_name(&path))
     }
 
-    /// Makes the names of the files committed so far durable: fsyncs every directory that
+    /// Notes that `dir` got a new entry, to be made durable by [`Dest::sync_dirs`].
+    fn unsynced(&self, dir: PathBuf) {
+        self.unsynced.lock().unwrap_or_else(PoisonError::into_inner).insert(dir);
+    }
+
+    /// Makes the names of the entries created so far durable: fsyncs every directory that
     /// received one (file systems that cannot are skipped). Call once every file is in place,
     /// before telling the sender the transfer is complete.
     pub fn sync_dirs(&self) -> Result<(), FsError> {
@@ -212,7 +215,12 @@ impl Dest {
                 Ok(meta) => meta,
                 Err(e) if e.kind() == io::ErrorKind::NotFound && create => {
                     match fs::create_dir(&path) {
-                        Ok(()) => continue,
+                        Ok(()) => {
+                            if let Some(parent) = path.parent() {
+                                self.unsynced(parent.to_path_buf());
+                            }
+                            continue;
+                        }
                         // Lost a race: look again at whatever is there now.
                         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
                             fs::symlink_metadata(&path).map_err(|e| classify(&path, e))?
