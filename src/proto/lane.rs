@@ -176,8 +176,19 @@ pub struct LaneReader {
     ended: bool,
     file: Option<ReadFile>,
     scratch: Vec<u8>,
+    unzstd: Unzstd,
     /// Chunk payload bytes received, as sent (compressed or not).
     wire: u64,
+}
+
+/// A zstd decompression context, kept for the lane's life.
+#[derive(Default)]
+struct Unzstd(zstd::bulk::Decompressor<'static>);
+
+impl std::fmt::Debug for Unzstd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Unzstd")
+    }
 }
 
 #[derive(Debug)]
@@ -199,6 +210,7 @@ impl LaneReader {
             ended: false,
             file: None,
             scratch: Vec::new(),
+            unzstd: Unzstd::default(),
             wire: 0,
         }
     }
@@ -250,8 +262,9 @@ impl LaneReader {
                     // Into the same buffer every time; more than `max_chunk` bytes fail.
                     self.scratch.clear();
                     self.scratch.reserve(self.max_chunk);
-                    zstd::bulk::Decompressor::new()
-                        .and_then(|mut z| z.decompress_to_buffer(payload, &mut self.scratch))
+                    self.unzstd
+                        .0
+                        .decompress_to_buffer(payload, &mut self.scratch)
                         .map_err(|_| LaneError::Decode(DecodeError::Invalid("zstd payload")))?;
                     &self.scratch
                 } else {
