@@ -333,14 +333,18 @@ fn lossy_rate_limited_link_completes() {
 #[test]
 fn ipv6_goes_direct_where_ipv4_is_symmetric() {
     let Some(mut w) = World::build(true) else { return };
-    let s = place(&mut w.net, "snd", Place::Behind(Nat::Symmetric));
+    // The IPv6 path answers about a second into probing, as the receiver's wait for a direct
+    // path ends, so the transfer may start on the relay. At 20 Mbit/s from the sender, 8 MiB
+    // take over 3 s: time to move to the direct path, which must then carry the rest.
+    let options = RouterOptions { rate_kbit: Some(20_000), ..RouterOptions::default() };
+    let mut s_router = w.net.router("sndr", Nat::Symmetric, options).unwrap();
+    let s = w.net.host_behind(&mut s_router, "snd").unwrap();
     let r = place(&mut w.net, "rcv", Place::Behind(Nat::Symmetric));
     assert!(s.addr6.is_some() && r.addr6.is_some());
     w.start_node();
-    let (so, ro, connect) = w.transfer(&s, &r, &fresh_code());
+    let (so, ro, connect) = w.transfer_with(&s, &r, &fresh_code(), 8 << 20, |_| {});
     assert_exits(&[(&so, 0), (&ro, 0)]);
     assert_eq!(ro.event("done").unwrap()["path"], "direct", "{ro}");
-    // The transfer may start on the relay and move once the IPv6 path answers.
     let sender6 = s.addr6.unwrap().to_string();
     let up = direct_peer(&ro);
     assert!(up.contains(&sender6), "the direct path is the sender's IPv6 address: {up}\n{ro}");
