@@ -23,16 +23,6 @@ pub enum Compression {
     Off,
 }
 
-impl fmt::Display for Compression {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Compression::Auto => "auto",
-            Compression::On => "on",
-            Compression::Off => "off",
-        })
-    }
-}
-
 /// zstd level: the fastest of the regular levels; it still shrinks text and logs several-fold.
 pub const LEVEL: i32 = 1;
 /// `auto` keeps a compressed chunk only when it is at least this much smaller.

@@ -377,10 +377,7 @@ fn apply_lane(
 ) -> Result<Summary, TransferError> {
     let mut open: Option<(PartFile, Entry)> = None;
     let mut totals = Summary::default();
-    let mut wire = 0;
     while let Some(item) = rx.blocking_recv() {
-        sink.progress.add_wire(reader.wire_bytes() - wire);
-        wire = reader.wire_bytes();
         let mut body = item?;
         sink.progress.touch();
         match reader.handle(&mut body)? {
@@ -433,7 +430,8 @@ fn apply_lane(
             LaneEvent::End => {}
         }
     }
-    sink.progress.add_wire(reader.wire_bytes() - wire);
+    // Only the final report reads it.
+    sink.progress.add_wire(reader.wire_bytes());
     if !reader.is_ended() {
         return Err(TransferError::network(
             "the sender stopped in the middle of the transfer; nothing incomplete was kept",
