@@ -8,5 +8,5 @@
 pub mod lane;
 pub mod session;
 
-pub use lane::{LaneError, LaneEvent, LaneReader, LaneWriter};
+pub use lane::{LaneError, LaneEvent, LaneReader, LaneWriter, CHUNK_PAYLOAD_AT};
 pub use session::{Channel, Config, Event, Session, SessionError, MAILBOX_LANE};

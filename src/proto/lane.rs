@@ -50,6 +50,10 @@ impl From<CryptoError> for LaneError {
     }
 }
 
+/// Where a chunk's payload starts in the record buffer [`LaneWriter::chunk_in_place`] takes:
+/// after the frame header and the chunk header.
+pub const CHUNK_PAYLOAD_AT: usize = frame::HEADER_LEN + CHUNK_HEADER_LEN;
+
 /// Builds the sealed records of one lane.
 #[derive(Debug)]
 pub struct LaneWriter {
@@ -96,23 +100,46 @@ impl LaneWriter {
         compressed: Option<&[u8]>,
         out: &mut Vec<u8>,
     ) -> Result<(), CryptoError> {
+        out.clear();
+        out.reserve(CHUNK_PAYLOAD_AT + payload.len() + crate::crypto::TAG_LEN);
+        out.resize(CHUNK_PAYLOAD_AT, 0);
+        out.extend_from_slice(payload);
+        self.chunk_in_place(out, compressed)
+    }
+
+    /// Turns `record` into a CHUNK record without copying its payload: `record` holds
+    /// [`CHUNK_PAYLOAD_AT`] bytes of room (any content), then the open file's next bytes.
+    /// `compressed`, if given, is a zstd frame of those bytes to send instead (the hash covers
+    /// the original).
+    pub fn chunk_in_place(
+        &mut self,
+        record: &mut Vec<u8>,
+        compressed: Option<&[u8]>,
+    ) -> Result<(), CryptoError> {
         let Some(file) = self.file.as_mut() else {
             debug_assert!(false, "chunk without an open file");
             return Ok(());
         };
+        debug_assert!(record.len() > CHUNK_PAYLOAD_AT, "chunk without room or payload");
+        let payload = &record[CHUNK_PAYLOAD_AT..];
         debug_assert!(file.written + payload.len() as u64 <= file.size, "chunk beyond file size");
         file.hash.update(payload);
         let (id, offset) = (file.id, file.written);
         file.written += payload.len() as u64;
-        let (flags, body) = match compressed {
-            Some(c) => (FLAG_ZSTD, c),
-            None => (0, payload),
+        let flags = match compressed {
+            Some(c) => {
+                record.truncate(CHUNK_PAYLOAD_AT);
+                record.extend_from_slice(c);
+                FLAG_ZSTD
+            }
+            None => 0,
         };
-        self.seal(out, |buf| {
-            buf.reserve(CHUNK_HEADER_LEN + body.len() + crate::crypto::TAG_LEN);
-            data::encode_chunk_header(buf, flags, id, offset);
-            buf.extend_from_slice(body);
-        })
+        record.reserve(crate::crypto::TAG_LEN);
+        record[frame::HEADER_LEN..CHUNK_PAYLOAD_AT]
+            .copy_from_slice(&data::chunk_header(flags, id, offset));
+        self.sealer.seal(record, frame::HEADER_LEN)?;
+        frame::finish(record);
+        Ok(())
     }
 
     /// Bytes of the open file written so far.

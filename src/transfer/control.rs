@@ -191,17 +191,35 @@ pub(crate) async fn read_frame_capped(
     recv: &mut quinn::RecvStream,
     max: usize,
 ) -> Result<Option<Vec<u8>>, TransferError> {
+    let mut body = Vec::new();
+    Ok(read_frame_into(recv, max, &mut body).await?.then_some(body))
+}
+
+/// Reads one frame body of at most `max` bytes into `body` (replacing what it held, reusing
+/// its allocation, zeroing nothing); false at a clean end between frames.
+pub(crate) async fn read_frame_into(
+    recv: &mut quinn::RecvStream,
+    max: usize,
+    body: &mut Vec<u8>,
+) -> Result<bool, TransferError> {
     let mut header = [0u8; frame::HEADER_LEN];
     match recv.read_exact(&mut header).await {
         Ok(()) => {}
-        Err(quinn::ReadExactError::FinishedEarly(0)) => return Ok(None),
+        Err(quinn::ReadExactError::FinishedEarly(0)) => return Ok(false),
         Err(e) => return Err(read_error(e)),
     }
     let len = frame::body_len(header, max)
         .map_err(|e| TransferError::new(ErrorKind::Protocol, format!("the other side sent {e}")))?;
-    let mut body = vec![0u8; len];
-    recv.read_exact(&mut body).await.map_err(read_error)?;
-    Ok(Some(body))
+    body.clear();
+    body.reserve(len);
+    while body.len() < len {
+        match recv.read_chunk(len - body.len(), true).await {
+            Ok(Some(chunk)) => body.extend_from_slice(&chunk.bytes),
+            Ok(None) => return Err(read_error(quinn::ReadExactError::FinishedEarly(body.len()))),
+            Err(e) => return Err(read_error(quinn::ReadExactError::ReadError(e))),
+        }
+    }
+    Ok(true)
 }
 
 fn read_error(e: quinn::ReadExactError) -> TransferError {

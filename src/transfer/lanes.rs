@@ -20,13 +20,15 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
+use super::control::read_frame_into;
 use super::fs::{Dest, PartFile, RelPath};
 use super::walk::{self, read_failed, Job, Scan};
 use super::{connection_lost, Progress, TransferError};
 use crate::compress::{Compression, Packer};
 use crate::crypto::Keys;
+use crate::crypto::TAG_LEN;
 use crate::error::ErrorKind;
-use crate::proto::{LaneEvent, LaneReader, LaneWriter};
+use crate::proto::{LaneEvent, LaneReader, LaneWriter, CHUNK_PAYLOAD_AT};
 use crate::wire::control::{Offer, Summary};
 use crate::wire::data::{Entry, EntryKind, CHUNK_HEADER_LEN};
 
@@ -104,7 +106,6 @@ impl Worker {
             tx.blocking_send(Bytes::from(out))
                 .map_err(|_| TransferError::network("the connection to the receiver was lost"))
         };
-        let mut buf = vec![0u8; chunk];
         loop {
             // Invariant: the lock is only held around `recv`; a poisoned lock means another
             // worker panicked, and stopping this one is right.
@@ -127,11 +128,13 @@ impl Worker {
             let mut remaining = size;
             while remaining > 0 {
                 let n = remaining.min(chunk as u64) as usize;
-                read_full(&mut file, &mut buf[..n], &job)?;
-                let mut out = Vec::new();
-                let packed = packer.pack(&buf[..n]);
+                // The file's bytes go straight into the record, which is sealed in place.
+                let mut out = Vec::with_capacity(CHUNK_PAYLOAD_AT + n + TAG_LEN);
+                out.resize(CHUNK_PAYLOAD_AT, 0);
+                read_exactly(&mut file, n, &mut out, &job)?;
+                let packed = packer.pack(&out[CHUNK_PAYLOAD_AT..]);
                 progress.add_wire(packed.map_or(n, <[u8]>::len) as u64);
-                writer.chunk(&buf[..n], packed, &mut out).map_err(seal_error)?;
+                writer.chunk_in_place(&mut out, packed).map_err(seal_error)?;
                 send(out)?;
                 progress.add(n as u64);
                 remaining -= n as u64;
@@ -146,23 +149,21 @@ impl Worker {
     }
 }
 
-fn read_full(file: &mut std::fs::File, buf: &mut [u8], job: &Job) -> Result<(), TransferError> {
-    let mut filled = 0;
-    while filled < buf.len() {
-        match file.read(&mut buf[filled..]) {
-            Ok(0) => {
-                return Err(TransferError::new(
-                    ErrorKind::Io,
-                    format!(
-                        "{} shrank while it was being sent; send it again",
-                        job.local.display()
-                    ),
-                ))
-            }
-            Ok(n) => filled += n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(read_failed(&job.local, &e)),
-        }
+/// Appends exactly `n` bytes of `file` to `out` (into its spare capacity: nothing is zeroed
+/// first); fewer means the file shrank since it was scanned.
+fn read_exactly(
+    file: &mut std::fs::File,
+    n: usize,
+    out: &mut Vec<u8>,
+    job: &Job,
+) -> Result<(), TransferError> {
+    let want = out.len() + n;
+    file.take(n as u64).read_to_end(out).map_err(|e| read_failed(&job.local, &e))?;
+    if out.len() < want {
+        return Err(TransferError::new(
+            ErrorKind::Io,
+            format!("{} shrank while it was being sent; send it again", job.local.display()),
+        ));
     }
     Ok(())
 }
@@ -353,11 +354,15 @@ async fn receive_lane(
     }
     let reader = LaneReader::new(&setup.keys, lane, setup.chunk);
     let (tx, rx) = mpsc::channel::<Result<Vec<u8>, TransferError>>(LANE_DEPTH);
-    let worker = tokio::task::spawn_blocking(move || apply_lane(reader, rx, &sink));
+    // Record buffers go back to the stream task once applied, so a lane reuses a few
+    // allocations instead of making (and faulting in) one per record.
+    let (spent_tx, mut spent) = mpsc::channel::<Vec<u8>>(LANE_DEPTH + 2);
+    let worker = tokio::task::spawn_blocking(move || apply_lane(reader, rx, spent_tx, &sink));
     loop {
-        let item = match super::control::read_frame_capped(&mut stream, setup.max_frame).await {
-            Ok(Some(body)) => Ok(body),
-            Ok(None) => break,
+        let mut body = spent.try_recv().unwrap_or_default();
+        let item = match read_frame_into(&mut stream, setup.max_frame, &mut body).await {
+            Ok(true) => Ok(body),
+            Ok(false) => break,
             Err(e) => Err(e),
         };
         let failed = item.is_err();
@@ -373,6 +378,7 @@ async fn receive_lane(
 fn apply_lane(
     mut reader: LaneReader,
     mut rx: mpsc::Receiver<Result<Vec<u8>, TransferError>>,
+    spent: mpsc::Sender<Vec<u8>>,
     sink: &Sink,
 ) -> Result<Summary, TransferError> {
     let mut open: Option<(PartFile, Entry)> = None;
@@ -429,6 +435,8 @@ fn apply_lane(
             }
             LaneEvent::End => {}
         }
+        // A full channel means the stream task holds enough buffers: this one is dropped.
+        let _ = spent.try_send(body);
     }
     // Only the final report reads it.
     sink.progress.add_wire(reader.wire_bytes());

@@ -120,7 +120,7 @@ impl Record<'_> {
                 to_postcard(e, out);
             }
             Record::Chunk { flags, file_id, offset, payload } => {
-                encode_chunk_header(out, *flags, *file_id, *offset);
+                out.extend_from_slice(&chunk_header(*flags, *file_id, *offset));
                 out.extend_from_slice(payload);
             }
             Record::FileEnd { file_id, sha256 } => {
@@ -179,13 +179,15 @@ impl Record<'_> {
     }
 }
 
-/// Writes a CHUNK header; the payload follows. Lets the sender read file data straight into
-/// the record buffer.
-pub fn encode_chunk_header(out: &mut Vec<u8>, flags: u8, file_id: u64, offset: u64) {
-    out.push(TYPE_CHUNK);
-    out.push(flags);
-    out.extend_from_slice(&file_id.to_be_bytes());
-    out.extend_from_slice(&offset.to_be_bytes());
+/// A CHUNK record's header; the payload follows it. Lets the sender read file data straight
+/// into the record buffer.
+pub fn chunk_header(flags: u8, file_id: u64, offset: u64) -> [u8; CHUNK_HEADER_LEN] {
+    let mut header = [0u8; CHUNK_HEADER_LEN];
+    header[0] = TYPE_CHUNK;
+    header[1] = flags;
+    header[2..10].copy_from_slice(&file_id.to_be_bytes());
+    header[10..].copy_from_slice(&offset.to_be_bytes());
+    header
 }
 
 impl Entry {
@@ -274,7 +276,7 @@ mod tests {
         assert_eq!(Record::decode(&[0x7f]), Err(DecodeError::UnknownType(0x7f)));
         assert_eq!(Record::decode(&[TYPE_CHUNK, 0, 1]), Err(DecodeError::Truncated));
         let mut bad_flags = Vec::new();
-        encode_chunk_header(&mut bad_flags, 0x80, 1, 0);
+        bad_flags.extend_from_slice(&chunk_header(0x80, 1, 0));
         assert_eq!(Record::decode(&bad_flags), Err(DecodeError::Invalid("chunk flags")));
         assert_eq!(Record::decode(&[TYPE_LANE_END, 0]), Err(DecodeError::Truncated));
         let mut long = vec![TYPE_LANE_END];
