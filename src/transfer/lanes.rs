@@ -131,7 +131,7 @@ impl Worker {
                 // The file's bytes go straight into the record, which is sealed in place.
                 let mut out = Vec::with_capacity(CHUNK_PAYLOAD_AT + n + TAG_LEN);
                 out.resize(CHUNK_PAYLOAD_AT, 0);
-                read_exactly(&mut file, n, &mut out, &job)?;
+                read_exactly(&mut file, n, &mut out, &job.local)?;
                 let packed = packer.pack(&out[CHUNK_PAYLOAD_AT..]);
                 progress.add_wire(packed.map_or(n, <[u8]>::len) as u64);
                 writer.chunk_in_place(&mut out, packed).map_err(seal_error)?;
@@ -155,14 +155,14 @@ fn read_exactly(
     file: &mut std::fs::File,
     n: usize,
     out: &mut Vec<u8>,
-    job: &Job,
+    local: &std::path::Path,
 ) -> Result<(), TransferError> {
     let want = out.len() + n;
-    file.take(n as u64).read_to_end(out).map_err(|e| read_failed(&job.local, &e))?;
+    file.take(n as u64).read_to_end(out).map_err(|e| read_failed(local, &e))?;
     if out.len() < want {
         return Err(TransferError::new(
             ErrorKind::Io,
-            format!("{} shrank while it was being sent; send it again", job.local.display()),
+            format!("{} shrank while it was being sent; send it again", local.display()),
         ));
     }
     Ok(())
@@ -446,4 +446,25 @@ fn apply_lane(
         ));
     }
     Ok(totals)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Reading appends exactly the bytes asked for after what the buffer held, and a file
+    /// with fewer bytes left is an error that names it.
+    #[test]
+    fn read_exactly_appends_or_reports_a_shrunk_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        std::fs::write(&path, b"0123456789").unwrap();
+        let mut file = std::fs::File::open(&path).unwrap();
+        let mut out = vec![7u8; 3];
+        read_exactly(&mut file, 4, &mut out, &path).unwrap();
+        assert_eq!(out, b"\x07\x07\x070123");
+        let err = read_exactly(&mut file, 7, &mut out, &path).unwrap_err();
+        assert_eq!(err.kind, ErrorKind::Io);
+        assert!(err.to_string().contains("shrank"), "{err}");
+    }
 }
