@@ -20,7 +20,7 @@ pub enum ErrorKind {
     Refused,
     /// Files to be written already exist at the destination.
     Conflict,
-    /// A file's SHA-256 did not match, or a sealed record failed authentication.
+    /// A file's BLAKE3 hash did not match, or a sealed record failed authentication.
     Integrity,
     /// The network failed or timed out; no peer found.
     Network,

@@ -3,7 +3,7 @@
 //!
 //! - [`session`]: the control-stream state machine (PAKE → confirm → hello → offer/accept →
 //!   finish → complete).
-//! - [`lane`]: the data lanes' record writer and checker (entries, chunks, per-file SHA-256).
+//! - [`lane`]: the data lanes' record writer and checker (entries, chunks, per-file BLAKE3 hash).
 
 pub mod lane;
 pub mod session;

@@ -4,7 +4,7 @@
 //! - [`control`]: messages on the control stream — the clear handshake (PAKE, confirmation)
 //!   and, sealed, the session messages (hello, offer, accept, finish, …), versioned.
 //! - [`data`]: records on data lanes — manifest entries, file chunks (fixed binary header plus
-//!   payload), file ends with their SHA-256, lane ends.
+//!   payload), file ends with their BLAKE3 hash, lane ends.
 //! - [`discovery`]: LAN discovery datagrams.
 //!
 //! `docs/protocol.md` describes the same bytes; the snapshot tests pin them.

@@ -27,7 +27,6 @@ use p2p_copy::wire::control::Offer;
 use p2p_copy::wire::data::{Entry, EntryKind, Record, DEFAULT_CHUNK};
 use p2p_copy::wire::frame;
 use rand::rngs::OsRng;
-use sha2::{Digest, Sha256};
 use util::*;
 
 /// Bound on everything the malicious side waits for.
@@ -232,7 +231,7 @@ fn lying_entry(fx: &Fixture, path: &str) -> Outcome {
             mtime: None,
         }),
         Record::Chunk { flags: 0, file_id: 2, offset: 0, payload: content },
-        Record::FileEnd { file_id: 2, sha256: Sha256::digest(content).into() },
+        Record::FileEnd { file_id: 2, hash: blake3::hash(content).into() },
         Record::LaneEnd { entries: 2 },
     ];
     let (r, err) = against_receiver(fx, async |evil: &mut Evil| {
@@ -281,7 +280,7 @@ fn entry_outside_the_offer_is_refused() {
 fn content_not_matching_its_hash_is_discarded() {
     let mut fx = Fixture::new();
     let (a, b) = (fx.rng.bytes(40_000), fx.rng.bytes(30_000));
-    let mut claimed = Sha256::new();
+    let mut claimed = blake3::Hasher::new();
     claimed.update(&a);
     claimed.update(b"not what was sent");
     let size = (a.len() + b.len()) as u64;
@@ -295,7 +294,7 @@ fn content_not_matching_its_hash_is_discarded() {
         }),
         Record::Chunk { flags: 0, file_id: 1, offset: 0, payload: &a },
         Record::Chunk { flags: 0, file_id: 1, offset: a.len() as u64, payload: &b },
-        Record::FileEnd { file_id: 1, sha256: claimed.finalize().into() },
+        Record::FileEnd { file_id: 1, hash: claimed.finalize().into() },
         Record::LaneEnd { entries: 1 },
     ];
     let (r, err) = against_receiver(&fx, async |evil: &mut Evil| {

@@ -7,12 +7,10 @@
 //!
 //! 1. `ENTRY` (directory or symlink: complete by itself; file: opens it);
 //! 2. for a file, `CHUNK`s with the file's id, consecutive offsets from 0, never beyond the
-//!    announced size; then `FILE_END`, whose SHA-256 must equal the hash of what arrived;
+//!    announced size; then `FILE_END`, whose BLAKE3 hash must equal the hash of what arrived;
 //! 3. finally `LANE_END` with the number of entries the lane carried.
 //!
 //! Any deviation is a [`LaneError`]; the driver stops the transfer and discards the file.
-
-use sha2::{Digest, Sha256};
 
 use crate::crypto::{CryptoError, Keys, Opener, Sealer};
 use crate::wire::data::{self, Entry, EntryKind, Record, CHUNK_HEADER_LEN, FLAG_ZSTD};
@@ -31,7 +29,7 @@ pub enum LaneError {
     #[error("the sender broke the protocol: {0}")]
     Order(&'static str),
     /// A file's content did not match its hash.
-    #[error("{path} arrived corrupted (SHA-256 mismatch)")]
+    #[error("{path} arrived corrupted (its BLAKE3 hash did not match)")]
     Hash {
         /// The file's path.
         path: String,
@@ -67,7 +65,7 @@ struct WriteFile {
     id: u64,
     size: u64,
     written: u64,
-    hash: Sha256,
+    hash: blake3::Hasher,
 }
 
 impl LaneWriter {
@@ -86,7 +84,8 @@ impl LaneWriter {
     pub fn entry(&mut self, entry: &Entry, out: &mut Vec<u8>) -> Result<(), CryptoError> {
         debug_assert!(self.file.is_none(), "entry while a file is open");
         if let EntryKind::File { size } = entry.kind {
-            self.file = Some(WriteFile { id: entry.id, size, written: 0, hash: Sha256::new() });
+            self.file =
+                Some(WriteFile { id: entry.id, size, written: 0, hash: blake3::Hasher::new() });
         }
         self.entries += 1;
         self.seal(out, |buf| Record::Entry(entry.clone()).encode(buf))
@@ -147,16 +146,16 @@ impl LaneWriter {
         self.file.as_ref().map_or(0, |f| f.written)
     }
 
-    /// Writes the FILE_END record of the open file; returns its SHA-256.
+    /// Writes the FILE_END record of the open file; returns its BLAKE3 hash.
     pub fn file_end(&mut self, out: &mut Vec<u8>) -> Result<[u8; 32], CryptoError> {
         let Some(file) = self.file.take() else {
             debug_assert!(false, "file_end without an open file");
             return Ok([0; 32]);
         };
         debug_assert_eq!(file.written, file.size, "file_end before the whole file");
-        let sha256: [u8; 32] = file.hash.finalize().into();
-        self.seal(out, |buf| Record::FileEnd { file_id: file.id, sha256 }.encode(buf))?;
-        Ok(sha256)
+        let hash: [u8; 32] = file.hash.finalize().into();
+        self.seal(out, |buf| Record::FileEnd { file_id: file.id, hash }.encode(buf))?;
+        Ok(hash)
     }
 
     /// Writes the LANE_END record; the stream must be finished after it.
@@ -224,7 +223,7 @@ struct ReadFile {
     path: String,
     size: u64,
     received: u64,
-    hash: Sha256,
+    hash: blake3::Hasher,
 }
 
 impl LaneReader {
@@ -274,7 +273,7 @@ impl LaneReader {
                         path: entry.path.clone(),
                         size,
                         received: 0,
-                        hash: Sha256::new(),
+                        hash: blake3::Hasher::new(),
                     });
                 }
                 self.entries += 1;
@@ -308,13 +307,13 @@ impl LaneReader {
                 self.wire += payload.len() as u64;
                 Ok(LaneEvent::Data(data))
             }
-            Record::FileEnd { file_id, sha256 } => {
+            Record::FileEnd { file_id, hash } => {
                 let file = self.file.take().ok_or(LaneError::Order("file end outside a file"))?;
                 if file_id != file.id || file.received != file.size {
                     return Err(LaneError::Order("file end before the whole file"));
                 }
                 let got: [u8; 32] = file.hash.finalize().into();
-                if got != sha256 {
+                if got != hash {
                     return Err(LaneError::Hash { path: file.path });
                 }
                 Ok(LaneEvent::FileEnd { file_id })
@@ -466,7 +465,7 @@ mod tests {
     #[test]
     fn malicious_sequences_are_rejected() {
         let (s, r) = keys();
-        let sha = |d: &[u8]| -> [u8; 32] { Sha256::digest(d).into() };
+        let sha = |d: &[u8]| -> [u8; 32] { blake3::hash(d).into() };
         let cases: Vec<(Vec<Record>, &str)> = vec![
             (vec![Record::Chunk { flags: 0, file_id: 1, offset: 0, payload: b"x" }], "outside"),
             (
@@ -487,7 +486,7 @@ mod tests {
                 vec![
                     Record::Entry(file(1, 2)),
                     Record::Chunk { flags: 0, file_id: 1, offset: 0, payload: b"x" },
-                    Record::FileEnd { file_id: 1, sha256: sha(b"x") },
+                    Record::FileEnd { file_id: 1, hash: sha(b"x") },
                 ],
                 "before the whole",
             ),
@@ -495,7 +494,7 @@ mod tests {
                 vec![
                     Record::Entry(file(1, 1)),
                     Record::Chunk { flags: 0, file_id: 1, offset: 0, payload: b"x" },
-                    Record::FileEnd { file_id: 1, sha256: sha(b"y") },
+                    Record::FileEnd { file_id: 1, hash: sha(b"y") },
                 ],
                 "corrupted",
             ),

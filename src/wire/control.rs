@@ -20,7 +20,7 @@ use super::{fixed, from_postcard, to_postcard, DecodeError};
 use crate::error::ErrorKind;
 
 /// The protocol version this build speaks.
-pub const VERSION: u16 = 1;
+pub const VERSION: u16 = 2;
 /// Cap on a control frame body (an offer naming many top-level paths is the largest).
 pub const MAX_FRAME: usize = 4 << 20;
 /// Cap on the top-level names in an offer.
@@ -131,7 +131,7 @@ pub struct Hello {
     pub max_lanes: u16,
     /// Largest chunk payload this side accepts.
     pub max_chunk: u32,
-    /// Feature bits (none defined in version 1; unknown bits are ignored).
+    /// Feature bits (none defined in version 2; unknown bits are ignored).
     pub features: u64,
 }
 
@@ -169,8 +169,8 @@ pub struct Have {
     pub path: String,
     /// Bytes held.
     pub len: u64,
-    /// SHA-256 of those bytes.
-    pub sha256: [u8; 32],
+    /// BLAKE3 hash of those bytes.
+    pub hash: [u8; 32],
 }
 
 /// Why the receiver said no.
@@ -359,7 +359,7 @@ mod tests {
     fn control_snapshots() {
         let got: Vec<String> = samples().iter().map(encoded).collect();
         let want = [
-            "0001abababababababababababababababababababababababababababababababab\
+            "0002abababababababababababababababababababababababababababababababab\
              cdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcd04808040\
              00",
             "01020100ac02020670686f746f73096e6f7465732e74787402808040",

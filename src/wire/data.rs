@@ -7,7 +7,7 @@
 //! |------|----------|--------------------------------------------------------------------|
 //! | 0x01 | ENTRY    | postcard-encoded [`Entry`]                                         |
 //! | 0x02 | CHUNK    | `flags: u8 ‖ file_id: u64 BE ‖ offset: u64 BE ‖ payload`           |
-//! | 0x03 | FILE_END | `file_id: u64 BE ‖ sha256: [u8; 32]`                               |
+//! | 0x03 | FILE_END | `file_id: u64 BE ‖ blake3: [u8; 32]`                               |
 //! | 0x04 | LANE_END | `entries: u64 BE` (entries this lane carried)                      |
 //!
 //! CHUNK `flags` bit 0: the payload is a zstd frame (decompressed size ≤ the chunk size);
@@ -97,12 +97,12 @@ pub enum Record<'a> {
         /// The payload as sent.
         payload: &'a [u8],
     },
-    /// The end of a file and the SHA-256 of its whole content.
+    /// The end of a file and the BLAKE3 hash of its whole content.
     FileEnd {
         /// The file's entry id.
         file_id: u64,
-        /// SHA-256 of the file.
-        sha256: [u8; 32],
+        /// BLAKE3 hash (32 bytes) of the file.
+        hash: [u8; 32],
     },
     /// The lane is complete.
     LaneEnd {
@@ -123,10 +123,10 @@ impl Record<'_> {
                 out.extend_from_slice(&chunk_header(*flags, *file_id, *offset));
                 out.extend_from_slice(payload);
             }
-            Record::FileEnd { file_id, sha256 } => {
+            Record::FileEnd { file_id, hash } => {
                 out.push(TYPE_FILE_END);
                 out.extend_from_slice(&file_id.to_be_bytes());
-                out.extend_from_slice(sha256);
+                out.extend_from_slice(hash);
             }
             Record::LaneEnd { entries } => {
                 out.push(TYPE_LANE_END);
@@ -169,9 +169,9 @@ impl Record<'_> {
             }
             TYPE_FILE_END => {
                 let body = fixed::<40>(rest)?;
-                let mut sha256 = [0; 32];
-                sha256.copy_from_slice(&body[8..]);
-                Ok(Record::FileEnd { file_id: be_u64(&body[..8]), sha256 })
+                let mut hash = [0; 32];
+                hash.copy_from_slice(&body[8..]);
+                Ok(Record::FileEnd { file_id: be_u64(&body[..8]), hash })
             }
             TYPE_LANE_END => Ok(Record::LaneEnd { entries: be_u64(&fixed::<8>(rest)?) }),
             other => Err(DecodeError::UnknownType(other)),
@@ -264,7 +264,7 @@ mod tests {
             "02010000000000000005000000000000010078 79".replace(' ', "")
         );
         assert_eq!(
-            hex_of(&Record::FileEnd { file_id: 5, sha256: [0xee; 32] }),
+            hex_of(&Record::FileEnd { file_id: 5, hash: [0xee; 32] }),
             format!("030000000000000005{}", "ee".repeat(32))
         );
         assert_eq!(hex_of(&Record::LaneEnd { entries: 3 }), "040000000000000003");
@@ -309,7 +309,7 @@ mod tests {
                 Record::Entry(entry),
                 Record::Entry(link),
                 Record::Chunk { flags: 0, file_id: id, offset: off, payload: &payload },
-                Record::FileEnd { file_id: id, sha256: sha },
+                Record::FileEnd { file_id: id, hash: sha },
                 Record::LaneEnd { entries: off },
             ];
             for r in records {
