@@ -26,9 +26,10 @@
 //! 5. The receiver takes the announce's **source IP** with the **announced port** as the
 //!    sender's address. After the first matching announce it keeps listening for a grace
 //!    period (four times as long as that announce took to answer the receiver's last query,
-//!    [`MIN_GRACE`] to [`GRACE`]: other answers to the same query take about as long; the full
-//!    [`GRACE`] for an unsolicited announce or a late answer) to collect the sender's other
-//!    addresses (one per interface the
+//!    [`MIN_GRACE`] to [`GRACE`]: other answers to the same query take about as long). An
+//!    unsolicited announce or a late answer gets the full [`GRACE`] and makes the receiver
+//!    query again at once; the answer to that query shortens the grace as above. It collects
+//!    the sender's other addresses (one per interface the
 //!    datagrams crossed, at most [`MAX_ADDRS`]) and to notice a second sender *instance* on
 //!    the same nameplate, which is an [`DiscoveryError::Ambiguous`] error: picking one would
 //!    be a coin toss, and a new code fixes it.
@@ -384,6 +385,9 @@ pub async fn find(
                 if collector.handle(Instant::now(), from, bytes).is_err() {
                     return Err(DiscoveryError::Ambiguous { nameplate });
                 }
+                if collector.take_requery() {
+                    next_query = Instant::now();
+                }
             }
             Err(e) if is_transient(&e) => trace!(error = %e, "discovery receive"),
             Err(e) => return Err(DiscoveryError::io("receiving discovery answers failed", e)),
@@ -492,11 +496,14 @@ struct Collector {
     found: Option<(Found, Instant)>,
     /// The last query's id and when it went out.
     queried: Option<(u64, Instant)>,
+    /// The sender was first heard other than in answer to the last query: a fresh query now
+    /// tells how long its answers take, and so how short the grace can be.
+    requery: bool,
 }
 
 impl Collector {
     fn new(nameplate: u32) -> Self {
-        Collector { nameplate, found: None, queried: None }
+        Collector { nameplate, found: None, queried: None, requery: false }
     }
 
     /// Query `id` went out at `now`.
@@ -523,25 +530,25 @@ impl Collector {
             }
         };
         let addr = SocketAddr::new(from.ip(), port);
+        let grace = self.grace(now, answers);
         match &mut self.found {
             None => {
                 debug!(%addr, instance = format_args!("{instance:016x}"), "sender found");
                 let found = Found { instance, addrs: vec![addr] };
                 // Only an answer to the last query tells how long answers take; anything
-                // else (an unsolicited announce, a late answer) gets the full grace.
-                let grace = match self.queried {
-                    Some((id, at)) if id == answers => {
-                        (now.saturating_duration_since(at) * 4).clamp(MIN_GRACE, GRACE)
-                    }
-                    _ => GRACE,
-                };
-                self.found = Some((found, now + grace));
+                // else (an unsolicited announce, a late answer) gets the full grace, and a
+                // fresh query that may shorten it.
+                self.requery = grace.is_none();
+                self.found = Some((found, now + grace.unwrap_or(GRACE)));
             }
             Some((found, _)) if found.instance != instance => {
                 debug!(%addr, "a second sender answers for the same nameplate");
                 return Err(Ambiguous);
             }
-            Some((found, _)) => {
+            Some((found, until)) => {
+                if let Some(grace) = grace {
+                    *until = (*until).min(now + grace);
+                }
                 if !found.addrs.contains(&addr) && found.addrs.len() < MAX_ADDRS {
                     debug!(%addr, "another address of the sender");
                     found.addrs.push(addr);
@@ -549,6 +556,23 @@ impl Collector {
             }
         }
         Ok(())
+    }
+
+    /// The grace period an answer to query `answers` arriving at `now` earns: four times its
+    /// delay, within [`MIN_GRACE`] and [`GRACE`]; `None` unless it answers the last query.
+    fn grace(&self, now: Instant, answers: u64) -> Option<Duration> {
+        match self.queried {
+            Some((id, at)) if id == answers => {
+                Some((now.saturating_duration_since(at) * 4).clamp(MIN_GRACE, GRACE))
+            }
+            _ => None,
+        }
+    }
+
+    /// True once after the sender was first heard other than in answer to the last query:
+    /// the caller should send a fresh query now.
+    fn take_requery(&mut self) -> bool {
+        std::mem::take(&mut self.requery)
     }
 
     /// When the grace period after the first answer ends, if one arrived.
@@ -902,12 +926,27 @@ mod tests {
         }
         // An answer to an earlier query, or an unsolicited announce, says nothing about the
         // delay: the full grace.
+        // delay: the full grace, and a fresh query at once, whose answer shortens it.
         for other in [4, 0] {
             let mut c = Collector::new(7);
             c.queried(5, t0);
             c.handle(t0 + ms(1), loopback(DEFAULT_PORT), &answer(other)).unwrap();
             assert_eq!(c.poll_timeout(), Some(t0 + ms(1) + GRACE), "query id {other}");
+            assert!(c.take_requery(), "query id {other}");
+            assert!(!c.take_requery(), "one fresh query is enough");
+            c.queried(6, t0 + ms(2));
+            c.handle(t0 + ms(3), loopback(DEFAULT_PORT), &answer(6)).unwrap();
+            assert_eq!(c.poll_timeout(), Some(t0 + ms(3) + MIN_GRACE), "query id {other}");
+            // A later, slower answer never lengthens it again.
+            c.queried(7, t0 + ms(4));
+            c.handle(t0 + ms(200), loopback(DEFAULT_PORT), &answer(7)).unwrap();
+            assert_eq!(c.poll_timeout(), Some(t0 + ms(3) + MIN_GRACE), "query id {other}");
         }
+        // An answer to the last query asks for no fresh one.
+        let mut c = Collector::new(7);
+        c.queried(5, t0);
+        c.handle(t0 + ms(1), loopback(DEFAULT_PORT), &answer(5)).unwrap();
+        assert!(!c.take_requery());
     }
 
     #[test]
