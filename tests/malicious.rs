@@ -312,6 +312,53 @@ fn content_not_matching_its_hash_is_discarded() {
     assert_contained(&fx, &[]);
 }
 
+/// A file that arrived whole and verified stays when a later file on the same lane fails its
+/// hash; the failed one leaves nothing, not even a temporary file.
+#[test]
+fn a_verified_file_is_kept_when_a_later_one_fails() {
+    let mut fx = Fixture::new();
+    let (good, bad) = (fx.rng.bytes(20_000), fx.rng.bytes(10_000));
+    let file = |id: u64, path: &str, size: usize| {
+        Record::Entry(Entry {
+            id,
+            path: path.into(),
+            kind: EntryKind::File { size: size as u64 },
+            mode: 0o644,
+            mtime: None,
+        })
+    };
+    let records = [
+        Record::Entry(Entry {
+            id: 1,
+            path: "d".into(),
+            kind: EntryKind::Dir,
+            mode: 0o755,
+            mtime: None,
+        }),
+        file(2, "d/good", good.len()),
+        Record::Chunk { flags: 0, file_id: 2, offset: 0, payload: &good },
+        Record::FileEnd { file_id: 2, hash: blake3::hash(&good).into() },
+        file(3, "d/bad", bad.len()),
+        Record::Chunk { flags: 0, file_id: 3, offset: 0, payload: &bad },
+        Record::FileEnd { file_id: 3, hash: blake3::hash(b"something else").into() },
+        Record::LaneEnd { entries: 3 },
+    ];
+    let size = (good.len() + bad.len()) as u64;
+    let (r, err) = against_receiver(&fx, async |evil: &mut Evil| {
+        match evil.offer(&["d"], 2, 1, size).await {
+            Ok(Event::Accepted(_)) => {}
+            other => panic!("an honest offer must be accepted: {other:?}"),
+        }
+        evil.lane(&records).await;
+        evil.report().await
+    });
+    assert_eq!(err.kind, ErrorKind::Integrity, "the receiver reports corruption: {err}");
+    assert_exits(&[(&r, 6)]);
+    assert_says(&r, &["d/bad", "corrupted"]);
+    assert_contained(&fx, &["d", "d/good"]);
+    assert_eq!(std::fs::read(fx.path("out/d/good")).expect("d/good is kept"), good);
+}
+
 /// Longer than the stall timeout (120 s) plus slack.
 const STALLED: Duration = Duration::from_secs(200);
 

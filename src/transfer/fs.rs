@@ -11,9 +11,10 @@
 //!    inside the destination, and so is a file where a directory is needed. Missing directories
 //!    are created one by one; losing a creation race means looking again, not trusting.
 //! 3. **Final names are never opened.** File data goes to a new hidden temporary file beside
-//!    the final name (`.<name>.p2p-copy-<hex>.part`, `O_EXCL`, mode 0o600), which is fsynced,
-//!    given its mode and mtime, then atomically renamed into place; each directory that got
-//!    entries is fsynced once at the end ([`Dest::sync_dirs`]).
+//!    the final name (`.<name>.p2p-copy-<hex>.part`, `O_EXCL`, mode 0o600), which is given its
+//!    mode and mtime, made durable (fsync, or one `syncfs` for a batch: [`Dest::commit_all`]),
+//!    then atomically renamed into place; each directory that got entries is fsynced once at
+//!    the end ([`Dest::sync_dirs`]).
 //!    Dropping a [`PartFile`] without committing removes it: no half-written file is ever
 //!    visible under a final name.
 //! 4. **Overwriting is explicit.** Without it, an existing final name (any type, dangling
@@ -46,7 +47,7 @@ pub use path::{rel_path_of, PathError, RelPath, MAX_COMPONENT_LEN, MAX_PATH_LEN}
 #[cfg(unix)]
 pub use dest::Dest;
 #[cfg(unix)]
-pub use part::PartFile;
+pub use part::{Finished, PartFile};
 
 #[cfg(all(test, unix))]
 #[allow(clippy::unwrap_used, clippy::expect_used)]

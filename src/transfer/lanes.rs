@@ -21,7 +21,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
 use super::control::read_frame_into;
-use super::fs::{Dest, PartFile, RelPath};
+use super::fs::{Dest, Finished, PartFile, RelPath};
 use super::walk::{self, read_failed, Job, Scan};
 use super::{connection_lost, Progress, TransferError};
 use crate::compress::{Compression, Packer};
@@ -36,6 +36,11 @@ use crate::wire::data::{Entry, EntryKind, CHUNK_HEADER_LEN};
 const LANE_DEPTH: usize = 4;
 /// Entries buffered between the walker and the lane workers.
 const JOB_DEPTH: usize = 256;
+/// A receiving lane makes its finished files durable and puts them in place in batches of at
+/// most this many files ([`Dest::commit_all`]: one `syncfs` for the batch) ...
+const COMMIT_FILES: usize = 64;
+/// ... or of this many bytes.
+const COMMIT_BYTES: u64 = 64 << 20;
 
 /// Sends every entry of the scanned paths over `lanes` new streams; returns the totals sent.
 pub async fn send_lanes(
@@ -376,12 +381,29 @@ async fn receive_lane(
 }
 
 fn apply_lane(
+    reader: LaneReader,
+    rx: mpsc::Receiver<Result<Vec<u8>, TransferError>>,
+    spent: mpsc::Sender<Vec<u8>>,
+    sink: &Sink,
+) -> Result<Summary, TransferError> {
+    let mut finished = Vec::new();
+    let applied = apply_records(reader, rx, spent, sink, &mut finished);
+    // Files that arrived whole and verified go in place even when a later one failed.
+    let committed = sink.dest.commit_all(finished);
+    let totals = applied?;
+    committed?;
+    Ok(totals)
+}
+
+fn apply_records(
     mut reader: LaneReader,
     mut rx: mpsc::Receiver<Result<Vec<u8>, TransferError>>,
     spent: mpsc::Sender<Vec<u8>>,
     sink: &Sink,
+    finished: &mut Vec<Finished>,
 ) -> Result<Summary, TransferError> {
     let mut open: Option<(PartFile, Entry)> = None;
+    let mut finished_bytes = 0;
     let mut totals = Summary::default();
     while let Some(item) = rx.blocking_recv() {
         let mut body = item?;
@@ -429,7 +451,14 @@ fn apply_lane(
                     return Err(TransferError::internal("file end without an open file"));
                 };
                 let size = part.written();
-                part.commit(entry.mode & MODE_MASK, entry.mtime.and_then(walk::system_time))?;
+                finished.push(
+                    part.finish(entry.mode & MODE_MASK, entry.mtime.and_then(walk::system_time))?,
+                );
+                finished_bytes += size;
+                if finished.len() >= COMMIT_FILES || finished_bytes >= COMMIT_BYTES {
+                    sink.dest.commit_all(std::mem::take(finished))?;
+                    finished_bytes = 0;
+                }
                 totals.files += 1;
                 totals.bytes += size;
             }

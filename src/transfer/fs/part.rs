@@ -10,18 +10,33 @@ use super::dest::{rename_error, replaces_dir, safe_mode};
 use super::error::{classify, FsError};
 use super::path::RelPath;
 
-/// A file being received. Dropping it without [`commit`](PartFile::commit) removes the
-/// temporary file.
+/// A file being received. Dropping it without [`commit`](PartFile::commit) or
+/// [`finish`](PartFile::finish) removes the temporary file.
 #[derive(Debug)]
 pub struct PartFile {
     file: File,
+    names: Names,
+    written: u64,
+}
+
+/// A file received in full, closed, with its mode and mtime set, waiting to be made durable
+/// and put in place with others ([`Dest::commit_all`](super::Dest::commit_all)). Dropping it
+/// removes the temporary file.
+#[derive(Debug)]
+pub struct Finished {
+    names: Names,
+}
+
+/// Where a received file is and where it goes. Dropping it removes the temporary file unless
+/// it was moved into place.
+#[derive(Debug)]
+struct Names {
     /// The temporary file, in the same directory as `path`.
     tmp: PathBuf,
     /// The final name.
     path: PathBuf,
     rel: RelPath,
     overwrite: bool,
-    written: u64,
     /// Whether `tmp` still exists and is ours to remove.
     tmp_exists: bool,
 }
@@ -34,12 +49,12 @@ impl PartFile {
         rel: RelPath,
         overwrite: bool,
     ) -> PartFile {
-        PartFile { file, tmp, path, rel, overwrite, written: 0, tmp_exists: true }
+        PartFile { file, names: Names { tmp, path, rel, overwrite, tmp_exists: true }, written: 0 }
     }
 
     /// Append `data`. ENOSPC and EDQUOT surface as [`FsError::DiskFull`].
     pub fn write_all(&mut self, data: &[u8]) -> Result<(), FsError> {
-        self.file.write_all(data).map_err(|e| classify(&self.path, e))?;
+        self.file.write_all(data).map_err(|e| classify(&self.names.path, e))?;
         self.written += data.len() as u64;
         Ok(())
     }
@@ -60,29 +75,59 @@ impl PartFile {
     ///
     /// [`create_file`]: super::Dest::create_file
     pub fn commit(mut self, mode: u32, mtime: Option<SystemTime>) -> Result<(), FsError> {
-        let path = &self.path;
+        self.set_metadata(mode, mtime)?;
+        self.file.sync_all().map_err(|e| classify(&self.names.path, e))?;
+        self.names.install()?;
+        tracing::debug!(path = %self.names.path.display(), bytes = self.written, "file committed");
+        Ok(())
+    }
+
+    /// Like [`commit`](PartFile::commit) but leaves making it durable and putting it in place
+    /// to [`Dest::commit_all`](super::Dest::commit_all), which does that for many files at
+    /// once. Sets `mtime` and `mode` and closes the file.
+    pub fn finish(mut self, mode: u32, mtime: Option<SystemTime>) -> Result<Finished, FsError> {
+        self.set_metadata(mode, mtime)?;
+        Ok(Finished { names: self.names })
+    }
+
+    fn set_metadata(&mut self, mode: u32, mtime: Option<SystemTime>) -> Result<(), FsError> {
+        let path = &self.names.path;
         if let Some(mtime) = mtime {
             self.file.set_modified(mtime).map_err(|e| classify(path, e))?;
         }
         self.file
             .set_permissions(Permissions::from_mode(safe_mode(mode)))
-            .map_err(|e| classify(path, e))?;
-        self.file.sync_all().map_err(|e| classify(path, e))?;
-        self.install()?;
-        tracing::debug!(path = %self.path.display(), bytes = self.written, "file committed");
-        Ok(())
+            .map_err(|e| classify(path, e))
     }
 
     /// Discard the file: remove the temporary file, reporting any error.
     pub fn discard(mut self) -> Result<(), FsError> {
-        self.tmp_exists = false;
-        match fs::remove_file(&self.tmp) {
+        self.names.tmp_exists = false;
+        match fs::remove_file(&self.names.tmp) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(classify(&self.tmp, e)),
+            Err(e) => Err(classify(&self.names.tmp, e)),
         }
     }
+}
 
+impl Finished {
+    /// fsyncs the temporary file (opened again: it was closed).
+    pub(super) fn sync(&self) -> Result<(), FsError> {
+        File::open(&self.names.tmp)
+            .and_then(|f| f.sync_all())
+            .map_err(|e| classify(&self.names.path, e))
+    }
+
+    /// Moves the file into place; the caller made it durable first.
+    pub(super) fn install(mut self) -> Result<(), FsError> {
+        self.names.install()?;
+        tracing::debug!(path = %self.names.path.display(), "file committed");
+        Ok(())
+    }
+}
+
+impl Names {
     /// Move the temporary file onto the final name.
     fn install(&mut self) -> Result<(), FsError> {
         if self.overwrite {
@@ -133,7 +178,7 @@ impl PartFile {
     }
 }
 
-impl Drop for PartFile {
+impl Drop for Names {
     fn drop(&mut self) {
         if self.tmp_exists {
             if let Err(e) = fs::remove_file(&self.tmp) {

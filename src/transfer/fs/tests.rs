@@ -319,3 +319,36 @@ fn long_names_get_a_temporary_name_that_fits() {
     write_file(&f.dest, &name, b"x", false).unwrap();
     assert_eq!(list(f.dest.root()), [name]);
 }
+
+/// Finished files stay under their temporary names until `commit_all` puts the batch in place
+/// with their modes and mtimes; a name that appeared meanwhile stops the batch there, and the
+/// files after it are removed, not left behind as temporary files.
+#[test]
+fn finished_files_go_in_place_together() {
+    let f = fixture();
+    let finish = |path: &str, data: &[u8]| {
+        let mut part = f.dest.create_file(&rel(path), false).unwrap();
+        part.write_all(data).unwrap();
+        part.finish(0o640, Some(mtime(1_600_000_000))).unwrap()
+    };
+    let batch = vec![finish("a", b"1"), finish("d/b", b"22"), finish("d/c", b"333")];
+    assert!(!f.dest.root().join("a").exists(), "in place before commit_all");
+    f.dest.commit_all(batch).unwrap();
+    assert_eq!(list(f.dest.root()), ["a", "d", "d/b", "d/c"]);
+    assert_eq!(fs::read(f.dest.root().join("d/c")).unwrap(), b"333");
+    let meta = fs::metadata(f.dest.root().join("d/b")).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o777, 0o640);
+    assert_eq!(meta.modified().unwrap(), mtime(1_600_000_000));
+
+    // One file alone is synced by itself; an empty batch does nothing.
+    f.dest.commit_all(vec![finish("e", b"4")]).unwrap();
+    f.dest.commit_all(Vec::new()).unwrap();
+    assert_eq!(fs::read(f.dest.root().join("e")).unwrap(), b"4");
+
+    let batch = vec![finish("x", b"x"), finish("y", b"new"), finish("z", b"z")];
+    fs::write(f.dest.root().join("y"), b"old").unwrap();
+    let err = f.dest.commit_all(batch).unwrap_err();
+    assert!(matches!(err, FsError::Exists { ref path } if path.ends_with("y")), "{err:?}");
+    assert_eq!(fs::read(f.dest.root().join("y")).unwrap(), b"old");
+    assert_eq!(list(f.dest.root()), ["a", "d", "d/b", "d/c", "e", "x", "y"]);
+}
