@@ -34,6 +34,8 @@ pub struct Args {
     #[command(flatten)]
     pub meeting: super::Meeting,
     #[command(flatten)]
+    pub link: super::Link,
+    #[command(flatten)]
     pub common: Common,
 }
 
@@ -54,6 +56,7 @@ pub async fn run(args: Args, stop: Stop) -> Result<(), TransferError> {
     opts.wait = Duration::from_secs(args.wait);
     opts.stop = stop;
     opts.rendezvous = args.meeting.rendezvous()?;
+    opts.tuning = args.link.tuning();
     let ui = Ui::new(&args.common, Role::Receiver);
     let progress = ui.progress();
     let ticker = ui.start_ticker();

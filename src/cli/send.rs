@@ -42,6 +42,8 @@ pub struct Args {
     #[command(flatten)]
     pub meeting: super::Meeting,
     #[command(flatten)]
+    pub link: super::Link,
+    #[command(flatten)]
     pub common: Common,
 }
 
@@ -58,6 +60,7 @@ pub async fn run(args: Args, stop: Stop) -> Result<(), TransferError> {
     opts.compression = args.compress;
     opts.stop = stop;
     opts.rendezvous = args.meeting.rendezvous()?;
+    opts.tuning = args.link.tuning();
     opts.code_chosen = args.code.is_some();
     let ui = Ui::new(&args.common, Role::Sender);
     let progress = ui.progress();

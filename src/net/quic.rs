@@ -56,6 +56,10 @@ pub enum QuicError {
     Exporter,
 }
 
+/// The default flow-control window, bytes: 1 Gbit/s at up to 65 ms round trip, with each
+/// side's memory under 40 MB (what is in flight is buffered on both sides).
+pub const DEFAULT_WINDOW: u32 = 8 << 20;
+
 /// Transport tunables.
 #[derive(Debug, Clone)]
 pub struct Tuning {
@@ -74,12 +78,20 @@ pub struct Tuning {
 impl Default for Tuning {
     fn default() -> Self {
         Tuning {
-            stream_window: 8 << 20,
-            conn_window: 32 << 20,
-            send_window: 32 << 20,
+            stream_window: DEFAULT_WINDOW,
+            conn_window: DEFAULT_WINDOW,
+            send_window: DEFAULT_WINDOW.into(),
             idle_timeout: Duration::from_secs(30),
             keep_alive: Duration::from_secs(5),
         }
+    }
+}
+
+impl Tuning {
+    /// These settings with every flow-control window (per stream, per connection, sending)
+    /// set to `window` bytes: one stream may use all of it.
+    pub fn with_window(self, window: u32) -> Tuning {
+        Tuning { stream_window: window, conn_window: window, send_window: window.into(), ..self }
     }
 }
 

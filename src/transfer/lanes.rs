@@ -33,7 +33,7 @@ use crate::wire::control::{Offer, Summary};
 use crate::wire::data::{Entry, EntryKind, CHUNK_HEADER_LEN};
 
 /// Records buffered between a lane's worker and its stream, per lane.
-const LANE_DEPTH: usize = 4;
+const LANE_DEPTH: usize = 2;
 /// Entries buffered between the walker and the lane workers.
 const JOB_DEPTH: usize = 256;
 /// A receiving lane makes its finished files durable and puts them in place in batches of at
@@ -140,6 +140,11 @@ impl Worker {
                 let packed = packer.pack(&out[CHUNK_PAYLOAD_AT..]);
                 progress.add_wire(packed.map_or(n, <[u8]>::len) as u64);
                 writer.chunk_in_place(&mut out, packed).map_err(seal_error)?;
+                if packed.is_some() {
+                    // QUIC holds each record until it is acknowledged: a compressed one must
+                    // not keep the whole chunk's allocation alive with it.
+                    out.shrink_to_fit();
+                }
                 send(out)?;
                 progress.add(n as u64);
                 remaining -= n as u64;

@@ -18,12 +18,12 @@ use serde::{Deserialize, Serialize};
 
 use super::{fixed, from_postcard, to_postcard, DecodeError};
 
-/// Largest chunk payload any peer may send (the default is 1 MiB).
+/// Largest chunk payload any peer may send (the default is 512 KiB).
 pub const MAX_CHUNK: usize = 4 << 20;
 /// Smallest chunk size a sender may choose.
 pub const MIN_CHUNK: usize = 16 << 10;
 /// Default chunk payload size.
-pub const DEFAULT_CHUNK: usize = 1 << 20;
+pub const DEFAULT_CHUNK: usize = 512 << 10;
 /// Cap on a data frame body: the largest plaintext record plus the AEAD tag.
 pub const MAX_FRAME: usize = CHUNK_HEADER_LEN + MAX_CHUNK + crate::crypto::TAG_LEN;
 /// Cap on a symlink target, in bytes.
