@@ -4,9 +4,11 @@
 //! keeps a compressed chunk only when it saves at least [`MIN_SAVING_PERCENT`], and first
 //! compresses a sample of a large chunk, so incompressible data (media, archives, encrypted
 //! files) costs one small trial per chunk at most; after a chunk that did not pay, the next
-//! chunks of the same file go uncompressed without a trial, for a stretch that doubles each time
-//! (up to [`MAX_SKIP`] chunks), so a long incompressible file is tried rarely and a file whose
-//! content changes is noticed again. The receiver needs no setting: each chunk says whether it
+//! chunks go uncompressed without a trial, for a stretch that doubles each time (up to
+//! [`MAX_SKIP`] chunks), so a long incompressible file is tried rarely and a file whose content
+//! changes is noticed again. A large file starts with a fresh trial; small files (one chunk
+//! each) carry the stretch on, so a tree of many small incompressible files is not compressed
+//! file by file either. The receiver needs no setting: each chunk says whether it
 //! is compressed.
 
 use std::fmt;
@@ -39,7 +41,7 @@ pub struct Packer {
     mode: Compression,
     zstd: Option<zstd::bulk::Compressor<'static>>,
     out: Vec<u8>,
-    /// Chunks of the current file still to send without trying.
+    /// Chunks still to send without trying.
     skip: u32,
     /// The next stretch to skip after a chunk that did not pay.
     stretch: u32,
@@ -61,10 +63,13 @@ impl Packer {
         Ok(Packer { mode, zstd, out: Vec::new(), skip: 0, stretch: 1 })
     }
 
-    /// Forgets what the previous file taught: a new file gets a fresh trial.
-    pub fn start_file(&mut self) {
-        self.skip = 0;
-        self.stretch = 1;
+    /// A file of `size` bytes starts. A large one forgets what earlier files taught and gets a
+    /// fresh trial; a small one continues the stretch.
+    pub fn start_file(&mut self, size: u64) {
+        if size > 2 * SAMPLE as u64 {
+            self.skip = 0;
+            self.stretch = 1;
+        }
     }
 
     /// The compressed form of `chunk` if it is worth sending instead, else `None`.
@@ -164,10 +169,34 @@ mod tests {
             }
         }
         assert_eq!(tried, [0, 2, 5, 10, 19, 36, 69, 134, 199]);
-        // A new file starts afresh, and text after random data is noticed.
-        packer.start_file();
+        // A new large file starts afresh, and text after random data is noticed.
+        packer.start_file(1 << 20);
         assert_eq!(packer.skip, 0);
         assert!(packer.pack(&text(1 << 20)).is_some());
+    }
+
+    #[test]
+    fn small_incompressible_files_are_tried_less_and_less_often_too() {
+        let small = random(4096);
+        let mut packer = Packer::new(Compression::Auto).unwrap();
+        let mut tried = Vec::new();
+        for i in 0..40 {
+            packer.start_file(small.len() as u64);
+            let skipping = packer.skip > 0;
+            assert!(packer.pack(&small).is_none(), "file {i}");
+            if !skipping {
+                tried.push(i);
+            }
+        }
+        assert_eq!(tried, [0, 2, 5, 10, 19, 36]);
+        // A compressible small file that gets a trial ends the stretch.
+        while packer.skip > 0 {
+            packer.start_file(4096);
+            assert!(packer.pack(&text(4096)).is_none(), "skipped without a trial");
+        }
+        packer.start_file(4096);
+        assert!(packer.pack(&text(4096)).is_some());
+        assert_eq!((packer.skip, packer.stretch), (0, 1));
     }
 
     #[test]

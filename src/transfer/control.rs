@@ -222,7 +222,7 @@ pub(crate) async fn read_frame_into(
     Ok(true)
 }
 
-fn read_error(e: quinn::ReadExactError) -> TransferError {
+pub(crate) fn read_error(e: quinn::ReadExactError) -> TransferError {
     match e {
         quinn::ReadExactError::FinishedEarly(_) => {
             TransferError::network("the other side stopped in the middle of a message")
