@@ -45,7 +45,7 @@ pub use error::{classify, FsError};
 pub use path::{rel_path_of, PathError, RelPath, MAX_COMPONENT_LEN, MAX_PATH_LEN};
 
 #[cfg(unix)]
-pub use dest::Dest;
+pub use dest::{Dest, Syncer};
 #[cfg(unix)]
 pub use part::{Finished, PartFile};
 

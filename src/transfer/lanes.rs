@@ -4,13 +4,17 @@
 //! blocking worker that takes the next entry, reads the file, hashes, compresses (per the
 //! [`Compression`] mode) and seals it
 //! ([`LaneWriter`]) and hands sealed records through a bounded channel to the lane's stream
-//! task. Lanes pull work, so a lane stuck on a large file does not hold up small ones.
+//! task, small records gathered into one message ([`Outbox`]). Lanes pull work, so a lane
+//! stuck on a large file does not hold up small ones.
 //!
-//! Receiver: each lane's stream task reads frames into a bounded channel; a blocking worker
+//! Receiver: each lane's stream task reads what the stream holds (up to [`READ_BUDGET`] bytes),
+//! cuts it into frames ([`Deframer`]) and hands them to a bounded channel; a blocking worker
 //! opens and checks them ([`LaneReader`]) and writes through [`Dest`]. A file is committed only
-//! after its hash matched; an error drops the open [`PartFile`], which removes it.
+//! after its hash matched, in batches ([`Dest::commit_all`]); an error drops the open
+//! [`PartFile`] and the batch's files not yet in place, which removes them.
 //!
-//! Memory is bounded by the channel depths times the chunk size per lane.
+//! Memory is bounded per lane by the channel depths times the largest message (a chunk, or
+//! [`GATHER`] / [`READ_BUDGET`] bytes of small records), plus QUIC's flow-control window.
 
 use std::collections::HashSet;
 use std::io::Read;
@@ -22,7 +26,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
 use super::control::read_error;
-use super::fs::{Dest, Finished, PartFile, RelPath};
+use super::fs::{Dest, Finished, PartFile, RelPath, Syncer};
 use super::walk::{self, read_failed, Job, Scan};
 use super::{connection_lost, Progress, TransferError};
 use crate::compress::{Compression, Packer};
@@ -44,8 +48,9 @@ const COMMIT_FILES: usize = 64;
 /// ... or of this many bytes.
 const COMMIT_BYTES: u64 = 64 << 20;
 
-/// Pieces of stream data a receiving lane's stream task hands its worker at once, at most.
-const READ_CHUNKS: usize = 64;
+/// Bytes of stream data a receiving lane's stream task reads for one message to its worker, at
+/// most (plus the rest of a frame it completes).
+const READ_BUDGET: usize = 256 << 10;
 /// Messages of frames buffered between a receiving lane's stream task and its worker.
 const READ_DEPTH: usize = 2;
 
@@ -148,11 +153,6 @@ impl Worker {
                 let packed = packer.pack(&out[CHUNK_PAYLOAD_AT..]);
                 progress.add_wire(packed.map_or(n, <[u8]>::len) as u64);
                 writer.chunk_in_place(&mut out, packed).map_err(seal_error)?;
-                if packed.is_some() {
-                    // QUIC holds each record until it is acknowledged: a compressed one must
-                    // not keep the whole chunk's allocation alive with it.
-                    out.shrink_to_fit();
-                }
                 outbox.push(out)?;
                 progress.add(n as u64);
                 remaining -= n as u64;
@@ -175,14 +175,25 @@ enum Next {
     Done,
 }
 
-/// The next job; without `wait`, [`Next::Empty`] if none is queued right now.
+/// The next job; without `wait`, [`Next::Empty`] if none is queued right now (or another
+/// worker is waiting for one: the queue is empty then too).
 fn next_job(
     jobs: &Mutex<std::sync::mpsc::Receiver<Job>>,
     wait: bool,
 ) -> Result<Next, TransferError> {
     // Invariant: the lock is only held around `recv`; a poisoned lock means another worker
     // panicked, and stopping this one is right.
-    let rx = jobs.lock().map_err(|_| TransferError::internal("a lane worker panicked"))?;
+    let rx = if wait {
+        jobs.lock().map_err(|_| TransferError::internal("a lane worker panicked"))?
+    } else {
+        match jobs.try_lock() {
+            Ok(rx) => rx,
+            Err(std::sync::TryLockError::WouldBlock) => return Ok(Next::Empty),
+            Err(std::sync::TryLockError::Poisoned(_)) => {
+                return Err(TransferError::internal("a lane worker panicked"))
+            }
+        }
+    };
     Ok(match if wait { rx.recv().map_err(|_| TryRecvError::Disconnected) } else { rx.try_recv() } {
         Ok(job) => Next::Job(job),
         Err(TryRecvError::Empty) => Next::Empty,
@@ -203,9 +214,14 @@ struct Outbox<'a> {
 const GATHER: usize = 64 << 10;
 
 impl Outbox<'_> {
-    fn push(&mut self, record: Vec<u8>) -> Result<(), TransferError> {
+    fn push(&mut self, mut record: Vec<u8>) -> Result<(), TransferError> {
         if record.len() >= GATHER {
             self.flush()?;
+            if record.capacity() > 2 * record.len() {
+                // QUIC holds each record until it is acknowledged: a compressed one must not
+                // keep its whole chunk's allocation alive with it.
+                record.shrink_to_fit();
+            }
             return self.send(record);
         }
         self.pending.extend_from_slice(&record);
@@ -415,6 +431,35 @@ pub async fn receive_lanes(
     Ok(totals)
 }
 
+/// What `stream` holds right now, up to about `budget` bytes, waiting only for the first piece;
+/// and whether the stream ended.
+async fn read_ready(
+    stream: &mut quinn::RecvStream,
+    budget: usize,
+) -> Result<(Vec<Bytes>, bool), quinn::ReadError> {
+    let Some(first) = stream.read_chunk(budget, true).await? else {
+        return Ok((Vec::new(), true));
+    };
+    let mut got = first.bytes.len();
+    let mut pieces = vec![first.bytes];
+    // Polled once with a waker that does nothing: a piece that is ready comes now, and one that
+    // is not is left for the next message (`read_chunk` is cancel-safe).
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    while got < budget {
+        let next = std::pin::pin!(stream.read_chunk(budget - got, true));
+        match std::future::Future::poll(next, &mut cx) {
+            std::task::Poll::Ready(Ok(Some(chunk))) => {
+                got += chunk.bytes.len();
+                pieces.push(chunk.bytes);
+            }
+            std::task::Poll::Ready(Ok(None)) => return Ok((pieces, true)),
+            std::task::Poll::Ready(Err(e)) => return Err(e),
+            std::task::Poll::Pending => break,
+        }
+    }
+    Ok((pieces, false))
+}
+
 /// Marks the sink abandoned when dropped.
 struct Abandon(Arc<Sink>);
 
@@ -454,17 +499,21 @@ async fn receive_lane(
     let (tx, rx) = mpsc::channel::<Result<Vec<Vec<u8>>, TransferError>>(READ_DEPTH);
     let worker = tokio::task::spawn_blocking(move || apply_lane(reader, rx, &sink));
     let mut deframer = Deframer::new(setup.max_frame);
-    let mut pieces = vec![Bytes::new(); READ_CHUNKS];
-    loop {
-        // Whatever the stream holds, up to READ_CHUNKS pieces, is cut into frames that go to
+    let mut ended = false;
+    while !ended {
+        // Whatever the stream holds, up to READ_BUDGET bytes, is cut into frames that go to
         // the worker in one message: a tree of small files does not cost a hand-off between
         // threads per record. The pieces are copied out at once, which frees QUIC's buffers.
-        let item = match stream.read_chunks(&mut pieces).await {
-            Ok(Some(n)) => deframer.frames(&pieces[..n]),
-            Ok(None) if deframer.in_frame() => {
-                Err(TransferError::network("the other side stopped in the middle of a message"))
+        let item = match read_ready(&mut stream, READ_BUDGET).await {
+            Ok((pieces, end)) => {
+                ended = end;
+                match deframer.frames(&pieces) {
+                    Ok(_) if end && deframer.in_frame() => Err(TransferError::network(
+                        "the other side stopped in the middle of a message",
+                    )),
+                    frames => frames,
+                }
             }
-            Ok(None) => break,
             Err(e) => Err(read_error(quinn::ReadExactError::ReadError(e))),
         };
         if matches!(&item, Ok(frames) if frames.is_empty()) {
@@ -485,10 +534,16 @@ fn apply_lane(
     rx: mpsc::Receiver<Result<Vec<Vec<u8>>, TransferError>>,
     sink: &Sink,
 ) -> Result<Summary, TransferError> {
+    let syncer = sink.dest.syncer();
     let mut finished = Vec::new();
-    let applied = apply_records(reader, rx, sink, &mut finished);
-    // Files that arrived whole and verified go in place even when a later one failed.
-    let committed = sink.dest.commit_all(finished);
+    let applied = apply_records(reader, rx, sink, &syncer, &mut finished);
+    // Files that arrived whole and verified go in place even when a later one failed, unless
+    // the whole transfer is being given up (Ctrl-C): then they are removed with the rest.
+    let committed = if sink.abandoned.load(std::sync::atomic::Ordering::Relaxed) {
+        Ok(())
+    } else {
+        sink.dest.commit_all(&syncer, finished)
+    };
     let totals = applied?;
     committed?;
     Ok(totals)
@@ -498,6 +553,7 @@ fn apply_records(
     mut reader: LaneReader,
     mut rx: mpsc::Receiver<Result<Vec<Vec<u8>>, TransferError>>,
     sink: &Sink,
+    syncer: &Syncer,
     finished: &mut Vec<Finished>,
 ) -> Result<Summary, TransferError> {
     let mut open: Option<(PartFile, Entry)> = None;
@@ -560,7 +616,7 @@ fn apply_records(
                     );
                     finished_bytes += size;
                     if finished.len() >= COMMIT_FILES || finished_bytes >= COMMIT_BYTES {
-                        sink.dest.commit_all(std::mem::take(finished))?;
+                        sink.dest.commit_all(syncer, std::mem::take(finished))?;
                         finished_bytes = 0;
                     }
                     totals.files += 1;

@@ -160,22 +160,26 @@ impl Dest {
         Err(no_temp_name(&path))
     }
 
-    /// Makes received files durable and puts them in place, many at once: one `syncfs(2)` of
-    /// the destination's file system flushes them all, where an fsync per file would cost a
-    /// journal commit each (a single file is fsynced alone). Then each moves onto its final
-    /// name, as [`PartFile::commit`] does. On error, the files not yet in place are removed.
-    pub fn commit_all(&self, files: Vec<Finished>) -> Result<(), FsError> {
-        if files.len() == 1 {
-            files[0].sync()?;
-        } else if !files.is_empty() {
-            let synced = fs::File::open(&self.root)
-                .and_then(|root| rustix::fs::syncfs(&root).map_err(io::Error::from));
-            if let Err(e) = synced {
-                // One file at a time instead, so that a failure names the file it hit.
-                tracing::debug!(error = %e, "syncfs failed; syncing file by file");
-                for file in &files {
-                    file.sync()?;
-                }
+    /// A receiving lane's handle for making its batches of files durable; open it when the
+    /// lane starts, so that write-back errors from then on are reported to it.
+    pub fn syncer(&self) -> Syncer {
+        Syncer::open(&self.root)
+    }
+
+    /// Makes received files durable, gives them their modes and puts them in place, many at
+    /// once: one `syncfs(2)` of the destination's file system flushes a whole batch, where an
+    /// fsync per file would cost a journal commit each. Each file is fsynced by itself when it
+    /// is alone, on another device than the destination (a mount point below it), where the
+    /// file system is not one known to be local (FUSE and network file systems may not pass
+    /// `syncfs` on), or if `syncfs` fails. Then each moves onto its final name, as
+    /// [`PartFile::commit`] does. On error, the files not yet in place are removed.
+    pub fn commit_all(&self, syncer: &Syncer, files: Vec<Finished>) -> Result<(), FsError> {
+        let whole_fs = files.len() > 1
+            && files.iter().all(|f| Some(f.dev()) == syncer.dev)
+            && syncer.sync_fs().is_ok();
+        if !whole_fs {
+            for file in &files {
+                file.sync()?;
             }
         }
         for file in files {
@@ -300,6 +304,58 @@ pub(super) fn unsafe_path(rel: &RelPath, reason: &str) -> FsError {
 
 pub(super) fn replaces_dir(rel: &RelPath) -> FsError {
     unsafe_path(rel, "a directory is in the way, and p2p-copy never replaces a directory")
+}
+
+/// The destination's file system, for one `syncfs(2)` per batch of received files, where that
+/// can be trusted (see [`Dest::commit_all`]).
+#[derive(Debug)]
+pub struct Syncer {
+    /// The destination directory, open; `None` where `syncfs` is not used.
+    root: Option<fs::File>,
+    /// Its device.
+    dev: Option<u64>,
+}
+
+impl Syncer {
+    fn open(root: &Path) -> Syncer {
+        use std::os::unix::fs::MetadataExt;
+        let Ok(dir) = fs::File::open(root) else { return Syncer { root: None, dev: None } };
+        let dev = dir.metadata().ok().map(|m| m.dev());
+        let local = local_fs(&dir);
+        Syncer { root: local.then_some(dir), dev }
+    }
+
+    fn sync_fs(&self) -> io::Result<()> {
+        let Some(root) = &self.root else {
+            return Err(io::Error::new(io::ErrorKind::Unsupported, "no syncfs here"));
+        };
+        sync_fs(root)
+    }
+}
+
+#[cfg(any(target_os = "linux", target_os = "android"))]
+fn sync_fs(dir: &fs::File) -> io::Result<()> {
+    rustix::fs::syncfs(dir).map_err(io::Error::from)
+}
+
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+fn sync_fs(_dir: &fs::File) -> io::Result<()> {
+    Err(io::Error::new(io::ErrorKind::Unsupported, "no syncfs here"))
+}
+
+/// Whether `dir` is on a local file system whose `syncfs` writes its files' data: ext2/3/4,
+/// XFS, Btrfs, tmpfs, F2FS, ZFS, bcachefs. Anything else (FUSE, NFS, SMB, …) gets an fsync
+/// per file.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+fn local_fs(dir: &fs::File) -> bool {
+    const LOCAL: [u64; 7] =
+        [0xEF53, 0x5846_5342, 0x9123_683E, 0x0102_1994, 0xF2F5_2010, 0x2FC1_2FC1, 0xCA45_1A4E];
+    rustix::fs::fstatfs(dir).is_ok_and(|s| LOCAL.contains(&(s.f_type as u64)))
+}
+
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+fn local_fs(_dir: &fs::File) -> bool {
+    false
 }
 
 /// Map a failed rename onto `path`; EISDIR means a directory appeared under the final name.

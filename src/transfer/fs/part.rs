@@ -2,7 +2,7 @@
 
 use std::fs::{self, File, Permissions};
 use std::io::{self, Write};
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::PathBuf;
 use std::time::SystemTime;
 
@@ -19,12 +19,17 @@ pub struct PartFile {
     written: u64,
 }
 
-/// A file received in full, closed, with its mode and mtime set, waiting to be made durable
-/// and put in place with others ([`Dest::commit_all`](super::Dest::commit_all)). Dropping it
-/// removes the temporary file.
+/// A file received in full, closed, with its mtime set, waiting to be made durable and put
+/// in place with others ([`Dest::commit_all`](super::Dest::commit_all)). Its temporary file
+/// keeps mode 0o600 until then, so it can still be opened to be synced. Dropping it removes
+/// the temporary file.
 #[derive(Debug)]
 pub struct Finished {
     names: Names,
+    /// The mode it gets once durable.
+    mode: u32,
+    /// The device it is on.
+    dev: u64,
 }
 
 /// Where a received file is and where it goes. Dropping it removes the temporary file unless
@@ -82,12 +87,16 @@ impl PartFile {
         Ok(())
     }
 
-    /// Like [`commit`](PartFile::commit) but leaves making it durable and putting it in place
-    /// to [`Dest::commit_all`](super::Dest::commit_all), which does that for many files at
-    /// once. Sets `mtime` and `mode` and closes the file.
-    pub fn finish(mut self, mode: u32, mtime: Option<SystemTime>) -> Result<Finished, FsError> {
-        self.set_metadata(mode, mtime)?;
-        Ok(Finished { names: self.names })
+    /// Like [`commit`](PartFile::commit) but leaves making it durable, giving it `mode` and
+    /// putting it in place to [`Dest::commit_all`](super::Dest::commit_all), which does that
+    /// for many files at once. Sets `mtime` and closes the file.
+    pub fn finish(self, mode: u32, mtime: Option<SystemTime>) -> Result<Finished, FsError> {
+        let path = &self.names.path;
+        if let Some(mtime) = mtime {
+            self.file.set_modified(mtime).map_err(|e| classify(path, e))?;
+        }
+        let dev = self.file.metadata().map_err(|e| classify(path, e))?.dev();
+        Ok(Finished { names: self.names, mode: safe_mode(mode), dev })
     }
 
     fn set_metadata(&mut self, mode: u32, mtime: Option<SystemTime>) -> Result<(), FsError> {
@@ -112,15 +121,23 @@ impl PartFile {
 }
 
 impl Finished {
-    /// fsyncs the temporary file (opened again: it was closed).
+    /// The device the file is on.
+    pub(super) fn dev(&self) -> u64 {
+        self.dev
+    }
+
+    /// fsyncs the temporary file (opened again: it was closed; it is still 0o600 and ours).
     pub(super) fn sync(&self) -> Result<(), FsError> {
         File::open(&self.names.tmp)
             .and_then(|f| f.sync_all())
             .map_err(|e| classify(&self.names.path, e))
     }
 
-    /// Moves the file into place; the caller made it durable first.
+    /// Gives the file its mode and moves it into place; the caller made its data durable
+    /// first (the mode and the name become durable with the directory: `Dest::sync_dirs`).
     pub(super) fn install(mut self) -> Result<(), FsError> {
+        fs::set_permissions(&self.names.tmp, Permissions::from_mode(self.mode))
+            .map_err(|e| classify(&self.names.path, e))?;
         self.names.install()?;
         tracing::debug!(path = %self.names.path.display(), "file committed");
         Ok(())

@@ -333,22 +333,35 @@ fn finished_files_go_in_place_together() {
     };
     let batch = vec![finish("a", b"1"), finish("d/b", b"22"), finish("d/c", b"333")];
     assert!(!f.dest.root().join("a").exists(), "in place before commit_all");
-    f.dest.commit_all(batch).unwrap();
+    let syncer = f.dest.syncer();
+    f.dest.commit_all(&syncer, batch).unwrap();
     assert_eq!(list(f.dest.root()), ["a", "d", "d/b", "d/c"]);
     assert_eq!(fs::read(f.dest.root().join("d/c")).unwrap(), b"333");
     let meta = fs::metadata(f.dest.root().join("d/b")).unwrap();
     assert_eq!(meta.permissions().mode() & 0o777, 0o640);
     assert_eq!(meta.modified().unwrap(), mtime(1_600_000_000));
 
+    // A file keeps mode 0o600 until it is durable (it is opened again to be synced, which a
+    // mode like 0o200 would forbid to anyone but root); it gets its own mode when put in place.
+    let mut part = f.dest.create_file(&rel("w"), false).unwrap();
+    part.write_all(b"w").unwrap();
+    let alone = part.finish(0o200, None).unwrap();
+    let tmp: Vec<_> = fs::read_dir(f.dest.root()).unwrap().map(|e| e.unwrap().path()).collect();
+    let tmp = tmp.iter().find(|p| p.to_string_lossy().ends_with(".part")).expect("temp file");
+    assert_eq!(fs::metadata(tmp).unwrap().permissions().mode() & 0o777, 0o600);
+    f.dest.commit_all(&syncer, vec![alone]).unwrap();
+    let meta = fs::metadata(f.dest.root().join("w")).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o777, 0o200);
+
     // One file alone is synced by itself; an empty batch does nothing.
-    f.dest.commit_all(vec![finish("e", b"4")]).unwrap();
-    f.dest.commit_all(Vec::new()).unwrap();
+    f.dest.commit_all(&syncer, vec![finish("e", b"4")]).unwrap();
+    f.dest.commit_all(&syncer, Vec::new()).unwrap();
     assert_eq!(fs::read(f.dest.root().join("e")).unwrap(), b"4");
 
     let batch = vec![finish("x", b"x"), finish("y", b"new"), finish("z", b"z")];
     fs::write(f.dest.root().join("y"), b"old").unwrap();
-    let err = f.dest.commit_all(batch).unwrap_err();
+    let err = f.dest.commit_all(&syncer, batch).unwrap_err();
     assert!(matches!(err, FsError::Exists { ref path } if path.ends_with("y")), "{err:?}");
     assert_eq!(fs::read(f.dest.root().join("y")).unwrap(), b"old");
-    assert_eq!(list(f.dest.root()), ["a", "d", "d/b", "d/c", "e", "x", "y"]);
+    assert_eq!(list(f.dest.root()), ["a", "d", "d/b", "d/c", "e", "w", "x", "y"]);
 }
