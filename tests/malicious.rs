@@ -212,6 +212,24 @@ fn offer_with_absolute_name_is_refused() {
     assert!(!Path::new(&name).exists());
 }
 
+/// Offers `names` with (files, dirs, bytes), expects the offer accepted, sends `records` on
+/// one lane and returns the receiver's outcome and the error it reported.
+fn lane_after_offer(
+    fx: &Fixture,
+    names: &[&str],
+    (files, dirs, bytes): (u64, u64, u64),
+    records: &[Record<'_>],
+) -> (Outcome, TransferError) {
+    against_receiver(fx, async |evil: &mut Evil| {
+        match evil.offer(names, files, dirs, bytes).await {
+            Ok(Event::Accepted(_)) => {}
+            other => panic!("an honest offer must be accepted: {other:?}"),
+        }
+        evil.lane(records).await;
+        evil.report().await
+    })
+}
+
 /// Offers "ok", gets it accepted, then sends a directory entry "ok" and a file at `path`.
 fn lying_entry(fx: &Fixture, path: &str) -> Outcome {
     let content = b"pwned";
@@ -234,14 +252,7 @@ fn lying_entry(fx: &Fixture, path: &str) -> Outcome {
         Record::FileEnd { file_id: 2, hash: blake3::hash(content).into() },
         Record::LaneEnd { entries: 2 },
     ];
-    let (r, err) = against_receiver(fx, async |evil: &mut Evil| {
-        match evil.offer(&["ok"], 1, 1, 5).await {
-            Ok(Event::Accepted(_)) => {}
-            other => panic!("an honest offer must be accepted: {other:?}"),
-        }
-        evil.lane(&records).await;
-        evil.report().await
-    });
+    let (r, err) = lane_after_offer(fx, &["ok"], (1, 1, 5), &records);
     assert_eq!(err.kind, ErrorKind::Protocol, "the receiver reports a protocol violation: {err}");
     assert_exits(&[(&r, 8)]);
     assert!(r.event("done").is_none(), "{r}");
@@ -297,14 +308,7 @@ fn content_not_matching_its_hash_is_discarded() {
         Record::FileEnd { file_id: 1, hash: claimed.finalize().into() },
         Record::LaneEnd { entries: 1 },
     ];
-    let (r, err) = against_receiver(&fx, async |evil: &mut Evil| {
-        match evil.offer(&["ok"], 1, 0, size).await {
-            Ok(Event::Accepted(_)) => {}
-            other => panic!("an honest offer must be accepted: {other:?}"),
-        }
-        evil.lane(&records).await;
-        evil.report().await
-    });
+    let (r, err) = lane_after_offer(&fx, &["ok"], (1, 0, size), &records);
     assert_eq!(err.kind, ErrorKind::Integrity, "the receiver reports corruption: {err}");
     assert_exits(&[(&r, 6)]);
     assert_says(&r, &["ok", "corrupted"]);
@@ -344,14 +348,7 @@ fn a_verified_file_is_kept_when_a_later_one_fails() {
         Record::LaneEnd { entries: 3 },
     ];
     let size = (good.len() + bad.len()) as u64;
-    let (r, err) = against_receiver(&fx, async |evil: &mut Evil| {
-        match evil.offer(&["d"], 2, 1, size).await {
-            Ok(Event::Accepted(_)) => {}
-            other => panic!("an honest offer must be accepted: {other:?}"),
-        }
-        evil.lane(&records).await;
-        evil.report().await
-    });
+    let (r, err) = lane_after_offer(&fx, &["d"], (2, 1, size), &records);
     assert_eq!(err.kind, ErrorKind::Integrity, "the receiver reports corruption: {err}");
     assert_exits(&[(&r, 6)]);
     assert_says(&r, &["d/bad", "corrupted"]);
