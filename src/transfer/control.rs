@@ -186,32 +186,21 @@ pub(crate) async fn read_frame(
     read_frame_capped(recv, MAX_FRAME).await
 }
 
-/// Reads one frame body of at most `max` bytes; `None` at a clean end between frames.
+/// Reads one frame body of at most `max` bytes; `None` at a clean end between frames. The body
+/// is filled without being zeroed first.
 pub(crate) async fn read_frame_capped(
     recv: &mut quinn::RecvStream,
     max: usize,
 ) -> Result<Option<Vec<u8>>, TransferError> {
-    let mut body = Vec::new();
-    Ok(read_frame_into(recv, max, &mut body).await?.then_some(body))
-}
-
-/// Reads one frame body of at most `max` bytes into `body` (replacing what it held, reusing
-/// its allocation, zeroing nothing); false at a clean end between frames.
-pub(crate) async fn read_frame_into(
-    recv: &mut quinn::RecvStream,
-    max: usize,
-    body: &mut Vec<u8>,
-) -> Result<bool, TransferError> {
     let mut header = [0u8; frame::HEADER_LEN];
     match recv.read_exact(&mut header).await {
         Ok(()) => {}
-        Err(quinn::ReadExactError::FinishedEarly(0)) => return Ok(false),
+        Err(quinn::ReadExactError::FinishedEarly(0)) => return Ok(None),
         Err(e) => return Err(read_error(e)),
     }
     let len = frame::body_len(header, max)
         .map_err(|e| TransferError::new(ErrorKind::Protocol, format!("the other side sent {e}")))?;
-    body.clear();
-    body.reserve(len);
+    let mut body = Vec::with_capacity(len);
     while body.len() < len {
         match recv.read_chunk(len - body.len(), true).await {
             Ok(Some(chunk)) => body.extend_from_slice(&chunk.bytes),
@@ -219,7 +208,7 @@ pub(crate) async fn read_frame_into(
             Err(e) => return Err(read_error(quinn::ReadExactError::ReadError(e))),
         }
     }
-    Ok(true)
+    Ok(Some(body))
 }
 
 pub(crate) fn read_error(e: quinn::ReadExactError) -> TransferError {
