@@ -86,6 +86,7 @@ impl Evil {
             names: names.iter().map(|n| n.to_string()).collect(),
             lanes: 1,
             chunk_size: DEFAULT_CHUNK as u32,
+            transfer_id: [0x66; 16],
         };
         self.ctl.session().offer(offer).expect("offer allowed now");
         self.ctl.next_event(STEP).await
@@ -416,7 +417,7 @@ fn stalled_receiver_is_given_up() {
         let mut ctl = ControlStream::new(session, send, recv);
         assert!(matches!(ctl.next_event(STEP).await, Ok(Event::Secured { .. })));
         assert!(matches!(ctl.next_event(STEP).await, Ok(Event::Offer(_))));
-        ctl.session().accept(p2p_copy::wire::control::Accept { have: vec![] }).expect("accept");
+        ctl.session().accept(p2p_copy::wire::control::Accept {}).expect("accept");
         ctl.flush().await.expect("flush");
         (node, conn, ctl)
     });

@@ -6,12 +6,16 @@
 //! checks the structure a well-behaved sender produces:
 //!
 //! 1. `ENTRY` (directory or symlink: complete by itself; file: opens it);
-//! 2. for a file, `CHUNK`s with the file's id, consecutive offsets from 0, never beyond the
-//!    announced size; then `FILE_END`, whose BLAKE3 hash must equal the hash of what arrived;
+//! 2. for a file, optionally `RESUME_AT` (the receiver's partial copy continues: the driver
+//!    must then hand the reader the hash state of the bytes it holds, [`LaneReader::resume`]),
+//!    then `CHUNK`s with the file's id, consecutive offsets from 0 (or the resume offset),
+//!    never beyond the announced size; then `FILE_END`, whose BLAKE3 hash must equal the hash
+//!    of the whole file;
 //! 3. finally `LANE_END` with the number of entries the lane carried.
 //!
 //! Any deviation is a [`LaneError`]; the driver stops the transfer and discards the file.
 
+use super::tree::{TreeHasher, GROUP};
 use crate::crypto::{CryptoError, Keys, Opener, Sealer};
 use crate::wire::data::{self, Entry, EntryKind, Record, CHUNK_HEADER_LEN, FLAG_ZSTD};
 use crate::wire::{frame, DecodeError};
@@ -65,7 +69,17 @@ struct WriteFile {
     id: u64,
     size: u64,
     written: u64,
-    hash: blake3::Hasher,
+    hash: TreeHasher,
+}
+
+/// A file's hasher: files over one group yield their group CVs (the driver must take them,
+/// [`LaneWriter::take_cvs`] / [`LaneReader::take_cvs`], or they pile up at 32 bytes per MiB).
+fn file_hasher(size: u64) -> TreeHasher {
+    if size > GROUP {
+        TreeHasher::new().collect_cvs()
+    } else {
+        TreeHasher::new()
+    }
 }
 
 impl LaneWriter {
@@ -84,11 +98,30 @@ impl LaneWriter {
     pub fn entry(&mut self, entry: &Entry, out: &mut Vec<u8>) -> Result<(), CryptoError> {
         debug_assert!(self.file.is_none(), "entry while a file is open");
         if let EntryKind::File { size } = entry.kind {
-            self.file =
-                Some(WriteFile { id: entry.id, size, written: 0, hash: blake3::Hasher::new() });
+            self.file = Some(WriteFile { id: entry.id, size, written: 0, hash: file_hasher(size) });
         }
         self.entries += 1;
         self.seal(out, |buf| Record::Entry(entry.clone()).encode(buf))
+    }
+
+    /// Writes the RESUME_AT record of the file just entered: the receiver holds its first
+    /// `hash.len()` bytes (0 < len ≤ size), whose hash state is `hash`; the chunks that follow
+    /// start there.
+    pub fn resume(&mut self, hash: TreeHasher, out: &mut Vec<u8>) -> Result<(), CryptoError> {
+        let Some(file) = self.file.as_mut() else {
+            debug_assert!(false, "resume without an open file");
+            return Ok(());
+        };
+        debug_assert!(file.written == 0 && hash.len() <= file.size, "resume out of place");
+        let (file_id, offset) = (file.id, hash.len());
+        file.written = offset;
+        file.hash = if file.size > GROUP { hash.collect_cvs() } else { hash };
+        self.seal(out, |buf| Record::ResumeAt { file_id, offset }.encode(buf))
+    }
+
+    /// CVs of the open file's groups completed since the last call, with the first's index.
+    pub fn take_cvs(&mut self) -> (u64, Vec<blake3::hazmat::ChainingValue>) {
+        self.file.as_mut().map(|f| f.hash.take_cvs()).unwrap_or_default()
     }
 
     /// Writes a CHUNK record with the next `payload` bytes of the open file. `compressed`, if
@@ -153,7 +186,7 @@ impl LaneWriter {
             return Ok([0; 32]);
         };
         debug_assert_eq!(file.written, file.size, "file_end before the whole file");
-        let hash: [u8; 32] = file.hash.finalize().into();
+        let hash = file.hash.finalize();
         self.seal(out, |buf| Record::FileEnd { file_id: file.id, hash }.encode(buf))?;
         Ok(hash)
     }
@@ -182,6 +215,14 @@ impl LaneWriter {
 pub enum LaneEvent<'a> {
     /// A directory or symlink to create, or a file to start (its data follows).
     Entry(Entry),
+    /// The file just entered continues a partial copy the receiver holds, from `offset`: the
+    /// driver checks that it offered exactly that and calls [`LaneReader::resume`].
+    ResumeAt {
+        /// The file's entry id.
+        file_id: u64,
+        /// Bytes held.
+        offset: u64,
+    },
     /// The next bytes of the open file.
     Data(&'a [u8]),
     /// The open file is complete and its hash verified: commit it.
@@ -223,7 +264,37 @@ struct ReadFile {
     path: String,
     size: u64,
     received: u64,
-    hash: blake3::Hasher,
+    hash: Check,
+    /// Where the file stands before its first chunk.
+    start: Start,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Start {
+    /// Right after the ENTRY: a RESUME_AT may come.
+    Fresh,
+    /// After RESUME_AT, waiting for [`LaneReader::resume`].
+    AwaitingState,
+    /// Chunks (or the end) may come.
+    Flowing,
+}
+
+/// What a file's content is checked against at its end.
+#[derive(Debug)]
+enum Check {
+    /// The hash of what arrived (continuing what was held).
+    Hashing(TreeHasher),
+    /// A partial copy that was already complete: its hash, as the receiver computed it.
+    Held([u8; 32]),
+}
+
+/// The state a resumed file continues from, handed to [`LaneReader::resume`].
+#[derive(Debug)]
+pub enum Held {
+    /// The hash state of the bytes held (`len()` equals the offset).
+    Prefix(TreeHasher),
+    /// The whole file is held; this is its BLAKE3 hash.
+    Whole([u8; 32]),
 }
 
 impl LaneReader {
@@ -273,14 +344,28 @@ impl LaneReader {
                         path: entry.path.clone(),
                         size,
                         received: 0,
-                        hash: blake3::Hasher::new(),
+                        hash: Check::Hashing(file_hasher(size)),
+                        start: Start::Fresh,
                     });
                 }
                 self.entries += 1;
                 Ok(LaneEvent::Entry(entry))
             }
+            Record::ResumeAt { file_id, offset } => {
+                let file = self.file.as_mut().ok_or(LaneError::Order("resume outside a file"))?;
+                if file_id != file.id || file.start != Start::Fresh {
+                    return Err(LaneError::Order("resume not right after its entry"));
+                }
+                if offset == 0 || offset > file.size {
+                    return Err(LaneError::Order("resume offset out of bounds"));
+                }
+                file.start = Start::AwaitingState;
+                file.received = offset;
+                Ok(LaneEvent::ResumeAt { file_id, offset })
+            }
             Record::Chunk { flags, file_id, offset, payload } => {
                 let file = self.file.as_mut().ok_or(LaneError::Order("chunk outside a file"))?;
+                flowing(file)?;
                 if file_id != file.id || offset != file.received {
                     return Err(LaneError::Order("chunk out of sequence"));
                 }
@@ -302,17 +387,25 @@ impl LaneReader {
                 if file.received + data.len() as u64 > file.size {
                     return Err(LaneError::Order("more data than the file's size"));
                 }
+                let Check::Hashing(hasher) = &mut file.hash else {
+                    return Err(LaneError::Order("data for a file held whole"));
+                };
                 file.received += data.len() as u64;
-                file.hash.update(data);
+                hasher.update(data);
                 self.wire += payload.len() as u64;
                 Ok(LaneEvent::Data(data))
             }
             Record::FileEnd { file_id, hash } => {
-                let file = self.file.take().ok_or(LaneError::Order("file end outside a file"))?;
+                let mut file =
+                    self.file.take().ok_or(LaneError::Order("file end outside a file"))?;
+                flowing(&mut file)?;
                 if file_id != file.id || file.received != file.size {
                     return Err(LaneError::Order("file end before the whole file"));
                 }
-                let got: [u8; 32] = file.hash.finalize().into();
+                let got = match &file.hash {
+                    Check::Hashing(h) => h.finalize(),
+                    Check::Held(root) => *root,
+                };
                 if got != hash {
                     return Err(LaneError::Hash { path: file.path });
                 }
@@ -328,6 +421,45 @@ impl LaneReader {
                 self.ended = true;
                 Ok(LaneEvent::End)
             }
+        }
+    }
+}
+
+/// A file's first chunk (or its end) may come only once its resume state, if any, is in.
+fn flowing(file: &mut ReadFile) -> Result<(), LaneError> {
+    match file.start {
+        Start::AwaitingState => Err(LaneError::Order("data before the resume state")),
+        Start::Fresh | Start::Flowing => {
+            file.start = Start::Flowing;
+            Ok(())
+        }
+    }
+}
+
+impl LaneReader {
+    /// After [`LaneEvent::ResumeAt`]: the hash state of the bytes the receiver holds. A prefix
+    /// must be exactly the resume offset long; a whole file, the file's size.
+    pub fn resume(&mut self, held: Held) -> Result<(), LaneError> {
+        let file = self.file.as_mut().ok_or(LaneError::Order("resume outside a file"))?;
+        if file.start != Start::AwaitingState {
+            return Err(LaneError::Order("resume state without a resume"));
+        }
+        file.hash = match held {
+            Held::Prefix(h) if h.len() == file.received => {
+                Check::Hashing(if file.size > GROUP { h.collect_cvs() } else { h })
+            }
+            Held::Whole(root) if file.received == file.size => Check::Held(root),
+            _ => return Err(LaneError::Order("resume state of another length")),
+        };
+        file.start = Start::Flowing;
+        Ok(())
+    }
+
+    /// CVs of the open file's groups completed since the last call, with the first's index.
+    pub fn take_cvs(&mut self) -> (u64, Vec<blake3::hazmat::ChainingValue>) {
+        match self.file.as_mut().map(|f| &mut f.hash) {
+            Some(Check::Hashing(h)) => h.take_cvs(),
+            _ => (0, Vec::new()),
         }
     }
 }
@@ -391,12 +523,102 @@ mod tests {
                 LaneEvent::Data(d) => got.extend_from_slice(d),
                 LaneEvent::FileEnd { file_id } => ends.push(file_id),
                 LaneEvent::Entry(_) | LaneEvent::End => {}
+                LaneEvent::ResumeAt { .. } => panic!("no resume here"),
             }
         }
         assert_eq!(got, b"hello worldabc");
         assert_eq!(ends, [1, 2, 3]);
         assert!(reader.is_ended());
         assert_eq!(reader.entries(), 3);
+    }
+
+    /// A file resumed at a group boundary (state rebuilt from CVs) or at any offset (state
+    /// from the held bytes) arrives whole and verified; the group CVs come out on both sides.
+    #[test]
+    fn a_resumed_file_continues_and_verifies_the_whole_hash() {
+        let (s, r) = keys();
+        let g = GROUP as usize;
+        let content: Vec<u8> = (0..3 * g + 100).map(|i| (i % 251) as u8).collect();
+        let mut full = TreeHasher::new().collect_cvs();
+        full.update(&content);
+        let (_, cvs) = full.take_cvs();
+        assert_eq!(cvs.len(), 3);
+        for held_len in [g, 2 * g, 2 * g + 7] {
+            let held = |h: TreeHasher| h;
+            let prefix = if held_len % g == 0 {
+                TreeHasher::resume(cvs[..held_len / g].iter().copied())
+            } else {
+                let mut h = TreeHasher::new();
+                h.update(&content[..held_len]);
+                h
+            };
+            let mut w = LaneWriter::new(&s, 1);
+            let mut out = Vec::new();
+            let mut frames = Vec::new();
+            w.entry(&file(1, content.len() as u64), &mut out).unwrap();
+            frames.push(out.clone());
+            w.resume(held(prefix.clone()), &mut out).unwrap();
+            frames.push(out.clone());
+            let mut sent_cvs = Vec::new();
+            for piece in content[held_len..].chunks(300_000) {
+                w.chunk(piece, None, &mut out).unwrap();
+                frames.push(out.clone());
+                sent_cvs.extend(w.take_cvs().1);
+            }
+            w.file_end(&mut out).unwrap();
+            frames.push(out.clone());
+            assert_eq!(sent_cvs, cvs[held_len / g..], "the sender's new CVs");
+
+            let mut reader = LaneReader::new(&r, 1, 1 << 20);
+            let mut got = content[..held_len].to_vec();
+            let mut got_cvs = Vec::new();
+            for mut body in bodies(&frames) {
+                match reader.handle(&mut body).unwrap() {
+                    LaneEvent::ResumeAt { offset, .. } => {
+                        assert_eq!(offset, held_len as u64);
+                        reader.resume(Held::Prefix(prefix.clone())).unwrap();
+                    }
+                    LaneEvent::Data(d) => got.extend_from_slice(d),
+                    LaneEvent::FileEnd { .. } | LaneEvent::Entry(_) | LaneEvent::End => {}
+                }
+                got_cvs.extend(reader.take_cvs().1);
+            }
+            assert_eq!(got, content);
+            assert_eq!(got_cvs, cvs[held_len / g..], "the receiver's new CVs");
+        }
+    }
+
+    /// A file held whole is checked against the hash the receiver holds for it.
+    #[test]
+    fn a_file_held_whole_ends_at_once_and_is_checked() {
+        let (s, r) = keys();
+        let content = b"complete already";
+        let mut prefix = TreeHasher::new();
+        prefix.update(content);
+        let root = prefix.finalize();
+        for (held_root, ok) in [(root, true), ([0; 32], false)] {
+            let mut w = LaneWriter::new(&s, 1);
+            let mut out = Vec::new();
+            let mut frames = Vec::new();
+            w.entry(&file(1, content.len() as u64), &mut out).unwrap();
+            frames.push(out.clone());
+            w.resume(prefix.clone(), &mut out).unwrap();
+            frames.push(out.clone());
+            w.file_end(&mut out).unwrap();
+            frames.push(out.clone());
+            let mut reader = LaneReader::new(&r, 1, 1 << 20);
+            let mut result = Ok(());
+            for mut body in bodies(&frames) {
+                match reader.handle(&mut body) {
+                    Ok(LaneEvent::ResumeAt { .. }) => {
+                        reader.resume(Held::Whole(held_root)).unwrap();
+                    }
+                    Ok(_) => {}
+                    Err(e) => result = Err(e),
+                }
+            }
+            assert_eq!(result.is_ok(), ok, "{result:?}");
+        }
     }
 
     #[test]
@@ -500,6 +722,31 @@ mod tests {
             ),
             (vec![Record::Entry(file(1, 1)), Record::Entry(file(2, 1))], "previous file"),
             (vec![Record::LaneEnd { entries: 5 }], "entry count"),
+            (vec![Record::ResumeAt { file_id: 1, offset: 1 }], "outside a file"),
+            (
+                vec![
+                    Record::Entry(file(1, 5)),
+                    Record::Chunk { flags: 0, file_id: 1, offset: 0, payload: b"x" },
+                    Record::ResumeAt { file_id: 1, offset: 1 },
+                ],
+                "right after its entry",
+            ),
+            (
+                vec![Record::Entry(file(1, 5)), Record::ResumeAt { file_id: 1, offset: 6 }],
+                "out of bounds",
+            ),
+            (
+                vec![Record::Entry(file(1, 5)), Record::ResumeAt { file_id: 1, offset: 0 }],
+                "out of bounds",
+            ),
+            (
+                vec![
+                    Record::Entry(file(1, 5)),
+                    Record::ResumeAt { file_id: 1, offset: 2 },
+                    Record::Chunk { flags: 0, file_id: 1, offset: 2, payload: b"x" },
+                ],
+                "before the resume state",
+            ),
             (
                 vec![Record::LaneEnd { entries: 0 }, Record::LaneEnd { entries: 0 }],
                 "after the lane end",

@@ -12,6 +12,12 @@
 //! 5. S: [`Session::offer`] → `Offer`. R: emits [`Event::Offer`]; the application answers with
 //!    [`Session::accept`] or [`Session::refuse`]. S emits [`Event::Accepted`], or fails with
 //!    [`SessionError::Refused`].
+//!
+//!    Before deciding, R may [`Session::ask`] for a listing (its destination may already hold
+//!    part of the offer). S emits [`Event::Asked`] and sends the manifest in batches
+//!    ([`Session::list`], then [`Session::list_end`]); R emits [`Event::Listing`] per batch and
+//!    answers each, in order ([`Session::answer`]), which S emits as [`Event::Answers`]. Once
+//!    every batch is answered and the listing has ended, R decides as above.
 //! 6. Data flows on lanes ([`super::lane`]). S: [`Session::finish`] → `Finish(totals)`.
 //!    R: emits [`Event::Finished`]; after checking its lanes, [`Session::complete`] →
 //!    `Complete`. S emits [`Event::Completed`]. Both are done.
@@ -33,7 +39,8 @@ use crate::code::Code;
 use crate::crypto::{CryptoError, Keys, Opener, Pake, Role, Sealer};
 use crate::error::ErrorKind;
 use crate::wire::control::{
-    Accept, Control, ErrorReport, Frame, Hello, Offer, Refuse, RefuseReason, Summary, VERSION,
+    Accept, Answer, Ask, Control, ErrorReport, Frame, Hello, Listed, Offer, Refuse, RefuseReason,
+    Summary, VERSION,
 };
 use crate::wire::{frame, DecodeError};
 
@@ -89,6 +96,15 @@ pub enum Event {
     },
     /// Receiver: the sender's offer; answer with accept or refuse.
     Offer(Offer),
+    /// Sender: the receiver asks for a listing before it decides; send it with
+    /// [`Session::list`] and [`Session::list_end`].
+    Asked(Ask),
+    /// Receiver: the next batch of the listing; answer it with [`Session::answer`].
+    Listing(Vec<Listed>),
+    /// Receiver: the listing is complete; decide once every batch is answered.
+    ListEnd,
+    /// Sender: the receiver's answers to the oldest unanswered batch, in order.
+    Answers(Vec<Answer>),
     /// Sender: the receiver accepted; start the lanes.
     Accepted(Accept),
     /// Receiver: the sender wrote every lane; these are its totals.
@@ -190,6 +206,8 @@ enum State {
     Offered,
     /// Receiver: offer shown, awaiting the application's answer.
     Deciding,
+    /// After an ask: the listing and its answers travel (see [`Survey`]).
+    Listing,
     Transferring,
     /// Sender: finish sent, awaiting complete. Receiver: finish received, checking lanes.
     Finishing,
@@ -207,6 +225,7 @@ impl State {
             State::Ready => "awaiting the offer",
             State::Offered => "awaiting the answer to the offer",
             State::Deciding => "deciding on the offer",
+            State::Listing => "listing the offer",
             State::Transferring => "transferring",
             State::Finishing => "finishing",
             State::Done => "done",
@@ -230,6 +249,24 @@ pub struct Session {
     deadline: Option<Instant>,
     outbox: VecDeque<Vec<u8>>,
     events: VecDeque<Event>,
+    survey: Survey,
+}
+
+/// The listing's bookkeeping, the same on both sides.
+#[derive(Debug, Default)]
+struct Survey {
+    /// Sizes of the batches sent (sender) or received (receiver) and not yet answered, oldest
+    /// first.
+    unanswered: VecDeque<usize>,
+    /// The listing has ended.
+    ended: bool,
+}
+
+impl Survey {
+    /// Every batch answered after the end: the receiver may decide.
+    fn complete(&self) -> bool {
+        self.ended && self.unanswered.is_empty()
+    }
 }
 
 impl Session {
@@ -279,6 +316,7 @@ impl Session {
             opener: None,
             outbox: VecDeque::new(),
             events: VecDeque::new(),
+            survey: Survey::default(),
         };
         let mut fixed = [0u8; crate::wire::control::PAKE_LEN];
         fixed.copy_from_slice(&msg);
@@ -437,8 +475,37 @@ impl Session {
                 self.events.push_back(Event::Accepted(accept));
                 Ok(())
             }
-            (State::Offered, Control::Refuse(refuse)) if sender => {
+            (State::Listing, Control::Accept(accept)) if sender && self.survey.complete() => {
+                self.state = State::Transferring;
+                self.events.push_back(Event::Accepted(accept));
+                Ok(())
+            }
+            (State::Offered | State::Listing, Control::Refuse(refuse)) if sender => {
                 Err(SessionError::Refused(refuse))
+            }
+            (State::Offered, Control::Ask(ask)) if sender => {
+                self.state = State::Listing;
+                self.events.push_back(Event::Asked(ask));
+                Ok(())
+            }
+            (State::Listing, Control::Answers(answers))
+                if sender && self.survey.unanswered.front() == Some(&answers.len()) =>
+            {
+                self.survey.unanswered.pop_front();
+                self.events.push_back(Event::Answers(answers));
+                Ok(())
+            }
+            (State::Listing, Control::Listing(batch))
+                if !sender && !self.survey.ended && !batch.is_empty() =>
+            {
+                self.survey.unanswered.push_back(batch.len());
+                self.events.push_back(Event::Listing(batch));
+                Ok(())
+            }
+            (State::Listing, Control::ListEnd) if !sender && !self.survey.ended => {
+                self.survey.ended = true;
+                self.events.push_back(Event::ListEnd);
+                Ok(())
             }
             (State::Transferring, Control::Finish(summary)) if !sender => {
                 self.state = State::Finishing;
@@ -459,6 +526,10 @@ impl Session {
                     Control::Finish(_) => "finish",
                     Control::Complete(_) => "complete",
                     Control::Error(_) => "error",
+                    Control::Ask(_) => "request for a listing",
+                    Control::Listing(_) => "listing",
+                    Control::ListEnd => "end of the listing",
+                    Control::Answers(_) => "answers",
                 },
                 state: state.describe(),
             }),
@@ -473,20 +544,80 @@ impl Session {
         Ok(())
     }
 
-    /// Receiver: accepts the offer.
+    /// Receiver: accepts the offer (after a listing: once it ended and every batch is
+    /// answered).
     pub fn accept(&mut self, accept: Accept) -> Result<(), SessionError> {
-        self.expect(Role::Receiver, State::Deciding, "accept")?;
+        self.expect_decision("accept")?;
         self.send(&Control::Accept(accept))?;
         self.state = State::Transferring;
         Ok(())
     }
 
-    /// Receiver: refuses the offer; the session is over.
+    /// Receiver: refuses the offer (also while a listing is still coming); the session is
+    /// over.
     pub fn refuse(&mut self, refuse: Refuse) -> Result<(), SessionError> {
-        self.expect(Role::Receiver, State::Deciding, "refuse")?;
+        if !(self.role == Role::Receiver && self.state == State::Listing) {
+            self.expect_decision("refuse")?;
+        }
         self.send(&Control::Refuse(refuse))?;
         self.state = State::Done;
         Ok(())
+    }
+
+    fn expect_decision(&self, what: &'static str) -> Result<(), SessionError> {
+        if self.role == Role::Receiver && self.state == State::Listing && self.survey.complete() {
+            return Ok(());
+        }
+        self.expect(Role::Receiver, State::Deciding, what)
+    }
+
+    /// Receiver: asks for a listing of the offer before deciding.
+    pub fn ask(&mut self, ask: Ask) -> Result<(), SessionError> {
+        self.expect(Role::Receiver, State::Deciding, "ask")?;
+        self.send(&Control::Ask(ask))?;
+        self.state = State::Listing;
+        Ok(())
+    }
+
+    /// Sender: the next batch of the listing (1 to [`crate::wire::control::MAX_LISTING`]
+    /// entries).
+    pub fn list(&mut self, batch: Vec<Listed>) -> Result<(), SessionError> {
+        self.expect(Role::Sender, State::Listing, "list")?;
+        if self.survey.ended || batch.is_empty() || batch.len() > crate::wire::control::MAX_LISTING
+        {
+            return Err(SessionError::Misuse("list"));
+        }
+        let n = batch.len();
+        self.send(&Control::Listing(batch))?;
+        self.survey.unanswered.push_back(n);
+        Ok(())
+    }
+
+    /// Sender: the listing is complete.
+    pub fn list_end(&mut self) -> Result<(), SessionError> {
+        self.expect(Role::Sender, State::Listing, "list_end")?;
+        if self.survey.ended {
+            return Err(SessionError::Misuse("list_end"));
+        }
+        self.send(&Control::ListEnd)?;
+        self.survey.ended = true;
+        Ok(())
+    }
+
+    /// Receiver: the answers to the oldest unanswered batch, one per entry, in order.
+    pub fn answer(&mut self, answers: Vec<Answer>) -> Result<(), SessionError> {
+        self.expect(Role::Receiver, State::Listing, "answer")?;
+        if self.survey.unanswered.front() != Some(&answers.len()) {
+            return Err(SessionError::Misuse("answer"));
+        }
+        self.send(&Control::Answers(answers))?;
+        self.survey.unanswered.pop_front();
+        Ok(())
+    }
+
+    /// Batches of the listing not answered yet.
+    pub fn unanswered(&self) -> usize {
+        self.survey.unanswered.len()
     }
 
     /// Sender: every lane is written; tells the receiver the totals.

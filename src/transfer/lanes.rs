@@ -623,6 +623,12 @@ fn apply_records(
                     totals.bytes += size;
                 }
                 LaneEvent::End => {}
+                LaneEvent::ResumeAt { .. } => {
+                    return Err(TransferError::new(
+                        ErrorKind::Protocol,
+                        "the sender resumed a file that was not offered for resuming",
+                    ))
+                }
             }
         }
     }

@@ -204,7 +204,7 @@ async fn run(
     }
 
     let dest = Dest::open(&opts.out)?;
-    ctl.session().accept(Accept { have: vec![] })?;
+    ctl.session().accept(Accept {})?;
     ctl.flush().await?;
     observer.note(Note::Accepted { total: offer.bytes });
 

@@ -202,6 +202,7 @@ async fn run(
         names: scan.sources.iter().map(|s| s.name.clone()).collect(),
         lanes,
         chunk_size: chunk as u32,
+        transfer_id: rand::random(),
     };
     ctl.session().offer(offer.clone())?;
     observer.note(Note::Offer(&offer));

@@ -20,7 +20,7 @@ use super::{fixed, from_postcard, to_postcard, DecodeError};
 use crate::error::ErrorKind;
 
 /// The protocol version this build speaks.
-pub const VERSION: u16 = 2;
+pub const VERSION: u16 = 3;
 /// Cap on a control frame body (an offer naming many top-level paths is the largest).
 pub const MAX_FRAME: usize = 4 << 20;
 /// Cap on the top-level names in an offer.
@@ -29,6 +29,8 @@ pub const MAX_NAMES: usize = 10_000;
 pub const MAX_PATH: usize = 4096;
 /// Cap on a free-text message (errors).
 pub const MAX_MESSAGE: usize = 4096;
+/// Cap on the entries of one [`Control::Listing`] (and so on the answers to it).
+pub const MAX_LISTING: usize = 1024;
 /// Length of the SPAKE2 message.
 pub const PAKE_LEN: usize = crate::crypto::PAKE_MSG_LEN;
 
@@ -115,6 +117,51 @@ pub enum Control {
     Complete(Summary),
     /// Either way: the session is over because of this error.
     Error(ErrorReport),
+    /// Receiver → sender, instead of a decision: the destination may already hold part of the
+    /// offer; list the entries first (answered by [`Control::Answers`]).
+    Ask(Ask),
+    /// Sender → receiver, after [`Control::Ask`]: the next entries of the manifest, in walk
+    /// order (ids 1, 2, … without gaps).
+    Listing(Vec<Listed>),
+    /// Sender → receiver: the listing is complete; the receiver now decides.
+    ListEnd,
+    /// Receiver → sender: what to do with each entry of the oldest unanswered listing, in order.
+    Answers(Vec<Answer>),
+}
+
+/// The receiver's request for a listing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ask {
+    /// Send each file's BLAKE3 hash with its entry (`--checksum`: the sender reads every file
+    /// first).
+    pub checksum: bool,
+}
+
+/// One entry of a listing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Listed {
+    /// The entry as the data lanes would carry it.
+    pub entry: crate::wire::data::Entry,
+    /// The file's BLAKE3 hash, when the listing was asked with `checksum`.
+    pub hash: Option<[u8; 32]>,
+}
+
+/// The receiver's answer for one listed entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Answer {
+    /// Send it (whole).
+    Send,
+    /// It is already here: do not send it.
+    Skip,
+    /// The receiver holds the first `offset` bytes of this file; `digest` proves which
+    /// (`docs/protocol.md` §12). The sender sends the rest if its own prefix has the same
+    /// digest, else the whole file.
+    Resume {
+        /// Bytes held.
+        offset: u64,
+        /// Their digest.
+        digest: [u8; 32],
+    },
 }
 
 /// Capabilities and the QUIC identity of one side.
@@ -153,25 +200,14 @@ pub struct Offer {
     pub lanes: u16,
     /// Chunk payload size the sender will use.
     pub chunk_size: u32,
+    /// Random per transfer; the same when a transfer is resumed by the same sender.
+    pub transfer_id: [u8; 16],
 }
 
-/// The receiver's yes, with what it already holds (resume; empty in this version).
+/// The receiver's yes. What it already holds it said in its [`Answer`]s, if it asked for a
+/// listing.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Accept {
-    /// Files the receiver already holds in part or whole; the sender skips what they cover.
-    pub have: Vec<Have>,
-}
-
-/// One file the receiver holds a verified prefix of.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Have {
-    /// Entry path.
-    pub path: String,
-    /// Bytes held.
-    pub len: u64,
-    /// BLAKE3 hash of those bytes.
-    pub hash: [u8; 32],
-}
+pub struct Accept {}
 
 /// Why the receiver said no.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -200,8 +236,10 @@ pub struct Summary {
     pub entries: u64,
     /// Regular files.
     pub files: u64,
-    /// File bytes.
+    /// File bytes (whole sizes of the files sent, resumed ones included).
     pub bytes: u64,
+    /// Of `bytes`, those the receiver already held (the prefixes of resumed files).
+    pub resumed: u64,
 }
 
 /// An error one side reports to the other before closing.
@@ -241,10 +279,11 @@ impl Control {
                 }
                 Ok(())
             }
-            Control::Accept(a) => {
-                cap("have list", a.have.len(), crate::wire::data::MAX_HAVE)?;
-                a.have.iter().try_for_each(|h| cap("path", h.path.len(), MAX_PATH))
+            Control::Listing(l) => {
+                cap("listing", l.len(), MAX_LISTING)?;
+                l.iter().try_for_each(|e| e.entry.validate())
             }
+            Control::Answers(a) => cap("answers", a.len(), MAX_LISTING),
             Control::Refuse(r) => check_names("refused names", &r.names),
             Control::Error(e) => cap("error message", e.message.len(), MAX_MESSAGE),
             _ => Ok(()),
@@ -298,6 +337,7 @@ fn cap(what: &'static str, len: usize, max: usize) -> Result<(), DecodeError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wire::data::{Entry, EntryKind, Timestamp};
     use proptest::prelude::*;
 
     #[test]
@@ -340,13 +380,39 @@ mod tests {
                 names: vec!["photos".into(), "notes.txt".into()],
                 lanes: 2,
                 chunk_size: 1 << 20,
+                transfer_id: [0x77; 16],
             }),
-            Control::Accept(Accept { have: vec![] }),
+            Control::Accept(Accept {}),
             Control::Refuse(Refuse { reason: RefuseReason::Conflict, names: vec!["a".into()] }),
-            Control::Finish(Summary { entries: 3, files: 2, bytes: 300 }),
-            Control::Complete(Summary { entries: 3, files: 2, bytes: 300 }),
+            Control::Finish(Summary { entries: 3, files: 2, bytes: 300, resumed: 100 }),
+            Control::Complete(Summary { entries: 3, files: 2, bytes: 300, resumed: 100 }),
             Control::Error(ErrorReport { kind: ErrorKind::Io, message: "disk full".into() }),
+            Control::Ask(Ask { checksum: true }),
+            Control::Listing(vec![
+                Listed { entry: dir_entry(), hash: None },
+                Listed { entry: file_entry(), hash: Some([0xee; 32]) },
+            ]),
+            Control::ListEnd,
+            Control::Answers(vec![
+                Answer::Send,
+                Answer::Skip,
+                Answer::Resume { offset: 1 << 20, digest: [0x5a; 32] },
+            ]),
         ]
+    }
+
+    fn dir_entry() -> Entry {
+        Entry { id: 1, path: "d".into(), kind: EntryKind::Dir, mode: 0o755, mtime: None }
+    }
+
+    fn file_entry() -> Entry {
+        Entry {
+            id: 5,
+            path: "photos/a.jpg".into(),
+            kind: EntryKind::File { size: 1000 },
+            mode: 0o644,
+            mtime: Some(Timestamp { secs: 1_700_000_000, nanos: 5 }),
+        }
     }
 
     fn encoded(m: &Control) -> String {
@@ -359,15 +425,24 @@ mod tests {
     fn control_snapshots() {
         let got: Vec<String> = samples().iter().map(encoded).collect();
         let want = [
-            "0002abababababababababababababababababababababababababababababababab\
+            "0003abababababababababababababababababababababababababababababababab\
              cdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcd04808040\
              00",
-            "01020100ac02020670686f746f73096e6f7465732e74787402808040",
-            "0200",
+            "01020100ac02020670686f746f73096e6f7465732e74787402808040\
+             77777777777777777777777777777777",
+            "02",
             "0301010161",
-            "040302ac02",
-            "050302ac02",
+            "040302ac0264",
+            "050302ac0264",
             "0607096469736b2066756c6c",
+            "0701",
+            "0802010164\
+             00ed030000\
+             050c70686f746f732f612e6a706701e807a4030180c49fd50c05\
+             01eeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeee",
+            "09",
+            "0a03000102808040\
+             5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a",
         ];
         assert_eq!(got, want);
     }
@@ -396,7 +471,7 @@ mod tests {
     #[test]
     fn control_rejects_trailing_bytes_bad_version_and_oversized_lists() {
         let mut out = Vec::new();
-        Control::Accept(Accept { have: vec![] }).encode(&mut out);
+        Control::Accept(Accept {}).encode(&mut out);
         out.push(0);
         assert_eq!(Control::decode(&out), Err(DecodeError::TrailingBytes(1)));
 
@@ -419,20 +494,37 @@ mod tests {
             names: vec![String::new(); MAX_NAMES + 1],
             lanes: 1,
             chunk_size: 1,
+            transfer_id: [0; 16],
         });
         out.clear();
         offer.encode(&mut out);
         assert!(matches!(Control::decode(&out), Err(DecodeError::TooLong { .. })));
+
+        let listed = Listed { entry: dir_entry(), hash: None };
+        for long in [
+            Control::Listing(vec![listed; MAX_LISTING + 1]),
+            Control::Answers(vec![Answer::Skip; MAX_LISTING + 1]),
+        ] {
+            out.clear();
+            long.encode(&mut out);
+            assert!(matches!(Control::decode(&out), Err(DecodeError::TooLong { .. })));
+        }
+        let mut bad = file_entry();
+        bad.path = "x".repeat(MAX_PATH + 1);
+        out.clear();
+        Control::Listing(vec![Listed { entry: bad, hash: None }]).encode(&mut out);
+        assert!(matches!(Control::decode(&out), Err(DecodeError::TooLong { what: "path", .. })));
     }
 
     proptest! {
         #[test]
-        fn control_round_trips(i in 0usize..7, names in proptest::collection::vec(".{0,40}", 0..5), n in any::<u64>()) {
+        fn control_round_trips(i in 0usize..11, names in proptest::collection::vec(".{0,40}", 0..5), n in any::<u64>()) {
             let mut m = samples()[i].clone();
             match &mut m {
                 Control::Offer(o) => { o.names = names; o.bytes = n; }
                 Control::Refuse(r) => r.names = names,
                 Control::Finish(s) | Control::Complete(s) => s.bytes = n,
+                Control::Answers(a) => a.push(Answer::Resume { offset: n, digest: [1; 32] }),
                 _ => {}
             }
             let mut out = Vec::new();

@@ -9,10 +9,12 @@
 //! | 0x02 | CHUNK    | `flags: u8 ‖ file_id: u64 BE ‖ offset: u64 BE ‖ payload`           |
 //! | 0x03 | FILE_END | `file_id: u64 BE ‖ blake3: [u8; 32]`                               |
 //! | 0x04 | LANE_END | `entries: u64 BE` (entries this lane carried)                      |
+//! | 0x05 | RESUME_AT| `file_id: u64 BE ‖ offset: u64 BE` (the receiver holds `offset` bytes) |
 //!
 //! CHUNK `flags` bit 0: the payload is a zstd frame (decompressed size ≤ the chunk size);
 //! other bits must be zero. A file's chunks follow its ENTRY on the same lane, in order, then
-//! its FILE_END. LANE_END is the last record; a lane that ends without it was cut.
+//! its FILE_END. A resumed file's ENTRY is followed by RESUME_AT, and its chunks start at that
+//! offset. LANE_END is the last record; a lane that ends without it was cut.
 
 use serde::{Deserialize, Serialize};
 
@@ -28,8 +30,6 @@ pub const DEFAULT_CHUNK: usize = 512 << 10;
 pub const MAX_FRAME: usize = CHUNK_HEADER_LEN + MAX_CHUNK + crate::crypto::TAG_LEN;
 /// Cap on a symlink target, in bytes.
 pub const MAX_TARGET: usize = 4096;
-/// Cap on the entries of a resume list.
-pub const MAX_HAVE: usize = 100_000;
 /// Length of the plaintext header of a CHUNK record (type byte included).
 pub const CHUNK_HEADER_LEN: usize = 1 + 1 + 8 + 8;
 /// CHUNK flag: payload compressed with zstd.
@@ -39,6 +39,7 @@ const TYPE_ENTRY: u8 = 0x01;
 const TYPE_CHUNK: u8 = 0x02;
 const TYPE_FILE_END: u8 = 0x03;
 const TYPE_LANE_END: u8 = 0x04;
+const TYPE_RESUME_AT: u8 = 0x05;
 
 /// One item of the manifest.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -109,6 +110,13 @@ pub enum Record<'a> {
         /// Entries the lane carried.
         entries: u64,
     },
+    /// The file just entered continues the receiver's partial copy: its chunks start here.
+    ResumeAt {
+        /// The file's entry id.
+        file_id: u64,
+        /// Bytes the receiver holds (as it answered in the listing).
+        offset: u64,
+    },
 }
 
 impl Record<'_> {
@@ -131,6 +139,11 @@ impl Record<'_> {
             Record::LaneEnd { entries } => {
                 out.push(TYPE_LANE_END);
                 out.extend_from_slice(&entries.to_be_bytes());
+            }
+            Record::ResumeAt { file_id, offset } => {
+                out.push(TYPE_RESUME_AT);
+                out.extend_from_slice(&file_id.to_be_bytes());
+                out.extend_from_slice(&offset.to_be_bytes());
             }
         }
     }
@@ -174,6 +187,10 @@ impl Record<'_> {
                 Ok(Record::FileEnd { file_id: be_u64(&body[..8]), hash })
             }
             TYPE_LANE_END => Ok(Record::LaneEnd { entries: be_u64(&fixed::<8>(rest)?) }),
+            TYPE_RESUME_AT => {
+                let body = fixed::<16>(rest)?;
+                Ok(Record::ResumeAt { file_id: be_u64(&body[..8]), offset: be_u64(&body[8..]) })
+            }
             other => Err(DecodeError::UnknownType(other)),
         }
     }
@@ -268,6 +285,10 @@ mod tests {
             format!("030000000000000005{}", "ee".repeat(32))
         );
         assert_eq!(hex_of(&Record::LaneEnd { entries: 3 }), "040000000000000003");
+        assert_eq!(
+            hex_of(&Record::ResumeAt { file_id: 5, offset: 1 << 20 }),
+            "0500000000000000050000000000100000"
+        );
     }
 
     #[test]
@@ -282,6 +303,7 @@ mod tests {
         let mut long = vec![TYPE_LANE_END];
         long.extend_from_slice(&[0; 9]);
         assert_eq!(Record::decode(&long), Err(DecodeError::TrailingBytes(1)));
+        assert_eq!(Record::decode(&[TYPE_RESUME_AT, 0, 0]), Err(DecodeError::Truncated));
 
         let mut e = file_entry();
         e.path = "x".repeat(5000);
@@ -311,6 +333,7 @@ mod tests {
                 Record::Chunk { flags: 0, file_id: id, offset: off, payload: &payload },
                 Record::FileEnd { file_id: id, hash: sha },
                 Record::LaneEnd { entries: off },
+                Record::ResumeAt { file_id: id, offset: off },
             ];
             for r in records {
                 let mut out = Vec::new();

@@ -1,7 +1,8 @@
 //! Two sessions driven against each other in memory, deterministically.
 
 use super::*;
-use crate::wire::control::{Accept, Offer, Refuse, RefuseReason, Summary};
+use crate::wire::control::{Accept, Answer, Ask, Listed, Offer, Refuse, RefuseReason, Summary};
+use crate::wire::data::{Entry, EntryKind};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 
@@ -92,6 +93,7 @@ fn offer() -> Offer {
         names: vec!["a.txt".into()],
         lanes: 1,
         chunk_size: 1 << 20,
+        transfer_id: [7; 16],
     }
 }
 
@@ -113,11 +115,11 @@ fn full_session_succeeds() {
     p.s.offer(offer()).unwrap();
     p.pump();
     assert_eq!(Pair::events(&mut p.r), [Event::Offer(offer())]);
-    p.r.accept(Accept { have: vec![] }).unwrap();
+    p.r.accept(Accept {}).unwrap();
     p.pump();
-    assert_eq!(Pair::events(&mut p.s), [Event::Accepted(Accept { have: vec![] })]);
+    assert_eq!(Pair::events(&mut p.s), [Event::Accepted(Accept {})]);
 
-    let totals = Summary { entries: 1, files: 1, bytes: 5 };
+    let totals = Summary { entries: 1, files: 1, bytes: 5, resumed: 0 };
     p.s.finish(totals).unwrap();
     p.pump();
     assert_eq!(Pair::events(&mut p.r), [Event::Finished(totals)]);
@@ -125,6 +127,107 @@ fn full_session_succeeds() {
     assert_eq!(p.pump(), (None, None));
     assert_eq!(Pair::events(&mut p.s), [Event::Completed(totals)]);
     assert!(p.s.is_done() && p.r.is_done());
+}
+
+fn listed(id: u64) -> Listed {
+    let entry = Entry {
+        id,
+        path: format!("a/{id}"),
+        kind: EntryKind::File { size: 1 },
+        mode: 0o644,
+        mtime: None,
+    };
+    Listed { entry, hash: None }
+}
+
+/// A receiver asks for a listing, answers every batch in order, then accepts; the sender sees
+/// the answers in order and the acceptance only once everything was answered.
+#[test]
+fn a_listing_is_answered_batch_by_batch_before_the_decision() {
+    let mut p = pair();
+    p.pump();
+    Pair::events(&mut p.s);
+    Pair::events(&mut p.r);
+    p.s.offer(offer()).unwrap();
+    p.pump();
+    assert_eq!(Pair::events(&mut p.r), [Event::Offer(offer())]);
+    p.r.ask(Ask { checksum: false }).unwrap();
+    p.pump();
+    assert_eq!(Pair::events(&mut p.s), [Event::Asked(Ask { checksum: false })]);
+
+    p.s.list(vec![listed(1), listed(2)]).unwrap();
+    p.s.list(vec![listed(3)]).unwrap();
+    assert_eq!(p.s.unanswered(), 2);
+    p.s.list_end().unwrap();
+    assert_eq!(p.s.list(vec![listed(4)]), Err(SessionError::Misuse("list")), "after the end");
+    p.pump();
+    assert_eq!(
+        Pair::events(&mut p.r),
+        [
+            Event::Listing(vec![listed(1), listed(2)]),
+            Event::Listing(vec![listed(3)]),
+            Event::ListEnd
+        ]
+    );
+    // Not yet: two batches are unanswered. Answers must match the oldest batch's length.
+    assert_eq!(p.r.accept(Accept {}), Err(SessionError::Misuse("accept")));
+    assert_eq!(p.r.answer(vec![Answer::Send]), Err(SessionError::Misuse("answer")));
+    let resume = Answer::Resume { offset: 1, digest: [9; 32] };
+    p.r.answer(vec![Answer::Skip, resume]).unwrap();
+    p.r.answer(vec![Answer::Send]).unwrap();
+    p.r.accept(Accept {}).unwrap();
+    assert_eq!(p.pump(), (None, None));
+    assert_eq!(
+        Pair::events(&mut p.s),
+        [
+            Event::Answers(vec![Answer::Skip, resume]),
+            Event::Answers(vec![Answer::Send]),
+            Event::Accepted(Accept {})
+        ]
+    );
+    assert_eq!(p.s.unanswered(), 0);
+}
+
+/// Answers the sender did not ask for, an acceptance before the answers, or a listing the
+/// receiver did not ask for break the protocol.
+#[test]
+fn listing_out_of_turn_is_a_protocol_error() {
+    // Answers to no batch.
+    let mut p = pair();
+    p.pump();
+    p.s.offer(offer()).unwrap();
+    p.pump();
+    p.r.ask(Ask { checksum: false }).unwrap();
+    p.pump();
+    p.r.survey.unanswered.push_back(1);
+    p.r.answer(vec![Answer::Send]).unwrap();
+    let (es, _) = p.pump();
+    assert!(matches!(es, Some(SessionError::Unexpected { got: "answers", .. })), "{es:?}");
+
+    // An acceptance while a batch is unanswered.
+    let mut p = pair();
+    p.pump();
+    p.s.offer(offer()).unwrap();
+    p.pump();
+    p.r.ask(Ask { checksum: false }).unwrap();
+    p.pump();
+    p.s.list(vec![listed(1)]).unwrap();
+    p.s.list_end().unwrap();
+    p.pump();
+    p.r.survey.unanswered.clear();
+    p.r.accept(Accept {}).unwrap();
+    let (es, _) = p.pump();
+    assert!(matches!(es, Some(SessionError::Unexpected { got: "accept", .. })), "{es:?}");
+
+    // A listing nobody asked for.
+    let mut p = pair();
+    p.pump();
+    p.s.offer(offer()).unwrap();
+    p.pump();
+    p.s.state = State::Listing;
+    p.s.list(vec![listed(1)]).unwrap();
+    let (_, er) = p.pump();
+    assert!(matches!(er, Some(SessionError::Unexpected { got: "listing", .. })), "{er:?}");
 }
 
 #[test]
@@ -186,7 +289,7 @@ fn out_of_order_messages_are_protocol_errors() {
     p.pump();
     // The receiver cannot finish or offer; the sender cannot accept.
     assert_eq!(p.r.offer(offer()), Err(SessionError::Misuse("offer")));
-    assert_eq!(p.s.accept(Accept { have: vec![] }), Err(SessionError::Misuse("accept")));
+    assert_eq!(p.s.accept(Accept {}), Err(SessionError::Misuse("accept")));
     // A peer that sends Finish before an offer was accepted breaks the protocol.
     p.s.state = State::Transferring;
     p.s.finish(Summary::default()).unwrap();
