@@ -10,12 +10,15 @@
 //! The CLI (or any caller) watches a transfer through an [`Observer`] and reads progress from
 //! a shared counter.
 
+pub mod cache;
 pub mod control;
 pub mod fs;
 pub mod lanes;
 pub mod meet;
+pub mod prefix;
 pub mod receive;
 pub mod send;
+pub mod survey;
 pub mod walk;
 
 use std::net::SocketAddr;
@@ -61,10 +64,7 @@ impl Stop {
     pub async fn requested(&mut self) -> TransferError {
         loop {
             if let Some(why) = *self.0.borrow_and_update() {
-                return TransferError::new(
-                    ErrorKind::Interrupted,
-                    format!("stopped by {why}; nothing incomplete was kept"),
-                );
+                return TransferError::new(ErrorKind::Interrupted, format!("stopped by {why}"));
             }
             if self.0.changed().await.is_err() {
                 // The handle is gone: nobody can ask any more.
@@ -130,7 +130,9 @@ impl From<fs::FsError> for TransferError {
         // file goes, a symlink as a parent) is a conflict, whoever put it there: the write was
         // refused either way. Malformed names never get this far (they are protocol errors).
         let kind = match e {
-            fs::FsError::Exists { .. } | fs::FsError::Unsafe { .. } => ErrorKind::Conflict,
+            fs::FsError::Exists { .. } | fs::FsError::Unsafe { .. } | fs::FsError::Busy { .. } => {
+                ErrorKind::Conflict
+            }
             _ => ErrorKind::Io,
         };
         TransferError::new(kind, e.to_string())
@@ -238,12 +240,18 @@ pub struct Report {
     pub punch_seconds: Option<f64>,
     /// Seconds from the start of the command to the first file byte (none for empty files).
     pub first_byte_seconds: Option<f64>,
-    /// File bytes moved.
+    /// File bytes moved in this transfer (not those already held).
     pub bytes: u64,
+    /// Bytes of partial copies that were continued rather than sent again.
+    pub resumed_bytes: u64,
+    /// Files already at the destination, not sent.
+    pub skipped_files: u64,
+    /// Their bytes.
+    pub skipped_bytes: u64,
     /// What the file bytes took on the wire, as chunk payloads: less than `bytes` when
     /// compression paid.
     pub wire_bytes: u64,
-    /// Files moved.
+    /// Files moved (resumed ones included).
     pub files: u64,
     /// Entries of every kind.
     pub entries: u64,
@@ -291,11 +299,11 @@ pub(crate) async fn conclude(
     conn: &quinn::Connection,
     endpoint: &quinn::Endpoint,
     route: Route,
-    result: Result<crate::wire::control::Summary, TransferError>,
+    result: Result<(crate::wire::control::Summary, survey::Present), TransferError>,
 ) -> Result<Report, TransferError> {
     let Route { path, changes, punch, started, progress } = route;
     match result {
-        Ok(totals) => {
+        Ok((totals, present)) => {
             match role {
                 crate::crypto::Role::Sender => {
                     conn.close(control::close::DONE.into(), b"done");
@@ -317,7 +325,10 @@ pub(crate) async fn conclude(
                 first_byte_seconds: progress
                     .first_byte()
                     .map(|t| t.saturating_duration_since(started).as_secs_f64()),
-                bytes: totals.bytes,
+                bytes: totals.bytes.saturating_sub(totals.resumed),
+                resumed_bytes: totals.resumed,
+                skipped_files: present.files,
+                skipped_bytes: present.file_bytes,
                 wire_bytes: progress.wire_bytes(),
                 files: totals.files,
                 entries: totals.entries,
@@ -355,11 +366,18 @@ pub enum Note<'a> {
         verifier: &'a str,
     },
     /// The offer: the receiver is about to decide; the sender is waiting for the decision.
-    Offer(&'a Offer),
+    Offer {
+        /// What is offered.
+        offer: &'a Offer,
+        /// What the destination already holds of it (receiver; nothing known on the sender).
+        present: survey::Present,
+    },
     /// The offer was accepted; data is about to flow.
     Accepted {
-        /// Bytes to move.
+        /// Bytes of the offer.
         total: u64,
+        /// What the destination already holds of it (not sent again).
+        present: survey::Present,
     },
     /// Something worth telling the person that does not stop the transfer.
     Warning(String),
@@ -372,7 +390,7 @@ pub trait Observer: Send + Sync {
 
     /// Receiver: asks whether to accept the offer. Called only when the caller asked to be
     /// asked (no `--yes`); may block (it runs on a blocking thread).
-    fn confirm(&self, _offer: &Offer) -> bool {
+    fn confirm(&self, _offer: &Offer, _present: survey::Present) -> bool {
         false
     }
 }
@@ -422,6 +440,19 @@ impl Progress {
     /// Chunk payload bytes so far, as they travel (compressed or not).
     pub fn wire_bytes(&self) -> u64 {
         self.wire.load(Ordering::Relaxed)
+    }
+
+    /// Counts bytes already held at the destination (no transfer, no first byte).
+    pub(crate) fn hold(&self, n: u64) {
+        self.bytes.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Takes back bytes counted as held that turned out not to be (a partial copy the sender
+    /// would not continue).
+    pub(crate) fn sub(&self, n: u64) {
+        let _ = self
+            .bytes
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| Some(b.saturating_sub(n)));
     }
 
     pub(crate) fn add_wire(&self, n: u64) {

@@ -103,7 +103,8 @@ fn mid_transfer(fx: &Fixture) -> (Proc, Proc, PathBuf) {
 }
 
 /// The sender dies mid-transfer: the receiver notices within the idle timeout, fails with a
-/// network error and keeps nothing.
+/// network error, and keeps what arrived as a partial copy (for a later resume), never under
+/// the final name.
 #[test]
 fn sender_killed_mid_transfer() {
     let fx = Fixture::new();
@@ -117,7 +118,9 @@ fn sender_killed_mid_transfer() {
     assert_exits(&[(&r, 7)]);
     assert_eq!(r.event("error").expect("error event")["kind"], "network", "{r}");
     assert!(r.event("done").is_none(), "{r}");
-    assert!(list_all(&out).is_empty(), "nothing kept: {:?}", list_all(&out));
+    assert_says(&r, &["--discard-partial"]);
+    assert_eq!(final_names(&out), Vec::<PathBuf>::new(), "nothing under a final name");
+    assert_eq!(partial_copies(&out).len(), 1, "{:?}", list_all(&out));
 }
 
 /// The receiver dies mid-transfer: the sender notices within the idle timeout.
@@ -133,17 +136,39 @@ fn receiver_killed_mid_transfer() {
     assert_eq!(s.event("error").expect("error event")["kind"], "network", "{s}");
 }
 
-/// Ctrl-C on the receiver: exit 130 at once, the partial file removed.
+/// Ctrl-C on the receiver: exit 130 at once; the partial copy is kept (under no final name),
+/// and the message says how to resume or remove it; `--discard-partial` removes it.
 #[test]
-fn receiver_interrupted_keeps_nothing() {
+fn receiver_interrupted_keeps_the_partial_copy() {
     let fx = Fixture::new();
     let (_sender, receiver, out) = mid_transfer(&fx);
     run("kill", &["-INT", &receiver.id().to_string()]).expect("SIGINT");
     let r = receiver.finish_within(Duration::from_secs(20));
     assert_exits(&[(&r, 130)]);
     assert_eq!(r.event("error").expect("error event")["kind"], "interrupted", "{r}");
-    assert_says(&r, &["nothing incomplete was kept"]);
-    assert!(list_all(&out).is_empty(), "nothing kept: {:?}", list_all(&out));
+    assert_says(&r, &["kept in", "to resume", "--discard-partial"]);
+    assert_eq!(final_names(&out), Vec::<PathBuf>::new(), "nothing under a final name");
+    let kept = partial_copies(&out);
+    assert_eq!(kept.len(), 1, "{:?}", list_all(&out));
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(out.join(&kept[0])).expect("partial").permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o600);
+
+    let d = fx.spawn(
+        "discard",
+        &[],
+        [
+            OsStr::new("receive"),
+            OsStr::new("--out"),
+            out.as_os_str(),
+            OsStr::new("--discard-partial"),
+        ],
+    );
+    let d = d.finish();
+    assert_exits(&[(&d, 0)]);
+    assert_says(&d, &["Removed"]);
+    assert!(list_all(&out).is_empty(), "all gone: {:?}", list_all(&out));
 }
 
 /// Ctrl-C on the receiver: the sender hears of it at once (the receiver's own trouble: exit 10,
@@ -206,6 +231,7 @@ fn disk_full() {
     // The sender learns why from the receiver's report: the peer failed, with its reason.
     assert_exits(&[(&s, 10), (&r, 9)]);
     assert_says(&s, &["other side failed", "disk full"]);
-    assert!(list_all(&out).is_empty(), "nothing kept: {:?}", list_all(&out));
-    assert!(list_all(&small).iter().all(|p| p == Path::new("out")), "{:?}", list_all(&small));
+    // What fit is kept for when there is room again, under no final name.
+    assert_eq!(final_names(&out), Vec::<PathBuf>::new(), "nothing under a final name");
+    assert_says(&r, &["--discard-partial"]);
 }

@@ -9,6 +9,7 @@ use serde_json::json;
 
 use super::Common;
 use crate::crypto::Role;
+use crate::transfer::survey::Present;
 use crate::transfer::{Note, Observer, Progress, Report, TransferError};
 use crate::wire::control::Offer;
 
@@ -96,6 +97,9 @@ impl Ui {
                 "path": report.path.as_str(),
                 "path_changes": report.path_changes,
                 "bytes": report.bytes,
+                "resumed_bytes": report.resumed_bytes,
+                "skipped_files": report.skipped_files,
+                "skipped_bytes": report.skipped_bytes,
                 "wire_bytes": report.wire_bytes,
                 "files": report.files,
                 "entries": report.entries,
@@ -115,8 +119,19 @@ impl Ui {
             } else {
                 String::new()
             };
+            let mut kept = String::new();
+            if report.resumed_bytes > 0 {
+                kept.push_str(&format!("; {} kept from before", HumanBytes(report.resumed_bytes)));
+            }
+            if report.skipped_files > 0 {
+                kept.push_str(&format!(
+                    "; {} file(s) ({}) were already there",
+                    report.skipped_files,
+                    HumanBytes(report.skipped_bytes)
+                ));
+            }
             eprintln!(
-                "{verb} {} in {} file(s) in {:.1}s ({}/s, {}{moved}{packed})",
+                "{verb} {} in {} file(s) in {:.1}s ({}/s, {}{moved}{packed}){kept}",
                 HumanBytes(report.bytes),
                 report.files,
                 report.seconds,
@@ -164,7 +179,7 @@ impl Observer for Ui {
                     eprintln!("Key confirmed; verifier {verifier} (the same on both sides)");
                 }
             }
-            Note::Offer(offer) => {
+            Note::Offer { offer, present } => {
                 if self.json {
                     emit(&json!({
                         "event": "offer",
@@ -173,18 +188,30 @@ impl Observer for Ui {
                         "symlinks": offer.symlinks,
                         "bytes": offer.bytes,
                         "names": offer.names,
+                        "present_bytes": present.bytes,
+                        "present_files": present.files,
+                        "partial_files": present.partial,
                     }));
                 } else if self.human() {
                     let lead = if self.role == Role::Sender { "Offering" } else { "Offered" };
-                    eprintln!("{lead}: {}", describe(offer));
+                    eprintln!("{lead}: {}{}", describe(offer), held(offer, present));
                 }
             }
-            Note::Accepted { total } => {
+            Note::Accepted { total, present } => {
                 let mut state = self.state();
                 state.total = Some(total);
                 if self.json {
-                    emit(&json!({"event": "accepted", "bytes": total}));
-                } else if self.human() && std::io::stderr().is_terminal() {
+                    emit(&json!({
+                        "event": "accepted",
+                        "bytes": total,
+                        "present_bytes": present.bytes,
+                        "present_files": present.files,
+                        "partial_files": present.partial,
+                    }));
+                } else if self.role == Role::Sender && self.human() && present.bytes > 0 {
+                    eprintln!("The receiver has {}", held_short(total, present));
+                }
+                if !self.json && self.human() && std::io::stderr().is_terminal() {
                     let bar =
                         ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
                     if let Ok(style) = ProgressStyle::with_template(
@@ -192,6 +219,7 @@ impl Observer for Ui {
                     ) {
                         bar.set_style(style);
                     }
+                    bar.set_position(present.bytes);
                     state.bar = Some(bar);
                 }
             }
@@ -205,7 +233,7 @@ impl Observer for Ui {
         }
     }
 
-    fn confirm(&self, offer: &Offer) -> bool {
+    fn confirm(&self, offer: &Offer, present: Present) -> bool {
         // Every top-level name is shown before a yes, hidden ones called out: a name like
         // `.bashrc` landing in a home directory must never be a surprise.
         const LISTED: usize = 20;
@@ -224,7 +252,12 @@ impl Observer for Ui {
         if !hidden.is_empty() {
             eprintln!("warning: the offer includes hidden names: {}", hidden.join(", "));
         }
-        eprint!("Accept {}? [y/N] ", describe_short(offer));
+        let here = if present.bytes > 0 {
+            format!(" ({} already here)", HumanBytes(present.bytes))
+        } else {
+            String::new()
+        };
+        eprint!("Accept {}{here}? [y/N] ", describe_short(offer));
         let _ = std::io::stderr().flush();
         let mut line = String::new();
         if std::io::stdin().read_line(&mut line).is_err() {
@@ -243,6 +276,30 @@ fn describe_short(offer: &Offer) -> String {
         parts.push(format!("{} link(s)", offer.symlinks));
     }
     format!("{}, {}", parts.join(", "), HumanBytes(offer.bytes))
+}
+
+/// "; 1.2 GiB of 3.0 GiB already here (…)" when anything is.
+fn held(offer: &Offer, present: Present) -> String {
+    if present.bytes == 0 && present.files == 0 {
+        return String::new();
+    }
+    format!("; {}", held_short(offer.bytes, present))
+}
+
+fn held_short(total: u64, present: Present) -> String {
+    let mut parts = Vec::new();
+    if present.files > 0 {
+        parts.push(format!("{} file(s) whole", present.files));
+    }
+    if present.partial > 0 {
+        parts.push(format!("{} partial", present.partial));
+    }
+    format!(
+        "{} of {} already here ({})",
+        HumanBytes(present.bytes),
+        HumanBytes(total),
+        parts.join(", ")
+    )
 }
 
 fn describe(offer: &Offer) -> String {

@@ -1,7 +1,7 @@
 //! `p2p-copy receive` (alias `recv`).
 
 use std::io::IsTerminal;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::Args as ClapArgs;
@@ -10,6 +10,7 @@ use super::output::Ui;
 use super::Common;
 use crate::code::Code;
 use crate::crypto::Role;
+use crate::error::ErrorKind;
 use crate::transfer::{self, ReceiveOptions, Stop, TransferError};
 
 /// Arguments of `p2p-copy receive`.
@@ -24,9 +25,18 @@ pub struct Args {
     /// Accept the offer without asking.
     #[arg(long, short, env = "P2P_COPY_YES", value_parser = clap::builder::FalseyValueParser::new())]
     pub yes: bool,
-    /// Replace files and links that already exist in the destination.
+    /// Replace files and links that already exist in the destination and differ from the
+    /// sender's (identical ones are skipped either way).
     #[arg(long, env = "P2P_COPY_OVERWRITE", value_parser = clap::builder::FalseyValueParser::new())]
     pub overwrite: bool,
+    /// Compare files already in the destination by BLAKE3 hash rather than by size and mtime
+    /// (both sides read every such file first).
+    #[arg(long, env = "P2P_COPY_CHECKSUM", value_parser = clap::builder::FalseyValueParser::new())]
+    pub checksum: bool,
+    /// Remove what interrupted transfers left in the destination (partial files, in
+    /// `DIR/.p2p-copy`) and exit; no code is needed.
+    #[arg(long, conflicts_with_all = ["code", "yes", "overwrite", "checksum"])]
+    pub discard_partial: bool,
     /// Seconds to look for the sender before giving up (at most a day).
     #[arg(long, default_value_t = 30, value_name = "SECS", env = "P2P_COPY_WAIT",
           value_parser = clap::value_parser!(u64).range(1..=86_400))]
@@ -41,6 +51,9 @@ pub struct Args {
 
 /// Runs a receive.
 pub async fn run(args: Args, stop: Stop) -> Result<(), TransferError> {
+    if args.discard_partial {
+        return discard(&args);
+    }
     let typed = match args.code {
         Some(c) => c,
         None if std::io::stdin().is_terminal() => ask_code()?,
@@ -53,6 +66,7 @@ pub async fn run(args: Args, stop: Stop) -> Result<(), TransferError> {
     opts.yes = args.yes;
     opts.interactive = std::io::stdin().is_terminal() && !args.common.json;
     opts.overwrite = args.overwrite;
+    opts.checksum = args.checksum;
     opts.wait = Duration::from_secs(args.wait);
     opts.stop = stop;
     opts.rendezvous = args.meeting.rendezvous()?;
@@ -60,10 +74,60 @@ pub async fn run(args: Args, stop: Stop) -> Result<(), TransferError> {
     let ui = Ui::new(&args.common, Role::Receiver);
     let progress = ui.progress();
     let ticker = ui.start_ticker();
-    let result = transfer::receive(opts, ui.clone(), progress).await;
+    let out = opts.out.clone();
+    let result = transfer::receive(opts, ui.clone(), progress).await.map_err(|e| kept(e, &out));
     ticker.abort();
     ui.finish(&result);
     result.map(|_| ())
+}
+
+/// A failed receive that left partial files says how to resume or remove them.
+fn kept(e: TransferError, out: &Path) -> TransferError {
+    let state = crate::transfer::fs::StateDir::new(out);
+    let (files, bytes) = state.held();
+    if files == 0
+        || !matches!(
+            e.kind,
+            ErrorKind::Network | ErrorKind::Interrupted | ErrorKind::Peer | ErrorKind::Io
+        )
+    {
+        return e;
+    }
+    TransferError::new(
+        e.kind,
+        format!(
+            "{}; {} kept in {} ({} partial file(s)): receive into the same --out again when the \
+             sender sends again to resume, or run `p2p-copy receive --out {} --discard-partial` \
+             to remove it",
+            e.message,
+            indicatif::HumanBytes(bytes),
+            state.path().display(),
+            files,
+            out.display()
+        ),
+    )
+}
+
+/// `--discard-partial`: removes the state directory's contents (what no running transfer
+/// holds).
+fn discard(args: &Args) -> Result<(), TransferError> {
+    let root = std::fs::canonicalize(&args.out).unwrap_or_else(|_| args.out.clone());
+    let state = crate::transfer::fs::StateDir::new(&root);
+    let (removed, bytes, busy) = state.discard();
+    if !args.common.quiet {
+        eprintln!(
+            "Removed {removed} file(s) of interrupted transfers ({}) from {}",
+            indicatif::HumanBytes(bytes),
+            state.path().display()
+        );
+    }
+    if busy > 0 {
+        return Err(TransferError::new(
+            ErrorKind::Conflict,
+            format!("{busy} partial file(s) are in use by a running receive and were left"),
+        ));
+    }
+    Ok(())
 }
 
 fn ask_code() -> Result<String, TransferError> {

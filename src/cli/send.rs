@@ -10,6 +10,7 @@ use super::Common;
 use crate::code::{Code, DEFAULT_WORDS};
 use crate::compress::Compression;
 use crate::crypto::Role;
+use crate::error::ErrorKind;
 use crate::transfer::{self, SendOptions, Stop, TransferError};
 use crate::wire::data::DEFAULT_CHUNK;
 
@@ -39,6 +40,10 @@ pub struct Args {
     /// data costs next to nothing), `on` everything that shrinks at all, `off` nothing.
     #[arg(long, value_enum, default_value_t = Compression::Auto, env = "P2P_COPY_COMPRESS")]
     pub compress: Compression,
+    /// When the receiver already holds some of the files, compare them by BLAKE3 hash rather
+    /// than by size and mtime (every file is read first).
+    #[arg(long, env = "P2P_COPY_CHECKSUM", value_parser = clap::builder::FalseyValueParser::new())]
+    pub checksum: bool,
     #[command(flatten)]
     pub meeting: super::Meeting,
     #[command(flatten)]
@@ -62,10 +67,23 @@ pub async fn run(args: Args, stop: Stop) -> Result<(), TransferError> {
     opts.rendezvous = args.meeting.rendezvous()?;
     opts.tuning = args.link.tuning();
     opts.code_chosen = args.code.is_some();
+    opts.checksum = args.checksum;
     let ui = Ui::new(&args.common, Role::Sender);
     let progress = ui.progress();
     let ticker = ui.start_ticker();
-    let result = transfer::send(opts, ui.clone(), progress).await;
+    let moved = progress.clone();
+    let result = transfer::send(opts, ui.clone(), progress).await.map_err(|e| match e.kind {
+        ErrorKind::Network | ErrorKind::Interrupted | ErrorKind::Peer if moved.bytes() > 0 => {
+            TransferError::new(
+                e.kind,
+                format!(
+                    "{}; the receiver keeps what arrived: send the same paths again to resume",
+                    e.message
+                ),
+            )
+        }
+        _ => e,
+    });
     ticker.abort();
     ui.finish(&result);
     result.map(|_| ())

@@ -229,6 +229,8 @@ pub enum LaneEvent<'a> {
     FileEnd {
         /// The file's entry id.
         file_id: u64,
+        /// Its BLAKE3 hash.
+        hash: [u8; 32],
     },
     /// The lane is complete.
     End,
@@ -279,8 +281,10 @@ enum Start {
     Flowing,
 }
 
-/// What a file's content is checked against at its end.
+/// What a file's content is checked against at its end. One per lane, so its size does not
+/// matter.
 #[derive(Debug)]
+#[allow(clippy::large_enum_variant)]
 enum Check {
     /// The hash of what arrived (continuing what was held).
     Hashing(TreeHasher),
@@ -288,8 +292,10 @@ enum Check {
     Held([u8; 32]),
 }
 
-/// The state a resumed file continues from, handed to [`LaneReader::resume`].
-#[derive(Debug)]
+/// The state a resumed file continues from, handed to [`LaneReader::resume`]. One per file
+/// being resumed, so its size does not matter.
+#[derive(Debug, Clone)]
+#[allow(clippy::large_enum_variant)]
 pub enum Held {
     /// The hash state of the bytes held (`len()` equals the offset).
     Prefix(TreeHasher),
@@ -409,7 +415,7 @@ impl LaneReader {
                 if got != hash {
                     return Err(LaneError::Hash { path: file.path });
                 }
-                Ok(LaneEvent::FileEnd { file_id })
+                Ok(LaneEvent::FileEnd { file_id, hash })
             }
             Record::LaneEnd { entries } => {
                 if self.file.is_some() {
@@ -521,7 +527,7 @@ mod tests {
         for mut body in bodies(&frames) {
             match reader.handle(&mut body).unwrap() {
                 LaneEvent::Data(d) => got.extend_from_slice(d),
-                LaneEvent::FileEnd { file_id } => ends.push(file_id),
+                LaneEvent::FileEnd { file_id, .. } => ends.push(file_id),
                 LaneEvent::Entry(_) | LaneEvent::End => {}
                 LaneEvent::ResumeAt { .. } => panic!("no resume here"),
             }

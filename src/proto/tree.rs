@@ -13,9 +13,8 @@
 //! hasher merges its chunks, and the root is taken only when the input is known to end. The
 //! stack holds at most one CV per bit of the group count (≤ 44 for any file up to 2^64 bytes).
 
-use blake3::hazmat::{
-    merge_subtrees_non_root, merge_subtrees_root, ChainingValue, HasherExt, Mode,
-};
+pub use blake3::hazmat::ChainingValue;
+use blake3::hazmat::{merge_subtrees_non_root, merge_subtrees_root, HasherExt, Mode};
 
 /// log2 of the group size.
 pub const GROUP_LOG2: u8 = 20;
@@ -71,14 +70,24 @@ impl TreeHasher {
     /// continuation.
     pub fn resume(cvs: impl IntoIterator<Item = ChainingValue>) -> TreeHasher {
         let mut h = TreeHasher::new();
-        for (i, cv) in cvs.into_iter().enumerate() {
-            if let Some(prev) = h.held.replace(cv) {
-                h.push(prev, i as u64 - 1);
-            }
-            h.index = i as u64 + 1;
+        for cv in cvs {
+            h.push_group(cv);
         }
-        h.group = group_hasher(h.index);
         h
+    }
+
+    /// At a group boundary (no byte of the current group hashed yet): takes the next group by
+    /// its CV instead of its bytes. Returns false, and does nothing, anywhere else.
+    pub fn push_group(&mut self, cv: ChainingValue) -> bool {
+        if self.filled != 0 {
+            return false;
+        }
+        if let Some(prev) = self.held.replace(cv) {
+            self.push(prev, self.index - 1);
+        }
+        self.index += 1;
+        self.group = group_hasher(self.index);
+        true
     }
 
     /// Bytes hashed so far.

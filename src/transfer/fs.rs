@@ -10,13 +10,15 @@
 //!    `symlink_metadata`: each must be a real directory. A symlink is refused even if it points
 //!    inside the destination, and so is a file where a directory is needed. Missing directories
 //!    are created one by one; losing a creation race means looking again, not trusting.
-//! 3. **Final names are never opened.** File data goes to a new hidden temporary file beside
-//!    the final name (`.<name>.p2p-copy-<hex>.part`, `O_EXCL`, mode 0o600), which is given its
-//!    mode and mtime, made durable (fsync, or one `syncfs` for a batch: [`Dest::commit_all`]),
-//!    then atomically renamed into place; each directory that got entries is fsynced once at
-//!    the end ([`Dest::sync_dirs`]).
-//!    Dropping a [`PartFile`] without committing removes it: no half-written file is ever
-//!    visible under a final name.
+//! 3. **Final names are never opened.** File data goes to a partial file in the destination's
+//!    state directory (`.p2p-copy/<id>.part`, mode 0o600, locked; [`state`]), which is given
+//!    its mode and mtime, made durable (fsync, or one `syncfs` for a batch:
+//!    [`Dest::commit_all`]), then atomically renamed into place; each directory that got
+//!    entries is fsynced once at the end ([`Dest::sync_dirs`]). A partial file that is not
+//!    committed stays for the next transfer of the same entry to continue (a large one with
+//!    its [`journal`]); no half-written file is ever visible under a final name. Where a
+//!    file's directory is on another file system, it is a hidden temporary file beside the
+//!    final name instead (`.<name>.p2p-copy-<hex>.part`, `O_EXCL`), removed when dropped.
 //! 4. **Overwriting is explicit.** Without it, an existing final name (any type, dangling
 //!    symlinks included) is [`FsError::Exists`], also when it appears during the transfer
 //!    (`link(2)` refuses atomically). With it, a file or symlink is replaced by the rename
@@ -39,15 +41,21 @@ mod path;
 #[cfg(unix)]
 mod dest;
 #[cfg(unix)]
+pub mod journal;
+#[cfg(unix)]
 mod part;
+#[cfg(unix)]
+pub mod state;
 
 pub use error::{classify, FsError};
 pub use path::{rel_path_of, PathError, RelPath, MAX_COMPONENT_LEN, MAX_PATH_LEN};
 
 #[cfg(unix)]
-pub use dest::{Dest, Syncer};
+pub use dest::{Dest, Found, Resumable, Syncer};
 #[cfg(unix)]
 pub use part::{Finished, PartFile};
+#[cfg(unix)]
+pub use state::{StateDir, SMALL, STATE_DIR};
 
 #[cfg(all(test, unix))]
 #[allow(clippy::unwrap_used, clippy::expect_used)]

@@ -17,9 +17,10 @@ use std::time::{Duration, Instant};
 use rand::rngs::OsRng;
 
 use super::control::{unexpected, ControlStream, UNBOUNDED};
-use super::fs::{Dest, RelPath};
+use super::fs::{Dest, RelPath, STATE_DIR};
 use super::lanes::{receive_lanes, Sink};
 use super::meet::{join, Guard, Plan, Rendezvous};
+use super::survey::{Present, Survey};
 use super::{Note, Observer, PathKind, Progress, Report, TransferError};
 use crate::code::Code;
 use crate::crypto::Role;
@@ -27,7 +28,7 @@ use crate::error::ErrorKind;
 use crate::net::discovery::{self, DiscoveryConfig};
 use crate::net::quic::{Node, Tuning};
 use crate::proto::{Config, Event, Session};
-use crate::wire::control::{Accept, Offer, Refuse, RefuseReason, Summary};
+use crate::wire::control::{Accept, Ask, Offer, Refuse, RefuseReason, Summary};
 use crate::wire::data::{MAX_CHUNK, MIN_CHUNK};
 
 /// Most data lanes a receiver allows.
@@ -50,6 +51,8 @@ pub struct ReceiveOptions {
     pub interactive: bool,
     /// Replace existing files.
     pub overwrite: bool,
+    /// Compare files already at the destination by BLAKE3 hash rather than size and mtime.
+    pub checksum: bool,
     /// How long to look for the sender.
     pub wait: Duration,
     /// LAN discovery settings.
@@ -76,6 +79,7 @@ impl ReceiveOptions {
             yes: false,
             interactive: false,
             overwrite: false,
+            checksum: false,
             wait: Duration::from_secs(30),
             discovery: DiscoveryConfig::default(),
             bind: SocketAddr::from(([0, 0, 0, 0], 0)),
@@ -163,7 +167,7 @@ async fn run(
     opts: &ReceiveOptions,
     observer: Arc<dyn Observer>,
     progress: Arc<Progress>,
-) -> Result<Summary, TransferError> {
+) -> Result<(Summary, Present), TransferError> {
     match ctl.next_event(Duration::from_secs(60)).await? {
         Event::Secured { verifier, .. } => observer.note(Note::Secured { verifier: &verifier }),
         other => return Err(unexpected(&other)),
@@ -174,25 +178,50 @@ async fn run(
     };
     check_offer(&offer)?;
 
-    let conflicts = existing(opts, &offer.names)?;
-    if !conflicts.is_empty() && !opts.overwrite {
-        let shown: Vec<String> = conflicts.iter().take(20).cloned().collect();
-        ctl.session().refuse(Refuse { reason: RefuseReason::Conflict, names: shown.clone() })?;
-        ctl.flush().await?;
-        return Err(TransferError::new(
-            ErrorKind::Conflict,
-            format!(
-                "{} already exist{} in {}: {}; receive with --overwrite to replace, or choose another --out",
-                if conflicts.len() == 1 { "this name" } else { "these names" },
-                if conflicts.len() == 1 { "s" } else { "" },
-                opts.out.display(),
-                shown.join(", ")
-            ),
-        ));
+    // What the destination already holds of the offer: asked for by a listing, before the
+    // decision, if it holds any offered name or partial copies at all.
+    let mut dest = None;
+    let mut survey = None;
+    if std::fs::symlink_metadata(&opts.out).is_ok() {
+        let d = Dest::open(&opts.out)?;
+        let refs: Vec<&str> = offer.names.iter().map(String::as_str).collect();
+        let partials = d.state().partial_ids();
+        if !d.existing(&refs).is_empty() || !partials.is_empty() {
+            let (d, s) = survey_destination(ctl, d, &offer, opts, partials).await?;
+            survey = Some(s);
+            dest = Some(d);
+        } else {
+            dest = Some(d);
+        }
     }
+    if let Some(s) = &survey {
+        let (count, shown) = s.conflicts();
+        if count > 0 {
+            let names: Vec<String> = shown.iter().map(|c| crate::transfer::printable(c)).collect();
+            ctl.session()
+                .refuse(Refuse { reason: RefuseReason::Conflict, names: names.clone() })?;
+            ctl.flush().await?;
+            let more = if count as usize > names.len() {
+                format!(" and {} more", count as usize - names.len())
+            } else {
+                String::new()
+            };
+            return Err(TransferError::new(
+                ErrorKind::Conflict,
+                format!(
+                    "{} in {} differ{} from what is offered: {}{more}; receive with --overwrite to replace files, or choose another --out",
+                    if count == 1 { "this entry" } else { "these entries" },
+                    opts.out.display(),
+                    if count == 1 { "s" } else { "" },
+                    names.join(", ")
+                ),
+            ));
+        }
+    }
+    let present = survey.as_ref().map_or_else(Present::default, |s| s.present);
 
-    observer.note(Note::Offer(&offer));
-    if !decide(opts, &observer, &offer).await {
+    observer.note(Note::Offer { offer: &offer, present });
+    if !decide(opts, &observer, &offer, present).await {
         ctl.session().refuse(Refuse { reason: RefuseReason::Declined, names: vec![] })?;
         ctl.flush().await?;
         let message = if opts.interactive {
@@ -203,17 +232,26 @@ async fn run(
         return Err(TransferError::new(ErrorKind::Refused, message));
     }
 
-    let dest = Dest::open(&opts.out)?;
+    let dest = match dest {
+        Some(d) => d,
+        None => Dest::open(&opts.out)?,
+    };
+    let swept = dest.state().sweep();
+    if swept > 0 {
+        tracing::info!(files = swept, "removed partial state older than a week");
+    }
+    dest.begin(&offer.names);
     ctl.session().accept(Accept {})?;
     ctl.flush().await?;
-    observer.note(Note::Accepted { total: offer.bytes });
+    progress.hold(present.bytes);
+    observer.note(Note::Accepted { total: offer.bytes, present });
 
     let keys = ctl
         .session()
         .keys()
         .ok_or_else(|| TransferError::internal("no keys after the handshake"))?
         .clone();
-    let sink = Arc::new(Sink::new(dest, opts.overwrite, &offer, &conflicts, progress.clone()));
+    let sink = Arc::new(Sink::new(dest, opts.overwrite, &offer, survey, progress.clone()));
     let lanes = receive_lanes(conn, &keys, offer.lanes, offer.chunk_size as usize, sink.clone());
     tokio::pin!(lanes);
     let (mut received, mut announced) = (None, None);
@@ -246,13 +284,53 @@ async fn run(
             ),
         ));
     }
+    sink.check_complete()?;
     let sink_ref = sink.clone();
-    tokio::task::spawn_blocking(move || sink_ref.finish_dirs())
-        .await
-        .map_err(|e| TransferError::internal(e.to_string()))??;
+    tokio::task::spawn_blocking(move || {
+        sink_ref.finish_dirs()?;
+        sink_ref.dest.end();
+        Ok::<_, TransferError>(())
+    })
+    .await
+    .map_err(|e| TransferError::internal(e.to_string()))??;
     ctl.session().complete(received)?;
     ctl.flush().await?;
-    Ok(received)
+    Ok((received, present))
+}
+
+/// Most time one batch of the listing may take to arrive (the sender may be hashing files).
+const LISTING_TIMEOUT: Duration = super::DECISION_TIMEOUT;
+
+/// Asks for a listing and answers it entry by entry from what `dest` holds.
+async fn survey_destination(
+    ctl: &mut ControlStream,
+    mut dest: Dest,
+    offer: &Offer,
+    opts: &ReceiveOptions,
+    partials: HashSet<String>,
+) -> Result<(Dest, Survey), TransferError> {
+    let mut survey = Survey::new(offer, opts.overwrite, opts.checksum, partials);
+    ctl.session().ask(Ask { checksum: opts.checksum })?;
+    ctl.flush().await?;
+    loop {
+        match ctl.next_event(LISTING_TIMEOUT).await? {
+            Event::Listing(batch) => {
+                // File system work (and hashing, with --checksum) off the runtime's threads.
+                let (s, d, answers) = tokio::task::spawn_blocking(move || {
+                    let answers = survey.answer(&dest, &batch, &|| {});
+                    (survey, dest, answers)
+                })
+                .await
+                .map_err(|e| TransferError::internal(e.to_string()))?;
+                survey = s;
+                dest = d;
+                ctl.session().answer(answers?)?;
+                ctl.flush().await?;
+            }
+            Event::ListEnd => return Ok((dest, survey)),
+            other => return Err(unexpected(&other)),
+        }
+    }
 }
 
 /// A lane failed (or stalled) while the others still run: learn the peer's reason if the
@@ -279,6 +357,12 @@ fn check_offer(offer: &Offer) -> Result<(), TransferError> {
         if rel.components().count() != 1 || !names.insert(name.clone()) {
             return Err(protocol(format!("the sender offered an invalid top-level name {rel}")));
         }
+        if name == STATE_DIR {
+            return Err(TransferError::new(
+                ErrorKind::Conflict,
+                format!("the sender offered {STATE_DIR}, a name p2p-copy keeps for its own state; rename it and send again"),
+            ));
+        }
     }
     if names.is_empty() {
         return Err(protocol("the sender offered nothing".into()));
@@ -286,18 +370,12 @@ fn check_offer(offer: &Offer) -> Result<(), TransferError> {
     Ok(())
 }
 
-fn existing(opts: &ReceiveOptions, names: &[String]) -> Result<Vec<String>, TransferError> {
-    match std::fs::symlink_metadata(&opts.out) {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
-        _ => {
-            let dest = Dest::open(&opts.out)?;
-            let refs: Vec<&str> = names.iter().map(String::as_str).collect();
-            Ok(dest.existing(&refs))
-        }
-    }
-}
-
-async fn decide(opts: &ReceiveOptions, observer: &Arc<dyn Observer>, offer: &Offer) -> bool {
+async fn decide(
+    opts: &ReceiveOptions,
+    observer: &Arc<dyn Observer>,
+    offer: &Offer,
+    present: Present,
+) -> bool {
     if opts.yes {
         return true;
     }
@@ -306,7 +384,7 @@ async fn decide(opts: &ReceiveOptions, observer: &Arc<dyn Observer>, offer: &Off
     }
     let asked = observer.clone();
     let offer = offer.clone();
-    let ask = tokio::task::spawn_blocking(move || asked.confirm(&offer));
+    let ask = tokio::task::spawn_blocking(move || asked.confirm(&offer, present));
     match tokio::time::timeout(PROMPT_TIMEOUT, ask).await {
         Ok(Ok(yes)) => yes,
         Ok(Err(_)) => false,

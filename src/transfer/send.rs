@@ -14,9 +14,12 @@ use std::time::{Duration, Instant};
 
 use rand::rngs::OsRng;
 
+use super::cache::{CvCache, CvReader};
 use super::control::{unexpected, ControlStream};
-use super::lanes::send_lanes;
-use super::meet::{join, Guard, Plan, Rendezvous};
+use super::lanes::{send_lanes, Sending};
+use super::meet::{join, Guard, Rendezvous};
+use super::prefix::prefix;
+use super::survey::{Plan, Present};
 use super::{walk, Note, Observer, PathKind, Progress, Report, TransferError, CLOSE_TIMEOUT};
 use crate::code::Code;
 use crate::compress::Compression;
@@ -25,7 +28,8 @@ use crate::error::ErrorKind;
 use crate::net::discovery::{Announcer, DiscoveryConfig};
 use crate::net::quic::{Node, Tuning};
 use crate::proto::{Config, Event, Session};
-use crate::wire::control::{Offer, Summary};
+use crate::wire::control::{Listed, Offer, Summary, MAX_LISTING};
+use crate::wire::data::EntryKind;
 use crate::wire::data::{DEFAULT_CHUNK, MAX_CHUNK, MIN_CHUNK};
 
 /// Everything a send needs.
@@ -59,6 +63,9 @@ pub struct SendOptions {
     /// The code was chosen (or pre-shared): with a node, claim its nameplate instead of
     /// allocating one.
     pub code_chosen: bool,
+    /// When the receiver asks for a listing, include each file's BLAKE3 hash, so that files
+    /// are compared by content rather than by size and mtime (reads every file first).
+    pub checksum: bool,
 }
 
 impl SendOptions {
@@ -78,6 +85,7 @@ impl SendOptions {
             rendezvous: None,
             socket: None,
             code_chosen: false,
+            checksum: false,
         }
     }
 }
@@ -111,7 +119,7 @@ pub async fn send(
     let config = Config { max_lanes: opts.lanes.max(1), ..Config::default() };
     let (node, conn, mut ctl, guard) = match &opts.rendezvous {
         Some(rv) => {
-            let plan = Plan {
+            let plan = super::meet::Plan {
                 role: Role::Sender,
                 code: opts.code.clone(),
                 claim: opts.code_chosen,
@@ -184,7 +192,7 @@ async fn run(
     scan: walk::Scan,
     observer: Arc<dyn Observer>,
     progress: Arc<Progress>,
-) -> Result<Summary, TransferError> {
+) -> Result<(Summary, Present), TransferError> {
     let peer = match ctl.next_event(Duration::from_secs(60)).await? {
         Event::Secured { verifier, peer } => {
             observer.note(Note::Secured { verifier: &verifier });
@@ -205,15 +213,28 @@ async fn run(
         transfer_id: rand::random(),
     };
     ctl.session().offer(offer.clone())?;
-    observer.note(Note::Offer(&offer));
-    match ctl.next_event(super::DECISION_TIMEOUT).await? {
-        Event::Accepted(_) => observer.note(Note::Accepted { total: offer.bytes }),
+    observer.note(Note::Offer { offer: &offer, present: Present::default() });
+    let cache = tokio::task::spawn_blocking(CvCache::open)
+        .await
+        .map_err(|e| TransferError::internal(e.to_string()))?;
+    let plan = match ctl.next_event(super::DECISION_TIMEOUT).await? {
+        Event::Accepted(_) => None,
+        Event::Asked(ask) => {
+            let plan = list(ctl, &scan, ask.checksum || opts.checksum, cache.clone()).await?;
+            match ctl.next_event(super::DECISION_TIMEOUT).await? {
+                Event::Accepted(_) => Some(Arc::new(plan)),
+                other => return Err(unexpected(&other)),
+            }
+        }
         other => return Err(unexpected(&other)),
-    }
+    };
+    let present = plan.as_ref().map_or_else(Present::default, |p| p.present);
+    observer.note(Note::Accepted { total: offer.bytes, present });
+    progress.hold(present.bytes);
 
     let keys = ctl_keys(ctl)?.clone();
-    let lanes_done =
-        send_lanes(conn, &keys, lanes, chunk, opts.compression, scan, progress.clone());
+    let how = Sending { lanes, chunk, compression: opts.compression, plan, cache };
+    let lanes_done = send_lanes(conn, &keys, how, scan, progress.clone());
     tokio::pin!(lanes_done);
     let totals = tokio::select! {
         totals = &mut lanes_done => match totals {
@@ -249,7 +270,111 @@ async fn run(
         other => return Err(unexpected(&other)),
     }
     let _ = tokio::time::timeout(CLOSE_TIMEOUT, ctl.flush()).await;
-    Ok(totals)
+    Ok((totals, present))
+}
+
+/// Batches of the listing in flight before the receiver's answers are awaited.
+const UNANSWERED: usize = 8;
+/// A listing batch is sent once its entries take about this many bytes.
+const LISTING_BYTES: usize = 512 << 10;
+
+/// Lists every entry for the receiver, in walk order, and collects its answers.
+async fn list(
+    ctl: &mut ControlStream,
+    scan: &walk::Scan,
+    checksum: bool,
+    cache: Option<CvCache>,
+) -> Result<Plan, TransferError> {
+    let (tx, mut batches) = tokio::sync::mpsc::channel::<Result<Vec<Listed>, TransferError>>(2);
+    let scan = scan.clone();
+    let walker = tokio::task::spawn_blocking(move || {
+        let mut batch = Vec::new();
+        let mut bytes = 0;
+        let mut failed = None;
+        let walked = walk::walk(&scan, |job| {
+            let hash = match (&job.entry.kind, checksum) {
+                (EntryKind::File { size }, true) => {
+                    match file_hash(&job.local, *size, cache.as_ref()) {
+                        Ok(h) => Some(h),
+                        Err(e) => {
+                            failed = Some(e);
+                            return false;
+                        }
+                    }
+                }
+                _ => None,
+            };
+            bytes += 64 + job.entry.path.len();
+            if let EntryKind::Symlink { target } = &job.entry.kind {
+                bytes += target.len();
+            }
+            batch.push(Listed { entry: job.entry, hash });
+            if batch.len() == MAX_LISTING || bytes >= LISTING_BYTES {
+                bytes = 0;
+                return tx.blocking_send(Ok(std::mem::take(&mut batch))).is_ok();
+            }
+            true
+        });
+        let end = match (walked, failed) {
+            (Err(e), _) | (_, Some(e)) => Err(e),
+            (Ok(_), None) if batch.is_empty() => return,
+            (Ok(_), None) => Ok(batch),
+        };
+        let _ = tx.blocking_send(end);
+    });
+    let mut plan = Plan::default();
+    let mut walking = true;
+    loop {
+        if walking && ctl.session().unanswered() < UNANSWERED {
+            match batches.recv().await {
+                Some(Ok(batch)) => {
+                    plan.listed(&batch);
+                    ctl.session().list(batch)?;
+                    ctl.flush().await?;
+                    continue;
+                }
+                Some(Err(e)) => return Err(e),
+                None => {
+                    walking = false;
+                    ctl.session().list_end()?;
+                    ctl.flush().await?;
+                }
+            }
+        }
+        if !walking && plan.is_answered() {
+            break;
+        }
+        match ctl.next_event(super::DECISION_TIMEOUT).await? {
+            Event::Answers(answers) => plan.answered(&answers)?,
+            other => return Err(unexpected(&other)),
+        }
+    }
+    walker.await.map_err(|e| TransferError::internal(e.to_string()))?;
+    Ok(plan)
+}
+
+/// A file's BLAKE3 hash, for a listing with checksums (group CVs from the cache where they
+/// are valid).
+fn file_hash(
+    local: &std::path::Path,
+    size: u64,
+    cache: Option<&CvCache>,
+) -> Result<[u8; 32], TransferError> {
+    let file = std::fs::File::open(local).map_err(|e| walk::read_failed(local, &e))?;
+    if size == 0 {
+        return Ok(*blake3::hash(&[]).as_bytes());
+    }
+    let meta = file.metadata().map_err(|e| walk::read_failed(local, &e))?;
+    let mut cvs = cache.map_or(CvReader::empty(), |c| c.cvs(&meta));
+    let mut out = cache.and_then(|c| c.writer(&meta, cvs.len()));
+    let mut fresh = |g: u64, cv: &crate::proto::tree::ChainingValue| {
+        if let Some(w) = out.as_mut() {
+            w.push(g, std::slice::from_ref(cv));
+        }
+    };
+    let p = prefix(&file, size, size, &mut cvs, &mut fresh, &|| {})
+        .map_err(|e| walk::read_failed(local, &e))?;
+    Ok(p.digest)
 }
 
 fn ctl_keys(ctl: &mut ControlStream) -> Result<&crate::crypto::Keys, TransferError> {

@@ -58,6 +58,8 @@ pub struct Job {
     pub entry: Entry,
     /// The local path (for files: what to read).
     pub local: PathBuf,
+    /// The receiver holds this many bytes of it, with this digest (to be checked).
+    pub resume: Option<(u64, [u8; 32])>,
 }
 
 /// Checks the paths and counts what they hold.
@@ -138,7 +140,7 @@ pub fn walk(scan: &Scan, mut emit: impl FnMut(Job) -> bool) -> Result<Summary, T
             mode: meta.permissions().mode() & 0o7777,
             mtime: mtime(meta),
         };
-        Ok(emit(Job { entry, local: local.to_owned() }))
+        Ok(emit(Job { entry, local: local.to_owned(), resume: None }))
     })?;
     Ok(totals)
 }

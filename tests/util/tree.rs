@@ -65,6 +65,19 @@ pub fn list_all(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
+/// Every path below `dir` but the receiver's state directory (`.p2p-copy`).
+pub fn final_names(dir: &Path) -> Vec<PathBuf> {
+    list_all(dir).into_iter().filter(|p| !p.starts_with(".p2p-copy")).collect()
+}
+
+/// The partial files the receiver keeps in its state directory below `dir`.
+pub fn partial_copies(dir: &Path) -> Vec<PathBuf> {
+    list_all(dir)
+        .into_iter()
+        .filter(|p| p.starts_with(".p2p-copy") && p.to_string_lossy().ends_with(".part"))
+        .collect()
+}
+
 /// Leftover temporary files of the receiver below `dir`.
 pub fn part_files(dir: &Path) -> Vec<PathBuf> {
     list_all(dir)

@@ -3,14 +3,20 @@
 use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions, Permissions};
 use std::io;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, PoisonError};
 use std::time::SystemTime;
 
 use super::error::{classify, FsError};
-use super::part::{Finished, PartFile};
+use super::journal::{read_cvs, Header, Journal, JournalWriter, Mark};
+use super::part::{Finished, Names, PartFile};
 use super::path::{RelPath, MAX_COMPONENT_LEN};
+use super::state::{boot_id, ctime, partial_id, Partial, StateDir, SMALL};
+use crate::proto::tree::{group_cv, GROUP};
+use crate::proto::Held;
+use crate::transfer::prefix::prefix;
+use crate::wire::data::Timestamp;
 
 /// Attempts at finding an unused temporary name before giving up.
 const TEMP_ATTEMPTS: usize = 16;
@@ -23,9 +29,65 @@ const TEMP_SUFFIX: &str = ".part";
 pub struct Dest {
     /// Canonical: no symlinks, absolute.
     root: PathBuf,
+    /// Its device: partial files in the state directory can be renamed onto final names on it.
+    dev: u64,
+    /// Where partial files are kept.
+    state: StateDir,
     /// Directories that received entries (files, directories, symlinks) whose names are not
     /// yet durable: [`Dest::sync_dirs`] fsyncs each once, at the end, instead of once per entry.
     unsynced: Mutex<HashSet<PathBuf>>,
+    /// Directories p2p-copy made for this offer (in this transfer or an interrupted one).
+    made: Mutex<Made>,
+    /// A directory known to be a real one, the parent of the last path inspected or created
+    /// (most entries share their parent with the one before).
+    known_dir: Mutex<Option<PathBuf>>,
+    /// This boot's id: journals written in another boot are checked against their data.
+    boot: [u8; 16],
+}
+
+/// The directories made for an offer, and their log in the state directory.
+#[derive(Debug, Default)]
+struct Made {
+    dirs: HashSet<String>,
+    log: Option<PathBuf>,
+}
+
+/// What is at a destination path, as [`Dest::inspect`] finds it (nothing is created).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Found {
+    /// Nothing (a missing parent included).
+    Missing,
+    /// A directory.
+    Dir,
+    /// A regular file.
+    File {
+        /// Its size.
+        size: u64,
+        /// Its mtime.
+        mtime: Option<SystemTime>,
+    },
+    /// A symbolic link.
+    Symlink {
+        /// Its target.
+        target: PathBuf,
+    },
+    /// Anything else (a device, a FIFO, a socket).
+    Other,
+    /// A parent is not a real directory (a file, a symlink): nothing can be written there.
+    Blocked(String),
+}
+
+/// A partial copy found for an entry, locked and checked: what the sender may continue.
+#[derive(Debug)]
+pub struct Resumable {
+    /// The partial file, open and locked.
+    partial: Partial,
+    /// Bytes held.
+    pub offset: u64,
+    /// Their digest, for the sender to compare (`transfer::prefix`).
+    pub digest: [u8; 32],
+    /// The hash state the lane reader continues from.
+    pub held: Held,
 }
 
 impl Dest {
@@ -52,7 +114,226 @@ impl Dest {
                 ),
             });
         }
-        Ok(Dest { root: canonical, unsynced: Mutex::default() })
+        Ok(Dest {
+            state: StateDir::new(&canonical),
+            dev: meta.dev(),
+            root: canonical,
+            unsynced: Mutex::default(),
+            made: Mutex::default(),
+            known_dir: Mutex::default(),
+            boot: boot_id(),
+        })
+    }
+
+    /// Pretends to be in another boot (tests of what a reboot leaves).
+    #[cfg(test)]
+    pub(crate) fn set_boot(&mut self, boot: [u8; 16]) {
+        self.boot = boot;
+    }
+
+    /// The state directory (partial files).
+    pub fn state(&self) -> &StateDir {
+        &self.state
+    }
+
+    /// Picks up what earlier transfers of these offered names left: the directories they
+    /// made (which get the sender's modes and mtimes like this transfer's own). Call before
+    /// writing.
+    pub fn begin(&self, names: &[String]) {
+        let (dirs, log) = self.state.dirs_log(names);
+        let mut made = self.made.lock().unwrap_or_else(PoisonError::into_inner);
+        made.dirs = dirs;
+        made.log = Some(log);
+    }
+
+    /// The transfer is complete: forget the directories made (their metadata is set) and
+    /// remove the state directory if nothing else is in it.
+    pub fn end(&self) {
+        let made = self.made.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(log) = &made.log {
+            self.state.drop_log(log);
+        }
+        self.state.remove_if_empty();
+    }
+
+    /// Whether p2p-copy made this directory (for this offer).
+    pub fn made(&self, rel: &RelPath) -> bool {
+        self.made.lock().unwrap_or_else(PoisonError::into_inner).dirs.contains(rel.as_str())
+    }
+
+    /// What is at `rel` now, looking without creating or following anything.
+    pub fn inspect(&self, rel: &RelPath) -> Result<Found, FsError> {
+        let path = match rel.parent() {
+            Some(parent) => {
+                let dir = self.root.join(parent.as_str());
+                if !self.is_known_dir(&dir) {
+                    let mut walked = self.root.clone();
+                    let mut shown = String::new();
+                    for comp in parent.components() {
+                        walked.push(comp);
+                        if !shown.is_empty() {
+                            shown.push('/');
+                        }
+                        shown.push_str(comp);
+                        match fs::symlink_metadata(&walked) {
+                            Ok(m) if m.is_dir() => {}
+                            Ok(m) if m.file_type().is_symlink() => {
+                                return Ok(Found::Blocked(format!("{shown} is a symbolic link")))
+                            }
+                            Ok(_) => {
+                                return Ok(Found::Blocked(format!(
+                                    "{shown} exists and is not a directory"
+                                )))
+                            }
+                            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                                return Ok(Found::Missing)
+                            }
+                            Err(e) => return Err(classify(&walked, e)),
+                        }
+                    }
+                    self.set_known_dir(dir.clone());
+                }
+                dir.join(rel.name())
+            }
+            None => self.root.join(rel.name()),
+        };
+        let meta = match fs::symlink_metadata(&path) {
+            Ok(m) => m,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Found::Missing),
+            Err(e) => return Err(classify(&path, e)),
+        };
+        let ft = meta.file_type();
+        Ok(if ft.is_dir() {
+            Found::Dir
+        } else if ft.is_file() {
+            Found::File { size: meta.len(), mtime: meta.modified().ok() }
+        } else if ft.is_symlink() {
+            Found::Symlink { target: fs::read_link(&path).map_err(|e| classify(&path, e))? }
+        } else {
+            Found::Other
+        })
+    }
+
+    fn is_known_dir(&self, dir: &Path) -> bool {
+        self.known_dir.lock().unwrap_or_else(PoisonError::into_inner).as_deref() == Some(dir)
+    }
+
+    fn set_known_dir(&self, dir: PathBuf) {
+        *self.known_dir.lock().unwrap_or_else(PoisonError::into_inner) = Some(dir);
+    }
+
+    /// The partial copy of the entry `rel` (of `size` bytes and `mtime`, as the sender
+    /// offers it) that this destination holds, if one can be continued: locked, checked
+    /// against its journal or hashed again (`docs/security.md` §7), with the digest the sender
+    /// must match. `Err(Busy)` if another transfer is writing it.
+    pub fn examine(
+        &self,
+        rel: &RelPath,
+        size: u64,
+        mtime: Option<Timestamp>,
+        touch: &dyn Fn(),
+    ) -> Result<Option<Resumable>, FsError> {
+        let id = partial_id(rel.as_str(), size, mtime);
+        let Some(partial) = self.state.open(&id)? else {
+            return Err(FsError::Busy { path: self.root.join(rel.as_str()) });
+        };
+        let meta = partial.file.metadata().map_err(|e| classify(&partial.path, e))?;
+        let len = meta.len();
+        let io_err = |e| classify(&partial.path, e);
+        if len == 0 || len > size {
+            return Ok(None);
+        }
+        if size <= SMALL {
+            // No journal: hash what is there; the sender compares.
+            let p =
+                prefix(&partial.file, len, size, &mut std::iter::empty(), &mut |_, _| {}, touch)
+                    .map_err(io_err)?;
+            return Ok(Some(Resumable {
+                partial,
+                offset: len,
+                digest: p.digest,
+                held: Held::Prefix(p.state),
+            }));
+        }
+        let journal = match File::open(&partial.journal) {
+            Ok(f) => f,
+            Err(_) => return Ok(None),
+        };
+        let Some(j) = Journal::load(&journal) else { return Ok(None) };
+        let h = &j.header;
+        if (h.dev, h.ino, h.size, h.mtime, h.path.as_str())
+            != (meta.dev(), meta.ino(), size, mtime, rel.as_str())
+        {
+            // Not this file's journal (the partial was replaced, or the entry differs).
+            return Ok(None);
+        }
+        let boot = self.boot;
+        let trusted = j.mark.filter(|m| {
+            m.len == len && m.ctime == ctime(&meta) && h.boot == boot && boot != [0; 16]
+        });
+        let most = (len / GROUP).min((size - 1) / GROUP);
+        let groups = match trusted {
+            Some(Mark { done: Some(root), .. }) if len == size => {
+                return Ok(Some(Resumable {
+                    partial,
+                    offset: size,
+                    digest: root,
+                    held: Held::Whole(root),
+                }));
+            }
+            Some(m) => most.min(j.cvs).min(m.cvs),
+            // The file changed since the journal's last word about it, or the machine
+            // rebooted (what was written may not have reached the disk): check the
+            // journal's CVs against the data, keeping the groups that match.
+            None => {
+                let mut verified = 0u64;
+                let mut buf = vec![0u8; GROUP as usize];
+                read_cvs(&journal, |cv| {
+                    if verified >= most {
+                        return false;
+                    }
+                    touch();
+                    let ok = partial.file.read_exact_at(&mut buf, verified * GROUP).is_ok()
+                        && group_cv(verified, &buf) == *cv;
+                    if ok {
+                        verified += 1;
+                    }
+                    ok
+                });
+                tracing::info!(path = %rel, groups = verified, "checked a partial file against its journal");
+                verified
+            }
+        };
+        if groups == 0 {
+            return Ok(None);
+        }
+        let mut cvs = Vec::new();
+        let mut taken = 0u64;
+        // The first `groups` CVs, streamed (at most `groups` × 32 bytes in memory, 32 bytes per
+        // MiB held).
+        read_cvs(&journal, |cv| {
+            cvs.push(*cv);
+            taken += 1;
+            taken < groups
+        });
+        if taken < groups {
+            return Ok(None);
+        }
+        let p = prefix(
+            &partial.file,
+            groups * GROUP,
+            size,
+            &mut cvs.into_iter(),
+            &mut |_, _| {},
+            touch,
+        )
+        .map_err(io_err)?;
+        Ok(Some(Resumable {
+            partial,
+            offset: groups * GROUP,
+            digest: p.digest,
+            held: Held::Prefix(p.state),
+        }))
     }
 
     /// The canonical destination directory.
@@ -140,24 +421,183 @@ impl Dest {
         Err(no_temp_name(&path))
     }
 
-    /// Start receiving a file: create missing parents, then open a new temporary file beside the
-    /// final name (hidden, `O_EXCL`, mode 0o600). Data never goes to the final name directly.
-    pub fn create_file(&self, rel: &RelPath, overwrite: bool) -> Result<PartFile, FsError> {
+    /// Start receiving a file of `size` bytes (and `mtime`, as offered): create missing
+    /// parents, then open its partial file, empty, in the state directory (or, on another file
+    /// system than the destination's, a new hidden temporary file beside the final name).
+    /// Data never goes to the final name directly.
+    pub fn create_file(
+        &self,
+        rel: &RelPath,
+        size: u64,
+        mtime: Option<Timestamp>,
+        overwrite: bool,
+    ) -> Result<PartFile, FsError> {
         let (parent, path) = self.prepare_final(rel, overwrite)?;
+        self.unsynced(parent.clone());
+        if !self.same_fs(&parent) {
+            return self.create_temp(rel, parent, path, overwrite);
+        }
+        let id = partial_id(rel.as_str(), size, mtime);
+        let Some(partial) = self.state.open(&id)? else {
+            return Err(FsError::Busy { path });
+        };
+        self.start(rel, path, partial, size, mtime, overwrite)
+    }
+
+    /// Start receiving a file again from nothing in the partial copy that was offered for
+    /// resuming (the sender's copy turned out to differ).
+    pub fn restart_file(
+        &self,
+        rel: &RelPath,
+        held: Resumable,
+        size: u64,
+        mtime: Option<Timestamp>,
+        overwrite: bool,
+    ) -> Result<PartFile, FsError> {
+        let (parent, path) = self.prepare_final(rel, overwrite)?;
+        self.unsynced(parent);
+        self.start(rel, path, held.partial, size, mtime, overwrite)
+    }
+
+    /// Continue receiving a file from the partial copy `held` ([`Dest::examine`] found it):
+    /// what follows `held.offset` is dropped, and the file goes on from there.
+    pub fn resume_file(
+        &self,
+        rel: &RelPath,
+        held: Resumable,
+        size: u64,
+        mtime: Option<Timestamp>,
+        overwrite: bool,
+    ) -> Result<PartFile, FsError> {
+        let (parent, path) = self.prepare_final(rel, overwrite)?;
+        self.unsynced(parent);
+        let Resumable { partial, offset, .. } = held;
+        let Partial { mut file, path: tmp, journal } = partial;
+        let err = |e| classify(&tmp, e);
+        if offset < size {
+            file.set_len(offset).map_err(err)?;
+        }
+        std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(offset)).map_err(err)?;
+        let writer = if size > SMALL && offset < size {
+            // A fresh journal with the CVs of the groups kept, then on as usual.
+            let meta = file.metadata().map_err(err)?;
+            let old = File::open(&journal).map_err(err)?;
+            let next = journal.with_extension("journal.new");
+            let header = header_for(self.boot, rel, size, mtime, &meta);
+            let out = new_journal(&next).map_err(err)?;
+            let mut w = JournalWriter::create(out, &header, [], Mark::default()).map_err(err)?;
+            let groups = offset / GROUP;
+            let mut batch = Vec::with_capacity(1024);
+            let mut taken = 0u64;
+            let mut failed = None;
+            read_cvs(&old, |cv| {
+                batch.push(*cv);
+                taken += 1;
+                if batch.len() == 1024 {
+                    failed = failed.take().or(w.append(&batch).err());
+                    batch.clear();
+                }
+                taken < groups
+            });
+            if let Some(e) = failed.or(w.append(&batch).err()) {
+                return Err(err(e));
+            }
+            if taken < groups {
+                return Err(FsError::Io {
+                    path: journal,
+                    source: io::Error::other("the journal changed while resuming"),
+                });
+            }
+            w.mark(Mark { len: offset, ctime: ctime(&meta), cvs: w.cvs(), done: None })
+                .map_err(err)?;
+            fs::rename(&next, &journal).map_err(err)?;
+            Some(w)
+        } else {
+            None
+        };
+        let names = Names {
+            tmp,
+            path,
+            rel: rel.clone(),
+            overwrite,
+            tmp_exists: true,
+            keep: true,
+            journal: (size > SMALL).then_some(journal),
+        };
+        tracing::debug!(path = %names.path.display(), offset, "resuming file");
+        Ok(PartFile::new(file, names, offset, writer))
+    }
+
+    /// A fresh start in `partial` (emptied), with a new journal for a large file.
+    fn start(
+        &self,
+        rel: &RelPath,
+        path: PathBuf,
+        partial: Partial,
+        size: u64,
+        mtime: Option<Timestamp>,
+        overwrite: bool,
+    ) -> Result<PartFile, FsError> {
+        let Partial { file, path: tmp, journal } = partial;
+        let err = |e| classify(&tmp, e);
+        file.set_len(0).map_err(err)?;
+        let writer = if size > SMALL {
+            let meta = file.metadata().map_err(err)?;
+            let out = new_journal(&journal).map_err(err)?;
+            let header = header_for(self.boot, rel, size, mtime, &meta);
+            Some(JournalWriter::create(out, &header, [], Mark::default()).map_err(err)?)
+        } else {
+            let _ = fs::remove_file(&journal);
+            None
+        };
+        let names = Names {
+            tmp,
+            path,
+            rel: rel.clone(),
+            overwrite,
+            tmp_exists: true,
+            keep: true,
+            journal: writer.is_some().then_some(journal),
+        };
+        tracing::debug!(path = %names.path.display(), tmp = %names.tmp.display(), "receiving file");
+        Ok(PartFile::new(file, names, 0, writer))
+    }
+
+    /// A temporary file beside the final name, removed unless committed (not resumable).
+    fn create_temp(
+        &self,
+        rel: &RelPath,
+        parent: PathBuf,
+        path: PathBuf,
+        overwrite: bool,
+    ) -> Result<PartFile, FsError> {
         for _ in 0..TEMP_ATTEMPTS {
             let tmp = parent.join(temp_name(rel.name()));
             let opened = OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp);
             match opened {
                 Ok(file) => {
-                    tracing::debug!(path = %path.display(), tmp = %tmp.display(), "receiving file");
-                    self.unsynced(parent.clone());
-                    return Ok(PartFile::new(file, tmp, path, rel.clone(), overwrite));
+                    tracing::debug!(path = %path.display(), tmp = %tmp.display(), "receiving file (not resumable: another file system)");
+                    let names = Names {
+                        tmp,
+                        path,
+                        rel: rel.clone(),
+                        overwrite,
+                        tmp_exists: true,
+                        keep: false,
+                        journal: None,
+                    };
+                    return Ok(PartFile::new(file, names, 0, None));
                 }
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
                 Err(e) => return Err(classify(&path, e)),
             }
         }
         Err(no_temp_name(&path))
+    }
+
+    /// Whether `dir` is on the destination's file system (where the state directory is).
+    fn same_fs(&self, dir: &Path) -> bool {
+        fs::metadata(dir).is_ok_and(|m| m.dev() == self.dev)
     }
 
     /// A receiving lane's handle for making its batches of files durable; open it when the
@@ -184,6 +624,18 @@ impl Dest {
         }
         for file in files {
             file.install()?;
+        }
+        Ok(())
+    }
+
+    /// Notes that p2p-copy made the directory `rel`, here and in the log (so that a resumed
+    /// transfer still gives it the sender's metadata).
+    fn record_made(&self, rel: &str) -> Result<(), FsError> {
+        let mut made = self.made.lock().unwrap_or_else(PoisonError::into_inner);
+        if made.dirs.insert(rel.to_owned()) {
+            if let Some(log) = &made.log {
+                self.state.log_dir(log, rel)?;
+            }
         }
         Ok(())
     }
@@ -247,6 +699,7 @@ impl Dest {
                             if let Some(parent) = path.parent() {
                                 self.unsynced(parent.to_path_buf());
                             }
+                            self.record_made(&shown)?;
                             continue;
                         }
                         // Lost a race: look again at whatever is there now.
@@ -262,6 +715,29 @@ impl Dest {
         }
         Ok(path)
     }
+}
+
+/// A journal's header for the partial file `meta` of the entry `rel`.
+fn header_for(
+    boot: [u8; 16],
+    rel: &RelPath,
+    size: u64,
+    mtime: Option<Timestamp>,
+    meta: &fs::Metadata,
+) -> Header {
+    Header { boot, dev: meta.dev(), ino: meta.ino(), size, mtime, path: rel.as_str().to_owned() }
+}
+
+/// A journal file, emptied, mode 0o600, never through a symlink.
+fn new_journal(path: &Path) -> io::Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+        .open(path)
 }
 
 /// Permission bits to apply: `mode & 0o7777` without setuid and setgid.

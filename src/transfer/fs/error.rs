@@ -42,6 +42,16 @@ pub enum FsError {
         /// What makes it unsafe, naming the offending component.
         reason: String,
     },
+    /// Another transfer is writing the partial copy of this file right now.
+    #[error(
+        "another p2p-copy is receiving {} into this destination right now; wait for it to end \
+         or choose another --out",
+        path.display()
+    )]
+    Busy {
+        /// The destination path.
+        path: PathBuf,
+    },
     /// Any other I/O error.
     #[error("I/O error on {}: {source}", path.display())]
     Io {

@@ -1,4 +1,11 @@
-//! A file being received: a temporary file beside its final name until `commit`.
+//! A file being received: a partial file until it is verified and put in place.
+//!
+//! Normally the partial file is the destination's state directory's `<id>.part` (see
+//! [`super::state`]): it stays when the transfer fails or is stopped, so that the next one
+//! continues it, and a large one keeps its journal up to date after every write. Where the
+//! state directory cannot be used (the file's directory is on another file system: a rename
+//! would not be atomic), it is a hidden temporary file beside the final name instead, removed
+//! when dropped.
 
 use std::fs::{self, File, Permissions};
 use std::io::{self, Write};
@@ -8,21 +15,24 @@ use std::time::SystemTime;
 
 use super::dest::{rename_error, replaces_dir, safe_mode};
 use super::error::{classify, FsError};
+use super::journal::{JournalWriter, Mark};
 use super::path::RelPath;
+use super::state::ctime;
+use crate::proto::tree::ChainingValue;
 
-/// A file being received. Dropping it without [`commit`](PartFile::commit) or
-/// [`finish`](PartFile::finish) removes the temporary file.
+/// A file being received. Dropping it keeps a resumable partial file (and removes a
+/// temporary one).
 #[derive(Debug)]
 pub struct PartFile {
     file: File,
     names: Names,
     written: u64,
+    journal: Option<JournalWriter>,
 }
 
-/// A file received in full, closed, with its mtime set, waiting to be made durable and put
-/// in place with others ([`Dest::commit_all`](super::Dest::commit_all)). Its temporary file
-/// keeps mode 0o600 until then, so it can still be opened to be synced. Dropping it removes
-/// the temporary file.
+/// A file received in full and verified, closed, with its mtime set, waiting to be made
+/// durable and put in place with others ([`Dest::commit_all`](super::Dest::commit_all)). Its
+/// partial file keeps mode 0o600 until then, so it can still be opened to be synced.
 #[derive(Debug)]
 pub struct Finished {
     names: Names,
@@ -32,29 +42,32 @@ pub struct Finished {
     dev: u64,
 }
 
-/// Where a received file is and where it goes. Dropping it removes the temporary file unless
-/// it was moved into place.
+/// Where a received file is and where it goes.
 #[derive(Debug)]
-struct Names {
-    /// The temporary file, in the same directory as `path`.
-    tmp: PathBuf,
+pub(super) struct Names {
+    /// The partial file.
+    pub tmp: PathBuf,
     /// The final name.
-    path: PathBuf,
-    rel: RelPath,
-    overwrite: bool,
-    /// Whether `tmp` still exists and is ours to remove.
-    tmp_exists: bool,
+    pub path: PathBuf,
+    pub rel: RelPath,
+    pub overwrite: bool,
+    /// Whether `tmp` still exists.
+    pub tmp_exists: bool,
+    /// Whether `tmp` is kept when this is dropped (a resumable partial file) or removed (a
+    /// temporary file).
+    pub keep: bool,
+    /// The journal beside `tmp`, removed once the file is in place.
+    pub journal: Option<PathBuf>,
 }
 
 impl PartFile {
     pub(super) fn new(
         file: File,
-        tmp: PathBuf,
-        path: PathBuf,
-        rel: RelPath,
-        overwrite: bool,
+        names: Names,
+        written: u64,
+        journal: Option<JournalWriter>,
     ) -> PartFile {
-        PartFile { file, names: Names { tmp, path, rel, overwrite, tmp_exists: true }, written: 0 }
+        PartFile { file, names, written, journal }
     }
 
     /// Append `data`. ENOSPC and EDQUOT surface as [`FsError::DiskFull`].
@@ -64,59 +77,69 @@ impl PartFile {
         Ok(())
     }
 
-    /// Bytes written so far.
+    /// After a write: journals the CVs of the groups it completed and where the file stands
+    /// (a file without a journal ignores this). The data is written before the record that
+    /// claims it.
+    pub fn record(&mut self, cvs: &[ChainingValue]) -> Result<(), FsError> {
+        let Some(journal) = self.journal.as_mut() else { return Ok(()) };
+        let meta = self.file.metadata().map_err(|e| classify(&self.names.tmp, e))?;
+        journal.append(cvs).map_err(|e| classify(&self.names.tmp, e))?;
+        let mark = Mark { len: self.written, ctime: ctime(&meta), cvs: journal.cvs(), done: None };
+        journal.mark(mark).map_err(|e| classify(&self.names.tmp, e))
+    }
+
+    /// Bytes of the file held so far (a resumed file's prefix included).
     pub fn written(&self) -> u64 {
         self.written
     }
 
-    /// Make the file durable and put it in place: set `mtime` and `mode` (setuid/setgid
-    /// dropped), fsync, atomically move it onto the final name. The name itself becomes
-    /// durable with [`Dest::sync_dirs`](super::Dest::sync_dirs): a crash before that may lose
-    /// the file, but never leaves its final name on incomplete data.
+    /// Make the file durable and put it in place at once: set `mtime` and `mode`
+    /// (setuid/setgid dropped), fsync, atomically move it onto the final name. The name itself
+    /// becomes durable with [`Dest::sync_dirs`](super::Dest::sync_dirs).
     ///
-    /// Without `overwrite`, a final name that appeared since [`create_file`] is reported as
-    /// [`FsError::Exists`] and left alone; a directory there is never replaced. On error the
-    /// temporary file is removed.
-    ///
-    /// [`create_file`]: super::Dest::create_file
-    pub fn commit(mut self, mode: u32, mtime: Option<SystemTime>) -> Result<(), FsError> {
-        self.set_metadata(mode, mtime)?;
-        self.file.sync_all().map_err(|e| classify(&self.names.path, e))?;
-        self.names.install()?;
-        tracing::debug!(path = %self.names.path.display(), bytes = self.written, "file committed");
-        Ok(())
+    /// Without `overwrite`, a final name that appeared since the file was started is reported
+    /// as [`FsError::Exists`] and left alone; a directory there is never replaced.
+    pub fn commit(
+        self,
+        mode: u32,
+        mtime: Option<SystemTime>,
+        root: [u8; 32],
+    ) -> Result<(), FsError> {
+        let finished = self.finish(mode, mtime, root)?;
+        finished.sync()?;
+        finished.install()
     }
 
-    /// Like [`commit`](PartFile::commit) but leaves making it durable, giving it `mode` and
-    /// putting it in place to [`Dest::commit_all`](super::Dest::commit_all), which does that
-    /// for many files at once. Sets `mtime` and closes the file.
-    pub fn finish(self, mode: u32, mtime: Option<SystemTime>) -> Result<Finished, FsError> {
-        let path = &self.names.path;
+    /// The whole file arrived and its hash `root` matched: sets `mtime`, closes the file and
+    /// journals it as complete; making it durable, giving it `mode` and putting it in place is
+    /// left to [`Dest::commit_all`](super::Dest::commit_all), which does that for many files
+    /// at once.
+    pub fn finish(
+        mut self,
+        mode: u32,
+        mtime: Option<SystemTime>,
+        root: [u8; 32],
+    ) -> Result<Finished, FsError> {
+        let path = self.names.path.clone();
         if let Some(mtime) = mtime {
-            self.file.set_modified(mtime).map_err(|e| classify(path, e))?;
+            self.file.set_modified(mtime).map_err(|e| classify(&path, e))?;
         }
-        let dev = self.file.metadata().map_err(|e| classify(path, e))?.dev();
-        Ok(Finished { names: self.names, mode: safe_mode(mode), dev })
+        let meta = self.file.metadata().map_err(|e| classify(&path, e))?;
+        if let Some(journal) = self.journal.as_mut() {
+            let mark = Mark {
+                len: self.written,
+                ctime: ctime(&meta),
+                cvs: journal.cvs(),
+                done: Some(root),
+            };
+            journal.mark(mark).map_err(|e| classify(&self.names.tmp, e))?;
+        }
+        Ok(Finished { names: self.names, mode: safe_mode(mode), dev: meta.dev() })
     }
 
-    fn set_metadata(&mut self, mode: u32, mtime: Option<SystemTime>) -> Result<(), FsError> {
-        let path = &self.names.path;
-        if let Some(mtime) = mtime {
-            self.file.set_modified(mtime).map_err(|e| classify(path, e))?;
-        }
-        self.file
-            .set_permissions(Permissions::from_mode(safe_mode(mode)))
-            .map_err(|e| classify(path, e))
-    }
-
-    /// Discard the file: remove the temporary file, reporting any error.
+    /// Discard the file: remove the partial file (and its journal), reporting any error.
     pub fn discard(mut self) -> Result<(), FsError> {
-        self.names.tmp_exists = false;
-        match fs::remove_file(&self.names.tmp) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(classify(&self.names.tmp, e)),
-        }
+        self.names.discard()
     }
 }
 
@@ -126,7 +149,7 @@ impl Finished {
         self.dev
     }
 
-    /// fsyncs the temporary file (opened again: it was closed; it is still 0o600 and ours).
+    /// fsyncs the file (opened again: it was closed; it is still 0o600 and ours).
     pub(super) fn sync(&self) -> Result<(), FsError> {
         File::open(&self.names.tmp)
             .and_then(|f| f.sync_all())
@@ -139,13 +162,23 @@ impl Finished {
         fs::set_permissions(&self.names.tmp, Permissions::from_mode(self.mode))
             .map_err(|e| classify(&self.names.path, e))?;
         self.names.install()?;
+        if let Some(journal) = &self.names.journal {
+            if let Err(e) = fs::remove_file(journal) {
+                tracing::warn!(path = %journal.display(), error = %e, "could not remove a journal");
+            }
+        }
         tracing::debug!(path = %self.names.path.display(), "file committed");
         Ok(())
+    }
+
+    /// Discard the file (it failed after all): remove the partial file and its journal.
+    pub fn discard(mut self) -> Result<(), FsError> {
+        self.names.discard()
     }
 }
 
 impl Names {
-    /// Move the temporary file onto the final name.
+    /// Move the partial file onto the final name.
     fn install(&mut self) -> Result<(), FsError> {
         if self.overwrite {
             // rename(2) replaces a file or a symlink itself (never what a link points to) and
@@ -162,7 +195,8 @@ impl Names {
                     Ok(()) => self.tmp_exists = false,
                     // The file is in place; Drop tries again to remove the extra name.
                     Err(e) => {
-                        tracing::warn!(path = %self.tmp.display(), error = %e, "could not remove temporary file")
+                        self.keep = false;
+                        tracing::warn!(path = %self.tmp.display(), error = %e, "could not remove the partial file")
                     }
                 }
                 Ok(())
@@ -193,11 +227,23 @@ impl Names {
         self.tmp_exists = false;
         Ok(())
     }
+
+    fn discard(&mut self) -> Result<(), FsError> {
+        if let Some(journal) = &self.journal {
+            let _ = fs::remove_file(journal);
+        }
+        self.tmp_exists = false;
+        match fs::remove_file(&self.tmp) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(classify(&self.tmp, e)),
+        }
+    }
 }
 
 impl Drop for Names {
     fn drop(&mut self) {
-        if self.tmp_exists {
+        if self.tmp_exists && !self.keep {
             if let Err(e) = fs::remove_file(&self.tmp) {
                 tracing::warn!(path = %self.tmp.display(), error = %e, "could not remove temporary file");
             }

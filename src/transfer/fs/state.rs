@@ -1,0 +1,377 @@
+//! The receiver's state directory: partial files kept for resuming, under `--out/.p2p-copy`.
+//!
+//! - Every file being received is written to `<id>.part` here (mode 0600), where `id` names
+//!   the entry the sender offered: its path, size and mtime ([`partial_id`]). Another version
+//!   of the same path gets another id, so a new transfer never overwrites a partial copy of
+//!   something else. A partial is renamed onto its final name once verified; until then it
+//!   survives a kill, a lost connection or Ctrl-C, and the next transfer of the same entry
+//!   continues it.
+//! - A partial of a file over [`SMALL`] has a [`journal`](super::journal) beside it, so that
+//!   resuming it needs no reading. Smaller partials are hashed again to resume (at most
+//!   [`SMALL`] bytes each).
+//! - While a transfer writes a partial it holds an exclusive `flock` on it: a second receiver
+//!   into the same destination leaves it alone.
+//! - `dirs-<names>` lists the directories p2p-copy created for a set of offered names and
+//!   has not finished yet (their modes and mtimes are set at the end), so that a resumed
+//!   transfer still gives them the sender's.
+//! - Anything here older than [`STALE_AFTER`] (by mtime) is removed at the next receive into
+//!   the same destination; `receive --discard-partial` removes it all at once. The directory
+//!   itself goes once it is empty.
+//!
+//! Nothing here is trusted blindly: a partial is used only if it is a regular file of ours
+//! with one link, its journal (if any) matches it, and its content is then proven to the
+//! sender by digest before a byte of it is kept (see `docs/security.md`).
+
+use std::collections::HashSet;
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use super::error::{classify, FsError};
+use crate::wire::data::Timestamp;
+
+/// The state directory's name below the destination. A top-level name of an offer may not
+/// be this.
+pub const STATE_DIR: &str = ".p2p-copy";
+/// Partial files up to this size have no journal: resuming one hashes it again.
+pub const SMALL: u64 = 8 << 20;
+/// State older than this is removed at the next receive into the same destination.
+pub const STALE_AFTER: Duration = Duration::from_secs(7 * 24 * 3600);
+
+const PART: &str = ".part";
+const JOURNAL: &str = ".journal";
+const DIRS: &str = "dirs-";
+
+/// The id of the partial copy of an entry: 32 hex digits from its path, size and mtime.
+pub fn partial_id(path: &str, size: u64, mtime: Option<Timestamp>) -> String {
+    let mut h = blake3::Hasher::new_derive_key("p2p-copy/1 partial name");
+    h.update(&(path.len() as u64).to_be_bytes());
+    h.update(path.as_bytes());
+    h.update(&size.to_be_bytes());
+    match mtime {
+        Some(t) => {
+            h.update(&[1]);
+            h.update(&t.secs.to_be_bytes());
+            h.update(&t.nanos.to_be_bytes());
+        }
+        None => {
+            h.update(&[0]);
+        }
+    }
+    hex::encode(&h.finalize().as_bytes()[..16])
+}
+
+/// The id of the directory log of a set of offered top-level names.
+pub fn names_id(names: &[String]) -> String {
+    let mut sorted: Vec<&String> = names.iter().collect();
+    sorted.sort();
+    let mut h = blake3::Hasher::new_derive_key("p2p-copy/1 offered names");
+    for n in sorted {
+        h.update(&(n.len() as u64).to_be_bytes());
+        h.update(n.as_bytes());
+    }
+    hex::encode(&h.finalize().as_bytes()[..16])
+}
+
+/// This boot's identity (Linux: `/proc/sys/kernel/random/boot_id`; zeros where unknown).
+/// `P2P_COPY_TEST_BOOT_ID` replaces it, for tests that pretend the machine rebooted.
+pub fn boot_id() -> [u8; 16] {
+    let text = std::env::var("P2P_COPY_TEST_BOOT_ID")
+        .ok()
+        .or_else(|| fs::read_to_string("/proc/sys/kernel/random/boot_id").ok())
+        .unwrap_or_default();
+    let digits: String = text.chars().filter(char::is_ascii_hexdigit).collect();
+    let mut id = [0u8; 16];
+    if digits.len() >= 32 {
+        if let Ok(bytes) = hex::decode(&digits[..32]) {
+            id.copy_from_slice(&bytes);
+        }
+    }
+    id
+}
+
+/// The state directory of one destination.
+#[derive(Debug)]
+pub struct StateDir {
+    path: PathBuf,
+}
+
+/// A partial file, opened and locked for this transfer.
+#[derive(Debug)]
+pub struct Partial {
+    /// Read and write, positioned at the start.
+    pub file: File,
+    /// Its path.
+    pub path: PathBuf,
+    /// Its journal's path (used for files over [`SMALL`]).
+    pub journal: PathBuf,
+}
+
+impl StateDir {
+    /// The state directory of the destination `root` (not created yet).
+    pub fn new(root: &Path) -> StateDir {
+        StateDir { path: root.join(STATE_DIR) }
+    }
+
+    /// Its path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Whether it exists (as a directory).
+    pub fn exists(&self) -> bool {
+        fs::symlink_metadata(&self.path).is_ok_and(|m| m.is_dir())
+    }
+
+    /// Creates it if needed, and checks that it is a real directory of ours, mode 0700.
+    fn ensure(&self) -> Result<(), FsError> {
+        match fs::symlink_metadata(&self.path) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                let mut b = fs::DirBuilder::new();
+                std::os::unix::fs::DirBuilderExt::mode(&mut b, 0o700);
+                match b.create(&self.path) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                    Err(e) => return Err(classify(&self.path, e)),
+                }
+            }
+            Err(e) => return Err(classify(&self.path, e)),
+            Ok(_) => {}
+        }
+        let meta = fs::symlink_metadata(&self.path).map_err(|e| classify(&self.path, e))?;
+        if !meta.is_dir() || meta.uid() != rustix::process::geteuid().as_raw() {
+            return Err(FsError::Io {
+                path: self.path.clone(),
+                source: io::Error::other(
+                    "this is not a directory of p2p-copy's owned by you; move it away",
+                ),
+            });
+        }
+        if meta.permissions().mode() & 0o077 != 0 {
+            fs::set_permissions(&self.path, fs::Permissions::from_mode(0o700))
+                .map_err(|e| classify(&self.path, e))?;
+        }
+        Ok(())
+    }
+
+    /// The ids of the partial files here (none if the directory does not exist).
+    pub fn partial_ids(&self) -> HashSet<String> {
+        let Ok(dir) = fs::read_dir(&self.path) else { return HashSet::new() };
+        dir.flatten()
+            .filter_map(|e| {
+                let name = e.file_name().into_string().ok()?;
+                name.strip_suffix(PART).map(str::to_owned)
+            })
+            .collect()
+    }
+
+    /// Opens (creating) the partial file `id` for reading and writing, locked for this
+    /// transfer. `Ok(None)` if another transfer holds it. A file that is not ours (not a
+    /// regular file owned by us with one link) is replaced by a new one.
+    pub fn open(&self, id: &str) -> Result<Option<Partial>, FsError> {
+        self.ensure()?;
+        let path = self.path.join(format!("{id}{PART}"));
+        let journal = self.path.join(format!("{id}{JOURNAL}"));
+        for _ in 0..2 {
+            let file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .mode(0o600)
+                .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+                .open(&path)
+                .map_err(|e| classify(&path, e))?;
+            match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+                Ok(()) => {}
+                Err(rustix::io::Errno::WOULDBLOCK) => return Ok(None),
+                Err(e) => return Err(classify(&path, e.into())),
+            }
+            let meta = file.metadata().map_err(|e| classify(&path, e))?;
+            let ours = meta.is_file()
+                && meta.uid() == rustix::process::geteuid().as_raw()
+                && meta.nlink() == 1
+                && meta.permissions().mode() & 0o077 == 0;
+            if ours {
+                return Ok(Some(Partial { file, path, journal }));
+            }
+            tracing::warn!(path = %path.display(), "replacing a partial file that is not ours");
+            fs::remove_file(&path).map_err(|e| classify(&path, e))?;
+            let _ = fs::remove_file(&journal);
+        }
+        Err(FsError::Io {
+            path,
+            source: io::Error::other("cannot make a partial file of our own here"),
+        })
+    }
+
+    /// Removes partial `id` and its journal.
+    pub fn remove(&self, id: &str) {
+        for suffix in [PART, JOURNAL] {
+            let p = self.path.join(format!("{id}{suffix}"));
+            if let Err(e) = fs::remove_file(&p) {
+                if e.kind() != io::ErrorKind::NotFound {
+                    tracing::warn!(path = %p.display(), error = %e, "could not remove partial state");
+                }
+            }
+        }
+    }
+
+    /// The log of directories made for `names`: those listed so far, and the file to append
+    /// to (created when the first directory is made).
+    pub fn dirs_log(&self, names: &[String]) -> (HashSet<String>, PathBuf) {
+        let path = self.path.join(format!("{DIRS}{}", names_id(names)));
+        let listed = fs::read_to_string(&path)
+            .map(|text| text.lines().map(str::to_owned).collect())
+            .unwrap_or_default();
+        (listed, path)
+    }
+
+    /// Appends a line to the directory log at `log` (creating the state directory and the log
+    /// as needed).
+    pub fn log_dir(&self, log: &Path, rel: &str) -> Result<(), FsError> {
+        use std::io::Write;
+        self.ensure()?;
+        let mut f = OpenOptions::new()
+            .append(true)
+            .create(true)
+            .mode(0o600)
+            .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+            .open(log)
+            .map_err(|e| classify(log, e))?;
+        f.write_all(format!("{rel}\n").as_bytes()).map_err(|e| classify(log, e))
+    }
+
+    /// Removes a directory log.
+    pub fn drop_log(&self, log: &Path) {
+        let _ = fs::remove_file(log);
+    }
+
+    /// What is kept here: (partial files, their bytes).
+    pub fn held(&self) -> (u64, u64) {
+        let Ok(dir) = fs::read_dir(&self.path) else { return (0, 0) };
+        dir.flatten()
+            .filter(|e| e.file_name().to_string_lossy().ends_with(PART))
+            .filter_map(|e| e.metadata().ok())
+            .fold((0, 0), |(n, b), m| (n + 1, b + m.len()))
+    }
+
+    /// Removes what is older than [`STALE_AFTER`] and not in use; then the directory, if
+    /// empty. Returns how many files went.
+    pub fn sweep(&self) -> usize {
+        let now = SystemTime::now();
+        self.clear(|meta| {
+            meta.modified().is_ok_and(|m| now.duration_since(m).unwrap_or_default() > STALE_AFTER)
+        })
+        .0
+    }
+
+    /// Removes everything not in use (`--discard-partial`): returns (files removed, bytes of
+    /// partial files removed, files left because a transfer is using them).
+    pub fn discard(&self) -> (usize, u64, usize) {
+        self.clear(|_| true)
+    }
+
+    fn clear(&self, old: impl Fn(&fs::Metadata) -> bool) -> (usize, u64, usize) {
+        let (mut removed, mut bytes, mut busy) = (0, 0, 0);
+        let Ok(dir) = fs::read_dir(&self.path) else { return (0, 0, 0) };
+        for e in dir.flatten() {
+            let path = e.path();
+            let Ok(meta) = fs::symlink_metadata(&path) else { continue };
+            if !old(&meta) {
+                continue;
+            }
+            let name = e.file_name().to_string_lossy().into_owned();
+            if let Some(id) = name.strip_suffix(PART) {
+                // In use by a running transfer: leave it (and its journal).
+                let Ok(f) = File::open(&path) else { continue };
+                if rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockExclusive)
+                    .is_err()
+                {
+                    busy += 1;
+                    continue;
+                }
+                bytes += meta.len();
+                let _ = fs::remove_file(self.path.join(format!("{id}{JOURNAL}")));
+                removed += 1;
+            } else if let Some(id) = name.strip_suffix(JOURNAL) {
+                if self.path.join(format!("{id}{PART}")).exists() {
+                    continue; // goes with its partial
+                }
+            }
+            if fs::remove_file(&path).is_ok() && !name.ends_with(PART) {
+                removed += 1;
+            }
+        }
+        let _ = fs::remove_dir(&self.path);
+        (removed, bytes, busy)
+    }
+
+    /// Removes the directory if nothing is left in it.
+    pub fn remove_if_empty(&self) {
+        let _ = fs::remove_dir(&self.path);
+    }
+}
+
+/// The ctime of `meta` as (seconds, nanoseconds).
+pub fn ctime(meta: &fs::Metadata) -> (i64, u32) {
+    (meta.ctime(), meta.ctime_nsec() as u32)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partial_ids_tell_versions_apart() {
+        let t = Some(Timestamp { secs: 5, nanos: 1 });
+        let a = partial_id("a/b", 10, t);
+        assert_eq!(a.len(), 32);
+        assert_eq!(a, partial_id("a/b", 10, t));
+        assert_ne!(a, partial_id("a/b", 11, t));
+        assert_ne!(a, partial_id("a/b", 10, Some(Timestamp { secs: 5, nanos: 2 })));
+        assert_ne!(a, partial_id("a/b", 10, None));
+        assert_ne!(a, partial_id("a/c", 10, t));
+        assert_eq!(names_id(&["x".into(), "y".into()]), names_id(&["y".into(), "x".into()]));
+    }
+
+    #[test]
+    fn a_partial_is_locked_while_open_and_swept_when_stale() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateDir::new(dir.path());
+        assert!(!state.exists());
+        let p = state.open("abc").unwrap().expect("free");
+        let meta = fs::metadata(state.path()).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o777, 0o700);
+        assert_eq!(p.file.metadata().unwrap().permissions().mode() & 0o777, 0o600);
+        assert!(state.open("abc").unwrap().is_none(), "locked by the first");
+        assert_eq!(state.partial_ids(), HashSet::from(["abc".to_owned()]));
+        // Not stale: stays. In use: stays even when discarded.
+        assert_eq!(state.sweep(), 0);
+        assert_eq!(state.discard(), (0, 0, 1));
+        drop(p);
+        let old = SystemTime::now() - STALE_AFTER - Duration::from_secs(60);
+        File::options()
+            .write(true)
+            .open(state.path().join("abc.part"))
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+        assert_eq!(state.sweep(), 1);
+        assert!(!state.exists(), "removed once empty");
+    }
+
+    #[test]
+    fn a_foreign_or_linked_partial_is_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateDir::new(dir.path());
+        drop(state.open("x").unwrap());
+        let part = state.path().join("x.part");
+        fs::write(&part, b"planted").unwrap();
+        fs::hard_link(&part, dir.path().join("second-name")).unwrap();
+        let p = state.open("x").unwrap().unwrap();
+        assert_eq!(p.file.metadata().unwrap().len(), 0, "a fresh file, not the linked one");
+        assert_eq!(fs::read(dir.path().join("second-name")).unwrap(), b"planted");
+    }
+}
