@@ -27,6 +27,7 @@ use serde_json::Value;
 
 mod tree;
 pub use tree::*;
+pub mod netns;
 
 /// The binary under test.
 pub const BIN: &str = env!("CARGO_BIN_EXE_p2p-copy");
@@ -92,6 +93,8 @@ impl Fixture {
         }
         // No settings file of the person running the tests applies.
         cmd.env("XDG_CONFIG_HOME", self.dir.path().join("xdg-config"))
+            .env("XDG_CACHE_HOME", self.dir.path().join("xdg-cache"))
+            .env("XDG_STATE_HOME", self.dir.path().join("xdg-state"))
             .env("P2P_COPY_DISCOVERY_PORT", self.port.to_string())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

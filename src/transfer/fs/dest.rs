@@ -1,6 +1,6 @@
 //! The destination directory: checked walks from the root, directories, symlinks, new files.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fs::{self, File, OpenOptions, Permissions};
 use std::io;
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
@@ -43,6 +43,9 @@ pub struct Dest {
     known_dir: Mutex<Option<PathBuf>>,
     /// This boot's id: journals written in another boot are checked against their data.
     boot: [u8; 16],
+    /// Partial copies found when the transfer began, by the first half of their id (their
+    /// path): when a file is put in place, the copies of its other versions are obsolete.
+    earlier: Mutex<HashMap<String, Vec<String>>>,
 }
 
 /// The directories made for an offer, and their log in the state directory.
@@ -122,6 +125,7 @@ impl Dest {
             made: Mutex::default(),
             known_dir: Mutex::default(),
             boot: boot_id(),
+            earlier: Mutex::default(),
         })
     }
 
@@ -140,6 +144,11 @@ impl Dest {
     /// made (which get the sender's modes and mtimes like this transfer's own). Call before
     /// writing.
     pub fn begin(&self, names: &[String]) {
+        let mut earlier = self.earlier.lock().unwrap_or_else(PoisonError::into_inner);
+        for id in self.state.partial_ids() {
+            earlier.entry(id[..id.len().min(16)].to_owned()).or_default().push(id);
+        }
+        drop(earlier);
         let (dirs, log) = self.state.dirs_log(names);
         let mut made = self.made.lock().unwrap_or_else(PoisonError::into_inner);
         made.dirs = dirs;
@@ -359,12 +368,12 @@ impl Dest {
         self.walk(rel, rel.components(), true).map(drop)
     }
 
-    /// Apply `mode` (permission bits, setuid/setgid dropped) and `mtime` to a directory. Call it
-    /// after the directory's contents are written.
+    /// Apply `mode` (permission bits, setuid/setgid dropped) and `mtime`, where given, to a
+    /// directory. Call it after the directory's contents are written.
     pub fn finish_dir(
         &self,
         rel: &RelPath,
-        mode: u32,
+        mode: Option<u32>,
         mtime: Option<SystemTime>,
     ) -> Result<(), FsError> {
         let path = self.walk(rel, rel.components(), false)?;
@@ -377,8 +386,10 @@ impl Dest {
         if (after.dev(), after.ino()) != (before.dev(), before.ino()) {
             return Err(unsafe_path(rel, "the directory was replaced while being written"));
         }
-        dir.set_permissions(Permissions::from_mode(safe_mode(mode)))
-            .map_err(|e| classify(&path, e))?;
+        if let Some(mode) = mode {
+            dir.set_permissions(Permissions::from_mode(safe_mode(mode)))
+                .map_err(|e| classify(&path, e))?;
+        }
         if let Some(mtime) = mtime {
             dir.set_modified(mtime).map_err(|e| classify(&path, e))?;
         }
@@ -623,9 +634,25 @@ impl Dest {
             }
         }
         for file in files {
+            let rel = file.rel().clone();
             file.install()?;
+            self.forget_versions(&rel);
         }
         Ok(())
+    }
+
+    /// `rel` is in place: partial copies of other versions of it, from earlier transfers, go.
+    fn forget_versions(&self, rel: &RelPath) {
+        let mut earlier = self.earlier.lock().unwrap_or_else(PoisonError::into_inner);
+        if earlier.is_empty() {
+            return;
+        }
+        if let Some(ids) = earlier.remove(&super::state::path_part(rel.as_str())) {
+            for id in ids {
+                tracing::debug!(path = %rel, id, "removing a partial copy of another version");
+                self.state.remove_unused(&id);
+            }
+        }
     }
 
     /// Notes that p2p-copy made the directory `rel`, here and in the log (so that a resumed

@@ -144,6 +144,11 @@ impl PartFile {
 }
 
 impl Finished {
+    /// Its path at the destination.
+    pub(super) fn rel(&self) -> &RelPath {
+        &self.names.rel
+    }
+
     /// The device the file is on.
     pub(super) fn dev(&self) -> u64 {
         self.dev

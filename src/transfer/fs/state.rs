@@ -44,11 +44,11 @@ const PART: &str = ".part";
 const JOURNAL: &str = ".journal";
 const DIRS: &str = "dirs-";
 
-/// The id of the partial copy of an entry: 32 hex digits from its path, size and mtime.
+/// The id of the partial copy of an entry: 32 hex digits, 16 from its path and 16 from its
+/// size and mtime, so that the copies of other versions of a path are found by the first half
+/// ([`path_part`]).
 pub fn partial_id(path: &str, size: u64, mtime: Option<Timestamp>) -> String {
-    let mut h = blake3::Hasher::new_derive_key("p2p-copy/1 partial name");
-    h.update(&(path.len() as u64).to_be_bytes());
-    h.update(path.as_bytes());
+    let mut h = blake3::Hasher::new_derive_key("p2p-copy/1 partial version");
     h.update(&size.to_be_bytes());
     match mtime {
         Some(t) => {
@@ -60,7 +60,14 @@ pub fn partial_id(path: &str, size: u64, mtime: Option<Timestamp>) -> String {
             h.update(&[0]);
         }
     }
-    hex::encode(&h.finalize().as_bytes()[..16])
+    let version = hex::encode(&h.finalize().as_bytes()[..8]);
+    format!("{}{version}", path_part(path))
+}
+
+/// The first half of the partial ids of `path`.
+pub fn path_part(path: &str) -> String {
+    let h = blake3::derive_key("p2p-copy/1 partial path", path.as_bytes());
+    hex::encode(&h[..8])
 }
 
 /// The id of the directory log of a set of offered top-level names.
@@ -206,6 +213,15 @@ impl StateDir {
         })
     }
 
+    /// Removes partial `id` and its journal unless a transfer holds it.
+    pub fn remove_unused(&self, id: &str) {
+        let path = self.path.join(format!("{id}{PART}"));
+        let Ok(f) = File::open(&path) else { return };
+        if rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_ok() {
+            self.remove(id);
+        }
+    }
+
     /// Removes partial `id` and its journal.
     pub fn remove(&self, id: &str) {
         for suffix in [PART, JOURNAL] {
@@ -333,6 +349,8 @@ mod tests {
         assert_ne!(a, partial_id("a/b", 10, Some(Timestamp { secs: 5, nanos: 2 })));
         assert_ne!(a, partial_id("a/b", 10, None));
         assert_ne!(a, partial_id("a/c", 10, t));
+        assert_eq!(a[..16], partial_id("a/b", 99, None)[..16], "one path, one first half");
+        assert_eq!(a[..16], path_part("a/b"));
         assert_eq!(names_id(&["x".into(), "y".into()]), names_id(&["y".into(), "x".into()]));
     }
 

@@ -216,7 +216,7 @@ fn a_parent_symlink_out_of_the_destination_is_refused() {
     assert!(f.dest.create_dir(&rel("link/sub")).is_err());
     assert!(f.dest.symlink(&rel("link/l"), "x", true).is_err());
     assert!(f.dest.create_file(&rel("link/a/b/c"), 0, None, true).is_err());
-    assert!(f.dest.finish_dir(&rel("link"), 0o777, None).is_err());
+    assert!(f.dest.finish_dir(&rel("link"), Some(0o777), None).is_err());
     assert!(list(&f.outside).is_empty());
     assert_eq!(mode_of(&f.outside), outside_mode);
 }
@@ -315,15 +315,18 @@ fn finish_dir_sets_mode_and_mtime() {
     let f = fixture();
     f.dest.create_dir(&rel("a/b")).unwrap();
     write_file(&f.dest, "a/b/x", b"x", false).unwrap();
-    f.dest.finish_dir(&rel("a/b"), 0o750, Some(mtime(1_500_000_000))).unwrap();
-    f.dest.finish_dir(&rel("a"), 0o700, None).unwrap();
+    f.dest.finish_dir(&rel("a/b"), Some(0o750), Some(mtime(1_500_000_000))).unwrap();
+    f.dest.finish_dir(&rel("a"), Some(0o700), None).unwrap();
     let b = f.dest.root().join("a/b");
     assert_eq!(mode_of(&b), 0o750);
     assert_eq!(mtime_of(&b), mtime(1_500_000_000));
     assert_eq!(mode_of(&f.dest.root().join("a")), 0o700);
 
-    assert!(f.dest.finish_dir(&rel("a/missing"), 0o755, None).is_err());
-    assert!(matches!(f.dest.finish_dir(&rel("a/b/x"), 0o755, None), Err(FsError::Unsafe { .. })));
+    assert!(f.dest.finish_dir(&rel("a/missing"), Some(0o755), None).is_err());
+    assert!(matches!(
+        f.dest.finish_dir(&rel("a/b/x"), Some(0o755), None),
+        Err(FsError::Unsafe { .. })
+    ));
 }
 
 #[test]
@@ -334,7 +337,7 @@ fn setuid_and_setgid_bits_are_dropped() {
     part.commit(0o106755, None, [0; 32]).unwrap();
     assert_eq!(mode_of(&f.dest.root().join("d/tool")), 0o755);
 
-    f.dest.finish_dir(&rel("d"), 0o2775, None).unwrap();
+    f.dest.finish_dir(&rel("d"), Some(0o2775), None).unwrap();
     assert_eq!(mode_of(&f.dest.root().join("d")), 0o775);
 }
 

@@ -46,7 +46,7 @@ pub struct Sink {
     survey: Option<Mutex<Survey>>,
     /// Directories to get their mode and mtime once their contents are in (at most
     /// `limits.dirs` of them).
-    dirs: Mutex<Vec<(RelPath, u32, Option<std::time::SystemTime>)>>,
+    dirs: Mutex<Vec<(RelPath, Option<u32>, Option<std::time::SystemTime>)>>,
     /// Set when the lanes are given up (an error, Ctrl-C): the lane workers stop at the next
     /// record instead of applying what is still queued (a queued message may hold many
     /// compressed records, each up to a chunk of writing).
@@ -317,19 +317,15 @@ fn apply_records(
                     match &entry.kind {
                         EntryKind::Dir => {
                             // A directory this transfer (or an interrupted one for the same
-                            // names) made gets the sender's metadata; one that was here before
-                            // is the user's own and keeps its mode and mtime.
+                            // names) made gets the sender's mode; one that was here before is
+                            // the user's own and keeps its mode. Both get the sender's mtime,
+                            // as the files in them changed it.
                             let theirs = !sink.dest.made(&rel)
                                 && std::fs::symlink_metadata(sink.dest.root().join(rel.as_str()))
                                     .is_ok_and(|m| m.is_dir());
                             sink.dest.create_dir(&rel)?;
-                            if !theirs {
-                                sink.dirs.lock().map_err(|_| poisoned())?.push((
-                                    rel,
-                                    entry.mode & MODE_MASK,
-                                    mtime,
-                                ));
-                            }
+                            let mode = (!theirs).then_some(entry.mode & MODE_MASK);
+                            sink.dirs.lock().map_err(|_| poisoned())?.push((rel, mode, mtime));
                         }
                         EntryKind::Symlink { target } => {
                             sink.dest.symlink(&rel, target, sink.overwrite)?;
