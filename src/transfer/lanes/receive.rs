@@ -28,6 +28,9 @@ pub const MODE_MASK: u32 = !0o022;
 /// target.
 const MIN_FRAME_CAP: usize = 16 << 10;
 
+/// A directory's metadata to set at the end: its mode (none for the user's own) and mtime.
+type DirMeta = (RelPath, Option<u32>, Option<std::time::SystemTime>);
+
 /// Where the receiver's lanes write, and the rules they follow.
 #[derive(Debug)]
 pub struct Sink {
@@ -46,7 +49,7 @@ pub struct Sink {
     survey: Option<Mutex<Survey>>,
     /// Directories to get their mode and mtime once their contents are in (at most
     /// `limits.dirs` of them).
-    dirs: Mutex<Vec<(RelPath, Option<u32>, Option<std::time::SystemTime>)>>,
+    dirs: Mutex<Vec<DirMeta>>,
     /// Set when the lanes are given up (an error, Ctrl-C): the lane workers stop at the next
     /// record instead of applying what is still queued (a queued message may hold many
     /// compressed records, each up to a chunk of writing).
