@@ -27,6 +27,19 @@ use crate::code::Code;
 pub const PROTOCOL: &str = "p2p-copy/1";
 /// Length of a SPAKE2 message on the wire (a side byte plus a compressed Ed25519 point).
 pub const PAKE_MSG_LEN: usize = 33;
+/// The nameplate two sides holding `secret` meet on to rejoin: in the upper half of the u32
+/// range, which the rendezvous node never allocates and reopens at once (no code is ever
+/// guessed there).
+pub fn rejoin_nameplate(secret: &[u8; 32]) -> u32 {
+    let mut m = keyed(secret);
+    m.update(format!("{PROTOCOL} rejoin nameplate").as_bytes());
+    let out = m.finalize().into_bytes();
+    REJOIN_NAMEPLATES | (u32::from_be_bytes([out[0], out[1], out[2], out[3]]) & !REJOIN_NAMEPLATES)
+}
+
+/// The bit every rejoin nameplate has set.
+pub const REJOIN_NAMEPLATES: u32 = 1 << 31;
+
 /// Length of the AES-GCM tag appended to every sealed record.
 pub const TAG_LEN: usize = 16;
 
@@ -153,6 +166,7 @@ pub struct Keys {
     relay_token: [u8; 32],
     probe: [[u8; 32]; 2],
     verifier: [u8; 32],
+    resume: [u8; 32],
 }
 
 impl std::fmt::Debug for Keys {
@@ -189,7 +203,33 @@ impl Keys {
             relay_token: expand("relay token"),
             probe: [expand("probe sender"), expand("probe receiver")],
             verifier: expand("verifier"),
+            resume: expand("resume"),
         }
+    }
+
+    /// The keys of a rejoined session: the same schedule, keyed by the transfer's resume
+    /// secret and salted by both sides' fresh nonces, so every connection gets its own keys.
+    /// The resume secret stays the transfer's.
+    pub fn rejoin(
+        role: Role,
+        secret: &[u8; 32],
+        sender_nonce: &[u8; 32],
+        receiver_nonce: &[u8; 32],
+    ) -> Keys {
+        let mut h = Sha256::new();
+        h.update(PROTOCOL.as_bytes());
+        h.update(b" rejoin");
+        h.update(sender_nonce);
+        h.update(receiver_nonce);
+        let mut keys = Keys::from_shared_secret(role, secret, h.finalize().into());
+        keys.resume = *secret;
+        keys
+    }
+
+    /// The transfer's resume secret: with it, either side may rejoin the other after a lost
+    /// connection or a restart, without the code (see [`Keys::rejoin`]).
+    pub fn resume_secret(&self) -> [u8; 32] {
+        self.resume
     }
 
     /// This side's role.
@@ -537,6 +577,7 @@ mod tests {
         let k = Keys::from_shared_secret(Role::Sender, &secret, transcript);
         assert_eq!(k.confirmation(), want);
         assert_eq!(hex::encode(want), KAT_CONFIRM);
+        assert_eq!(k.resume_secret(), mac_raw(&prk, &[b"p2p-copy/1 resume", &[1]]));
     }
 
     fn mac_raw(key: &[u8], parts: &[&[u8]]) -> [u8; 32] {
@@ -564,4 +605,35 @@ mod tests {
     }
 
     const KAT_PAKE_VERIFIER: &str = "c973d81b07";
+
+    /// Rejoined sessions: both sides derive the same keys from the secret and both nonces;
+    /// other nonces give other keys (no record key is used twice); the secret carries over.
+    #[test]
+    fn rejoin_keys_known_answers() {
+        let k = Keys::from_shared_secret(Role::Sender, &[0x42; 32], [0x17; 32]);
+        let secret = k.resume_secret();
+        assert_eq!(hex::encode(secret), KAT_RESUME);
+        assert_eq!(rejoin_nameplate(&secret), KAT_REJOIN_NAMEPLATE);
+        assert!(rejoin_nameplate(&secret) & REJOIN_NAMEPLATES != 0);
+        let (ns, nr) = ([1u8; 32], [2u8; 32]);
+        let s = Keys::rejoin(Role::Sender, &secret, &ns, &nr);
+        let r = Keys::rejoin(Role::Receiver, &secret, &ns, &nr);
+        assert_eq!(hex::encode(s.confirmation()), KAT_REJOIN_CONFIRM);
+        r.check_confirmation(&s.confirmation()).unwrap();
+        assert_eq!(s.resume_secret(), secret);
+        let other = Keys::rejoin(Role::Sender, &secret, &ns, &[3u8; 32]);
+        assert_ne!(other.confirmation(), s.confirmation());
+        let mut a = b"x".to_vec();
+        let mut b = b"x".to_vec();
+        s.sealer(1).seal(&mut a, 0).unwrap();
+        other.sealer(1).seal(&mut b, 0).unwrap();
+        assert_ne!(a, b, "fresh record keys per rejoin");
+        let wrong = Keys::rejoin(Role::Receiver, &[9; 32], &ns, &nr);
+        assert!(wrong.check_confirmation(&s.confirmation()).is_err());
+    }
+
+    const KAT_RESUME: &str = "1d5f47507a3039c7eaa845b3ea3ef031c0b23a2ef7e13dbd69b3bd9161b07ad5";
+    const KAT_REJOIN_NAMEPLATE: u32 = 2_328_703_271;
+    const KAT_REJOIN_CONFIRM: &str =
+        "a81cc533a251f0c31a05283a5b28da78d00a802224697b992125912a9580e5a2";
 }

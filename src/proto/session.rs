@@ -119,6 +119,9 @@ pub enum SessionError {
     /// Key confirmation failed.
     #[error("the code is wrong: the other side used a different code (or someone tried to guess it); no data was exchanged")]
     WrongCode,
+    /// A rejoining peer could not prove the transfer's secret.
+    #[error("the other side is not the one this transfer was with (it does not hold the transfer's secret)")]
+    Stranger,
     /// The peer speaks another protocol version.
     #[error("the other side speaks protocol version {0}, this p2p-copy speaks {VERSION}; install the same version on both sides")]
     Version(u16),
@@ -169,6 +172,7 @@ impl SessionError {
     pub fn kind(&self) -> ErrorKind {
         match self {
             SessionError::WrongCode => ErrorKind::WrongCode,
+            SessionError::Stranger => ErrorKind::Protocol,
             SessionError::Version(_)
             | SessionError::Decode(_)
             | SessionError::Unexpected { .. } => ErrorKind::Protocol,
@@ -250,6 +254,8 @@ pub struct Session {
     outbox: VecDeque<Vec<u8>>,
     events: VecDeque<Event>,
     survey: Survey,
+    /// A rejoining session: the transfer's resume secret and our nonce (no PAKE runs).
+    rejoin: Option<([u8; 32], [u8; 32])>,
 }
 
 /// The listing's bookkeeping, the same on both sides.
@@ -304,24 +310,72 @@ impl Session {
         rng: &mut R,
     ) -> Session {
         let (pake, msg) = Pake::start(role, code, rng);
-        let mut s = Session {
+        let mut s = Session::blank(role, channel, config, now);
+        s.pake = Some(pake);
+        let mut fixed = [0u8; crate::wire::control::PAKE_LEN];
+        fixed.copy_from_slice(&msg);
+        s.send_clear(&Frame::Pake { version: VERSION, msg: fixed });
+        s
+    }
+
+    /// Starts a session that rejoins a transfer whose resume secret is `secret` (the keys of
+    /// its first session gave it): instead of a PAKE each side sends a fresh nonce, and the
+    /// keys come from the secret and both nonces. No code is involved, so no guess at one can
+    /// be made this way; a peer that sends a PAKE here fails the session. Then as [`Session::new`].
+    pub fn rejoin<R: RngCore + CryptoRng>(
+        role: Role,
+        secret: [u8; 32],
+        channel: Channel,
+        config: Config,
+        now: Instant,
+        rng: &mut R,
+    ) -> Session {
+        Session::start_rejoin(role, secret, Some(channel), config, now, rng)
+    }
+
+    /// [`Session::rejoin`] over the rendezvous mailbox (as [`Session::new_deferred`]).
+    pub fn rejoin_deferred<R: RngCore + CryptoRng>(
+        role: Role,
+        secret: [u8; 32],
+        config: Config,
+        now: Instant,
+        rng: &mut R,
+    ) -> Session {
+        Session::start_rejoin(role, secret, None, config, now, rng)
+    }
+
+    fn start_rejoin<R: RngCore + CryptoRng>(
+        role: Role,
+        secret: [u8; 32],
+        channel: Option<Channel>,
+        config: Config,
+        now: Instant,
+        rng: &mut R,
+    ) -> Session {
+        let mut nonce = [0u8; 32];
+        rng.fill_bytes(&mut nonce);
+        let mut s = Session::blank(role, channel, config, now);
+        s.rejoin = Some((secret, nonce));
+        s.send_clear(&Frame::Rejoin { version: VERSION, nonce });
+        s
+    }
+
+    fn blank(role: Role, channel: Option<Channel>, config: Config, now: Instant) -> Session {
+        Session {
             role,
             deadline: Some(now + config.handshake_timeout),
             config,
             channel,
             state: State::AwaitPake,
-            pake: Some(pake),
+            pake: None,
             keys: None,
             sealer: None,
             opener: None,
             outbox: VecDeque::new(),
             events: VecDeque::new(),
             survey: Survey::default(),
-        };
-        let mut fixed = [0u8; crate::wire::control::PAKE_LEN];
-        fixed.copy_from_slice(&msg);
-        s.send_clear(&Frame::Pake { version: VERSION, msg: fixed });
-        s
+            rejoin: None,
+        }
     }
 
     /// This side's role.
@@ -377,7 +431,23 @@ impl Session {
     fn handle_frame_inner(&mut self, body: &[u8]) -> Result<(), SessionError> {
         let frame = Frame::decode(body)?;
         match (self.state, frame) {
-            (State::AwaitPake, Frame::Pake { version, msg }) => {
+            (State::AwaitPake, Frame::Rejoin { version, nonce }) if self.rejoin.is_some() => {
+                if version != VERSION {
+                    return Err(SessionError::Version(version));
+                }
+                let (secret, ours) =
+                    self.rejoin.ok_or(SessionError::Misuse("rejoin without a secret"))?;
+                let (sender, receiver) = match self.role {
+                    Role::Sender => (ours, nonce),
+                    Role::Receiver => (nonce, ours),
+                };
+                let keys = Keys::rejoin(self.role, &secret, &sender, &receiver);
+                self.send_clear(&Frame::Confirm(keys.confirmation()));
+                self.keys = Some(keys);
+                self.state = State::AwaitConfirm;
+                Ok(())
+            }
+            (State::AwaitPake, Frame::Pake { version, msg }) if self.pake.is_some() => {
                 if version != VERSION {
                     return Err(SessionError::Version(version));
                 }
@@ -391,7 +461,12 @@ impl Session {
             (State::AwaitConfirm, Frame::Confirm(mac)) => {
                 let keys =
                     self.keys.as_ref().ok_or(SessionError::Misuse("confirm without keys"))?;
-                keys.check_confirmation(&mac).map_err(|_| SessionError::WrongCode)?;
+                let wrong = if self.rejoin.is_some() {
+                    SessionError::Stranger
+                } else {
+                    SessionError::WrongCode
+                };
+                keys.check_confirmation(&mac).map_err(|_| wrong)?;
                 self.sealer = Some(keys.sealer(CONTROL_LANE));
                 self.opener = Some(keys.opener(CONTROL_LANE));
                 if self.channel.is_some() {
@@ -408,6 +483,13 @@ impl Session {
             }
             (state, frame) => Err(SessionError::Unexpected {
                 got: match frame {
+                    Frame::Pake { .. } if self.rejoin.is_some() => {
+                        "key exchange message (a code) on a rejoining connection"
+                    }
+                    Frame::Rejoin { .. } if self.pake.is_some() => {
+                        "request to rejoin where a code was expected"
+                    }
+                    Frame::Rejoin { .. } => "request to rejoin",
                     Frame::Pake { .. } => "key exchange message",
                     Frame::Confirm(_) => "key confirmation",
                     Frame::Sealed(_) => "sealed message",

@@ -7,6 +7,7 @@
 //! | 0x01 | PAKE    | `version: u16 BE ‖ spake2 message (33 bytes)`              |
 //! | 0x02 | CONFIRM | `mac: [u8; 32]` (HMAC-SHA256 key confirmation)             |
 //! | 0x03 | SEALED  | AES-256-GCM ciphertext of a postcard-encoded [`Control`]   |
+//! | 0x04 | REJOIN  | `version: u16 BE ‖ nonce (32 bytes)`: instead of PAKE, to rejoin |
 //!
 //! PAKE and CONFIRM travel in clear (they are safe to show); everything after them is SEALED.
 //! [`Control`] is encoded with postcard (varint integers, length-prefixed strings, enum
@@ -38,6 +39,7 @@ const KIND_PAKE: u8 = 0x01;
 const KIND_CONFIRM: u8 = 0x02;
 /// Kind byte of a sealed frame (exposed so a sealed frame can be built in place).
 pub const KIND_SEALED: u8 = 0x03;
+const KIND_REJOIN: u8 = 0x04;
 
 /// A control frame as it crosses the network.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,6 +55,14 @@ pub enum Frame {
     Confirm([u8; 32]),
     /// A sealed [`Control`] message (ciphertext and tag).
     Sealed(Vec<u8>),
+    /// Instead of PAKE, on a connection that rejoins a transfer: a fresh nonce; the keys come
+    /// from the transfer's resume secret and both nonces.
+    Rejoin {
+        /// Protocol version.
+        version: u16,
+        /// Fresh random bytes.
+        nonce: [u8; 32],
+    },
 }
 
 impl Frame {
@@ -71,6 +81,11 @@ impl Frame {
             Frame::Sealed(ct) => {
                 out.push(KIND_SEALED);
                 out.extend_from_slice(ct);
+            }
+            Frame::Rejoin { version, nonce } => {
+                out.push(KIND_REJOIN);
+                out.extend_from_slice(&version.to_be_bytes());
+                out.extend_from_slice(nonce);
             }
         }
     }
@@ -95,6 +110,12 @@ impl Frame {
             }
             KIND_CONFIRM => Ok(Frame::Confirm(fixed::<32>(rest)?)),
             KIND_SEALED => Ok(Frame::Sealed(rest.to_vec())),
+            KIND_REJOIN => {
+                let fixed = fixed::<34>(rest)?;
+                let mut nonce = [0; 32];
+                nonce.copy_from_slice(&fixed[2..]);
+                Ok(Frame::Rejoin { version: u16::from_be_bytes([fixed[0], fixed[1]]), nonce })
+            }
             other => Err(DecodeError::UnknownType(other)),
         }
     }
@@ -458,12 +479,18 @@ mod tests {
         out.clear();
         Frame::Sealed(vec![1, 2]).encode(&mut out);
         assert_eq!(hex::encode(&out), "030102");
+        out.clear();
+        Frame::Rejoin { version: 3, nonce: [5; 32] }.encode(&mut out);
+        assert_eq!(hex::encode(&out), format!("040003{}", "05".repeat(32)));
+        assert_eq!(Frame::decode(&out), Ok(Frame::Rejoin { version: 3, nonce: [5; 32] }));
+        assert_eq!(Frame::decode(&out[..30]), Err(DecodeError::Truncated));
     }
 
     #[test]
     fn frame_errors() {
         assert_eq!(Frame::decode(&[]), Err(DecodeError::Truncated));
         assert_eq!(Frame::decode(&[0x09]), Err(DecodeError::UnknownType(9)));
+        assert_eq!(Frame::decode(&[KIND_REJOIN; 36]), Err(DecodeError::TrailingBytes(1)));
         assert_eq!(Frame::decode(&[KIND_CONFIRM, 1]), Err(DecodeError::Truncated));
         assert_eq!(Frame::decode(&[KIND_CONFIRM; 34]), Err(DecodeError::TrailingBytes(1)));
     }
@@ -534,7 +561,7 @@ mod tests {
 
         #[test]
         fn frame_round_trips(ct in proptest::collection::vec(any::<u8>(), 0..100), mac in any::<[u8; 32]>()) {
-            for f in [Frame::Sealed(ct.clone()), Frame::Confirm(mac)] {
+            for f in [Frame::Sealed(ct.clone()), Frame::Confirm(mac), Frame::Rejoin { version: 3, nonce: mac }] {
                 let mut out = Vec::new();
                 f.encode(&mut out);
                 prop_assert_eq!(Frame::decode(&out).unwrap(), f);

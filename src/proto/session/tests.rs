@@ -399,3 +399,61 @@ fn deferred_session_detects_a_substituted_connection() {
     let (es, er) = p.pump();
     assert!(es.is_some() && er.is_some(), "{es:?} {er:?}");
 }
+
+fn rejoin_pair(secret_s: [u8; 32], secret_r: [u8; 32], seed: u64) -> Pair {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let now = Instant::now();
+    let (cs, cr) = channels();
+    let s = Session::rejoin(Role::Sender, secret_s, cs, Config::default(), now, &mut rng);
+    let r = Session::rejoin(Role::Receiver, secret_r, cr, Config::default(), now, &mut rng);
+    Pair { s, r, now }
+}
+
+/// Two sides holding the transfer's secret rejoin without a code: secured, with keys of
+/// their own (other nonces, other keys), and the secret carried over for the next rejoin.
+#[test]
+fn a_rejoin_is_secured_by_the_secret_alone() {
+    let secret = [0x5a; 32];
+    let mut p = rejoin_pair(secret, secret, 1);
+    assert_eq!(p.pump(), (None, None));
+    assert!(matches!(Pair::events(&mut p.s)[..], [Event::Secured { .. }]));
+    assert!(matches!(Pair::events(&mut p.r)[..], [Event::Secured { .. }]));
+    let k1 = p.s.keys().unwrap().confirmation();
+    assert_eq!(p.s.keys().unwrap().resume_secret(), secret);
+    p.s.offer(offer()).unwrap();
+    p.pump();
+    assert_eq!(Pair::events(&mut p.r), [Event::Offer(offer())]);
+    let mut q = rejoin_pair(secret, secret, 2);
+    q.pump();
+    assert_ne!(q.s.keys().unwrap().confirmation(), k1, "fresh keys per rejoin");
+}
+
+/// Without the secret a rejoin fails on both sides before anything is sealed, as a stranger,
+/// not as a wrong code.
+#[test]
+fn a_rejoin_without_the_secret_fails() {
+    let mut p = rejoin_pair([1; 32], [2; 32], 3);
+    let (es, er) = p.pump();
+    assert_eq!(es, Some(SessionError::Stranger));
+    assert_eq!(er, Some(SessionError::Stranger));
+    assert!(p.s.keys().is_none() && p.r.keys().is_none());
+}
+
+/// A rejoining side never runs a PAKE (no guess at the code through it), and a side waiting
+/// for a code does not take a rejoin.
+#[test]
+fn rejoin_and_pake_never_mix() {
+    let mut rng = StdRng::seed_from_u64(4);
+    let now = Instant::now();
+    let (cs, cr) = channels();
+    let mut s = Session::rejoin(Role::Sender, [7; 32], cs, Config::default(), now, &mut rng);
+    let mut r =
+        Session::new(Role::Receiver, &CODE.parse().unwrap(), cr, Config::default(), now, &mut rng);
+    let to_s = r.poll_transmit().unwrap();
+    let err = s.handle_frame(now, body(&to_s)).unwrap_err();
+    assert!(matches!(err, SessionError::Unexpected { .. }), "{err:?}");
+    assert!(err.to_string().contains("rejoining"), "{err}");
+    let to_r = s.poll_transmit().unwrap();
+    let err = r.handle_frame(now, body(&to_r)).unwrap_err();
+    assert!(err.to_string().contains("rejoin"), "{err}");
+}
