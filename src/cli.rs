@@ -101,6 +101,24 @@ impl Link {
     }
 }
 
+/// What a transfer does when its connection is lost: shared by `send` and `receive`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Reconnect {
+    /// Seconds to keep trying to reconnect when the connection is lost mid-transfer (link
+    /// down, Wi-Fi roaming, sleep, a restarted node or peer); 0 fails at once, as before.
+    /// Nothing that arrived is lost either way.
+    #[arg(long, value_name = "SECS", default_value_t = 600, env = "P2P_COPY_RECONNECT_WAIT",
+          value_parser = clap::value_parser!(u64).range(0..=604_800))]
+    reconnect_wait: u64,
+}
+
+impl Reconnect {
+    /// The wait.
+    pub fn wait(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.reconnect_wait)
+    }
+}
+
 /// Bytes with an optional binary K, M or G suffix, 1 MiB to 1 GiB.
 fn parse_window(s: &str) -> Result<u32, String> {
     let t = s.trim();

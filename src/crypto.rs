@@ -37,8 +37,8 @@ pub fn rejoin_nameplate(secret: &[u8; 32]) -> u32 {
     REJOIN_NAMEPLATES | (u32::from_be_bytes([out[0], out[1], out[2], out[3]]) & !REJOIN_NAMEPLATES)
 }
 
-/// The bit every rejoin nameplate has set.
-pub const REJOIN_NAMEPLATES: u32 = 1 << 31;
+/// The bit every rejoin nameplate has set (the node reopens such nameplates at once).
+pub const REJOIN_NAMEPLATES: u32 = p2p_copy_rendezvous::wire::REJOIN_NAMEPLATES;
 
 /// Length of the AES-GCM tag appended to every sealed record.
 pub const TAG_LEN: usize = 16;

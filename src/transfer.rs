@@ -17,6 +17,7 @@ pub mod lanes;
 pub mod meet;
 pub mod prefix;
 pub mod receive;
+pub mod rejoin;
 pub mod send;
 pub mod survey;
 pub mod walk;
@@ -33,6 +34,55 @@ use crate::wire::control::Offer;
 pub use crate::net::path::PathKind;
 pub use receive::{receive, ReceiveOptions};
 pub use send::{send, SendOptions};
+
+/// What the two sides prove to each other to make a session: the code (a PAKE), or, to rejoin
+/// a transfer they already share, its resume secret.
+#[derive(Debug, Clone)]
+pub(crate) enum Key {
+    /// The code.
+    Code(Code),
+    /// The resume secret of an earlier session of the same transfer.
+    Rejoin([u8; 32]),
+}
+
+impl Key {
+    /// The nameplate to meet on.
+    pub(crate) fn nameplate(&self) -> u32 {
+        match self {
+            Key::Code(c) => c.nameplate(),
+            Key::Rejoin(secret) => crate::crypto::rejoin_nameplate(secret),
+        }
+    }
+
+    /// The session, on a connection known now.
+    pub(crate) fn session(
+        &self,
+        role: crate::crypto::Role,
+        channel: crate::proto::Channel,
+        config: crate::proto::Config,
+    ) -> crate::proto::Session {
+        let now = std::time::Instant::now();
+        let rng = &mut rand::rngs::OsRng;
+        match self {
+            Key::Code(c) => crate::proto::Session::new(role, c, channel, config, now, rng),
+            Key::Rejoin(s) => crate::proto::Session::rejoin(role, *s, channel, config, now, rng),
+        }
+    }
+
+    /// The session, its handshake through the rendezvous mailbox first.
+    pub(crate) fn deferred(
+        &self,
+        role: crate::crypto::Role,
+        config: crate::proto::Config,
+    ) -> crate::proto::Session {
+        let now = std::time::Instant::now();
+        let rng = &mut rand::rngs::OsRng;
+        match self {
+            Key::Code(c) => crate::proto::Session::new_deferred(role, c, config, now, rng),
+            Key::Rejoin(s) => crate::proto::Session::rejoin_deferred(role, *s, config, now, rng),
+        }
+    }
+}
 
 /// How long a sender waits for the receiver to answer its offer (a person may be deciding).
 pub const DECISION_TIMEOUT: Duration = Duration::from_secs(600);
@@ -257,6 +307,8 @@ pub struct Report {
     pub entries: u64,
     /// Seconds from the start of the command to the end.
     pub seconds: f64,
+    /// How often the transfer reconnected after losing the connection.
+    pub reconnects: u32,
 }
 
 /// How a transfer reached its peer, for its report.
@@ -333,6 +385,7 @@ pub(crate) async fn conclude(
                 files: totals.files,
                 entries: totals.entries,
                 seconds: started.elapsed().as_secs_f64(),
+                reconnects: 0,
             })
         }
         Err(e) => {
@@ -381,6 +434,15 @@ pub enum Note<'a> {
     },
     /// Something worth telling the person that does not stop the transfer.
     Warning(String),
+    /// The connection was lost mid-transfer; both sides try to meet again (nothing is lost).
+    Reconnecting {
+        /// Why it was lost.
+        reason: &'a str,
+        /// How long they try.
+        wait: Duration,
+    },
+    /// The transfer goes on over a new connection.
+    Reconnected,
 }
 
 /// Watches a transfer. Implemented by the CLI (human or JSON output) and by tests.
@@ -442,9 +504,10 @@ impl Progress {
         self.wire.load(Ordering::Relaxed)
     }
 
-    /// Counts bytes already held at the destination (no transfer, no first byte).
+    /// Starts counting from bytes already held at the destination (no transfer, no first
+    /// byte); a transfer resumed after a lost connection starts from what is held then.
     pub(crate) fn hold(&self, n: u64) {
-        self.bytes.fetch_add(n, Ordering::Relaxed);
+        self.bytes.store(n, Ordering::Relaxed);
     }
 
     /// Takes back bytes counted as held that turned out not to be (a partial copy the sender

@@ -92,23 +92,34 @@ fn overwrite_never_replaces_a_directory() {
 /// Starts sending a 1 GiB sparse file (cheap for the sender, and it cannot finish before the
 /// test acts) and returns once the receiver reported bytes written.
 fn mid_transfer(fx: &Fixture) -> (Proc, Proc, PathBuf) {
+    mid_transfer_with(fx, "600")
+}
+
+/// [`mid_transfer`], both sides with this `--reconnect-wait`.
+fn mid_transfer_with(fx: &Fixture, reconnect_wait: &str) -> (Proc, Proc, PathBuf) {
     let src = fx.path("src/huge.bin");
     std::fs::create_dir_all(src.parent().expect("parent")).expect("mkdir");
     std::fs::File::create(&src).and_then(|f| f.set_len(1 << 30)).expect("sparse file");
     let out = fx.path("out");
-    let sender = fx.send([&src]);
-    let mut receiver = fx.receive([OsStr::new("--yes"), OsStr::new("--out"), out.as_os_str()]);
+    let wait = ["--reconnect-wait", reconnect_wait].map(OsStr::new);
+    let sender = fx.send(wait.iter().copied().chain([src.as_os_str()]));
+    let mut receiver = fx.receive(wait.iter().copied().chain([
+        OsStr::new("--yes"),
+        OsStr::new("--out"),
+        out.as_os_str(),
+    ]));
     receiver.wait_event_where("progress", |e| e["bytes"].as_u64().is_some_and(|b| b > 0));
     (sender, receiver, out)
 }
 
-/// The sender dies mid-transfer: the receiver notices within the idle timeout, fails with a
-/// network error, and keeps what arrived as a partial copy (for a later resume), never under
-/// the final name.
+/// The sender dies mid-transfer: the receiver notices within the idle timeout, says it is
+/// reconnecting, and when nobody comes back within `--reconnect-wait` fails with a network
+/// error, keeping what arrived as a partial copy (for a later resume), never under the final
+/// name.
 #[test]
 fn sender_killed_mid_transfer() {
     let fx = Fixture::new();
-    let (mut sender, receiver, out) = mid_transfer(&fx);
+    let (mut sender, receiver, out) = mid_transfer_with(&fx, "5");
     assert!(sender.running(), "the sender is still sending\n{}", sender.output_so_far());
     sender.kill();
     let s = sender.finish();
@@ -116,24 +127,30 @@ fn sender_killed_mid_transfer() {
 
     let r = receiver.finish_within(Duration::from_secs(60));
     assert_exits(&[(&r, 7)]);
+    let note = r.event("reconnecting").unwrap_or_else(|| panic!("no reconnecting event\n{r}"));
+    assert_eq!(note["wait_seconds"], 5, "{r}");
+    assert!(r.event("reconnected").is_none(), "{r}");
     assert_eq!(r.event("error").expect("error event")["kind"], "network", "{r}");
+    assert_says(&r, &["no reconnection within 5s"]);
     assert!(r.event("done").is_none(), "{r}");
     assert_says(&r, &["--discard-partial"]);
     assert_eq!(final_names(&out), Vec::<PathBuf>::new(), "nothing under a final name");
     assert_eq!(partial_copies(&out).len(), 1, "{:?}", list_all(&out));
 }
 
-/// The receiver dies mid-transfer: the sender notices within the idle timeout.
+/// The receiver dies mid-transfer: the sender notices within the idle timeout, and with
+/// `--reconnect-wait 0` fails at once, as before reconnection existed.
 #[test]
 fn receiver_killed_mid_transfer() {
     let fx = Fixture::new();
-    let (sender, mut receiver, _) = mid_transfer(&fx);
+    let (sender, mut receiver, _) = mid_transfer_with(&fx, "0");
     receiver.kill();
     let r = receiver.finish();
     assert_eq!(r.code(), None, "killed by a signal\n{r}");
     let s = sender.finish_within(Duration::from_secs(60));
     assert_exits(&[(&s, 7)]);
     assert_eq!(s.event("error").expect("error event")["kind"], "network", "{s}");
+    assert!(s.event("reconnecting").is_none(), "{s}");
 }
 
 /// Ctrl-C on the receiver: exit 130 at once; the partial copy is kept (under no final name),

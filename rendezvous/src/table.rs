@@ -28,7 +28,8 @@
 //! 4. `Send { body }` → `Message { body }` to the other side, or queued for it while it has not
 //!    joined ([`Limits::mailbox_messages`], [`Limits::mailbox_bytes`]; over → `Error Busy`).
 //! 5. `Release` or disconnect → `PeerLeft` to the other side; the nameplate closes and its
-//!    number cools down for [`Limits::reuse_after`]. The other side no longer holds it: its
+//!    number cools down for [`Limits::reuse_after`] (not a rejoin nameplate,
+//!    [`crate::wire::REJOIN_NAMEPLATES`]: no code is guessed on one). The other side no longer holds it: its
 //!    `Send`s get `Error NameplateClosed` until it allocates or claims again. A `Release`
 //!    without a nameplate is a no-op.
 //! 6. A nameplate without `Claim` or `Send` for [`Limits::idle_expiry`] expires: both sides
@@ -54,7 +55,7 @@ use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use crate::wire::{ClientMsg, ErrorCode, NodeMsg, MAX_TEXT, VERSION};
+use crate::wire::{ClientMsg, ErrorCode, NodeMsg, MAX_TEXT, REJOIN_NAMEPLATES, VERSION};
 
 /// The driver's name for a connection.
 pub type ClientId = u64;
@@ -596,9 +597,11 @@ impl Table {
     fn close(&mut self, now: Instant, n: u32, why: CloseReason) {
         let Some(np) = self.nameplates.remove(&n) else { return };
         self.deadlines.remove(&(np.deadline, n));
-        let until = after(now, self.limits.reuse_after);
-        self.closed.insert(n, until);
-        self.cooldowns.insert((until, n));
+        if n & REJOIN_NAMEPLATES == 0 {
+            let until = after(now, self.limits.reuse_after);
+            self.closed.insert(n, until);
+            self.cooldowns.insert((until, n));
+        }
         for side in [Some(np.first), np.second].into_iter().flatten() {
             match why {
                 CloseReason::Left(leaver) if side == leaver => {}

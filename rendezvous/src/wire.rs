@@ -76,6 +76,10 @@ use serde::{Deserialize, Serialize};
 
 /// The rendezvous protocol version this build speaks.
 pub const VERSION: u16 = 1;
+/// Nameplates with this bit set are for peers rejoining a transfer they already share a key
+/// for: never allocated, and claimable again as soon as they close (no code is guessed there,
+/// so there is nothing to cool down for).
+pub const REJOIN_NAMEPLATES: u32 = 1 << 31;
 /// Cap on a frame body, either direction.
 pub const MAX_FRAME: usize = 16 * 1024;
 /// Cap on one mailbox message (`Send` / `Message` body).

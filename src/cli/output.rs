@@ -106,6 +106,7 @@ impl Ui {
                 "seconds": report.seconds,
                 "first_byte_seconds": report.first_byte_seconds,
                 "punch_seconds": report.punch_seconds,
+                "reconnects": report.reconnects,
             }));
         } else if !self.quiet {
             let verb = if self.role == Role::Sender { "Sent" } else { "Received" };
@@ -120,6 +121,9 @@ impl Ui {
                 String::new()
             };
             let mut kept = String::new();
+            if report.reconnects > 0 {
+                kept.push_str(&format!("; reconnected {} time(s)", report.reconnects));
+            }
             if report.resumed_bytes > 0 {
                 kept.push_str(&format!("; {} kept from before", HumanBytes(report.resumed_bytes)));
             }
@@ -223,6 +227,30 @@ impl Observer for Ui {
                     state.bar = Some(bar);
                 }
             }
+            Note::Reconnecting { reason, wait } => {
+                if self.json {
+                    emit(
+                        &json!({"event": "reconnecting", "reason": reason, "wait_seconds": wait.as_secs()}),
+                    );
+                } else if !self.quiet {
+                    let line = format!(
+                        "reconnecting… ({}; trying for up to {}; Ctrl-C keeps what arrived)",
+                        crate::transfer::printable(reason),
+                        minutes(wait)
+                    );
+                    match &self.state().bar {
+                        Some(bar) => bar.suspend(|| eprintln!("{line}")),
+                        None => eprintln!("{line}"),
+                    }
+                }
+            }
+            Note::Reconnected => {
+                if self.json {
+                    emit(&json!({"event": "reconnected"}));
+                } else if !self.quiet {
+                    eprintln!("Reconnected; going on where the transfer stopped");
+                }
+            }
             Note::Warning(message) => {
                 if self.json {
                     emit(&json!({"event": "warning", "message": message}));
@@ -264,6 +292,13 @@ impl Observer for Ui {
             return false;
         }
         matches!(line.trim().to_ascii_lowercase().as_str(), "y" | "yes")
+    }
+}
+
+fn minutes(d: std::time::Duration) -> String {
+    match d.as_secs() {
+        s if s >= 120 && s % 60 == 0 => format!("{} minutes", s / 60),
+        s => format!("{s}s"),
     }
 }
 

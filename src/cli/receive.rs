@@ -46,6 +46,8 @@ pub struct Args {
     #[command(flatten)]
     pub link: super::Link,
     #[command(flatten)]
+    pub reconnect: super::Reconnect,
+    #[command(flatten)]
     pub common: Common,
 }
 
@@ -67,6 +69,7 @@ pub async fn run(args: Args, stop: Stop) -> Result<(), TransferError> {
     opts.interactive = std::io::stdin().is_terminal() && !args.common.json;
     opts.overwrite = args.overwrite;
     opts.checksum = args.checksum;
+    opts.reconnect_wait = args.reconnect.wait();
     opts.wait = Duration::from_secs(args.wait);
     opts.stop = stop;
     opts.rendezvous = args.meeting.rendezvous()?;

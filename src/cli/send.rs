@@ -49,6 +49,8 @@ pub struct Args {
     #[command(flatten)]
     pub link: super::Link,
     #[command(flatten)]
+    pub reconnect: super::Reconnect,
+    #[command(flatten)]
     pub common: Common,
 }
 
@@ -68,6 +70,7 @@ pub async fn run(args: Args, stop: Stop) -> Result<(), TransferError> {
     opts.tuning = args.link.tuning();
     opts.code_chosen = args.code.is_some();
     opts.checksum = args.checksum;
+    opts.reconnect_wait = args.reconnect.wait();
     let ui = Ui::new(&args.common, Role::Sender);
     let progress = ui.progress();
     let ticker = ui.start_ticker();

@@ -64,6 +64,8 @@ const LATE_INTERVAL: Duration = Duration::from_secs(5);
 const PING_INTERVAL: Duration = Duration::from_millis(500);
 /// The direct path is given up after this long without an answer.
 pub const DEAD_AFTER: Duration = Duration::from_secs(3);
+/// How long a probe waits for room in a full socket buffer before it is dropped.
+const PROBE_SEND_WAIT: Duration = Duration::from_millis(250);
 /// Addresses pinged at most (candidates, then addresses learnt from the peer's pings).
 const MAX_TARGETS: usize = 48;
 /// Addresses whose datagrams count as the peer's, at most.
@@ -243,6 +245,7 @@ impl PathSocket {
         };
         let prober = Prober {
             base: self.base.clone(),
+            poller: self.base.clone().create_io_poller(),
             shared: self.shared.clone(),
             keys: keys.clone(),
             started: Instant::now(),
@@ -571,6 +574,8 @@ struct Target {
 /// Pings the peer's addresses, answers its pings and keeps the direct path up to date.
 struct Prober {
     base: Arc<dyn AsyncUdpSocket>,
+    /// Wakes a probe waiting for room in the socket buffer.
+    poller: Pin<Box<dyn UdpPoller>>,
     shared: Arc<Shared>,
     keys: Keys,
     started: Instant,
@@ -592,7 +597,7 @@ impl Prober {
         tracing::debug!(targets = self.targets.len(), "probing the peer's candidates");
         loop {
             let now = Instant::now();
-            self.ping_due(now);
+            self.ping_due(now).await;
             self.check_current(now);
             let mut wake = self.targets.iter().map(|t| t.next).min().unwrap_or(now + LATE_INTERVAL);
             if let Some(dead) = self.current_deadline() {
@@ -601,7 +606,7 @@ impl Prober {
             tokio::select! {
                 () = tokio::time::sleep_until(wake) => {}
                 probe = rx.recv() => match probe {
-                    Some((from, bytes)) => self.handle(from, &bytes),
+                    Some((from, bytes)) => self.handle(from, &bytes).await,
                     None => return,
                 },
             }
@@ -627,14 +632,14 @@ impl Prober {
         }
     }
 
-    fn ping_due(&mut self, now: Instant) {
+    async fn ping_due(&mut self, now: Instant) {
         for i in 0..self.targets.len() {
             if self.targets[i].next > now {
                 continue;
             }
             let addr = self.targets[i].addr;
             let id: [u8; ID_LEN] = rand::random();
-            self.send(PING, &id, addr);
+            self.send(PING, &id, addr).await;
             if self.pending.len() >= MAX_PENDING {
                 self.pending.pop_front();
             }
@@ -643,7 +648,10 @@ impl Prober {
         }
     }
 
-    fn send(&self, kind: u8, id: &[u8; ID_LEN], to: SocketAddr) {
+    /// Sends a probe. A socket buffer kept full by a transfer on a slow link must not drop
+    /// probes (the direct path would look dead and the transfer flap to the relay): wait a
+    /// little for room rather than give up at once.
+    async fn send(&mut self, kind: u8, id: &[u8; ID_LEN], to: SocketAddr) {
         let mut probe = Vec::with_capacity(PROBE_LEN);
         probe.extend_from_slice(&[PROBE, kind]);
         probe.extend_from_slice(id);
@@ -655,12 +663,30 @@ impl Prober {
             segment_size: None,
             src_ip: None,
         };
-        if let Err(e) = self.base.try_send(&transmit) {
-            tracing::trace!(error = %e, %to, "probe not sent");
+        let give_up = Instant::now() + PROBE_SEND_WAIT;
+        loop {
+            match self.base.try_send(&transmit) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    let poller = &mut self.poller;
+                    let room = std::future::poll_fn(|cx| poller.as_mut().poll_writable(cx));
+                    match tokio::time::timeout_at(give_up, room).await {
+                        Ok(Ok(())) => {}
+                        _ => {
+                            tracing::trace!(%to, "probe not sent: no room in the socket buffer");
+                            return;
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::trace!(error = %e, %to, "probe not sent");
+                    return;
+                }
+                Ok(()) => return,
+            }
         }
     }
 
-    fn handle(&mut self, from: SocketAddr, probe: &[u8]) {
+    async fn handle(&mut self, from: SocketAddr, probe: &[u8]) {
         if probe.len() != PROBE_LEN || probe[0] != PROBE {
             return;
         }
@@ -679,7 +705,7 @@ impl Prober {
         }
         match kind {
             PING => {
-                self.send(PONG, &id, from);
+                self.send(PONG, &id, from).await;
                 match self.targets.iter_mut().find(|t| t.addr == from) {
                     // Its ping opened the way through its NAT: answer with a ping of our own
                     // now, rather than at the next round (ours so far may have been dropped).

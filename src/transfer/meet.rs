@@ -21,11 +21,9 @@ use std::time::{Duration, Instant};
 
 use p2p_copy_rendezvous::client::{Client, ClientError};
 use p2p_copy_rendezvous::wire::{ErrorCode, NodeMsg};
-use rand::rngs::OsRng;
 
 use super::control::ControlStream;
-use super::{Note, Observer, PathKind, TransferError};
-use crate::code::Code;
+use super::{Key, Note, Observer, PathKind, TransferError};
 use crate::crypto::Role;
 use crate::error::ErrorKind;
 use crate::net::candidates;
@@ -68,8 +66,8 @@ pub struct Rendezvous {
 pub(crate) struct Plan<'a> {
     pub role: Role,
     /// The code (for a sender with a generated code, its nameplate is replaced by the one the
-    /// node allocates).
-    pub code: Code,
+    /// node allocates), or the secret of the transfer being rejoined.
+    pub key: Key,
     /// The code was typed or pre-shared: claim its nameplate rather than allocate one.
     pub claim: bool,
     pub rendezvous: &'a Rendezvous,
@@ -204,26 +202,12 @@ fn nudge(conn: &quinn::Connection) {
 /// (its hello queued), and what must live as long as the transfer.
 pub(crate) type Joined = (Node, quinn::Connection, ControlStream, Guard);
 
-/// [`meet`], then the control stream on the chosen connection; ends early on a stop request.
-pub(crate) async fn join(
-    plan: Plan<'_>,
-    observer: &Arc<dyn Observer>,
-    stop: &mut super::Stop,
-) -> Result<Joined, TransferError> {
-    let (met, _code) = tokio::select! {
-        met = meet(plan, observer) => met?,
-        e = stop.requested() => return Err(e),
-    };
-    let Met { node, conn, send, recv, session, guard } = met;
-    Ok((node, conn, ControlStream::new(session, send, recv), guard))
-}
-
 /// Meets the other side through the node. On success the session is secured up to its
 /// hello; the caller wraps it in a control stream and goes on as on the LAN.
 pub(crate) async fn meet(
     plan: Plan<'_>,
     observer: &Arc<dyn Observer>,
-) -> Result<(Met, Code), TransferError> {
+) -> Result<Met, TransferError> {
     let rv = plan.rendezvous;
     let sender = plan.role == Role::Sender;
     // One socket reaches the node and the peer; the peer by either path (see `PathSocket`).
@@ -249,20 +233,24 @@ pub(crate) async fn meet(
 
     let outcome = async {
         // Nameplate.
-        let (code, mut present) = if sender && !plan.claim {
-            let n = client.allocate().await.map_err(|e| node_error(&rv.node, e))?;
-            let code =
-                plan.code.with_nameplate(n).map_err(|e| TransferError::internal(e.to_string()))?;
-            (code, false)
-        } else {
-            let present =
-                client.claim(plan.code.nameplate()).await.map_err(|e| claim_error(&rv.node, e))?;
-            (plan.code.clone(), present)
+        let rejoining = matches!(plan.key, Key::Rejoin(_));
+        let (key, mut present) = match &plan.key {
+            Key::Code(code) if sender && !plan.claim => {
+                let n = client.allocate().await.map_err(|e| node_error(&rv.node, e))?;
+                let code =
+                    code.with_nameplate(n).map_err(|e| TransferError::internal(e.to_string()))?;
+                (Key::Code(code), false)
+            }
+            key => {
+                let present =
+                    client.claim(key.nameplate()).await.map_err(|e| claim_error(&rv.node, e))?;
+                (key.clone(), present)
+            }
         };
-        if sender {
-            observer.note(Note::Code(&code));
-        } else {
-            observer.note(Note::Searching { nameplate: code.nameplate() });
+        match &key {
+            Key::Code(code) if sender => observer.note(Note::Code(code)),
+            Key::Code(code) => observer.note(Note::Searching { nameplate: code.nameplate() }),
+            Key::Rejoin(_) => {}
         }
 
         // The other side.
@@ -278,7 +266,9 @@ pub(crate) async fn meet(
                 }
                 Ok(other) => return Err(protocol(&other)),
                 Err(ClientError::Timeout(_)) => {
-                    return Err(TransferError::network(if sender {
+                    return Err(TransferError::network(if rejoining {
+                        "the other side of the interrupted transfer did not come back".to_owned()
+                    } else if sender {
                         format!(
                             "no receiver came within {}s; the code is no longer valid",
                             plan.wait.as_secs()
@@ -287,7 +277,7 @@ pub(crate) async fn meet(
                         format!(
                             "nobody is sending with nameplate {} on the rendezvous node {} \
                              (waited {}s); check the code",
-                            code.nameplate(),
+                            key.nameplate(),
                             rv.node,
                             plan.wait.as_secs()
                         )
@@ -297,14 +287,8 @@ pub(crate) async fn meet(
             }
         }
 
-        // PAKE and confirmation through the mailbox.
-        let mut session = Session::new_deferred(
-            plan.role,
-            &code,
-            plan.config.clone(),
-            Instant::now(),
-            &mut OsRng,
-        );
+        // PAKE (or the rejoin handshake) and confirmation through the mailbox.
+        let mut session = key.deferred(plan.role, plan.config.clone());
         let mut inbox = std::collections::VecDeque::from(early);
         loop {
             while let Some(f) = session.poll_transmit() {
@@ -442,10 +426,10 @@ pub(crate) async fn meet(
             }
         };
         let punch = punch_started.elapsed();
-        Ok::<_, TransferError>((session, conn, send, recv, relay, code, punch))
+        Ok::<_, TransferError>((session, conn, send, recv, relay, punch))
     }
     .await;
-    let (mut session, conn, send, recv, relay, code, punch) = match outcome {
+    let (mut session, conn, send, recv, relay, punch) = match outcome {
         Ok(o) => o,
         Err(e) => {
             paths.close();
@@ -473,7 +457,7 @@ pub(crate) async fn meet(
         None
     };
     let guard = Guard { paths: Some(paths), punch: Some(punch), client, relay };
-    Ok((Met { node: data, conn, send, recv, session, guard }, code))
+    Ok(Met { node: data, conn, send, recv, session, guard })
 }
 
 /// Receiver: waits until a path to the peer is up. Direct wins at once; the relay wins when

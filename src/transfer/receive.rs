@@ -14,20 +14,19 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rand::rngs::OsRng;
-
 use super::control::{unexpected, ControlStream, UNBOUNDED};
 use super::fs::{Dest, RelPath, STATE_DIR};
 use super::lanes::{receive_lanes, Sink};
-use super::meet::{join, Guard, Plan, Rendezvous};
+use super::meet::{Guard, Plan, Rendezvous};
+use super::rejoin::{self, Rejoin, Saved, Secured};
 use super::survey::{Present, Survey};
-use super::{Note, Observer, PathKind, Progress, Report, TransferError};
+use super::{Key, Note, Observer, PathKind, Progress, Report, TransferError};
 use crate::code::Code;
 use crate::crypto::Role;
 use crate::error::ErrorKind;
 use crate::net::discovery::{self, DiscoveryConfig};
 use crate::net::quic::{Node, Tuning};
-use crate::proto::{Config, Event, Session};
+use crate::proto::{Config, Event};
 use crate::wire::control::{Accept, Ask, Offer, Refuse, RefuseReason, Summary};
 use crate::wire::data::{MAX_CHUNK, MIN_CHUNK};
 
@@ -53,6 +52,9 @@ pub struct ReceiveOptions {
     pub overwrite: bool,
     /// Compare files already at the destination by BLAKE3 hash rather than size and mtime.
     pub checksum: bool,
+    /// How long to try to reconnect once the connection is lost mid-transfer (zero: fail at
+    /// once).
+    pub reconnect_wait: Duration,
     /// How long to look for the sender.
     pub wait: Duration,
     /// LAN discovery settings.
@@ -80,6 +82,7 @@ impl ReceiveOptions {
             interactive: false,
             overwrite: false,
             checksum: false,
+            reconnect_wait: Duration::from_secs(600),
             wait: Duration::from_secs(30),
             discovery: DiscoveryConfig::default(),
             bind: SocketAddr::from(([0, 0, 0, 0], 0)),
@@ -100,64 +103,154 @@ pub async fn receive(
     let started = Instant::now();
     let mut stop = opts.stop.clone();
     let config = Config { max_lanes: MAX_LANES, ..Config::default() };
-    let (node, conn, mut ctl, guard) = match &opts.rendezvous {
+    // Started again with the code of a transfer that was interrupted: its sender may be
+    // waiting to rejoin. Look for it that way too (the sender may take until its idle timeout
+    // to notice that we were gone).
+    let saved = Saved::receiver(&opts.code, &opts.out);
+    let earlier = saved.as_ref().and_then(Saved::load);
+    let by_code = establish(&opts, Key::Code(opts.code.clone()), opts.wait, &config, &observer);
+    let mut secured = match &earlier {
+        None => tokio::select! {
+            s = by_code => s?,
+            e = stop.requested() => return Err(e),
+        },
+        Some(e) => {
+            tracing::info!("also looking for the sender of the interrupted transfer");
+            let wait = tokio::time::Instant::now() + opts.wait.max(REJOIN_AT_START);
+            let mut stop2 = opts.stop.clone();
+            let by_secret = rejoin::until(wait, &mut stop2, |left| {
+                establish(&opts, Key::Rejoin(e.secret), left, &config, &observer)
+            });
+            tokio::select! {
+                s = rejoin::race(by_code, by_secret) => s?,
+                e = stop.requested() => return Err(e),
+            }
+        }
+    };
+    // A transfer accepted before goes on without asking again.
+    let mut accepted_id = earlier.map(|e| e.transfer_id);
+    let mut reconnects = 0;
+    loop {
+        let Secured { node, conn, mut ctl, guard, .. } = secured;
+        let secret = ctl
+            .session()
+            .keys()
+            .ok_or_else(|| TransferError::internal("no keys after the handshake"))?
+            .resume_secret();
+        let progress_for_report = progress.clone();
+        let result = tokio::select! {
+            r = run(&mut ctl, &conn, &opts, &observer, progress.clone(), &mut accepted_id, saved.as_ref()) => r,
+            e = stop.requested() => Err(e),
+            e = guard.trouble(&conn) => Err(e),
+        };
+        let route = super::Route::of(&guard, started, progress_for_report);
+        let report =
+            super::conclude(Role::Receiver, &mut ctl, &conn, &node.endpoint, route, result).await;
+        guard.close().await;
+        drop(node);
+        let e = match report {
+            Ok(mut report) => {
+                if let Some(s) = &saved {
+                    s.remove();
+                }
+                report.reconnects = reconnects;
+                return Ok(report);
+            }
+            Err(e) => e,
+        };
+        let again =
+            accepted_id.is_some() && rejoin::reconnectable(&e) && !opts.reconnect_wait.is_zero();
+        if !again {
+            if !matches!(
+                e.kind,
+                ErrorKind::Network | ErrorKind::Interrupted | ErrorKind::Peer | ErrorKind::Io
+            ) {
+                if let Some(s) = &saved {
+                    s.remove();
+                }
+            }
+            return Err(e);
+        }
+        observer.note(Note::Reconnecting { reason: &e.message, wait: opts.reconnect_wait });
+        let deadline = tokio::time::Instant::now() + opts.reconnect_wait;
+        secured = rejoin::until(deadline, &mut stop, |left| {
+            establish(&opts, Key::Rejoin(secret), left, &config, &observer)
+        })
+        .await
+        .map_err(|again| match again.kind {
+            ErrorKind::Interrupted => again,
+            _ => TransferError::network(format!(
+                "{}; no reconnection within {}s",
+                e.message,
+                opts.reconnect_wait.as_secs()
+            )),
+        })?;
+        reconnects += 1;
+        observer.note(Note::Reconnected);
+    }
+}
+
+/// How long a receiver started again looks for the sender of its interrupted transfer, at
+/// least: longer than the sender's idle timeout, after which it notices the old connection
+/// is gone and waits to be rejoined.
+const REJOIN_AT_START: Duration = Duration::from_secs(60);
+
+/// Meets the sender by `key` (within `wait`) on the local network or at the node, and secures
+/// the session.
+async fn establish(
+    opts: &ReceiveOptions,
+    key: Key,
+    wait: Duration,
+    config: &Config,
+    observer: &Arc<dyn Observer>,
+) -> Result<Secured, TransferError> {
+    let joined = match &opts.rendezvous {
         Some(rv) => {
             let plan = Plan {
                 role: Role::Receiver,
-                code: opts.code.clone(),
+                key,
                 claim: true,
                 rendezvous: rv,
                 bind: opts.bind,
                 socket: opts.socket.clone(),
                 tuning: &opts.tuning,
-                config,
-                wait: opts.wait,
+                config: config.clone(),
+                wait,
             };
-            join(plan, &observer, &mut stop).await?
+            super::meet::meet(plan, observer).await.map(|m| {
+                let super::meet::Met { node, conn, send, recv, session, guard } = m;
+                (node, conn, ControlStream::new(session, send, recv), guard)
+            })?
         }
         None => {
-            let (node, conn, ctl) = lan(&opts, config, &observer).await?;
+            let (node, conn, ctl) = lan(opts, &key, wait, config.clone(), observer).await?;
             (node, conn, ctl, Guard::none())
         }
     };
-    let progress_for_report = progress.clone();
-    let result = tokio::select! {
-        r = run(&mut ctl, &conn, &opts, observer, progress) => r,
-        e = stop.requested() => Err(e),
-        e = guard.trouble(&conn) => Err(e),
-    };
-    let route = super::Route::of(&guard, started, progress_for_report);
-    let report =
-        super::conclude(Role::Receiver, &mut ctl, &conn, &node.endpoint, route, result).await;
-    guard.close().await;
-    report
+    rejoin::secure(joined, observer).await
 }
 
 /// LAN mode: find the sender by multicast and connect to it.
 async fn lan(
     opts: &ReceiveOptions,
+    key: &Key,
+    wait: Duration,
     config: Config,
     observer: &Arc<dyn Observer>,
 ) -> Result<(Node, quinn::Connection, ControlStream), TransferError> {
-    observer.note(Note::Searching { nameplate: opts.code.nameplate() });
-    let mut stop = opts.stop.clone();
-    let found = tokio::select! {
-        found = discovery::find(&opts.discovery, opts.code.nameplate(), opts.wait) => found?,
-        e = stop.requested() => return Err(e),
-    };
+    if let Key::Code(code) = key {
+        observer.note(Note::Searching { nameplate: code.nameplate() });
+    }
+    let found = discovery::find(&opts.discovery, key.nameplate(), wait).await?;
     let node = Node::bind(opts.bind, &opts.tuning, false)?;
-    let conn = tokio::select! {
-        conn = node.connect_any(&found.addrs, Duration::from_secs(10)) => conn?,
-        e = stop.requested() => return Err(e),
-    };
+    let conn = node.connect_any(&found.addrs, Duration::from_secs(10)).await?;
     observer.note(Note::Connected { peer: conn.remote_address(), path: PathKind::Direct });
     let (send, recv) = tokio::time::timeout(Duration::from_secs(10), conn.open_bi())
         .await
         .map_err(|_| TransferError::network("the sender did not let us open a stream"))?
         .map_err(TransferError::from)?;
     let channel = node.channel(&conn)?;
-    let session =
-        Session::new(Role::Receiver, &opts.code, channel, config, Instant::now(), &mut OsRng);
+    let session = key.session(Role::Receiver, channel, config);
     Ok((node, conn, ControlStream::new(session, send, recv)))
 }
 
@@ -165,13 +258,11 @@ async fn run(
     ctl: &mut ControlStream,
     conn: &quinn::Connection,
     opts: &ReceiveOptions,
-    observer: Arc<dyn Observer>,
+    observer: &Arc<dyn Observer>,
     progress: Arc<Progress>,
+    accepted_id: &mut Option<[u8; 16]>,
+    saved: Option<&Saved>,
 ) -> Result<(Summary, Present), TransferError> {
-    match ctl.next_event(Duration::from_secs(60)).await? {
-        Event::Secured { verifier, .. } => observer.note(Note::Secured { verifier: &verifier }),
-        other => return Err(unexpected(&other)),
-    }
     let offer = match ctl.next_event(Duration::from_secs(60)).await? {
         Event::Offer(offer) => offer,
         other => return Err(unexpected(&other)),
@@ -221,7 +312,8 @@ async fn run(
     let present = survey.as_ref().map_or_else(Present::default, |s| s.present);
 
     observer.note(Note::Offer { offer: &offer, present });
-    if !decide(opts, &observer, &offer, present).await {
+    let again = *accepted_id == Some(offer.transfer_id);
+    if !again && !decide(opts, observer, &offer, present).await {
         ctl.session().refuse(Refuse { reason: RefuseReason::Declined, names: vec![] })?;
         ctl.flush().await?;
         let message = if opts.interactive {
@@ -243,6 +335,10 @@ async fn run(
     dest.begin(&offer.names);
     ctl.session().accept(Accept {})?;
     ctl.flush().await?;
+    *accepted_id = Some(offer.transfer_id);
+    if let (Some(saved), Some(keys)) = (saved, ctl.session().keys()) {
+        saved.store(&Rejoin { secret: keys.resume_secret(), transfer_id: offer.transfer_id });
+    }
     progress.hold(present.bytes);
     observer.note(Note::Accepted { total: offer.bytes, present });
 

@@ -12,23 +12,22 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rand::rngs::OsRng;
-
 use super::cache::{CvCache, CvReader};
 use super::control::{unexpected, ControlStream};
 use super::lanes::{send_lanes, Sending};
-use super::meet::{join, Guard, Rendezvous};
+use super::meet::{Guard, Rendezvous};
 use super::prefix::prefix;
+use super::rejoin::{self, Rejoin, Saved, Secured};
 use super::survey::{Plan, Present};
-use super::{walk, Note, Observer, PathKind, Progress, Report, TransferError, CLOSE_TIMEOUT};
+use super::{walk, Key, Note, Observer, PathKind, Progress, Report, TransferError, CLOSE_TIMEOUT};
 use crate::code::Code;
 use crate::compress::Compression;
 use crate::crypto::Role;
 use crate::error::ErrorKind;
 use crate::net::discovery::{Announcer, DiscoveryConfig};
 use crate::net::quic::{Node, Tuning};
-use crate::proto::{Config, Event, Session};
-use crate::wire::control::{Listed, Offer, Summary, MAX_LISTING};
+use crate::proto::{Config, Event};
+use crate::wire::control::{Hello, Listed, Offer, Summary, MAX_LISTING};
 use crate::wire::data::EntryKind;
 use crate::wire::data::{DEFAULT_CHUNK, MAX_CHUNK, MIN_CHUNK};
 
@@ -66,6 +65,9 @@ pub struct SendOptions {
     /// When the receiver asks for a listing, include each file's BLAKE3 hash, so that files
     /// are compared by content rather than by size and mtime (reads every file first).
     pub checksum: bool,
+    /// How long to try to reconnect once the connection is lost mid-transfer (zero: fail at
+    /// once).
+    pub reconnect_wait: Duration,
 }
 
 impl SendOptions {
@@ -86,6 +88,7 @@ impl SendOptions {
             socket: None,
             code_chosen: false,
             checksum: false,
+            reconnect_wait: Duration::from_secs(600),
         }
     }
 }
@@ -117,61 +120,149 @@ pub async fn send(
 
     let mut stop = opts.stop.clone();
     let config = Config { max_lanes: opts.lanes.max(1), ..Config::default() };
-    let (node, conn, mut ctl, guard) = match &opts.rendezvous {
+    // A transfer of the same paths that was interrupted may have a receiver waiting to rejoin
+    // it: look for it while offering the code, and go on with whichever comes first.
+    let saved = Saved::sender(&opts.paths);
+    let earlier = saved.as_ref().and_then(Saved::load);
+    let wait = tokio::time::Instant::now() + opts.wait;
+    let by_code = establish(&opts, Key::Code(opts.code.clone()), opts.wait, &config, &observer);
+    let mut secured = match &earlier {
+        None => tokio::select! {
+            s = by_code => s?,
+            e = stop.requested() => return Err(e),
+        },
+        Some(e) => {
+            tracing::info!(
+                "also waiting for the receiver of the interrupted transfer of these paths"
+            );
+            let mut stop2 = opts.stop.clone();
+            let by_secret = rejoin::until(wait, &mut stop2, |left| {
+                establish(&opts, Key::Rejoin(e.secret), left, &config, &observer)
+            });
+            tokio::select! {
+                s = rejoin::race(by_code, by_secret) => s?,
+                e = stop.requested() => return Err(e),
+            }
+        }
+    };
+    let transfer_id = earlier.as_ref().map_or_else(rand::random, |e| e.transfer_id);
+    let mut reconnects = 0;
+    loop {
+        let Secured { node, conn, mut ctl, guard, peer } = secured;
+        let secret = ctl_keys(&mut ctl)?.resume_secret();
+        let progress_for_report = progress.clone();
+        let mut accepted = false;
+        let result = tokio::select! {
+            r = run(&mut ctl, &conn, &opts, scan.clone(), peer, transfer_id, &observer, progress.clone(), &mut accepted, saved.as_ref()) => r,
+            e = stop.requested() => Err(e),
+            e = guard.trouble(&conn) => Err(e),
+        };
+        let route = super::Route::of(&guard, started, progress_for_report);
+        let report =
+            super::conclude(Role::Sender, &mut ctl, &conn, &node.endpoint, route, result).await;
+        guard.close().await;
+        drop(node);
+        let e = match report {
+            Ok(mut report) => {
+                if let Some(s) = &saved {
+                    s.remove();
+                }
+                report.reconnects = reconnects;
+                return Ok(report);
+            }
+            Err(e) => e,
+        };
+        let again = (accepted || reconnects > 0)
+            && rejoin::reconnectable(&e)
+            && !opts.reconnect_wait.is_zero();
+        if !again {
+            if !matches!(e.kind, ErrorKind::Network | ErrorKind::Interrupted | ErrorKind::Peer) {
+                if let Some(s) = &saved {
+                    s.remove();
+                }
+            }
+            return Err(e);
+        }
+        observer.note(Note::Reconnecting { reason: &e.message, wait: opts.reconnect_wait });
+        let deadline = tokio::time::Instant::now() + opts.reconnect_wait;
+        secured = rejoin::until(deadline, &mut stop, |left| {
+            establish(&opts, Key::Rejoin(secret), left, &config, &observer)
+        })
+        .await
+        .map_err(|again| match again.kind {
+            ErrorKind::Interrupted => again,
+            _ => TransferError::network(format!(
+                "{}; no reconnection within {}s",
+                e.message,
+                opts.reconnect_wait.as_secs()
+            )),
+        })?;
+        reconnects += 1;
+        observer.note(Note::Reconnected);
+    }
+}
+
+/// Meets the receiver by `key` (within `wait`) on the local network or at the node, and
+/// secures the session.
+async fn establish(
+    opts: &SendOptions,
+    key: Key,
+    wait: Duration,
+    config: &Config,
+    observer: &Arc<dyn Observer>,
+) -> Result<Secured, TransferError> {
+    let joined = match &opts.rendezvous {
         Some(rv) => {
             let plan = super::meet::Plan {
                 role: Role::Sender,
-                code: opts.code.clone(),
                 claim: opts.code_chosen,
+                key,
                 rendezvous: rv,
                 bind: opts.bind,
                 socket: opts.socket.clone(),
                 tuning: &opts.tuning,
-                config,
-                wait: opts.wait,
+                config: config.clone(),
+                wait,
             };
-            join(plan, &observer, &mut stop).await?
+            super::meet::meet(plan, observer).await.map(|m| {
+                let super::meet::Met { node, conn, send, recv, session, guard } = m;
+                (node, conn, ControlStream::new(session, send, recv), guard)
+            })?
         }
         None => {
-            let (node, conn, ctl) = lan(&opts, config, &observer).await?;
+            let (node, conn, ctl) = lan(opts, &key, wait, config.clone(), observer).await?;
             (node, conn, ctl, Guard::none())
         }
     };
-    let progress_for_report = progress.clone();
-    let result = tokio::select! {
-        r = run(&mut ctl, &conn, &opts, scan, observer, progress) => r,
-        e = stop.requested() => Err(e),
-        e = guard.trouble(&conn) => Err(e),
-    };
-    let route = super::Route::of(&guard, started, progress_for_report);
-    let report =
-        super::conclude(Role::Sender, &mut ctl, &conn, &node.endpoint, route, result).await;
-    guard.close().await;
-    report
+    rejoin::secure(joined, observer).await
 }
 
 /// LAN mode: announce the nameplate, serve the first receiver that connects.
 async fn lan(
     opts: &SendOptions,
+    key: &Key,
+    wait: Duration,
     config: Config,
     observer: &Arc<dyn Observer>,
 ) -> Result<(Node, quinn::Connection, ControlStream), TransferError> {
     let node = Node::bind(opts.bind, &opts.tuning, true)?;
     let port = node.local_addr().map_err(|e| TransferError::network(e.to_string()))?.port();
-    let announcer = Announcer::start(&opts.discovery, opts.code.nameplate(), port).await?;
-    observer.note(Note::Code(&opts.code));
-
-    let mut stop = opts.stop.clone();
-    let waited = tokio::select! {
-        w = tokio::time::timeout(opts.wait, first_session(&node.endpoint, None, None)) => w,
-        e = stop.requested() => return Err(e),
-    };
+    let announcer = Announcer::start(&opts.discovery, key.nameplate(), port).await?;
+    if let Key::Code(code) = key {
+        observer.note(Note::Code(code));
+    }
+    let waited = tokio::time::timeout(wait, first_session(&node.endpoint, None, None)).await;
     let (conn, send, recv) = waited
         .map_err(|_| {
-            TransferError::network(format!(
-                "no receiver connected within {}s; the code is no longer valid",
-                opts.wait.as_secs()
-            ))
+            TransferError::network(match key {
+                Key::Code(_) => format!(
+                    "no receiver connected within {}s; the code is no longer valid",
+                    wait.as_secs()
+                ),
+                Key::Rejoin(_) => {
+                    "the receiver of the interrupted transfer did not come back".into()
+                }
+            })
         })?
         .ok_or_else(|| TransferError::internal("the QUIC endpoint closed unexpectedly"))?;
     // One connection per code: nobody else gets a handshake, let alone a guess.
@@ -180,26 +271,23 @@ async fn lan(
     observer.note(Note::Connected { peer: conn.remote_address(), path: PathKind::Direct });
 
     let channel = node.channel(&conn)?;
-    let session =
-        Session::new(Role::Sender, &opts.code, channel, config, Instant::now(), &mut OsRng);
+    let session = key.session(Role::Sender, channel, config);
     Ok((node, conn, ControlStream::new(session, send, recv)))
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn run(
     ctl: &mut ControlStream,
     conn: &quinn::Connection,
     opts: &SendOptions,
     scan: walk::Scan,
-    observer: Arc<dyn Observer>,
+    peer: Hello,
+    transfer_id: [u8; 16],
+    observer: &Arc<dyn Observer>,
     progress: Arc<Progress>,
+    accepted: &mut bool,
+    saved: Option<&Saved>,
 ) -> Result<(Summary, Present), TransferError> {
-    let peer = match ctl.next_event(Duration::from_secs(60)).await? {
-        Event::Secured { verifier, peer } => {
-            observer.note(Note::Secured { verifier: &verifier });
-            peer
-        }
-        other => return Err(unexpected(&other)),
-    };
     let lanes = opts.lanes.clamp(1, peer.max_lanes.max(1));
     let chunk = opts.chunk_size.min(peer.max_chunk as usize);
     let offer = Offer {
@@ -210,7 +298,7 @@ async fn run(
         names: scan.sources.iter().map(|s| s.name.clone()).collect(),
         lanes,
         chunk_size: chunk as u32,
-        transfer_id: rand::random(),
+        transfer_id,
     };
     ctl.session().offer(offer.clone())?;
     observer.note(Note::Offer { offer: &offer, present: Present::default() });
@@ -229,6 +317,10 @@ async fn run(
         other => return Err(unexpected(&other)),
     };
     let present = plan.as_ref().map_or_else(Present::default, |p| p.present);
+    *accepted = true;
+    if let (Some(saved), Some(keys)) = (saved, ctl.session().keys()) {
+        saved.store(&Rejoin { secret: keys.resume_secret(), transfer_id });
+    }
     observer.note(Note::Accepted { total: offer.bytes, present });
     progress.hold(present.bytes);
 

@@ -232,6 +232,30 @@ fn disconnect_when_the_nameplate_expires_tells_only_the_peer() {
     }
 }
 
+/// A rejoin nameplate is claimable again as soon as it closes: the peers that rejoin on it
+/// prove a key, not a code, so a stale side trying it gains nothing.
+#[test]
+fn rejoin_nameplates_reopen_at_once() {
+    let mut h = Harness::open();
+    for id in [A, B, C] {
+        h.join(id, ip(id as u8));
+    }
+    let n = REJOIN_NAMEPLATES | 12_345;
+    assert_eq!(h.claim(A, n), [to(A, claimed(n, false))]);
+    h.claim(B, n);
+    h.msg(A, ClientMsg::Release);
+    h.msg(B, ClientMsg::Release);
+    assert_eq!(h.claim(C, n), [to(C, claimed(n, false))], "no cooldown");
+    // An ordinary claimed number still cools down.
+    let out = h.claim(A, 777);
+    assert_eq!(out, [to(A, claimed(777, false))]);
+    h.claim(B, 777);
+    h.msg(A, ClientMsg::Release);
+    h.msg(C, ClientMsg::Release);
+    let out = h.claim(C, 777);
+    assert_eq!(codes(&out), [(C, ErrorCode::NameplateClosed)]);
+}
+
 #[test]
 fn released_numbers_cool_down_before_reuse() {
     let mut h = Harness::open();
