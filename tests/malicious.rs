@@ -23,7 +23,7 @@ use p2p_copy::net::quic::{Node, Tuning};
 use p2p_copy::proto::{Config, Event, Session};
 use p2p_copy::transfer::control::ControlStream;
 use p2p_copy::transfer::TransferError;
-use p2p_copy::wire::control::Offer;
+use p2p_copy::wire::control::{Answer, Listed, Offer};
 use p2p_copy::wire::data::{Entry, EntryKind, Record, DEFAULT_CHUNK};
 use p2p_copy::wire::frame;
 use rand::rngs::OsRng;
@@ -158,8 +158,19 @@ fn runtime() -> tokio::runtime::Runtime {
 /// Starts the real receiver (`--yes --out ROOT/out`), then plays `script` against it; returns
 /// the receiver's outcome and what the script returned.
 fn against_receiver<T>(fx: &Fixture, script: impl AsyncFnOnce(&mut Evil) -> T) -> (Outcome, T) {
+    against_receiver_with(fx, &[], script)
+}
+
+/// [`against_receiver`] with more receiver options.
+fn against_receiver_with<T>(
+    fx: &Fixture,
+    extra: &[&str],
+    script: impl AsyncFnOnce(&mut Evil) -> T,
+) -> (Outcome, T) {
     let out = fx.path("out");
-    let receiver = fx.receive([OsStr::new("--yes"), OsStr::new("--out"), out.as_os_str()]);
+    let mut args = vec![OsStr::new("--yes"), OsStr::new("--out"), out.as_os_str()];
+    args.extend(extra.iter().map(OsStr::new));
+    let receiver = fx.receive(args);
     let rt = runtime();
     let (evil, result) = rt.block_on(async {
         let mut evil =
@@ -174,15 +185,24 @@ fn against_receiver<T>(fx: &Fixture, script: impl AsyncFnOnce(&mut Evil) -> T) -
     (outcome, result)
 }
 
-/// Nothing at all below the test root except `--out`, the `allowed` paths below it, and
-/// partial copies in its state directory (private, never under a final name).
+/// Nothing at all below the test root except `--out`, the `allowed` paths below it, partial
+/// copies in its state directory (private, never under a final name) and the folders of the
+/// user's state directory.
 fn assert_contained(fx: &Fixture, allowed: &[&str]) {
     let mut allowed: Vec<PathBuf> = allowed.iter().map(|a| Path::new("out").join(a)).collect();
     allowed.push(PathBuf::from("out"));
     let state = Path::new("out").join(".p2p-copy");
+    // The user's state directory may hold the empty folders of the saved rejoin state; the
+    // state itself is gone once the transfer failed for good.
+    let user = Path::new("xdg-state");
     let found = list_all(fx.root());
-    let extra: Vec<_> =
-        found.iter().filter(|p| !allowed.contains(p) && !p.starts_with(&state)).collect();
+    let saved: Vec<_> =
+        found.iter().filter(|p| p.starts_with(user) && fx.root().join(p).is_file()).collect();
+    assert!(saved.is_empty(), "rejoin state kept after a definitive failure: {saved:?}");
+    let extra: Vec<_> = found
+        .iter()
+        .filter(|p| !allowed.contains(p) && !p.starts_with(&state) && !p.starts_with(user))
+        .collect();
     assert!(extra.is_empty(), "unexpected files written: {extra:?}");
     let stray: Vec<_> =
         part_files(fx.root()).into_iter().filter(|p| !p.starts_with(&state)).collect();
@@ -429,4 +449,143 @@ fn stalled_receiver_is_given_up() {
     let s = sender.finish_within(STALLED);
     assert_exits(&[(&s, 7)]);
     assert_says(&s, &["no data moved"]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Resume and sync: the sender may only skip or resume what the receiver answered it may.
+
+/// The mtime `set_mtime` gives (whole seconds plus its fixed nanoseconds).
+const MTIME: p2p_copy::wire::data::Timestamp =
+    p2p_copy::wire::data::Timestamp { secs: 1_700_000_000, nanos: 123_456_789 };
+
+fn file_entry(id: u64, path: &str, size: u64) -> Entry {
+    Entry { id, path: path.into(), kind: EntryKind::File { size }, mode: 0o644, mtime: Some(MTIME) }
+}
+
+impl Evil {
+    /// Offers one file `name` of `size` bytes; if the receiver asks for a listing, lists it and
+    /// returns the receiver's answers, then waits for the acceptance.
+    async fn offer_listed(&mut self, name: &str, size: u64) -> Vec<Answer> {
+        let mut answers = Vec::new();
+        match self.offer(&[name], 1, 0, size).await {
+            Ok(Event::Accepted(_)) => return answers,
+            Ok(Event::Asked(_)) => {}
+            other => panic!("expected an acceptance or a request for a listing: {other:?}"),
+        }
+        let listed = Listed { entry: file_entry(1, name, size), hash: None };
+        self.ctl.session().list(vec![listed]).expect("list");
+        self.ctl.session().list_end().expect("list end");
+        self.ctl.flush().await.expect("flush");
+        loop {
+            match self.ctl.next_event(STEP).await {
+                Ok(Event::Answers(a)) => answers.extend(a),
+                Ok(Event::Accepted(_)) => return answers,
+                other => panic!("expected answers, then the acceptance: {other:?}"),
+            }
+        }
+    }
+}
+
+/// RESUME_AT for a file the receiver holds nothing of (it asked for no listing): a protocol
+/// error, and nothing is written.
+#[test]
+fn resuming_what_the_receiver_does_not_hold_is_refused() {
+    let fx = Fixture::new();
+    let data = [7u8; 1000];
+    let (r, err) = against_receiver(&fx, async |evil: &mut Evil| {
+        assert_eq!(evil.offer_listed("f", 1000).await, Vec::new(), "no listing asked");
+        evil.lane(&[
+            Record::Entry(file_entry(1, "f", 1000)),
+            Record::ResumeAt { file_id: 1, offset: 400 },
+            Record::Chunk { flags: 0, file_id: 1, offset: 400, payload: &data[400..] },
+            Record::FileEnd { file_id: 1, hash: blake3::hash(&data).into() },
+            Record::LaneEnd { entries: 1 },
+        ])
+        .await;
+        evil.report().await
+    });
+    assert_eq!(err.kind, ErrorKind::Protocol, "{err}");
+    assert_exits(&[(&r, 8)]);
+    assert_says(&r, &["resumed f at byte 400", "did not offer"]);
+    assert!(!fx.path("out/f").exists());
+    assert_contained(&fx, &[]);
+}
+
+/// A file already at the destination (same size and mtime) is answered "skip"; a sender that
+/// sends it anyway is stopped before it writes a byte over it.
+#[test]
+fn sending_a_file_answered_skip_is_refused_and_the_file_kept() {
+    let fx = Fixture::new();
+    let mine = fx.path("out/f");
+    write_file(&mine, b"the receiver's own bytes");
+    set_mtime(&mine, MTIME.secs as u64);
+    let size = b"the receiver's own bytes".len() as u64;
+    let evil_bytes = [0x66u8; 24];
+    let (r, (answers, err)) = against_receiver(&fx, async |evil: &mut Evil| {
+        let answers = evil.offer_listed("f", size).await;
+        evil.lane(&[
+            Record::Entry(file_entry(1, "f", size)),
+            Record::Chunk { flags: 0, file_id: 1, offset: 0, payload: &evil_bytes },
+            Record::FileEnd { file_id: 1, hash: blake3::hash(&evil_bytes).into() },
+            Record::LaneEnd { entries: 1 },
+        ])
+        .await;
+        (answers, evil.report().await)
+    });
+    assert_eq!(answers, [Answer::Skip], "{r}");
+    assert_eq!(err.kind, ErrorKind::Protocol, "{err}");
+    assert_exits(&[(&r, 8)]);
+    assert_says(&r, &["told is already here"]);
+    assert_eq!(std::fs::read(&mine).unwrap(), b"the receiver's own bytes");
+    assert_contained(&fx, &["f"]);
+}
+
+/// The receiver holds a verified partial copy and answers "resume at N"; a sender that resumes
+/// at another offset (to skip bytes, or to overwrite held ones) is stopped, and the partial
+/// copy stays exactly as it was.
+#[test]
+fn resuming_at_an_offset_not_answered_is_refused_and_the_partial_kept() {
+    let mut fx = Fixture::new();
+    let data = fx.rng.bytes(100_000);
+    let size = data.len() as u64;
+    // First session: 60,000 bytes arrive, then the sender vanishes.
+    let (first, ()) =
+        against_receiver_with(&fx, &["--reconnect-wait", "0"], async |evil: &mut Evil| {
+            assert_eq!(evil.offer_listed("f", size).await, Vec::new());
+            evil.lane(&[
+                Record::Entry(file_entry(1, "f", size)),
+                Record::Chunk { flags: 0, file_id: 1, offset: 0, payload: &data[..60_000] },
+            ])
+            .await;
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            evil.conn.close(0u32.into(), b"gone");
+        });
+    assert!(first.code() != Some(0), "{first}");
+    let kept = partial_copies(&fx.path("out"));
+    assert_eq!(kept.len(), 1, "{first}\n{:?}", list_all(&fx.path("out")));
+    let partial = fx.path("out").join(&kept[0]);
+    let before = std::fs::read(&partial).unwrap();
+    assert_eq!(before, data[..60_000]);
+
+    for offset in [30_000, 80_000] {
+        fx.code = fresh_code();
+        let (r, (answers, err)) = against_receiver(&fx, async |evil: &mut Evil| {
+            let answers = evil.offer_listed("f", size).await;
+            evil.lane(&[
+                Record::Entry(file_entry(1, "f", size)),
+                Record::ResumeAt { file_id: 1, offset },
+                Record::Chunk { flags: 0, file_id: 1, offset, payload: &data[offset as usize..] },
+                Record::FileEnd { file_id: 1, hash: blake3::hash(&data).into() },
+                Record::LaneEnd { entries: 1 },
+            ])
+            .await;
+            (answers, evil.report().await)
+        });
+        assert!(matches!(answers[..], [Answer::Resume { offset: 60_000, .. }]), "{answers:?}\n{r}");
+        assert_eq!(err.kind, ErrorKind::Protocol, "{err}");
+        assert_exits(&[(&r, 8)]);
+        assert_says(&r, &[&format!("resumed f at byte {offset}"), "did not offer"]);
+        assert_eq!(std::fs::read(&partial).unwrap(), before, "the partial copy is untouched");
+        assert!(!fx.path("out/f").exists());
+    }
 }
