@@ -307,7 +307,15 @@ fn a_tampering_relay_is_detected() {
     random_file(&src, 8 << 20, &mut fx.rng);
     let out = fx.path("out");
     let code = fx.code.clone();
-    let sender = send_via(&fx, &node, Some(&code), &["--force-relay"], src.as_os_str());
+    // The receiver cannot tell the sender (the relay is its only path, and the node closes
+    // it), so the sender takes the loss for an outage and tries to reconnect: briefly here.
+    let sender = send_via(
+        &fx,
+        &node,
+        Some(&code),
+        &["--force-relay", "--reconnect-wait", "5"],
+        src.as_os_str(),
+    );
     let receiver = receive_via(&fx, &node, &code, &[], out.as_os_str());
     let (s, r) = finish_pair(sender, receiver);
     assert!(tampered.load(Ordering::SeqCst), "the relay tampered");
