@@ -277,8 +277,12 @@ impl Dest {
             return Ok(None);
         }
         let boot = self.boot;
+        // As marked, or longer by writes of ours that were under way when it stopped (they
+        // changed the ctime; the groups they completed are not journaled and are not used).
         let trusted = j.mark.filter(|m| {
-            m.len == len && m.ctime == ctime(&meta) && h.boot == boot && boot != [0; 16]
+            let as_marked = m.len == len && m.ctime == ctime(&meta);
+            let ours_under_way = m.len < len && len <= m.pending;
+            (as_marked || ours_under_way) && h.boot == boot && boot != [0; 16]
         });
         let most = (len / GROUP).min((size - 1) / GROUP);
         let groups = match trusted {
@@ -519,8 +523,14 @@ impl Dest {
                     source: io::Error::other("the journal changed while resuming"),
                 });
             }
-            w.mark(Mark { len: offset, ctime: ctime(&meta), cvs: w.cvs(), done: None })
-                .map_err(err)?;
+            w.mark(Mark {
+                len: offset,
+                ctime: ctime(&meta),
+                cvs: w.cvs(),
+                pending: offset,
+                done: None,
+            })
+            .map_err(err)?;
             fs::rename(&next, &journal).map_err(err)?;
             Some(w)
         } else {

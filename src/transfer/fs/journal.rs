@@ -4,11 +4,11 @@
 //! [`super::SMALL`] gets `<id>.journal`:
 //!
 //! ```text
-//! offset 0    mark slot (69 bytes, rewritten in place after every write of data)
-//!               len u64 ‖ ctime secs i64 ‖ ctime nanos u32 ‖ cvs u64 ‖ done u8 ‖ root [32] ‖
-//!               check [8]
-//! offset 69   header (written once)
-//!               magic "P2PCJRN3" ‖ boot id [16] ‖ dev u64 ‖ ino u64 ‖ size u64 ‖
+//! offset 0    mark slot (77 bytes, rewritten in place before and after every write of data)
+//!               len u64 ‖ ctime secs i64 ‖ ctime nanos u32 ‖ cvs u64 ‖ pending u64 ‖ done u8 ‖
+//!               root [32] ‖ check [8]
+//! offset 77   header (written once)
+//!               magic "P2PCJRN4" ‖ boot id [16] ‖ dev u64 ‖ ino u64 ‖ size u64 ‖
 //!               mtime secs i64 ‖ mtime nanos u32 (u32::MAX: none) ‖ path len u16 ‖ path ‖
 //!               check [8]
 //! then        CV records, appended as groups complete
@@ -22,8 +22,12 @@
 //! elsewhere, and keeps what came before.
 //!
 //! The journal says what the receiver wrote; it is never proof. The mark slot records the
-//! partial file's length and ctime after the last write; if the file, its identity or the boot
-//! differ when the transfer resumes, the CVs are checked against the data ([`super::state`]).
+//! partial file's length and ctime after the last write, and before each write how long the
+//! file may become (`pending`). In the same boot the CVs are trusted when the file's length and
+//! ctime are as marked, or when the file is longer than marked but no longer than `pending`
+//! (a kill between a write and its record: the write that changed the ctime was ours). Else
+//! (another boot, another identity, a file changed otherwise) the CVs are checked against the
+//! data ([`super::dest`]).
 //! Its CVs are compared with the sender's before anything is kept.
 
 use std::fs::File;
@@ -33,9 +37,9 @@ use std::os::unix::fs::FileExt;
 use crate::proto::tree::ChainingValue;
 use crate::wire::data::Timestamp;
 
-const MAGIC: &[u8; 8] = b"P2PCJRN3";
+const MAGIC: &[u8; 8] = b"P2PCJRN4";
 /// Bytes of the mark slot at the start of the journal.
-pub const SLOT_LEN: usize = 8 + 8 + 4 + 8 + 1 + 32 + 8;
+pub const SLOT_LEN: usize = 8 + 8 + 4 + 8 + 8 + 1 + 32 + 8;
 const CHECK_LEN: usize = 8;
 /// CVs per record at most.
 const MAX_RECORD_CVS: usize = 1024;
@@ -66,6 +70,9 @@ pub struct Mark {
     pub ctime: (i64, u32),
     /// CVs journaled by then.
     pub cvs: u64,
+    /// Writes begun since may have made the file up to this long (`len` when none is under
+    /// way).
+    pub pending: u64,
     /// The whole file arrived and matched this hash.
     pub done: Option<[u8; 32]>,
 }
@@ -88,28 +95,30 @@ impl Mark {
         out[8..16].copy_from_slice(&self.ctime.0.to_be_bytes());
         out[16..20].copy_from_slice(&self.ctime.1.to_be_bytes());
         out[20..28].copy_from_slice(&self.cvs.to_be_bytes());
+        out[28..36].copy_from_slice(&self.pending.to_be_bytes());
         if let Some(root) = self.done {
-            out[28] = 1;
-            out[29..61].copy_from_slice(&root);
+            out[36] = 1;
+            out[37..69].copy_from_slice(&root);
         }
-        let c = check(&[&out[..61]]);
-        out[61..].copy_from_slice(&c);
+        let c = check(&[&out[..69]]);
+        out[69..].copy_from_slice(&c);
         out
     }
 
     /// A slot read back; `None` if torn or corrupt.
     pub fn decode(b: &[u8]) -> Option<Mark> {
         let b: &[u8; SLOT_LEN] = b.get(..SLOT_LEN)?.try_into().ok()?;
-        if check(&[&b[..61]]) != b[61..] || b[28] > 1 {
+        if check(&[&b[..69]]) != b[69..] || b[36] > 1 {
             return None;
         }
         let mut root = [0; 32];
-        root.copy_from_slice(&b[29..61]);
+        root.copy_from_slice(&b[37..69]);
         Some(Mark {
             len: be_u64(&b[..8]),
             ctime: (be_u64(&b[8..16]) as i64, u32::from_be_bytes([b[16], b[17], b[18], b[19]])),
             cvs: be_u64(&b[20..28]),
-            done: (b[28] == 1).then_some(root),
+            pending: be_u64(&b[28..36]),
+            done: (b[36] == 1).then_some(root),
         })
     }
 }
@@ -173,6 +182,8 @@ pub struct JournalWriter {
     last_check: [u8; CHECK_LEN],
     cvs: u64,
     buf: Vec<u8>,
+    /// The mark in the slot.
+    last: Mark,
 }
 
 impl JournalWriter {
@@ -194,7 +205,7 @@ impl JournalWriter {
         };
         start.extend_from_slice(&h);
         file.write_all(&start)?;
-        let mut w = JournalWriter { file, last_check, cvs: 0, buf: Vec::new() };
+        let mut w = JournalWriter { file, last_check, cvs: 0, buf: Vec::new(), last: mark };
         let mut batch = Vec::with_capacity(MAX_RECORD_CVS);
         for cv in held {
             batch.push(cv);
@@ -236,7 +247,19 @@ impl JournalWriter {
 
     /// Rewrites the mark slot.
     pub fn mark(&mut self, mark: Mark) -> io::Result<()> {
-        self.file.write_all_at(&mark.encode(), 0)
+        self.file.write_all_at(&mark.encode(), 0)?;
+        self.last = mark;
+        Ok(())
+    }
+
+    /// Before a write: says that the file may grow to `end` bytes (the last mark otherwise
+    /// unchanged), so that a kill before the write's record does not make the journal look
+    /// stale.
+    pub fn intend(&mut self, end: u64) -> io::Result<()> {
+        if end <= self.last.pending.max(self.last.len) {
+            return Ok(());
+        }
+        self.mark(Mark { pending: end, ..self.last })
     }
 }
 
@@ -340,7 +363,8 @@ mod tests {
         for r in [&all[1..3], &all[3..6], &all[6..10]] {
             w.append(r).unwrap();
         }
-        let mark = Mark { len: 10 << 20, ctime: (5, 6), cvs: 10, done: Some([8; 32]) };
+        let mark =
+            Mark { len: 10 << 20, ctime: (5, 6), cvs: 10, pending: 10 << 20, done: Some([8; 32]) };
         w.mark(mark).unwrap();
         (dir, path, all)
     }
@@ -363,7 +387,13 @@ mod tests {
         assert_eq!(j.cvs, 10);
         assert_eq!(
             j.mark,
-            Some(Mark { len: 10 << 20, ctime: (5, 6), cvs: 10, done: Some([8; 32]) })
+            Some(Mark {
+                len: 10 << 20,
+                ctime: (5, 6),
+                cvs: 10,
+                pending: 10 << 20,
+                done: Some([8; 32])
+            })
         );
         assert_eq!(cvs_of(&path).1, all);
     }

@@ -72,6 +72,10 @@ impl PartFile {
 
     /// Append `data`. ENOSPC and EDQUOT surface as [`FsError::DiskFull`].
     pub fn write_all(&mut self, data: &[u8]) -> Result<(), FsError> {
+        if let Some(journal) = self.journal.as_mut() {
+            let end = self.written + data.len() as u64;
+            journal.intend(end).map_err(|e| classify(&self.names.tmp, e))?;
+        }
         self.file.write_all(data).map_err(|e| classify(&self.names.path, e))?;
         self.written += data.len() as u64;
         Ok(())
@@ -84,7 +88,8 @@ impl PartFile {
         let Some(journal) = self.journal.as_mut() else { return Ok(()) };
         let meta = self.file.metadata().map_err(|e| classify(&self.names.tmp, e))?;
         journal.append(cvs).map_err(|e| classify(&self.names.tmp, e))?;
-        let mark = Mark { len: self.written, ctime: ctime(&meta), cvs: journal.cvs(), done: None };
+        let (len, cvs) = (self.written, journal.cvs());
+        let mark = Mark { len, ctime: ctime(&meta), cvs, pending: len, done: None };
         journal.mark(mark).map_err(|e| classify(&self.names.tmp, e))
     }
 
@@ -130,6 +135,7 @@ impl PartFile {
                 len: self.written,
                 ctime: ctime(&meta),
                 cvs: journal.cvs(),
+                pending: self.written,
                 done: Some(root),
             };
             journal.mark(mark).map_err(|e| classify(&self.names.tmp, e))?;
