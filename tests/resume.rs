@@ -138,6 +138,8 @@ fn a_tampered_partial_copy_is_detected_and_repaired() {
         .expect("a partial copy");
     let held = std::fs::metadata(&part).unwrap().len();
     assert!(held > 20 * MIB, "held {held}");
+    // Between the runs (not within the instant the killed receiver announced its last write).
+    std::thread::sleep(Duration::from_millis(200));
     let f = std::fs::OpenOptions::new().write(true).open(&part).unwrap();
     std::os::unix::fs::FileExt::write_all_at(&f, b"\xff\xfe", 10 * MIB + 5).unwrap();
     drop(f);

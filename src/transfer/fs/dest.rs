@@ -6,7 +6,7 @@ use std::io;
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, PoisonError};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::error::{classify, FsError};
 use super::journal::{read_cvs, Header, Journal, JournalWriter, Mark};
@@ -92,6 +92,11 @@ pub struct Resumable {
     /// The hash state the lane reader continues from.
     pub held: Held,
 }
+
+/// How soon after a write is announced in the journal's mark the write changes the partial
+/// file's ctime (the announcement and the write follow each other at once; the margin is for
+/// the clock's granularity and scheduling).
+const WRITE_STARTS: Duration = Duration::from_millis(50);
 
 impl Dest {
     /// Open the destination, creating it (and missing parents) if needed.
@@ -277,11 +282,21 @@ impl Dest {
             return Ok(None);
         }
         let boot = self.boot;
-        // As marked, or longer by writes of ours that were under way when it stopped (they
-        // changed the ctime; the groups they completed are not journaled and are not used).
+        // As marked, or longer by the write of ours that was under way when it stopped: the
+        // write changed the ctime within `WRITE_STARTS` of being announced in the mark (the
+        // journal's mtime); a change at any other time is not ours, and the data is checked. The
+        // groups such a write completed are not journaled and are not used.
+        let announced = journal.metadata().and_then(|m| m.modified()).ok();
+        let changed =
+            UNIX_EPOCH + Duration::new(meta.ctime().max(0) as u64, meta.ctime_nsec() as u32);
+        // Either clock may be the coarse one: a change just before the announcement counts too.
+        let ours = announced.is_some_and(|a| {
+            let apart = changed.duration_since(a).unwrap_or_else(|e| e.duration());
+            apart <= WRITE_STARTS
+        });
         let trusted = j.mark.filter(|m| {
             let as_marked = m.len == len && m.ctime == ctime(&meta);
-            let ours_under_way = m.len < len && len <= m.pending;
+            let ours_under_way = m.len < len && len <= m.pending && ours;
             (as_marked || ours_under_way) && h.boot == boot && boot != [0; 16]
         });
         let most = (len / GROUP).min((size - 1) / GROUP);
