@@ -167,8 +167,9 @@ fn a_tree_sent_again_moves_only_what_differs() {
     assert_exits(&[(&s, 0), (&r, 0)]);
 
     fx.code = fresh_code();
-    let (s, r) = fx.transfer(&[src.as_os_str()], &receive_args(&out));
+    let (s, r) = fx.transfer(&[OsStr::new("-v"), src.as_os_str()], &receive_args(&out));
     assert_exits(&[(&s, 0), (&r, 0)]);
+    assert!(!s.messages().contains("walking the paths again"), "kept from the listing\n{s}");
     let done = done_adds_up(&r, total);
     assert_eq!(done["bytes"], 0, "no file data moved\n{r}");
     assert_eq!(done["wire_bytes"], 0, "{r}");
@@ -194,6 +195,40 @@ fn a_tree_sent_again_moves_only_what_differs() {
     assert_eq!(done["files"], 1, "only the changed file moved\n{r}");
     assert_eq!(done["bytes"], 20, "{r}");
     assert_same_tree(&src, &out.join("data"));
+}
+
+/// Sent again with everything changed: more wanted entries than the sender keeps from the
+/// listing (long paths), so it walks its paths again for the data; all of it moves, once.
+#[test]
+fn a_large_listing_is_walked_again() {
+    let mut fx = Fixture::new();
+    let src = fx.path("src/t");
+    let deep: PathBuf = (0..11).map(|i| format!("{i:02}{}", "d".repeat(240))).collect();
+    let files = 1000;
+    for i in 0..files {
+        write_file(&src.join(&deep).join(format!("{i:04}{}", "f".repeat(200))), b"one\n");
+    }
+    let out = fx.path("out");
+    let (s, r) = fx.transfer(&[src.as_os_str()], &receive_args(&out));
+    assert_exits(&[(&s, 0), (&r, 0)]);
+
+    for p in list_all(&src) {
+        let p = src.join(p);
+        if p.is_file() {
+            write_file(&p, b"two!\n");
+            set_mtime(&p, 1_700_000_000);
+        }
+    }
+    fx.code = fresh_code();
+    let mut args = receive_args(&out);
+    args.push(OsStr::new("--overwrite"));
+    let (s, r) = fx.transfer(&[OsStr::new("-v"), src.as_os_str()], &args);
+    assert_exits(&[(&s, 0), (&r, 0)]);
+    assert_says(&s, &["walking the paths again"]);
+    let done = done_adds_up(&r, 5 * files);
+    assert_eq!(done["files"], files, "{r}");
+    assert_eq!(done["skipped_files"], 0, "{r}");
+    assert_same_tree(&src, &out.join("t"));
 }
 
 /// Same size and mtime, other content: skipped by default, found with --checksum.

@@ -68,8 +68,10 @@ pub struct Sending {
     /// What to compress.
     pub compression: Compression,
     /// The receiver's answers to the listing, if it asked for one: what to leave out and
-    /// where to resume.
+    /// where to resume, for a walk of the paths.
     pub plan: Option<Arc<Plan>>,
+    /// Or, instead of a walk, the wanted entries kept from the listing (with where to resume).
+    pub kept: Option<Vec<Job>>,
     /// Where group CVs of large files are kept for later resumes.
     pub cache: Option<CvCache>,
 }
@@ -89,8 +91,25 @@ pub async fn send_lanes(
     let mut tasks: JoinSet<Result<Option<Summary>, TransferError>> = JoinSet::new();
 
     let plan = how.plan.clone();
+    let kept = how.kept;
     tasks.spawn_blocking(move || {
         let mut sent = Summary::default();
+        let mut count = |job: &Job| {
+            sent.entries += 1;
+            if let EntryKind::File { size } = job.entry.kind {
+                sent.files += 1;
+                sent.bytes += size;
+            }
+        };
+        if let Some(kept) = kept {
+            for job in kept {
+                count(&job);
+                if job_tx.send(job).is_err() {
+                    break;
+                }
+            }
+            return Ok(Some(sent));
+        }
         let mut failed = None;
         walk::walk(&scan, |mut job| {
             if let Some(plan) = &plan {
@@ -104,11 +123,7 @@ pub async fn send_lanes(
                     Ok(Verdict::Send) => {}
                 }
             }
-            sent.entries += 1;
-            if let EntryKind::File { size } = job.entry.kind {
-                sent.files += 1;
-                sent.bytes += size;
-            }
+            count(&job);
             job_tx.send(job).is_ok()
         })?;
         match failed {
@@ -215,6 +230,17 @@ impl Worker {
         let local = &job.local;
         let mut file = std::fs::File::open(local).map_err(|e| read_failed(local, &e))?;
         let meta = file.metadata().map_err(|e| read_failed(local, &e))?;
+        if meta.len() != size || walk::mtime(&meta) != job.entry.mtime {
+            // The entry promises this size and mtime: a file that changed since it was walked
+            // would arrive under a description that is not its own.
+            return Err(TransferError::new(
+                ErrorKind::Io,
+                format!(
+                    "{} changed after the offer was made; send again once it is settled",
+                    local.display()
+                ),
+            ));
+        }
         let mut out = Vec::new();
         self.writer.entry(&job.entry, &mut out).map_err(seal_error)?;
         outbox.push(out)?;

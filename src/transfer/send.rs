@@ -19,7 +19,8 @@ use super::meet::{Guard, Rendezvous};
 use super::prefix::prefix;
 use super::rejoin::{self, Rejoin, Saved, Secured};
 use super::survey::{Plan, Present};
-use super::{walk, Key, Note, Observer, PathKind, Progress, Report, TransferError, CLOSE_TIMEOUT};
+use super::walk::{self, Job};
+use super::{Key, Note, Observer, PathKind, Progress, Report, TransferError, CLOSE_TIMEOUT};
 use crate::code::Code;
 use crate::compress::Compression;
 use crate::crypto::Role;
@@ -310,13 +311,25 @@ async fn run(
         Event::Asked(ask) => {
             let plan = list(ctl, &scan, ask.checksum || opts.checksum, cache.clone()).await?;
             match ctl.next_event(super::DECISION_TIMEOUT).await? {
-                Event::Accepted(_) => Some(Arc::new(plan)),
+                Event::Accepted(_) => Some(plan),
                 other => return Err(unexpected(&other)),
             }
         }
         other => return Err(unexpected(&other)),
     };
     let present = plan.as_ref().map_or_else(Present::default, |p| p.present);
+    let (plan, kept) = match plan {
+        Some(mut plan) => match plan.take_kept() {
+            Some(kept) => (None, Some(kept)),
+            None => {
+                tracing::debug!(
+                    "the entries to send take too much memory to keep: walking the paths again"
+                );
+                (Some(Arc::new(plan)), None)
+            }
+        },
+        None => (None, None),
+    };
     *accepted = true;
     if let (Some(saved), Some(keys)) = (saved, ctl.session().keys()) {
         saved.store(&Rejoin { secret: keys.resume_secret(), transfer_id });
@@ -325,7 +338,7 @@ async fn run(
     progress.hold(present.bytes);
 
     let keys = ctl_keys(ctl)?.clone();
-    let how = Sending { lanes, chunk, compression: opts.compression, plan, cache };
+    let how = Sending { lanes, chunk, compression: opts.compression, plan, kept, cache };
     let lanes_done = send_lanes(conn, &keys, how, scan, progress.clone());
     tokio::pin!(lanes_done);
     let totals = tokio::select! {
@@ -377,7 +390,8 @@ async fn list(
     checksum: bool,
     cache: Option<CvCache>,
 ) -> Result<Plan, TransferError> {
-    let (tx, mut batches) = tokio::sync::mpsc::channel::<Result<Vec<Listed>, TransferError>>(2);
+    let (tx, mut batches) =
+        tokio::sync::mpsc::channel::<Result<Vec<(Job, Option<[u8; 32]>)>, TransferError>>(2);
     let scan = scan.clone();
     let walker = tokio::task::spawn_blocking(move || {
         let mut batch = Vec::new();
@@ -400,7 +414,7 @@ async fn list(
             if let EntryKind::Symlink { target } = &job.entry.kind {
                 bytes += target.len();
             }
-            batch.push(Listed { entry: job.entry, hash });
+            batch.push((job, hash));
             if batch.len() == MAX_LISTING || bytes >= LISTING_BYTES {
                 bytes = 0;
                 return tx.blocking_send(Ok(std::mem::take(&mut batch))).is_ok();
@@ -414,14 +428,18 @@ async fn list(
         };
         let _ = tx.blocking_send(end);
     });
-    let mut plan = Plan::default();
+    let mut plan = Plan::new();
     let mut walking = true;
     loop {
         if walking && ctl.session().unanswered() < UNANSWERED {
             match batches.recv().await {
                 Some(Ok(batch)) => {
-                    plan.listed(&batch);
-                    ctl.session().list(batch)?;
+                    let listing = batch
+                        .iter()
+                        .map(|(job, hash)| Listed { entry: job.entry.clone(), hash: *hash });
+                    let listing = listing.collect();
+                    plan.listed(batch.into_iter().map(|(job, _)| job));
+                    ctl.session().list(listing)?;
                     ctl.flush().await?;
                     continue;
                 }

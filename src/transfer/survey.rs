@@ -11,20 +11,24 @@
 //!    or **send**. A differing file is a conflict unless `--overwrite` (then it is sent, or
 //!    resumed). Conflicts are counted, and the receiver refuses once the listing is complete,
 //!    before anything is written.
-//! 3. The sender keeps one byte and a fingerprint per entry ([`Plan`]); it walks again and
-//!    sends only what is wanted, resuming where its own prefix has the receiver's digest.
+//! 3. The sender keeps one byte and a fingerprint per entry ([`Plan`]); it sends only what is
+//!    wanted, resuming where its own prefix has the receiver's digest. The wanted entries are
+//!    kept from the listing while they fit in [`KEPT_BYTES`] (a sync, where nearly everything
+//!    is skipped, needs no further walk); beyond that the sender walks again and checks each
+//!    entry against its fingerprint.
 //! 4. The receiver holds it to the answers: every entry sent must be one it asked for, with the
 //!    same path, kind, size and mtime as listed, at most once; every one it asked for must
 //!    come ([`Survey::arrive`], [`Survey::check_complete`]).
 //!
 //! Memory on either side is 5 bytes per listed entry, plus one resumable partial per file
-//! being resumed; nothing else grows with the tree.
+//! being resumed, plus (on the sender) the kept entries, at most [`KEPT_BYTES`]; nothing else
+//! grows with the tree.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::SystemTime;
 
 use super::fs::{Dest, Found, RelPath, Resumable};
-use super::walk::system_time;
+use super::walk::{system_time, Job};
 use super::TransferError;
 use crate::error::ErrorKind;
 use crate::transfer::prefix::valid_offset;
@@ -388,32 +392,46 @@ pub struct Plan {
     verdicts: Vec<u8>,
     fingerprints: Vec<u32>,
     resumes: HashMap<u64, (u64, [u8; 32])>,
-    /// Listed entries not answered yet: (id, file size if a file).
-    pending: VecDeque<(u64, Option<u64>)>,
+    /// Listed entries not answered yet.
+    pending: VecDeque<Job>,
+    /// The wanted entries in walk order, while they fit in [`KEPT_BYTES`]; `None` once they
+    /// did not.
+    kept: Option<Vec<Job>>,
+    kept_bytes: usize,
     /// What the receiver holds, by its answers.
     pub present: Present,
 }
 
+/// Bytes of wanted entries (counted as paths plus a fixed overhead) the sender keeps from the
+/// listing rather than walking its paths again.
+pub const KEPT_BYTES: usize = 4 << 20;
+
 const KEY: [u8; 32] = [0; 32];
 
 impl Plan {
-    /// A batch was listed.
-    pub fn listed(&mut self, batch: &[Listed]) {
-        for l in batch {
-            self.fingerprints.push(fingerprint(&KEY, &l.entry));
-            let size = match l.entry.kind {
-                EntryKind::File { size } => Some(size),
-                _ => None,
-            };
-            self.pending.push_back((l.entry.id, size));
+    /// An empty plan.
+    pub fn new() -> Plan {
+        Plan { kept: Some(Vec::new()), ..Plan::default() }
+    }
+
+    /// A batch was listed; `jobs` are its entries with their local paths.
+    pub fn listed(&mut self, jobs: impl IntoIterator<Item = Job>) {
+        for job in jobs {
+            self.fingerprints.push(fingerprint(&KEY, &job.entry));
+            self.pending.push_back(job);
         }
     }
 
     /// The receiver answered the oldest listed entries (the session checked the count).
     pub fn answered(&mut self, answers: &[Answer]) -> Result<(), TransferError> {
         for answer in answers {
-            let Some((id, size)) = self.pending.pop_front() else {
+            let Some(mut job) = self.pending.pop_front() else {
                 return Err(protocol("the receiver answered more than was listed".into()));
+            };
+            let id = job.entry.id;
+            let size = match job.entry.kind {
+                EntryKind::File { size } => Some(size),
+                _ => None,
             };
             let v = match *answer {
                 Answer::Send => 0,
@@ -434,12 +452,36 @@ impl Plan {
                     self.present.bytes += offset;
                     self.present.partial += 1;
                     self.resumes.insert(id, (offset, digest));
+                    job.resume = Some((offset, digest));
                     2
                 }
             };
             self.verdicts.push(v);
+            if v != 1 {
+                self.keep(job);
+            }
         }
         Ok(())
+    }
+
+    fn keep(&mut self, job: Job) {
+        let Some(kept) = self.kept.as_mut() else { return };
+        self.kept_bytes += 128 + job.entry.path.len() + job.local.as_os_str().len();
+        if let EntryKind::Symlink { target } = &job.entry.kind {
+            self.kept_bytes += target.len();
+        }
+        if self.kept_bytes > KEPT_BYTES {
+            self.kept = None;
+        } else {
+            kept.push(job);
+        }
+    }
+
+    /// The wanted entries in walk order, with where to resume, if they all fit in
+    /// [`KEPT_BYTES`]; otherwise the paths must be walked again (and checked with
+    /// [`Plan::verdict`]). Call once every entry is answered.
+    pub fn take_kept(&mut self) -> Option<Vec<Job>> {
+        self.kept.take()
     }
 
     /// Every listed entry answered.
@@ -469,5 +511,57 @@ impl Plan {
                 ),
             )),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(id: u64, path: &str, kind: EntryKind) -> Job {
+        let entry = Entry { id, path: path.into(), kind, mode: 0o644, mtime: None };
+        Job { entry, local: format!("/src/{path}").into(), resume: None }
+    }
+
+    /// The plan keeps what the receiver wants, in order, with where to resume; skipped entries
+    /// are counted as present and left out.
+    #[test]
+    fn the_plan_keeps_the_wanted_entries() {
+        let mut plan = Plan::new();
+        plan.listed([
+            job(1, "d", EntryKind::Dir),
+            job(2, "d/same", EntryKind::File { size: 10 }),
+            job(3, "d/part", EntryKind::File { size: 1 << 30 }),
+        ]);
+        plan.answered(&[Answer::Send, Answer::Skip]).unwrap();
+        assert!(!plan.is_answered());
+        plan.answered(&[Answer::Resume { offset: 1 << 20, digest: [7; 32] }]).unwrap();
+        assert!(plan.is_answered());
+        assert_eq!(plan.present.files, 1);
+        assert_eq!(plan.present.bytes, 10 + (1 << 20));
+        let kept = plan.take_kept().unwrap();
+        let got: Vec<_> = kept.iter().map(|j| (j.entry.path.as_str(), j.resume)).collect();
+        assert_eq!(got, [("d", None), ("d/part", Some((1 << 20, [7; 32])))]);
+        // The plan still answers for a walk of the same entries.
+        let skipped = job(2, "d/same", EntryKind::File { size: 10 });
+        assert_eq!(plan.verdict(&skipped.entry).unwrap(), Verdict::Skip);
+        let other = job(2, "d/same", EntryKind::File { size: 11 });
+        assert!(plan.verdict(&other.entry).is_err());
+        assert!(plan.answered(&[Answer::Send]).is_err(), "more answers than entries");
+    }
+
+    /// Wanted entries beyond the bound are not kept: the sender walks again.
+    #[test]
+    fn too_many_wanted_entries_are_walked_again() {
+        let mut plan = Plan::new();
+        let name = "n".repeat(1000);
+        let n = KEPT_BYTES / 2000 + 1;
+        plan.listed((1..=n as u64).map(|i| job(i, &format!("{name}/{i}"), EntryKind::Dir)));
+        plan.answered(&vec![Answer::Send; n]).unwrap();
+        assert!(plan.take_kept().is_none());
+        let mut plan = Plan::new();
+        plan.listed((1..=n as u64).map(|i| job(i, &format!("{name}/{i}"), EntryKind::Dir)));
+        plan.answered(&vec![Answer::Skip; n]).unwrap();
+        assert_eq!(plan.take_kept().map(|k| k.len()), Some(0), "skipped entries cost nothing");
     }
 }

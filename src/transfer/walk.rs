@@ -264,7 +264,8 @@ fn visit(
     Ok(())
 }
 
-fn mtime(meta: &Metadata) -> Option<Timestamp> {
+/// A file's mtime as the wire carries it.
+pub(crate) fn mtime(meta: &Metadata) -> Option<Timestamp> {
     let t = meta.modified().ok()?;
     Some(match t.duration_since(UNIX_EPOCH) {
         Ok(d) => Timestamp { secs: d.as_secs() as i64, nanos: d.subsec_nanos() },
