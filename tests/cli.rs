@@ -217,6 +217,27 @@ fn weak_custom_code_is_refused() {
     }
 }
 
+/// A path that does not exist is refused before a code is shown; a tree that cannot be sent
+/// (found while it is scanned, which runs while the peers meet) ends the sender with the
+/// reason, with no receiver in sight.
+#[test]
+fn unsendable_paths_are_usage_errors() {
+    use std::os::unix::ffi::OsStrExt;
+    let fx = Fixture::new();
+    let missing = fx.path("nope");
+    let o = fx.spawn("sender", &[], [OsStr::new("send"), missing.as_os_str()]).finish();
+    assert_exits(&[(&o, 2)]);
+    assert_says(&o, &["does not exist"]);
+    assert!(!o.stderr.contains("Code:"), "no code for nothing to send\n{o}");
+
+    let tree = fx.path("tree");
+    write_file(&tree.join("a/b/ok.txt"), b"x");
+    std::os::unix::fs::symlink(OsStr::from_bytes(b"bad\xff"), tree.join("a/b/link")).unwrap();
+    let o = fx.spawn("sender", &[], [OsStr::new("send"), tree.as_os_str()]).finish();
+    assert_exits(&[(&o, 2)]);
+    assert_says(&o, &["not valid utf-8", "link"]);
+}
+
 #[test]
 fn receive_without_code_or_terminal_is_a_usage_error() {
     let fx = Fixture::new();

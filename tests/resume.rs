@@ -197,14 +197,15 @@ fn a_tree_sent_again_moves_only_what_differs() {
     assert_same_tree(&src, &out.join("data"));
 }
 
-/// Sent again with everything changed: more wanted entries than the sender keeps from the
-/// listing (long paths), so it walks its paths again for the data; all of it moves, once.
+/// Sent again with everything changed: more entries (long paths) than the sender keeps in
+/// memory from its scan or from the listing, so it walks its paths again for the data; all of
+/// it moves, once.
 #[test]
 fn a_large_listing_is_walked_again() {
     let mut fx = Fixture::new();
     let src = fx.path("src/t");
     let deep: PathBuf = (0..11).map(|i| format!("{i:02}{}", "d".repeat(240))).collect();
-    let files = 1000;
+    let files = 3000;
     for i in 0..files {
         write_file(&src.join(&deep).join(format!("{i:04}{}", "f".repeat(200))), b"one\n");
     }

@@ -107,17 +107,22 @@ pub async fn send(
             format!("the chunk size must be between {MIN_CHUNK} and {MAX_CHUNK} bytes"),
         ));
     }
+    // The paths are checked before the code is shown, and scanned while the peers meet (a
+    // large tree takes seconds): the offer waits for the scan, not the meeting.
+    walk::check(&opts.paths)?;
     let paths = opts.paths.clone();
-    let scan = tokio::task::spawn_blocking(move || walk::scan(&paths))
-        .await
-        .map_err(|e| TransferError::internal(e.to_string()))??;
-    if scan.skipped_count > 0 {
-        observer.note(Note::Warning(format!(
-            "skipping {} special file(s) (sockets, FIFOs, devices): {}",
-            scan.skipped_count,
-            scan.skipped.join(", ")
-        )));
-    }
+    let scanning = tokio::task::spawn_blocking(move || walk::scan(&paths));
+    let scanned = async {
+        let scan = scanning.await.map_err(|e| TransferError::internal(e.to_string()))??;
+        if scan.skipped_count > 0 {
+            observer.note(Note::Warning(format!(
+                "skipping {} special file(s) (sockets, FIFOs, devices): {}",
+                scan.skipped_count,
+                scan.skipped.join(", ")
+            )));
+        }
+        Ok::<_, TransferError>(scan)
+    };
 
     let mut stop = opts.stop.clone();
     let config = Config { max_lanes: opts.lanes.max(1), ..Config::default() };
@@ -127,23 +132,34 @@ pub async fn send(
     let earlier = saved.as_ref().and_then(Saved::load);
     let wait = tokio::time::Instant::now() + opts.wait;
     let by_code = establish(&opts, Key::Code(opts.code.clone()), opts.wait, &config, &observer);
-    let mut secured = match &earlier {
-        None => tokio::select! {
-            s = by_code => s?,
-            e = stop.requested() => return Err(e),
-        },
-        Some(e) => {
-            tracing::info!(
-                "also waiting for the receiver of the interrupted transfer of these paths"
-            );
-            let mut stop2 = opts.stop.clone();
-            let by_secret = rejoin::until(wait, &mut stop2, |left| {
-                establish(&opts, Key::Rejoin(e.secret), left, &config, &observer)
-            });
-            tokio::select! {
-                s = rejoin::race(by_code, by_secret) => s?,
-                e = stop.requested() => return Err(e),
+    let meeting = async {
+        match &earlier {
+            None => tokio::select! {
+                s = by_code => s,
+                e = stop.requested() => Err(e),
+            },
+            Some(e) => {
+                tracing::info!(
+                    "also waiting for the receiver of the interrupted transfer of these paths"
+                );
+                let mut stop2 = opts.stop.clone();
+                let by_secret = rejoin::until(wait, &mut stop2, |left| {
+                    establish(&opts, Key::Rejoin(e.secret), left, &config, &observer)
+                });
+                tokio::select! {
+                    s = rejoin::race(by_code, by_secret) => s,
+                    e = stop.requested() => Err(e),
+                }
             }
+        }
+    };
+    // A scan that fails before the peers met ends the meeting; one that fails after it is
+    // reported to the receiver like any other failure.
+    let (scan, mut secured) = {
+        tokio::pin!(scanned, meeting);
+        tokio::select! {
+            scan = &mut scanned => (Ok(scan?), meeting.await?),
+            secured = &mut meeting => (scanned.await, secured?),
         }
     };
     let transfer_id = earlier.as_ref().map_or_else(rand::random, |e| e.transfer_id);
@@ -153,10 +169,13 @@ pub async fn send(
         let secret = ctl_keys(&mut ctl)?.resume_secret();
         let progress_for_report = progress.clone();
         let mut accepted = false;
-        let result = tokio::select! {
-            r = run(&mut ctl, &conn, &opts, scan.clone(), peer, transfer_id, &observer, progress.clone(), &mut accepted, saved.as_ref()) => r,
-            e = stop.requested() => Err(e),
-            e = guard.trouble(&conn) => Err(e),
+        let result = match &scan {
+            Ok(scan) => tokio::select! {
+                r = run(&mut ctl, &conn, &opts, scan.clone(), peer, transfer_id, &observer, progress.clone(), &mut accepted, saved.as_ref()) => r,
+                e = stop.requested() => Err(e),
+                e = guard.trouble(&conn) => Err(e),
+            },
+            Err(e) => Err(e.clone()),
         };
         let route = super::Route::of(&guard, started, progress_for_report);
         let report =
@@ -322,9 +341,9 @@ async fn run(
         Some(mut plan) => match plan.take_kept() {
             Some(kept) => (None, Some(kept)),
             None => {
-                tracing::debug!(
-                    "the entries to send take too much memory to keep: walking the paths again"
-                );
+                if !scan.remembered() {
+                    tracing::debug!("too many entries to keep in memory: walking the paths again");
+                }
                 (Some(Arc::new(plan)), None)
             }
         },

@@ -3,13 +3,18 @@
 //! Each command-line path becomes a top-level name (its last component). Directories are
 //! walked without following symlinks (a top-level symlink is followed, as the user named it);
 //! entries come out sorted by name, parents before children. Sockets, FIFOs and devices are
-//! skipped with a warning. Memory stays flat: the walk holds one directory listing per level,
-//! never the whole tree.
+//! skipped with a warning. The scan remembers what it saw, compactly, while that fits in
+//! [`SEEN_BYTES`] (about 100,000 entries), and later walks replay it instead of reading the
+//! file system again; a larger tree is walked again each time, and memory stays flat: a walk
+//! holds one directory listing per level, never the whole tree. Either way a file that changed
+//! since it was scanned is caught when it is opened to be sent (its size and mtime are checked
+//! against the entry).
 
 use std::collections::HashSet;
 use std::fs::Metadata;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::UNIX_EPOCH;
 
 use walkdir::WalkDir;
@@ -22,6 +27,11 @@ use crate::wire::data::{Entry, EntryKind, Timestamp};
 
 /// How many skipped names a scan remembers for its warning.
 const MAX_SKIPPED_NAMES: usize = 20;
+
+/// Bytes of entries (paths and symlink targets, plus [`SEEN_ITEM_BYTES`] each) a scan
+/// remembers for the walks that follow it.
+pub const SEEN_BYTES: usize = 8 << 20;
+const SEEN_ITEM_BYTES: usize = std::mem::size_of::<Seen>();
 
 /// One command-line path.
 #[derive(Debug, Clone)]
@@ -49,6 +59,102 @@ pub struct Scan {
     pub skipped: Vec<String>,
     /// How many were skipped.
     pub skipped_count: u64,
+    /// Every entry, in walk order, if they fit in [`SEEN_BYTES`].
+    seen: Option<Arc<Remembered>>,
+}
+
+impl Scan {
+    /// Whether the scan remembers its entries (walks replay them).
+    pub fn remembered(&self) -> bool {
+        self.seen.is_some()
+    }
+}
+
+/// The entries of a scan: their paths (and symlink targets) in one string.
+#[derive(Debug, Default)]
+struct Remembered {
+    text: String,
+    entries: Vec<Seen>,
+}
+
+/// One remembered entry.
+#[derive(Debug, Clone, Copy)]
+struct Seen {
+    /// Where its path ends in the text (it starts where the one before ended); a symlink's
+    /// target follows it, up to `target_end`.
+    path_end: u32,
+    target_end: u32,
+    /// The index of its source.
+    source: u32,
+    mode: u32,
+    /// A file's size; `u64::MAX` for a directory, `u64::MAX - 1` for a symlink.
+    size: u64,
+    mtime: Option<Timestamp>,
+}
+
+const DIR: u64 = u64::MAX;
+const SYMLINK: u64 = u64::MAX - 1;
+
+impl Remembered {
+    /// Adds an entry; false when the whole would no longer fit.
+    fn push(
+        &mut self,
+        source: usize,
+        rel: &str,
+        target: Option<&str>,
+        meta: &Metadata,
+        kind: &Kind,
+    ) -> bool {
+        let text = self.text.len() + rel.len() + target.map_or(0, str::len);
+        if text + SEEN_ITEM_BYTES * (self.entries.len() + 1) > SEEN_BYTES {
+            return false;
+        }
+        self.text.push_str(rel);
+        let path_end = self.text.len() as u32;
+        self.text.push_str(target.unwrap_or(""));
+        self.entries.push(Seen {
+            path_end,
+            target_end: self.text.len() as u32,
+            source: source as u32,
+            mode: meta.permissions().mode() & 0o7777,
+            size: match kind {
+                Kind::Dir => DIR,
+                Kind::Symlink => SYMLINK,
+                Kind::File => meta.len(),
+            },
+            mtime: mtime(meta),
+        });
+        true
+    }
+
+    /// The entries again, as a walk of the sources would give them.
+    fn replay(&self, sources: &[Source], mut emit: impl FnMut(Job) -> bool) {
+        let mut start = 0;
+        for (i, seen) in self.entries.iter().enumerate() {
+            let path = &self.text[start..seen.path_end as usize];
+            let target = &self.text[seen.path_end as usize..seen.target_end as usize];
+            start = seen.target_end as usize;
+            let source = &sources[seen.source as usize];
+            let below = path.get(source.name.len() + 1..).unwrap_or("");
+            let local =
+                if below.is_empty() { source.path.clone() } else { source.path.join(below) };
+            let kind = match seen.size {
+                DIR => EntryKind::Dir,
+                SYMLINK => EntryKind::Symlink { target: target.to_owned() },
+                size => EntryKind::File { size },
+            };
+            let entry = Entry {
+                id: i as u64 + 1,
+                path: path.to_owned(),
+                kind,
+                mode: seen.mode,
+                mtime: seen.mtime,
+            };
+            if !emit(Job { entry, local, resume: None }) {
+                return;
+            }
+        }
+    }
 }
 
 /// One manifest entry with the local file it describes.
@@ -62,20 +168,38 @@ pub struct Job {
     pub resume: Option<(u64, [u8; 32])>,
 }
 
+/// Checks that the paths can be sent (they exist, are files or directories, with distinct
+/// names), without walking them.
+pub fn check(paths: &[PathBuf]) -> Result<(), TransferError> {
+    sources(paths).map(drop)
+}
+
 /// Checks the paths and counts what they hold.
 pub fn scan(paths: &[PathBuf]) -> Result<Scan, TransferError> {
     let sources = sources(paths)?;
     let mut scan = Scan { sources: sources.clone(), ..Scan::default() };
+    let mut seen = Some(Remembered::default());
     visit(&sources, |item| {
         match item {
-            Item::Entry { meta, kind, .. } => match kind {
-                Kind::Dir => scan.dirs += 1,
-                Kind::Symlink => scan.symlinks += 1,
-                Kind::File => {
-                    scan.files += 1;
-                    scan.bytes += meta.len();
+            Item::Entry { source, local, rel, meta, kind } => {
+                if let Some(r) = seen.as_mut() {
+                    let target = match kind {
+                        Kind::Symlink => Some(link_target(local)?),
+                        _ => None,
+                    };
+                    if !r.push(source, rel.as_str(), target.as_deref(), meta, &kind) {
+                        seen = None;
+                    }
                 }
-            },
+                match kind {
+                    Kind::Dir => scan.dirs += 1,
+                    Kind::Symlink => scan.symlinks += 1,
+                    Kind::File => {
+                        scan.files += 1;
+                        scan.bytes += meta.len();
+                    }
+                }
+            }
             Item::Skipped(path) => {
                 scan.skipped_count += 1;
                 if scan.skipped.len() < MAX_SKIPPED_NAMES {
@@ -85,6 +209,11 @@ pub fn scan(paths: &[PathBuf]) -> Result<Scan, TransferError> {
         }
         Ok(true)
     })?;
+    scan.seen = seen.map(|mut r| {
+        r.text.shrink_to_fit();
+        r.entries.shrink_to_fit();
+        Arc::new(r)
+    });
     Ok(scan)
 }
 
@@ -94,9 +223,20 @@ pub fn scan(paths: &[PathBuf]) -> Result<Scan, TransferError> {
 /// grew in between are an error that says so.
 pub fn walk(scan: &Scan, mut emit: impl FnMut(Job) -> bool) -> Result<Summary, TransferError> {
     let mut totals = Summary::default();
+    if let Some(seen) = &scan.seen {
+        seen.replay(&scan.sources, |job| {
+            totals.entries += 1;
+            if let EntryKind::File { size } = job.entry.kind {
+                totals.files += 1;
+                totals.bytes += size;
+            }
+            emit(job)
+        });
+        return Ok(totals);
+    }
     let (mut dirs, mut symlinks) = (0u64, 0u64);
     visit(&scan.sources, |item| {
-        let Item::Entry { local, rel, meta, kind } = item else { return Ok(true) };
+        let Item::Entry { local, rel, meta, kind, .. } = item else { return Ok(true) };
         let entry_kind = match kind {
             Kind::Dir => {
                 dirs += 1;
@@ -109,14 +249,7 @@ pub fn walk(scan: &Scan, mut emit: impl FnMut(Job) -> bool) -> Result<Summary, T
             }
             Kind::Symlink => {
                 symlinks += 1;
-                let target = std::fs::read_link(local).map_err(|e| read_failed(local, &e))?;
-                let target = target.into_os_string().into_string().map_err(|_| {
-                    TransferError::new(
-                        ErrorKind::Usage,
-                        format!("the target of symlink {} is not valid UTF-8", local.display()),
-                    )
-                })?;
-                EntryKind::Symlink { target }
+                EntryKind::Symlink { target: link_target(local)? }
             }
         };
         if totals.files > scan.files
@@ -143,6 +276,16 @@ pub fn walk(scan: &Scan, mut emit: impl FnMut(Job) -> bool) -> Result<Summary, T
         Ok(emit(Job { entry, local: local.to_owned(), resume: None }))
     })?;
     Ok(totals)
+}
+
+fn link_target(local: &Path) -> Result<String, TransferError> {
+    let target = std::fs::read_link(local).map_err(|e| read_failed(local, &e))?;
+    target.into_os_string().into_string().map_err(|_| {
+        TransferError::new(
+            ErrorKind::Usage,
+            format!("the target of symlink {} is not valid UTF-8", local.display()),
+        )
+    })
 }
 
 fn sources(paths: &[PathBuf]) -> Result<Vec<Source>, TransferError> {
@@ -210,7 +353,7 @@ enum Kind {
 }
 
 enum Item<'a> {
-    Entry { local: &'a Path, rel: RelPath, meta: &'a Metadata, kind: Kind },
+    Entry { source: usize, local: &'a Path, rel: RelPath, meta: &'a Metadata, kind: Kind },
     Skipped(&'a Path),
 }
 
@@ -218,7 +361,7 @@ fn visit(
     sources: &[Source],
     mut f: impl FnMut(Item<'_>) -> Result<bool, TransferError>,
 ) -> Result<(), TransferError> {
-    for source in sources {
+    for (index, source) in sources.iter().enumerate() {
         let walker = WalkDir::new(&source.path)
             .follow_links(false)
             .follow_root_links(true)
@@ -256,7 +399,7 @@ fn visit(
                     format!("cannot send {}: {e}", dent.path().display()),
                 )
             })?;
-            if !f(Item::Entry { local: dent.path(), rel, meta: &meta, kind })? {
+            if !f(Item::Entry { source: index, local: dent.path(), rel, meta: &meta, kind })? {
                 return Ok(());
             }
         }
@@ -322,24 +465,58 @@ mod tests {
         let single = dir.path().join("single.bin");
         std::fs::write(&single, vec![0u8; 10]).unwrap();
 
-        let scan = scan(&[root.clone(), single]).unwrap();
-        assert_eq!((scan.files, scan.dirs, scan.symlinks, scan.bytes), (3, 3, 1, 13));
-        let mut paths = Vec::new();
-        let totals = walk(&scan, |job| {
-            paths.push(job.entry.path.clone());
-            true
-        })
-        .unwrap();
+        let remembered = scan(&[root.clone(), single.clone()]).unwrap();
+        let s = &remembered;
+        assert_eq!((s.files, s.dirs, s.symlinks, s.bytes), (3, 3, 1, 13));
+        assert!(remembered.seen.is_some());
+        let walked = Scan { seen: None, ..remembered.clone() };
+        let jobs = |scan: &Scan| {
+            let mut jobs = Vec::new();
+            let totals = walk(scan, |job| {
+                jobs.push((job.entry, job.local));
+                true
+            })
+            .unwrap();
+            assert_eq!((totals.entries, totals.files, totals.bytes), (7, 3, 13));
+            jobs
+        };
+        let replayed = jobs(&remembered);
+        let paths: Vec<_> = replayed.iter().map(|(e, _)| e.path.as_str()).collect();
         assert_eq!(
             paths,
             ["top", "top/a.txt", "top/b", "top/b/empty", "top/b/z.txt", "top/link", "single.bin"]
         );
-        assert_eq!((totals.entries, totals.files, totals.bytes), (7, 3, 13));
+        assert_eq!(replayed[0].1, root);
+        assert_eq!(replayed[4].1, root.join("b/z.txt"));
+        assert_eq!(replayed[6].1, single);
+        assert_eq!(replayed[5].0.kind, EntryKind::Symlink { target: "a.txt".into() });
+        // The file system gives the same.
+        assert_eq!(jobs(&walked), replayed);
 
-        // A file that grew after the scan is refused rather than sent beyond the offer.
+        // A file that grew after the scan: a walk of the file system refuses it rather than
+        // send beyond the offer (a replay leaves that to the lane that opens it).
         std::fs::write(root.join("a.txt"), b"grown").unwrap();
-        let err = walk(&scan, |_| true).unwrap_err();
+        let err = walk(&walked, |_| true).unwrap_err();
         assert!(err.message.contains("changed after the offer"), "{err}");
+    }
+
+    #[test]
+    fn a_scan_too_large_to_remember_is_walked_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("top");
+        let long = "n".repeat(250);
+        let n = SEEN_BYTES / (2 * long.len()) + 1;
+        for i in 0..n.div_ceil(1000) {
+            let sub = root.join(format!("{i}{long}"));
+            std::fs::create_dir_all(&sub).unwrap();
+            for j in 0..1000.min(n - i * 1000) {
+                std::fs::File::create(sub.join(format!("{j}{long}"))).unwrap();
+            }
+        }
+        let scan = scan(&[root]).unwrap();
+        assert!(scan.seen.is_none());
+        let totals = walk(&scan, |_| true).unwrap();
+        assert_eq!(totals.files, n as u64);
     }
 
     #[test]

@@ -1,11 +1,17 @@
 //! The destination directory: checked walks from the root, directories, symlinks, new files.
 
 use std::collections::{HashMap, HashSet};
+use std::ffi::OsString;
 use std::fs::{self, File, OpenOptions, Permissions};
 use std::io;
+use std::os::fd::OwnedFd;
+use std::os::unix::ffi::OsStringExt;
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use rustix::fs::{AtFlags, FileType, Mode, OFlags, CWD};
+use rustix::io::Errno;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::error::{classify, FsError};
@@ -16,6 +22,7 @@ use super::state::{boot_id, ctime, partial_id, Partial, StateDir, SMALL};
 use crate::proto::tree::{group_cv, GROUP};
 use crate::proto::Held;
 use crate::transfer::prefix::prefix;
+use crate::transfer::walk::system_time;
 use crate::wire::data::Timestamp;
 
 /// Attempts at finding an unused temporary name before giving up.
@@ -40,7 +47,7 @@ pub struct Dest {
     made: Mutex<Made>,
     /// A directory known to be a real one, the parent of the last path inspected or created
     /// (most entries share their parent with the one before).
-    known_dir: Mutex<Option<PathBuf>>,
+    known_dir: Mutex<Option<(PathBuf, Arc<OwnedFd>)>>,
     /// This boot's id: journals written in another boot are checked against their data.
     boot: [u8; 16],
     /// Partial copies found when the transfer began, by the first half of their id (their
@@ -205,35 +212,67 @@ impl Dest {
                             Err(e) => return Err(classify(&walked, e)),
                         }
                     }
-                    self.set_known_dir(dir.clone());
+                    let flags =
+                        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+                    match rustix::fs::open(&dir, flags, Mode::empty()) {
+                        Ok(fd) => self.set_known_dir(dir.clone(), fd),
+                        Err(e) => return Err(classify(&dir, e.into())),
+                    }
                 }
                 dir.join(rel.name())
             }
             None => self.root.join(rel.name()),
         };
-        let meta = match fs::symlink_metadata(&path) {
-            Ok(m) => m,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Found::Missing),
-            Err(e) => return Err(classify(&path, e)),
+        // Looked up from the parent's handle, where there is one: one path component instead
+        // of all of them, for every entry of a large tree.
+        let at = self.known_dir_handle(path.parent());
+        let stat = match &at {
+            Some(fd) => rustix::fs::statat(fd, rel.name(), AtFlags::SYMLINK_NOFOLLOW),
+            None => rustix::fs::statat(CWD, &path, AtFlags::SYMLINK_NOFOLLOW),
         };
-        let ft = meta.file_type();
-        Ok(if ft.is_dir() {
-            Found::Dir
-        } else if ft.is_file() {
-            Found::File { size: meta.len(), mtime: meta.modified().ok() }
-        } else if ft.is_symlink() {
-            Found::Symlink { target: fs::read_link(&path).map_err(|e| classify(&path, e))? }
-        } else {
-            Found::Other
+        let st = match stat {
+            Ok(st) => st,
+            Err(Errno::NOENT) => return Ok(Found::Missing),
+            Err(e) => return Err(classify(&path, e.into())),
+        };
+        Ok(match FileType::from_raw_mode(st.st_mode) {
+            FileType::Directory => Found::Dir,
+            FileType::RegularFile => Found::File {
+                size: st.st_size as u64,
+                mtime: system_time(Timestamp {
+                    secs: st.st_mtime as i64,
+                    nanos: st.st_mtime_nsec as u32,
+                }),
+            },
+            FileType::Symlink => {
+                let target = match &at {
+                    Some(fd) => rustix::fs::readlinkat(fd, rel.name(), Vec::new()),
+                    None => rustix::fs::readlinkat(CWD, &path, Vec::new()),
+                };
+                let target = target.map_err(|e| classify(&path, e.into()))?;
+                Found::Symlink { target: OsString::from_vec(target.into_bytes()).into() }
+            }
+            _ => Found::Other,
         })
     }
 
     fn is_known_dir(&self, dir: &Path) -> bool {
-        self.known_dir.lock().unwrap_or_else(PoisonError::into_inner).as_deref() == Some(dir)
+        self.known_dir
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .map(|(d, _)| d.as_path())
+            == Some(dir)
     }
 
-    fn set_known_dir(&self, dir: PathBuf) {
-        *self.known_dir.lock().unwrap_or_else(PoisonError::into_inner) = Some(dir);
+    fn set_known_dir(&self, dir: PathBuf, fd: OwnedFd) {
+        *self.known_dir.lock().unwrap_or_else(PoisonError::into_inner) = Some((dir, Arc::new(fd)));
+    }
+
+    /// The handle of `dir`, if it is the directory last inspected into.
+    fn known_dir_handle(&self, dir: Option<&Path>) -> Option<Arc<OwnedFd>> {
+        let known = self.known_dir.lock().unwrap_or_else(PoisonError::into_inner);
+        known.as_ref().filter(|(d, _)| Some(d.as_path()) == dir).map(|(_, fd)| fd.clone())
     }
 
     /// The partial copy of the entry `rel` (of `size` bytes and `mtime`, as the sender
