@@ -102,7 +102,10 @@ fn mid_transfer_with(fx: &Fixture, reconnect_wait: &str) -> (Proc, Proc, PathBuf
     std::fs::File::create(&src).and_then(|f| f.set_len(1 << 30)).expect("sparse file");
     let out = fx.path("out");
     let wait = ["--reconnect-wait", reconnect_wait].map(OsStr::new);
-    let sender = fx.send(wait.iter().copied().chain([src.as_os_str()]));
+    // Zeros compress to almost nothing: uncompressed, the sender stays within a flow-control
+    // window of what the receiver has, so the transfer is still running when a side is killed.
+    let off = ["--compress", "off"].map(OsStr::new);
+    let sender = fx.send(wait.iter().chain(&off).copied().chain([src.as_os_str()]));
     let mut receiver = fx.receive(wait.iter().copied().chain([
         OsStr::new("--yes"),
         OsStr::new("--out"),
