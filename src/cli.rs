@@ -326,9 +326,21 @@ fn default_filter(common: &Common) -> &'static str {
 
 /// Installs the log subscriber unless one is (the rendezvous node may have its own format).
 fn init_tracing(common: &Common) {
+    use tracing_subscriber::field::MakeExt;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter(common)));
+    // Log fields carry names and messages from the network: escaped as they are written,
+    // like every other line the command line prints.
+    let fields = tracing_subscriber::fmt::format::debug_fn(|w, field, value| {
+        let text = crate::transfer::printable(&format!("{value:?}"));
+        match field.name() {
+            "message" => write!(w, "{text}"),
+            name => write!(w, "{name}={text}"),
+        }
+    })
+    .delimited(" ");
     let _ = tracing_subscriber::fmt()
+        .fmt_fields(fields)
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))

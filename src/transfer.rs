@@ -255,16 +255,53 @@ pub(crate) fn connection_lost(e: &quinn::ConnectionError) -> TransferError {
     }
 }
 
-/// Peer-supplied text made safe to print: control characters (which could rewrite the
-/// user's terminal) are shown escaped.
+/// Text made safe to print on a terminal: control characters (which could rewrite the
+/// user's terminal: escape sequences, carriage returns, bells) and invisible format
+/// characters (bidirectional overrides and isolates, zero-width characters, which could make
+/// a name read as another) are shown escaped, as `\u{202e}`; everything else is kept.
+/// Every line the command line prints goes through it (`cli::output`).
 pub fn printable(s: &str) -> String {
-    s.chars()
-        .flat_map(|c| {
-            let escaped: Vec<char> =
-                if c.is_control() { c.escape_default().collect() } else { vec![c] };
-            escaped
-        })
-        .collect()
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if c.is_control() || is_format(c) {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Unicode's format characters (general category Cf) and the other invisible characters that
+/// change how text around them reads.
+fn is_format(c: char) -> bool {
+    matches!(
+        c,
+        '\u{00ad}'
+            | '\u{034f}'
+            | '\u{0600}'..='\u{0605}'
+            | '\u{061c}'
+            | '\u{06dd}'
+            | '\u{070f}'
+            | '\u{0890}'..='\u{0891}'
+            | '\u{08e2}'
+            | '\u{115f}'..='\u{1160}'
+            | '\u{17b4}'..='\u{17b5}'
+            | '\u{180b}'..='\u{180f}'
+            | '\u{200b}'..='\u{200f}'
+            | '\u{2028}'..='\u{202e}'
+            | '\u{2060}'..='\u{206f}'
+            | '\u{3164}'
+            | '\u{feff}'
+            | '\u{ffa0}'
+            | '\u{fff9}'..='\u{fffb}'
+            | '\u{110bd}'
+            | '\u{110cd}'
+            | '\u{13430}'..='\u{1343f}'
+            | '\u{1bca0}'..='\u{1bca3}'
+            | '\u{1d173}'..='\u{1d17a}'
+            | '\u{e0000}'..='\u{e007f}'
+    )
 }
 
 /// Formats an error with its sources: `outer: inner: innermost`.
@@ -358,10 +395,10 @@ pub(crate) async fn conclude(
         Ok((totals, present)) => {
             match role {
                 crate::crypto::Role::Sender => {
+                    let open = endpoint.open_connections();
                     conn.close(control::close::DONE.into(), b"done");
-                    // Until the close has gone out.
-                    let _ =
-                        tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
+                    // Until the close has gone out (the node's connection, if any, stays).
+                    drained(endpoint, open, Duration::from_secs(1)).await;
                 }
                 crate::crypto::Role::Receiver => {
                     // The sender's close is the last packet; once it arrived there is nothing
@@ -389,11 +426,24 @@ pub(crate) async fn conclude(
             })
         }
         Err(e) => {
+            let open = endpoint.open_connections();
             ctl.abort(conn, &e).await;
-            let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
+            drained(endpoint, open, Duration::from_secs(1)).await;
             Err(e)
         }
     }
+}
+
+/// Waits, at most `limit`, until `endpoint` holds fewer than `open` connections: one closed
+/// after they were counted has drained, so its close has gone out. (Waiting for the endpoint
+/// to go idle would also wait for the node's connection, which is still open.)
+pub(crate) async fn drained(endpoint: &quinn::Endpoint, open: usize, limit: Duration) {
+    let gone = async {
+        while endpoint.open_connections() >= open {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    };
+    let _ = tokio::time::timeout(limit, gone).await;
 }
 
 /// Milestones a transfer reports to its observer, in order.
@@ -560,6 +610,29 @@ pub(crate) async fn stalled(progress: &Progress, limit: Duration) -> TransferErr
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn printable_escapes_controls_and_invisible_format_characters_only() {
+        let ordinary = "résumé 日本語 🎉 a-b_c.txt ❤\u{fe0f}";
+        assert_eq!(printable(ordinary), ordinary);
+        for c in ['\x1b', '\x07', '\r', '\n', '\x7f', '\u{9b}'] {
+            assert_eq!(printable(&format!("a{c}b")), format!("a{}b", c.escape_default()));
+        }
+        for c in [
+            '\u{202e}',
+            '\u{202a}',
+            '\u{2066}',
+            '\u{2069}',
+            '\u{200b}',
+            '\u{200f}',
+            '\u{feff}',
+            '\u{061c}',
+            '\u{e0041}',
+        ] {
+            let shown = printable(&format!("x{c}y"));
+            assert_eq!(shown, format!("x\\u{{{:x}}}y", c as u32), "{c:?}");
+        }
+    }
 
     #[tokio::test(start_paused = true)]
     async fn the_watchdog_fires_only_without_progress() {

@@ -43,6 +43,42 @@ fn wrong_code_fails_on_both_sides() {
     assert!(list_all(&out).is_empty(), "nothing written: {:?}", list_all(&out));
 }
 
+/// An `--out` that cannot take anything fails at once, before the code is used (no sender
+/// needed), and names the problem.
+#[test]
+fn a_bad_out_fails_before_the_code_is_used() {
+    let fx = Fixture::new();
+    let file = fx.path("a-file");
+    write_file(&file, b"x");
+    for out in [file.clone(), file.join("below")] {
+        let o = fx.receive([OsStr::new("--yes"), OsStr::new("--out"), out.as_os_str()]);
+        let o = o.finish_within(Duration::from_secs(10));
+        assert_exits(&[(&o, 2)]);
+        assert_says(&o, &["not a directory", "--out"]);
+        assert!(o.event("searching").is_none(), "no search for the sender\n{o}");
+    }
+    assert_eq!(std::fs::read(&file).unwrap(), b"x");
+}
+
+/// An offer larger than the destination's free space is refused before anything is written;
+/// the sender is told why.
+#[test]
+fn an_offer_larger_than_the_free_space_is_refused() {
+    let fx = Fixture::new();
+    let src = fx.path("src/huge.bin");
+    std::fs::create_dir_all(src.parent().unwrap()).unwrap();
+    // Sparse: 8 TiB that take no room on the sender's disk.
+    std::fs::File::create(&src).and_then(|f| f.set_len(8 << 40)).unwrap();
+    let out = fx.path("out");
+    let (s, r) = fx
+        .transfer(&[src.as_os_str()], &[OsStr::new("--yes"), OsStr::new("--out"), out.as_os_str()]);
+    assert_exits(&[(&s, 4), (&r, 9)]);
+    assert_says(&r, &["not enough free space", "--out"]);
+    assert_says(&s, &["not have enough free space"]);
+    assert!(r.event("accepted").is_none(), "{r}");
+    assert!(list_all(&out).is_empty(), "nothing written: {:?}", list_all(&out));
+}
+
 #[test]
 fn conflict_then_overwrite() {
     let mut fx = Fixture::new();
@@ -234,17 +270,25 @@ fn disk_full() {
     if !privileged("mounting a small tmpfs") {
         return;
     }
-    let mut fx = Fixture::new();
+    let fx = Fixture::new();
     let small = fx.path("small");
-    let _mount = match Mount::tmpfs(&small, "2m") {
+    let _mount = match Mount::tmpfs(&small, "600m") {
         Ok(m) => m,
         Err(e) => return skip_or_fail(&format!("cannot mount a tmpfs: {e}")),
     };
+    // The offer fits when it is checked; the disk fills up while it is being written (another
+    // program takes the space), as disks do.
     let src = fx.path("src/big.bin");
-    random_file(&src, 10 << 20, &mut fx.rng);
+    std::fs::create_dir_all(src.parent().unwrap()).unwrap();
+    std::fs::File::create(&src).and_then(|f| f.set_len(500 << 20)).unwrap();
     let out = small.join("out");
-    let (s, r) = fx
-        .transfer(&[src.as_os_str()], &[OsStr::new("--yes"), OsStr::new("--out"), out.as_os_str()]);
+    let sender = fx.send([OsStr::new("--compress"), OsStr::new("off"), src.as_os_str()]);
+    let mut receiver = fx.receive([OsStr::new("--yes"), OsStr::new("--out"), out.as_os_str()]);
+    receiver.wait_event_where("progress", |e| e["bytes"].as_u64().is_some_and(|b| b > 0));
+    let mut filler = std::fs::File::create(small.join("filler")).unwrap();
+    let block = vec![1u8; 1 << 20];
+    while std::io::Write::write_all(&mut filler, &block).is_ok() {}
+    let (s, r) = finish_pair(sender, receiver);
     assert_exits(&[(&r, 9)]);
     assert_says(&r, &["disk full"]);
     assert_eq!(r.event("error").expect("error event")["kind"], "io", "{r}");

@@ -155,6 +155,37 @@ fn a_directory_goes_direct_through_the_node() {
     assert_same_tree(&src, &out.join("photos"));
 }
 
+/// Both clients tell the node they are gone as they exit, directly or through its relay: its
+/// gauges fall to zero at once, not after its idle timeout (30 s), when the ghosts would
+/// still count against the per-address and relay limits.
+#[test]
+fn clients_tell_the_node_they_left() {
+    let mut fx = Fixture::new();
+    let config = ServerConfig::default();
+    let metrics = config.metrics_handle.clone();
+    let node = TestNode::start(config);
+    let src = fx.path("src/note.txt");
+    random_file(&src, 10_000, &mut fx.rng);
+    for extra in [&[][..], &["--force-relay"][..]] {
+        let out = fx.path(&format!("out{}", extra.len()));
+        fx.code = fresh_code();
+        let code = fx.code.clone();
+        let sender = send_via(&fx, &node, Some(&code), &[], src.as_os_str());
+        let receiver = receive_via(&fx, &node, &code, extra, out.as_os_str());
+        let (s, r) = finish_pair(sender, receiver);
+        assert_exits(&[(&s, 0), (&r, 0)]);
+        let gauges = || {
+            let g = |a: &std::sync::atomic::AtomicI64| a.load(Ordering::Relaxed);
+            (g(&metrics.connections_quic), g(&metrics.connections_tcp), g(&metrics.relays_active))
+        };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while gauges() != (0, 0, 0) {
+            assert!(Instant::now() < deadline, "the node still counts {:?} {extra:?}", gauges());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
 /// Big enough that the relay's queues fill (both peers' QUIC connections to the node share
 /// the socket with the relayed connection: a full relay must not stop the node's).
 #[test]

@@ -330,11 +330,15 @@ impl Client {
         self.close();
     }
 
-    /// Closes the session at once (what was sent may be lost).
-    pub fn close(&self) {
+    /// Closes the session at once (what was sent may be lost). True if that closed a QUIC
+    /// connection, whose close the endpoint still has to send (over TCP, the socket closes
+    /// when it is dropped).
+    pub fn close(&self) -> bool {
         if let Transport::Quic(conn) = &self.link.transport {
             conn.close(0u32.into(), b"bye");
+            return true;
         }
+        false
     }
 
     async fn send(&mut self, msg: &ClientMsg) -> Result<(), ClientError> {

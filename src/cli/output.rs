@@ -255,7 +255,7 @@ impl Observer for Ui {
                 if self.json {
                     emit(&json!({"event": "warning", "message": message}));
                 } else {
-                    eprintln!("warning: {message}");
+                    eprintln!("warning: {}", crate::transfer::printable(&message));
                 }
             }
         }
@@ -353,7 +353,14 @@ pub fn report_error(common: &Common, e: &TransferError) {
     if common.json {
         emit(&json!({"event": "error", "kind": e.kind.as_str(), "message": e.message}));
     }
-    eprintln!("error: {}", e.message);
+    eprintln!("{}", error_line(e));
+}
+
+/// The line an error is printed as. Its message may hold text from the network (a node's
+/// refusal, a QUIC close reason, a peer's report), so it is escaped here, where it is shown,
+/// whatever it came from.
+fn error_line(e: &TransferError) -> String {
+    format!("error: {}", crate::transfer::printable(&e.message))
 }
 
 fn emit(value: &serde_json::Value) {
@@ -361,4 +368,38 @@ fn emit(value: &serde_json::Value) {
     let _ = serde_json::to_writer(&mut out, value);
     let _ = out.write_all(b"\n");
     let _ = out.flush();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::ErrorKind;
+
+    /// Whatever reaches an error line, from a node, a QUIC peer or anywhere else, cannot
+    /// drive the terminal: no escape, bell, carriage return or bidi override survives.
+    #[test]
+    fn error_lines_escape_what_the_network_said() {
+        let hostile = "\x1b]0;PWNED\x07\x1b[2K\r\x1b[32mSent 1.0 GiB\u{202e}txt.exe\u{200b}";
+        let node = p2p_copy_rendezvous::client::ClientError::Refused {
+            code: p2p_copy_rendezvous::wire::ErrorCode::Busy,
+            message: hostile.into(),
+        };
+        let close = quinn::ConnectionError::ConnectionClosed(quinn::ConnectionClose {
+            error_code: quinn::TransportErrorCode::PROTOCOL_VIOLATION,
+            frame_type: None,
+            reason: hostile.as_bytes().to_vec().into(),
+        });
+        for e in [
+            TransferError::new(ErrorKind::Network, format!("rendezvous node n: {node}")),
+            crate::transfer::connection_lost(&close),
+        ] {
+            let line = error_line(&e);
+            assert!(line.contains("PWNED"), "the text is still shown: {line}");
+            assert!(
+                !line.chars().any(|c| c.is_control() || ('\u{2000}'..='\u{206f}').contains(&c)),
+                "{line:?}"
+            );
+            assert!(line.contains("\\u{1b}") && line.contains("\\u{202e}"), "{line}");
+        }
+    }
 }

@@ -92,6 +92,9 @@ pub(crate) struct Met {
     pub guard: Guard,
 }
 
+/// How long a side waits for its close to the node to go out before it exits.
+const NODE_CLOSE_WAIT: Duration = Duration::from_millis(300);
+
 /// Keeps the paths (and the node session that carries the relay) alive for the transfer, and
 /// watches them.
 #[allow(missing_debug_implementations)]
@@ -102,17 +105,21 @@ pub(crate) struct Guard {
     client: Option<Client>,
     /// Setting up the relay, if it is still under way.
     relay: Option<tokio::task::JoinHandle<()>>,
+    /// Ending the node session when no relay needs it (started at once, waited for at the end).
+    leaving: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Guard {
     /// Nothing to keep (the LAN path).
     pub fn none() -> Guard {
-        Guard { paths: None, punch: None, client: None, relay: None }
+        Guard { paths: None, punch: None, client: None, relay: None, leaving: None }
     }
 
     /// Ends what the transfer kept open: probing, the relay, and the connection to the node
-    /// (telling the node at once rather than leaving it to time out).
-    pub async fn close(self) {
+    /// (telling the node at once rather than leaving it to time out). Waits, at most
+    /// [`NODE_CLOSE_WAIT`], for `endpoint` to have sent the node its close: a process that
+    /// exits first leaves the node counting it until its idle timeout.
+    pub async fn close(self, endpoint: &quinn::Endpoint) {
         if let Some(r) = &self.relay {
             r.abort();
         }
@@ -120,7 +127,14 @@ impl Guard {
             paths.close();
         }
         if let Some(client) = &self.client {
-            client.close();
+            let open = endpoint.open_connections();
+            if client.close() {
+                super::drained(endpoint, open, NODE_CLOSE_WAIT).await;
+            }
+        }
+        // A short transfer can end before the node acknowledged our leaving.
+        if let Some(leaving) = self.leaving {
+            let _ = tokio::time::timeout(NODE_CLOSE_WAIT, leaving).await;
         }
     }
 
@@ -450,13 +464,12 @@ pub(crate) async fn meet(
     // The nameplate has done its job: free it. The connection to the node stays while it
     // carries (or may yet carry) the relay stream.
     let _ = tokio::time::timeout(Duration::from_secs(2), client.release()).await;
-    let client = if relay.is_some() && !client.is_tcp() {
-        Some(client)
+    let (client, leaving) = if relay.is_some() && !client.is_tcp() {
+        (Some(client), None)
     } else {
-        tokio::spawn(client.finish());
-        None
+        (None, Some(tokio::spawn(client.finish())))
     };
-    let guard = Guard { paths: Some(paths), punch: Some(punch), client, relay };
+    let guard = Guard { paths: Some(paths), punch: Some(punch), client, relay, leaving };
     Ok(Met { node: data, conn, send, recv, session, guard })
 }
 

@@ -10,7 +10,7 @@
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -101,6 +101,8 @@ pub async fn receive(
     progress: Arc<Progress>,
 ) -> Result<Report, TransferError> {
     let started = Instant::now();
+    // A destination that cannot take anything fails now, before the code is used up.
+    check_out(&opts.out)?;
     let mut stop = opts.stop.clone();
     let config = Config { max_lanes: MAX_LANES, ..Config::default() };
     // Started again with the code of a transfer that was interrupted: its sender may be
@@ -146,7 +148,7 @@ pub async fn receive(
         let route = super::Route::of(&guard, started, progress_for_report);
         let report =
             super::conclude(Role::Receiver, &mut ctl, &conn, &node.endpoint, route, result).await;
-        guard.close().await;
+        guard.close(&node.endpoint).await;
         drop(node);
         let e = match report {
             Ok(mut report) => {
@@ -310,6 +312,11 @@ async fn run(
         }
     }
     let present = survey.as_ref().map_or_else(Present::default, |s| s.present);
+    if let Err(e) = check_space(&opts.out, offer.bytes.saturating_sub(present.bytes)) {
+        ctl.session().refuse(Refuse { reason: RefuseReason::NoSpace, names: vec![] })?;
+        ctl.flush().await?;
+        return Err(e);
+    }
 
     observer.note(Note::Offer { offer: &offer, present });
     let again = *accepted_id == Some(offer.transfer_id);
@@ -438,6 +445,82 @@ async fn fail_lanes(ctl: &mut ControlStream, e: TransferError) -> TransferError 
 }
 
 /// Checks what the sender may not ask for.
+/// `out`, or the directory it would be made in: its nearest existing ancestor.
+fn nearest_existing(out: &Path) -> Result<(PathBuf, std::fs::Metadata), TransferError> {
+    let mut at = out;
+    loop {
+        match std::fs::metadata(at) {
+            Ok(meta) => return Ok((at.to_path_buf(), meta)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => match at.parent() {
+                Some(parent) if !parent.as_os_str().is_empty() => at = parent,
+                _ => {
+                    return Ok((
+                        PathBuf::from("."),
+                        std::fs::metadata(".").map_err(|e| bad_out(out, &e))?,
+                    ))
+                }
+            },
+            Err(e) => return Err(bad_out(out, &e)),
+        }
+    }
+}
+
+fn bad_out(out: &Path, e: &std::io::Error) -> TransferError {
+    let kind = match e.kind() {
+        std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::ReadOnlyFilesystem => {
+            ErrorKind::Io
+        }
+        _ => ErrorKind::Usage,
+    };
+    TransferError::new(
+        kind,
+        format!("cannot receive into {}: {e}; choose another --out", out.display()),
+    )
+}
+
+/// Checks that `out` can be received into: a directory, or a path whose nearest existing
+/// ancestor is one (it is created on accepting), writable either way.
+fn check_out(out: &Path) -> Result<(), TransferError> {
+    let (at, meta) = nearest_existing(out)?;
+    if !meta.is_dir() {
+        let what =
+            if at == out { "it is not a directory" } else { "a part of it is not a directory" };
+        return Err(TransferError::new(
+            ErrorKind::Usage,
+            format!(
+                "cannot receive into {}: {what} ({}); choose another --out",
+                out.display(),
+                at.display()
+            ),
+        ));
+    }
+    rustix::fs::access(&at, rustix::fs::Access::WRITE_OK | rustix::fs::Access::EXEC_OK)
+        .map_err(|e| bad_out(out, &e.into()))
+}
+
+/// Checks that the file system of `out` has `needed` bytes free for this user.
+fn check_space(out: &Path, needed: u64) -> Result<(), TransferError> {
+    let (at, _) = nearest_existing(out)?;
+    let Ok(fs) = rustix::fs::statvfs(&at) else { return Ok(()) };
+    // Some file systems (network, pseudo) report no size at all: nothing to check against.
+    if fs.f_blocks == 0 {
+        return Ok(());
+    }
+    let free = fs.f_bavail.saturating_mul(fs.f_frsize);
+    if free >= needed {
+        return Ok(());
+    }
+    Err(TransferError::new(
+        ErrorKind::Io,
+        format!(
+            "not enough free space in {}: the offer needs {} more, {} are free; free some space or choose another --out",
+            out.display(),
+            indicatif::HumanBytes(needed),
+            indicatif::HumanBytes(free)
+        ),
+    ))
+}
+
 fn check_offer(offer: &Offer) -> Result<(), TransferError> {
     let protocol = |m: String| TransferError::new(ErrorKind::Protocol, m);
     if offer.lanes == 0 || offer.lanes > MAX_LANES {

@@ -190,9 +190,10 @@ pub(crate) async fn secure(
         Ok(other) => unexpected(&other),
         Err(e) => e,
     };
+    let open = node.endpoint.open_connections();
     ctl.abort(&conn, &failed).await;
-    let _ = tokio::time::timeout(Duration::from_secs(1), node.endpoint.wait_idle()).await;
-    guard.close().await;
+    super::drained(&node.endpoint, open, Duration::from_secs(1)).await;
+    guard.close(&node.endpoint).await;
     Err(failed)
 }
 

@@ -180,7 +180,7 @@ pub async fn send(
         let route = super::Route::of(&guard, started, progress_for_report);
         let report =
             super::conclude(Role::Sender, &mut ctl, &conn, &node.endpoint, route, result).await;
-        guard.close().await;
+        guard.close(&node.endpoint).await;
         drop(node);
         let e = match report {
             Ok(mut report) => {
