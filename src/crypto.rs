@@ -20,6 +20,7 @@ use rand::{CryptoRng, RngCore};
 use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM};
 use sha2::{Digest, Sha256};
 use spake2::{Ed25519Group, Identity, Password, Spake2};
+use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 
 use crate::code::Code;
 
@@ -133,7 +134,8 @@ impl Pake {
         };
         let transcript = transcript_hash(sender_msg, receiver_msg);
         let role = self.role;
-        let key = self.state.finish(peer_msg).map_err(|_| CryptoError::BadPakeMessage)?;
+        let key =
+            Zeroizing::new(self.state.finish(peer_msg).map_err(|_| CryptoError::BadPakeMessage)?);
         Ok(Keys::from_shared_secret(role, &key, transcript))
     }
 }
@@ -155,9 +157,11 @@ fn transcript_hash(sender_msg: &[u8], receiver_msg: &[u8]) -> [u8; 32] {
 /// Bytes of a path probe's tag (a truncated HMAC-SHA256).
 pub const PROBE_TAG_LEN: usize = 16;
 
-/// Everything derived from one successful key agreement, seen from one side.
-#[derive(Clone)]
+/// Everything derived from one successful key agreement, seen from one side. Wiped from
+/// memory when dropped (each copy: the lanes, the prober and the relay hold their own).
+#[derive(Clone, Zeroize, ZeroizeOnDrop)]
 pub struct Keys {
+    #[zeroize(skip)]
     role: Role,
     transcript: [u8; 32],
     confirm: [[u8; 32]; 2],
@@ -439,6 +443,21 @@ mod tests {
         let (ps, ms) = Pake::start(Role::Sender, &code(a), &mut rng);
         let (pr, mr) = Pake::start(Role::Receiver, &code(b), &mut rng);
         (ps.finish(&mr).unwrap(), pr.finish(&ms).unwrap())
+    }
+
+    /// Key material is wiped: on drop (the trait bound is the proof) and when asked.
+    #[test]
+    fn keys_are_wiped() {
+        fn wiped_on_drop<T: ZeroizeOnDrop>() {}
+        wiped_on_drop::<Keys>();
+        let (mut k, _) = agree("7-orbit-velvet-canyon", "7-orbit-velvet-canyon", 3);
+        assert_ne!(k.record, [[0u8; 32]; 2]);
+        k.zeroize();
+        let all = [k.transcript, k.relay_token, k.verifier, k.resume];
+        assert!(all.iter().all(|a| a == &[0u8; 32]));
+        for pair in [k.confirm, k.bind, k.record, k.probe] {
+            assert_eq!(pair, [[0u8; 32]; 2]);
+        }
     }
 
     #[test]

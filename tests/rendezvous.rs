@@ -289,7 +289,7 @@ fn a_node_restart_mid_handshake_is_a_clear_error() {
     node.stop();
     let s = sender.finish_within(Duration::from_secs(40));
     assert_exits(&[(&s, 7)]);
-    assert_says(&s, &["rendezvous node", &addr.to_string()]);
+    assert_says(&s, &["rendezvous node", &addr.to_string(), "is shutting down"]);
 
     let node = TestNode::start_with(ServerConfig::default(), addr, false);
     let out = fx.path("out");

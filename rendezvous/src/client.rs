@@ -51,7 +51,13 @@ pub enum ClientError {
     /// A wait ran out.
     #[error("the rendezvous node did not answer within {0:?}")]
     Timeout(Duration),
+    /// The node closed the connection because it is shutting down (or restarting).
+    #[error("the rendezvous node is shutting down")]
+    ShuttingDown,
 }
+
+/// The reason the node gives when it closes its connections on shutdown.
+pub const SHUTDOWN_REASON: &[u8] = b"shutting down";
 
 impl From<WireError> for ClientError {
     fn from(e: WireError) -> Self {
@@ -311,9 +317,26 @@ impl Client {
     /// As [`Client::recv`], waiting at most `timeout`. A call that is cancelled (dropped before
     /// it returns) may leave half a message unread: afterwards, only send, or [`Client::finish`].
     pub async fn recv_within(&mut self, timeout: Duration) -> Result<NodeMsg, ClientError> {
-        match read_msg(&mut self.recv, timeout).await? {
-            NodeMsg::Error { code, message } => Err(ClientError::Refused { code, message }),
-            msg => Ok(msg),
+        match read_msg(&mut self.recv, timeout).await {
+            Ok(NodeMsg::Error { code, message }) => Err(ClientError::Refused { code, message }),
+            Ok(msg) => Ok(msg),
+            Err(e) => Err(self.why_lost(e)),
+        }
+    }
+
+    /// A lost connection explained by how the node closed it, where it said.
+    fn why_lost(&self, e: ClientError) -> ClientError {
+        let ClientError::Lost(_) = e else { return e };
+        match &self.link.transport {
+            Transport::Quic(conn) => match conn.close_reason() {
+                Some(quinn::ConnectionError::ApplicationClosed(c))
+                    if c.reason.as_ref() == SHUTDOWN_REASON =>
+                {
+                    ClientError::ShuttingDown
+                }
+                _ => e,
+            },
+            Transport::Tcp => e,
         }
     }
 

@@ -51,6 +51,9 @@ pub struct ServerConfig {
     pub relay: RelayLimits,
     /// Also listen on TCP at the same port.
     pub tcp: bool,
+    /// Also serve TCP clients that do not speak TLS (tools, debugging). Off by default: their
+    /// traffic, the access token included, is readable on the way.
+    pub tcp_plaintext: bool,
     /// Certificate and key for TLS on the TCP listener (`None`: a fresh self-signed one).
     pub tls: Option<TlsFiles>,
     /// Address of the metrics and health listener (`None`: off).
@@ -74,6 +77,7 @@ impl Default for ServerConfig {
             idle_timeout: Duration::from_secs(30),
             relay: RelayLimits::default(),
             tcp: true,
+            tcp_plaintext: false,
             tls: None,
             metrics: None,
             metrics_handle: Arc::default(),
@@ -258,6 +262,10 @@ pub struct NodeArgs {
     /// Listen on UDP (QUIC) only, not also on TCP.
     #[arg(long, env = "P2P_COPY_RENDEZVOUS_NO_TCP", value_parser = clap::builder::FalseyValueParser::new())]
     pub no_tcp: bool,
+    /// Also serve TCP clients that do not speak TLS (tools, debugging): their traffic, the
+    /// access token included, is readable on the way.
+    #[arg(long, env = "P2P_COPY_RENDEZVOUS_TCP_PLAINTEXT", value_parser = clap::builder::FalseyValueParser::new())]
+    pub tcp_plaintext: bool,
     /// PEM certificate chain for TLS on the TCP listener (with --tls-key).
     #[arg(long, env = "P2P_COPY_RENDEZVOUS_TLS_CERT", value_name = "PATH")]
     pub tls_cert: Option<PathBuf>,
@@ -342,6 +350,7 @@ impl NodeArgs {
                 idle_timeout: self.relay_idle.or(relay.idle).map_or(d.relay.idle_timeout, secs),
             },
             tcp: !self.no_tcp && file.tcp.unwrap_or(d.tcp),
+            tcp_plaintext: self.tcp_plaintext || file.tcp_plaintext.unwrap_or(d.tcp_plaintext),
             tls,
             metrics: self.metrics.or(file.metrics),
             log_format: self.log_format.or(file.log_format).unwrap_or(d.log_format),
@@ -416,6 +425,7 @@ struct FileConfig {
     max_connections: Option<usize>,
     grace: Option<u64>,
     tcp: Option<bool>,
+    tcp_plaintext: Option<bool>,
     metrics: Option<SocketAddr>,
     log_format: Option<LogFormat>,
     relay: Option<RelayFile>,

@@ -335,7 +335,13 @@ pub async fn serve(listeners: Listeners, config: ServerConfig, shutdown: impl Fu
                 };
                 if let Some((_, tls)) = &tcp {
                     let open = GaugeGuard::new(counters.clone(), |m| &m.connections_tcp);
-                    let served = crate::tcp::serve(stream, addr, tls.clone(), shared.clone());
+                    let served = crate::tcp::serve(
+                        stream,
+                        addr,
+                        tls.clone(),
+                        config.tcp_plaintext,
+                        shared.clone(),
+                    );
                     connections.spawn(async move { served.await; drop((open, slot)) });
                 }
             }
@@ -366,8 +372,10 @@ pub async fn serve(listeners: Listeners, config: ServerConfig, shutdown: impl Fu
     }
     endpoint.set_server_config(None);
     drop(tcp);
+    // Closed with the reason first: a connection whose task is dropped would close without
+    // one, and its client could not tell a shutdown from a lost network.
+    endpoint.close(0u32.into(), crate::client::SHUTDOWN_REASON);
     connections.shutdown().await;
-    endpoint.close(0u32.into(), b"shutting down");
     drop(shared);
     let _ = tokio::time::timeout(Duration::from_secs(1), &mut table_task).await;
     table_task.abort();

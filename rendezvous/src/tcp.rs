@@ -5,7 +5,8 @@
 //! which also lets the port pass middleboxes that only allow TLS; the node presents the
 //! operator's certificate when given one, a self-signed one otherwise. As with QUIC, clients
 //! do not authenticate the node. A connection whose first byte is not a TLS handshake record
-//! is served in the clear (for tools and debugging).
+//! is served in the clear only when the operator asked for it (`--tcp-plaintext`, for tools
+//! and debugging), and closed otherwise.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -57,6 +58,7 @@ pub(crate) async fn serve(
     stream: TcpStream,
     addr: SocketAddr,
     tls: TlsAcceptor,
+    plaintext: bool,
     shared: Arc<Shared>,
 ) {
     let _ = stream.set_nodelay(true);
@@ -73,8 +75,10 @@ pub(crate) async fn serve(
         };
         let (reader, writer) = tokio::io::split(stream);
         serve_stream(Box::new(reader), Box::new(writer), addr, shared, None).await;
-    } else {
+    } else if plaintext {
         let (reader, writer) = stream.into_split();
         serve_stream(Box::new(reader), Box::new(writer), addr, shared, None).await;
+    } else {
+        tracing::debug!(%addr, "a TCP client without TLS: closed (serve it with --tcp-plaintext)");
     }
 }

@@ -290,3 +290,31 @@ async fn five_hundred_concurrent_pairings_complete() {
     assert_eq!(nameplates.len(), PAIRS);
     node.shutdown().await;
 }
+
+/// A TCP client that does not speak TLS is served only when the operator asked for it: by
+/// default the connection is closed without an answer (its token would cross in the clear).
+#[tokio::test]
+async fn plaintext_tcp_is_served_only_when_asked_for() {
+    use p2p_copy_rendezvous::wire::{self, ClientMsg, VERSION};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    for plaintext in [false, true] {
+        let config = ServerConfig { tcp_plaintext: plaintext, ..ServerConfig::default() };
+        let node = Node::start(config);
+        let mut tcp = tokio::net::TcpStream::connect(node.addr).await.unwrap();
+        let hello = wire::encode(&ClientMsg::Hello { version: VERSION, token: None });
+        let _ = tcp.write_all(&hello).await;
+        let mut header = [0u8; 4];
+        let read = tokio::time::timeout(WAIT, tcp.read_exact(&mut header)).await.unwrap();
+        if plaintext {
+            read.unwrap();
+            let mut body = vec![0u8; wire::frame_len(header).unwrap()];
+            tcp.read_exact(&mut body).await.unwrap();
+            assert!(
+                matches!(wire::decode_node(&body).unwrap(), NodeMsg::Welcome { .. }),
+                "welcomed in the clear when asked for"
+            );
+        } else {
+            assert!(read.is_err(), "closed without an answer");
+        }
+    }
+}

@@ -290,7 +290,9 @@ pub(crate) async fn meet(
                     } else {
                         format!(
                             "nobody is sending with nameplate {} on the rendezvous node {} \
-                             (waited {}s); check the code",
+                             (waited {}s); check the code, and that the sender uses this node \
+                             too (a sender on the local network without --rendezvous is not \
+                             at the node)",
                             key.nameplate(),
                             rv.node,
                             plan.wait.as_secs()
@@ -640,6 +642,12 @@ fn node_error(node: &str, e: ClientError) -> TransferError {
             format!("cannot reach the rendezvous node {node} (at {addr}): {reason}")
         }
         ClientError::Unreachable { .. } => e.to_string(),
+        ClientError::ShuttingDown | ClientError::Refused { code: ErrorCode::ShuttingDown, .. } => {
+            format!(
+            "the rendezvous node {node} is shutting down (or restarting); try again once it is \
+             back, or use another node"
+        )
+        }
         other => format!("rendezvous node {node}: {other}"),
     };
     TransferError::new(kind, message)
