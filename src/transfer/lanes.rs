@@ -228,8 +228,7 @@ impl Worker {
         progress: &Progress,
     ) -> Result<(), TransferError> {
         let local = &job.local;
-        let mut file = std::fs::File::open(local).map_err(|e| read_failed(local, &e))?;
-        let meta = file.metadata().map_err(|e| read_failed(local, &e))?;
+        let (mut file, meta) = walk::open_source(local)?;
         if meta.len() != size || walk::mtime(&meta) != job.entry.mtime {
             // The entry promises this size and mtime: a file that changed since it was walked
             // would arrive under a description that is not its own.

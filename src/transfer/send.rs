@@ -489,11 +489,10 @@ fn file_hash(
     size: u64,
     cache: Option<&CvCache>,
 ) -> Result<[u8; 32], TransferError> {
-    let file = std::fs::File::open(local).map_err(|e| walk::read_failed(local, &e))?;
+    let (file, meta) = walk::open_source(local)?;
     if size == 0 {
         return Ok(*blake3::hash(&[]).as_bytes());
     }
-    let meta = file.metadata().map_err(|e| walk::read_failed(local, &e))?;
     let mut cvs = cache.map_or(CvReader::empty(), |c| c.cvs(&meta));
     let mut out = cache.and_then(|c| c.writer(&meta, cvs.len()));
     let mut fresh = |g: u64, cv: &crate::proto::tree::ChainingValue| {

@@ -313,13 +313,20 @@ fn sources(paths: &[PathBuf]) -> Result<Vec<Source>, TransferError> {
                 ));
             }
             let name = top_name(path)?;
+            // A file named through a symlink is read at its target: files are opened without
+            // following symlinks (`open_source`).
+            let path = if meta.is_file() && path.is_symlink() {
+                std::fs::canonicalize(path).map_err(|e| read_failed(path, &e))?
+            } else {
+                path.clone()
+            };
             if !seen.insert(name.clone()) {
                 return Err(TransferError::new(
                     ErrorKind::Usage,
                     format!("two paths are named {name:?}; the receiver would get only one; rename one or send their parent"),
                 ));
             }
-            Ok(Source { path: path.clone(), name })
+            Ok(Source { path, name })
         })
         .collect()
 }
@@ -424,6 +431,36 @@ pub(crate) fn mtime(meta: &Metadata) -> Option<Timestamp> {
             }
         }
     })
+}
+
+/// Opens a file of the walk to read it: never through a symlink, and never blocking on a
+/// FIFO, that someone swapped in for it since the walk; it must still be a regular file.
+/// (A top-level path the user named is resolved once, before the walk: see [`check`].)
+pub(crate) fn open_source(local: &Path) -> Result<(std::fs::File, Metadata), TransferError> {
+    use rustix::fs::{Mode, OFlags};
+    let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
+    let fd = rustix::fs::open(local, flags, Mode::empty()).map_err(|e| match e {
+        rustix::io::Errno::LOOP => TransferError::new(
+            ErrorKind::Io,
+            format!(
+                "{} became a symbolic link after the offer was made; send again",
+                local.display()
+            ),
+        ),
+        e => read_failed(local, &e.into()),
+    })?;
+    let file = std::fs::File::from(fd);
+    let meta = file.metadata().map_err(|e| read_failed(local, &e))?;
+    if !meta.is_file() {
+        return Err(TransferError::new(
+            ErrorKind::Io,
+            format!(
+                "{} is no longer a regular file (it changed after the offer was made); send again",
+                local.display()
+            ),
+        ));
+    }
+    Ok((file, meta))
 }
 
 /// A local read failure, classified.
@@ -531,6 +568,40 @@ mod tests {
         let err = scan(&[dir.path().join("nope")]).unwrap_err();
         assert_eq!(err.kind, ErrorKind::Usage);
         assert!(err.message.contains("does not exist"));
+    }
+
+    /// A file swapped for a symlink or a FIFO after the walk is refused, without following
+    /// the link or blocking on the FIFO; a top-level symlink the user named is read at its
+    /// target under its own name.
+    #[test]
+    fn sources_are_opened_without_following_what_was_swapped_in() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("secret");
+        std::fs::write(&secret, b"private").unwrap();
+        let plain = dir.path().join("plain");
+        std::fs::write(&plain, b"ok").unwrap();
+        assert_eq!(open_source(&plain).unwrap().1.len(), 2);
+
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&secret, &link).unwrap();
+        let err = open_source(&link).unwrap_err();
+        assert!(err.message.contains("symbolic link"), "{err}");
+        let fifo = dir.path().join("fifo");
+        rustix::fs::mkfifoat(rustix::fs::CWD, &fifo, rustix::fs::Mode::from_raw_mode(0o600))
+            .unwrap();
+        let err = open_source(&fifo).unwrap_err();
+        assert!(err.message.contains("no longer a regular file"), "{err}");
+
+        let scan = scan(std::slice::from_ref(&link)).unwrap();
+        assert_eq!(scan.sources[0].name, "link");
+        let mut locals = Vec::new();
+        walk(&scan, |job| {
+            locals.push(job.local);
+            true
+        })
+        .unwrap();
+        assert_eq!(locals, [std::fs::canonicalize(&secret).unwrap()]);
+        assert!(open_source(&locals[0]).is_ok());
     }
 
     #[test]
