@@ -183,6 +183,7 @@ impl From<fs::FsError> for TransferError {
             fs::FsError::Exists { .. } | fs::FsError::Unsafe { .. } | fs::FsError::Busy { .. } => {
                 ErrorKind::Conflict
             }
+            fs::FsError::TooManyDirs { .. } => ErrorKind::Protocol,
             _ => ErrorKind::Io,
         };
         TransferError::new(kind, e.to_string())

@@ -287,6 +287,53 @@ fn lying_entry(fx: &Fixture, path: &str) -> Outcome {
     r
 }
 
+/// Files deep below directories the offer never declared: refused at the first entry, with
+/// nothing created (a file's missing parents are created, but counted against the offer's
+/// directories, and paths are at most 128 levels deep).
+#[test]
+fn undeclared_and_deep_directories_are_refused() {
+    let fx = Fixture::new();
+    let empty = blake3::hash(b"");
+    let deep: Vec<String> = (0..50).map(|i| format!("t/x{i}/{}f", "a/".repeat(1500))).collect();
+    let mut records = Vec::new();
+    for (i, path) in deep.iter().enumerate() {
+        let id = i as u64 + 1;
+        records.push(Record::Entry(Entry {
+            id,
+            path: path.clone(),
+            kind: EntryKind::File { size: 0 },
+            mode: 0o644,
+            mtime: None,
+        }));
+        records.push(Record::FileEnd { file_id: id, hash: empty.into() });
+    }
+    records.push(Record::LaneEnd { entries: 50 });
+    let (r, err) = lane_after_offer(&fx, &["t"], (50, 0, 0), &records);
+    assert_eq!(err.kind, ErrorKind::Protocol, "{err}");
+    assert_exits(&[(&r, 8)]);
+    assert_says(&r, &["128 levels deep"]);
+    assert_contained(&fx, &[]);
+
+    // Shallow, but below directories the offer does not have.
+    let fx = Fixture::new();
+    let records = [
+        Record::Entry(Entry {
+            id: 1,
+            path: "t/a/b/f".into(),
+            kind: EntryKind::File { size: 0 },
+            mode: 0o644,
+            mtime: None,
+        }),
+        Record::FileEnd { file_id: 1, hash: empty.into() },
+        Record::LaneEnd { entries: 1 },
+    ];
+    let (r, err) = lane_after_offer(&fx, &["t"], (1, 0, 0), &records);
+    assert_eq!(err.kind, ErrorKind::Protocol, "{err}");
+    assert_exits(&[(&r, 8)]);
+    assert_says(&r, &["more directories than the 0 it offered"]);
+    assert_contained(&fx, &[]);
+}
+
 #[test]
 fn entry_escaping_with_dotdot_is_refused() {
     let fx = Fixture::new();

@@ -339,7 +339,7 @@ async fn run(
     if swept > 0 {
         tracing::info!(files = swept, "removed partial state older than a week");
     }
-    dest.begin(&offer.names);
+    dest.begin(&offer.names, offer.dirs);
     ctl.session().accept(Accept {})?;
     ctl.flush().await?;
     *accepted_id = Some(offer.transfer_id);

@@ -60,6 +60,9 @@ pub struct Dest {
 struct Made {
     dirs: HashSet<String>,
     log: Option<PathBuf>,
+    /// Directories this transfer created, and how many the offer allows it.
+    created: u64,
+    limit: u64,
 }
 
 /// What is at a destination path, as [`Dest::inspect`] finds it (nothing is created).
@@ -134,7 +137,8 @@ impl Dest {
             dev: meta.dev(),
             root: canonical,
             unsynced: Mutex::default(),
-            made: Mutex::default(),
+            // No limit on directories until a transfer begins (`Dest::begin`).
+            made: Mutex::new(Made { limit: u64::MAX, ..Made::default() }),
             known_dir: Mutex::default(),
             boot: boot_id(),
             earlier: Mutex::default(),
@@ -155,16 +159,19 @@ impl Dest {
     /// Picks up what earlier transfers of these offered names left: the directories they
     /// made (which get the sender's modes and mtimes like this transfer's own). Call before
     /// writing.
-    pub fn begin(&self, names: &[String]) {
+    pub fn begin(&self, names: &[String], dirs: u64) {
         let mut earlier = self.earlier.lock().unwrap_or_else(PoisonError::into_inner);
         for id in self.state.partial_ids() {
             earlier.entry(id[..id.len().min(16)].to_owned()).or_default().push(id);
         }
         drop(earlier);
+        let limit = dirs;
         let (dirs, log) = self.state.dirs_log(names);
         let mut made = self.made.lock().unwrap_or_else(PoisonError::into_inner);
         made.dirs = dirs;
         made.log = Some(log);
+        made.created = 0;
+        made.limit = limit;
     }
 
     /// The transfer is complete: forget the directories made (their metadata is set) and
@@ -721,6 +728,17 @@ impl Dest {
 
     /// Notes that p2p-copy made the directory `rel`, here and in the log (so that a resumed
     /// transfer still gives it the sender's metadata).
+    /// Counts one more directory against the offer: a file's parents are created as needed
+    /// (it may arrive before their entries), but never more of them than the offer declared.
+    fn may_create_dir(&self) -> Result<(), FsError> {
+        let mut made = self.made.lock().unwrap_or_else(PoisonError::into_inner);
+        if made.created >= made.limit {
+            return Err(FsError::TooManyDirs { limit: made.limit });
+        }
+        made.created += 1;
+        Ok(())
+    }
+
     fn record_made(&self, rel: &str) -> Result<(), FsError> {
         let mut made = self.made.lock().unwrap_or_else(PoisonError::into_inner);
         if made.dirs.insert(rel.to_owned()) {
@@ -785,6 +803,7 @@ impl Dest {
             let meta = match fs::symlink_metadata(&path) {
                 Ok(meta) => meta,
                 Err(e) if e.kind() == io::ErrorKind::NotFound && create => {
+                    self.may_create_dir()?;
                     match fs::create_dir(&path) {
                         Ok(()) => {
                             if let Some(parent) = path.parent() {

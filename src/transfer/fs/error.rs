@@ -6,6 +6,12 @@ use std::path::{Path, PathBuf};
 /// A failure writing to the destination.
 #[derive(Debug, thiserror::Error)]
 pub enum FsError {
+    /// The sender's entries need more directories than its offer declared.
+    #[error("the sender's entries need more directories than the {limit} it offered")]
+    TooManyDirs {
+        /// The offer's directory count.
+        limit: u64,
+    },
     /// Disk full (ENOSPC) or quota exceeded (EDQUOT).
     #[error(
         "disk full while writing {}: free space on the destination or choose another --out",

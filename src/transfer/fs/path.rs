@@ -11,6 +11,9 @@ use std::path::{Component, Path, PathBuf};
 pub const MAX_PATH_LEN: usize = 4096;
 /// Longest accepted path component, in bytes (`NAME_MAX` on common file systems).
 pub const MAX_COMPONENT_LEN: usize = 255;
+/// Most components a path may have. Deeper trees are refused on both sides: a path's
+/// components are each a directory the receiver may have to create and look at.
+pub const MAX_DEPTH: usize = 128;
 
 /// A relative path from the peer, validated.
 ///
@@ -43,6 +46,9 @@ pub enum PathError {
     /// The path is longer than [`MAX_PATH_LEN`] bytes.
     #[error("refused a path longer than {MAX_PATH_LEN} bytes")]
     TooLong,
+    /// The path has more than [`MAX_DEPTH`] components.
+    #[error("refused a path more than {MAX_DEPTH} levels deep")]
+    TooDeep,
     /// A local name is not valid UTF-8 and cannot be sent.
     #[error("cannot send {}: its name is not valid UTF-8; rename it first", .0.display())]
     NotUtf8(PathBuf),
@@ -61,7 +67,10 @@ impl RelPath {
         if s.starts_with('/') || has_drive_prefix(s) {
             return Err(PathError::Absolute(s.to_owned()));
         }
-        for comp in s.split('/') {
+        for (depth, comp) in s.split('/').enumerate() {
+            if depth == MAX_DEPTH {
+                return Err(PathError::TooDeep);
+            }
             check_component(s, comp)?;
         }
         Ok(RelPath(s.to_owned()))
@@ -166,6 +175,14 @@ mod tests {
             Ok(p) => p,
             Err(e) => panic!("{s:?} should be valid: {e}"),
         }
+    }
+
+    #[test]
+    fn paths_are_at_most_max_depth_levels_deep() {
+        let deepest = vec!["d"; MAX_DEPTH].join("/");
+        assert!(RelPath::parse(&deepest).is_ok());
+        let deeper = format!("{deepest}/d");
+        assert!(matches!(RelPath::parse(&deeper), Err(PathError::TooDeep)));
     }
 
     #[test]
