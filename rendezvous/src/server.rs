@@ -540,7 +540,14 @@ async fn serve_connection(incoming: quinn::Incoming, shared: Arc<Shared>) {
         // Let the last message (often an error) reach the client: it hangs up on reading it.
         let _ = tokio::time::timeout(Duration::from_secs(1), conn.closed()).await;
     }
-    conn.close(0u32.into(), b"bye");
+    // A session ended by the node's shutdown says so: the client tells its user, rather than
+    // reporting a lost connection.
+    let reason = if shared.metrics.shutting_down.load(std::sync::atomic::Ordering::Relaxed) {
+        crate::client::SHUTDOWN_REASON
+    } else {
+        b"bye"
+    };
+    conn.close(0u32.into(), reason);
     // The streams end with the connection; wait so that the table hears every disconnect.
     while streams.join_next().await.is_some() {}
 }

@@ -728,15 +728,31 @@ impl Dest {
 
     /// Notes that p2p-copy made the directory `rel`, here and in the log (so that a resumed
     /// transfer still gives it the sender's metadata).
-    /// Counts one more directory against the offer: a file's parents are created as needed
-    /// (it may arrive before their entries), but never more of them than the offer declared.
-    fn may_create_dir(&self) -> Result<(), FsError> {
+    /// Creates the directory `path`, counted against the offer: a file's parents are created
+    /// as needed (it may arrive before their entries), but never more of them than the offer
+    /// declared. `Some` with what is there if something already was (another lane made it
+    /// first: lanes create directories one at a time, so none is counted twice).
+    fn create_counted(&self, path: &Path) -> Result<Option<fs::Metadata>, FsError> {
         let mut made = self.made.lock().unwrap_or_else(PoisonError::into_inner);
+        match fs::symlink_metadata(path) {
+            Ok(meta) => return Ok(Some(meta)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(classify(path, e)),
+        }
         if made.created >= made.limit {
             return Err(FsError::TooManyDirs { limit: made.limit });
         }
-        made.created += 1;
-        Ok(())
+        match fs::create_dir(path) {
+            Ok(()) => {
+                made.created += 1;
+                Ok(None)
+            }
+            // Made by someone else after all.
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                fs::symlink_metadata(path).map(Some).map_err(|e| classify(path, e))
+            }
+            Err(e) => Err(classify(path, e)),
+        }
     }
 
     fn record_made(&self, rel: &str) -> Result<(), FsError> {
@@ -803,20 +819,16 @@ impl Dest {
             let meta = match fs::symlink_metadata(&path) {
                 Ok(meta) => meta,
                 Err(e) if e.kind() == io::ErrorKind::NotFound && create => {
-                    self.may_create_dir()?;
-                    match fs::create_dir(&path) {
-                        Ok(()) => {
+                    match self.create_counted(&path)? {
+                        None => {
                             if let Some(parent) = path.parent() {
                                 self.unsynced(parent.to_path_buf());
                             }
                             self.record_made(&shown)?;
                             continue;
                         }
-                        // Lost a race: look again at whatever is there now.
-                        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                            fs::symlink_metadata(&path).map_err(|e| classify(&path, e))?
-                        }
-                        Err(e) => return Err(classify(&path, e)),
+                        // Another lane made it first: look at whatever is there now.
+                        Some(meta) => meta,
                     }
                 }
                 Err(e) => return Err(classify(&path, e)),

@@ -625,3 +625,31 @@ mod resume {
         assert_eq!(offered(&f.dest, &data), 8 * G);
     }
 }
+
+/// Directories made for an offer, as entries or as a file's parents, never number more than
+/// the offer declared; lanes creating the same directory at once count it once.
+#[test]
+fn directories_made_are_counted_against_the_offer() {
+    let fx = fixture();
+    fx.dest.begin(&["t".to_owned()], 3);
+    write_file(&fx.dest, "t/a/f1", b"1", false).unwrap();
+    write_file(&fx.dest, "t/a/f2", b"2", false).unwrap();
+    fx.dest.create_dir(&rel("t/b")).unwrap();
+    let err = write_file(&fx.dest, "t/c/f", b"3", false).unwrap_err();
+    assert!(matches!(err, FsError::TooManyDirs { limit: 3 }), "{err:?}");
+    assert!(!fx.dest.root().join("t/c").exists());
+
+    let fx = fixture();
+    let names: Vec<String> = (0..8).map(|i| format!("d{i}")).collect();
+    fx.dest.begin(&names, 8);
+    std::thread::scope(|s| {
+        for _ in 0..8 {
+            s.spawn(|| {
+                for name in &names {
+                    fx.dest.create_dir(&rel(name)).unwrap();
+                }
+            });
+        }
+    });
+    assert_eq!(list(fx.dest.root()).len(), 8);
+}
