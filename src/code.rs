@@ -108,8 +108,9 @@ impl Code {
     /// A fresh code with `words` random words (MIN_WORDS..=MAX_WORDS else CodeError::WordCount)
     /// and the given nameplate.
     ///
-    /// Words are drawn independently (a word may repeat), so the secret has exactly
-    /// `8 * words` bits. A nameplate of 0 is refused with [`CodeError::BadNameplate`] because
+    /// Words are distinct, drawn uniformly from [`WORDS`]: log2(256 · 255 · …) bits, a
+    /// fraction of a bit under `8 * words`, which is what [`Code::entropy_bits`] counts for
+    /// them. A nameplate of 0 is refused with [`CodeError::BadNameplate`] because
     /// [`Code::parse`] would not accept the result.
     pub fn generate<R: RngCore + CryptoRng>(
         nameplate: u32,
@@ -124,16 +125,9 @@ impl Code {
         }
         // Distinct words: a repeated word adds nothing a guesser must try (and a chosen code
         // with one is refused), at a cost of 0.02 bits for three words.
-        let mut picked: Vec<&str> = Vec::with_capacity(words);
-        while picked.len() < words {
-            let mut b = [0u8; 1];
-            rng.fill_bytes(&mut b);
-            let word = WORDS[usize::from(b[0])];
-            if !picked.contains(&word) {
-                picked.push(word);
-            }
-        }
-        Ok(Code { nameplate, secret: picked.join("-") })
+        let picked = rand::seq::index::sample(rng, WORDS.len(), words);
+        let secret = picked.iter().map(|i| WORDS[i]).collect::<Vec<&str>>().join("-");
+        Ok(Code { nameplate, secret })
     }
 
     /// Random nameplate in 1..=MAX_LAN_NAMEPLATE.

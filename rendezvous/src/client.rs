@@ -370,7 +370,7 @@ impl Client {
         tokio::time::timeout(timeout, self.send.write_all(&frame))
             .await
             .map_err(|_| ClientError::Timeout(timeout))?
-            .map_err(|e| ClientError::Lost(e.to_string()))
+            .map_err(|e| self.why_lost(ClientError::Lost(e.to_string())))
     }
 }
 

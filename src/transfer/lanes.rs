@@ -228,18 +228,7 @@ impl Worker {
         progress: &Progress,
     ) -> Result<(), TransferError> {
         let local = &job.local;
-        let (mut file, meta) = walk::open_source(local)?;
-        if meta.len() != size || walk::mtime(&meta) != job.entry.mtime {
-            // The entry promises this size and mtime: a file that changed since it was walked
-            // would arrive under a description that is not its own.
-            return Err(TransferError::new(
-                ErrorKind::Io,
-                format!(
-                    "{} changed after the offer was made; send again once it is settled",
-                    local.display()
-                ),
-            ));
-        }
+        let (mut file, meta) = walk::open_source(local, size, job.entry.mtime)?;
         let mut out = Vec::new();
         self.writer.entry(&job.entry, &mut out).map_err(seal_error)?;
         outbox.push(out)?;

@@ -444,7 +444,6 @@ async fn fail_lanes(ctl: &mut ControlStream, e: TransferError) -> TransferError 
     e
 }
 
-/// Checks what the sender may not ask for.
 /// `out`, or the directory it would be made in: its nearest existing ancestor.
 fn nearest_existing(out: &Path) -> Result<(PathBuf, std::fs::Metadata), TransferError> {
     let mut at = out;
@@ -521,6 +520,7 @@ fn check_space(out: &Path, needed: u64) -> Result<(), TransferError> {
     ))
 }
 
+/// Checks what the sender may not ask for.
 fn check_offer(offer: &Offer) -> Result<(), TransferError> {
     let protocol = |m: String| TransferError::new(ErrorKind::Protocol, m);
     if offer.lanes == 0 || offer.lanes > MAX_LANES {

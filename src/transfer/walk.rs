@@ -97,32 +97,29 @@ const SYMLINK: u64 = u64::MAX - 1;
 
 impl Remembered {
     /// Adds an entry; false when the whole would no longer fit.
-    fn push(
-        &mut self,
-        source: usize,
-        rel: &str,
-        target: Option<&str>,
-        meta: &Metadata,
-        kind: &Kind,
-    ) -> bool {
-        let text = self.text.len() + rel.len() + target.map_or(0, str::len);
+    fn push(&mut self, source: usize, entry: &Entry) -> bool {
+        let target = match &entry.kind {
+            EntryKind::Symlink { target } => target.as_str(),
+            _ => "",
+        };
+        let text = self.text.len() + entry.path.len() + target.len();
         if text + SEEN_ITEM_BYTES * (self.entries.len() + 1) > SEEN_BYTES {
             return false;
         }
-        self.text.push_str(rel);
+        self.text.push_str(&entry.path);
         let path_end = self.text.len() as u32;
-        self.text.push_str(target.unwrap_or(""));
+        self.text.push_str(target);
         self.entries.push(Seen {
             path_end,
             target_end: self.text.len() as u32,
             source: source as u32,
-            mode: meta.permissions().mode() & 0o7777,
-            size: match kind {
-                Kind::Dir => DIR,
-                Kind::Symlink => SYMLINK,
-                Kind::File => meta.len(),
+            mode: entry.mode,
+            size: match entry.kind {
+                EntryKind::Dir => DIR,
+                EntryKind::Symlink { .. } => SYMLINK,
+                EntryKind::File { size } => size,
             },
-            mtime: mtime(meta),
+            mtime: entry.mtime,
         });
         true
     }
@@ -183,11 +180,7 @@ pub fn scan(paths: &[PathBuf]) -> Result<Scan, TransferError> {
         match item {
             Item::Entry { source, local, rel, meta, kind } => {
                 if let Some(r) = seen.as_mut() {
-                    let target = match kind {
-                        Kind::Symlink => Some(link_target(local)?),
-                        _ => None,
-                    };
-                    if !r.push(source, rel.as_str(), target.as_deref(), meta, &kind) {
+                    if !r.push(source, &entry_of(0, &rel, local, meta, &kind)?) {
                         seen = None;
                     }
                 }
@@ -237,21 +230,15 @@ pub fn walk(scan: &Scan, mut emit: impl FnMut(Job) -> bool) -> Result<Summary, T
     let (mut dirs, mut symlinks) = (0u64, 0u64);
     visit(&scan.sources, |item| {
         let Item::Entry { local, rel, meta, kind, .. } = item else { return Ok(true) };
-        let entry_kind = match kind {
-            Kind::Dir => {
-                dirs += 1;
-                EntryKind::Dir
-            }
-            Kind::File => {
+        let entry = entry_of(totals.entries + 1, &rel, local, meta, &kind)?;
+        match entry.kind {
+            EntryKind::Dir => dirs += 1,
+            EntryKind::Symlink { .. } => symlinks += 1,
+            EntryKind::File { size } => {
                 totals.files += 1;
-                totals.bytes += meta.len();
-                EntryKind::File { size: meta.len() }
+                totals.bytes += size;
             }
-            Kind::Symlink => {
-                symlinks += 1;
-                EntryKind::Symlink { target: link_target(local)? }
-            }
-        };
+        }
         if totals.files > scan.files
             || totals.bytes > scan.bytes
             || dirs > scan.dirs
@@ -266,16 +253,31 @@ pub fn walk(scan: &Scan, mut emit: impl FnMut(Job) -> bool) -> Result<Summary, T
             ));
         }
         totals.entries += 1;
-        let entry = Entry {
-            id: totals.entries,
-            path: rel.as_str().to_owned(),
-            kind: entry_kind,
-            mode: meta.permissions().mode() & 0o7777,
-            mtime: mtime(meta),
-        };
         Ok(emit(Job { entry, local: local.to_owned(), resume: None }))
     })?;
     Ok(totals)
+}
+
+/// The manifest entry for what the walk found at `local`.
+fn entry_of(
+    id: u64,
+    rel: &RelPath,
+    local: &Path,
+    meta: &Metadata,
+    kind: &Kind,
+) -> Result<Entry, TransferError> {
+    let kind = match kind {
+        Kind::Dir => EntryKind::Dir,
+        Kind::File => EntryKind::File { size: meta.len() },
+        Kind::Symlink => EntryKind::Symlink { target: link_target(local)? },
+    };
+    Ok(Entry {
+        id,
+        path: rel.as_str().to_owned(),
+        kind,
+        mode: meta.permissions().mode() & 0o7777,
+        mtime: mtime(meta),
+    })
 }
 
 fn link_target(local: &Path) -> Result<String, TransferError> {
@@ -415,7 +417,7 @@ fn visit(
 }
 
 /// A file's mtime as the wire carries it.
-pub(crate) fn mtime(meta: &Metadata) -> Option<Timestamp> {
+fn mtime(meta: &Metadata) -> Option<Timestamp> {
     let t = meta.modified().ok()?;
     Some(match t.duration_since(UNIX_EPOCH) {
         Ok(d) => Timestamp { secs: d.as_secs() as i64, nanos: d.subsec_nanos() },
@@ -433,32 +435,38 @@ pub(crate) fn mtime(meta: &Metadata) -> Option<Timestamp> {
     })
 }
 
-/// Opens a file of the walk to read it: never through a symlink, and never blocking on a
-/// FIFO, that someone swapped in for it since the walk; it must still be a regular file.
-/// (A top-level path the user named is resolved once, before the walk: see [`check`].)
-pub(crate) fn open_source(local: &Path) -> Result<(std::fs::File, Metadata), TransferError> {
+/// Opens a file of the walk to read it, as it was offered: `size` bytes, modified at `mtime`.
+/// Never through a symlink, and never blocking on a FIFO, that someone swapped in for it since
+/// the walk; a file that changed since is refused too, as it would arrive under a description
+/// that is not its own. (A top-level path the user named is resolved once, before the walk:
+/// see [`check`].)
+pub(crate) fn open_source(
+    local: &Path,
+    size: u64,
+    modified: Option<Timestamp>,
+) -> Result<(std::fs::File, Metadata), TransferError> {
     use rustix::fs::{Mode, OFlags};
-    let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
-    let fd = rustix::fs::open(local, flags, Mode::empty()).map_err(|e| match e {
-        rustix::io::Errno::LOOP => TransferError::new(
+    let changed = |what: &str| {
+        TransferError::new(
             ErrorKind::Io,
             format!(
-                "{} became a symbolic link after the offer was made; send again",
+                "{} {what} after the offer was made; send again once it is settled",
                 local.display()
             ),
-        ),
+        )
+    };
+    let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
+    let fd = rustix::fs::open(local, flags, Mode::empty()).map_err(|e| match e {
+        rustix::io::Errno::LOOP => changed("became a symbolic link"),
         e => read_failed(local, &e.into()),
     })?;
     let file = std::fs::File::from(fd);
     let meta = file.metadata().map_err(|e| read_failed(local, &e))?;
     if !meta.is_file() {
-        return Err(TransferError::new(
-            ErrorKind::Io,
-            format!(
-                "{} is no longer a regular file (it changed after the offer was made); send again",
-                local.display()
-            ),
-        ));
+        return Err(changed("is no longer a regular file: it changed"));
+    }
+    if meta.len() != size || mtime(&meta) != modified {
+        return Err(changed("changed"));
     }
     Ok((file, meta))
 }
@@ -580,16 +588,26 @@ mod tests {
         std::fs::write(&secret, b"private").unwrap();
         let plain = dir.path().join("plain");
         std::fs::write(&plain, b"ok").unwrap();
-        assert_eq!(open_source(&plain).unwrap().1.len(), 2);
+        let as_walked = |p: &Path| {
+            let meta = std::fs::symlink_metadata(p).unwrap();
+            (meta.len(), mtime(&meta))
+        };
+        let (size, modified) = as_walked(&plain);
+        assert_eq!(open_source(&plain, size, modified).unwrap().1.len(), 2);
+        // Changed since: another size, or the same size written again later.
+        let err = open_source(&plain, 3, modified).unwrap_err();
+        assert!(err.message.contains("changed after the offer"), "{err}");
+        let earlier = modified.map(|t| Timestamp { secs: t.secs - 10, ..t });
+        assert!(open_source(&plain, size, earlier).is_err());
 
         let link = dir.path().join("link");
         std::os::unix::fs::symlink(&secret, &link).unwrap();
-        let err = open_source(&link).unwrap_err();
+        let err = open_source(&link, 7, None).unwrap_err();
         assert!(err.message.contains("symbolic link"), "{err}");
         let fifo = dir.path().join("fifo");
         rustix::fs::mkfifoat(rustix::fs::CWD, &fifo, rustix::fs::Mode::from_raw_mode(0o600))
             .unwrap();
-        let err = open_source(&fifo).unwrap_err();
+        let err = open_source(&fifo, 0, None).unwrap_err();
         assert!(err.message.contains("no longer a regular file"), "{err}");
 
         let scan = scan(std::slice::from_ref(&link)).unwrap();
@@ -601,7 +619,8 @@ mod tests {
         })
         .unwrap();
         assert_eq!(locals, [std::fs::canonicalize(&secret).unwrap()]);
-        assert!(open_source(&locals[0]).is_ok());
+        let (size, modified) = as_walked(&locals[0]);
+        assert!(open_source(&locals[0], size, modified).is_ok());
     }
 
     #[test]

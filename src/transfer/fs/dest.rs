@@ -9,10 +9,10 @@ use std::os::unix::ffi::OsStringExt;
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, CWD};
 use rustix::io::Errno;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::error::{classify, FsError};
 use super::journal::{read_cvs, Header, Journal, JournalWriter, Mark};
@@ -157,21 +157,20 @@ impl Dest {
     }
 
     /// Picks up what earlier transfers of these offered names left: the directories they
-    /// made (which get the sender's modes and mtimes like this transfer's own). Call before
-    /// writing.
-    pub fn begin(&self, names: &[String], dirs: u64) {
+    /// made (which get the sender's modes and mtimes like this transfer's own). From now on at
+    /// most `dir_limit` directories are created (the offer's count). Call before writing.
+    pub fn begin(&self, names: &[String], dir_limit: u64) {
         let mut earlier = self.earlier.lock().unwrap_or_else(PoisonError::into_inner);
         for id in self.state.partial_ids() {
             earlier.entry(id[..id.len().min(16)].to_owned()).or_default().push(id);
         }
         drop(earlier);
-        let limit = dirs;
         let (dirs, log) = self.state.dirs_log(names);
         let mut made = self.made.lock().unwrap_or_else(PoisonError::into_inner);
         made.dirs = dirs;
         made.log = Some(log);
         made.created = 0;
-        made.limit = limit;
+        made.limit = dir_limit;
     }
 
     /// The transfer is complete: forget the directories made (their metadata is set) and
@@ -726,8 +725,6 @@ impl Dest {
         }
     }
 
-    /// Notes that p2p-copy made the directory `rel`, here and in the log (so that a resumed
-    /// transfer still gives it the sender's metadata).
     /// Creates the directory `path`, counted against the offer: a file's parents are created
     /// as needed (it may arrive before their entries), but never more of them than the offer
     /// declared. `Some` with what is there if something already was (another lane made it
@@ -755,6 +752,8 @@ impl Dest {
         }
     }
 
+    /// Notes that p2p-copy made the directory `rel`, here and in the log (so that a resumed
+    /// transfer still gives it the sender's metadata).
     fn record_made(&self, rel: &str) -> Result<(), FsError> {
         let mut made = self.made.lock().unwrap_or_else(PoisonError::into_inner);
         if made.dirs.insert(rel.to_owned()) {
