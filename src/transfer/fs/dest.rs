@@ -725,11 +725,14 @@ impl Dest {
         }
     }
 
-    /// Creates the directory `path`, counted against the offer: a file's parents are created
-    /// as needed (it may arrive before their entries), but never more of them than the offer
-    /// declared. `Some` with what is there if something already was (another lane made it
-    /// first: lanes create directories one at a time, so none is counted twice).
-    fn create_counted(&self, path: &Path) -> Result<Option<fs::Metadata>, FsError> {
+    /// Creates the directory `path` (`rel` below the root), counted against the offer: a
+    /// file's parents are created as needed (it may arrive before their entries), but never
+    /// more of them than the offer declared. `Some` with what is there if something already
+    /// was (another lane made it first). Lanes create directories one at a time, and a
+    /// directory is noted as p2p-copy's (here and in the log, so that a resumed transfer still
+    /// gives it the sender's metadata) before anyone else can see it: none is counted twice,
+    /// and none is taken for the user's own.
+    fn create_counted(&self, path: &Path, rel: &str) -> Result<Option<fs::Metadata>, FsError> {
         let mut made = self.made.lock().unwrap_or_else(PoisonError::into_inner);
         match fs::symlink_metadata(path) {
             Ok(meta) => return Ok(Some(meta)),
@@ -742,6 +745,11 @@ impl Dest {
         match fs::create_dir(path) {
             Ok(()) => {
                 made.created += 1;
+                if made.dirs.insert(rel.to_owned()) {
+                    if let Some(log) = &made.log {
+                        self.state.log_dir(log, rel)?;
+                    }
+                }
                 Ok(None)
             }
             // Made by someone else after all.
@@ -750,18 +758,6 @@ impl Dest {
             }
             Err(e) => Err(classify(path, e)),
         }
-    }
-
-    /// Notes that p2p-copy made the directory `rel`, here and in the log (so that a resumed
-    /// transfer still gives it the sender's metadata).
-    fn record_made(&self, rel: &str) -> Result<(), FsError> {
-        let mut made = self.made.lock().unwrap_or_else(PoisonError::into_inner);
-        if made.dirs.insert(rel.to_owned()) {
-            if let Some(log) = &made.log {
-                self.state.log_dir(log, rel)?;
-            }
-        }
-        Ok(())
     }
 
     /// Notes that `dir` got a new entry, to be made durable by [`Dest::sync_dirs`].
@@ -818,12 +814,11 @@ impl Dest {
             let meta = match fs::symlink_metadata(&path) {
                 Ok(meta) => meta,
                 Err(e) if e.kind() == io::ErrorKind::NotFound && create => {
-                    match self.create_counted(&path)? {
+                    match self.create_counted(&path, &shown)? {
                         None => {
                             if let Some(parent) = path.parent() {
                                 self.unsynced(parent.to_path_buf());
                             }
-                            self.record_made(&shown)?;
                             continue;
                         }
                         // Another lane made it first: look at whatever is there now.
