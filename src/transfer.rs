@@ -166,9 +166,8 @@ impl From<crate::proto::LaneError> for TransferError {
     fn from(e: crate::proto::LaneError) -> Self {
         use crate::proto::LaneError;
         let kind = match e {
-            LaneError::Tampered | LaneError::Hash { .. } => ErrorKind::Integrity,
+            LaneError::Hash { .. } => ErrorKind::Integrity,
             LaneError::Decode(_) | LaneError::Order(_) => ErrorKind::Protocol,
-            LaneError::Exhausted => ErrorKind::Internal,
         };
         TransferError::new(kind, e.to_string())
     }

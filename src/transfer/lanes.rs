@@ -1,15 +1,14 @@
 //! Data lanes over QUIC unidirectional streams.
 //!
 //! Sender: a walker thread feeds manifest entries into a bounded queue; each lane has a
-//! blocking worker that takes the next entry, reads the file, hashes, compresses (per the
-//! [`Compression`] mode) and seals it
-//! ([`LaneWriter`]) and hands sealed records through a bounded channel to the lane's stream
-//! task, small records gathered into one message ([`Outbox`]). Lanes pull work, so a lane
+//! blocking worker that takes the next entry, reads the file, hashes and compresses it (per
+//! the [`Compression`] mode) into records ([`LaneWriter`]) and hands them through a bounded
+//! channel to the lane's stream task, small records gathered into one message ([`Outbox`]). Lanes pull work, so a lane
 //! stuck on a large file does not hold up small ones.
 //!
 //! Receiver: each lane's stream task reads what the stream holds (up to [`READ_BUDGET`] bytes),
 //! cuts it into frames ([`Deframer`]) and hands them to a bounded channel; a blocking worker
-//! opens and checks them ([`LaneReader`]) and writes through [`Dest`]. A file is committed only
+//! decodes and checks them ([`LaneReader`]) and writes through [`Dest`]. A file is committed only
 //! after its hash matched, in batches ([`Dest::commit_all`]); an error drops the open
 //! [`PartFile`] and the batch's files not yet in place, which removes them.
 //!
@@ -33,8 +32,6 @@ use super::survey::{Plan, Verdict};
 use super::walk::{self, read_failed, Job, Scan};
 use super::{connection_lost, Progress, TransferError};
 use crate::compress::{Compression, Packer};
-use crate::crypto::Keys;
-use crate::crypto::TAG_LEN;
 use crate::error::ErrorKind;
 use crate::proto::{LaneWriter, CHUNK_PAYLOAD_AT};
 use crate::wire::control::Summary;
@@ -80,7 +77,6 @@ pub struct Sending {
 /// the totals sent.
 pub async fn send_lanes(
     conn: &quinn::Connection,
-    keys: &Keys,
     how: Sending,
     scan: Scan,
     progress: Arc<Progress>,
@@ -134,7 +130,7 @@ pub async fn send_lanes(
     for lane in 1..=u32::from(how.lanes) {
         let mut stream = conn.open_uni().await.map_err(TransferError::from)?;
         let (tx, mut rx) = mpsc::channel::<Bytes>(LANE_DEPTH);
-        let writer = LaneWriter::new(keys, lane);
+        let writer = LaneWriter::new(lane);
         let preamble = writer.preamble();
         let packer = Packer::new(how.compression)
             .map_err(|e| TransferError::internal(format!("cannot start zstd: {e}")))?;
@@ -173,7 +169,7 @@ pub async fn send_lanes(
     Ok(totals)
 }
 
-/// A sending lane's blocking half: reads, hashes, compresses and seals.
+/// A sending lane's blocking half: reads, hashes, compresses and frames.
 struct Worker {
     writer: LaneWriter,
     packer: Packer,
@@ -206,14 +202,14 @@ impl Worker {
             };
             let mut out = Vec::new();
             let EntryKind::File { size } = job.entry.kind else {
-                self.writer.entry(&job.entry, &mut out).map_err(seal_error)?;
+                self.writer.entry(&job.entry, &mut out);
                 outbox.push(out)?;
                 continue;
             };
             self.file(&job, size, &mut outbox, progress)?;
         }
         let mut out = Vec::new();
-        self.writer.lane_end(&mut out).map_err(seal_error)?;
+        self.writer.lane_end(&mut out);
         outbox.push(out)?;
         outbox.flush()
     }
@@ -230,7 +226,7 @@ impl Worker {
         let local = &job.local;
         let (mut file, meta) = walk::open_source(local, size, job.entry.mtime)?;
         let mut out = Vec::new();
-        self.writer.entry(&job.entry, &mut out).map_err(seal_error)?;
+        self.writer.entry(&job.entry, &mut out);
         outbox.push(out)?;
         // Group CVs of a large file go to the cache as they are computed.
         let cached = self.cache.as_ref().map_or(CvReader::empty(), |c| c.cvs(&meta));
@@ -247,7 +243,7 @@ impl Worker {
                 .map_err(|e| read_failed(local, &e))?;
             if mine.digest == digest {
                 let mut out = Vec::new();
-                self.writer.resume(mine.state, &mut out).map_err(seal_error)?;
+                self.writer.resume(mine.state, &mut out);
                 outbox.push(out)?;
                 file.seek(SeekFrom::Start(offset)).map_err(|e| read_failed(local, &e))?;
                 self.resumed.fetch_add(offset, Ordering::Relaxed);
@@ -262,13 +258,13 @@ impl Worker {
         let mut remaining = size - start;
         while remaining > 0 {
             let n = remaining.min(self.chunk as u64) as usize;
-            // The file's bytes go straight into the record, which is sealed in place.
-            let mut out = Vec::with_capacity(CHUNK_PAYLOAD_AT + n + TAG_LEN);
+            // The file's bytes go straight into the record.
+            let mut out = Vec::with_capacity(CHUNK_PAYLOAD_AT + n);
             out.resize(CHUNK_PAYLOAD_AT, 0);
             read_exactly(&mut file, n, &mut out, local)?;
             let packed = self.packer.pack(&out[CHUNK_PAYLOAD_AT..]);
             progress.add_wire(packed.map_or(n, <[u8]>::len) as u64);
-            self.writer.chunk_in_place(&mut out, packed).map_err(seal_error)?;
+            self.writer.chunk_in_place(&mut out, packed);
             let (first, cvs) = self.writer.take_cvs();
             if let Some(w) = cvs_out.as_mut() {
                 w.push(first, &cvs);
@@ -278,7 +274,7 @@ impl Worker {
             remaining -= n as u64;
         }
         let mut out = Vec::new();
-        self.writer.file_end(&mut out).map_err(seal_error)?;
+        self.writer.file_end(&mut out);
         outbox.push(out)
     }
 }
@@ -379,10 +375,6 @@ fn read_exactly(
         ));
     }
     Ok(())
-}
-
-fn seal_error(e: crate::crypto::CryptoError) -> TransferError {
-    TransferError::internal(e.to_string())
 }
 
 fn write_error(e: quinn::WriteError) -> TransferError {

@@ -349,13 +349,8 @@ async fn run(
     progress.hold(present.bytes);
     observer.note(Note::Accepted { total: offer.bytes, present });
 
-    let keys = ctl
-        .session()
-        .keys()
-        .ok_or_else(|| TransferError::internal("no keys after the handshake"))?
-        .clone();
     let sink = Arc::new(Sink::new(dest, opts.overwrite, &offer, survey, progress.clone()));
-    let lanes = receive_lanes(conn, &keys, offer.lanes, offer.chunk_size as usize, sink.clone());
+    let lanes = receive_lanes(conn, offer.lanes, offer.chunk_size as usize, sink.clone());
     tokio::pin!(lanes);
     let (mut received, mut announced) = (None, None);
     while received.is_none() || announced.is_none() {

@@ -356,9 +356,8 @@ async fn run(
     observer.note(Note::Accepted { total: offer.bytes, present });
     progress.hold(present.bytes);
 
-    let keys = ctl_keys(ctl)?.clone();
     let how = Sending { lanes, chunk, compression: opts.compression, plan, kept, cache };
-    let lanes_done = send_lanes(conn, &keys, how, scan, progress.clone());
+    let lanes_done = send_lanes(conn, how, scan, progress.clone());
     tokio::pin!(lanes_done);
     let totals = tokio::select! {
         totals = &mut lanes_done => match totals {

@@ -1,9 +1,10 @@
 //! Records on data lanes (sender → receiver unidirectional QUIC streams).
 //!
 //! A lane stream starts with `lane: u32 BE`, then carries frames ([`super::frame`]) whose
-//! bodies are sealed records. A record's plaintext starts with a type byte:
+//! bodies are records (QUIC encrypts them; p2p-copy does not seal them again). A record starts
+//! with a type byte:
 //!
-//! | type | name     | plaintext after the type byte                                      |
+//! | type | name     | bytes after the type byte                                          |
 //! |------|----------|--------------------------------------------------------------------|
 //! | 0x01 | ENTRY    | postcard-encoded [`Entry`]                                         |
 //! | 0x02 | CHUNK    | `flags: u8 ‖ file_id: u64 BE ‖ offset: u64 BE ‖ payload`           |
@@ -26,11 +27,11 @@ pub const MAX_CHUNK: usize = 4 << 20;
 pub const MIN_CHUNK: usize = 16 << 10;
 /// Default chunk payload size.
 pub const DEFAULT_CHUNK: usize = 512 << 10;
-/// Cap on a data frame body: the largest plaintext record plus the AEAD tag.
-pub const MAX_FRAME: usize = CHUNK_HEADER_LEN + MAX_CHUNK + crate::crypto::TAG_LEN;
+/// Cap on a data frame body: the largest record.
+pub const MAX_FRAME: usize = CHUNK_HEADER_LEN + MAX_CHUNK;
 /// Cap on a symlink target, in bytes.
 pub const MAX_TARGET: usize = 4096;
-/// Length of the plaintext header of a CHUNK record (type byte included).
+/// Length of the header of a CHUNK record (type byte included).
 pub const CHUNK_HEADER_LEN: usize = 1 + 1 + 8 + 8;
 /// CHUNK flag: payload compressed with zstd.
 pub const FLAG_ZSTD: u8 = 0x01;

@@ -1,8 +1,8 @@
 //! Stream framing: every message on a QUIC stream is `length: u32 BE ‖ body`.
 //!
 //! The length counts the body only. Each stream kind has its own cap, checked before any
-//! allocation; a data lane additionally starts with its lane number (`u32 BE`, in clear — a
-//! record moved to another lane fails to open, so the number needs no protection).
+//! allocation; a data lane additionally starts with its lane number (`u32 BE`). Nothing here
+//! is sealed by p2p-copy itself: QUIC encrypts and authenticates every stream byte.
 
 use super::DecodeError;
 

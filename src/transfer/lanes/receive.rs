@@ -13,7 +13,6 @@ use super::super::survey::{admit, Survey};
 use super::super::walk;
 use super::super::{Progress, TransferError};
 use super::{COMMIT_BYTES, COMMIT_FILES, READ_BUDGET, READ_DEPTH};
-use crate::crypto::Keys;
 use crate::error::ErrorKind;
 use crate::proto::{LaneEvent, LaneReader};
 use crate::wire::control::{Offer, Summary};
@@ -129,12 +128,11 @@ fn poisoned() -> TransferError {
 /// received. Lanes are accepted while earlier ones run, so the first failure surfaces at once.
 pub async fn receive_lanes(
     conn: &quinn::Connection,
-    keys: &Keys,
     lanes: u16,
     chunk: usize,
     sink: Arc<Sink>,
 ) -> Result<Summary, TransferError> {
-    let max_frame = (CHUNK_HEADER_LEN + chunk + crate::crypto::TAG_LEN).max(MIN_FRAME_CAP);
+    let max_frame = (CHUNK_HEADER_LEN + chunk).max(MIN_FRAME_CAP);
     // However this ends (done, failed, or this future dropped), workers still running stop.
     let _abandon = Abandon(sink.clone());
     let seen = Arc::new(Mutex::new(HashSet::new()));
@@ -146,7 +144,7 @@ pub async fn receive_lanes(
             stream = conn.accept_uni(), if accepted < lanes => {
                 let stream = stream.map_err(TransferError::from)?;
                 accepted += 1;
-                let lane = LaneSetup { keys: keys.clone(), lanes, chunk, max_frame, seen: seen.clone() };
+                let lane = LaneSetup { lanes, chunk, max_frame, seen: seen.clone() };
                 tasks.spawn(receive_lane(stream, lane, sink.clone()));
             }
             Some(joined) = tasks.join_next() => match joined {
@@ -204,7 +202,6 @@ impl Drop for Abandon {
 }
 
 struct LaneSetup {
-    keys: Keys,
     lanes: u16,
     chunk: usize,
     max_frame: usize,
@@ -229,7 +226,7 @@ async fn receive_lane(
             format!("the sender opened an unexpected data lane {lane}"),
         ));
     }
-    let reader = LaneReader::new(&setup.keys, lane, setup.chunk);
+    let reader = LaneReader::new(setup.chunk);
     let (tx, rx) = mpsc::channel::<Result<Vec<Vec<u8>>, TransferError>>(READ_DEPTH);
     let worker = tokio::task::spawn_blocking(move || apply_lane(reader, rx, &sink));
     let mut deframer = Deframer::new(setup.max_frame);
@@ -295,12 +292,12 @@ fn apply_records(
     let mut totals = Summary::default();
     while let Some(item) = rx.blocking_recv() {
         sink.progress.touch();
-        for mut body in item? {
+        for body in item? {
             if sink.abandoned.load(std::sync::atomic::Ordering::Relaxed) {
                 return Err(TransferError::internal("the transfer was given up"));
             }
             let mut wrote = false;
-            let event = match reader.handle(&mut body) {
+            let event = match reader.handle(&body) {
                 Ok(event) => event,
                 Err(e @ crate::proto::LaneError::Hash { .. }) => {
                     // The whole file arrived, and is not what the sender hashed: nothing of
