@@ -6,11 +6,12 @@
 //! 2. [`Pake::finish`] turns the peer's message into [`Keys`]: HKDF-SHA256 with the SPAKE2 key as
 //!    input and the transcript hash (both PAKE messages) as salt. Every purpose has its own label:
 //!    key confirmation per side, channel binding per side, the record key per direction, the
-//!    relay pairing token and the human verifier. No key serves two purposes.
+//!    path probes' keys per side, the human verifier and the resume secret. No key serves two
+//!    purposes.
 //! 3. Key confirmation: each side sends `HMAC(confirm_key[side], transcript)`; a mismatch means
 //!    the codes differ (or someone guessed) and nothing else is sent.
-//! 4. Records: AES-256-GCM, one key per direction. Records travel on *lanes* (one lane per QUIC
-//!    stream); the 96-bit nonce is `lane (u32 BE) ‖ counter (u64 BE)`, the counter starting at 0
+//! 4. Records (the control stream and the mailbox; data lanes rely on QUIC alone, see
+//!    `docs/security.md` §6): AES-256-GCM, one key per direction, on *lanes*; the 96-bit nonce is `lane (u32 BE) ‖ counter (u64 BE)`, the counter starting at 0
 //!    on each lane. A lane number is used once per session and direction, so a nonce never
 //!    repeats; a record moved to another lane or position fails to open.
 
@@ -158,7 +159,7 @@ fn transcript_hash(sender_msg: &[u8], receiver_msg: &[u8]) -> [u8; 32] {
 pub const PROBE_TAG_LEN: usize = 16;
 
 /// Everything derived from one successful key agreement, seen from one side. Wiped from
-/// memory when dropped (each copy: the lanes, the prober and the relay hold their own).
+/// memory when dropped (each copy: the session and the prober hold their own).
 #[derive(Clone, Zeroize, ZeroizeOnDrop)]
 pub struct Keys {
     #[zeroize(skip)]
@@ -167,7 +168,6 @@ pub struct Keys {
     confirm: [[u8; 32]; 2],
     bind: [[u8; 32]; 2],
     record: [[u8; 32]; 2],
-    relay_token: [u8; 32],
     probe: [[u8; 32]; 2],
     verifier: [u8; 32],
     resume: [u8; 32],
@@ -204,7 +204,6 @@ impl Keys {
             confirm: [expand("confirm sender"), expand("confirm receiver")],
             bind: [expand("bind sender"), expand("bind receiver")],
             record: [expand("record sender->receiver"), expand("record receiver->sender")],
-            relay_token: expand("relay token"),
             probe: [expand("probe sender"), expand("probe receiver")],
             verifier: expand("verifier"),
             resume: expand("resume"),
@@ -283,11 +282,6 @@ impl Keys {
     /// An opener for records the peer sends on `lane`.
     pub fn opener(&self, lane: u32) -> Opener {
         Opener(LaneCipher::new(&self.record[index(self.role.peer())], lane))
-    }
-
-    /// Token both peers present to a relay so it can pair them without learning the key.
-    pub fn relay_token(&self) -> [u8; 32] {
-        self.relay_token
     }
 
     /// The tag this side puts on a path probe (`kind ‖ id`), truncated to [`PROBE_TAG_LEN`].
@@ -453,7 +447,7 @@ mod tests {
         let (mut k, _) = agree("7-orbit-velvet-canyon", "7-orbit-velvet-canyon", 3);
         assert_ne!(k.record, [[0u8; 32]; 2]);
         k.zeroize();
-        let all = [k.transcript, k.relay_token, k.verifier, k.resume];
+        let all = [k.transcript, k.verifier, k.resume];
         assert!(all.iter().all(|a| a == &[0u8; 32]));
         for pair in [k.confirm, k.bind, k.record, k.probe] {
             assert_eq!(pair, [[0u8; 32]; 2]);
@@ -481,7 +475,6 @@ mod tests {
         r.check_confirmation(&s.confirmation()).unwrap();
         s.check_confirmation(&r.confirmation()).unwrap();
         assert_eq!(s.verifier(), r.verifier());
-        assert_eq!(s.relay_token(), r.relay_token());
 
         for (from, to) in [(&s, &r), (&r, &s)] {
             let mut sealer = from.sealer(3);
@@ -567,7 +560,6 @@ mod tests {
     fn key_schedule_and_sealing_known_answers() {
         let k = Keys::from_shared_secret(Role::Sender, &[0x42; 32], [0x17; 32]);
         assert_eq!(hex::encode(k.confirmation()), KAT_CONFIRM);
-        assert_eq!(hex::encode(k.relay_token()), KAT_RELAY);
         assert_eq!(k.verifier(), KAT_VERIFIER);
         assert_eq!(hex::encode(k.binding(b"x", &[1; 32], &[2; 32])), KAT_BIND);
         let mut sealer = k.sealer(5);
@@ -608,7 +600,6 @@ mod tests {
     }
 
     const KAT_CONFIRM: &str = "57ebf15aca43b79dfa34c3cab1479ff4df5362003067d7f64025e7ca4962db80";
-    const KAT_RELAY: &str = "05c0d57f36f07e1730fdc422337341bacd1427121eea6c636207a71d925019f8";
     const KAT_VERIFIER: &str = "08348fc957";
     const KAT_BIND: &str = "c0901655d21a31ba3497e24acce6c0d46379493dc025112f4197610f502a9d4a";
     const KAT_SEAL_0: &str = "342c02b38490109bec1c81f3b0e7ddb2d4ed9d6fd919701f";

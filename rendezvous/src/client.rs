@@ -79,13 +79,18 @@ enum Transport {
     Tcp,
 }
 
-/// A relay stream the node paired with the other side's: from now on it carries the other
-/// side's bytes.
+/// A relay stream the node paired with the other side's. Over TCP it carries relay records
+/// both ways; over QUIC it only holds the relay open (packets go as datagrams to
+/// `datagrams`), and its end means the relay ended.
 pub struct RelayStream {
-    /// Bytes from the other side.
+    /// Records from the other side (TCP); the relay's end (QUIC).
     pub reader: Reader,
-    /// Bytes to the other side.
+    /// Records to the other side (TCP); closing it ends the relay.
     pub writer: Writer,
+    /// Over QUIC: where to send relay datagrams (the node's address).
+    pub datagrams: Option<SocketAddr>,
+    /// This side's ticket (the header of its datagrams).
+    pub ticket: u64,
 }
 
 impl std::fmt::Debug for RelayStream {
@@ -105,12 +110,7 @@ pub struct RelayOpener {
 
 impl RelayOpener {
     /// See [`Client::relay`].
-    pub async fn relay(
-        &self,
-        token: [u8; 32],
-        side: u8,
-        wait: Duration,
-    ) -> Result<RelayStream, ClientError> {
+    pub async fn relay(&self, ticket: u64, wait: Duration) -> Result<RelayStream, ClientError> {
         let (mut reader, mut writer): (Reader, Writer) = match &self.transport {
             Transport::Quic(conn) => {
                 let (send, recv) = tokio::time::timeout(self.timeout, conn.open_bi())
@@ -124,15 +124,18 @@ impl RelayOpener {
         let request = wire::encode(&ClientMsg::Relay {
             version: VERSION,
             access: self.token.clone(),
-            token,
-            side,
+            ticket,
         });
         tokio::time::timeout(self.timeout, writer.write_all(&request))
             .await
             .map_err(|_| ClientError::Timeout(self.timeout))?
             .map_err(|e| ClientError::Lost(e.to_string()))?;
+        let datagrams = match self.transport {
+            Transport::Quic(_) => Some(self.node),
+            Transport::Tcp => None,
+        };
         match read_msg(&mut reader, wait).await? {
-            NodeMsg::Paired => Ok(RelayStream { reader, writer }),
+            NodeMsg::Paired => Ok(RelayStream { reader, writer, datagrams, ticket }),
             NodeMsg::Error { code, message } => Err(ClientError::Refused { code, message }),
             other => Err(unexpected(&other)),
         }
@@ -264,15 +267,16 @@ impl Client {
         self.link.node
     }
 
-    /// Opens a relay stream and waits (at most `wait`) until the node paired it with the
-    /// other side's stream of the same `token`; `side` must differ between the two.
-    pub async fn relay(
-        &self,
-        token: [u8; 32],
-        side: u8,
-        wait: Duration,
-    ) -> Result<RelayStream, ClientError> {
-        self.relay_opener().relay(token, side, wait).await
+    /// Attaches to the relay of this side's `ticket` (from [`NodeMsg::RelayTicket`]) and waits
+    /// (at most `wait`) until the other side attached too.
+    pub async fn relay(&self, ticket: u64, wait: Duration) -> Result<RelayStream, ClientError> {
+        self.relay_opener().relay(ticket, wait).await
+    }
+
+    /// Asks for this side's relay ticket; the node answers with [`NodeMsg::RelayTicket`] (or
+    /// an error), which may come after messages from the other side already on their way.
+    pub async fn request_ticket(&mut self) -> Result<(), ClientError> {
+        self.send(&ClientMsg::RelayTicket).await
     }
 
     /// What opening relay streams needs, apart from the mailbox (so that the mailbox can be

@@ -247,16 +247,18 @@ pub struct NodeArgs {
     #[arg(long, env = "P2P_COPY_RENDEZVOUS_RELAY_MAX_SESSIONS", value_name = "N")]
     pub relay_max_sessions: Option<usize>,
     /// Bytes per second per relay session each way, with an optional K, M or G (powers of
-    /// 1000), 0 for no limit [default: 0].
+    /// 1000), 0 for no limit; over it, packets are dropped [default: 50M].
     #[arg(long, env = "P2P_COPY_RENDEZVOUS_RELAY_SESSION_RATE", value_name = "RATE", value_parser = parse_rate)]
     pub relay_session_rate: Option<u64>,
-    /// Bytes per second over all relay sessions, as --relay-session-rate [default: 0].
+    /// Bytes per second over all relay sessions, shared evenly between the source addresses
+    /// relaying at the moment, as --relay-session-rate [default: 250M].
     #[arg(long, env = "P2P_COPY_RENDEZVOUS_RELAY_TOTAL_RATE", value_name = "RATE", value_parser = parse_rate)]
     pub relay_total_rate: Option<u64>,
     /// Longest relay session in seconds [default: 21600].
     #[arg(long, env = "P2P_COPY_RENDEZVOUS_RELAY_MAX_DURATION", value_name = "SECS")]
     pub relay_max_duration: Option<u64>,
-    /// Seconds without a byte either way after which a relay session is closed [default: 60].
+    /// Seconds without a packet (keep-alives included) either way after which a relay session
+    /// is closed [default: 60].
     #[arg(long, env = "P2P_COPY_RENDEZVOUS_RELAY_IDLE", value_name = "SECS")]
     pub relay_idle: Option<u64>,
     /// Listen on UDP (QUIC) only, not also on TCP.

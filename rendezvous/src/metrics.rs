@@ -51,6 +51,9 @@ pub struct Metrics {
     pub relay_bytes_total: AtomicU64,
     /// Relay sessions refused (session cap, shutdown).
     pub relays_refused_total: AtomicU64,
+    /// Relayed packets dropped: over a rate, towards a full link, or not from an attached
+    /// client.
+    pub relay_dropped_total: AtomicU64,
     /// Nameplates open.
     pub nameplates_open: AtomicI64,
     /// Nameplates handed out by `Allocate`.
@@ -106,7 +109,7 @@ impl Metrics {
             "Client connections open, by transport.",
             &[("transport=\"quic\"", &quic), ("transport=\"tcp\"", &tcp)],
         );
-        let plain: [(&str, Kind, &str, String); 10] = [
+        let plain: [(&str, Kind, &str, String); 11] = [
             ("nameplates_open", Kind::Gauge, "Nameplates open.", i(&self.nameplates_open)),
             (
                 "nameplates_allocated_total",
@@ -146,6 +149,13 @@ impl Metrics {
                 Kind::Counter,
                 "Relay sessions refused.",
                 u(&self.relays_refused_total),
+            ),
+            (
+                "relay_dropped_total",
+                Kind::Counter,
+                "Relayed packets dropped: over a rate, towards a full link, or not from an \
+                 attached client.",
+                u(&self.relay_dropped_total),
             ),
         ];
         for (name, kind, help, value) in &plain {

@@ -1,51 +1,75 @@
-//! The relay: pairs two byte streams that present the same token and copies bytes between
-//! them, within limits.
+//! The relay: forwards the two peers' QUIC packets between the clients of one pairing, without
+//! ever decrypting, sealing or otherwise changing them.
 //!
-//! A relay stream is a QUIC stream or a TCP connection whose first frame was
-//! [`ClientMsg::Relay`](crate::wire::ClientMsg::Relay). [`Relays::serve`] parks the first of a
-//! pair (bounded in number and in time), hands the second to it, answers both with
-//! [`NodeMsg::Paired`] and then splices. The node never looks at what passes: the peers seal
-//! it end to end, so the relay can only delay, drop or damage bytes, and the peers detect
-//! damage.
+//! 1. **Tickets.** When a side of a nameplate that has two sides asks (`RelayTicket`), the
+//!    table names the pairing and the side, and [`Relays::grant`] answers with that side's
+//!    ticket: two random 64-bit numbers are drawn per pairing, one per side. Only the two
+//!    clients of the pairing ever learn them, over their own mailbox sessions.
+//! 2. **Attaching.** Each side opens a relay stream (a QUIC stream to the node, or a TCP
+//!    connection) whose first frame is `Relay { ticket }` ([`Relays::serve`]). The stream
+//!    holds one relay slot of the side's source for as long as it lasts (both ends are
+//!    counted). Once both tickets of the pairing are attached, both get `Paired`; a side
+//!    whose partner does not attach within [`PAIR_TIMEOUT`] of the grant gets `Expired`.
+//! 3. **Forwarding.** A side on QUIC sends the packets as UDP datagrams to the node's port
+//!    (`0x01 ‖ ticket ‖ packet`, see [`crate::wire`]); [`socket::NodeSocket`] takes them out of
+//!    what the node's QUIC endpoint receives and hands them to [`Relays::datagrams`], which
+//!    checks the ticket and that they come from the address of the QUIC connection that
+//!    attached it, and sends them on to the other side (with that side's ticket in the
+//!    header), batches as batches. A side on TCP sends and receives records on its stream.
+//! 4. **Ending.** Either stream closing, the node shutting down, [`RelayLimits::idle_timeout`]
+//!    without a packet (keep-alives count) or [`RelayLimits::max_duration`] end the relay for
+//!    both sides: their streams are finished, and their tickets forgotten.
 //!
-//! Limits: relays at once (waiting ones included), bytes per second per relay and direction,
-//! bytes per second over all relays, the longest a relay may last, and how long it may stay
-//! silent in both directions.
+//! Limits ([`RelayLimits`]): pairings at once (with or without their ends), relay streams per
+//! source, bytes per second per relay and direction, and the node's total rate shared fairly
+//! between sources ([`meter`]). A packet over a rate is dropped, as a policing router would;
+//! the peers' congestion control backs off.
+
+mod meter;
+pub(crate) mod socket;
 
 use std::collections::HashMap;
-use std::net::IpAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use quinn::udp::Transmit;
+use quinn::AsyncUdpSocket;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, watch};
 
 use crate::metrics::{GaugeGuard, Metrics};
-use crate::wire::{self, ErrorCode, NodeMsg};
-
-/// How long the first stream of a pair waits for the second.
-pub const PAIR_TIMEOUT: Duration = Duration::from_secs(30);
-/// Size of the copy buffer of each direction.
-const COPY_BUFFER: usize = 64 * 1024;
+use crate::wire::{self, put_datagram_header, ErrorCode, NodeMsg, DATAGRAM_HEADER};
+use meter::{Bucket, Fair};
 
 pub use crate::client::{Reader, Writer};
+
+/// How long after its grant a pairing waits for both sides to attach.
+pub const PAIR_TIMEOUT: Duration = Duration::from_secs(30);
+/// Largest relay record on a TCP stream (stride and packets).
+pub const MAX_RECORD: usize = 64 * 1024;
+/// Records queued towards a side on TCP; more are dropped (as a full link would).
+const STREAM_QUEUE: usize = 256;
+/// How often a running relay checks its idle and duration limits.
+const WATCH_TICK: Duration = Duration::from_secs(1);
 
 /// Relay limits.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RelayLimits {
-    /// Relays at once, counting streams still waiting for their partner.
+    /// Pairings at once, counting those whose sides have not attached yet.
     pub max_sessions: usize,
     /// Bytes per second per relay and direction; 0 means unlimited.
     pub session_rate: u64,
-    /// Bytes per second over all relays; 0 means unlimited.
+    /// Bytes per second over all relays, shared fairly between sources; 0 means unlimited.
     pub total_rate: u64,
     /// The longest a relay may last.
     pub max_duration: Duration,
-    /// A relay with no bytes in either direction for this long is closed.
+    /// A relay with no packet (keep-alives included) in either direction for this long is
+    /// closed.
     pub idle_timeout: Duration,
-    /// Relays at once (waiting ones included) from one IPv4 address or IPv6 /64; the node
-    /// sets it to its clients-per-address limit.
+    /// Relay streams at once from one IPv4 address or IPv6 /64 (each side of a relay holds
+    /// one); the node sets it to its clients-per-address limit.
     pub per_source: usize,
 }
 
@@ -53,8 +77,8 @@ impl Default for RelayLimits {
     fn default() -> Self {
         RelayLimits {
             max_sessions: 1000,
-            session_rate: 0,
-            total_rate: 0,
+            session_rate: 50_000_000,
+            total_rate: 250_000_000,
             max_duration: Duration::from_secs(6 * 3600),
             idle_timeout: Duration::from_secs(60),
             per_source: 64,
@@ -62,8 +86,9 @@ impl Default for RelayLimits {
     }
 }
 
-/// Sees, and may alter, every relayed buffer: `(side it came from, offset in that direction,
-/// bytes)`. Only for tests and diagnosis: it lets a test play a malicious relay.
+/// Sees, and may alter, every relayed packet: `(side it came from, bytes relayed from that
+/// side before it, the packet)`. Only for tests and diagnosis: it lets a test play a malicious
+/// relay.
 #[derive(Clone)]
 pub struct Tap(pub Arc<TapFn>);
 
@@ -76,206 +101,549 @@ impl std::fmt::Debug for Tap {
     }
 }
 
-/// One end of a relay: its stream and, for the second end, a signal that the splice ended.
-struct End {
-    side: u8,
-    reader: Reader,
-    writer: Writer,
-    /// Dropped when the splice is over (the end's connection must live until then).
-    _done: Option<oneshot::Sender<()>>,
-}
-
-/// A relay slot: one session (or waiting end) counted overall and for its source.
-struct Slot<'a> {
-    relays: &'a Relays,
-    key: IpAddr,
-    _active: GaugeGuard,
-}
-
-impl Drop for Slot<'_> {
-    fn drop(&mut self) {
-        let mut per_source = lock(&self.relays.per_source);
-        if let Some(n) = per_source.get_mut(&self.key) {
-            *n -= 1;
-            if *n == 0 {
-                per_source.remove(&self.key);
-            }
-        }
-    }
-}
-
-struct Waiting {
-    side: u8,
-    id: u64,
-    deliver: oneshot::Sender<End>,
+/// How a relay stream reached the node, which decides how its packets travel.
+#[derive(Debug)]
+pub enum Attach {
+    /// A stream of this QUIC connection: packets come and go as datagrams to and from the
+    /// connection's address.
+    Datagrams(quinn::Connection),
+    /// A TCP connection: packets travel as records on the stream itself.
+    Stream,
 }
 
 /// The relays of one node.
 #[derive(Debug)]
 pub struct Relays {
     limits: RelayLimits,
-    waiting: Mutex<HashMap<[u8; 32], Waiting>>,
-    per_source: Mutex<HashMap<IpAddr, usize>>,
-    closing: std::sync::atomic::AtomicBool,
-    total: Option<Mutex<Bucket>>,
-    next_id: AtomicU64,
+    state: Mutex<State>,
+    /// The node's UDP socket, which datagrams to sides on QUIC leave from.
+    socket: Option<Arc<dyn AsyncUdpSocket>>,
+    fair: Mutex<Fair>,
+    closing: AtomicBool,
     tap: Option<Tap>,
-    /// Where the relays count what they do (`relays_*`, `relay_bytes_total`).
+    /// Where the relays count what they do (`relays_*`, `relay_bytes_total`,
+    /// `relay_dropped_total`).
     pub metrics: Arc<Metrics>,
 }
 
-impl std::fmt::Debug for Waiting {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Waiting").field("side", &self.side).field("id", &self.id).finish()
+#[derive(Debug, Default)]
+struct State {
+    tickets: HashMap<u64, (Arc<Alloc>, u8)>,
+    pairings: HashMap<u64, Arc<Alloc>>,
+    per_source: HashMap<IpAddr, usize>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Waiting,
+    Paired,
+    Ended,
+}
+
+/// The relay of one pairing.
+#[derive(Debug)]
+struct Alloc {
+    pairing: u64,
+    tickets: [u64; 2],
+    granted: Instant,
+    phase: watch::Sender<Phase>,
+    inner: Mutex<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    ends: [Option<End>; 2],
+    /// Per direction (from side 0, from side 1), when sessions have a rate.
+    sessions: [Option<Bucket>; 2],
+    /// Bytes relayed from each side.
+    relayed: [u64; 2],
+    /// The last packet (or keep-alive), and when the relay was paired.
+    last: Instant,
+    paired: Option<Instant>,
+    /// Holds `relays_active` up while paired.
+    active: Option<GaugeGuard>,
+}
+
+#[derive(Debug)]
+enum End {
+    Datagrams { conn: quinn::Connection, addr: SocketAddr, source: IpAddr },
+    Stream { tx: mpsc::Sender<Vec<u8>>, source: IpAddr },
+}
+
+impl End {
+    fn source(&self) -> IpAddr {
+        match self {
+            End::Datagrams { source, .. } | End::Stream { source, .. } => *source,
+        }
     }
 }
 
+/// One relay stream counted for its source; released on drop.
+struct Slot<'a> {
+    relays: &'a Relays,
+    key: IpAddr,
+}
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        let mut state = lock(&self.relays.state);
+        if let Some(n) = state.per_source.get_mut(&self.key) {
+            *n -= 1;
+            if *n == 0 {
+                state.per_source.remove(&self.key);
+            }
+        }
+    }
+}
+
+/// What a packet run is forwarded as.
+enum Packets<'a> {
+    /// Relay datagrams, headers included, `stride` bytes each (the last maybe shorter).
+    Datagrams { buf: &'a mut [u8], stride: usize },
+    /// Bare packets from a TCP record, `stride` bytes each (the last maybe shorter).
+    Bare { buf: &'a mut [u8], stride: usize },
+}
+
 impl Relays {
-    /// Relays under `limits`.
+    /// Relays under `limits`, without a UDP socket (only TCP sides can be served; for tests).
     pub fn new(limits: RelayLimits) -> Relays {
-        Relays::with(limits, None, Arc::default())
+        Relays::with(limits, None, None, Arc::default())
     }
 
-    /// Relays under `limits` that count into `metrics` and pass their bytes through `tap`.
-    pub fn with(limits: RelayLimits, tap: Option<Tap>, metrics: Arc<Metrics>) -> Relays {
-        let total = (limits.total_rate > 0).then(|| Mutex::new(Bucket::new(limits.total_rate)));
+    /// Relays under `limits` that send datagrams on `socket`, count into `metrics` and pass
+    /// every packet through `tap`.
+    pub fn with(
+        limits: RelayLimits,
+        socket: Option<Arc<dyn AsyncUdpSocket>>,
+        tap: Option<Tap>,
+        metrics: Arc<Metrics>,
+    ) -> Relays {
+        let fair = Fair::new(limits.total_rate, Instant::now());
         Relays {
             limits,
-            waiting: Mutex::new(HashMap::new()),
-            per_source: Mutex::new(HashMap::new()),
-            closing: std::sync::atomic::AtomicBool::new(false),
-            total,
-            next_id: AtomicU64::new(1),
+            state: Mutex::new(State::default()),
+            socket,
+            fair: Mutex::new(fair),
+            closing: AtomicBool::new(false),
             tap,
             metrics,
         }
     }
 
-    /// Serves one relay stream from `source` whose `Relay` request (`token`, `side`) was read;
-    /// returns when the relay is over (or was refused). `on_paired` runs once the stream is
-    /// paired (the QUIC server widens the connection's receive window then).
+    /// The ticket of `side` (0 or 1) for the relay of `pairing`, drawing both tickets of the
+    /// pairing at its first request. Refused (code and message) when the node is closing or
+    /// holds [`RelayLimits::max_sessions`] pairings.
+    pub fn grant(&self, pairing: u64, side: u8) -> Result<u64, (ErrorCode, String)> {
+        if self.closing.load(Ordering::Relaxed) {
+            return Err((ErrorCode::ShuttingDown, "the node is shutting down".into()));
+        }
+        let side = usize::from(side.min(1));
+        let now = Instant::now();
+        let mut state = lock(&self.state);
+        if let Some(alloc) = state.pairings.get(&pairing) {
+            return Ok(alloc.tickets[side]);
+        }
+        // Pairings granted long ago whose sides never attached are forgotten here (one
+        // whose side attached is ended by that side's stream).
+        let stale: Vec<Arc<Alloc>> = state
+            .pairings
+            .values()
+            .filter(|a| {
+                now.saturating_duration_since(a.granted) > PAIR_TIMEOUT
+                    && lock(&a.inner).ends.iter().all(Option::is_none)
+            })
+            .cloned()
+            .collect();
+        for alloc in stale {
+            forget(&mut state, &alloc);
+        }
+        if state.pairings.len() >= self.limits.max_sessions {
+            Metrics::bump(&self.metrics.relays_refused_total);
+            return Err((ErrorCode::Busy, "the relay is full; try again later".into()));
+        }
+        let mut tickets = [0u64; 2];
+        for t in &mut tickets {
+            *t = loop {
+                let candidate: u64 = rand::random();
+                if candidate != 0 && !state.tickets.contains_key(&candidate) {
+                    break candidate;
+                }
+            };
+        }
+        let rate = self.limits.session_rate;
+        let alloc = Arc::new(Alloc {
+            pairing,
+            tickets,
+            granted: now,
+            phase: watch::Sender::new(Phase::Waiting),
+            inner: Mutex::new(Inner {
+                ends: [None, None],
+                sessions: [(); 2].map(|()| (rate > 0).then(|| Bucket::new(rate, now))),
+                relayed: [0; 2],
+                last: now,
+                paired: None,
+                active: None,
+            }),
+        });
+        for (i, t) in tickets.iter().enumerate() {
+            state.tickets.insert(*t, (alloc.clone(), i as u8));
+        }
+        state.pairings.insert(pairing, alloc);
+        Ok(tickets[side])
+    }
+
+    /// Serves one relay stream from `source` whose `Relay { ticket }` was read; returns when
+    /// the relay is over (or was refused).
     pub async fn serve(
         &self,
-        token: [u8; 32],
-        side: u8,
-        source: IpAddr,
-        reader: Reader,
+        ticket: u64,
+        source: SocketAddr,
+        attach: Attach,
+        mut reader: Reader,
         mut writer: Writer,
-        on_paired: Option<Box<dyn FnOnce() + Send>>,
     ) {
         if self.closing.load(Ordering::Relaxed) {
             let message = "the node is shutting down; try again later";
             self.refuse(&mut writer, ErrorCode::ShuttingDown, message).await;
             return;
         }
-        let Some(slot) = self.admit(source) else {
+        let found = lock(&self.state).tickets.get(&ticket).cloned();
+        let Some((alloc, side)) = found else {
+            let message = "unknown or expired relay ticket";
+            self.refuse(&mut writer, ErrorCode::Expired, message).await;
+            return;
+        };
+        let Some(slot) = self.admit(source.ip()) else {
             self.refuse(&mut writer, ErrorCode::Busy, "the relay is full; try again later").await;
             return;
         };
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let (deliver, delivered) = oneshot::channel();
-        enum Role {
-            First,
-            Second(Waiting),
-            Duplicate,
+        let Some(rx) = self.attach(&alloc, side, source, attach) else {
+            let message = "this relay ticket is already attached";
+            self.refuse(&mut writer, ErrorCode::Protocol, message).await;
+            return;
+        };
+        // Until the other side attaches (or never does, or this one hangs up: it sends
+        // nothing before `Paired`, so a read that returns means it left).
+        let mut phase = alloc.phase.subscribe();
+        let deadline = tokio::time::Instant::from_std(alloc.granted + PAIR_TIMEOUT);
+        let mut probe = [0u8; 1];
+        let paired = tokio::select! {
+            p = tokio::time::timeout_at(deadline, phase.wait_for(|p| *p != Phase::Waiting)) => {
+                matches!(p, Ok(Ok(p)) if *p == Phase::Paired)
+            }
+            _ = reader.read(&mut probe) => false,
+        };
+        if !paired {
+            self.end(&alloc);
+            self.refuse(&mut writer, ErrorCode::Expired, "the other side never came").await;
+            return;
         }
-        // One critical section decides: pair with the waiting end, wait, or refuse.
-        let role = {
-            let mut waiting = lock(&self.waiting);
-            match waiting.remove(&token) {
-                Some(w) if w.side != side => Role::Second(w),
-                Some(w) => {
-                    waiting.insert(token, w);
-                    Role::Duplicate
+        let answered = tokio::time::timeout(
+            Duration::from_secs(10),
+            writer.write_all(&wire::encode(&NodeMsg::Paired)),
+        )
+        .await;
+        if matches!(answered, Ok(Ok(()))) {
+            let ended = async {
+                let _ = phase.wait_for(|p| *p == Phase::Ended).await;
+            };
+            match rx {
+                // The stream only holds the relay: it ends when the client closes it.
+                None => tokio::select! {
+                    () = drain(reader) => {}
+                    () = ended => {}
+                    () = self.watch(&alloc) => {}
+                },
+                Some(rx) => tokio::select! {
+                    () = self.records_in(&alloc, side, reader) => {}
+                    () = records_out(rx, &mut writer) => {}
+                    () = ended => {}
+                    () = self.watch(&alloc) => {}
+                },
+            }
+        }
+        self.end(&alloc);
+        let _ = tokio::time::timeout(Duration::from_secs(5), writer.shutdown()).await;
+        tracing::debug!(pairing = alloc.pairing, "relay finished");
+        drop(slot);
+    }
+
+    /// Relay datagrams that arrived at the node's socket from `from`: `buf` holds one or more
+    /// of `stride` bytes each (the last may be shorter), all with the same ticket.
+    pub(crate) fn datagrams(&self, from: SocketAddr, buf: &mut [u8], stride: usize) {
+        let Some(ticket) = wire::datagram_ticket(buf) else { return };
+        let found = lock(&self.state).tickets.get(&ticket).cloned();
+        let Some((alloc, side)) = found else {
+            self.dropped(1);
+            return;
+        };
+        let source = {
+            let mut inner = lock(&alloc.inner);
+            match &mut inner.ends[usize::from(side)] {
+                Some(End::Datagrams { conn, addr, source }) => {
+                    if !same_addr(*addr, from) {
+                        // The client's QUIC connection to the node may have moved (a NAT
+                        // rebinding); anything else is not the attached client.
+                        if !same_addr(conn.remote_address(), from) {
+                            drop(inner);
+                            self.dropped(1);
+                            return;
+                        }
+                        *addr = from;
+                    }
+                    *source
                 }
-                None => {
-                    waiting.insert(token, Waiting { side, id, deliver });
-                    Role::First
+                _ => {
+                    drop(inner);
+                    self.dropped(1);
+                    return;
                 }
             }
         };
-        match role {
-            Role::Duplicate => {
-                self.refuse(
-                    &mut writer,
-                    ErrorCode::Protocol,
-                    "this relay token is already waiting",
-                )
-                .await;
-            }
-            Role::Second(partner) => {
-                // Hand ourselves to the first end, which runs the splice (and counts as the
-                // session), and stay until it is over so that our connection stays open.
-                drop(slot);
-                if let Some(widen) = on_paired {
-                    widen();
-                }
-                let (done, finished) = oneshot::channel();
-                let end = End { side, reader, writer, _done: Some(done) };
-                match partner.deliver.send(end) {
-                    Ok(()) => {
-                        let _ = finished.await;
-                    }
-                    Err(mut end) => {
-                        self.refuse(&mut end.writer, ErrorCode::Expired, "the other side left")
-                            .await;
-                    }
-                }
-            }
-            Role::First => {
-                let mut reader = reader;
-                // The client sends nothing before `Paired`: a read that returns means it hung
-                // up (or broke the protocol); either way stop waiting.
-                let mut probe = [0u8; 1];
-                let other = tokio::select! {
-                    r = tokio::time::timeout(PAIR_TIMEOUT, delivered) => r.ok().and_then(Result::ok),
-                    _ = reader.read(&mut probe) => None,
-                };
-                let Some(other) = other else {
-                    {
-                        let mut waiting = lock(&self.waiting);
-                        if waiting.get(&token).is_some_and(|w| w.id == id) {
-                            waiting.remove(&token);
-                        }
-                    }
-                    self.refuse(&mut writer, ErrorCode::Expired, "the other side never came").await;
-                    return;
-                };
-                if let Some(widen) = on_paired {
-                    widen();
-                }
-                Metrics::bump(&self.metrics.relays_total);
-                let mine = End { side, reader, writer, _done: None };
-                let bytes = self.splice(mine, other).await;
-                tracing::debug!(bytes, "relay finished");
-                drop(slot);
-            }
-        }
+        self.forward(&alloc, side, source, Packets::Datagrams { buf, stride });
     }
 
-    /// Shutdown: new relay streams are refused; running relays go on (the server bounds them
-    /// by its grace period).
+    /// Shutdown: new tickets and relay streams are refused; running relays go on (the server
+    /// bounds them by its grace period).
     pub fn close(&self) {
         self.closing.store(true, Ordering::Relaxed);
     }
 
-    /// Takes a relay slot for `source` within the session cap and the per-address cap.
+    /// Pairings held (with or without their sides attached).
+    pub fn pairings(&self) -> usize {
+        lock(&self.state).pairings.len()
+    }
+
+    /// Takes a relay slot for `source` within the per-address cap.
     fn admit(&self, source: IpAddr) -> Option<Slot<'_>> {
         let key = crate::table::source_of(source);
-        let mut per_source = lock(&self.per_source);
-        let active = self.metrics.relays_active.load(Ordering::Relaxed);
-        let mine = per_source.get(&key).copied().unwrap_or(0);
-        if usize::try_from(active).unwrap_or(usize::MAX) >= self.limits.max_sessions
-            || mine >= self.limits.per_source
-        {
+        let mut state = lock(&self.state);
+        let mine = state.per_source.get(&key).copied().unwrap_or(0);
+        if mine >= self.limits.per_source {
+            Metrics::bump(&self.metrics.relays_refused_total);
             return None;
         }
-        per_source.insert(key, mine + 1);
-        Some(Slot {
-            relays: self,
-            key,
-            _active: GaugeGuard::new(self.metrics.clone(), |m| &m.relays_active),
-        })
+        state.per_source.insert(key, mine + 1);
+        Some(Slot { relays: self, key })
+    }
+
+    /// Attaches `side` of `alloc`; `None` if it is attached already (or the relay ended).
+    /// For a side on TCP, returns the queue of records towards it.
+    #[allow(clippy::option_option)]
+    fn attach(
+        &self,
+        alloc: &Alloc,
+        side: u8,
+        source: SocketAddr,
+        attach: Attach,
+    ) -> Option<Option<mpsc::Receiver<Vec<u8>>>> {
+        let mut inner = lock(&alloc.inner);
+        if inner.ends[usize::from(side)].is_some() || *alloc.phase.borrow() == Phase::Ended {
+            return None;
+        }
+        let ip = source.ip();
+        let (end, rx) = match attach {
+            Attach::Datagrams(conn) => {
+                let addr = conn.remote_address();
+                (End::Datagrams { conn, addr, source: ip }, None)
+            }
+            Attach::Stream => {
+                let (tx, rx) = mpsc::channel(STREAM_QUEUE);
+                (End::Stream { tx, source: ip }, Some(rx))
+            }
+        };
+        inner.ends[usize::from(side)] = Some(end);
+        if inner.ends.iter().all(Option::is_some) {
+            let now = Instant::now();
+            inner.last = now;
+            inner.paired = Some(now);
+            inner.active = Some(GaugeGuard::new(self.metrics.clone(), |m| &m.relays_active));
+            Metrics::bump(&self.metrics.relays_total);
+            alloc.phase.send_replace(Phase::Paired);
+        }
+        Some(rx)
+    }
+
+    /// Ends the relay of `alloc` for both sides (idempotent).
+    fn end(&self, alloc: &Arc<Alloc>) {
+        alloc.phase.send_replace(Phase::Ended);
+        forget(&mut lock(&self.state), alloc);
+        let mut inner = lock(&alloc.inner);
+        inner.ends = [None, None];
+        inner.active = None;
+    }
+
+    /// Resolves when the relay has been idle or has lasted too long.
+    async fn watch(&self, alloc: &Alloc) {
+        loop {
+            tokio::time::sleep(WATCH_TICK.min(self.limits.idle_timeout)).await;
+            let now = Instant::now();
+            let inner = lock(&alloc.inner);
+            let idle = now.saturating_duration_since(inner.last) >= self.limits.idle_timeout;
+            let old = inner
+                .paired
+                .is_some_and(|p| now.saturating_duration_since(p) >= self.limits.max_duration);
+            if idle || old {
+                tracing::debug!(pairing = alloc.pairing, idle, old, "relay limit reached");
+                return;
+            }
+        }
+    }
+
+    /// Reads relay records from a side on TCP and forwards them.
+    async fn records_in(&self, alloc: &Arc<Alloc>, side: u8, mut reader: Reader) {
+        let mut buf = vec![0u8; MAX_RECORD];
+        loop {
+            let mut header = [0u8; 4];
+            if reader.read_exact(&mut header).await.is_err() {
+                return;
+            }
+            let len = u32::from_be_bytes(header) as usize;
+            if !(2..=MAX_RECORD).contains(&len) || reader.read_exact(&mut buf[..len]).await.is_err()
+            {
+                return;
+            }
+            let stride = usize::from(u16::from_be_bytes([buf[0], buf[1]]));
+            let source = {
+                let inner = lock(&alloc.inner);
+                match &inner.ends[usize::from(side)] {
+                    Some(end) => end.source(),
+                    None => return,
+                }
+            };
+            if len == 2 {
+                lock(&alloc.inner).last = Instant::now();
+                continue;
+            }
+            if stride == 0 {
+                return;
+            }
+            self.forward(alloc, side, source, Packets::Bare { buf: &mut buf[2..len], stride });
+        }
+    }
+
+    /// Forwards packets from `side` to the other side of `alloc`, within the limits.
+    fn forward(&self, alloc: &Alloc, side: u8, source: IpAddr, packets: Packets<'_>) {
+        let (from, to) = (usize::from(side), usize::from(1 - side.min(1)));
+        let (payload, count) = match &packets {
+            Packets::Datagrams { buf, stride } => {
+                let count = buf.len().div_ceil((*stride).max(1));
+                (buf.len().saturating_sub(count * DATAGRAM_HEADER), count)
+            }
+            Packets::Bare { buf, stride } => (buf.len(), buf.len().div_ceil((*stride).max(1))),
+        };
+        let now = Instant::now();
+        let mut inner = lock(&alloc.inner);
+        inner.last = now;
+        if payload == 0 {
+            return; // keep-alives
+        }
+        let allowed = {
+            let mut fair = lock(&self.fair);
+            fair.allow(source, payload as u64, inner.sessions[from].as_mut(), now)
+        };
+        if !allowed {
+            drop(inner);
+            self.dropped(count as u64);
+            return;
+        }
+        let offset = inner.relayed[from];
+        inner.relayed[from] += payload as u64;
+        let dest = match &inner.ends[to] {
+            Some(End::Datagrams { addr, .. }) => Dest::Datagrams(*addr),
+            Some(End::Stream { tx, .. }) => Dest::Stream(tx.clone()),
+            None => Dest::Nowhere,
+        };
+        drop(inner);
+        let ticket = alloc.tickets[to];
+        let sent = match (dest, packets) {
+            (Dest::Nowhere, _) => false,
+            (Dest::Datagrams(addr), Packets::Datagrams { buf, stride }) => {
+                let mut at = offset;
+                for segment in buf.chunks_mut(stride.max(1)) {
+                    put_datagram_header(segment, ticket);
+                    at += self.tap(side, at, &mut segment[DATAGRAM_HEADER..]);
+                }
+                self.send_datagrams(addr, buf, stride)
+            }
+            (Dest::Datagrams(addr), Packets::Bare { buf, stride }) => {
+                let wide = stride + DATAGRAM_HEADER;
+                let mut out = vec![0u8; buf.len() + count * DATAGRAM_HEADER];
+                let mut at = offset;
+                for (packet, segment) in buf.chunks_mut(stride).zip(out.chunks_mut(wide)) {
+                    at += self.tap(side, at, packet);
+                    put_datagram_header(segment, ticket);
+                    segment[DATAGRAM_HEADER..DATAGRAM_HEADER + packet.len()]
+                        .copy_from_slice(packet);
+                }
+                self.send_datagrams(addr, &out, wide)
+            }
+            (Dest::Stream(tx), Packets::Datagrams { buf, stride }) => {
+                let narrow = stride.saturating_sub(DATAGRAM_HEADER);
+                let mut record = Vec::with_capacity(6 + payload);
+                record.extend_from_slice(&((payload + 2) as u32).to_be_bytes());
+                record.extend_from_slice(&(narrow as u16).to_be_bytes());
+                let mut at = offset;
+                for segment in buf.chunks_mut(stride.max(1)) {
+                    at += self.tap(side, at, &mut segment[DATAGRAM_HEADER..]);
+                    record.extend_from_slice(&segment[DATAGRAM_HEADER..]);
+                }
+                tx.try_send(record).is_ok()
+            }
+            (Dest::Stream(tx), Packets::Bare { buf, stride }) => {
+                let mut record = Vec::with_capacity(6 + payload);
+                record.extend_from_slice(&((payload + 2) as u32).to_be_bytes());
+                record.extend_from_slice(&(stride as u16).to_be_bytes());
+                let mut at = offset;
+                for packet in buf.chunks_mut(stride) {
+                    at += self.tap(side, at, packet);
+                    record.extend_from_slice(packet);
+                }
+                tx.try_send(record).is_ok()
+            }
+        };
+        if sent {
+            self.metrics.relay_bytes_total.fetch_add(payload as u64, Ordering::Relaxed);
+        } else {
+            self.dropped(count as u64);
+        }
+    }
+
+    /// Passes a packet through the tap, if there is one; returns its length.
+    fn tap(&self, side: u8, offset: u64, packet: &mut [u8]) -> u64 {
+        if let Some(tap) = &self.tap {
+            (tap.0)(side, offset, packet);
+        }
+        packet.len() as u64
+    }
+
+    /// Sends datagrams of `stride` bytes (the last may be shorter) to `to`, as one batch when
+    /// the socket can; false if the socket had no room (they are dropped, like on a full link).
+    fn send_datagrams(&self, to: SocketAddr, buf: &[u8], stride: usize) -> bool {
+        let Some(socket) = &self.socket else { return false };
+        let stride = stride.max(1);
+        let per_batch = socket.max_transmit_segments().max(1) * stride;
+        for batch in buf.chunks(per_batch) {
+            let segment_size = (batch.len() > stride).then_some(stride);
+            let transmit = Transmit {
+                destination: to,
+                ecn: None,
+                contents: batch,
+                segment_size,
+                src_ip: None,
+            };
+            if let Err(e) = socket.try_send(&transmit) {
+                if e.kind() != std::io::ErrorKind::WouldBlock {
+                    tracing::debug!(error = %e, %to, "relay send failed");
+                }
+                return false;
+            }
+        }
+        true
+    }
+
+    fn dropped(&self, packets: u64) {
+        self.metrics.relay_dropped_total.fetch_add(packets, Ordering::Relaxed);
     }
 
     async fn refuse(&self, writer: &mut Writer, code: ErrorCode, message: &str) {
@@ -287,109 +655,48 @@ impl Relays {
         })
         .await;
     }
+}
 
-    /// Answers both ends and copies bytes until both directions end, the relay goes idle or
-    /// runs out of time. Returns the bytes copied.
-    async fn splice(&self, a: End, b: End) -> u64 {
-        let End { side: a_side, reader: ar, writer: mut aw, _done: a_done } = a;
-        let End { side: b_side, reader: br, writer: mut bw, _done: b_done } = b;
-        let paired = wire::encode(&NodeMsg::Paired);
-        let answered = tokio::time::timeout(Duration::from_secs(10), async {
-            aw.write_all(&paired).await?;
-            bw.write_all(&paired).await
-        })
-        .await;
-        if !matches!(answered, Ok(Ok(()))) {
-            return 0;
+/// Where a packet run goes.
+enum Dest {
+    Datagrams(SocketAddr),
+    Stream(mpsc::Sender<Vec<u8>>),
+    Nowhere,
+}
+
+/// Removes `alloc`'s tickets and pairing from `state` (if they are still its own).
+fn forget(state: &mut State, alloc: &Arc<Alloc>) {
+    for t in alloc.tickets {
+        if state.tickets.get(&t).is_some_and(|(a, _)| Arc::ptr_eq(a, alloc)) {
+            state.tickets.remove(&t);
         }
-        let started = Instant::now();
-        let activity = AtomicU64::new(0);
-        let forward = self.pump(a_side, ar, bw, started, &activity);
-        let backward = self.pump(b_side, br, aw, started, &activity);
-        let idle = async {
-            let tick = (self.limits.idle_timeout / 4).max(Duration::from_millis(100));
-            loop {
-                tokio::time::sleep(tick).await;
-                let last = Duration::from_millis(activity.load(Ordering::Relaxed));
-                if started.elapsed().saturating_sub(last) >= self.limits.idle_timeout {
-                    return;
-                }
-            }
-        };
-        let bytes = tokio::select! {
-            (f, b) = async { tokio::join!(forward, backward) } => f + b,
-            () = idle => 0,
-            () = tokio::time::sleep(self.limits.max_duration) => 0,
-        };
-        drop((a_done, b_done));
-        bytes
     }
-
-    /// Copies one direction until end of stream or an error, then ends the writer.
-    async fn pump(
-        &self,
-        from: u8,
-        mut reader: Reader,
-        mut writer: Writer,
-        started: Instant,
-        activity: &AtomicU64,
-    ) -> u64 {
-        let mut own = (self.limits.session_rate > 0).then(|| Bucket::new(self.limits.session_rate));
-        let mut buf = vec![0u8; COPY_BUFFER];
-        let mut copied = 0u64;
-        loop {
-            let n = match reader.read(&mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => n,
-            };
-            activity.store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
-            if let Some(tap) = &self.tap {
-                (tap.0)(from, copied, &mut buf[..n]);
-            }
-            if let Some(own) = own.as_mut() {
-                tokio::time::sleep(own.take(n as u64)).await;
-            }
-            if let Some(total) = &self.total {
-                let wait = lock(total).take(n as u64);
-                tokio::time::sleep(wait).await;
-            }
-            if writer.write_all(&buf[..n]).await.is_err() {
-                break;
-            }
-            copied += n as u64;
-            self.metrics.relay_bytes_total.fetch_add(n as u64, Ordering::Relaxed);
-        }
-        let _ = tokio::time::timeout(Duration::from_secs(5), writer.shutdown()).await;
-        copied
+    if state.pairings.get(&alloc.pairing).is_some_and(|a| Arc::ptr_eq(a, alloc)) {
+        state.pairings.remove(&alloc.pairing);
     }
 }
 
-/// A token bucket with one second of burst: [`Bucket::take`] returns how long to wait before
-/// the bytes may pass.
-#[derive(Debug)]
-struct Bucket {
-    rate: f64,
-    tokens: f64,
-    last: Instant,
-}
-
-impl Bucket {
-    fn new(rate: u64) -> Bucket {
-        Bucket { rate: rate as f64, tokens: rate as f64, last: Instant::now() }
-    }
-
-    fn take(&mut self, n: u64) -> Duration {
-        let now = Instant::now();
-        let elapsed = now.duration_since(self.last).as_secs_f64();
-        self.last = now;
-        self.tokens = (self.tokens + elapsed * self.rate).min(self.rate);
-        self.tokens -= n as f64;
-        if self.tokens >= 0.0 {
-            Duration::ZERO
-        } else {
-            Duration::from_secs_f64(-self.tokens / self.rate)
+/// Writes the records queued for a side on TCP.
+async fn records_out(mut rx: mpsc::Receiver<Vec<u8>>, writer: &mut Writer) {
+    while let Some(record) = rx.recv().await {
+        if writer.write_all(&record).await.is_err() {
+            return;
+        }
+        if rx.is_empty() && writer.flush().await.is_err() {
+            return;
         }
     }
+}
+
+/// Reads (and ignores) until the stream ends.
+async fn drain(mut reader: Reader) {
+    let mut sink = [0u8; 64];
+    while matches!(reader.read(&mut sink).await, Ok(n) if n > 0) {}
+}
+
+/// Two addresses of the same host and port, however a dual-stack socket spelled them.
+fn same_addr(a: SocketAddr, b: SocketAddr) -> bool {
+    a.port() == b.port() && a.ip().to_canonical() == b.ip().to_canonical()
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -415,196 +722,4 @@ pub(crate) async fn read_first(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    const LOCAL: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
-
-    #[test]
-    fn bucket_paces_to_its_rate() {
-        let mut b = Bucket::new(1000);
-        assert_eq!(b.take(1000), Duration::ZERO, "one second of burst");
-        let wait = b.take(500);
-        assert!(
-            wait > Duration::from_millis(400) && wait <= Duration::from_millis(500),
-            "{wait:?}"
-        );
-    }
-
-    fn pipe() -> (Reader, Writer, tokio::io::DuplexStream) {
-        let (mine, theirs) = tokio::io::duplex(1 << 16);
-        let (r, w) = tokio::io::split(mine);
-        (Box::new(r), Box::new(w), theirs)
-    }
-
-    async fn read_msg(s: &mut tokio::io::DuplexStream) -> NodeMsg {
-        let mut header = [0u8; 4];
-        s.read_exact(&mut header).await.unwrap();
-        let mut body = vec![0u8; wire::frame_len(header).unwrap()];
-        s.read_exact(&mut body).await.unwrap();
-        wire::decode_node(&body).unwrap()
-    }
-
-    #[tokio::test]
-    async fn pairs_by_token_and_copies_both_ways() {
-        let relays = Arc::new(Relays::new(RelayLimits::default()));
-        let (ar, aw, mut a) = pipe();
-        let (br, bw, mut b) = pipe();
-        let first = tokio::spawn({
-            let r = relays.clone();
-            async move { r.serve([1; 32], 0, LOCAL, ar, aw, None).await }
-        });
-        tokio::task::yield_now().await;
-        let second = tokio::spawn({
-            let r = relays.clone();
-            async move { r.serve([1; 32], 1, LOCAL, br, bw, None).await }
-        });
-        assert_eq!(read_msg(&mut a).await, NodeMsg::Paired);
-        assert_eq!(read_msg(&mut b).await, NodeMsg::Paired);
-        a.write_all(b"ping").await.unwrap();
-        let mut got = [0u8; 4];
-        b.read_exact(&mut got).await.unwrap();
-        assert_eq!(&got, b"ping");
-        b.write_all(b"pong").await.unwrap();
-        a.read_exact(&mut got).await.unwrap();
-        assert_eq!(&got, b"pong");
-        drop(a);
-        drop(b);
-        first.await.unwrap();
-        second.await.unwrap();
-        assert_eq!(relays.metrics.relay_bytes_total.load(Ordering::Relaxed), 8);
-        assert_eq!(relays.metrics.relays_active.load(Ordering::Relaxed), 0);
-        assert_eq!(relays.metrics.relays_total.load(Ordering::Relaxed), 1);
-    }
-
-    #[tokio::test]
-    async fn same_side_twice_and_over_the_limit_are_refused() {
-        let limits = RelayLimits { max_sessions: 2, ..RelayLimits::default() };
-        let relays = Arc::new(Relays::new(limits));
-        let (ar, aw, _a) = pipe();
-        let first = tokio::spawn({
-            let r = relays.clone();
-            async move { r.serve([2; 32], 0, LOCAL, ar, aw, None).await }
-        });
-        tokio::task::yield_now().await;
-        let (br, bw, mut b) = pipe();
-        relays.serve([2; 32], 0, LOCAL, br, bw, None).await;
-        assert!(matches!(read_msg(&mut b).await, NodeMsg::Error { code: ErrorCode::Protocol, .. }));
-        let (cr, cw, _c) = pipe();
-        let other = tokio::spawn({
-            let r = relays.clone();
-            async move { r.serve([3; 32], 0, LOCAL, cr, cw, None).await }
-        });
-        tokio::task::yield_now().await;
-        let (dr, dw, mut d) = pipe();
-        relays.serve([4; 32], 0, LOCAL, dr, dw, None).await;
-        assert!(matches!(read_msg(&mut d).await, NodeMsg::Error { code: ErrorCode::Busy, .. }));
-        first.abort();
-        other.abort();
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn an_unpaired_stream_expires() {
-        let relays = Relays::new(RelayLimits::default());
-        let (ar, aw, mut a) = pipe();
-        relays.serve([5; 32], 0, LOCAL, ar, aw, None).await;
-        assert!(matches!(read_msg(&mut a).await, NodeMsg::Error { code: ErrorCode::Expired, .. }));
-        assert!(lock(&relays.waiting).is_empty());
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn an_idle_relay_is_closed() {
-        let limits = RelayLimits { idle_timeout: Duration::from_secs(5), ..RelayLimits::default() };
-        let relays = Arc::new(Relays::new(limits));
-        let (ar, aw, mut a) = pipe();
-        let (br, bw, mut b) = pipe();
-        let first = tokio::spawn({
-            let r = relays.clone();
-            async move { r.serve([6; 32], 0, LOCAL, ar, aw, None).await }
-        });
-        tokio::task::yield_now().await;
-        let second = tokio::spawn({
-            let r = relays.clone();
-            async move { r.serve([6; 32], 1, LOCAL, br, bw, None).await }
-        });
-        assert_eq!(read_msg(&mut a).await, NodeMsg::Paired);
-        assert_eq!(read_msg(&mut b).await, NodeMsg::Paired);
-        // Nobody sends anything: the relay ends on its own and both ends see the close.
-        first.await.unwrap();
-        second.await.unwrap();
-        let mut rest = Vec::new();
-        a.read_to_end(&mut rest).await.unwrap();
-        assert!(rest.is_empty());
-    }
-
-    #[tokio::test]
-    async fn a_pair_counts_once_and_a_source_has_a_cap() {
-        let limits = RelayLimits { per_source: 2, ..RelayLimits::default() };
-        let relays = Arc::new(Relays::new(limits));
-        let (ar, aw, mut a) = pipe();
-        let (br, bw, mut b) = pipe();
-        let first = tokio::spawn({
-            let r = relays.clone();
-            async move { r.serve([10; 32], 0, LOCAL, ar, aw, None).await }
-        });
-        tokio::task::yield_now().await;
-        let second = tokio::spawn({
-            let r = relays.clone();
-            async move { r.serve([10; 32], 1, LOCAL, br, bw, None).await }
-        });
-        assert_eq!(read_msg(&mut a).await, NodeMsg::Paired);
-        assert_eq!(read_msg(&mut b).await, NodeMsg::Paired);
-        assert_eq!(relays.metrics.relays_active.load(Ordering::Relaxed), 1, "one session");
-        // The same source holds one slot; a second waiting end takes the other; a third is
-        // refused.
-        let (cr, cw, _c) = pipe();
-        let waiting = tokio::spawn({
-            let r = relays.clone();
-            async move { r.serve([11; 32], 0, LOCAL, cr, cw, None).await }
-        });
-        tokio::task::yield_now().await;
-        let (dr, dw, mut d) = pipe();
-        relays.serve([12; 32], 0, LOCAL, dr, dw, None).await;
-        assert!(matches!(read_msg(&mut d).await, NodeMsg::Error { code: ErrorCode::Busy, .. }));
-        // Another source is not affected.
-        let (er, ew, _e) = pipe();
-        let other: IpAddr = "192.0.2.9".parse().unwrap();
-        let elsewhere = tokio::spawn({
-            let r = relays.clone();
-            async move { r.serve([13; 32], 0, other, er, ew, None).await }
-        });
-        tokio::task::yield_now().await;
-        assert_eq!(relays.metrics.relays_active.load(Ordering::Relaxed), 3);
-        drop((a, b));
-        first.await.unwrap();
-        second.await.unwrap();
-        waiting.abort();
-        elsewhere.abort();
-    }
-
-    #[tokio::test]
-    async fn a_waiting_end_that_hangs_up_is_forgotten_at_once() {
-        let relays = Arc::new(Relays::new(RelayLimits::default()));
-        let (ar, aw, a) = pipe();
-        let task = tokio::spawn({
-            let r = relays.clone();
-            async move { r.serve([14; 32], 0, LOCAL, ar, aw, None).await }
-        });
-        tokio::task::yield_now().await;
-        assert_eq!(relays.metrics.relays_active.load(Ordering::Relaxed), 1);
-        drop(a);
-        tokio::time::timeout(Duration::from_secs(5), task).await.unwrap().unwrap();
-        assert_eq!(relays.metrics.relays_active.load(Ordering::Relaxed), 0);
-        assert!(lock(&relays.waiting).is_empty());
-    }
-
-    #[tokio::test]
-    async fn a_closing_node_takes_no_new_relays() {
-        let relays = Relays::new(RelayLimits::default());
-        relays.close();
-        let (ar, aw, mut a) = pipe();
-        relays.serve([15; 32], 0, LOCAL, ar, aw, None).await;
-        let refused = read_msg(&mut a).await;
-        assert!(matches!(refused, NodeMsg::Error { code: ErrorCode::ShuttingDown, .. }));
-    }
-}
+mod tests;

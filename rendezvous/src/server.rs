@@ -5,7 +5,9 @@
 //! 2. Each QUIC stream, and each TCP connection (TLS, see [`crate::tcp`]), starts with one
 //!    frame: `Hello` makes it a mailbox session, `Relay` a relay stream. A mailbox task reads
 //!    frames, decodes them and hands them to the table task; a writer drains its bounded
-//!    outbox. Relay streams go to [`Relays`].
+//!    outbox. Relay streams go to [`Relays`], and so do relay datagrams, which the node's
+//!    socket takes out of what reaches its QUIC endpoint
+//!    ([`crate::relay::socket::NodeSocket`]).
 //! 3. The table task owns the [`Table`]: it applies events in arrival order, fires its timers
 //!    and routes its outputs to the outboxes. A client whose outbox is full (it does not read)
 //!    is closed rather than buffered without bound.
@@ -34,22 +36,22 @@ pub use crate::config::{ConfigError, LogFormat, NodeArgs, RelayLimits, ServerCon
 
 use crate::client::ALPN;
 use crate::metrics::{self, GaugeGuard, Metrics};
-use crate::relay::{read_first, Reader, Relays, Writer};
+use crate::relay::socket::NodeSocket;
+use crate::relay::{read_first, Attach, Reader, Relays, Writer};
 use crate::table::{ClientId, Output, Table};
 use crate::wire::{self, ClientMsg, ErrorCode, NodeMsg, VERSION};
 
 /// Messages buffered for one client before it counts as not reading.
 const OUTBOX: usize = 64;
-/// Receive buffer requested for the node's UDP socket.
+/// Receive and send buffers requested for the node's UDP socket.
 const SOCKET_BUFFER: usize = 4 << 20;
 /// Events buffered towards the table task.
 const EVENTS: usize = 4096;
 /// Time allowed for a connection's handshake and for its first stream, and for each write.
 const SETUP_TIMEOUT: Duration = Duration::from_secs(10);
-/// Receive window of a QUIC connection without a paired relay.
+/// Receive window of a client's QUIC connection and of each of its streams: they carry
+/// mailbox messages only (relayed packets travel as datagrams).
 const MAILBOX_WINDOW: u32 = 64 * 1024;
-/// Receive window of a connection (and of each stream) once a relay on it is paired.
-const RELAY_WINDOW: u32 = 2 << 20;
 
 /// The configured access token matches the one presented (compared in constant time).
 fn token_ok(required: Option<&str>, presented: Option<&str>) -> bool {
@@ -127,24 +129,47 @@ pub async fn run(
     Ok(())
 }
 
+/// The node's QUIC endpoint and the relays that share its socket.
+#[derive(Debug)]
+pub struct QuicListener {
+    /// The endpoint.
+    pub endpoint: quinn::Endpoint,
+    relays: Arc<Relays>,
+}
+
+impl QuicListener {
+    /// The UDP address.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.endpoint.local_addr()
+    }
+}
+
 /// A QUIC endpoint for the node on any socket quinn can use (a simulated network in tests).
 pub fn endpoint_on(
     socket: Arc<dyn quinn::AsyncUdpSocket>,
     config: &ServerConfig,
-) -> Result<quinn::Endpoint, ServerError> {
+) -> Result<QuicListener, ServerError> {
     let runtime = quinn::default_runtime()
         .ok_or_else(|| ServerError::Tls("no async runtime for QUIC".to_owned()))?;
     let addr = socket.local_addr().map_err(|source| ServerError::Bind {
         addr: SocketAddr::from(([0, 0, 0, 0], 0)),
         source,
     })?;
-    quinn::Endpoint::new_with_abstract_socket(
+    let relays = Arc::new(Relays::with(
+        RelayLimits { per_source: config.limits.clients_per_ip, ..config.relay.clone() },
+        Some(socket.clone()),
+        config.relay_tap.clone(),
+        config.metrics_handle.clone(),
+    ));
+    let socket = Arc::new(NodeSocket::new(socket, relays.clone()));
+    let endpoint = quinn::Endpoint::new_with_abstract_socket(
         quinn::EndpointConfig::default(),
         Some(server_config(config)?),
         socket,
         runtime,
     )
-    .map_err(|source| ServerError::Bind { addr, source })
+    .map_err(|source| ServerError::Bind { addr, source })?;
+    Ok(QuicListener { endpoint, relays })
 }
 
 /// Resolves on Ctrl-C or SIGTERM.
@@ -187,11 +212,9 @@ fn server_config(config: &ServerConfig) -> Result<quinn::ServerConfig, ServerErr
         // The mailbox stream plus a few relay streams.
         .max_concurrent_bidi_streams(4u32.into())
         .max_concurrent_uni_streams(0u32.into())
-        // Small until a relay is paired (mailbox messages are small); then RELAY_WINDOW, which
-        // bounds what waits for a slow receiving side.
-        .stream_receive_window(RELAY_WINDOW.into())
+        .stream_receive_window(MAILBOX_WINDOW.into())
         .receive_window(MAILBOX_WINDOW.into())
-        .send_window(4 << 20);
+        .send_window(MAILBOX_WINDOW.into());
     if let Ok(idle) = config.idle_timeout.try_into() {
         transport.max_idle_timeout(Some(idle));
     }
@@ -199,9 +222,9 @@ fn server_config(config: &ServerConfig) -> Result<quinn::ServerConfig, ServerErr
     Ok(server)
 }
 
-/// Binds a QUIC endpoint for the node on `addr` with a fresh self-signed certificate.
-pub fn endpoint(addr: SocketAddr, config: &ServerConfig) -> Result<quinn::Endpoint, ServerError> {
-    let server = server_config(config)?;
+/// Binds a QUIC endpoint for the node on `addr` with a fresh self-signed certificate, and the
+/// relays that share its socket.
+pub fn endpoint(addr: SocketAddr, config: &ServerConfig) -> Result<QuicListener, ServerError> {
     let bind = |source| ServerError::Bind { addr, source };
     let socket = socket2::Socket::new(
         socket2::Domain::for_address(addr),
@@ -215,11 +238,15 @@ pub fn endpoint(addr: SocketAddr, config: &ServerConfig) -> Result<quinn::Endpoi
     if let Err(e) = socket.set_recv_buffer_size(SOCKET_BUFFER) {
         tracing::debug!(error = %e, "could not enlarge the UDP receive buffer");
     }
+    // Relayed batches leave in bursts too.
+    if let Err(e) = socket.set_send_buffer_size(SOCKET_BUFFER) {
+        tracing::debug!(error = %e, "could not enlarge the UDP send buffer");
+    }
     socket.bind(&addr.into()).map_err(bind)?;
     let runtime = quinn::default_runtime()
         .ok_or_else(|| ServerError::Tls("no async runtime for QUIC".to_owned()))?;
-    quinn::Endpoint::new(quinn::EndpointConfig::default(), Some(server), socket.into(), runtime)
-        .map_err(bind)
+    let socket = runtime.wrap_udp_socket(socket.into()).map_err(bind)?;
+    endpoint_on(socket, config)
 }
 
 enum Event {
@@ -237,8 +264,8 @@ enum Routed {
 /// The node's sockets: QUIC on UDP and, optionally, TCP on the same port number.
 #[derive(Debug)]
 pub struct Listeners {
-    /// The QUIC endpoint.
-    pub quic: quinn::Endpoint,
+    /// The QUIC endpoint, with the relays that share its socket.
+    pub quic: QuicListener,
     /// The TCP listener for clients that cannot use UDP.
     pub tcp: Option<tokio::net::TcpListener>,
 }
@@ -269,7 +296,7 @@ pub fn bind(addr: SocketAddr, config: &ServerConfig) -> Result<Listeners, Server
 
 /// Serves the node until `shutdown` resolves, then drains for the grace period.
 pub async fn serve(listeners: Listeners, config: ServerConfig, shutdown: impl Future<Output = ()>) {
-    let Listeners { quic: endpoint, tcp } = listeners;
+    let Listeners { quic: QuicListener { endpoint, relays }, tcp } = listeners;
     let identity = config.tls.as_ref().map(TlsFiles::load).transpose();
     let tls = match identity.map_err(ServerError::from).and_then(crate::tcp::acceptor) {
         Ok(tls) => Some(tls),
@@ -283,14 +310,11 @@ pub async fn serve(listeners: Listeners, config: ServerConfig, shutdown: impl Fu
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let counters = config.metrics_handle.clone();
     let table = Table::new(config.limits.clone());
-    let mut table_task = tokio::spawn(run_table(table, events_rx, stop_rx, counters.clone()));
+    let mut table_task =
+        tokio::spawn(run_table(table, events_rx, stop_rx, relays.clone(), counters.clone()));
     let shared = Arc::new(Shared {
         events: events_tx,
-        relays: Arc::new(Relays::with(
-            RelayLimits { per_source: config.limits.clients_per_ip, ..config.relay.clone() },
-            config.relay_tap.clone(),
-            counters.clone(),
-        )),
+        relays,
         next_id: AtomicU64::new(1),
         token: config.limits.token.clone(),
         metrics: counters.clone(),
@@ -386,6 +410,7 @@ async fn run_table(
     mut table: Table,
     mut events: mpsc::Receiver<Event>,
     mut stop: tokio::sync::watch::Receiver<bool>,
+    relays: Arc<Relays>,
     counters: Arc<Metrics>,
 ) {
     let mut outboxes: std::collections::HashMap<ClientId, mpsc::Sender<Routed>> =
@@ -427,6 +452,13 @@ async fn run_table(
             let (client, routed) = match out {
                 Output::Send { to, msg } => (to, Routed::Msg(msg)),
                 Output::Close { client } => (client, Routed::Close),
+                Output::Ticket { to, pairing, side } => {
+                    let msg = match relays.grant(pairing, side) {
+                        Ok(ticket) => NodeMsg::RelayTicket { ticket },
+                        Err((code, message)) => NodeMsg::Error { code, message },
+                    };
+                    (to, Routed::Msg(msg))
+                }
             };
             let Some(outbox) = outboxes.get(&client) else { continue };
             if outbox.try_send(routed).is_err() {
@@ -519,11 +551,8 @@ async fn serve_connection(incoming: quinn::Incoming, shared: Arc<Shared>) {
         tokio::select! {
             stream = accept => match stream {
                 Some(Ok((send, recv))) => {
-                    // Relayed data may only fill a large window once a relay is paired.
-                    let widen_conn = conn.clone();
-                    let widen: Box<dyn FnOnce() + Send> =
-                        Box::new(move || widen_conn.set_receive_window(RELAY_WINDOW.into()));
-                    let stream = serve_stream(Box::new(recv), Box::new(send), addr, shared.clone(), Some(widen));
+                    let attach = Attach::Datagrams(conn.clone());
+                    let stream = serve_stream(Box::new(recv), Box::new(send), addr, shared.clone(), attach);
                     streams.spawn(stream);
                 }
                 _ => break,
@@ -567,13 +596,13 @@ pub(crate) async fn serve_stream(
     mut writer: Writer,
     addr: SocketAddr,
     shared: Arc<Shared>,
-    on_paired: Option<Box<dyn FnOnce() + Send>>,
+    attach: Attach,
 ) -> StreamEnd {
     match read_first(&mut reader, SETUP_TIMEOUT).await {
         Some(hello @ ClientMsg::Hello { .. }) => {
             mailbox(reader, writer, addr, hello, &shared).await
         }
-        Some(ClientMsg::Relay { version, access, token, side }) => {
+        Some(ClientMsg::Relay { version, access, ticket }) => {
             let refusal = if version != VERSION {
                 Some((ErrorCode::Version, format!("this node speaks version {VERSION}")))
             } else if !token_ok(shared.token.as_deref(), access.as_deref()) {
@@ -588,7 +617,7 @@ pub(crate) async fn serve_stream(
                 let _ = writer.shutdown().await;
                 return StreamEnd::NodeClosed;
             }
-            shared.relays.serve(token, side, addr.ip(), reader, writer, on_paired).await;
+            shared.relays.serve(ticket, addr, attach, reader, writer).await;
             StreamEnd::Client
         }
         _ => StreamEnd::Client,

@@ -34,6 +34,11 @@
 //!    without a nameplate is a no-op.
 //! 6. A nameplate without `Claim` or `Send` for [`Limits::idle_expiry`] expires: both sides
 //!    get `Error Expired` (they stay connected) and it closes as in 5.
+//! 7. `RelayTicket` from a side of a nameplate whose other side is there →
+//!    [`Output::Ticket`] with the pairing (a number that is never reused) and the side (0 for
+//!    the first, 1 for the second); the driver answers with the ticket its relay draws. Without
+//!    a nameplate, or before the other side joined, → `Error Protocol`; after the nameplate
+//!    closed → `Error NameplateClosed`.
 //!
 //! # Bounds
 //!
@@ -125,6 +130,16 @@ pub enum Output {
         /// The client.
         client: ClientId,
     },
+    /// Answer this client with its relay ticket for this pairing (`NodeMsg::RelayTicket`, or
+    /// an error if the relay cannot take it).
+    Ticket {
+        /// The client.
+        to: ClientId,
+        /// The two sides' meeting on a nameplate: unique for the table's life.
+        pairing: u64,
+        /// 0: the nameplate's first side; 1: its second.
+        side: u8,
+    },
 }
 
 /// The nameplate and mailbox table. See the [module documentation](self).
@@ -146,7 +161,7 @@ pub struct Table {
     taken: BTreeSet<u32>,
     outputs: VecDeque<Output>,
     shutting_down: bool,
-    #[cfg(test)]
+    /// The serial of the last nameplate opened.
     next_serial: u64,
 }
 
@@ -192,8 +207,7 @@ struct Nameplate {
     /// Messages from `first` waiting for `second`.
     queue: VecDeque<Vec<u8>>,
     queued_bytes: usize,
-    /// Tells one opening of a number from the next (tests only).
-    #[cfg(test)]
+    /// Tells one opening of a number from the next: the pairing of its relay.
     serial: u64,
 }
 
@@ -230,7 +244,6 @@ impl Table {
             taken: BTreeSet::new(),
             outputs: VecDeque::new(),
             shutting_down: false,
-            #[cfg(test)]
             next_serial: 0,
         }
     }
@@ -296,6 +309,7 @@ impl Table {
             (Phase::Ready, ClientMsg::Relay { .. }) => {
                 self.error(client, ErrorCode::Protocol, "Relay opens its own stream".into());
             }
+            (Phase::Ready, ClientMsg::RelayTicket) => self.ticket(client),
         }
     }
 
@@ -307,7 +321,7 @@ impl Table {
         let Some(c) = self.clients.remove(&client) else { return };
         // Nothing is sent to a client that is gone (timers applied above may have queued).
         self.outputs.retain(|o| match o {
-            Output::Send { to, .. } => *to != client,
+            Output::Send { to, .. } | Output::Ticket { to, .. } => *to != client,
             Output::Close { client: c } => *c != client,
         });
         let Some(s) = self.sources.get_mut(&c.source) else { return };
@@ -529,7 +543,6 @@ impl Table {
             deadline,
             queue: VecDeque::new(),
             queued_bytes: 0,
-            #[cfg(test)]
             serial: {
                 self.next_serial += 1;
                 self.next_serial
@@ -583,6 +596,29 @@ impl Table {
             }
         }
         self.touch(now, n);
+    }
+
+    fn ticket(&mut self, client: ClientId) {
+        let Some(c) = self.clients.get(&client) else { return };
+        let n = match c.slot {
+            Slot::Held(n) => n,
+            Slot::None => {
+                let message = "a relay ticket needs a nameplate with two sides";
+                return self.error(client, ErrorCode::Protocol, message.into());
+            }
+            Slot::Lost => {
+                let message = "the nameplate is closed: the other side left or it expired";
+                return self.error(client, ErrorCode::NameplateClosed, message.into());
+            }
+        };
+        let Some(np) = self.nameplates.get(&n) else { return };
+        if np.second.is_none() {
+            let message = "a relay ticket needs the other side on the nameplate";
+            return self.error(client, ErrorCode::Protocol, message.into());
+        }
+        let side = u8::from(client != np.first);
+        let pairing = np.serial;
+        self.outputs.push_back(Output::Ticket { to: client, pairing, side });
     }
 
     fn release(&mut self, now: Instant, client: ClientId) {

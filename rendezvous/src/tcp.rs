@@ -17,6 +17,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 
 use crate::client::ALPN;
+use crate::relay::Attach;
 use crate::server::{serve_stream, ServerError, Shared};
 
 /// Time allowed for the first byte and the TLS handshake.
@@ -74,10 +75,10 @@ pub(crate) async fn serve(
             return;
         };
         let (reader, writer) = tokio::io::split(stream);
-        serve_stream(Box::new(reader), Box::new(writer), addr, shared, None).await;
+        serve_stream(Box::new(reader), Box::new(writer), addr, shared, Attach::Stream).await;
     } else if plaintext {
         let (reader, writer) = stream.into_split();
-        serve_stream(Box::new(reader), Box::new(writer), addr, shared, None).await;
+        serve_stream(Box::new(reader), Box::new(writer), addr, shared, Attach::Stream).await;
     } else {
         tracing::debug!(%addr, "a TCP client without TLS: closed (serve it with --tcp-plaintext)");
     }

@@ -17,19 +17,39 @@
 //! 3. When the second side claims, the first gets `PeerJoined`.
 //! 4. Either side: `Send { body }`; the other side gets `Message { body }` (at once, or when it
 //!    joins: the node queues a few messages for an absent peer).
-//! 5. Either side: `Release` (or it disconnects); the other gets `PeerLeft` and the nameplate
+//! 5. Either side, while both are there: `RelayTicket` → `RelayTicket { ticket }`, this side's
+//!    ticket for the relay of this pairing (see below), or `Error` (`Protocol` without a
+//!    partner, `Busy` when the relay is full).
+//! 6. Either side: `Release` (or it disconnects); the other gets `PeerLeft` and the nameplate
 //!    is closed for good.
 //!
 //! Any request may instead be answered by `Error { code, message }`; see [`ErrorCode`].
 //!
-//! # Relay streams
+//! # Relays
 //!
-//! A client may open further streams (further TCP connections, for a client on TCP) whose
-//! first frame is `Relay { version, access, token, side }`. The node holds it until a stream
-//! with the same token and the other side arrives, answers both with `Paired`, and from then
-//! on copies raw bytes between the two streams, within its relay limits. The token is derived
-//! by both peers from their session key; what they send through the relay is sealed end to
-//! end. A relay stream that finds no partner in time gets `Error { code: Expired }`.
+//! The node draws two random 64-bit tickets for each pairing of two sides on a nameplate, one
+//! per side, and gives each side its own (step 5): only the two clients of that pairing can
+//! use its relay. A client attaches with a further stream (a further TCP connection, for a
+//! client on TCP) whose first frame is `Relay { version, access, ticket }`. The node answers
+//! `Paired` once both tickets of the pairing are attached (or `Error { code: Expired }` if the
+//! other never comes). Then:
+//!
+//! - **over QUIC**, the stream only holds the relay open: the client sends the peer's QUIC
+//!   packets as UDP datagrams to the node's port, each `0x01 ‖ ticket: u64 BE ‖ packet`
+//!   ([`DATAGRAM_HEADER`] bytes of header). The node checks that the ticket is attached and
+//!   that the datagram comes from the address of the QUIC connection that attached it,
+//!   writes the *other* side's ticket into the header and sends it on to that side, unchanged
+//!   otherwise. A datagram with the header alone is a keep-alive and goes nowhere. The first
+//!   byte lacks QUIC's fixed bit (0x40), so these datagrams share the node's port with QUIC.
+//! - **over TCP**, the stream carries records `len: u32 BE ‖ stride: u16 BE ‖ packets` both
+//!   ways: `packets` is one QUIC packet, or several of `stride` bytes each (the last may be
+//!   shorter), at most 64 KiB; `len` counts stride and packets. An empty record
+//!   (`len` = 2) is a keep-alive.
+//!
+//! The node translates between the two when one side is on QUIC and the other on TCP. It
+//! never decrypts, seals or otherwise changes a packet: they are the peers' QUIC packets,
+//! encrypted end to end. Closing the stream (or the connection) ends the relay for both
+//! sides.
 //!
 //! # Body layout
 //!
@@ -46,7 +66,8 @@
 //! | 2     | `Claim`       | `nameplate: u32`                         |
 //! | 3     | `Send`        | `body: bytes` (≤ [`MAX_BODY`])           |
 //! | 4     | `Release`     | —                                        |
-//! | 5     | `Relay`       | `version: u16`, `access: Option<String>`, `token: [u8; 32]` (32 bytes, no length), `side: u8` |
+//! | 5     | `Relay`       | `version: u16`, `access: Option<String>`, `ticket: u64` |
+//! | 6     | `RelayTicket` | —                                        |
 //!
 //! | index | [`NodeMsg`]   | fields                                         |
 //! |-------|---------------|------------------------------------------------|
@@ -58,6 +79,7 @@
 //! | 5     | `PeerLeft`    | —                                              |
 //! | 6     | `Error`       | `code: ErrorCode`, `message: String` (≤ [`MAX_TEXT`]) |
 //! | 7     | `Paired`      | —                                              |
+//! | 8     | `RelayTicket` | `ticket: u64`                                  |
 //!
 //! [`ErrorCode`] indexes: 0 `Version`, 1 `Unauthorized`, 2 `NoSuchNameplate`, 3
 //! `NameplateFull`, 4 `NameplateClosed`, 5 `RateLimited`, 6 `Busy`, 7 `Protocol`, 8 `Expired`,
@@ -75,7 +97,7 @@ use std::net::SocketAddr;
 use serde::{Deserialize, Serialize};
 
 /// The rendezvous protocol version this build speaks.
-pub const VERSION: u16 = 1;
+pub const VERSION: u16 = 2;
 /// Nameplates with this bit set are for peers rejoining a transfer they already share a key
 /// for: never allocated, and claimable again as soon as they close (no code is guessed there,
 /// so there is nothing to cool down for).
@@ -115,19 +137,20 @@ pub enum ClientMsg {
     },
     /// I am done with my nameplate.
     Release,
-    /// First (and only) message of a relay stream: pair me with the other side presenting the
-    /// same token, then carry bytes between us. Answered by `Paired` or `Error`; after
-    /// `Paired`, the stream carries raw bytes in both directions.
+    /// First (and only) message of a relay stream: attach me to the relay of this ticket.
+    /// Answered by `Paired` once the other side's ticket is attached too, or `Error`. After
+    /// `Paired`, a QUIC client's stream stays silent (packets go as datagrams); a TCP
+    /// client's carries relay records (see the module documentation).
     Relay {
         /// The client's protocol version ([`VERSION`]).
         version: u16,
         /// The node's access token (ignored by an open node), at most [`MAX_TOKEN`] bytes.
         access: Option<String>,
-        /// Derived by both sides from their session key; the node learns nothing from it.
-        token: [u8; 32],
-        /// Which end of the pair this is (0 or 1); the two ends must differ.
-        side: u8,
+        /// This side's ticket, from `RelayTicket`.
+        ticket: u64,
     },
+    /// Give me my ticket for the relay of my nameplate's pairing (both sides must be there).
+    RelayTicket,
 }
 
 /// A message from the node to a client.
@@ -168,8 +191,37 @@ pub enum NodeMsg {
         /// A sentence for the person, at most [`MAX_TEXT`] bytes.
         message: String,
     },
-    /// Answer to `Relay`: the other side is here; from now on the stream carries its bytes.
+    /// Answer to `Relay`: the other side attached too; the relay carries packets from now on.
     Paired,
+    /// Answer to `RelayTicket`: this side's ticket for the relay of its pairing.
+    RelayTicket {
+        /// Random; presented in `Relay` and in every relay datagram.
+        ticket: u64,
+    },
+}
+
+/// First byte of a relay datagram (QUIC packets have 0x40 set; probes between peers are 0x00).
+pub const DATAGRAM_KIND: u8 = 0x01;
+/// Length of a relay datagram's header: the kind byte and the ticket.
+pub const DATAGRAM_HEADER: usize = 9;
+
+/// Writes the header of a relay datagram for `ticket` into the first [`DATAGRAM_HEADER`] bytes
+/// of `segment`.
+pub fn put_datagram_header(segment: &mut [u8], ticket: u64) {
+    segment[0] = DATAGRAM_KIND;
+    segment[1..DATAGRAM_HEADER].copy_from_slice(&ticket.to_be_bytes());
+}
+
+/// The ticket of a relay datagram, or `None` when `segment` is not one (too short, or another
+/// kind).
+pub fn datagram_ticket(segment: &[u8]) -> Option<u64> {
+    let header = segment.first_chunk::<DATAGRAM_HEADER>()?;
+    if header[0] != DATAGRAM_KIND {
+        return None;
+    }
+    let mut ticket = [0; 8];
+    ticket.copy_from_slice(&header[1..]);
+    Some(u64::from_be_bytes(ticket))
 }
 
 /// Why the node refused a request.
@@ -346,17 +398,15 @@ mod tests {
     #[test]
     fn client_snapshots() {
         let cases = [
-            (ClientMsg::Hello { version: VERSION, token: None }, "000100"),
+            (ClientMsg::Hello { version: VERSION, token: None }, "000200"),
             (ClientMsg::Hello { version: 300, token: Some("tok".into()) }, "00ac020103746f6b"),
             (ClientMsg::Allocate, "01"),
             (ClientMsg::Claim { nameplate: 7 }, "0207"),
             (ClientMsg::Claim { nameplate: u32::MAX }, "02ffffffff0f"),
             (ClientMsg::Send { body: vec![0xde, 0xad] }, "0302dead"),
             (ClientMsg::Release, "04"),
-            (
-                ClientMsg::Relay { version: VERSION, access: None, token: [0xab; 32], side: 1 },
-                "050100abababababababababababababababababababababababababababababababab01",
-            ),
+            (ClientMsg::Relay { version: VERSION, access: None, ticket: 0x0102 }, "0502008202"),
+            (ClientMsg::RelayTicket, "06"),
         ];
         for (msg, want) in cases {
             assert_eq!(body_hex(&msg), want, "{msg:?}");
@@ -369,10 +419,10 @@ mod tests {
         let v4 = SocketAddr::from((Ipv4Addr::new(192, 0, 2, 1), 443));
         let v6 = SocketAddr::from((Ipv6Addr::LOCALHOST, 1));
         let cases = [
-            (NodeMsg::Welcome { version: VERSION, observed: v4 }, "000100c0000201bb03"),
+            (NodeMsg::Welcome { version: VERSION, observed: v4 }, "000200c0000201bb03"),
             (
                 NodeMsg::Welcome { version: VERSION, observed: v6 },
-                "0001010000000000000000000000000000000101",
+                "0002010000000000000000000000000000000101",
             ),
             (NodeMsg::Allocated { nameplate: 1000 }, "01e807"),
             (NodeMsg::Claimed { nameplate: 7, peer_present: true }, "020701"),
@@ -381,6 +431,7 @@ mod tests {
             (NodeMsg::Message { body: vec![1, 2, 3] }, "0403010203"),
             (NodeMsg::PeerLeft, "05"),
             (NodeMsg::Paired, "07"),
+            (NodeMsg::RelayTicket { ticket: u64::MAX }, "08ffffffffffffffffff01"),
             (NodeMsg::Error { code: ErrorCode::Busy, message: "full".into() }, "06060466756c6c"),
         ];
         for (msg, want) in cases {
@@ -398,6 +449,19 @@ mod tests {
     }
 
     #[test]
+    fn datagram_header_snapshot() {
+        let mut segment = [0u8; DATAGRAM_HEADER + 2];
+        put_datagram_header(&mut segment, 0x0102_0304_0506_0708);
+        segment[DATAGRAM_HEADER..].copy_from_slice(&[0x4f, 0x00]);
+        assert_eq!(hex::encode(segment), "0101020304050607084f00");
+        assert_eq!(datagram_ticket(&segment), Some(0x0102_0304_0506_0708));
+        assert_eq!(datagram_ticket(&segment[..DATAGRAM_HEADER]), Some(0x0102_0304_0506_0708));
+        assert_eq!(datagram_ticket(&segment[..DATAGRAM_HEADER - 1]), None);
+        segment[0] = 0x41;
+        assert_eq!(datagram_ticket(&segment), None, "a QUIC packet is not a relay datagram");
+    }
+
+    #[test]
     fn frame_header() {
         assert_eq!(hex::encode(encode(&ClientMsg::Allocate)), "0000000101");
         assert_eq!(frame_len([0, 0, 0x40, 0]), Ok(MAX_FRAME));
@@ -412,8 +476,8 @@ mod tests {
     fn decode_errors() {
         assert_eq!(decode_client(&[]), Err(WireError::Truncated));
         assert_eq!(decode_node(&[]), Err(WireError::Truncated));
-        assert_eq!(decode_client(&[0x06]), Err(WireError::Invalid));
-        assert_eq!(decode_node(&[0x08]), Err(WireError::Invalid));
+        assert_eq!(decode_client(&[0x07]), Err(WireError::Invalid));
+        assert_eq!(decode_node(&[0x09]), Err(WireError::Invalid));
         assert_eq!(decode_node(&[0x06, 0x0a, 0x00]), Err(WireError::Invalid));
         assert_eq!(decode_client(&[0x01, 0x00]), Err(WireError::TrailingBytes(1)));
         assert_eq!(decode_node(&[0x05, 0x00, 0x00]), Err(WireError::TrailingBytes(2)));
@@ -472,13 +536,9 @@ mod tests {
             proptest::collection::vec(any::<u8>(), 0..300)
                 .prop_map(|body| ClientMsg::Send { body }),
             Just(ClientMsg::Release),
-            (any::<u16>(), proptest::option::of("[a-z]{0,8}"), any::<[u8; 32]>(), any::<u8>())
-                .prop_map(|(version, access, token, side)| ClientMsg::Relay {
-                    version,
-                    access,
-                    token,
-                    side
-                }),
+            (any::<u16>(), proptest::option::of("[a-z]{0,8}"), any::<u64>())
+                .prop_map(|(version, access, ticket)| ClientMsg::Relay { version, access, ticket }),
+            Just(ClientMsg::RelayTicket),
         ]
     }
 
@@ -507,6 +567,7 @@ mod tests {
                 .prop_map(|body| NodeMsg::Message { body }),
             Just(NodeMsg::PeerLeft),
             Just(NodeMsg::Paired),
+            any::<u64>().prop_map(|ticket| NodeMsg::RelayTicket { ticket }),
             (0..CODES.len(), ".{0,60}")
                 .prop_map(|(i, message)| NodeMsg::Error { code: CODES[i], message }),
         ]
@@ -533,6 +594,7 @@ mod tests {
         fn random_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..400)) {
             let _ = decode_client(&bytes);
             let _ = decode_node(&bytes);
+            let _ = datagram_ticket(&bytes);
             if let Some(header) = bytes.first_chunk::<4>() {
                 let _ = frame_len(*header);
             }

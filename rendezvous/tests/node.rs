@@ -1,14 +1,24 @@
 //! The node in-process on loopback, driven by real clients.
 #![cfg(feature = "server")]
 // Fixture helpers outside #[test] functions panic on setup failure, like the tests do.
-#![allow(clippy::unwrap_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use std::io::IoSliceMut;
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use p2p_copy_rendezvous::client::{Client, ClientError};
 use p2p_copy_rendezvous::server::{self, ServerConfig};
-use p2p_copy_rendezvous::wire::{ErrorCode, NodeMsg};
+use p2p_copy_rendezvous::wire::{
+    put_datagram_header, ErrorCode, NodeMsg, DATAGRAM_HEADER, DATAGRAM_KIND,
+};
+use quinn::udp::{RecvMeta, Transmit};
+use quinn::AsyncUdpSocket;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const WAIT: Duration = Duration::from_secs(5);
 
@@ -169,56 +179,237 @@ async fn pair(a: &mut Client, b: &mut Client) {
     assert_eq!(a.recv().await.unwrap(), NodeMsg::PeerJoined);
 }
 
-/// Relay streams with the same token and different sides are spliced; bytes pass both ways
-/// and the end of one direction reaches the other side.
-async fn relay_between(a: &Client, b: &Client, token: [u8; 32]) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let (ra, rb) = tokio::join!(a.relay(token, 0, WAIT), b.relay(token, 1, WAIT));
-    let (mut ra, mut rb) = (ra.unwrap(), rb.unwrap());
-    let big: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
-    let send = async {
-        ra.writer.write_all(&big).await.unwrap();
-        ra.writer.shutdown().await.unwrap();
-    };
-    let recv = async {
-        let mut got = Vec::new();
-        rb.reader.read_to_end(&mut got).await.unwrap();
-        got
-    };
-    let ((), got) = tokio::join!(send, recv);
-    assert!(got == big, "the relay delivers every byte in order");
-    rb.writer.write_all(b"back").await.unwrap();
-    let mut back = [0u8; 4];
-    ra.reader.read_exact(&mut back).await.unwrap();
-    assert_eq!(&back, b"back");
+/// A client socket that can also send raw datagrams from the endpoint's own address, and
+/// catches the relay datagrams that arrive (the rest goes to quinn).
+struct Tapped {
+    inner: Arc<dyn AsyncUdpSocket>,
+    caught: std::sync::Mutex<Vec<Vec<u8>>>,
+    arrived: tokio::sync::Notify,
 }
 
+impl std::fmt::Debug for Tapped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Tapped")
+    }
+}
+
+impl AsyncUdpSocket for Tapped {
+    fn create_io_poller(self: Arc<Self>) -> Pin<Box<dyn quinn::UdpPoller>> {
+        self.inner.clone().create_io_poller()
+    }
+    fn try_send(&self, transmit: &Transmit) -> std::io::Result<()> {
+        self.inner.try_send(transmit)
+    }
+    fn poll_recv(
+        &self,
+        cx: &mut Context,
+        bufs: &mut [IoSliceMut<'_>],
+        meta: &mut [RecvMeta],
+    ) -> Poll<std::io::Result<usize>> {
+        loop {
+            let n = match self.inner.poll_recv(cx, bufs, meta) {
+                Poll::Ready(Ok(n)) => n,
+                other => return other,
+            };
+            let mut kept = 0;
+            for i in 0..n {
+                let m = meta[i];
+                if bufs[i].first() == Some(&DATAGRAM_KIND) {
+                    let mut caught = self.caught.lock().unwrap();
+                    caught.extend(bufs[i][..m.len].chunks(m.stride.max(1)).map(<[u8]>::to_vec));
+                    self.arrived.notify_one();
+                    continue;
+                }
+                if kept != i {
+                    let (front, back) = bufs.split_at_mut(i);
+                    front[kept][..m.len].copy_from_slice(&back[0][..m.len]);
+                }
+                meta[kept] = m;
+                kept += 1;
+            }
+            if kept > 0 {
+                return Poll::Ready(Ok(kept));
+            }
+        }
+    }
+    fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.inner.local_addr()
+    }
+}
+
+impl Tapped {
+    /// Sends `segments` (equal sizes but the last) as one batch when there is more than one.
+    fn send(&self, to: SocketAddr, segments: &[Vec<u8>]) {
+        let contents: Vec<u8> = segments.concat();
+        let segment_size = (segments.len() > 1).then(|| segments[0].len());
+        let t = Transmit {
+            destination: to,
+            ecn: None,
+            contents: &contents,
+            segment_size,
+            src_ip: None,
+        };
+        self.inner.try_send(&t).unwrap();
+    }
+
+    /// The next `n` relay datagrams that arrive.
+    async fn catch(&self, n: usize) -> Vec<Vec<u8>> {
+        tokio::time::timeout(WAIT, async {
+            loop {
+                let notified = self.arrived.notified();
+                {
+                    let mut caught = self.caught.lock().unwrap();
+                    if caught.len() >= n {
+                        return caught.drain(..n).collect();
+                    }
+                }
+                notified.await;
+            }
+        })
+        .await
+        .expect("relay datagrams in time")
+    }
+
+    fn nothing_caught(&self) -> bool {
+        self.caught.lock().unwrap().is_empty()
+    }
+}
+
+/// A QUIC client whose socket is [`Tapped`].
+async fn tapped_client(node: &Node) -> (Client, quinn::Endpoint, Arc<Tapped>) {
+    let runtime = quinn::default_runtime().unwrap();
+    let std = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let inner = runtime.wrap_udp_socket(std).unwrap();
+    let tapped =
+        Arc::new(Tapped { inner, caught: Default::default(), arrived: tokio::sync::Notify::new() });
+    let ep = quinn::Endpoint::new_with_abstract_socket(
+        quinn::EndpointConfig::default(),
+        None,
+        tapped.clone(),
+        runtime,
+    )
+    .unwrap();
+    let c = Client::connect(&ep, node.addr, None, WAIT).await.unwrap();
+    (c, ep, tapped)
+}
+
+/// Each side's relay ticket for their pairing.
+async fn tickets(a: &mut Client, b: &mut Client) -> (u64, u64) {
+    let mut got = Vec::new();
+    for c in [a, b] {
+        c.request_ticket().await.unwrap();
+        match c.recv().await.unwrap() {
+            NodeMsg::RelayTicket { ticket } => got.push(ticket),
+            other => panic!("{other:?}"),
+        }
+    }
+    (got[0], got[1])
+}
+
+fn datagram(ticket: u64, payload: &[u8]) -> Vec<u8> {
+    let mut d = vec![0u8; DATAGRAM_HEADER];
+    put_datagram_header(&mut d, ticket);
+    d.extend_from_slice(payload);
+    d
+}
+
+fn relay_config() -> ServerConfig {
+    let mut config = ServerConfig::default();
+    config.relay.session_rate = 0;
+    config.relay.total_rate = 0;
+    config
+}
+
+/// Two QUIC clients of one pairing relay datagrams through the node: each arrives with the
+/// receiving side's ticket and the packet unchanged, a batch stays a batch, a keep-alive goes
+/// nowhere, and a datagram with a valid ticket from another address is dropped.
 #[tokio::test]
-async fn quic_and_tcp_clients_meet_and_relay() {
-    let node = Node::start(ServerConfig::default());
-    let (mut a, _ea) = client(&node).await;
-    let mut b = Client::connect_tcp(node.addr, None, WAIT).await.unwrap();
-    assert!(b.is_tcp());
-    assert_eq!(b.observed().ip(), node.addr.ip());
+async fn the_relay_forwards_datagrams_between_the_two_sides_of_a_pairing() {
+    let config = relay_config();
+    let metrics = config.metrics_handle.clone();
+    let node = Node::start(config);
+    let (mut a, _ea, ta) = tapped_client(&node).await;
+    let (mut b, _eb, tb) = tapped_client(&node).await;
     pair(&mut a, &mut b).await;
-    b.post(b"over tcp".to_vec()).await.unwrap();
-    assert_eq!(a.recv().await.unwrap(), NodeMsg::Message { body: b"over tcp".to_vec() });
-    relay_between(&a, &b, [7; 32]).await;
-    // Two QUIC clients relay too.
-    let (c, _ec) = client(&node).await;
-    let (d, _ed) = client(&node).await;
-    relay_between(&c, &d, [8; 32]).await;
+    let (ka, kb) = tickets(&mut a, &mut b).await;
+    let (ra, rb) = tokio::join!(a.relay(ka, WAIT), b.relay(kb, WAIT));
+    let (ra, rb) = (ra.unwrap(), rb.unwrap());
+    assert_eq!((ra.datagrams, rb.datagrams), (Some(node.addr), Some(node.addr)));
+
+    ta.send(node.addr, &[datagram(ka, b"\x40one packet")]);
+    assert_eq!(tb.catch(1).await, [datagram(kb, b"\x40one packet")]);
+    let batch: Vec<Vec<u8>> =
+        [&b"\x41aaaa"[..], b"\x42bbbb", b"\x43c"].iter().map(|p| datagram(kb, p)).collect();
+    tb.send(node.addr, &batch);
+    let want: Vec<Vec<u8>> =
+        [&b"\x41aaaa"[..], b"\x42bbbb", b"\x43c"].iter().map(|p| datagram(ka, p)).collect();
+    assert_eq!(ta.catch(3).await, want);
+
+    // A keep-alive refreshes the relay and goes nowhere; a stranger with A's ticket is dropped.
+    ta.send(node.addr, &[datagram(ka, b"")]);
+    let stranger = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let dropped = metrics.relay_dropped_total.load(Ordering::Relaxed);
+    stranger.send_to(&datagram(ka, b"\x40spoofed"), node.addr).await.unwrap();
+    ta.send(node.addr, &[datagram(ka, b"\x40marker")]);
+    assert_eq!(tb.catch(1).await, [datagram(kb, b"\x40marker")], "only the marker arrives");
+    assert!(tb.nothing_caught());
+    assert_eq!(metrics.relay_dropped_total.load(Ordering::Relaxed), dropped + 1);
+    assert_eq!(metrics.relays_active.load(Ordering::Relaxed), 1);
+    assert!(metrics.relay_bytes_total.load(Ordering::Relaxed) > 0);
+
+    // One side closing its relay stream ends the relay for the other.
+    drop(ra);
+    let mut rb = rb;
+    let mut rest = Vec::new();
+    tokio::time::timeout(WAIT, rb.reader.read_to_end(&mut rest)).await.unwrap().unwrap();
     node.shutdown().await;
 }
 
+/// A side on QUIC (datagrams) and a side on TCP (records) relay to each other: the node
+/// translates.
 #[tokio::test]
-async fn an_access_token_guards_the_relay_too() {
+async fn the_relay_translates_between_datagrams_and_tcp_records() {
+    let node = Node::start(relay_config());
+    let (mut a, _ea, ta) = tapped_client(&node).await;
+    let mut b = Client::connect_tcp(node.addr, None, WAIT).await.unwrap();
+    pair(&mut a, &mut b).await;
+    b.post(b"over tcp".to_vec()).await.unwrap();
+    assert_eq!(a.recv().await.unwrap(), NodeMsg::Message { body: b"over tcp".to_vec() });
+    let (ka, kb) = tickets(&mut a, &mut b).await;
+    let (ra, rb) = tokio::join!(a.relay(ka, WAIT), b.relay(kb, WAIT));
+    let (_ra, mut rb) = (ra.unwrap(), rb.unwrap());
+    assert_eq!(rb.datagrams, None, "over TCP, packets travel on the stream");
+
+    ta.send(node.addr, &[datagram(ka, b"\x40abcd"), datagram(ka, b"\x40ef")]);
+    let mut got = Vec::new();
+    while got.len() < 8 {
+        let mut header = [0u8; 4];
+        rb.reader.read_exact(&mut header).await.unwrap();
+        let mut body = vec![0u8; u32::from_be_bytes(header) as usize];
+        rb.reader.read_exact(&mut body).await.unwrap();
+        got.extend_from_slice(&body[2..]);
+    }
+    assert_eq!(got, b"\x40abcd\x40ef");
+
+    let mut record = 7u32.to_be_bytes().to_vec();
+    record.extend_from_slice(&3u16.to_be_bytes());
+    record.extend_from_slice(b"\x41xy\x42z");
+    rb.writer.write_all(&record).await.unwrap();
+    rb.writer.flush().await.unwrap();
+    assert_eq!(ta.catch(2).await, [datagram(ka, b"\x41xy"), datagram(ka, b"\x42z")]);
+    node.shutdown().await;
+}
+
+/// A ticket is only ever given to a side of the pairing, and an access token guards relay
+/// streams as it guards sessions.
+#[tokio::test]
+async fn relay_tickets_and_streams_are_guarded() {
     let config = ServerConfig {
         limits: p2p_copy_rendezvous::table::Limits {
             token: Some("sesame".into()),
             ..Default::default()
         },
-        ..Default::default()
+        ..relay_config()
     };
     let node = Node::start(config);
     let ep = endpoint();
@@ -226,9 +417,30 @@ async fn an_access_token_guards_the_relay_too() {
         Err(ClientError::Refused { code: ErrorCode::Unauthorized, .. }) => {}
         other => panic!("no token: {other:?}"),
     }
-    let a = Client::connect(&ep, node.addr, Some("sesame".into()), WAIT).await.unwrap();
-    let b = Client::connect_tcp(node.addr, Some("sesame".into()), WAIT).await.unwrap();
-    relay_between(&a, &b, [9; 32]).await;
+    let mut a = Client::connect(&ep, node.addr, Some("sesame".into()), WAIT).await.unwrap();
+    let mut b = Client::connect_tcp(node.addr, Some("sesame".into()), WAIT).await.unwrap();
+    // No ticket without a partner on the nameplate.
+    a.request_ticket().await.unwrap();
+    assert!(matches!(a.recv().await, Err(ClientError::Refused { code: ErrorCode::Protocol, .. })));
+    pair(&mut a, &mut b).await;
+    let (ka, kb) = tickets(&mut a, &mut b).await;
+    // Without the token, even the right ticket is refused.
+    let stranger =
+        Client::connect(&endpoint(), node.addr, Some("sesame".into()), WAIT).await.unwrap();
+    let ep2 = endpoint();
+    let tokenless = Client::connect(&ep2, node.addr, None, WAIT).await;
+    assert!(tokenless.is_err());
+    // A guessed ticket is unknown; each real one attaches once.
+    match stranger.relay(ka ^ kb, Duration::from_secs(2)).await {
+        Err(ClientError::Refused { code: ErrorCode::Expired, .. }) => {}
+        other => panic!("a guessed ticket: {other:?}"),
+    }
+    let (ra, rb) = tokio::join!(a.relay(ka, WAIT), b.relay(kb, WAIT));
+    assert!(ra.is_ok() && rb.is_ok());
+    match stranger.relay(ka, Duration::from_secs(2)).await {
+        Err(ClientError::Refused { code: ErrorCode::Protocol, .. }) => {}
+        other => panic!("a ticket attached twice: {other:?}"),
+    }
     node.shutdown().await;
 }
 

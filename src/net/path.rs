@@ -5,7 +5,9 @@
 //! address is reached:
 //!
 //! - **direct**, to the peer address that last answered a probe, while it keeps answering;
-//! - otherwise **through the relay**, when one is attached ([`PathSocket::attach_relay`]);
+//! - otherwise **through the relay**, when one is attached ([`PathSocket::attach_relay`]):
+//!   as relay datagrams to the node from this same socket, or as records on a TCP stream
+//!   ([`super::relay`]);
 //! - otherwise nowhere (the packet is lost, and QUIC sends it again later).
 //!
 //! Everything else the endpoint sends (its connection to the node) goes out unchanged.
@@ -35,6 +37,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use p2p_copy_rendezvous::client::RelayStream;
+use p2p_copy_rendezvous::wire::{datagram_ticket, put_datagram_header, DATAGRAM_HEADER};
 use quinn::udp::{RecvMeta, Transmit};
 use quinn::{AsyncUdpSocket, UdpPoller};
 use serde::Serialize;
@@ -42,7 +45,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use super::relay::{Record, RelayLink, RelayOut, RelayState};
+use super::relay::{watch_stream, Record, RelayLink, RelayOut, RelayState, KEEP_ALIVE};
 use crate::crypto::{Keys, PROBE_TAG_LEN};
 
 /// First byte of a probe (QUIC packets have 0x40 set).
@@ -80,6 +83,8 @@ const INBOX: usize = 256;
 const SEGMENTS: usize = 10;
 
 thread_local! {
+    /// Where relay datagrams are put together before they are sent.
+    static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
     /// The poller whose `poll_writable` last said "ready" on this thread: quinn calls
     /// `try_send` right after, on the same thread, for the same connection. 0: none.
     static WRITING: Cell<usize> = const { Cell::new(0) };
@@ -141,9 +146,29 @@ type Probe = (SocketAddr, Vec<u8>);
 
 struct Route {
     direct: Option<SocketAddr>,
-    relay: Option<RelayOut>,
+    relay: Option<RelayRoute>,
     /// Addresses that sent authentic probes: their datagrams are the peer's.
     peers: HashSet<SocketAddr>,
+}
+
+/// How packets reach the relay.
+#[derive(Clone)]
+enum RelayRoute {
+    /// As relay datagrams to the node (at `node`, as the node connection reaches it), headed
+    /// with our ticket.
+    Datagrams { node: SocketAddr, ticket: u64 },
+    /// As records on a TCP stream.
+    Stream(RelayOut),
+}
+
+impl Route {
+    /// The node's address and our ticket, when the relay goes by datagrams.
+    fn relay_datagrams(&self) -> Option<(SocketAddr, u64)> {
+        match &self.relay {
+            Some(RelayRoute::Datagrams { node, ticket }) => Some((*node, *ticket)),
+            _ => None,
+        }
+    }
 }
 
 struct Shared {
@@ -156,6 +181,10 @@ struct Shared {
     tasks: Mutex<Vec<JoinHandle<()>>>,
     /// Bytes sent to the peer: direct, relayed.
     sent: [AtomicU64; 2],
+    /// Datagrams received through the relay.
+    relayed_in: AtomicU64,
+    /// Something went to the relay since the last keep-alive.
+    relay_used: AtomicBool,
 }
 
 impl Shared {
@@ -210,6 +239,8 @@ impl PathSocket {
             link: Mutex::new(None),
             tasks: Mutex::new(Vec::new()),
             sent: [AtomicU64::new(0), AtomicU64::new(0)],
+            relayed_in: AtomicU64::new(0),
+            relay_used: AtomicBool::new(false),
         });
         let ipv6 = base.local_addr().is_ok_and(|a| a.is_ipv6());
         Arc::new(PathSocket {
@@ -236,6 +267,11 @@ impl PathSocket {
         (self.shared.sent[0].load(Ordering::Relaxed), self.shared.sent[1].load(Ordering::Relaxed))
     }
 
+    /// Datagrams received through the relay so far.
+    pub fn relayed_in(&self) -> u64 {
+        self.shared.relayed_in.load(Ordering::Relaxed)
+    }
+
     /// Starts pinging `candidates` (the peer's addresses) and answering the peer's pings, for
     /// as long as the socket lives. Call once.
     pub fn start_probing(&self, keys: &Keys, candidates: &[SocketAddr]) {
@@ -257,13 +293,33 @@ impl PathSocket {
         self.spawn(prober.run(rx, candidates));
     }
 
-    /// Makes a paired relay stream the fallback path (and the path while there is no direct
-    /// one). Returns its state.
-    pub fn attach_relay(&self, stream: RelayStream, keys: &Keys) -> watch::Receiver<RelayState> {
-        let link = RelayLink::new(stream, keys, self.shared.inbox.clone());
-        let mut state = link.state.clone();
-        self.shared.route().relay = Some(link.out.clone());
-        *self.shared.link.lock().unwrap_or_else(PoisonError::into_inner) = Some(link);
+    /// Makes a paired relay the fallback path (and the path while there is no direct one).
+    /// Returns its state.
+    pub fn attach_relay(&self, stream: RelayStream) -> watch::Receiver<RelayState> {
+        let mut state = match stream.datagrams {
+            Some(node) => {
+                let (tx, state) = watch::channel(RelayState::Up);
+                let route = RelayRoute::Datagrams { node, ticket: stream.ticket };
+                self.shared.route().relay = Some(route);
+                let reader = stream.reader;
+                // Dropping the writer would end the relay: it lives as long as the watch.
+                let writer = stream.writer;
+                self.spawn(async move {
+                    watch_stream(reader).await;
+                    drop(writer);
+                    tx.send_replace(RelayState::Closed);
+                });
+                self.spawn(keep_alive(self.base.clone(), self.shared.clone(), node, stream.ticket));
+                state
+            }
+            None => {
+                let link = RelayLink::new(stream, self.shared.inbox.clone());
+                let state = link.state.clone();
+                self.shared.route().relay = Some(RelayRoute::Stream(link.out.clone()));
+                *self.shared.link.lock().unwrap_or_else(PoisonError::into_inner) = Some(link);
+                state
+            }
+        };
         self.shared.status.send_modify(|s| s.relay = Some(RelayState::Up));
         let shared = self.shared.clone();
         let watched = state.clone();
@@ -316,6 +372,42 @@ impl PathSocket {
         Ok(())
     }
 
+    /// Sends to the peer through the relay's datagrams: each datagram of `t` goes to `node`
+    /// headed with `ticket`, batches as batches.
+    fn send_relayed(&self, node: SocketAddr, ticket: u64, t: &Transmit) -> io::Result<()> {
+        let size = t.segment_size.unwrap_or(t.contents.len()).max(1);
+        let wide = size + DATAGRAM_HEADER;
+        let per_batch = self.base.max_transmit_segments().max(1);
+        SCRATCH.with_borrow_mut(|out| {
+            for (i, batch) in t.contents.chunks(size * per_batch).enumerate() {
+                out.clear();
+                for packet in batch.chunks(size) {
+                    let at = out.len();
+                    out.resize(at + DATAGRAM_HEADER, 0);
+                    put_datagram_header(&mut out[at..], ticket);
+                    out.extend_from_slice(packet);
+                }
+                let segment_size = (out.len() > wide).then_some(wide);
+                let relayed = Transmit {
+                    destination: node,
+                    ecn: None,
+                    contents: out,
+                    segment_size,
+                    src_ip: None,
+                };
+                match self.base.try_send(&relayed) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock && i == 0 => return Err(e),
+                    Err(e) => {
+                        tracing::trace!(error = %e, %node, "relay send failed");
+                        return Ok(());
+                    }
+                }
+            }
+            Ok(())
+        })
+    }
+
     /// Takes relayed records into quinn's buffers; `cx` registers for more when none is ready.
     fn take_relay(
         &self,
@@ -351,27 +443,57 @@ impl PathSocket {
                 ecn: None,
                 dst_ip: None,
             };
+            self.shared
+                .relayed_in
+                .fetch_add(len.div_ceil(record.stride.max(1)) as u64, Ordering::Relaxed);
             n += 1;
         }
         n
     }
 
-    /// Takes probes out of what the base socket received and marks the peer's datagrams as
-    /// coming from [`PathSocket::peer`]; returns how many entries remain (moved to the front).
+    /// Takes probes out of what the base socket received, unwraps relay datagrams, and marks
+    /// the peer's datagrams as coming from [`PathSocket::peer`]; returns how many entries
+    /// remain (moved to the front).
     fn sort(&self, bufs: &mut [IoSliceMut<'_>], meta: &mut [RecvMeta], n: usize) -> usize {
-        let peers_known = {
+        let (peers_known, relay) = {
             let route = self.shared.route();
-            (0..n).map(|i| route.peers.contains(&canonical(meta[i].addr))).collect::<Vec<_>>()
+            let known = (0..n).map(|i| route.peers.contains(&canonical(meta[i].addr)));
+            (known.collect::<Vec<_>>(), route.relay_datagrams())
         };
         let mut kept = 0;
+        // The node's own packets found in a batch of relay datagrams, put in a spare buffer.
+        let mut extra: Option<(usize, RecvMeta)> = None;
         for i in 0..n {
             let mut m = meta[i];
-            m.len = self.strip_probes(&mut bufs[i], &m);
+            match relay {
+                Some((node, ticket)) if canonical(m.addr) == canonical(node) => {
+                    let (relayed, rest) = self.unwrap_relayed(&mut bufs[i], &mut m, ticket);
+                    if let Some(rest) = rest {
+                        // At most one spare buffer is used per call: a mixed batch is rare
+                        // (GRO only joins datagrams of one size), and a dropped packet is
+                        // sent again.
+                        let spare = bufs.len() - 1;
+                        if extra.is_none() && spare >= n && rest.len() <= bufs[spare].len() {
+                            bufs[spare][..rest.len()].copy_from_slice(&rest);
+                            let mut r = meta[i];
+                            r.len = rest.len();
+                            r.stride = r.stride.min(r.len.max(1));
+                            extra = Some((spare, r));
+                        }
+                    }
+                    if relayed {
+                        m.addr = self.peer;
+                    }
+                }
+                _ => {
+                    m.len = self.strip_probes(&mut bufs[i], &m);
+                    if peers_known[i] {
+                        m.addr = self.peer;
+                    }
+                }
+            }
             if m.len == 0 {
                 continue;
-            }
-            if peers_known[i] {
-                m.addr = self.peer;
             }
             if kept != i {
                 let (front, back) = bufs.split_at_mut(i);
@@ -380,7 +502,50 @@ impl PathSocket {
             meta[kept] = m;
             kept += 1;
         }
+        if let Some((spare, m)) = extra {
+            if kept != spare {
+                let (front, back) = bufs.split_at_mut(spare);
+                front[kept][..m.len].copy_from_slice(&back[0][..m.len]);
+            }
+            meta[kept] = m;
+            kept += 1;
+        }
         kept
+    }
+
+    /// In one received entry from the node: strips the headers of the relay datagrams for
+    /// `ticket` and closes the gaps (`m` then describes the packets they carried), and drops
+    /// relay datagrams for another ticket. Returns whether relay datagrams were found and, if
+    /// the node's own QUIC packets came in the same batch, those (taken out of the entry).
+    fn unwrap_relayed(
+        &self,
+        buf: &mut [u8],
+        m: &mut RecvMeta,
+        ticket: u64,
+    ) -> (bool, Option<Vec<u8>>) {
+        let stride = m.stride.clamp(1, m.len.max(1));
+        let is_relayed = |seg: &[u8]| seg.first().is_some_and(|b| b & 0x40 == 0);
+        if !buf[..m.len].chunks(stride).any(is_relayed) {
+            return (false, None);
+        }
+        let mut rest: Vec<u8> = Vec::new();
+        let (mut write, mut read, mut count) = (0, 0, 0u64);
+        while read < m.len {
+            let end = (read + stride).min(m.len);
+            let segment = &buf[read..end];
+            if !is_relayed(segment) {
+                rest.extend_from_slice(segment);
+            } else if datagram_ticket(segment) == Some(ticket) && segment.len() > DATAGRAM_HEADER {
+                buf.copy_within(read + DATAGRAM_HEADER..end, write);
+                write += end - read - DATAGRAM_HEADER;
+                count += 1;
+            }
+            read = end;
+        }
+        self.shared.relayed_in.fetch_add(count, Ordering::Relaxed);
+        m.len = write;
+        m.stride = stride.saturating_sub(DATAGRAM_HEADER).clamp(1, write.max(1));
+        (true, (!rest.is_empty()).then_some(rest))
     }
 
     /// Hands the probes among one received entry (a GRO batch may hold several datagrams) to
@@ -424,25 +589,33 @@ impl AsyncUdpSocket for PathSocket {
         if transmit.destination != self.peer {
             return self.base.try_send(transmit);
         }
-        let route = self.shared.route();
-        let (kind, result) = if let Some(to) = route.direct {
+        let (direct, relay) = {
+            let route = self.shared.route();
+            (route.direct, route.relay.clone())
+        };
+        let (kind, result) = if let Some(to) = direct {
             (PathKind::Direct, self.send_direct(to, transmit))
-        } else if let Some(relay) = &route.relay {
-            let stride = transmit.segment_size.unwrap_or(transmit.contents.len());
-            let result = match relay.try_send(stride, transmit.contents) {
-                Ok(true) => Ok(()),
-                Ok(false) => {
-                    REFUSED.set(writing);
-                    Err(io::ErrorKind::WouldBlock.into())
+        } else if let Some(relay) = relay {
+            self.shared.relay_used.store(true, Ordering::Relaxed);
+            let result = match relay {
+                RelayRoute::Datagrams { node, ticket } => self.send_relayed(node, ticket, transmit),
+                RelayRoute::Stream(out) => {
+                    let stride = transmit.segment_size.unwrap_or(transmit.contents.len());
+                    match out.try_send(stride, transmit.contents) {
+                        Ok(true) => Ok(()),
+                        Ok(false) => {
+                            REFUSED.set(writing);
+                            Err(io::ErrorKind::WouldBlock.into())
+                        }
+                        Err(e) => Err(e),
+                    }
                 }
-                Err(e) => Err(e),
             };
             (PathKind::Relay, result)
         } else {
             // No path (yet, or any more): lost, like on a dead link.
             return Ok(());
         };
-        drop(route);
         if result.is_ok() {
             let index = usize::from(kind == PathKind::Relay);
             self.shared.sent[index].fetch_add(transmit.contents.len() as u64, Ordering::Relaxed);
@@ -531,7 +704,10 @@ impl UdpPoller for PathPoller {
         let waiting = this.waiting.get_mut().unwrap_or_else(PoisonError::into_inner);
         let refused = REFUSED.replace(0);
         if waiting.is_none() && refused == me {
-            let relay = this.shared.route().relay.clone();
+            let relay = match &this.shared.route().relay {
+                Some(RelayRoute::Stream(out)) => Some(out.clone()),
+                _ => None,
+            };
             if let Some(relay) = relay {
                 // Room in the outbox, a direct path to send on instead, or the relay gone.
                 let mut status = this.shared.status.subscribe();
@@ -556,6 +732,33 @@ impl UdpPoller for PathPoller {
             WRITING.set(me);
         }
         ready
+    }
+}
+
+/// Sends a keep-alive datagram to the relay whenever nothing went there for [`KEEP_ALIVE`]
+/// (the node closes idle relays; a relay standing by beside a direct path is idle).
+async fn keep_alive(
+    base: Arc<dyn AsyncUdpSocket>,
+    shared: Arc<Shared>,
+    node: SocketAddr,
+    ticket: u64,
+) {
+    let mut header = [0u8; DATAGRAM_HEADER];
+    put_datagram_header(&mut header, ticket);
+    let transmit = Transmit {
+        destination: node,
+        ecn: None,
+        contents: &header,
+        segment_size: None,
+        src_ip: None,
+    };
+    loop {
+        if !shared.relay_used.swap(false, Ordering::Relaxed) {
+            if let Err(e) = base.try_send(&transmit) {
+                tracing::trace!(error = %e, "relay keep-alive not sent");
+            }
+        }
+        tokio::time::sleep(KEEP_ALIVE).await;
     }
 }
 
@@ -775,6 +978,9 @@ mod tests {
     use crate::crypto::Role;
     use crate::net::quic::{udp_socket, Node, Tuning};
     use p2p_copy_netsim::sim::{Link, Sim};
+    use p2p_copy_rendezvous::client::Client;
+    use p2p_copy_rendezvous::server::{self, RelayLimits, ServerConfig};
+    use p2p_copy_rendezvous::wire::NodeMsg;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     const WAIT: Duration = Duration::from_secs(10);
@@ -815,8 +1021,8 @@ mod tests {
         let (ar, aw) = tokio::io::split(a);
         let (br, bw) = tokio::io::split(b);
         (
-            RelayStream { reader: Box::new(ar), writer: Box::new(aw) },
-            RelayStream { reader: Box::new(br), writer: Box::new(bw) },
+            RelayStream { reader: Box::new(ar), writer: Box::new(aw), datagrams: None, ticket: 1 },
+            RelayStream { reader: Box::new(br), writer: Box::new(bw), datagrams: None, ticket: 2 },
         )
     }
 
@@ -836,10 +1042,36 @@ mod tests {
     }
 
     impl Pair {
+        /// A relay on a byte stream (as over TCP), spliced in memory.
         fn relay(&self, tamper_at: Option<usize>) {
             let (a, b) = joined(tamper_at);
-            self.s.0.attach_relay(a, &self.s.2);
-            self.r.0.attach_relay(b, &self.r.2);
+            self.s.0.attach_relay(a);
+            self.r.0.attach_relay(b);
+        }
+
+        /// A relay through a real node on loopback, by datagrams from the data sockets; the
+        /// node's clients must live as long as the relay.
+        async fn relay_through(&self, node: SocketAddr) -> (Client, Client) {
+            let (s_ep, r_ep) = (self.s.1.endpoint.clone(), self.r.1.endpoint.clone());
+            let mut a = Client::connect(&s_ep, node, None, WAIT).await.unwrap();
+            let mut b = Client::connect(&r_ep, node, None, WAIT).await.unwrap();
+            let n = a.allocate().await.unwrap();
+            assert!(b.claim(n).await.unwrap());
+            assert_eq!(a.recv().await.unwrap(), NodeMsg::PeerJoined);
+            let mut tickets = Vec::new();
+            for c in [&mut a, &mut b] {
+                c.request_ticket().await.unwrap();
+                match c.recv().await.unwrap() {
+                    NodeMsg::RelayTicket { ticket } => tickets.push(ticket),
+                    other => panic!("{other:?}"),
+                }
+            }
+            let (sa, sb) = tokio::join!(a.relay(tickets[0], WAIT), b.relay(tickets[1], WAIT));
+            let (sa, sb) = (sa.unwrap(), sb.unwrap());
+            assert_eq!(sa.datagrams, Some(node));
+            self.s.0.attach_relay(sa);
+            self.r.0.attach_relay(sb);
+            (a, b)
         }
 
         fn probe(&self) {
@@ -950,22 +1182,43 @@ mod tests {
         assert!(p.r.0.sent().1 > 0);
     }
 
+    /// A relay that damages a packet costs a retransmission, never the data: QUIC rejects
+    /// the damaged packet and sends its content again.
     #[tokio::test]
-    async fn a_relay_that_alters_a_byte_is_reported() {
+    async fn a_packet_the_relay_damages_is_sent_again() {
         let local = "127.0.0.1:0".parse().unwrap();
         let p = pair(udp_socket(local).unwrap(), udp_socket(local).unwrap());
-        // Early in what the sender's side sends: its first handshake flight.
+        // Inside the receiver's first packet (its handshake), past the record's header.
         p.relay(Some(100));
-        let _connecting = tokio::spawn({
-            let ep = p.s.1.endpoint.clone();
-            async move { ep.accept().await?.await.ok() }
-        });
-        let peer = p.r.0.peer();
-        let _c =
-            tokio::spawn(
-                async move { p.r.1.connect_to(&[peer], WAIT, None, Duration::ZERO).await },
-            );
-        let _status = until(&p.r.0, |s| s.relay == Some(RelayState::Tampered)).await;
+        let (c, s) = p.connect().await;
+        assert_eq!(stream(&c, &s, 32, Duration::ZERO).await, 32 << 16);
+        assert_eq!(p.r.0.status().borrow().using, Some(PathKind::Relay));
+    }
+
+    /// The relay through a real node: packets go as datagrams from the data sockets to the
+    /// node's port, which forwards them (batches included) without touching them.
+    #[tokio::test]
+    async fn the_node_relays_the_connection_as_datagrams() {
+        let config = ServerConfig {
+            relay: RelayLimits { session_rate: 0, total_rate: 0, ..RelayLimits::default() },
+            ..ServerConfig::default()
+        };
+        let listeners = server::bind("127.0.0.1:0".parse().unwrap(), &config).unwrap();
+        let node = listeners.local_addr().unwrap();
+        let metrics = config.metrics_handle.clone();
+        let serving = tokio::spawn(server::serve(listeners, config, std::future::pending()));
+        let local = "127.0.0.1:0".parse().unwrap();
+        let p = pair(udp_socket(local).unwrap(), udp_socket(local).unwrap());
+        let _clients = p.relay_through(node).await;
+        until(&p.r.0, |s| s.relay == Some(RelayState::Up)).await;
+        let (c, s) = p.connect().await;
+        assert_eq!(stream(&c, &s, 128, Duration::ZERO).await, 128 << 16);
+        let (direct, relayed) = p.r.0.sent();
+        assert!(direct == 0 && relayed > 0, "{direct} {relayed}");
+        assert!(p.s.0.relayed_in() > 100, "the sender heard the receiver through the relay");
+        let bytes = metrics.relay_bytes_total.load(Ordering::Relaxed);
+        assert!(bytes > 8 << 20, "the node counted the relayed bytes: {bytes}");
+        serving.abort();
     }
 
     /// Only the peer's probes get answers, and only they make an address the peer's.

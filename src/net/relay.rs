@@ -1,22 +1,21 @@
 //! The relay path: the peers' QUIC packets carried through the rendezvous node.
 //!
-//! The node splices two byte streams (QUIC streams, or TCP connections for clients without
-//! UDP). A [`RelayLink`] turns such a stream into one of the two paths of a
-//! [`super::path::PathSocket`], so the relayed path carries the very QUIC connection the direct
-//! path carries: the same TLS handshake, channel binding, lanes and close codes, and a
-//! transfer can move between the paths without noticing.
+//! The node pairs the two sides of a nameplate by the tickets it gave them
+//! (`p2p_copy_rendezvous::relay`) and forwards their packets without decrypting or sealing
+//! them: they are the peers' own QUIC connection, encrypted end to end, and a relay that
+//! damages one only makes QUIC send it again (`docs/security.md` §6). Two ways across:
 //!
-//! Each record travels as `len: u32 BE ‖ AES-256-GCM(stride: u16 BE ‖ packets)`, sealed under
-//! the session key on [`RELAY_LANE`] with a counter per direction. `packets` is one QUIC
-//! datagram, or a batch of equal-size datagrams (`stride` bytes each, the last maybe shorter)
-//! that quinn handed over at once, so a record costs one seal however small the packets. An
-//! empty record is a keep-alive. QUIC alone would treat a byte the relay damaged as a lost
-//! packet and send it again; the seal turns any damage, reordering, drop or injection into an
-//! immediate [`RelayState::Tampered`], which ends the transfer with an integrity error. The
-//! relay still sees only ciphertext: the inner QUIC packets are encrypted too.
+//! - **Datagrams**, for a side that reaches the node over QUIC: each packet goes as a UDP
+//!   datagram `0x01 ‖ ticket ‖ packet` from the data socket to the node's port, batches as
+//!   batches. [`super::path::PathSocket`] does this itself; the relay stream only holds the
+//!   relay open, and its end means the relay ended ([`watch_stream`]).
+//! - **Records on a TCP stream**, for a side without UDP to the node: a [`RelayLink`] carries
+//!   `len: u32 BE ‖ stride: u16 BE ‖ packets` both ways (`packets`: one QUIC datagram, or a
+//!   batch of `stride`-byte datagrams that quinn handed over at once, the last maybe shorter).
+//!   An empty record is a keep-alive.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
@@ -25,33 +24,24 @@ use tokio::task::JoinHandle;
 
 use p2p_copy_rendezvous::client::{Reader, RelayStream, Writer};
 
-use crate::crypto::{Keys, Opener, Sealer};
-
-/// The nonce lane of relay framing (data lanes are small numbers, the control lane is 0).
-pub const RELAY_LANE: u32 = u32::MAX;
-/// Largest record body (stride and packets, before the tag): ten full-size QUIC datagrams with
-/// room to spare.
+/// Largest record body (stride and packets): ten full-size QUIC datagrams with room to spare.
 pub const MAX_RECORD: usize = 64 * 1024;
 /// Records queued towards the relay.
 const OUTBOX: usize = 256;
 /// How long the relay may carry nothing before a keep-alive goes through it (the node closes
 /// relays idle for a minute by default; the standby relay of a direct transfer is idle).
-const KEEP_ALIVE: Duration = Duration::from_secs(15);
-/// AES-GCM tag length.
-const TAG: usize = crate::crypto::TAG_LEN;
+pub const KEEP_ALIVE: Duration = Duration::from_secs(15);
 
-/// What became of the relay stream.
+/// What became of the relay.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RelayState {
     /// Carrying packets.
     Up,
-    /// The node or the other side ended the stream.
+    /// The node or the other side ended it.
     Closed,
-    /// A record failed authentication: the relay altered, dropped, reordered or injected data.
-    Tampered,
 }
 
-/// Opened packets from the relay, as quinn receives them: `stride`-byte datagrams.
+/// Packets from the relay's stream, as quinn receives them: `stride`-byte datagrams.
 #[derive(Debug)]
 pub struct Record {
     /// Size of each datagram (the last may be shorter).
@@ -60,40 +50,28 @@ pub struct Record {
     pub packets: Vec<u8>,
 }
 
-/// The sending half of a paired relay stream.
+/// The sending half of a relay stream on TCP.
 #[derive(Clone)]
 pub(crate) struct RelayOut {
     out: mpsc::Sender<Vec<u8>>,
-    sealer: Arc<Mutex<Sealer>>,
     used: Arc<AtomicBool>,
 }
 
 impl RelayOut {
-    /// Seals and queues `packets` (datagrams of `stride` bytes). `Ok(false)` when the outbox
-    /// is full (try again when [`RelayOut::ready`] resolves); a closed relay swallows packets
-    /// like a dead link.
+    /// Queues `packets` (datagrams of `stride` bytes). `Ok(false)` when the outbox is full (try
+    /// again when [`RelayOut::ready`] resolves); a closed relay swallows packets like a dead
+    /// link.
     pub fn try_send(&self, stride: usize, packets: &[u8]) -> std::io::Result<bool> {
-        // Reserve first: a sealed record must never be thrown away, or the peer's counter
-        // would skip and it would (rightly) report tampering.
         let permit = match self.out.try_reserve() {
             Ok(permit) => permit,
             Err(mpsc::error::TrySendError::Full(())) => return Ok(false),
             Err(mpsc::error::TrySendError::Closed(())) => return Ok(true),
         };
         let stride = u16::try_from(stride).unwrap_or(u16::MAX);
-        let mut frame = Vec::with_capacity(4 + 2 + packets.len() + TAG);
-        frame.extend_from_slice(&[0; 4]);
+        let mut frame = Vec::with_capacity(4 + 2 + packets.len());
+        frame.extend_from_slice(&((packets.len() + 2) as u32).to_be_bytes());
         frame.extend_from_slice(&stride.to_be_bytes());
         frame.extend_from_slice(packets);
-        // Seal and queue under one lock: quinn sends from more than one task, and records must
-        // be queued in counter order.
-        let mut sealer = self.sealer.lock().unwrap_or_else(PoisonError::into_inner);
-        if sealer.seal(&mut frame, 4).is_err() {
-            // 2^64 records: cannot happen in practice; refuse rather than reuse a nonce.
-            return Err(std::io::Error::other("relay nonce space exhausted"));
-        }
-        let len = (frame.len() - 4) as u32;
-        frame[..4].copy_from_slice(&len.to_be_bytes());
         permit.send(frame);
         self.used.store(true, Ordering::Relaxed);
         Ok(true)
@@ -105,11 +83,11 @@ impl RelayOut {
     }
 }
 
-/// A paired relay stream with the tasks that move its bytes.
+/// A paired relay stream on TCP with the tasks that move its records.
 pub(crate) struct RelayLink {
     /// Where packets for the peer go.
     pub out: RelayOut,
-    /// Changes when the stream ends or is tampered with.
+    /// Changes when the stream ends.
     pub state: watch::Receiver<RelayState>,
     tasks: [JoinHandle<()>; 3],
 }
@@ -123,23 +101,24 @@ impl Drop for RelayLink {
 }
 
 impl RelayLink {
-    /// Wraps a paired relay stream; `keys` seal what we send and open what the peer sends,
-    /// which is delivered to `inbox`.
-    pub fn new(stream: RelayStream, keys: &Keys, inbox: mpsc::Sender<Record>) -> RelayLink {
+    /// Wraps a paired relay stream on TCP; what the peer sends is delivered to `inbox`.
+    pub fn new(stream: RelayStream, inbox: mpsc::Sender<Record>) -> RelayLink {
         let (out_tx, out_rx) = mpsc::channel(OUTBOX);
         let (state_tx, state) = watch::channel(RelayState::Up);
         let state_tx = Arc::new(state_tx);
-        let out = RelayOut {
-            out: out_tx,
-            sealer: Arc::new(Mutex::new(keys.sealer(RELAY_LANE))),
-            used: Arc::new(AtomicBool::new(false)),
-        };
+        let out = RelayOut { out: out_tx, used: Arc::new(AtomicBool::new(false)) };
         let writer = tokio::spawn(write_frames(out_rx, stream.writer, state_tx.clone()));
-        let reader =
-            tokio::spawn(read_frames(stream.reader, keys.opener(RELAY_LANE), inbox, state_tx));
+        let reader = tokio::spawn(read_frames(stream.reader, inbox, state_tx));
         let keeper = tokio::spawn(keep_alive(out.clone()));
         RelayLink { out, state, tasks: [writer, reader, keeper] }
     }
+}
+
+/// Watches the relay stream of a side on QUIC, which carries nothing after `Paired`: resolves
+/// when the node ends it (or the connection to the node is lost).
+pub(crate) async fn watch_stream(mut reader: Reader) {
+    let mut sink = [0u8; 64];
+    while matches!(reader.read(&mut sink).await, Ok(n) if n > 0) {}
 }
 
 /// Sends an empty record whenever the relay carried nothing for [`KEEP_ALIVE`].
@@ -169,54 +148,40 @@ async fn write_frames(
         }
     }
     let _ = writer.shutdown().await;
-    state.send_if_modified(|s| set_if_up(s, RelayState::Closed));
+    state.send_replace(RelayState::Closed);
 }
 
 async fn read_frames(
     mut reader: Reader,
-    mut opener: Opener,
     tx: mpsc::Sender<Record>,
     state: Arc<watch::Sender<RelayState>>,
 ) {
-    let outcome = loop {
+    loop {
         let mut header = [0u8; 4];
         if reader.read_exact(&mut header).await.is_err() {
-            break RelayState::Closed;
+            break;
         }
         let len = u32::from_be_bytes(header) as usize;
-        if !(2 + TAG..=MAX_RECORD + TAG).contains(&len) {
-            break RelayState::Tampered;
+        if !(2..=MAX_RECORD).contains(&len) {
+            tracing::debug!(len, "the relay sent a record of an impossible size");
+            break;
         }
         let mut body = vec![0u8; len];
         if reader.read_exact(&mut body).await.is_err() {
-            break RelayState::Closed;
-        }
-        if opener.open(&mut body).is_err() {
-            break RelayState::Tampered;
+            break;
         }
         let stride = usize::from(u16::from_be_bytes([body[0], body[1]]));
         if body.len() == 2 {
             continue; // keep-alive
         }
         if stride == 0 {
-            break RelayState::Tampered; // sealed by the peer, so a bug there; stop anyway
+            tracing::debug!("the relay sent a record without a stride");
+            break;
         }
         body.drain(..2);
         if tx.send(Record { stride, packets: body }).await.is_err() {
-            break RelayState::Closed;
+            break;
         }
-    };
-    if outcome == RelayState::Tampered {
-        tracing::warn!("a relayed packet failed authentication: the relay altered the data");
     }
-    state.send_if_modified(|s| set_if_up(s, outcome));
-}
-
-fn set_if_up(s: &mut RelayState, to: RelayState) -> bool {
-    if *s == RelayState::Up {
-        *s = to;
-        true
-    } else {
-        false
-    }
+    state.send_replace(RelayState::Closed);
 }

@@ -6,10 +6,15 @@
 //!    Wait for the other side.
 //! 3. PAKE and key confirmation through the mailbox ([`Session::new_deferred`]). A wrong code
 //!    ends here on both sides.
-//! 4. Exchange sealed [`Candidates`]: addresses, certificate fingerprint, relay willingness.
+//! 4. Ask the node for this side's relay ticket (unless the relay is refused), and exchange
+//!    sealed [`Candidates`]: addresses, certificate fingerprint, relay willingness. Both sides
+//!    are on the nameplate until then (a side releases it only once connected, which needs
+//!    the other's candidates), so the node can check that the two tickets' holders are the
+//!    nameplate's two sides.
 //! 5. Try both paths at once. Direct: the receiver connects to the sender's candidates.
-//!    Relay: both open a relay stream paired by the key-derived token and run the same QUIC
-//!    connection through it ([`crate::net::relay`]). The receiver prefers direct: it takes
+//!    Relay: both attach to the relay with their tickets and run the same QUIC connection
+//!    through it ([`crate::net::relay`]): as datagrams to the node over UDP, or on a TCP
+//!    stream. The receiver prefers direct: it takes
 //!    the relay only when direct failed, or did not succeed within [`DIRECT_GRACE`] of the
 //!    relay being ready. The sender takes whichever connection opens the control stream.
 //!    Connections are pinned to the fingerprint from the candidates, and the session's hello
@@ -163,18 +168,13 @@ impl Guard {
         let mut direct = status.borrow().direct;
         // Until the connection ends (then reading fails at once, every time).
         let mut reading = true;
+        let mut tampering = Tampering::default();
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
         loop {
             let s = status.borrow_and_update().clone();
             if s.direct != direct {
                 direct = s.direct;
                 nudge(conn);
-            }
-            if s.relay == Some(RelayState::Tampered) {
-                return TransferError::new(
-                    ErrorKind::Integrity,
-                    "data relayed through the rendezvous node failed authentication: the relay \
-                     altered it; nothing altered was written",
-                );
             }
             let stranded = s.relay == Some(RelayState::Closed) && s.direct.is_none();
             let lost = async {
@@ -192,6 +192,16 @@ impl Guard {
                 }
                 // The peer's nudges: read and dropped (quinn would buffer them).
                 read = conn.read_datagram(), if reading => reading = read.is_ok(),
+                _ = tick.tick() => {
+                    if tampering.sample(paths.relayed_in(), frames_in(conn), s.direct.is_none()) {
+                        return TransferError::new(
+                            ErrorKind::Integrity,
+                            "packets keep arriving through the rendezvous node's relay and none \
+                             of them authenticates: the relay alters them (QUIC rejected every \
+                             altered packet; nothing altered was written)",
+                        );
+                    }
+                }
                 () = lost => {
                     return TransferError::network(
                         "the rendezvous node closed the relay and there is no direct path to the \
@@ -201,6 +211,74 @@ impl Guard {
             }
         }
     }
+}
+
+/// Relayed datagrams known not to have authenticated, at least, before the relay counts as
+/// altering packets ...
+const TAMPERED_PACKETS: i64 = 8;
+/// ... once the connection decoded nothing for this many one-second samples.
+const TAMPER_SAMPLES: u32 = 3;
+
+/// Tells a relay that alters packets from one that carries them. QUIC drops a packet that
+/// fails authentication as if it were lost, so an altering relay looks like a lossy one, except
+/// that its packets keep arriving: every packet that authenticates holds at least one frame,
+/// so datagrams that came through the relay beyond the frames decoded are packets that did not
+/// authenticate. `excess` keeps that surplus, floored at zero (a packet read before a sample
+/// and decoded after it only borrows from the next sample). The relay counts as altering when
+/// the surplus reaches [`TAMPERED_PACKETS`] while the connection decodes nothing at all for
+/// [`TAMPER_SAMPLES`] samples: a healthy relay never gets there, since the packets it
+/// delivers are decoded within the sample after.
+#[derive(Debug, Default)]
+struct Tampering {
+    /// (relayed datagrams, frames decoded) at the last sample.
+    last: Option<(u64, u64)>,
+    excess: i64,
+    /// Samples in a row without a frame decoded.
+    still: u32,
+}
+
+impl Tampering {
+    /// Takes a sample; true when the relay alters packets (see the type's documentation).
+    /// Only a connection on the relay alone is judged.
+    fn sample(&mut self, relayed: u64, frames: u64, relay_only: bool) -> bool {
+        if !relay_only {
+            *self = Tampering::default();
+            return false;
+        }
+        if let Some((r0, f0)) = self.last {
+            let arrived = i64::try_from(relayed.saturating_sub(r0)).unwrap_or(i64::MAX);
+            let decoded = i64::try_from(frames.saturating_sub(f0)).unwrap_or(i64::MAX);
+            self.excess = self.excess.saturating_add(arrived).saturating_sub(decoded).max(0);
+            self.still = if decoded == 0 { self.still + 1 } else { 0 };
+        }
+        self.last = Some((relayed, frames));
+        self.still >= TAMPER_SAMPLES && self.excess >= TAMPERED_PACKETS
+    }
+}
+
+/// Frames of the connection decoded so far (every authenticated packet holds at least one).
+fn frames_in(conn: &quinn::Connection) -> u64 {
+    let f = conn.stats().frame_rx;
+    f.acks
+        + f.crypto
+        + f.stream
+        + f.ping
+        + f.datagram
+        + f.max_data
+        + f.max_stream_data
+        + f.data_blocked
+        + f.stream_data_blocked
+        + f.new_connection_id
+        + f.retire_connection_id
+        + f.connection_close
+        + f.reset_stream
+        + f.stop_sending
+        + f.max_streams_uni
+        + f.max_streams_bidi
+        + f.path_challenge
+        + f.path_response
+        + f.new_token
+        + u64::from(f.handshake_done)
 }
 
 /// Sends a one-byte QUIC datagram on `conn` after the path changed. Its acknowledgement, over the
@@ -340,11 +418,13 @@ pub(crate) async fn meet(
         keys.sealer(MAILBOX_LANE)
             .seal(&mut sealed, 0)
             .map_err(|e| TransferError::internal(e.to_string()))?;
+        if mine.relay {
+            client.request_ticket().await.map_err(|e| node_error(&rv.node, e))?;
+        }
         client.post(sealed).await.map_err(|e| node_error(&rv.node, e))?;
-        let mut theirs = match inbox.pop_front() {
-            Some(b) => b,
-            None => next_message(&mut client, &session, &rv.node).await?,
-        };
+        let (mut theirs, ticket) =
+            candidates_and_ticket(&mut client, &session, &rv.node, inbox.pop_front(), mine.relay)
+                .await?;
         keys.opener(MAILBOX_LANE).open(&mut theirs).map_err(|_| {
             TransferError::new(
                 ErrorKind::Integrity,
@@ -359,7 +439,7 @@ pub(crate) async fn meet(
         })?;
         tracing::debug!(candidates = ?peer.addrs, relay = peer.relay, "peer candidates");
 
-        let use_relay = mine.relay && peer.relay;
+        let use_relay = mine.relay && peer.relay && ticket.is_some();
         let use_direct = !rv.force_relay && !peer.addrs.is_empty() && !mine.addrs.is_empty();
         if !use_relay && !use_direct {
             return Err(TransferError::new(
@@ -374,15 +454,15 @@ pub(crate) async fn meet(
         }
         // The relay comes up in the background and stays as the fallback (or the path, until
         // a direct one appears) for the whole transfer.
-        let relay = use_relay.then(|| {
+        let relay = ticket.filter(|_| use_relay).map(|ticket| {
             let opener = client.relay_opener();
-            let (paths, keys) = (paths.clone(), keys.clone());
-            let side = u8::from(!sender);
+            let paths = paths.clone();
             tokio::spawn(async move {
-                match opener.relay(keys.relay_token(), side, PAIR_WAIT).await {
+                match opener.relay(ticket, PAIR_WAIT).await {
                     Ok(stream) => {
-                        paths.attach_relay(stream, &keys);
-                        tracing::debug!("relay ready");
+                        let how = if stream.datagrams.is_some() { "datagrams" } else { "tcp" };
+                        paths.attach_relay(stream);
+                        tracing::debug!(how, "relay ready");
                     }
                     Err(e) => tracing::info!(error = %e, "no relay"),
                 }
@@ -559,6 +639,54 @@ async fn peer_leaves(client: &mut Client) -> TransferError {
     }
 }
 
+/// The other side's candidates message (unless `early` is it) and, when `ticket` was asked
+/// for, the node's answer: our relay ticket, or `None` when the node cannot give one (the
+/// transfer then goes direct or not at all).
+async fn candidates_and_ticket(
+    client: &mut Client,
+    session: &Session,
+    node: &str,
+    early: Option<Vec<u8>>,
+    ticket: bool,
+) -> Result<(Vec<u8>, Option<u64>), TransferError> {
+    let mut theirs = early;
+    let mut answer: Option<Option<u64>> = (!ticket).then_some(None);
+    while theirs.is_none() || answer.is_none() {
+        if answer.is_some() {
+            theirs = Some(next_message(client, session, node).await?);
+            continue;
+        }
+        let left = session
+            .poll_timeout()
+            .map_or(NODE_TIMEOUT, |d| d.saturating_duration_since(Instant::now()));
+        match client.recv_within(left).await {
+            Ok(NodeMsg::RelayTicket { ticket }) => answer = Some(Some(ticket)),
+            Ok(NodeMsg::Message { body }) if theirs.is_none() => theirs = Some(body),
+            Ok(NodeMsg::PeerLeft) => {
+                return Err(TransferError::new(
+                    ErrorKind::Peer,
+                    "the other side left before connecting",
+                ))
+            }
+            Ok(other) => return Err(protocol(&other)),
+            // The node's answer to the ticket request (the relay is full, say): no relay.
+            Err(ClientError::Refused { code, message }) => {
+                tracing::info!(?code, message = %crate::transfer::printable(&message), "no relay ticket");
+                answer = Some(None);
+            }
+            Err(ClientError::Timeout(t)) => {
+                return Err(TransferError::network(format!(
+                    "the other side did not complete the handshake within {}s",
+                    t.as_secs()
+                )))
+            }
+            Err(e) => return Err(node_error(node, e)),
+        }
+    }
+    let theirs = theirs.ok_or_else(|| TransferError::internal("no candidates"))?;
+    Ok((theirs, answer.flatten()))
+}
+
 async fn next_message(
     client: &mut Client,
     session: &Session,
@@ -666,5 +794,70 @@ fn claim_error(node: &str, e: ClientError) -> TransferError {
              new code",
         ),
         other => node_error(node, other),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Feeds samples of (datagrams arrived, frames decoded) per second; the first sample at
+    /// which the relay is judged to alter packets, if any.
+    fn judge(per_second: &[(u64, u64)], relay_only: bool) -> Option<usize> {
+        let mut t = Tampering::default();
+        let (mut relayed, mut frames) = (0u64, 0u64);
+        let mut found = None;
+        for (i, (r, f)) in [(0, 0)].iter().chain(per_second).enumerate() {
+            relayed += r;
+            frames += f;
+            if t.sample(relayed, frames, relay_only) && found.is_none() {
+                found = Some(i);
+            }
+        }
+        found
+    }
+
+    #[test]
+    fn a_healthy_relay_is_never_taken_for_an_altering_one() {
+        // A busy relay with packets read before a sample and decoded after it (a standing
+        // queue of up to 300 packets), then a pause with only keep-alives, then more data.
+        let mut busy: Vec<(u64, u64)> = (0..20).map(|i| (20_000 + i * 7, 20_000)).collect();
+        busy.push((0, 20_000 + 20 * 7 + 300));
+        busy.extend(std::iter::repeat_n((0, 0), 4));
+        busy.push((1, 1));
+        busy.extend(std::iter::repeat_n((0, 0), 4));
+        busy.extend((0..10).map(|_| (5_000, 5_300)));
+        assert_eq!(judge(&busy, true), None);
+    }
+
+    #[test]
+    fn a_relay_that_alters_everything_is_found_in_seconds() {
+        // Good data, then every packet altered: a burst, then retransmissions backing off.
+        let mut s = vec![(10_000, 10_500), (10_000 + 120, 10_000)];
+        s.extend([(6, 0), (4, 0), (2, 0), (0, 0), (2, 0), (0, 0)]);
+        assert_eq!(judge(&s, true), Some(5), "three seconds after the last frame");
+    }
+
+    #[test]
+    fn a_relay_that_alters_only_data_packets_is_found_too() {
+        // The small packets (acknowledgements of keep-alives, one frame each) still pass every
+        // five seconds; everything that carries data is altered.
+        let mut s = vec![(10_000, 10_500), (10_000 + 120, 10_000)];
+        for _ in 0..4 {
+            s.extend([(3, 1), (2, 0), (1, 0), (1, 0), (0, 0)]);
+        }
+        assert!(judge(&s, true).is_some_and(|at| at <= 6), "{:?}", judge(&s, true));
+    }
+
+    #[test]
+    fn a_few_altered_packets_cost_retransmissions_not_the_transfer() {
+        let s: Vec<(u64, u64)> = (0..30).map(|i| (10_000 + (i % 3), 10_000)).collect();
+        assert_eq!(judge(&s, true), None);
+    }
+
+    #[test]
+    fn only_the_relay_alone_is_judged() {
+        let s = vec![(100, 0); 10];
+        assert_eq!(judge(&s, false), None);
     }
 }

@@ -129,6 +129,43 @@ fn happy_path() {
     assert_eq!(h.allocate(A), 3);
 }
 
+/// Relay tickets go only to the two sides of a pairing; each opening of a number is a new
+/// pairing.
+#[test]
+fn relay_tickets_name_the_pairing_and_the_side() {
+    let mut h = Harness::open();
+    h.join(A, ip(1));
+    h.join(B, ip(2));
+    h.join(C, ip(3));
+    assert_eq!(codes(&h.msg(A, ClientMsg::RelayTicket)), [(A, ErrorCode::Protocol)]);
+    let n = h.allocate(A);
+    assert_eq!(codes(&h.msg(A, ClientMsg::RelayTicket)), [(A, ErrorCode::Protocol)], "alone");
+    h.claim(B, n);
+    let first = h.msg(A, ClientMsg::RelayTicket);
+    let second = h.msg(B, ClientMsg::RelayTicket);
+    let (pairing, sides) = match (first.as_slice(), second.as_slice()) {
+        (
+            [Output::Ticket { to: A, pairing: p, side: sa }],
+            [Output::Ticket { to: B, pairing: q, side: sb }],
+        ) if p == q => (*p, (*sa, *sb)),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(sides, (0, 1));
+    // A third party holds no side of it.
+    assert_eq!(codes(&h.msg(C, ClientMsg::RelayTicket)), [(C, ErrorCode::Protocol)]);
+    // Closed: B lost it.
+    h.msg(A, ClientMsg::Release);
+    assert_eq!(codes(&h.msg(B, ClientMsg::RelayTicket)), [(B, ErrorCode::NameplateClosed)]);
+    // A new pairing on a new nameplate.
+    let m = h.allocate(C);
+    h.msg(B, ClientMsg::Release);
+    h.claim(B, m);
+    match h.msg(B, ClientMsg::RelayTicket).as_slice() {
+        [Output::Ticket { to: B, pairing: p, side: 1 }] => assert_ne!(*p, pairing),
+        other => panic!("{other:?}"),
+    }
+}
+
 #[test]
 fn pre_shared_claim_on_both_sides() {
     let mut h = Harness::open();
@@ -729,7 +766,7 @@ proptest! {
                 Op::ShutDown => t.shutting_down(),
             }
             while let Some(out) = t.poll_output() {
-                let (Output::Send { to: client, .. } | Output::Close { client }) = out;
+                let (Output::Send { to: client, .. } | Output::Close { client } | Output::Ticket { to: client, .. }) = out;
                 prop_assert!(t.clients.contains_key(&client), "output to unknown {client}");
                 prop_assert_ne!(Some(client), gone);
                 let Output::Send { to, msg } = out else { continue };
