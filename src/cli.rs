@@ -82,18 +82,42 @@ pub struct Meeting {
 /// How much data may be in flight: shared by `send` and `receive`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct Link {
-    /// Flow-control window in bytes, with an optional K, M or G suffix (binary; 1M to 1G):
-    /// how much data may be in flight. The default, 8M, fills 1 Gbit/s at up to 65 ms round
-    /// trip and keeps each side under 40 MB of memory; a faster or longer link needs window ≥
-    /// rate × round trip, on both sides (each side's memory grows by about the window).
+    /// Fixed flow-control window in bytes, with an optional K, M or G suffix (binary; 1M to
+    /// 1G): how much data may be in flight. Without it the window starts at 8M and grows by
+    /// itself on long fast links, up to 32M; with it, it stays at this size (give it on both
+    /// sides). Each side's memory grows by about the window.
     #[arg(long, value_name = "BYTES", env = "P2P_COPY_WINDOW", value_parser = parse_window)]
     window: Option<u32>,
+    /// Congestion controller for what this side sends (the sender's is the one that
+    /// matters): cubic (the default), or bbr for long links that lose packets.
+    #[arg(long, value_name = "NAME", env = "P2P_COPY_CONGESTION", value_enum)]
+    congestion: Option<CongestionArg>,
+}
+
+/// The congestion controllers `--congestion` offers.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum CongestionArg {
+    /// CUBIC: slows down at every lost packet.
+    Cubic,
+    /// BBR (quinn's, experimental): keeps its rate through random loss, but fills the queues
+    /// of slower links.
+    Bbr,
+    /// NewReno.
+    Newreno,
 }
 
 impl Link {
     /// The transport settings these options ask for.
     pub fn tuning(&self) -> crate::net::quic::Tuning {
-        let tuning = crate::net::quic::Tuning::default();
+        use crate::net::quic::Congestion;
+        let mut tuning = crate::net::quic::Tuning::default();
+        if let Some(c) = self.congestion {
+            tuning.congestion = match c {
+                CongestionArg::Bbr => Congestion::Bbr,
+                CongestionArg::Cubic => Congestion::Cubic,
+                CongestionArg::Newreno => Congestion::NewReno,
+            };
+        }
         match self.window {
             Some(window) => tuning.with_window(window),
             None => tuning,

@@ -6,9 +6,11 @@
 //!   they come and go; the probes that find the direct path.
 //! - [`relay`]: the relay path: QUIC packets sealed over the rendezvous node's relay stream.
 //! - [`candidates`]: the addresses a peer may be reached at.
+//! - [`tune`]: flow-control window auto-tuning for long fat links.
 
 pub mod candidates;
 pub mod discovery;
 pub mod path;
 pub mod quic;
 pub mod relay;
+pub mod tune;

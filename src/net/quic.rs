@@ -56,19 +56,52 @@ pub enum QuicError {
     Exporter,
 }
 
-/// The default flow-control window, bytes: 1 Gbit/s at up to 65 ms round trip, with each
-/// side's memory under 40 MB (what is in flight is buffered on both sides).
+/// The flow-control window a connection starts with, bytes: 1 Gbit/s at up to 65 ms round
+/// trip, with each side's memory under 40 MB (what is in flight is buffered on both sides).
+/// Auto-tuning ([`super::tune`]) grows it on links that need more, up to [`MAX_WINDOW`].
 pub const DEFAULT_WINDOW: u32 = 8 << 20;
+
+/// The largest window auto-tuning grows a connection to, bytes: 1 Gbit/s at up to 250 ms
+/// round trip (`docs/architecture.md` §5.11).
+pub const MAX_WINDOW: u32 = 32 << 20;
+
+/// Which of quinn's congestion controllers a connection uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Congestion {
+    /// CUBIC (RFC 9438): quinn's default and ours (`docs/architecture.md` §5.11).
+    #[default]
+    Cubic,
+    /// BBR (version 1: quinn's port of quiche's, which quinn marks experimental).
+    Bbr,
+    /// NewReno (RFC 9002).
+    NewReno,
+}
+
+impl Congestion {
+    /// The controller's name as options spell it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Congestion::Cubic => "cubic",
+            Congestion::Bbr => "bbr",
+            Congestion::NewReno => "newreno",
+        }
+    }
+}
 
 /// Transport tunables.
 #[derive(Debug, Clone)]
 pub struct Tuning {
-    /// Per-stream receive window, bytes.
+    /// Per-stream receive window, bytes (fixed when the connection is made).
     pub stream_window: u32,
-    /// Connection-wide receive window, bytes.
+    /// Connection-wide receive window the connection starts with, bytes.
     pub conn_window: u32,
-    /// Send window, bytes.
+    /// Send window the connection starts with, bytes.
     pub send_window: u64,
+    /// Auto-tuning grows the connection and send windows up to this many bytes; at or below
+    /// `conn_window` the windows stay as they are.
+    pub max_window: u32,
+    /// Congestion controller.
+    pub congestion: Congestion,
     /// Idle timeout: a silent peer is declared gone after this long.
     pub idle_timeout: Duration,
     /// Keep-alive interval (must be well below the idle timeout).
@@ -78,9 +111,12 @@ pub struct Tuning {
 impl Default for Tuning {
     fn default() -> Self {
         Tuning {
-            stream_window: DEFAULT_WINDOW,
+            // One lane may use all of the connection's window, however far it grows.
+            stream_window: MAX_WINDOW,
             conn_window: DEFAULT_WINDOW,
             send_window: DEFAULT_WINDOW.into(),
+            max_window: MAX_WINDOW,
+            congestion: Congestion::default(),
             idle_timeout: Duration::from_secs(30),
             keep_alive: Duration::from_secs(5),
         }
@@ -89,9 +125,20 @@ impl Default for Tuning {
 
 impl Tuning {
     /// These settings with every flow-control window (per stream, per connection, sending)
-    /// set to `window` bytes: one stream may use all of it.
+    /// fixed at `window` bytes: one stream may use all of it, and auto-tuning is off.
     pub fn with_window(self, window: u32) -> Tuning {
-        Tuning { stream_window: window, conn_window: window, send_window: window.into(), ..self }
+        Tuning {
+            stream_window: window,
+            conn_window: window,
+            send_window: window.into(),
+            max_window: window,
+            ..self
+        }
+    }
+
+    /// Whether auto-tuning may grow the windows.
+    pub fn auto_window(&self) -> bool {
+        self.max_window > self.conn_window
     }
 }
 
@@ -323,6 +370,13 @@ fn transport_config(t: &Tuning) -> quinn::TransportConfig {
         // NAT that had not opened yet (hole punching) would be sent again only after about a
         // second; peers that punch need the retry sooner.
         .initial_rtt(Duration::from_millis(100));
+    let controller: Arc<dyn quinn::congestion::ControllerFactory + Send + Sync> = match t.congestion
+    {
+        Congestion::Cubic => Arc::new(quinn::congestion::CubicConfig::default()),
+        Congestion::Bbr => Arc::new(quinn::congestion::BbrConfig::default()),
+        Congestion::NewReno => Arc::new(quinn::congestion::NewRenoConfig::default()),
+    };
+    config.congestion_controller_factory(controller);
     // Invariant: durations of seconds fit QUIC's idle-timeout varint.
     if let Ok(idle) = t.idle_timeout.try_into() {
         config.max_idle_timeout(Some(idle));

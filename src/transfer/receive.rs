@@ -134,6 +134,8 @@ pub async fn receive(
     let mut reconnects = 0;
     loop {
         let Secured { node, conn, mut ctl, guard, .. } = secured;
+        // Grows the flow-control windows on long fast links, for as long as this connection.
+        let _tuner = crate::net::tune::spawn(&conn, &opts.tuning);
         let secret = ctl
             .session()
             .keys()

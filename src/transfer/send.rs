@@ -166,6 +166,8 @@ pub async fn send(
     let mut reconnects = 0;
     loop {
         let Secured { node, conn, mut ctl, guard, peer } = secured;
+        // Grows the flow-control windows on long fast links, for as long as this connection.
+        let _tuner = crate::net::tune::spawn(&conn, &opts.tuning);
         let secret = ctl_keys(&mut ctl)?.resume_secret();
         let progress_for_report = progress.clone();
         let mut accepted = false;
