@@ -264,6 +264,7 @@ async fn long_fat_link_table() {
         Case { rate: GBIT, rtt: ms(100), loss: 0.0 },
         Case { rate: GBIT, rtt: ms(100), loss: 0.01 },
         Case { rate: GBIT, rtt: ms(200), loss: 0.0 },
+        Case { rate: GBIT, rtt: ms(300), loss: 0.0 },
         Case { rate: GBIT, rtt: ms(50), loss: 0.0 },
         Case { rate: GBIT, rtt: ms(20), loss: 0.0 },
         Case { rate: GBIT, rtt: ms(20), loss: 0.001 },
