@@ -89,7 +89,8 @@ pub struct Link {
     #[arg(long, value_name = "BYTES", env = "P2P_COPY_WINDOW", value_parser = parse_window)]
     window: Option<u32>,
     /// Congestion controller for what this side sends (the sender's is the one that
-    /// matters): cubic (the default), or bbr for long links that lose packets.
+    /// matters): tolerant (the default: CUBIC that keeps its rate through random loss),
+    /// cubic, bbr or newreno.
     #[arg(long, value_name = "NAME", env = "P2P_COPY_CONGESTION", value_enum)]
     congestion: Option<CongestionArg>,
 }
@@ -97,7 +98,10 @@ pub struct Link {
 /// The congestion controllers `--congestion` offers.
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
 enum CongestionArg {
-    /// CUBIC: slows down at every lost packet.
+    /// CUBIC that slows down for loss only with queueing delay or more than 2 % lost (the
+    /// default): keeps its rate through random loss.
+    Tolerant,
+    /// Plain CUBIC: slows down at every lost packet.
     Cubic,
     /// BBR (quinn's, experimental): keeps its rate through random loss, but fills the queues
     /// of slower links.
@@ -113,6 +117,7 @@ impl Link {
         let mut tuning = crate::net::quic::Tuning::default();
         if let Some(c) = self.congestion {
             tuning.congestion = match c {
+                CongestionArg::Tolerant => Congestion::Tolerant,
                 CongestionArg::Bbr => Congestion::Bbr,
                 CongestionArg::Cubic => Congestion::Cubic,
                 CongestionArg::Newreno => Congestion::NewReno,

@@ -9,6 +9,7 @@
 //! - [`tune`]: flow-control window auto-tuning for long fat links.
 
 pub mod candidates;
+pub mod congestion;
 pub mod discovery;
 pub mod path;
 pub mod quic;

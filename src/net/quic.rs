@@ -65,11 +65,14 @@ pub const DEFAULT_WINDOW: u32 = 8 << 20;
 /// round trip (`docs/architecture.md` §5.11).
 pub const MAX_WINDOW: u32 = 32 << 20;
 
-/// Which of quinn's congestion controllers a connection uses.
+/// Which congestion controller a connection uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Congestion {
-    /// CUBIC (RFC 9438): quinn's default and ours (`docs/architecture.md` §5.11).
+    /// quinn's CUBIC, told random loss from congestion ([`super::congestion`]): the default
+    /// (`docs/architecture.md` §5.11).
     #[default]
+    Tolerant,
+    /// quinn's CUBIC (RFC 9438) as it is: every loss is congestion.
     Cubic,
     /// BBR (version 1: quinn's port of quiche's, which quinn marks experimental).
     Bbr,
@@ -81,6 +84,7 @@ impl Congestion {
     /// The controller's name as options spell it.
     pub fn as_str(self) -> &'static str {
         match self {
+            Congestion::Tolerant => "tolerant",
             Congestion::Cubic => "cubic",
             Congestion::Bbr => "bbr",
             Congestion::NewReno => "newreno",
@@ -372,6 +376,7 @@ fn transport_config(t: &Tuning) -> quinn::TransportConfig {
         .initial_rtt(Duration::from_millis(100));
     let controller: Arc<dyn quinn::congestion::ControllerFactory + Send + Sync> = match t.congestion
     {
+        Congestion::Tolerant => Arc::new(super::congestion::TolerantConfig::default()),
         Congestion::Cubic => Arc::new(quinn::congestion::CubicConfig::default()),
         Congestion::Bbr => Arc::new(quinn::congestion::BbrConfig::default()),
         Congestion::NewReno => Arc::new(quinn::congestion::NewRenoConfig::default()),
