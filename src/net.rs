@@ -4,7 +4,9 @@
 //! - [`discovery`]: multicast discovery of a sender by nameplate on the local network.
 //! - [`path`]: one QUIC connection to the peer over the direct path or the relay, switching as
 //!   they come and go; the probes that find the direct path.
-//! - [`relay`]: the relay path: QUIC packets sealed over the rendezvous node's relay stream.
+//! - [`relay`]: the relay path: the peers' QUIC packets through the rendezvous node, as
+//!   datagrams or as records on a TCP stream.
+//! - [`congestion`]: CUBIC told random loss from congestion (the default controller).
 //! - [`candidates`]: the addresses a peer may be reached at.
 //! - [`tune`]: flow-control window auto-tuning for long fat links.
 

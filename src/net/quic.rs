@@ -65,6 +65,9 @@ pub const DEFAULT_WINDOW: u32 = 8 << 20;
 /// round trip (`docs/architecture.md` §5.11).
 pub const MAX_WINDOW: u32 = 32 << 20;
 
+/// quinn's default ceiling for path MTU discovery: a 1500-byte MTU less IPv6 and UDP headers.
+pub const MAX_UDP_PAYLOAD: u16 = 1452;
+
 /// Which congestion controller a connection uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Congestion {
@@ -106,6 +109,9 @@ pub struct Tuning {
     pub max_window: u32,
     /// Congestion controller.
     pub congestion: Congestion,
+    /// Largest UDP payload path MTU discovery tries (quinn's default: 1452, what a 1500-byte
+    /// Ethernet MTU carries over IPv6).
+    pub max_udp_payload: u16,
     /// Idle timeout: a silent peer is declared gone after this long.
     pub idle_timeout: Duration,
     /// Keep-alive interval (must be well below the idle timeout).
@@ -121,6 +127,7 @@ impl Default for Tuning {
             send_window: DEFAULT_WINDOW.into(),
             max_window: MAX_WINDOW,
             congestion: Congestion::default(),
+            max_udp_payload: MAX_UDP_PAYLOAD,
             idle_timeout: Duration::from_secs(30),
             keep_alive: Duration::from_secs(5),
         }
@@ -382,6 +389,9 @@ fn transport_config(t: &Tuning) -> quinn::TransportConfig {
         Congestion::NewReno => Arc::new(quinn::congestion::NewRenoConfig::default()),
     };
     config.congestion_controller_factory(controller);
+    let mut mtu = quinn::MtuDiscoveryConfig::default();
+    mtu.upper_bound(t.max_udp_payload);
+    config.mtu_discovery_config(Some(mtu));
     // Invariant: durations of seconds fit QUIC's idle-timeout varint.
     if let Ok(idle) = t.idle_timeout.try_into() {
         config.max_idle_timeout(Some(idle));

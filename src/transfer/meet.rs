@@ -314,7 +314,14 @@ pub(crate) async fn meet(
         None => udp_socket(plan.bind)?,
     };
     let paths = PathSocket::new(base);
-    let data = Node::with_socket(paths.clone(), plan.tuning, false)?;
+    // Relayed packets travel 9 bytes longer (the relay's header): the connection's packets,
+    // which may take either path, leave room for it.
+    let tuning = Tuning {
+        max_udp_payload: crate::net::quic::MAX_UDP_PAYLOAD
+            - p2p_copy_rendezvous::wire::DATAGRAM_HEADER as u16,
+        ..plan.tuning.clone()
+    };
+    let data = Node::with_socket(paths.clone(), &tuning, false)?;
     let dual = data.local_addr().is_ok_and(|a| a.is_ipv6() && a.ip().is_unspecified());
     let node_addr = resolve(&rv.node, dual).await?;
     let mut client =
