@@ -83,7 +83,7 @@ pub struct Meeting {
 #[derive(Debug, Clone, clap::Args)]
 pub struct Link {
     /// Fixed flow-control window in bytes, with an optional K, M or G suffix (binary; 1M to
-    /// 1G): how much data may be in flight. Without it the window starts at 8M and grows by
+    /// 1G): how much data may be in flight. Without it the window starts at 4M and grows by
     /// itself on long fast links, up to 32M; with it, it stays at this size (give it on both
     /// sides). Each side's memory grows by about the window.
     #[arg(long, value_name = "BYTES", env = "P2P_COPY_WINDOW", value_parser = parse_window)]

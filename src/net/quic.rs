@@ -56,10 +56,11 @@ pub enum QuicError {
     Exporter,
 }
 
-/// The flow-control window a connection starts with, bytes: 1 Gbit/s at up to 65 ms round
-/// trip, with each side's memory under 40 MB (what is in flight is buffered on both sides).
+/// The flow-control window a connection starts with, bytes: 1 Gbit/s at up to 33 ms round
+/// trip, and what keeps each side's memory well under 40 MB on a LAN (what is in flight, or
+/// waits for a slower reader, is buffered on both sides).
 /// Auto-tuning ([`super::tune`]) grows it on links that need more, up to [`MAX_WINDOW`].
-pub const DEFAULT_WINDOW: u32 = 8 << 20;
+pub const DEFAULT_WINDOW: u32 = 4 << 20;
 
 /// The largest window auto-tuning grows a connection to, bytes: 1 Gbit/s at up to 250 ms
 /// round trip (`docs/architecture.md` §5.11).

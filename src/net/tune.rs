@@ -26,8 +26,8 @@
 //! twice what the application read in the last round trip) and of quic-go and Chromium (double
 //! the window when it was used up within a few round trips), with the minimum round trip instead
 //! of the smoothed one, so that a queue the transfer itself builds does not look like a long
-//! path. At ordinary round trips (a LAN, loopback, tens of milliseconds at 1 Gbit/s) 8 MiB is
-//! more than a round trip carries, so the windows stay as they are, and so does memory.
+//! path. At ordinary round trips (a LAN, loopback, a few tens of milliseconds at 1 Gbit/s) the
+//! starting window is more than a round trip carries, so the windows stay as they are, and so does memory.
 //!
 //! The windows never shrink: a connection that needed a large window keeps it (and the memory
 //! the sender buffers up to it) until it ends. Both sides run a tuner; the sender's send window
