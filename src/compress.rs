@@ -10,8 +10,23 @@
 //! each) carry the stretch on, so a tree of many small incompressible files is not compressed
 //! file by file either. The receiver needs no setting: each chunk says whether it
 //! is compressed.
+//!
+//! Compressing costs CPU, which pays only when the link, not the CPU, is what the transfer
+//! waits for. On a large file whose chunks compress, `auto` therefore checks which way moves
+//! the file faster; the driver reports, for each chunk, how long it took to be handed on, how
+//! much of that it waited for room towards the link, and how many bytes the connection had
+//! put on the wire by then ([`Sample`]). `auto` times [`RACE`] chunks sent compressed (the
+//! file's rate that way). If the lane waited for the link for at least [`LINK_BOUND`] of that
+//! time, the link is the limit and compression wins outright. Otherwise it sends as many
+//! chunks as they are and measures what the connection puts on the wire meanwhile: sent as they
+//! are, the file can move no faster than that. (The lane's own timing would mislead here: the
+//! connection's send buffer takes the first chunks at once, however slow the link.)
+//! Compression is kept only when it is clearly faster, and the check comes back after a
+//! stretch that doubles while the same way keeps winning. On a fast link with the CPU as the
+//! limit (loopback) the chunks then go as they are; on a slower one, compressed.
 
 use std::fmt;
+use std::time::Duration;
 
 /// What the sender does with chunks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
@@ -35,6 +50,57 @@ pub const SAMPLE: usize = 64 * 1024;
 pub const MIN_CHUNK: usize = 256;
 /// After a chunk that did not compress, `auto` skips at most this many chunks without trying.
 pub const MAX_SKIP: u32 = 64;
+/// Chunks timed each way in a race (the first [`WARMUP`] of them are not counted: the
+/// pipeline still holds chunks sent the other way).
+pub const RACE: u32 = 8;
+/// Chunks at the start of each half of a race that are not timed.
+pub const WARMUP: u32 = 2;
+/// Compression wins a race only when it moves the file at least this much faster.
+pub const WIN_MARGIN: f64 = 1.05;
+/// Compressed chunks that spent this share of their time waiting for the link win at once:
+/// sent as they are, they would wait longer still.
+pub const LINK_BOUND: f64 = 0.2;
+/// Chunks sent the winning way before the next race, at first.
+pub const SETTLE: u32 = 32;
+/// Most chunks between races (the stretch doubles while the same way keeps winning).
+pub const MAX_SETTLE: u32 = 1024;
+/// Chunks sent as they are that are clearly this much slower than compressed ones end the
+/// race early (each costs the transfer that much).
+pub const CLEARLY: f64 = 1.5;
+
+/// What the driver reports about one chunk (see [`Packer::timed`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Sample {
+    /// Bytes of the file in the chunk.
+    pub bytes: u64,
+    /// From reading the chunk to handing it on.
+    pub took: Duration,
+    /// Of that, waiting for room towards the link.
+    pub waited: Duration,
+    /// Bytes the connection has sent so far (all lanes, headers included).
+    pub wire: u64,
+}
+
+/// Where `auto` stands in racing compression against none on a large file.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Race {
+    /// Not racing: a small file, or chunks that do not compress.
+    Idle,
+    /// Timing chunks sent compressed: chunks left, and what the counted ones moved.
+    Compressed { left: u32, bytes: u64, time: Duration, waited: Duration },
+    /// Sending chunks as they are: chunks left, the compressed rate to beat, and the wire
+    /// counter and time since counting began.
+    Plain { left: u32, to_beat: f64, wire: Option<u64>, time: Duration },
+    /// Sending the winning way for `left` more chunks.
+    Settled { compressed: bool, left: u32 },
+}
+
+impl Race {
+    /// A race starts with the compressed half.
+    fn start() -> Race {
+        Race::Compressed { left: RACE, bytes: 0, time: Duration::ZERO, waited: Duration::ZERO }
+    }
+}
 
 /// Compresses chunks of one lane; one per lane worker (it keeps a zstd context).
 pub struct Packer {
@@ -45,6 +111,12 @@ pub struct Packer {
     skip: u32,
     /// The next stretch to skip after a chunk that did not pay.
     stretch: u32,
+    /// The current file is large enough to race compression against none.
+    large: bool,
+    race: Race,
+    /// The way the last race of this file went, and the stretch it earned.
+    winner: Option<bool>,
+    settle: u32,
 }
 
 impl fmt::Debug for Packer {
@@ -60,7 +132,17 @@ impl Packer {
             Compression::Off => None,
             Compression::Auto | Compression::On => Some(zstd::bulk::Compressor::new(LEVEL)?),
         };
-        Ok(Packer { mode, zstd, out: Vec::new(), skip: 0, stretch: 1 })
+        Ok(Packer {
+            mode,
+            zstd,
+            out: Vec::new(),
+            skip: 0,
+            stretch: 1,
+            large: false,
+            race: Race::Idle,
+            winner: None,
+            settle: SETTLE,
+        })
     }
 
     /// A file of `size` bytes starts. A large one forgets what earlier files taught and gets a
@@ -70,12 +152,79 @@ impl Packer {
             self.skip = 0;
             self.stretch = 1;
         }
+        // A race needs room: both halves and a stretch the winning way.
+        self.large = size >= u64::from(2 * RACE + SETTLE) * 2 * SAMPLE as u64;
+        self.race = Race::Idle;
+        self.winner = None;
+    }
+
+    /// What became of the last chunk `pack` was asked about.
+    pub fn timed(&mut self, sample: Sample) {
+        self.race = match self.race {
+            Race::Idle => Race::Idle,
+            Race::Compressed { left, bytes, time, waited } => {
+                let left = left.saturating_sub(1);
+                let (bytes, time, waited) = if left < RACE - WARMUP {
+                    (bytes + sample.bytes, time + sample.took, waited + sample.waited)
+                } else {
+                    (bytes, time, waited)
+                };
+                if left > 0 {
+                    Race::Compressed { left, bytes, time, waited }
+                } else if waited.as_secs_f64() >= time.as_secs_f64() * LINK_BOUND {
+                    // Compressed and still waiting for the link: as they are, chunks would
+                    // wait longer.
+                    self.settle(true)
+                } else {
+                    let to_beat = bytes as f64 / time.as_secs_f64().max(1e-9);
+                    Race::Plain { left: RACE, to_beat, wire: None, time: Duration::ZERO }
+                }
+            }
+            Race::Plain { left, to_beat, wire, time } => {
+                let left = left.saturating_sub(1);
+                let counting = left < RACE - WARMUP;
+                let (wire, time) = match wire {
+                    Some(w) => (Some(w), time + sample.took),
+                    None if counting => (Some(sample.wire), Duration::ZERO),
+                    None => (None, time),
+                };
+                let counted = RACE - WARMUP - 1 - left.min(RACE - WARMUP - 1);
+                let rate = wire.map_or(0.0, |w| {
+                    sample.wire.saturating_sub(w) as f64 / time.as_secs_f64().max(1e-9)
+                });
+                match left {
+                    0 => self.settle(to_beat > rate * WIN_MARGIN),
+                    // Clearly slower as they are: each more such chunk costs the transfer.
+                    _ if counted >= 2 && to_beat > rate * CLEARLY => self.settle(true),
+                    _ => Race::Plain { left, to_beat, wire, time },
+                }
+            }
+            Race::Settled { left: 1, .. } => Race::start(),
+            Race::Settled { compressed, left } => Race::Settled { compressed, left: left - 1 },
+        };
+    }
+
+    /// The stretch after a race `compress` won: it doubles while the same way keeps winning.
+    fn settle(&mut self, compress: bool) -> Race {
+        self.settle = match self.winner.replace(compress) {
+            Some(w) if w == compress => (self.settle * 2).min(MAX_SETTLE),
+            _ => SETTLE,
+        };
+        Race::Settled { compressed: compress, left: self.settle }
+    }
+
+    /// Whether a race has this chunk go as it is.
+    fn racing_plain(&self) -> bool {
+        matches!(self.race, Race::Plain { .. } | Race::Settled { compressed: false, .. })
     }
 
     /// The compressed form of `chunk` if it is worth sending instead, else `None`.
     pub fn pack(&mut self, chunk: &[u8]) -> Option<&[u8]> {
         let auto = self.mode == Compression::Auto;
         if chunk.len() < MIN_CHUNK || self.zstd.is_none() {
+            return None;
+        }
+        if auto && self.racing_plain() {
             return None;
         }
         if auto && self.skip > 0 {
@@ -88,6 +237,9 @@ impl Packer {
         }
         if self.pays(chunk) {
             self.stretch = 1;
+            if auto && self.large && self.race == Race::Idle {
+                self.race = Race::start();
+            }
             Some(&self.out)
         } else {
             if auto {
@@ -113,6 +265,8 @@ impl Packer {
     }
 
     fn did_not_pay(&mut self) {
+        // Data that does not compress needs no race; one starts again when it does.
+        self.race = Race::Idle;
         self.skip = self.stretch;
         self.stretch = (self.stretch * 2).min(MAX_SKIP);
     }
@@ -209,6 +363,77 @@ mod tests {
         // `on` compresses the whole chunk.
         let mut on = Packer::new(Compression::On).unwrap();
         assert!(on.pack(&chunk).is_some());
+    }
+
+    /// Sends `chunks` chunks of text through `auto`, timing each with a model of the pipeline:
+    /// reading and hashing at 2 GB/s, zstd at `zstd` bytes per second, and the link at `link`
+    /// bytes per second of what goes on the wire. Returns which chunks went compressed.
+    fn race(chunks: usize, zstd: f64, link: f64) -> Vec<bool> {
+        let chunk = text(128 << 10);
+        let mut packer = Packer::new(Compression::Auto).unwrap();
+        packer.start_file((chunks * chunk.len()) as u64);
+        let mut on_wire = 0u64;
+        (0..chunks)
+            .map(|_| {
+                let sent = packer.pack(&chunk).map(<[u8]>::len);
+                let mut secs = chunk.len() as f64 / 2e9;
+                if sent.is_some() {
+                    secs += chunk.len() as f64 / zstd;
+                }
+                // The worker and the link run side by side: the slower one sets the pace, and
+                // the worker waits for the rest.
+                let wire = sent.unwrap_or(chunk.len());
+                let work = secs;
+                secs = secs.max(wire as f64 / link);
+                on_wire += wire as u64;
+                packer.timed(Sample {
+                    bytes: chunk.len() as u64,
+                    took: Duration::from_secs_f64(secs),
+                    waited: Duration::from_secs_f64(secs - work),
+                    wire: on_wire,
+                });
+                sent.is_some()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn auto_sends_as_it_is_where_compressing_is_the_slower_way() {
+        // Loopback: the link takes 600 MB/s, zstd only 450.
+        let sent = race(600, 450e6, 600e6);
+        let compressed = sent.iter().filter(|c| **c).count();
+        assert!(compressed <= 60, "{compressed} of 600 chunks compressed");
+        // The stretches grew: the races after the first few are far apart.
+        let races = sent.windows(2).filter(|w| !w[0] && w[1]).count();
+        assert!(races <= 5, "{races} races");
+    }
+
+    #[test]
+    fn auto_compresses_where_the_link_is_the_limit() {
+        // 1 Gbit/s: the link takes 117 MB/s, and the text shrinks several-fold.
+        let sent = race(600, 450e6, 117e6);
+        let plain = sent.iter().filter(|c| !**c).count();
+        assert!(plain <= 30, "{plain} of 600 chunks sent as they are");
+    }
+
+    #[test]
+    fn where_compressed_chunks_wait_for_the_link_they_are_never_sent_as_they_are() {
+        // 100 Mbit/s: even compressed, the chunks wait for the link.
+        let sent = race(600, 450e6, 12e6);
+        assert!(sent.iter().all(|c| *c), "never sent as it is to find out");
+    }
+
+    #[test]
+    fn small_files_are_not_raced() {
+        let chunk = text(128 << 10);
+        let mut packer = Packer::new(Compression::Auto).unwrap();
+        packer.start_file(chunk.len() as u64 * 4);
+        for _ in 0..4 {
+            assert!(packer.pack(&chunk).is_some());
+            let second = Duration::from_secs(1);
+            packer.timed(Sample { bytes: 1, took: second, waited: second, wire: 0 });
+        }
+        assert_eq!(packer.race, Race::Idle);
     }
 
     #[test]

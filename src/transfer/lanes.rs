@@ -31,7 +31,7 @@ use super::prefix::prefix;
 use super::survey::{Plan, Verdict};
 use super::walk::{self, read_failed, Job, Scan};
 use super::{connection_lost, Progress, TransferError};
-use crate::compress::{Compression, Packer};
+use crate::compress::{Compression, Packer, Sample};
 use crate::error::ErrorKind;
 use crate::proto::{LaneWriter, CHUNK_PAYLOAD_AT};
 use crate::wire::control::Summary;
@@ -136,12 +136,14 @@ pub async fn send_lanes(
             .map_err(|e| TransferError::internal(format!("cannot start zstd: {e}")))?;
         let jobs = job_rx.clone();
         let progress = progress.clone();
+        let wire_conn = conn.clone();
         let worker = Worker {
             writer,
             packer,
             chunk: how.chunk,
             cache: how.cache.clone(),
             resumed: resumed.clone(),
+            wire: Box::new(move || wire_conn.stats().udp_tx.bytes),
         };
         tasks.spawn_blocking(move || worker.run(jobs, tx, &progress).map(|()| None));
         tasks.spawn(async move {
@@ -177,6 +179,8 @@ struct Worker {
     cache: Option<CvCache>,
     /// Bytes of resumed files the receiver already held, over all lanes.
     resumed: Arc<AtomicU64>,
+    /// Bytes the connection has put on the wire so far (for `auto`'s judgement).
+    wire: Box<dyn Fn() -> u64 + Send>,
 }
 
 impl Worker {
@@ -258,6 +262,7 @@ impl Worker {
         let mut remaining = size - start;
         while remaining > 0 {
             let n = remaining.min(self.chunk as u64) as usize;
+            let began = std::time::Instant::now();
             // The file's bytes go straight into the record.
             let mut out = Vec::with_capacity(CHUNK_PAYLOAD_AT + n);
             out.resize(CHUNK_PAYLOAD_AT, 0);
@@ -269,7 +274,16 @@ impl Worker {
             if let Some(w) = cvs_out.as_mut() {
                 w.push(first, &cvs);
             }
+            let handing = std::time::Instant::now();
             outbox.push(out)?;
+            // How long the chunk took to be handed on, and how much of it was waiting for room
+            // towards the link: `auto` judges compression by it.
+            self.packer.timed(Sample {
+                bytes: n as u64,
+                took: began.elapsed(),
+                waited: handing.elapsed(),
+                wire: (self.wire)(),
+            });
             progress.add(n as u64);
             remaining -= n as u64;
         }
