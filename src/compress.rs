@@ -60,6 +60,9 @@ pub const WIN_MARGIN: f64 = 1.05;
 /// Compressed chunks that spent this share of their time waiting for the link win at once:
 /// sent as they are, they would wait longer still.
 pub const LINK_BOUND: f64 = 0.2;
+/// Files from this size on are raced (a race and a stretch after it take tens of chunks);
+/// smaller ones are compressed whenever it pays.
+pub const RACE_FROM: u64 = 64 << 20;
 /// Chunks sent the winning way before the next race, at first.
 pub const SETTLE: u32 = 32;
 /// Most chunks between races (the stretch doubles while the same way keeps winning).
@@ -152,8 +155,7 @@ impl Packer {
             self.skip = 0;
             self.stretch = 1;
         }
-        // A race needs room: both halves and a stretch the winning way.
-        self.large = size >= u64::from(2 * RACE + SETTLE) * 2 * SAMPLE as u64;
+        self.large = size >= RACE_FROM;
         self.race = Race::Idle;
         self.winner = None;
     }
