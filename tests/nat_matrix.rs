@@ -389,3 +389,32 @@ fn direct_path_cut_mid_transfer_completes_over_the_relay() {
         eprintln!("  {line}");
     }
 }
+
+/// A transfer that saturates the sender's uplink (40 Mbit/s, a tbf queue of up to 400 ms that
+/// the transfer keeps full) on a healthy direct path: the liveness probes, queued behind the
+/// data and waiting for room in a full socket buffer, keep answering, so the transfer stays
+/// direct with no change of path (issue 13, bug B1: it used to be given up after 3 s).
+#[test]
+fn a_saturated_slow_uplink_stays_direct() {
+    let Some(mut w) = World::new() else { return };
+    let mut s_router = w.net.router("sndr", Nat::PortRestricted, RouterOptions::default()).unwrap();
+    let s = w.net.host_behind(&mut s_router, "snd").unwrap();
+    // The sender's own interface is the bottleneck (as a Wi-Fi card or a slow NIC is): its
+    // queue fills, and so does the socket's send buffer behind it.
+    let shaped = s
+        .command("tc")
+        .args(["qdisc", "add", "dev", "eth0", "root", "tbf", "rate", "40mbit"])
+        .args(["burst", "32kbit", "latency", "400ms"])
+        .status()
+        .unwrap();
+    assert!(shaped.success(), "tc tbf on the sender's interface");
+    let r = place(&mut w.net, "rcv", Place::Behind(Nat::PortRestricted));
+    w.start_node();
+    // 40 MiB at 40 Mbit/s: over 8 s, well past the 3 s a silent direct path is given up after.
+    let (so, ro, connect) = w.transfer_with(&s, &r, &fresh_code(), 40 << 20, |_| {});
+    assert_exits(&[(&so, 0), (&ro, 0)]);
+    let done = ro.event("done").unwrap();
+    assert_eq!(done["path"], "direct", "{ro}");
+    assert_eq!(done["path_changes"], 0, "the direct path was never given up: {ro}");
+    eprintln!("MATRIX saturated 40 Mbit/s uplink: direct, connected after {connect:?}, {done}");
+}
