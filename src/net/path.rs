@@ -26,7 +26,7 @@
 //! sees them as coming from [`PathSocket::peer`].
 
 use std::cell::Cell;
-use std::collections::{HashSet, VecDeque};
+use std::collections::HashSet;
 use std::fmt;
 use std::io::{self, IoSliceMut};
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -34,7 +34,6 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use p2p_copy_rendezvous::client::RelayStream;
 use p2p_copy_rendezvous::wire::{datagram_ticket, put_datagram_header, DATAGRAM_HEADER};
@@ -43,38 +42,19 @@ use quinn::{AsyncUdpSocket, UdpPoller};
 use serde::Serialize;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
-use tokio::time::Instant;
 
 use super::relay::{watch_stream, Record, RelayLink, RelayOut, RelayState, KEEP_ALIVE};
-use crate::crypto::{Keys, PROBE_TAG_LEN};
+use crate::crypto::Keys;
+
+mod probe;
+
+use probe::Prober;
+pub use probe::{DEAD_AFTER, REPLAY_WINDOW};
+#[cfg(test)]
+use probe::{ID_LEN, PING, PONG, PROBE_LEN};
 
 /// First byte of a probe (QUIC packets have 0x40 set).
 const PROBE: u8 = 0x00;
-const PING: u8 = 1;
-const PONG: u8 = 2;
-const ID_LEN: usize = 16;
-const PROBE_LEN: usize = 2 + ID_LEN + PROBE_TAG_LEN;
-
-/// How often candidates are pinged while the connection is being set up.
-const PUNCH_INTERVAL: Duration = Duration::from_millis(200);
-/// How long candidates are pinged at [`PUNCH_INTERVAL`].
-const PUNCH_PHASE: Duration = Duration::from_secs(5);
-/// How often the other candidates are pinged afterwards (a relayed transfer moves to the
-/// direct path when one answers), for the first minute; then every [`LATE_INTERVAL`].
-const RETRY_INTERVAL: Duration = Duration::from_secs(1);
-const LATE_INTERVAL: Duration = Duration::from_secs(5);
-/// How often the direct path in use is pinged.
-const PING_INTERVAL: Duration = Duration::from_millis(500);
-/// The direct path is given up after this long without an answer.
-pub const DEAD_AFTER: Duration = Duration::from_secs(3);
-/// How long a probe waits for room in a full socket buffer before it is dropped.
-const PROBE_SEND_WAIT: Duration = Duration::from_millis(250);
-/// Addresses pinged at most (candidates, then addresses learnt from the peer's pings).
-const MAX_TARGETS: usize = 48;
-/// Addresses whose datagrams count as the peer's, at most.
-const MAX_PEERS: usize = 64;
-/// Pings awaiting their pong, at most.
-const MAX_PENDING: usize = 512;
 /// Probes queued towards the prober.
 const PROBE_QUEUE: usize = 256;
 /// Records queued from the relay towards quinn.
@@ -279,16 +259,7 @@ impl PathSocket {
         else {
             return;
         };
-        let prober = Prober {
-            base: self.base.clone(),
-            poller: self.base.clone().create_io_poller(),
-            shared: self.shared.clone(),
-            keys: keys.clone(),
-            started: Instant::now(),
-            targets: Vec::new(),
-            pending: VecDeque::new(),
-            current: None,
-        };
+        let prober = Prober::new(self.base.clone(), self.shared.clone(), keys.clone());
         let candidates: Vec<SocketAddr> = candidates.iter().map(|a| canonical(*a)).collect();
         self.spawn(prober.run(rx, candidates));
     }
@@ -768,210 +739,6 @@ fn canonical(a: SocketAddr) -> SocketAddr {
     SocketAddr::new(a.ip().to_canonical(), a.port())
 }
 
-struct Target {
-    addr: SocketAddr,
-    next: Instant,
-    answered: Option<Instant>,
-}
-
-/// Pings the peer's addresses, answers its pings and keeps the direct path up to date.
-struct Prober {
-    base: Arc<dyn AsyncUdpSocket>,
-    /// Wakes a probe waiting for room in the socket buffer.
-    poller: Pin<Box<dyn UdpPoller>>,
-    shared: Arc<Shared>,
-    keys: Keys,
-    started: Instant,
-    targets: Vec<Target>,
-    /// Pings sent: (id, to).
-    pending: VecDeque<([u8; ID_LEN], SocketAddr)>,
-    current: Option<SocketAddr>,
-}
-
-impl Prober {
-    async fn run(
-        mut self,
-        mut rx: mpsc::Receiver<(SocketAddr, Vec<u8>)>,
-        candidates: Vec<SocketAddr>,
-    ) {
-        for addr in candidates {
-            self.add_target(addr);
-        }
-        tracing::debug!(targets = self.targets.len(), "probing the peer's candidates");
-        loop {
-            let now = Instant::now();
-            self.ping_due(now).await;
-            self.check_current(now);
-            let mut wake = self.targets.iter().map(|t| t.next).min().unwrap_or(now + LATE_INTERVAL);
-            if let Some(dead) = self.current_deadline() {
-                wake = wake.min(dead);
-            }
-            tokio::select! {
-                () = tokio::time::sleep_until(wake) => {}
-                probe = rx.recv() => match probe {
-                    Some((from, bytes)) => self.handle(from, &bytes).await,
-                    None => return,
-                },
-            }
-        }
-    }
-
-    fn add_target(&mut self, addr: SocketAddr) {
-        if self.targets.len() < MAX_TARGETS && !self.targets.iter().any(|t| t.addr == addr) {
-            self.targets.push(Target { addr, next: Instant::now(), answered: None });
-        }
-    }
-
-    fn interval(&self, now: Instant, addr: SocketAddr) -> Duration {
-        let age = now.saturating_duration_since(self.started);
-        if self.current == Some(addr) {
-            PING_INTERVAL
-        } else if age < PUNCH_PHASE && self.current.is_none() {
-            PUNCH_INTERVAL
-        } else if age < Duration::from_secs(60) {
-            RETRY_INTERVAL
-        } else {
-            LATE_INTERVAL
-        }
-    }
-
-    async fn ping_due(&mut self, now: Instant) {
-        for i in 0..self.targets.len() {
-            if self.targets[i].next > now {
-                continue;
-            }
-            let addr = self.targets[i].addr;
-            let id: [u8; ID_LEN] = rand::random();
-            self.send(PING, &id, addr).await;
-            if self.pending.len() >= MAX_PENDING {
-                self.pending.pop_front();
-            }
-            self.pending.push_back((id, addr));
-            self.targets[i].next = now + self.interval(now, addr);
-        }
-    }
-
-    /// Sends a probe. A socket buffer kept full by a transfer on a slow link must not drop
-    /// probes (the direct path would look dead and the transfer flap to the relay): wait a
-    /// little for room rather than give up at once.
-    async fn send(&mut self, kind: u8, id: &[u8; ID_LEN], to: SocketAddr) {
-        let mut probe = Vec::with_capacity(PROBE_LEN);
-        probe.extend_from_slice(&[PROBE, kind]);
-        probe.extend_from_slice(id);
-        probe.extend_from_slice(&self.keys.probe_tag(kind, id));
-        let transmit = Transmit {
-            destination: to,
-            ecn: None,
-            contents: &probe,
-            segment_size: None,
-            src_ip: None,
-        };
-        let give_up = Instant::now() + PROBE_SEND_WAIT;
-        loop {
-            match self.base.try_send(&transmit) {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    let poller = &mut self.poller;
-                    let room = std::future::poll_fn(|cx| poller.as_mut().poll_writable(cx));
-                    match tokio::time::timeout_at(give_up, room).await {
-                        Ok(Ok(())) => {}
-                        _ => {
-                            tracing::trace!(%to, "probe not sent: no room in the socket buffer");
-                            return;
-                        }
-                    }
-                }
-                Err(e) => {
-                    tracing::trace!(error = %e, %to, "probe not sent");
-                    return;
-                }
-                Ok(()) => return,
-            }
-        }
-    }
-
-    async fn handle(&mut self, from: SocketAddr, probe: &[u8]) {
-        if probe.len() != PROBE_LEN || probe[0] != PROBE {
-            return;
-        }
-        let kind = probe[1];
-        let mut id = [0u8; ID_LEN];
-        id.copy_from_slice(&probe[2..2 + ID_LEN]);
-        if !self.keys.check_probe_tag(kind, &id, &probe[2 + ID_LEN..]) {
-            tracing::trace!(%from, "ignored a probe that is not the peer's");
-            return;
-        }
-        {
-            let mut route = self.shared.route();
-            if route.peers.len() < MAX_PEERS {
-                route.peers.insert(from);
-            }
-        }
-        match kind {
-            PING => {
-                self.send(PONG, &id, from).await;
-                match self.targets.iter_mut().find(|t| t.addr == from) {
-                    // Its ping opened the way through its NAT: answer with a ping of our own
-                    // now, rather than at the next round (ours so far may have been dropped).
-                    Some(t) if self.current.is_none() => t.next = Instant::now(),
-                    Some(_) => {}
-                    None => {
-                        tracing::debug!(%from, "the peer pings from an address it did not announce");
-                        self.add_target(from);
-                    }
-                }
-            }
-            PONG => {
-                let Some(at) = self.pending.iter().position(|(p, to)| *p == id && *to == from)
-                else {
-                    return;
-                };
-                self.pending.remove(at);
-                let now = Instant::now();
-                if let Some(t) = self.targets.iter_mut().find(|t| t.addr == from) {
-                    t.answered = Some(now);
-                }
-                if self.current.is_none() {
-                    tracing::info!(peer = %from, after = ?now.duration_since(self.started), "direct path up");
-                    self.current = Some(from);
-                    self.shared.set_direct(Some(from));
-                    if let Some(t) = self.targets.iter_mut().find(|t| t.addr == from) {
-                        t.next = now + PING_INTERVAL;
-                    }
-                }
-            }
-            _ => {}
-        }
-    }
-
-    fn current_deadline(&self) -> Option<Instant> {
-        let current = self.current?;
-        let t = self.targets.iter().find(|t| t.addr == current)?;
-        Some(t.answered? + DEAD_AFTER)
-    }
-
-    /// Gives up a direct path that stopped answering: another address that answered lately
-    /// takes over, or the relay does.
-    fn check_current(&mut self, now: Instant) {
-        match self.current_deadline() {
-            Some(dead) if dead <= now => {}
-            _ => return,
-        }
-        let lost = self.current.take();
-        let next = self
-            .targets
-            .iter()
-            .filter(|t| Some(t.addr) != lost)
-            .filter(|t| {
-                t.answered.is_some_and(|a| now.saturating_duration_since(a) < PING_INTERVAL * 3)
-            })
-            .map(|t| t.addr)
-            .next();
-        tracing::info!(lost = ?lost, next = ?next, "the direct path stopped answering");
-        self.current = next;
-        self.shared.set_direct(next);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -981,6 +748,7 @@ mod tests {
     use p2p_copy_rendezvous::client::Client;
     use p2p_copy_rendezvous::server::{self, RelayLimits, ServerConfig};
     use p2p_copy_rendezvous::wire::NodeMsg;
+    use std::time::Duration;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     const WAIT: Duration = Duration::from_secs(10);
@@ -1258,5 +1026,61 @@ mod tests {
         assert_eq!(n, PROBE_LEN);
         assert_eq!(&buf[..2], &[PROBE, PONG]);
         assert!(kr.check_probe_tag(PONG, &[3u8; ID_LEN], &buf[2 + ID_LEN..n]));
+    }
+
+    /// A ping captured once and replayed, from anywhere, gets no pong and makes nobody the
+    /// peer; a fresh one does. New addresses are learnt only a few at a time.
+    #[tokio::test]
+    async fn a_replayed_ping_is_ignored() {
+        let local = "127.0.0.1:0".parse().unwrap();
+        let (ks, kr) = keys();
+        let paths = PathSocket::new(udp_socket(local).unwrap());
+        let _node = Node::with_socket(paths.clone(), &Tuning::default(), false).unwrap();
+        paths.start_probing(&ks, &[]);
+        let to = paths.base.local_addr().unwrap();
+        let ping = |counter: u64| {
+            let mut id = [7u8; ID_LEN];
+            id[..8].copy_from_slice(&counter.to_be_bytes());
+            let mut p = vec![PROBE, PING];
+            p.extend_from_slice(&id);
+            p.extend_from_slice(&kr.probe_tag(PING, &id));
+            p
+        };
+        /// Whether a pong comes within half a second (pings of our own may come too: a
+        /// learnt address is pinged).
+        async fn answered(socket: &tokio::net::UdpSocket) -> bool {
+            let mut buf = [0u8; 100];
+            let pong = async {
+                loop {
+                    match socket.recv(&mut buf).await {
+                        Ok(n) if n == PROBE_LEN && buf[1] == PONG => return,
+                        _ => {}
+                    }
+                }
+            };
+            tokio::time::timeout(Duration::from_millis(500), pong).await.is_ok()
+        }
+        let first = tokio::net::UdpSocket::bind(local).await.unwrap();
+        let captured = ping(2000);
+        first.send_to(&captured, to).await.unwrap();
+        assert!(answered(&first).await, "a fresh ping is answered");
+        // The same ping again, from the same address or from another: nothing.
+        let other = tokio::net::UdpSocket::bind(local).await.unwrap();
+        for socket in [&first, &other] {
+            socket.send_to(&captured, to).await.unwrap();
+            assert!(!answered(socket).await, "a replayed ping gets no pong");
+        }
+        assert!(!paths.shared.route().peers.contains(&other.local_addr().unwrap()));
+        // Far older than the newest counter seen: refused as well.
+        other.send_to(&ping(2000 - REPLAY_WINDOW), to).await.unwrap();
+        assert!(!answered(&other).await, "a ping older than the window gets no pong");
+        // Fresh pings from many new addresses at once: only a few are learnt.
+        let mut learnt = 0;
+        for i in 0..8 {
+            let s = tokio::net::UdpSocket::bind(local).await.unwrap();
+            s.send_to(&ping(3000 + i), to).await.unwrap();
+            learnt += usize::from(answered(&s).await);
+        }
+        assert!((1..8).contains(&learnt), "{learnt} of 8 new addresses answered at once");
     }
 }
