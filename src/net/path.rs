@@ -331,16 +331,25 @@ impl PathSocket {
         for (i, (contents, segment_size)) in parts.into_iter().enumerate() {
             let direct =
                 Transmit { destination: to, ecn: t.ecn, contents, segment_size, src_ip: None };
-            match self.base.try_send(&direct) {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock && i == 0 => return Err(e),
-                Err(e) => {
-                    tracing::trace!(error = %e, %to, "direct send failed");
-                    return Ok(());
-                }
+            if !self.sent_part(&direct, i == 0)? {
+                break;
             }
         }
         Ok(())
+    }
+
+    /// Sends one part of a transmit. A full buffer on the first part is quinn's to retry
+    /// (`Err`); after that, or for any other error, the rest is lost as on any link
+    /// (`Ok(false)`: stop).
+    fn sent_part(&self, part: &Transmit, first: bool) -> io::Result<bool> {
+        match self.base.try_send(part) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock && first => Err(e),
+            Err(e) => {
+                tracing::trace!(error = %e, to = %part.destination, "send failed");
+                Ok(false)
+            }
+        }
     }
 
     /// Sends to the peer through the relay's datagrams: each datagram of `t` goes to `node`
@@ -366,13 +375,8 @@ impl PathSocket {
                     segment_size,
                     src_ip: None,
                 };
-                match self.base.try_send(&relayed) {
-                    Ok(()) => {}
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock && i == 0 => return Err(e),
-                    Err(e) => {
-                        tracing::trace!(error = %e, %node, "relay send failed");
-                        return Ok(());
-                    }
+                if !self.sent_part(&relayed, i == 0)? {
+                    break;
                 }
             }
             Ok(())
@@ -466,18 +470,12 @@ impl PathSocket {
             if m.len == 0 {
                 continue;
             }
-            if kept != i {
-                let (front, back) = bufs.split_at_mut(i);
-                front[kept][..m.len].copy_from_slice(&back[0][..m.len]);
-            }
+            move_entry(bufs, i, kept, m.len);
             meta[kept] = m;
             kept += 1;
         }
         if let Some((spare, m)) = extra {
-            if kept != spare {
-                let (front, back) = bufs.split_at_mut(spare);
-                front[kept][..m.len].copy_from_slice(&back[0][..m.len]);
-            }
+            move_entry(bufs, spare, kept, m.len);
             meta[kept] = m;
             kept += 1;
         }
@@ -730,6 +728,14 @@ async fn keep_alive(
             }
         }
         tokio::time::sleep(KEEP_ALIVE).await;
+    }
+}
+
+/// Moves the first `len` bytes of received entry `from` to entry `to` (`to <= from`).
+fn move_entry(bufs: &mut [IoSliceMut<'_>], from: usize, to: usize, len: usize) {
+    if to != from {
+        let (front, back) = bufs.split_at_mut(from);
+        front[to][..len].copy_from_slice(&back[0][..len]);
     }
 }
 
