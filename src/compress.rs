@@ -12,8 +12,9 @@
 //! is compressed.
 //!
 //! Compressing costs CPU, which pays only when the link, not the CPU, is what the transfer
-//! waits for. On a large file whose chunks compress, `auto` therefore checks which way moves
-//! the file faster; the driver reports, for each chunk, how long it took to be handed on, how
+//! waits for. On large chunks that compress (those of files over two samples), `auto`
+//! therefore checks which way moves the data faster, over the lane's chunks whatever file they
+//! belong to; the driver reports, for each chunk, how long it took to be handed on, how
 //! much of that it waited for room towards the link, and how many bytes the connection had
 //! put on the wire by then ([`Sample`]). `auto` times [`RACE`] chunks sent compressed (the
 //! file's rate that way). If the lane waited for the link for at least [`LINK_BOUND`] of that
@@ -60,9 +61,6 @@ pub const WIN_MARGIN: f64 = 1.05;
 /// Compressed chunks that spent this share of their time waiting for the link win at once:
 /// sent as they are, they would wait longer still.
 pub const LINK_BOUND: f64 = 0.2;
-/// Files from this size on are raced (a race and a stretch after it take tens of chunks);
-/// smaller ones are compressed whenever it pays.
-pub const RACE_FROM: u64 = 64 << 20;
 /// Chunks sent the winning way before the next race, at first.
 pub const SETTLE: u32 = 32;
 /// Most chunks between races (the stretch doubles while the same way keeps winning).
@@ -84,7 +82,7 @@ pub struct Sample {
     pub wire: u64,
 }
 
-/// Where `auto` stands in racing compression against none on a large file.
+/// Where `auto` stands in racing compression against none on the lane's large chunks.
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Race {
     /// Not racing: a small file, or chunks that do not compress.
@@ -114,8 +112,6 @@ pub struct Packer {
     skip: u32,
     /// The next stretch to skip after a chunk that did not pay.
     stretch: u32,
-    /// The current file is large enough to race compression against none.
-    large: bool,
     race: Race,
     /// The way the last race of this file went, and the stretch it earned.
     winner: Option<bool>,
@@ -141,27 +137,27 @@ impl Packer {
             out: Vec::new(),
             skip: 0,
             stretch: 1,
-            large: false,
             race: Race::Idle,
             winner: None,
             settle: SETTLE,
         })
     }
 
-    /// A file of `size` bytes starts. A large one forgets what earlier files taught and gets a
-    /// fresh trial; a small one continues the stretch.
+    /// A file of `size` bytes starts. A large one forgets what earlier files taught about
+    /// compressing at all and gets a fresh trial; a small one continues the stretch. (Which
+    /// way is faster is a matter of the lane, not of the file: a race goes on across files.)
     pub fn start_file(&mut self, size: u64) {
         if size > 2 * SAMPLE as u64 {
             self.skip = 0;
             self.stretch = 1;
         }
-        self.large = size >= RACE_FROM;
-        self.race = Race::Idle;
-        self.winner = None;
     }
 
-    /// What became of the last chunk `pack` was asked about.
+    /// What became of the last chunk `pack` was asked about. Only large chunks count.
     pub fn timed(&mut self, sample: Sample) {
+        if sample.bytes <= 2 * SAMPLE as u64 {
+            return;
+        }
         self.race = match self.race {
             Race::Idle => Race::Idle,
             Race::Compressed { left, bytes, time, waited } => {
@@ -226,7 +222,8 @@ impl Packer {
         if chunk.len() < MIN_CHUNK || self.zstd.is_none() {
             return None;
         }
-        if auto && self.racing_plain() {
+        let large = chunk.len() > 2 * SAMPLE;
+        if auto && large && self.racing_plain() {
             return None;
         }
         if auto && self.skip > 0 {
@@ -234,18 +231,18 @@ impl Packer {
             return None;
         }
         if auto && chunk.len() > 2 * SAMPLE && !self.pays(&chunk[..SAMPLE]) {
-            self.did_not_pay();
+            self.did_not_pay(large);
             return None;
         }
         if self.pays(chunk) {
             self.stretch = 1;
-            if auto && self.large && self.race == Race::Idle {
+            if auto && large && self.race == Race::Idle {
                 self.race = Race::start();
             }
             Some(&self.out)
         } else {
             if auto {
-                self.did_not_pay();
+                self.did_not_pay(large);
             }
             None
         }
@@ -266,9 +263,11 @@ impl Packer {
         }
     }
 
-    fn did_not_pay(&mut self) {
-        // Data that does not compress needs no race; one starts again when it does.
-        self.race = Race::Idle;
+    fn did_not_pay(&mut self, large: bool) {
+        // Large chunks that do not compress need no race; one starts again when they do.
+        if large {
+            self.race = Race::Idle;
+        }
         self.skip = self.stretch;
         self.stretch = (self.stretch * 2).min(MAX_SKIP);
     }
@@ -371,7 +370,7 @@ mod tests {
     /// reading and hashing at 2 GB/s, zstd at `zstd` bytes per second, and the link at `link`
     /// bytes per second of what goes on the wire. Returns which chunks went compressed.
     fn race(chunks: usize, zstd: f64, link: f64) -> Vec<bool> {
-        let chunk = text(128 << 10);
+        let chunk = text(256 << 10);
         let mut packer = Packer::new(Compression::Auto).unwrap();
         packer.start_file((chunks * chunk.len()) as u64);
         let mut on_wire = 0u64;
@@ -426,14 +425,15 @@ mod tests {
     }
 
     #[test]
-    fn small_files_are_not_raced() {
-        let chunk = text(128 << 10);
+    fn small_chunks_are_not_raced() {
+        let chunk = text(2 * SAMPLE);
         let mut packer = Packer::new(Compression::Auto).unwrap();
-        packer.start_file(chunk.len() as u64 * 4);
-        for _ in 0..4 {
+        for _ in 0..40 {
+            packer.start_file(chunk.len() as u64);
             assert!(packer.pack(&chunk).is_some());
             let second = Duration::from_secs(1);
-            packer.timed(Sample { bytes: 1, took: second, waited: second, wire: 0 });
+            let bytes = chunk.len() as u64;
+            packer.timed(Sample { bytes, took: second, waited: Duration::ZERO, wire: 0 });
         }
         assert_eq!(packer.race, Race::Idle);
     }
