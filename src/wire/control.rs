@@ -446,7 +446,7 @@ mod tests {
     fn control_snapshots() {
         let got: Vec<String> = samples().iter().map(encoded).collect();
         let want = [
-            "0003abababababababababababababababababababababababababababababababab\
+            "0004abababababababababababababababababababababababababababababababab\
              cdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcd04808040\
              00",
             "01020100ac02020670686f746f73096e6f7465732e74787402808040\
