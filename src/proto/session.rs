@@ -424,7 +424,14 @@ impl Session {
         let result = self.handle_frame_inner(body);
         match result {
             Ok(()) => Ok(()),
-            Err(e) => self.fail(e),
+            Err(e) => {
+                // Tell the peer why, when the channel is sealed (the driver's own abort finds
+                // the session failed and sends nothing); never answer its report or refusal.
+                if !matches!(e, SessionError::Peer(_) | SessionError::Refused(_)) {
+                    self.abort(e.kind(), &e.to_string());
+                }
+                self.fail(e)
+            }
         }
     }
 
