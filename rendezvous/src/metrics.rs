@@ -60,6 +60,10 @@ pub struct Metrics {
     pub nameplates_allocated_total: AtomicU64,
     /// Successful claims (of allocated or pre-shared nameplates).
     pub claims_total: AtomicU64,
+    /// Nameplates closed within 30 s of their second side joining with no relay ticket asked
+    /// for: failed key exchanges (a wrong code, or someone guessing), or transfers with the
+    /// relay turned off (see [`crate::table`]).
+    pub suspected_guesses_total: AtomicU64,
     /// Connections refused by the connection limits (in all or per address).
     pub clients_refused_total: AtomicU64,
     /// Requests answered `Busy`: claim rate limit, nameplate table or mailbox full.
@@ -109,7 +113,7 @@ impl Metrics {
             "Client connections open, by transport.",
             &[("transport=\"quic\"", &quic), ("transport=\"tcp\"", &tcp)],
         );
-        let plain: [(&str, Kind, &str, String); 11] = [
+        let plain: [(&str, Kind, &str, String); 12] = [
             ("nameplates_open", Kind::Gauge, "Nameplates open.", i(&self.nameplates_open)),
             (
                 "nameplates_allocated_total",
@@ -118,6 +122,13 @@ impl Metrics {
                 u(&self.nameplates_allocated_total),
             ),
             ("claims_total", Kind::Counter, "Successful nameplate claims.", u(&self.claims_total)),
+            (
+                "suspected_guesses_total",
+                Kind::Counter,
+                "Nameplates closed within 30 s of their second side joining, no relay ticket \
+                 asked: failed key exchanges (wrong code or guessing), or the relay turned off.",
+                u(&self.suspected_guesses_total),
+            ),
             (
                 "messages_total",
                 Kind::Counter,

@@ -11,8 +11,8 @@
 //!    counted). Once both tickets of the pairing are attached, both get `Paired`; a side
 //!    whose partner does not attach within [`PAIR_TIMEOUT`] of the grant gets `Expired`.
 //! 3. **Forwarding.** A side on QUIC sends the packets as UDP datagrams to the node's port
-//!    (`0x01 ‖ ticket ‖ packet`, see [`crate::wire`]); [`socket::NodeSocket`] takes them out of
-//!    what the node's QUIC endpoint receives and hands them to [`Relays::datagrams`], which
+//!    (`0x01 ‖ ticket ‖ packet`, see [`crate::wire`]); `socket::NodeSocket` takes them out of
+//!    what the node's QUIC endpoint receives and hands them to `Relays::datagrams`, which
 //!    checks the ticket and that they come from the address of the QUIC connection that
 //!    attached it, and sends them on to the other side (with that side's ticket in the
 //!    header), batches as batches. A side on TCP sends and receives records on its stream.
@@ -22,7 +22,7 @@
 //!
 //! Limits ([`RelayLimits`]): pairings at once (with or without their ends), relay streams per
 //! source, bytes per second per relay and direction, and the node's total rate shared fairly
-//! between sources ([`meter`]). A packet over a rate is dropped, as a policing router would;
+//! between sources (`meter`). A packet over a rate is dropped, as a policing router would;
 //! the peers' congestion control backs off.
 
 mod meter;

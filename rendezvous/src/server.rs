@@ -7,7 +7,7 @@
 //!    frames, decodes them and hands them to the table task; a writer drains its bounded
 //!    outbox. Relay streams go to [`Relays`], and so do relay datagrams, which the node's
 //!    socket takes out of what reaches its QUIC endpoint
-//!    ([`crate::relay::socket::NodeSocket`]).
+//!    (`relay::socket::NodeSocket`).
 //! 3. The table task owns the [`Table`]: it applies events in arrival order, fires its timers
 //!    and routes its outputs to the outboxes. A client whose outbox is full (it does not read)
 //!    is closed rather than buffered without bound.
@@ -38,7 +38,7 @@ use crate::client::ALPN;
 use crate::metrics::{self, GaugeGuard, Metrics};
 use crate::relay::socket::NodeSocket;
 use crate::relay::{read_first, Attach, Reader, Relays, Writer};
-use crate::table::{ClientId, Output, Table};
+use crate::table::{ClientId, Output, Random, Table};
 use crate::wire::{self, ClientMsg, ErrorCode, NodeMsg, VERSION};
 
 /// Messages buffered for one client before it counts as not reading.
@@ -309,7 +309,8 @@ pub async fn serve(listeners: Listeners, config: ServerConfig, shutdown: impl Fu
     let (events_tx, events_rx) = mpsc::channel(EVENTS);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let counters = config.metrics_handle.clone();
-    let table = Table::new(config.limits.clone());
+    // Nameplate numbers from the OS-seeded CSPRNG: nobody can predict the next one.
+    let table = Table::new(config.limits.clone(), Random::new(rand::random));
     let mut table_task =
         tokio::spawn(run_table(table, events_rx, stop_rx, relays.clone(), counters.clone()));
     let shared = Arc::new(Shared {
@@ -447,6 +448,8 @@ async fn run_table(
         }
         let open = i64::try_from(table.nameplates()).unwrap_or(i64::MAX);
         counters.nameplates_open.store(open, std::sync::atomic::Ordering::Relaxed);
+        let guesses = table.suspected_guesses();
+        counters.suspected_guesses_total.store(guesses, std::sync::atomic::Ordering::Relaxed);
         while let Some(out) = table.poll_output() {
             counters.observe(&out);
             let (client, routed) = match out {

@@ -15,10 +15,13 @@
 //!    each followed by [`Output::Close`] (later messages from that client are ignored).
 //!    Otherwise → `Welcome { observed }` with the address given to `connect` (an IPv4-mapped
 //!    IPv6 address is reported as IPv4).
-//! 3. `Allocate` / `Claim` (at most one nameplate per client; each spends a rate token of the
-//!    source, successful or not):
-//!    - `Allocate` → `Allocated { n }` with the smallest free `n` in
-//!      `1..=max_nameplate_number` that is neither open nor cooling down.
+//! 3. `Allocate` / `Claim` (at most one nameplate per client; each spends rate tokens of the
+//!    source, successful or not: one, or [`JOIN_COST`] for a claim of a nameplate somebody
+//!    holds, which may be a guess):
+//!    - `Allocate` → `Allocated { n }` with `n` drawn at random ([`Random`]) among the numbers
+//!      in `1..=max(999, 100 × taken)` (capped by [`Limits::max_nameplate_number`]) that are
+//!      neither open nor cooling down, `taken` counting those that are: codes stay short, and
+//!      neither the answer nor a claim tells where the live nameplates are.
 //!    - `Claim { n }` of a number nobody holds → creates it: `Claimed { n, peer_present: false }`.
 //!    - `Claim { n }` of a nameplate with one side → `Claimed { n, peer_present: true }` to the
 //!      claimer, `PeerJoined` to the first side, then the first side's queued messages.
@@ -40,6 +43,13 @@
 //!    a nameplate, or before the other side joined, → `Error Protocol`; after the nameplate
 //!    closed → `Error NameplateClosed`.
 //!
+//! # Suspected guesses
+//!
+//! The node cannot see a key exchange fail, only its trace: a nameplate whose second side
+//! joined and which closed within [`GUESS_WINDOW`] without either side asking for a relay
+//! ticket (peers whose codes matched ask for one before they release, unless the relay is
+//! turned off) is counted in [`Table::suspected_guesses`]. Rejoin nameplates never count.
+//!
 //! # Bounds
 //!
 //! Open nameplates ≤ [`Limits::max_nameplates`]; queued bytes per nameplate ≤
@@ -57,10 +67,27 @@
 //! /64.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
-use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use crate::wire::{ClientMsg, ErrorCode, NodeMsg, MAX_TEXT, REJOIN_NAMEPLATES, VERSION};
+
+mod numbers;
+mod sources;
+
+pub(crate) use sources::source_of;
+use sources::{full_at, refill};
+
+pub use numbers::Random;
+
+/// Rate tokens a claim of a nameplate that somebody else holds costs (an ordinary request
+/// costs one). Such a claim is either the receiver of a transfer or a guess; at the default 30
+/// tokens a minute a source can still join five nameplates a minute (six transfers when it
+/// also allocated them), while a guesser gets six tries a minute instead of thirty.
+pub const JOIN_COST: u32 = 5;
+/// A nameplate that closes this soon after its second side joined, with no relay ticket
+/// asked for, counts as a suspected guess (see the module documentation).
+pub const GUESS_WINDOW: Duration = Duration::from_secs(30);
 
 /// The driver's name for a connection.
 pub type ClientId = u64;
@@ -71,14 +98,16 @@ pub struct Limits {
     /// Open nameplates at once; over it, `Allocate` and `Claim` get `Busy`.
     pub max_nameplates: usize,
     /// `Allocate` never hands out a number above this (claims of pre-shared codes may use any
-    /// number ≥ 1); `Busy` when none is free.
+    /// number ≥ 1); `Busy` when none is free. The range it draws from is usually smaller: see
+    /// the module documentation.
     pub max_nameplate_number: u32,
     /// A nameplate without `Claim` or `Send` this long expires.
     pub idle_expiry: Duration,
     /// A closed (released or expired) number is neither allocated nor claimable for this long.
     pub reuse_after: Duration,
     /// `Allocate` + `Claim` per minute per source, as a token bucket of this size refilling
-    /// continuously. 0 disables the limit.
+    /// continuously; a claim of a nameplate somebody holds costs [`JOIN_COST`]. 0 disables the
+    /// limit.
     pub claims_per_minute: u32,
     /// Connections at once per source.
     pub clients_per_ip: usize,
@@ -163,6 +192,10 @@ pub struct Table {
     shutting_down: bool,
     /// The serial of the last nameplate opened.
     next_serial: u64,
+    /// Draws allocated numbers.
+    random: Random,
+    /// Nameplates that closed like a failed key exchange (see the module documentation).
+    suspected_guesses: u64,
 }
 
 #[derive(Debug)]
@@ -209,6 +242,10 @@ struct Nameplate {
     queued_bytes: usize,
     /// Tells one opening of a number from the next: the pairing of its relay.
     serial: u64,
+    /// When the second side joined.
+    joined: Option<Instant>,
+    /// A side asked for a relay ticket.
+    ticketed: bool,
 }
 
 impl Nameplate {
@@ -230,8 +267,8 @@ enum CloseReason {
 }
 
 impl Table {
-    /// An empty table.
-    pub fn new(limits: Limits) -> Table {
+    /// An empty table drawing nameplate numbers from `random`.
+    pub fn new(limits: Limits, random: Random) -> Table {
         Table {
             limits,
             clients: HashMap::new(),
@@ -245,6 +282,8 @@ impl Table {
             outputs: VecDeque::new(),
             shutting_down: false,
             next_serial: 0,
+            random,
+            suspected_guesses: 0,
         }
     }
 
@@ -373,6 +412,13 @@ impl Table {
         self.clients.len()
     }
 
+    /// Nameplates that closed soon after their second side joined, with no relay ticket asked
+    /// for: failed key exchanges, a wrong code or a guess (for metrics; see the module
+    /// documentation).
+    pub fn suspected_guesses(&self) -> u64 {
+        self.suspected_guesses
+    }
+
     /// Stop accepting `Allocate`/`Claim` (graceful shutdown): they get `Error ShuttingDown`.
     /// Open nameplates keep working.
     pub fn shutting_down(&mut self) {
@@ -425,8 +471,8 @@ impl Table {
         self.send_to(client, NodeMsg::Welcome { version: VERSION, observed });
     }
 
-    /// The checks common to `Allocate` and `Claim`; spends the rate token.
-    fn admit(&mut self, now: Instant, client: ClientId) -> bool {
+    /// The checks common to `Allocate` and `Claim`; spends `cost` rate tokens.
+    fn admit(&mut self, now: Instant, client: ClientId, cost: u32) -> bool {
         let Some(c) = self.clients.get(&client) else { return false };
         if self.shutting_down {
             let message = "the node is shutting down: try again in a moment";
@@ -443,15 +489,18 @@ impl Table {
         if let Some(s) = self.sources.get_mut(&source) {
             refill(s, now, rate);
             if rate > 0 {
-                if s.tokens == 0 {
+                // A bucket smaller than the cost still lets a request through when full.
+                let cost = cost.min(rate);
+                if s.tokens < cost {
                     let message = format!(
                         "too many nameplate requests from your address (at most {rate} a \
-                         minute): wait a little and try again"
+                         minute, joining a nameplate counts {JOIN_COST}): wait a little and \
+                         try again"
                     );
                     self.error(client, ErrorCode::RateLimited, message);
                     return false;
                 }
-                s.tokens -= 1;
+                s.tokens -= cost;
             }
         }
         true
@@ -470,10 +519,11 @@ impl Table {
     }
 
     fn allocate(&mut self, now: Instant, client: ClientId) {
-        if !self.admit(now, client) || !self.room(client) {
+        if !self.admit(now, client, 1) || !self.room(client) {
             return;
         }
-        let Some(n) = self.free_number() else {
+        let top = numbers::range_top(self.taken.len(), self.limits.max_nameplate_number);
+        let Some(n) = numbers::pick(&mut self.random, &self.taken, top) else {
             let message = "no free nameplate number on this node: try again later";
             return self.error(client, ErrorCode::Busy, message.into());
         };
@@ -481,20 +531,10 @@ impl Table {
         self.send_to(client, NodeMsg::Allocated { nameplate: n });
     }
 
-    /// The smallest number in `1..=max_nameplate_number` that is not taken.
-    fn free_number(&self) -> Option<u32> {
-        let mut candidate = 1u32;
-        for &n in self.taken.range(1..) {
-            if n != candidate {
-                break;
-            }
-            candidate = candidate.checked_add(1)?;
-        }
-        (candidate <= self.limits.max_nameplate_number).then_some(candidate)
-    }
-
     fn claim(&mut self, now: Instant, client: ClientId, n: u32) {
-        if !self.admit(now, client) {
+        // Joining somebody's nameplate may be a guess; a rejoin nameplate is no code's.
+        let joins = n & REJOIN_NAMEPLATES == 0 && self.nameplates.contains_key(&n);
+        if !self.admit(now, client, if joins { JOIN_COST } else { 1 }) {
             return;
         }
         if n == 0 {
@@ -520,6 +560,7 @@ impl Table {
             return self.error(client, ErrorCode::NameplateFull, message);
         }
         np.second = Some(client);
+        np.joined = Some(now);
         let first = np.first;
         let queue = std::mem::take(&mut np.queue);
         np.queued_bytes = 0;
@@ -547,6 +588,8 @@ impl Table {
                 self.next_serial += 1;
                 self.next_serial
             },
+            joined: None,
+            ticketed: false,
         };
         self.nameplates.insert(n, np);
         self.deadlines.insert((deadline, n));
@@ -611,11 +654,12 @@ impl Table {
                 return self.error(client, ErrorCode::NameplateClosed, message.into());
             }
         };
-        let Some(np) = self.nameplates.get(&n) else { return };
+        let Some(np) = self.nameplates.get_mut(&n) else { return };
         if np.second.is_none() {
             let message = "a relay ticket needs the other side on the nameplate";
             return self.error(client, ErrorCode::Protocol, message.into());
         }
+        np.ticketed = true;
         let side = u8::from(client != np.first);
         let pairing = np.serial;
         self.outputs.push_back(Output::Ticket { to: client, pairing, side });
@@ -633,6 +677,10 @@ impl Table {
     fn close(&mut self, now: Instant, n: u32, why: CloseReason) {
         let Some(np) = self.nameplates.remove(&n) else { return };
         self.deadlines.remove(&(np.deadline, n));
+        let soon = np.joined.is_some_and(|at| now.saturating_duration_since(at) <= GUESS_WINDOW);
+        if soon && !np.ticketed && n & REJOIN_NAMEPLATES == 0 {
+            self.suspected_guesses += 1;
+        }
         if n & REJOIN_NAMEPLATES == 0 {
             let until = after(now, self.limits.reuse_after);
             self.closed.insert(n, until);
@@ -694,45 +742,6 @@ impl Table {
         }
         self.outputs.push_back(Output::Close { client });
     }
-}
-
-/// The rate-limit and connection-count key of an address: itself (IPv4), or its /64 (IPv6).
-pub(crate) fn source_of(ip: IpAddr) -> IpAddr {
-    match ip.to_canonical() {
-        IpAddr::V6(v6) => {
-            let prefix = u128::from(v6) & !((1u128 << 64) - 1);
-            IpAddr::V6(Ipv6Addr::from(prefix))
-        }
-        v4 => v4,
-    }
-}
-
-/// The time one token takes to come back, or `None` when the rate is unlimited.
-fn token_period(rate: u32) -> Option<Duration> {
-    (rate > 0).then(|| Duration::from_secs(60) / rate)
-}
-
-/// Adds the tokens earned since the last refill.
-fn refill(s: &mut Source, now: Instant, rate: u32) {
-    let Some(period) = token_period(rate) else { return };
-    let elapsed = now.saturating_duration_since(s.refilled_at);
-    let earned = elapsed.as_nanos() / period.as_nanos().max(1);
-    let missing = rate.saturating_sub(s.tokens);
-    if earned >= u128::from(missing) {
-        s.tokens = rate;
-        s.refilled_at = now;
-    } else {
-        // `earned < missing ≤ u32::MAX`, and `period * earned ≤ elapsed`.
-        let earned = earned as u32;
-        s.tokens += earned;
-        s.refilled_at = after(s.refilled_at, period.saturating_mul(earned));
-    }
-}
-
-/// When the bucket will be full again, or `None` when the rate is unlimited.
-fn full_at(s: &Source, rate: u32) -> Option<Instant> {
-    let period = token_period(rate)?;
-    Some(after(s.refilled_at, period.saturating_mul(rate.saturating_sub(s.tokens))))
 }
 
 /// `now + d`, saturating at about a year from now for a duration too large to represent

@@ -122,10 +122,14 @@ async fn metrics_count_a_real_pairing() {
     assert_eq!(sample(&body, "clients_refused_total"), 0);
     assert_eq!(sample(&body, "shutting_down"), 0);
 
+    assert_eq!(sample(&body, "suspected_guesses_total"), 0);
+
     a.release().await.unwrap();
     assert_eq!(b.recv().await.unwrap(), NodeMsg::PeerLeft);
     let (_, body) = get(node.http, "/metrics").await;
     assert_eq!(sample(&body, "nameplates_open"), 0);
+    // Two messages and gone at once without a relay ticket: what a wrong code looks like.
+    assert_eq!(sample(&body, "suspected_guesses_total"), 1);
     drop((a, b));
     // The connection gauge comes back down once the node has seen them go.
     let gone = async {

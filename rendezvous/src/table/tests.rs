@@ -22,9 +22,16 @@ struct Harness {
 }
 
 impl Harness {
+    /// A table whose draws are all 0, so `Allocate` hands out the smallest free number: the
+    /// routing tests read better with predictable numbers (the draw itself is tested with a
+    /// seeded generator in `random_allocation_*` and `numbers`).
     fn new(limits: Limits) -> Harness {
+        Harness::with_random(limits, Random::new(|| 0))
+    }
+
+    fn with_random(limits: Limits, random: Random) -> Harness {
         let base = Instant::now();
-        Harness { t: Table::new(limits), base, now: base }
+        Harness { t: Table::new(limits, random), base, now: base }
     }
 
     /// Default limits, except a 10-minute idle expiry that the timing tests are written for.
@@ -616,6 +623,111 @@ fn error_texts_fit_the_cap() {
     assert!(h.t.poll_timeout().is_some());
 }
 
+/// Finding 4 of the review: `Allocate` used to hand out the smallest free number, so the
+/// live nameplates were the lowest few and an `Allocate` told where they ended. Numbers are
+/// now drawn at random from a range 100 times what is taken (at least 1..=999).
+#[test]
+fn allocation_is_random_and_reveals_no_frontier() {
+    let mut h = Harness::with_random(Limits::default(), Random::seeded(4));
+    let mut numbers = Vec::new();
+    for id in 1..=60u64 {
+        h.join(id, ip(id as u8));
+        let taken = numbers.len() as u32;
+        let n = h.allocate(id);
+        assert!(n >= 1 && n <= (100 * taken).max(999), "{n} with {taken} taken");
+        numbers.push(n);
+    }
+    let distinct: BTreeSet<u32> = numbers.iter().copied().collect();
+    assert_eq!(distinct.len(), 60);
+    // Neither the first numbers nor the whole set are the low end of the range.
+    assert!(numbers[..10].iter().filter(|&&n| n <= 10).count() <= 1, "{numbers:?}");
+    assert!(numbers.iter().filter(|&&n| n > 999).count() >= 10, "{numbers:?}");
+    // The attacker's sweep of the lowest numbers finds (almost) nobody to join.
+    h.join(100, ip(100));
+    let hits = (1..=10u32).filter(|n| distinct.contains(n)).count();
+    assert!(hits <= 1, "{hits}");
+}
+
+/// A claim that joins somebody's nameplate (which may be a guess) costs [`JOIN_COST`] tokens:
+/// one address joins 30 / 5 = 6 nameplates in a burst, not 30, and then one every 10 s.
+#[test]
+fn joining_somebody_elses_nameplate_costs_more() {
+    let mut h = Harness::open();
+    let victims: Vec<(ClientId, u32)> = (1..=8u64)
+        .map(|id| {
+            h.join(id, ip(id as u8));
+            (id, h.allocate(id))
+        })
+        .collect();
+    for (i, &(victim, n)) in victims.iter().enumerate().take(6) {
+        let attacker = 100 + i as ClientId;
+        h.join(attacker, ip(99));
+        assert_eq!(
+            h.claim(attacker, n)[..2],
+            [to(attacker, claimed(n, true)), to(victim, NodeMsg::PeerJoined)]
+        );
+    }
+    h.join(106, ip(99));
+    assert_eq!(codes(&h.claim(106, victims[6].1)), [(106, ErrorCode::RateLimited)]);
+    // Nothing is left, not even for a claim of a free number.
+    assert_eq!(codes(&h.claim(106, 5_000)), [(106, ErrorCode::RateLimited)]);
+    // Five tokens come back in 10 s: one more join.
+    h.at(10);
+    assert_eq!(h.claim(106, victims[6].1)[0], to(106, claimed(victims[6].1, true)));
+    h.join(107, ip(99));
+    assert_eq!(codes(&h.claim(107, victims[7].1)), [(107, ErrorCode::RateLimited)]);
+
+    // Rejoin nameplates are nobody's code: joining one costs a single token, so peers that
+    // retry a rejoin every few seconds are not locked out.
+    let mut h = Harness::open();
+    for i in 0..15u32 {
+        let (a, b) = (2 * u64::from(i) + 1, 2 * u64::from(i) + 2);
+        h.join(a, ip(1));
+        h.join(b, ip(1));
+        let n = REJOIN_NAMEPLATES | (100 + i);
+        assert_eq!(h.claim(a, n), [to(a, claimed(n, false))]);
+        assert_eq!(h.claim(b, n)[0], to(b, claimed(n, true)), "rejoin {i}");
+    }
+}
+
+/// What the node sees of a failed key exchange: the second side joins and the nameplate
+/// closes within seconds, before anybody asked for a relay ticket.
+#[test]
+fn failed_exchanges_count_as_suspected_guesses() {
+    let mut h = Harness::open();
+    for id in 1..=8 {
+        h.join(id, ip(id as u8));
+    }
+    // A wrong code: PAKE messages, then one side leaves.
+    let n = h.allocate(1);
+    h.send(1, b"pake");
+    h.claim(2, n);
+    h.send(2, b"pake");
+    h.at(2);
+    h.msg(2, ClientMsg::Release);
+    assert_eq!(h.t.suspected_guesses(), 1);
+    // A transfer: the sides ask for relay tickets before they leave.
+    let n = h.allocate(3);
+    h.claim(4, n);
+    h.msg(3, ClientMsg::RelayTicket);
+    h.msg(4, ClientMsg::RelayTicket);
+    h.msg(4, ClientMsg::Release);
+    // A side alone that leaves, and a pairing that lasted longer than the window.
+    let n = h.allocate(5);
+    h.msg(5, ClientMsg::Release);
+    let n2 = h.allocate(6);
+    assert_ne!(n, n2);
+    h.claim(7, n2);
+    h.at(2 + 31);
+    h.disconnect(7);
+    // Rejoin nameplates carry no code.
+    let r = REJOIN_NAMEPLATES | 9;
+    h.claim(8, r);
+    h.claim(5, r);
+    h.msg(8, ClientMsg::Release);
+    assert_eq!(h.t.suspected_guesses(), 1);
+}
+
 /// Checks the table's internal consistency.
 fn check_invariants(t: &Table) {
     for (&n, np) in &t.nameplates {
@@ -701,6 +813,7 @@ proptest! {
     fn random_operations_route_only_to_the_peer(
         ops in proptest::collection::vec(op(), 0..120),
         token in any::<bool>(),
+        seed in any::<u64>(),
     ) {
         let limits = Limits {
             max_nameplates: 3,
@@ -715,7 +828,7 @@ proptest! {
             max_closed: 3,
             max_idle_sources: 1,
         };
-        let mut t = Table::new(limits);
+        let mut t = Table::new(limits, Random::seeded(seed));
         let base = Instant::now();
         let mut now = base;
         // Message body → (sender, serial of the sender's nameplate when it sent).
