@@ -6,10 +6,15 @@
 //! 1. **Paths are validated before use** ([`RelPath::parse`]): relative, non-empty components,
 //!    no `.` or `..`, no NUL, `\` or control characters (a name must not rewrite the user's
 //!    terminal), no drive prefix, at most 255 bytes per component and 4096 in all.
-//! 2. **Walk, never resolve.** Parents are checked from the root one component at a time with
-//!    `symlink_metadata`: each must be a real directory. A symlink is refused even if it points
-//!    inside the destination, and so is a file where a directory is needed. Missing directories
-//!    are created one by one; losing a creation race means looking again, not trusting.
+//! 2. **Walk, never resolve; then use the handle.** Parents are opened from the root one
+//!    component at a time, each with `openat(O_DIRECTORY | O_NOFOLLOW)` in the one before
+//!    ([`at`]): each must be a real directory. A symlink is refused even if it points inside
+//!    the destination, and so is a file where a directory is needed. Missing directories are
+//!    created one by one (`mkdirat`), counted against the offer; losing a creation race means
+//!    opening whatever is there, not trusting. Everything after the walk (`openat`,
+//!    `renameat2`, `linkat`, `symlinkat`, `unlinkat`, `fchmod`) names an entry in the open
+//!    directory, never a path, and the handles of the directories used last are kept, so a
+//!    large tree costs one lookup per entry.
 //! 3. **Final names are never opened.** File data goes to a partial file in the destination's
 //!    state directory (`.p2p-copy/<id>.part`, mode 0o600, locked; [`state`]), which is given
 //!    its mode and mtime, made durable (fsync, or one `syncfs` for a batch:
@@ -30,14 +35,18 @@
 //! 6. **Errors say what to do:** ENOSPC/EDQUOT become [`FsError::DiskFull`], EACCES/EROFS
 //!    [`FsError::PermissionDenied`], each naming the destination path.
 //!
-//! Races: the checks use paths, not directory handles (std has no `openat`). They are sound
-//! against the peer, who can only act through this module: it never turns a directory into
-//! anything else, so a parent once checked stays a real directory. A hostile *local* process
-//! writing into the destination at the same time is out of scope.
+//! Races: the peer can only act through this module, and a local process that writes into the
+//! destination at the same time (a shared `/tmp`, a group directory) can rename or replace
+//! any name, but not what a handle refers to. A directory swapped for a link after the walk
+//! is not followed: what was to go into it goes into the directory that was checked, wherever
+//! it was moved, and a fresh walk refuses the link. The state directory is opened once,
+//! checked (ours, mode 0700) and used by handle from then on.
 
 mod error;
 mod path;
 
+#[cfg(unix)]
+mod at;
 #[cfg(unix)]
 mod dest;
 #[cfg(unix)]

@@ -2,17 +2,18 @@
 
 use std::collections::{HashMap, HashSet};
 use std::ffi::OsString;
-use std::fs::{self, File, OpenOptions, Permissions};
+use std::fs::{self, File, Permissions};
 use std::io;
-use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStringExt;
-use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use rustix::fs::{AtFlags, FileType, Mode, OFlags, CWD};
+use rustix::fs::{FileType, OFlags};
 use rustix::io::Errno;
+
+use super::at::{walk, At, Dir, DirCache, MakeDir, Walked};
 
 use super::error::{classify, FsError};
 use super::journal::{read_cvs, Header, Journal, JournalWriter, Mark};
@@ -36,6 +37,8 @@ const TEMP_SUFFIX: &str = ".part";
 pub struct Dest {
     /// Canonical: no symlinks, absolute.
     root: PathBuf,
+    /// The root, open: every walk starts here.
+    root_dir: Arc<Dir>,
     /// Its device: partial files in the state directory can be renamed onto final names on it.
     dev: u64,
     /// Where partial files are kept.
@@ -45,9 +48,8 @@ pub struct Dest {
     unsynced: Mutex<HashSet<PathBuf>>,
     /// Directories p2p-copy made for this offer (in this transfer or an interrupted one).
     made: Mutex<Made>,
-    /// A directory known to be a real one, the parent of the last path inspected or created
-    /// (most entries share their parent with the one before).
-    known_dir: Mutex<Option<(PathBuf, Arc<OwnedFd>)>>,
+    /// The directories used last, open.
+    dirs: DirCache,
     /// This boot's id: journals written in another boot are checked against their data.
     boot: [u8; 16],
     /// Partial copies found when the transfer began, by the first half of their id (their
@@ -59,7 +61,8 @@ pub struct Dest {
 #[derive(Debug, Default)]
 struct Made {
     dirs: HashSet<String>,
-    log: Option<PathBuf>,
+    /// The log's name in the state directory.
+    log: Option<String>,
     /// Directories this transfer created, and how many the offer allows it.
     created: u64,
     limit: u64,
@@ -122,24 +125,28 @@ impl Dest {
             Err(e) => return Err(classify(root, e)),
         }
         let canonical = fs::canonicalize(root).map_err(|e| classify(root, e))?;
-        let meta = fs::metadata(&canonical).map_err(|e| classify(&canonical, e))?;
-        if !meta.is_dir() {
-            return Err(FsError::Io {
-                path: canonical,
-                source: io::Error::new(
-                    io::ErrorKind::NotADirectory,
-                    "the destination is not a directory; choose a directory with --out",
-                ),
-            });
-        }
+        let root_dir = match Dir::open(&canonical) {
+            Ok(dir) => dir,
+            Err(e) if e.raw_os_error() == Some(Errno::NOTDIR.raw_os_error()) => {
+                return Err(FsError::Io {
+                    path: canonical,
+                    source: io::Error::new(
+                        io::ErrorKind::NotADirectory,
+                        "the destination is not a directory; choose a directory with --out",
+                    ),
+                })
+            }
+            Err(e) => return Err(classify(&canonical, e)),
+        };
         Ok(Dest {
             state: StateDir::new(&canonical),
-            dev: meta.dev(),
+            dev: root_dir.dev,
+            root_dir: Arc::new(root_dir),
             root: canonical,
             unsynced: Mutex::default(),
             // No limit on directories until a transfer begins (`Dest::begin`).
             made: Mutex::new(Made { limit: u64::MAX, ..Made::default() }),
-            known_dir: Mutex::default(),
+            dirs: DirCache::default(),
             boot: boot_id(),
             earlier: Mutex::default(),
         })
@@ -190,95 +197,35 @@ impl Dest {
 
     /// What is at `rel` now, looking without creating or following anything.
     pub fn inspect(&self, rel: &RelPath) -> Result<Found, FsError> {
-        let path = match rel.parent() {
-            Some(parent) => {
-                let dir = self.root.join(parent.as_str());
-                if !self.is_known_dir(&dir) {
-                    let mut walked = self.root.clone();
-                    let mut shown = String::new();
-                    for comp in parent.components() {
-                        walked.push(comp);
-                        if !shown.is_empty() {
-                            shown.push('/');
-                        }
-                        shown.push_str(comp);
-                        match fs::symlink_metadata(&walked) {
-                            Ok(m) if m.is_dir() => {}
-                            Ok(m) if m.file_type().is_symlink() => {
-                                return Ok(Found::Blocked(format!("{shown} is a symbolic link")))
-                            }
-                            Ok(_) => {
-                                return Ok(Found::Blocked(format!(
-                                    "{shown} exists and is not a directory"
-                                )))
-                            }
-                            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                                return Ok(Found::Missing)
-                            }
-                            Err(e) => return Err(classify(&walked, e)),
-                        }
-                    }
-                    let flags =
-                        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-                    match rustix::fs::open(&dir, flags, Mode::empty()) {
-                        Ok(fd) => self.set_known_dir(dir.clone(), fd),
-                        Err(e) => return Err(classify(&dir, e.into())),
-                    }
-                }
-                dir.join(rel.name())
+        let dir = match walk(&self.root_dir, &self.dirs, rel.dir(), None)? {
+            Walked::Dir(dir) => dir,
+            Walked::Missing => return Ok(Found::Missing),
+            Walked::Blocked { shown, link: true } => {
+                return Ok(Found::Blocked(format!("{shown} is a symbolic link")))
             }
-            None => self.root.join(rel.name()),
+            Walked::Blocked { shown, link: false } => {
+                return Ok(Found::Blocked(format!("{shown} exists and is not a directory")))
+            }
         };
-        // Looked up from the parent's handle, where there is one: one path component instead
-        // of all of them, for every entry of a large tree.
-        let at = self.known_dir_handle(path.parent());
-        let stat = match &at {
-            Some(fd) => rustix::fs::statat(fd, rel.name(), AtFlags::SYMLINK_NOFOLLOW),
-            None => rustix::fs::statat(CWD, &path, AtFlags::SYMLINK_NOFOLLOW),
+        let path = || dir.path.join(rel.name());
+        let Some(st) = dir.stat(rel.name()).map_err(|e| classify(&path(), e))? else {
+            return Ok(Found::Missing);
         };
-        let st = match stat {
-            Ok(st) => st,
-            Err(Errno::NOENT) => return Ok(Found::Missing),
-            Err(e) => return Err(classify(&path, e.into())),
-        };
+        // `time_t` is narrower than i64 on some 32-bit targets.
+        #[allow(clippy::useless_conversion)]
+        let secs = i64::from(st.st_mtime);
         Ok(match FileType::from_raw_mode(st.st_mode) {
             FileType::Directory => Found::Dir,
             FileType::RegularFile => Found::File {
                 size: st.st_size as u64,
-                mtime: system_time(Timestamp {
-                    secs: st.st_mtime as i64,
-                    nanos: st.st_mtime_nsec as u32,
-                }),
+                mtime: system_time(Timestamp { secs, nanos: st.st_mtime_nsec as u32 }),
             },
             FileType::Symlink => {
-                let target = match &at {
-                    Some(fd) => rustix::fs::readlinkat(fd, rel.name(), Vec::new()),
-                    None => rustix::fs::readlinkat(CWD, &path, Vec::new()),
-                };
-                let target = target.map_err(|e| classify(&path, e.into()))?;
-                Found::Symlink { target: OsString::from_vec(target.into_bytes()).into() }
+                let target = dir.readlink(rel.name()).map_err(|e| classify(&path(), e))?;
+                Found::Symlink { target: OsString::from_vec(target).into() }
             }
             _ => Found::Other,
         })
-    }
-
-    fn is_known_dir(&self, dir: &Path) -> bool {
-        self.known_dir
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .as_ref()
-            .map(|(d, _)| d.as_path())
-            == Some(dir)
-    }
-
-    fn set_known_dir(&self, dir: PathBuf, fd: OwnedFd) {
-        *self.known_dir.lock().unwrap_or_else(PoisonError::into_inner) = Some((dir, Arc::new(fd)));
-    }
-
-    /// The handle of `dir`, if it is the directory last inspected into.
-    fn known_dir_handle(&self, dir: Option<&Path>) -> Option<Arc<OwnedFd>> {
-        let known = self.known_dir.lock().unwrap_or_else(PoisonError::into_inner);
-        known.as_ref().filter(|(d, _)| Some(d.as_path()) == dir).map(|(_, fd)| fd.clone())
     }
 
     /// The partial copy of the entry `rel` (of `size` bytes and `mtime`, as the sender
@@ -296,9 +243,9 @@ impl Dest {
         let Some(partial) = self.state.open(&id)? else {
             return Err(FsError::Busy { path: self.root.join(rel.as_str()) });
         };
-        let meta = partial.file.metadata().map_err(|e| classify(&partial.path, e))?;
+        let meta = partial.file.metadata().map_err(|e| classify(&partial.part.path(), e))?;
         let len = meta.len();
-        let io_err = |e| classify(&partial.path, e);
+        let io_err = |e| classify(&partial.part.path(), e);
         if len == 0 || len > size {
             return Ok(None);
         }
@@ -314,7 +261,7 @@ impl Dest {
                 held: Held::Prefix(p.state),
             }));
         }
-        let journal = match File::open(&partial.journal) {
+        let journal = match partial.journal.dir.open_file(&partial.journal.name, OFlags::RDONLY) {
             Ok(f) => f,
             Err(_) => return Ok(None),
         };
@@ -421,7 +368,7 @@ impl Dest {
         names
             .iter()
             .filter(|name| {
-                RelPath::parse(name).is_ok() && fs::symlink_metadata(self.root.join(name)).is_ok()
+                RelPath::parse(name).is_ok() && self.root_dir.stat(name).is_ok_and(|s| s.is_some())
             })
             .map(|name| (*name).to_owned())
             .collect()
@@ -429,7 +376,7 @@ impl Dest {
 
     /// Create a directory and its missing parents; fine if it already is a real directory.
     pub fn create_dir(&self, rel: &RelPath) -> Result<(), FsError> {
-        self.walk(rel, rel.components(), true).map(drop)
+        self.dir_of(rel, rel.as_str(), true).map(drop)
     }
 
     /// Apply `mode` (permission bits, setuid/setgid dropped) and `mtime`, where given, to a
@@ -440,22 +387,24 @@ impl Dest {
         mode: Option<u32>,
         mtime: Option<SystemTime>,
     ) -> Result<(), FsError> {
-        let path = self.walk(rel, rel.components(), false)?;
-        // The walk saw a real directory; make sure the handle we change is that same one and not
-        // something swapped in since.
-        let before = fs::symlink_metadata(&path).map_err(|e| classify(&path, e))?;
-        check_dir(rel, rel.as_str(), &before)?;
-        let dir = File::open(&path).map_err(|e| classify(&path, e))?;
-        let after = dir.metadata().map_err(|e| classify(&path, e))?;
-        if (after.dev(), after.ino()) != (before.dev(), before.ino()) {
-            return Err(unsafe_path(rel, "the directory was replaced while being written"));
-        }
+        let parent = self.dir_of(rel, rel.dir(), false)?;
+        let path = || parent.path.join(rel.name());
+        // Opened without following a link, as a directory: what is changed is a real
+        // directory in the real parent, whatever was swapped in since the walk.
+        let dir = match parent.open_dir(rel.name()) {
+            Ok(dir) => dir,
+            Err(e) if is_errno(&e, &[Errno::LOOP, Errno::NOTDIR]) => {
+                let link = parent.stat(rel.name()).ok().flatten().is_some_and(is_symlink);
+                return Err(blocked(rel, rel.as_str(), link));
+            }
+            Err(e) => return Err(classify(&path(), e)),
+        };
         if let Some(mode) = mode {
             dir.set_permissions(Permissions::from_mode(safe_mode(mode)))
-                .map_err(|e| classify(&path, e))?;
+                .map_err(|e| classify(&path(), e))?;
         }
         if let Some(mtime) = mtime {
-            dir.set_modified(mtime).map_err(|e| classify(&path, e))?;
+            dir.set_modified(mtime).map_err(|e| classify(&path(), e))?;
         }
         Ok(())
     }
@@ -469,31 +418,32 @@ impl Dest {
                 "the link target is empty, too long or contains a NUL byte",
             ));
         }
-        let (parent, path) = self.prepare_final(rel, overwrite)?;
-        self.unsynced(parent.clone());
+        let at = self.prepare_final(rel, overwrite)?;
+        let parent = &at.dir;
+        self.unsynced(&parent.path);
         if !overwrite {
             // symlink(2) never replaces: an entry that appeared meanwhile is reported.
-            return std::os::unix::fs::symlink(target, &path).map_err(|e| match e.kind() {
-                io::ErrorKind::AlreadyExists => FsError::Exists { path: path.clone() },
-                _ => classify(&path, e),
+            return parent.symlink(target, &at.name).map_err(|e| match e.kind() {
+                io::ErrorKind::AlreadyExists => FsError::Exists { path: at.path() },
+                _ => classify(&at.path(), e),
             });
         }
         for _ in 0..TEMP_ATTEMPTS {
-            let tmp = parent.join(temp_name(rel.name()));
-            match std::os::unix::fs::symlink(target, &tmp) {
+            let tmp = temp_name(rel.name());
+            match parent.symlink(target, &tmp) {
                 Ok(()) => {
-                    return fs::rename(&tmp, &path).map_err(|e| {
-                        if let Err(e) = fs::remove_file(&tmp) {
-                            tracing::warn!(path = %tmp.display(), error = %e, "could not remove temporary link");
+                    return parent.rename(&tmp, &at).map_err(|e| {
+                        if let Err(e) = parent.remove(&tmp) {
+                            tracing::warn!(path = %parent.path.join(&tmp).display(), error = %e, "could not remove temporary link");
                         }
-                        rename_error(rel, &path, e)
+                        rename_error(rel, &at.path(), e)
                     });
                 }
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
-                Err(e) => return Err(classify(&path, e)),
+                Err(e) => return Err(classify(&at.path(), e)),
             }
         }
-        Err(no_temp_name(&path))
+        Err(no_temp_name(&at.path()))
     }
 
     /// Start receiving a file of `size` bytes (and `mtime`, as offered): create missing
@@ -507,16 +457,16 @@ impl Dest {
         mtime: Option<Timestamp>,
         overwrite: bool,
     ) -> Result<PartFile, FsError> {
-        let (parent, path) = self.prepare_final(rel, overwrite)?;
-        self.unsynced(parent.clone());
-        if !self.same_fs(&parent) {
-            return self.create_temp(rel, parent, path, overwrite);
+        let at = self.prepare_final(rel, overwrite)?;
+        self.unsynced(&at.dir.path);
+        if at.dir.dev != self.dev {
+            return self.create_temp(rel, at, overwrite);
         }
         let id = partial_id(rel.as_str(), size, mtime);
         let Some(partial) = self.state.open(&id)? else {
-            return Err(FsError::Busy { path });
+            return Err(FsError::Busy { path: at.path() });
         };
-        self.start(rel, path, partial, size, mtime, overwrite)
+        self.start(rel, at, partial, size, mtime, overwrite)
     }
 
     /// Start receiving a file again from nothing in the partial copy that was offered for
@@ -529,9 +479,9 @@ impl Dest {
         mtime: Option<Timestamp>,
         overwrite: bool,
     ) -> Result<PartFile, FsError> {
-        let (parent, path) = self.prepare_final(rel, overwrite)?;
-        self.unsynced(parent);
-        self.start(rel, path, held.partial, size, mtime, overwrite)
+        let at = self.prepare_final(rel, overwrite)?;
+        self.unsynced(&at.dir.path);
+        self.start(rel, at, held.partial, size, mtime, overwrite)
     }
 
     /// Continue receiving a file from the partial copy `held` ([`Dest::examine`] found it):
@@ -544,11 +494,11 @@ impl Dest {
         mtime: Option<Timestamp>,
         overwrite: bool,
     ) -> Result<PartFile, FsError> {
-        let (parent, path) = self.prepare_final(rel, overwrite)?;
-        self.unsynced(parent);
+        let at = self.prepare_final(rel, overwrite)?;
+        self.unsynced(&at.dir.path);
         let Resumable { partial, offset, .. } = held;
-        let Partial { mut file, path: tmp, journal } = partial;
-        let err = |e| classify(&tmp, e);
+        let Partial { mut file, part, journal, .. } = partial;
+        let err = |e| classify(&part.path(), e);
         if offset < size {
             file.set_len(offset).map_err(err)?;
         }
@@ -556,8 +506,8 @@ impl Dest {
         let writer = if size > SMALL && offset < size {
             // A fresh journal with the CVs of the groups kept, then on as usual.
             let meta = file.metadata().map_err(err)?;
-            let old = File::open(&journal).map_err(err)?;
-            let next = journal.with_extension("journal.new");
+            let old = journal.dir.open_file(&journal.name, OFlags::RDONLY).map_err(err)?;
+            let next = At::new(&journal.dir, format!("{}.new", journal.name));
             let header = header_for(self.boot, rel, size, mtime, &meta);
             let out = new_journal(&next).map_err(err)?;
             let mut w = JournalWriter::create(out, &header, [], Mark::default()).map_err(err)?;
@@ -579,7 +529,7 @@ impl Dest {
             }
             if taken < groups {
                 return Err(FsError::Io {
-                    path: journal,
+                    path: journal.path(),
                     source: io::Error::other("the journal changed while resuming"),
                 });
             }
@@ -591,21 +541,21 @@ impl Dest {
                 done: None,
             })
             .map_err(err)?;
-            fs::rename(&next, &journal).map_err(err)?;
+            next.dir.rename(&next.name, &journal).map_err(err)?;
             Some(w)
         } else {
             None
         };
         let names = Names {
-            tmp,
-            path,
+            tmp: part,
+            at,
             rel: rel.clone(),
             overwrite,
             tmp_exists: true,
             keep: true,
             journal: (size > SMALL).then_some(journal),
         };
-        tracing::debug!(path = %names.path.display(), offset, "resuming file");
+        tracing::debug!(path = %names.at.path().display(), offset, "resuming file");
         Ok(PartFile::new(file, names, offset, writer))
     }
 
@@ -613,54 +563,51 @@ impl Dest {
     fn start(
         &self,
         rel: &RelPath,
-        path: PathBuf,
+        at: At,
         partial: Partial,
         size: u64,
         mtime: Option<Timestamp>,
         overwrite: bool,
     ) -> Result<PartFile, FsError> {
-        let Partial { file, path: tmp, journal } = partial;
-        let err = |e| classify(&tmp, e);
-        file.set_len(0).map_err(err)?;
+        let Partial { file, len, part, journal } = partial;
+        let err = |e| classify(&part.path(), e);
+        if len > 0 {
+            file.set_len(0).map_err(err)?;
+        }
+        // A small file's id never has a journal (the id holds the size).
         let writer = if size > SMALL {
             let meta = file.metadata().map_err(err)?;
             let out = new_journal(&journal).map_err(err)?;
             let header = header_for(self.boot, rel, size, mtime, &meta);
             Some(JournalWriter::create(out, &header, [], Mark::default()).map_err(err)?)
         } else {
-            let _ = fs::remove_file(&journal);
             None
         };
         let names = Names {
-            tmp,
-            path,
+            tmp: part,
+            at,
             rel: rel.clone(),
             overwrite,
             tmp_exists: true,
             keep: true,
             journal: writer.is_some().then_some(journal),
         };
-        tracing::debug!(path = %names.path.display(), tmp = %names.tmp.display(), "receiving file");
+        tracing::debug!(path = %names.at.path().display(), tmp = %names.tmp.path().display(), "receiving file");
         Ok(PartFile::new(file, names, 0, writer))
     }
 
     /// A temporary file beside the final name, removed unless committed (not resumable).
-    fn create_temp(
-        &self,
-        rel: &RelPath,
-        parent: PathBuf,
-        path: PathBuf,
-        overwrite: bool,
-    ) -> Result<PartFile, FsError> {
+    fn create_temp(&self, rel: &RelPath, at: At, overwrite: bool) -> Result<PartFile, FsError> {
+        let parent = at.dir.clone();
         for _ in 0..TEMP_ATTEMPTS {
-            let tmp = parent.join(temp_name(rel.name()));
-            let opened = OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp);
-            match opened {
+            let tmp = temp_name(rel.name());
+            match parent.open_file(&tmp, OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL) {
                 Ok(file) => {
-                    tracing::debug!(path = %path.display(), tmp = %tmp.display(), "receiving file (not resumable: another file system)");
+                    let tmp = At::new(&parent, tmp);
+                    tracing::debug!(path = %at.path().display(), tmp = %tmp.path().display(), "receiving file (not resumable: another file system)");
                     let names = Names {
                         tmp,
-                        path,
+                        at,
                         rel: rel.clone(),
                         overwrite,
                         tmp_exists: true,
@@ -670,17 +617,11 @@ impl Dest {
                     return Ok(PartFile::new(file, names, 0, None));
                 }
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
-                Err(e) => return Err(classify(&path, e)),
+                Err(e) => return Err(classify(&at.path(), e)),
             }
         }
-        Err(no_temp_name(&path))
+        Err(no_temp_name(&at.path()))
     }
-
-    /// Whether `dir` is on the destination's file system (where the state directory is).
-    fn same_fs(&self, dir: &Path) -> bool {
-        fs::metadata(dir).is_ok_and(|m| m.dev() == self.dev)
-    }
-
     /// A receiving lane's handle for making its batches of files durable; open it when the
     /// lane starts, so that write-back errors from then on are reported to it.
     pub fn syncer(&self) -> Syncer {
@@ -725,44 +666,45 @@ impl Dest {
         }
     }
 
-    /// Creates the directory `path` (`rel` below the root), counted against the offer: a
-    /// file's parents are created as needed (it may arrive before their entries), but never
-    /// more of them than the offer declared. `Some` with what is there if something already
-    /// was (another lane made it first). Lanes create directories one at a time, and a
-    /// directory is noted as p2p-copy's (here and in the log, so that a resumed transfer still
-    /// gives it the sender's metadata) before anyone else can see it: none is counted twice,
-    /// and none is taken for the user's own.
-    fn create_counted(&self, path: &Path, rel: &str) -> Result<Option<fs::Metadata>, FsError> {
+    /// Creates the directory `name` in `parent` (`shown` below the root), counted against
+    /// the offer: a file's parents are created as needed (it may arrive before their
+    /// entries), but never more of them than the offer declared. Fine if something is there
+    /// already (another lane made it first: the walk then opens whatever it is). Lanes create
+    /// directories one at a time, and a directory is noted as p2p-copy's (here and in the
+    /// log, so that a resumed transfer still gives it the sender's metadata) before anyone
+    /// else can see it: none is counted twice, and none is taken for the user's own.
+    fn create_counted(&self, parent: &Dir, name: &str, shown: &str) -> Result<(), FsError> {
+        let path = || parent.path.join(name);
         let mut made = self.made.lock().unwrap_or_else(PoisonError::into_inner);
-        match fs::symlink_metadata(path) {
-            Ok(meta) => return Ok(Some(meta)),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(classify(path, e)),
+        if parent.stat(name).map_err(|e| classify(&path(), e))?.is_some() {
+            return Ok(());
         }
         if made.created >= made.limit {
             return Err(FsError::TooManyDirs { limit: made.limit });
         }
-        match fs::create_dir(path) {
+        match parent.mkdir(name) {
             Ok(()) => {
                 made.created += 1;
-                if made.dirs.insert(rel.to_owned()) {
+                if made.dirs.insert(shown.to_owned()) {
                     if let Some(log) = &made.log {
-                        self.state.log_dir(log, rel)?;
+                        self.state.log_dir(log, shown)?;
                     }
                 }
-                Ok(None)
+                drop(made);
+                self.unsynced(&parent.path);
+                Ok(())
             }
-            // Made by someone else after all.
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                fs::symlink_metadata(path).map(Some).map_err(|e| classify(path, e))
-            }
-            Err(e) => Err(classify(path, e)),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+            Err(e) => Err(classify(&path(), e)),
         }
     }
 
     /// Notes that `dir` got a new entry, to be made durable by [`Dest::sync_dirs`].
-    fn unsynced(&self, dir: PathBuf) {
-        self.unsynced.lock().unwrap_or_else(PoisonError::into_inner).insert(dir);
+    fn unsynced(&self, dir: &Path) {
+        let mut unsynced = self.unsynced.lock().unwrap_or_else(PoisonError::into_inner);
+        if !unsynced.contains(dir) {
+            unsynced.insert(dir.to_path_buf());
+        }
     }
 
     /// Makes the names of the entries created so far durable: fsyncs every directory that
@@ -778,58 +720,35 @@ impl Dest {
     }
 
     /// Create the parents of `rel` and check its final name: it may exist only with `overwrite`,
-    /// and never as a directory. Returns the parent directory and the final path.
-    fn prepare_final(&self, rel: &RelPath, overwrite: bool) -> Result<(PathBuf, PathBuf), FsError> {
-        let parent = match rel.parent() {
-            Some(parent) => self.walk(rel, parent.components(), true)?,
-            None => self.root.clone(),
-        };
-        let path = parent.join(rel.name());
-        match fs::symlink_metadata(&path) {
-            Ok(_) if !overwrite => Err(FsError::Exists { path }),
-            Ok(meta) if meta.is_dir() => Err(replaces_dir(rel)),
-            Ok(_) => Ok((parent, path)),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok((parent, path)),
-            Err(e) => Err(classify(&path, e)),
+    /// and never as a directory. Returns the final name in its (open) parent.
+    fn prepare_final(&self, rel: &RelPath, overwrite: bool) -> Result<At, FsError> {
+        let parent = self.dir_of(rel, rel.dir(), true)?;
+        let at = At::new(&parent, rel.name());
+        match parent.stat(rel.name()) {
+            Ok(Some(_)) if !overwrite => Err(FsError::Exists { path: at.path() }),
+            Ok(Some(st)) if FileType::from_raw_mode(st.st_mode) == FileType::Directory => {
+                Err(replaces_dir(rel))
+            }
+            Ok(_) => Ok(at),
+            Err(e) => Err(classify(&at.path(), e)),
         }
     }
 
-    /// Walk `comps` (a prefix of `rel`) from the root one component at a time. Each must be a
-    /// real directory, not a symlink; missing ones are created when `create`. Returns the path
-    /// of the last one.
-    fn walk<'a>(
-        &self,
-        rel: &RelPath,
-        comps: impl Iterator<Item = &'a str>,
-        create: bool,
-    ) -> Result<PathBuf, FsError> {
-        let mut path = self.root.clone();
-        let mut shown = String::new();
-        for comp in comps {
-            path.push(comp);
-            if !shown.is_empty() {
-                shown.push('/');
-            }
-            shown.push_str(comp);
-            let meta = match fs::symlink_metadata(&path) {
-                Ok(meta) => meta,
-                Err(e) if e.kind() == io::ErrorKind::NotFound && create => {
-                    match self.create_counted(&path, &shown)? {
-                        None => {
-                            if let Some(parent) = path.parent() {
-                                self.unsynced(parent.to_path_buf());
-                            }
-                            continue;
-                        }
-                        // Another lane made it first: look at whatever is there now.
-                        Some(meta) => meta,
-                    }
-                }
-                Err(e) => return Err(classify(&path, e)),
-            };
-            check_dir(rel, &shown, &meta)?;
+    /// The directory `to` (a prefix of `rel`, `""` for the root), open: walked from the root
+    /// one component at a time, each a real directory, never a link; missing ones are created
+    /// when `create` (counted against the offer).
+    fn dir_of(&self, rel: &RelPath, to: &str, create: bool) -> Result<Arc<Dir>, FsError> {
+        let mkdir =
+            |parent: &Dir, name: &str, shown: &str| self.create_counted(parent, name, shown);
+        let mkdir: Option<MakeDir<'_>> = if create { Some(&mkdir) } else { None };
+        match walk(&self.root_dir, &self.dirs, to, mkdir)? {
+            Walked::Dir(dir) => Ok(dir),
+            Walked::Missing => Err(classify(
+                &self.root.join(to),
+                io::Error::new(io::ErrorKind::NotFound, "no such directory"),
+            )),
+            Walked::Blocked { shown, link } => Err(blocked(rel, &shown, link)),
         }
-        Ok(path)
     }
 }
 
@@ -845,15 +764,8 @@ fn header_for(
 }
 
 /// A journal file, emptied, mode 0o600, never through a symlink.
-fn new_journal(path: &Path) -> io::Result<File> {
-    OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
-        .open(path)
+fn new_journal(at: &At) -> io::Result<File> {
+    at.dir.open_file(&at.name, OFlags::RDWR | OFlags::CREATE | OFlags::TRUNC)
 }
 
 /// Permission bits to apply: `mode & 0o7777` without setuid and setgid.
@@ -872,22 +784,28 @@ fn temp_name(name: &str) -> String {
     format!(".{}{TEMP_MARKER}{:016x}{TEMP_SUFFIX}", &name[..keep], rand::random::<u64>())
 }
 
-/// Refuse anything but a real directory at `shown` (a prefix of `rel`).
-fn check_dir(rel: &RelPath, shown: &str, meta: &fs::Metadata) -> Result<(), FsError> {
-    let ft = meta.file_type();
-    if ft.is_dir() {
-        Ok(())
-    } else if ft.is_symlink() {
-        Err(unsafe_path(
+/// The error for `shown` (a prefix of `rel`) that is not a real directory: a link (`link`)
+/// or anything else.
+fn blocked(rel: &RelPath, shown: &str, link: bool) -> FsError {
+    if link {
+        unsafe_path(
             rel,
             &format!(
                 "{shown} is a symbolic link, and p2p-copy never writes through links \
                  in the destination"
             ),
-        ))
+        )
     } else {
-        Err(unsafe_path(rel, &format!("{shown} exists and is not a directory")))
+        unsafe_path(rel, &format!("{shown} exists and is not a directory"))
     }
+}
+
+fn is_symlink(st: rustix::fs::Stat) -> bool {
+    FileType::from_raw_mode(st.st_mode) == FileType::Symlink
+}
+
+fn is_errno(e: &io::Error, which: &[Errno]) -> bool {
+    which.iter().any(|n| e.raw_os_error() == Some(n.raw_os_error()))
 }
 
 pub(super) fn unsafe_path(rel: &RelPath, reason: &str) -> FsError {

@@ -7,12 +7,14 @@
 //! would not be atomic), it is a hidden temporary file beside the final name instead, removed
 //! when dropped.
 
-use std::fs::{self, File, Permissions};
+use std::fs::{File, Permissions};
 use std::io::{self, Write};
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::path::PathBuf;
+use std::os::unix::fs::PermissionsExt;
 use std::time::SystemTime;
 
+use rustix::fs::{FileType, OFlags};
+
+use super::at::At;
 use super::dest::{rename_error, replaces_dir, safe_mode};
 use super::error::{classify, FsError};
 use super::journal::{JournalWriter, Mark};
@@ -40,15 +42,17 @@ pub struct Finished {
     mode: u32,
     /// The device it is on.
     dev: u64,
+    /// Whether it is durable and has its mode already (a temporary file).
+    ready: bool,
 }
 
-/// Where a received file is and where it goes.
+/// Where a received file is and where it goes, as names in open directories.
 #[derive(Debug)]
 pub(super) struct Names {
     /// The partial file.
-    pub tmp: PathBuf,
+    pub tmp: At,
     /// The final name.
-    pub path: PathBuf,
+    pub at: At,
     pub rel: RelPath,
     pub overwrite: bool,
     /// Whether `tmp` still exists.
@@ -57,7 +61,7 @@ pub(super) struct Names {
     /// temporary file).
     pub keep: bool,
     /// The journal beside `tmp`, removed once the file is in place.
-    pub journal: Option<PathBuf>,
+    pub journal: Option<At>,
 }
 
 impl PartFile {
@@ -74,9 +78,9 @@ impl PartFile {
     pub fn write_all(&mut self, data: &[u8]) -> Result<(), FsError> {
         if let Some(journal) = self.journal.as_mut() {
             let end = self.written + data.len() as u64;
-            journal.intend(end).map_err(|e| classify(&self.names.tmp, e))?;
+            journal.intend(end).map_err(|e| classify(&self.names.tmp.path(), e))?;
         }
-        self.file.write_all(data).map_err(|e| classify(&self.names.path, e))?;
+        self.file.write_all(data).map_err(|e| classify(&self.names.at.path(), e))?;
         self.written += data.len() as u64;
         Ok(())
     }
@@ -86,11 +90,12 @@ impl PartFile {
     /// claims it.
     pub fn record(&mut self, cvs: &[ChainingValue]) -> Result<(), FsError> {
         let Some(journal) = self.journal.as_mut() else { return Ok(()) };
-        let meta = self.file.metadata().map_err(|e| classify(&self.names.tmp, e))?;
-        journal.append(cvs).map_err(|e| classify(&self.names.tmp, e))?;
+        let err = |e| classify(&self.names.tmp.path(), e);
+        let meta = self.file.metadata().map_err(err)?;
+        journal.append(cvs).map_err(err)?;
         let (len, cvs) = (self.written, journal.cvs());
         let mark = Mark { len, ctime: ctime(&meta), cvs, pending: len, done: None };
-        journal.mark(mark).map_err(|e| classify(&self.names.tmp, e))
+        journal.mark(mark).map_err(err)
     }
 
     /// Bytes of the file held so far (a resumed file's prefix included).
@@ -125,12 +130,14 @@ impl PartFile {
         mtime: Option<SystemTime>,
         root: [u8; 32],
     ) -> Result<Finished, FsError> {
-        let path = self.names.path.clone();
         if let Some(mtime) = mtime {
-            self.file.set_modified(mtime).map_err(|e| classify(&path, e))?;
+            self.file.set_modified(mtime).map_err(|e| classify(&self.names.at.path(), e))?;
         }
-        let meta = self.file.metadata().map_err(|e| classify(&path, e))?;
+        // A file is on its directory's device.
+        let dev = self.names.tmp.dir.dev;
         if let Some(journal) = self.journal.as_mut() {
+            let err = |e| classify(&self.names.tmp.path(), e);
+            let meta = self.file.metadata().map_err(err)?;
             let mark = Mark {
                 len: self.written,
                 ctime: ctime(&meta),
@@ -138,9 +145,18 @@ impl PartFile {
                 pending: self.written,
                 done: Some(root),
             };
-            journal.mark(mark).map_err(|e| classify(&self.names.tmp, e))?;
+            journal.mark(mark).map_err(err)?;
         }
-        Ok(Finished { names: self.names, mode: safe_mode(mode), dev: meta.dev() })
+        let mode = safe_mode(mode);
+        if !self.names.keep {
+            // A temporary file beside its final name, in a directory others may write to: it
+            // gets its mode and goes to disk through the handle it was written with, never by
+            // name (it is on another file system than the batch, so synced alone anyway).
+            let err = |e| classify(&self.names.at.path(), e);
+            self.file.set_permissions(Permissions::from_mode(mode)).map_err(err)?;
+            self.file.sync_all().map_err(err)?;
+        }
+        Ok(Finished { ready: !self.names.keep, names: self.names, mode, dev })
     }
 
     /// Discard the file: remove the partial file (and its journal), reporting any error.
@@ -162,23 +178,32 @@ impl Finished {
 
     /// fsyncs the file (opened again: it was closed; it is still 0o600 and ours).
     pub(super) fn sync(&self) -> Result<(), FsError> {
-        File::open(&self.names.tmp)
+        if self.ready {
+            return Ok(());
+        }
+        let tmp = &self.names.tmp;
+        tmp.dir
+            .open_file(&tmp.name, OFlags::RDONLY)
             .and_then(|f| f.sync_all())
-            .map_err(|e| classify(&self.names.path, e))
+            .map_err(|e| classify(&self.names.at.path(), e))
     }
 
     /// Gives the file its mode and moves it into place; the caller made its data durable
     /// first (the mode and the name become durable with the directory: `Dest::sync_dirs`).
     pub(super) fn install(mut self) -> Result<(), FsError> {
-        fs::set_permissions(&self.names.tmp, Permissions::from_mode(self.mode))
-            .map_err(|e| classify(&self.names.path, e))?;
+        let tmp = &self.names.tmp;
+        if !self.ready {
+            // In the state directory, which only we can write to.
+            let err = |e| classify(&self.names.at.path(), e);
+            tmp.dir.chmod(&tmp.name, self.mode).map_err(err)?;
+        }
         self.names.install()?;
         if let Some(journal) = &self.names.journal {
-            if let Err(e) = fs::remove_file(journal) {
-                tracing::warn!(path = %journal.display(), error = %e, "could not remove a journal");
+            if let Err(e) = journal.dir.remove(&journal.name) {
+                tracing::warn!(path = %journal.path().display(), error = %e, "could not remove a journal");
             }
         }
-        tracing::debug!(path = %self.names.path.display(), "file committed");
+        tracing::debug!(path = %self.names.at.path().display(), "file committed");
         Ok(())
     }
 
@@ -191,63 +216,76 @@ impl Finished {
 impl Names {
     /// Move the partial file onto the final name.
     fn install(&mut self) -> Result<(), FsError> {
+        let exists = |at: &At| FsError::Exists { path: at.path() };
         if self.overwrite {
             // rename(2) replaces a file or a symlink itself (never what a link points to) and
             // fails with EISDIR on a directory; checking first gives the clearer error.
-            if fs::symlink_metadata(&self.path).is_ok_and(|m| m.is_dir()) {
+            let found = self.at.dir.stat(&self.at.name).ok().flatten();
+            if found.is_some_and(|st| FileType::from_raw_mode(st.st_mode) == FileType::Directory) {
                 return Err(replaces_dir(&self.rel));
             }
             return self.rename();
         }
-        // link(2) fails atomically if the final name exists, which rename(2) cannot do.
-        match fs::hard_link(&self.tmp, &self.path) {
+        // Atomically only if the final name is free: renameat2(RENAME_NOREPLACE), or else
+        // link(2), which fails if the name exists, then removing the partial name.
+        match self.tmp.dir.rename_new(&self.tmp.name, &self.at) {
             Ok(()) => {
-                match fs::remove_file(&self.tmp) {
+                self.tmp_exists = false;
+                return Ok(());
+            }
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Err(exists(&self.at)),
+            Err(e) if e.kind() == io::ErrorKind::Unsupported => {}
+            Err(e) => return Err(rename_error(&self.rel, &self.at.path(), e)),
+        }
+        match self.tmp.dir.link(&self.tmp.name, &self.at) {
+            Ok(()) => {
+                match self.tmp.dir.remove(&self.tmp.name) {
                     Ok(()) => self.tmp_exists = false,
                     // The file is in place; Drop tries again to remove the extra name.
                     Err(e) => {
                         self.keep = false;
-                        tracing::warn!(path = %self.tmp.display(), error = %e, "could not remove the partial file")
+                        tracing::warn!(path = %self.tmp.path().display(), error = %e, "could not remove the partial file")
                     }
                 }
                 Ok(())
             }
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                Err(FsError::Exists { path: self.path.clone() })
-            }
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Err(exists(&self.at)),
             Err(e)
                 if matches!(
                     e.kind(),
                     io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded
                 ) =>
             {
-                Err(classify(&self.path, e))
+                Err(classify(&self.at.path(), e))
             }
             // No hard links on this file system (FAT, some network and FUSE file systems):
             // check, then rename. Only another local process could race us here.
-            Err(_) => match fs::symlink_metadata(&self.path) {
-                Ok(_) => Err(FsError::Exists { path: self.path.clone() }),
-                Err(e) if e.kind() == io::ErrorKind::NotFound => self.rename(),
-                Err(e) => Err(classify(&self.path, e)),
+            Err(_) => match self.at.dir.stat(&self.at.name) {
+                Ok(Some(_)) => Err(exists(&self.at)),
+                Ok(None) => self.rename(),
+                Err(e) => Err(classify(&self.at.path(), e)),
             },
         }
     }
 
     fn rename(&mut self) -> Result<(), FsError> {
-        fs::rename(&self.tmp, &self.path).map_err(|e| rename_error(&self.rel, &self.path, e))?;
+        self.tmp
+            .dir
+            .rename(&self.tmp.name, &self.at)
+            .map_err(|e| rename_error(&self.rel, &self.at.path(), e))?;
         self.tmp_exists = false;
         Ok(())
     }
 
     fn discard(&mut self) -> Result<(), FsError> {
         if let Some(journal) = &self.journal {
-            let _ = fs::remove_file(journal);
+            let _ = journal.dir.remove(&journal.name);
         }
         self.tmp_exists = false;
-        match fs::remove_file(&self.tmp) {
+        match self.tmp.dir.remove(&self.tmp.name) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(classify(&self.tmp, e)),
+            Err(e) => Err(classify(&self.tmp.path(), e)),
         }
     }
 }
@@ -255,8 +293,8 @@ impl Names {
 impl Drop for Names {
     fn drop(&mut self) {
         if self.tmp_exists && !self.keep {
-            if let Err(e) = fs::remove_file(&self.tmp) {
-                tracing::warn!(path = %self.tmp.display(), error = %e, "could not remove temporary file");
+            if let Err(e) = self.tmp.dir.remove(&self.tmp.name) {
+                tracing::warn!(path = %self.tmp.path().display(), error = %e, "could not remove temporary file");
             }
         }
     }

@@ -96,6 +96,11 @@ impl RelPath {
         self.0.rsplit('/').next().unwrap_or(&self.0)
     }
 
+    /// The path of the directory it is in: empty for a top-level name.
+    pub fn dir(&self) -> &str {
+        self.0.rsplit_once('/').map_or("", |(parent, _)| parent)
+    }
+
     /// The path without its last component, or `None` for a top-level name.
     pub fn parent(&self) -> Option<RelPath> {
         // Every prefix of a valid path at a '/' is itself valid.

@@ -23,12 +23,17 @@
 //! sender by digest before a byte of it is kept (see `docs/security.md`).
 
 use std::collections::HashSet;
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
+use rustix::fs::OFlags;
+use rustix::io::Errno;
+
+use super::at::{open_own_dir, At, Dir};
 use super::error::{classify, FsError};
 use crate::wire::data::Timestamp;
 
@@ -103,23 +108,27 @@ pub fn boot_id() -> [u8; 16] {
 #[derive(Debug)]
 pub struct StateDir {
     path: PathBuf,
+    /// The directory, open, once it was made and checked.
+    dir: Mutex<Option<Arc<Dir>>>,
 }
 
 /// A partial file, opened and locked for this transfer.
 #[derive(Debug)]
-pub struct Partial {
+pub(super) struct Partial {
     /// Read and write, positioned at the start.
     pub file: File,
-    /// Its path.
-    pub path: PathBuf,
-    /// Its journal's path (used for files over [`SMALL`]).
-    pub journal: PathBuf,
+    /// Its length when opened.
+    pub len: u64,
+    /// Its name in the state directory.
+    pub part: At,
+    /// Its journal's (used for files over [`SMALL`]).
+    pub journal: At,
 }
 
 impl StateDir {
     /// The state directory of the destination `root` (not created yet).
     pub fn new(root: &Path) -> StateDir {
-        StateDir { path: root.join(STATE_DIR) }
+        StateDir { path: root.join(STATE_DIR), dir: Mutex::default() }
     }
 
     /// Its path.
@@ -132,35 +141,49 @@ impl StateDir {
         fs::symlink_metadata(&self.path).is_ok_and(|m| m.is_dir())
     }
 
-    /// Creates it if needed, and checks that it is a real directory of ours, mode 0700.
-    fn ensure(&self) -> Result<(), FsError> {
-        match fs::symlink_metadata(&self.path) {
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                let mut b = fs::DirBuilder::new();
-                std::os::unix::fs::DirBuilderExt::mode(&mut b, 0o700);
-                match b.create(&self.path) {
-                    Ok(()) => {}
-                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-                    Err(e) => return Err(classify(&self.path, e)),
-                }
+    /// Creates it if needed, checks that it is a real directory of ours, mode 0700, and
+    /// keeps it open: partial files are made in the directory checked, whatever happens to
+    /// its name.
+    fn ensure(&self) -> Result<Arc<Dir>, FsError> {
+        let mut held = self.dir.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(dir) = &*held {
+            return Ok(dir.clone());
+        }
+        let mut b = fs::DirBuilder::new();
+        std::os::unix::fs::DirBuilderExt::mode(&mut b, 0o700);
+        match b.create(&self.path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(classify(&self.path, e)),
+        }
+        let not_ours = || FsError::Io {
+            path: self.path.clone(),
+            source: io::Error::other(
+                "this is not a directory of p2p-copy's owned by you; move it away",
+            ),
+        };
+        let (dir, st) = match open_own_dir(&self.path) {
+            Ok(opened) => opened,
+            // A link or something else than a directory under our name.
+            Err(e)
+                if [Errno::LOOP, Errno::NOTDIR]
+                    .iter()
+                    .any(|n| e.raw_os_error() == Some(n.raw_os_error())) =>
+            {
+                return Err(not_ours())
             }
             Err(e) => return Err(classify(&self.path, e)),
-            Ok(_) => {}
+        };
+        if st.st_uid != rustix::process::geteuid().as_raw() {
+            return Err(not_ours());
         }
-        let meta = fs::symlink_metadata(&self.path).map_err(|e| classify(&self.path, e))?;
-        if !meta.is_dir() || meta.uid() != rustix::process::geteuid().as_raw() {
-            return Err(FsError::Io {
-                path: self.path.clone(),
-                source: io::Error::other(
-                    "this is not a directory of p2p-copy's owned by you; move it away",
-                ),
-            });
+        if st.st_mode & 0o077 != 0 {
+            rustix::fs::fchmod(&dir, rustix::fs::Mode::from_raw_mode(0o700))
+                .map_err(|e| classify(&self.path, e.into()))?;
         }
-        if meta.permissions().mode() & 0o077 != 0 {
-            fs::set_permissions(&self.path, fs::Permissions::from_mode(0o700))
-                .map_err(|e| classify(&self.path, e))?;
-        }
-        Ok(())
+        let dir = Arc::new(dir);
+        *held = Some(dir.clone());
+        Ok(dir)
     }
 
     /// The ids of the partial files here (none if the directory does not exist).
@@ -177,38 +200,33 @@ impl StateDir {
     /// Opens (creating) the partial file `id` for reading and writing, locked for this
     /// transfer. `Ok(None)` if another transfer holds it. A file that is not ours (not a
     /// regular file owned by us with one link) is replaced by a new one.
-    pub fn open(&self, id: &str) -> Result<Option<Partial>, FsError> {
-        self.ensure()?;
-        let path = self.path.join(format!("{id}{PART}"));
-        let journal = self.path.join(format!("{id}{JOURNAL}"));
+    pub(super) fn open(&self, id: &str) -> Result<Option<Partial>, FsError> {
+        let dir = self.ensure()?;
+        let part = At::new(&dir, format!("{id}{PART}"));
+        let journal = At::new(&dir, format!("{id}{JOURNAL}"));
         for _ in 0..2 {
-            let file = OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create(true)
-                .mode(0o600)
-                .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
-                .open(&path)
-                .map_err(|e| classify(&path, e))?;
+            let file = dir
+                .open_file(&part.name, OFlags::RDWR | OFlags::CREATE)
+                .map_err(|e| classify(&part.path(), e))?;
             match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
                 Ok(()) => {}
                 Err(rustix::io::Errno::WOULDBLOCK) => return Ok(None),
-                Err(e) => return Err(classify(&path, e.into())),
+                Err(e) => return Err(classify(&part.path(), e.into())),
             }
-            let meta = file.metadata().map_err(|e| classify(&path, e))?;
+            let meta = file.metadata().map_err(|e| classify(&part.path(), e))?;
             let ours = meta.is_file()
                 && meta.uid() == rustix::process::geteuid().as_raw()
                 && meta.nlink() == 1
                 && meta.permissions().mode() & 0o077 == 0;
             if ours {
-                return Ok(Some(Partial { file, path, journal }));
+                return Ok(Some(Partial { file, len: meta.len(), part, journal }));
             }
-            tracing::warn!(path = %path.display(), "replacing a partial file that is not ours");
-            fs::remove_file(&path).map_err(|e| classify(&path, e))?;
-            let _ = fs::remove_file(&journal);
+            tracing::warn!(path = %part.path().display(), "replacing a partial file that is not ours");
+            dir.remove(&part.name).map_err(|e| classify(&part.path(), e))?;
+            let _ = dir.remove(&journal.name);
         }
         Err(FsError::Io {
-            path,
+            path: part.path(),
             source: io::Error::other("cannot make a partial file of our own here"),
         })
     }
@@ -234,34 +252,31 @@ impl StateDir {
         }
     }
 
-    /// The log of directories made for `names`: those listed so far, and the file to append
-    /// to (created when the first directory is made).
-    pub fn dirs_log(&self, names: &[String]) -> (HashSet<String>, PathBuf) {
-        let path = self.path.join(format!("{DIRS}{}", names_id(names)));
-        let listed = fs::read_to_string(&path)
+    /// The log of directories made for `names`: those listed so far, and its name (the file
+    /// is created when the first directory is made).
+    pub fn dirs_log(&self, names: &[String]) -> (HashSet<String>, String) {
+        let name = format!("{DIRS}{}", names_id(names));
+        let listed = fs::read_to_string(self.path.join(&name))
             .map(|text| text.lines().map(str::to_owned).collect())
             .unwrap_or_default();
-        (listed, path)
+        (listed, name)
     }
 
-    /// Appends a line to the directory log at `log` (creating the state directory and the log
+    /// Appends a line to the directory log `log` (creating the state directory and the log
     /// as needed).
-    pub fn log_dir(&self, log: &Path, rel: &str) -> Result<(), FsError> {
+    pub fn log_dir(&self, log: &str, rel: &str) -> Result<(), FsError> {
         use std::io::Write;
-        self.ensure()?;
-        let mut f = OpenOptions::new()
-            .append(true)
-            .create(true)
-            .mode(0o600)
-            .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
-            .open(log)
-            .map_err(|e| classify(log, e))?;
-        f.write_all(format!("{rel}\n").as_bytes()).map_err(|e| classify(log, e))
+        let dir = self.ensure()?;
+        let path = || self.path.join(log);
+        let mut f = dir
+            .open_file(log, OFlags::WRONLY | OFlags::APPEND | OFlags::CREATE)
+            .map_err(|e| classify(&path(), e))?;
+        f.write_all(format!("{rel}\n").as_bytes()).map_err(|e| classify(&path(), e))
     }
 
     /// Removes a directory log.
-    pub fn drop_log(&self, log: &Path) {
-        let _ = fs::remove_file(log);
+    pub fn drop_log(&self, log: &str) {
+        let _ = fs::remove_file(self.path.join(log));
     }
 
     /// What is kept here: (partial files, their bytes).

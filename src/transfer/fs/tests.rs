@@ -221,6 +221,43 @@ fn a_parent_symlink_out_of_the_destination_is_refused() {
     assert_eq!(mode_of(&f.outside), outside_mode);
 }
 
+/// A local process that swaps a checked parent for a link while a file is being received
+/// (rule 2 against races): the file still lands in the directory that was checked, wherever
+/// it went, and nothing reaches the link's target.
+#[test]
+fn a_parent_swapped_for_a_link_mid_file_cannot_redirect_it() {
+    let f = fixture();
+    let root = f.dest.root().to_path_buf();
+    let mut part = f.dest.create_file(&rel("d/f.txt"), 5, None, false).unwrap();
+    part.write_all(b"hello").unwrap();
+    fs::rename(root.join("d"), root.join("moved")).unwrap();
+    symlink(&f.outside, root.join("d")).unwrap();
+    part.commit(0o644, None, [0; 32]).unwrap();
+    assert_eq!(fs::read(root.join("moved/f.txt")).unwrap(), b"hello");
+    // What follows in that directory goes where the handle is, never through the link.
+    write_file(&f.dest, "d/g.txt", b"more", false).unwrap();
+    f.dest.symlink(&rel("d/l"), "target", false).unwrap();
+    f.dest.create_dir(&rel("d/sub")).unwrap();
+    f.dest.finish_dir(&rel("d/sub"), Some(0o700), None).unwrap();
+    assert!(list(&f.outside).is_empty(), "{:?}", list(&f.outside));
+    assert_eq!(list(&root.join("moved")), ["f.txt", "g.txt", "l", "sub"]);
+}
+
+/// The same swap with no handle kept (a fresh destination): the walk refuses the link.
+#[test]
+fn a_parent_swapped_for_a_link_before_the_walk_is_refused() {
+    let f = fixture();
+    let root = f.dest.root().to_path_buf();
+    f.dest.create_dir(&rel("d")).unwrap();
+    fs::rename(root.join("d"), root.join("moved")).unwrap();
+    symlink(&f.outside, root.join("d")).unwrap();
+    let fresh = Dest::open(&root).unwrap();
+    let err = fresh.create_file(&rel("d/f.txt"), 0, None, true).unwrap_err();
+    assert!(matches!(err, FsError::Unsafe { .. }), "{err:?}");
+    assert!(fresh.finish_dir(&rel("d"), Some(0o777), None).is_err());
+    assert!(list(&f.outside).is_empty());
+}
+
 #[test]
 fn a_parent_symlink_inside_the_destination_is_refused_too() {
     let f = fixture();

@@ -1,6 +1,6 @@
 //! The receiving half of the data lanes (see the parent module).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -8,7 +8,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
 use super::super::control::read_error;
-use super::super::fs::{Dest, Finished, PartFile, RelPath, Resumable, Syncer};
+use super::super::fs::{Dest, Finished, Found, PartFile, RelPath, Resumable, Syncer};
 use super::super::survey::{admit, Survey};
 use super::super::walk;
 use super::super::{Progress, TransferError};
@@ -28,7 +28,7 @@ pub const MODE_MASK: u32 = !0o022;
 const MIN_FRAME_CAP: usize = 16 << 10;
 
 /// A directory's metadata to set at the end: its mode (none for the user's own) and mtime.
-type DirMeta = (RelPath, Option<u32>, Option<std::time::SystemTime>);
+type DirMeta = (Option<u32>, Option<std::time::SystemTime>);
 
 /// Where the receiver's lanes write, and the rules they follow.
 #[derive(Debug)]
@@ -46,9 +46,9 @@ pub struct Sink {
     admitted: Mutex<Offer>,
     /// The answers to the listing, if there was one.
     survey: Option<Mutex<Survey>>,
-    /// Directories to get their mode and mtime once their contents are in (at most
-    /// `limits.dirs` of them).
-    dirs: Mutex<Vec<DirMeta>>,
+    /// Directories to get their mode and mtime once their contents are in, once each
+    /// however often the sender names them (at most `limits.dirs` of them).
+    dirs: Mutex<HashMap<RelPath, DirMeta>>,
     /// Set when the lanes are given up (an error, Ctrl-C): the lane workers stop at the next
     /// record instead of applying what is still queued (a queued message may hold many
     /// compressed records, each up to a chunk of writing).
@@ -73,7 +73,7 @@ impl Sink {
             limits: offer.clone(),
             admitted: Mutex::new(admitted),
             survey: survey.map(Mutex::new),
-            dirs: Mutex::new(Vec::new()),
+            dirs: Mutex::default(),
             abandoned: std::sync::atomic::AtomicBool::new(false),
         }
     }
@@ -111,9 +111,10 @@ impl Sink {
         // First, while the directories are still ours to open (the sender's modes may not
         // let us read them afterwards).
         self.dest.sync_dirs()?;
-        let mut dirs = std::mem::take(&mut *self.dirs.lock().map_err(|_| poisoned())?);
-        dirs.sort_by_key(|(rel, _, _)| std::cmp::Reverse(rel.components().count()));
-        for (rel, mode, mtime) in dirs {
+        let dirs = std::mem::take(&mut *self.dirs.lock().map_err(|_| poisoned())?);
+        let mut dirs: Vec<_> = dirs.into_iter().collect();
+        dirs.sort_by_key(|(rel, _)| std::cmp::Reverse(rel.components().count()));
+        for (rel, (mode, mtime)) in dirs {
             self.dest.finish_dir(&rel, mode, mtime)?;
         }
         Ok(())
@@ -320,12 +321,11 @@ fn apply_records(
                             // names) made gets the sender's mode; one that was here before is
                             // the user's own and keeps its mode. Both get the sender's mtime,
                             // as the files in them changed it.
-                            let theirs = !sink.dest.made(&rel)
-                                && std::fs::symlink_metadata(sink.dest.root().join(rel.as_str()))
-                                    .is_ok_and(|m| m.is_dir());
+                            let theirs =
+                                !sink.dest.made(&rel) && sink.dest.inspect(&rel)? == Found::Dir;
                             sink.dest.create_dir(&rel)?;
                             let mode = (!theirs).then_some(entry.mode & MODE_MASK);
-                            sink.dirs.lock().map_err(|_| poisoned())?.push((rel, mode, mtime));
+                            sink.dirs.lock().map_err(|_| poisoned())?.insert(rel, (mode, mtime));
                         }
                         EntryKind::Symlink { target } => {
                             sink.dest.symlink(&rel, target, sink.overwrite)?;
