@@ -13,6 +13,7 @@
 pub mod candidates;
 pub mod congestion;
 pub mod discovery;
+pub mod link;
 pub mod path;
 pub mod quic;
 pub mod relay;

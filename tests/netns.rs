@@ -129,3 +129,228 @@ fn two_hosts_on_one_segment_through_a_node() {
     }
     node.kill();
 }
+
+/// Environment of [`lan_helper`]: what to do (`find` or `probe`), and its inputs.
+const HELPER_ENV: &str = "P2P_COPY_TEST_LAN_HELPER";
+
+/// LAN mode keeps to the link (issue 13, finding 5): a sender on host A, a host R on A's
+/// segment that routes to a host C on another subnet. C reaches A by routed unicast, as a
+/// host on the Internet reaches a sender with a public address. From R, discovery finds the
+/// sender, but a unicast query from R gets no answer; from C, a unicast query gets no answer
+/// and a QUIC connection to the port R learnt gets no handshake; and the sender still serves the receiver on R afterwards (C's attempt
+/// did not take its one session).
+#[test]
+fn lan_mode_keeps_to_the_link() {
+    if !can_use_netns() {
+        return;
+    }
+    let (base, n) = unique("k");
+    let s = (std::process::id().wrapping_mul(7).wrapping_add(n)) % 250 + 1;
+    let (a_addr, r_near, r_far, c_addr) = (
+        format!("10.97.{s}.1"),
+        format!("10.97.{s}.2"),
+        format!("10.96.{s}.1"),
+        format!("10.96.{s}.2"),
+    );
+    let setup = || -> Result<(Netns, Netns, Netns), String> {
+        let a = Netns::add(format!("{base}a"))?;
+        let r = Netns::add(format!("{base}r"))?;
+        let c = Netns::add(format!("{base}c"))?;
+        let (va, vr1, vr2, vc) =
+            (format!("{base}a"), format!("{base}r1"), format!("{base}r2"), format!("{base}c"));
+        let pair = |x: &str, xn: &Netns, y: &str, yn: &Netns| {
+            run(
+                "ip",
+                &[
+                    "link", "add", x, "netns", &xn.name, "type", "veth", "peer", "name", y,
+                    "netns", &yn.name,
+                ],
+            )
+        };
+        pair(&va, &a, &vr1, &r)?;
+        pair(&vr2, &r, &vc, &c)?;
+        a.ip(&["addr", "add", &format!("{a_addr}/24"), "dev", &va])?;
+        r.ip(&["addr", "add", &format!("{r_near}/24"), "dev", &vr1])?;
+        r.ip(&["addr", "add", &format!("{r_far}/24"), "dev", &vr2])?;
+        c.ip(&["addr", "add", &format!("{c_addr}/24"), "dev", &vc])?;
+        for (ns, dev) in [(&a, &va), (&r, &vr1), (&r, &vr2), (&c, &vc)] {
+            ns.ip(&["link", "set", dev, "up"])?;
+        }
+        a.ip(&["route", "add", &format!("10.96.{s}.0/24"), "via", &r_near])?;
+        c.ip(&["route", "add", &format!("10.97.{s}.0/24"), "via", &r_far])?;
+        run(
+            "ip",
+            &["netns", "exec", &r.name, "sh", "-c", "echo 1 > /proc/sys/net/ipv4/ip_forward"],
+        )?;
+        Ok((a, r, c))
+    };
+    let (a, r, c) = match setup() {
+        Ok(hosts) => hosts,
+        Err(e) => return skip_or_fail(&format!("cannot set up three namespaces: {e}")),
+    };
+    // C and A do reach each other by UDP: the routing works, so only p2p-copy's own rules can
+    // keep C out.
+    let echo_at = format!("{a_addr}:9");
+    let echo = helper_command(&a, "echo", &echo_at, 0, 0).spawn().expect("start the echo helper");
+    let reached = helper(&c, "reach", &echo_at, 0, 0);
+    let echoed = echo.wait_with_output().expect("echo helper");
+    assert!(
+        reached.as_ref().is_ok_and(|t| t.contains("REACHED")),
+        "C cannot reach A by UDP: {reached:?}\n{}",
+        String::from_utf8_lossy(&echoed.stdout)
+    );
+
+    let mut fx = Fixture::new();
+    let tree = small_tree(&mut fx);
+    let sender = fx.send_in(&a.prefix(), [&tree]);
+    let nameplate: u32 = fx.code.split('-').next().unwrap().parse().unwrap();
+
+    let found = helper(&r, "find", &a_addr, nameplate, fx.port).expect("discovery from R");
+    let quic_port: u16 = found
+        .lines()
+        .find_map(|l| l.strip_prefix("FOUND "))
+        .unwrap_or_else(|| panic!("R found no sender:\n{found}"))
+        .trim()
+        .parse()
+        .unwrap();
+
+    let probed = helper(&c, "probe", &format!("{a_addr}:{quic_port}"), nameplate, fx.port)
+        .expect("probe from C");
+    assert!(probed.contains("ANSWERS 0\n"), "C got discovery answers:\n{probed}");
+    assert!(probed.contains("QUIC none\n"), "C got a QUIC handshake:\n{probed}");
+
+    // Even on the link, only queries sent to the group are answered: a unicast query (which
+    // a host anywhere could send with a forged on-link source) is not.
+    let queried = helper(&r, "query", &format!("{a_addr}:{quic_port}"), nameplate, fx.port)
+        .expect("unicast query from R");
+    assert!(queried.contains("ANSWERS 0\n"), "a unicast query was answered:\n{queried}");
+
+    let out = fx.path("out");
+    let receiver =
+        fx.receive_in(&r.prefix(), [OsStr::new("--yes"), OsStr::new("--out"), out.as_os_str()]);
+    let (s, rr) = finish_pair(sender, receiver);
+    assert_exits(&[(&s, 0), (&rr, 0)]);
+    assert_same_tree(&tree, &out.join("photos"));
+    assert_eq!(peer_ip(&s), r_near, "the sender served R\n{s}");
+}
+
+/// [`lan_helper`] inside `ns`, to be run.
+fn helper_command(
+    ns: &Netns,
+    mode: &str,
+    target: &str,
+    nameplate: u32,
+    port: u16,
+) -> std::process::Command {
+    let exe = std::env::current_exe().expect("the test binary");
+    let mut cmd = std::process::Command::new("ip");
+    cmd.args(["netns", "exec", &ns.name])
+        .arg(exe)
+        .args(["--exact", "lan_helper", "--ignored", "--nocapture"])
+        .env(HELPER_ENV, format!("{mode} {target} {nameplate} {port}"))
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    cmd
+}
+
+/// Runs [`lan_helper`] inside `ns`; returns its output.
+fn helper(
+    ns: &Netns,
+    mode: &str,
+    target: &str,
+    nameplate: u32,
+    port: u16,
+) -> Result<String, String> {
+    let out =
+        helper_command(ns, mode, target, nameplate, port).output().map_err(|e| e.to_string())?;
+    let text =
+        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    if out.status.success() && text.contains("1 passed") {
+        Ok(text)
+    } else {
+        Err(text)
+    }
+}
+
+/// Run by [`lan_mode_keeps_to_the_link`] inside a namespace (does nothing on its own):
+/// `find` discovers the nameplate and prints the sender's QUIC port; `query` sends a unicast
+/// query to the sender's discovery port and counts answers for two seconds; `probe` does that,
+/// then tries a QUIC handshake with the sender's port; `reach` checks that a UDP datagram gets from here to
+/// the target (an ICMP-free stand-in for ping).
+#[tokio::test]
+#[ignore = "started inside a namespace by lan_mode_keeps_to_the_link"]
+async fn lan_helper() {
+    use p2p_copy::net::discovery::{find, DiscoveryConfig};
+    use p2p_copy::wire::discovery::DiscoveryMsg;
+    use std::net::SocketAddr;
+    use std::time::Duration;
+
+    let Ok(spec) = std::env::var(HELPER_ENV) else { return };
+    let parts: Vec<&str> = spec.split(' ').collect();
+    let (mode, target, nameplate, port) =
+        (parts[0], parts[1], parts[2].parse::<u32>().unwrap(), parts[3].parse::<u16>().unwrap());
+    let config = DiscoveryConfig { port, ..DiscoveryConfig::default() };
+    match mode {
+        "find" => {
+            let found = find(&config, nameplate, Duration::from_secs(10)).await.expect("found");
+            println!("FOUND {}", found.addrs[0].port());
+        }
+        "echo" => {
+            let socket = tokio::net::UdpSocket::bind(target).await.unwrap();
+            let mut buf = [0u8; 64];
+            let got = tokio::time::timeout(Duration::from_secs(10), socket.recv_from(&mut buf));
+            if let Ok(Ok((len, from))) = got.await {
+                socket.send_to(&buf[..len], from).await.unwrap();
+                println!("ECHOED to {from}");
+            }
+        }
+        "reach" => {
+            let socket = tokio::net::UdpSocket::bind("0.0.0.0:0").await.unwrap();
+            let mut buf = [0u8; 64];
+            for _ in 0..25 {
+                socket.send_to(b"reach", target).await.unwrap();
+                let got =
+                    tokio::time::timeout(Duration::from_millis(200), socket.recv_from(&mut buf));
+                if let Ok(Ok(_)) = got.await {
+                    println!("REACHED");
+                    break;
+                }
+            }
+        }
+        "probe" | "query" => {
+            let quic: SocketAddr = target.parse().unwrap();
+            let socket = tokio::net::UdpSocket::bind("0.0.0.0:0").await.unwrap();
+            let query = DiscoveryMsg::Query { nameplate, query_id: 77 }.encode();
+            let to = SocketAddr::new(quic.ip(), port);
+            let mut answers = 0;
+            let mut buf = [0u8; 512];
+            let until = tokio::time::Instant::now() + Duration::from_secs(2);
+            for _ in 0..5 {
+                socket.send_to(&query, to).await.unwrap();
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            while let Ok(Ok((len, from))) =
+                tokio::time::timeout_at(until, socket.recv_from(&mut buf)).await
+            {
+                println!("answer from {from}: {:?}", DiscoveryMsg::decode(&buf[..len]));
+                answers += 1;
+            }
+            println!("ANSWERS {answers}");
+            if mode == "query" {
+                return;
+            }
+            let node = p2p_copy::net::quic::Node::bind(
+                SocketAddr::from(([0, 0, 0, 0], 0)),
+                &p2p_copy::net::quic::Tuning::default(),
+                false,
+            )
+            .unwrap();
+            match node.connect_any(&[quic], Duration::from_secs(3)).await {
+                Ok(_) => println!("QUIC handshake"),
+                Err(e) => println!("QUIC none\n({e})"),
+            }
+        }
+        other => panic!("unknown helper mode {other}"),
+    }
+}

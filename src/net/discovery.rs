@@ -36,6 +36,11 @@
 //! 6. No answer within the timeout is [`DiscoveryError::NotFound`]. Malformed datagrams,
 //!    queries and other nameplates are ignored (logged at debug level).
 //!
+//! Discovery keeps to the link ([`crate::net::link`]): the sender answers only queries sent
+//! to the group (their destination address is read with `IP_PKTINFO`, through `quinn-udp`)
+//! from a source on one of its subnets, every datagram leaves with TTL 1 (unicast included),
+//! and the receiver ignores announces from sources off its subnets.
+//!
 //! The decisions (what to answer, when to stop, which addresses) live in two small sans-IO
 //! state machines, `Responder` and `Collector`; the async code around them only moves bytes.
 //! IPv6 is not used: every host that can run the QUIC transfer has IPv4 loopback, and LAN
@@ -52,6 +57,7 @@ use tokio::task::JoinHandle;
 use tokio::time::{sleep_until, Instant, MissedTickBehavior};
 use tracing::{debug, trace, warn};
 
+use super::link::LiveLinks;
 use crate::error::ErrorKind;
 use crate::wire::discovery::{DiscoveryMsg, MAX_DATAGRAM};
 
@@ -262,6 +268,22 @@ async fn run_announcer(
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut ticks = 0u32;
     let mut buf = [0u8; RECV_BUF];
+    let (state, mut links) = match (
+        quinn_udp::UdpSocketState::new((&socket).into()),
+        LiveLinks::new(),
+    ) {
+        (Ok(state), Ok(links)) => (state, links),
+        (Err(e), _) | (_, Err(e)) => {
+            // Without the destination address or the interface list no query can be told to
+            // come from the link: announce only (receivers on the link hear the multicast).
+            warn!(error = %e, "cannot check where discovery queries come from; only announcing");
+            loop {
+                ticker.tick().await;
+                let bytes = responder.announce(0).encode();
+                send_multicast(&socket, &interfaces.addrs, group, &bytes).await;
+            }
+        }
+    };
     loop {
         tokio::select! {
             _ = ticker.tick() => {
@@ -274,19 +296,26 @@ async fn run_announcer(
                 let bytes = responder.announce(0).encode();
                 send_multicast(&socket, &interfaces.addrs, group, &bytes).await;
             }
-            received = socket.recv_from(&mut buf) => match received {
-                Ok((len, from)) => {
-                    let Some(answer) = responder.handle(Instant::now(), from, &buf[..len]) else {
-                        continue;
-                    };
-                    let bytes = answer.msg.encode();
-                    if let Some(to) = answer.unicast_to {
-                        if let Err(e) = socket.send_to(&bytes, to).await {
-                            debug!(%to, error = %e, "could not answer a discovery query");
+            received = recv_with_dst(&socket, &state, &mut buf) => match received {
+                Ok(got) => {
+                    for datagram in buf[..got.len].chunks(got.stride.max(1)) {
+                        if !from_the_link(got.dst, config.group, || links.contains(got.from.ip())) {
+                            trace!(from = %got.from, dst = ?got.dst, "ignoring a datagram from beyond the link");
+                            break;
                         }
-                    }
-                    if answer.multicast {
-                        send_multicast(&socket, &interfaces.addrs, group, &bytes).await;
+                        let Some(answer) = responder.handle(Instant::now(), got.from, datagram)
+                        else {
+                            continue;
+                        };
+                        let bytes = answer.msg.encode();
+                        if let Some(to) = answer.unicast_to {
+                            if let Err(e) = socket.send_to(&bytes, to).await {
+                                debug!(%to, error = %e, "could not answer a discovery query");
+                            }
+                        }
+                        if answer.multicast {
+                            send_multicast(&socket, &interfaces.addrs, group, &bytes).await;
+                        }
                     }
                 }
                 Err(e) if is_transient(&e) => trace!(error = %e, "discovery receive"),
@@ -340,6 +369,8 @@ pub async fn find(
         .map_err(|e| DiscoveryError::io("listing network interfaces for discovery", e))?;
     let targets: Vec<Ipv4Addr> = interfaces.into_iter().map(|(_, ip)| ip).collect();
 
+    let mut links = LiveLinks::new()
+        .map_err(|e| DiscoveryError::io("listing network interfaces for discovery", e))?;
     let mut collector = Collector::new(nameplate);
     let mut query_interval = QUERY_INTERVAL_START;
     let mut next_query = started;
@@ -382,6 +413,9 @@ pub async fn find(
             r = listen => r.map(|(len, from)| (from, &listen_buf[..len])),
         };
         match received {
+            Ok((from, _)) if !links.contains(from.ip()) => {
+                debug!(%from, "ignoring an announce from beyond the link");
+            }
             Ok((from, bytes)) => {
                 if collector.handle(Instant::now(), from, bytes).is_err() {
                     return Err(DiscoveryError::Ambiguous { nameplate });
@@ -672,8 +706,10 @@ fn bind_query_socket() -> Result<UdpSocket, DiscoveryError> {
 
 /// Sets the multicast options every discovery socket shares and hands it to tokio.
 fn into_tokio(socket: Socket) -> io::Result<UdpSocket> {
-    // Stay on the local link; let processes on this host (and loopback-only hosts) hear us.
+    // Stay on the local link, unicast answers included; let processes on this host (and
+    // loopback-only hosts) hear us.
     socket.set_multicast_ttl_v4(1)?;
+    socket.set_ttl(1)?;
     socket.set_multicast_loop_v4(true)?;
     socket.set_nonblocking(true)?;
     UdpSocket::from_std(socket.into())
@@ -701,6 +737,46 @@ async fn send_multicast(
         }
     }
     sent
+}
+
+/// Whether a datagram to the group socket is from the link: sent to the group (not by unicast
+/// to this host's address, which a host anywhere could do), from an address on one of this
+/// host's links. Where the platform does not tell the destination, the source must do.
+fn from_the_link(dst: Option<IpAddr>, group: Ipv4Addr, on_link: impl FnOnce() -> bool) -> bool {
+    dst.is_none_or(|dst| dst == IpAddr::V4(group)) && on_link()
+}
+
+/// One receive on a discovery socket, with the address it was sent to.
+struct Received {
+    /// Bytes in the buffer: one datagram, or several of `stride` bytes each.
+    len: usize,
+    stride: usize,
+    from: SocketAddr,
+    dst: Option<IpAddr>,
+}
+
+/// Receives on `socket` with `recvmsg`, learning each datagram's destination address
+/// (`IP_PKTINFO`, set up by `state`).
+async fn recv_with_dst(
+    socket: &UdpSocket,
+    state: &quinn_udp::UdpSocketState,
+    buf: &mut [u8],
+) -> io::Result<Received> {
+    loop {
+        socket.readable().await?;
+        let mut meta = [quinn_udp::RecvMeta::default()];
+        let got = socket.try_io(tokio::io::Interest::READABLE, || {
+            state.recv(socket.into(), &mut [io::IoSliceMut::new(buf)], &mut meta)
+        });
+        match got {
+            Ok(_) => {
+                let m = &meta[0];
+                return Ok(Received { len: m.len, stride: m.stride, from: m.addr, dst: m.dst_ip });
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 /// Errors a UDP receive may report because of an earlier send (ICMP unreachable on some
@@ -990,6 +1066,19 @@ mod tests {
         let t2 = t0 + UNICAST_REPLY_WINDOW;
         let answer = r.handle(t2, from, &query(7)).unwrap();
         assert_eq!(answer.unicast_to, Some(from));
+    }
+
+    /// Finding 5: only queries sent to the group from the link are answered.
+    #[test]
+    fn only_group_queries_from_the_link_count() {
+        let group = DiscoveryConfig::default().group;
+        let unicast = Some(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)));
+        assert!(from_the_link(Some(IpAddr::V4(group)), group, || true));
+        assert!(!from_the_link(Some(IpAddr::V4(group)), group, || false));
+        assert!(!from_the_link(unicast, group, || true));
+        // A platform that does not tell the destination: the source decides.
+        assert!(from_the_link(None, group, || true));
+        assert!(!from_the_link(None, group, || false));
     }
 
     /// Removes the network namespace when the test ends, however it ends.

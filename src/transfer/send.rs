@@ -273,7 +273,19 @@ async fn lan(
     if let Key::Code(code) = key {
         observer.note(Note::Code(code));
     }
-    let waited = tokio::time::timeout(wait, first_session(&node.endpoint, None, None)).await;
+    // LAN mode serves the link only (`net::link`): a host beyond it that learnt the port gets
+    // no handshake, let alone the session's one guess.
+    let mut links = crate::net::link::LiveLinks::new()
+        .map_err(|e| TransferError::network(format!("listing network interfaces: {e}")))?;
+    let on_link = move |from: SocketAddr| {
+        let ok = links.contains(from.ip());
+        if !ok {
+            tracing::info!(%from, "refused a connection from beyond the local network");
+        }
+        ok
+    };
+    let waited =
+        tokio::time::timeout(wait, first_session_admitting(&node.endpoint, None, on_link)).await;
     let (conn, send, recv) = waited
         .map_err(|_| {
             TransferError::network(match key {
@@ -523,14 +535,26 @@ pub(crate) async fn first_session(
     expect: Option<[u8; 32]>,
     from: Option<SocketAddr>,
 ) -> Option<(quinn::Connection, quinn::SendStream, quinn::RecvStream)> {
+    first_session_admitting(endpoint, expect, |a| from.is_none_or(|from| from == a)).await
+}
+
+/// [`first_session`] where `admit` says which addresses get a handshake.
+async fn first_session_admitting(
+    endpoint: &quinn::Endpoint,
+    expect: Option<[u8; 32]>,
+    mut admit: impl FnMut(SocketAddr) -> bool,
+) -> Option<(quinn::Connection, quinn::SendStream, quinn::RecvStream)> {
     let mut pending = tokio::task::JoinSet::new();
     loop {
         tokio::select! {
             incoming = endpoint.accept() => {
                 let incoming = incoming?;
-                if pending.len() >= MAX_PENDING
-                    || from.is_some_and(|a| a != incoming.remote_address())
-                {
+                if !admit(incoming.remote_address()) {
+                    // Not even told that something listens here.
+                    incoming.ignore();
+                    continue;
+                }
+                if pending.len() >= MAX_PENDING {
                     incoming.refuse();
                     continue;
                 }
