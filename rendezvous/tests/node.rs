@@ -282,8 +282,12 @@ async fn tapped_client(node: &Node) -> (Client, quinn::Endpoint, Arc<Tapped>) {
     let inner = runtime.wrap_udp_socket(std).unwrap();
     let tapped =
         Arc::new(Tapped { inner, caught: Default::default(), arrived: tokio::sync::Notify::new() });
+    // As the real client: QUIC packets keep their fixed bit (0x40), so none is taken for a
+    // relay datagram (0x01) by the tap.
+    let mut config = quinn::EndpointConfig::default();
+    config.grease_quic_bit(false);
     let ep = quinn::Endpoint::new_with_abstract_socket(
-        quinn::EndpointConfig::default(),
+        config,
         None,
         tapped.clone(),
         runtime,
