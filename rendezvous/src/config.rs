@@ -230,11 +230,17 @@ pub struct NodeArgs {
     /// Nameplates open at once [default: 10000].
     #[arg(long, env = "P2P_COPY_RENDEZVOUS_MAX_NAMEPLATES", value_name = "N")]
     pub max_nameplates: Option<usize>,
-    /// Nameplate allocations and claims per minute from one IP address, 0 for no limit
+    /// Nameplate allocations and claims per minute from one IPv4 address or IPv6 /64 (a /56
+    /// gets 4 times as many, a /48 16 times; joining a nameplate counts 5), 0 for no limit
     /// [default: 30].
     #[arg(long, env = "P2P_COPY_RENDEZVOUS_CLAIMS_PER_MINUTE", value_name = "N")]
     pub claims_per_minute: Option<u32>,
-    /// Connections at once from one IP address [default: 64].
+    /// Nameplate allocations and claims per minute in all; past it, a source that made no
+    /// request in the last minute still gets one, 0 for no limit [default: 6000].
+    #[arg(long, env = "P2P_COPY_RENDEZVOUS_TOTAL_CLAIMS_PER_MINUTE", value_name = "N")]
+    pub total_claims_per_minute: Option<u32>,
+    /// Connections at once from one IPv4 address or IPv6 /64 (a /56 gets 4 times as many, a
+    /// /48 16 times) [default: 64].
     #[arg(long, env = "P2P_COPY_RENDEZVOUS_CLIENTS_PER_IP", value_name = "N")]
     pub clients_per_ip: Option<usize>,
     /// Connections at once in all [default: 20000].
@@ -321,6 +327,10 @@ impl NodeArgs {
                 .clients_per_ip
                 .or(file.clients_per_ip)
                 .unwrap_or(d.limits.clients_per_ip),
+            total_claims_per_minute: self
+                .total_claims_per_minute
+                .or(file.total_claims_per_minute)
+                .unwrap_or(d.limits.total_claims_per_minute),
             ..d.limits
         };
         let config = ServerConfig {
@@ -423,6 +433,7 @@ struct FileConfig {
     token: Option<String>,
     max_nameplates: Option<usize>,
     claims_per_minute: Option<u32>,
+    total_claims_per_minute: Option<u32>,
     clients_per_ip: Option<usize>,
     max_connections: Option<usize>,
     grace: Option<u64>,

@@ -40,6 +40,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, watch};
 
 use crate::metrics::{GaugeGuard, Metrics};
+use crate::table::{Counts, SourceKey};
 use crate::wire::{self, put_datagram_header, ErrorCode, NodeMsg, DATAGRAM_HEADER};
 use meter::{Bucket, Fair};
 
@@ -130,7 +131,7 @@ pub struct Relays {
 struct State {
     tickets: HashMap<u64, (Arc<Alloc>, u8)>,
     pairings: HashMap<u64, Arc<Alloc>>,
-    per_source: HashMap<IpAddr, usize>,
+    per_source: Counts,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -181,18 +182,12 @@ impl End {
 /// One relay stream counted for its source; released on drop.
 struct Slot<'a> {
     relays: &'a Relays,
-    key: IpAddr,
+    keys: Vec<SourceKey>,
 }
 
 impl Drop for Slot<'_> {
     fn drop(&mut self) {
-        let mut state = lock(&self.relays.state);
-        if let Some(n) = state.per_source.get_mut(&self.key) {
-            *n -= 1;
-            if *n == 0 {
-                state.per_source.remove(&self.key);
-            }
-        }
+        lock(&self.relays.state).per_source.release(&self.keys);
     }
 }
 
@@ -414,17 +409,15 @@ impl Relays {
         lock(&self.state).pairings.len()
     }
 
-    /// Takes a relay slot for `source` within the per-address cap.
+    /// Takes a relay slot for `source` within the per-source caps (hierarchical, as the
+    /// table's).
     fn admit(&self, source: IpAddr) -> Option<Slot<'_>> {
-        let key = crate::table::source_of(source);
         let mut state = lock(&self.state);
-        let mine = state.per_source.get(&key).copied().unwrap_or(0);
-        if mine >= self.limits.per_source {
+        let Some(keys) = state.per_source.take(source, self.limits.per_source) else {
             Metrics::bump(&self.metrics.relays_refused_total);
             return None;
-        }
-        state.per_source.insert(key, mine + 1);
-        Some(Slot { relays: self, key })
+        };
+        Some(Slot { relays: self, keys })
     }
 
     /// Attaches `side` of `alloc`; `None` if it is attached already (or the relay ended).

@@ -38,7 +38,7 @@ use crate::client::ALPN;
 use crate::metrics::{self, GaugeGuard, Metrics};
 use crate::relay::socket::NodeSocket;
 use crate::relay::{read_first, Attach, Reader, Relays, Writer};
-use crate::table::{ClientId, Output, Random, Table};
+use crate::table::{ClientId, Counts, Output, Random, SourceKey, Table};
 use crate::wire::{self, ClientMsg, ErrorCode, NodeMsg, VERSION};
 
 /// Messages buffered for one client before it counts as not reading.
@@ -491,39 +491,30 @@ pub(crate) struct Shared {
     conns: Arc<Conns>,
 }
 
-/// Connections (QUIC and TCP) per source address (IPv4, or IPv6 /64), counted at accept: a
-/// bound even before a client says hello.
+/// Connections (QUIC and TCP) per source, counted at accept: a bound even before a client
+/// says hello. Sources are hierarchical as in the table (IPv4 address; IPv6 /64, and its /56
+/// and /48 with 4 and 16 times the cap, [`crate::table::V6_LEVELS`]).
 #[derive(Debug, Default)]
-pub(crate) struct Conns(std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>);
+pub(crate) struct Conns(std::sync::Mutex<Counts>);
 
 impl Conns {
     fn take(self: &Arc<Self>, ip: std::net::IpAddr, max: usize) -> Option<ConnSlot> {
-        let key = crate::table::source_of(ip);
-        let mut map = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let n = map.entry(key).or_insert(0);
-        if *n >= max {
-            return None;
-        }
-        *n += 1;
-        Some(ConnSlot { conns: self.clone(), key })
+        let mut counts = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let keys = counts.take(ip, max)?;
+        Some(ConnSlot { conns: self.clone(), keys })
     }
 }
 
 /// One counted connection; released on drop.
 pub(crate) struct ConnSlot {
     conns: Arc<Conns>,
-    key: std::net::IpAddr,
+    keys: Vec<SourceKey>,
 }
 
 impl Drop for ConnSlot {
     fn drop(&mut self) {
-        let mut map = self.conns.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(n) = map.get_mut(&self.key) {
-            *n -= 1;
-            if *n == 0 {
-                map.remove(&self.key);
-            }
-        }
+        let mut counts = self.conns.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        counts.release(&self.keys);
     }
 }
 

@@ -9,7 +9,7 @@
 //! # Flow of one client
 //!
 //! 1. `connect`: refused with [`ErrorCode::Busy`] when its source already has
-//!    [`Limits::clients_per_ip`] clients.
+//!    [`Limits::clients_per_ip`] clients (at any level, see Sources).
 //! 2. `Hello` must come first. Wrong version → `Error Version`, wrong or missing token (when
 //!    [`Limits::token`] is set) → `Error Unauthorized`, anything else first → `Error Protocol`;
 //!    each followed by [`Output::Close`] (later messages from that client are ignored).
@@ -17,7 +17,9 @@
 //!    IPv6 address is reported as IPv4).
 //! 3. `Allocate` / `Claim` (at most one nameplate per client; each spends rate tokens of the
 //!    source, successful or not: one, or [`JOIN_COST`] for a claim of a nameplate somebody
-//!    holds, which may be a guess):
+//!    holds, which may be a guess; `RateLimited` without them, `Busy` past the node-wide
+//!    [`Limits::total_claims_per_minute`] for a source that made a request in the last
+//!    [`FAIR_WINDOW`]):
 //!    - `Allocate` → `Allocated { n }` with `n` drawn at random ([`Random`]) among the numbers
 //!      in `1..=max(999, 100 × taken)` (capped by [`Limits::max_nameplate_number`]) that are
 //!      neither open nor cooling down, `taken` counting those that are: codes stay short, and
@@ -53,21 +55,29 @@
 //! # Bounds
 //!
 //! Open nameplates ≤ [`Limits::max_nameplates`]; queued bytes per nameplate ≤
-//! [`Limits::mailbox_bytes`]; closed numbers ≤ [`Limits::max_closed`] + `max_nameplates` (new
-//! nameplates get `Busy` while `max_closed` are cooling down); rate-limit entries ≤ sources with
-//! clients + [`Limits::max_idle_sources`] (the entry of a source without clients is dropped
-//! once its bucket is full again, or evicted early when there are too many). Clients are
-//! bounded by the driver's connection cap and `clients_per_ip`. Outputs are bounded per call:
-//! drain them after each one.
+//! [`Limits::mailbox_bytes`]; closed numbers of nameplates that had two sides ≤
+//! [`Limits::max_closed`] + `max_nameplates` (new nameplates get `Busy` while `max_closed`
+//! are cooling down); closed numbers that only had one side ≤ what the claim rates admit in
+//! [`Limits::reuse_after`] (with the default ceiling, 6,000 a minute: 60,000, plus a request
+//! per minute per source past the ceiling). They cool down too, so that a receiver who comes
+//! late hears that the code is used, but no guess was possible on them, so they do not count
+//! towards `max_closed`: claim-and-release from many sources cannot close the node. Rate-limit
+//! entries ≤ sources with clients + [`Limits::max_idle_sources`] (the entry of a source without
+//! clients is dropped once its bucket is full again and its last request is [`FAIR_WINDOW`]
+//! old, or evicted early when there are too many). Clients are bounded by the driver's
+//! connection cap and `clients_per_ip`. Outputs are bounded per call: drain them after each
+//! one.
 //!
 //! # Sources
 //!
-//! Rate limits and `clients_per_ip` apply per *source*: an IPv4 address (IPv4-mapped IPv6
-//! included), or the /64 prefix of an IPv6 address, since one host or LAN usually holds a whole
-//! /64.
+//! Rate limits and `clients_per_ip` apply per *source*, hierarchically: an IPv4 address
+//! (IPv4-mapped IPv6 included); an IPv6 address counts in its /64 (one host or LAN usually
+//! holds a whole /64), and also in its /56 and /48 with 4 and 16 times the limits
+//! ([`V6_LEVELS`]), so one customer's /56 or one tunnel-broker /48 is not thousands of
+//! sources. A request must fit every level.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use crate::wire::{ClientMsg, ErrorCode, NodeMsg, MAX_TEXT, REJOIN_NAMEPLATES, VERSION};
@@ -75,8 +85,9 @@ use crate::wire::{ClientMsg, ErrorCode, NodeMsg, MAX_TEXT, REJOIN_NAMEPLATES, VE
 mod numbers;
 mod sources;
 
-pub(crate) use sources::source_of;
-use sources::{full_at, refill};
+pub(crate) use sources::Counts;
+use sources::{Refusal, Sources};
+pub use sources::{SourceKey, FAIR_WINDOW, V6_LEVELS};
 
 pub use numbers::Random;
 
@@ -117,9 +128,16 @@ pub struct Limits {
     pub mailbox_bytes: usize,
     /// Access token required in `Hello` (`None`: open node).
     pub token: Option<String>,
-    /// Closed numbers cooling down at once; while this many are, new nameplates get `Busy`
-    /// (a closed number is never forgotten early, so it cannot be reopened early).
+    /// Closed numbers of nameplates that had two sides cooling down at once; while this many
+    /// are, new nameplates get `Busy` (a closed number is never forgotten early, so it cannot
+    /// be reopened early). Numbers that only ever had one side cool down too but do not count
+    /// here: no guess was possible on them, and the claim rates bound them.
     pub max_closed: usize,
+    /// `Allocate` + `Claim` per minute over all sources, as a token bucket of this size (a
+    /// join costs [`JOIN_COST`] here too). Once it is spent, only a source that made no
+    /// request in the last [`FAIR_WINDOW`] gets one through (`Busy` for the others), so
+    /// sources exhausting it cannot lock the others out. 0 disables the ceiling.
+    pub total_claims_per_minute: u32,
     /// Rate-limit entries kept for sources with no client (the entry closest to a full
     /// bucket is forgotten first when there are more).
     pub max_idle_sources: usize,
@@ -138,6 +156,7 @@ impl Default for Limits {
             mailbox_bytes: 64 * 1024,
             token: None,
             max_closed: 100_000,
+            total_claims_per_minute: 6_000,
             max_idle_sources: 65_536,
         }
     }
@@ -176,14 +195,15 @@ pub enum Output {
 pub struct Table {
     limits: Limits,
     clients: HashMap<ClientId, Client>,
-    sources: HashMap<IpAddr, Source>,
-    /// Sources without clients, by the instant their bucket is full (when they are dropped).
-    idle_sources: BTreeSet<(Instant, IpAddr)>,
+    sources: Sources,
     nameplates: HashMap<u32, Nameplate>,
     /// Open nameplates by expiry deadline.
     deadlines: BTreeSet<(Instant, u32)>,
     /// Closed numbers and the end of their cooldown.
-    closed: HashMap<u32, Instant>,
+    /// (Whether its nameplate had two sides, which counts towards [`Limits::max_closed`].)
+    closed: HashMap<u32, bool>,
+    /// Closed numbers in `closed` whose nameplate had two sides.
+    closed_joined: usize,
     /// The same, by end of cooldown.
     cooldowns: BTreeSet<(Instant, u32)>,
     /// Numbers in `1..=max_nameplate_number` that are open or cooling down.
@@ -201,7 +221,6 @@ pub struct Table {
 #[derive(Debug)]
 struct Client {
     observed: SocketAddr,
-    source: IpAddr,
     phase: Phase,
     slot: Slot,
 }
@@ -220,16 +239,6 @@ enum Slot {
     Held(u32),
     /// Its nameplate was closed under it (peer left, expiry).
     Lost,
-}
-
-#[derive(Debug)]
-struct Source {
-    clients: usize,
-    /// Token bucket: whole tokens, and the instant up to which refills are counted.
-    tokens: u32,
-    refilled_at: Instant,
-    /// The key of this source in `idle_sources`, while it has no clients.
-    idle_key: Option<Instant>,
 }
 
 #[derive(Debug)]
@@ -269,14 +278,15 @@ enum CloseReason {
 impl Table {
     /// An empty table drawing nameplate numbers from `random`.
     pub fn new(limits: Limits, random: Random) -> Table {
+        let sources = Sources::new(&limits);
         Table {
             limits,
             clients: HashMap::new(),
-            sources: HashMap::new(),
-            idle_sources: BTreeSet::new(),
+            sources,
             nameplates: HashMap::new(),
             deadlines: BTreeSet::new(),
             closed: HashMap::new(),
+            closed_joined: 0,
             cooldowns: BTreeSet::new(),
             taken: BTreeSet::new(),
             outputs: VecDeque::new(),
@@ -300,24 +310,11 @@ impl Table {
         if self.clients.contains_key(&client) {
             return Err(ErrorCode::Protocol);
         }
-        let source = source_of(addr.ip());
-        match self.sources.get_mut(&source) {
-            Some(s) if s.clients >= self.limits.clients_per_ip => return Err(ErrorCode::Busy),
-            Some(s) => {
-                if let Some(key) = s.idle_key.take() {
-                    self.idle_sources.remove(&(key, source));
-                }
-                s.clients += 1;
-            }
-            None if self.limits.clients_per_ip == 0 => return Err(ErrorCode::Busy),
-            None => {
-                let tokens = self.limits.claims_per_minute;
-                let s = Source { clients: 1, tokens, refilled_at: now, idle_key: None };
-                self.sources.insert(source, s);
-            }
+        if self.limits.clients_per_ip == 0 || self.sources.connect(now, addr.ip()).is_err() {
+            return Err(ErrorCode::Busy);
         }
         let observed = SocketAddr::new(addr.ip().to_canonical(), addr.port());
-        let c = Client { observed, source, phase: Phase::AwaitHello, slot: Slot::None };
+        let c = Client { observed, phase: Phase::AwaitHello, slot: Slot::None };
         self.clients.insert(client, c);
         Ok(())
     }
@@ -363,22 +360,7 @@ impl Table {
             Output::Send { to, .. } | Output::Ticket { to, .. } => *to != client,
             Output::Close { client: c } => *c != client,
         });
-        let Some(s) = self.sources.get_mut(&c.source) else { return };
-        s.clients = s.clients.saturating_sub(1);
-        if s.clients > 0 {
-            return;
-        }
-        refill(s, now, self.limits.claims_per_minute);
-        match full_at(s, self.limits.claims_per_minute) {
-            Some(at) if at > now => {
-                s.idle_key = Some(at);
-                self.idle_sources.insert((at, c.source));
-                self.trim_idle_sources();
-            }
-            _ => {
-                self.sources.remove(&c.source);
-            }
-        }
+        self.sources.disconnect(now, c.observed.ip());
     }
 
     /// The next output for the driver.
@@ -392,7 +374,7 @@ impl Table {
             .into_iter()
             .flatten()
             .map(|&(at, _)| at)
-            .chain(self.idle_sources.first().map(|&(at, _)| at))
+            .chain(self.sources.poll_timeout())
             .min()
     }
 
@@ -438,16 +420,12 @@ impl Table {
                 break;
             }
             self.cooldowns.remove(&(at, n));
-            self.closed.remove(&n);
+            if self.closed.remove(&n) == Some(true) {
+                self.closed_joined -= 1;
+            }
             self.taken.remove(&n);
         }
-        while let Some(&(at, source)) = self.idle_sources.first() {
-            if at > now {
-                break;
-            }
-            self.idle_sources.remove(&(at, source));
-            self.sources.remove(&source);
-        }
+        self.sources.advance(now);
     }
 
     fn hello(&mut self, client: ClientId, version: u16, token: Option<String>) {
@@ -484,32 +462,32 @@ impl Table {
             self.error(client, ErrorCode::Protocol, message);
             return false;
         }
-        let source = c.source;
-        let rate = self.limits.claims_per_minute;
-        if let Some(s) = self.sources.get_mut(&source) {
-            refill(s, now, rate);
-            if rate > 0 {
-                // A bucket smaller than the cost still lets a request through when full.
-                let cost = cost.min(rate);
-                if s.tokens < cost {
-                    let message = format!(
-                        "too many nameplate requests from your address (at most {rate} a \
-                         minute, joining a nameplate counts {JOIN_COST}): wait a little and \
-                         try again"
-                    );
-                    self.error(client, ErrorCode::RateLimited, message);
-                    return false;
-                }
-                s.tokens -= cost;
+        match self.sources.spend(now, c.observed.ip(), cost) {
+            Ok(()) => true,
+            Err(Refusal::Rate { level, per_minute }) => {
+                let message = format!(
+                    "too many nameplate requests from {level} (at most {per_minute} a minute, \
+                     joining a nameplate counts {JOIN_COST}): wait a little and try again"
+                );
+                self.error(client, ErrorCode::RateLimited, message);
+                false
+            }
+            Err(Refusal::Ceiling) => {
+                let message = format!(
+                    "the node takes at most {} nameplate requests a minute and is at it: try \
+                     again in a minute",
+                    self.limits.total_claims_per_minute
+                );
+                self.error(client, ErrorCode::Busy, message);
+                false
             }
         }
-        true
     }
 
     /// Whether another nameplate may open; answers `Busy` if not.
     fn room(&mut self, client: ClientId) -> bool {
         if self.nameplates.len() >= self.limits.max_nameplates
-            || self.closed.len() >= self.limits.max_closed
+            || self.closed_joined >= self.limits.max_closed
         {
             let message = "the node has too many nameplates open: try again later";
             self.error(client, ErrorCode::Busy, message.into());
@@ -683,7 +661,9 @@ impl Table {
         }
         if n & REJOIN_NAMEPLATES == 0 {
             let until = after(now, self.limits.reuse_after);
-            self.closed.insert(n, until);
+            let joined = np.joined.is_some();
+            self.closed.insert(n, joined);
+            self.closed_joined += usize::from(joined);
             self.cooldowns.insert((until, n));
         }
         for side in [Some(np.first), np.second].into_iter().flatten() {
@@ -713,14 +693,6 @@ impl Table {
     fn lose(&mut self, client: ClientId) {
         if let Some(c) = self.clients.get_mut(&client) {
             c.slot = Slot::Lost;
-        }
-    }
-
-    /// Forgets the idle sources closest to a full bucket while there are too many.
-    fn trim_idle_sources(&mut self) {
-        while self.idle_sources.len() > self.limits.max_idle_sources {
-            let Some((_, source)) = self.idle_sources.pop_first() else { return };
-            self.sources.remove(&source);
         }
     }
 
