@@ -13,6 +13,7 @@
 mod util;
 
 use std::collections::BTreeMap;
+use std::ffi::OsStr;
 use std::net::SocketAddr;
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
@@ -215,10 +216,13 @@ async fn read_lanes(conn: &quinn::Connection, lanes: u16) -> Vec<Got> {
     all
 }
 
-/// The files the lanes carried: path → (first chunk offset, bytes, FILE_END hash).
-fn files_of(records: &[Got]) -> BTreeMap<String, (Option<u64>, Vec<u8>, [u8; 32])> {
+/// A file the lanes carried: its first chunk's offset, its bytes, its FILE_END hash.
+type Carried = (Option<u64>, Vec<u8>, [u8; 32]);
+
+/// The files the lanes carried, by path.
+fn files_of(records: &[Got]) -> BTreeMap<String, Carried> {
     let mut paths = BTreeMap::new();
-    let mut files: BTreeMap<String, (Option<u64>, Vec<u8>, [u8; 32])> = BTreeMap::new();
+    let mut files: BTreeMap<String, Carried> = BTreeMap::new();
     for r in records {
         match r {
             Got::Entry(e) => {
@@ -601,4 +605,195 @@ fn refusal_and_error_text_is_printed_escaped() {
     assert_exits(&[(&s, 10)]);
     assert_escaped(&s);
     assert_says(&s, &["the other side failed: disk \\u{1b}]0;owned"]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Resources: streams the protocol does not have, a receiver that stops reading, one that
+// vanishes
+
+/// The kernel's account of a process's memory, KiB: (peak resident set `VmHWM`, resident set
+/// now `VmRSS`); `None` once it exited.
+fn memory(pid: u32) -> Option<(u64, u64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+    };
+    Some((field("VmHWM:")?, field("VmRSS:")?))
+}
+
+/// The sender's peak resident set may not exceed this, KiB: issue 14's bound for a whole
+/// transfer (40 MB). What a sender holds by design: the flow-control windows (4 MiB to start;
+/// auto-tuning grows them only while round trips carry most of a window, which a blocked or
+/// refused connection never does), per lane two records queued and one in hand (4 lanes × 3
+/// × 512 KiB = 6 MiB), the walk's queue of entries, and the binary with its runtime (about
+/// 10 MB). A sender that buffered any sizeable part of the 128 MiB file, or of the junk
+/// streams, would exceed it.
+const SENDER_PEAK_KIB: u64 = 40 << 10;
+
+/// Sends `len` junk bytes on `stream` (a write the sender never reads may block for good:
+/// bounded by STEP).
+async fn junk(mut stream: quinn::SendStream, len: usize) {
+    let block = vec![0x6a; 64 << 10];
+    let _ = tokio::time::timeout(STEP, async {
+        let mut left = len;
+        while left > 0 {
+            let n = left.min(block.len());
+            if stream.write_all(&block[..n]).await.is_err() {
+                return;
+            }
+            left -= n;
+        }
+        let _ = stream.finish();
+    })
+    .await;
+}
+
+/// Samples a process's peak resident set until it exits; returns the last value read, KiB.
+fn watch_peak(pid: u32) -> std::thread::JoinHandle<u64> {
+    std::thread::spawn(move || {
+        let mut peak = 0;
+        while let Some((hwm, _)) = memory(pid) {
+            peak = hwm;
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        peak
+    })
+}
+
+/// The receiver opens streams the protocol does not have (the 3 bidirectional ones QUIC
+/// allows beside the control stream, and 64 unidirectional ones; only the sender opens
+/// lanes) and pushes junk into them, 152 MiB in all. The sender must stop with a protocol
+/// error (exit 8), and without reading or buffering the junk beyond its flow-control window:
+/// its peak memory stays under [`SENDER_PEAK_KIB`].
+#[test]
+fn streams_the_protocol_does_not_have_are_refused() {
+    let mut fx = Fixture::new();
+    random_file(&fx.path("src/big"), 16 << 20, &mut fx.rng);
+    let (s, (report, peak)) = against_sender(&fx, &["big"], &[], async |evil, pid| {
+        let peak = watch_peak(pid);
+        evil.offer().await;
+        let mut writers = tokio::task::JoinSet::new();
+        for _ in 0..3 {
+            let Ok(Ok((send, _recv))) =
+                tokio::time::timeout(Duration::from_secs(5), evil.conn.open_bi()).await
+            else {
+                break;
+            };
+            writers.spawn(junk(send, 8 << 20));
+        }
+        for _ in 0..64 {
+            let Ok(Ok(send)) =
+                tokio::time::timeout(Duration::from_secs(5), evil.conn.open_uni()).await
+            else {
+                break;
+            };
+            writers.spawn(junk(send, 2 << 20));
+        }
+        evil.session.accept(Accept {}).expect("accept");
+        evil.flush().await;
+        let report = evil.report().await;
+        let _ = tokio::time::timeout(STEP, evil.conn.closed()).await;
+        writers.abort_all();
+        (report, peak)
+    });
+    let peak = peak.join().expect("sampler");
+    eprintln!("sender peak: {peak} KiB");
+    assert_protocol(&s, &report, &["opened a stream of its own"]);
+    assert!(peak > 0 && peak < SENDER_PEAK_KIB, "the sender's peak: {peak} KiB\n{s}");
+}
+
+/// Waits until the receiver's connection has taken in less than 64 KiB for a whole second
+/// (bounded by STEP): the sender is blocked on flow control.
+async fn until_blocked(conn: &quinn::Connection) {
+    let mut last = conn.stats().udp_rx.bytes;
+    let deadline = tokio::time::Instant::now() + STEP;
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let now = conn.stats().udp_rx.bytes;
+        if now - last < 64 << 10 {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the sender never stopped sending");
+        last = now;
+    }
+}
+
+/// The receiver accepts a 128 MiB file and then reads nothing, staying connected (QUIC
+/// keeps it alive). Once flow control holds the sender, its memory stays under
+/// [`SENDER_PEAK_KIB`] and does not grow while it keeps waiting (its stall timeout, 120 s, is
+/// `stalled_receiver_is_given_up` in `tests/malicious.rs`); when the receiver then goes away,
+/// it exits with `network` (7), not with success.
+#[test]
+fn a_receiver_that_stops_reading_leaves_the_sender_bounded() {
+    let mut fx = Fixture::new();
+    random_file(&fx.path("src/big"), 128 << 20, &mut fx.rng);
+    let extra = ["--reconnect-wait", "0"];
+    let (s, (blocked, later)) = against_sender(&fx, &["big"], &extra, async |evil, pid| {
+        evil.offer().await;
+        evil.session.accept(Accept {}).expect("accept");
+        evil.flush().await;
+        until_blocked(&evil.conn).await;
+        let blocked = memory(pid).expect("the sender waits");
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let later = memory(pid).expect("the sender still waits");
+        evil.conn.close(0u32.into(), b"");
+        (blocked, later)
+    });
+    eprintln!("sender memory (peak, now) KiB: blocked {blocked:?}, 5 s later {later:?}");
+    assert_exits(&[(&s, 7)]);
+    assert_says(&s, &["stopped without finishing"]);
+    assert_escaped(&s);
+    assert!(later.0 < SENDER_PEAK_KIB, "the sender's peak: {later:?} KiB\n{s}");
+    assert!(later.1 <= blocked.1 + 1024, "the waiting sender grew: {blocked:?} -> {later:?}");
+}
+
+/// The receiver takes the first 2 MiB of a 64 MiB file and vanishes: its process stops dead
+/// (here, the runtime that drives its endpoint is shut down), so not even a close goes out.
+/// The sender notices within QUIC's idle timeout and exits with `network` (7), saying so,
+/// its source untouched.
+#[test]
+fn a_receiver_that_vanishes_mid_file_is_noticed() {
+    let mut fx = Fixture::new();
+    random_file(&fx.path("src/big"), 64 << 20, &mut fx.rng);
+    let before = snapshot(&fx);
+    let sender = fx.send([
+        OsStr::new("--compress"),
+        OsStr::new("off"),
+        OsStr::new("--reconnect-wait"),
+        OsStr::new("0"),
+        fx.path("src/big").as_os_str(),
+    ]);
+    let rt = runtime();
+    let evil = rt.block_on(async {
+        let mut evil = Evil::connect(&fx).await;
+        evil.offer().await;
+        evil.session.accept(Accept {}).expect("accept");
+        evil.flush().await;
+        let mut lane = tokio::time::timeout(STEP, evil.conn.accept_uni())
+            .await
+            .expect("a lane in time")
+            .expect("a lane");
+        let mut taken = 0;
+        let mut buf = vec![0u8; 64 << 10];
+        while taken < 2 << 20 {
+            let n = tokio::time::timeout(STEP, lane.read(&mut buf))
+                .await
+                .expect("data in time")
+                .expect("read")
+                .expect("more data");
+            taken += n;
+        }
+        evil
+    });
+    rt.shutdown_background();
+    let s = sender.finish();
+    drop(evil);
+    assert_exits(&[(&s, 7)]);
+    assert_says(&s, &["timed out"]);
+    assert_escaped(&s);
+    assert!(s.event("done").is_none(), "{s}");
+    assert_eq!(snapshot(&fx), before, "the sender changed its source tree");
 }

@@ -176,6 +176,7 @@ pub async fn send(
                 r = run(&mut ctl, &conn, &opts, scan.clone(), peer, transfer_id, &observer, progress.clone(), &mut accepted, saved.as_ref()) => r,
                 e = stop.requested() => Err(e),
                 e = guard.trouble(&conn) => Err(e),
+                e = stray_stream(&conn) => Err(e),
             },
             Err(e) => Err(e.clone()),
         };
@@ -221,6 +222,24 @@ pub async fn send(
         })?;
         reconnects += 1;
         observer.note(Note::Reconnected);
+    }
+}
+
+/// Resolves when the receiver opens a stream of its own. It opens only the control stream, so
+/// any other is a protocol violation; left unread, it would also hold the connection's
+/// flow-control window, and with it the control stream. Never resolves once the connection is
+/// gone (its loss is reported where it is noticed).
+async fn stray_stream(conn: &quinn::Connection) -> TransferError {
+    let opened = tokio::select! {
+        s = conn.accept_uni() => s.map(drop),
+        s = conn.accept_bi() => s.map(drop),
+    };
+    match opened {
+        Ok(()) => TransferError::new(
+            ErrorKind::Protocol,
+            "the other side opened a stream of its own; a receiver opens only the control stream",
+        ),
+        Err(_) => std::future::pending().await,
     }
 }
 
