@@ -192,6 +192,24 @@ fn receiver_killed_mid_transfer() {
     assert!(s.event("reconnecting").is_none(), "{s}");
 }
 
+/// A second receiver with the code of a sender that already serves one is told that the
+/// sender is busy (exit 7), at once, instead of waiting for a sender that never answers.
+#[test]
+fn a_second_receiver_is_told_the_sender_is_busy() {
+    let fx = Fixture::new();
+    let (mut sender, mut receiver, _) = mid_transfer(&fx);
+    let other = fx.path("other");
+    let second = fx
+        .receive([OsStr::new("--yes"), OsStr::new("--out"), other.as_os_str()])
+        .finish_within(Duration::from_secs(60));
+    assert_exits(&[(&second, 7)]);
+    assert_says(&second, &["already serving another receiver", "new code"]);
+    assert!(!other.exists() || list_all(&other).is_empty(), "the second receiver wrote nothing");
+    assert!(sender.running() && receiver.running(), "the first transfer goes on");
+    receiver.kill();
+    sender.kill();
+}
+
 /// Ctrl-C on the receiver: exit 130 at once; the partial copy is kept (under no final name),
 /// and the message says how to resume or remove it; `--discard-partial` removes it.
 #[test]

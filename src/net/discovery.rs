@@ -33,7 +33,10 @@
 //!    datagrams crossed, at most [`MAX_ADDRS`]) and to notice a second sender *instance* on
 //!    the same nameplate, which is an [`DiscoveryError::Ambiguous`] error: picking one would
 //!    be a coin toss, and a new code fixes it.
-//! 6. No answer within the timeout is [`DiscoveryError::NotFound`]. Malformed datagrams,
+//! 6. Once the sender serves a receiver ([`Announcer::set_busy`]) it announces nothing
+//!    unasked and answers queries with `Busy`: a second receiver fails at once with
+//!    [`DiscoveryError::Busy`] instead of timing out.
+//! 7. No answer within the timeout is [`DiscoveryError::NotFound`]. Malformed datagrams,
 //!    queries and other nameplates are ignored (logged at debug level).
 //!
 //! Discovery keeps to the link ([`crate::net::link`]): the sender answers only queries sent
@@ -49,6 +52,8 @@
 use std::collections::BTreeMap;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use socket2::{Domain, Protocol, SockRef, Socket, Type};
@@ -168,6 +173,15 @@ pub enum DiscoveryError {
         /// The nameplate both senders offer.
         nameplate: u32,
     },
+    /// The sender answered that it already serves a receiver.
+    #[error(
+        "the sender with nameplate {nameplate} is already serving another receiver (a code \
+         serves one receiver); ask the sender for a new code"
+    )]
+    Busy {
+        /// The nameplate taken.
+        nameplate: u32,
+    },
 }
 
 impl DiscoveryError {
@@ -197,6 +211,8 @@ pub struct Found {
 pub struct Announcer {
     instance: u64,
     task: JoinHandle<()>,
+    /// Set once the sender serves a receiver: queries are then answered with `Busy`.
+    busy: Arc<AtomicBool>,
 }
 
 impl Announcer {
@@ -240,13 +256,27 @@ impl Announcer {
             interfaces = ?interfaces.addrs,
             "announcing on the local network"
         );
-        let task = tokio::spawn(run_announcer(socket, interfaces, config.clone(), responder));
-        Ok(Announcer { instance, task })
+        let busy = Arc::new(AtomicBool::new(false));
+        let task = tokio::spawn(run_announcer(
+            socket,
+            interfaces,
+            config.clone(),
+            responder,
+            busy.clone(),
+        ));
+        Ok(Announcer { instance, task, busy })
     }
 
     /// This sender's random instance id, as seen in [`Found::instance`].
     pub fn instance(&self) -> u64 {
         self.instance
+    }
+
+    /// The sender now serves a receiver: from now on queries for the nameplate are answered
+    /// with `Busy` (a second receiver learns that the code is taken instead of waiting in
+    /// vain), and nothing is announced unasked.
+    pub fn set_busy(&self) {
+        self.busy.store(true, Ordering::Relaxed);
     }
 }
 
@@ -262,6 +292,7 @@ async fn run_announcer(
     mut interfaces: Interfaces,
     config: DiscoveryConfig,
     mut responder: Responder,
+    busy: Arc<AtomicBool>,
 ) {
     let group = SocketAddrV4::new(config.group, config.port);
     let mut ticker = tokio::time::interval(config.announce_interval);
@@ -279,8 +310,10 @@ async fn run_announcer(
             warn!(error = %e, "cannot check where discovery queries come from; only announcing");
             loop {
                 ticker.tick().await;
-                let bytes = responder.announce(0).encode();
-                send_multicast(&socket, &interfaces.addrs, group, &bytes).await;
+                if !busy.load(Ordering::Relaxed) {
+                    let bytes = responder.announce(0).encode();
+                    send_multicast(&socket, &interfaces.addrs, group, &bytes).await;
+                }
             }
         }
     };
@@ -293,6 +326,9 @@ async fn run_announcer(
                         debug!(error = %e, "could not re-read the network interfaces");
                     }
                 }
+                if busy.load(Ordering::Relaxed) {
+                    continue;
+                }
                 let bytes = responder.announce(0).encode();
                 send_multicast(&socket, &interfaces.addrs, group, &bytes).await;
             }
@@ -303,6 +339,7 @@ async fn run_announcer(
                             trace!(from = %got.from, dst = ?got.dst, "ignoring a datagram from beyond the link");
                             break;
                         }
+                        responder.busy = busy.load(Ordering::Relaxed);
                         let Some(answer) = responder.handle(Instant::now(), got.from, datagram)
                         else {
                             continue;
@@ -428,6 +465,9 @@ pub async fn find(
             Err(e) => return Err(DiscoveryError::io("receiving discovery answers failed", e)),
         }
     }
+    if collector.only_busy() {
+        return Err(DiscoveryError::Busy { nameplate });
+    }
     collector.finish().ok_or(DiscoveryError::NotFound {
         nameplate,
         waited: timeout,
@@ -453,6 +493,8 @@ struct Responder {
     window_start: Instant,
     unicast_in_window: u32,
     last_multicast: Option<Instant>,
+    /// Serving a receiver already: answers say `Busy`.
+    busy: bool,
 }
 
 impl Responder {
@@ -464,16 +506,16 @@ impl Responder {
             window_start: now,
             unicast_in_window: 0,
             last_multicast: None,
+            busy: false,
         }
     }
 
     fn announce(&self, query_id: u64) -> DiscoveryMsg {
-        DiscoveryMsg::Announce {
-            nameplate: self.nameplate,
-            instance: self.instance,
-            port: self.port,
-            query_id,
+        let (nameplate, instance) = (self.nameplate, self.instance);
+        if self.busy {
+            return DiscoveryMsg::Busy { nameplate, instance, query_id };
         }
+        DiscoveryMsg::Announce { nameplate, instance, port: self.port, query_id }
     }
 
     fn handle(&mut self, now: Instant, from: SocketAddr, bytes: &[u8]) -> Option<Answer> {
@@ -491,6 +533,7 @@ impl Responder {
                 }
                 return None;
             }
+            Ok(DiscoveryMsg::Busy { .. }) => return None,
             Err(e) => {
                 debug!(%from, len = bytes.len(), error = %e, "ignoring malformed datagram");
                 return None;
@@ -534,11 +577,13 @@ struct Collector {
     /// The sender was first heard other than in answer to the last query: a fresh query now
     /// tells how long its answers take, and so how short the grace can be.
     requery: bool,
+    /// A sender answered that it is busy, and until when to wait for one that is not.
+    busy: Option<Instant>,
 }
 
 impl Collector {
     fn new(nameplate: u32) -> Self {
-        Collector { nameplate, found: None, queried: None, requery: false }
+        Collector { nameplate, found: None, queried: None, requery: false, busy: None }
     }
 
     /// Query `id` went out at `now`.
@@ -558,7 +603,16 @@ impl Collector {
                 debug!(%from, nameplate, "ignoring announce for another nameplate (or port 0)");
                 return Ok(());
             }
-            Ok(DiscoveryMsg::Query { .. }) => return Ok(()),
+            Ok(DiscoveryMsg::Busy { nameplate, query_id, .. }) if nameplate == self.nameplate => {
+                if self.busy.is_none() {
+                    debug!(%from, "the sender is busy with another receiver");
+                    let grace = self.grace(now, query_id);
+                    self.requery = grace.is_none();
+                    self.busy = Some(now + grace.unwrap_or(GRACE));
+                }
+                return Ok(());
+            }
+            Ok(DiscoveryMsg::Query { .. } | DiscoveryMsg::Busy { .. }) => return Ok(()),
             Err(e) => {
                 debug!(%from, len = bytes.len(), error = %e, "ignoring malformed datagram");
                 return Ok(());
@@ -612,7 +666,12 @@ impl Collector {
 
     /// When the grace period after the first answer ends, if one arrived.
     fn poll_timeout(&self) -> Option<Instant> {
-        self.found.as_ref().map(|(_, until)| *until)
+        self.found.as_ref().map(|(_, until)| *until).or(self.busy)
+    }
+
+    /// Whether only a busy sender answered.
+    fn only_busy(&self) -> bool {
+        self.found.is_none() && self.busy.is_some()
     }
 
     fn finish(self) -> Option<Found> {
@@ -1033,6 +1092,47 @@ mod tests {
         let from = loopback(DEFAULT_PORT);
         c.handle(t0, from, &announce(7, 1, 4433)).unwrap();
         assert_eq!(c.handle(t0, from, &announce(7, 2, 4433)), Err(Ambiguous));
+    }
+
+    #[test]
+    fn a_busy_answer_ends_the_wait_unless_a_free_sender_answers() {
+        let t0 = Instant::now();
+        let from = loopback(DEFAULT_PORT);
+        let busy = DiscoveryMsg::Busy { nameplate: 7, instance: 1, query_id: 5 }.encode();
+        let mut c = Collector::new(7);
+        c.queried(5, t0);
+        c.handle(t0 + Duration::from_millis(10), from, &busy).unwrap();
+        assert!(c.only_busy());
+        assert_eq!(c.poll_timeout(), Some(t0 + Duration::from_millis(10) + MIN_GRACE));
+        // Another sender on the nameplate that is free wins; it is not a second instance.
+        c.handle(t0, from, &announce(7, 2, 4433)).unwrap();
+        assert!(!c.only_busy());
+        assert_eq!(c.finish().map(|f| f.instance), Some(2));
+        // A busy answer for another nameplate is nobody's business.
+        let mut c = Collector::new(8);
+        c.handle(t0, from, &busy).unwrap();
+        assert!(!c.only_busy() && c.poll_timeout().is_none());
+    }
+
+    #[test]
+    fn a_busy_responder_answers_busy() {
+        let t0 = Instant::now();
+        let mut r = Responder::new(7, 42, 4433, t0);
+        r.busy = true;
+        let query = DiscoveryMsg::Query { nameplate: 7, query_id: 9 }.encode();
+        let answer = r.handle(t0, loopback(5000), &query).unwrap();
+        assert_eq!(answer.msg, DiscoveryMsg::Busy { nameplate: 7, instance: 42, query_id: 9 });
+    }
+
+    /// A sender that serves a receiver tells a second one so, at once.
+    #[tokio::test]
+    async fn a_busy_sender_is_reported_busy() {
+        let config = test_config();
+        let np = nameplate();
+        let announcer = Announcer::start(&config, np, 4433).await.unwrap();
+        announcer.set_busy();
+        let err = find(&config, np, Duration::from_secs(20)).await.unwrap_err();
+        assert!(matches!(err, DiscoveryError::Busy { nameplate } if nameplate == np), "{err:?}");
     }
 
     #[test]

@@ -318,9 +318,16 @@ async fn lan(
             })
         })?
         .ok_or_else(|| TransferError::internal("the QUIC endpoint closed unexpectedly"))?;
-    // One connection per code: nobody else gets a handshake, let alone a guess.
+    // One connection per code: nobody else gets a handshake, let alone a guess. A second
+    // receiver's query is still answered, with `Busy`, as long as this connection lasts.
     node.endpoint.set_server_config(None);
-    drop(announcer);
+    announcer.set_busy();
+    // An endpoint handle does not hold a connection open, as a connection handle would.
+    let endpoint = node.endpoint.clone();
+    tokio::spawn(async move {
+        endpoint.wait_idle().await;
+        drop(announcer);
+    });
     observer.note(Note::Connected { peer: conn.remote_address(), path: PathKind::Direct });
 
     let channel = node.channel(&conn)?;

@@ -13,7 +13,7 @@
 //! offset size field
 //!      0    4 magic      "P2PC" (50 32 50 43)
 //!      4    1 version    1
-//!      5    1 type       1 = Query, 2 = Announce
+//!      5    1 type       1 = Query, 2 = Announce, 3 = Busy
 //! ```
 //!
 //! `Query` (type 1, 18 bytes), receiver → multicast group:
@@ -32,6 +32,15 @@
 //!     20    8 query_id   u64, the query answered, 0 when unsolicited
 //! ```
 //!
+//! `Busy` (type 3, 26 bytes), sender → querier (unicast reply) and group, while it serves a
+//! receiver: the nameplate is taken, so a second receiver is told so instead of timing out:
+//!
+//! ```text
+//!      6    4 nameplate  u32
+//!     10    8 instance   u64
+//!     18    8 query_id   u64, the query answered
+//! ```
+//!
 //! The decoder rejects anything longer than [`MAX_DATAGRAM`], a wrong magic, another version,
 //! an unknown type, a short datagram and trailing bytes, each with its own
 //! [`DiscoveryDecodeError`]. It never panics, whatever the input.
@@ -47,6 +56,7 @@ pub const MAX_DATAGRAM: usize = 512;
 const HEADER_LEN: usize = MAGIC.len() + 2;
 const TYPE_QUERY: u8 = 1;
 const TYPE_ANNOUNCE: u8 = 2;
+const TYPE_BUSY: u8 = 3;
 
 /// One LAN discovery datagram.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -68,6 +78,15 @@ pub enum DiscoveryMsg {
         /// UDP port of the sender's QUIC endpoint.
         port: u16,
         /// The query this answers, 0 when unsolicited.
+        query_id: u64,
+    },
+    /// Sender → querier and group: I offer this nameplate but already serve a receiver.
+    Busy {
+        /// The public nameplate, taken.
+        nameplate: u32,
+        /// The sender's instance.
+        instance: u64,
+        /// The query this answers.
         query_id: u64,
     },
 }
@@ -116,6 +135,12 @@ impl DiscoveryMsg {
                 out.extend_from_slice(&port.to_be_bytes());
                 out.extend_from_slice(&query_id.to_be_bytes());
             }
+            DiscoveryMsg::Busy { nameplate, instance, query_id } => {
+                out.push(TYPE_BUSY);
+                out.extend_from_slice(&nameplate.to_be_bytes());
+                out.extend_from_slice(&instance.to_be_bytes());
+                out.extend_from_slice(&query_id.to_be_bytes());
+            }
         }
         out
     }
@@ -149,6 +174,9 @@ impl DiscoveryMsg {
                 port: r.u16()?,
                 query_id: r.u64()?,
             },
+            TYPE_BUSY => {
+                DiscoveryMsg::Busy { nameplate: r.u32()?, instance: r.u64()?, query_id: r.u64()? }
+            }
             other => return Err(DiscoveryDecodeError::UnknownType(other)),
         };
         if !r.0.is_empty() {
@@ -235,6 +263,19 @@ mod tests {
     }
 
     #[test]
+    fn busy_snapshot() {
+        let busy =
+            DiscoveryMsg::Busy { nameplate: 7, instance: 0x1122_3344_5566_7788, query_id: 9 };
+        let bytes = busy.encode();
+        assert_eq!(
+            hex::encode(&bytes),
+            concat!("50325043", "01", "03", "00000007", "1122334455667788", "0000000000000009")
+        );
+        assert_eq!(bytes.len(), 26);
+        assert_eq!(DiscoveryMsg::decode(&bytes), Ok(busy));
+    }
+
+    #[test]
     fn typed_errors() {
         use DiscoveryDecodeError::*;
         let good = announce().encode();
@@ -271,6 +312,13 @@ mod tests {
                     query_id
                 }
             ),
+            (any::<u32>(), any::<u64>(), any::<u64>()).prop_map(
+                |(nameplate, instance, query_id)| DiscoveryMsg::Busy {
+                    nameplate,
+                    instance,
+                    query_id
+                }
+            ),
         ]
     }
 
@@ -289,7 +337,7 @@ mod tests {
 
         #[test]
         fn valid_header_random_body_never_panics(
-            ty in 0u8..4,
+            ty in 0u8..5,
             body in proptest::collection::vec(any::<u8>(), 0..40),
         ) {
             let mut bytes = MAGIC.to_vec();
