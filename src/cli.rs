@@ -38,12 +38,22 @@ enum Command {
     Rendezvous(Box<rendezvous::Args>),
     /// Print a shell completion script.
     Completions(CompletionArgs),
+    /// Print the manual page (roff): `p2p-copy man | man -l -`, or `p2p-copy man send` for a
+    /// subcommand's.
+    Man(ManArgs),
 }
 
 #[derive(Debug, Args)]
 struct CompletionArgs {
     /// The shell.
     shell: clap_complete::Shell,
+}
+
+#[derive(Debug, Args)]
+struct ManArgs {
+    /// The subcommand whose page to print (the overview without one).
+    #[arg(value_parser = ["send", "receive", "code", "rendezvous", "completions", "man"])]
+    subcommand: Option<String>,
 }
 
 /// Output flags shared by every transfer command.
@@ -148,8 +158,43 @@ impl Reconnect {
     }
 }
 
+/// Writes the manual page of p2p-copy, or of one of its subcommands, as roff.
+fn man(subcommand: Option<&str>, out: &mut dyn std::io::Write) -> std::io::Result<()> {
+    let cmd = <Cli as clap::CommandFactory>::command();
+    let page = match subcommand {
+        None => cmd,
+        Some(name) => {
+            let Some(sub) = cmd.find_subcommand(name) else {
+                return Err(std::io::Error::other(format!("no subcommand {name}")));
+            };
+            // Named as man(1) expects a subcommand's page: p2p-copy-send(1).
+            let title = format!("p2p-copy-{name}");
+            sub.clone().name(title.clone()).bin_name(title)
+        }
+    };
+    clap_mangen::Man::new(page).render(out)
+}
+
 /// Bytes with an optional binary K, M or G suffix, 1 MiB to 1 GiB.
 fn parse_window(s: &str) -> Result<u32, String> {
+    let bytes = parse_size(s)?;
+    u32::try_from(bytes)
+        .ok()
+        .filter(|b| (1 << 20..=1 << 30).contains(b))
+        .ok_or_else(|| format!("{s} is outside 1M to 1G"))
+}
+
+/// Chunk size: bytes with an optional binary K or M suffix, 16 KiB to 4 MiB.
+fn parse_chunk(s: &str) -> Result<usize, String> {
+    let bytes = parse_size(s)?;
+    usize::try_from(bytes)
+        .ok()
+        .filter(|b| (16 << 10..=4 << 20).contains(b))
+        .ok_or_else(|| format!("{s} is outside 16K to 4M"))
+}
+
+/// Bytes with an optional binary K, M or G suffix.
+fn parse_size(s: &str) -> Result<u64, String> {
     let t = s.trim();
     let (digits, shift) = match t.char_indices().last() {
         Some((i, 'K' | 'k')) => (&t[..i], 10),
@@ -158,11 +203,48 @@ fn parse_window(s: &str) -> Result<u32, String> {
         _ => (t, 0),
     };
     let n: u64 = digits.parse().map_err(|_| format!("{s:?} is not a size such as 16M"))?;
-    let bytes = n.saturating_mul(1 << shift);
-    u32::try_from(bytes)
-        .ok()
-        .filter(|b| (1 << 20..=1 << 30).contains(b))
-        .ok_or_else(|| format!("{s} is outside 1M to 1G"))
+    Ok(n.saturating_mul(1 << shift))
+}
+
+/// Largest code file (or code line on stdin) read: a code is a few dozen bytes.
+const MAX_CODE_LINE: u64 = 1024;
+
+/// The code in the first line of `path` (`--code-file`).
+fn code_from_file(path: &std::path::Path) -> Result<String, TransferError> {
+    use std::io::Read;
+    let mut text = String::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(MAX_CODE_LINE).read_to_string(&mut text))
+        .map_err(|e| usage(format!("cannot read the code file {}: {e}", path.display())))?;
+    first_line(&text)
+        .ok_or_else(|| usage(format!("the code file {} holds no code", path.display())))
+}
+
+/// The code in the first line of stdin (a receive given no code, whose stdin is a pipe or a
+/// file), waiting at most `wait` for it.
+fn code_from_stdin(wait: std::time::Duration) -> Result<String, TransferError> {
+    use std::io::{BufRead, Read};
+    let (tx, rx) = std::sync::mpsc::channel();
+    // A blocking read in a thread of its own: a stdin that never delivers a line cannot hold
+    // the command past `wait` (the thread is left behind; the process exits).
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let read = std::io::stdin().lock().take(MAX_CODE_LINE).read_line(&mut line);
+        let _ = tx.send(read.map(|_| line));
+    });
+    let none = "no code given: pass it as an argument, with --code-file, in P2P_COPY_CODE or \
+                as the first line of stdin";
+    match rx.recv_timeout(wait) {
+        Ok(Ok(line)) => first_line(&line).ok_or_else(|| usage(none)),
+        Ok(Err(e)) => Err(usage(format!("reading the code from stdin: {e}"))),
+        Err(_) => Err(usage(format!("{none} (nothing arrived on stdin within {wait:?})"))),
+    }
+}
+
+/// The first line of `text`, trimmed, if it holds anything.
+fn first_line(text: &str) -> Option<String> {
+    let line = text.lines().next()?.trim();
+    (!line.is_empty()).then(|| line.to_owned())
 }
 
 /// The user's settings file: `rendezvous` and `rendezvous_token`, used when neither the
@@ -275,6 +357,8 @@ pub fn main() -> ExitCode {
             clap_complete::generate(args.shell, &mut cmd, "p2p-copy", &mut std::io::stdout());
             Ok(())
         }
+        Command::Man(args) => man(args.subcommand.as_deref(), &mut std::io::stdout().lock())
+            .map_err(|e| TransferError::new(ErrorKind::Io, format!("writing the page: {e}"))),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -19,6 +19,10 @@ pub struct Args {
     /// The code the sender shows (asked for on a terminal when omitted).
     #[arg(env = "P2P_COPY_CODE", hide_env_values = true)]
     pub code: Option<String>,
+    /// Read the code from the first line of this file. Without a code, and when stdin is not a
+    /// terminal, the first line of stdin is the code.
+    #[arg(long, value_name = "PATH", env = "P2P_COPY_CODE_FILE", conflicts_with = "code")]
+    pub code_file: Option<PathBuf>,
     /// Directory to receive into (created if missing).
     #[arg(long, short, default_value = ".", value_name = "DIR", env = "P2P_COPY_OUT")]
     pub out: PathBuf,
@@ -38,7 +42,7 @@ pub struct Args {
     #[arg(long, conflicts_with_all = ["code", "yes", "overwrite", "checksum"])]
     pub discard_partial: bool,
     /// Seconds to look for the sender before giving up (at most a day).
-    #[arg(long, default_value_t = 30, value_name = "SECS", env = "P2P_COPY_WAIT",
+    #[arg(long, default_value_t = 30, value_name = "SECS", env = "P2P_COPY_RECEIVE_WAIT",
           value_parser = clap::value_parser!(u64).range(1..=86_400))]
     pub wait: u64,
     #[command(flatten)]
@@ -56,12 +60,11 @@ pub async fn run(args: Args, stop: Stop) -> Result<(), TransferError> {
     if args.discard_partial {
         return discard(&args);
     }
-    let typed = match args.code {
-        Some(c) => c,
-        None if std::io::stdin().is_terminal() => ask_code()?,
-        None => {
-            return Err(super::usage("no code given: pass it as an argument or in P2P_COPY_CODE"))
-        }
+    let typed = match (args.code, &args.code_file) {
+        (Some(c), _) => c,
+        (None, Some(path)) => super::code_from_file(path)?,
+        (None, None) if std::io::stdin().is_terminal() => ask_code()?,
+        (None, None) => super::code_from_stdin(Duration::from_secs(args.wait))?,
     };
     let code = Code::parse(&typed).map_err(|e| super::usage(e.to_string()))?;
     let mut opts = ReceiveOptions::new(code, args.out);

@@ -23,18 +23,22 @@ pub struct Args {
     /// Use this code instead of a generated one (must be strong enough: see `p2p-copy code`).
     #[arg(long, env = "P2P_COPY_CODE", hide_env_values = true)]
     pub code: Option<String>,
+    /// Use the code in the first line of this file (as --code, but out of the process list).
+    #[arg(long, value_name = "PATH", env = "P2P_COPY_CODE_FILE", conflicts_with = "code")]
+    pub code_file: Option<PathBuf>,
     /// Secret words in a generated code (3 words = 24 bits; each word adds 8).
     #[arg(long, default_value_t = DEFAULT_WORDS, env = "P2P_COPY_CODE_WORDS")]
     pub code_words: usize,
     /// Seconds to wait for the receiver before giving up (at most 30 days).
-    #[arg(long, default_value_t = 3600, value_name = "SECS", env = "P2P_COPY_WAIT",
+    #[arg(long, default_value_t = 3600, value_name = "SECS", env = "P2P_COPY_SEND_WAIT",
           value_parser = clap::value_parser!(u64).range(1..=2_592_000))]
     pub wait: u64,
     /// Data streams to run in parallel (the receiver may allow fewer).
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=16), env = "P2P_COPY_LANES")]
     pub lanes: u16,
-    /// Chunk size in bytes (16 KiB to 4 MiB).
-    #[arg(long, default_value_t = DEFAULT_CHUNK, value_name = "BYTES", env = "P2P_COPY_CHUNK_SIZE")]
+    /// Chunk size in bytes, with an optional K or M suffix (binary; 16K to 4M).
+    #[arg(long, default_value_t = DEFAULT_CHUNK, value_name = "BYTES", env = "P2P_COPY_CHUNK_SIZE",
+          value_parser = super::parse_chunk)]
     pub chunk_size: usize,
     /// Compress chunks with zstd: `auto` compresses what shrinks (sampled, so incompressible
     /// data costs next to nothing), `on` everything that shrinks at all, `off` nothing.
@@ -56,8 +60,13 @@ pub struct Args {
 
 /// Runs a send.
 pub async fn run(args: Args, stop: Stop) -> Result<(), TransferError> {
-    let code = match &args.code {
-        Some(chosen) => Code::parse_chosen(chosen).map_err(|e| super::usage(e.to_string()))?,
+    let chosen = match (&args.code, &args.code_file) {
+        (Some(code), _) => Some(code.clone()),
+        (None, Some(path)) => Some(super::code_from_file(path)?),
+        (None, None) => None,
+    };
+    let code = match chosen {
+        Some(chosen) => Code::parse_chosen(&chosen).map_err(|e| super::usage(e.to_string()))?,
         None => super::code::generate(args.code_words)?,
     };
     let mut opts = SendOptions::new(args.paths, code);

@@ -1,0 +1,122 @@
+//! What scripts reach for (issue 15), through the built binary: the code from a file or from
+//! stdin, the manual page, sizes with suffixes, and each side's own wait variable.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod util;
+
+use std::ffi::OsStr;
+
+use util::*;
+
+/// The code travels in a file on both sides (`--code-file`), and a receiver given no code
+/// whose stdin is not a terminal reads it from stdin's first line.
+#[test]
+fn the_code_comes_from_a_file_or_from_stdin() {
+    let mut fx = Fixture::new();
+    let src = fx.path("src/doc.bin");
+    random_file(&src, 100_000, &mut fx.rng);
+    let code_file = fx.path("code.txt");
+    write_file(&code_file, format!("{}\nanything after the first line\n", fx.code).as_bytes());
+
+    for (i, via_stdin) in [false, true].into_iter().enumerate() {
+        let out = fx.path(&format!("out{i}"));
+        let sender = fx.spawn(
+            "sender",
+            &[],
+            [
+                OsStr::new("send"),
+                OsStr::new("--json"),
+                OsStr::new("--code-file"),
+                code_file.as_os_str(),
+                src.as_os_str(),
+            ],
+        );
+        let mut args = vec![OsStr::new("receive"), OsStr::new("--json"), OsStr::new("--yes")];
+        args.extend([OsStr::new("--out"), out.as_os_str()]);
+        let mut cmd = if via_stdin {
+            let mut cmd = fx.command(&[], &args);
+            cmd.stdin(std::fs::File::open(&code_file).unwrap());
+            cmd
+        } else {
+            args.extend([OsStr::new("--code-file"), code_file.as_os_str()]);
+            fx.command(&[], &args)
+        };
+        cmd.env_remove("P2P_COPY_CODE");
+        let receiver = Proc::spawn("receiver", cmd);
+        let (s, r) = finish_pair(sender, receiver);
+        assert_exits(&[(&s, 0), (&r, 0)]);
+        assert_eq!(std::fs::read(out.join("doc.bin")).unwrap(), std::fs::read(&src).unwrap());
+    }
+
+    // A code file that holds no code is a usage error naming it.
+    let empty = fx.path("empty.txt");
+    write_file(&empty, b"\n\n");
+    let o = fx
+        .spawn(
+            "receiver",
+            &[],
+            [OsStr::new("receive"), OsStr::new("--code-file"), empty.as_os_str()],
+        )
+        .finish();
+    assert_exits(&[(&o, 2)]);
+    assert_says(&o, &["holds no code", "empty.txt"]);
+}
+
+/// `p2p-copy man` prints roff for the command and, given one, for a subcommand.
+#[test]
+fn man_prints_the_manual_pages() {
+    let fx = Fixture::new();
+    let top = fx.spawn("man", &[], ["man"]).finish();
+    assert_exits(&[(&top, 0)]);
+    assert!(top.stdout.starts_with(".ie") || top.stdout.contains(".TH p2p-copy"), "{top}");
+    assert!(top.stdout.contains("receive") && top.stdout.contains("rendezvous"), "{top}");
+    let send = fx.spawn("man", &[], ["man", "send"]).finish();
+    assert_exits(&[(&send, 0)]);
+    assert!(send.stdout.contains(".TH p2p-copy-send"), "{send}");
+    assert!(send.stdout.contains(r"\-\-code\-file"), "options are listed\n{send}");
+    let bad = fx.spawn("man", &[], ["man", "nosuch"]).finish();
+    assert_exits(&[(&bad, 2)]);
+}
+
+/// `--chunk-size` takes suffixes like `--window`, and refuses what is out of range clearly.
+#[test]
+fn chunk_size_takes_suffixes() {
+    let mut fx = Fixture::new();
+    let src = fx.path("src/doc.bin");
+    random_file(&src, 300_000, &mut fx.rng);
+    let out = fx.path("out");
+    let (s, r) = fx.transfer(
+        &[OsStr::new("--chunk-size"), OsStr::new("64K"), src.as_os_str()],
+        &[OsStr::new("--yes"), OsStr::new("--out"), out.as_os_str()],
+    );
+    assert_exits(&[(&s, 0), (&r, 0)]);
+    assert_eq!(std::fs::read(out.join("doc.bin")).unwrap(), std::fs::read(&src).unwrap());
+    let o = fx
+        .spawn(
+            "sender",
+            &[],
+            [OsStr::new("send"), OsStr::new("--chunk-size"), OsStr::new("1K"), src.as_os_str()],
+        )
+        .finish();
+    assert_exits(&[(&o, 2)]);
+    assert_says(&o, &["outside 16k to 4m"]);
+}
+
+/// Each side has its own wait variable: a value only `send` accepts does not break
+/// `receive`, and `receive` checks its own.
+#[test]
+fn each_side_has_its_own_wait_variable() {
+    let fx = Fixture::new();
+    let out = fx.path("out");
+    let mut cmd = fx.command(&[], [OsStr::new("receive"), OsStr::new("--out"), out.as_os_str()]);
+    cmd.arg(&fx.code).env("P2P_COPY_SEND_WAIT", "100000").env("P2P_COPY_RECEIVE_WAIT", "1");
+    let o = Proc::spawn("receiver", cmd).finish();
+    assert_exits(&[(&o, 7)]);
+    assert_says(&o, &["no sender"]);
+    let mut cmd = fx.command(&[], [OsStr::new("receive"), OsStr::new("--out"), out.as_os_str()]);
+    cmd.arg(&fx.code).env("P2P_COPY_RECEIVE_WAIT", "100000");
+    let o = Proc::spawn("receiver", cmd).finish();
+    assert_exits(&[(&o, 2)]);
+    assert_says(&o, &["100000"]);
+}
