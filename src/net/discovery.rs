@@ -153,8 +153,7 @@ pub enum DiscoveryError {
     #[error(
         "no sender for nameplate {nameplate} answered on the local network within {waited:?}; \
          check that the sender is running, on the same network, and that UDP port {port} is \
-         not blocked (a sender that uses a rendezvous node needs the same --rendezvous here; \
-         a sender already serving another receiver stops answering)"
+         not blocked (a sender that uses a rendezvous node needs the same --rendezvous here)"
     )]
     NotFound {
         /// The nameplate looked for.

@@ -40,7 +40,8 @@
 //! any name, but not what a handle refers to. A directory swapped for a link after the walk
 //! is not followed: what was to go into it goes into the directory that was checked, wherever
 //! it was moved, and a fresh walk refuses the link. The state directory is opened once,
-//! checked (ours, mode 0700) and used by handle from then on.
+//! checked (ours, mode 0700) and used by handle from then on, for listing and removing too
+//! (a FIFO or link planted under one of its names is removed, never opened through).
 
 mod error;
 mod path;

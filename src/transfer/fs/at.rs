@@ -152,6 +152,23 @@ impl Dir {
         rename_noreplace(&self.fd, name, &to.dir.fd, &to.name)
     }
 
+    /// The names in this directory (`.` and `..` left out); the directory must have been
+    /// opened readable ([`open_own_dir`]).
+    pub fn names(&self) -> io::Result<Vec<String>> {
+        let mut out = Vec::new();
+        for entry in rustix::fs::Dir::read_from(&self.fd)? {
+            let entry = entry?;
+            let name = entry.file_name().to_bytes();
+            if name != b"." && name != b".." {
+                // Names that are not UTF-8 are never ours.
+                if let Ok(name) = std::str::from_utf8(name) {
+                    out.push(name.to_owned());
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// Gives the file `name` a second name `to`, which must not exist.
     pub fn link(&self, name: &str, to: &At) -> io::Result<()> {
         let flags = AtFlags::empty();

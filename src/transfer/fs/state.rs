@@ -28,9 +28,9 @@ use std::io;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use rustix::fs::OFlags;
+use rustix::fs::{FileType, OFlags};
 use rustix::io::Errno;
 
 use super::at::{open_own_dir, At, Dir};
@@ -141,6 +141,18 @@ impl StateDir {
         fs::symlink_metadata(&self.path).is_ok_and(|m| m.is_dir())
     }
 
+    /// The directory, open and checked, if it exists (nothing is created): what is read or
+    /// removed here is read or removed in the directory checked, never through a link.
+    fn existing(&self) -> Option<Arc<Dir>> {
+        if let Some(dir) = &*self.dir.lock().unwrap_or_else(PoisonError::into_inner) {
+            return Some(dir.clone());
+        }
+        if !self.exists() {
+            return None;
+        }
+        self.ensure().ok()
+    }
+
     /// Creates it if needed, checks that it is a real directory of ours, mode 0700, and
     /// keeps it open: partial files are made in the directory checked, whatever happens to
     /// its name.
@@ -188,13 +200,9 @@ impl StateDir {
 
     /// The ids of the partial files here (none if the directory does not exist).
     pub fn partial_ids(&self) -> HashSet<String> {
-        let Ok(dir) = fs::read_dir(&self.path) else { return HashSet::new() };
-        dir.flatten()
-            .filter_map(|e| {
-                let name = e.file_name().into_string().ok()?;
-                name.strip_suffix(PART).map(str::to_owned)
-            })
-            .collect()
+        let Some(dir) = self.existing() else { return HashSet::new() };
+        let names = dir.names().unwrap_or_default();
+        names.iter().filter_map(|name| name.strip_suffix(PART).map(str::to_owned)).collect()
     }
 
     /// Opens (creating) the partial file `id` for reading and writing, locked for this
@@ -233,20 +241,21 @@ impl StateDir {
 
     /// Removes partial `id` and its journal unless a transfer holds it.
     pub fn remove_unused(&self, id: &str) {
-        let path = self.path.join(format!("{id}{PART}"));
-        let Ok(f) = File::open(&path) else { return };
-        if rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_ok() {
+        let Some(dir) = self.existing() else { return };
+        if unused(&dir, &format!("{id}{PART}")) {
             self.remove(id);
         }
     }
 
     /// Removes partial `id` and its journal.
     pub fn remove(&self, id: &str) {
+        let Some(dir) = self.existing() else { return };
         for suffix in [PART, JOURNAL] {
-            let p = self.path.join(format!("{id}{suffix}"));
-            if let Err(e) = fs::remove_file(&p) {
+            let name = format!("{id}{suffix}");
+            if let Err(e) = dir.remove(&name) {
                 if e.kind() != io::ErrorKind::NotFound {
-                    tracing::warn!(path = %p.display(), error = %e, "could not remove partial state");
+                    let path = self.path.join(&name);
+                    tracing::warn!(path = %path.display(), error = %e, "could not remove partial state");
                 }
             }
         }
@@ -255,11 +264,16 @@ impl StateDir {
     /// The log of directories made for `names`: those listed so far, and its name (the file
     /// is created when the first directory is made).
     pub fn dirs_log(&self, names: &[String]) -> (HashSet<String>, String) {
+        use std::io::Read;
         let name = format!("{DIRS}{}", names_id(names));
-        let listed = fs::read_to_string(self.path.join(&name))
-            .map(|text| text.lines().map(str::to_owned).collect())
-            .unwrap_or_default();
-        (listed, name)
+        let mut text = String::new();
+        if let Some(dir) = self.existing() {
+            if let Ok(f) = dir.open_file(&name, OFlags::RDONLY | OFlags::NONBLOCK) {
+                // At most one line per directory the offer may hold, each a path.
+                let _ = f.take(MAX_DIRS_LOG).read_to_string(&mut text);
+            }
+        }
+        (text.lines().map(str::to_owned).collect(), name)
     }
 
     /// Appends a line to the directory log `log` (creating the state directory and the log
@@ -276,26 +290,27 @@ impl StateDir {
 
     /// Removes a directory log.
     pub fn drop_log(&self, log: &str) {
-        let _ = fs::remove_file(self.path.join(log));
+        if let Some(dir) = self.existing() {
+            let _ = dir.remove(log);
+        }
     }
 
     /// What is kept here: (partial files, their bytes).
     pub fn held(&self) -> (u64, u64) {
-        let Ok(dir) = fs::read_dir(&self.path) else { return (0, 0) };
-        dir.flatten()
-            .filter(|e| e.file_name().to_string_lossy().ends_with(PART))
-            .filter_map(|e| e.metadata().ok())
-            .fold((0, 0), |(n, b), m| (n + 1, b + m.len()))
+        let Some(dir) = self.existing() else { return (0, 0) };
+        let names = dir.names().unwrap_or_default();
+        names
+            .iter()
+            .filter(|name| name.ends_with(PART))
+            .filter_map(|name| dir.stat(name).ok().flatten())
+            .fold((0, 0), |(n, b), st| (n + 1, b + st.st_size as u64))
     }
 
     /// Removes what is older than [`STALE_AFTER`] and not in use; then the directory, if
     /// empty. Returns how many files went.
     pub fn sweep(&self) -> usize {
         let now = SystemTime::now();
-        self.clear(|meta| {
-            meta.modified().is_ok_and(|m| now.duration_since(m).unwrap_or_default() > STALE_AFTER)
-        })
-        .0
+        self.clear(|m| now.duration_since(m).unwrap_or_default() > STALE_AFTER).0
     }
 
     /// Removes everything not in use (`--discard-partial`): returns (files removed, bytes of
@@ -304,46 +319,66 @@ impl StateDir {
         self.clear(|_| true)
     }
 
-    fn clear(&self, old: impl Fn(&fs::Metadata) -> bool) -> (usize, u64, usize) {
+    fn clear(&self, old: impl Fn(SystemTime) -> bool) -> (usize, u64, usize) {
         let (mut removed, mut bytes, mut busy) = (0, 0, 0);
-        let Ok(dir) = fs::read_dir(&self.path) else { return (0, 0, 0) };
-        for e in dir.flatten() {
-            let path = e.path();
-            let Ok(meta) = fs::symlink_metadata(&path) else { continue };
-            if !old(&meta) {
+        let Some(dir) = self.existing() else { return (0, 0, 0) };
+        for name in dir.names().unwrap_or_default() {
+            let Ok(Some(st)) = dir.stat(&name) else { continue };
+            let mtime = UNIX_EPOCH + Duration::new(st.st_mtime.max(0) as u64, 0);
+            if !old(mtime) {
                 continue;
             }
-            let name = e.file_name().to_string_lossy().into_owned();
             if let Some(id) = name.strip_suffix(PART) {
-                // In use by a running transfer: leave it (and its journal).
-                let Ok(f) = File::open(&path) else { continue };
-                if rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockExclusive)
-                    .is_err()
-                {
+                // In use by a running transfer: leave it (and its journal). Anything but a
+                // regular file is nobody's partial and just goes.
+                let regular = FileType::from_raw_mode(st.st_mode) == FileType::RegularFile;
+                if regular && !unused(&dir, &name) {
                     busy += 1;
                     continue;
                 }
-                bytes += meta.len();
-                let _ = fs::remove_file(self.path.join(format!("{id}{JOURNAL}")));
+                if regular {
+                    bytes += st.st_size as u64;
+                }
+                let _ = dir.remove(&format!("{id}{JOURNAL}"));
                 removed += 1;
             } else if let Some(id) = name.strip_suffix(JOURNAL) {
-                if self.path.join(format!("{id}{PART}")).exists() {
+                if dir.stat(&format!("{id}{PART}")).is_ok_and(|st| st.is_some()) {
                     continue; // goes with its partial
                 }
             }
-            if fs::remove_file(&path).is_ok() && !name.ends_with(PART) {
+            if dir.remove(&name).is_ok() && !name.ends_with(PART) {
                 removed += 1;
             }
         }
-        let _ = fs::remove_dir(&self.path);
+        self.remove_if_empty();
         (removed, bytes, busy)
     }
 
     /// Removes the directory if nothing is left in it.
     pub fn remove_if_empty(&self) {
-        let _ = fs::remove_dir(&self.path);
+        // rmdir: only an empty directory goes, and never through a link. The handle kept
+        // goes with it: a later partial file makes the directory again.
+        let mut held = self.dir.lock().unwrap_or_else(PoisonError::into_inner);
+        if fs::remove_dir(&self.path).is_ok() {
+            *held = None;
+        }
     }
 }
+
+/// Whether nobody holds the partial file `name` in `dir` (a running transfer locks it). Opened
+/// without following a link and without blocking (a FIFO planted under the name cannot hang
+/// us).
+fn unused(dir: &Dir, name: &str) -> bool {
+    let regular = dir.stat(name).ok().flatten().map(|st| FileType::from_raw_mode(st.st_mode));
+    if regular.is_some_and(|t| t != FileType::RegularFile) {
+        return true;
+    }
+    let Ok(f) = dir.open_file(name, OFlags::RDONLY | OFlags::NONBLOCK) else { return false };
+    rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_ok()
+}
+
+/// Largest directory log read: one line per directory of an offer at most.
+const MAX_DIRS_LOG: u64 = 64 << 20;
 
 /// The ctime of `meta` as (seconds, nanoseconds).
 pub fn ctime(meta: &fs::Metadata) -> (i64, u32) {
@@ -393,6 +428,32 @@ mod tests {
             .unwrap();
         assert_eq!(state.sweep(), 1);
         assert!(!state.exists(), "removed once empty");
+    }
+
+    /// What is planted in the state directory under our names (a FIFO, a link to a file
+    /// elsewhere) is removed without being opened through or waited on.
+    #[test]
+    fn planted_fifos_and_links_are_removed_not_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateDir::new(dir.path());
+        drop(state.open("abc").unwrap());
+        let outside = dir.path().join("outside.txt");
+        fs::write(&outside, b"keep").unwrap();
+        let fifo = state.path().join("fifo.part");
+        let made = rustix::fs::mknodat(
+            rustix::fs::CWD,
+            &fifo,
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::from_raw_mode(0o600),
+            0,
+        );
+        made.unwrap();
+        std::os::unix::fs::symlink(&outside, state.path().join("link.part")).unwrap();
+        assert_eq!(state.held().0, 3);
+        let (removed, _, busy) = state.discard();
+        assert_eq!((removed, busy), (3, 0));
+        assert!(!state.exists());
+        assert_eq!(fs::read(&outside).unwrap(), b"keep");
     }
 
     #[test]
