@@ -124,10 +124,16 @@ impl Code {
             return Err(CodeError::BadNameplate("0 is not allowed".into()));
         }
         // Distinct words: a repeated word adds nothing a guesser must try (and a chosen code
-        // with one is refused), at a cost of 0.02 bits for three words.
-        let picked = rand::seq::index::sample(rng, WORDS.len(), words);
-        let secret = picked.iter().map(|i| WORDS[i]).collect::<Vec<&str>>().join("-");
-        Ok(Code { nameplate, secret })
+        // with one is refused), at a cost of 0.02 bits for three words. Nor three in a row at
+        // evenly spaced places in the list (`ant-bat-cat`), which a chosen code is charged as
+        // one word for (about 1 in 250 draws of three, for under 0.01 bits).
+        loop {
+            let picked: Vec<usize> = rand::seq::index::sample(rng, WORDS.len(), words).into_vec();
+            if word_runs(&picked) == words {
+                let secret = picked.iter().map(|&i| WORDS[i]).collect::<Vec<&str>>().join("-");
+                return Ok(Code { nameplate, secret });
+            }
+        }
     }
 
     /// Random nameplate in 1..=MAX_LAN_NAMEPLATE.
@@ -217,13 +223,17 @@ impl Code {
     ///
     /// This underestimates random strings on purpose; such codes should use list words.
     pub fn entropy_bits(&self) -> f64 {
-        let mut list_words: Vec<&str> = Vec::new();
+        let mut list_words: Vec<usize> = Vec::new();
         let mut cores: Vec<&[u8]> = Vec::new();
+        let mut common = 0;
         for part in self.secret_parts() {
-            if word_index(part).is_some() {
-                if !list_words.contains(&part) {
-                    list_words.push(part);
+            if let Some(index) = word_index(part) {
+                if !list_words.contains(&usize::from(index)) {
+                    list_words.push(usize::from(index));
                 }
+            } else if COMMON.contains(&reduce(part.as_bytes())) {
+                // A password everybody tries first is worth one guess of a character.
+                common += 1;
             } else {
                 let core = reduce(part.as_bytes());
                 if !cores.contains(&core) {
@@ -232,7 +242,9 @@ impl Code {
             }
         }
         let joined = cores.concat();
-        list_words.len() as f64 * BITS_PER_WORD + chosen_string_bits(reduce(&joined))
+        word_runs(&list_words) as f64 * BITS_PER_WORD
+            + chosen_string_bits(reduce(&joined))
+            + f64::from(common.min(1)) * 4.0
     }
 
     /// Canonical bytes fed to SPAKE2 as the password: the full canonical code string, e.g.
@@ -297,6 +309,76 @@ fn parse_nameplate(part: &str) -> Result<u32, CodeError> {
         Err(_) => Err(CodeError::BadNameplate("it is too large".into())),
     }
 }
+
+/// How many words a guesser must find in `indices` (list positions, in the order typed): a
+/// run of three or more whose positions step evenly (`ant-bat-cat`, every tenth word, the
+/// list backwards) is picked as one.
+fn word_runs(indices: &[usize]) -> usize {
+    let mut words = 0;
+    let mut i = 0;
+    while i < indices.len() {
+        let mut end = i + 1;
+        if i + 2 < indices.len() {
+            let step = |k: usize| indices[k + 1] as i64 - indices[k] as i64;
+            while end + 1 < indices.len() && step(end) == step(i) {
+                end += 1;
+            }
+            if end - i < 2 {
+                end = i + 1;
+            } else {
+                end += 1;
+            }
+        }
+        words += 1;
+        i = end;
+    }
+    words
+}
+
+/// Cores of the passwords people pick first (from published lists of the most common ones):
+/// each counts as much as one character, whatever its length.
+const COMMON: [&[u8]; 40] = [
+    b"password",
+    b"passw0rd",
+    b"p@ssw0rd",
+    b"qwerty",
+    b"qwertyuiop",
+    b"asdf",
+    b"zxcvbn",
+    b"letmein",
+    b"admin",
+    b"administrator",
+    b"welcome",
+    b"dragon",
+    b"monkey",
+    b"iloveyou",
+    b"secret",
+    b"master",
+    b"login",
+    b"abc123",
+    b"football",
+    b"baseball",
+    b"shadow",
+    b"sunshine",
+    b"princess",
+    b"trustno1",
+    b"superman",
+    b"batman",
+    b"starwars",
+    b"hello",
+    b"freedom",
+    b"whatever",
+    b"access",
+    b"changeme",
+    b"default",
+    b"guest",
+    b"root",
+    b"test",
+    b"p2pcopy",
+    b"p2p",
+    b"code",
+    b"pass",
+];
 
 /// The weak core of a user-chosen string: the shortest unit it repeats, and a constant-step run
 /// of three or more characters cut to its first character.
@@ -539,6 +621,26 @@ mod tests {
         }
     }
 
+    /// Human picks (issue 13 #12): list words at evenly spaced places count as one, and the
+    /// passwords people try first count as one character.
+    #[test]
+    fn human_picks_are_charged_as_what_a_guesser_tries() {
+        let words = |idx: &[usize]| idx.iter().map(|&i| WORDS[i]).collect::<Vec<_>>().join("-");
+        for run in [&[10, 11, 12][..], &[0, 1, 2, 3], &[200, 150, 100], &[5, 9, 13, 17, 21]] {
+            let c = code(7, &words(run));
+            assert_eq!(c.entropy_bits(), 8.0, "{c}");
+            assert!(Code::parse_chosen(&c.to_string()).is_err(), "{c}");
+        }
+        // A run inside a longer code counts once; the rest as usual.
+        assert_eq!(code(7, &words(&[40, 3, 4, 5, 99])).entropy_bits(), 24.0);
+        assert_eq!(code(7, &words(&[10, 11, 40])).entropy_bits(), 24.0);
+        for common in ["password", "qwerty-orbit", "letmein-orbit-velvet", "passwordpassword"] {
+            let c = code(7, common);
+            assert!(Code::parse_chosen(&c.to_string()).is_err(), "{common}: {}", c.entropy_bits());
+        }
+        assert_eq!(code(7, "orbit-velvet-password").entropy_bits(), 20.0);
+    }
+
     #[test]
     fn entropy_estimates_for_chosen_parts() {
         let cases: &[(&str, f64)] = &[
@@ -547,10 +649,12 @@ mod tests {
             ("abcd", 4.0),
             ("a-b-c-d-e-f-g-h", 4.0),
             ("aaaa-bbbb", 4.0 + 2.0),
-            ("password", 4.0 + 7.0 * 2.0),
-            ("password-password", 4.0 + 7.0 * 2.0),
-            ("passwordpassword", 4.0 + 7.0 * 2.0),
-            ("orbit-password", 8.0 + 4.0 + 7.0 * 2.0),
+            // A common password is one character's worth, however it is repeated.
+            ("password", 4.0),
+            ("password-password", 4.0),
+            ("passwordpassword", 4.0),
+            ("orbit-password", 8.0 + 4.0),
+            ("zebrawing", 4.0 + 7.0 * 2.0 + 1.5),
             // 25 characters: 4 + 7 * 2 + 12 * 1.5 + 5 * 1.
             ("correct-horse-battery-staple", 41.0),
         ];
