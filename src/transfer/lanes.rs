@@ -228,7 +228,7 @@ impl Worker {
         progress: &Progress,
     ) -> Result<(), TransferError> {
         let local = &job.local;
-        let (mut file, meta) = walk::open_source(local, size, job.entry.mtime)?;
+        let (mut file, meta) = walk::open_source(local, size, job.entry.mtime, job.identity)?;
         let mut out = Vec::new();
         self.writer.entry(&job.entry, &mut out);
         outbox.push(out)?;

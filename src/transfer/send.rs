@@ -458,7 +458,13 @@ async fn list(
         let walked = walk::walk(&scan, |job| {
             let hash = match (&job.entry.kind, checksum) {
                 (EntryKind::File { size }, true) => {
-                    match file_hash(&job.local, *size, job.entry.mtime, cache.as_ref()) {
+                    match file_hash(
+                        &job.local,
+                        *size,
+                        job.entry.mtime,
+                        job.identity,
+                        cache.as_ref(),
+                    ) {
                         Ok(h) => Some(h),
                         Err(e) => {
                             failed = Some(e);
@@ -527,9 +533,10 @@ fn file_hash(
     local: &std::path::Path,
     size: u64,
     mtime: Option<crate::wire::data::Timestamp>,
+    identity: (u64, u64),
     cache: Option<&CvCache>,
 ) -> Result<[u8; 32], TransferError> {
-    let (file, meta) = walk::open_source(local, size, mtime)?;
+    let (file, meta) = walk::open_source(local, size, mtime, identity)?;
     if size == 0 {
         return Ok(*blake3::hash(&[]).as_bytes());
     }

@@ -520,7 +520,7 @@ mod tests {
 
     fn job(id: u64, path: &str, kind: EntryKind) -> Job {
         let entry = Entry { id, path: path.into(), kind, mode: 0o644, mtime: None };
-        Job { entry, local: format!("/src/{path}").into(), resume: None }
+        Job { entry, local: format!("/src/{path}").into(), identity: (0, 0), resume: None }
     }
 
     /// The plan keeps what the receiver wants, in order, with where to resume; skipped entries

@@ -7,12 +7,12 @@
 //! [`SEEN_BYTES`] (about 100,000 entries), and later walks replay it instead of reading the
 //! file system again; a larger tree is walked again each time, and memory stays flat: a walk
 //! holds one directory listing per level, never the whole tree. Either way a file that changed
-//! since it was scanned is caught when it is opened to be sent (its size and mtime are checked
-//! against the entry).
+//! since it was scanned is caught when it is opened to be sent (its device and inode, size and
+//! mtime are checked against the walk's).
 
 use std::collections::HashSet;
 use std::fs::Metadata;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::UNIX_EPOCH;
@@ -30,7 +30,7 @@ const MAX_SKIPPED_NAMES: usize = 20;
 
 /// Bytes of entries (paths and symlink targets, plus [`SEEN_ITEM_BYTES`] each) a scan
 /// remembers for the walks that follow it.
-pub const SEEN_BYTES: usize = 8 << 20;
+pub const SEEN_BYTES: usize = 10 << 20;
 const SEEN_ITEM_BYTES: usize = std::mem::size_of::<Seen>();
 
 /// One command-line path.
@@ -90,6 +90,8 @@ struct Seen {
     /// A file's size; `u64::MAX` for a directory, `u64::MAX - 1` for a symlink.
     size: u64,
     mtime: Option<Timestamp>,
+    /// The device and inode it had: what is opened to be sent must be the same file.
+    identity: (u64, u64),
 }
 
 const DIR: u64 = u64::MAX;
@@ -97,7 +99,7 @@ const SYMLINK: u64 = u64::MAX - 1;
 
 impl Remembered {
     /// Adds an entry; false when the whole would no longer fit.
-    fn push(&mut self, source: usize, entry: &Entry) -> bool {
+    fn push(&mut self, source: usize, entry: &Entry, identity: (u64, u64)) -> bool {
         let target = match &entry.kind {
             EntryKind::Symlink { target } => target.as_str(),
             _ => "",
@@ -120,6 +122,7 @@ impl Remembered {
                 EntryKind::File { size } => size,
             },
             mtime: entry.mtime,
+            identity,
         });
         true
     }
@@ -147,7 +150,7 @@ impl Remembered {
                 mode: seen.mode,
                 mtime: seen.mtime,
             };
-            if !emit(Job { entry, local, resume: None }) {
+            if !emit(Job { entry, local, identity: seen.identity, resume: None }) {
                 return;
             }
         }
@@ -161,6 +164,9 @@ pub struct Job {
     pub entry: Entry,
     /// The local path (for files: what to read).
     pub local: PathBuf,
+    /// The device and inode the walk found there: a file opened to be sent must still be
+    /// this one (not one swapped in since, through a renamed parent or under the same name).
+    pub identity: (u64, u64),
     /// The receiver holds this many bytes of it, with this digest (to be checked).
     pub resume: Option<(u64, [u8; 32])>,
 }
@@ -180,7 +186,8 @@ pub fn scan(paths: &[PathBuf]) -> Result<Scan, TransferError> {
         match item {
             Item::Entry { source, local, rel, meta, kind } => {
                 if let Some(r) = seen.as_mut() {
-                    if !r.push(source, &entry_of(0, &rel, local, meta, &kind)?) {
+                    let identity = (meta.dev(), meta.ino());
+                    if !r.push(source, &entry_of(0, &rel, local, meta, &kind)?, identity) {
                         seen = None;
                     }
                 }
@@ -253,7 +260,8 @@ pub fn walk(scan: &Scan, mut emit: impl FnMut(Job) -> bool) -> Result<Summary, T
             ));
         }
         totals.entries += 1;
-        Ok(emit(Job { entry, local: local.to_owned(), resume: None }))
+        let identity = (meta.dev(), meta.ino());
+        Ok(emit(Job { entry, local: local.to_owned(), identity, resume: None }))
     })?;
     Ok(totals)
 }
@@ -435,15 +443,17 @@ fn mtime(meta: &Metadata) -> Option<Timestamp> {
     })
 }
 
-/// Opens a file of the walk to read it, as it was offered: `size` bytes, modified at `mtime`.
-/// Never through a symlink, and never blocking on a FIFO, that someone swapped in for it since
-/// the walk; a file that changed since is refused too, as it would arrive under a description
-/// that is not its own. (A top-level path the user named is resolved once, before the walk:
+/// Opens a file of the walk to read it, as it was offered: the file `identity` (device and
+/// inode), `size` bytes, modified at `mtime`. Never through a symlink, and never blocking on a
+/// FIFO, that someone swapped in for it since the walk; another file put in its place (also
+/// through a parent directory swapped for a link) or a file that changed since is refused
+/// too, as it would arrive under a description that is not its own. (A top-level path the user named is resolved once, before the walk:
 /// see [`check`].)
 pub(crate) fn open_source(
     local: &Path,
     size: u64,
     modified: Option<Timestamp>,
+    identity: (u64, u64),
 ) -> Result<(std::fs::File, Metadata), TransferError> {
     use rustix::fs::{Mode, OFlags};
     let changed = |what: &str| {
@@ -464,6 +474,9 @@ pub(crate) fn open_source(
     let meta = file.metadata().map_err(|e| read_failed(local, &e))?;
     if !meta.is_file() {
         return Err(changed("is no longer a regular file: it changed"));
+    }
+    if (meta.dev(), meta.ino()) != identity {
+        return Err(changed("is another file than the one offered (it was replaced)"));
     }
     if meta.len() != size || mtime(&meta) != modified {
         return Err(changed("changed"));
@@ -590,24 +603,24 @@ mod tests {
         std::fs::write(&plain, b"ok").unwrap();
         let as_walked = |p: &Path| {
             let meta = std::fs::symlink_metadata(p).unwrap();
-            (meta.len(), mtime(&meta))
+            (meta.len(), mtime(&meta), (meta.dev(), meta.ino()))
         };
-        let (size, modified) = as_walked(&plain);
-        assert_eq!(open_source(&plain, size, modified).unwrap().1.len(), 2);
+        let (size, modified, id) = as_walked(&plain);
+        assert_eq!(open_source(&plain, size, modified, id).unwrap().1.len(), 2);
         // Changed since: another size, or the same size written again later.
-        let err = open_source(&plain, 3, modified).unwrap_err();
+        let err = open_source(&plain, 3, modified, id).unwrap_err();
         assert!(err.message.contains("changed after the offer"), "{err}");
         let earlier = modified.map(|t| Timestamp { secs: t.secs - 10, ..t });
-        assert!(open_source(&plain, size, earlier).is_err());
+        assert!(open_source(&plain, size, earlier, id).is_err());
 
         let link = dir.path().join("link");
         std::os::unix::fs::symlink(&secret, &link).unwrap();
-        let err = open_source(&link, 7, None).unwrap_err();
+        let err = open_source(&link, 7, None, id).unwrap_err();
         assert!(err.message.contains("symbolic link"), "{err}");
         let fifo = dir.path().join("fifo");
         rustix::fs::mkfifoat(rustix::fs::CWD, &fifo, rustix::fs::Mode::from_raw_mode(0o600))
             .unwrap();
-        let err = open_source(&fifo, 0, None).unwrap_err();
+        let err = open_source(&fifo, 0, None, id).unwrap_err();
         assert!(err.message.contains("no longer a regular file"), "{err}");
 
         let scan = scan(std::slice::from_ref(&link)).unwrap();
@@ -619,8 +632,42 @@ mod tests {
         })
         .unwrap();
         assert_eq!(locals, [std::fs::canonicalize(&secret).unwrap()]);
-        let (size, modified) = as_walked(&locals[0]);
-        assert!(open_source(&locals[0], size, modified).is_ok());
+        let (size, modified, id) = as_walked(&locals[0]);
+        assert!(open_source(&locals[0], size, modified, id).is_ok());
+    }
+
+    /// Finding 14: a parent directory swapped for a link to a directory holding a file of the
+    /// same name, size and mtime (all a local attacker can copy) still cannot have that file
+    /// sent: it is another inode than the walk's.
+    #[test]
+    fn a_file_reached_through_a_swapped_parent_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let tree = dir.path().join("tree");
+        std::fs::create_dir_all(tree.join("sub")).unwrap();
+        std::fs::write(tree.join("sub/key"), b"public!").unwrap();
+        let private = dir.path().join("private");
+        std::fs::create_dir(&private).unwrap();
+        std::fs::write(private.join("key"), b"secret!").unwrap();
+        let when = std::fs::metadata(tree.join("sub/key")).unwrap().modified().unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(private.join("key"))
+            .unwrap()
+            .set_modified(when)
+            .unwrap();
+        let scan = scan(std::slice::from_ref(&tree)).unwrap();
+        let mut jobs = Vec::new();
+        walk(&scan, |job| {
+            jobs.push(job);
+            true
+        })
+        .unwrap();
+        let job = jobs.iter().find(|j| j.entry.path == "tree/sub/key").unwrap();
+        std::fs::rename(tree.join("sub"), dir.path().join("moved")).unwrap();
+        std::os::unix::fs::symlink(&private, tree.join("sub")).unwrap();
+        let EntryKind::File { size } = job.entry.kind else { panic!("a file") };
+        let err = open_source(&job.local, size, job.entry.mtime, job.identity).unwrap_err();
+        assert!(err.message.contains("replaced"), "{err}");
     }
 
     #[test]
