@@ -310,6 +310,10 @@ fn undeclared_and_deep_directories_are_refused() {
     assert_exits(&[(&r, 8)]);
     assert_says(&r, &["128 levels deep"]);
     assert_contained(&fx, &[]);
+    // Memory stays the receiver's usual (the product's bound is 40 MB on any workload), not
+    // proportional to path length × depth (each file's 1,500 prefixes would be 2 MB).
+    let peak = r.peak_rss_kib.expect("the receiver's peak memory was sampled");
+    assert!(peak < 40 * 1024, "peak RSS {peak} KiB\n{r}");
 
     // Shallow, but below directories the offer does not have.
     let fx = Fixture::new();
@@ -329,6 +333,41 @@ fn undeclared_and_deep_directories_are_refused() {
     assert_exits(&[(&r, 8)]);
     assert_says(&r, &["more directories than the 0 it offered"]);
     assert_contained(&fx, &[]);
+}
+
+/// The same directory entry again and again (as many as the offer's directory count allows,
+/// each a 4 KB path) is remembered once: the receiver's memory does not grow by a path per
+/// record (finding 13; 20,000 copies would be 80 MB). The entry after the count is refused.
+#[test]
+fn a_directory_named_again_and_again_is_remembered_once() {
+    let fx = Fixture::new();
+    let long: Vec<String> = (0..40).map(|i| format!("{i:02}{}", "d".repeat(97))).collect();
+    let path = format!("t/{}", long.join("/"));
+    let copies = 20_000u64;
+    let mut records: Vec<Record<'_>> = (1..=copies)
+        .map(|id| {
+            Record::Entry(Entry {
+                id,
+                path: path.clone(),
+                kind: EntryKind::Dir,
+                mode: 0o755,
+                mtime: None,
+            })
+        })
+        .collect();
+    records.push(Record::Entry(Entry {
+        id: copies + 1,
+        path: "t/one-too-many".into(),
+        kind: EntryKind::Dir,
+        mode: 0o755,
+        mtime: None,
+    }));
+    let (r, err) = lane_after_offer(&fx, &["t"], (0, copies, 0), &records);
+    assert_eq!(err.kind, ErrorKind::Protocol, "{err}");
+    assert_exits(&[(&r, 8)]);
+    assert!(!fx.root().join("out/t/one-too-many").exists());
+    let peak = r.peak_rss_kib.expect("the receiver's peak memory was sampled");
+    assert!(peak < 40 * 1024, "peak RSS {peak} KiB\n{r}");
 }
 
 #[test]

@@ -254,6 +254,8 @@ pub struct Proc {
     out: Arc<Mutex<(String, String)>>,
     readers: Vec<JoinHandle<()>>,
     deadline: Instant,
+    /// The highest `VmHWM` (peak resident set, KiB) seen while it ran, sampled every 5 ms.
+    peak: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Proc {
@@ -286,6 +288,15 @@ impl Proc {
                 }
             }));
         }
+        let peak = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let (pid, seen) = (child.id(), peak.clone());
+        // Samples until the process is gone (or a zombie, which has no memory to show).
+        std::thread::spawn(move || {
+            while let Some(kib) = peak_rss_kib(pid) {
+                seen.fetch_max(kib, std::sync::atomic::Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        });
         Proc {
             name: name.to_owned(),
             child,
@@ -293,6 +304,7 @@ impl Proc {
             out,
             readers,
             deadline: Instant::now() + PROC_TIMEOUT,
+            peak,
         }
     }
 
@@ -401,12 +413,14 @@ impl Proc {
             let _ = r.join();
         }
         let o = self.out.lock().unwrap_or_else(|p| p.into_inner());
+        let peak = self.peak.load(std::sync::atomic::Ordering::Relaxed);
         Outcome {
             name: self.name.clone(),
             status,
             stdout: o.0.clone(),
             stderr: o.1.clone(),
             waited,
+            peak_rss_kib: (peak > 0).then_some(peak),
         }
     }
 }
@@ -437,6 +451,13 @@ pub fn finish_pair(mut a: Proc, mut b: Proc) -> (Outcome, Outcome) {
     );
 }
 
+/// The peak resident set (`VmHWM`, KiB) of process `pid`; `None` once it is gone.
+pub fn peak_rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find_map(|l| l.strip_prefix("VmHWM:"))?;
+    line.trim().trim_end_matches("kB").trim().parse().ok()
+}
+
 /// How a child ended.
 #[derive(Debug, Clone)]
 pub struct Outcome {
@@ -446,6 +467,9 @@ pub struct Outcome {
     pub stderr: String,
     /// Time from the call that waited to the exit.
     pub waited: Duration,
+    /// Its peak resident set in KiB (`VmHWM`, sampled every 5 ms while it ran: the last
+    /// milliseconds before the exit may be missed), if it could be read.
+    pub peak_rss_kib: Option<u64>,
 }
 
 impl Outcome {
