@@ -797,3 +797,22 @@ fn a_receiver_that_vanishes_mid_file_is_noticed() {
     assert!(s.event("done").is_none(), "{s}");
     assert_eq!(snapshot(&fx), before, "the sender changed its source tree");
 }
+
+/// A refusal naming 10,000 conflicts of 300 bytes each (3 MB, within the control frame's
+/// cap): the sender shows the first 20 and a count (exit 5), not 3 MB of names.
+#[test]
+fn a_refusal_with_ten_thousand_names_shows_twenty() {
+    let fx = tree();
+    let names: Vec<String> = (0..10_000).map(|i| format!("{i:05}{}", "n".repeat(295))).collect();
+    let (s, ()) = against_sender(&fx, &["d", "f"], &[], async |evil, _| {
+        evil.offer().await;
+        evil.session.refuse(Refuse { reason: RefuseReason::Conflict, names }).expect("refuse");
+        evil.flush().await;
+        let _ = tokio::time::timeout(STEP, evil.conn.closed()).await;
+    });
+    assert_exits(&[(&s, 5)]);
+    assert_says(&s, &["already has 00000n", "00019n", "and 9980 more"]);
+    assert!(!s.stderr.contains("00020n"), "{s}");
+    assert!(s.stderr.len() < 8_000, "{} bytes on stderr", s.stderr.len());
+    assert_escaped(&s);
+}

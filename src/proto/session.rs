@@ -156,14 +156,26 @@ pub enum SessionError {
     Peer(ErrorReport),
 }
 
+/// Names of a refusal shown in its message, at most.
+const SHOWN_NAMES: usize = 20;
+
 fn refusal_message(r: &Refuse) -> String {
     match r.reason {
         RefuseReason::Declined => "the receiver declined the transfer".into(),
         RefuseReason::NoSpace => "the receiver does not have enough free space".into(),
-        RefuseReason::Conflict => format!(
-            "the receiver already has {} and did not allow overwriting (receive with --overwrite)",
-            crate::transfer::printable(&r.names.join(", "))
-        ),
+        RefuseReason::Conflict => {
+            // A receiver lists up to 20; a longer list is shown as a count, not printed whole.
+            let shown = r.names.iter().take(SHOWN_NAMES).map(String::as_str);
+            let more = match r.names.len().saturating_sub(SHOWN_NAMES) {
+                0 => String::new(),
+                n => format!(" and {n} more"),
+            };
+            format!(
+                "the receiver already has {}{more} and did not allow overwriting (receive with \
+                 --overwrite)",
+                crate::transfer::printable(&shown.collect::<Vec<_>>().join(", "))
+            )
+        }
     }
 }
 
