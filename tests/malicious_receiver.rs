@@ -816,3 +816,32 @@ fn a_refusal_with_ten_thousand_names_shows_twenty() {
     assert!(s.stderr.len() < 8_000, "{} bytes on stderr", s.stderr.len());
     assert_escaped(&s);
 }
+
+/// After the handshake the receiver writes control frames of the largest size allowed
+/// (4 MiB), 64 of them, as fast as the sender takes them, none of which opens. The sender
+/// stops at the first (its seal does not open: `integrity`, exit 6) and its memory stays under
+/// [`SENDER_PEAK_KIB`]: it reads frames into a bounded queue, never the whole flood.
+#[test]
+fn a_flood_of_largest_control_frames_leaves_the_sender_bounded() {
+    let fx = tree();
+    let (s, peak) = against_sender(&fx, &["d", "f"], &[], async |evil, pid| {
+        let peak = watch_peak(pid);
+        let mut frame = vec![0u8; p2p_copy::wire::control::MAX_FRAME + frame::HEADER_LEN];
+        frame[..frame::HEADER_LEN]
+            .copy_from_slice(&(p2p_copy::wire::control::MAX_FRAME as u32).to_be_bytes());
+        frame[frame::HEADER_LEN] = KIND_SEALED;
+        for _ in 0..64 {
+            let sent = tokio::time::timeout(STEP, evil.send.write_all(&frame)).await;
+            if !matches!(sent, Ok(Ok(()))) {
+                break;
+            }
+        }
+        let _ = tokio::time::timeout(STEP, evil.conn.closed()).await;
+        peak
+    });
+    let peak = peak.join().expect("sampler");
+    eprintln!("sender peak: {peak} KiB");
+    assert_exits(&[(&s, 6)]);
+    assert_escaped(&s);
+    assert!(peak > 0 && peak < SENDER_PEAK_KIB, "the sender's peak: {peak} KiB\n{s}");
+}
