@@ -721,3 +721,29 @@ fn sender_failing(fx: &Fixture, node: &FakeNode, src: &std::path::Path) -> Outco
     args.extend(["--rendezvous".into(), node.arg(), src.as_os_str().to_owned()]);
     fx.spawn("sender", &[], args).finish_within(STEP)
 }
+
+/// In place of the sender's PAKE the node sends the receiver 10,000 full-size messages of
+/// junk. The receiver gives up at the first (exit 8, a malformed message; it cannot tell
+/// whether the node or the peer made it), with bounded memory; the sender ends as the
+/// receiver leaves (exit 10). Nothing is written.
+#[test]
+fn a_flood_in_place_of_the_pake_is_refused_at_the_first_message() {
+    let (fx, src) = with_file(10_000);
+    let junk: Mailbox = Arc::new(|side, i, body| match (side, i) {
+        (0, 0) => (0..10_000).map(|n| vec![(n % 251) as u8; MAX_BODY]).collect(),
+        _ => vec![body.to_vec()],
+    });
+    let node = FakeNode::start(Script { mailbox: Some(junk), ..Script::default() });
+    let out = fx.path("out");
+    let s = sender(&fx, &node, &src);
+    let r = receiver(&fx, &node, &out);
+    let peak = watch_peak(r.id());
+    let (s, r) = finish_pair(s, r);
+    let peak = peak.join().unwrap();
+    eprintln!("receiver peak: {peak} KiB");
+    assert_exits(&[(&s, 10), (&r, 8)]);
+    assert_says(&r, &["malformed message"]);
+    assert_says(&s, &["the other side left before connecting"]);
+    assert!(peak < PEER_PEAK_KIB, "peak {peak} KiB");
+    assert_nothing_written(&out, &[&s, &r]);
+}
