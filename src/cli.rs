@@ -77,9 +77,14 @@ pub struct Meeting {
     /// on the local network; `none` means the local network.
     #[arg(long, value_name = "HOST:PORT", env = "P2P_COPY_RENDEZVOUS")]
     rendezvous: Option<String>,
-    /// The rendezvous node's access token, if it requires one.
+    /// The rendezvous node's access token, if it requires one (proved to the node, never
+    /// sent).
     #[arg(long, value_name = "TOKEN", env = "P2P_COPY_RENDEZVOUS_TOKEN", hide_env_values = true)]
     rendezvous_token: Option<String>,
+    /// Refuse a rendezvous node whose certificate's SHA-256 is not this (64 hex digits, as
+    /// the node logs it at start).
+    #[arg(long, value_name = "SHA256HEX", env = "P2P_COPY_RENDEZVOUS_FINGERPRINT")]
+    rendezvous_fingerprint: Option<String>,
     /// Send the data through the node's relay even if a direct connection is possible.
     #[arg(long, conflicts_with = "no_relay", env = "P2P_COPY_FORCE_RELAY",
           value_parser = clap::builder::FalseyValueParser::new())]
@@ -247,13 +252,14 @@ fn first_line(text: &str) -> Option<String> {
     (!line.is_empty()).then(|| line.to_owned())
 }
 
-/// The user's settings file: `rendezvous` and `rendezvous_token`, used when neither the
-/// option nor its environment variable is given.
+/// The user's settings file: `rendezvous`, `rendezvous_token` and `rendezvous_fingerprint`,
+/// used when neither the option nor its environment variable is given.
 #[derive(Debug, Default, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Settings {
     rendezvous: Option<String>,
     rendezvous_token: Option<String>,
+    rendezvous_fingerprint: Option<String>,
 }
 
 /// Largest settings file read.
@@ -304,18 +310,30 @@ impl Meeting {
     /// The rendezvous settings, or `None` for the local network. Options (and their
     /// environment variables) win over the settings file.
     pub fn rendezvous(&self) -> Result<Option<crate::transfer::meet::Rendezvous>, TransferError> {
-        let settings = if self.rendezvous.is_none() || self.rendezvous_token.is_none() {
+        let settings = if self.rendezvous.is_none()
+            || self.rendezvous_token.is_none()
+            || self.rendezvous_fingerprint.is_none()
+        {
             Settings::load()?
         } else {
             Settings::default()
         };
-        // The file's token belongs to the file's node: it is never sent to a node named on the
-        // command line or in the environment.
-        let (chosen, file_token) = match self.rendezvous.clone() {
-            Some(node) => (Some(node), None),
-            None => (settings.rendezvous, settings.rendezvous_token),
+        // The file's token and fingerprint belong to the file's node: they are never used for
+        // a node named on the command line or in the environment.
+        let (chosen, file_token, file_pin) = match self.rendezvous.clone() {
+            Some(node) => (Some(node), None, None),
+            None => {
+                (settings.rendezvous, settings.rendezvous_token, settings.rendezvous_fingerprint)
+            }
         };
         let token = self.rendezvous_token.clone().or(file_token);
+        let fingerprint = match self.rendezvous_fingerprint.clone().or(file_pin) {
+            Some(text) => Some(
+                p2p_copy_rendezvous::auth::parse_fingerprint(&text)
+                    .map_err(|e| usage(format!("--rendezvous-fingerprint: {e}")))?,
+            ),
+            None => None,
+        };
         let node = match chosen.as_deref().map(str::trim) {
             None | Some("") | Some("none") => {
                 if self.force_relay {
@@ -336,6 +354,7 @@ impl Meeting {
         Ok(Some(crate::transfer::meet::Rendezvous {
             node,
             token,
+            fingerprint,
             force_relay: self.force_relay,
             no_relay: self.no_relay,
         }))

@@ -446,3 +446,36 @@ fn the_settings_file_token_stays_with_its_node() {
     assert_exits(&[(&s, 2)]);
     assert_says(&s, &["--rendezvous-token"]);
 }
+
+/// A client pinned to the node's certificate (`--rendezvous-fingerprint`, as the node logs
+/// it at start) transfers through it; pinned to another certificate, it refuses the node
+/// (exit 7, naming the pin) before saying anything to it (issue 13 #10).
+#[test]
+fn a_pinned_client_refuses_a_node_with_another_certificate() {
+    let mut fx = Fixture::new();
+    let certified = rcgen::generate_simple_self_signed(vec!["node.example".to_owned()]).unwrap();
+    let (cert, key) = (fx.path("tls/cert.pem"), fx.path("tls/key.pem"));
+    write_file(&cert, certified.cert.pem().as_bytes());
+    write_file(&key, certified.key_pair.serialize_pem().as_bytes());
+    let pin = p2p_copy_rendezvous::auth::fingerprint(certified.cert.der());
+    let pin = p2p_copy_rendezvous::auth::fingerprint_hex(&pin);
+    let tls = Some(p2p_copy_rendezvous::server::TlsFiles { cert, key });
+    let node = TestNode::start(ServerConfig { tls, ..ServerConfig::default() });
+    let src = fx.path("src/a.bin");
+    random_file(&src, 1_000, &mut fx.rng);
+
+    let code = fresh_code();
+    let pinned = ["--rendezvous-fingerprint", pin.as_str()];
+    let sender = send_via(&fx, &node, Some(&code), &pinned, src.as_os_str());
+    let out = fx.path("out");
+    let receiver = receive_via(&fx, &node, &code, &pinned, out.as_os_str());
+    let (s, r) = finish_pair(sender, receiver);
+    assert_exits(&[(&s, 0), (&r, 0)]);
+
+    let wrong = "ab".repeat(32);
+    let out = fx.path("out2");
+    let args = ["--rendezvous-fingerprint", wrong.as_str()];
+    let r = receive_via(&fx, &node, &fresh_code(), &args, out.as_os_str()).finish();
+    assert_exits(&[(&r, 7)]);
+    assert_says(&r, &["pinned", "--rendezvous-fingerprint"]);
+}

@@ -101,6 +101,7 @@ fn options(
     let rendezvous = Rendezvous {
         node: format!("{}:4433", node_host.ip),
         token: None,
+        fingerprint: None,
         force_relay: false,
         no_relay: false,
     };

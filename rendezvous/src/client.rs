@@ -2,8 +2,11 @@
 //!
 //! A [`Client`] rides on the caller's QUIC endpoint: the same UDP socket later talks to the
 //! peer, so the address the node observes (and reports in `Welcome`) is the NAT mapping the
-//! peer must reach. The node is not authenticated — it is trusted with nothing; the code
-//! protects everything that passes through it.
+//! peer must reach. The node is trusted with nothing: the code protects everything that
+//! passes through it, and a node's access token is proved on each TLS session, never sent
+//! ([`crate::auth`]). So the node need not be authenticated; a client that knows its
+//! certificate may still pin it ([`NodeAccess::fingerprint`]), and then refuses any other,
+//! on QUIC and TCP alike.
 //!
 //! Every wait is bounded by the caller's timeout.
 
@@ -15,7 +18,8 @@ use quinn::crypto::rustls::QuicClientConfig;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::tls::AnyCert;
+use crate::auth::{self, Channel, Fingerprint};
+use crate::tls::{AnyCert, PinnedCert};
 use crate::wire::{self, ClientMsg, ErrorCode, NodeMsg, WireError, VERSION};
 
 /// ALPN of the client ↔ node protocol.
@@ -54,6 +58,47 @@ pub enum ClientError {
     /// The node closed the connection because it is shutting down (or restarting).
     #[error("the rendezvous node is shutting down")]
     ShuttingDown,
+    /// The node's certificate is not the pinned one.
+    #[error(
+        "the rendezvous node at {node} presented a certificate whose SHA-256 is not the pinned \
+         fingerprint: it is not the node you pinned (or its operator changed its certificate; \
+         ask for the new fingerprint)"
+    )]
+    WrongCertificate {
+        /// The node's address.
+        node: SocketAddr,
+    },
+}
+
+/// What a client knows about the node it talks to.
+#[derive(Clone, Default)]
+pub struct NodeAccess {
+    /// The node's access token, if it requires one (proved, never sent).
+    pub token: Option<String>,
+    /// SHA-256 of the node's certificate: any other certificate is refused.
+    pub fingerprint: Option<Fingerprint>,
+}
+
+impl NodeAccess {
+    /// With `token` and no pin.
+    pub fn token(token: Option<String>) -> NodeAccess {
+        NodeAccess { token, fingerprint: None }
+    }
+
+    /// The proof of the token on `channel`, if there is a token (and the session exported a
+    /// channel, which a TLS 1.3 session always does).
+    fn proof(&self, channel: Option<&Channel>) -> Option<auth::Proof> {
+        Some(auth::proof(self.token.as_deref()?, channel?))
+    }
+}
+
+impl std::fmt::Debug for NodeAccess {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeAccess")
+            .field("token", &self.token.as_ref().map(|_| "…"))
+            .field("fingerprint", &self.fingerprint.as_ref().map(auth::fingerprint_hex))
+            .finish()
+    }
 }
 
 /// The reason the node gives when it closes its connections on shutdown.
@@ -104,28 +149,25 @@ impl std::fmt::Debug for RelayStream {
 pub struct RelayOpener {
     transport: Transport,
     node: SocketAddr,
-    token: Option<String>,
+    access: NodeAccess,
     timeout: Duration,
 }
 
 impl RelayOpener {
     /// See [`Client::relay`].
     pub async fn relay(&self, ticket: u64, wait: Duration) -> Result<RelayStream, ClientError> {
-        let (mut reader, mut writer): (Reader, Writer) = match &self.transport {
+        let (mut reader, mut writer, channel): (Reader, Writer, _) = match &self.transport {
             Transport::Quic(conn) => {
                 let (send, recv) = tokio::time::timeout(self.timeout, conn.open_bi())
                     .await
                     .map_err(|_| ClientError::Timeout(self.timeout))?
                     .map_err(|e| ClientError::Lost(e.to_string()))?;
-                (Box::new(recv), Box::new(send))
+                (Box::new(recv), Box::new(send), auth::quic_channel(conn))
             }
-            Transport::Tcp => open_tcp(self.node, self.timeout).await?,
+            Transport::Tcp => open_tcp(self.node, &self.access, self.timeout).await?,
         };
-        let request = wire::encode(&ClientMsg::Relay {
-            version: VERSION,
-            access: self.token.clone(),
-            ticket,
-        });
+        let proof = self.access.proof(channel.as_ref());
+        let request = wire::encode(&ClientMsg::Relay { version: VERSION, proof, ticket });
         tokio::time::timeout(self.timeout, writer.write_all(&request))
             .await
             .map_err(|_| ClientError::Timeout(self.timeout))?
@@ -149,7 +191,7 @@ impl RelayOpener {
 
 /// A session with the node.
 pub struct Client {
-    /// The transport, the node, the access token and the timeout (shared with relay streams).
+    /// The transport, the node, the access and the timeout (shared with relay streams).
     link: RelayOpener,
     send: Writer,
     recv: Reader,
@@ -175,24 +217,36 @@ impl Client {
         token: Option<String>,
         timeout: Duration,
     ) -> Result<Client, ClientError> {
-        Client::connect_within(endpoint, node, token, timeout, timeout).await
+        Client::connect_with(endpoint, node, NodeAccess::token(token), timeout).await
     }
 
-    /// As [`Client::connect`], with `handshake` bounding the QUIC handshake alone.
+    /// As [`Client::connect`], with a pin on the node's certificate if `access` has one.
+    pub async fn connect_with(
+        endpoint: &quinn::Endpoint,
+        node: SocketAddr,
+        access: NodeAccess,
+        timeout: Duration,
+    ) -> Result<Client, ClientError> {
+        Client::connect_within(endpoint, node, access, timeout, timeout).await
+    }
+
+    /// As [`Client::connect_with`], with `handshake` bounding the QUIC handshake alone.
     async fn connect_within(
         endpoint: &quinn::Endpoint,
         node: SocketAddr,
-        token: Option<String>,
+        access: NodeAccess,
         handshake: Duration,
         timeout: Duration,
     ) -> Result<Client, ClientError> {
-        let conn = connect_quic(endpoint, node, handshake).await?;
+        let conn = connect_quic(endpoint, node, access.fingerprint, handshake).await?;
         let (send, recv) = tokio::time::timeout(timeout, conn.open_bi())
             .await
             .map_err(|_| ClientError::Timeout(timeout))?
             .map_err(|e| ClientError::Lost(e.to_string()))?;
-        Client::start(Transport::Quic(conn), Box::new(send), Box::new(recv), node, token, timeout)
-            .await
+        let channel = auth::quic_channel(&conn);
+        let (send, recv): (Writer, Reader) = (Box::new(send), Box::new(recv));
+        let link = RelayOpener { transport: Transport::Quic(conn), node, access, timeout };
+        Client::start(link, send, recv, channel).await
     }
 
     /// Connects to `node` over TCP (TLS) and says hello.
@@ -201,8 +255,18 @@ impl Client {
         token: Option<String>,
         timeout: Duration,
     ) -> Result<Client, ClientError> {
-        let (recv, send) = open_tcp(node, timeout).await?;
-        Client::start(Transport::Tcp, send, recv, node, token, timeout).await
+        Client::connect_tcp_with(node, NodeAccess::token(token), timeout).await
+    }
+
+    /// As [`Client::connect_tcp`], with a pin on the node's certificate if `access` has one.
+    pub async fn connect_tcp_with(
+        node: SocketAddr,
+        access: NodeAccess,
+        timeout: Duration,
+    ) -> Result<Client, ClientError> {
+        let (recv, send, channel) = open_tcp(node, &access, timeout).await?;
+        let link = RelayOpener { transport: Transport::Tcp, node, access, timeout };
+        Client::start(link, send, recv, channel).await
     }
 
     /// Connects over QUIC; when UDP gets no answer within `udp_timeout`, over TCP instead.
@@ -213,12 +277,25 @@ impl Client {
         udp_timeout: Duration,
         timeout: Duration,
     ) -> Result<Client, ClientError> {
+        let access = NodeAccess::token(token);
+        Client::connect_any_with(endpoint, node, access, udp_timeout, timeout).await
+    }
+
+    /// As [`Client::connect_any`], with a pin on the node's certificate if `access` has one
+    /// (a certificate that does not match is final: no TCP attempt follows).
+    pub async fn connect_any_with(
+        endpoint: &quinn::Endpoint,
+        node: SocketAddr,
+        access: NodeAccess,
+        udp_timeout: Duration,
+        timeout: Duration,
+    ) -> Result<Client, ClientError> {
         let handshake = udp_timeout.min(timeout);
-        match Client::connect_within(endpoint, node, token.clone(), handshake, timeout).await {
+        match Client::connect_within(endpoint, node, access.clone(), handshake, timeout).await {
             Ok(client) => Ok(client),
             // An answer that refuses is final; silence (UDP blocked) is worth a TCP try.
             Err(ClientError::Unreachable { reason: udp, .. }) => {
-                Client::connect_tcp(node, token, timeout).await.map_err(|e| match e {
+                Client::connect_tcp_with(node, access, timeout).await.map_err(|e| match e {
                     ClientError::Unreachable { node, reason } => ClientError::Unreachable {
                         node,
                         reason: format!("UDP: {udp}; TCP: {reason}"),
@@ -230,21 +307,17 @@ impl Client {
         }
     }
 
+    /// Says hello on a new session, proving the token on `channel`.
     async fn start(
-        transport: Transport,
+        link: RelayOpener,
         send: Writer,
         recv: Reader,
-        node: SocketAddr,
-        token: Option<String>,
-        timeout: Duration,
+        channel: Option<Channel>,
     ) -> Result<Client, ClientError> {
-        let mut client = Client {
-            link: RelayOpener { transport, node, token: token.clone(), timeout },
-            send,
-            recv,
-            observed: SocketAddr::from(([0, 0, 0, 0], 0)),
-        };
-        client.send(&ClientMsg::Hello { version: VERSION, token }).await?;
+        let proof = link.access.proof(channel.as_ref());
+        let observed = SocketAddr::from(([0, 0, 0, 0], 0));
+        let mut client = Client { link, send, recv, observed };
+        client.send(&ClientMsg::Hello { version: VERSION, proof }).await?;
         match client.recv().await? {
             NodeMsg::Welcome { observed, .. } => client.observed = observed,
             other => return Err(unexpected(&other)),
@@ -393,16 +466,21 @@ async fn read_msg(reader: &mut Reader, timeout: Duration) -> Result<NodeMsg, Cli
 async fn connect_quic(
     endpoint: &quinn::Endpoint,
     node: SocketAddr,
+    pin: Option<Fingerprint>,
     timeout: Duration,
 ) -> Result<quinn::Connection, ClientError> {
     let unreachable = |reason: String| ClientError::Unreachable { node, reason };
-    let connecting = endpoint
-        .connect_with(client_config()?, node, SERVER_NAME)
-        .map_err(|e| unreachable(e.to_string()))?;
+    let (tls, refused) = tls_client_config(pin)?;
+    let config = quic_config(tls)?;
+    let connecting =
+        endpoint.connect_with(config, node, SERVER_NAME).map_err(|e| unreachable(e.to_string()))?;
     tokio::time::timeout(timeout, connecting)
         .await
         .map_err(|_| unreachable(format!("no answer within {}s", timeout.as_secs_f32())))?
-        .map_err(|e| unreachable(e.to_string()))
+        .map_err(|e| match refused.refused() {
+            true => ClientError::WrongCertificate { node },
+            false => unreachable(e.to_string()),
+        })
 }
 
 /// TCP keep-alive settings for connections between clients and the node: a dead peer is
@@ -414,23 +492,29 @@ pub fn keepalive() -> socket2::TcpKeepalive {
         .with_retries(4)
 }
 
-/// A new TLS-over-TCP stream to `node`.
-async fn open_tcp(node: SocketAddr, timeout: Duration) -> Result<(Reader, Writer), ClientError> {
+/// A new TLS-over-TCP stream to `node`, and the channel its session exported.
+async fn open_tcp(
+    node: SocketAddr,
+    access: &NodeAccess,
+    timeout: Duration,
+) -> Result<(Reader, Writer, Option<Channel>), ClientError> {
     let unreachable = |reason: String| ClientError::Unreachable { node, reason };
     let setup = async {
         let tcp = TcpStream::connect(node).await.map_err(|e| unreachable(e.to_string()))?;
         let _ = tcp.set_nodelay(true);
         // A node (or NAT mapping) that vanished is noticed while we wait for the peer.
         let _ = socket2::SockRef::from(&tcp).set_tcp_keepalive(&keepalive());
-        let connector = tokio_rustls::TlsConnector::from(Arc::new(tls_client_config()?));
+        let (config, refused) = tls_client_config(access.fingerprint)?;
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
         let name = rustls::pki_types::ServerName::try_from(SERVER_NAME)
             .map_err(|e| ClientError::Protocol(e.to_string()))?;
-        let tls = connector
-            .connect(name, tcp)
-            .await
-            .map_err(|e| unreachable(format!("TLS over TCP: {e}")))?;
+        let tls = connector.connect(name, tcp).await.map_err(|e| match refused.refused() {
+            true => ClientError::WrongCertificate { node },
+            false => unreachable(format!("TLS over TCP: {e}")),
+        })?;
+        let channel = auth::tls_channel(tls.get_ref().1);
         let (reader, writer) = tokio::io::split(tls);
-        Ok::<(Reader, Writer), ClientError>((Box::new(reader), Box::new(writer)))
+        Ok::<_, ClientError>((Box::new(reader) as Reader, Box::new(writer) as Writer, channel))
     };
     tokio::time::timeout(timeout, setup)
         .await
@@ -444,8 +528,13 @@ fn unexpected(msg: &NodeMsg) -> ClientError {
 /// The QUIC client configuration for talking to a node (ALPN, no node authentication,
 /// keep-alives).
 pub fn client_config() -> Result<quinn::ClientConfig, ClientError> {
-    let crypto = QuicClientConfig::try_from(tls_client_config()?)
-        .map_err(|e| ClientError::Protocol(e.to_string()))?;
+    quic_config(tls_client_config(None)?.0)
+}
+
+/// QUIC on `tls`, with keep-alives.
+fn quic_config(tls: rustls::ClientConfig) -> Result<quinn::ClientConfig, ClientError> {
+    let crypto =
+        QuicClientConfig::try_from(tls).map_err(|e| ClientError::Protocol(e.to_string()))?;
     let mut config = quinn::ClientConfig::new(Arc::new(crypto));
     let mut transport = quinn::TransportConfig::default();
     transport.keep_alive_interval(Some(Duration::from_secs(5)));
@@ -453,15 +542,19 @@ pub fn client_config() -> Result<quinn::ClientConfig, ClientError> {
     Ok(config)
 }
 
-/// TLS settings towards a node (QUIC or TCP): ALPN, TLS 1.3, no node authentication.
-fn tls_client_config() -> Result<rustls::ClientConfig, ClientError> {
+/// TLS settings towards a node (QUIC or TCP): ALPN, TLS 1.3, and either no node
+/// authentication or the pinned certificate; with the flag that tells a refused pin.
+fn tls_client_config(
+    pin: Option<Fingerprint>,
+) -> Result<(rustls::ClientConfig, Arc<PinnedCert>), ClientError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut crypto = rustls::ClientConfig::builder_with_provider(provider.clone())
+    let pinned = Arc::new(PinnedCert::new(AnyCert::new(provider.clone()), pin));
+    let mut crypto = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| ClientError::Protocol(e.to_string()))?
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AnyCert::new(provider)))
+        .with_custom_certificate_verifier(pinned.clone())
         .with_no_client_auth();
     crypto.alpn_protocols = vec![ALPN.to_vec()];
-    Ok(crypto)
+    Ok((crypto, pinned))
 }

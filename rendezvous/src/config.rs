@@ -54,7 +54,8 @@ pub struct ServerConfig {
     /// Also serve TCP clients that do not speak TLS (tools, debugging). Off by default: their
     /// traffic, the access token included, is readable on the way.
     pub tcp_plaintext: bool,
-    /// Certificate and key for TLS on the TCP listener (`None`: a fresh self-signed one).
+    /// Certificate and key the node presents on QUIC and TCP (`None`: a fresh self-signed one
+    /// at every start).
     pub tls: Option<TlsFiles>,
     /// Address of the metrics and health listener (`None`: off).
     pub metrics: Option<SocketAddr>,
@@ -89,7 +90,7 @@ impl Default for ServerConfig {
 
 pub use crate::relay::RelayLimits;
 
-/// PEM files for TLS on the TCP listener. [`NodeArgs::load`] has checked that they load and
+/// PEM files of the certificate the node presents on QUIC and TCP. [`NodeArgs::load`] has checked that they load and
 /// that the key matches the certificate.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -224,7 +225,8 @@ pub struct NodeArgs {
     /// Address and port to listen on, UDP and TCP [default: 0.0.0.0:4433].
     #[arg(long, env = "P2P_COPY_RENDEZVOUS_LISTEN", value_name = "ADDR")]
     pub listen: Option<SocketAddr>,
-    /// Require this token from clients (they pass it with --rendezvous-token).
+    /// Require clients to prove this token (they pass it with --rendezvous-token; only an HMAC
+    /// of it bound to their TLS session crosses the wire).
     #[arg(long, env = "P2P_COPY_RENDEZVOUS_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
     /// Nameplates open at once [default: 10000].
@@ -270,14 +272,15 @@ pub struct NodeArgs {
     /// Listen on UDP (QUIC) only, not also on TCP.
     #[arg(long, env = "P2P_COPY_RENDEZVOUS_NO_TCP", value_parser = clap::builder::FalseyValueParser::new())]
     pub no_tcp: bool,
-    /// Also serve TCP clients that do not speak TLS (tools, debugging): their traffic, the
-    /// access token included, is readable on the way.
+    /// Also serve TCP clients that do not speak TLS (tools, debugging): their traffic is
+    /// readable on the way, and they cannot prove a token.
     #[arg(long, env = "P2P_COPY_RENDEZVOUS_TCP_PLAINTEXT", value_parser = clap::builder::FalseyValueParser::new())]
     pub tcp_plaintext: bool,
-    /// PEM certificate chain for TLS on the TCP listener (with --tls-key).
+    /// PEM certificate chain the node presents on QUIC and TCP (with --tls-key); clients pin
+    /// its SHA-256, which the node logs at start [default: a fresh self-signed one].
     #[arg(long, env = "P2P_COPY_RENDEZVOUS_TLS_CERT", value_name = "PATH")]
     pub tls_cert: Option<PathBuf>,
-    /// PEM private key for TLS on the TCP listener (with --tls-cert).
+    /// PEM private key of --tls-cert.
     #[arg(long, env = "P2P_COPY_RENDEZVOUS_TLS_KEY", value_name = "PATH")]
     pub tls_key: Option<PathBuf>,
     /// Serve Prometheus metrics (/metrics) and health (/health) over HTTP on this address;
@@ -414,12 +417,6 @@ fn check(c: &ServerConfig) -> Result<(), ConfigError> {
         }
     }
     if let Some(tls) = &c.tls {
-        if !c.tcp {
-            return invalid(
-                TLS,
-                "TLS is for the TCP listener, which --no-tcp (tcp = false) turns off",
-            );
-        }
         tls.load()?;
     }
     Ok(())

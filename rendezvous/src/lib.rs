@@ -9,6 +9,8 @@
 //! - [`wire`]: the client ↔ node messages and their framing. Pure, never panics on input.
 //! - [`table`]: the sans-IO nameplate and mailbox table: allocation, claims, expiry,
 //!   per-source rate limits. Time is passed in.
+//! - [`auth`]: the access token proved without sending it (bound to the TLS session), and
+//!   certificate fingerprints for pinning a node.
 //! - [`client`]: a client session with a node, on the caller's QUIC endpoint.
 //! - [`tls`]: certificate verification shared with p2p-copy's peers.
 //! - `server` (feature `server`): the server driving the table, on QUIC and TCP.
@@ -17,6 +19,7 @@
 //! - `config` (feature `server`): the node's settings from flags, a TOML file and defaults.
 //! - `metrics` (feature `server`): counters, and the HTTP listener for metrics and health.
 
+pub mod auth;
 pub mod client;
 #[cfg(feature = "server")]
 pub mod config;

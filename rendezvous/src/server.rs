@@ -34,11 +34,13 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 pub use crate::config::{ConfigError, LogFormat, NodeArgs, RelayLimits, ServerConfig, TlsFiles};
 
+use crate::auth::{self, Channel};
 use crate::client::ALPN;
 use crate::metrics::{self, GaugeGuard, Metrics};
 use crate::relay::socket::NodeSocket;
 use crate::relay::{read_first, Attach, Reader, Relays, Writer};
 use crate::table::{ClientId, Counts, Output, Random, SourceKey, Table};
+use crate::tcp::Identity;
 use crate::wire::{self, ClientMsg, ErrorCode, NodeMsg, VERSION};
 
 /// Messages buffered for one client before it counts as not reading.
@@ -52,15 +54,6 @@ const SETUP_TIMEOUT: Duration = Duration::from_secs(10);
 /// Receive window of a client's QUIC connection and of each of its streams: they carry
 /// mailbox messages only (relayed packets travel as datagrams).
 const MAILBOX_WINDOW: u32 = 64 * 1024;
-
-/// The configured access token matches the one presented (compared in constant time).
-fn token_ok(required: Option<&str>, presented: Option<&str>) -> bool {
-    match (required, presented) {
-        (None, _) => true,
-        (Some(r), Some(p)) => crate::table::same_secret(r.as_bytes(), p.as_bytes()),
-        (Some(_), None) => false,
-    }
-}
 
 /// Failures starting the node.
 #[derive(Debug, thiserror::Error)]
@@ -91,6 +84,7 @@ pub async fn run(
     let local = listeners
         .local_addr()
         .map_err(|source| ServerError::Bind { addr: config.listen, source })?;
+    let fingerprint = listeners.quic.identity.0.first().map(|c| auth::fingerprint(c));
     let http = match config.metrics {
         Some(addr) => Some(
             tokio::net::TcpListener::bind(addr)
@@ -103,6 +97,7 @@ pub async fn run(
         listen = %local,
         tcp = listeners.tcp.is_some(),
         tls_certificate = config.tls.is_some(),
+        certificate_sha256 = %fingerprint.as_ref().map(auth::fingerprint_hex).unwrap_or_default(),
         token = config.limits.token.is_some(),
         "rendezvous node serving"
     );
@@ -135,6 +130,9 @@ pub struct QuicListener {
     /// The endpoint.
     pub endpoint: quinn::Endpoint,
     relays: Arc<Relays>,
+    /// The certificate chain and key the endpoint presents (the TCP listener presents them
+    /// too).
+    identity: Identity,
 }
 
 impl QuicListener {
@@ -162,14 +160,15 @@ pub fn endpoint_on(
         config.metrics_handle.clone(),
     ));
     let socket = Arc::new(NodeSocket::new(socket, relays.clone()));
+    let identity = identity(config)?;
     let endpoint = quinn::Endpoint::new_with_abstract_socket(
         quinn::EndpointConfig::default(),
-        Some(server_config(config)?),
+        Some(server_config(config, &identity)?),
         socket,
         runtime,
     )
     .map_err(|source| ServerError::Bind { addr, source })?;
-    Ok(QuicListener { endpoint, relays })
+    Ok(QuicListener { endpoint, relays, identity })
 }
 
 /// Resolves on Ctrl-C or SIGTERM.
@@ -188,21 +187,37 @@ pub async fn signalled() {
     let _ = tokio::signal::ctrl_c().await;
 }
 
-/// The node's QUIC settings, with a fresh self-signed certificate. Clients do not authenticate
-/// the node: everything they exchange through it is protected end to end by the code, so the
-/// node is not trusted with anything.
-fn server_config(config: &ServerConfig) -> Result<quinn::ServerConfig, ServerError> {
+/// The node's certificate chain and key: the operator's (`--tls-cert`/`--tls-key`), or a
+/// fresh self-signed one (another at every start, so clients can only pin a node that has
+/// the operator's).
+fn identity(config: &ServerConfig) -> Result<Identity, ServerError> {
+    if let Some(files) = &config.tls {
+        return Ok(files.load()?);
+    }
     let tls = |e: &dyn std::fmt::Display| ServerError::Tls(e.to_string());
     let certified = rcgen::generate_simple_self_signed(vec!["p2p-copy-rendezvous".to_owned()])
         .map_err(|e| tls(&e))?;
     let cert = CertificateDer::from(certified.cert.der().to_vec());
     let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(certified.key_pair.serialize_der()));
+    Ok((vec![cert], key))
+}
+
+/// The node's QUIC settings, presenting `identity`. Clients only authenticate the node when
+/// they pin its certificate (`--rendezvous-fingerprint`): everything they exchange through it
+/// is protected end to end by the code, and the access token is proved, never sent
+/// ([`crate::auth`]).
+fn server_config(
+    config: &ServerConfig,
+    identity: &Identity,
+) -> Result<quinn::ServerConfig, ServerError> {
+    let tls = |e: &dyn std::fmt::Display| ServerError::Tls(e.to_string());
+    let (chain, key) = (identity.0.clone(), identity.1.clone_key());
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut crypto = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| tls(&e))?
         .with_no_client_auth()
-        .with_single_cert(vec![cert], key)
+        .with_single_cert(chain, key)
         .map_err(|e| tls(&e))?;
     crypto.alpn_protocols = vec![ALPN.to_vec()];
     let crypto = QuicServerConfig::try_from(crypto).map_err(|e| tls(&e))?;
@@ -222,8 +237,8 @@ fn server_config(config: &ServerConfig) -> Result<quinn::ServerConfig, ServerErr
     Ok(server)
 }
 
-/// Binds a QUIC endpoint for the node on `addr` with a fresh self-signed certificate, and the
-/// relays that share its socket.
+/// Binds a QUIC endpoint for the node on `addr` with its certificate (the operator's, or a
+/// fresh self-signed one), and the relays that share its socket.
 pub fn endpoint(addr: SocketAddr, config: &ServerConfig) -> Result<QuicListener, ServerError> {
     let bind = |source| ServerError::Bind { addr, source };
     let socket = socket2::Socket::new(
@@ -250,9 +265,19 @@ pub fn endpoint(addr: SocketAddr, config: &ServerConfig) -> Result<QuicListener,
 }
 
 enum Event {
-    Connect { client: ClientId, addr: SocketAddr, outbox: mpsc::Sender<Routed> },
-    Message { client: ClientId, msg: ClientMsg },
-    Disconnect { client: ClientId },
+    Connect {
+        client: ClientId,
+        addr: SocketAddr,
+        channel: Option<Channel>,
+        outbox: mpsc::Sender<Routed>,
+    },
+    Message {
+        client: ClientId,
+        msg: ClientMsg,
+    },
+    Disconnect {
+        client: ClientId,
+    },
 }
 
 /// What the table task sends a connection.
@@ -296,9 +321,16 @@ pub fn bind(addr: SocketAddr, config: &ServerConfig) -> Result<Listeners, Server
 
 /// Serves the node until `shutdown` resolves, then drains for the grace period.
 pub async fn serve(listeners: Listeners, config: ServerConfig, shutdown: impl Future<Output = ()>) {
-    let Listeners { quic: QuicListener { endpoint, relays }, tcp } = listeners;
-    let identity = config.tls.as_ref().map(TlsFiles::load).transpose();
-    let tls = match identity.map_err(ServerError::from).and_then(crate::tcp::acceptor) {
+    let Listeners { quic: QuicListener { endpoint, relays, identity }, tcp } = listeners;
+    if let Some(cert) = identity.0.first() {
+        let fingerprint = auth::fingerprint_hex(&auth::fingerprint(cert));
+        tracing::info!(
+            certificate_sha256 = %fingerprint,
+            operator_certificate = config.tls.is_some(),
+            "node certificate (clients pin it with --rendezvous-fingerprint)"
+        );
+    }
+    let tls = match crate::tcp::acceptor(identity) {
         Ok(tls) => Some(tls),
         Err(e) => {
             tracing::error!(error = %e, "TCP listener disabled: no usable TLS configuration");
@@ -423,7 +455,10 @@ async fn run_table(
                 let Some(ev) = ev else { return };
                 let now = Instant::now();
                 match ev {
-                    Event::Connect { client, addr, outbox } => match table.connect(now, client, addr) {
+                    Event::Connect { client, addr, channel, outbox } => match match channel {
+                        Some(channel) => table.connect_bound(now, client, addr, channel),
+                        None => table.connect(now, client, addr),
+                    } {
                         Ok(()) => { outboxes.insert(client, outbox); }
                         Err(code) => {
                             Metrics::bump(&counters.clients_refused_total);
@@ -530,6 +565,7 @@ impl Shared {
 async fn serve_connection(incoming: quinn::Incoming, shared: Arc<Shared>) {
     let Ok(Ok(conn)) = tokio::time::timeout(SETUP_TIMEOUT, incoming).await else { return };
     let addr = conn.remote_address();
+    let channel = auth::quic_channel(&conn);
     let mut streams = JoinSet::new();
     let mut node_closed = false;
     loop {
@@ -546,7 +582,8 @@ async fn serve_connection(incoming: quinn::Incoming, shared: Arc<Shared>) {
             stream = accept => match stream {
                 Some(Ok((send, recv))) => {
                     let attach = Attach::Datagrams(conn.clone());
-                    let stream = serve_stream(Box::new(recv), Box::new(send), addr, shared.clone(), attach);
+                    let (reader, writer) = (Box::new(recv), Box::new(send));
+                    let stream = serve_stream(reader, writer, addr, channel, shared.clone(), attach);
                     streams.spawn(stream);
                 }
                 _ => break,
@@ -584,22 +621,28 @@ pub(crate) enum StreamEnd {
 }
 
 /// Serves one stream (a QUIC stream, or a whole TCP connection): its first frame says whether
-/// it is a mailbox session (`Hello`) or a relay stream (`Relay`).
+/// it is a mailbox session (`Hello`) or a relay stream (`Relay`). `channel` is what the TLS
+/// session under it exported (`None` without TLS), on which token proofs are checked.
 pub(crate) async fn serve_stream(
     mut reader: Reader,
     mut writer: Writer,
     addr: SocketAddr,
+    channel: Option<Channel>,
     shared: Arc<Shared>,
     attach: Attach,
 ) -> StreamEnd {
     match read_first(&mut reader, SETUP_TIMEOUT).await {
         Some(hello @ ClientMsg::Hello { .. }) => {
-            mailbox(reader, writer, addr, hello, &shared).await
+            mailbox(reader, writer, addr, channel, hello, &shared).await
         }
-        Some(ClientMsg::Relay { version, access, ticket }) => {
+        Some(ClientMsg::Relay { version, proof, ticket }) => {
+            let authorized = shared
+                .token
+                .as_deref()
+                .is_none_or(|token| auth::verify(token, channel.as_ref(), proof.as_ref()));
             let refusal = if version != VERSION {
                 Some((ErrorCode::Version, format!("this node speaks version {VERSION}")))
-            } else if !token_ok(shared.token.as_deref(), access.as_deref()) {
+            } else if !authorized {
                 Some((ErrorCode::Unauthorized, "this node requires an access token".to_owned()))
             } else {
                 None
@@ -624,13 +667,14 @@ async fn mailbox(
     mut reader: Reader,
     mut writer: Writer,
     addr: SocketAddr,
+    channel: Option<Channel>,
     hello: ClientMsg,
     shared: &Shared,
 ) -> StreamEnd {
     let client = shared.client_id();
     let events = &shared.events;
     let (outbox, mut inbox) = mpsc::channel(OUTBOX);
-    if events.send(Event::Connect { client, addr, outbox }).await.is_err()
+    if events.send(Event::Connect { client, addr, channel, outbox }).await.is_err()
         || events.send(Event::Message { client, msg: hello }).await.is_err()
     {
         return StreamEnd::NodeClosed;

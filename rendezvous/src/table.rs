@@ -10,8 +10,10 @@
 //!
 //! 1. `connect`: refused with [`ErrorCode::Busy`] when its source already has
 //!    [`Limits::clients_per_ip`] clients (at any level, see Sources).
-//! 2. `Hello` must come first. Wrong version → `Error Version`, wrong or missing token (when
-//!    [`Limits::token`] is set) → `Error Unauthorized`, anything else first → `Error Protocol`;
+//! 2. `Hello` must come first. Wrong version → `Error Version`, a missing or wrong proof of
+//!    the token (when [`Limits::token`] is set: [`crate::auth::verify`] against the channel
+//!    given to [`Table::connect_bound`]; a client connected without one cannot prove it) →
+//!    `Error Unauthorized`, anything else first → `Error Protocol`;
 //!    each followed by [`Output::Close`] (later messages from that client are ignored).
 //!    Otherwise → `Welcome { observed }` with the address given to `connect` (an IPv4-mapped
 //!    IPv6 address is reported as IPv4).
@@ -80,6 +82,7 @@ use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use crate::auth::{Channel, Proof};
 use crate::wire::{ClientMsg, ErrorCode, NodeMsg, MAX_TEXT, REJOIN_NAMEPLATES, VERSION};
 
 mod numbers;
@@ -126,7 +129,7 @@ pub struct Limits {
     pub mailbox_messages: usize,
     /// Bytes queued for a peer that has not joined yet.
     pub mailbox_bytes: usize,
-    /// Access token required in `Hello` (`None`: open node).
+    /// Access token whose proof `Hello` must carry (`None`: open node).
     pub token: Option<String>,
     /// Closed numbers of nameplates that had two sides cooling down at once; while this many
     /// are, new nameplates get `Busy` (a closed number is never forgotten early, so it cannot
@@ -221,6 +224,8 @@ pub struct Table {
 #[derive(Debug)]
 struct Client {
     observed: SocketAddr,
+    /// The TLS session's exported keying material (token proofs are checked against it).
+    channel: Option<Channel>,
     phase: Phase,
     slot: Slot,
 }
@@ -306,6 +311,29 @@ impl Table {
         client: ClientId,
         addr: SocketAddr,
     ) -> Result<(), ErrorCode> {
+        self.connect_with(now, client, addr, None)
+    }
+
+    /// As [`Table::connect`], for a connection whose TLS session exported `channel`
+    /// ([`crate::auth::quic_channel`], [`crate::auth::tls_channel`]): the one its token proof
+    /// must be made on.
+    pub fn connect_bound(
+        &mut self,
+        now: Instant,
+        client: ClientId,
+        addr: SocketAddr,
+        channel: Channel,
+    ) -> Result<(), ErrorCode> {
+        self.connect_with(now, client, addr, Some(channel))
+    }
+
+    fn connect_with(
+        &mut self,
+        now: Instant,
+        client: ClientId,
+        addr: SocketAddr,
+        channel: Option<Channel>,
+    ) -> Result<(), ErrorCode> {
         self.advance(now);
         if self.clients.contains_key(&client) {
             return Err(ErrorCode::Protocol);
@@ -314,7 +342,7 @@ impl Table {
             return Err(ErrorCode::Busy);
         }
         let observed = SocketAddr::new(addr.ip().to_canonical(), addr.port());
-        let c = Client { observed, phase: Phase::AwaitHello, slot: Slot::None };
+        let c = Client { observed, channel, phase: Phase::AwaitHello, slot: Slot::None };
         self.clients.insert(client, c);
         Ok(())
     }
@@ -326,8 +354,8 @@ impl Table {
         let Some(c) = self.clients.get(&client) else { return };
         match (c.phase, msg) {
             (Phase::Closing, _) => {}
-            (Phase::AwaitHello, ClientMsg::Hello { version, token }) => {
-                self.hello(client, version, token)
+            (Phase::AwaitHello, ClientMsg::Hello { version, proof }) => {
+                self.hello(client, version, proof)
             }
             (Phase::AwaitHello, _) => {
                 self.fail(client, ErrorCode::Protocol, "send Hello first".into());
@@ -428,7 +456,7 @@ impl Table {
         self.sources.advance(now);
     }
 
-    fn hello(&mut self, client: ClientId, version: u16, token: Option<String>) {
+    fn hello(&mut self, client: ClientId, version: u16, proof: Option<Proof>) {
         if version != VERSION {
             let message = format!(
                 "this node speaks rendezvous protocol version {VERSION}, the client {version}: \
@@ -437,7 +465,8 @@ impl Table {
             return self.fail(client, ErrorCode::Version, message);
         }
         if let Some(want) = &self.limits.token {
-            if !token.is_some_and(|got| same_secret(got.as_bytes(), want.as_bytes())) {
+            let channel = self.clients.get(&client).and_then(|c| c.channel);
+            if !crate::auth::verify(want, channel.as_ref(), proof.as_ref()) {
                 let message = "this node requires an access token and the one given is missing \
                                or wrong: pass the node's token";
                 return self.fail(client, ErrorCode::Unauthorized, message.into());
@@ -721,11 +750,6 @@ impl Table {
 fn after(now: Instant, d: Duration) -> Instant {
     const YEAR: Duration = Duration::from_secs(365 * 24 * 3600);
     now.checked_add(d).or_else(|| now.checked_add(YEAR)).unwrap_or(now)
-}
-
-/// Compares two secrets in time independent of where they differ.
-pub(crate) fn same_secret(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// Cuts `s` to at most `max` bytes on a character boundary.

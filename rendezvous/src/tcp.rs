@@ -2,17 +2,19 @@
 //!
 //! Each TCP connection carries one stream: a mailbox session or a relay stream, exactly as a
 //! QUIC stream does (see [`crate::wire`]). Clients speak TLS (ALPN `p2p-copy-rendezvous/1`),
-//! which also lets the port pass middleboxes that only allow TLS; the node presents the
-//! operator's certificate when given one, a self-signed one otherwise. As with QUIC, clients
-//! do not authenticate the node. A connection whose first byte is not a TLS handshake record
+//! which also lets the port pass middleboxes that only allow TLS; the node presents the same
+//! certificate as on QUIC: the operator's when given one, a self-signed one otherwise. As with
+//! QUIC, clients authenticate the node only when they pin its certificate, and prove the
+//! access token on the TLS session rather than send it ([`crate::auth`]). A connection whose first byte is not a TLS handshake record
 //! is served in the clear only when the operator asked for it (`--tcp-plaintext`, for tools
-//! and debugging), and closed otherwise.
+//! and debugging), and closed otherwise; such a connection has no TLS session to prove a
+//! token on, so a node with a token refuses its `Hello` and `Relay`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 
@@ -28,21 +30,9 @@ const TLS_HANDSHAKE: u8 = 0x16;
 /// A certificate chain (leaf first) and the leaf's private key.
 pub type Identity = (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>);
 
-/// The TLS acceptor for `identity`, or for a fresh self-signed certificate.
-pub fn acceptor(identity: Option<Identity>) -> Result<TlsAcceptor, ServerError> {
+/// The TLS acceptor presenting `identity`.
+pub fn acceptor(identity: Identity) -> Result<TlsAcceptor, ServerError> {
     let tls = |e: &dyn std::fmt::Display| ServerError::Tls(e.to_string());
-    let identity = match identity {
-        Some(id) => id,
-        None => {
-            let certified =
-                rcgen::generate_simple_self_signed(vec!["p2p-copy-rendezvous".to_owned()])
-                    .map_err(|e| tls(&e))?;
-            (
-                vec![CertificateDer::from(certified.cert.der().to_vec())],
-                PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(certified.key_pair.serialize_der())),
-            )
-        }
-    };
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
@@ -74,11 +64,14 @@ pub(crate) async fn serve(
         let Ok(Ok(stream)) = tokio::time::timeout(SETUP_TIMEOUT, tls.accept(stream)).await else {
             return;
         };
+        let channel = crate::auth::tls_channel(stream.get_ref().1);
         let (reader, writer) = tokio::io::split(stream);
-        serve_stream(Box::new(reader), Box::new(writer), addr, shared, Attach::Stream).await;
+        let (reader, writer) = (Box::new(reader), Box::new(writer));
+        serve_stream(reader, writer, addr, channel, shared, Attach::Stream).await;
     } else if plaintext {
         let (reader, writer) = stream.into_split();
-        serve_stream(Box::new(reader), Box::new(writer), addr, shared, Attach::Stream).await;
+        let (reader, writer) = (Box::new(reader), Box::new(writer));
+        serve_stream(reader, writer, addr, None, shared, Attach::Stream).await;
     } else {
         tracing::debug!(%addr, "a TCP client without TLS: closed (serve it with --tcp-plaintext)");
     }

@@ -10,8 +10,10 @@
 //!
 //! # Flow
 //!
-//! 1. Client: `Hello { version, token }`. Node: `Welcome { version, observed }`, or `Error`
-//!    (`Version` or `Unauthorized`) and the node closes the connection.
+//! 1. Client: `Hello { version, proof }`. Node: `Welcome { version, observed }`, or `Error`
+//!    (`Version` or `Unauthorized`) and the node closes the connection. `proof` proves the
+//!    node's access token without sending it: an HMAC of the token over keying material
+//!    exported from this connection's TLS session ([`crate::auth`]); `None` for an open node.
 //! 2. Client: `Allocate` → `Allocated { nameplate }`, or `Claim { nameplate }` →
 //!    `Claimed { nameplate, peer_present }`.
 //! 3. When the second side claims, the first gets `PeerJoined`.
@@ -30,7 +32,8 @@
 //! The node draws two random 64-bit tickets for each pairing of two sides on a nameplate, one
 //! per side, and gives each side its own (step 5): only the two clients of that pairing can
 //! use its relay. A client attaches with a further stream (a further TCP connection, for a
-//! client on TCP) whose first frame is `Relay { version, access, ticket }`. The node answers
+//! client on TCP) whose first frame is `Relay { version, proof, ticket }` (`proof` as in
+//! `Hello`, for the connection this stream is on). The node answers
 //! `Paired` once both tickets of the pairing are attached (or `Error { code: Expired }` if the
 //! other never comes). Then:
 //!
@@ -54,19 +57,20 @@
 //! # Body layout
 //!
 //! Bodies are [postcard]: integers are LEB128 varints (`u16`, `u32`), `bool` and `u8` are one
-//! byte, a string or byte vector is `varint len ‖ bytes`, an `Option` is `00` or `01 ‖ value`,
+//! byte, a string or byte vector is `varint len ‖ bytes`, a `[u8; 32]` is its 32 bytes (no
+//! length), an `Option` is `00` or `01 ‖ value`,
 //! an enum is `varint variant index ‖ fields in order`. A [`SocketAddr`] is `00 ‖ 4 address
 //! bytes ‖ varint port` (IPv4) or `01 ‖ 16 address bytes ‖ varint port` (IPv6; flow info and
 //! scope id are not sent).
 //!
 //! | index | [`ClientMsg`] | fields                                   |
 //! |-------|---------------|------------------------------------------|
-//! | 0     | `Hello`       | `version: u16`, `token: Option<String>`  |
+//! | 0     | `Hello`       | `version: u16`, `proof: Option<[u8; 32]>` |
 //! | 1     | `Allocate`    | —                                        |
 //! | 2     | `Claim`       | `nameplate: u32`                         |
 //! | 3     | `Send`        | `body: bytes` (≤ [`MAX_BODY`])           |
 //! | 4     | `Release`     | —                                        |
-//! | 5     | `Relay`       | `version: u16`, `access: Option<String>`, `ticket: u64` |
+//! | 5     | `Relay`       | `version: u16`, `proof: Option<[u8; 32]>`, `ticket: u64` |
 //! | 6     | `RelayTicket` | —                                        |
 //!
 //! | index | [`NodeMsg`]   | fields                                         |
@@ -106,7 +110,8 @@ pub const REJOIN_NAMEPLATES: u32 = 1 << 31;
 pub const MAX_FRAME: usize = 16 * 1024;
 /// Cap on one mailbox message (`Send` / `Message` body).
 pub const MAX_BODY: usize = 8 * 1024;
-/// Cap on the access token in `Hello`, in bytes.
+/// Cap on the node's access token, in bytes (it never crosses the wire: see
+/// [`crate::auth`]).
 pub const MAX_TOKEN: usize = 256;
 /// Cap on the text of an `Error`, in bytes.
 pub const MAX_TEXT: usize = 512;
@@ -116,12 +121,14 @@ pub const HEADER_LEN: usize = 4;
 /// A message from a client to the node.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ClientMsg {
-    /// First message: protocol version and the access token if the node requires one.
+    /// First message: protocol version and the proof of the access token if the node
+    /// requires one.
     Hello {
         /// The client's protocol version ([`VERSION`]).
         version: u16,
-        /// The node's access token (ignored by an open node), at most [`MAX_TOKEN`] bytes.
-        token: Option<String>,
+        /// [`crate::auth::proof`] of the node's access token on this connection (ignored by
+        /// an open node).
+        proof: Option<[u8; 32]>,
     },
     /// Give me a fresh nameplate (I am its first side).
     Allocate,
@@ -144,8 +151,9 @@ pub enum ClientMsg {
     Relay {
         /// The client's protocol version ([`VERSION`]).
         version: u16,
-        /// The node's access token (ignored by an open node), at most [`MAX_TOKEN`] bytes.
-        access: Option<String>,
+        /// [`crate::auth::proof`] of the node's access token on the connection this stream
+        /// is on (ignored by an open node).
+        proof: Option<[u8; 32]>,
         /// This side's ticket, from `RelayTicket`.
         ticket: u64,
     },
@@ -326,12 +334,9 @@ pub fn decode_node(body: &[u8]) -> Result<NodeMsg, WireError> {
 }
 
 impl ClientMsg {
-    /// Checks the caps ([`MAX_TOKEN`], [`MAX_BODY`]). Called by [`decode_client`].
+    /// Checks the caps ([`MAX_BODY`]). Called by [`decode_client`].
     pub fn validate(&self) -> Result<(), WireError> {
         match self {
-            ClientMsg::Hello { token: Some(t), .. } | ClientMsg::Relay { access: Some(t), .. } => {
-                cap("token", t.len(), MAX_TOKEN)
-            }
             ClientMsg::Send { body } => cap("message body", body.len(), MAX_BODY),
             _ => Ok(()),
         }
@@ -397,15 +402,26 @@ mod tests {
 
     #[test]
     fn client_snapshots() {
+        const PROOF: [u8; 32] = [
+            0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23,
+            24, 25, 26, 27, 28, 29, 30, 31,
+        ];
         let cases = [
-            (ClientMsg::Hello { version: VERSION, token: None }, "000200"),
-            (ClientMsg::Hello { version: 300, token: Some("tok".into()) }, "00ac020103746f6b"),
+            (ClientMsg::Hello { version: VERSION, proof: None }, "000200"),
+            (
+                ClientMsg::Hello { version: 300, proof: Some(PROOF) },
+                "00ac0201000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f",
+            ),
             (ClientMsg::Allocate, "01"),
             (ClientMsg::Claim { nameplate: 7 }, "0207"),
             (ClientMsg::Claim { nameplate: u32::MAX }, "02ffffffff0f"),
             (ClientMsg::Send { body: vec![0xde, 0xad] }, "0302dead"),
             (ClientMsg::Release, "04"),
-            (ClientMsg::Relay { version: VERSION, access: None, ticket: 0x0102 }, "0502008202"),
+            (ClientMsg::Relay { version: VERSION, proof: None, ticket: 0x0102 }, "0502008202"),
+            (
+                ClientMsg::Relay { version: VERSION, proof: Some(PROOF), ticket: 1 },
+                "050201000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f01",
+            ),
             (ClientMsg::RelayTicket, "06"),
         ];
         for (msg, want) in cases {
@@ -482,8 +498,11 @@ mod tests {
         assert_eq!(decode_client(&[0x01, 0x00]), Err(WireError::TrailingBytes(1)));
         assert_eq!(decode_node(&[0x05, 0x00, 0x00]), Err(WireError::TrailingBytes(2)));
         assert_eq!(decode_client(&[0x03, 0x05, 1, 2]), Err(WireError::Truncated));
-        // Invalid UTF-8 in the token.
-        assert_eq!(decode_client(&[0x00, 0x01, 0x01, 0x01, 0xff]), Err(WireError::Invalid));
+        // A proof shorter than 32 bytes; an Option tag that is neither 0 nor 1.
+        assert_eq!(decode_client(&[0x00, 0x01, 0x01, 0x01, 0xff]), Err(WireError::Truncated));
+        assert_eq!(decode_client(&[0x00, 0x01, 0x02]), Err(WireError::Invalid));
+        // Invalid UTF-8 in an error text.
+        assert_eq!(decode_node(&[0x06, 0x00, 0x01, 0xff]), Err(WireError::Invalid));
         // A bool that is neither 0 nor 1.
         assert_eq!(decode_node(&[0x02, 0x07, 0x02]), Err(WireError::Invalid));
         let big = vec![0x04; MAX_FRAME + 1];
@@ -503,13 +522,6 @@ mod tests {
         let big = body_of(&ClientMsg::Send { body: vec![0; MAX_BODY + 1] });
         assert_eq!(decode_client(&big), Err(too_long("message body", MAX_BODY + 1, MAX_BODY)));
 
-        let tok = |n| ClientMsg::Hello { version: VERSION, token: Some("t".repeat(n)) };
-        assert!(decode_client(&body_of(&tok(MAX_TOKEN))).is_ok());
-        assert_eq!(
-            decode_client(&body_of(&tok(MAX_TOKEN + 1))),
-            Err(too_long("token", MAX_TOKEN + 1, MAX_TOKEN))
-        );
-
         assert!(decode_node(&body_of(&NodeMsg::Message { body: vec![0; MAX_BODY] })).is_ok());
         let big = body_of(&NodeMsg::Message { body: vec![0; MAX_BODY + 1] });
         assert_eq!(decode_node(&big), Err(too_long("message body", MAX_BODY + 1, MAX_BODY)));
@@ -523,21 +535,20 @@ mod tests {
 
         // The largest valid messages fit a frame.
         assert!(body_of(&ClientMsg::Send { body: vec![0; MAX_BODY] }).len() <= MAX_FRAME);
-        assert!(body_of(&tok(MAX_TOKEN)).len() <= MAX_FRAME);
         assert!(body_of(&text(MAX_TEXT)).len() <= MAX_FRAME);
     }
 
     fn client_msg() -> impl Strategy<Value = ClientMsg> {
         prop_oneof![
-            (any::<u16>(), proptest::option::of(".{0,40}"))
-                .prop_map(|(version, token)| ClientMsg::Hello { version, token }),
+            (any::<u16>(), proptest::option::of(any::<[u8; 32]>()))
+                .prop_map(|(version, proof)| ClientMsg::Hello { version, proof }),
             Just(ClientMsg::Allocate),
             any::<u32>().prop_map(|nameplate| ClientMsg::Claim { nameplate }),
             proptest::collection::vec(any::<u8>(), 0..300)
                 .prop_map(|body| ClientMsg::Send { body }),
             Just(ClientMsg::Release),
-            (any::<u16>(), proptest::option::of("[a-z]{0,8}"), any::<u64>())
-                .prop_map(|(version, access, ticket)| ClientMsg::Relay { version, access, ticket }),
+            (any::<u16>(), proptest::option::of(any::<[u8; 32]>()), any::<u64>())
+                .prop_map(|(version, proof, ticket)| ClientMsg::Relay { version, proof, ticket }),
             Just(ClientMsg::RelayTicket),
         ]
     }

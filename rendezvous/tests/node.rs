@@ -286,13 +286,8 @@ async fn tapped_client(node: &Node) -> (Client, quinn::Endpoint, Arc<Tapped>) {
     // relay datagram (0x01) by the tap.
     let mut config = quinn::EndpointConfig::default();
     config.grease_quic_bit(false);
-    let ep = quinn::Endpoint::new_with_abstract_socket(
-        config,
-        None,
-        tapped.clone(),
-        runtime,
-    )
-    .unwrap();
+    let ep =
+        quinn::Endpoint::new_with_abstract_socket(config, None, tapped.clone(), runtime).unwrap();
     let c = Client::connect(&ep, node.addr, None, WAIT).await.unwrap();
     (c, ep, tapped)
 }
@@ -517,7 +512,7 @@ async fn plaintext_tcp_is_served_only_when_asked_for() {
         let config = ServerConfig { tcp_plaintext: plaintext, ..ServerConfig::default() };
         let node = Node::start(config);
         let mut tcp = tokio::net::TcpStream::connect(node.addr).await.unwrap();
-        let hello = wire::encode(&ClientMsg::Hello { version: VERSION, token: None });
+        let hello = wire::encode(&ClientMsg::Hello { version: VERSION, proof: None });
         let _ = tcp.write_all(&hello).await;
         let mut header = [0u8; 4];
         let read = tokio::time::timeout(WAIT, tcp.read_exact(&mut header)).await.unwrap();

@@ -24,7 +24,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use p2p_copy_rendezvous::client::{Client, ClientError};
+use p2p_copy_rendezvous::client::{Client, ClientError, NodeAccess};
 use p2p_copy_rendezvous::wire::{ErrorCode, NodeMsg};
 
 use super::control::ControlStream;
@@ -59,8 +59,10 @@ const RELAY_LOST_GRACE: Duration = Duration::from_secs(10);
 pub struct Rendezvous {
     /// The node, `HOST:PORT`.
     pub node: String,
-    /// The node's access token, if it requires one.
+    /// The node's access token, if it requires one (proved, never sent).
     pub token: Option<String>,
+    /// SHA-256 of the node's certificate: a node presenting another is refused.
+    pub fingerprint: Option<[u8; 32]>,
     /// Use only the relay (diagnosis).
     pub force_relay: bool,
     /// Never use the relay (diagnosis; fails where direct is impossible).
@@ -324,8 +326,9 @@ pub(crate) async fn meet(
     let data = Node::with_socket(paths.clone(), &tuning, false)?;
     let dual = data.local_addr().is_ok_and(|a| a.is_ipv6() && a.ip().is_unspecified());
     let node_addr = resolve(&rv.node, dual).await?;
+    let access = NodeAccess { token: rv.token.clone(), fingerprint: rv.fingerprint };
     let mut client =
-        Client::connect_any(&data.endpoint, node_addr, rv.token.clone(), UDP_BOUND, NODE_TIMEOUT)
+        Client::connect_any_with(&data.endpoint, node_addr, access, UDP_BOUND, NODE_TIMEOUT)
             .await
             .map_err(|e| node_error(&rv.node, e))?;
     tracing::debug!(node = %node_addr, tcp = client.is_tcp(), observed = %client.observed(), "at the node");
@@ -777,6 +780,10 @@ fn node_error(node: &str, e: ClientError) -> TransferError {
             format!("cannot reach the rendezvous node {node} (at {addr}): {reason}")
         }
         ClientError::Unreachable { .. } => e.to_string(),
+        ClientError::WrongCertificate { .. } => format!(
+            "rendezvous node {node}: {e}; check --rendezvous-fingerprint \
+             (P2P_COPY_RENDEZVOUS_FINGERPRINT, rendezvous_fingerprint in the settings file)"
+        ),
         ClientError::ShuttingDown | ClientError::Refused { code: ErrorCode::ShuttingDown, .. } => {
             format!(
             "the rendezvous node {node} is shutting down (or restarting); try again once it is \

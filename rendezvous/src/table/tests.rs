@@ -61,7 +61,7 @@ impl Harness {
     /// Connects and says hello.
     fn join(&mut self, client: ClientId, addr: SocketAddr) {
         self.t.connect(self.now, client, addr).unwrap();
-        let out = self.msg(client, ClientMsg::Hello { version: VERSION, token: None });
+        let out = self.msg(client, ClientMsg::Hello { version: VERSION, proof: None });
         assert_eq!(out, [to(client, NodeMsg::Welcome { version: VERSION, observed: addr })]);
     }
 
@@ -392,7 +392,7 @@ fn clients_per_source() {
     assert_eq!(h.t.connect(h.now, 65, mapped), Ok(()));
     assert_eq!(h.t.clients(), 65);
     // The reported address is the IPv4 one.
-    let out = h.msg(65, ClientMsg::Hello { version: VERSION, token: None });
+    let out = h.msg(65, ClientMsg::Hello { version: VERSION, proof: None });
     let observed = SocketAddr::from((Ipv4Addr::new(198, 51, 100, 1), 9));
     assert_eq!(out, [to(65, NodeMsg::Welcome { version: VERSION, observed })]);
 
@@ -405,27 +405,45 @@ fn clients_per_source() {
     assert_eq!(h.t.connect(h.now, 3, v6("2001:db8:1:3::3")), Ok(()));
 }
 
+/// The token's proof is checked against the channel the client connected with: a proof of
+/// the right token on another session, of a wrong token, or without a channel fails.
 #[test]
 fn token_required() {
     let limits = Limits { token: Some("s3cret".into()), ..Limits::default() };
     let mut h = Harness::new(limits);
-    for (id, token) in [(A, None), (B, Some("s3cre")), (C, Some("s3cret!"))] {
-        h.t.connect(h.now, id, ip(1)).unwrap();
-        let out = h.msg(id, ClientMsg::Hello { version: VERSION, token: token.map(Into::into) });
+    let channel = [7u8; 32];
+    let mut other = channel;
+    other[0] ^= 1;
+    let cases = [
+        (A, None),
+        (B, Some(crate::auth::proof("s3cre", &channel))),
+        (C, Some(crate::auth::proof("s3cret!", &channel))),
+        (5, Some(crate::auth::proof("s3cret", &other))),
+    ];
+    for (id, proof) in cases {
+        h.t.connect_bound(h.now, id, ip(1), channel).unwrap();
+        let out = h.msg(id, ClientMsg::Hello { version: VERSION, proof });
         assert_eq!(codes(&out), [(id, ErrorCode::Unauthorized)]);
         assert_eq!(out.last(), Some(&Output::Close { client: id }));
         // Nothing more is answered until the driver disconnects it.
         assert_eq!(h.msg(id, ClientMsg::Allocate), []);
     }
-    h.t.connect(h.now, 4, ip(2)).unwrap();
-    let out = h.msg(4, ClientMsg::Hello { version: VERSION, token: Some("s3cret".into()) });
+    // No channel (a plaintext connection): no proof can hold.
+    h.t.connect(h.now, 6, ip(3)).unwrap();
+    let proof = Some(crate::auth::proof("s3cret", &channel));
+    assert_eq!(
+        codes(&h.msg(6, ClientMsg::Hello { version: VERSION, proof })),
+        [(6, ErrorCode::Unauthorized)]
+    );
+    h.t.connect_bound(h.now, 4, ip(2), channel).unwrap();
+    let out = h.msg(4, ClientMsg::Hello { version: VERSION, proof });
     assert_eq!(out, [to(4, NodeMsg::Welcome { version: VERSION, observed: ip(2) })]);
     assert_eq!(h.allocate(4), 1);
 
-    // An open node ignores a token.
+    // An open node ignores a proof.
     let mut h = Harness::open();
     h.t.connect(h.now, A, ip(1)).unwrap();
-    let out = h.msg(A, ClientMsg::Hello { version: VERSION, token: Some("any".into()) });
+    let out = h.msg(A, ClientMsg::Hello { version: VERSION, proof: Some([1; 32]) });
     assert_eq!(out, [to(A, NodeMsg::Welcome { version: VERSION, observed: ip(1) })]);
 }
 
@@ -433,10 +451,10 @@ fn token_required() {
 fn wrong_version_is_refused() {
     let mut h = Harness::open();
     h.t.connect(h.now, A, ip(1)).unwrap();
-    let out = h.msg(A, ClientMsg::Hello { version: VERSION + 1, token: None });
+    let out = h.msg(A, ClientMsg::Hello { version: VERSION + 1, proof: None });
     assert_eq!(codes(&out), [(A, ErrorCode::Version)]);
     assert_eq!(out.last(), Some(&Output::Close { client: A }));
-    assert_eq!(h.msg(A, ClientMsg::Hello { version: VERSION, token: None }), []);
+    assert_eq!(h.msg(A, ClientMsg::Hello { version: VERSION, proof: None }), []);
     h.disconnect(A);
     assert_eq!(h.t.clients(), 0);
 }
@@ -451,7 +469,7 @@ fn hello_comes_first_and_once() {
     assert_eq!(h.t.nameplates(), 0);
 
     h.join(B, ip(2));
-    let out = h.msg(B, ClientMsg::Hello { version: VERSION, token: None });
+    let out = h.msg(B, ClientMsg::Hello { version: VERSION, proof: None });
     assert_eq!(codes(&out), [(B, ErrorCode::Protocol)]);
     assert_eq!(out.len(), 1, "the connection stays usable");
 }
@@ -648,6 +666,9 @@ fn check_invariants(t: &Table) {
     t.sources.check();
 }
 
+/// The channel of every connection in the random operations.
+const CHANNEL: [u8; 32] = [3; 32];
+
 #[derive(Debug, Clone)]
 enum Op {
     /// Connect, then (usually) a good hello.
@@ -723,20 +744,21 @@ proptest! {
             let mut gone = None;
             match op {
                 Op::Connect(c, i, hello) => {
-                    if t.connect(now, c, ip(i)).is_ok() {
-                        let token = match hello {
-                            8 => Some("wrong".to_string()),
-                            _ => token.then(|| "secret".to_string()),
+                    if t.connect_bound(now, c, ip(i), CHANNEL).is_ok() {
+                        let proof = match hello {
+                            8 => Some(crate::auth::proof("wrong", &CHANNEL)),
+                            _ => token.then(|| crate::auth::proof("secret", &CHANNEL)),
                         };
                         let version = if hello == 7 { VERSION + 1 } else { VERSION };
                         if hello < 9 {
-                            t.handle(now, c, ClientMsg::Hello { version, token });
+                            t.handle(now, c, ClientMsg::Hello { version, proof });
                         }
                     }
                 }
                 Op::Disconnect(c) => { t.disconnect(now, c); gone = Some(c); }
                 Op::Hello(c, version, token) => {
-                    t.handle(now, c, ClientMsg::Hello { version, token: token.map(Into::into) });
+                    let proof = token.map(|t| crate::auth::proof(t, &CHANNEL));
+                    t.handle(now, c, ClientMsg::Hello { version, proof });
                 }
                 Op::Allocate(c) => t.handle(now, c, ClientMsg::Allocate),
                 Op::Claim(c, nameplate) => t.handle(now, c, ClientMsg::Claim { nameplate }),
