@@ -348,6 +348,17 @@ pub struct Report {
     pub reconnects: u32,
 }
 
+impl Report {
+    /// Seconds from the first file byte to the end: what the data itself took (the whole
+    /// `seconds` when no byte moved).
+    pub fn data_seconds(&self) -> f64 {
+        match self.first_byte_seconds {
+            Some(first) if first <= self.seconds => self.seconds - first,
+            _ => self.seconds,
+        }
+    }
+}
+
 /// How a transfer reached its peer, for its report.
 #[derive(Debug, Clone)]
 pub(crate) struct Route {

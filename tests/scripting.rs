@@ -120,3 +120,61 @@ fn each_side_has_its_own_wait_variable() {
     assert_exits(&[(&o, 2)]);
     assert_says(&o, &["100000"]);
 }
+
+/// The sender's summary rate is the data's (issue 15; feature check B4): a receiver that
+/// comes two seconds late does not make the rate look slow, and the summary says how long it
+/// took before the data started.
+#[test]
+fn the_summary_rate_leaves_out_the_wait_for_the_receiver() {
+    let mut fx = Fixture::new();
+    let src = fx.path("src/doc.bin");
+    random_file(&src, 2_000_000, &mut fx.rng);
+    let sender = fx.spawn(
+        "sender",
+        &[],
+        [OsStr::new("send"), OsStr::new("--code"), OsStr::new(&fx.code), src.as_os_str()],
+    );
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let out = fx.path("out");
+    let receiver = fx.receive([OsStr::new("--yes"), OsStr::new("--out"), out.as_os_str()]);
+    let (s, r) = finish_pair(sender, receiver);
+    assert_exits(&[(&s, 0), (&r, 0)]);
+    assert_says(&s, &["sent", "before the data started"]);
+    let done = r.event("done").expect("done");
+    let (all, data) = (done["seconds"].as_f64().unwrap(), done["data_seconds"].as_f64().unwrap());
+    assert!(data <= all, "{r}");
+}
+
+/// A name with a right-to-left override arrives unchanged and is never printed raw (finding
+/// 11): the receiver's human output shows it escaped.
+#[test]
+fn a_name_with_bidi_controls_arrives_intact_and_is_shown_escaped() {
+    let fx = Fixture::new();
+    let name = "invoice\u{202e}fdp.exe";
+    let src = fx.path(&format!("src/{name}"));
+    write_file(&src, b"not what it seems");
+    let out = fx.path("out");
+    let sender = fx.send([src.as_os_str()]);
+    let mut cmd = fx.command(&[], [OsStr::new("receive"), OsStr::new("--yes"), OsStr::new("-v")]);
+    cmd.args([OsStr::new("--out"), out.as_os_str(), OsStr::new(&fx.code)]);
+    let receiver = Proc::spawn("receiver", cmd);
+    let (s, r) = finish_pair(sender, receiver);
+    assert_exits(&[(&s, 0), (&r, 0)]);
+    assert_eq!(std::fs::read(out.join(name)).unwrap(), b"not what it seems");
+    assert!(r.stderr.contains(r"invoice\u{202e}fdp.exe"), "the name is shown, escaped\n{r}");
+    assert!(!r.stderr.contains('\u{202e}'), "a raw override reached the terminal\n{r}");
+    assert!(!s.stderr.contains('\u{202e}'), "a raw override reached the terminal\n{s}");
+}
+
+/// Sides that meet in different ways (one on the LAN, one through a node) are told that this
+/// may be why nobody answered.
+#[test]
+fn a_lan_receiver_that_finds_nobody_hints_at_the_other_mode() {
+    let fx = Fixture::new();
+    let out = fx.path("out");
+    let r = fx
+        .receive([OsStr::new("--wait"), OsStr::new("1"), OsStr::new("--out"), out.as_os_str()])
+        .finish();
+    assert_exits(&[(&r, 7)]);
+    assert_says(&r, &["no sender", "--rendezvous"]);
+}

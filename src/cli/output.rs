@@ -104,13 +104,17 @@ impl Ui {
                 "files": report.files,
                 "entries": report.entries,
                 "seconds": report.seconds,
+                "data_seconds": report.data_seconds(),
                 "first_byte_seconds": report.first_byte_seconds,
                 "punch_seconds": report.punch_seconds,
                 "reconnects": report.reconnects,
             }));
         } else if !self.quiet {
             let verb = if self.role == Role::Sender { "Sent" } else { "Received" };
-            let rate = report.bytes as f64 / report.seconds.max(1e-6);
+            // The rate of the data itself: waiting for the peer and the key exchange are not
+            // throughput, and are told apart below.
+            let data_seconds = report.data_seconds();
+            let rate = report.bytes as f64 / data_seconds.max(1e-6);
             let moved = match report.path_changes {
                 0 => String::new(),
                 n => format!(", after {n} change(s) of path"),
@@ -134,11 +138,15 @@ impl Ui {
                     HumanBytes(report.skipped_bytes)
                 ));
             }
+            let before = report.seconds - data_seconds;
+            if before >= 1.0 {
+                kept.push_str(&format!("; {before:.1}s before the data started"));
+            }
             eprintln!(
                 "{verb} {} in {} file(s) in {:.1}s ({}/s, {}{moved}{packed}){kept}",
                 HumanBytes(report.bytes),
                 report.files,
-                report.seconds,
+                data_seconds,
                 HumanBytes(rate as u64),
                 report.path.as_str()
             );
