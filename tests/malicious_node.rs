@@ -437,11 +437,7 @@ fn lies_about_observed_addresses_cost_only_probes() {
 #[test]
 fn a_pake_delivered_twice_is_refused() {
     let (fx, src) = with_file(10_000);
-    let twice: Mailbox = Arc::new(|side, i, body| match (side, i) {
-        (0, 0) => vec![body.to_vec(), body.to_vec()],
-        _ => vec![body.to_vec()],
-    });
-    let node = FakeNode::start(Script { mailbox: Some(twice), ..Script::default() });
+    let node = FakeNode::start(Script { mailbox: Some(twice(0)), ..Script::default() });
     let out = fx.path("out");
     let (s, r) = pair(&fx, &node, &src, &out);
     assert_exits(&[(&r, 8)]);
@@ -449,6 +445,57 @@ fn a_pake_delivered_twice_is_refused() {
     assert_exits(&[(&s, 10)]);
     assert_says(&s, &["the other side left before connecting"]);
     assert_nothing_written(&out, &[&s, &r]);
+}
+
+/// Delivers the `index`th message of the sender (0 PAKE, 1 CONFIRM, 2 candidates) twice.
+fn twice(index: usize) -> Mailbox {
+    Arc::new(move |side, i, body| match (side, i) {
+        (0, i) if i == index => vec![body.to_vec(), body.to_vec()],
+        _ => vec![body.to_vec()],
+    })
+}
+
+/// The node delivers the sender's key confirmation twice. The receiver, confirmed by the
+/// first, waits for the sealed candidates and its relay answer, in either order. If the copy
+/// is what it takes for the candidates, they do not open (exit 6, altered in transit); if the
+/// real candidates then come too, before the relay answer, it refuses the unexpected message
+/// (exit 8). The sender ends as the receiver leaves (exit 10). Nothing is written.
+#[test]
+fn a_confirmation_delivered_twice_is_refused() {
+    let (fx, src) = with_file(10_000);
+    let node = FakeNode::start(Script { mailbox: Some(twice(1)), ..Script::default() });
+    let out = fx.path("out");
+    let (s, r) = pair(&fx, &node, &src, &out);
+    if r.code() == Some(6) {
+        assert_says(&r, &["candidates message was altered in transit"]);
+    } else {
+        assert_exits(&[(&r, 8)]);
+        assert_says(&r, &["the rendezvous node sent an unexpected message"]);
+    }
+    assert_exits(&[(&s, 10)]);
+    assert_says(&s, &["the other side left before"]);
+    assert_nothing_written(&out, &[&s, &r]);
+}
+
+/// The node delivers the sender's sealed candidates twice. Either the copy comes while the
+/// receiver still waits for its relay answer, and it refuses the unexpected message (exit 8;
+/// the sender is told it left, exit 10), or it comes once the receiver is connecting, which
+/// reads the mailbox only for the other side leaving: the transfer completes with identical
+/// bytes. Never anything else.
+#[test]
+fn candidates_delivered_twice_change_nothing_or_are_refused() {
+    let (fx, src) = with_file(1 << 20);
+    let node = FakeNode::start(Script { mailbox: Some(twice(2)), ..Script::default() });
+    let out = fx.path("out");
+    let (s, r) = pair(&fx, &node, &src, &out);
+    if r.code() == Some(0) {
+        assert_exits(&[(&s, 0), (&r, 0)]);
+        assert!(std::fs::read(&src).unwrap() == std::fs::read(out.join("data.bin")).unwrap());
+    } else {
+        assert_exits(&[(&s, 10), (&r, 8)]);
+        assert_says(&r, &["the rendezvous node sent an unexpected message"]);
+        assert_nothing_written(&out, &[&s, &r]);
+    }
 }
 
 /// The node records a whole successful session, then, in a second session with the same code,
