@@ -664,9 +664,10 @@ fn watch_peak(pid: u32) -> std::thread::JoinHandle<u64> {
 /// allocated what a frame header claims, would exceed it many times over.
 const PEER_PEAK_KIB: u64 = 40 << 10;
 
-/// The node answers the receiver's claim with a frame header announcing 4 GiB, then streams
-/// junk. The receiver refuses the frame before allocating it (exit 8, the node broke the
-/// protocol, "too long"), with bounded memory; nothing is written.
+/// The node answers every claim (the sender's, then the receiver's) with a frame header
+/// announcing 4 GiB, then streams junk. Each side refuses the frame before allocating it
+/// (exit 8, the node broke the protocol, "too long"), the receiver with its peak memory
+/// measured; nothing is written.
 #[test]
 fn a_frame_claiming_4_gib_is_refused_unallocated() {
     let (fx, src) = with_file(10_000);
