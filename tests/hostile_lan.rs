@@ -1,0 +1,512 @@
+//! A hostile party on the local network, against the real binaries on loopback.
+//!
+//! It does not know the code. It sees what everybody on the LAN sees (the discovery
+//! datagrams: the nameplate, the sender's QUIC port and instance id) and uses it: it answers
+//! discovery for the real sender, pointing the receiver at a QUIC endpoint of its own; it
+//! connects to the sender first and guesses; it opens QUIC connections that never open a
+//! stream; it floods discovery with announces and queries. It is built from the library's
+//! public API (`net::discovery`, `net::quic`, `proto`), and from raw UDP sockets where it
+//! forges discovery datagrams (`wire::discovery`). Every case runs on the fixture's own
+//! discovery port.
+//!
+//! What must hold: the attacker gets at most one guess per side and learns nothing; nobody
+//! writes anything wrong (an honest receiver either gets identical bytes from the real sender
+//! or fails with a clear error and writes nothing); every side ends with the documented exit
+//! code; memory stays bounded (the product's bound, 40 MiB) where the attack is about
+//! resources; and the sender keeps serving an honest receiver once an attack that did not
+//! spend its code is over.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod util;
+
+use std::collections::BTreeSet;
+use std::ffi::OsString;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use p2p_copy::code::Code;
+use p2p_copy::crypto::Role;
+use p2p_copy::error::ErrorKind;
+use p2p_copy::net::discovery::{self, DiscoveryConfig, GROUP_V4};
+use p2p_copy::net::quic::{Node, Tuning};
+use p2p_copy::proto::{Config, Session, SessionError};
+use p2p_copy::transfer::control::ControlStream;
+use p2p_copy::wire::discovery::DiscoveryMsg;
+use p2p_copy::wire::frame;
+use rand::rngs::OsRng;
+use socket2::{Domain, Protocol, Socket, Type};
+use util::*;
+
+/// Bound on everything the hostile side waits for.
+const STEP: Duration = Duration::from_secs(60);
+/// The product's memory bound: no process may peak above it, whatever a peer does.
+const MEMORY_BOUND_KIB: u64 = 40 * 1024;
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+/// A fixture with `src/d/a` (200,000 bytes), `src/d/b` (0 bytes) and `src/f` (30,000 bytes).
+fn tree() -> Fixture {
+    let mut fx = Fixture::new();
+    random_file(&fx.path("src/d/a"), 200_000, &mut fx.rng);
+    write_file(&fx.path("src/d/b"), b"");
+    random_file(&fx.path("src/f"), 30_000, &mut fx.rng);
+    fx
+}
+
+/// The real sender of `src/d` and `src/f`, waiting for its receiver.
+fn sender(fx: &Fixture) -> Proc {
+    fx.send([fx.path("src/d"), fx.path("src/f")])
+}
+
+/// The real receiver, `--yes --out ROOT/out EXTRA…`.
+fn receiver(fx: &Fixture, extra: &[&str]) -> Proc {
+    let mut args: Vec<OsString> = vec!["--yes".into(), "--out".into(), fx.path("out").into()];
+    args.extend(extra.iter().map(Into::into));
+    fx.receive(args)
+}
+
+/// An honest receiver gets `src/d` and `src/f` from the (still waiting) real sender: both
+/// exit 0 and the copy is identical. Returns the sender's outcome.
+fn honest_transfer(fx: &Fixture, sender: Proc) -> Outcome {
+    let (s, r) = finish_pair(sender, receiver(fx, &[]));
+    assert_exits(&[(&s, 0), (&r, 0)]);
+    assert_done(&r, 230_000, 3);
+    assert_same_tree(&fx.path("src/d"), &fx.path("out/d"));
+    assert_same_tree(&fx.path("src/f"), &fx.path("out/f"));
+    s
+}
+
+/// Everything written below the test root but the source tree and the programs' own
+/// settings, cache and state folders.
+fn written(fx: &Fixture) -> Vec<PathBuf> {
+    list_all(fx.root())
+        .into_iter()
+        .filter(|p| {
+            !["src", "xdg-config", "xdg-cache", "xdg-state"].iter().any(|d| p.starts_with(d))
+        })
+        .collect()
+}
+
+fn discovery_config(fx: &Fixture) -> DiscoveryConfig {
+    DiscoveryConfig { port: fx.port, ..DiscoveryConfig::default() }
+}
+
+fn nameplate(fx: &Fixture) -> u32 {
+    Code::parse(&fx.code).expect("fixture code").nameplate()
+}
+
+fn peak_kib(o: &Outcome) -> u64 {
+    o.peak_rss_kib.unwrap_or_else(|| panic!("no memory sample\n{o}"))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Raw discovery sockets
+
+/// A socket on the fixture's discovery port, shared as the real ones share it, in the group
+/// on loopback: it hears every query and every multicast announce of the test.
+fn group_listener(port: u16) -> UdpSocket {
+    let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP)).expect("socket");
+    s.set_reuse_address(true).expect("SO_REUSEADDR");
+    s.set_reuse_port(true).expect("SO_REUSEPORT");
+    s.bind(&SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port).into()).expect("bind the group port");
+    s.join_multicast_v4(&GROUP_V4, &Ipv4Addr::LOCALHOST).expect("join the group on loopback");
+    s.set_ttl(1).expect("TTL");
+    s.into()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Processes
+
+/// Sends `signal` (`-STOP`, `-CONT`) to `pid`.
+fn signal(pid: u32, signal: &str) {
+    let status = Command::new("kill").args([signal, &pid.to_string()]).status().expect("kill");
+    assert!(status.success(), "kill {signal} {pid}: {status}");
+}
+
+/// Whether every thread of `pid` is stopped.
+fn stopped(pid: u32) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return false };
+    tasks.flatten().all(|t| {
+        let stat = std::fs::read_to_string(t.path().join("stat")).unwrap_or_default();
+        // The state follows the command name, which is in parentheses.
+        let state = stat.rfind(')').and_then(|i| stat[i + 1..].trim_start().chars().next());
+        matches!(state, Some('T' | 't'))
+    })
+}
+
+/// Stops `pid` (SIGSTOP) and waits until all of its threads are stopped.
+fn pause(pid: u32) {
+    signal(pid, "-STOP");
+    let until = Instant::now() + STEP;
+    while !stopped(pid) {
+        assert!(Instant::now() < until, "process {pid} did not stop");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// QUIC
+
+/// One frame body from a control stream.
+async fn read_frame(recv: &mut quinn::RecvStream) -> Result<Vec<u8>, &'static str> {
+    let mut header = [0u8; frame::HEADER_LEN];
+    recv.read_exact(&mut header).await.map_err(|_| "the stream ended")?;
+    let len = frame::body_len(header, p2p_copy::wire::control::MAX_FRAME)
+        .map_err(|_| "a frame over its cap")?;
+    let mut body = vec![0u8; len];
+    recv.read_exact(&mut body).await.map_err(|_| "the stream ended within a frame")?;
+    Ok(body)
+}
+
+/// As the real sender: the first incoming connection that opens a control stream.
+async fn first_session(
+    endpoint: &quinn::Endpoint,
+) -> (quinn::Connection, quinn::SendStream, quinn::RecvStream) {
+    let mut pending = tokio::task::JoinSet::new();
+    tokio::time::timeout(STEP, async {
+        loop {
+            tokio::select! {
+                Some(incoming) = endpoint.accept() => {
+                    pending.spawn(async move {
+                        let conn = incoming.await.ok()?;
+                        let (send, recv) = tokio::time::timeout(Duration::from_secs(10), conn.accept_bi()).await.ok()?.ok()?;
+                        Some((conn, send, recv))
+                    });
+                }
+                Some(done) = pending.join_next(), if !pending.is_empty() => {
+                    if let Ok(Some(session)) = done {
+                        return session;
+                    }
+                }
+            }
+        }
+    })
+    .await
+    .expect("the receiver never connected")
+}
+
+/// Finds the fixture's sender as a receiver does.
+async fn find_sender(fx: &Fixture) -> discovery::Found {
+    discovery::find(&discovery_config(fx), nameplate(fx), STEP).await.expect("sender found")
+}
+
+fn client() -> Node {
+    Node::bind(SocketAddr::from(([0, 0, 0, 0], 0)), &Tuning::default(), false).expect("bind")
+}
+
+// ---------------------------------------------------------------------------------------------
+// 1. Answering discovery for the sender
+
+/// Answers every query for `nameplate` that reaches `socket` with an announce of the real
+/// sender's `instance` (so the receiver sees one sender, not two) pointing at `port`, by
+/// unicast to the querier, as the real sender answers; counts the answers.
+async fn answer_for(
+    socket: tokio::net::UdpSocket,
+    nameplate: u32,
+    instance: u64,
+    port: u16,
+    answered: Arc<AtomicU64>,
+) {
+    let mut buf = [0u8; 1024];
+    loop {
+        let Ok((len, from)) = socket.recv_from(&mut buf).await else { continue };
+        if let Ok(DiscoveryMsg::Query { nameplate: n, query_id }) =
+            DiscoveryMsg::decode(&buf[..len])
+        {
+            if n == nameplate {
+                let answer = DiscoveryMsg::Announce { nameplate, instance, port, query_id };
+                let _ = socket.send_to(&answer.encode(), from).await;
+                answered.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+/// The attack: a party that heard the real sender's announces answers the receiver's queries
+/// for the nameplate itself, copying the sender's instance id and pointing at its own QUIC
+/// endpoint, and runs the handshake there with a guess (a code of the same nameplate). Only
+/// its answer reaches the receiver: the real sender is paused (SIGSTOP) while the receiver
+/// looks, which is what a faster answer or a lost real one does (with both answering, the
+/// first address whose handshake completes wins, a race).
+///
+/// What must hold: the receiver spends its one exchange on the fake, says the code is wrong
+/// (exit 3) and writes nothing, not even `--out`; the fake's guess fails the same way; the
+/// real sender, which never heard of it, still serves an honest receiver afterwards (identical
+/// bytes, both exit 0, one connection in its log).
+#[test]
+fn a_party_answering_discovery_for_the_sender_gets_one_wrong_guess_at_the_receiver() {
+    let fx = tree();
+    let mut real = sender(&fx);
+    let wrong = Code::parse(&other_code(&fx.code)).expect("a code");
+    let rt = runtime();
+    let answered = Arc::new(AtomicU64::new(0));
+    let (node, answerer, instance) = rt.block_on(async {
+        // What anyone on the LAN can learn: the sender's instance id, from its answers.
+        let found = find_sender(&fx).await;
+        let node = Node::bind(SocketAddr::from(([0, 0, 0, 0], 0)), &Tuning::default(), true)
+            .expect("bind");
+        let port = node.local_addr().expect("local addr").port();
+        assert!(found.addrs.iter().all(|a| a.port() != port), "{found:?}");
+        let socket = group_listener(fx.port);
+        socket.set_nonblocking(true).expect("nonblocking");
+        let socket = tokio::net::UdpSocket::from_std(socket).expect("tokio socket");
+        let answerer = tokio::spawn(answer_for(
+            socket,
+            wrong.nameplate(),
+            found.instance,
+            port,
+            answered.clone(),
+        ));
+        (node, answerer, found.instance)
+    });
+    pause(real.id());
+
+    let honest = receiver(&fx, &[]);
+    let fake_port = node.local_addr().expect("local addr").port();
+    let guess = rt.block_on(async {
+        let (conn, send, recv) = first_session(&node.endpoint).await;
+        let channel = node.channel(&conn).expect("channel binding inputs");
+        let session = Session::new(
+            Role::Sender,
+            &wrong,
+            channel,
+            Config::default(),
+            Instant::now(),
+            &mut OsRng,
+        );
+        let mut ctl = ControlStream::new(session, send, recv);
+        let guess = ctl.next_event(STEP).await;
+        // The connection stays up until the receiver has exited on its own.
+        (guess, conn)
+    });
+    let r = honest.finish_within(STEP);
+    assert_exits(&[(&r, 3)]);
+    assert_says(&r, &["the code is wrong"]);
+    let connected = r.event("connected").unwrap_or_else(|| panic!("no connection\n{r}"));
+    let peer: SocketAddr = connected["peer"].as_str().expect("peer").parse().expect("an address");
+    assert_eq!(peer.port(), fake_port, "the receiver connected to the fake\n{r}");
+    assert!(r.event("offer").is_none() && r.event("secured").is_none(), "{r}");
+    assert!(written(&fx).is_empty(), "the receiver wrote {:?}\n{r}", written(&fx));
+    let (guess, conn) = guess;
+    let kind = guess.as_ref().map_err(|e| e.kind);
+    assert_eq!(kind.err(), Some(ErrorKind::WrongCode), "the fake's guess: {guess:?}");
+    assert!(answered.load(Ordering::Relaxed) > 0);
+    eprintln!(
+        "the fake answered {} queries for instance {instance:016x}",
+        answered.load(Ordering::Relaxed)
+    );
+
+    // The fake leaves; the real sender goes on as if nothing happened.
+    answerer.abort();
+    drop((conn, node));
+    drop(rt);
+    signal(real.id(), "-CONT");
+    assert!(real.running(), "the real sender gave up\n{}", real.output_so_far());
+    let s = honest_transfer(&fx, real);
+    let connections = s.events().iter().filter(|e| e["event"] == "connected").count();
+    assert_eq!(connections, 1, "the sender served exactly the honest receiver\n{s}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// 2. Connecting first with a guess
+
+/// A party that connected to the sender and sent its PAKE message with a guess; its key
+/// confirmation is held back, so the sender is still waiting for it.
+struct Guess {
+    conn: quinn::Connection,
+    send: quinn::SendStream,
+    recv: quinn::RecvStream,
+    session: Session,
+    /// What the session queued after the sender's PAKE message: the confirmation.
+    held: Vec<Vec<u8>>,
+    _node: Node,
+}
+
+impl Guess {
+    /// Finds the sender as a receiver does, connects, opens the control stream with the
+    /// PAKE message of `code`, and reads the sender's PAKE message.
+    async fn start(fx: &Fixture, code: &Code) -> Guess {
+        let found = find_sender(fx).await;
+        let node = client();
+        let conn = node.connect_any(&found.addrs, STEP).await.expect("connect");
+        let (mut send, mut recv) = conn.open_bi().await.expect("control stream");
+        let channel = node.channel(&conn).expect("channel binding inputs");
+        let mut session = Session::new(
+            Role::Receiver,
+            code,
+            channel,
+            Config::default(),
+            Instant::now(),
+            &mut OsRng,
+        );
+        let pake = session.poll_transmit().expect("the PAKE message");
+        assert!(session.poll_transmit().is_none(), "only the PAKE message goes first");
+        send.write_all(&pake).await.expect("write the PAKE message");
+        let theirs = tokio::time::timeout(STEP, read_frame(&mut recv))
+            .await
+            .expect("the sender's PAKE message within STEP")
+            .expect("the sender's PAKE message");
+        session.handle_frame(Instant::now(), &theirs).expect("a PAKE message");
+        let held: Vec<Vec<u8>> = std::iter::from_fn(|| session.poll_transmit()).collect();
+        assert!(!held.is_empty(), "the session confirms after the sender's PAKE message");
+        Guess { conn, send, recv, session, held, _node: node }
+    }
+
+    /// Sends the held confirmation and reads what the sender still says until its stream
+    /// ends: returns how its first frame (the sender's confirmation) checked out, the number
+    /// of frames after it, and whether the sender opened a data lane.
+    async fn confirm(mut self) -> (Result<(), SessionError>, usize, bool) {
+        for f in std::mem::take(&mut self.held) {
+            let _ = self.send.write_all(&f).await;
+        }
+        let confirm = tokio::time::timeout(STEP, read_frame(&mut self.recv))
+            .await
+            .expect("the sender's confirmation within STEP")
+            .expect("the sender's confirmation");
+        let checked = self.session.handle_frame(Instant::now(), &confirm);
+        let mut more = 0;
+        while let Ok(Ok(_)) = tokio::time::timeout(STEP, read_frame(&mut self.recv)).await {
+            more += 1;
+        }
+        // A lane the sender opened would be delivered before its connection's close.
+        let lane = tokio::time::timeout(STEP, self.conn.accept_uni()).await;
+        (checked, more, !matches!(lane, Ok(Err(_))))
+    }
+}
+
+/// The attack: a party that saw the nameplate connects to the sender before the receiver
+/// does and makes a guess (a code of the same nameplate); while it holds the session, the
+/// honest receiver comes.
+///
+/// What must hold: the honest receiver is told at once that the code is taken (exit 7,
+/// "already serving another receiver") and writes nothing; the sender, once the guess's
+/// confirmation arrives, ends with exit 3 ("the code is wrong") without an offer, a lane or a
+/// frame after its confirmation; the guesser's own check fails too (it learns nothing).
+#[test]
+fn a_party_that_connects_first_with_a_guess_spends_the_code() {
+    let fx = tree();
+    let real = sender(&fx);
+    let wrong = Code::parse(&other_code(&fx.code)).expect("a code");
+    let rt = runtime();
+    let guess = rt.block_on(Guess::start(&fx, &wrong));
+
+    let r = receiver(&fx, &[]).finish_within(STEP);
+    assert_exits(&[(&r, 7)]);
+    assert_says(&r, &["already serving another receiver", "new code"]);
+    assert!(r.event("connected").is_none(), "{r}");
+
+    let (checked, more, lane) = rt.block_on(guess.confirm());
+    let s = real.finish_within(STEP);
+    assert_exits(&[(&s, 3)]);
+    assert_says(&s, &["the code is wrong"]);
+    for event in ["secured", "offer", "accepted"] {
+        assert!(s.event(event).is_none(), "the sender got as far as {event}\n{s}");
+    }
+    assert!(matches!(checked, Err(SessionError::WrongCode)), "the guess: {checked:?}");
+    assert_eq!(more, 0, "frames after the sender's confirmation");
+    assert!(!lane, "the sender opened a data lane");
+    assert!(written(&fx).is_empty(), "written: {:?}", written(&fx));
+}
+
+// ---------------------------------------------------------------------------------------------
+// 3. Connections that never open a stream
+
+/// Opens `count` connections to `to`, `at_once` at a time; returns those that were
+/// established and the reasons the others failed.
+async fn connect_many(
+    node: &Arc<Node>,
+    to: SocketAddr,
+    count: usize,
+    at_once: usize,
+) -> (Vec<quinn::Connection>, Vec<String>) {
+    let (mut held, mut failed) = (Vec::new(), Vec::new());
+    let mut attempts = tokio::task::JoinSet::new();
+    let mut started = 0;
+    while started < count || !attempts.is_empty() {
+        while started < count && attempts.len() < at_once {
+            let node = node.clone();
+            attempts.spawn(async move { node.connect_any(&[to], STEP).await });
+            started += 1;
+        }
+        match attempts.join_next().await.expect("an attempt").expect("attempt task") {
+            Ok(conn) => held.push(conn),
+            Err(e) => failed.push(e.to_string()),
+        }
+    }
+    (held, failed)
+}
+
+/// The attack: a party opens many QUIC connections to the LAN sender, completes their
+/// handshakes and never opens a control stream: 16 first (the sender keeps at most 16 such
+/// connections pending), then 1,000 more, 32 at a time. An honest receiver comes while the 16
+/// are held; a second one after the sender dropped them.
+///
+/// What must hold: the first 16 connections are taken, every later one is refused while they
+/// are held, and so is the honest receiver then (exit 7, writing nothing): a denial of
+/// service a LAN party can do anyway (docs/security.md §10). The sender drops each held
+/// connection by itself (no stream within 10 s), then serves the second honest receiver
+/// (identical bytes), and its peak resident set stays under 40 MiB.
+#[test]
+fn connections_that_never_open_a_stream_are_bounded_and_dropped() {
+    let fx = tree();
+    let real = sender(&fx);
+    let rt = runtime();
+    let node = Arc::new(rt.block_on(async { client() }));
+    let (held, failed) = rt.block_on(async {
+        let found = find_sender(&fx).await;
+        let to = SocketAddr::from((Ipv4Addr::LOCALHOST, found.addrs[0].port()));
+        let (held, failed) = connect_many(&node, to, 16, 16).await;
+        assert!(failed.is_empty(), "the first 16 connections are taken: {failed:?}");
+        let (more, failed) = connect_many(&node, to, 1_000, 32).await;
+        (held.into_iter().chain(more).collect::<Vec<_>>(), failed)
+    });
+    let still_held = |held: &[quinn::Connection]| held.iter().all(|c| c.close_reason().is_none());
+    // The sender drops a held connection after 10 s; all of this takes far less.
+    assert!(still_held(&held), "a held connection was dropped before the attack ended");
+    assert_eq!(
+        held.len(),
+        16,
+        "connections taken beyond the 16 pending; refused: {}",
+        failed.len()
+    );
+    let refused = failed.iter().filter(|f| f.contains("refused")).count();
+    assert_eq!(
+        refused,
+        1_000,
+        "every later attempt is refused: {:?}",
+        &failed[..3.min(failed.len())]
+    );
+    eprintln!("1,016 attempts: 16 held, 1,000 refused ({})", failed[0]);
+
+    let r = receiver(&fx, &[]).finish_within(STEP);
+    assert!(still_held(&held), "a held connection was dropped before the receiver tried");
+    assert_exits(&[(&r, 7)]);
+    assert_says(&r, &["could not connect to the sender", "refused"]);
+    assert!(written(&fx).is_empty(), "written: {:?}", written(&fx));
+
+    let closes = rt.block_on(async {
+        let mut closes = BTreeSet::new();
+        for conn in &held {
+            let why = tokio::time::timeout(STEP, conn.closed()).await.expect("dropped within STEP");
+            closes.insert(why.to_string());
+        }
+        closes
+    });
+    eprintln!("the sender closed the held connections: {closes:?}");
+    drop((held, node));
+    drop(rt);
+    let s = honest_transfer(&fx, real);
+    eprintln!("sender peak: {} KiB", peak_kib(&s));
+    assert!(peak_kib(&s) < MEMORY_BOUND_KIB, "sender peak {} KiB\n{s}", peak_kib(&s));
+}
