@@ -25,7 +25,7 @@ use std::ffi::OsString;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
 use std::path::PathBuf;
 use std::process::Command;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -123,6 +123,22 @@ fn group_listener(port: u16) -> UdpSocket {
     s.join_multicast_v4(&GROUP_V4, &Ipv4Addr::LOCALHOST).expect("join the group on loopback");
     s.set_ttl(1).expect("TTL");
     s.into()
+}
+
+/// An ephemeral socket whose datagrams to the group go out through loopback (so they come
+/// from 127.0.0.1, an address on the link), TTL 1.
+fn group_sender() -> UdpSocket {
+    let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP)).expect("socket");
+    s.bind(&SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0).into()).expect("bind");
+    s.set_multicast_if_v4(&Ipv4Addr::LOCALHOST).expect("IP_MULTICAST_IF");
+    s.set_multicast_loop_v4(true).expect("IP_MULTICAST_LOOP");
+    s.set_multicast_ttl_v4(1).expect("multicast TTL");
+    s.set_ttl(1).expect("TTL");
+    s.into()
+}
+
+fn group(port: u16) -> SocketAddrV4 {
+    SocketAddrV4::new(GROUP_V4, port)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -506,6 +522,152 @@ fn connections_that_never_open_a_stream_are_bounded_and_dropped() {
     eprintln!("the sender closed the held connections: {closes:?}");
     drop((held, node));
     drop(rt);
+    let s = honest_transfer(&fx, real);
+    eprintln!("sender peak: {} KiB", peak_kib(&s));
+    assert!(peak_kib(&s) < MEMORY_BOUND_KIB, "sender peak {} KiB\n{s}", peak_kib(&s));
+}
+
+// ---------------------------------------------------------------------------------------------
+// 4. Floods
+
+/// Sends `msg(i)` for i = 0, 1, … from `socket` (a [`group_sender`]) to the group on `port`,
+/// in bursts of 50 a millisecond apart, until `stop` is set or `max` were sent; counts them in
+/// `sent`.
+fn flood(
+    socket: &UdpSocket,
+    port: u16,
+    max: u64,
+    stop: &AtomicBool,
+    sent: &AtomicU64,
+    msg: impl Fn(u64) -> DiscoveryMsg,
+) {
+    let mut i = 0;
+    while i < max && !stop.load(Ordering::Relaxed) {
+        for _ in 0..50 {
+            if socket.send_to(&msg(i).encode(), group(port)).is_ok() {
+                sent.fetch_add(1, Ordering::Relaxed);
+            }
+            i += 1;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// Receives on `socket` until `end`; returns every discovery message received by then.
+fn collect_until(socket: &UdpSocket, end: Instant) -> Vec<DiscoveryMsg> {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    loop {
+        let left = end.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return got;
+        }
+        socket.set_read_timeout(Some(left)).expect("read timeout");
+        if let Ok((len, _)) = socket.recv_from(&mut buf) {
+            if Instant::now() < end {
+                got.extend(DiscoveryMsg::decode(&buf[..len]).ok());
+            }
+        }
+    }
+}
+
+/// The attack: a party floods the group with announces for the nameplate, each from another
+/// instance (thousands: it starts before the receiver and goes on until it exits).
+///
+/// What must hold: the receiver stops at once as ambiguous (exit 7, "two different senders",
+/// asks for a new code) without connecting anywhere or writing anything, its peak resident set
+/// under 40 MiB; the real sender, which the flood does not concern, serves an honest receiver
+/// once the flood is over.
+#[test]
+fn a_flood_of_announces_from_other_instances_stops_the_receiver_at_once() {
+    let fx = tree();
+    let real = sender(&fx);
+    let np = nameplate(&fx);
+    let (stop, sent) = (AtomicBool::new(false), AtomicU64::new(0));
+    let r = std::thread::scope(|s| {
+        s.spawn(|| {
+            flood(&group_sender(), fx.port, 1_000_000, &stop, &sent, |i| DiscoveryMsg::Announce {
+                nameplate: np,
+                instance: 0x5eed_0000_0000 + i,
+                port: 9,
+                query_id: 0,
+            })
+        });
+        let until = Instant::now() + STEP;
+        while sent.load(Ordering::Relaxed) < 1_000 {
+            assert!(Instant::now() < until, "the flood did not start");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let r = receiver(&fx, &[]).finish_within(STEP);
+        stop.store(true, Ordering::Relaxed);
+        r
+    });
+    let sent = sent.load(Ordering::Relaxed);
+    eprintln!("{sent} announces sent; receiver peak {} KiB", peak_kib(&r));
+    assert_exits(&[(&r, 7)]);
+    assert_says(&r, &["two different senders", "new code"]);
+    assert!(r.event("connected").is_none(), "{r}");
+    assert!(written(&fx).is_empty(), "written: {:?}", written(&fx));
+    assert!(peak_kib(&r) < MEMORY_BOUND_KIB, "receiver peak {} KiB\n{r}", peak_kib(&r));
+    honest_transfer(&fx, real);
+}
+
+/// Marks the query ids of the flood, to tell its answers from any other.
+const FLOOD_TAG: u64 = 0xf100_d000_0000_0000;
+
+/// The attack: a party floods the sender with queries for its nameplate (thousands in 2 s,
+/// sent to the group from loopback, as a receiver's are) to make it an amplifier.
+///
+/// What must hold: within the 2 s, the flooding socket gets at most 50 unicast answers per
+/// second (100: the sender ran quietly for a second before, so its budget starts with the
+/// flood), and the group at most one multicast answer per 100 ms (20); the sender still
+/// serves an honest receiver afterwards, its peak resident set under 40 MiB.
+#[test]
+fn a_flood_of_queries_gets_rate_limited_answers() {
+    let fx = tree();
+    let real = sender(&fx);
+    // Longer than the sender's answer window: the flood's first query opens a fresh one.
+    std::thread::sleep(Duration::from_millis(1_100));
+    let np = nameplate(&fx);
+    let flooder = group_sender();
+    let listener = group_listener(fx.port);
+    let (stop, sent) = (AtomicBool::new(false), AtomicU64::new(0));
+    let end = Instant::now() + Duration::from_secs(2);
+    let (unicast, multicast) = std::thread::scope(|s| {
+        let unicast = s.spawn(|| collect_until(&flooder, end));
+        let multicast = s.spawn(|| collect_until(&listener, end));
+        flood(&flooder, fx.port, u64::MAX, &stop, &sent, |i| {
+            if Instant::now() >= end {
+                stop.store(true, Ordering::Relaxed);
+            }
+            DiscoveryMsg::Query { nameplate: np, query_id: FLOOD_TAG | i }
+        });
+        (unicast.join().expect("unicast counter"), multicast.join().expect("multicast counter"))
+    });
+    let answers = |got: &[DiscoveryMsg]| -> BTreeSet<u64> {
+        got.iter()
+            .filter_map(|m| match m {
+                DiscoveryMsg::Announce { nameplate, query_id, .. }
+                    if *nameplate == np && query_id & FLOOD_TAG == FLOOD_TAG =>
+                {
+                    Some(*query_id)
+                }
+                _ => None,
+            })
+            .collect()
+    };
+    let (uni, multi) = (answers(&unicast), answers(&multicast));
+    let sent = sent.load(Ordering::Relaxed);
+    eprintln!(
+        "{sent} queries in 2 s: {} unicast answers ({} datagrams), {} multicast answers",
+        uni.len(),
+        unicast.len(),
+        multi.len()
+    );
+    assert!(sent >= 1_000, "only {sent} queries sent");
+    assert_eq!(unicast.len(), uni.len(), "one unicast datagram per answered query");
+    assert!((1..=100).contains(&uni.len()), "{} unicast answers in 2 s", uni.len());
+    assert!(multi.len() <= 20, "{} multicast answers in 2 s", multi.len());
     let s = honest_transfer(&fx, real);
     eprintln!("sender peak: {} KiB", peak_kib(&s));
     assert!(peak_kib(&s) < MEMORY_BOUND_KIB, "sender peak {} KiB\n{s}", peak_kib(&s));
