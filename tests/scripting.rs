@@ -178,3 +178,45 @@ fn a_lan_receiver_that_finds_nobody_hints_at_the_other_mode() {
     assert_exits(&[(&r, 7)]);
     assert_says(&r, &["no sender", "--rendezvous"]);
 }
+
+/// `send --exclude` leaves out what matches (gitignore-style, relative to the sent directory),
+/// repeatable; the receiver gets exactly the rest.
+#[test]
+fn exclude_leaves_out_what_matches() {
+    let mut fx = Fixture::new();
+    let tree = fx.path("src/proj");
+    for (f, size) in [
+        ("main.rs", 100),
+        ("notes.log", 50),
+        ("cache/blob", 4000),
+        ("sub/x.log", 10),
+        ("sub/y.txt", 20),
+    ] {
+        random_file(&tree.join(f), size, &mut fx.rng);
+    }
+    let out = fx.path("out");
+    let (s, r) = fx.transfer(
+        &[
+            OsStr::new("--exclude"),
+            OsStr::new("*.log"),
+            OsStr::new("--exclude"),
+            OsStr::new("cache/"),
+            tree.as_os_str(),
+        ],
+        &[OsStr::new("--yes"), OsStr::new("--out"), out.as_os_str()],
+    );
+    assert_exits(&[(&s, 0), (&r, 0)]);
+    let mut got: Vec<String> = list_all(&out).iter().map(|p| p.display().to_string()).collect();
+    got.sort();
+    assert_eq!(got, ["proj", "proj/main.rs", "proj/sub", "proj/sub/y.txt"]);
+    assert_done(&r, 120, 2);
+    let bad = fx
+        .spawn(
+            "sender",
+            &[],
+            [OsStr::new("send"), OsStr::new("--exclude"), OsStr::new("{a,b"), tree.as_os_str()],
+        )
+        .finish();
+    assert_exits(&[(&bad, 2)]);
+    assert_says(&bad, &["bad --exclude pattern"]);
+}

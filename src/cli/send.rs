@@ -48,6 +48,10 @@ pub struct Args {
     /// than by size and mtime (every file is read first).
     #[arg(long, env = "P2P_COPY_CHECKSUM", value_parser = clap::builder::FalseyValueParser::new())]
     pub checksum: bool,
+    /// Leave out what matches this gitignore-style pattern, relative to each sent directory
+    /// (`*.o`, `target/`, `/build`, `**/cache`, `!keep.o`); repeatable.
+    #[arg(long, value_name = "GLOB")]
+    pub exclude: Vec<String>,
     #[command(flatten)]
     pub meeting: super::Meeting,
     #[command(flatten)]
@@ -74,6 +78,7 @@ pub async fn run(args: Args, stop: Stop) -> Result<(), TransferError> {
     opts.lanes = args.lanes;
     opts.chunk_size = args.chunk_size;
     opts.compression = args.compress;
+    opts.exclude = args.exclude;
     opts.stop = stop;
     opts.rendezvous = args.meeting.rendezvous()?;
     opts.tuning = args.link.tuning();

@@ -66,6 +66,8 @@ pub struct SendOptions {
     /// When the receiver asks for a listing, include each file's BLAKE3 hash, so that files
     /// are compared by content rather than by size and mtime (reads every file first).
     pub checksum: bool,
+    /// Gitignore-style patterns of what to leave out, matched relative to each sent path.
+    pub exclude: Vec<String>,
     /// How long to try to reconnect once the connection is lost mid-transfer (zero: fail at
     /// once).
     pub reconnect_wait: Duration,
@@ -89,6 +91,7 @@ impl SendOptions {
             socket: None,
             code_chosen: false,
             checksum: false,
+            exclude: Vec::new(),
             reconnect_wait: Duration::from_secs(600),
         }
     }
@@ -109,9 +112,10 @@ pub async fn send(
     }
     // The paths are checked before the code is shown, and scanned while the peers meet (a
     // large tree takes seconds): the offer waits for the scan, not the meeting.
-    walk::check(&opts.paths)?;
+    walk::check(&opts.paths, &opts.exclude)?;
     let paths = opts.paths.clone();
-    let scanning = tokio::task::spawn_blocking(move || walk::scan(&paths));
+    let exclude = opts.exclude.clone();
+    let scanning = tokio::task::spawn_blocking(move || walk::scan(&paths, &exclude));
     let scanned = async {
         let scan = scanning.await.map_err(|e| TransferError::internal(e.to_string()))??;
         if scan.skipped_count > 0 {

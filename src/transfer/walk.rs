@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::UNIX_EPOCH;
 
+use ignore::gitignore::{Gitignore, GitignoreBuilder};
 use walkdir::WalkDir;
 
 use super::fs::{rel_path_of, RelPath};
@@ -40,6 +41,8 @@ pub struct Source {
     pub path: PathBuf,
     /// Its top-level name on the receiving side.
     pub name: String,
+    /// What is left out below it (`send --exclude`), matched relative to it.
+    pub exclude: Option<Arc<Gitignore>>,
 }
 
 /// What the sender is about to offer.
@@ -173,13 +176,15 @@ pub struct Job {
 
 /// Checks that the paths can be sent (they exist, are files or directories, with distinct
 /// names), without walking them.
-pub fn check(paths: &[PathBuf]) -> Result<(), TransferError> {
-    sources(paths).map(drop)
+pub fn check(paths: &[PathBuf], exclude: &[String]) -> Result<(), TransferError> {
+    sources(paths, exclude).map(drop)
 }
 
-/// Checks the paths and counts what they hold.
-pub fn scan(paths: &[PathBuf]) -> Result<Scan, TransferError> {
-    let sources = sources(paths)?;
+/// Checks the paths and counts what they hold, leaving out what matches one of the
+/// gitignore-style `exclude` patterns (relative to each path: `*.o`, `target/`, `/build`,
+/// `**/cache`, `!keep.o`).
+pub fn scan(paths: &[PathBuf], exclude: &[String]) -> Result<Scan, TransferError> {
+    let sources = sources(paths, exclude)?;
     let mut scan = Scan { sources: sources.clone(), ..Scan::default() };
     let mut seen = Some(Remembered::default());
     visit(&sources, |item| {
@@ -298,7 +303,7 @@ fn link_target(local: &Path) -> Result<String, TransferError> {
     })
 }
 
-fn sources(paths: &[PathBuf]) -> Result<Vec<Source>, TransferError> {
+fn sources(paths: &[PathBuf], exclude: &[String]) -> Result<Vec<Source>, TransferError> {
     if paths.is_empty() {
         return Err(TransferError::new(
             ErrorKind::Usage,
@@ -336,7 +341,11 @@ fn sources(paths: &[PathBuf]) -> Result<Vec<Source>, TransferError> {
                     format!("two paths are named {name:?}; the receiver would get only one; rename one or send their parent"),
                 ));
             }
-            Ok(Source { path, name })
+            let exclude = match exclude.is_empty() || !meta.is_dir() {
+                true => None,
+                false => Some(Arc::new(excluder(&path, exclude)?)),
+            };
+            Ok(Source { path, name, exclude })
         })
         .collect()
 }
@@ -379,10 +388,19 @@ fn visit(
     mut f: impl FnMut(Item<'_>) -> Result<bool, TransferError>,
 ) -> Result<(), TransferError> {
     for (index, source) in sources.iter().enumerate() {
+        let excluded = source.exclude.clone();
         let walker = WalkDir::new(&source.path)
             .follow_links(false)
             .follow_root_links(true)
-            .sort_by_file_name();
+            .sort_by_file_name()
+            .into_iter()
+            // An excluded directory is not entered at all.
+            .filter_entry(move |e| {
+                e.depth() == 0
+                    || !excluded
+                        .as_ref()
+                        .is_some_and(|gi| gi.matched(e.path(), e.file_type().is_dir()).is_ignore())
+            });
         for dent in walker {
             let dent = dent.map_err(|e| {
                 let path = e.path().map(Path::to_path_buf).unwrap_or_else(|| source.path.clone());
@@ -441,6 +459,19 @@ fn mtime(meta: &Metadata) -> Option<Timestamp> {
             }
         }
     })
+}
+
+/// The matcher for `patterns` below the sent directory `root`.
+fn excluder(root: &Path, patterns: &[String]) -> Result<Gitignore, TransferError> {
+    let mut builder = GitignoreBuilder::new(root);
+    for pattern in patterns {
+        builder.add_line(None, pattern).map_err(|e| {
+            TransferError::new(ErrorKind::Usage, format!("bad --exclude pattern {pattern:?}: {e}"))
+        })?;
+    }
+    builder
+        .build()
+        .map_err(|e| TransferError::new(ErrorKind::Usage, format!("bad --exclude patterns: {e}")))
 }
 
 /// Opens a file of the walk to read it, as it was offered: the file `identity` (device and
@@ -523,7 +554,7 @@ mod tests {
         let single = dir.path().join("single.bin");
         std::fs::write(&single, vec![0u8; 10]).unwrap();
 
-        let remembered = scan(&[root.clone(), single.clone()]).unwrap();
+        let remembered = scan(&[root.clone(), single.clone()], &[]).unwrap();
         let s = &remembered;
         assert_eq!((s.files, s.dirs, s.symlinks, s.bytes), (3, 3, 1, 13));
         assert!(remembered.seen.is_some());
@@ -571,7 +602,7 @@ mod tests {
                 std::fs::File::create(sub.join(format!("{j}{long}"))).unwrap();
             }
         }
-        let scan = scan(&[root]).unwrap();
+        let scan = scan(&[root], &[]).unwrap();
         assert!(scan.seen.is_none());
         let totals = walk(&scan, |_| true).unwrap();
         assert_eq!(totals.files, n as u64);
@@ -583,10 +614,10 @@ mod tests {
         for d in ["x/same", "y/same"] {
             std::fs::create_dir_all(dir.path().join(d)).unwrap();
         }
-        let err = scan(&[dir.path().join("x/same"), dir.path().join("y/same")]).unwrap_err();
+        let err = scan(&[dir.path().join("x/same"), dir.path().join("y/same")], &[]).unwrap_err();
         assert_eq!(err.kind, ErrorKind::Usage);
         assert!(err.message.contains("same"));
-        let err = scan(&[dir.path().join("nope")]).unwrap_err();
+        let err = scan(&[dir.path().join("nope")], &[]).unwrap_err();
         assert_eq!(err.kind, ErrorKind::Usage);
         assert!(err.message.contains("does not exist"));
     }
@@ -623,7 +654,7 @@ mod tests {
         let err = open_source(&fifo, 0, None, id).unwrap_err();
         assert!(err.message.contains("no longer a regular file"), "{err}");
 
-        let scan = scan(std::slice::from_ref(&link)).unwrap();
+        let scan = scan(std::slice::from_ref(&link), &[]).unwrap();
         assert_eq!(scan.sources[0].name, "link");
         let mut locals = Vec::new();
         walk(&scan, |job| {
@@ -655,7 +686,7 @@ mod tests {
             .unwrap()
             .set_modified(when)
             .unwrap();
-        let scan = scan(std::slice::from_ref(&tree)).unwrap();
+        let scan = scan(std::slice::from_ref(&tree), &[]).unwrap();
         let mut jobs = Vec::new();
         walk(&scan, |job| {
             jobs.push(job);
@@ -668,6 +699,46 @@ mod tests {
         let EntryKind::File { size } = job.entry.kind else { panic!("a file") };
         let err = open_source(&job.local, size, job.entry.mtime, job.identity).unwrap_err();
         assert!(err.message.contains("replaced"), "{err}");
+    }
+
+    /// `--exclude`: gitignore-style patterns relative to each sent directory; an excluded
+    /// directory is not entered; negation re-includes; the sent path itself always goes.
+    #[test]
+    fn excluded_paths_are_left_out_of_scan_and_walk() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("proj");
+        for f in
+            ["a.o", "keep.o", "src/main.rs", "src/x.o", "target/big", "build/out", "sub/build/in"]
+        {
+            let p = root.join(f);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, b"x").unwrap();
+        }
+        let patterns: Vec<String> =
+            ["*.o", "!keep.o", "target/", "/build"].map(str::to_owned).to_vec();
+        let scan = scan(std::slice::from_ref(&root), &patterns).unwrap();
+        let mut paths = Vec::new();
+        walk(&scan, |job| {
+            paths.push(job.entry.path);
+            true
+        })
+        .unwrap();
+        assert_eq!(
+            paths,
+            [
+                "proj",
+                "proj/keep.o",
+                "proj/src",
+                "proj/src/main.rs",
+                "proj/sub",
+                "proj/sub/build",
+                "proj/sub/build/in"
+            ]
+        );
+        assert_eq!((scan.files, scan.dirs), (3, 4));
+        let err = check(std::slice::from_ref(&root), &["[z-a]".to_owned()]).unwrap_err();
+        assert_eq!(err.kind, ErrorKind::Usage);
+        assert!(err.message.contains("--exclude"), "{err}");
     }
 
     #[test]
