@@ -37,6 +37,9 @@ use crate::proto::{LaneWriter, CHUNK_PAYLOAD_AT};
 use crate::wire::control::Summary;
 use crate::wire::data::EntryKind;
 
+/// For the fuzz targets only (`fuzz/`): the receiving lane's deframer and worker.
+#[doc(hidden)]
+pub use receive::{apply_frames, Deframer};
 pub use receive::{receive_lanes, Sink, MODE_MASK};
 
 /// Records buffered between a lane's worker and its stream, per lane.

@@ -400,6 +400,25 @@ fn apply_records(
     Ok(totals)
 }
 
+/// Fuzzing hook (`fuzz/fuzz_targets/lane_worker.rs`), not an API: runs a receiving lane's
+/// worker, as [`receive_lanes`] does, on `batches` of frame bodies (each batch as the stream
+/// task hands it over) and commits what verified, without a network. Call outside any async
+/// runtime (the worker blocks).
+#[doc(hidden)]
+pub fn apply_frames(
+    chunk: usize,
+    batches: Vec<Vec<Vec<u8>>>,
+    sink: &Sink,
+) -> Result<Summary, TransferError> {
+    let (tx, rx) = mpsc::channel(batches.len().max(1));
+    for batch in batches {
+        // Cannot fail: the channel has room for every batch and its receiver is alive.
+        let _ = tx.try_send(Ok(batch));
+    }
+    drop(tx);
+    apply_lane(LaneReader::new(chunk), rx, sink)
+}
+
 /// The file a lane is receiving (one per lane, so its size does not matter).
 #[allow(clippy::large_enum_variant)]
 enum Open {
@@ -443,8 +462,11 @@ fn file_of(entry: &Entry) -> (u64, Option<crate::wire::data::Timestamp>) {
 
 /// Cuts a lane's byte stream, piece by piece, into frame bodies (`len: u32 BE ‖ body`) of at
 /// most `max` bytes, copying each byte once.
+///
+/// `pub` (and re-exported hidden) only for the fuzz target `fuzz/fuzz_targets/deframer.rs`.
+#[doc(hidden)]
 #[derive(Debug)]
-struct Deframer {
+pub struct Deframer {
     max: usize,
     header: [u8; frame::HEADER_LEN],
     /// Header bytes seen of the frame in progress.
@@ -456,13 +478,14 @@ struct Deframer {
 }
 
 impl Deframer {
-    fn new(max: usize) -> Deframer {
+    /// A deframer for frames of at most `max` bytes.
+    pub fn new(max: usize) -> Deframer {
         Deframer { max, header: [0; frame::HEADER_LEN], have: 0, want: None, body: Vec::new() }
     }
 
     /// The frames that `pieces` complete, in order; a frame still in progress keeps its bytes
     /// for the next call.
-    fn frames(&mut self, pieces: &[Bytes]) -> Result<Vec<Vec<u8>>, TransferError> {
+    pub fn frames(&mut self, pieces: &[Bytes]) -> Result<Vec<Vec<u8>>, TransferError> {
         let mut frames = Vec::new();
         for piece in pieces {
             let mut data: &[u8] = piece;
@@ -508,7 +531,7 @@ impl Deframer {
     }
 
     /// True between a frame's first byte and its last.
-    fn in_frame(&self) -> bool {
+    pub fn in_frame(&self) -> bool {
         self.have > 0 || self.want.is_some()
     }
 }
