@@ -43,6 +43,10 @@ pub struct ServerConfig {
     pub limits: Limits,
     /// Connections served at once (beyond `Limits::clients_per_ip` per source).
     pub max_connections: usize,
+    /// With this many QUIC connections in their handshake, a new one whose address is not
+    /// validated yet gets a Retry first (one round trip more; a spoofed source costs the node
+    /// one small packet and no state). 0: always.
+    pub retry_above: usize,
     /// How long running sessions may continue after shutdown starts.
     pub grace: Duration,
     /// Silence after which a client is dropped.
@@ -74,6 +78,7 @@ impl Default for ServerConfig {
             listen: SocketAddr::from(([0, 0, 0, 0], 4433)),
             limits: Limits::default(),
             max_connections: 20_000,
+            retry_above: 64,
             grace: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(30),
             relay: RelayLimits::default(),

@@ -66,6 +66,8 @@ pub struct Metrics {
     pub suspected_guesses_total: AtomicU64,
     /// Connections refused by the connection limits (in all or per address).
     pub clients_refused_total: AtomicU64,
+    /// QUIC connection attempts answered with a Retry (address validation, under load).
+    pub quic_retries_total: AtomicU64,
     /// Requests answered `Busy`: claim rate limit, nameplate table or mailbox full.
     pub busy_total: AtomicU64,
     /// Mailbox messages delivered.
@@ -113,7 +115,7 @@ impl Metrics {
             "Client connections open, by transport.",
             &[("transport=\"quic\"", &quic), ("transport=\"tcp\"", &tcp)],
         );
-        let plain: [(&str, Kind, &str, String); 12] = [
+        let plain: [(&str, Kind, &str, String); 13] = [
             ("nameplates_open", Kind::Gauge, "Nameplates open.", i(&self.nameplates_open)),
             (
                 "nameplates_allocated_total",
@@ -140,6 +142,12 @@ impl Metrics {
                 Kind::Counter,
                 "Connections refused by the connection limits.",
                 u(&self.clients_refused_total),
+            ),
+            (
+                "quic_retries_total",
+                Kind::Counter,
+                "QUIC connection attempts answered with a Retry (address validation under load).",
+                u(&self.quic_retries_total),
             ),
             (
                 "busy_total",

@@ -1,7 +1,11 @@
 //! The node's server: a thin async driver around [`Table`] and [`Relays`].
 //!
 //! 1. [`serve`] accepts connections (bounded in number) on the QUIC endpoint and the TCP
-//!    listener the caller bound ([`bind`]).
+//!    listener the caller bound ([`bind`]). A QUIC connection attempt from an address not
+//!    validated yet gets a stateless Retry first while [`ServerConfig::retry_above`]
+//!    handshakes are in progress. A connection is charged to its source's per-address slots
+//!    only once its address is validated (by the Retry, by QUIC's handshake completing, by
+//!    TCP's), so spoofed source addresses never use up anyone's slots.
 //! 2. Each QUIC stream, and each TCP connection (TLS, see [`crate::tcp`]), starts with one
 //!    frame: `Hello` makes it a mailbox session, `Relay` a relay stream. A mailbox task reads
 //!    frames, decodes them and hands them to the table task; a writer drains its bounded
@@ -28,7 +32,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -352,6 +356,8 @@ pub async fn serve(listeners: Listeners, config: ServerConfig, shutdown: impl Fu
         token: config.limits.token.clone(),
         metrics: counters.clone(),
         conns: Arc::default(),
+        per_ip: config.limits.clients_per_ip.saturating_mul(2),
+        handshakes: AtomicUsize::new(0),
     });
     let mut connections = JoinSet::new();
     tokio::pin!(shutdown);
@@ -369,15 +375,36 @@ pub async fn serve(listeners: Listeners, config: ServerConfig, shutdown: impl Fu
         tokio::select! {
             incoming = endpoint.accept() => {
                 let Some(incoming) = incoming else { break };
-                let slot = shared.conns.take(incoming.remote_address().ip(), config.limits.clients_per_ip * 2);
-                let Some(slot) = slot.filter(|_| connections.len() < config.max_connections) else {
+                let validated = incoming.remote_address_validated();
+                let busy = shared.handshakes.load(Ordering::Relaxed) >= config.retry_above;
+                if !validated && busy && incoming.may_retry() {
+                    // Stateless: a spoofed source costs the node one small packet, no state.
+                    Metrics::bump(&counters.quic_retries_total);
+                    if let Err(e) = incoming.retry() {
+                        e.into_incoming().ignore();
+                    }
+                    continue;
+                }
+                if connections.len() >= config.max_connections {
                     Metrics::bump(&counters.clients_refused_total);
                     incoming.refuse();
                     continue;
+                }
+                // A source address is charged once it is validated: by a Retry now, or else
+                // by the handshake completing (serve_connection).
+                let slot = if validated {
+                    let Some(slot) = shared.conns.take(incoming.remote_address().ip(), shared.per_ip) else {
+                        Metrics::bump(&counters.clients_refused_total);
+                        incoming.refuse();
+                        continue;
+                    };
+                    Some(slot)
+                } else {
+                    None
                 };
                 let open = GaugeGuard::new(counters.clone(), |m| &m.connections_quic);
-                let served = serve_connection(incoming, shared.clone());
-                connections.spawn(async move { served.await; drop((open, slot)) });
+                let served = serve_connection(incoming, slot, shared.clone());
+                connections.spawn(async move { served.await; drop(open) });
             }
             accepted = tcp_accept => {
                 let Some((stream, addr)) = accepted else {
@@ -385,7 +412,8 @@ pub async fn serve(listeners: Listeners, config: ServerConfig, shutdown: impl Fu
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 };
-                let slot = shared.conns.take(addr.ip(), config.limits.clients_per_ip * 2);
+                // The TCP handshake validated the address.
+                let slot = shared.conns.take(addr.ip(), shared.per_ip);
                 let Some(slot) = slot.filter(|_| connections.len() < config.max_connections) else {
                     Metrics::bump(&counters.clients_refused_total);
                     continue;
@@ -524,10 +552,30 @@ pub(crate) struct Shared {
     token: Option<String>,
     metrics: Arc<Metrics>,
     conns: Arc<Conns>,
+    /// Connections per source (at the narrowest level) counted in `conns`.
+    per_ip: usize,
+    /// QUIC connections in their handshake.
+    handshakes: AtomicUsize,
 }
 
-/// Connections (QUIC and TCP) per source, counted at accept: a bound even before a client
-/// says hello. Sources are hierarchical as in the table (IPv4 address; IPv6 /64, and its /56
+/// Counts one QUIC handshake in progress while it lives.
+struct Handshaking<'a>(&'a AtomicUsize);
+
+impl<'a> Handshaking<'a> {
+    fn new(count: &'a AtomicUsize) -> Handshaking<'a> {
+        count.fetch_add(1, Ordering::Relaxed);
+        Handshaking(count)
+    }
+}
+
+impl Drop for Handshaking<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Connections (QUIC and TCP) per source, counted once the source address is validated: a
+/// bound even before a client says hello. Sources are hierarchical as in the table (IPv4 address; IPv6 /64, and its /56
 /// and /48 with 4 and 16 times the cap, [`crate::table::V6_LEVELS`]).
 #[derive(Debug, Default)]
 pub(crate) struct Conns(std::sync::Mutex<Counts>);
@@ -561,10 +609,22 @@ impl Shared {
 
 /// Serves one QUIC connection: each bidirectional stream is a mailbox session or a relay
 /// stream ([`serve_stream`]). The connection closes when the client closes it, or when its
-/// last stream ended.
-async fn serve_connection(incoming: quinn::Incoming, shared: Arc<Shared>) {
+/// last stream ended. `slot` is its source's connection slot if its address was validated
+/// before the handshake (a Retry); otherwise the slot is taken once the handshake completed,
+/// which validates it too, so a spoofed source address is never charged.
+async fn serve_connection(incoming: quinn::Incoming, slot: Option<ConnSlot>, shared: Arc<Shared>) {
+    let handshake = Handshaking::new(&shared.handshakes);
     let Ok(Ok(conn)) = tokio::time::timeout(SETUP_TIMEOUT, incoming).await else { return };
+    drop(handshake);
     let addr = conn.remote_address();
+    let _slot = match slot.or_else(|| shared.conns.take(addr.ip(), shared.per_ip)) {
+        Some(slot) => slot,
+        None => {
+            Metrics::bump(&shared.metrics.clients_refused_total);
+            conn.close(0u32.into(), b"too many connections from your address");
+            return;
+        }
+    };
     let channel = auth::quic_channel(&conn);
     let mut streams = JoinSet::new();
     let mut node_closed = false;
