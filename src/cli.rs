@@ -108,6 +108,11 @@ pub struct Link {
     /// cubic, bbr or newreno.
     #[arg(long, value_name = "NAME", env = "P2P_COPY_CONGESTION", value_enum)]
     congestion: Option<CongestionArg>,
+    /// At most this many bytes per second of file data on the network (K, M, G: ×1000;
+    /// `0` for no limit). Either side may set it; the lower one holds.
+    #[arg(long, value_name = "RATE", env = "P2P_COPY_LIMIT_RATE",
+          value_parser = p2p_copy_rendezvous::config::parse_rate)]
+    limit_rate: Option<u64>,
 }
 
 /// The congestion controllers `--congestion` offers.
@@ -126,6 +131,11 @@ enum CongestionArg {
 }
 
 impl Link {
+    /// `--limit-rate`, if it limits anything.
+    pub fn limit_rate(&self) -> Option<u64> {
+        self.limit_rate.filter(|&r| r > 0)
+    }
+
     /// The transport settings these options ask for.
     pub fn tuning(&self) -> crate::net::quic::Tuning {
         use crate::net::quic::Congestion;

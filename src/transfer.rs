@@ -16,6 +16,7 @@ pub mod fs;
 pub mod lanes;
 pub mod meet;
 pub mod prefix;
+pub mod rate;
 pub mod receive;
 pub mod rejoin;
 pub mod send;

@@ -220,3 +220,37 @@ fn exclude_leaves_out_what_matches() {
     assert_exits(&[(&bad, 2)]);
     assert_says(&bad, &["bad --exclude pattern"]);
 }
+
+/// `--limit-rate` on either side: the transfer completes with the same bytes (what rate it
+/// keeps is measured in docs/benchmarks.md, not asserted here), `0` means no limit, and a
+/// rate that does not parse is a usage error.
+#[test]
+fn limit_rate_is_taken_on_both_sides() {
+    let mut fx = Fixture::new();
+    let src = fx.path("src/doc.bin");
+    random_file(&src, 3_000_000, &mut fx.rng);
+    for (i, (send_rate, receive_rate)) in [("20M", "0"), ("0", "20M")].into_iter().enumerate() {
+        let out = fx.path(&format!("out{i}"));
+        let (s, r) = fx.transfer(
+            &[OsStr::new("--limit-rate"), OsStr::new(send_rate), src.as_os_str()],
+            &[
+                OsStr::new("--limit-rate"),
+                OsStr::new(receive_rate),
+                OsStr::new("--yes"),
+                OsStr::new("--out"),
+                out.as_os_str(),
+            ],
+        );
+        assert_exits(&[(&s, 0), (&r, 0)]);
+        assert_eq!(std::fs::read(out.join("doc.bin")).unwrap(), std::fs::read(&src).unwrap());
+    }
+    let bad = fx
+        .spawn(
+            "sender",
+            &[],
+            [OsStr::new("send"), OsStr::new("--limit-rate"), OsStr::new("5X"), src.as_os_str()],
+        )
+        .finish();
+    assert_exits(&[(&bad, 2)]);
+    assert_says(&bad, &["not a rate"]);
+}

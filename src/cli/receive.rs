@@ -72,6 +72,7 @@ pub async fn run(args: Args, stop: Stop) -> Result<(), TransferError> {
     opts.interactive = std::io::stdin().is_terminal() && !args.common.json;
     opts.overwrite = args.overwrite;
     opts.checksum = args.checksum;
+    opts.limit_rate = args.link.limit_rate();
     opts.reconnect_wait = args.reconnect.wait();
     opts.wait = Duration::from_secs(args.wait);
     opts.stop = stop;

@@ -79,6 +79,7 @@ pub async fn run(args: Args, stop: Stop) -> Result<(), TransferError> {
     opts.chunk_size = args.chunk_size;
     opts.compression = args.compress;
     opts.exclude = args.exclude;
+    opts.limit_rate = args.link.limit_rate();
     opts.stop = stop;
     opts.rendezvous = args.meeting.rendezvous()?;
     opts.tuning = args.link.tuning();

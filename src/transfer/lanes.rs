@@ -74,6 +74,8 @@ pub struct Sending {
     pub kept: Option<Vec<Job>>,
     /// Where group CVs of large files are kept for later resumes.
     pub cache: Option<CvCache>,
+    /// `--limit-rate`, shared by the lanes.
+    pub rate: Option<Arc<super::rate::RateLimit>>,
 }
 
 /// Sends every entry of the scanned paths (those the plan wants) over new streams; returns
@@ -149,9 +151,13 @@ pub async fn send_lanes(
             wire: Box::new(move || wire_conn.stats().udp_tx.bytes),
         };
         tasks.spawn_blocking(move || worker.run(jobs, tx, &progress).map(|()| None));
+        let rate = how.rate.clone();
         tasks.spawn(async move {
             stream.write_all(&preamble).await.map_err(write_error)?;
             while let Some(record) = rx.recv().await {
+                if let Some(rate) = &rate {
+                    rate.take(record.len()).await;
+                }
                 stream.write_chunk(record).await.map_err(write_error)?;
             }
             stream.finish().map_err(|_| TransferError::network("data stream closed early"))?;

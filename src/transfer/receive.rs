@@ -52,6 +52,8 @@ pub struct ReceiveOptions {
     pub overwrite: bool,
     /// Compare files already at the destination by BLAKE3 hash rather than size and mtime.
     pub checksum: bool,
+    /// At most this many bytes per second on the data streams.
+    pub limit_rate: Option<u64>,
     /// How long to try to reconnect once the connection is lost mid-transfer (zero: fail at
     /// once).
     pub reconnect_wait: Duration,
@@ -82,6 +84,7 @@ impl ReceiveOptions {
             interactive: false,
             overwrite: false,
             checksum: false,
+            limit_rate: None,
             reconnect_wait: Duration::from_secs(600),
             wait: Duration::from_secs(30),
             discovery: DiscoveryConfig::default(),
@@ -351,7 +354,9 @@ async fn run(
     progress.hold(present.bytes);
     observer.note(Note::Accepted { total: offer.bytes, present });
 
-    let sink = Arc::new(Sink::new(dest, opts.overwrite, &offer, survey, progress.clone()));
+    let mut sink = Sink::new(dest, opts.overwrite, &offer, survey, progress.clone());
+    sink.rate = opts.limit_rate.map(|r| Arc::new(super::rate::RateLimit::new(r)));
+    let sink = Arc::new(sink);
     let lanes = receive_lanes(conn, offer.lanes, offer.chunk_size as usize, sink.clone());
     tokio::pin!(lanes);
     let (mut received, mut announced) = (None, None);

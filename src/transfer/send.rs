@@ -68,6 +68,8 @@ pub struct SendOptions {
     pub checksum: bool,
     /// Gitignore-style patterns of what to leave out, matched relative to each sent path.
     pub exclude: Vec<String>,
+    /// At most this many bytes per second on the data streams.
+    pub limit_rate: Option<u64>,
     /// How long to try to reconnect once the connection is lost mid-transfer (zero: fail at
     /// once).
     pub reconnect_wait: Duration,
@@ -92,6 +94,7 @@ impl SendOptions {
             code_chosen: false,
             checksum: false,
             exclude: Vec::new(),
+            limit_rate: None,
             reconnect_wait: Duration::from_secs(600),
         }
     }
@@ -400,7 +403,8 @@ async fn run(
     observer.note(Note::Accepted { total: offer.bytes, present });
     progress.hold(present.bytes);
 
-    let how = Sending { lanes, chunk, compression: opts.compression, plan, kept, cache };
+    let rate = opts.limit_rate.map(|r| Arc::new(super::rate::RateLimit::new(r)));
+    let how = Sending { lanes, chunk, compression: opts.compression, plan, kept, cache, rate };
     let lanes_done = send_lanes(conn, how, scan, progress.clone());
     tokio::pin!(lanes_done);
     let totals = tokio::select! {

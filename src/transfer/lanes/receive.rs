@@ -49,6 +49,8 @@ pub struct Sink {
     /// Directories to get their mode and mtime once their contents are in, once each
     /// however often the sender names them (at most `limits.dirs` of them).
     dirs: Mutex<HashMap<RelPath, DirMeta>>,
+    /// `--limit-rate`: the lanes read no faster (QUIC's flow control slows the sender).
+    pub rate: Option<Arc<crate::transfer::rate::RateLimit>>,
     /// Set when the lanes are given up (an error, Ctrl-C): the lane workers stop at the next
     /// record instead of applying what is still queued (a queued message may hold many
     /// compressed records, each up to a chunk of writing).
@@ -75,6 +77,7 @@ impl Sink {
             survey: survey.map(Mutex::new),
             dirs: Mutex::default(),
             abandoned: std::sync::atomic::AtomicBool::new(false),
+            rate: None,
         }
     }
 
@@ -229,6 +232,7 @@ async fn receive_lane(
     }
     let reader = LaneReader::new(setup.chunk);
     let (tx, rx) = mpsc::channel::<Result<Vec<Vec<u8>>, TransferError>>(READ_DEPTH);
+    let rate = sink.rate.clone();
     let worker = tokio::task::spawn_blocking(move || apply_lane(reader, rx, &sink));
     let mut deframer = Deframer::new(setup.max_frame);
     let mut ended = false;
@@ -238,6 +242,9 @@ async fn receive_lane(
         // threads per record. The pieces are copied out at once, which frees QUIC's buffers.
         let item = match read_ready(&mut stream, READ_BUDGET).await {
             Ok((pieces, end)) => {
+                if let Some(rate) = &rate {
+                    rate.take(pieces.iter().map(Bytes::len).sum()).await;
+                }
                 ended = end;
                 match deframer.frames(&pieces) {
                     Ok(_) if end && deframer.in_frame() => Err(TransferError::network(
