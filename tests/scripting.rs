@@ -254,3 +254,16 @@ fn limit_rate_is_taken_on_both_sides() {
     assert_exits(&[(&bad, 2)]);
     assert_says(&bad, &["not a rate"]);
 }
+
+/// `rendezvous --help` shows the node's options only, none of the transfer commands' output
+/// flags and words.
+#[test]
+fn rendezvous_help_is_about_the_node() {
+    let fx = Fixture::new();
+    let help = fx.spawn("help", &[], ["rendezvous", "--help"]).finish();
+    assert_exits(&[(&help, 0)]);
+    assert!(help.stdout.contains("--listen") && help.stdout.contains("--verbose"), "{help}");
+    for client in ["--json", "sender's code", "candidates, verifier", "Newline-delimited"] {
+        assert!(!help.stdout.contains(client), "{client:?} in the node's help\n{help}");
+    }
+}
