@@ -527,6 +527,76 @@ fn connections_that_never_open_a_stream_are_bounded_and_dropped() {
     assert!(peak_kib(&s) < MEMORY_BOUND_KIB, "sender peak {} KiB\n{s}", peak_kib(&s));
 }
 
+/// Makes the peer of `conn` hold what a connection without a control stream can make it
+/// hold: unreliable datagrams (2 MB of them) and unidirectional streams (8 of 1 MiB; a write
+/// that makes no progress for 2 s is blocked by flow control and ends the filling). Returns
+/// the bytes written.
+async fn stuff(conn: quinn::Connection) -> u64 {
+    let mut written = 0;
+    if let Some(max) = conn.max_datagram_size() {
+        for _ in 0..2_000_000 / max {
+            let datagram = bytes::Bytes::from(vec![0x55; max]);
+            match tokio::time::timeout(STEP, conn.send_datagram_wait(datagram)).await {
+                Ok(Ok(())) => written += max as u64,
+                _ => break,
+            }
+        }
+    }
+    let junk = vec![0xaa; 1 << 20];
+    for _ in 0..8 {
+        let Ok(mut stream) = conn.open_uni().await else { break };
+        match tokio::time::timeout(Duration::from_secs(2), stream.write_all(&junk)).await {
+            Ok(Ok(())) => written += junk.len() as u64,
+            _ => break,
+        }
+    }
+    written
+}
+
+/// The attack: 16 connections that never open a control stream (as above), each filled
+/// with what the sender holds for a connection until it reads it: datagrams and
+/// unidirectional streams, up to the flow-control windows.
+///
+/// What must hold: the sender drops each of them at once (a receiver opens nothing before its
+/// control stream) instead of holding their data for 10 s, its peak resident set stays under
+/// 40 MiB, and it then serves an honest receiver.
+#[test]
+fn data_on_connections_without_a_control_stream_is_not_kept() {
+    let fx = tree();
+    let real = sender(&fx);
+    let rt = runtime();
+    let node = Arc::new(rt.block_on(async { client() }));
+    let (written, closes) = rt.block_on(async {
+        let found = find_sender(&fx).await;
+        let to = SocketAddr::from((Ipv4Addr::LOCALHOST, found.addrs[0].port()));
+        let (held, failed) = connect_many(&node, to, 16, 16).await;
+        assert!(failed.is_empty(), "16 connections are taken: {failed:?}");
+        let mut stuffing = tokio::task::JoinSet::new();
+        for conn in &held {
+            stuffing.spawn(stuff(conn.clone()));
+        }
+        let written: u64 = stuffing.join_all().await.into_iter().sum();
+        let mut closes = BTreeSet::new();
+        for conn in &held {
+            let why = tokio::time::timeout(STEP, conn.closed()).await.expect("dropped within STEP");
+            closes.insert(match why {
+                quinn::ConnectionError::ApplicationClosed(close) => close.reason.to_vec(),
+                other => panic!("the sender did not close the connection: {other}"),
+            });
+        }
+        (written, closes)
+    });
+    eprintln!("{written} bytes accepted for sending on 16 connections");
+    // Dropped for the stream at once, not after 10 s without a control stream.
+    let why: Vec<&[u8]> = vec![b"a stream before the control stream"];
+    assert_eq!(closes.iter().map(Vec::as_slice).collect::<Vec<_>>(), why);
+    drop(node);
+    drop(rt);
+    let s = honest_transfer(&fx, real);
+    eprintln!("sender peak: {} KiB", peak_kib(&s));
+    assert!(peak_kib(&s) < MEMORY_BOUND_KIB, "sender peak {} KiB\n{s}", peak_kib(&s));
+}
+
 // ---------------------------------------------------------------------------------------------
 // 4. Floods
 

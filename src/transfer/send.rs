@@ -608,7 +608,7 @@ async fn first_session_admitting(
                         }
                     }
                     let (send, recv) =
-                        tokio::time::timeout(Duration::from_secs(10), conn.accept_bi()).await.ok()?.ok()?;
+                        tokio::time::timeout(Duration::from_secs(10), control_stream(&conn)).await.ok()??;
                     Some((conn, send, recv))
                 });
             }
@@ -616,6 +616,31 @@ async fn first_session_admitting(
                 if let Ok(Some(session)) = done {
                     return Some(session);
                 }
+            }
+        }
+    }
+}
+
+/// The control stream of a pending connection: the first bidirectional stream it opens.
+/// Until then nothing else is kept for it: its datagrams are read and dropped (quinn would
+/// hold 1.25 MB of them), and a unidirectional stream, which no peer opens before its control
+/// stream, closes it at once (quinn would hold its data, up to the connection's window, for
+/// as long as the connection is pending: 16 such connections held 104 MiB). `None` once the
+/// connection is gone.
+async fn control_stream(
+    conn: &quinn::Connection,
+) -> Option<(quinn::SendStream, quinn::RecvStream)> {
+    loop {
+        tokio::select! {
+            bi = conn.accept_bi() => return bi.ok(),
+            uni = conn.accept_uni() => {
+                if uni.is_ok() {
+                    conn.close(0u32.into(), b"a stream before the control stream");
+                }
+                return None;
+            }
+            datagram = conn.read_datagram() => {
+                datagram.ok()?;
             }
         }
     }
