@@ -17,6 +17,7 @@ use std::ffi::OsStr;
 use std::net::SocketAddr;
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
 use p2p_copy::code::Code;
@@ -844,4 +845,77 @@ fn a_flood_of_largest_control_frames_leaves_the_sender_bounded() {
     assert_exits(&[(&s, 6)]);
     assert_escaped(&s);
     assert!(peak > 0 && peak < SENDER_PEAK_KIB, "the sender's peak: {peak} KiB\n{s}");
+}
+
+/// While it takes a 16 MiB file, the receiver sends QUIC datagrams as fast as the connection
+/// carries them (up to 64 MiB of them; p2p-copy never reads datagrams on a LAN connection).
+/// quinn keeps at most its datagram buffer of them: the transfer completes with exactly the
+/// file's bytes and the sender's peak memory stays under [`SENDER_PEAK_KIB`].
+#[test]
+fn a_flood_of_datagrams_leaves_the_sender_bounded() {
+    let mut fx = Fixture::new();
+    random_file(&fx.path("src/big"), 16 << 20, &mut fx.rng);
+    let (s, (records, peak, flooded)) = against_sender(&fx, &["big"], &[], async |evil, pid| {
+        let peak = watch_peak(pid);
+        let offer = evil.offer().await;
+        evil.session.accept(Accept {}).expect("accept");
+        evil.flush().await;
+        let conn = evil.conn.clone();
+        let sent = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let counted = sent.clone();
+        let flood = tokio::spawn(async move {
+            let datagram = bytes::Bytes::from(vec![0x6a; 1000]);
+            while counted.load(Relaxed) < 64 << 20 {
+                let wait = conn.send_datagram_wait(datagram.clone());
+                if !matches!(tokio::time::timeout(STEP, wait).await, Ok(Ok(()))) {
+                    break;
+                }
+                counted.fetch_add(1000, Relaxed);
+            }
+        });
+        let conn = evil.conn.clone();
+        let records = read_lanes(&conn, offer.lanes).await;
+        let totals = match evil.next_event().await {
+            Ok(Event::Finished(totals)) => totals,
+            other => panic!("expected the sender's totals: {other:?}"),
+        };
+        flood.abort();
+        let flooded = sent.load(Relaxed);
+        evil.session.complete(totals).expect("complete");
+        evil.flush().await;
+        let _ = tokio::time::timeout(STEP, evil.conn.closed()).await;
+        (records, peak, flooded)
+    });
+    let peak = peak.join().expect("sampler");
+    eprintln!("sender peak: {peak} KiB; datagram bytes sent: {flooded}");
+    assert_exits(&[(&s, 0)]);
+    let files = files_of(&records);
+    assert!(files["big"].1 == std::fs::read(fx.path("src/big")).unwrap(), "the bytes sent");
+    assert!(flooded >= 1 << 20, "the flood went out: {flooded} bytes");
+    assert!(peak > 0 && peak < SENDER_PEAK_KIB, "the sender's peak: {peak} KiB\n{s}");
+}
+
+/// The receiver accepts, then stops every lane (QUIC STOP_SENDING) without a word on the
+/// control stream. The sender stops with `network` (7), saying the receiver stopped reading;
+/// it sends nothing more and its source is untouched.
+#[test]
+fn a_receiver_that_stops_the_lanes_ends_the_transfer() {
+    let mut fx = Fixture::new();
+    random_file(&fx.path("src/big"), 16 << 20, &mut fx.rng);
+    let extra = ["--reconnect-wait", "0"];
+    let (s, ()) = against_sender(&fx, &["big"], &extra, async |evil, _| {
+        let offer = evil.offer().await;
+        evil.session.accept(Accept {}).expect("accept");
+        evil.flush().await;
+        for _ in 0..offer.lanes {
+            let accepted = tokio::time::timeout(STEP, evil.conn.accept_uni()).await;
+            let Ok(Ok(mut lane)) = accepted else { break };
+            let _ = lane.stop(0u32.into());
+        }
+        let _ = tokio::time::timeout(STEP, evil.conn.closed()).await;
+    });
+    assert_exits(&[(&s, 7)]);
+    assert_says(&s, &["the receiver stopped reading"]);
+    assert_escaped(&s);
+    assert!(s.event("done").is_none(), "{s}");
 }
