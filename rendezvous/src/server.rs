@@ -344,6 +344,8 @@ pub async fn serve(listeners: Listeners, config: ServerConfig, shutdown: impl Fu
     let tcp = tcp.zip(tls);
     let (events_tx, events_rx) = mpsc::channel(EVENTS);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    // Set once the grace period is over: every connection task closes and ends.
+    let (closing_tx, closing_rx) = tokio::sync::watch::channel(false);
     let counters = config.metrics_handle.clone();
     // Nameplate numbers from the OS-seeded CSPRNG: nobody can predict the next one.
     let table = Table::new(config.limits.clone(), Random::new(rand::random));
@@ -358,6 +360,7 @@ pub async fn serve(listeners: Listeners, config: ServerConfig, shutdown: impl Fu
         conns: Arc::default(),
         per_ip: config.limits.clients_per_ip.saturating_mul(2),
         handshakes: AtomicUsize::new(0),
+        closing: closing_rx,
     });
     let mut connections = JoinSet::new();
     tokio::pin!(shutdown);
@@ -427,7 +430,14 @@ pub async fn serve(listeners: Listeners, config: ServerConfig, shutdown: impl Fu
                         config.tcp_plaintext,
                         shared.clone(),
                     );
-                    connections.spawn(async move { served.await; drop((open, slot)) });
+                    let mut closing = shared.closing.clone();
+                    connections.spawn(async move {
+                        tokio::select! {
+                            () = served => {}
+                            _ = closing.wait_for(|&c| c) => {}
+                        }
+                        drop((open, slot));
+                    });
                 }
             }
             Some(_) = connections.join_next(), if !connections.is_empty() => {
@@ -457,9 +467,14 @@ pub async fn serve(listeners: Listeners, config: ServerConfig, shutdown: impl Fu
     }
     endpoint.set_server_config(None);
     drop(tcp);
-    // Closed with the reason first: a connection whose task is dropped would close without
-    // one, and its client could not tell a shutdown from a lost network.
+    // Each connection task closes its connection with the reason and ends. Aborting them
+    // instead would drop the last handle of each connection, which quinn closes at once
+    // without a reason, before its driver got to the endpoint's close below: the client could
+    // not tell a shutdown from a lost network.
+    let _ = closing_tx.send(true);
     endpoint.close(0u32.into(), crate::client::SHUTDOWN_REASON);
+    let ended = async { while connections.join_next().await.is_some() {} };
+    let _ = tokio::time::timeout(Duration::from_secs(1), ended).await;
     connections.shutdown().await;
     drop(shared);
     let _ = tokio::time::timeout(Duration::from_secs(1), &mut table_task).await;
@@ -556,6 +571,8 @@ pub(crate) struct Shared {
     per_ip: usize,
     /// QUIC connections in their handshake.
     handshakes: AtomicUsize,
+    /// Turns true when the node closes its remaining connections.
+    closing: tokio::sync::watch::Receiver<bool>,
 }
 
 /// Counts one QUIC handshake in progress while it lives.
@@ -628,6 +645,7 @@ async fn serve_connection(incoming: quinn::Incoming, slot: Option<ConnSlot>, sha
     let channel = auth::quic_channel(&conn);
     let mut streams = JoinSet::new();
     let mut node_closed = false;
+    let mut closing = shared.closing.clone();
     loop {
         let idle = streams.is_empty();
         let accept = async {
@@ -653,6 +671,10 @@ async fn serve_connection(incoming: quinn::Incoming, slot: Option<ConnSlot>, sha
                 if streams.is_empty() {
                     break;
                 }
+            }
+            _ = closing.wait_for(|&c| c) => {
+                conn.close(0u32.into(), crate::client::SHUTDOWN_REASON);
+                break;
             }
         }
     }
