@@ -57,6 +57,8 @@ struct Script {
     flood: Option<usize>,
     /// Opens this many unidirectional streams to every client, `.1` bytes of junk each.
     streams: Option<(usize, usize)>,
+    /// The nameplate `Allocate` is answered with (4242 otherwise).
+    allocate: Option<u32>,
 }
 
 /// What the node saw.
@@ -209,7 +211,7 @@ async fn serve(conn: quinn::Connection, script: Script, table: Arc<Mutex<Table>>
                     ClientMsg::Claim { nameplate } => {
                         NodeMsg::Claimed { nameplate, peer_present: me == 1 }
                     }
-                    _ => NodeMsg::Allocated { nameplate: 4242 },
+                    _ => NodeMsg::Allocated { nameplate: script.allocate.unwrap_or(4242) },
                 };
                 let _ = tx.send(wire::encode(&answer)).await;
                 if let Some(first) = other {
@@ -794,4 +796,20 @@ fn a_flood_in_place_of_the_pake_is_refused_at_the_first_message() {
     assert_says(&s, &["the other side left before connecting"]);
     assert!(peak < PEER_PEAK_KIB, "peak {peak} KiB");
     assert_nothing_written(&out, &[&s, &r]);
+}
+
+/// The node allocates nameplate 0, which no code can carry, to a sender with a generated code.
+/// That is the node breaking the protocol (exit 8, naming the node), not a bug of the sender's
+/// own (exit 1, "please report it").
+#[test]
+#[ignore = "reason: bug in src/transfer/meet.rs: Code::with_nameplate's refusal of the allocated nameplate is mapped to an internal error (exit 1, 'a bug; please report it') instead of the node's protocol error (exit 8)"]
+fn a_nameplate_no_code_can_carry_is_the_nodes_fault() {
+    let (fx, src) = with_file(10_000);
+    let node = FakeNode::start(Script { allocate: Some(0), ..Script::default() });
+    let args: Vec<OsString> =
+        vec!["send".into(), "--json".into(), "--rendezvous".into(), node.arg(), src.into()];
+    let s = fx.spawn("sender", &[], args).finish_within(STEP);
+    assert_exits(&[(&s, 8)]);
+    assert_says(&s, &["rendezvous node"]);
+    assert_escaped(&s);
 }
