@@ -326,14 +326,6 @@ pub fn bind(addr: SocketAddr, config: &ServerConfig) -> Result<Listeners, Server
 /// Serves the node until `shutdown` resolves, then drains for the grace period.
 pub async fn serve(listeners: Listeners, config: ServerConfig, shutdown: impl Future<Output = ()>) {
     let Listeners { quic: QuicListener { endpoint, relays, identity }, tcp } = listeners;
-    if let Some(cert) = identity.0.first() {
-        let fingerprint = auth::fingerprint_hex(&auth::fingerprint(cert));
-        tracing::info!(
-            certificate_sha256 = %fingerprint,
-            operator_certificate = config.tls.is_some(),
-            "node certificate (clients pin it with --rendezvous-fingerprint)"
-        );
-    }
     let tls = match crate::tcp::acceptor(identity) {
         Ok(tls) => Some(tls),
         Err(e) => {
