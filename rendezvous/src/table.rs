@@ -123,7 +123,8 @@ pub struct Limits {
     /// continuously; a claim of a nameplate somebody holds costs [`JOIN_COST`]. 0 disables the
     /// limit.
     pub claims_per_minute: u32,
-    /// Connections at once per source.
+    /// Connections at once per source (IPv4 address or IPv6 /64; an IPv6 /56 and /48 get 4
+    /// and 16 times as many, [`V6_LEVELS`]).
     pub clients_per_ip: usize,
     /// Messages queued for a peer that has not joined yet.
     pub mailbox_messages: usize,
