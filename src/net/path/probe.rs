@@ -119,6 +119,19 @@ impl ReplayWindow {
     }
 }
 
+/// Drops the addresses learnt from pings that never answered ours within [`LEARNT_GIVE_UP`]
+/// (the path in use stays whatever it is; the peer's own candidates stay).
+fn drop_silent(targets: &mut Vec<Target>, current: Option<SocketAddr>, now: Instant) {
+    targets.retain(|t| {
+        let silent = t.answered.is_none()
+            && t.learnt.is_some_and(|at| now.saturating_duration_since(at) >= LEARNT_GIVE_UP);
+        if silent {
+            tracing::debug!(addr = %t.addr, "forgot an address that never answered");
+        }
+        !silent || Some(t.addr) == current
+    });
+}
+
 struct Target {
     addr: SocketAddr,
     next: Instant,
@@ -182,8 +195,7 @@ impl Prober {
             let now = Instant::now();
             self.ping_due(now).await;
             self.check_current(now);
-            self.forget_silent(now);
-            self.forget_silent(now);
+            drop_silent(&mut self.targets, self.current, now);
             let mut wake = self.targets.iter().map(|t| t.next).min().unwrap_or(now + LATE_INTERVAL);
             if let Some(dead) = self.current_deadline() {
                 wake = wake.min(dead);
@@ -220,19 +232,6 @@ impl Prober {
         }
         self.learn_tokens -= 1;
         true
-    }
-
-    /// Drops addresses learnt from pings that never answered ours.
-    fn forget_silent(&mut self, now: Instant) {
-        let current = self.current;
-        self.targets.retain(|t| {
-            let silent = t.answered.is_none()
-                && t.learnt.is_some_and(|at| now.saturating_duration_since(at) >= LEARNT_GIVE_UP);
-            if silent {
-                tracing::debug!(addr = %t.addr, "forgot an address that never answered");
-            }
-            !silent || Some(t.addr) == current
-        });
     }
 
     fn interval(&self, now: Instant, addr: SocketAddr) -> Duration {
@@ -406,6 +405,33 @@ impl Prober {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Finding 8: an address learnt from a (possibly replayed or spoofed) ping that never
+    /// answers our pings is pinged for 20 s at most; the peer's candidates, an address that
+    /// answered, and the path in use stay.
+    #[test]
+    fn an_address_that_never_answers_is_dropped_after_20_s() {
+        let t0 = Instant::now();
+        let addr = |port: u16| SocketAddr::from(([192, 0, 2, 1], port));
+        let target = |port, answered: Option<Instant>, learnt: Option<Instant>| Target {
+            addr: addr(port),
+            next: t0,
+            answered,
+            learnt,
+        };
+        let mut targets = vec![
+            target(1, None, None),
+            target(2, None, Some(t0)),
+            target(3, Some(t0), Some(t0)),
+            target(4, None, Some(t0)),
+        ];
+        let current = Some(addr(4));
+        drop_silent(&mut targets, current, t0 + LEARNT_GIVE_UP - Duration::from_millis(1));
+        assert_eq!(targets.len(), 4);
+        drop_silent(&mut targets, current, t0 + LEARNT_GIVE_UP);
+        let left: Vec<u16> = targets.iter().map(|t| t.addr.port()).collect();
+        assert_eq!(left, [1, 3, 4]);
+    }
 
     #[test]
     fn the_replay_window_takes_each_counter_once_and_not_too_old() {
