@@ -505,6 +505,40 @@ pub enum Note<'a> {
     },
     /// The transfer goes on over a new connection.
     Reconnected,
+    /// One file is done on this side.
+    File {
+        /// Its path as offered.
+        path: &'a str,
+        /// Its size.
+        bytes: u64,
+        /// How it ended.
+        outcome: FileOutcome,
+    },
+}
+
+/// How one file ended, for [`Note::File`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileOutcome {
+    /// Sender: every byte was handed to the connection.
+    Sent,
+    /// Receiver: verified and in place.
+    Received,
+    /// Either side: continued from a partial copy the receiver held, then as above.
+    Resumed,
+    /// Sender: the receiver already has it (same size and mtime, or hash); nothing moved.
+    Skipped,
+}
+
+impl FileOutcome {
+    /// The word in `file` events.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FileOutcome::Sent => "sent",
+            FileOutcome::Received => "received",
+            FileOutcome::Resumed => "resumed",
+            FileOutcome::Skipped => "skipped",
+        }
+    }
 }
 
 /// Watches a transfer. Implemented by the CLI (human or JSON output) and by tests.
@@ -516,6 +550,12 @@ pub trait Observer: Send + Sync {
     /// asked (no `--yes`); may block (it runs on a blocking thread).
     fn confirm(&self, _offer: &Offer, _present: survey::Present) -> bool {
         false
+    }
+}
+
+impl std::fmt::Debug for dyn Observer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Observer")
     }
 }
 

@@ -267,3 +267,48 @@ fn rendezvous_help_is_about_the_node() {
         assert!(!help.stdout.contains(client), "{client:?} in the node's help\n{help}");
     }
 }
+
+/// `--json` gives a `file` event per file on both sides, with its path, size and how it
+/// ended; a second send of the same tree reports each file as skipped on the sender.
+#[test]
+fn each_file_gets_an_event_on_both_sides() {
+    let mut fx = Fixture::new();
+    let tree = fx.path("src/t");
+    for (f, size) in [("a.bin", 1000u64), ("sub/b.bin", 70_000), ("sub/c.bin", 0)] {
+        random_file(&tree.join(f), size, &mut fx.rng);
+    }
+    let want = |outcome: &str| {
+        let mut v: Vec<(String, u64, String)> =
+            [("t/a.bin", 1000u64), ("t/sub/b.bin", 70_000), ("t/sub/c.bin", 0)]
+                .iter()
+                .map(|(p, b)| (p.to_string(), *b, outcome.to_owned()))
+                .collect();
+        v.sort();
+        v
+    };
+    let files = |o: &Outcome| {
+        let mut v: Vec<(String, u64, String)> = o
+            .events()
+            .into_iter()
+            .filter(|e| e["event"] == "file")
+            .map(|e| {
+                let s = |k: &str| e[k].as_str().unwrap_or_default().to_owned();
+                (s("path"), e["bytes"].as_u64().unwrap(), s("outcome"))
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    let out = fx.path("out");
+    let args = [OsStr::new("--yes"), OsStr::new("--out"), out.as_os_str()];
+    let (s, r) = fx.transfer(&[tree.as_os_str()], &args);
+    assert_exits(&[(&s, 0), (&r, 0)]);
+    assert_eq!(files(&s), want("sent"), "{s}");
+    assert_eq!(files(&r), want("received"), "{r}");
+
+    fx.code = fresh_code();
+    let (s, r) = fx.transfer(&[tree.as_os_str()], &args);
+    assert_exits(&[(&s, 0), (&r, 0)]);
+    assert_eq!(files(&s), want("skipped"), "{s}");
+    assert!(files(&r).is_empty(), "nothing moved to the receiver\n{r}");
+}

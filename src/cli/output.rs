@@ -266,6 +266,20 @@ impl Observer for Ui {
                     eprintln!("warning: {}", crate::transfer::printable(&message));
                 }
             }
+            Note::File { path, bytes, outcome } => {
+                if self.json {
+                    emit(
+                        &json!({"event": "file", "path": path, "bytes": bytes, "outcome": outcome.as_str()}),
+                    );
+                } else if self.verbose && !self.quiet {
+                    eprintln!(
+                        "{} {} ({})",
+                        outcome.as_str(),
+                        crate::transfer::printable(path),
+                        HumanBytes(bytes)
+                    );
+                }
+            }
         }
     }
 

@@ -30,7 +30,7 @@ use super::cache::{CvCache, CvReader};
 use super::prefix::prefix;
 use super::survey::{Plan, Verdict};
 use super::walk::{self, read_failed, Job, Scan};
-use super::{connection_lost, Progress, TransferError};
+use super::{connection_lost, FileOutcome, Note, Progress, TransferError};
 use crate::compress::{Compression, Packer, Sample};
 use crate::error::ErrorKind;
 use crate::proto::{LaneWriter, CHUNK_PAYLOAD_AT};
@@ -76,6 +76,8 @@ pub struct Sending {
     pub cache: Option<CvCache>,
     /// `--limit-rate`, shared by the lanes.
     pub rate: Option<Arc<super::rate::RateLimit>>,
+    /// Told of each file as it is done.
+    pub observer: Arc<dyn super::Observer>,
 }
 
 /// Sends every entry of the scanned paths (those the plan wants) over new streams; returns
@@ -93,6 +95,7 @@ pub async fn send_lanes(
 
     let plan = how.plan.clone();
     let kept = how.kept;
+    let observer = how.observer.clone();
     tasks.spawn_blocking(move || {
         let mut sent = Summary::default();
         let mut count = |job: &Job| {
@@ -119,7 +122,13 @@ pub async fn send_lanes(
                         failed = Some(e);
                         return false;
                     }
-                    Ok(Verdict::Skip) => return true,
+                    Ok(Verdict::Skip) => {
+                        if let EntryKind::File { size } = job.entry.kind {
+                            let (path, outcome) = (&job.entry.path, FileOutcome::Skipped);
+                            observer.note(Note::File { path, bytes: size, outcome });
+                        }
+                        return true;
+                    }
                     Ok(Verdict::Resume { offset, digest }) => job.resume = Some((offset, digest)),
                     Ok(Verdict::Send) => {}
                 }
@@ -149,6 +158,7 @@ pub async fn send_lanes(
             cache: how.cache.clone(),
             resumed: resumed.clone(),
             wire: Box::new(move || wire_conn.stats().udp_tx.bytes),
+            observer: how.observer.clone(),
         };
         tasks.spawn_blocking(move || worker.run(jobs, tx, &progress).map(|()| None));
         let rate = how.rate.clone();
@@ -190,6 +200,8 @@ struct Worker {
     resumed: Arc<AtomicU64>,
     /// Bytes the connection has put on the wire so far (for `auto`'s judgement).
     wire: Box<dyn Fn() -> u64 + Send>,
+    /// Told of each file sent.
+    observer: Arc<dyn super::Observer>,
 }
 
 impl Worker {
@@ -298,7 +310,10 @@ impl Worker {
         }
         let mut out = Vec::new();
         self.writer.file_end(&mut out);
-        outbox.push(out)
+        outbox.push(out)?;
+        let outcome = if start > 0 { FileOutcome::Resumed } else { FileOutcome::Sent };
+        self.observer.note(Note::File { path: &job.entry.path, bytes: size, outcome });
+        Ok(())
     }
 }
 

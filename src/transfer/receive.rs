@@ -356,6 +356,7 @@ async fn run(
 
     let mut sink = Sink::new(dest, opts.overwrite, &offer, survey, progress.clone());
     sink.rate = opts.limit_rate.map(|r| Arc::new(super::rate::RateLimit::new(r)));
+    sink.observer = Some(observer.clone());
     let sink = Arc::new(sink);
     let lanes = receive_lanes(conn, offer.lanes, offer.chunk_size as usize, sink.clone());
     tokio::pin!(lanes);

@@ -20,7 +20,9 @@ use super::prefix::prefix;
 use super::rejoin::{self, Rejoin, Saved, Secured};
 use super::survey::{Plan, Present};
 use super::walk::{self, Job};
-use super::{Key, Note, Observer, PathKind, Progress, Report, TransferError, CLOSE_TIMEOUT};
+use super::{
+    FileOutcome, Key, Note, Observer, PathKind, Progress, Report, TransferError, CLOSE_TIMEOUT,
+};
 use crate::code::Code;
 use crate::compress::Compression;
 use crate::crypto::Role;
@@ -375,7 +377,8 @@ async fn run(
     let plan = match ctl.next_event(super::DECISION_TIMEOUT).await? {
         Event::Accepted(_) => None,
         Event::Asked(ask) => {
-            let plan = list(ctl, &scan, ask.checksum || opts.checksum, cache.clone()).await?;
+            let plan =
+                list(ctl, &scan, ask.checksum || opts.checksum, cache.clone(), observer).await?;
             match ctl.next_event(super::DECISION_TIMEOUT).await? {
                 Event::Accepted(_) => Some(plan),
                 other => return Err(unexpected(&other)),
@@ -404,7 +407,9 @@ async fn run(
     progress.hold(present.bytes);
 
     let rate = opts.limit_rate.map(|r| Arc::new(super::rate::RateLimit::new(r)));
-    let how = Sending { lanes, chunk, compression: opts.compression, plan, kept, cache, rate };
+    let observer = observer.clone();
+    let how =
+        Sending { lanes, chunk, compression: opts.compression, plan, kept, cache, rate, observer };
     let lanes_done = send_lanes(conn, how, scan, progress.clone());
     tokio::pin!(lanes_done);
     let totals = tokio::select! {
@@ -455,6 +460,7 @@ async fn list(
     scan: &walk::Scan,
     checksum: bool,
     cache: Option<CvCache>,
+    observer: &Arc<dyn Observer>,
 ) -> Result<Plan, TransferError> {
     let (tx, mut batches) =
         tokio::sync::mpsc::channel::<Result<Vec<(Job, Option<[u8; 32]>)>, TransferError>>(2);
@@ -527,7 +533,14 @@ async fn list(
             break;
         }
         match ctl.next_event(super::DECISION_TIMEOUT).await? {
-            Event::Answers(answers) => plan.answered(&answers)?,
+            Event::Answers(answers) => {
+                for job in plan.answered(&answers)? {
+                    if let EntryKind::File { size } = job.entry.kind {
+                        let (path, outcome) = (&job.entry.path, FileOutcome::Skipped);
+                        observer.note(Note::File { path, bytes: size, outcome });
+                    }
+                }
+            }
             other => return Err(unexpected(&other)),
         }
     }

@@ -423,7 +423,9 @@ impl Plan {
     }
 
     /// The receiver answered the oldest listed entries (the session checked the count).
-    pub fn answered(&mut self, answers: &[Answer]) -> Result<(), TransferError> {
+    /// Returns the entries it already has (nothing of them will be sent).
+    pub fn answered(&mut self, answers: &[Answer]) -> Result<Vec<Job>, TransferError> {
+        let mut skipped = Vec::new();
         for answer in answers {
             let Some(mut job) = self.pending.pop_front() else {
                 return Err(protocol("the receiver answered more than was listed".into()));
@@ -457,11 +459,13 @@ impl Plan {
                 }
             };
             self.verdicts.push(v);
-            if v != 1 {
+            if v == 1 {
+                skipped.push(job);
+            } else {
                 self.keep(job);
             }
         }
-        Ok(())
+        Ok(skipped)
     }
 
     fn keep(&mut self, job: Job) {

@@ -29,6 +29,8 @@ pub struct PartFile {
     file: File,
     names: Names,
     written: u64,
+    /// Bytes it held when it was opened (a resumed partial copy).
+    from: u64,
     journal: Option<JournalWriter>,
 }
 
@@ -44,6 +46,9 @@ pub struct Finished {
     dev: u64,
     /// Whether it is durable and has its mode already (a temporary file).
     ready: bool,
+    /// Its size, and whether it continued a partial copy.
+    size: u64,
+    resumed: bool,
 }
 
 /// Where a received file is and where it goes, as names in open directories.
@@ -71,7 +76,7 @@ impl PartFile {
         written: u64,
         journal: Option<JournalWriter>,
     ) -> PartFile {
-        PartFile { file, names, written, journal }
+        PartFile { file, names, written, from: written, journal }
     }
 
     /// Append `data`. ENOSPC and EDQUOT surface as [`FsError::DiskFull`].
@@ -156,7 +161,8 @@ impl PartFile {
             self.file.set_permissions(Permissions::from_mode(mode)).map_err(err)?;
             self.file.sync_all().map_err(err)?;
         }
-        Ok(Finished { ready: !self.names.keep, names: self.names, mode, dev })
+        let (size, resumed) = (self.written, self.from > 0);
+        Ok(Finished { ready: !self.names.keep, names: self.names, mode, dev, size, resumed })
     }
 
     /// Discard the file: remove the partial file (and its journal), reporting any error.
@@ -167,8 +173,18 @@ impl PartFile {
 
 impl Finished {
     /// Its path at the destination.
-    pub(super) fn rel(&self) -> &RelPath {
+    pub fn rel(&self) -> &RelPath {
         &self.names.rel
+    }
+
+    /// Its size.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// Whether it continued a partial copy.
+    pub fn resumed(&self) -> bool {
+        self.resumed
     }
 
     /// The device the file is on.

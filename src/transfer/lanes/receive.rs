@@ -11,7 +11,7 @@ use super::super::control::read_error;
 use super::super::fs::{Dest, Finished, Found, PartFile, RelPath, Resumable, Syncer};
 use super::super::survey::{admit, Survey};
 use super::super::walk;
-use super::super::{Progress, TransferError};
+use super::super::{FileOutcome, Note, Progress, TransferError};
 use super::{COMMIT_BYTES, COMMIT_FILES, READ_BUDGET, READ_DEPTH};
 use crate::error::ErrorKind;
 use crate::proto::{LaneEvent, LaneReader};
@@ -51,6 +51,8 @@ pub struct Sink {
     dirs: Mutex<HashMap<RelPath, DirMeta>>,
     /// `--limit-rate`: the lanes read no faster (QUIC's flow control slows the sender).
     pub rate: Option<Arc<crate::transfer::rate::RateLimit>>,
+    /// Told of each file put in place.
+    pub observer: Option<Arc<dyn crate::transfer::Observer>>,
     /// Set when the lanes are given up (an error, Ctrl-C): the lane workers stop at the next
     /// record instead of applying what is still queued (a queued message may hold many
     /// compressed records, each up to a chunk of writing).
@@ -78,6 +80,7 @@ impl Sink {
             dirs: Mutex::default(),
             abandoned: std::sync::atomic::AtomicBool::new(false),
             rate: None,
+            observer: None,
         }
     }
 
@@ -281,11 +284,27 @@ fn apply_lane(
     let committed = if sink.abandoned.load(std::sync::atomic::Ordering::Relaxed) {
         Ok(())
     } else {
-        sink.dest.commit_all(&syncer, finished)
+        commit(sink, &syncer, finished)
     };
     let totals = applied?;
     committed?;
     Ok(totals)
+}
+
+/// Puts `files` in place ([`Dest::commit_all`]) and tells the observer of each.
+fn commit(sink: &Sink, syncer: &Syncer, files: Vec<Finished>) -> Result<(), TransferError> {
+    let done: Vec<(String, u64, bool)> = match &sink.observer {
+        Some(_) => files.iter().map(|f| (f.rel().to_string(), f.size(), f.resumed())).collect(),
+        None => Vec::new(),
+    };
+    sink.dest.commit_all(syncer, files)?;
+    if let Some(observer) = &sink.observer {
+        for (path, bytes, resumed) in &done {
+            let outcome = if *resumed { FileOutcome::Resumed } else { FileOutcome::Received };
+            observer.note(Note::File { path, bytes: *bytes, outcome });
+        }
+    }
+    Ok(())
 }
 
 fn apply_records(
@@ -382,7 +401,7 @@ fn apply_records(
                     )?);
                     finished_bytes += size;
                     if finished.len() >= COMMIT_FILES || finished_bytes >= COMMIT_BYTES {
-                        sink.dest.commit_all(syncer, std::mem::take(finished))?;
+                        commit(sink, syncer, std::mem::take(finished))?;
                         finished_bytes = 0;
                     }
                     totals.files += 1;
