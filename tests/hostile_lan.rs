@@ -435,6 +435,86 @@ fn a_party_that_connects_first_with_a_guess_spends_the_code() {
     assert!(written(&fx).is_empty(), "written: {:?}", written(&fx));
 }
 
+/// Copies `from` to `to` until `from` ends or either fails; returns the bytes copied.
+async fn relay(mut from: quinn::RecvStream, mut to: quinn::SendStream) -> u64 {
+    let mut copied = 0;
+    while let Ok(Some(chunk)) = from.read_chunk(64 << 10, true).await {
+        if to.write_all(&chunk.bytes).await.is_err() {
+            break;
+        }
+        copied += chunk.bytes.len() as u64;
+    }
+    let _ = to.finish();
+    copied
+}
+
+/// The attack: both halves at once, relayed. A party connects to the sender first (the
+/// first byte of a frame header opens the control stream, so the sender then answers
+/// discovery with `Busy` only), answers the receiver's discovery for the real sender with its
+/// own QUIC endpoint, and relays the two control streams byte for byte: the PAKE and CONFIRM
+/// go through unchanged, so both sides derive the same key, over two TLS sessions that end at
+/// the relay.
+///
+/// What must hold: both sides see that the certificate of their connection is not the one
+/// their peer announced in its sealed hello, and stop before any offer with an integrity
+/// error ("someone is in the middle", exit 6); nothing is written; the relay learns nothing
+/// (everything after the CONFIRMs is sealed).
+#[test]
+fn a_party_in_the_middle_that_relays_the_handshake_is_found_out() {
+    let fx = tree();
+    let real = sender(&fx);
+    let rt = runtime();
+    let (node, to_sender, instance, answerer) = rt.block_on(async {
+        let found = find_sender(&fx).await;
+        // As a receiver: one connection, its control stream opened by a frame header's first
+        // byte (every frame here is far shorter than 16 MiB, so that byte is 0).
+        let node = Node::bind(SocketAddr::from(([0, 0, 0, 0], 0)), &Tuning::default(), true)
+            .expect("bind");
+        let conn = node.connect_any(&found.addrs, STEP).await.expect("connect to the sender");
+        let (mut send, recv) = conn.open_bi().await.expect("control stream");
+        send.write_all(&[0]).await.expect("the first byte");
+        let port = node.local_addr().expect("local addr").port();
+        let socket = group_listener(fx.port);
+        socket.set_nonblocking(true).expect("nonblocking");
+        let socket = tokio::net::UdpSocket::from_std(socket).expect("tokio socket");
+        let answerer = tokio::spawn(answer_for(
+            socket,
+            nameplate(&fx),
+            found.instance,
+            port,
+            Arc::new(AtomicU64::new(0)),
+        ));
+        (node, (conn, send, recv), found.instance, answerer)
+    });
+
+    let honest = receiver(&fx, &[]);
+    let (upstream, downstream) = rt.block_on(async {
+        let (conn, send, mut recv) = first_session(&node.endpoint).await;
+        let mut first = [0u8; 1];
+        recv.read_exact(&mut first).await.expect("the receiver's first byte");
+        assert_eq!(first, [0], "a frame header's first byte");
+        let (_sender_conn, to_send, from_send) = to_sender;
+        let up = tokio::spawn(relay(recv, to_send));
+        let down = tokio::spawn(relay(from_send, send));
+        let up = tokio::time::timeout(STEP, up).await.expect("relayed within STEP").expect("up");
+        let down =
+            tokio::time::timeout(STEP, down).await.expect("relayed within STEP").expect("down");
+        drop(conn);
+        (up, down)
+    });
+    let (s, r) = finish_pair(real, honest);
+    answerer.abort();
+    drop(node);
+    eprintln!("relayed {upstream} bytes up, {downstream} down, as instance {instance:016x}");
+    assert_exits(&[(&s, 6), (&r, 6)]);
+    assert_says(&s, &["someone is in the middle"]);
+    assert_says(&r, &["someone is in the middle"]);
+    for o in [&s, &r] {
+        assert!(o.event("secured").is_none() && o.event("offer").is_none(), "{o}");
+    }
+    assert!(written(&fx).is_empty(), "written: {:?}", written(&fx));
+}
+
 // ---------------------------------------------------------------------------------------------
 // 3. Connections that never open a stream
 
