@@ -718,7 +718,6 @@ fn a_flood_of_mailbox_messages_leaves_the_peers_bounded() {
 /// for any) and fills them: 100 streams of 1.25 MB. A peer must not buffer them: its memory
 /// stays under [`PEER_PEAK_KIB`] and the transfer completes.
 #[test]
-#[ignore = "reason: bug in rendezvous/src/client.rs: the client's QUIC transport (quic_config) keeps quinn's defaults of 100 unidirectional and 100 bidirectional streams from the node, 1.25 MB each, no connection-wide window, and no peer reads them: 134 MB sender and 123 MB receiver peak; with max_concurrent_{uni,bidi}_streams(0) there this passes (13 MB)"]
 fn streams_from_the_node_leave_the_peers_bounded() {
     let (fx, src) = with_file(1 << 20);
     let node = FakeNode::start(Script { streams: Some((100, 1_250_000)), ..Script::default() });
@@ -802,7 +801,6 @@ fn a_flood_in_place_of_the_pake_is_refused_at_the_first_message() {
 /// That is the node breaking the protocol (exit 8, naming the node), not a bug of the sender's
 /// own (exit 1, "please report it").
 #[test]
-#[ignore = "reason: bug in src/transfer/meet.rs: Code::with_nameplate's refusal of the allocated nameplate is mapped to an internal error (exit 1, 'a bug; please report it') instead of the node's protocol error (exit 8)"]
 fn a_nameplate_no_code_can_carry_is_the_nodes_fault() {
     let (fx, src) = with_file(10_000);
     let node = FakeNode::start(Script { allocate: Some(0), ..Script::default() });

@@ -339,8 +339,13 @@ pub(crate) async fn meet(
         let (key, mut present) = match &plan.key {
             Key::Code(code) if sender && !plan.claim => {
                 let n = client.allocate().await.map_err(|e| node_error(&rv.node, e))?;
-                let code =
-                    code.with_nameplate(n).map_err(|e| TransferError::internal(e.to_string()))?;
+                // A number no code can carry is the node breaking the protocol, not our bug.
+                let code = code.with_nameplate(n).map_err(|e| {
+                    TransferError::new(
+                        ErrorKind::Protocol,
+                        format!("the rendezvous node {} allocated nameplate {n}: {e}", rv.node),
+                    )
+                })?;
                 (Key::Code(code), false)
             }
             key => {
