@@ -3,11 +3,12 @@
 //! It does not know the code. It sees what everybody on the LAN sees (the discovery
 //! datagrams: the nameplate, the sender's QUIC port and instance id) and uses it: it answers
 //! discovery for the real sender, pointing the receiver at a QUIC endpoint of its own; it
-//! connects to the sender first and guesses; it opens QUIC connections that never open a
-//! stream; it floods discovery with announces and queries. It is built from the library's
+//! connects to the sender first and guesses; it does both and relays the handshake between
+//! them; it opens QUIC connections that never open a control stream, idle or filled with
+//! data; it floods discovery with announces and queries. It is built from the library's
 //! public API (`net::discovery`, `net::quic`, `proto`), and from raw UDP sockets where it
-//! forges discovery datagrams (`wire::discovery`). Every case runs on the fixture's own
-//! discovery port.
+//! forges discovery datagrams (`wire::discovery`, in `hostile_lan/udp.rs`). Every case runs
+//! on the fixture's own discovery port.
 //!
 //! What must hold: the attacker gets at most one guess per side and learns nothing; nobody
 //! writes anything wrong (an honest receiver either gets identical bytes from the real sender
@@ -18,11 +19,13 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "hostile_lan/udp.rs"]
+mod udp;
 mod util;
 
 use std::collections::BTreeSet;
 use std::ffi::OsString;
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -32,14 +35,14 @@ use std::time::{Duration, Instant};
 use p2p_copy::code::Code;
 use p2p_copy::crypto::Role;
 use p2p_copy::error::ErrorKind;
-use p2p_copy::net::discovery::{self, DiscoveryConfig, GROUP_V4};
+use p2p_copy::net::discovery::{self, DiscoveryConfig};
 use p2p_copy::net::quic::{Node, Tuning};
 use p2p_copy::proto::{Config, Session, SessionError};
 use p2p_copy::transfer::control::ControlStream;
 use p2p_copy::wire::discovery::DiscoveryMsg;
 use p2p_copy::wire::frame;
 use rand::rngs::OsRng;
-use socket2::{Domain, Protocol, Socket, Type};
+use udp::*;
 use util::*;
 
 /// Bound on everything the hostile side waits for.
@@ -108,37 +111,6 @@ fn nameplate(fx: &Fixture) -> u32 {
 
 fn peak_kib(o: &Outcome) -> u64 {
     o.peak_rss_kib.unwrap_or_else(|| panic!("no memory sample\n{o}"))
-}
-
-// ---------------------------------------------------------------------------------------------
-// Raw discovery sockets
-
-/// A socket on the fixture's discovery port, shared as the real ones share it, in the group
-/// on loopback: it hears every query and every multicast announce of the test.
-fn group_listener(port: u16) -> UdpSocket {
-    let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP)).expect("socket");
-    s.set_reuse_address(true).expect("SO_REUSEADDR");
-    s.set_reuse_port(true).expect("SO_REUSEPORT");
-    s.bind(&SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port).into()).expect("bind the group port");
-    s.join_multicast_v4(&GROUP_V4, &Ipv4Addr::LOCALHOST).expect("join the group on loopback");
-    s.set_ttl(1).expect("TTL");
-    s.into()
-}
-
-/// An ephemeral socket whose datagrams to the group go out through loopback (so they come
-/// from 127.0.0.1, an address on the link), TTL 1.
-fn group_sender() -> UdpSocket {
-    let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP)).expect("socket");
-    s.bind(&SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0).into()).expect("bind");
-    s.set_multicast_if_v4(&Ipv4Addr::LOCALHOST).expect("IP_MULTICAST_IF");
-    s.set_multicast_loop_v4(true).expect("IP_MULTICAST_LOOP");
-    s.set_multicast_ttl_v4(1).expect("multicast TTL");
-    s.set_ttl(1).expect("TTL");
-    s.into()
-}
-
-fn group(port: u16) -> SocketAddrV4 {
-    SocketAddrV4::new(GROUP_V4, port)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -223,31 +195,6 @@ fn client() -> Node {
 
 // ---------------------------------------------------------------------------------------------
 // 1. Answering discovery for the sender
-
-/// Answers every query for `nameplate` that reaches `socket` with an announce of the real
-/// sender's `instance` (so the receiver sees one sender, not two) pointing at `port`, by
-/// unicast to the querier, as the real sender answers; counts the answers.
-async fn answer_for(
-    socket: tokio::net::UdpSocket,
-    nameplate: u32,
-    instance: u64,
-    port: u16,
-    answered: Arc<AtomicU64>,
-) {
-    let mut buf = [0u8; 1024];
-    loop {
-        let Ok((len, from)) = socket.recv_from(&mut buf).await else { continue };
-        if let Ok(DiscoveryMsg::Query { nameplate: n, query_id }) =
-            DiscoveryMsg::decode(&buf[..len])
-        {
-            if n == nameplate {
-                let answer = DiscoveryMsg::Announce { nameplate, instance, port, query_id };
-                let _ = socket.send_to(&answer.encode(), from).await;
-                answered.fetch_add(1, Ordering::Relaxed);
-            }
-        }
-    }
-}
 
 /// The attack: a party that heard the real sender's announces answers the receiver's queries
 /// for the nameplate itself, copying the sender's instance id and pointing at its own QUIC
@@ -679,47 +626,6 @@ fn data_on_connections_without_a_control_stream_is_not_kept() {
 
 // ---------------------------------------------------------------------------------------------
 // 4. Floods
-
-/// Sends `msg(i)` for i = 0, 1, … from `socket` (a [`group_sender`]) to the group on `port`,
-/// in bursts of 50 a millisecond apart, until `stop` is set or `max` were sent; counts them in
-/// `sent`.
-fn flood(
-    socket: &UdpSocket,
-    port: u16,
-    max: u64,
-    stop: &AtomicBool,
-    sent: &AtomicU64,
-    msg: impl Fn(u64) -> DiscoveryMsg,
-) {
-    let mut i = 0;
-    while i < max && !stop.load(Ordering::Relaxed) {
-        for _ in 0..50 {
-            if socket.send_to(&msg(i).encode(), group(port)).is_ok() {
-                sent.fetch_add(1, Ordering::Relaxed);
-            }
-            i += 1;
-        }
-        std::thread::sleep(Duration::from_millis(1));
-    }
-}
-
-/// Receives on `socket` until `end`; returns every discovery message received by then.
-fn collect_until(socket: &UdpSocket, end: Instant) -> Vec<DiscoveryMsg> {
-    let mut got = Vec::new();
-    let mut buf = [0u8; 1024];
-    loop {
-        let left = end.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return got;
-        }
-        socket.set_read_timeout(Some(left)).expect("read timeout");
-        if let Ok((len, _)) = socket.recv_from(&mut buf) {
-            if Instant::now() < end {
-                got.extend(DiscoveryMsg::decode(&buf[..len]).ok());
-            }
-        }
-    }
-}
 
 /// The attack: a party floods the group with announces for the nameplate, each from another
 /// instance (thousands: it starts before the receiver and goes on until it exits).
