@@ -205,7 +205,8 @@ fn a_large_listing_is_walked_again() {
     let mut fx = Fixture::new();
     let src = fx.path("src/t");
     let deep: PathBuf = (0..11).map(|i| format!("{i:02}{}", "d".repeat(240))).collect();
-    let files = 3000;
+    // About 2.9 KB of path each: 4,000 are more than the scan's 10 MiB and the listing's 4 MiB.
+    let files = 4000;
     for i in 0..files {
         write_file(&src.join(&deep).join(format!("{i:04}{}", "f".repeat(200))), b"one\n");
     }
