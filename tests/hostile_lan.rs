@@ -382,6 +382,37 @@ fn a_party_that_connects_first_with_a_guess_spends_the_code() {
     assert!(written(&fx).is_empty(), "written: {:?}", written(&fx));
 }
 
+/// The attack: a party connects to the sender first and opens the control stream (one byte
+/// of a frame header), then says nothing: it holds the code's only session without making a
+/// guess.
+///
+/// What must hold: an honest receiver that comes meanwhile is told the code is taken (exit 7)
+/// and writes nothing; the sender does not wait for ever: when its handshake timeout (30 s)
+/// runs out it ends with a network error (exit 7) saying so, with no offer made.
+#[test]
+fn a_party_that_connects_first_and_says_nothing_is_given_up() {
+    let fx = tree();
+    let real = sender(&fx);
+    let rt = runtime();
+    let held = rt.block_on(async {
+        let found = find_sender(&fx).await;
+        let node = client();
+        let conn = node.connect_any(&found.addrs, STEP).await.expect("connect to the sender");
+        let (mut send, recv) = conn.open_bi().await.expect("control stream");
+        send.write_all(&[0]).await.expect("the first byte");
+        (node, conn, send, recv)
+    });
+    let r = receiver(&fx, &[]).finish_within(STEP);
+    assert_exits(&[(&r, 7)]);
+    assert_says(&r, &["already serving another receiver"]);
+    assert!(written(&fx).is_empty(), "written: {:?}", written(&fx));
+    let s = real.finish_within(STEP);
+    drop(held);
+    assert_exits(&[(&s, 7)]);
+    assert_says(&s, &["did not complete the handshake within 30s"]);
+    assert!(s.event("offer").is_none(), "{s}");
+}
+
 /// Copies `from` to `to` until `from` ends or either fails; returns the bytes copied.
 async fn relay(mut from: quinn::RecvStream, mut to: quinn::SendStream) -> u64 {
     let mut copied = 0;
