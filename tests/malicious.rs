@@ -679,7 +679,6 @@ fn resuming_at_an_offset_not_answered_is_refused_and_the_partial_kept() {
 /// the connection's flow-control window (which stalls the honest lane until the 120 s
 /// watchdog), and write nothing.
 #[test]
-#[ignore = "reason: bug in src/transfer/receive.rs: the receiver accepts only Offer.lanes unidirectional streams and no bidirectional one after the control stream, and never refuses more: their data stays in quinn within the connection's window, and the receiver waits for Finish (60 s, exit 7) instead of failing at once with a protocol error; the fix is a watch for further streams for the connection's life, as send.rs has (stray_stream)"]
 fn streams_beyond_the_offered_lanes_are_refused() {
     let fx = Fixture::new();
     let content = b"honest";

@@ -146,14 +146,41 @@ pub async fn receive_lanes(
     let mut tasks: JoinSet<Result<Summary, TransferError>> = JoinSet::new();
     let mut accepted = 0;
     let mut totals = Summary::default();
-    loop {
+    // A stream beyond the offered lanes (or a bidirectional one: the sender opens none) is
+    // the sender breaking the protocol; left unread, it would hold the connection's
+    // flow-control window and stall the real lanes. Once the connection is gone, its loss is
+    // reported by the lanes.
+    let (mut more, mut bidi) = (true, true);
+    while accepted < lanes || !tasks.is_empty() {
         tokio::select! {
-            stream = conn.accept_uni(), if accepted < lanes => {
-                let stream = stream.map_err(TransferError::from)?;
+            stream = conn.accept_uni(), if accepted < lanes || more => {
+                let stream = match stream {
+                    Ok(stream) => stream,
+                    Err(e) if accepted < lanes => return Err(e.into()),
+                    Err(_) => {
+                        more = false;
+                        continue;
+                    }
+                };
+                if accepted >= lanes {
+                    return Err(TransferError::new(
+                        ErrorKind::Protocol,
+                        format!("the sender opened more data streams than the {lanes} it offered"),
+                    ));
+                }
                 accepted += 1;
                 let lane = LaneSetup { lanes, chunk, max_frame, seen: seen.clone() };
                 tasks.spawn(receive_lane(stream, lane, sink.clone()));
             }
+            opened = conn.accept_bi(), if bidi => match opened {
+                Ok(_) => {
+                    return Err(TransferError::new(
+                        ErrorKind::Protocol,
+                        "the sender opened a bidirectional stream; it opens only data streams",
+                    ))
+                }
+                Err(_) => bidi = false,
+            },
             Some(joined) = tasks.join_next() => match joined {
                 Ok(Ok(t)) => {
                     totals.entries += t.entries;
@@ -164,7 +191,6 @@ pub async fn receive_lanes(
                 Ok(Err(e)) => return Err(e),
                 Err(e) => return Err(TransferError::internal(format!("a lane task failed: {e}"))),
             },
-            else => break,
         }
     }
     Ok(totals)
