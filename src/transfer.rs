@@ -347,6 +347,8 @@ pub struct Report {
     pub seconds: f64,
     /// How often the transfer reconnected after losing the connection.
     pub reconnects: u32,
+    /// The connection's round trips and losses over the transfer.
+    pub quality: Link,
 }
 
 impl Report {
@@ -435,6 +437,7 @@ pub(crate) async fn conclude(
                 entries: totals.entries,
                 seconds: started.elapsed().as_secs_f64(),
                 reconnects: 0,
+                quality: progress.link(),
             })
         }
         Err(e) => {
@@ -581,9 +584,77 @@ pub struct Progress {
     wire: AtomicU64,
     records: AtomicU64,
     first_byte: std::sync::OnceLock<std::time::Instant>,
+    link: std::sync::Mutex<Link>,
+}
+
+/// The connection as last sampled ([`watch_link`]): the connection-quality view of
+/// `progress` and `done` events.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Link {
+    /// The path the data takes now.
+    pub path: Option<PathKind>,
+    /// QUIC's smoothed round-trip time now.
+    pub rtt: Option<Duration>,
+    /// The lowest and the mean round-trip time over the samples.
+    pub rtt_min: Option<Duration>,
+    pub rtt_mean: Option<Duration>,
+    /// Packets QUIC declared lost, and packets sent, over the connection's life.
+    pub lost_packets: u64,
+    pub sent_packets: u64,
+    samples: u64,
+}
+
+impl Link {
+    /// Adds a sample.
+    fn sample(&mut self, path: PathKind, rtt: Duration, lost: u64, sent: u64) {
+        self.path = Some(path);
+        self.rtt = Some(rtt);
+        self.rtt_min = Some(self.rtt_min.map_or(rtt, |m| m.min(rtt)));
+        let n = self.samples as u32;
+        self.rtt_mean = Some(self.rtt_mean.map_or(rtt, |m| (m * n + rtt) / (n + 1)));
+        self.samples += 1;
+        (self.lost_packets, self.sent_packets) = (lost, sent);
+    }
+}
+
+/// Samples `conn` into `progress` twice a second, with the path `status` says the data takes
+/// (`lan` when there is nothing to watch), until the connection ends or the returned handle is
+/// dropped.
+pub(crate) fn watch_link(
+    conn: &quinn::Connection,
+    progress: Arc<Progress>,
+    status: Option<tokio::sync::watch::Receiver<crate::net::path::PathStatus>>,
+    lan: PathKind,
+) -> AbortOnDrop {
+    let conn = conn.clone();
+    AbortOnDrop(tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        while conn.close_reason().is_none() {
+            tick.tick().await;
+            let stats = conn.stats();
+            let path = status.as_ref().and_then(|s| s.borrow().using).unwrap_or(lan);
+            let mut link = progress.link.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            link.sample(path, stats.path.rtt, stats.path.lost_packets, stats.path.sent_packets);
+        }
+    }))
+}
+
+/// A task aborted when this is dropped.
+#[derive(Debug)]
+pub(crate) struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 impl Progress {
+    /// The connection as last sampled.
+    pub fn link(&self) -> Link {
+        *self.link.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     /// A counter at zero.
     pub fn new() -> Arc<Progress> {
         Arc::new(Progress::default())

@@ -312,3 +312,35 @@ fn each_file_gets_an_event_on_both_sides() {
     assert_eq!(files(&s), want("skipped"), "{s}");
     assert!(files(&r).is_empty(), "nothing moved to the receiver\n{r}");
 }
+
+/// The connection-quality view: `progress` events carry the rate, the time left, the path,
+/// the round trip and the packets lost; `done` a `quality` summary. (`--limit-rate` makes the
+/// transfer last long enough for progress events, which come once a second.)
+#[test]
+fn progress_and_done_show_the_connection() {
+    let mut fx = Fixture::new();
+    let src = fx.path("src/doc.bin");
+    random_file(&src, 12_000_000, &mut fx.rng);
+    let out = fx.path("out");
+    let (s, r) = fx.transfer(
+        &[OsStr::new("--limit-rate"), OsStr::new("4M"), src.as_os_str()],
+        &[OsStr::new("--yes"), OsStr::new("--out"), out.as_os_str()],
+    );
+    assert_exits(&[(&s, 0), (&r, 0)]);
+    for o in [&s, &r] {
+        let progress: Vec<_> =
+            o.events().into_iter().filter(|e| e["event"] == "progress").collect();
+        assert!(!progress.is_empty(), "no progress event\n{o}");
+        let last = progress.last().unwrap();
+        assert_eq!(last["path"], "direct", "{o}");
+        assert!(last["rtt_ms"].as_f64().is_some_and(|ms| ms >= 0.0), "{o}");
+        assert!(last["lost_packets"].as_u64().is_some(), "{o}");
+        assert!(last["rate"].as_u64().is_some_and(|r| r > 0), "{o}");
+        assert!(last["eta_seconds"].as_u64().is_some(), "{o}");
+        let q = &o.event("done").expect("done")["quality"];
+        let (min, avg) = (q["rtt_min_ms"].as_f64().unwrap(), q["rtt_avg_ms"].as_f64().unwrap());
+        assert!(min <= avg, "{o}");
+        assert!(q["sent_packets"].as_u64().is_some_and(|n| n > 0), "{o}");
+        assert!(q["lost_packets"].as_u64().is_some(), "{o}");
+    }
+}

@@ -65,6 +65,7 @@ impl Ui {
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_millis(100));
             let mut n: u64 = 0;
+            let mut rate = Rate::default();
             loop {
                 tick.tick().await;
                 n += 1;
@@ -73,10 +74,33 @@ impl Ui {
                 if let Some(bar) = &state.bar {
                     bar.set_position(bytes);
                 }
-                if ui.json && n % 10 == 0 {
-                    if let Some(total) = state.total {
-                        emit(&json!({"event": "progress", "bytes": bytes, "total": total}));
-                    }
+                if n % 10 != 0 {
+                    continue;
+                }
+                let per_second = rate.update(bytes, std::time::Instant::now());
+                let Some(total) = state.total else { continue };
+                let link = ui.progress.link();
+                let eta = (per_second > 0.0)
+                    .then(|| (total.saturating_sub(bytes) as f64 / per_second).round() as u64);
+                if ui.json {
+                    emit(&json!({
+                        "event": "progress",
+                        "bytes": bytes,
+                        "total": total,
+                        "rate": per_second.round() as u64,
+                        "eta_seconds": eta,
+                        "path": link.path.map(|p| p.as_str()),
+                        "rtt_ms": link.rtt.map(millis),
+                        "lost_packets": link.lost_packets,
+                    }));
+                } else if ui.verbose && !ui.quiet && state.bar.is_none() {
+                    eprintln!(
+                        "{} of {} at {}/s{}",
+                        HumanBytes(bytes),
+                        HumanBytes(total),
+                        HumanBytes(per_second as u64),
+                        link_words(&link)
+                    );
                 }
             }
         })
@@ -108,6 +132,12 @@ impl Ui {
                 "first_byte_seconds": report.first_byte_seconds,
                 "punch_seconds": report.punch_seconds,
                 "reconnects": report.reconnects,
+                "quality": {
+                    "rtt_min_ms": report.quality.rtt_min.map(millis),
+                    "rtt_avg_ms": report.quality.rtt_mean.map(millis),
+                    "lost_packets": report.quality.lost_packets,
+                    "sent_packets": report.quality.sent_packets,
+                },
             }));
         } else if !self.quiet {
             let verb = if self.role == Role::Sender { "Sent" } else { "Received" };
@@ -142,6 +172,18 @@ impl Ui {
             if before >= 1.0 {
                 kept.push_str(&format!("; {before:.1}s before the data started"));
             }
+            if self.verbose {
+                let q = &report.quality;
+                if let (Some(min), Some(avg)) = (q.rtt_min, q.rtt_mean) {
+                    kept.push_str(&format!(
+                        "; round trip {:.1} ms at best, {:.1} ms on average; {} of {} packets lost",
+                        millis(min),
+                        millis(avg),
+                        q.lost_packets,
+                        q.sent_packets
+                    ));
+                }
+            }
             eprintln!(
                 "{verb} {} in {} file(s) in {:.1}s ({}/s, {}{moved}{packed}){kept}",
                 HumanBytes(report.bytes),
@@ -151,6 +193,48 @@ impl Ui {
                 report.path.as_str()
             );
         }
+    }
+}
+
+/// Milliseconds with one decimal, for events.
+fn millis(d: Duration) -> f64 {
+    (d.as_secs_f64() * 10_000.0).round() / 10.0
+}
+
+/// The connection in words, for `-v` progress lines.
+fn link_words(link: &crate::transfer::Link) -> String {
+    match (link.path, link.rtt) {
+        (Some(path), Some(rtt)) => format!(
+            " ({}, round trip {:.1} ms, {} packets lost)",
+            path.as_str(),
+            millis(rtt),
+            link.lost_packets
+        ),
+        _ => String::new(),
+    }
+}
+
+/// The transfer rate over about the last few seconds (an exponentially weighted mean of
+/// one-second rates, so one slow second does not make the estimate jump).
+#[derive(Debug, Default)]
+struct Rate {
+    last: Option<(u64, std::time::Instant)>,
+    mean: f64,
+}
+
+impl Rate {
+    /// Adds `bytes` done at `now`; returns the rate in bytes per second.
+    fn update(&mut self, bytes: u64, now: std::time::Instant) -> f64 {
+        if let Some((before, at)) = self.last {
+            let secs = now.saturating_duration_since(at).as_secs_f64();
+            if secs > 0.0 {
+                let current = bytes.saturating_sub(before) as f64 / secs;
+                self.mean =
+                    if self.mean == 0.0 { current } else { 0.7 * self.mean + 0.3 * current };
+            }
+        }
+        self.last = Some((bytes, now));
+        self.mean
     }
 }
 

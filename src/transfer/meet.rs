@@ -155,6 +155,11 @@ impl Guard {
         self.paths.as_ref().and_then(|p| p.status().borrow().using).unwrap_or(lan)
     }
 
+    /// The paths' status as it changes (rendezvous mode; nothing to watch on the LAN).
+    pub fn status(&self) -> Option<tokio::sync::watch::Receiver<crate::net::path::PathStatus>> {
+        self.paths.as_ref().map(|p| p.status())
+    }
+
     /// How often the data moved from one path to the other.
     pub fn changes(&self) -> u32 {
         self.paths.as_ref().map_or(0, |p| p.status().borrow().changes)

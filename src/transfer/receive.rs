@@ -139,6 +139,7 @@ pub async fn receive(
         let Secured { node, conn, mut ctl, guard, .. } = secured;
         // Grows the flow-control windows on long fast links, for as long as this connection.
         let _tuner = crate::net::tune::spawn(&conn, &opts.tuning);
+        let _link = super::watch_link(&conn, progress.clone(), guard.status(), PathKind::Direct);
         let secret = ctl
             .session()
             .keys()

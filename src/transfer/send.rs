@@ -177,6 +177,7 @@ pub async fn send(
         let Secured { node, conn, mut ctl, guard, peer } = secured;
         // Grows the flow-control windows on long fast links, for as long as this connection.
         let _tuner = crate::net::tune::spawn(&conn, &opts.tuning);
+        let _link = super::watch_link(&conn, progress.clone(), guard.status(), PathKind::Direct);
         let secret = ctl_keys(&mut ctl)?.resume_secret();
         let progress_for_report = progress.clone();
         let mut accepted = false;
