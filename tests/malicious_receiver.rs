@@ -770,22 +770,28 @@ fn a_receiver_that_vanishes_mid_file_is_noticed() {
     let rt = runtime();
     let evil = rt.block_on(async {
         let mut evil = Evil::connect(&fx).await;
-        evil.offer().await;
+        let offer = evil.offer().await;
         evil.session.accept(Accept {}).expect("accept");
         evil.flush().await;
-        let mut lane = tokio::time::timeout(STEP, evil.conn.accept_uni())
-            .await
-            .expect("a lane in time")
-            .expect("a lane");
-        let mut taken = 0;
-        let mut buf = vec![0u8; 64 << 10];
-        while taken < 2 << 20 {
-            let n = tokio::time::timeout(STEP, lane.read(&mut buf))
-                .await
-                .expect("data in time")
-                .expect("read")
-                .expect("more data");
-            taken += n;
+        // Every lane is read (the file is on one of them) by a task that is still reading when
+        // the runtime stops: a stream dropped while the runtime runs would say STOP_SENDING.
+        let taken = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        for _ in 0..offer.lanes {
+            let accepted = tokio::time::timeout(STEP, evil.conn.accept_uni()).await;
+            let mut lane = accepted.expect("a lane in time").expect("a lane");
+            let taken = taken.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 64 << 10];
+                while let Ok(Some(n)) = lane.read(&mut buf).await {
+                    taken.fetch_add(n as u64, Relaxed);
+                }
+                std::future::pending::<()>().await;
+            });
+        }
+        let deadline = tokio::time::Instant::now() + STEP;
+        while taken.load(Relaxed) < 2 << 20 {
+            assert!(tokio::time::Instant::now() < deadline, "2 MiB within STEP");
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
         evil
     });
