@@ -72,30 +72,30 @@ pub struct Code {
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum CodeError {
     /// Nothing but whitespace and separators was given.
-    #[error("No code was given: a code is a number and words separated by '-', like `7-orbit-velvet-canyon`.")]
+    #[error("no code was given: a code is a number and words separated by '-', like `7-orbit-velvet-canyon`")]
     Empty,
     /// The first part is not a number at all (the nameplate was probably left out).
-    #[error("The code must start with its number, like the 7 in `7-orbit-velvet-canyon`; type the whole code the sender shows.")]
+    #[error("the code must start with its number, like the 7 in `7-orbit-velvet-canyon`; type the whole code the sender shows")]
     MissingNameplate,
     /// The first part looks like a number but is not a valid nameplate. The payload says why; it
     /// never contains the secret.
-    #[error("The number at the start of the code is invalid ({0}): it must be a whole number from 1 to {max}, followed by words, like `7-orbit-velvet-canyon`.", max = u32::MAX)]
+    #[error("the number at the start of the code is invalid ({0}): it must be a whole number from 1 to {max}, followed by words, like `7-orbit-velvet-canyon`", max = u32::MAX)]
     BadNameplate(String),
     /// There is a nameplate but nothing after it.
-    #[error("The code has a number but no words after it: type the whole code, like `7-orbit-velvet-canyon`.")]
+    #[error("the code has a number but no words after it: type the whole code, like `7-orbit-velvet-canyon`")]
     MissingSecret,
     /// A secret part contains a character that is not printable ASCII. The payload names the
     /// character (quoted and escaped), never the part.
-    #[error("The code contains the character {0}, which is not allowed: use letters, digits and punctuation, with words separated by '-' or spaces, like `7-orbit-velvet-canyon`.")]
+    #[error("the code contains the character {0}, which is not allowed: use letters, digits and punctuation, with words separated by '-' or spaces, like `7-orbit-velvet-canyon`")]
     BadPart(String),
     /// The input is longer than [`MAX_CODE_LEN`] bytes.
-    #[error("The code is longer than {max} characters: a code is a number and a few words, like `7-orbit-velvet-canyon`.", max = MAX_CODE_LEN)]
+    #[error("the code is longer than {max} characters: a code is a number and a few words, like `7-orbit-velvet-canyon`", max = MAX_CODE_LEN)]
     TooLong,
     /// A code with this many words cannot be generated.
-    #[error("A code cannot have {0} words: choose between {min} and {max} (the default {default} gives codes like `7-orbit-velvet-canyon`).", min = MIN_WORDS, max = MAX_WORDS, default = DEFAULT_WORDS)]
+    #[error("a code cannot have {0} words: choose between {min} and {max} (the default {default} gives codes like `7-orbit-velvet-canyon`)", min = MIN_WORDS, max = MAX_WORDS, default = DEFAULT_WORDS)]
     WordCount(usize),
     /// A user-chosen code is too easy to guess.
-    #[error("This code is too easy to guess (about {bits:.0} bits of secret, at least {min:.0} needed): use at least {words} words from the list, like `7-orbit-velvet-canyon`, or let p2p-copy generate one with `p2p-copy code`.", words = MIN_WORDS)]
+    #[error("this code is too easy to guess (about {bits:.0} bits of secret, at least {min:.0} needed): use at least {words} words from the list, like `7-orbit-velvet-canyon`, or let p2p-copy generate one with `p2p-copy code`", words = MIN_WORDS)]
     TooWeak {
         /// Estimated entropy of the chosen secret.
         bits: f64,
@@ -555,7 +555,7 @@ mod tests {
     }
 
     #[test]
-    fn every_error_message_shows_a_valid_code_and_is_a_sentence() {
+    fn every_error_message_shows_a_valid_code_in_the_house_style() {
         let errors = [
             CodeError::Empty,
             CodeError::MissingNameplate,
@@ -569,8 +569,9 @@ mod tests {
         for error in errors {
             let message = error.to_string();
             assert!(message.contains("`7-orbit-velvet-canyon`"), "{message}");
-            assert!(message.starts_with(char::is_uppercase), "{message}");
-            assert!(message.ends_with('.'), "{message}");
+            // As every message after `error: `: lowercase, no full stop at the end.
+            assert!(message.starts_with(char::is_lowercase), "{message}");
+            assert!(!message.ends_with('.'), "{message}");
         }
         let weak = CodeError::TooWeak { bits: 18.0, min: 24.0 }.to_string();
         assert!(weak.contains("about 18 bits"), "{weak}");

@@ -356,9 +356,11 @@ impl Observer for Ui {
                         &json!({"event": "file", "path": path, "bytes": bytes, "outcome": outcome.as_str()}),
                     );
                 } else if self.verbose && !self.quiet {
+                    let word = outcome.as_str();
                     eprintln!(
-                        "{} {} ({})",
-                        outcome.as_str(),
+                        "{}{} {} ({})",
+                        word[..1].to_uppercase(),
+                        &word[1..],
                         crate::transfer::printable(path),
                         HumanBytes(bytes)
                     );

@@ -58,7 +58,7 @@ pub fn main(args: Args) -> Result<(), TransferError> {
 async fn run(config: ServerConfig, common: Common, mut stop: Stop) -> Result<(), TransferError> {
     if !common.quiet {
         let transports = if config.tcp { "UDP and TCP" } else { "UDP" };
-        eprintln!("rendezvous node listening on {} ({transports})", config.listen);
+        eprintln!("Rendezvous node listening on {} ({transports})", config.listen);
     }
     p2p_copy_rendezvous::server::run(config, async move {
         stop.requested().await;
