@@ -344,3 +344,37 @@ fn progress_and_done_show_the_connection() {
         assert!(q["lost_packets"].as_u64().is_some(), "{o}");
     }
 }
+
+/// `send --count 2` serves two receivers one after another with the same code, each a full
+/// transfer; with `--count 3`, a receiver with a wrong code still ends the sender (exit 3).
+#[test]
+fn count_serves_receivers_one_after_another() {
+    let mut fx = Fixture::new();
+    let src = fx.path("src/doc.bin");
+    random_file(&src, 200_000, &mut fx.rng);
+    let sender = fx.send([OsStr::new("--count"), OsStr::new("2"), src.as_os_str()]);
+    for i in 0..2 {
+        let out = fx.path(&format!("out{i}"));
+        let r = fx.receive([OsStr::new("--yes"), OsStr::new("--out"), out.as_os_str()]).finish();
+        assert_exits(&[(&r, 0)]);
+        assert_eq!(std::fs::read(out.join("doc.bin")).unwrap(), std::fs::read(&src).unwrap());
+    }
+    let s = sender.finish();
+    assert_exits(&[(&s, 0)]);
+    let done = s.events().into_iter().filter(|e| e["event"] == "done").count();
+    assert_eq!(done, 2, "{s}");
+
+    fx.code = fresh_code();
+    let sender = fx.send([OsStr::new("--count"), OsStr::new("3"), src.as_os_str()]);
+    let out = fx.path("out-a");
+    let r = fx.receive([OsStr::new("--yes"), OsStr::new("--out"), out.as_os_str()]).finish();
+    assert_exits(&[(&r, 0)]);
+    let good = fx.code.clone();
+    fx.code = other_code(&good);
+    let out = fx.path("out-b");
+    let r = fx.receive([OsStr::new("--yes"), OsStr::new("--out"), out.as_os_str()]).finish();
+    assert_exits(&[(&r, 3)]);
+    let s = sender.finish();
+    assert_exits(&[(&s, 3)]);
+    assert!(!out.join("doc.bin").exists());
+}

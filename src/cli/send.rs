@@ -52,6 +52,11 @@ pub struct Args {
     /// (`*.o`, `target/`, `/build`, `**/cache`, `!keep.o`); repeatable.
     #[arg(long, value_name = "GLOB")]
     pub exclude: Vec<String>,
+    /// Serve this many receivers, one after another, with the same code (each its own key
+    /// exchange; a wrong code still ends the sender). Local network only for now.
+    #[arg(long, default_value_t = 1, value_name = "N", env = "P2P_COPY_COUNT",
+          value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub count: u32,
     #[command(flatten)]
     pub meeting: super::Meeting,
     #[command(flatten)]
@@ -83,10 +88,25 @@ pub async fn run(args: Args, stop: Stop) -> Result<(), TransferError> {
     opts.stop = stop;
     opts.rendezvous = args.meeting.rendezvous()?;
     opts.tuning = args.link.tuning();
-    opts.code_chosen = args.code.is_some();
+    opts.code_chosen = args.code.is_some() || args.code_file.is_some();
     opts.checksum = args.checksum;
     opts.reconnect_wait = args.reconnect.wait();
-    let ui = Ui::new(&args.common, Role::Sender);
+    if args.count > 1 && opts.rendezvous.is_some() {
+        return Err(super::usage(
+            "--count serves receivers on the local network only for now: a rendezvous node \
+             retires a nameplate once its transfer ends",
+        ));
+    }
+    for served in 1..=args.count {
+        opts.more_receivers = served < args.count;
+        send_once(opts.clone(), &args.common).await?;
+    }
+    Ok(())
+}
+
+/// One send to one receiver, with its own output (a `code` event to `done`).
+async fn send_once(opts: SendOptions, common: &Common) -> Result<(), TransferError> {
+    let ui = Ui::new(common, Role::Sender);
     let progress = ui.progress();
     let ticker = ui.start_ticker();
     let moved = progress.clone();

@@ -52,7 +52,7 @@
 use std::collections::BTreeMap;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -65,6 +65,12 @@ use tracing::{debug, trace, warn};
 use super::link::LiveLinks;
 use crate::error::ErrorKind;
 use crate::wire::discovery::{DiscoveryMsg, MAX_DATAGRAM};
+
+/// The announcer's states: serving nobody yet, serving the one receiver of the code, serving
+/// one receiver of several (`send --count`).
+const FREE: u8 = 0;
+const BUSY: u8 = 1;
+const BUSY_AGAIN: u8 = 2;
 
 /// UDP port discovery runs on unless configured otherwise.
 pub const DEFAULT_PORT: u16 = 41641;
@@ -174,12 +180,24 @@ pub enum DiscoveryError {
     },
     /// The sender answered that it already serves a receiver.
     #[error(
-        "the sender with nameplate {nameplate} is already serving another receiver (a code \
-         serves one receiver); ask the sender for a new code"
+        "the sender with nameplate {nameplate} is already serving another receiver (one at a \
+         time); if it serves several (send --count), try again once it is done, else ask the \
+         sender for a new code"
     )]
     Busy {
         /// The nameplate taken.
         nameplate: u32,
+    },
+    /// The sender serves receivers one after another (`send --count`) and was still busy.
+    #[error(
+        "the sender with nameplate {nameplate} serves receivers one after another and was still \
+         serving another after {waited:?}; try again, or with a longer --wait"
+    )]
+    StillBusy {
+        /// The nameplate.
+        nameplate: u32,
+        /// How long [`find`] waited.
+        waited: Duration,
     },
 }
 
@@ -210,8 +228,9 @@ pub struct Found {
 pub struct Announcer {
     instance: u64,
     task: JoinHandle<()>,
-    /// Set once the sender serves a receiver: queries are then answered with `Busy`.
-    busy: Arc<AtomicBool>,
+    /// Set once the sender serves a receiver: queries are then answered with `Busy`
+    /// ([`FREE`], [`BUSY`], [`BUSY_AGAIN`]).
+    busy: Arc<AtomicU8>,
 }
 
 impl Announcer {
@@ -255,7 +274,7 @@ impl Announcer {
             interfaces = ?interfaces.addrs,
             "announcing on the local network"
         );
-        let busy = Arc::new(AtomicBool::new(false));
+        let busy = Arc::new(AtomicU8::new(FREE));
         let task = tokio::spawn(run_announcer(
             socket,
             interfaces,
@@ -274,8 +293,10 @@ impl Announcer {
     /// The sender now serves a receiver: from now on queries for the nameplate are answered
     /// with `Busy` (a second receiver learns that the code is taken instead of waiting in
     /// vain), and nothing is announced unasked.
-    pub fn set_busy(&self) {
-        self.busy.store(true, Ordering::Relaxed);
+    /// With `again`, the sender serves another receiver after this one (`send --count`), and
+    /// a receiver that comes now waits for it.
+    pub fn set_busy(&self, again: bool) {
+        self.busy.store(if again { BUSY_AGAIN } else { BUSY }, Ordering::Relaxed);
     }
 }
 
@@ -291,7 +312,7 @@ async fn run_announcer(
     mut interfaces: Interfaces,
     config: DiscoveryConfig,
     mut responder: Responder,
-    busy: Arc<AtomicBool>,
+    busy: Arc<AtomicU8>,
 ) {
     let group = SocketAddrV4::new(config.group, config.port);
     let mut ticker = tokio::time::interval(config.announce_interval);
@@ -309,7 +330,7 @@ async fn run_announcer(
             warn!(error = %e, "cannot check where discovery queries come from; only announcing");
             loop {
                 ticker.tick().await;
-                if !busy.load(Ordering::Relaxed) {
+                if busy.load(Ordering::Relaxed) == FREE {
                     let bytes = responder.announce(0).encode();
                     send_multicast(&socket, &interfaces.addrs, group, &bytes).await;
                 }
@@ -325,7 +346,7 @@ async fn run_announcer(
                         debug!(error = %e, "could not re-read the network interfaces");
                     }
                 }
-                if busy.load(Ordering::Relaxed) {
+                if busy.load(Ordering::Relaxed) != FREE {
                     continue;
                 }
                 let bytes = responder.announce(0).encode();
@@ -338,7 +359,10 @@ async fn run_announcer(
                             trace!(from = %got.from, dst = ?got.dst, "ignoring a datagram from beyond the link");
                             break;
                         }
-                        responder.busy = busy.load(Ordering::Relaxed);
+                        responder.busy = match busy.load(Ordering::Relaxed) {
+                            FREE => None,
+                            state => Some(state == BUSY_AGAIN),
+                        };
                         let Some(answer) = responder.handle(Instant::now(), got.from, datagram)
                         else {
                             continue;
@@ -467,6 +491,9 @@ pub async fn find(
     if collector.only_busy() {
         return Err(DiscoveryError::Busy { nameplate });
     }
+    if collector.busy_again() {
+        return Err(DiscoveryError::StillBusy { nameplate, waited: timeout });
+    }
     collector.finish().ok_or(DiscoveryError::NotFound {
         nameplate,
         waited: timeout,
@@ -492,8 +519,8 @@ struct Responder {
     window_start: Instant,
     unicast_in_window: u32,
     last_multicast: Option<Instant>,
-    /// Serving a receiver already: answers say `Busy`.
-    busy: bool,
+    /// Serving a receiver already (and whether another comes after): answers say `Busy`.
+    busy: Option<bool>,
 }
 
 impl Responder {
@@ -505,14 +532,14 @@ impl Responder {
             window_start: now,
             unicast_in_window: 0,
             last_multicast: None,
-            busy: false,
+            busy: None,
         }
     }
 
     fn announce(&self, query_id: u64) -> DiscoveryMsg {
         let (nameplate, instance) = (self.nameplate, self.instance);
-        if self.busy {
-            return DiscoveryMsg::Busy { nameplate, instance, query_id };
+        if let Some(again) = self.busy {
+            return DiscoveryMsg::Busy { nameplate, instance, query_id, again };
         }
         DiscoveryMsg::Announce { nameplate, instance, port: self.port, query_id }
     }
@@ -578,11 +605,20 @@ struct Collector {
     requery: bool,
     /// A sender answered that it is busy, and until when to wait for one that is not.
     busy: Option<Instant>,
+    /// A sender answered that it is busy but serves again after: wait for it to the end.
+    busy_again: bool,
 }
 
 impl Collector {
     fn new(nameplate: u32) -> Self {
-        Collector { nameplate, found: None, queried: None, requery: false, busy: None }
+        Collector {
+            nameplate,
+            found: None,
+            queried: None,
+            requery: false,
+            busy: None,
+            busy_again: false,
+        }
     }
 
     /// Query `id` went out at `now`.
@@ -600,6 +636,13 @@ impl Collector {
             }
             Ok(DiscoveryMsg::Announce { nameplate, .. }) => {
                 debug!(%from, nameplate, "ignoring announce for another nameplate (or port 0)");
+                return Ok(());
+            }
+            Ok(DiscoveryMsg::Busy { nameplate, again: true, .. })
+                if nameplate == self.nameplate =>
+            {
+                debug!(%from, "the sender is busy, and serves again after");
+                self.busy_again = true;
                 return Ok(());
             }
             Ok(DiscoveryMsg::Busy { nameplate, query_id, .. }) if nameplate == self.nameplate => {
@@ -671,6 +714,11 @@ impl Collector {
     /// Whether only a busy sender answered.
     fn only_busy(&self) -> bool {
         self.found.is_none() && self.busy.is_some()
+    }
+
+    /// Whether only a sender that serves again after answered (so far).
+    fn busy_again(&self) -> bool {
+        self.found.is_none() && self.busy_again
     }
 
     fn finish(self) -> Option<Found> {
@@ -1097,7 +1145,8 @@ mod tests {
     fn a_busy_answer_ends_the_wait_unless_a_free_sender_answers() {
         let t0 = Instant::now();
         let from = loopback(DEFAULT_PORT);
-        let busy = DiscoveryMsg::Busy { nameplate: 7, instance: 1, query_id: 5 }.encode();
+        let busy =
+            DiscoveryMsg::Busy { nameplate: 7, instance: 1, query_id: 5, again: false }.encode();
         let mut c = Collector::new(7);
         c.queried(5, t0);
         c.handle(t0 + Duration::from_millis(10), from, &busy).unwrap();
@@ -1117,10 +1166,16 @@ mod tests {
     fn a_busy_responder_answers_busy() {
         let t0 = Instant::now();
         let mut r = Responder::new(7, 42, 4433, t0);
-        r.busy = true;
+        r.busy = Some(false);
         let query = DiscoveryMsg::Query { nameplate: 7, query_id: 9 }.encode();
         let answer = r.handle(t0, loopback(5000), &query).unwrap();
-        assert_eq!(answer.msg, DiscoveryMsg::Busy { nameplate: 7, instance: 42, query_id: 9 });
+        assert_eq!(
+            answer.msg,
+            DiscoveryMsg::Busy { nameplate: 7, instance: 42, query_id: 9, again: false }
+        );
+        r.busy = Some(true);
+        let answer = r.handle(t0, loopback(5000), &query).unwrap();
+        assert!(matches!(answer.msg, DiscoveryMsg::Busy { again: true, .. }));
     }
 
     /// A sender that serves a receiver tells a second one so, at once.
@@ -1129,9 +1184,13 @@ mod tests {
         let config = test_config();
         let np = nameplate();
         let announcer = Announcer::start(&config, np, 4433).await.unwrap();
-        announcer.set_busy();
+        announcer.set_busy(false);
         let err = find(&config, np, Duration::from_secs(20)).await.unwrap_err();
         assert!(matches!(err, DiscoveryError::Busy { nameplate } if nameplate == np), "{err:?}");
+        // One that serves again after: the receiver waits for it (here, in vain) to the end.
+        announcer.set_busy(true);
+        let err = find(&config, np, Duration::from_millis(800)).await.unwrap_err();
+        assert!(matches!(err, DiscoveryError::StillBusy { .. }), "{err:?}");
     }
 
     #[test]

@@ -72,6 +72,9 @@ pub struct SendOptions {
     pub exclude: Vec<String>,
     /// At most this many bytes per second on the data streams.
     pub limit_rate: Option<u64>,
+    /// Another receiver is served after this one (`send --count`): one that comes meanwhile
+    /// is told to wait, not to ask for a new code.
+    pub more_receivers: bool,
     /// How long to try to reconnect once the connection is lost mid-transfer (zero: fail at
     /// once).
     pub reconnect_wait: Duration,
@@ -97,6 +100,7 @@ impl SendOptions {
             checksum: false,
             exclude: Vec::new(),
             limit_rate: None,
+            more_receivers: false,
             reconnect_wait: Duration::from_secs(600),
         }
     }
@@ -331,7 +335,7 @@ async fn lan(
     // One connection per code: nobody else gets a handshake, let alone a guess. A second
     // receiver's query is still answered, with `Busy`, as long as this connection lasts.
     node.endpoint.set_server_config(None);
-    announcer.set_busy();
+    announcer.set_busy(opts.more_receivers);
     // An endpoint handle does not hold a connection open, as a connection handle would.
     let endpoint = node.endpoint.clone();
     tokio::spawn(async move {

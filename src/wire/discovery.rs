@@ -32,13 +32,14 @@
 //!     20    8 query_id   u64, the query answered, 0 when unsolicited
 //! ```
 //!
-//! `Busy` (type 3, 26 bytes), sender → querier (unicast reply) and group, while it serves a
+//! `Busy` (type 3, 27 bytes), sender → querier (unicast reply) and group, while it serves a
 //! receiver: the nameplate is taken, so a second receiver is told so instead of timing out:
 //!
 //! ```text
 //!      6    4 nameplate  u32
 //!     10    8 instance   u64
 //!     18    8 query_id   u64, the query answered
+//!     26    1 again      0 or 1: 1 when the sender serves another receiver after this one
 //! ```
 //!
 //! The decoder rejects anything longer than [`MAX_DATAGRAM`], a wrong magic, another version,
@@ -88,6 +89,8 @@ pub enum DiscoveryMsg {
         instance: u64,
         /// The query this answers.
         query_id: u64,
+        /// The sender serves another receiver after this one (`send --count`): wait for it.
+        again: bool,
     },
 }
 
@@ -114,6 +117,9 @@ pub enum DiscoveryDecodeError {
     /// Longer than [`MAX_DATAGRAM`].
     #[error("discovery datagram is longer than {MAX_DATAGRAM} bytes")]
     TooLong,
+    /// A flag byte other than 0 or 1.
+    #[error("discovery datagram has a flag of {0}, not 0 or 1")]
+    BadFlag(u8),
 }
 
 impl DiscoveryMsg {
@@ -135,11 +141,12 @@ impl DiscoveryMsg {
                 out.extend_from_slice(&port.to_be_bytes());
                 out.extend_from_slice(&query_id.to_be_bytes());
             }
-            DiscoveryMsg::Busy { nameplate, instance, query_id } => {
+            DiscoveryMsg::Busy { nameplate, instance, query_id, again } => {
                 out.push(TYPE_BUSY);
                 out.extend_from_slice(&nameplate.to_be_bytes());
                 out.extend_from_slice(&instance.to_be_bytes());
                 out.extend_from_slice(&query_id.to_be_bytes());
+                out.push(u8::from(again));
             }
         }
         out
@@ -174,9 +181,16 @@ impl DiscoveryMsg {
                 port: r.u16()?,
                 query_id: r.u64()?,
             },
-            TYPE_BUSY => {
-                DiscoveryMsg::Busy { nameplate: r.u32()?, instance: r.u64()?, query_id: r.u64()? }
-            }
+            TYPE_BUSY => DiscoveryMsg::Busy {
+                nameplate: r.u32()?,
+                instance: r.u64()?,
+                query_id: r.u64()?,
+                again: match r.u8()? {
+                    0 => false,
+                    1 => true,
+                    other => return Err(DiscoveryDecodeError::BadFlag(other)),
+                },
+            },
             other => return Err(DiscoveryDecodeError::UnknownType(other)),
         };
         if !r.0.is_empty() {
@@ -264,14 +278,29 @@ mod tests {
 
     #[test]
     fn busy_snapshot() {
-        let busy =
-            DiscoveryMsg::Busy { nameplate: 7, instance: 0x1122_3344_5566_7788, query_id: 9 };
+        let busy = DiscoveryMsg::Busy {
+            nameplate: 7,
+            instance: 0x1122_3344_5566_7788,
+            query_id: 9,
+            again: true,
+        };
         let bytes = busy.encode();
         assert_eq!(
             hex::encode(&bytes),
-            concat!("50325043", "01", "03", "00000007", "1122334455667788", "0000000000000009")
+            concat!(
+                "50325043",
+                "01",
+                "03",
+                "00000007",
+                "1122334455667788",
+                "0000000000000009",
+                "01"
+            )
         );
-        assert_eq!(bytes.len(), 26);
+        assert_eq!(bytes.len(), 27);
+        let mut bad = bytes.clone();
+        bad[26] = 2;
+        assert_eq!(DiscoveryMsg::decode(&bad), Err(DiscoveryDecodeError::BadFlag(2)));
         assert_eq!(DiscoveryMsg::decode(&bytes), Ok(busy));
     }
 
@@ -312,11 +341,12 @@ mod tests {
                     query_id
                 }
             ),
-            (any::<u32>(), any::<u64>(), any::<u64>()).prop_map(
-                |(nameplate, instance, query_id)| DiscoveryMsg::Busy {
+            (any::<u32>(), any::<u64>(), any::<u64>(), any::<bool>()).prop_map(
+                |(nameplate, instance, query_id, again)| DiscoveryMsg::Busy {
                     nameplate,
                     instance,
-                    query_id
+                    query_id,
+                    again
                 }
             ),
         ]
