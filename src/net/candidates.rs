@@ -39,7 +39,7 @@ pub fn gather(local: SocketAddr, observed: Option<SocketAddr>) -> Vec<SocketAddr
     }
     let observed = observed
         .map(|o| SocketAddr::new(o.ip().to_canonical(), o.port()))
-        .filter(|o| usable(o.ip()) && !o.ip().is_unspecified());
+        .filter(|o| usable(o.ip()) && unicast(*o));
     let mut out: Vec<SocketAddr> = Vec::new();
     let rest = if host.is_empty() { Vec::new() } else { host.split_off(1) };
     // IPv4 loopback before IPv6 loopback.
@@ -50,6 +50,18 @@ pub fn gather(local: SocketAddr, observed: Option<SocketAddr>) -> Vec<SocketAddr
         }
     }
     out
+}
+
+/// Whether `addr` can be a peer's address at all: a unicast address with a port. A node that
+/// lies about what it observed, or a peer, could otherwise point probes at a multicast or
+/// broadcast address (every host on a link would get them).
+pub fn unicast(addr: SocketAddr) -> bool {
+    let ip = addr.ip().to_canonical();
+    let bad = match ip {
+        IpAddr::V4(v4) => v4.is_broadcast() || v4.is_multicast() || v4.is_unspecified(),
+        IpAddr::V6(v6) => v6.is_multicast() || v6.is_unspecified(),
+    };
+    addr.port() != 0 && !bad
 }
 
 fn is_link_local(ip: IpAddr) -> bool {
@@ -80,6 +92,23 @@ mod tests {
         // An observed address of the other family is left out.
         let v6: SocketAddr = "[2001:db8::1]:7".parse().unwrap();
         assert!(!gather(local, Some(v6)).contains(&v6));
+    }
+
+    /// Multicast, broadcast, unspecified addresses and port 0 are never candidates, whoever
+    /// names them (a lying node's observed address, a peer).
+    #[test]
+    fn only_unicast_addresses_are_candidates() {
+        let local: SocketAddr = "0.0.0.0:5000".parse().unwrap();
+        for bad in ["239.255.41.41:7", "255.255.255.255:7", "0.0.0.0:7", "203.0.113.7:0"] {
+            let bad: SocketAddr = bad.parse().unwrap();
+            assert!(!unicast(bad), "{bad}");
+            assert!(!gather(local, Some(bad)).contains(&bad), "{bad}");
+        }
+        for bad in ["[ff02::1]:7", "[::]:7", "[::ffff:224.0.0.1]:7"] {
+            assert!(!unicast(bad.parse().unwrap()), "{bad}");
+        }
+        assert!(unicast("203.0.113.7:6000".parse().unwrap()));
+        assert!(unicast("[2001:db8::1]:7".parse().unwrap()));
     }
 
     #[test]

@@ -458,6 +458,10 @@ pub(crate) async fn meet(
             )
         })?;
         tracing::debug!(candidates = ?peer.addrs, relay = peer.relay, "peer candidates");
+        // Only unicast addresses are probed, whatever the peer (or a node lying about what it
+        // observed) put in its candidates.
+        let mut peer = peer;
+        peer.addrs.retain(|a| candidates::unicast(*a));
 
         let use_relay = mine.relay && peer.relay && ticket.is_some();
         let use_direct = !rv.force_relay && !peer.addrs.is_empty() && !mine.addrs.is_empty();
@@ -769,8 +773,18 @@ async fn resolve(node: &str, dual: bool) -> Result<SocketAddr, TransferError> {
 fn protocol(msg: &NodeMsg) -> TransferError {
     TransferError::new(
         ErrorKind::Protocol,
-        format!("the rendezvous node sent an unexpected {msg:?}"),
+        format!("the rendezvous node sent an unexpected {}", shown(msg)),
     )
+}
+
+/// A node's message for an error line: at most 200 characters of its debug form (a message
+/// may hold kilobytes of body).
+fn shown(msg: &NodeMsg) -> String {
+    let text = format!("{msg:?}");
+    match text.char_indices().nth(200) {
+        Some((cut, _)) => format!("{}… ({} bytes in all)", &text[..cut], text.len()),
+        None => text,
+    }
 }
 
 fn node_error(node: &str, e: ClientError) -> TransferError {
