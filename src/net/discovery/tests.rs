@@ -1,0 +1,420 @@
+//! Tests of LAN discovery: the sans-IO rules, loopback runs, and a loopback-only namespace.
+
+// Tests may panic on unexpected results; that is how they fail.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use super::*;
+use rand::Rng;
+use std::process::Command;
+
+/// A config on a random port (and the caller picks a random nameplate), so tests running
+/// in parallel, or in another checkout on this host, never see each other.
+fn test_config() -> DiscoveryConfig {
+    DiscoveryConfig {
+        port: rand::thread_rng().gen_range(40000..60000),
+        group: GROUP_V4,
+        announce_interval: Duration::from_millis(100),
+    }
+}
+
+fn nameplate() -> u32 {
+    rand::thread_rng().gen_range(1..1_000_000)
+}
+
+fn loopback(port: u16) -> SocketAddr {
+    SocketAddr::from((Ipv4Addr::LOCALHOST, port))
+}
+
+/// Checks what a loopback-only or ordinary host must yield: the right instance, and
+/// the announced port on the loopback address.
+async fn finds_sender_on_loopback() {
+    let config = test_config();
+    let np = nameplate();
+    let announcer = Announcer::start(&config, np, 4433).await.unwrap();
+    let started = std::time::Instant::now();
+    let found = find(&config, np, Duration::from_secs(2)).await.unwrap();
+    let elapsed = started.elapsed();
+    assert_eq!(found.instance, announcer.instance());
+    assert!(found.addrs.contains(&loopback(4433)), "{found:?}");
+    assert!(found.addrs.iter().all(|a| a.port() == 4433), "{found:?}");
+    assert!(elapsed < Duration::from_secs(2), "took {elapsed:?}");
+}
+
+#[tokio::test]
+async fn finds_announcer_on_loopback() {
+    finds_sender_on_loopback().await;
+}
+
+#[tokio::test]
+async fn other_nameplate_is_not_found() {
+    let config = test_config();
+    let np = nameplate();
+    let _announcer = Announcer::start(&config, np, 4433).await.unwrap();
+    let err = find(&config, np + 1, Duration::from_millis(600)).await.unwrap_err();
+    match &err {
+        DiscoveryError::NotFound { nameplate, waited, port } => {
+            assert_eq!(*nameplate, np + 1);
+            assert_eq!(*waited, Duration::from_millis(600));
+            assert_eq!(*port, config.port);
+        }
+        other => panic!("expected NotFound, got {other:?}"),
+    }
+    let msg = err.to_string();
+    assert!(msg.contains(&format!("nameplate {}", np + 1)), "{msg}");
+    assert!(msg.contains("within 600ms"), "{msg}");
+    assert!(msg.contains(&format!("UDP port {}", config.port)), "{msg}");
+}
+
+#[tokio::test]
+async fn two_senders_on_one_nameplate_are_ambiguous() {
+    let config = test_config();
+    let np = nameplate();
+    let a = Announcer::start(&config, np, 4433).await.unwrap();
+    let b = Announcer::start(&config, np, 4434).await.unwrap();
+    assert_ne!(a.instance(), b.instance());
+    let err = find(&config, np, Duration::from_secs(2)).await.unwrap_err();
+    assert!(matches!(err, DiscoveryError::Ambiguous { nameplate } if nameplate == np), "{err:?}");
+    assert!(err.to_string().contains("start again"), "{err}");
+}
+
+#[tokio::test]
+async fn find_started_before_the_announcer() {
+    let config = test_config();
+    let np = nameplate();
+    let finder = tokio::spawn({
+        let config = config.clone();
+        async move { find(&config, np, Duration::from_secs(3)).await }
+    });
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let announcer = Announcer::start(&config, np, 5555).await.unwrap();
+    let found = finder.await.unwrap().unwrap();
+    assert_eq!(found.instance, announcer.instance());
+    assert!(found.addrs.contains(&loopback(5555)), "{found:?}");
+}
+
+#[tokio::test]
+async fn malformed_datagrams_do_not_disturb_discovery() {
+    let config = test_config();
+    let np = nameplate();
+    let _announcer = Announcer::start(&config, np, 4433).await.unwrap();
+    let junk: Vec<Vec<u8>> = vec![
+        Vec::new(),
+        b"P2".to_vec(),
+        b"GET / HTTP/1.1\r\n\r\n".to_vec(),
+        vec![0xff; 600],
+        {
+            let mut v = DiscoveryMsg::Query { nameplate: np, query_id: 1 }.encode();
+            v[4] = 9; // unsupported version
+            v
+        },
+        {
+            let mut v = DiscoveryMsg::Query { nameplate: np, query_id: 1 }.encode();
+            v.push(0); // trailing byte
+            v
+        },
+        // Well-formed but harmless: another nameplate, and a port-0 announce.
+        DiscoveryMsg::Announce { nameplate: np + 1, instance: 1, port: 9, query_id: 0 }.encode(),
+        DiscoveryMsg::Announce { nameplate: np, instance: 2, port: 0, query_id: 0 }.encode(),
+    ];
+    let sender = bind_query_socket().unwrap();
+    SockRef::from(&sender).set_multicast_if_v4(&Ipv4Addr::LOCALHOST).unwrap();
+    let group = SocketAddr::from((config.group, config.port));
+    let flood = tokio::spawn(async move {
+        loop {
+            for datagram in &junk {
+                for to in [loopback(config.port), group] {
+                    let _ = sender.send_to(datagram, to).await;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let found = find(&config, np, Duration::from_secs(2)).await;
+    flood.abort();
+    let found = found.unwrap();
+    assert!(found.addrs.contains(&loopback(4433)), "{found:?}");
+}
+
+#[tokio::test]
+async fn dropped_announcer_stops_answering() {
+    let config = test_config();
+    let np = nameplate();
+    let announcer = Announcer::start(&config, np, 4433).await.unwrap();
+    find(&config, np, Duration::from_secs(2)).await.unwrap();
+    drop(announcer);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let err = find(&config, np, Duration::from_millis(500)).await.unwrap_err();
+    assert!(matches!(err, DiscoveryError::NotFound { .. }), "{err:?}");
+}
+
+#[test]
+fn port_from_env_falls_back_to_default() {
+    assert_eq!(port_from_env(None), DEFAULT_PORT);
+    assert_eq!(port_from_env(Some("50000")), 50000);
+    assert_eq!(port_from_env(Some(" 50001 ")), 50001);
+    assert_eq!(port_from_env(Some("0")), DEFAULT_PORT);
+    assert_eq!(port_from_env(Some("70000")), DEFAULT_PORT);
+    assert_eq!(port_from_env(Some("abc")), DEFAULT_PORT);
+}
+
+fn announce(nameplate: u32, instance: u64, port: u16) -> Vec<u8> {
+    DiscoveryMsg::Announce { nameplate, instance, port, query_id: 0 }.encode()
+}
+
+#[test]
+fn collector_collects_addresses_of_one_sender() {
+    let t0 = Instant::now();
+    let mut c = Collector::new(7);
+    let from = |ip: [u8; 4]| SocketAddr::from((ip, DEFAULT_PORT));
+    assert_eq!(c.poll_timeout(), None);
+    // Noise changes nothing.
+    c.handle(t0, from([10, 0, 0, 1]), b"junk").unwrap();
+    c.handle(t0, from([10, 0, 0, 1]), &announce(8, 1, 4433)).unwrap();
+    c.handle(t0, from([10, 0, 0, 1]), &announce(7, 1, 0)).unwrap();
+    assert_eq!(c.poll_timeout(), None);
+
+    // An announce with no query before it: the longest grace.
+    c.handle(t0, from([10, 0, 0, 1]), &announce(7, 1, 4433)).unwrap();
+    assert_eq!(c.poll_timeout(), Some(t0 + GRACE));
+    let later = t0 + Duration::from_millis(100);
+    c.handle(later, from([10, 0, 0, 1]), &announce(7, 1, 4433)).unwrap();
+    c.handle(later, from([127, 0, 0, 1]), &announce(7, 1, 4433)).unwrap();
+    // The grace period runs from the first answer only.
+    assert_eq!(c.poll_timeout(), Some(t0 + GRACE));
+    for i in 0..100u8 {
+        c.handle(later, from([192, 168, 0, i]), &announce(7, 1, 4433)).unwrap();
+    }
+    let found = c.finish().unwrap();
+    assert_eq!(found.instance, 1);
+    assert_eq!(found.addrs.len(), MAX_ADDRS);
+    assert_eq!(found.addrs[0], "10.0.0.1:4433".parse().unwrap());
+    assert_eq!(found.addrs[1], "127.0.0.1:4433".parse().unwrap());
+}
+
+#[test]
+fn the_grace_period_follows_the_first_answers_delay() {
+    let t0 = Instant::now();
+    let ms = Duration::from_millis;
+    let answer = |query_id| {
+        DiscoveryMsg::Announce { nameplate: 7, instance: 1, port: 4433, query_id }.encode()
+    };
+    for (delay, grace) in [(ms(1), MIN_GRACE), (ms(40), ms(160)), (ms(900), GRACE)] {
+        let mut c = Collector::new(7);
+        c.queried(5, t0);
+        c.handle(t0 + delay, loopback(DEFAULT_PORT), &answer(5)).unwrap();
+        assert_eq!(c.poll_timeout(), Some(t0 + delay + grace), "answer after {delay:?}");
+    }
+    // An answer to an earlier query, or an unsolicited announce, says nothing about the
+    // delay: the full grace.
+    // delay: the full grace, and a fresh query at once, whose answer shortens it.
+    for other in [4, 0] {
+        let mut c = Collector::new(7);
+        c.queried(5, t0);
+        c.handle(t0 + ms(1), loopback(DEFAULT_PORT), &answer(other)).unwrap();
+        assert_eq!(c.poll_timeout(), Some(t0 + ms(1) + GRACE), "query id {other}");
+        assert!(c.take_requery(), "query id {other}");
+        assert!(!c.take_requery(), "one fresh query is enough");
+        c.queried(6, t0 + ms(2));
+        c.handle(t0 + ms(3), loopback(DEFAULT_PORT), &answer(6)).unwrap();
+        assert_eq!(c.poll_timeout(), Some(t0 + ms(3) + MIN_GRACE), "query id {other}");
+        // A later, slower answer never lengthens it again.
+        c.queried(7, t0 + ms(4));
+        c.handle(t0 + ms(200), loopback(DEFAULT_PORT), &answer(7)).unwrap();
+        assert_eq!(c.poll_timeout(), Some(t0 + ms(3) + MIN_GRACE), "query id {other}");
+    }
+    // An answer to the last query asks for no fresh one.
+    let mut c = Collector::new(7);
+    c.queried(5, t0);
+    c.handle(t0 + ms(1), loopback(DEFAULT_PORT), &answer(5)).unwrap();
+    assert!(!c.take_requery());
+}
+
+#[test]
+fn collector_detects_a_second_instance() {
+    let t0 = Instant::now();
+    let mut c = Collector::new(7);
+    let from = loopback(DEFAULT_PORT);
+    c.handle(t0, from, &announce(7, 1, 4433)).unwrap();
+    assert_eq!(c.handle(t0, from, &announce(7, 2, 4433)), Err(Ambiguous));
+}
+
+#[test]
+fn a_busy_answer_ends_the_wait_unless_a_free_sender_answers() {
+    let t0 = Instant::now();
+    let from = loopback(DEFAULT_PORT);
+    let busy = DiscoveryMsg::Busy { nameplate: 7, instance: 1, query_id: 5, again: false }.encode();
+    let mut c = Collector::new(7);
+    c.queried(5, t0);
+    c.handle(t0 + Duration::from_millis(10), from, &busy).unwrap();
+    assert!(c.only_busy());
+    assert_eq!(c.poll_timeout(), Some(t0 + Duration::from_millis(10) + MIN_GRACE));
+    // Another sender on the nameplate that is free wins; it is not a second instance.
+    c.handle(t0, from, &announce(7, 2, 4433)).unwrap();
+    assert!(!c.only_busy());
+    assert_eq!(c.finish().map(|f| f.instance), Some(2));
+    // A busy answer for another nameplate is nobody's business.
+    let mut c = Collector::new(8);
+    c.handle(t0, from, &busy).unwrap();
+    assert!(!c.only_busy() && c.poll_timeout().is_none());
+}
+
+#[test]
+fn a_busy_responder_answers_busy() {
+    let t0 = Instant::now();
+    let mut r = Responder::new(7, 42, 4433, t0);
+    r.busy = Some(false);
+    let query = DiscoveryMsg::Query { nameplate: 7, query_id: 9 }.encode();
+    let answer = r.handle(t0, loopback(5000), &query).unwrap();
+    assert_eq!(
+        answer.msg,
+        DiscoveryMsg::Busy { nameplate: 7, instance: 42, query_id: 9, again: false }
+    );
+    r.busy = Some(true);
+    let answer = r.handle(t0, loopback(5000), &query).unwrap();
+    assert!(matches!(answer.msg, DiscoveryMsg::Busy { again: true, .. }));
+}
+
+/// A sender that serves a receiver tells a second one so, at once.
+#[tokio::test]
+async fn a_busy_sender_is_reported_busy() {
+    let config = test_config();
+    let np = nameplate();
+    let announcer = Announcer::start(&config, np, 4433).await.unwrap();
+    announcer.set_busy(false);
+    let err = find(&config, np, Duration::from_secs(20)).await.unwrap_err();
+    assert!(matches!(err, DiscoveryError::Busy { nameplate } if nameplate == np), "{err:?}");
+    // One that serves again after: the receiver waits for it (here, in vain) to the end.
+    announcer.set_busy(true);
+    let err = find(&config, np, Duration::from_millis(800)).await.unwrap_err();
+    assert!(matches!(err, DiscoveryError::StillBusy { .. }), "{err:?}");
+}
+
+#[test]
+fn responder_answers_only_its_queries_within_limits() {
+    let t0 = Instant::now();
+    let mut r = Responder::new(7, 42, 4433, t0);
+    let from = loopback(50000);
+    let query = |nameplate| DiscoveryMsg::Query { nameplate, query_id: 9 }.encode();
+    assert_eq!(r.handle(t0, from, b"junk"), None);
+    assert_eq!(r.handle(t0, from, &query(8)), None);
+    assert_eq!(r.handle(t0, from, &announce(7, 43, 1)), None);
+
+    let expected_msg =
+        DiscoveryMsg::Announce { nameplate: 7, instance: 42, port: 4433, query_id: 9 };
+    assert_eq!(
+        r.handle(t0, from, &query(7)),
+        Some(Answer { msg: expected_msg.clone(), unicast_to: Some(from), multicast: true })
+    );
+    // Right after, unicast only: multicast answers are spaced out.
+    let answer = r.handle(t0, from, &query(7)).unwrap();
+    assert_eq!((answer.unicast_to, answer.multicast), (Some(from), false));
+    // A flood exhausts the unicast budget of the window.
+    for _ in 2..UNICAST_REPLIES_PER_WINDOW {
+        assert!(r.handle(t0, from, &query(7)).is_some());
+    }
+    assert_eq!(r.handle(t0, from, &query(7)), None);
+    let t1 = t0 + MULTICAST_REPLY_SPACING;
+    let answer = r.handle(t1, from, &query(7)).unwrap();
+    assert_eq!((answer.unicast_to, answer.multicast), (None, true));
+    // A new window restores unicast answers.
+    let t2 = t0 + UNICAST_REPLY_WINDOW;
+    let answer = r.handle(t2, from, &query(7)).unwrap();
+    assert_eq!(answer.unicast_to, Some(from));
+}
+
+/// Finding 5: only queries sent to the group from the link are answered.
+#[test]
+fn only_group_queries_from_the_link_count() {
+    let group = DiscoveryConfig::default().group;
+    let unicast = Some(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)));
+    assert!(from_the_link(Some(IpAddr::V4(group)), group, || true));
+    assert!(!from_the_link(Some(IpAddr::V4(group)), group, || false));
+    assert!(!from_the_link(unicast, group, || true));
+    // A platform that does not tell the destination: the source decides.
+    assert!(from_the_link(None, group, || true));
+    assert!(!from_the_link(None, group, || false));
+}
+
+/// Removes the network namespace when the test ends, however it ends.
+struct NetnsGuard(String);
+
+impl Drop for NetnsGuard {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}
+
+/// Skips the test with a reason, unless `CI=true`, where a skipped test would hide a
+/// broken runner: then it fails.
+fn skip_or_fail(reason: &str) {
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("{reason}; CI=true, so this test must run: give it root and iproute2 (`ip`)");
+    }
+    eprintln!("skipping the loopback-only namespace test: {reason}");
+}
+
+fn effective_uid() -> Option<u32> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("Uid:"))?;
+    line.split_whitespace().nth(2)?.parse().ok()
+}
+
+const NETNS_INNER_TEST: &str = "net::discovery::tests::netns_inner_discovery";
+const NETNS_MARKER_ENV: &str = "P2P_COPY_NETNS_INNER";
+
+/// Discovery between two "processes" on a host whose only interface is `lo` (no
+/// MULTICAST flag): runs [`netns_inner_discovery`] in a fresh network namespace.
+#[test]
+fn discovery_in_loopback_only_namespace() {
+    if effective_uid() != Some(0) {
+        return skip_or_fail("not running as root (network namespaces need it)");
+    }
+    if !Command::new("ip").arg("-V").output().is_ok_and(|o| o.status.success()) {
+        return skip_or_fail("`ip` (iproute2) is not installed");
+    }
+    let name = format!("p2pc-disc-{}-{:08x}", std::process::id(), rand::random::<u32>());
+    let added = Command::new("ip").args(["netns", "add", &name]).output().unwrap();
+    if !added.status.success() {
+        return skip_or_fail(&format!(
+            "`ip netns add` failed: {}",
+            String::from_utf8_lossy(&added.stderr).trim()
+        ));
+    }
+    let _guard = NetnsGuard(name.clone());
+    let up = Command::new("ip")
+        .args(["netns", "exec", &name, "ip", "link", "set", "lo", "up"])
+        .status()
+        .unwrap();
+    assert!(up.success(), "could not bring lo up in namespace {name}");
+
+    let exe = std::env::current_exe().unwrap();
+    let out = Command::new("ip")
+        .args(["netns", "exec", &name])
+        .arg(&exe)
+        .args(["--exact", NETNS_INNER_TEST, "--ignored", "--nocapture"])
+        .env(NETNS_MARKER_ENV, "1")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && stdout.contains("1 passed"),
+        "inner test failed in namespace {name}:\n--- stdout\n{stdout}\n--- stderr\n{stderr}"
+    );
+}
+
+/// Run by [`discovery_in_loopback_only_namespace`] inside a namespace with only `lo`.
+#[tokio::test]
+#[ignore = "runs inside a loopback-only network namespace; started by \
+            discovery_in_loopback_only_namespace"]
+async fn netns_inner_discovery() {
+    if std::env::var_os(NETNS_MARKER_ENV).is_some() {
+        let interfaces = ipv4_interfaces().unwrap();
+        assert!(
+            interfaces.iter().all(|(_, ip)| ip.is_loopback()),
+            "expected a loopback-only namespace, found {interfaces:?}"
+        );
+    }
+    finds_sender_on_loopback().await;
+}
