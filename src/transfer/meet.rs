@@ -735,7 +735,14 @@ async fn next_message(
 
 /// The body of a length-prefixed control frame carried whole in a mailbox message.
 fn unframe(msg: &[u8]) -> Result<&[u8], TransferError> {
-    let bad = || TransferError::new(ErrorKind::Protocol, "the other side sent a malformed message");
+    // Which of the two it was, the receiving side cannot tell: the node passes the message on.
+    let bad = || {
+        TransferError::new(
+            ErrorKind::Protocol,
+            "a malformed message came through the rendezvous node (from the other side, or the \
+             node itself)",
+        )
+    };
     if msg.len() < frame::HEADER_LEN {
         return Err(bad());
     }
