@@ -640,25 +640,6 @@ fn a_flipped_bit_in_the_candidates_is_an_integrity_failure() {
 // ---------------------------------------------------------------------------------------------
 // Floods
 
-/// The kernel's peak resident set of a process, KiB; `None` once it exited.
-fn peak_kib(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find_map(|l| l.strip_prefix("VmHWM:"))?;
-    line.trim().trim_end_matches("kB").trim().parse().ok()
-}
-
-/// Samples a process's peak resident set until it exits; returns the last value read, KiB.
-fn watch_peak(pid: u32) -> std::thread::JoinHandle<u64> {
-    std::thread::spawn(move || {
-        let mut peak = 0;
-        while let Some(now) = peak_kib(pid) {
-            peak = now;
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        peak
-    })
-}
-
 /// A peer's peak resident set may not exceed this, KiB: issue 14's bound for a whole
 /// transfer (40 MB). A client reads the node's messages one at a time (each at most 16 KiB,
 /// checked before it is allocated), and QUIC holds what it has not read within the stream's
@@ -678,9 +659,8 @@ fn a_frame_claiming_4_gib_is_refused_unallocated() {
     let s = sender_failing(&fx, &node, &src);
     assert_exits(&[(&s, 8)]);
     let r = receiver(&fx, &node, &out);
-    let peak = watch_peak(r.id());
     let r = r.finish_within(STEP);
-    let peak = peak.join().unwrap();
+    let peak = r.peak_rss_kib.expect("the receiver's peak memory was sampled");
     eprintln!("receiver peak: {peak} KiB");
     assert_exits(&[(&r, 8)]);
     for o in [&s, &r] {
@@ -701,11 +681,10 @@ fn a_flood_of_mailbox_messages_leaves_the_peers_bounded() {
     let node = FakeNode::start(Script { flood: Some(20_000), ..Script::default() });
     let out = fx.path("out");
     let s = sender(&fx, &node, &src);
-    let s_peak = watch_peak(s.id());
     let r = receiver(&fx, &node, &out);
-    let r_peak = watch_peak(r.id());
     let (s, r) = finish_pair(s, r);
-    let peaks = (s_peak.join().unwrap(), r_peak.join().unwrap());
+    let sampled = "each peer's peak memory was sampled";
+    let peaks = (s.peak_rss_kib.expect(sampled), r.peak_rss_kib.expect(sampled));
     let flooded = node.seen.flooded.load(Ordering::Relaxed);
     eprintln!("peaks (sender, receiver): {peaks:?} KiB; {flooded} flood messages written");
     assert_exits(&[(&s, 0), (&r, 0)]);
@@ -723,11 +702,10 @@ fn streams_from_the_node_leave_the_peers_bounded() {
     let node = FakeNode::start(Script { streams: Some((100, 1_250_000)), ..Script::default() });
     let out = fx.path("out");
     let s = sender(&fx, &node, &src);
-    let s_peak = watch_peak(s.id());
     let r = receiver(&fx, &node, &out);
-    let r_peak = watch_peak(r.id());
     let (s, r) = finish_pair(s, r);
-    let peaks = (s_peak.join().unwrap(), r_peak.join().unwrap());
+    let sampled = "each peer's peak memory was sampled";
+    let peaks = (s.peak_rss_kib.expect(sampled), r.peak_rss_kib.expect(sampled));
     let streamed = node.seen.streamed.load(Ordering::Relaxed);
     eprintln!("peaks (sender, receiver): {peaks:?} KiB; {streamed} junk bytes written");
     assert_exits(&[(&s, 0), (&r, 0)]);
@@ -786,9 +764,8 @@ fn a_flood_in_place_of_the_pake_is_refused_at_the_first_message() {
     let out = fx.path("out");
     let s = sender(&fx, &node, &src);
     let r = receiver(&fx, &node, &out);
-    let peak = watch_peak(r.id());
     let (s, r) = finish_pair(s, r);
-    let peak = peak.join().unwrap();
+    let peak = r.peak_rss_kib.expect("the receiver's peak memory was sampled");
     eprintln!("receiver peak: {peak} KiB");
     assert_exits(&[(&s, 10), (&r, 8)]);
     assert_says(&r, &["malformed message"]);

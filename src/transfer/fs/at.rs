@@ -194,6 +194,12 @@ fn rename_noreplace(_: &OwnedFd, _: &str, _: &OwnedFd, _: &str) -> io::Result<()
     Err(io::Error::new(io::ErrorKind::Unsupported, "no rename without replacing"))
 }
 
+/// Whether `e`, from opening a directory without following links, says that what is there is
+/// not a real directory (a symbolic link: `ELOOP`; anything else: `ENOTDIR`).
+pub(super) fn not_a_dir(e: &io::Error) -> bool {
+    [Errno::LOOP, Errno::NOTDIR].iter().any(|n| e.raw_os_error() == Some(n.raw_os_error()))
+}
+
 /// The handles of the directories used last, by their path below the destination.
 #[derive(Debug, Default)]
 pub(super) struct DirCache {

@@ -13,7 +13,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use rustix::fs::{FileType, OFlags};
 use rustix::io::Errno;
 
-use super::at::{walk, At, Dir, DirCache, MakeDir, Walked};
+use super::at::{not_a_dir, walk, At, Dir, DirCache, MakeDir, Walked};
 
 use super::error::{classify, FsError};
 use super::journal::{read_cvs, Header, Journal, JournalWriter, Mark};
@@ -393,7 +393,7 @@ impl Dest {
         // directory in the real parent, whatever was swapped in since the walk.
         let dir = match parent.open_dir(rel.name()) {
             Ok(dir) => dir,
-            Err(e) if is_errno(&e, &[Errno::LOOP, Errno::NOTDIR]) => {
+            Err(e) if not_a_dir(&e) => {
                 let link = parent.stat(rel.name()).ok().flatten().is_some_and(is_symlink);
                 return Err(blocked(rel, rel.as_str(), link));
             }
@@ -802,10 +802,6 @@ fn blocked(rel: &RelPath, shown: &str, link: bool) -> FsError {
 
 fn is_symlink(st: rustix::fs::Stat) -> bool {
     FileType::from_raw_mode(st.st_mode) == FileType::Symlink
-}
-
-fn is_errno(e: &io::Error, which: &[Errno]) -> bool {
-    which.iter().any(|n| e.raw_os_error() == Some(n.raw_os_error()))
 }
 
 pub(super) fn unsafe_path(rel: &RelPath, reason: &str) -> FsError {

@@ -31,9 +31,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rustix::fs::{FileType, OFlags};
-use rustix::io::Errno;
 
-use super::at::{open_own_dir, At, Dir};
+use super::at::{not_a_dir, open_own_dir, At, Dir};
 use super::error::{classify, FsError};
 use crate::wire::data::Timestamp;
 
@@ -177,13 +176,7 @@ impl StateDir {
         let (dir, st) = match open_own_dir(&self.path) {
             Ok(opened) => opened,
             // A link or something else than a directory under our name.
-            Err(e)
-                if [Errno::LOOP, Errno::NOTDIR]
-                    .iter()
-                    .any(|n| e.raw_os_error() == Some(n.raw_os_error())) =>
-            {
-                return Err(not_ours())
-            }
+            Err(e) if not_a_dir(&e) => return Err(not_ours()),
             Err(e) => return Err(classify(&self.path, e)),
         };
         if st.st_uid != rustix::process::geteuid().as_raw() {
