@@ -157,33 +157,6 @@ async fn read_frame(recv: &mut quinn::RecvStream) -> Result<Vec<u8>, &'static st
     Ok(body)
 }
 
-/// As the real sender: the first incoming connection that opens a control stream.
-async fn first_session(
-    endpoint: &quinn::Endpoint,
-) -> (quinn::Connection, quinn::SendStream, quinn::RecvStream) {
-    let mut pending = tokio::task::JoinSet::new();
-    tokio::time::timeout(STEP, async {
-        loop {
-            tokio::select! {
-                Some(incoming) = endpoint.accept() => {
-                    pending.spawn(async move {
-                        let conn = incoming.await.ok()?;
-                        let (send, recv) = tokio::time::timeout(Duration::from_secs(10), conn.accept_bi()).await.ok()?.ok()?;
-                        Some((conn, send, recv))
-                    });
-                }
-                Some(done) = pending.join_next(), if !pending.is_empty() => {
-                    if let Ok(Some(session)) = done {
-                        return session;
-                    }
-                }
-            }
-        }
-    })
-    .await
-    .expect("the receiver never connected")
-}
-
 /// Finds the fixture's sender as a receiver does.
 async fn find_sender(fx: &Fixture) -> discovery::Found {
     discovery::find(&discovery_config(fx), nameplate(fx), STEP).await.expect("sender found")
@@ -238,7 +211,7 @@ fn a_party_answering_discovery_for_the_sender_gets_one_wrong_guess_at_the_receiv
     let honest = receiver(&fx, &[]);
     let fake_port = node.local_addr().expect("local addr").port();
     let guess = rt.block_on(async {
-        let (conn, send, recv) = first_session(&node.endpoint).await;
+        let (conn, send, recv) = first_session(&node.endpoint, STEP).await;
         let channel = node.channel(&conn).expect("channel binding inputs");
         let session = Session::new(
             Role::Sender,
@@ -467,7 +440,7 @@ fn a_party_in_the_middle_that_relays_the_handshake_is_found_out() {
 
     let honest = receiver(&fx, &[]);
     let (upstream, downstream) = rt.block_on(async {
-        let (conn, send, mut recv) = first_session(&node.endpoint).await;
+        let (conn, send, mut recv) = first_session(&node.endpoint, STEP).await;
         let mut first = [0u8; 1];
         recv.read_exact(&mut first).await.expect("the receiver's first byte");
         assert_eq!(first, [0], "a frame header's first byte");

@@ -51,7 +51,7 @@ impl Evil {
         let discovery = DiscoveryConfig { port: fx.port, ..DiscoveryConfig::default() };
         let announcer =
             Announcer::start(&discovery, code.nameplate(), port).await.expect("announce");
-        let (conn, send, recv) = first_session(&node.endpoint).await;
+        let (conn, send, recv) = first_session(&node.endpoint, STEP).await;
         drop(announcer);
         let channel = node.channel(&conn).expect("channel binding inputs");
         let session = Session::new(
@@ -115,33 +115,6 @@ impl Evil {
             Ok(ev) => panic!("the receiver went on after the lie: {ev:?}"),
         }
     }
-}
-
-/// As the real sender: the first incoming connection that opens a control stream.
-async fn first_session(
-    endpoint: &quinn::Endpoint,
-) -> (quinn::Connection, quinn::SendStream, quinn::RecvStream) {
-    let mut pending = tokio::task::JoinSet::new();
-    tokio::time::timeout(STEP, async {
-        loop {
-            tokio::select! {
-                Some(incoming) = endpoint.accept() => {
-                    pending.spawn(async move {
-                        let conn = incoming.await.ok()?;
-                        let (send, recv) = tokio::time::timeout(Duration::from_secs(10), conn.accept_bi()).await.ok()?.ok()?;
-                        Some((conn, send, recv))
-                    });
-                }
-                Some(done) = pending.join_next(), if !pending.is_empty() => {
-                    if let Ok(Some(session)) = done {
-                        return session;
-                    }
-                }
-            }
-        }
-    })
-    .await
-    .expect("the receiver never connected")
 }
 
 fn runtime() -> tokio::runtime::Runtime {

@@ -577,3 +577,32 @@ pub fn run(program: &str, args: &[&str]) -> Result<(), String> {
         ))
     }
 }
+
+/// As the real sender does: the first incoming connection on `endpoint` that opens a control
+/// stream, each attempt given 10 s, all of it `within` (a test fails past it).
+pub async fn first_session(
+    endpoint: &quinn::Endpoint,
+    within: Duration,
+) -> (quinn::Connection, quinn::SendStream, quinn::RecvStream) {
+    let mut pending = tokio::task::JoinSet::new();
+    tokio::time::timeout(within, async {
+        loop {
+            tokio::select! {
+                Some(incoming) = endpoint.accept() => {
+                    pending.spawn(async move {
+                        let conn = incoming.await.ok()?;
+                        let (send, recv) = tokio::time::timeout(Duration::from_secs(10), conn.accept_bi()).await.ok()?.ok()?;
+                        Some((conn, send, recv))
+                    });
+                }
+                Some(done) = pending.join_next(), if !pending.is_empty() => {
+                    if let Ok(Some(session)) = done {
+                        return session;
+                    }
+                }
+            }
+        }
+    })
+    .await
+    .expect("the receiver never connected")
+}
