@@ -192,20 +192,19 @@ fn man(subcommand: Option<&str>, out: &mut dyn std::io::Write) -> std::io::Resul
 
 /// Bytes with an optional binary K, M or G suffix, 1 MiB to 1 GiB.
 fn parse_window(s: &str) -> Result<u32, String> {
-    let bytes = parse_size(s)?;
-    u32::try_from(bytes)
-        .ok()
-        .filter(|b| (1 << 20..=1 << 30).contains(b))
-        .ok_or_else(|| format!("{s} is outside 1M to 1G"))
+    size_within(s, 1 << 20, 1 << 30, "1M to 1G").map(|b| b as u32)
 }
 
-/// Chunk size: bytes with an optional binary K or M suffix, 16 KiB to 4 MiB.
+/// Chunk size: bytes with an optional binary K or M suffix, within the protocol's bounds.
 fn parse_chunk(s: &str) -> Result<usize, String> {
+    use crate::wire::data::{MAX_CHUNK, MIN_CHUNK};
+    size_within(s, MIN_CHUNK as u64, MAX_CHUNK as u64, "16K to 4M").map(|b| b as usize)
+}
+
+/// [`parse_size`], refused outside `min..=max` (`range` says it in words).
+fn size_within(s: &str, min: u64, max: u64, range: &str) -> Result<u64, String> {
     let bytes = parse_size(s)?;
-    usize::try_from(bytes)
-        .ok()
-        .filter(|b| (16 << 10..=4 << 20).contains(b))
-        .ok_or_else(|| format!("{s} is outside 16K to 4M"))
+    (min..=max).contains(&bytes).then_some(bytes).ok_or_else(|| format!("{s} is outside {range}"))
 }
 
 /// Bytes with an optional binary K, M or G suffix.
