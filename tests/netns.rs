@@ -89,6 +89,27 @@ fn two_hosts_on_one_segment() {
     assert_eq!(peer_ip(&s), b_addr, "the sender saw the receiver's veth address\n{s}");
 }
 
+/// Two hosts on a segment with no IPv4 on it, only the link-local IPv6 address the kernel gives
+/// each end (issue 15): discovery finds the sender by IPv6 multicast, and QUIC runs to the
+/// sender's `fe80::…` address on the interface the announce came in on.
+#[test]
+fn two_hosts_on_one_segment_with_ipv6_link_local_only() {
+    let Some((a, b, a_addr, b_addr)) = two_hosts_link_local() else { return };
+    let mut fx = Fixture::new();
+    let tree = small_tree(&mut fx);
+    let (s, r) = transfer_between(&fx, &tree, &a, &b);
+    assert_eq!(
+        peer_ip(&r),
+        a_addr.to_string(),
+        "the receiver reached the sender's fe80 address\n{r}"
+    );
+    assert_eq!(peer_ip(&s), b_addr.to_string(), "the sender saw the receiver's fe80 address\n{s}");
+    for o in [&r, &s] {
+        let peer = o.event("connected").unwrap()["peer"].as_str().unwrap().to_owned();
+        assert!(peer.contains('%'), "a link-local peer keeps its interface: {peer}\n{o}");
+    }
+}
+
 /// With a rendezvous node configured, two hosts on one LAN still connect directly (host
 /// candidates); with the relay forced, the same transfer goes through the node.
 #[test]

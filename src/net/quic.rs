@@ -178,6 +178,32 @@ pub fn dual_stack_socket() -> Option<Arc<dyn quinn::AsyncUdpSocket>> {
     runtime().ok()?.wrap_udp_socket(socket.into()).ok()
 }
 
+/// A UDP socket for an endpoint bound on `addr`. `0.0.0.0:0`, every interface and any port
+/// (what the options default to), takes [`dual_stack_socket`] where the system has IPv6, so
+/// that peers of either family reach the endpoint and are reached from it (on a LAN, IPv6
+/// link-local addresses may be all there is); any other address is bound as it is.
+pub fn socket_for(addr: SocketAddr) -> Result<Arc<dyn quinn::AsyncUdpSocket>, QuicError> {
+    if addr == SocketAddr::from(([0, 0, 0, 0], 0)) {
+        if let Some(socket) = dual_stack_socket() {
+            return Ok(socket);
+        }
+    }
+    udp_socket(addr)
+}
+
+/// The peer's address on `conn` as people write it: an IPv4 peer of a dual-stack endpoint
+/// shows as IPv4, not as `::ffff:a.b.c.d`.
+pub fn peer_addr(conn: &quinn::Connection) -> SocketAddr {
+    let addr = conn.remote_address();
+    match addr {
+        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
+            Some(v4) => SocketAddr::from((v4, v6.port())),
+            None => addr,
+        },
+        SocketAddr::V4(_) => addr,
+    }
+}
+
 fn runtime() -> Result<Arc<dyn quinn::Runtime>, QuicError> {
     quinn::default_runtime().ok_or_else(|| QuicError::Tls("no async runtime for QUIC".to_owned()))
 }

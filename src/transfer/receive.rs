@@ -250,9 +250,11 @@ async fn lan(
         observer.note(Note::Searching { nameplate: code.nameplate() });
     }
     let found = discovery::find(&opts.discovery, key.nameplate(), wait).await?;
-    let node = Node::bind(opts.bind, &opts.tuning, false)?;
+    // Both address families: a LAN may have IPv6 link-local addresses only.
+    let node = Node::with_socket(crate::net::quic::socket_for(opts.bind)?, &opts.tuning, false)?;
     let conn = node.connect_any(&found.addrs, Duration::from_secs(10)).await?;
-    observer.note(Note::Connected { peer: conn.remote_address(), path: PathKind::Direct });
+    let peer = crate::net::quic::peer_addr(&conn);
+    observer.note(Note::Connected { peer, path: PathKind::Direct });
     let (send, recv) = tokio::time::timeout(Duration::from_secs(10), conn.open_bi())
         .await
         .map_err(|_| TransferError::network("the sender did not let us open a stream"))?

@@ -300,7 +300,8 @@ async fn lan(
     config: Config,
     observer: &Arc<dyn Observer>,
 ) -> Result<(Node, quinn::Connection, ControlStream), TransferError> {
-    let node = Node::bind(opts.bind, &opts.tuning, true)?;
+    // Both address families: a LAN may have IPv6 link-local addresses only.
+    let node = Node::with_socket(crate::net::quic::socket_for(opts.bind)?, &opts.tuning, true)?;
     let port = node.local_addr().map_err(|e| TransferError::network(e.to_string()))?.port();
     let announcer = Announcer::start(&opts.discovery, key.nameplate(), port).await?;
     if let Key::Code(code) = key {
@@ -342,7 +343,8 @@ async fn lan(
         endpoint.wait_idle().await;
         drop(announcer);
     });
-    observer.note(Note::Connected { peer: conn.remote_address(), path: PathKind::Direct });
+    let peer = crate::net::quic::peer_addr(&conn);
+    observer.note(Note::Connected { peer, path: PathKind::Direct });
 
     let channel = node.channel(&conn)?;
     let session = key.session(Role::Sender, channel, config);

@@ -111,3 +111,94 @@ impl Netns {
             .unwrap_or_else(|_| panic!("tx_bytes of {dev}: {out:?}"))
     }
 }
+
+/// Runs a setup command; its standard output, or `Err` with its output if it fails.
+fn output(program: &str, args: &[&str]) -> Result<String, String> {
+    let out = std::process::Command::new(program)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(|e| format!("cannot run {program}: {e}"))?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(format!(
+            "`{program} {}` failed ({}): {}",
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+impl Netns {
+    /// Sets the sysctl `key` to `value` inside this namespace.
+    pub fn sysctl(&self, key: &str, value: &str) -> Result<(), String> {
+        run("ip", &["netns", "exec", &self.name, "sysctl", "-q", "-w", &format!("{key}={value}")])
+    }
+
+    /// Turns duplicate address detection off on `dev` (before it comes up), so that its IPv6
+    /// addresses are usable at once instead of a second or two later.
+    pub fn no_dad(&self, dev: &str) -> Result<(), String> {
+        self.sysctl(&format!("net.ipv6.conf.{dev}.disable_ipv6"), "0")?;
+        self.sysctl(&format!("net.ipv6.conf.{dev}.accept_dad"), "0")
+    }
+
+    /// The IPv6 link-local address the kernel gave `dev`, once it is usable (waits up to 5 s).
+    pub fn link_local(&self, dev: &str) -> Result<std::net::Ipv6Addr, String> {
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            let shown = output(
+                "ip",
+                &["-n", &self.name, "-6", "-o", "addr", "show", "dev", dev, "scope", "link"],
+            )?;
+            let usable = shown.lines().filter(|l| !l.contains("tentative")).find_map(|l| {
+                let mut words = l.split_whitespace();
+                words.find(|w| *w == "inet6")?;
+                words.next()?.split('/').next()?.parse().ok()
+            });
+            match usable {
+                Some(ip) => return Ok(ip),
+                None if std::time::Instant::now() < until => {
+                    std::thread::sleep(std::time::Duration::from_millis(50))
+                }
+                None => return Err(format!("{dev} in {} got no link-local address", self.name)),
+            }
+        }
+    }
+}
+
+/// Two namespaces joined by a veth pair with no IPv4 on it: each end has only the IPv6
+/// link-local address the kernel gives it (duplicate address detection off, so that it is
+/// usable at once). Loopback is up in both. Returns (a, b, a's address, b's address).
+pub fn two_hosts_link_local() -> Option<(Netns, Netns, std::net::Ipv6Addr, std::net::Ipv6Addr)> {
+    if !can_use_netns() {
+        return None;
+    }
+    let (base, _) = unique("6");
+    let setup = || {
+        let a = Netns::add(format!("{base}a"))?;
+        let b = Netns::add(format!("{base}b"))?;
+        let (va, vb) = (format!("{base}a"), format!("{base}b"));
+        run(
+            "ip",
+            &[
+                "link", "add", &va, "netns", &a.name, "type", "veth", "peer", "name", &vb, "netns",
+                &b.name,
+            ],
+        )?;
+        a.no_dad(&va)?;
+        b.no_dad(&vb)?;
+        a.ip(&["link", "set", &va, "up"])?;
+        b.ip(&["link", "set", &vb, "up"])?;
+        let (a_ll, b_ll) = (a.link_local(&va)?, b.link_local(&vb)?);
+        Ok::<_, String>((a, b, a_ll, b_ll))
+    };
+    match setup() {
+        Ok(hosts) => Some(hosts),
+        Err(e) => {
+            skip_or_fail(&format!("cannot set up two namespaces on IPv6 link-local only: {e}"));
+            None
+        }
+    }
+}

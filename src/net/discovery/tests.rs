@@ -3,6 +3,8 @@
 // Tests may panic on unexpected results; that is how they fail.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use super::collector::Ambiguous;
+use super::responder::Answer;
 use super::*;
 use rand::Rng;
 use std::process::Command;
@@ -12,7 +14,8 @@ use std::process::Command;
 fn test_config() -> DiscoveryConfig {
     DiscoveryConfig {
         port: rand::thread_rng().gen_range(40000..60000),
-        group: GROUP_V4,
+        group_v4: GROUP_V4,
+        group_v6: GROUP_V6,
         announce_interval: Duration::from_millis(100),
     }
 }
@@ -116,9 +119,9 @@ async fn malformed_datagrams_do_not_disturb_discovery() {
         DiscoveryMsg::Announce { nameplate: np + 1, instance: 1, port: 9, query_id: 0 }.encode(),
         DiscoveryMsg::Announce { nameplate: np, instance: 2, port: 0, query_id: 0 }.encode(),
     ];
-    let sender = bind_query_socket().unwrap();
-    SockRef::from(&sender).set_multicast_if_v4(&Ipv4Addr::LOCALHOST).unwrap();
-    let group = SocketAddr::from((config.group, config.port));
+    let sender = socket::bind_query_socket(Family::V4).unwrap();
+    socket2::SockRef::from(&sender).set_multicast_if_v4(&Ipv4Addr::LOCALHOST).unwrap();
+    let group = config.group(Family::V4);
     let flood = tokio::spawn(async move {
         loop {
             for datagram in &junk {
@@ -326,10 +329,10 @@ fn responder_answers_only_its_queries_within_limits() {
 /// Finding 5: only queries sent to the group from the link are answered.
 #[test]
 fn only_group_queries_from_the_link_count() {
-    let group = DiscoveryConfig::default().group;
+    let group = IpAddr::V4(DiscoveryConfig::default().group_v4);
     let unicast = Some(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)));
-    assert!(from_the_link(Some(IpAddr::V4(group)), group, || true));
-    assert!(!from_the_link(Some(IpAddr::V4(group)), group, || false));
+    assert!(from_the_link(Some(group), group, || true));
+    assert!(!from_the_link(Some(group), group, || false));
     assert!(!from_the_link(unicast, group, || true));
     // A platform that does not tell the destination: the source decides.
     assert!(from_the_link(None, group, || true));
@@ -410,9 +413,9 @@ fn discovery_in_loopback_only_namespace() {
             discovery_in_loopback_only_namespace"]
 async fn netns_inner_discovery() {
     if std::env::var_os(NETNS_MARKER_ENV).is_some() {
-        let interfaces = ipv4_interfaces().unwrap();
+        let interfaces = socket::interfaces(Family::V4).unwrap();
         assert!(
-            interfaces.iter().all(|(_, ip)| ip.is_loopback()),
+            interfaces.iter().all(|(_, via)| matches!(via, Via::V4(ip) if ip.is_loopback())),
             "expected a loopback-only namespace, found {interfaces:?}"
         );
     }
