@@ -151,15 +151,17 @@ fn two_hosts_on_one_segment_through_a_node() {
     node.kill();
 }
 
-/// Environment of [`lan_helper`]: what to do (`find` or `probe`), and its inputs.
+/// Environment of [`lan_helper`]: what to do (`find`, `query`, `probe`, `echo`, `reach`), and
+/// its inputs.
 const HELPER_ENV: &str = "P2P_COPY_TEST_LAN_HELPER";
 
-/// LAN mode keeps to the link (issue 13, finding 5): a sender on host A, a host R on A's
-/// segment that routes to a host C on another subnet. C reaches A by routed unicast, as a
-/// host on the Internet reaches a sender with a public address. From R, discovery finds the
-/// sender, but a unicast query from R gets no answer; from C, a unicast query gets no answer
-/// and a QUIC connection to the port R learnt gets no handshake; and the sender still serves the receiver on R afterwards (C's attempt
-/// did not take its one session).
+/// LAN mode keeps to the link (issue 13, finding 5), over IPv4 and IPv6 alike (issue 15): a
+/// sender on host A, a host R on A's segment that routes to a host C on another subnet. C
+/// reaches A by routed unicast, as a host on the Internet reaches a sender with a public
+/// address. From R, discovery finds the sender (on both families), but a unicast query from R
+/// gets no answer; from C, a unicast query gets no answer and a QUIC connection to the port R
+/// learnt gets no handshake; and the sender still serves the receiver on R afterwards (C's
+/// attempts did not take its one session).
 #[test]
 fn lan_mode_keeps_to_the_link() {
     if !can_use_netns() {
@@ -172,6 +174,13 @@ fn lan_mode_keeps_to_the_link() {
         format!("10.97.{s}.2"),
         format!("10.96.{s}.1"),
         format!("10.96.{s}.2"),
+    );
+    // The same plan in IPv6: unique local addresses, the link's /64 and the far one.
+    let (a6, r6_near, r6_far, c6) = (
+        format!("fd97:{s:x}::1"),
+        format!("fd97:{s:x}::2"),
+        format!("fd96:{s:x}::1"),
+        format!("fd96:{s:x}::2"),
     );
     let setup = || -> Result<(Netns, Netns, Netns), String> {
         let a = Netns::add(format!("{base}a"))?;
@@ -190,36 +199,49 @@ fn lan_mode_keeps_to_the_link() {
         };
         pair(&va, &a, &vr1, &r)?;
         pair(&vr2, &r, &vc, &c)?;
+        let ends = [(&a, &va), (&r, &vr1), (&r, &vr2), (&c, &vc)];
+        for (ns, dev) in ends {
+            ns.no_dad(dev)?;
+        }
         a.ip(&["addr", "add", &format!("{a_addr}/24"), "dev", &va])?;
         r.ip(&["addr", "add", &format!("{r_near}/24"), "dev", &vr1])?;
         r.ip(&["addr", "add", &format!("{r_far}/24"), "dev", &vr2])?;
         c.ip(&["addr", "add", &format!("{c_addr}/24"), "dev", &vc])?;
-        for (ns, dev) in [(&a, &va), (&r, &vr1), (&r, &vr2), (&c, &vc)] {
+        a.ip(&["-6", "addr", "add", &format!("{a6}/64"), "dev", &va, "nodad"])?;
+        r.ip(&["-6", "addr", "add", &format!("{r6_near}/64"), "dev", &vr1, "nodad"])?;
+        r.ip(&["-6", "addr", "add", &format!("{r6_far}/64"), "dev", &vr2, "nodad"])?;
+        c.ip(&["-6", "addr", "add", &format!("{c6}/64"), "dev", &vc, "nodad"])?;
+        for (ns, dev) in ends {
             ns.ip(&["link", "set", dev, "up"])?;
         }
         a.ip(&["route", "add", &format!("10.96.{s}.0/24"), "via", &r_near])?;
         c.ip(&["route", "add", &format!("10.97.{s}.0/24"), "via", &r_far])?;
-        run(
-            "ip",
-            &["netns", "exec", &r.name, "sh", "-c", "echo 1 > /proc/sys/net/ipv4/ip_forward"],
-        )?;
+        a.ip(&["-6", "route", "add", &format!("fd96:{s:x}::/64"), "via", &r6_near])?;
+        c.ip(&["-6", "route", "add", &format!("fd97:{s:x}::/64"), "via", &r6_far])?;
+        r.sysctl("net.ipv4.ip_forward", "1")?;
+        r.sysctl("net.ipv6.conf.all.forwarding", "1")?;
         Ok((a, r, c))
     };
     let (a, r, c) = match setup() {
         Ok(hosts) => hosts,
         Err(e) => return skip_or_fail(&format!("cannot set up three namespaces: {e}")),
     };
-    // C and A do reach each other by UDP: the routing works, so only p2p-copy's own rules can
-    // keep C out.
-    let echo_at = format!("{a_addr}:9");
-    let echo = helper_command(&a, "echo", &echo_at, 0, 0).spawn().expect("start the echo helper");
-    let reached = helper(&c, "reach", &echo_at, 0, 0);
-    let echoed = echo.wait_with_output().expect("echo helper");
-    assert!(
-        reached.as_ref().is_ok_and(|t| t.contains("REACHED")),
-        "C cannot reach A by UDP: {reached:?}\n{}",
-        String::from_utf8_lossy(&echoed.stdout)
-    );
+    // C and A do reach each other by UDP, on both families: the routing works, so only
+    // p2p-copy's own rules can keep C out.
+    let a_v4 = a_addr.parse::<std::net::IpAddr>().unwrap();
+    let a_v6 = a6.parse::<std::net::IpAddr>().unwrap();
+    for ip in [a_v4, a_v6] {
+        let echo_at = std::net::SocketAddr::new(ip, 9).to_string();
+        let echo =
+            helper_command(&a, "echo", &echo_at, 0, 0).spawn().expect("start the echo helper");
+        let reached = helper(&c, "reach", &echo_at, 0, 0);
+        let echoed = echo.wait_with_output().expect("echo helper");
+        assert!(
+            reached.as_ref().is_ok_and(|t| t.contains("REACHED")),
+            "C cannot reach A at {echo_at} by UDP: {reached:?}\n{}",
+            String::from_utf8_lossy(&echoed.stdout)
+        );
+    }
 
     let mut fx = Fixture::new();
     let tree = small_tree(&mut fx);
@@ -234,17 +256,27 @@ fn lan_mode_keeps_to_the_link() {
         .trim()
         .parse()
         .unwrap();
+    // Both families found the sender: its IPv4 address first, then IPv6 ones (link-local,
+    // from the link-local group's answers).
+    let addrs: Vec<std::net::SocketAddr> =
+        found.lines().filter_map(|l| l.strip_prefix("ADDR ")?.trim().parse().ok()).collect();
+    assert_eq!(addrs.first().map(|a| a.ip()), Some(a_v4), "{found}");
+    assert!(addrs.iter().any(|a| a.is_ipv6()), "R found the sender over IPv4 only:\n{found}");
 
-    let probed = helper(&c, "probe", &format!("{a_addr}:{quic_port}"), nameplate, fx.port)
-        .expect("probe from C");
-    assert!(probed.contains("ANSWERS 0\n"), "C got discovery answers:\n{probed}");
-    assert!(probed.contains("QUIC none\n"), "C got a QUIC handshake:\n{probed}");
+    for ip in [a_v4, a_v6] {
+        let quic = std::net::SocketAddr::new(ip, quic_port).to_string();
+        let probed = helper(&c, "probe", &quic, nameplate, fx.port).expect("probe from C");
+        assert!(probed.contains("ANSWERS 0\n"), "C got discovery answers at {ip}:\n{probed}");
+        assert!(probed.contains("QUIC none\n"), "C got a QUIC handshake at {ip}:\n{probed}");
 
-    // Even on the link, only queries sent to the group are answered: a unicast query (which
-    // a host anywhere could send with a forged on-link source) is not.
-    let queried = helper(&r, "query", &format!("{a_addr}:{quic_port}"), nameplate, fx.port)
-        .expect("unicast query from R");
-    assert!(queried.contains("ANSWERS 0\n"), "a unicast query was answered:\n{queried}");
+        // Even on the link, only queries sent to the group are answered: a unicast query
+        // (which a host anywhere could send with a forged on-link source) is not.
+        let queried = helper(&r, "query", &quic, nameplate, fx.port).expect("unicast query from R");
+        assert!(
+            queried.contains("ANSWERS 0\n"),
+            "a unicast query to {ip} was answered:\n{queried}"
+        );
+    }
 
     let out = fx.path("out");
     let receiver =
@@ -252,7 +284,7 @@ fn lan_mode_keeps_to_the_link() {
     let (s, rr) = finish_pair(sender, receiver);
     assert_exits(&[(&s, 0), (&rr, 0)]);
     assert_same_tree(&tree, &out.join("photos"));
-    assert_eq!(peer_ip(&s), r_near, "the sender served R\n{s}");
+    assert_eq!(peer_ip(&s), r_near, "the sender served R over IPv4, as before\n{s}");
 }
 
 /// [`lan_helper`] inside `ns`, to be run.
@@ -295,10 +327,11 @@ fn helper(
 }
 
 /// Run by [`lan_mode_keeps_to_the_link`] inside a namespace (does nothing on its own):
-/// `find` discovers the nameplate and prints the sender's QUIC port; `query` sends a unicast
-/// query to the sender's discovery port and counts answers for two seconds; `probe` does that,
-/// then tries a QUIC handshake with the sender's port; `reach` checks that a UDP datagram gets from here to
-/// the target (an ICMP-free stand-in for ping).
+/// `find` discovers the nameplate and prints the sender's QUIC port and addresses; `query`
+/// sends a unicast query to the sender's discovery port and counts answers for two seconds;
+/// `probe` does that, then tries a QUIC handshake with the sender's port; `reach` checks that
+/// a UDP datagram gets from here to the target (an ICMP-free stand-in for ping). Targets may
+/// be IPv4 or IPv6 socket addresses; the helper's sockets take the target's family.
 #[tokio::test]
 #[ignore = "started inside a namespace by lan_mode_keeps_to_the_link"]
 async fn lan_helper() {
@@ -312,10 +345,20 @@ async fn lan_helper() {
     let (mode, target, nameplate, port) =
         (parts[0], parts[1], parts[2].parse::<u32>().unwrap(), parts[3].parse::<u16>().unwrap());
     let config = DiscoveryConfig { port, ..DiscoveryConfig::default() };
+    // Any local address of the target's family.
+    let any = |target: &str| -> SocketAddr {
+        match target.parse::<SocketAddr>() {
+            Ok(SocketAddr::V6(_)) => SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 0)),
+            _ => SocketAddr::from(([0, 0, 0, 0], 0)),
+        }
+    };
     match mode {
         "find" => {
             let found = find(&config, nameplate, Duration::from_secs(10)).await.expect("found");
             println!("FOUND {}", found.addrs[0].port());
+            for addr in &found.addrs {
+                println!("ADDR {addr}");
+            }
         }
         "echo" => {
             let socket = tokio::net::UdpSocket::bind(target).await.unwrap();
@@ -327,7 +370,7 @@ async fn lan_helper() {
             }
         }
         "reach" => {
-            let socket = tokio::net::UdpSocket::bind("0.0.0.0:0").await.unwrap();
+            let socket = tokio::net::UdpSocket::bind(any(target)).await.unwrap();
             let mut buf = [0u8; 64];
             for _ in 0..25 {
                 socket.send_to(b"reach", target).await.unwrap();
@@ -341,7 +384,7 @@ async fn lan_helper() {
         }
         "probe" | "query" => {
             let quic: SocketAddr = target.parse().unwrap();
-            let socket = tokio::net::UdpSocket::bind("0.0.0.0:0").await.unwrap();
+            let socket = tokio::net::UdpSocket::bind(any(target)).await.unwrap();
             let query = DiscoveryMsg::Query { nameplate, query_id: 77 }.encode();
             let to = SocketAddr::new(quic.ip(), port);
             let mut answers = 0;
@@ -362,7 +405,7 @@ async fn lan_helper() {
                 return;
             }
             let node = p2p_copy::net::quic::Node::bind(
-                SocketAddr::from(([0, 0, 0, 0], 0)),
+                any(target),
                 &p2p_copy::net::quic::Tuning::default(),
                 false,
             )
