@@ -492,8 +492,8 @@ pub enum Note<'a> {
     },
     /// The offer was accepted; data is about to flow.
     Accepted {
-        /// Bytes of the offer.
-        total: u64,
+        /// Bytes of the offer; `None` when it holds a stream of unknown size.
+        total: Option<u64>,
         /// What the destination already holds of it (not sent again).
         present: survey::Present,
     },
@@ -508,6 +508,12 @@ pub enum Note<'a> {
     },
     /// The transfer goes on over a new connection.
     Reconnected,
+    /// Receiver: the text of a text offer (`send --text`), to show as it is (it is
+    /// untrusted: escape it for a terminal).
+    Text {
+        /// The text.
+        text: &'a str,
+    },
     /// One file is done on this side.
     File {
         /// Its path as offered.
@@ -517,6 +523,31 @@ pub enum Note<'a> {
         /// How it ended.
         outcome: FileOutcome,
     },
+}
+
+/// What an offer holds, in a few words: "3 file(s), 1 dir(s), 1.2 MiB", "a stream of
+/// unknown size", "a text message (12 B)".
+pub fn describe_offer(offer: &Offer) -> String {
+    if let Some(text) = &offer.text {
+        return format!("a text message ({})", indicatif::HumanBytes(text.len() as u64));
+    }
+    if offer.streams == offer.files && offer.files == 1 && offer.dirs + offer.symlinks == 0 {
+        return "a stream of unknown size".into();
+    }
+    let mut parts = vec![format!("{} file(s)", offer.files)];
+    if offer.dirs > 0 {
+        parts.push(format!("{} dir(s)", offer.dirs));
+    }
+    if offer.symlinks > 0 {
+        parts.push(format!("{} link(s)", offer.symlinks));
+    }
+    let unknown = if offer.streams > 0 { " and a stream of unknown size" } else { "" };
+    format!("{}, {}{unknown}", parts.join(", "), indicatif::HumanBytes(offer.bytes))
+}
+
+/// The bytes an offer moves, if known (not with a stream).
+pub fn offer_total(offer: &Offer) -> Option<u64> {
+    (offer.streams == 0).then_some(offer.bytes)
 }
 
 /// How one file ended, for [`Note::File`].

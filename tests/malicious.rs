@@ -87,6 +87,8 @@ impl Evil {
             lanes: 1,
             chunk_size: DEFAULT_CHUNK as u32,
             transfer_id: [0x66; 16],
+            streams: 0,
+            text: None,
         };
         self.ctl.session().offer(offer).expect("offer allowed now");
         self.ctl.next_event(STEP).await

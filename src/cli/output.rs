@@ -26,8 +26,10 @@ pub struct Ui {
 
 #[derive(Debug, Default)]
 struct State {
-    /// Bytes to move, once accepted.
-    total: Option<u64>,
+    /// Once accepted: the bytes to move, if known.
+    total: Option<Option<u64>>,
+    /// The offer was a text of this many bytes.
+    text: Option<u64>,
     bar: Option<ProgressBar>,
 }
 
@@ -80,8 +82,9 @@ impl Ui {
                 let per_second = rate.update(bytes, std::time::Instant::now());
                 let Some(total) = state.total else { continue };
                 let link = ui.progress.link();
-                let eta = (per_second > 0.0)
-                    .then(|| (total.saturating_sub(bytes) as f64 / per_second).round() as u64);
+                let eta = total
+                    .filter(|_| per_second > 0.0)
+                    .map(|total| (total.saturating_sub(bytes) as f64 / per_second).round() as u64);
                 if ui.json {
                     emit(&json!({
                         "event": "progress",
@@ -94,10 +97,10 @@ impl Ui {
                         "lost_packets": link.lost_packets,
                     }));
                 } else if ui.verbose && !ui.quiet && state.bar.is_none() {
+                    let of = total.map(|t| format!(" of {}", HumanBytes(t))).unwrap_or_default();
                     eprintln!(
-                        "{} of {} at {}/s{}",
+                        "{}{of} at {}/s{}",
                         HumanBytes(bytes),
-                        HumanBytes(total),
                         HumanBytes(per_second as u64),
                         link_words(&link)
                     );
@@ -141,6 +144,10 @@ impl Ui {
             }));
         } else if !self.quiet {
             let verb = if self.role == Role::Sender { "Sent" } else { "Received" };
+            if let Some(len) = self.state().text {
+                eprintln!("{verb} a text message ({}, {})", HumanBytes(len), report.path.as_str());
+                return;
+            }
             // The rate of the data itself: waiting for the peer and the key exchange are not
             // throughput, and are told apart below.
             let data_seconds = report.data_seconds();
@@ -268,6 +275,13 @@ impl Observer for Ui {
                     eprintln!("Connected to {peer} ({})", path.as_str());
                 }
             }
+            Note::Text { text } => {
+                if self.json {
+                    emit(&json!({"event": "text", "text": text}));
+                } else {
+                    show_text(text);
+                }
+            }
             Note::Secured { verifier } => {
                 if self.json {
                     emit(&json!({"event": "secured", "verifier": verifier}));
@@ -276,6 +290,7 @@ impl Observer for Ui {
                 }
             }
             Note::Offer { offer, present } => {
+                self.state().text = offer.text.as_ref().map(|t| t.len() as u64);
                 if self.json {
                     emit(&json!({
                         "event": "offer",
@@ -305,14 +320,16 @@ impl Observer for Ui {
                         "partial_files": present.partial,
                     }));
                 } else if self.role == Role::Sender && self.human() && present.bytes > 0 {
-                    eprintln!("The receiver has {}", held_short(total, present));
+                    eprintln!("The receiver has {}", held_short(total.unwrap_or(0), present));
                 }
                 if !self.json && self.human() && std::io::stderr().is_terminal() {
-                    let bar =
-                        ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
-                    if let Ok(style) = ProgressStyle::with_template(
-                        "{bar:30} {bytes}/{total_bytes} {bytes_per_sec} ETA {eta}",
-                    ) {
+                    // A stream's size is not known: bytes and rate only.
+                    let bar = ProgressBar::with_draw_target(total, ProgressDrawTarget::stderr());
+                    let template = match total {
+                        Some(_) => "{bar:30} {bytes}/{total_bytes} {bytes_per_sec} ETA {eta}",
+                        None => "{spinner} {bytes} {bytes_per_sec}",
+                    };
+                    if let Ok(style) = ProgressStyle::with_template(template) {
                         bar.set_style(style);
                     }
                     bar.set_position(present.bytes);
@@ -411,14 +428,7 @@ fn minutes(d: std::time::Duration) -> String {
 }
 
 fn describe_short(offer: &Offer) -> String {
-    let mut parts = vec![format!("{} file(s)", offer.files)];
-    if offer.dirs > 0 {
-        parts.push(format!("{} dir(s)", offer.dirs));
-    }
-    if offer.symlinks > 0 {
-        parts.push(format!("{} link(s)", offer.symlinks));
-    }
-    format!("{}, {}", parts.join(", "), HumanBytes(offer.bytes))
+    crate::transfer::describe_offer(offer)
 }
 
 /// "; 1.2 GiB of 3.0 GiB already here (…)" when anything is.
@@ -447,6 +457,9 @@ fn held_short(total: u64, present: Present) -> String {
 
 fn describe(offer: &Offer) -> String {
     const SHOWN: usize = 5;
+    if offer.text.is_some() {
+        return describe_short(offer);
+    }
     let mut names = crate::transfer::printable(
         &offer.names.iter().take(SHOWN).cloned().collect::<Vec<_>>().join(", "),
     );
@@ -471,11 +484,37 @@ fn error_line(e: &TransferError) -> String {
     format!("error: {}", crate::transfer::printable(&e.message))
 }
 
-fn emit(value: &serde_json::Value) {
+/// A received text on stdout: exactly as sent into a pipe or file; escaped line by line (and
+/// ended with a newline) on a terminal, where it could otherwise drive the terminal.
+fn show_text(text: &str) {
     let mut out = std::io::stdout().lock();
-    let _ = serde_json::to_writer(&mut out, value);
-    let _ = out.write_all(b"\n");
+    if out.is_terminal() {
+        let lines: Vec<String> = text.lines().map(crate::transfer::printable).collect();
+        let _ = writeln!(out, "{}", lines.join("\n"));
+    } else {
+        let _ = out.write_all(text.as_bytes());
+    }
     let _ = out.flush();
+}
+
+/// Set when stdout carries the received file (`receive --stdout`): the events go to stderr.
+static EVENTS_TO_STDERR: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// `--json` events go to stderr from now on: stdout carries data.
+pub fn events_to_stderr() {
+    EVENTS_TO_STDERR.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
+fn emit(value: &serde_json::Value) {
+    let mut line = serde_json::to_vec(value).unwrap_or_default();
+    line.push(b'\n');
+    let _ = if EVENTS_TO_STDERR.load(std::sync::atomic::Ordering::Relaxed) {
+        let mut err = std::io::stderr().lock();
+        err.write_all(&line).and_then(|()| err.flush())
+    } else {
+        let mut out = std::io::stdout().lock();
+        out.write_all(&line).and_then(|()| out.flush())
+    };
 }
 
 #[cfg(test)]

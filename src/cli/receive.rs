@@ -1,6 +1,7 @@
 //! `p2p-copy receive` (alias `recv`).
 
 use std::io::IsTerminal;
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -11,6 +12,7 @@ use super::Common;
 use crate::code::Code;
 use crate::crypto::Role;
 use crate::error::ErrorKind;
+use crate::transfer::lanes::Pipe;
 use crate::transfer::{self, ReceiveOptions, Stop, TransferError};
 
 /// Arguments of `p2p-copy receive`.
@@ -26,6 +28,11 @@ pub struct Args {
     /// Directory to receive into (created if missing).
     #[arg(long, short, default_value = ".", value_name = "DIR", env = "P2P_COPY_OUT")]
     pub out: PathBuf,
+    /// Write the one file the sender offers to standard output instead of into a directory
+    /// (an offer of anything else is refused, and nothing is written). With --json, the
+    /// events go to stderr.
+    #[arg(long, conflicts_with_all = ["out", "overwrite", "checksum", "discard_partial"])]
+    pub stdout: bool,
     /// Accept the offer without asking.
     #[arg(long, short, env = "P2P_COPY_YES", value_parser = clap::builder::FalseyValueParser::new())]
     pub yes: bool,
@@ -68,6 +75,13 @@ pub async fn run(args: Args, stop: Stop) -> Result<(), TransferError> {
     };
     let code = Code::parse(&typed).map_err(|e| super::usage(e.to_string()))?;
     let mut opts = ReceiveOptions::new(code, args.out);
+    if args.stdout {
+        super::output::events_to_stderr();
+        let out = std::io::stdout().as_fd().try_clone_to_owned().map_err(|e| {
+            TransferError::new(ErrorKind::Io, format!("cannot write to standard output: {e}"))
+        })?;
+        opts.pipe = Some(Pipe::new(Box::new(std::fs::File::from(out))));
+    }
     opts.yes = args.yes;
     opts.interactive = std::io::stdin().is_terminal() && !args.common.json;
     opts.overwrite = args.overwrite;

@@ -1,5 +1,7 @@
 //! `p2p-copy send`.
 
+use std::io::Read;
+use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -11,15 +13,25 @@ use crate::code::{Code, DEFAULT_WORDS};
 use crate::compress::Compression;
 use crate::crypto::Role;
 use crate::error::ErrorKind;
+use crate::transfer::walk::StreamSource;
 use crate::transfer::{self, SendOptions, Stop, TransferError};
+use crate::wire::control::MAX_TEXT;
 use crate::wire::data::DEFAULT_CHUNK;
 
 /// Arguments of `p2p-copy send`.
 #[derive(Debug, ClapArgs)]
 pub struct Args {
-    /// Files and directories to send.
-    #[arg(required = true, value_name = "PATH")]
+    /// Files and directories to send; `-` sends standard input as one file (named by
+    /// --name), streamed as it is read.
+    #[arg(required_unless_present = "text", value_name = "PATH")]
     pub paths: Vec<PathBuf>,
+    /// Send this text instead of files (`-`: read it from standard input); the receiver
+    /// prints it on its standard output and writes no file. At most 1 MiB of UTF-8.
+    #[arg(long, value_name = "TEXT", conflicts_with_all = ["paths", "exclude", "checksum"])]
+    pub text: Option<String>,
+    /// The name standard input is sent under (`send -`).
+    #[arg(long, value_name = "NAME", default_value = "stdin")]
+    pub name: String,
     /// Use this code instead of a generated one (must be strong enough: see `p2p-copy code`).
     #[arg(long, env = "P2P_COPY_CODE", hide_env_values = true)]
     pub code: Option<String>,
@@ -78,7 +90,36 @@ pub async fn run(args: Args, stop: Stop) -> Result<(), TransferError> {
         Some(chosen) => Code::parse_chosen(&chosen).map_err(|e| super::usage(e.to_string()))?,
         None => super::code::generate(args.code_words)?,
     };
-    let mut opts = SendOptions::new(args.paths, code);
+    let stdin = args.paths.iter().any(|p| p.as_os_str() == "-");
+    if stdin && args.paths.len() > 1 {
+        return Err(super::usage(
+            "`-` (standard input) is sent alone: send the other paths separately",
+        ));
+    }
+    if !stdin && args.name != "stdin" {
+        return Err(super::usage("--name names standard input: it goes with `-` as the path"));
+    }
+    if (stdin || args.text.as_deref() == Some("-")) && args.count > 1 {
+        return Err(super::usage(
+            "standard input can be sent once: --count needs files or a --text",
+        ));
+    }
+    if stdin && (!args.exclude.is_empty() || args.checksum) {
+        return Err(super::usage("--exclude and --checksum apply to paths, not to standard input"));
+    }
+    let text = match args.text.as_deref() {
+        Some("-") => Some(text_from_stdin()?),
+        Some(text) => Some(text.to_owned()),
+        None => None,
+    };
+    let mut opts = SendOptions::new(if stdin { Vec::new() } else { args.paths }, code);
+    opts.text = text;
+    if stdin {
+        let input = std::io::stdin().as_fd().try_clone_to_owned().map_err(|e| {
+            TransferError::new(ErrorKind::Io, format!("cannot read standard input: {e}"))
+        })?;
+        opts.stream = Some(StreamSource::new(&args.name, Box::new(std::fs::File::from(input)))?);
+    }
     opts.wait = Duration::from_secs(args.wait);
     opts.lanes = args.lanes;
     opts.chunk_size = args.chunk_size;
@@ -104,14 +145,35 @@ pub async fn run(args: Args, stop: Stop) -> Result<(), TransferError> {
     Ok(())
 }
 
+/// `--text -`: standard input, whole, as UTF-8 text of at most [`MAX_TEXT`] bytes.
+fn text_from_stdin() -> Result<String, TransferError> {
+    let mut bytes = Vec::new();
+    std::io::stdin()
+        .lock()
+        .take(MAX_TEXT as u64 + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| TransferError::new(ErrorKind::Io, format!("reading the text failed: {e}")))?;
+    if bytes.len() > MAX_TEXT {
+        return Err(super::usage(format!(
+            "the text is more than {MAX_TEXT} bytes; send it as a file with `p2p-copy send -`"
+        )));
+    }
+    String::from_utf8(bytes).map_err(|_| {
+        super::usage("the text is not UTF-8; send it as a file with `p2p-copy send -`")
+    })
+}
+
 /// One send to one receiver, with its own output (a `code` event to `done`).
 async fn send_once(opts: SendOptions, common: &Common) -> Result<(), TransferError> {
     let ui = Ui::new(common, Role::Sender);
     let progress = ui.progress();
     let ticker = ui.start_ticker();
     let moved = progress.clone();
+    let paths = opts.text.is_none() && opts.stream.is_none();
     let result = transfer::send(opts, ui.clone(), progress).await.map_err(|e| match e.kind {
-        ErrorKind::Network | ErrorKind::Interrupted | ErrorKind::Peer if moved.bytes() > 0 => {
+        ErrorKind::Network | ErrorKind::Interrupted | ErrorKind::Peer
+            if moved.bytes() > 0 && paths =>
+        {
             TransferError::new(
                 e.kind,
                 format!(

@@ -54,7 +54,8 @@ pub struct LaneWriter {
 #[derive(Debug)]
 struct WriteFile {
     id: u64,
-    size: u64,
+    /// `None` for a stream: it ends where its writer says.
+    size: Option<u64>,
     written: u64,
     hash: TreeHasher,
 }
@@ -81,11 +82,18 @@ impl LaneWriter {
     }
 
     /// Writes the framed ENTRY record into `out`. A file entry must be followed by
-    /// exactly `size` bytes of [`LaneWriter::chunk`]s and a [`LaneWriter::file_end`].
+    /// exactly `size` bytes of [`LaneWriter::chunk`]s and a [`LaneWriter::file_end`]; a
+    /// stream entry by any number of chunks and its end.
     pub fn entry(&mut self, entry: &Entry, out: &mut Vec<u8>) {
         debug_assert!(self.file.is_none(), "entry while a file is open");
-        if let EntryKind::File { size } = entry.kind {
-            self.file = Some(WriteFile { id: entry.id, size, written: 0, hash: file_hasher(size) });
+        let size = match entry.kind {
+            EntryKind::File { size } => Some(Some(size)),
+            EntryKind::Stream => Some(None),
+            _ => None,
+        };
+        if let Some(size) = size {
+            let hash = file_hasher(size.unwrap_or(0));
+            self.file = Some(WriteFile { id: entry.id, size, written: 0, hash });
         }
         self.entries += 1;
         framed(out, |buf| Record::Entry(entry.clone()).encode(buf));
@@ -99,10 +107,14 @@ impl LaneWriter {
             debug_assert!(false, "resume without an open file");
             return;
         };
-        debug_assert!(file.written == 0 && hash.len() <= file.size, "resume out of place");
+        let Some(size) = file.size else {
+            debug_assert!(false, "a stream is never resumed");
+            return;
+        };
+        debug_assert!(file.written == 0 && hash.len() <= size, "resume out of place");
         let (file_id, offset) = (file.id, hash.len());
         file.written = offset;
-        file.hash = if file.size > GROUP { hash.collect_cvs() } else { hash };
+        file.hash = if size > GROUP { hash.collect_cvs() } else { hash };
         framed(out, |buf| Record::ResumeAt { file_id, offset }.encode(buf));
     }
 
@@ -132,7 +144,10 @@ impl LaneWriter {
         };
         debug_assert!(record.len() > CHUNK_PAYLOAD_AT, "chunk without room or payload");
         let payload = &record[CHUNK_PAYLOAD_AT..];
-        debug_assert!(file.written + payload.len() as u64 <= file.size, "chunk beyond file size");
+        debug_assert!(
+            file.size.is_none_or(|size| file.written + payload.len() as u64 <= size),
+            "chunk beyond file size"
+        );
         file.hash.update(payload);
         let (id, offset) = (file.id, file.written);
         file.written += payload.len() as u64;
@@ -160,7 +175,10 @@ impl LaneWriter {
             debug_assert!(false, "file_end without an open file");
             return [0; 32];
         };
-        debug_assert_eq!(file.written, file.size, "file_end before the whole file");
+        debug_assert!(
+            file.size.is_none_or(|s| s == file.written),
+            "file_end before the whole file"
+        );
         let hash = file.hash.finalize();
         framed(out, |buf| Record::FileEnd { file_id: file.id, hash }.encode(buf));
         hash
@@ -201,6 +219,8 @@ pub enum LaneEvent<'a> {
         file_id: u64,
         /// Its BLAKE3 hash.
         hash: [u8; 32],
+        /// Its size (what a stream's size turned out to be).
+        size: u64,
     },
     /// The lane is complete.
     End,
@@ -233,7 +253,9 @@ impl std::fmt::Debug for Unzstd {
 struct ReadFile {
     id: u64,
     path: String,
+    /// `u64::MAX` for a stream, which ends at its FILE_END.
     size: u64,
+    stream: bool,
     received: u64,
     hash: Check,
     /// Where the file stands before its first chunk.
@@ -311,13 +333,19 @@ impl LaneReader {
                 if self.file.is_some() {
                     return Err(LaneError::Order("entry before the previous file ended"));
                 }
-                if let EntryKind::File { size } = entry.kind {
+                let (size, stream) = match entry.kind {
+                    EntryKind::File { size } => (Some(size), false),
+                    EntryKind::Stream => (Some(u64::MAX), true),
+                    _ => (None, false),
+                };
+                if let Some(size) = size {
                     self.file = Some(ReadFile {
                         id: entry.id,
                         path: entry.path.clone(),
                         size,
+                        stream,
                         received: 0,
-                        hash: Check::Hashing(file_hasher(size)),
+                        hash: Check::Hashing(file_hasher(if stream { 0 } else { size })),
                         start: Start::Fresh,
                     });
                 }
@@ -328,6 +356,9 @@ impl LaneReader {
                 let file = self.file.as_mut().ok_or(LaneError::Order("resume outside a file"))?;
                 if file_id != file.id || file.start != Start::Fresh {
                     return Err(LaneError::Order("resume not right after its entry"));
+                }
+                if file.stream {
+                    return Err(LaneError::Order("resume of a stream"));
                 }
                 if offset == 0 || offset > file.size {
                     return Err(LaneError::Order("resume offset out of bounds"));
@@ -357,7 +388,7 @@ impl LaneReader {
                 if data.is_empty() || data.len() > self.max_chunk {
                     return Err(LaneError::Order("chunk size out of bounds"));
                 }
-                if file.received + data.len() as u64 > file.size {
+                if file.received.checked_add(data.len() as u64).is_none_or(|n| n > file.size) {
                     return Err(LaneError::Order("more data than the file's size"));
                 }
                 let Check::Hashing(hasher) = &mut file.hash else {
@@ -372,7 +403,7 @@ impl LaneReader {
                 let mut file =
                     self.file.take().ok_or(LaneError::Order("file end outside a file"))?;
                 flowing(&mut file)?;
-                if file_id != file.id || file.received != file.size {
+                if file_id != file.id || (!file.stream && file.received != file.size) {
                     return Err(LaneError::Order("file end before the whole file"));
                 }
                 let got = match &file.hash {
@@ -382,7 +413,7 @@ impl LaneReader {
                 if got != hash {
                     return Err(LaneError::Hash { path: file.path });
                 }
-                Ok(LaneEvent::FileEnd { file_id, hash })
+                Ok(LaneEvent::FileEnd { file_id, hash, size: file.received })
             }
             Record::LaneEnd { entries } => {
                 if self.file.is_some() {

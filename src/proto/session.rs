@@ -163,6 +163,11 @@ fn refusal_message(r: &Refuse) -> String {
     match r.reason {
         RefuseReason::Declined => "the receiver declined the transfer".into(),
         RefuseReason::NoSpace => "the receiver does not have enough free space".into(),
+        RefuseReason::NotOneFile => {
+            "the receiver writes a single file to its standard output (receive --stdout), and \
+             this offer holds more than one file"
+                .into()
+        }
         RefuseReason::Conflict => {
             // A receiver lists up to 20; a longer list is shown as a count, not printed whole.
             let shown = r.names.iter().take(SHOWN_NAMES).map(String::as_str);

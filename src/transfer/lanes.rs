@@ -40,7 +40,7 @@ use crate::wire::data::EntryKind;
 /// For the fuzz targets only (`fuzz/`): the receiving lane's deframer and worker.
 #[doc(hidden)]
 pub use receive::{apply_frames, Deframer};
-pub use receive::{receive_lanes, Sink, MODE_MASK};
+pub use receive::{receive_lanes, Pipe, Sink, MODE_MASK};
 
 /// Records buffered between a lane's worker and its stream, per lane.
 const LANE_DEPTH: usize = 2;
@@ -91,8 +91,11 @@ pub async fn send_lanes(
     let (job_tx, job_rx) = std::sync::mpsc::sync_channel::<Job>(JOB_DEPTH);
     let job_rx = Arc::new(Mutex::new(job_rx));
     let resumed = Arc::new(AtomicU64::new(0));
+    // A stream's bytes are known once it ended.
+    let streamed = Arc::new(AtomicU64::new(0));
     let mut tasks: JoinSet<Result<Option<Summary>, TransferError>> = JoinSet::new();
 
+    let input = scan.stream.clone();
     let plan = how.plan.clone();
     let kept = how.kept;
     let observer = how.observer.clone();
@@ -100,9 +103,13 @@ pub async fn send_lanes(
         let mut sent = Summary::default();
         let mut count = |job: &Job| {
             sent.entries += 1;
-            if let EntryKind::File { size } = job.entry.kind {
-                sent.files += 1;
-                sent.bytes += size;
+            match job.entry.kind {
+                EntryKind::File { size } => {
+                    sent.files += 1;
+                    sent.bytes += size;
+                }
+                EntryKind::Stream => sent.files += 1,
+                _ => {}
             }
         };
         if let Some(kept) = kept {
@@ -159,6 +166,8 @@ pub async fn send_lanes(
             resumed: resumed.clone(),
             wire: Box::new(move || wire_conn.stats().udp_tx.bytes),
             observer: how.observer.clone(),
+            stream: input.clone(),
+            streamed: streamed.clone(),
         };
         tasks.spawn_blocking(move || worker.run(jobs, tx, &progress).map(|()| None));
         let rate = how.rate.clone();
@@ -187,6 +196,7 @@ pub async fn send_lanes(
     }
     let mut totals = totals.ok_or_else(|| TransferError::internal("the walker did not report"))?;
     totals.resumed = resumed.load(Ordering::Relaxed);
+    totals.bytes += streamed.load(Ordering::Relaxed);
     Ok(totals)
 }
 
@@ -202,6 +212,10 @@ struct Worker {
     wire: Box<dyn Fn() -> u64 + Send>,
     /// Told of each file sent.
     observer: Arc<dyn super::Observer>,
+    /// What a stream entry reads.
+    stream: Option<walk::StreamSource>,
+    /// Bytes of streams sent, over all lanes.
+    streamed: Arc<AtomicU64>,
 }
 
 impl Worker {
@@ -226,12 +240,14 @@ impl Worker {
                 Next::Done => break,
             };
             let mut out = Vec::new();
-            let EntryKind::File { size } = job.entry.kind else {
-                self.writer.entry(&job.entry, &mut out);
-                outbox.push(out)?;
-                continue;
-            };
-            self.file(&job, size, &mut outbox, progress)?;
+            match job.entry.kind {
+                EntryKind::File { size } => self.file(&job, size, &mut outbox, progress)?,
+                EntryKind::Stream => self.stream(&job, &mut outbox, progress)?,
+                _ => {
+                    self.writer.entry(&job.entry, &mut out);
+                    outbox.push(out)?;
+                }
+            }
         }
         let mut out = Vec::new();
         self.writer.lane_end(&mut out);
@@ -313,6 +329,68 @@ impl Worker {
         outbox.push(out)?;
         let outcome = if start > 0 { FileOutcome::Resumed } else { FileOutcome::Sent };
         self.observer.note(Note::File { path: &job.entry.path, bytes: size, outcome });
+        Ok(())
+    }
+}
+
+impl Worker {
+    /// Sends a stream: its entry, then chunks of what each read gives (at most a chunk, so
+    /// that a slow producer's bytes are not held back), until the end of its input.
+    fn stream(
+        &mut self,
+        job: &Job,
+        outbox: &mut Outbox<'_>,
+        progress: &Progress,
+    ) -> Result<(), TransferError> {
+        let mut input = self
+            .stream
+            .as_ref()
+            .and_then(walk::StreamSource::take)
+            .ok_or_else(|| TransferError::internal("a stream entry without its input"))?;
+        let mut out = Vec::new();
+        self.writer.entry(&job.entry, &mut out);
+        outbox.push(out)?;
+        self.packer.start_file(u64::MAX);
+        let mut sent = 0u64;
+        loop {
+            let mut out = vec![0; CHUNK_PAYLOAD_AT + self.chunk];
+            let n = match input.read(&mut out[CHUNK_PAYLOAD_AT..]) {
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    return Err(TransferError::new(
+                        ErrorKind::Io,
+                        format!("reading standard input failed: {e}"),
+                    ))
+                }
+            };
+            if n == 0 {
+                break;
+            }
+            out.truncate(CHUNK_PAYLOAD_AT + n);
+            let began = std::time::Instant::now();
+            let packed = self.packer.pack(&out[CHUNK_PAYLOAD_AT..]);
+            progress.add_wire(packed.map_or(n, <[u8]>::len) as u64);
+            self.writer.chunk_in_place(&mut out, packed);
+            let handing = std::time::Instant::now();
+            outbox.push(out)?;
+            // The producer may be slow: what it gave goes now, not once more has gathered.
+            outbox.flush()?;
+            self.packer.timed(Sample {
+                bytes: n as u64,
+                took: began.elapsed(),
+                waited: handing.elapsed(),
+                wire: (self.wire)(),
+            });
+            progress.add(n as u64);
+            sent += n as u64;
+        }
+        let mut out = Vec::new();
+        self.writer.file_end(&mut out);
+        outbox.push(out)?;
+        self.streamed.fetch_add(sent, Ordering::Relaxed);
+        let outcome = FileOutcome::Sent;
+        self.observer.note(Note::File { path: &job.entry.path, bytes: sent, outcome });
         Ok(())
     }
 }

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use super::control::{unexpected, ControlStream, UNBOUNDED};
 use super::fs::{Dest, RelPath, STATE_DIR};
-use super::lanes::{receive_lanes, Sink};
+use super::lanes::{receive_lanes, Pipe, Sink};
 use super::meet::{Guard, Plan, Rendezvous};
 use super::rejoin::{self, Rejoin, Saved, Secured};
 use super::survey::{Present, Survey};
@@ -44,6 +44,9 @@ pub struct ReceiveOptions {
     pub code: Code,
     /// Destination directory (created on accept if missing).
     pub out: PathBuf,
+    /// Instead of `out`: write the offer's one file into this (`receive --stdout`); an offer
+    /// of anything else is refused.
+    pub pipe: Option<Pipe>,
     /// Accept without asking.
     pub yes: bool,
     /// Ask the observer (a person) when `yes` is off; otherwise refuse.
@@ -80,6 +83,7 @@ impl ReceiveOptions {
         ReceiveOptions {
             code,
             out,
+            pipe: None,
             yes: false,
             interactive: false,
             overwrite: false,
@@ -105,13 +109,16 @@ pub async fn receive(
 ) -> Result<Report, TransferError> {
     let started = Instant::now();
     // A destination that cannot take anything fails now, before the code is used up.
-    check_out(&opts.out)?;
+    if opts.pipe.is_none() {
+        check_out(&opts.out)?;
+    }
     let mut stop = opts.stop.clone();
     let config = Config { max_lanes: MAX_LANES, ..Config::default() };
     // Started again with the code of a transfer that was interrupted: its sender may be
     // waiting to rejoin. Look for it that way too (the sender may take until its idle timeout
     // to notice that we were gone).
-    let saved = Saved::receiver(&opts.code, &opts.out);
+    // What went into a pipe cannot be taken back: such a transfer is never rejoined.
+    let saved = if opts.pipe.is_none() { Saved::receiver(&opts.code, &opts.out) } else { None };
     let earlier = saved.as_ref().and_then(Saved::load);
     let by_code = establish(&opts, Key::Code(opts.code.clone()), opts.wait, &config, &observer);
     let mut secured = match &earlier {
@@ -278,6 +285,12 @@ async fn run(
         other => return Err(unexpected(&other)),
     };
     check_offer(&offer)?;
+    if let Some(text) = &offer.text {
+        return take_text(ctl, conn, text, &offer, observer, progress).await;
+    }
+    if let Some(pipe) = &opts.pipe {
+        return into_pipe(ctl, conn, opts, pipe, &offer, observer, progress).await;
+    }
 
     // What the destination already holds of the offer: asked for by a listing, before the
     // decision, if it holds any offered name or partial copies at all.
@@ -331,12 +344,7 @@ async fn run(
     if !again && !decide(opts, observer, &offer, present).await {
         ctl.session().refuse(Refuse { reason: RefuseReason::Declined, names: vec![] })?;
         ctl.flush().await?;
-        let message = if opts.interactive {
-            "the transfer was declined".to_owned()
-        } else {
-            "not accepting without confirmation: no one can be asked (no terminal, or --json); pass --yes to accept".to_owned()
-        };
-        return Err(TransferError::new(ErrorKind::Refused, message));
+        return Err(declined(opts));
     }
 
     let dest = match dest {
@@ -350,17 +358,87 @@ async fn run(
     dest.begin(&offer.names, offer.dirs);
     ctl.session().accept(Accept {})?;
     ctl.flush().await?;
-    *accepted_id = Some(offer.transfer_id);
-    if let (Some(saved), Some(keys)) = (saved, ctl.session().keys()) {
-        saved.store(&Rejoin { secret: keys.resume_secret(), transfer_id: offer.transfer_id });
+    // A stream cannot be sent again: a lost connection ends it.
+    if offer.streams == 0 {
+        *accepted_id = Some(offer.transfer_id);
+        if let (Some(saved), Some(keys)) = (saved, ctl.session().keys()) {
+            saved.store(&Rejoin { secret: keys.resume_secret(), transfer_id: offer.transfer_id });
+        }
     }
     progress.hold(present.bytes);
-    observer.note(Note::Accepted { total: offer.bytes, present });
+    observer.note(Note::Accepted { total: super::offer_total(&offer), present });
 
     let mut sink = Sink::new(dest, opts.overwrite, &offer, survey, progress.clone());
     sink.rate = opts.limit_rate.map(|r| Arc::new(super::rate::RateLimit::new(r)));
     sink.observer = Some(observer.clone());
-    let sink = Arc::new(sink);
+    receive_into(ctl, conn, &offer, Arc::new(sink), &progress).await.map(|r| (r, present))
+}
+
+/// A text offer: shown (by the observer) and accepted; its one lane carries nothing.
+async fn take_text(
+    ctl: &mut ControlStream,
+    conn: &quinn::Connection,
+    text: &str,
+    offer: &Offer,
+    observer: &Arc<dyn Observer>,
+    progress: Arc<Progress>,
+) -> Result<(Summary, Present), TransferError> {
+    observer.note(Note::Offer { offer, present: Present::default() });
+    observer.note(Note::Text { text });
+    ctl.session().accept(Accept {})?;
+    ctl.flush().await?;
+    observer.note(Note::Accepted { total: Some(0), present: Present::default() });
+    let sink = Sink::pipe(Pipe::new(Box::new(std::io::sink())), offer, progress.clone());
+    let received = receive_into(ctl, conn, offer, Arc::new(sink), &progress).await?;
+    Ok((received, Present::default()))
+}
+
+/// `--stdout`: the offer's one file goes into the pipe, nothing to the file system.
+async fn into_pipe(
+    ctl: &mut ControlStream,
+    conn: &quinn::Connection,
+    opts: &ReceiveOptions,
+    pipe: &Pipe,
+    offer: &Offer,
+    observer: &Arc<dyn Observer>,
+    progress: Arc<Progress>,
+) -> Result<(Summary, Present), TransferError> {
+    if offer.files != 1 || offer.dirs != 0 || offer.symlinks != 0 {
+        ctl.session().refuse(Refuse { reason: RefuseReason::NotOneFile, names: vec![] })?;
+        ctl.flush().await?;
+        return Err(TransferError::new(
+            ErrorKind::Usage,
+            format!(
+                "--stdout takes a single file, and the sender offers {}; receive it into a directory instead (without --stdout)",
+                super::describe_offer(offer)
+            ),
+        ));
+    }
+    observer.note(Note::Offer { offer, present: Present::default() });
+    if !decide(opts, observer, offer, Present::default()).await {
+        ctl.session().refuse(Refuse { reason: RefuseReason::Declined, names: vec![] })?;
+        ctl.flush().await?;
+        return Err(declined(opts));
+    }
+    ctl.session().accept(Accept {})?;
+    ctl.flush().await?;
+    observer.note(Note::Accepted { total: super::offer_total(offer), present: Present::default() });
+    let mut sink = Sink::pipe(pipe.clone(), offer, progress.clone());
+    sink.rate = opts.limit_rate.map(|r| Arc::new(super::rate::RateLimit::new(r)));
+    sink.observer = Some(observer.clone());
+    let received = receive_into(ctl, conn, offer, Arc::new(sink), &progress).await?;
+    Ok((received, Present::default()))
+}
+
+/// Runs the accepted offer's lanes into `sink`, compares what arrived with the sender's
+/// totals, finishes the destination and confirms.
+async fn receive_into(
+    ctl: &mut ControlStream,
+    conn: &quinn::Connection,
+    offer: &Offer,
+    sink: Arc<Sink>,
+    progress: &Arc<Progress>,
+) -> Result<Summary, TransferError> {
     let lanes = receive_lanes(conn, offer.lanes, offer.chunk_size as usize, sink.clone());
     tokio::pin!(lanes);
     let (mut received, mut announced) = (None, None);
@@ -372,7 +450,7 @@ async fn run(
                 Ok(totals) => received = Some(totals),
                 Err(e) => return Err(fail_lanes(ctl, e).await),
             },
-            e = super::stalled(&progress, super::STALL_TIMEOUT), if received.is_none() => {
+            e = super::stalled(progress, super::STALL_TIMEOUT), if received.is_none() => {
                 return Err(fail_lanes(ctl, e).await)
             }
             ev = ctl.next_event(wait), if announced.is_none() => match ev? {
@@ -397,14 +475,16 @@ async fn run(
     let sink_ref = sink.clone();
     tokio::task::spawn_blocking(move || {
         sink_ref.finish_dirs()?;
-        sink_ref.dest.end();
+        if let Some(dest) = sink_ref.dest() {
+            dest.end();
+        }
         Ok::<_, TransferError>(())
     })
     .await
     .map_err(|e| TransferError::internal(e.to_string()))??;
     ctl.session().complete(received)?;
     ctl.flush().await?;
-    Ok((received, present))
+    Ok(received)
 }
 
 /// Most time one batch of the listing may take to arrive (the sender may be hashing files).
@@ -549,10 +629,19 @@ fn check_offer(offer: &Offer) -> Result<(), TransferError> {
             ));
         }
     }
-    if names.is_empty() {
+    if names.is_empty() && offer.text.is_none() {
         return Err(protocol("the sender offered nothing".into()));
     }
     Ok(())
+}
+
+fn declined(opts: &ReceiveOptions) -> TransferError {
+    let message = if opts.interactive {
+        "the transfer was declined"
+    } else {
+        "not accepting without confirmation: no one can be asked (no terminal, or --json); pass --yes to accept"
+    };
+    TransferError::new(ErrorKind::Refused, message)
 }
 
 async fn decide(

@@ -89,7 +89,14 @@ impl Survey {
         Survey {
             overwrite,
             checksum,
-            admitted: Offer { files: 0, dirs: 0, symlinks: 0, bytes: 0, ..offer.clone() },
+            admitted: Offer {
+                files: 0,
+                dirs: 0,
+                symlinks: 0,
+                bytes: 0,
+                streams: 0,
+                ..offer.clone()
+            },
             limits: offer.clone(),
             states: Vec::new(),
             fingerprints: Vec::new(),
@@ -168,6 +175,17 @@ impl Survey {
                     _ => self.conflict(&rel, "already exists and differs"),
                 }
             }
+            // A stream cannot be compared or resumed: it is sent whole, or is a conflict.
+            EntryKind::Stream => match found {
+                Found::Missing => (WANT, Answer::Send),
+                Found::Dir => self.conflict(
+                    &rel,
+                    "a directory is in the way, and p2p-copy never replaces a directory",
+                ),
+                Found::Blocked(why) => self.conflict(&rel, &why),
+                _ if self.overwrite => (WANT, Answer::Send),
+                _ => self.conflict(&rel, "already exists"),
+            },
         };
         self.states.push(state);
         Ok(answer)
@@ -317,6 +335,11 @@ pub fn admit(limits: &Offer, got: &mut Offer, entry: &Entry) -> Result<RelPath, 
             got.bytes = got.bytes.saturating_add(size);
             got.files > limits.files || got.bytes > limits.bytes
         }
+        EntryKind::Stream => {
+            got.files += 1;
+            got.streams += 1;
+            got.files > limits.files || got.streams > limits.streams
+        }
     };
     if over {
         return Err(protocol(format!("the sender sent more than it offered (at {rel}); stopped")));
@@ -356,6 +379,9 @@ fn fingerprint(key: &[u8; 32], entry: &Entry) -> u32 {
         EntryKind::Symlink { target } => {
             h.update(&[2]);
             h.update(target.as_bytes());
+        }
+        EntryKind::Stream => {
+            h.update(&[3]);
         }
     }
     if let Some(t) = entry.mtime {

@@ -45,11 +45,51 @@ pub struct Source {
     pub exclude: Option<Arc<Gitignore>>,
 }
 
+/// A reader sent as one file of unknown size (`send -`: standard input), under `name`.
+/// Read once: a clone shares the reader, and the first lane to send it takes it.
+#[derive(Clone)]
+pub struct StreamSource {
+    /// The name the receiver writes it under (a single path component).
+    pub name: String,
+    reader: Arc<std::sync::Mutex<Option<Box<dyn std::io::Read + Send>>>>,
+}
+
+impl StreamSource {
+    /// Sends what `reader` gives until its end as the file `name`, which must be a valid
+    /// single path component.
+    pub fn new(name: &str, reader: Box<dyn std::io::Read + Send>) -> Result<Self, TransferError> {
+        let rel = RelPath::parse(name).map_err(|e| {
+            TransferError::new(ErrorKind::Usage, format!("cannot send under that name: {e}"))
+        })?;
+        if rel.components().count() != 1 {
+            return Err(TransferError::new(
+                ErrorKind::Usage,
+                format!("{name:?} is not a plain file name (no slashes)"),
+            ));
+        }
+        let reader = Arc::new(std::sync::Mutex::new(Some(reader)));
+        Ok(StreamSource { name: name.to_owned(), reader })
+    }
+
+    /// The reader, to the first caller only.
+    pub fn take(&self) -> Option<Box<dyn std::io::Read + Send>> {
+        self.reader.lock().ok()?.take()
+    }
+}
+
+impl std::fmt::Debug for StreamSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StreamSource").field("name", &self.name).finish_non_exhaustive()
+    }
+}
+
 /// What the sender is about to offer.
 #[derive(Debug, Clone, Default)]
 pub struct Scan {
     /// The paths, in the order given.
     pub sources: Vec<Source>,
+    /// Or instead of paths, one stream (`send -`).
+    pub stream: Option<StreamSource>,
     /// Regular files.
     pub files: u64,
     /// Directories.
@@ -123,6 +163,8 @@ impl Remembered {
                 EntryKind::Dir => DIR,
                 EntryKind::Symlink { .. } => SYMLINK,
                 EntryKind::File { size } => size,
+                // A scan of paths finds no streams.
+                EntryKind::Stream => return false,
             },
             mtime: entry.mtime,
             identity,
@@ -172,6 +214,11 @@ pub struct Job {
     pub identity: (u64, u64),
     /// The receiver holds this many bytes of it, with this digest (to be checked).
     pub resume: Option<(u64, [u8; 32])>,
+}
+
+/// What a stream (`send -`) offers: one file of unknown size.
+pub fn stream_scan(stream: StreamSource) -> Scan {
+    Scan { stream: Some(stream), files: 1, ..Scan::default() }
 }
 
 /// Checks that the paths can be sent (they exist, are files or directories, with distinct
@@ -228,6 +275,17 @@ pub fn scan(paths: &[PathBuf], exclude: &[String]) -> Result<Scan, TransferError
 /// grew in between are an error that says so.
 pub fn walk(scan: &Scan, mut emit: impl FnMut(Job) -> bool) -> Result<Summary, TransferError> {
     let mut totals = Summary::default();
+    if let Some(stream) = &scan.stream {
+        let entry = Entry {
+            id: 1,
+            path: stream.name.clone(),
+            kind: EntryKind::Stream,
+            mode: 0o644,
+            mtime: None,
+        };
+        emit(Job { entry, local: PathBuf::from("-"), identity: (0, 0), resume: None });
+        return Ok(Summary { entries: 1, files: 1, ..Summary::default() });
+    }
     if let Some(seen) = &scan.seen {
         seen.replay(&scan.sources, |job| {
             totals.entries += 1;
@@ -250,6 +308,7 @@ pub fn walk(scan: &Scan, mut emit: impl FnMut(Job) -> bool) -> Result<Summary, T
                 totals.files += 1;
                 totals.bytes += size;
             }
+            EntryKind::Stream => totals.files += 1,
         }
         if totals.files > scan.files
             || totals.bytes > scan.bytes

@@ -21,7 +21,7 @@ use super::{fixed, from_postcard, to_postcard, DecodeError};
 use crate::error::ErrorKind;
 
 /// The protocol version this build speaks.
-pub const VERSION: u16 = 4;
+pub const VERSION: u16 = 5;
 /// Cap on a control frame body (an offer naming many top-level paths is the largest).
 pub const MAX_FRAME: usize = 4 << 20;
 /// Cap on the top-level names in an offer.
@@ -30,6 +30,8 @@ pub const MAX_NAMES: usize = 10_000;
 pub const MAX_PATH: usize = 4096;
 /// Cap on a free-text message (errors).
 pub const MAX_MESSAGE: usize = 4096;
+/// Cap on the text of a text offer (`send --text`), in bytes.
+pub const MAX_TEXT: usize = 1 << 20;
 /// Cap on the entries of one [`Control::Listing`] (and so on the answers to it).
 pub const MAX_LISTING: usize = 1024;
 /// Length of the SPAKE2 message.
@@ -223,6 +225,12 @@ pub struct Offer {
     pub chunk_size: u32,
     /// Random per transfer; the same when a transfer is resumed by the same sender.
     pub transfer_id: [u8; 16],
+    /// Of `files`, those of unknown size (`send -`: a stream, not counted in `bytes`, never
+    /// resumed).
+    pub streams: u64,
+    /// A text message instead of files (`send --text`): then `names` is empty, every count
+    /// is zero, and the receiver shows the text and writes nothing.
+    pub text: Option<String>,
 }
 
 /// The receiver's yes. What it already holds it said in its [`Answer`]s, if it asked for a
@@ -248,6 +256,9 @@ pub enum RefuseReason {
     Conflict,
     /// Not enough free space at the destination.
     NoSpace,
+    /// The receiver writes one file to its standard output (`receive --stdout`), and the
+    /// offer holds something else.
+    NotOneFile,
 }
 
 /// Totals of a transfer.
@@ -297,6 +308,15 @@ impl Control {
                 check_names("offer names", &o.names)?;
                 if o.lanes == 0 {
                     return Err(DecodeError::Invalid("lane count"));
+                }
+                if o.streams > o.files {
+                    return Err(DecodeError::Invalid("stream count"));
+                }
+                if let Some(text) = &o.text {
+                    cap("text", text.len(), MAX_TEXT)?;
+                    if !o.names.is_empty() || o.files + o.dirs + o.symlinks + o.bytes != 0 {
+                        return Err(DecodeError::Invalid("text offer with files"));
+                    }
                 }
                 Ok(())
             }
@@ -402,6 +422,8 @@ mod tests {
                 lanes: 2,
                 chunk_size: 1 << 20,
                 transfer_id: [0x77; 16],
+                streams: 0,
+                text: None,
             }),
             Control::Accept(Accept {}),
             Control::Refuse(Refuse { reason: RefuseReason::Conflict, names: vec!["a".into()] }),
@@ -419,6 +441,31 @@ mod tests {
                 Answer::Skip,
                 Answer::Resume { offset: 1 << 20, digest: [0x5a; 32] },
             ]),
+            Control::Offer(Offer {
+                files: 0,
+                dirs: 0,
+                symlinks: 0,
+                bytes: 0,
+                names: vec![],
+                lanes: 1,
+                chunk_size: 1 << 20,
+                transfer_id: [0x77; 16],
+                streams: 0,
+                text: Some("hi".into()),
+            }),
+            Control::Offer(Offer {
+                files: 1,
+                dirs: 0,
+                symlinks: 0,
+                bytes: 0,
+                names: vec!["stdin".into()],
+                lanes: 1,
+                chunk_size: 1 << 20,
+                transfer_id: [0x77; 16],
+                streams: 1,
+                text: None,
+            }),
+            Control::Refuse(Refuse { reason: RefuseReason::NotOneFile, names: vec![] }),
         ]
     }
 
@@ -446,11 +493,11 @@ mod tests {
     fn control_snapshots() {
         let got: Vec<String> = samples().iter().map(encoded).collect();
         let want = [
-            "0004abababababababababababababababababababababababababababababababab\
+            "0005abababababababababababababababababababababababababababababababab\
              cdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcd04808040\
              00",
             "01020100ac02020670686f746f73096e6f7465732e74787402808040\
-             77777777777777777777777777777777",
+             77777777777777777777777777777777 0000",
             "02",
             "0301010161",
             "040302ac0264",
@@ -464,7 +511,11 @@ mod tests {
             "09",
             "0a03000102808040\
              5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a",
+            "010000000000 01808040 77777777777777777777777777777777 00 01026869",
+            "010100000001 05737464696e 01808040 77777777777777777777777777777777 01 00",
+            "030300",
         ];
+        let want: Vec<String> = want.iter().map(|w| w.replace(' ', "")).collect();
         assert_eq!(got, want);
     }
 
@@ -522,10 +573,33 @@ mod tests {
             lanes: 1,
             chunk_size: 1,
             transfer_id: [0; 16],
+            streams: 0,
+            text: None,
         });
         out.clear();
         offer.encode(&mut out);
         assert!(matches!(Control::decode(&out), Err(DecodeError::TooLong { .. })));
+
+        // A text offer holds nothing else, and its text has a cap; streams are files.
+        let Control::Offer(base) = samples()[1].clone() else { unreachable!() };
+        let text = |t: &str| Offer { text: Some(t.into()), ..base.clone() };
+        for (bad, why) in [
+            (text("hi"), DecodeError::Invalid("text offer with files")),
+            (Offer { streams: 3, ..base.clone() }, DecodeError::Invalid("stream count")),
+        ] {
+            out.clear();
+            Control::Offer(bad).encode(&mut out);
+            assert_eq!(Control::decode(&out), Err(why));
+        }
+        let empty = Offer { files: 0, dirs: 0, bytes: 0, names: vec![], ..base };
+        let long = Offer { text: Some("x".repeat(MAX_TEXT + 1)), ..empty.clone() };
+        out.clear();
+        Control::Offer(long).encode(&mut out);
+        assert!(matches!(Control::decode(&out), Err(DecodeError::TooLong { what: "text", .. })));
+        let fine = Control::Offer(Offer { text: Some("x".repeat(MAX_TEXT)), ..empty });
+        out.clear();
+        fine.encode(&mut out);
+        assert_eq!(Control::decode(&out), Ok(fine));
 
         let listed = Listed { entry: dir_entry(), hash: None };
         for long in [

@@ -72,6 +72,9 @@ pub enum EntryKind {
         /// The link target, verbatim.
         target: String,
     },
+    /// A regular file whose size is not known in advance (`send -`, a stream): its chunks
+    /// go on until its FILE_END. Never resumed.
+    Stream,
 }
 
 /// Seconds and nanoseconds since the Unix epoch.
@@ -277,6 +280,14 @@ mod tests {
         assert_eq!(hex_of(&Record::Entry(link)), "0106016c020174ff0300");
         let dir = Entry { id: 1, path: "d".into(), kind: EntryKind::Dir, mode: 0o755, mtime: None };
         assert_eq!(hex_of(&Record::Entry(dir)), "0101016400ed0300");
+        let stream = Entry {
+            id: 1,
+            path: "stdin".into(),
+            kind: EntryKind::Stream,
+            mode: 0o644,
+            mtime: None,
+        };
+        assert_eq!(hex_of(&Record::Entry(stream)), "010105737464696e03a40300");
         assert_eq!(
             hex_of(&Record::Chunk { flags: 1, file_id: 5, offset: 256, payload: b"xy" }),
             "02010000000000000005000000000000010078 79".replace(' ', "")

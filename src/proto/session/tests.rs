@@ -94,6 +94,8 @@ fn offer() -> Offer {
         lanes: 1,
         chunk_size: 1 << 20,
         transfer_id: [7; 16],
+        streams: 0,
+        text: None,
     }
 }
 

@@ -30,11 +30,55 @@ const MIN_FRAME_CAP: usize = 16 << 10;
 /// A directory's metadata to set at the end: its mode (none for the user's own) and mtime.
 type DirMeta = (Option<u32>, Option<std::time::SystemTime>);
 
+/// A writer that takes the one file of an offer instead of a destination directory
+/// (`receive --stdout`). Its bytes arrive in order, as they come; the file's hash is checked
+/// at its end, after they were written (a mismatch fails the transfer).
+#[derive(Clone)]
+pub struct Pipe(Arc<Mutex<Box<dyn std::io::Write + Send>>>);
+
+impl Pipe {
+    /// The file goes into `writer`.
+    pub fn new(writer: Box<dyn std::io::Write + Send>) -> Pipe {
+        Pipe(Arc::new(Mutex::new(writer)))
+    }
+
+    fn write(&self, data: &[u8]) -> Result<(), TransferError> {
+        let mut w = self.0.lock().map_err(|_| poisoned())?;
+        w.write_all(data).map_err(pipe_failed)
+    }
+
+    fn flush(&self) -> Result<(), TransferError> {
+        self.0.lock().map_err(|_| poisoned())?.flush().map_err(pipe_failed)
+    }
+}
+
+fn pipe_failed(e: std::io::Error) -> TransferError {
+    let why = match e.kind() {
+        std::io::ErrorKind::BrokenPipe => "its reader went away".to_owned(),
+        _ => e.to_string(),
+    };
+    TransferError::new(ErrorKind::Io, format!("writing the file to the output failed: {why}"))
+}
+
+impl std::fmt::Debug for Pipe {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Pipe")
+    }
+}
+
+/// Where the lanes write.
+#[derive(Debug)]
+enum Target {
+    /// Files, directories and links into the destination directory.
+    Dir(Dest),
+    /// The offer's one file into a writer.
+    Pipe(Pipe),
+}
+
 /// Where the receiver's lanes write, and the rules they follow.
 #[derive(Debug)]
 pub struct Sink {
-    /// The destination directory.
-    pub dest: Dest,
+    target: Target,
     /// Replace existing files.
     pub overwrite: bool,
     /// Bytes written so far.
@@ -69,9 +113,10 @@ impl Sink {
         survey: Option<Survey>,
         progress: Arc<Progress>,
     ) -> Sink {
-        let admitted = Offer { files: 0, dirs: 0, symlinks: 0, bytes: 0, ..offer.clone() };
+        let admitted =
+            Offer { files: 0, dirs: 0, symlinks: 0, bytes: 0, streams: 0, ..offer.clone() };
         Sink {
-            dest,
+            target: Target::Dir(dest),
             overwrite,
             progress,
             limits: offer.clone(),
@@ -82,6 +127,40 @@ impl Sink {
             rate: None,
             observer: None,
         }
+    }
+
+    /// A sink writing the one file `offer` announced into `pipe` (the caller checked that the
+    /// offer is one file and nothing else; the lanes hold the sender to it).
+    pub fn pipe(pipe: Pipe, offer: &Offer, progress: Arc<Progress>) -> Sink {
+        let admitted =
+            Offer { files: 0, dirs: 0, symlinks: 0, bytes: 0, streams: 0, ..offer.clone() };
+        Sink {
+            target: Target::Pipe(pipe),
+            overwrite: false,
+            progress,
+            limits: offer.clone(),
+            admitted: Mutex::new(admitted),
+            survey: None,
+            dirs: Mutex::default(),
+            abandoned: std::sync::atomic::AtomicBool::new(false),
+            rate: None,
+            observer: None,
+        }
+    }
+
+    /// The destination directory (none when writing into a pipe).
+    pub fn dest(&self) -> Option<&Dest> {
+        match &self.target {
+            Target::Dir(dest) => Some(dest),
+            Target::Pipe(_) => None,
+        }
+    }
+
+    /// The destination directory, for an entry that needs one.
+    fn dir(&self) -> Result<&Dest, TransferError> {
+        self.dest().ok_or_else(|| {
+            TransferError::new(ErrorKind::Protocol, "the sender sent more than one file")
+        })
     }
 
     /// Checks an entry from a lane; returns its path and, if the receiver offered to resume
@@ -114,14 +193,15 @@ impl Sink {
     /// parent's mtime comes after its children changed it), and makes the received names
     /// durable. Call after every lane finished.
     pub fn finish_dirs(&self) -> Result<(), TransferError> {
+        let Some(dest) = self.dest() else { return Ok(()) };
         // First, while the directories are still ours to open (the sender's modes may not
         // let us read them afterwards).
-        self.dest.sync_dirs()?;
+        dest.sync_dirs()?;
         let dirs = std::mem::take(&mut *self.dirs.lock().map_err(|_| poisoned())?);
         let mut dirs: Vec<_> = dirs.into_iter().collect();
         dirs.sort_by_key(|(rel, _)| std::cmp::Reverse(rel.components().count()));
         for (rel, (mode, mtime)) in dirs {
-            self.dest.finish_dir(&rel, mode, mtime)?;
+            dest.finish_dir(&rel, mode, mtime)?;
         }
         Ok(())
     }
@@ -302,15 +382,15 @@ fn apply_lane(
     rx: mpsc::Receiver<Result<Vec<Vec<u8>>, TransferError>>,
     sink: &Sink,
 ) -> Result<Summary, TransferError> {
-    let syncer = sink.dest.syncer();
+    let syncer = sink.dest().map(Dest::syncer);
     let mut finished = Vec::new();
-    let applied = apply_records(reader, rx, sink, &syncer, &mut finished);
+    let applied = apply_records(reader, rx, sink, syncer.as_ref(), &mut finished);
     // Files that arrived whole and verified go in place even when a later one failed, unless
     // the whole transfer is being given up (Ctrl-C): then they are removed with the rest.
     let committed = if sink.abandoned.load(std::sync::atomic::Ordering::Relaxed) {
         Ok(())
     } else {
-        commit(sink, &syncer, finished)
+        commit(sink, syncer.as_ref(), finished)
     };
     let totals = applied?;
     committed?;
@@ -318,12 +398,13 @@ fn apply_lane(
 }
 
 /// Puts `files` in place ([`Dest::commit_all`]) and tells the observer of each.
-fn commit(sink: &Sink, syncer: &Syncer, files: Vec<Finished>) -> Result<(), TransferError> {
+fn commit(sink: &Sink, syncer: Option<&Syncer>, files: Vec<Finished>) -> Result<(), TransferError> {
+    let (Some(dest), Some(syncer)) = (sink.dest(), syncer) else { return Ok(()) };
     let done: Vec<(String, u64, bool)> = match &sink.observer {
         Some(_) => files.iter().map(|f| (f.rel().to_string(), f.size(), f.resumed())).collect(),
         None => Vec::new(),
     };
-    sink.dest.commit_all(syncer, files)?;
+    dest.commit_all(syncer, files)?;
     if let Some(observer) = &sink.observer {
         for (path, bytes, resumed) in &done {
             let outcome = if *resumed { FileOutcome::Resumed } else { FileOutcome::Received };
@@ -337,7 +418,7 @@ fn apply_records(
     mut reader: LaneReader,
     mut rx: mpsc::Receiver<Result<Vec<Vec<u8>>, TransferError>>,
     sink: &Sink,
-    syncer: &Syncer,
+    syncer: Option<&Syncer>,
     finished: &mut Vec<Finished>,
 ) -> Result<Summary, TransferError> {
     let mut open: Option<Open> = None;
@@ -368,21 +449,26 @@ fn apply_records(
                     totals.entries += 1;
                     let mtime = entry.mtime.and_then(walk::system_time);
                     match &entry.kind {
+                        EntryKind::File { .. } | EntryKind::Stream
+                            if matches!(sink.target, Target::Pipe(_)) =>
+                        {
+                            open = Some(Open::Piping { entry });
+                        }
                         EntryKind::Dir => {
                             // A directory this transfer (or an interrupted one for the same
                             // names) made gets the sender's mode; one that was here before is
                             // the user's own and keeps its mode. Both get the sender's mtime,
                             // as the files in them changed it.
-                            let theirs =
-                                !sink.dest.made(&rel) && sink.dest.inspect(&rel)? == Found::Dir;
-                            sink.dest.create_dir(&rel)?;
+                            let dest = sink.dir()?;
+                            let theirs = !dest.made(&rel) && dest.inspect(&rel)? == Found::Dir;
+                            dest.create_dir(&rel)?;
                             let mode = (!theirs).then_some(entry.mode & MODE_MASK);
                             sink.dirs.lock().map_err(|_| poisoned())?.insert(rel, (mode, mtime));
                         }
                         EntryKind::Symlink { target } => {
-                            sink.dest.symlink(&rel, target, sink.overwrite)?;
+                            sink.dir()?.symlink(&rel, target, sink.overwrite)?;
                         }
-                        EntryKind::File { .. } => {
+                        EntryKind::File { .. } | EntryKind::Stream => {
                             // Opened at the next record: RESUME_AT, or the first data.
                             open = Some(Open::Pending { entry, rel, resumable });
                         }
@@ -390,7 +476,10 @@ fn apply_records(
                 }
                 LaneEvent::ResumeAt { offset, .. } => {
                     let Some(Open::Pending { entry, rel, resumable }) = open.take() else {
-                        return Err(TransferError::internal("resume without an entry"));
+                        return Err(TransferError::new(
+                            ErrorKind::Protocol,
+                            "the sender resumed a file the receiver did not offer to resume",
+                        ));
                     };
                     let Some(r) = resumable.filter(|r| r.offset == offset) else {
                         // Nothing was touched: the partial copy (if any) stays as it was.
@@ -403,16 +492,35 @@ fn apply_records(
                     };
                     let (size, mtime) = file_of(&entry);
                     let (offset, held) = (r.offset, r.held.clone());
-                    let part = sink.dest.resume_file(&rel, r, size, mtime, sink.overwrite)?;
+                    let part = sink.dir()?.resume_file(&rel, r, size, mtime, sink.overwrite)?;
                     reader.resume(held)?;
                     tracing::info!(path = %rel, kept = offset, "continuing a partial copy");
                     totals.resumed += offset;
                     open = Some(Open::Writing { part, entry });
                 }
                 LaneEvent::Data(data) => {
-                    writing(&mut open, sink)?.write_all(data)?;
+                    match (&open, &sink.target) {
+                        (Some(Open::Piping { .. }), Target::Pipe(pipe)) => pipe.write(data)?,
+                        _ => {
+                            writing(&mut open, sink)?.write_all(data)?;
+                            wrote = true;
+                        }
+                    }
                     sink.progress.add(data.len() as u64);
-                    wrote = true;
+                }
+                LaneEvent::FileEnd { size, .. } if matches!(open, Some(Open::Piping { .. })) => {
+                    let (Some(Open::Piping { entry }), Target::Pipe(pipe)) =
+                        (open.take(), &sink.target)
+                    else {
+                        return Err(TransferError::internal("file end without an open file"));
+                    };
+                    pipe.flush()?;
+                    if let Some(observer) = &sink.observer {
+                        let (path, outcome) = (entry.path.as_str(), FileOutcome::Received);
+                        observer.note(Note::File { path, bytes: size, outcome });
+                    }
+                    totals.files += 1;
+                    totals.bytes += size;
                 }
                 LaneEvent::FileEnd { hash, .. } => {
                     writing(&mut open, sink)?;
@@ -474,6 +582,8 @@ pub fn apply_frames(
 /// The file a lane is receiving (one per lane, so its size does not matter).
 #[allow(clippy::large_enum_variant)]
 enum Open {
+    /// Going into the sink's pipe.
+    Piping { entry: Entry },
     /// Entered; opened at the next record (which says whether it resumes).
     Pending { entry: Entry, rel: RelPath, resumable: Option<Resumable> },
     /// Being written.
@@ -487,15 +597,16 @@ fn writing<'a>(open: &'a mut Option<Open>, sink: &Sink) -> Result<&'a mut PartFi
             return Err(TransferError::internal("no pending file"));
         };
         let (size, mtime) = file_of(&entry);
+        let dest = sink.dir()?;
         let part = match resumable {
             // Offered for resuming, but the sender sends it whole (its prefix differs): the
             // partial copy of this entry starts over.
             Some(r) => {
                 tracing::info!(path = %rel, "the sender sends it whole: its copy differs from the partial one here");
                 sink.progress.sub(r.offset);
-                sink.dest.restart_file(&rel, r, size, mtime, sink.overwrite)?
+                dest.restart_file(&rel, r, size, mtime, sink.overwrite)?
             }
-            None => sink.dest.create_file(&rel, size, mtime, sink.overwrite)?,
+            None => dest.create_file(&rel, size, mtime, sink.overwrite)?,
         };
         *open = Some(Open::Writing { part, entry });
     }
