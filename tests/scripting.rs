@@ -378,3 +378,184 @@ fn count_serves_receivers_one_after_another() {
     assert_exits(&[(&s, 3)]);
     assert!(!out.join("doc.bin").exists());
 }
+
+/// `send --text` (and `--text -`, from stdin): the receiver prints the text on stdout exactly
+/// as sent (into a pipe), writes no file and creates no directory; with `--json` the text is
+/// an event.
+#[test]
+fn a_text_is_printed_and_nothing_is_written() {
+    let fx = Fixture::new();
+    let text = "first line\nsecond ✓ line\twith a tab\n";
+    let out = fx.path("never-made");
+    let s = fx.send(["--text", text]);
+    let r = fx.spawn("receiver", &[], [
+        OsStr::new("receive"),
+        OsStr::new("--out"),
+        out.as_os_str(),
+        OsStr::new(&fx.code),
+    ]);
+    let (s, r) = finish_pair(s, r);
+    assert_exits(&[(&s, 0), (&r, 0)]);
+    assert_eq!(r.stdout, text, "exactly the text on stdout\n{r}");
+    assert!(!out.exists(), "no directory made for a text");
+    assert_says(&r, &["text message"]);
+
+    // From stdin, received with --json: one `text` event holds it.
+    let piped = fx.path("message.txt");
+    write_file(&piped, "from a pipe, no newline at the end".as_bytes());
+    let mut cmd = fx.command(&[], ["send", "--json", "--code", &fx.code, "--text", "-"]);
+    cmd.stdin(std::fs::File::open(&piped).unwrap());
+    let mut s = Proc::spawn("sender", cmd);
+    s.wait_event("code");
+    let r = fx.receive(["--out", out.to_str().unwrap()]);
+    let (s, r) = finish_pair(s, r);
+    assert_exits(&[(&s, 0), (&r, 0)]);
+    let event = r.event("text").expect("a text event");
+    assert_eq!(event["text"], "from a pipe, no newline at the end");
+    assert!(!out.exists());
+}
+
+/// Texts that cannot be sent are usage errors before any code is shown: not UTF-8, or over
+/// the 1 MiB cap (the message points to `send -`); and `--text` takes no paths.
+#[test]
+fn bad_texts_are_usage_errors() {
+    let fx = Fixture::new();
+    for (name, bytes) in
+        [("binary", vec![0xff, 0xfe, 0x00, 0x80]), ("huge", vec![b'x'; (1 << 20) + 1])]
+    {
+        let input = fx.path(name);
+        write_file(&input, &bytes);
+        let mut cmd = fx.command(&[], ["send", "--text", "-"]);
+        cmd.stdin(std::fs::File::open(&input).unwrap());
+        let o = Proc::spawn("sender", cmd).finish();
+        assert_exits(&[(&o, 2)]);
+        assert_says(&o, &["send -"]);
+        assert!(!o.stderr.contains("Code:"), "no code shown\n{o}");
+    }
+    let file = fx.path("f");
+    write_file(&file, b"x");
+    let o = fx.spawn("sender", &[], [OsStr::new("send"), OsStr::new("--text"), OsStr::new("hi"), file.as_os_str()]).finish();
+    assert_exits(&[(&o, 2)]);
+}
+
+/// `send -` streams stdin (fed through a pipe, in pieces, with pauses) and `receive --stdout`
+/// writes it to stdout: 10 MiB of random bytes arrive byte for byte, with the stream's size
+/// learnt only at its end; with `--out` instead, the file is named by `--name`.
+#[test]
+fn stdin_streams_to_stdout_byte_for_byte() {
+    let mut fx = Fixture::new();
+    let data = fx.rng.bytes(10 << 20);
+    for to_stdout in [true, false] {
+        let mut cmd = fx.command(&[], ["send", "--json", "--code", &fx.code, "-", "--name", "data.bin"]);
+        cmd.stdin(std::process::Stdio::piped());
+        let mut s = Proc::spawn("sender", cmd);
+        s.wait_event("code");
+        let mut stdin = s.take_stdin().expect("stdin piped");
+        let feed = data.clone();
+        let feeder = std::thread::spawn(move || {
+            use std::io::Write;
+            for (i, piece) in feed.chunks(777_777).enumerate() {
+                stdin.write_all(piece).unwrap();
+                if i % 4 == 0 {
+                    std::thread::sleep(std::time::Duration::from_millis(30));
+                }
+            }
+        });
+        let got = fx.path(if to_stdout { "stdout.bin" } else { "unused" });
+        let out = fx.path("out");
+        let r = if to_stdout {
+            let mut cmd = fx.command(&[], ["receive", "--json", "--yes", "--stdout", &fx.code]);
+            cmd.stdout(std::fs::File::create(&got).unwrap());
+            Proc::spawn("receiver", cmd)
+        } else {
+            fx.receive(["--yes", "--out", out.to_str().unwrap()])
+        };
+        let (s, r) = finish_pair(s, r);
+        feeder.join().unwrap();
+        assert_exits(&[(&s, 0), (&r, 0)]);
+        let arrived = if to_stdout { got } else { out.join("data.bin") };
+        assert!(std::fs::read(&arrived).unwrap() == data, "the stream arrived changed ({})", arrived.display());
+        // The sender's totals count the stream's bytes, though the offer could not.
+        let offer = s.event("offer").expect("offer event");
+        assert_eq!(offer["bytes"], 0, "{s}");
+        assert_done(&s, data.len() as u64, 1);
+        if to_stdout {
+            assert!(!out.exists(), "nothing written to the file system with --stdout");
+            // The events went to stderr: stdout held the data only.
+            assert!(r.stderr.contains("\"event\":\"done\""), "{r}");
+        }
+    }
+}
+
+/// `--stdout` takes one file: an offer of a directory is refused before anything is written
+/// (the receiver exits 2, the sender learns why); a single ordinary file goes through.
+#[test]
+fn stdout_takes_exactly_one_file() {
+    let mut fx = Fixture::new();
+    let tree = fx.path("tree");
+    random_file(&tree.join("a"), 1000, &mut fx.rng);
+    random_file(&tree.join("sub/b"), 1000, &mut fx.rng);
+    let s = fx.send([tree.as_os_str()]);
+    let r = fx.spawn("receiver", &[], ["receive", "--yes", "--stdout", &fx.code]);
+    let (s, r) = finish_pair(s, r);
+    assert_exits(&[(&s, 4), (&r, 2)]);
+    assert!(r.stdout.is_empty(), "nothing on stdout\n{r}");
+    assert_says(&r, &["--stdout takes a single file", "2 file(s)"]);
+    assert_says(&s, &["standard output"]);
+
+    let one = tree.join("a");
+    let s = fx.send([one.as_os_str()]);
+    let got = fx.path("one.bin");
+    let mut cmd = fx.command(&[], ["receive", "--yes", "--stdout", &fx.code]);
+    cmd.stdout(std::fs::File::create(&got).unwrap());
+    let (s, r) = finish_pair(s, Proc::spawn("receiver", cmd));
+    assert_exits(&[(&s, 0), (&r, 0)]);
+    assert_eq!(std::fs::read(&got).unwrap(), std::fs::read(&one).unwrap());
+}
+
+/// Standard input is sent alone and once; `--name` goes with it.
+#[test]
+fn stdin_usage_errors() {
+    let fx = Fixture::new();
+    let file = fx.path("f");
+    write_file(&file, b"x");
+    for args in [
+        vec![OsStr::new("send"), OsStr::new("-"), file.as_os_str()],
+        vec![OsStr::new("send"), OsStr::new("--name"), OsStr::new("n"), file.as_os_str()],
+        vec![OsStr::new("send"), OsStr::new("--count"), OsStr::new("2"), OsStr::new("-")],
+        vec![OsStr::new("send"), OsStr::new("--name"), OsStr::new("a/b"), OsStr::new("-")],
+    ] {
+        let o = fx.spawn("sender", &[], &args).finish();
+        assert_exits(&[(&o, 2)]);
+        assert!(!o.stderr.contains("Code:"), "no code shown\n{o}");
+    }
+}
+
+/// Streaming holds no copy: 256 MiB through `send -` and `receive --stdout` keep both
+/// sides' peak memory far below the stream's size.
+#[test]
+fn a_stream_takes_constant_memory() {
+    let fx = Fixture::new();
+    let mut cmd = fx.command(&[], ["send", "--json", "--code", &fx.code, "-"]);
+    cmd.stdin(std::process::Stdio::piped());
+    let mut s = Proc::spawn("sender", cmd);
+    s.wait_event("code");
+    let mut stdin = s.take_stdin().expect("stdin piped");
+    let feeder = std::thread::spawn(move || {
+        use std::io::Write;
+        let mut rng = XorShift::new(7);
+        for _ in 0..256 {
+            stdin.write_all(&rng.bytes(1 << 20)).unwrap();
+        }
+    });
+    let mut cmd = fx.command(&[], ["receive", "--json", "--yes", "--stdout", &fx.code]);
+    cmd.stdout(std::process::Stdio::null());
+    let (s, r) = finish_pair(s, Proc::spawn("receiver", cmd));
+    feeder.join().unwrap();
+    assert_exits(&[(&s, 0), (&r, 0)]);
+    assert_done(&s, 256 << 20, 1);
+    for o in [&s, &r] {
+        let peak = o.peak_rss_kib.expect("sampled");
+        assert!(peak < 128 << 10, "{} peaked at {peak} KiB for a 256 MiB stream", o.name);
+    }
+}

@@ -70,6 +70,8 @@ enum Rec {
 /// The file the reader has open, as the model sees it.
 struct File {
     id: u64,
+    /// A stream has no size (`u64::MAX` here) and ends at its FILE_END.
+    stream: bool,
     size: u64,
     /// Bytes held before the lane (resumed) and bytes emitted, in order.
     content: Vec<u8>,
@@ -95,10 +97,11 @@ fuzz_target!(|input: Input| {
         match rec {
             Rec::Entry { id, kind, size, path, mtime } => {
                 let size = u64::from(size) % (MAX_SIZE + 1);
-                let kind = match kind % 4 {
+                let kind = match kind % 5 {
                     0 => EntryKind::Dir,
                     1 => EntryKind::Symlink { target: path.clone() },
                     2 => EntryKind::File { size: size % 4096 },
+                    3 => EntryKind::Stream,
                     _ => EntryKind::File { size },
                 };
                 let entry = Entry {
@@ -214,9 +217,15 @@ fuzz_target!(|input: Input| {
                 assert!(file.is_none(), "an entry inside a file");
                 entries += 1;
                 last_id = e.id;
-                if let EntryKind::File { size } = e.kind {
+                let size = match e.kind {
+                    EntryKind::File { size } => Some(size),
+                    EntryKind::Stream => Some(u64::MAX),
+                    _ => None,
+                };
+                if let Some(size) = size {
                     file = Some(File {
                         id: e.id,
+                        stream: e.kind == EntryKind::Stream,
                         size,
                         content: Vec::new(),
                         resume_at: None,
@@ -229,6 +238,7 @@ fuzz_target!(|input: Input| {
                 let f = file.as_mut().expect("resume outside a file");
                 assert_eq!(file_id, f.id);
                 assert!(f.content.is_empty() && f.resume_at.is_none());
+                assert!(!f.stream, "a stream resumed");
                 assert!(offset > 0 && offset <= f.size);
                 f.resume_at = Some(offset);
             }
@@ -240,10 +250,11 @@ fuzz_target!(|input: Input| {
                 f.content.extend_from_slice(d);
                 assert!(f.content.len() as u64 <= f.size, "more than the file's size");
             }
-            LaneEvent::FileEnd { file_id, hash } => {
+            LaneEvent::FileEnd { file_id, hash, size } => {
                 let f = file.take().expect("file end outside a file");
                 assert_eq!(file_id, f.id);
-                assert_eq!(f.content.len() as u64, f.size, "a file ended short");
+                assert_eq!(f.content.len() as u64, size, "the size reported");
+                assert!(f.stream || size == f.size, "a file ended short");
                 let good = f.whole.unwrap_or_else(|| *blake3::hash(&f.content).as_bytes());
                 assert_eq!(hash, good, "a file ended with a hash of other bytes");
             }

@@ -217,6 +217,8 @@ fuzz_target!(|input: Input| {
         lanes: 1,
         chunk_size: CHUNK as u32,
         transfer_id: [9; 16],
+        streams: 0,
+        text: None,
     };
     {
         let dest = Dest::open(&root).unwrap();
@@ -233,7 +235,9 @@ fuzz_target!(|input: Input| {
         if result.is_ok() && sink.check_complete().is_ok() {
             let _ = sink.finish_dirs();
         }
-        sink.dest.end();
+        if let Some(dest) = sink.dest() {
+        dest.end();
+    }
     }
 
     check_outside(base, &root);

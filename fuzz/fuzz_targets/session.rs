@@ -172,6 +172,8 @@ fn offer(o: ArbOffer) -> Offer {
         lanes: o.lanes,
         chunk_size: o.chunk_size,
         transfer_id: o.transfer_id,
+        streams: 0,
+        text: None,
     }
 }
 

@@ -583,6 +583,61 @@ mod tests {
         }
     }
 
+    /// A stream (size unknown) ends at its FILE_END, whatever its length, and is checked
+    /// against its hash like a file; it cannot be resumed, and a wrong hash is caught.
+    #[test]
+    fn a_stream_ends_where_its_writer_says_and_is_verified() {
+        let stream = |id| Entry {
+            id,
+            path: "stdin".into(),
+            kind: EntryKind::Stream,
+            mode: 0o644,
+            mtime: None,
+        };
+        let content: Vec<u8> = (0..3 * GROUP as usize + 5).map(|i| (i % 253) as u8).collect();
+        let mut w = LaneWriter::new(1);
+        let mut out = Vec::new();
+        let mut frames = Vec::new();
+        w.entry(&stream(1), &mut out);
+        frames.push(out.clone());
+        for piece in content.chunks(65_536) {
+            w.chunk(piece, None, &mut out);
+            frames.push(out.clone());
+        }
+        let hash = w.file_end(&mut out);
+        frames.push(out.clone());
+        assert_eq!(hash, *blake3::hash(&content).as_bytes());
+        w.lane_end(&mut out);
+        frames.push(out);
+        let mut reader = LaneReader::new(1 << 20);
+        let mut got = Vec::new();
+        let mut size = None;
+        for body in bodies(&frames) {
+            match reader.handle(&body).unwrap() {
+                LaneEvent::Data(d) => got.extend_from_slice(d),
+                LaneEvent::FileEnd { size: s, .. } => size = Some(s),
+                _ => {}
+            }
+        }
+        assert_eq!(got, content);
+        assert_eq!(size, Some(content.len() as u64));
+
+        // A wrong hash at the end, and a resume, are refused.
+        let bodies = bodies(&frames);
+        let mut reader = LaneReader::new(1 << 20);
+        for body in &bodies[..bodies.len() - 2] {
+            reader.handle(body).unwrap();
+        }
+        let mut bad = Vec::new();
+        Record::FileEnd { file_id: 1, hash: [0; 32] }.encode(&mut bad);
+        assert!(matches!(reader.handle(&bad), Err(LaneError::Hash { .. })));
+        let mut reader = LaneReader::new(1 << 20);
+        reader.handle(&bodies[0]).unwrap();
+        let mut resume = Vec::new();
+        Record::ResumeAt { file_id: 1, offset: 10 }.encode(&mut resume);
+        assert_eq!(reader.handle(&resume), Err(LaneError::Order("resume of a stream")));
+    }
+
     /// A file held whole is checked against the hash the receiver holds for it.
     #[test]
     fn a_file_held_whole_ends_at_once_and_is_checked() {

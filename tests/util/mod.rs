@@ -265,10 +265,12 @@ impl Proc {
         let out = Arc::new(Mutex::new((String::new(), String::new())));
         let (tx, lines) = mpsc::channel();
         let mut readers = Vec::new();
-        let pipes: [(Stream, Box<dyn Read + Send>); 2] = [
-            (Stream::Stdout, Box::new(child.stdout.take().expect("stdout piped"))),
-            (Stream::Stderr, Box::new(child.stderr.take().expect("stderr piped"))),
-        ];
+        // A test that redirected stdout (to a file) collects stderr only.
+        let mut pipes: Vec<(Stream, Box<dyn Read + Send>)> = Vec::new();
+        if let Some(stdout) = child.stdout.take() {
+            pipes.push((Stream::Stdout, Box::new(stdout)));
+        }
+        pipes.push((Stream::Stderr, Box::new(child.stderr.take().expect("stderr piped"))));
         for (which, pipe) in pipes {
             let (tx, out) = (tx.clone(), out.clone());
             readers.push(std::thread::spawn(move || {
@@ -306,6 +308,11 @@ impl Proc {
             deadline: Instant::now() + PROC_TIMEOUT,
             peak,
         }
+    }
+
+    /// The child's stdin, if the command piped it (once).
+    pub fn take_stdin(&mut self) -> Option<std::process::ChildStdin> {
+        self.child.stdin.take()
     }
 
     /// Moves the hard deadline to `limit` from now (for tests that wait on long timeouts).
