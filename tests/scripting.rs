@@ -388,12 +388,11 @@ fn a_text_is_printed_and_nothing_is_written() {
     let text = "first line\nsecond ✓ line\twith a tab\n";
     let out = fx.path("never-made");
     let s = fx.send(["--text", text]);
-    let r = fx.spawn("receiver", &[], [
-        OsStr::new("receive"),
-        OsStr::new("--out"),
-        out.as_os_str(),
-        OsStr::new(&fx.code),
-    ]);
+    let r = fx.spawn(
+        "receiver",
+        &[],
+        [OsStr::new("receive"), OsStr::new("--out"), out.as_os_str(), OsStr::new(&fx.code)],
+    );
     let (s, r) = finish_pair(s, r);
     assert_exits(&[(&s, 0), (&r, 0)]);
     assert_eq!(r.stdout, text, "exactly the text on stdout\n{r}");
@@ -434,7 +433,13 @@ fn bad_texts_are_usage_errors() {
     }
     let file = fx.path("f");
     write_file(&file, b"x");
-    let o = fx.spawn("sender", &[], [OsStr::new("send"), OsStr::new("--text"), OsStr::new("hi"), file.as_os_str()]).finish();
+    let o = fx
+        .spawn(
+            "sender",
+            &[],
+            [OsStr::new("send"), OsStr::new("--text"), OsStr::new("hi"), file.as_os_str()],
+        )
+        .finish();
     assert_exits(&[(&o, 2)]);
 }
 
@@ -446,7 +451,8 @@ fn stdin_streams_to_stdout_byte_for_byte() {
     let mut fx = Fixture::new();
     let data = fx.rng.bytes(10 << 20);
     for to_stdout in [true, false] {
-        let mut cmd = fx.command(&[], ["send", "--json", "--code", &fx.code, "-", "--name", "data.bin"]);
+        let mut cmd =
+            fx.command(&[], ["send", "--json", "--code", &fx.code, "-", "--name", "data.bin"]);
         cmd.stdin(std::process::Stdio::piped());
         let mut s = Proc::spawn("sender", cmd);
         s.wait_event("code");
@@ -474,7 +480,11 @@ fn stdin_streams_to_stdout_byte_for_byte() {
         feeder.join().unwrap();
         assert_exits(&[(&s, 0), (&r, 0)]);
         let arrived = if to_stdout { got } else { out.join("data.bin") };
-        assert!(std::fs::read(&arrived).unwrap() == data, "the stream arrived changed ({})", arrived.display());
+        assert!(
+            std::fs::read(&arrived).unwrap() == data,
+            "the stream arrived changed ({})",
+            arrived.display()
+        );
         // The sender's totals count the stream's bytes, though the offer could not.
         let offer = s.event("offer").expect("offer event");
         assert_eq!(offer["bytes"], 0, "{s}");
@@ -558,4 +568,42 @@ fn a_stream_takes_constant_memory() {
         let peak = o.peak_rss_kib.expect("sampled");
         assert!(peak < 128 << 10, "{} peaked at {peak} KiB for a 256 MiB stream", o.name);
     }
+}
+
+/// A sparse file arrives with its holes: the same bytes, but no more blocks allocated than
+/// its data needs (the holes travel as HOLE records, not as zeros).
+#[test]
+fn a_sparse_file_stays_sparse() {
+    use std::io::{Seek, SeekFrom, Write};
+    use std::os::unix::fs::MetadataExt;
+    let mut fx = Fixture::new();
+    let src = fx.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    let sparse = src.join("disk.img");
+    let mut f = std::fs::File::create(&sparse).unwrap();
+    f.set_len(64 << 20).unwrap();
+    for (at, len) in [(8u64 << 20, 1usize << 20), (40 << 20, 100_000)] {
+        f.seek(SeekFrom::Start(at)).unwrap();
+        f.write_all(&fx.rng.bytes(len)).unwrap();
+    }
+    drop(f);
+    let allocated = |p: &std::path::Path| std::fs::metadata(p).unwrap().blocks() * 512;
+    if allocated(&sparse) > 8 << 20 {
+        println!("skipped: the test directory's file system does not keep holes");
+        return;
+    }
+    let out = fx.path("out");
+    let s = fx.send([src.as_os_str()]);
+    let r = fx.receive(["--yes", "--out", out.to_str().unwrap()]);
+    let (s, r) = finish_pair(s, r);
+    assert_exits(&[(&s, 0), (&r, 0)]);
+    let got = out.join("src/disk.img");
+    assert!(std::fs::read(&got).unwrap() == std::fs::read(&sparse).unwrap(), "content differs");
+    assert_eq!(std::fs::metadata(&got).unwrap().len(), 64 << 20);
+    let (theirs, ours) = (allocated(&got), allocated(&sparse));
+    assert!(
+        theirs <= ours + (1 << 20),
+        "received file allocates {theirs} bytes, the source {ours}"
+    );
+    assert_done(&r, 64 << 20, 1);
 }

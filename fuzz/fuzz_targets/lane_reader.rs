@@ -65,6 +65,12 @@ enum Rec {
     },
     TakeCvs,
     Raw(Vec<u8>),
+    /// A HOLE of `len` zeros (at the open file's place unless given).
+    Hole {
+        id: Option<u8>,
+        offset: Option<u64>,
+        len: u32,
+    },
 }
 
 /// The file the reader has open, as the model sees it.
@@ -196,6 +202,15 @@ fuzz_target!(|input: Input| {
                 continue;
             }
             Rec::Raw(bytes) => buf = bytes,
+            Rec::Hole { id, offset, len } => {
+                let (fid, at) = file.as_ref().map_or((last_id, 0), |f| (f.id, f.content.len() as u64));
+                let len = u64::from(len) % (MAX_SIZE + 1);
+                if len == 0 {
+                    continue;
+                }
+                Record::Hole { file_id: id.map_or(fid, u64::from), offset: offset.unwrap_or(at), len }
+                    .encode(&mut buf);
+            }
         }
         let result = reader.handle(&buf);
         let event = match result {
@@ -248,6 +263,14 @@ fuzz_target!(|input: Input| {
                 assert!(f.whole.is_none(), "data for a file held whole");
                 assert!(!d.is_empty() && d.len() <= max_chunk, "chunk of {} bytes", d.len());
                 f.content.extend_from_slice(d);
+                assert!(f.content.len() as u64 <= f.size, "more than the file's size");
+            }
+            LaneEvent::Hole(len) => {
+                let f = file.as_mut().expect("hole outside a file");
+                assert!(f.resume_at.is_none(), "a hole before the resume state");
+                assert!(f.whole.is_none(), "a hole in a file held whole");
+                assert!(len > 0, "an empty hole");
+                f.content.resize(f.content.len() + len as usize, 0);
                 assert!(f.content.len() as u64 <= f.size, "more than the file's size");
             }
             LaneEvent::FileEnd { file_id, hash, size } => {

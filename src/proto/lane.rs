@@ -164,6 +164,24 @@ impl LaneWriter {
         frame::finish(record);
     }
 
+    /// Writes a HOLE record: the open file's next `len` bytes (1 to [`data::MAX_HOLE`]) are
+    /// zeros its source does not store.
+    pub fn hole(&mut self, len: u64, out: &mut Vec<u8>) {
+        let Some(file) = self.file.as_mut() else {
+            debug_assert!(false, "hole without an open file");
+            return;
+        };
+        debug_assert!(len > 0 && len <= data::MAX_HOLE, "hole of {len} bytes");
+        debug_assert!(
+            file.size.is_none_or(|size| file.written + len <= size),
+            "hole beyond the size"
+        );
+        file.hash.update_zeros(len);
+        let (file_id, offset) = (file.id, file.written);
+        file.written += len;
+        framed(out, |buf| Record::Hole { file_id, offset, len }.encode(buf));
+    }
+
     /// Bytes of the open file written so far.
     pub fn file_written(&self) -> u64 {
         self.file.as_ref().map_or(0, |f| f.written)
@@ -213,6 +231,8 @@ pub enum LaneEvent<'a> {
     },
     /// The next bytes of the open file.
     Data(&'a [u8]),
+    /// The next bytes of the open file are this many zeros, stored as a hole.
+    Hole(u64),
     /// The open file is complete and its hash verified: commit it.
     FileEnd {
         /// The file's entry id.
@@ -399,6 +419,25 @@ impl LaneReader {
                 self.wire += payload.len() as u64;
                 Ok(LaneEvent::Data(data))
             }
+            Record::Hole { file_id, offset, len } => {
+                let file = self.file.as_mut().ok_or(LaneError::Order("hole outside a file"))?;
+                flowing(file)?;
+                if file_id != file.id || offset != file.received {
+                    return Err(LaneError::Order("hole out of sequence"));
+                }
+                if len > data::MAX_HOLE {
+                    return Err(LaneError::Order("hole too long"));
+                }
+                if file.received.checked_add(len).is_none_or(|n| n > file.size) {
+                    return Err(LaneError::Order("more data than the file's size"));
+                }
+                let Check::Hashing(hasher) = &mut file.hash else {
+                    return Err(LaneError::Order("data for a file held whole"));
+                };
+                file.received += len;
+                hasher.update_zeros(len);
+                Ok(LaneEvent::Hole(len))
+            }
             Record::FileEnd { file_id, hash } => {
                 let mut file =
                     self.file.take().ok_or(LaneError::Order("file end outside a file"))?;
@@ -519,7 +558,7 @@ mod tests {
                 LaneEvent::Data(d) => got.extend_from_slice(d),
                 LaneEvent::FileEnd { file_id, .. } => ends.push(file_id),
                 LaneEvent::Entry(_) | LaneEvent::End => {}
-                LaneEvent::ResumeAt { .. } => panic!("no resume here"),
+                LaneEvent::ResumeAt { .. } | LaneEvent::Hole(_) => panic!("no resume or hole here"),
             }
         }
         assert_eq!(got, b"hello worldabc");
@@ -574,6 +613,7 @@ mod tests {
                         reader.resume(Held::Prefix(prefix.clone())).unwrap();
                     }
                     LaneEvent::Data(d) => got.extend_from_slice(d),
+                    LaneEvent::Hole(_) => panic!("no hole here"),
                     LaneEvent::FileEnd { .. } | LaneEvent::Entry(_) | LaneEvent::End => {}
                 }
                 got_cvs.extend(reader.take_cvs().1);
@@ -636,6 +676,57 @@ mod tests {
         let mut resume = Vec::new();
         Record::ResumeAt { file_id: 1, offset: 10 }.encode(&mut resume);
         assert_eq!(reader.handle(&resume), Err(LaneError::Order("resume of a stream")));
+    }
+
+    /// Holes stand for zeros: the reader hashes them as such, so the file's hash is that of
+    /// its whole content; a hole past the size, out of place or over the cap is refused.
+    #[test]
+    fn holes_are_zeros_in_the_hash_and_keep_to_the_file() {
+        let g = GROUP as usize;
+        let mut content = vec![0u8; 3 * g + 10];
+        content[g + 5..g + 9].copy_from_slice(b"data");
+        content[3 * g..].fill(7);
+        let mut w = LaneWriter::new(1);
+        let mut out = Vec::new();
+        let mut frames = Vec::new();
+        w.entry(&file(1, content.len() as u64), &mut out);
+        frames.push(out.clone());
+        w.hole(g as u64 + 5, &mut out);
+        frames.push(out.clone());
+        w.chunk(&content[g + 5..g + 9], None, &mut out);
+        frames.push(out.clone());
+        w.hole((3 * g - (g + 9)) as u64, &mut out);
+        frames.push(out.clone());
+        w.chunk(&content[3 * g..], None, &mut out);
+        frames.push(out.clone());
+        assert_eq!(w.file_end(&mut out), *blake3::hash(&content).as_bytes());
+        frames.push(out.clone());
+        let mut reader = LaneReader::new(1 << 20);
+        let mut got = Vec::new();
+        for body in bodies(&frames) {
+            match reader.handle(&body).unwrap() {
+                LaneEvent::Data(d) => got.extend_from_slice(d),
+                LaneEvent::Hole(n) => got.resize(got.len() + n as usize, 0),
+                _ => {}
+            }
+        }
+        assert_eq!(got, content);
+
+        let bodies = bodies(&frames);
+        let hole = |offset, len| {
+            let mut b = Vec::new();
+            Record::Hole { file_id: 1, offset, len }.encode(&mut b);
+            b
+        };
+        for (bad, why) in [
+            (hole(0, content.len() as u64 + 1), "more data than the file's size"),
+            (hole(3, 10), "hole out of sequence"),
+            (hole(0, data::MAX_HOLE + 1), "hole too long"),
+        ] {
+            let mut reader = LaneReader::new(1 << 20);
+            reader.handle(&bodies[0]).unwrap();
+            assert_eq!(reader.handle(&bad), Err(LaneError::Order(why)));
+        }
     }
 
     /// A file held whole is checked against the hash the receiver holds for it.

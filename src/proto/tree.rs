@@ -127,6 +127,16 @@ impl TreeHasher {
         }
     }
 
+    /// Hashes `len` zero bytes (a hole of a sparse file).
+    pub fn update_zeros(&mut self, mut len: u64) {
+        static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
+        while len > 0 {
+            let n = len.min(ZEROS.len() as u64);
+            self.update(&ZEROS[..n as usize]);
+            len -= n;
+        }
+    }
+
     /// CVs of the groups completed since the last call (only after [`TreeHasher::collect_cvs`]),
     /// with the index of the first.
     pub fn take_cvs(&mut self) -> (u64, Vec<ChainingValue>) {

@@ -296,33 +296,48 @@ impl Worker {
             }
         }
         self.packer.start_file(size);
-        let mut remaining = size - start;
-        while remaining > 0 {
-            let n = remaining.min(self.chunk as u64) as usize;
-            let began = std::time::Instant::now();
-            // The file's bytes go straight into the record.
-            let mut out = Vec::with_capacity(CHUNK_PAYLOAD_AT + n);
-            out.resize(CHUNK_PAYLOAD_AT, 0);
-            read_exactly(&mut file, n, &mut out, local)?;
-            let packed = self.packer.pack(&out[CHUNK_PAYLOAD_AT..]);
-            progress.add_wire(packed.map_or(n, <[u8]>::len) as u64);
-            self.writer.chunk_in_place(&mut out, packed);
-            let (first, cvs) = self.writer.take_cvs();
-            if let Some(w) = cvs_out.as_mut() {
-                w.push(first, &cvs);
+        // A file that stores fewer blocks than its size has holes: they go as HOLE records,
+        // not as zeros, and stay holes on the receiver.
+        let sparse = std::os::unix::fs::MetadataExt::blocks(&meta).saturating_mul(512) < size;
+        let mut pos = start;
+        while pos < size {
+            let (data, end) = if sparse { extent(&file, pos, size) } else { (pos, size) };
+            while pos < data {
+                let n = (data - pos).min(crate::wire::data::MAX_HOLE);
+                let mut out = Vec::new();
+                self.writer.hole(n, &mut out);
+                self.cvs_to(&mut cvs_out);
+                outbox.push(out)?;
+                progress.add(n);
+                pos += n;
             }
-            let handing = std::time::Instant::now();
-            outbox.push(out)?;
-            // How long the chunk took to be handed on, and how much of it was waiting for room
-            // towards the link: `auto` judges compression by it.
-            self.packer.timed(Sample {
-                bytes: n as u64,
-                took: began.elapsed(),
-                waited: handing.elapsed(),
-                wire: (self.wire)(),
-            });
-            progress.add(n as u64);
-            remaining -= n as u64;
+            if sparse {
+                file.seek(SeekFrom::Start(pos)).map_err(|e| read_failed(local, &e))?;
+            }
+            while pos < end {
+                let n = (end - pos).min(self.chunk as u64) as usize;
+                let began = std::time::Instant::now();
+                // The file's bytes go straight into the record.
+                let mut out = Vec::with_capacity(CHUNK_PAYLOAD_AT + n);
+                out.resize(CHUNK_PAYLOAD_AT, 0);
+                read_exactly(&mut file, n, &mut out, local)?;
+                let packed = self.packer.pack(&out[CHUNK_PAYLOAD_AT..]);
+                progress.add_wire(packed.map_or(n, <[u8]>::len) as u64);
+                self.writer.chunk_in_place(&mut out, packed);
+                self.cvs_to(&mut cvs_out);
+                let handing = std::time::Instant::now();
+                outbox.push(out)?;
+                // How long the chunk took to be handed on, and how much of it was waiting for
+                // room towards the link: `auto` judges compression by it.
+                self.packer.timed(Sample {
+                    bytes: n as u64,
+                    took: began.elapsed(),
+                    waited: handing.elapsed(),
+                    wire: (self.wire)(),
+                });
+                progress.add(n as u64);
+                pos += n as u64;
+            }
         }
         let mut out = Vec::new();
         self.writer.file_end(&mut out);
@@ -334,6 +349,14 @@ impl Worker {
 }
 
 impl Worker {
+    /// Hands the group CVs the open file completed to the cache's writer, if any.
+    fn cvs_to(&mut self, out: &mut Option<super::cache::CvWriter>) {
+        let (first, cvs) = self.writer.take_cvs();
+        if let Some(w) = out.as_mut() {
+            w.push(first, &cvs);
+        }
+    }
+
     /// Sends a stream: its entry, then chunks of what each read gives (at most a chunk, so
     /// that a slow producer's bytes are not held back), until the end of its input.
     fn stream(
@@ -472,6 +495,24 @@ impl Outbox<'_> {
             .blocking_send(Bytes::from(bytes))
             .map_err(|_| TransferError::network("the connection to the receiver was lost"))
     }
+}
+
+/// The next extent of data at or after `pos` in a sparse file, as `(start, end)` within
+/// `size`: `pos..start` is a hole. A file system that cannot tell (no `SEEK_DATA`) has data
+/// everywhere.
+fn extent(file: &std::fs::File, pos: u64, size: u64) -> (u64, u64) {
+    use rustix::fs::{seek, SeekFrom as At};
+    let data = match seek(file, At::Data(pos)) {
+        Ok(d) => d.min(size),
+        // No data after `pos`: the rest is a hole.
+        Err(rustix::io::Errno::NXIO) => return (size, size),
+        Err(_) => return (pos, size),
+    };
+    let end = match seek(file, At::Hole(data)) {
+        Ok(h) => h.min(size),
+        Err(_) => size,
+    };
+    (data, if end > data { end } else { size })
 }
 
 /// Appends exactly `n` bytes of `file` to `out` (into its spare capacity: nothing is zeroed

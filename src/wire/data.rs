@@ -11,11 +11,14 @@
 //! | 0x03 | FILE_END | `file_id: u64 BE ‖ blake3: [u8; 32]`                               |
 //! | 0x04 | LANE_END | `entries: u64 BE` (entries this lane carried)                      |
 //! | 0x05 | RESUME_AT| `file_id: u64 BE ‖ offset: u64 BE` (the receiver holds `offset` bytes) |
+//! | 0x06 | HOLE     | `file_id: u64 BE ‖ offset: u64 BE ‖ len: u64 BE` (`len` zero bytes, not sent) |
 //!
 //! CHUNK `flags` bit 0: the payload is a zstd frame (decompressed size ≤ the chunk size);
 //! other bits must be zero. A file's chunks follow its ENTRY on the same lane, in order, then
 //! its FILE_END. A resumed file's ENTRY is followed by RESUME_AT, and its chunks start at that
-//! offset. LANE_END is the last record; a lane that ends without it was cut.
+//! offset. A HOLE stands for a run of zeros the sender's file does not store (a sparse file),
+//! in place of CHUNKs: the receiver leaves a hole too. LANE_END is the last record; a lane
+//! that ends without it was cut.
 
 use serde::{Deserialize, Serialize};
 
@@ -29,6 +32,9 @@ pub const MIN_CHUNK: usize = 16 << 10;
 pub const DEFAULT_CHUNK: usize = 512 << 10;
 /// Cap on a data frame body: the largest record.
 pub const MAX_FRAME: usize = CHUNK_HEADER_LEN + MAX_CHUNK;
+/// Cap on one HOLE record's length: a longer hole goes as several (each costs the receiver
+/// hashing that many zeros, and the lane shows progress between records).
+pub const MAX_HOLE: u64 = 1 << 30;
 /// Cap on a symlink target, in bytes.
 pub const MAX_TARGET: usize = 4096;
 /// Length of the header of a CHUNK record (type byte included).
@@ -41,6 +47,7 @@ const TYPE_CHUNK: u8 = 0x02;
 const TYPE_FILE_END: u8 = 0x03;
 const TYPE_LANE_END: u8 = 0x04;
 const TYPE_RESUME_AT: u8 = 0x05;
+const TYPE_HOLE: u8 = 0x06;
 
 /// One item of the manifest.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -121,6 +128,15 @@ pub enum Record<'a> {
         /// Bytes the receiver holds (as it answered in the listing).
         offset: u64,
     },
+    /// `len` zero bytes of the file at `offset` that the sender's file does not store.
+    Hole {
+        /// The file's entry id.
+        file_id: u64,
+        /// Where the hole starts.
+        offset: u64,
+        /// Its length (at least 1).
+        len: u64,
+    },
 }
 
 impl Record<'_> {
@@ -148,6 +164,12 @@ impl Record<'_> {
                 out.push(TYPE_RESUME_AT);
                 out.extend_from_slice(&file_id.to_be_bytes());
                 out.extend_from_slice(&offset.to_be_bytes());
+            }
+            Record::Hole { file_id, offset, len } => {
+                out.push(TYPE_HOLE);
+                out.extend_from_slice(&file_id.to_be_bytes());
+                out.extend_from_slice(&offset.to_be_bytes());
+                out.extend_from_slice(&len.to_be_bytes());
             }
         }
     }
@@ -194,6 +216,14 @@ impl Record<'_> {
             TYPE_RESUME_AT => {
                 let body = fixed::<16>(rest)?;
                 Ok(Record::ResumeAt { file_id: be_u64(&body[..8]), offset: be_u64(&body[8..]) })
+            }
+            TYPE_HOLE => {
+                let body = fixed::<24>(rest)?;
+                let len = be_u64(&body[16..]);
+                if len == 0 {
+                    return Err(DecodeError::Invalid("empty hole"));
+                }
+                Ok(Record::Hole { file_id: be_u64(&body[..8]), offset: be_u64(&body[8..16]), len })
             }
             other => Err(DecodeError::UnknownType(other)),
         }
@@ -301,6 +331,10 @@ mod tests {
             hex_of(&Record::ResumeAt { file_id: 5, offset: 1 << 20 }),
             "0500000000000000050000000000100000"
         );
+        assert_eq!(
+            hex_of(&Record::Hole { file_id: 5, offset: 1 << 20, len: 4096 }),
+            "06000000000000000500000000001000000000000000001000"
+        );
     }
 
     #[test]
@@ -316,6 +350,9 @@ mod tests {
         long.extend_from_slice(&[0; 9]);
         assert_eq!(Record::decode(&long), Err(DecodeError::TrailingBytes(1)));
         assert_eq!(Record::decode(&[TYPE_RESUME_AT, 0, 0]), Err(DecodeError::Truncated));
+        let mut empty_hole = vec![TYPE_HOLE];
+        empty_hole.extend_from_slice(&[0; 24]);
+        assert_eq!(Record::decode(&empty_hole), Err(DecodeError::Invalid("empty hole")));
 
         let mut e = file_entry();
         e.path = "x".repeat(5000);
@@ -346,6 +383,7 @@ mod tests {
                 Record::FileEnd { file_id: id, hash: sha },
                 Record::LaneEnd { entries: off },
                 Record::ResumeAt { file_id: id, offset: off },
+                Record::Hole { file_id: id, offset: off, len: size.max(1) },
             ];
             for r in records {
                 let mut out = Vec::new();

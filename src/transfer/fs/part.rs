@@ -8,7 +8,7 @@
 //! when dropped.
 
 use std::fs::{File, Permissions};
-use std::io::{self, Write};
+use std::io::{self, Seek, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::time::SystemTime;
 
@@ -32,6 +32,9 @@ pub struct PartFile {
     /// Bytes it held when it was opened (a resumed partial copy).
     from: u64,
     journal: Option<JournalWriter>,
+    /// The last bytes were a hole ([`PartFile::skip`]): the file's length must be set at the
+    /// end, as no write made it that long.
+    hole_at_end: bool,
 }
 
 /// A file received in full and verified, closed, with its mtime set, waiting to be made
@@ -76,7 +79,7 @@ impl PartFile {
         written: u64,
         journal: Option<JournalWriter>,
     ) -> PartFile {
-        PartFile { file, names, written, from: written, journal }
+        PartFile { file, names, written, from: written, journal, hole_at_end: false }
     }
 
     /// Append `data`. ENOSPC and EDQUOT surface as [`FsError::DiskFull`].
@@ -87,6 +90,24 @@ impl PartFile {
         }
         self.file.write_all(data).map_err(|e| classify(&self.names.at.path(), e))?;
         self.written += data.len() as u64;
+        self.hole_at_end = false;
+        Ok(())
+    }
+
+    /// Leave the next `len` bytes a hole (zeros the file system does not store): the sender's
+    /// file is sparse there.
+    pub fn skip(&mut self, len: u64) -> Result<(), FsError> {
+        let end = self.written.checked_add(len).filter(|&e| i64::try_from(e).is_ok());
+        let end = end.ok_or_else(|| FsError::Io {
+            path: self.names.at.path(),
+            source: io::Error::new(io::ErrorKind::InvalidInput, "a hole beyond any file size"),
+        })?;
+        if let Some(journal) = self.journal.as_mut() {
+            journal.intend(end).map_err(|e| classify(&self.names.tmp.path(), e))?;
+        }
+        self.file.seek(io::SeekFrom::Start(end)).map_err(|e| classify(&self.names.at.path(), e))?;
+        self.written = end;
+        self.hole_at_end = true;
         Ok(())
     }
 
@@ -135,6 +156,9 @@ impl PartFile {
         mtime: Option<SystemTime>,
         root: [u8; 32],
     ) -> Result<Finished, FsError> {
+        if self.hole_at_end {
+            self.file.set_len(self.written).map_err(|e| classify(&self.names.at.path(), e))?;
+        }
         if let Some(mtime) = mtime {
             self.file.set_modified(mtime).map_err(|e| classify(&self.names.at.path(), e))?;
         }

@@ -47,6 +47,16 @@ impl Pipe {
         w.write_all(data).map_err(pipe_failed)
     }
 
+    fn zeros(&self, mut len: u64) -> Result<(), TransferError> {
+        let zeros = [0u8; 64 << 10];
+        while len > 0 {
+            let n = len.min(zeros.len() as u64) as usize;
+            self.write(&zeros[..n])?;
+            len -= n as u64;
+        }
+        Ok(())
+    }
+
     fn flush(&self) -> Result<(), TransferError> {
         self.0.lock().map_err(|_| poisoned())?.flush().map_err(pipe_failed)
     }
@@ -507,6 +517,16 @@ fn apply_records(
                         }
                     }
                     sink.progress.add(data.len() as u64);
+                }
+                LaneEvent::Hole(len) => {
+                    match (&open, &sink.target) {
+                        (Some(Open::Piping { .. }), Target::Pipe(pipe)) => pipe.zeros(len)?,
+                        _ => {
+                            writing(&mut open, sink)?.skip(len)?;
+                            wrote = true;
+                        }
+                    }
+                    sink.progress.add(len);
                 }
                 LaneEvent::FileEnd { size, .. } if matches!(open, Some(Open::Piping { .. })) => {
                     let (Some(Open::Piping { entry }), Target::Pipe(pipe)) =
