@@ -454,6 +454,28 @@ mod tests {
         assert_ne!(server.fingerprint, client.fingerprint);
     }
 
+    /// A dual-stack endpoint reaches an IPv4 peer, and the peer's address reads as IPv4.
+    #[tokio::test]
+    async fn a_dual_stack_endpoint_shows_ipv4_peers_as_ipv4() {
+        let server = Node::bind("127.0.0.1:0".parse().unwrap(), &Tuning::default(), true).unwrap();
+        let any = SocketAddr::from(([0, 0, 0, 0], 0));
+        let client =
+            Node::with_socket(socket_for(any).unwrap(), &Tuning::default(), false).unwrap();
+        if !client.local_addr().unwrap().is_ipv6() {
+            eprintln!("no IPv6 on this host: nothing dual-stack to check");
+            return;
+        }
+        let addr = server.local_addr().unwrap();
+        let accept = tokio::spawn({
+            let ep = server.endpoint.clone();
+            async move { ep.accept().await.unwrap().await.unwrap() }
+        });
+        let c = client.connect_any(&[addr], Duration::from_secs(5)).await.unwrap();
+        accept.await.unwrap();
+        assert!(c.remote_address().is_ipv6(), "mapped: {}", c.remote_address());
+        assert_eq!(peer_addr(&c), addr);
+    }
+
     #[tokio::test]
     async fn connect_any_reports_every_failure() {
         let local: SocketAddr = "127.0.0.1:0".parse().unwrap();

@@ -7,6 +7,7 @@ use super::collector::Ambiguous;
 use super::responder::Answer;
 use super::*;
 use rand::Rng;
+use std::net::SocketAddrV6;
 use std::process::Command;
 
 /// A config on a random port (and the caller picks a random nameplate), so tests running
@@ -337,6 +338,107 @@ fn only_group_queries_from_the_link_count() {
     // A platform that does not tell the destination: the source decides.
     assert!(from_the_link(None, group, || true));
     assert!(!from_the_link(None, group, || false));
+
+    // IPv6 alike: the link-local group, not a unicast address of this host, nor another group.
+    let group = IpAddr::V6(DiscoveryConfig::default().group_v6);
+    let ip = |s: &str| Some(s.parse::<IpAddr>().unwrap());
+    assert!(from_the_link(Some(group), group, || true));
+    assert!(!from_the_link(Some(group), group, || false));
+    for dst in ["fe80::1", "2001:db8::1", "ff02::1", "::ffff:239.255.41.41"] {
+        assert!(!from_the_link(ip(dst), group, || true), "{dst}");
+    }
+}
+
+/// The IPv6 group is link-local in scope (never routed) and flagged transient: ours, not one
+/// IANA assigned.
+#[test]
+fn the_ipv6_group_is_link_local_and_transient() {
+    assert!(GROUP_V6.is_multicast());
+    let flags_and_scope = GROUP_V6.octets()[1];
+    assert_eq!(flags_and_scope & 0x0f, 0x2, "link-local scope");
+    assert_eq!(flags_and_scope & 0xf0, 0x10, "transient (T) flag only");
+    assert_eq!(GROUP_V6.to_string(), "ff12::5032:5043");
+    assert_eq!(&GROUP_V6.octets()[12..], crate::wire::discovery::MAGIC);
+}
+
+fn v6(ip: &str, port: u16, scope: u32) -> SocketAddr {
+    SocketAddrV6::new(ip.parse().unwrap(), port, 0, scope).into()
+}
+
+/// An announce from a link-local source keeps the interface it came in on (its scope), which
+/// a connection to it needs; one without is dropped; other IPv6 sources need none.
+#[test]
+fn link_local_senders_keep_their_interface() {
+    let t0 = Instant::now();
+    let mut c = Collector::new(7);
+    c.handle(t0, v6("fe80::1", DEFAULT_PORT, 0), &announce(7, 1, 4433)).unwrap();
+    assert_eq!(c.poll_timeout(), None, "no interface, no sender");
+    c.handle(t0, v6("fe80::1", DEFAULT_PORT, 3), &announce(7, 1, 4433)).unwrap();
+    // The same address on another interface is another way there.
+    c.handle(t0, v6("fe80::1", DEFAULT_PORT, 4), &announce(7, 1, 4433)).unwrap();
+    c.handle(t0, v6("fe80::1", DEFAULT_PORT, 3), &announce(7, 1, 4433)).unwrap();
+    c.handle(t0, v6("2001:db8::1", DEFAULT_PORT, 5), &announce(7, 1, 4433)).unwrap();
+    let found = c.finish().unwrap();
+    assert_eq!(
+        found.addrs,
+        [v6("fe80::1", 4433, 3), v6("fe80::1", 4433, 4), v6("2001:db8::1", 4433, 0)]
+    );
+    let SocketAddr::V6(first) = found.addrs[0] else { panic!() };
+    assert_eq!(first.scope_id(), 3);
+}
+
+/// One sender heard over both families is one sender: its addresses merge, IPv4 first (tried
+/// first, as before IPv6 was used), each family in order of arrival.
+#[test]
+fn both_families_of_one_sender_merge_ipv4_first() {
+    let t0 = Instant::now();
+    let mut c = Collector::new(7);
+    c.handle(t0, v6("fe80::1", DEFAULT_PORT, 3), &announce(7, 1, 4433)).unwrap();
+    c.handle(t0, SocketAddr::from(([10, 0, 0, 1], DEFAULT_PORT)), &announce(7, 1, 4433)).unwrap();
+    c.handle(t0, v6("fd00::1", DEFAULT_PORT, 0), &announce(7, 1, 4433)).unwrap();
+    c.handle(t0, loopback(DEFAULT_PORT), &announce(7, 1, 4433)).unwrap();
+    let found = c.finish().unwrap();
+    assert_eq!(
+        found.addrs,
+        [
+            SocketAddr::from(([10, 0, 0, 1], 4433)),
+            loopback(4433),
+            v6("fe80::1", 4433, 3),
+            v6("fd00::1", 4433, 0),
+        ]
+    );
+}
+
+/// A second instance is ambiguous whichever family it answers on; a busy answer over IPv6
+/// counts as over IPv4.
+#[test]
+fn the_families_share_ambiguity_and_busy() {
+    let t0 = Instant::now();
+    let mut c = Collector::new(7);
+    c.handle(t0, loopback(DEFAULT_PORT), &announce(7, 1, 4433)).unwrap();
+    let other = c.handle(t0, v6("fe80::9", DEFAULT_PORT, 2), &announce(7, 2, 4433));
+    assert_eq!(other, Err(Ambiguous));
+
+    let busy = DiscoveryMsg::Busy { nameplate: 7, instance: 1, query_id: 5, again: false };
+    let mut c = Collector::new(7);
+    c.queried(5, t0);
+    c.handle(t0, v6("fe80::9", DEFAULT_PORT, 2), &busy.encode()).unwrap();
+    assert!(c.only_busy());
+}
+
+/// The sender answers an IPv6 query by unicast to its scoped source, so the answer leaves
+/// through the interface the query came in on.
+#[test]
+fn an_ipv6_query_is_answered_at_its_scoped_source() {
+    let t0 = Instant::now();
+    let mut r = Responder::new(7, 42, 4433, t0);
+    let from = v6("fe80::2", 50000, 3);
+    let query = DiscoveryMsg::Query { nameplate: 7, query_id: 9 }.encode();
+    let answer = r.handle(t0, from, &query).unwrap();
+    assert_eq!(answer.unicast_to, Some(from));
+    assert!(answer.multicast);
+    let Some(SocketAddr::V6(to)) = answer.unicast_to else { panic!() };
+    assert_eq!(to.scope_id(), 3);
 }
 
 /// Removes the network namespace when the test ends, however it ends.
@@ -354,7 +456,7 @@ fn skip_or_fail(reason: &str) {
     if std::env::var("CI").is_ok_and(|v| v == "true") {
         panic!("{reason}; CI=true, so this test must run: give it root and iproute2 (`ip`)");
     }
-    eprintln!("skipping the loopback-only namespace test: {reason}");
+    eprintln!("skipping a network namespace test: {reason}");
 }
 
 fn effective_uid() -> Option<u32> {
@@ -363,13 +465,12 @@ fn effective_uid() -> Option<u32> {
     line.split_whitespace().nth(2)?.parse().ok()
 }
 
-const NETNS_INNER_TEST: &str = "net::discovery::tests::netns_inner_discovery";
+/// Set inside the namespace, so that the inner tests know they are there.
 const NETNS_MARKER_ENV: &str = "P2P_COPY_NETNS_INNER";
 
-/// Discovery between two "processes" on a host whose only interface is `lo` (no
-/// MULTICAST flag): runs [`netns_inner_discovery`] in a fresh network namespace.
-#[test]
-fn discovery_in_loopback_only_namespace() {
+/// Runs the ignored test `inner` (a name below `net::discovery::tests::`) of this test binary
+/// in a fresh network namespace, after running each of `setup` (a command) inside it.
+fn in_namespace(inner: &str, setup: &[&[&str]]) {
     if effective_uid() != Some(0) {
         return skip_or_fail("not running as root (network namespaces need it)");
     }
@@ -385,17 +486,22 @@ fn discovery_in_loopback_only_namespace() {
         ));
     }
     let _guard = NetnsGuard(name.clone());
-    let up = Command::new("ip")
-        .args(["netns", "exec", &name, "ip", "link", "set", "lo", "up"])
-        .status()
-        .unwrap();
-    assert!(up.success(), "could not bring lo up in namespace {name}");
+    for command in setup {
+        let done = Command::new("ip").args(["netns", "exec", &name]).args(*command).output();
+        let done = done.unwrap();
+        assert!(
+            done.status.success(),
+            "{command:?} failed in namespace {name}: {}",
+            String::from_utf8_lossy(&done.stderr).trim()
+        );
+    }
 
     let exe = std::env::current_exe().unwrap();
+    let test = format!("net::discovery::tests::{inner}");
     let out = Command::new("ip")
         .args(["netns", "exec", &name])
         .arg(&exe)
-        .args(["--exact", NETNS_INNER_TEST, "--ignored", "--nocapture"])
+        .args(["--exact", &test, "--ignored", "--nocapture"])
         .env(NETNS_MARKER_ENV, "1")
         .output()
         .unwrap();
@@ -405,6 +511,13 @@ fn discovery_in_loopback_only_namespace() {
         out.status.success() && stdout.contains("1 passed"),
         "inner test failed in namespace {name}:\n--- stdout\n{stdout}\n--- stderr\n{stderr}"
     );
+}
+
+/// Discovery between two "processes" on a host whose only interface is `lo` (no
+/// MULTICAST flag): runs [`netns_inner_discovery`] in a fresh network namespace.
+#[test]
+fn discovery_in_loopback_only_namespace() {
+    in_namespace("netns_inner_discovery", &[&["ip", "link", "set", "lo", "up"]]);
 }
 
 /// Run by [`discovery_in_loopback_only_namespace`] inside a namespace with only `lo`.
@@ -420,4 +533,75 @@ async fn netns_inner_discovery() {
         );
     }
     finds_sender_on_loopback().await;
+}
+
+/// Discovery, and the QUIC connection after it, on a host with no IPv4 address at all (not
+/// even 127.0.0.1) whose only link is a veth pair with the kernel's IPv6 link-local addresses:
+/// runs [`netns_inner_ipv6_discovery`] in a fresh network namespace.
+#[test]
+fn discovery_on_ipv6_link_local_only() {
+    in_namespace(
+        "netns_inner_ipv6_discovery",
+        &[
+            &["ip", "link", "set", "lo", "up"],
+            &["ip", "addr", "del", "127.0.0.1/8", "dev", "lo"],
+            &["ip", "link", "add", "p2pc0", "type", "veth", "peer", "name", "p2pc1"],
+            &["sysctl", "-q", "-w", "net.ipv6.conf.p2pc0.accept_dad=0"],
+            &["sysctl", "-q", "-w", "net.ipv6.conf.p2pc1.accept_dad=0"],
+            &["ip", "link", "set", "p2pc0", "up"],
+            &["ip", "link", "set", "p2pc1", "up"],
+        ],
+    );
+}
+
+/// Run by [`discovery_on_ipv6_link_local_only`] inside its namespace.
+#[tokio::test]
+#[ignore = "runs inside a network namespace without IPv4; started by \
+            discovery_on_ipv6_link_local_only"]
+async fn netns_inner_ipv6_discovery() {
+    if std::env::var_os(NETNS_MARKER_ENV).is_none() {
+        return;
+    }
+    assert_eq!(socket::interfaces(Family::V4).unwrap(), vec![], "no IPv4 here");
+    // The link-local addresses come once both ends are up.
+    let link_local = |ip: &IpAddr| matches!(ip, IpAddr::V6(ip) if ip.is_unicast_link_local());
+    for _ in 0..100 {
+        if if_addrs::get_if_addrs().unwrap().iter().filter(|i| link_local(&i.ip())).count() == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let config = test_config();
+    let np = nameplate();
+    let tuning = crate::net::quic::Tuning::default();
+    let any = SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0));
+    let socket = crate::net::quic::socket_for(any).unwrap();
+    let server = crate::net::quic::Node::with_socket(socket, &tuning, true).unwrap();
+    let port = server.local_addr().unwrap().port();
+    let announcer = Announcer::start(&config, np, port).await.unwrap();
+    let found = find(&config, np, Duration::from_secs(5)).await.unwrap();
+    assert_eq!(found.instance, announcer.instance());
+    for addr in &found.addrs {
+        let SocketAddr::V6(v6) = addr else { panic!("an IPv4 address: {found:?}") };
+        assert!(v6.ip().is_unicast_link_local(), "{found:?}");
+        assert_ne!(v6.scope_id(), 0, "a link-local address keeps its interface: {found:?}");
+        assert_eq!(v6.port(), port, "{found:?}");
+    }
+
+    // The sender's endpoint takes a connection to the scoped address.
+    let socket = crate::net::quic::socket_for(any).unwrap();
+    let client = crate::net::quic::Node::with_socket(socket, &tuning, false).unwrap();
+    let accept = tokio::spawn({
+        let endpoint = server.endpoint.clone();
+        async move { endpoint.accept().await.unwrap().await.unwrap() }
+    });
+    let conn = client.connect_any(&found.addrs, Duration::from_secs(5)).await.unwrap();
+    let served = accept.await.unwrap();
+    assert!(
+        found.addrs.contains(&crate::net::quic::peer_addr(&conn)),
+        "{:?}",
+        conn.remote_address()
+    );
+    assert!(link_local(&crate::net::quic::peer_addr(&served).ip()));
 }
