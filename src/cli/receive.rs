@@ -96,7 +96,14 @@ pub async fn run(args: Args, stop: Stop) -> Result<(), TransferError> {
     let progress = ui.progress();
     let ticker = ui.start_ticker();
     let out = opts.out.clone();
-    let result = transfer::receive(opts, ui.clone(), progress).await.map_err(|e| kept(e, &out));
+    let piped = opts.pipe.is_some();
+    let result = transfer::receive(opts, ui.clone(), progress).await.map_err(|e| {
+        if piped {
+            e
+        } else {
+            kept(e, &out)
+        }
+    });
     ticker.abort();
     ui.finish(&result);
     result.map(|_| ())

@@ -439,8 +439,9 @@ async fn run(
         },
         None => (None, None),
     };
-    // A stream cannot be read again: a lost connection ends it.
-    *accepted = scan.stream.is_none();
+    // A stream cannot be read again and a text is never rejoined: a lost connection ends
+    // them.
+    *accepted = !one;
     if let (Some(saved), Some(keys)) = (saved, ctl.session().keys()) {
         saved.store(&Rejoin { secret: keys.resume_secret(), transfer_id });
     }
