@@ -1,10 +1,10 @@
 //! The links this host is on: which addresses a LAN-mode peer may have.
 //!
-//! LAN mode has no node to vouch for anyone: a sender is found by multicast with TTL 1 and
-//! serves whoever connects first. So both ends keep to the link. A sender answers discovery
-//! only for queries that came from an address on one of its interfaces' subnets and refuses
-//! QUIC connections from anywhere else, and a receiver takes announces only from such
-//! addresses. An address on the Internet (a host that reaches the sender by routed unicast,
+//! LAN mode has no node to vouch for anyone: a sender is found by multicast with TTL (IPv6: hop
+//! limit) 1 and serves whoever connects first. So both ends keep to the link. A sender answers
+//! discovery only for queries that came from an address on one of its interfaces' subnets (or
+//! an IPv6 link-local one) and refuses QUIC connections from anywhere else, and a receiver
+//! takes announces only from such addresses. An address on the Internet (a host that reaches the sender by routed unicast,
 //! because the sender has a public address) is neither answered nor served
 //! (`docs/security.md` §10).
 //!
