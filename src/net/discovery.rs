@@ -244,6 +244,7 @@ impl DiscoveryError {
         DiscoveryError::Io { context: context.into(), source }
     }
 }
+
 /// A sender found on the network.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Found {
@@ -265,69 +266,6 @@ pub struct Announcer {
     /// Set once the sender serves a receiver: queries are then answered with `Busy`
     /// ([`FREE`], [`BUSY`], [`BUSY_AGAIN`]).
     busy: Arc<AtomicU8>,
-}
-
-/// A socket on the shared discovery port, in its family's group.
-#[derive(Debug)]
-struct GroupSocket {
-    socket: UdpSocket,
-    /// The group, with the port.
-    group: SocketAddr,
-    interfaces: Interfaces,
-}
-
-impl GroupSocket {
-    /// Binds the discovery port for `family` and joins the group on every interface of the
-    /// family. IPv4 errors are returned (nothing works without it), IPv6 ones only logged:
-    /// `None` then, and discovery goes on over IPv4.
-    fn open(
-        config: &DiscoveryConfig,
-        family: Family,
-    ) -> Result<Option<GroupSocket>, DiscoveryError> {
-        let port = config.port;
-        let socket = match socket::bind_group_socket(family, port) {
-            Ok(socket) => socket,
-            Err(Unbound::Unsupported(e)) if family == Family::V6 => {
-                debug!(error = %e, "no IPv6 on this host; discovery runs over IPv4 only");
-                return Ok(None);
-            }
-            Err(Unbound::Failed(e)) if family == Family::V6 => {
-                warn!(
-                    port,
-                    error = %e,
-                    "could not bind the discovery port for IPv6; discovery runs over IPv4 only"
-                );
-                return Ok(None);
-            }
-            Err(Unbound::Unsupported(e) | Unbound::Failed(e)) => {
-                return Err(DiscoveryError::io(
-                    format!(
-                        "could not bind UDP port {port} for LAN discovery; another program may \
-                         hold it exclusively (set {PORT_ENV} to use another port on both sides)"
-                    ),
-                    e,
-                ))
-            }
-        };
-        let group = config.group(family);
-        let mut interfaces = Interfaces::default();
-        interfaces
-            .refresh(&socket, group.ip())
-            .map_err(|e| DiscoveryError::io("listing network interfaces for discovery", e))?;
-        Ok(Some(GroupSocket { socket, group, interfaces }))
-    }
-
-    /// Joins the group on interfaces that came up since.
-    fn refresh(&mut self) {
-        if let Err(e) = self.interfaces.refresh(&self.socket, self.group.ip()) {
-            debug!(error = %e, "could not re-read the network interfaces");
-        }
-    }
-
-    /// Sends `bytes` to the group through every interface.
-    async fn multicast(&self, bytes: &[u8]) -> usize {
-        socket::send_multicast(&self.socket, &self.interfaces.via, self.group, bytes).await
-    }
 }
 
 impl Announcer {
@@ -400,6 +338,69 @@ impl Drop for Announcer {
         for task in &self.tasks {
             task.abort();
         }
+    }
+}
+
+/// A socket on the shared discovery port, in its family's group.
+#[derive(Debug)]
+struct GroupSocket {
+    socket: UdpSocket,
+    /// The group, with the port.
+    group: SocketAddr,
+    interfaces: Interfaces,
+}
+
+impl GroupSocket {
+    /// Binds the discovery port for `family` and joins the group on every interface of the
+    /// family. IPv4 errors are returned (nothing works without it), IPv6 ones only logged:
+    /// `None` then, and discovery goes on over IPv4.
+    fn open(
+        config: &DiscoveryConfig,
+        family: Family,
+    ) -> Result<Option<GroupSocket>, DiscoveryError> {
+        let port = config.port;
+        let socket = match socket::bind_group_socket(family, port) {
+            Ok(socket) => socket,
+            Err(Unbound::Unsupported(e)) if family == Family::V6 => {
+                debug!(error = %e, "no IPv6 on this host; discovery runs over IPv4 only");
+                return Ok(None);
+            }
+            Err(Unbound::Failed(e)) if family == Family::V6 => {
+                warn!(
+                    port,
+                    error = %e,
+                    "could not bind the discovery port for IPv6; discovery runs over IPv4 only"
+                );
+                return Ok(None);
+            }
+            Err(Unbound::Unsupported(e) | Unbound::Failed(e)) => {
+                return Err(DiscoveryError::io(
+                    format!(
+                        "could not bind UDP port {port} for LAN discovery; another program may \
+                         hold it exclusively (set {PORT_ENV} to use another port on both sides)"
+                    ),
+                    e,
+                ))
+            }
+        };
+        let group = config.group(family);
+        let mut interfaces = Interfaces::default();
+        interfaces
+            .refresh(&socket, group.ip())
+            .map_err(|e| DiscoveryError::io("listing network interfaces for discovery", e))?;
+        Ok(Some(GroupSocket { socket, group, interfaces }))
+    }
+
+    /// Joins the group on interfaces that came up since.
+    fn refresh(&mut self) {
+        if let Err(e) = self.interfaces.refresh(&self.socket, self.group.ip()) {
+            debug!(error = %e, "could not re-read the network interfaces");
+        }
+    }
+
+    /// Sends `bytes` to the group through every interface.
+    async fn multicast(&self, bytes: &[u8]) -> usize {
+        socket::send_multicast(&self.socket, &self.interfaces.via, self.group, bytes).await
     }
 }
 
