@@ -607,3 +607,42 @@ fn a_sparse_file_stays_sparse() {
     );
     assert_done(&r, 64 << 20, 1);
 }
+
+/// Names Unix allows are sent as they are: a backslash, a newline, a tab, an escape sequence,
+/// a drive-like prefix. They arrive with exactly those names, and the receiver's terminal
+/// lines show them escaped.
+#[test]
+fn odd_names_arrive_as_they_are() {
+    let mut fx = Fixture::new();
+    let src = fx.path("odd");
+    let names = ["back\\slash", "new\nline", "tab\there", "\x1b[31mred", "C:drive"];
+    for name in names {
+        random_file(&src.join(name), 1000, &mut fx.rng);
+    }
+    let out = fx.path("out");
+    let s = fx.send([src.as_os_str()]);
+    let r = fx.spawn(
+        "receiver",
+        &[],
+        [
+            OsStr::new("receive"),
+            OsStr::new("--yes"),
+            OsStr::new("-v"),
+            OsStr::new("--out"),
+            out.as_os_str(),
+            OsStr::new(&fx.code),
+        ],
+    );
+    let (s, r) = finish_pair(s, r);
+    assert_exits(&[(&s, 0), (&r, 0)]);
+    for name in names {
+        let got = out.join("odd").join(name);
+        assert_eq!(
+            std::fs::read(&got).unwrap(),
+            std::fs::read(src.join(name)).unwrap(),
+            "{name:?}"
+        );
+    }
+    assert!(!r.stderr.contains('\x1b'), "an escape reached the terminal\n{r}");
+    assert!(r.stderr.contains("\\u{1b}[31mred"), "shown escaped\n{r}");
+}

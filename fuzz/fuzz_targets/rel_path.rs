@@ -1,6 +1,6 @@
 //! The receiver's path check ([`RelPath::parse`]) on arbitrary strings: never panics, and
 //! whatever it accepts stays inside the destination: relative, no `.`/`..`/empty component,
-//! no NUL or `\`, within the caps.
+//! no NUL, within the caps.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -15,8 +15,7 @@ fuzz_target!(|s: &str| {
         depth += 1;
         assert!(!c.is_empty() && c != "." && c != "..", "component {c:?} of {s:?}");
         assert!(c.len() <= MAX_COMPONENT_LEN);
-        assert!(!c.contains(['\0', '\\']), "{s:?}");
-        assert!(!c.chars().any(char::is_control), "{s:?}");
+        assert!(!c.contains('\0'), "{s:?}");
     }
     assert!(depth <= MAX_DEPTH);
     assert_eq!(rel.first(), s.split('/').next().unwrap());
