@@ -125,8 +125,8 @@ fn overwrite_never_replaces_a_directory() {
     assert_eq!(list_all(&out), [Path::new("x"), Path::new("x/keep.txt")], "nothing else written");
 }
 
-/// Starts sending a 1 GiB sparse file (cheap for the sender, and it cannot finish before the
-/// test acts) and returns once the receiver reported bytes written.
+/// Starts sending a 1 GiB sparse file as zeros (`--sparse off`: cheap for the sender, and it
+/// cannot finish before the test acts) and returns once the receiver reported bytes written.
 fn mid_transfer(fx: &Fixture) -> (Proc, Proc, PathBuf) {
     mid_transfer_with(fx, "600")
 }
@@ -140,7 +140,7 @@ fn mid_transfer_with(fx: &Fixture, reconnect_wait: &str) -> (Proc, Proc, PathBuf
     let wait = ["--reconnect-wait", reconnect_wait].map(OsStr::new);
     // Zeros compress to almost nothing: uncompressed, the sender stays within a flow-control
     // window of what the receiver has, so the transfer is still running when a side is killed.
-    let off = ["--compress", "off"].map(OsStr::new);
+    let off = ["--compress", "off", "--sparse", "off"].map(OsStr::new);
     let sender = fx.send(wait.iter().chain(&off).copied().chain([src.as_os_str()]));
     let mut receiver = fx.receive(wait.iter().copied().chain([
         OsStr::new("--yes"),
@@ -300,7 +300,13 @@ fn disk_full() {
     std::fs::create_dir_all(src.parent().unwrap()).unwrap();
     std::fs::File::create(&src).and_then(|f| f.set_len(500 << 20)).unwrap();
     let out = small.join("out");
-    let sender = fx.send([OsStr::new("--compress"), OsStr::new("off"), src.as_os_str()]);
+    // A sparse source, sent as the zeros it reads as (`--sparse off`), fills the disk.
+    let sender = fx.send(
+        ["--compress", "off", "--sparse", "off"]
+            .map(OsStr::new)
+            .into_iter()
+            .chain([src.as_os_str()]),
+    );
     let mut receiver = fx.receive([OsStr::new("--yes"), OsStr::new("--out"), out.as_os_str()]);
     receiver.wait_event_where("progress", |e| e["bytes"].as_u64().is_some_and(|b| b > 0));
     let mut filler = std::fs::File::create(small.join("filler")).unwrap();

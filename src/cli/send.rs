@@ -56,6 +56,10 @@ pub struct Args {
     /// data costs next to nothing), `on` everything that shrinks at all, `off` nothing.
     #[arg(long, value_enum, default_value_t = Compression::Auto, env = "P2P_COPY_COMPRESS")]
     pub compress: Compression,
+    /// Holes of sparse files: `auto` sends them as holes, so the receiver's copy stays sparse;
+    /// `off` sends them as zeros, written out in full.
+    #[arg(long, value_enum, default_value_t = Sparse::Auto, env = "P2P_COPY_SPARSE")]
+    pub sparse: Sparse,
     /// When the receiver already holds some of the files, compare them by BLAKE3 hash rather
     /// than by size and mtime (every file is read first).
     #[arg(long, env = "P2P_COPY_CHECKSUM", value_parser = clap::builder::FalseyValueParser::new())]
@@ -77,6 +81,15 @@ pub struct Args {
     pub reconnect: super::Reconnect,
     #[command(flatten)]
     pub common: Common,
+}
+
+/// `--sparse`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Sparse {
+    /// Holes found with `SEEK_DATA`/`SEEK_HOLE` stay holes.
+    Auto,
+    /// Holes are sent and written as zeros.
+    Off,
 }
 
 /// Runs a send.
@@ -124,6 +137,7 @@ pub async fn run(args: Args, stop: Stop) -> Result<(), TransferError> {
     opts.lanes = args.lanes;
     opts.chunk_size = args.chunk_size;
     opts.compression = args.compress;
+    opts.sparse = args.sparse == Sparse::Auto;
     opts.exclude = args.exclude;
     opts.limit_rate = args.link.limit_rate();
     opts.stop = stop;

@@ -67,6 +67,8 @@ pub struct Sending {
     pub chunk: usize,
     /// What to compress.
     pub compression: Compression,
+    /// Send holes of sparse files as holes (`--sparse auto`) rather than as zeros.
+    pub sparse: bool,
     /// The receiver's answers to the listing, if it asked for one: what to leave out and
     /// where to resume, for a walk of the paths.
     pub plan: Option<Arc<Plan>>,
@@ -168,6 +170,7 @@ pub async fn send_lanes(
             observer: how.observer.clone(),
             stream: input.clone(),
             streamed: streamed.clone(),
+            sparse: how.sparse,
         };
         tasks.spawn_blocking(move || worker.run(jobs, tx, &progress).map(|()| None));
         let rate = how.rate.clone();
@@ -216,6 +219,8 @@ struct Worker {
     stream: Option<walk::StreamSource>,
     /// Bytes of streams sent, over all lanes.
     streamed: Arc<AtomicU64>,
+    /// Look for holes in sparse files.
+    sparse: bool,
 }
 
 impl Worker {
@@ -298,7 +303,8 @@ impl Worker {
         self.packer.start_file(size);
         // A file that stores fewer blocks than its size has holes: they go as HOLE records,
         // not as zeros, and stay holes on the receiver.
-        let sparse = std::os::unix::fs::MetadataExt::blocks(&meta).saturating_mul(512) < size;
+        let sparse =
+            self.sparse && std::os::unix::fs::MetadataExt::blocks(&meta).saturating_mul(512) < size;
         let mut pos = start;
         while pos < size {
             let (data, end) = if sparse { extent(&file, pos, size) } else { (pos, size) };

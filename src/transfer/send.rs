@@ -53,6 +53,8 @@ pub struct SendOptions {
     pub chunk_size: usize,
     /// What to compress.
     pub compression: Compression,
+    /// Holes of sparse files go as holes (the receiver's copy stays sparse); off: as zeros.
+    pub sparse: bool,
     /// LAN discovery settings.
     pub discovery: DiscoveryConfig,
     /// Local address to bind the QUIC endpoint to.
@@ -96,6 +98,7 @@ impl SendOptions {
             lanes: 4,
             chunk_size: DEFAULT_CHUNK,
             compression: Compression::default(),
+            sparse: true,
             discovery: DiscoveryConfig::default(),
             bind: SocketAddr::from(([0, 0, 0, 0], 0)),
             tuning: Tuning::default(),
@@ -450,8 +453,17 @@ async fn run(
 
     let rate = opts.limit_rate.map(|r| Arc::new(super::rate::RateLimit::new(r)));
     let observer = observer.clone();
-    let how =
-        Sending { lanes, chunk, compression: opts.compression, plan, kept, cache, rate, observer };
+    let how = Sending {
+        lanes,
+        chunk,
+        compression: opts.compression,
+        sparse: opts.sparse,
+        plan,
+        kept,
+        cache,
+        rate,
+        observer,
+    };
     let lanes_done = send_lanes(conn, how, scan, progress.clone());
     tokio::pin!(lanes_done);
     let totals = tokio::select! {
