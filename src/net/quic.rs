@@ -194,7 +194,12 @@ pub fn socket_for(addr: SocketAddr) -> Result<Arc<dyn quinn::AsyncUdpSocket>, Qu
 /// The peer's address on `conn` as people write it: an IPv4 peer of a dual-stack endpoint
 /// shows as IPv4, not as `::ffff:a.b.c.d`.
 pub fn peer_addr(conn: &quinn::Connection) -> SocketAddr {
-    let addr = conn.remote_address();
+    unmapped(conn.remote_address())
+}
+
+/// `addr` with an IPv4-mapped IPv6 address (what a dual-stack socket reports for an IPv4
+/// peer) written as the IPv4 address it is.
+pub fn unmapped(addr: SocketAddr) -> SocketAddr {
     match addr {
         SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
             Some(v4) => SocketAddr::from((v4, v6.port())),

@@ -344,6 +344,7 @@ async fn lan(
     let on_link = move |from: SocketAddr| {
         let ok = links.contains(from.ip());
         if !ok {
+            let from = crate::net::quic::unmapped(from);
             tracing::info!(%from, "refused a connection from beyond the local network");
         }
         ok

@@ -76,8 +76,9 @@ impl std::fmt::Debug for Pipe {
     }
 }
 
-/// Where the lanes write.
+/// Where the lanes write (one per transfer, so its size does not matter).
 #[derive(Debug)]
+#[allow(clippy::large_enum_variant)]
 enum Target {
     /// Files, directories and links into the destination directory.
     Dir(Dest),
