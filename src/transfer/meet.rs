@@ -33,7 +33,7 @@ use crate::crypto::Role;
 use crate::error::ErrorKind;
 use crate::net::candidates;
 use crate::net::path::PathSocket;
-use crate::net::quic::{dual_stack_socket, udp_socket, Node, Tuning};
+use crate::net::quic::{socket_for, Node, Tuning};
 use crate::net::relay::RelayState;
 use crate::proto::{Config, Event, Session, MAILBOX_LANE};
 use crate::wire::control::Candidates;
@@ -310,15 +310,10 @@ pub(crate) async fn meet(
     let rv = plan.rendezvous;
     let sender = plan.role == Role::Sender;
     // One socket reaches the node and the peer; the peer by either path (see `PathSocket`).
-    let any_v4 = SocketAddr::from(([0, 0, 0, 0], 0));
+    // By default both address families, so IPv6 can go direct where IPv4 cannot.
     let base = match plan.socket.clone() {
         Some(socket) => socket,
-        // The default: both address families, so IPv6 can go direct where IPv4 cannot.
-        None if plan.bind == any_v4 => match dual_stack_socket() {
-            Some(socket) => socket,
-            None => udp_socket(plan.bind)?,
-        },
-        None => udp_socket(plan.bind)?,
+        None => socket_for(plan.bind)?,
     };
     let paths = PathSocket::new(base);
     // Relayed packets travel 9 bytes longer (the relay's header): the connection's packets,
