@@ -189,13 +189,27 @@ pub async fn send_lanes(
     drop(job_rx);
 
     let mut totals = None;
-    while let Some(joined) = tasks.join_next().await {
+    // A worker whose stream is gone knows only that; the stream's task knows why (the
+    // receiver closed, stopped, or vanished), and its error ends at about the same time.
+    let mut unexplained: Option<TransferError> = None;
+    loop {
+        let joined = match &unexplained {
+            None => tasks.join_next().await,
+            Some(_) => tokio::time::timeout(EXPLAIN_WAIT, tasks.join_next()).await.ok().flatten(),
+        };
+        let Some(joined) = joined else { break };
         match joined {
             Ok(Ok(Some(summary))) => totals = Some(summary),
             Ok(Ok(None)) => {}
+            Ok(Err(e)) if e.message == STREAM_GONE => {
+                unexplained.get_or_insert(e);
+            }
             Ok(Err(e)) => return Err(e),
             Err(e) => return Err(TransferError::internal(format!("a lane task failed: {e}"))),
         }
+    }
+    if let Some(e) = unexplained {
+        return Err(e);
     }
     let mut totals = totals.ok_or_else(|| TransferError::internal("the walker did not report"))?;
     totals.resumed = resumed.load(Ordering::Relaxed);
@@ -466,6 +480,11 @@ struct Outbox<'a> {
     progress: &'a Progress,
 }
 
+/// What a lane worker reports when its stream's task is gone.
+const STREAM_GONE: &str = "the connection to the receiver was lost";
+/// How long the other lane tasks are given to say why, after a worker lost its stream.
+const EXPLAIN_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Size of a gathered message of small records.
 const GATHER: usize = 64 << 10;
 
@@ -497,9 +516,7 @@ impl Outbox<'_> {
 
     fn send(&self, bytes: Vec<u8>) -> Result<(), TransferError> {
         self.progress.touch();
-        self.tx
-            .blocking_send(Bytes::from(bytes))
-            .map_err(|_| TransferError::network("the connection to the receiver was lost"))
+        self.tx.blocking_send(Bytes::from(bytes)).map_err(|_| TransferError::network(STREAM_GONE))
     }
 }
 
