@@ -1,6 +1,6 @@
 //! The tokio driver around the protocol: sockets, streams, files, progress.
 //!
-//! - [`send`] and [`receive`]: one transfer each, start to finish.
+//! - [`send()`] and [`receive()`]: one transfer each, start to finish.
 //! - [`control`]: the control stream, pumping a [`crate::proto::Session`].
 //! - [`walk`]: the sender's view of its paths (a counting scan, then a streaming walk).
 //! - [`lanes`]: data lanes — reading, hashing and sealing on blocking threads on the sender;
@@ -618,7 +618,7 @@ pub struct Progress {
     link: std::sync::Mutex<Link>,
 }
 
-/// The connection as last sampled ([`watch_link`]): the connection-quality view of
+/// The connection as last sampled (`watch_link`): the connection-quality view of
 /// `progress` and `done` events.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Link {

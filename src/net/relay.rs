@@ -8,8 +8,8 @@
 //! - **Datagrams**, for a side that reaches the node over QUIC: each packet goes as a UDP
 //!   datagram `0x01 ‖ ticket ‖ packet` from the data socket to the node's port, batches as
 //!   batches. [`super::path::PathSocket`] does this itself; the relay stream only holds the
-//!   relay open, and its end means the relay ended ([`watch_stream`]).
-//! - **Records on a TCP stream**, for a side without UDP to the node: a [`RelayLink`] carries
+//!   relay open, and its end means the relay ended (`watch_stream`).
+//! - **Records on a TCP stream**, for a side without UDP to the node: a `RelayLink` carries
 //!   `len: u32 BE ‖ stride: u16 BE ‖ packets` both ways (`packets`: one QUIC datagram, or a
 //!   batch of `stride`-byte datagrams that quinn handed over at once, the last maybe shorter).
 //!   An empty record is a keep-alive.

@@ -62,7 +62,7 @@ impl ControlStream {
         &mut self.session
     }
 
-    /// Writes everything the session has queued, within [`WRITE_TIMEOUT`].
+    /// Writes everything the session has queued, within `WRITE_TIMEOUT`.
     pub async fn flush(&mut self) -> Result<(), TransferError> {
         let write = async {
             while let Some(f) = self.session.poll_transmit() {

@@ -8,7 +8,7 @@
 //!    terminal), no drive prefix, at most 255 bytes per component and 4096 in all.
 //! 2. **Walk, never resolve; then use the handle.** Parents are opened from the root one
 //!    component at a time, each with `openat(O_DIRECTORY | O_NOFOLLOW)` in the one before
-//!    ([`at`]): each must be a real directory. A symlink is refused even if it points inside
+//!    (`at`): each must be a real directory. A symlink is refused even if it points inside
 //!    the destination, and so is a file where a directory is needed. Missing directories are
 //!    created one by one (`mkdirat`), counted against the offer; losing a creation race means
 //!    opening whatever is there, not trusting. Everything after the walk (`openat`,

@@ -3,17 +3,17 @@
 //! Sender: a walker thread feeds manifest entries into a bounded queue; each lane has a
 //! blocking worker that takes the next entry, reads the file, hashes and compresses it (per
 //! the [`Compression`] mode) into records ([`LaneWriter`]) and hands them through a bounded
-//! channel to the lane's stream task, small records gathered into one message ([`Outbox`]). Lanes pull work, so a lane
+//! channel to the lane's stream task, small records gathered into one message (`Outbox`). Lanes pull work, so a lane
 //! stuck on a large file does not hold up small ones.
 //!
-//! Receiver: each lane's stream task reads what the stream holds (up to [`READ_BUDGET`] bytes),
+//! Receiver: each lane's stream task reads what the stream holds (up to `READ_BUDGET` bytes),
 //! cuts it into frames ([`Deframer`]) and hands them to a bounded channel; a blocking worker
-//! decodes and checks them ([`LaneReader`]) and writes through [`Dest`]. A file is committed only
-//! after its hash matched, in batches ([`Dest::commit_all`]); an error drops the open
-//! [`PartFile`] and the batch's files not yet in place, which removes them.
+//! decodes and checks them ([`LaneReader`](crate::proto::LaneReader)) and writes through [`Dest`](super::fs::Dest). A file is committed only
+//! after its hash matched, in batches ([`Dest::commit_all`](super::fs::Dest::commit_all)); an error drops the open
+//! [`PartFile`](super::fs::PartFile) and the batch's files not yet in place, which removes them.
 //!
 //! Memory is bounded per lane by the channel depths times the largest message (a chunk, or
-//! [`GATHER`] / [`READ_BUDGET`] bytes of small records), plus QUIC's flow-control window.
+//! `GATHER` / `READ_BUDGET` bytes of small records), plus QUIC's flow-control window.
 
 mod receive;
 

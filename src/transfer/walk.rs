@@ -29,7 +29,7 @@ use crate::wire::data::{Entry, EntryKind, Timestamp};
 /// How many skipped names a scan remembers for its warning.
 const MAX_SKIPPED_NAMES: usize = 20;
 
-/// Bytes of entries (paths and symlink targets, plus [`SEEN_ITEM_BYTES`] each) a scan
+/// Bytes of entries (paths and symlink targets, plus `SEEN_ITEM_BYTES` each) a scan
 /// remembers for the walks that follow it.
 pub const SEEN_BYTES: usize = 10 << 20;
 const SEEN_ITEM_BYTES: usize = std::mem::size_of::<Seen>();

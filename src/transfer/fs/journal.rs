@@ -27,7 +27,7 @@
 //! ctime are as marked, or when the file is longer than marked but no longer than `pending`
 //! (a kill between a write and its record: the write that changed the ctime was ours). Else
 //! (another boot, another identity, a file changed otherwise) the CVs are checked against the
-//! data ([`super::dest`]).
+//! data (`dest`).
 //! Its CVs are compared with the sender's before anything is kept.
 
 use std::fs::File;
