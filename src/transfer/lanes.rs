@@ -341,21 +341,7 @@ impl Worker {
                 let mut out = Vec::with_capacity(CHUNK_PAYLOAD_AT + n);
                 out.resize(CHUNK_PAYLOAD_AT, 0);
                 read_exactly(&mut file, n, &mut out, local)?;
-                let packed = self.packer.pack(&out[CHUNK_PAYLOAD_AT..]);
-                progress.add_wire(packed.map_or(n, <[u8]>::len) as u64);
-                self.writer.chunk_in_place(&mut out, packed);
-                self.cvs_to(&mut cvs_out);
-                let handing = std::time::Instant::now();
-                outbox.push(out)?;
-                // How long the chunk took to be handed on, and how much of it was waiting for
-                // room towards the link: `auto` judges compression by it.
-                self.packer.timed(Sample {
-                    bytes: n as u64,
-                    took: began.elapsed(),
-                    waited: handing.elapsed(),
-                    wire: (self.wire)(),
-                });
-                progress.add(n as u64);
+                self.chunk(out, began, false, outbox, progress, &mut cvs_out)?;
                 pos += n as u64;
             }
         }
@@ -369,6 +355,39 @@ impl Worker {
 }
 
 impl Worker {
+    /// Compresses (as `auto` decides), frames and hands on one chunk: `out` holds the
+    /// record's room, then the chunk's bytes, which were being read since `began`. `auto`
+    /// learns from how long that took and how much of it was waiting for room towards the
+    /// link.
+    fn chunk(
+        &mut self,
+        mut out: Vec<u8>,
+        began: std::time::Instant,
+        flush: bool,
+        outbox: &mut Outbox<'_>,
+        progress: &Progress,
+        cvs_out: &mut Option<super::cache::CvWriter>,
+    ) -> Result<(), TransferError> {
+        let n = out.len() - CHUNK_PAYLOAD_AT;
+        let packed = self.packer.pack(&out[CHUNK_PAYLOAD_AT..]);
+        progress.add_wire(packed.map_or(n, <[u8]>::len) as u64);
+        self.writer.chunk_in_place(&mut out, packed);
+        self.cvs_to(cvs_out);
+        let handing = std::time::Instant::now();
+        outbox.push(out)?;
+        if flush {
+            outbox.flush()?;
+        }
+        self.packer.timed(Sample {
+            bytes: n as u64,
+            took: began.elapsed(),
+            waited: handing.elapsed(),
+            wire: (self.wire)(),
+        });
+        progress.add(n as u64);
+        Ok(())
+    }
+
     /// Hands the group CVs the open file completed to the cache's writer, if any.
     fn cvs_to(&mut self, out: &mut Option<super::cache::CvWriter>) {
         let (first, cvs) = self.writer.take_cvs();
@@ -411,21 +430,8 @@ impl Worker {
                 break;
             }
             out.truncate(CHUNK_PAYLOAD_AT + n);
-            let began = std::time::Instant::now();
-            let packed = self.packer.pack(&out[CHUNK_PAYLOAD_AT..]);
-            progress.add_wire(packed.map_or(n, <[u8]>::len) as u64);
-            self.writer.chunk_in_place(&mut out, packed);
-            let handing = std::time::Instant::now();
-            outbox.push(out)?;
             // The producer may be slow: what it gave goes now, not once more has gathered.
-            outbox.flush()?;
-            self.packer.timed(Sample {
-                bytes: n as u64,
-                took: began.elapsed(),
-                waited: handing.elapsed(),
-                wire: (self.wire)(),
-            });
-            progress.add(n as u64);
+            self.chunk(out, std::time::Instant::now(), true, outbox, progress, &mut None)?;
             sent += n as u64;
         }
         let mut out = Vec::new();
