@@ -183,7 +183,7 @@ impl From<fs::FsError> for TransferError {
             fs::FsError::Exists { .. } | fs::FsError::Unsafe { .. } | fs::FsError::Busy { .. } => {
                 ErrorKind::Conflict
             }
-            fs::FsError::TooManyDirs { .. } => ErrorKind::Protocol,
+            fs::FsError::TooManyDirs { .. } | fs::FsError::LinkTarget { .. } => ErrorKind::Protocol,
             _ => ErrorKind::Io,
         };
         TransferError::new(kind, e.to_string())
@@ -540,6 +540,9 @@ pub fn describe_offer(offer: &Offer) -> String {
     }
     if offer.symlinks > 0 {
         parts.push(format!("{} link(s)", offer.symlinks));
+    }
+    if offer.hardlinks > 0 {
+        parts.push(format!("{} hard link(s)", offer.hardlinks));
     }
     let unknown = if offer.streams > 0 { " and a stream of unknown size" } else { "" };
     format!("{}, {}{unknown}", parts.join(", "), indicatif::HumanBytes(offer.bytes))

@@ -23,7 +23,7 @@ use p2p_copy::net::quic::{Node, Tuning};
 use p2p_copy::proto::{Config, Event, Session};
 use p2p_copy::transfer::control::ControlStream;
 use p2p_copy::transfer::TransferError;
-use p2p_copy::wire::control::{Answer, Listed, Offer};
+use p2p_copy::wire::control::{Answer, Listed, Offer, Summary};
 use p2p_copy::wire::data::{Entry, EntryKind, Record, DEFAULT_CHUNK};
 use p2p_copy::wire::frame;
 use rand::rngs::OsRng;
@@ -89,7 +89,13 @@ impl Evil {
             transfer_id: [0x66; 16],
             streams: 0,
             text: None,
+            hardlinks: 0,
         };
+        self.offer_exactly(offer).await
+    }
+
+    /// Offers `offer` as it is; returns the receiver's answer.
+    async fn offer_exactly(&mut self, offer: Offer) -> Result<Event, TransferError> {
         self.ctl.session().offer(offer).expect("offer allowed now");
         self.ctl.next_event(STEP).await
     }
@@ -712,4 +718,79 @@ fn streams_beyond_the_offered_lanes_are_refused() {
     assert_exits(&[(&r, 8)]);
     assert_says(&r, &["opened"]);
     assert_contained(&fx, &[]);
+}
+
+/// Hard links that name something other than a file the sender sent (issue 15): a path
+/// outside the offer, one with `..`, and a symlink of the offer pointing out of the
+/// destination. Each is refused as a protocol violation once the lanes are done, and no link
+/// is made: the file outside keeps its one name.
+#[test]
+fn hard_links_to_anything_but_a_sent_file_are_refused() {
+    use std::os::unix::fs::MetadataExt;
+    for target in ["other/secret", "t/../../secret", "t/s", "t"] {
+        let fx = Fixture::new();
+        let secret = fx.path("secret");
+        write_file(&secret, b"private");
+        let content = b"fine";
+        let symlink_to = secret.to_str().expect("UTF-8 temp path").to_owned();
+        let records = [
+            Record::Entry(Entry {
+                id: 1,
+                path: "t".into(),
+                kind: EntryKind::Dir,
+                mode: 0o755,
+                mtime: None,
+            }),
+            Record::Entry(file_entry(2, "t/f", content.len() as u64)),
+            Record::Chunk { flags: 0, file_id: 2, offset: 0, payload: content },
+            Record::FileEnd { file_id: 2, hash: blake3::hash(content).into() },
+            Record::Entry(Entry {
+                id: 3,
+                path: "t/s".into(),
+                kind: EntryKind::Symlink { target: symlink_to },
+                mode: 0o777,
+                mtime: None,
+            }),
+            Record::Entry(Entry {
+                id: 4,
+                path: "t/l".into(),
+                kind: EntryKind::HardLink { target: target.into() },
+                mode: 0o644,
+                mtime: None,
+            }),
+            Record::LaneEnd { entries: 4 },
+        ];
+        let offer = Offer {
+            files: 1,
+            dirs: 1,
+            symlinks: 1,
+            bytes: content.len() as u64,
+            names: vec!["t".into()],
+            lanes: 1,
+            chunk_size: DEFAULT_CHUNK as u32,
+            transfer_id: [0x66; 16],
+            streams: 0,
+            text: None,
+            hardlinks: 1,
+        };
+        let (r, err) = against_receiver(&fx, async |evil: &mut Evil| {
+            match evil.offer_exactly(offer).await {
+                Ok(Event::Accepted(_)) => {}
+                other => panic!("an honest offer must be accepted: {other:?}"),
+            }
+            evil.lane(&records).await;
+            let summary = Summary { entries: 4, files: 1, bytes: content.len() as u64, resumed: 0 };
+            evil.ctl.session().finish(summary).expect("finish");
+            evil.ctl.flush().await.expect("flush");
+            evil.report().await
+        });
+        assert_eq!(err.kind, ErrorKind::Protocol, "{target}: {err}");
+        assert_exits(&[(&r, 8)]);
+        assert_says(&r, &["hard link", "t/l"]);
+        assert!(r.event("done").is_none(), "{r}");
+        assert!(
+            !fx.path("out/t/l").exists() && std::fs::symlink_metadata(fx.path("out/t/l")).is_err()
+        );
+        assert_eq!(std::fs::metadata(&secret).unwrap().nlink(), 1, "{target}");
+    }
 }

@@ -646,3 +646,43 @@ fn odd_names_arrive_as_they_are() {
     assert!(!r.stderr.contains('\x1b'), "an escape reached the terminal\n{r}");
     assert!(r.stderr.contains("\\u{1b}[31mred"), "shown escaped\n{r}");
 }
+
+/// Hard links inside the sent tree arrive as hard links (issue 15): one file under three
+/// names in different directories arrives once, as one inode with three names; the `done`
+/// event counts it as one file. Received again into the same place, the links are found
+/// there already and nothing is sent.
+#[test]
+fn hard_links_arrive_as_hard_links() {
+    use std::os::unix::fs::MetadataExt;
+    let mut fx = Fixture::new();
+    let src = fx.path("src");
+    let first = src.join("a/one.bin");
+    random_file(&first, 300_000, &mut fx.rng);
+    for other in ["b/deep/two.bin", "three.bin"] {
+        std::fs::create_dir_all(src.join(other).parent().unwrap()).unwrap();
+        std::fs::hard_link(&first, src.join(other)).unwrap();
+    }
+    random_file(&src.join("plain.bin"), 1000, &mut fx.rng);
+    let out = fx.path("out");
+    for round in 0..2 {
+        let s = fx.send([src.as_os_str()]);
+        let r = fx.receive(["--yes", "--out", out.to_str().unwrap()]);
+        let (s, r) = finish_pair(s, r);
+        assert_exits(&[(&s, 0), (&r, 0)]);
+        let names = ["src/a/one.bin", "src/b/deep/two.bin", "src/three.bin"];
+        let metas: Vec<_> =
+            names.iter().map(|n| std::fs::symlink_metadata(out.join(n)).unwrap()).collect();
+        for (name, meta) in names.iter().zip(&metas) {
+            assert!(meta.is_file(), "{name}");
+            assert_eq!((meta.ino(), meta.nlink()), (metas[0].ino(), 3), "{name}");
+            assert_eq!(std::fs::read(out.join(name)).unwrap(), std::fs::read(&first).unwrap());
+        }
+        assert_eq!(std::fs::metadata(out.join("src/plain.bin")).unwrap().nlink(), 1);
+        if round == 0 {
+            let offer = r.event("offer").expect("offer event");
+            assert_eq!((&offer["files"], &offer["hardlinks"]), (&2.into(), &2.into()), "{r}");
+            assert_done(&r, 301_000, 2);
+            assert_done(&s, 301_000, 2);
+        }
+    }
+}

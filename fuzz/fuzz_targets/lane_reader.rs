@@ -103,11 +103,12 @@ fuzz_target!(|input: Input| {
         match rec {
             Rec::Entry { id, kind, size, path, mtime } => {
                 let size = u64::from(size) % (MAX_SIZE + 1);
-                let kind = match kind % 5 {
+                let kind = match kind % 6 {
                     0 => EntryKind::Dir,
                     1 => EntryKind::Symlink { target: path.clone() },
                     2 => EntryKind::File { size: size % 4096 },
                     3 => EntryKind::Stream,
+                    4 => EntryKind::HardLink { target: path.clone() },
                     _ => EntryKind::File { size },
                 };
                 let entry = Entry {

@@ -90,6 +90,12 @@ enum Rec {
         right: bool,
     },
     Raw(Vec<u8>),
+    /// A hard link to an offered path or to one of the bad targets.
+    HardLink {
+        path: Vec<u8>,
+        target: Vec<u8>,
+        bad: Option<u8>,
+    },
     /// Hand the records so far to the worker as one message.
     Batch,
 }
@@ -196,6 +202,15 @@ fuzz_target!(|input: Input| {
                 out.push(buf);
             }
             Rec::Raw(bytes) => out.push(bytes),
+            Rec::HardLink { path: p, target, bad } => {
+                id += 1;
+                entries += 1;
+                let target = match bad {
+                    Some(t) => TARGETS[t as usize % TARGETS.len()].to_string(),
+                    None => path(&target),
+                };
+                out.push(entry(id, path(&p), EntryKind::HardLink { target }, 0o644));
+            }
             Rec::Batch => batches.push(Vec::new()),
         }
     }
@@ -219,6 +234,7 @@ fuzz_target!(|input: Input| {
         transfer_id: [9; 16],
         streams: 0,
         text: None,
+        hardlinks: 64,
     };
     {
         let dest = Dest::open(&root).unwrap();
@@ -232,7 +248,7 @@ fuzz_target!(|input: Input| {
                 Err(e) => eprintln!("lane err {:?}", e.kind),
             }
         }
-        if result.is_ok() && sink.check_complete().is_ok() {
+        if result.is_ok() && sink.check_complete().is_ok() && sink.make_links().is_ok() {
             let _ = sink.finish_dirs();
         }
         if let Some(dest) = sink.dest() {

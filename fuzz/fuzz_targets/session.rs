@@ -141,6 +141,7 @@ struct ArbOffer {
     lanes: u16,
     chunk_size: u32,
     transfer_id: [u8; 16],
+    hardlinks: u64,
 }
 
 #[derive(Arbitrary, Debug)]
@@ -174,13 +175,15 @@ fn offer(o: ArbOffer) -> Offer {
         transfer_id: o.transfer_id,
         streams: 0,
         text: None,
+        hardlinks: o.hardlinks,
     }
 }
 
 fn listed(l: ArbListed) -> Listed {
-    let kind = match l.kind % 3 {
+    let kind = match l.kind % 4 {
         0 => EntryKind::Dir,
         1 => EntryKind::File { size: l.size },
+        2 => EntryKind::HardLink { target: l.target },
         _ => EntryKind::Symlink { target: l.target },
     };
     Listed {
@@ -475,6 +478,7 @@ impl Harness {
                 lanes: 2,
                 chunk_size: 1 << 16,
                 transfer_id: [1; 16],
+                hardlinks: 0,
             }),
             Side::R if seen.finished => App::Complete(3, 2, 10, 0),
             Side::R if !self.batches.is_empty() => App::Answer(None, Vec::new()),

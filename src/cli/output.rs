@@ -297,6 +297,7 @@ impl Observer for Ui {
                         "files": offer.files,
                         "dirs": offer.dirs,
                         "symlinks": offer.symlinks,
+                        "hardlinks": offer.hardlinks,
                         "bytes": offer.bytes,
                         "names": offer.names,
                         "present_bytes": present.bytes,

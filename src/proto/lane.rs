@@ -623,6 +623,43 @@ mod tests {
         }
     }
 
+    /// A hard link is complete by itself, like a directory: no data may follow it, and the
+    /// next entry may.
+    #[test]
+    fn a_hard_link_carries_no_data() {
+        let link = |id| Entry {
+            id,
+            path: "t/b".into(),
+            kind: EntryKind::HardLink { target: "t/a".into() },
+            mode: 0o644,
+            mtime: None,
+        };
+        let mut w = LaneWriter::new(1);
+        let mut frames = Vec::new();
+        for id in [1, 2] {
+            let mut out = Vec::new();
+            w.entry(&link(id), &mut out);
+            frames.push(out);
+        }
+        let mut out = Vec::new();
+        w.lane_end(&mut out);
+        frames.push(out);
+        let mut reader = LaneReader::new(1 << 20);
+        let events: Vec<_> = bodies(&frames)
+            .iter()
+            .map(|b| matches!(reader.handle(b).unwrap(), LaneEvent::Entry(_)))
+            .collect();
+        assert_eq!(events, [true, true, false]);
+
+        let mut reader = LaneReader::new(1 << 20);
+        let mut out = Vec::new();
+        LaneWriter::new(1).entry(&link(1), &mut out);
+        reader.handle(&bodies(&[out])[0]).unwrap();
+        let mut chunk = Vec::new();
+        Record::Chunk { flags: 0, file_id: 1, offset: 0, payload: b"x" }.encode(&mut chunk);
+        assert!(reader.handle(&chunk).is_err(), "data after a link");
+    }
+
     /// A stream (size unknown) ends at its FILE_END, whatever its length, and is checked
     /// against its hash like a file; it cannot be resumed, and a wrong hash is caught.
     #[test]

@@ -29,9 +29,12 @@
 //!    (`link(2)` refuses atomically). With it, a file or symlink is replaced by the rename
 //!    itself, so a symlink is replaced, never written through. A directory is never replaced
 //!    or deleted.
-//! 5. **Only files, directories and symlinks are created.** Symlink targets are stored
-//!    verbatim and never followed here; a later path through the link is refused by rule 2.
-//!    Device files and FIFOs are never created. Setuid and setgid bits are dropped.
+//! 5. **Only files, directories, symlinks and hard links are created.** Symlink targets are
+//!    stored verbatim and never followed here; a later path through the link is refused by
+//!    rule 2. A hard link ([`Dest::hard_link`]) joins two names below the root, its target
+//!    walked to by rule 2 and checked to be a regular file (`linkat` without
+//!    `AT_SYMLINK_FOLLOW`). Device files and FIFOs are never created. Setuid and setgid bits
+//!    are dropped.
 //! 6. **Errors say what to do:** ENOSPC/EDQUOT become [`FsError::DiskFull`], EACCES/EROFS
 //!    [`FsError::PermissionDenied`], each naming the destination path.
 //!

@@ -27,7 +27,7 @@ use crate::error::ErrorKind;
 use crate::net::discovery::{self, DiscoveryConfig};
 use crate::net::quic::{Node, Tuning};
 use crate::proto::{Config, Event};
-use crate::wire::control::{Accept, Ask, Offer, Refuse, RefuseReason, Summary};
+use crate::wire::control::{Accept, Ask, Offer, Refuse, RefuseReason, Summary, MAX_HARDLINKS};
 use crate::wire::data::{MAX_CHUNK, MIN_CHUNK};
 
 /// Most data lanes a receiver allows.
@@ -403,7 +403,7 @@ async fn into_pipe(
     observer: &Arc<dyn Observer>,
     progress: Arc<Progress>,
 ) -> Result<(Summary, Present), TransferError> {
-    if offer.files != 1 || offer.dirs != 0 || offer.symlinks != 0 {
+    if offer.files != 1 || offer.dirs != 0 || offer.symlinks != 0 || offer.hardlinks != 0 {
         ctl.session().refuse(Refuse { reason: RefuseReason::NotOneFile, names: vec![] })?;
         ctl.flush().await?;
         return Err(TransferError::new(
@@ -474,6 +474,7 @@ async fn receive_into(
     sink.check_complete()?;
     let sink_ref = sink.clone();
     tokio::task::spawn_blocking(move || {
+        sink_ref.make_links()?;
         sink_ref.finish_dirs()?;
         if let Some(dest) = sink_ref.dest() {
             dest.end();
@@ -631,6 +632,12 @@ fn check_offer(offer: &Offer) -> Result<(), TransferError> {
     }
     if names.is_empty() && offer.text.is_none() {
         return Err(protocol("the sender offered nothing".into()));
+    }
+    if offer.hardlinks > MAX_HARDLINKS {
+        return Err(protocol(format!(
+            "the sender offered {} hard links, more than the {MAX_HARDLINKS} a transfer may hold",
+            offer.hardlinks
+        )));
     }
     Ok(())
 }

@@ -412,6 +412,7 @@ async fn run(
         transfer_id,
         streams: u64::from(scan.stream.is_some()),
         text: opts.text.clone(),
+        hardlinks: scan.hardlinks,
     };
     ctl.session().offer(offer.clone())?;
     observer.note(Note::Offer { offer: &offer, present: Present::default() });
@@ -544,7 +545,8 @@ async fn list(
                 _ => None,
             };
             bytes += 64 + job.entry.path.len();
-            if let EntryKind::Symlink { target } = &job.entry.kind {
+            if let EntryKind::Symlink { target } | EntryKind::HardLink { target } = &job.entry.kind
+            {
                 bytes += target.len();
             }
             batch.push((job, hash));

@@ -22,7 +22,13 @@
 //!
 //! Memory on either side is 5 bytes per listed entry, plus one resumable partial per file
 //! being resumed, plus (on the sender) the kept entries, at most [`KEPT_BYTES`]; nothing else
-//! grows with the tree.
+//! grows with the tree, except on the receiver of an offer with hard links: it keeps a keyed
+//! 8-byte hash of every regular file's path ([`LinkTargets`]), to hold each link to a file of
+//! the offer.
+//!
+//! A hard link is skipped when its target is skipped and its name here already is the same
+//! file as its target's name; otherwise it is made again (a conflict, as for a file, if
+//! something else is in its place and `--overwrite` is off).
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::SystemTime;
@@ -64,6 +70,8 @@ pub struct Survey {
     checksum: bool,
     limits: Offer,
     admitted: Offer,
+    /// The files listed so far, and whether each was skipped: what a link may name.
+    targets: LinkTargets,
     /// Per listed entry (id − 1).
     states: Vec<u8>,
     fingerprints: Vec<u32>,
@@ -95,8 +103,10 @@ impl Survey {
                 symlinks: 0,
                 bytes: 0,
                 streams: 0,
+                hardlinks: 0,
                 ..offer.clone()
             },
+            targets: LinkTargets::new(offer),
             limits: offer.clone(),
             states: Vec::new(),
             fingerprints: Vec::new(),
@@ -186,7 +196,29 @@ impl Survey {
                 _ if self.overwrite => (WANT, Answer::Send),
                 _ => self.conflict(&rel, "already exists"),
             },
+            EntryKind::HardLink { target } => {
+                let Some((target, skipped)) = self.targets.find(target) else {
+                    return Err(unlisted_target(&rel, target));
+                };
+                match found {
+                    Found::File { .. } if skipped && dest.same_file(&target, &rel)? => {
+                        tracing::info!(path = %rel, "skipping: already a link to {target}");
+                        (SKIP, Answer::Skip)
+                    }
+                    Found::Missing => (WANT, Answer::Send),
+                    Found::Dir => self.conflict(
+                        &rel,
+                        "a directory is in the way, and p2p-copy never replaces a directory",
+                    ),
+                    Found::Blocked(why) => self.conflict(&rel, &why),
+                    _ if self.overwrite => (WANT, Answer::Send),
+                    _ => self.conflict(&rel, "already exists and differs"),
+                }
+            }
         };
+        if let EntryKind::File { .. } = entry.kind {
+            self.targets.file(&entry.path, state == SKIP);
+        }
         self.states.push(state);
         Ok(answer)
     }
@@ -340,6 +372,10 @@ pub fn admit(limits: &Offer, got: &mut Offer, entry: &Entry) -> Result<RelPath, 
             got.streams += 1;
             got.files > limits.files || got.streams > limits.streams
         }
+        EntryKind::HardLink { .. } => {
+            got.hardlinks += 1;
+            got.hardlinks > limits.hardlinks
+        }
     };
     if over {
         return Err(protocol(format!("the sender sent more than it offered (at {rel}); stopped")));
@@ -383,6 +419,10 @@ fn fingerprint(key: &[u8; 32], entry: &Entry) -> u32 {
         EntryKind::Stream => {
             h.update(&[3]);
         }
+        EntryKind::HardLink { target } => {
+            h.update(&[4]);
+            h.update(target.as_bytes());
+        }
     }
     if let Some(t) = entry.mtime {
         h.update(&t.secs.to_be_bytes());
@@ -394,6 +434,51 @@ fn fingerprint(key: &[u8; 32], entry: &Entry) -> u32 {
 
 fn protocol(message: String) -> TransferError {
     TransferError::new(ErrorKind::Protocol, message)
+}
+
+/// The error for a hard link at `rel` whose `target` is not a regular file of the offer.
+pub fn unlisted_target(rel: &RelPath, target: &str) -> TransferError {
+    protocol(format!(
+        "the sender sent {rel} as a hard link to {}, which it did not send as a file",
+        crate::transfer::printable(target)
+    ))
+}
+
+/// The regular files of an offer with hard links, by a keyed hash of their paths, each with
+/// whether it was skipped (already here): what a link may name. Never filled for an offer
+/// without links.
+#[derive(Debug)]
+pub struct LinkTargets {
+    key: [u8; 32],
+    used: bool,
+    files: HashMap<u64, bool>,
+}
+
+impl LinkTargets {
+    /// Ready for the files of `offer`.
+    pub fn new(offer: &Offer) -> LinkTargets {
+        LinkTargets { key: rand::random(), used: offer.hardlinks > 0, files: HashMap::new() }
+    }
+
+    /// The file `path` is an entry of the offer (`skipped`: and is already here).
+    pub fn file(&mut self, path: &str, skipped: bool) {
+        if self.used {
+            self.files.insert(self.hash(path), skipped);
+        }
+    }
+
+    /// The safe path of `target` and whether it was skipped, if it is a file of the offer.
+    pub fn find(&self, target: &str) -> Option<(RelPath, bool)> {
+        let skipped = *self.files.get(&self.hash(target))?;
+        Some((RelPath::parse(target).ok()?, skipped))
+    }
+
+    fn hash(&self, path: &str) -> u64 {
+        let b = blake3::keyed_hash(&self.key, path.as_bytes());
+        let mut first = [0; 8];
+        first.copy_from_slice(&b.as_bytes()[..8]);
+        u64::from_be_bytes(first)
+    }
 }
 
 /// What the sender does with an entry, per the receiver's answer.
@@ -497,7 +582,7 @@ impl Plan {
     fn keep(&mut self, job: Job) {
         let Some(kept) = self.kept.as_mut() else { return };
         self.kept_bytes += 128 + job.entry.path.len() + job.local.as_os_str().len();
-        if let EntryKind::Symlink { target } = &job.entry.kind {
+        if let EntryKind::Symlink { target } | EntryKind::HardLink { target } = &job.entry.kind {
             self.kept_bytes += target.len();
         }
         if self.kept_bytes > KEPT_BYTES {
@@ -578,6 +663,54 @@ mod tests {
         let other = job(2, "d/same", EntryKind::File { size: 11 });
         assert!(plan.verdict(&other.entry).is_err());
         assert!(plan.answered(&[Answer::Send]).is_err(), "more answers than entries");
+    }
+
+    /// A listed hard link is skipped when its target is skipped and its name already is the
+    /// same file; another file there is a conflict (sent with `--overwrite`); a target that
+    /// was not listed as a file is a protocol error.
+    #[test]
+    fn hard_links_are_answered_by_the_file_they_name() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        std::fs::create_dir(root.join("t")).unwrap();
+        std::fs::write(root.join("t/a"), b"same").unwrap();
+        std::fs::hard_link(root.join("t/a"), root.join("t/b")).unwrap();
+        std::fs::write(root.join("t/c"), b"same").unwrap();
+        let meta = std::fs::metadata(root.join("t/a")).unwrap();
+        let mtime = Some(Timestamp { secs: meta.mtime(), nanos: meta.mtime_nsec() as u32 });
+        let dest = Dest::open(root).unwrap();
+        let offer = Offer {
+            files: 1,
+            dirs: 1,
+            symlinks: 0,
+            bytes: 4,
+            names: vec!["t".into()],
+            lanes: 1,
+            chunk_size: 1 << 20,
+            transfer_id: [0; 16],
+            streams: 0,
+            text: None,
+            hardlinks: 4,
+        };
+        let link = |id, path: &str, target: &str| {
+            let kind = EntryKind::HardLink { target: target.into() };
+            Listed { entry: Entry { id, path: path.into(), kind, mode: 0o644, mtime }, hash: None }
+        };
+        let file = Entry { mtime, ..job(2, "t/a", EntryKind::File { size: 4 }).entry };
+        let listing =
+            [job(1, "t", EntryKind::Dir).entry, file].map(|entry| Listed { entry, hash: None });
+        for overwrite in [false, true] {
+            let mut survey = Survey::new(&offer, overwrite, false, HashSet::new());
+            let answers = survey.answer(&dest, &listing, &|| ()).unwrap();
+            assert_eq!(answers, [Answer::Send, Answer::Skip]);
+            let links = [link(3, "t/b", "t/a"), link(4, "t/c", "t/a"), link(5, "t/d", "t/a")];
+            let answers = survey.answer(&dest, &links, &|| ()).unwrap();
+            assert_eq!(answers, [Answer::Skip, Answer::Send, Answer::Send]);
+            assert_eq!(survey.conflicts().0, u64::from(!overwrite), "t/c differs");
+            let err = survey.answer(&dest, &[link(6, "t/e", "t/none")], &|| ()).unwrap_err();
+            assert_eq!(err.kind, ErrorKind::Protocol, "{err}");
+        }
     }
 
     /// Wanted entries beyond the bound are not kept: the sender walks again.

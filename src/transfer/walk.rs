@@ -9,8 +9,14 @@
 //! holds one directory listing per level, never the whole tree. Either way a file that changed
 //! since it was scanned is caught when it is opened to be sent (its device and inode, size and
 //! mtime are checked against the walk's).
+//!
+//! Hard links: a regular file with more than one name whose inode the walk met before goes as
+//! an [`EntryKind::HardLink`] naming the path it was first sent under ([`Linked`]). The walk
+//! remembers at most [`MAX_LINKED`] such inodes (and [`LINKED_BYTES`] of their paths) and sends
+//! at most [`MAX_HARDLINKS`] links; beyond that, further names go as copies. The decision
+//! depends only on the walk order, so the scan and every later walk or replay agree.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fs::Metadata;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -23,7 +29,7 @@ use walkdir::WalkDir;
 use super::fs::{rel_path_of, RelPath};
 use super::TransferError;
 use crate::error::ErrorKind;
-use crate::wire::control::{Summary, MAX_NAMES};
+use crate::wire::control::{Summary, MAX_HARDLINKS, MAX_HARDLINK_BYTES, MAX_NAMES};
 use crate::wire::data::{Entry, EntryKind, Timestamp};
 
 /// How many skipped names a scan remembers for its warning.
@@ -33,6 +39,11 @@ const MAX_SKIPPED_NAMES: usize = 20;
 /// remembers for the walks that follow it.
 pub const SEEN_BYTES: usize = 10 << 20;
 const SEEN_ITEM_BYTES: usize = std::mem::size_of::<Seen>();
+
+/// Most inodes with several names a walk remembers (to send their later names as links).
+pub const MAX_LINKED: usize = 100_000;
+/// Most bytes of first paths of such inodes a walk remembers.
+pub const LINKED_BYTES: usize = 8 << 20;
 
 /// One command-line path.
 #[derive(Debug, Clone)]
@@ -96,6 +107,8 @@ pub struct Scan {
     pub dirs: u64,
     /// Symbolic links.
     pub symlinks: u64,
+    /// Hard links: later names of a file already counted in `files`.
+    pub hardlinks: u64,
     /// Sum of file sizes.
     pub bytes: u64,
     /// Special files that will not be sent (first few names).
@@ -124,13 +137,14 @@ struct Remembered {
 #[derive(Debug, Clone, Copy)]
 struct Seen {
     /// Where its path ends in the text (it starts where the one before ended); a symlink's
-    /// target follows it, up to `target_end`.
+    /// or hard link's target follows it, up to `target_end`.
     path_end: u32,
     target_end: u32,
     /// The index of its source.
     source: u32,
     mode: u32,
-    /// A file's size; `u64::MAX` for a directory, `u64::MAX - 1` for a symlink.
+    /// A file's size; `u64::MAX` for a directory, `u64::MAX - 1` for a symlink, `u64::MAX - 2`
+    /// for a hard link.
     size: u64,
     mtime: Option<Timestamp>,
     /// The device and inode it had: what is opened to be sent must be the same file.
@@ -139,12 +153,50 @@ struct Seen {
 
 const DIR: u64 = u64::MAX;
 const SYMLINK: u64 = u64::MAX - 1;
+const HARDLINK: u64 = u64::MAX - 2;
+
+/// The inodes with several names met so far in a walk, by device and inode, with the path
+/// each was first sent under; bounded by [`MAX_LINKED`], [`LINKED_BYTES`] and
+/// [`MAX_HARDLINKS`] and [`MAX_HARDLINK_BYTES`].
+#[derive(Debug, Default)]
+struct Linked {
+    first: HashMap<(u64, u64), (u32, u32)>,
+    text: String,
+    links: u64,
+    link_bytes: usize,
+}
+
+impl Linked {
+    /// What a regular file found at `rel` with `meta` goes as: a hard link to the path its
+    /// inode was first sent under, or (`None`) a file, remembered if it has other names.
+    fn target_of(&mut self, rel: &RelPath, meta: &Metadata) -> Option<String> {
+        if meta.nlink() < 2 {
+            return None;
+        }
+        let identity = (meta.dev(), meta.ino());
+        if let Some(&(start, end)) = self.first.get(&identity) {
+            let bytes = self.link_bytes + rel.as_str().len() + (end - start) as usize;
+            if self.links >= MAX_HARDLINKS || bytes > MAX_HARDLINK_BYTES {
+                return None;
+            }
+            self.links += 1;
+            self.link_bytes = bytes;
+            return Some(self.text[start as usize..end as usize].to_owned());
+        }
+        if self.first.len() < MAX_LINKED && self.text.len() + rel.as_str().len() <= LINKED_BYTES {
+            let start = self.text.len() as u32;
+            self.text.push_str(rel.as_str());
+            self.first.insert(identity, (start, self.text.len() as u32));
+        }
+        None
+    }
+}
 
 impl Remembered {
     /// Adds an entry; false when the whole would no longer fit.
     fn push(&mut self, source: usize, entry: &Entry, identity: (u64, u64)) -> bool {
         let target = match &entry.kind {
-            EntryKind::Symlink { target } => target.as_str(),
+            EntryKind::Symlink { target } | EntryKind::HardLink { target } => target.as_str(),
             _ => "",
         };
         let text = self.text.len() + entry.path.len() + target.len();
@@ -163,6 +215,7 @@ impl Remembered {
                 EntryKind::Dir => DIR,
                 EntryKind::Symlink { .. } => SYMLINK,
                 EntryKind::File { size } => size,
+                EntryKind::HardLink { .. } => HARDLINK,
                 // A scan of paths finds no streams.
                 EntryKind::Stream => return false,
             },
@@ -186,6 +239,7 @@ impl Remembered {
             let kind = match seen.size {
                 DIR => EntryKind::Dir,
                 SYMLINK => EntryKind::Symlink { target: target.to_owned() },
+                HARDLINK => EntryKind::HardLink { target: target.to_owned() },
                 size => EntryKind::File { size },
             };
             let entry = Entry {
@@ -234,18 +288,28 @@ pub fn scan(paths: &[PathBuf], exclude: &[String]) -> Result<Scan, TransferError
     let sources = sources(paths, exclude)?;
     let mut scan = Scan { sources: sources.clone(), ..Scan::default() };
     let mut seen = Some(Remembered::default());
+    let mut linked = Linked::default();
     visit(&sources, |item| {
         match item {
             Item::Entry { source, local, rel, meta, kind } => {
+                let link = match kind {
+                    Kind::File => linked.target_of(&rel, meta),
+                    _ => None,
+                };
                 if let Some(r) = seen.as_mut() {
                     let identity = (meta.dev(), meta.ino());
-                    if !r.push(source, &entry_of(0, &rel, local, meta, &kind)?, identity) {
+                    let mut entry = entry_of(0, &rel, local, meta, &kind)?;
+                    if let Some(target) = &link {
+                        entry.kind = EntryKind::HardLink { target: target.clone() };
+                    }
+                    if !r.push(source, &entry, identity) {
                         seen = None;
                     }
                 }
                 match kind {
                     Kind::Dir => scan.dirs += 1,
                     Kind::Symlink => scan.symlinks += 1,
+                    Kind::File if link.is_some() => scan.hardlinks += 1,
                     Kind::File => {
                         scan.files += 1;
                         scan.bytes += meta.len();
@@ -297,13 +361,20 @@ pub fn walk(scan: &Scan, mut emit: impl FnMut(Job) -> bool) -> Result<Summary, T
         });
         return Ok(totals);
     }
-    let (mut dirs, mut symlinks) = (0u64, 0u64);
+    let (mut dirs, mut symlinks, mut hardlinks) = (0u64, 0u64, 0u64);
+    let mut linked = Linked::default();
     visit(&scan.sources, |item| {
         let Item::Entry { local, rel, meta, kind, .. } = item else { return Ok(true) };
-        let entry = entry_of(totals.entries + 1, &rel, local, meta, &kind)?;
+        let mut entry = entry_of(totals.entries + 1, &rel, local, meta, &kind)?;
+        if let Kind::File = kind {
+            if let Some(target) = linked.target_of(&rel, meta) {
+                entry.kind = EntryKind::HardLink { target };
+            }
+        }
         match entry.kind {
             EntryKind::Dir => dirs += 1,
             EntryKind::Symlink { .. } => symlinks += 1,
+            EntryKind::HardLink { .. } => hardlinks += 1,
             EntryKind::File { size } => {
                 totals.files += 1;
                 totals.bytes += size;
@@ -314,6 +385,7 @@ pub fn walk(scan: &Scan, mut emit: impl FnMut(Job) -> bool) -> Result<Summary, T
             || totals.bytes > scan.bytes
             || dirs > scan.dirs
             || symlinks > scan.symlinks
+            || hardlinks > scan.hardlinks
         {
             return Err(TransferError::new(
                 ErrorKind::Io,
@@ -646,6 +718,75 @@ mod tests {
         std::fs::write(root.join("a.txt"), b"grown").unwrap();
         let err = walk(&walked, |_| true).unwrap_err();
         assert!(err.message.contains("changed after the offer"), "{err}");
+    }
+
+    /// The later names of a file with several go as hard links to the first name in walk
+    /// order (also across sources); a replay of the scan and a fresh walk agree; a file with
+    /// one name, and a linked file whose other names are not sent, go as files.
+    #[test]
+    fn later_names_of_a_file_are_hard_links_to_the_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("top");
+        std::fs::create_dir_all(root.join("a")).unwrap();
+        std::fs::create_dir_all(root.join("b")).unwrap();
+        std::fs::write(root.join("b/first"), b"shared").unwrap();
+        std::fs::hard_link(root.join("b/first"), root.join("a/second")).unwrap();
+        std::fs::hard_link(root.join("b/first"), root.join("c")).unwrap();
+        std::fs::write(root.join("plain"), b"p").unwrap();
+        std::fs::write(dir.path().join("lonely"), b"l").unwrap();
+        std::fs::hard_link(dir.path().join("lonely"), dir.path().join("elsewhere")).unwrap();
+        let single = dir.path().join("single");
+        std::fs::hard_link(root.join("b/first"), &single).unwrap();
+
+        let remembered = scan(&[root.clone(), dir.path().join("lonely"), single], &[]).unwrap();
+        let s = &remembered;
+        assert_eq!((s.files, s.hardlinks, s.dirs, s.bytes), (3, 3, 3, 8));
+        let jobs = |scan: &Scan| {
+            let mut jobs = Vec::new();
+            let totals = walk(scan, |job| {
+                jobs.push(job.entry);
+                true
+            })
+            .unwrap();
+            assert_eq!((totals.entries, totals.files, totals.bytes), (9, 3, 8));
+            jobs
+        };
+        let replayed = jobs(&remembered);
+        let link =
+            |path: &str| replayed.iter().find(|e| e.path == path).map(|e| e.kind.clone()).unwrap();
+        // Walk order: top, top/a, top/a/second (the first name met), top/b, top/b/first, …
+        assert_eq!(link("top/a/second"), EntryKind::File { size: 6 });
+        for later in ["top/b/first", "top/c", "single"] {
+            assert_eq!(link(later), EntryKind::HardLink { target: "top/a/second".into() });
+        }
+        assert_eq!(link("top/plain"), EntryKind::File { size: 1 });
+        assert_eq!(link("lonely"), EntryKind::File { size: 1 });
+        let walked = Scan { seen: None, ..remembered.clone() };
+        assert_eq!(jobs(&walked), replayed);
+    }
+
+    /// Beyond the bound on remembered inodes, further names go as copies, in the scan and
+    /// every walk alike.
+    #[test]
+    fn linked_inodes_beyond_the_bound_are_copies() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("f");
+        std::fs::write(&file, b"x").unwrap();
+        std::fs::hard_link(&file, dir.path().join("g")).unwrap();
+        let meta = std::fs::metadata(&file).unwrap();
+        let name = |s: &str| RelPath::parse(s).unwrap();
+        let mut linked = Linked::default();
+        // Fill the table with other inodes (as if met before).
+        for i in 0..MAX_LINKED as u64 {
+            linked.first.insert((u64::MAX, i), (0, 0));
+        }
+        assert_eq!(linked.target_of(&name("t/f"), &meta), None);
+        assert_eq!(linked.target_of(&name("t/g"), &meta), None, "not remembered: a copy");
+        let mut linked = Linked::default();
+        assert_eq!(linked.target_of(&name("t/f"), &meta), None);
+        assert_eq!(linked.target_of(&name("t/g"), &meta), Some("t/f".into()));
+        linked.links = MAX_HARDLINKS;
+        assert_eq!(linked.target_of(&name("t/h"), &meta), None, "no more links: a copy");
     }
 
     #[test]

@@ -28,6 +28,12 @@ pub const MAX_FRAME: usize = 4 << 20;
 pub const MAX_NAMES: usize = 10_000;
 /// Cap on one path or name, in bytes.
 pub const MAX_PATH: usize = 4096;
+/// Cap on the hard links of one offer ([`Offer::hardlinks`]): the receiver keeps them until
+/// every lane has finished.
+pub const MAX_HARDLINKS: u64 = 100_000;
+/// Cap on the bytes of the paths of an offer's hard link entries, each counted as its path
+/// plus its target.
+pub const MAX_HARDLINK_BYTES: usize = 16 << 20;
 /// Cap on a free-text message (errors).
 pub const MAX_MESSAGE: usize = 4096;
 /// Cap on the text of a text offer (`send --text`), in bytes.
@@ -231,6 +237,9 @@ pub struct Offer {
     /// A text message instead of files (`send --text`): then `names` is empty, every count
     /// is zero, and the receiver shows the text and writes nothing.
     pub text: Option<String>,
+    /// Hard links: entries that name again a file sent earlier in this transfer (not counted
+    /// in `files`; they carry no bytes).
+    pub hardlinks: u64,
 }
 
 /// The receiver's yes. What it already holds it said in its [`Answer`]s, if it asked for a
@@ -424,6 +433,7 @@ mod tests {
                 transfer_id: [0x77; 16],
                 streams: 0,
                 text: None,
+                hardlinks: 0,
             }),
             Control::Accept(Accept {}),
             Control::Refuse(Refuse { reason: RefuseReason::Conflict, names: vec!["a".into()] }),
@@ -452,6 +462,7 @@ mod tests {
                 transfer_id: [0x77; 16],
                 streams: 0,
                 text: Some("hi".into()),
+                hardlinks: 0,
             }),
             Control::Offer(Offer {
                 files: 1,
@@ -464,6 +475,7 @@ mod tests {
                 transfer_id: [0x77; 16],
                 streams: 1,
                 text: None,
+                hardlinks: 0,
             }),
             Control::Refuse(Refuse { reason: RefuseReason::NotOneFile, names: vec![] }),
         ]
@@ -497,7 +509,7 @@ mod tests {
              cdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcd04808040\
              00",
             "01020100ac02020670686f746f73096e6f7465732e74787402808040\
-             77777777777777777777777777777777 0000",
+             77777777777777777777777777777777 000000",
             "02",
             "0301010161",
             "040302ac0264",
@@ -511,8 +523,8 @@ mod tests {
             "09",
             "0a03000102808040\
              5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a",
-            "010000000000 01808040 77777777777777777777777777777777 00 01026869",
-            "010100000001 05737464696e 01808040 77777777777777777777777777777777 01 00",
+            "010000000000 01808040 77777777777777777777777777777777 00 01026869 00",
+            "010100000001 05737464696e 01808040 77777777777777777777777777777777 01 00 00",
             "030300",
         ];
         let want: Vec<String> = want.iter().map(|w| w.replace(' ', "")).collect();
@@ -575,6 +587,7 @@ mod tests {
             transfer_id: [0; 16],
             streams: 0,
             text: None,
+            hardlinks: 0,
         });
         out.clear();
         offer.encode(&mut out);

@@ -82,6 +82,13 @@ pub enum EntryKind {
     /// A regular file whose size is not known in advance (`send -`, a stream): its chunks
     /// go on until its FILE_END. Never resumed.
     Stream,
+    /// Another name for a regular file of this transfer: the receiver links `target` (an
+    /// earlier FILE entry's path, as on the wire) under this entry's path once every lane has
+    /// finished. Carries no data; its `mode` and `mtime` are the target's.
+    HardLink {
+        /// The path of the entry this one names again.
+        target: String,
+    },
 }
 
 /// Seconds and nanoseconds since the Unix epoch.
@@ -260,6 +267,15 @@ impl Entry {
                 });
             }
         }
+        if let EntryKind::HardLink { target } = &self.kind {
+            if target.len() > super::control::MAX_PATH {
+                return Err(DecodeError::TooLong {
+                    what: "hard link target",
+                    len: target.len(),
+                    max: super::control::MAX_PATH,
+                });
+            }
+        }
         if matches!(self.mtime, Some(t) if t.nanos >= 1_000_000_000) {
             return Err(DecodeError::Invalid("timestamp"));
         }
@@ -318,6 +334,14 @@ mod tests {
             mtime: None,
         };
         assert_eq!(hex_of(&Record::Entry(stream)), "010105737464696e03a40300");
+        let hard = Entry {
+            id: 7,
+            path: "b".into(),
+            kind: EntryKind::HardLink { target: "a".into() },
+            mode: 0o644,
+            mtime: None,
+        };
+        assert_eq!(hex_of(&Record::Entry(hard)), "01070162040161a40300");
         assert_eq!(
             hex_of(&Record::Chunk { flags: 1, file_id: 5, offset: 256, payload: b"xy" }),
             "02010000000000000005000000000000010078 79".replace(' ', "")
@@ -375,10 +399,12 @@ mod tests {
             secs in any::<i64>(), nanos in 0u32..1_000_000_000,
         ) {
             let entry = Entry { id, path: path.clone(), kind: EntryKind::File { size }, mode: 0o600, mtime: Some(Timestamp { secs, nanos }) };
-            let link = Entry { id, path: path.clone(), kind: EntryKind::Symlink { target: path }, mode: 0, mtime: None };
+            let link = Entry { id, path: path.clone(), kind: EntryKind::Symlink { target: path.clone() }, mode: 0, mtime: None };
+            let hard = Entry { id, path: path.clone(), kind: EntryKind::HardLink { target: path }, mode: 0o644, mtime: None };
             let records = [
                 Record::Entry(entry),
                 Record::Entry(link),
+                Record::Entry(hard),
                 Record::Chunk { flags: 0, file_id: id, offset: off, payload: &payload },
                 Record::FileEnd { file_id: id, hash: sha },
                 Record::LaneEnd { entries: off },

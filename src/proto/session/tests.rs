@@ -96,6 +96,7 @@ fn offer() -> Offer {
         transfer_id: [7; 16],
         streams: 0,
         text: None,
+        hardlinks: 0,
     }
 }
 

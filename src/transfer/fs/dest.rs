@@ -26,6 +26,8 @@ use crate::transfer::prefix::prefix;
 use crate::transfer::walk::system_time;
 use crate::wire::data::Timestamp;
 
+mod link;
+
 /// Attempts at finding an unused temporary name before giving up.
 const TEMP_ATTEMPTS: usize = 16;
 /// Marker in every temporary name, so leftovers are recognisable.

@@ -48,6 +48,17 @@ pub enum FsError {
         /// What makes it unsafe, naming the offending component.
         reason: String,
     },
+    /// A hard link's target is not a regular file at the destination (the sender named
+    /// something it did not send as a file).
+    #[error("refusing to link {path} to {target}: {reason}")]
+    LinkTarget {
+        /// The link's relative path.
+        path: String,
+        /// The target's relative path.
+        target: String,
+        /// What is wrong with the target.
+        reason: String,
+    },
     /// Another transfer is writing the partial copy of this file right now.
     #[error(
         "another p2p-copy is receiving {} into this destination right now; wait for it to end \

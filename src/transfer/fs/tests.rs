@@ -327,6 +327,59 @@ fn symlinks_are_created_verbatim_and_never_followed() {
     assert_eq!(list(f.dest.root()), ["d", "d/dir", "d/file", "d/up"]);
 }
 
+/// Hard links are made through the parents' handles, to regular files only: never to a
+/// symlink (which would otherwise be linked, or followed out of the destination) or a
+/// directory; an existing name is a conflict unless `overwrite`, and a directory is never
+/// replaced.
+#[test]
+fn hard_links_join_regular_files_only() {
+    use std::os::unix::fs::MetadataExt;
+    let f = fixture();
+    write_file(&f.dest, "t/a", b"same", false).unwrap();
+    f.dest.hard_link(&rel("t/a"), &rel("t/sub/b"), false).unwrap();
+    let root = f.dest.root();
+    let (a, b) =
+        (fs::metadata(root.join("t/a")).unwrap(), fs::metadata(root.join("t/sub/b")).unwrap());
+    assert_eq!((a.ino(), a.nlink()), (b.ino(), 2));
+    assert!(f.dest.same_file(&rel("t/a"), &rel("t/sub/b")).unwrap());
+    // Already this file: nothing to do, even without overwrite.
+    f.dest.hard_link(&rel("t/a"), &rel("t/sub/b"), false).unwrap();
+
+    // A symlink as target, inside or pointing out of the destination, and a directory or
+    // nothing at all, are refused.
+    let secret = f.outside.join("secret");
+    fs::write(&secret, b"private").unwrap();
+    symlink(&secret, root.join("t/out")).unwrap();
+    symlink("a", root.join("t/in")).unwrap();
+    f.dest.create_dir(&rel("t/dir")).unwrap();
+    for target in ["t/out", "t/in", "t/dir", "t/none", "t/out/x"] {
+        let err = f.dest.hard_link(&rel(target), &rel("t/c"), true).unwrap_err();
+        assert!(matches!(err, FsError::LinkTarget { .. }), "{target}: {err:?}");
+    }
+    assert_eq!(fs::metadata(&secret).unwrap().nlink(), 1);
+    assert!(fs::symlink_metadata(root.join("t/c")).is_err());
+
+    // An existing other file: a conflict, or replaced with overwrite; a directory never.
+    write_file(&f.dest, "t/c", b"other", false).unwrap();
+    let err = f.dest.hard_link(&rel("t/a"), &rel("t/c"), false).unwrap_err();
+    assert!(matches!(err, FsError::Exists { .. }), "{err:?}");
+    assert!(!f.dest.same_file(&rel("t/a"), &rel("t/c")).unwrap());
+    f.dest.hard_link(&rel("t/a"), &rel("t/c"), true).unwrap();
+    assert_eq!(fs::read(root.join("t/c")).unwrap(), b"same");
+    assert_eq!(fs::metadata(root.join("t/a")).unwrap().nlink(), 3);
+    let err = f.dest.hard_link(&rel("t/a"), &rel("t/dir"), true).unwrap_err();
+    assert!(matches!(err, FsError::Unsafe { .. }), "{err:?}");
+    // A symlink at the link's name is replaced, not followed.
+    symlink(&secret, root.join("t/d")).unwrap();
+    f.dest.hard_link(&rel("t/a"), &rel("t/d"), true).unwrap();
+    assert!(fs::symlink_metadata(root.join("t/d")).unwrap().is_file());
+    assert_eq!(fs::read(&secret).unwrap(), b"private");
+    assert_eq!(
+        list(root),
+        ["t", "t/a", "t/c", "t/d", "t/dir", "t/in", "t/out", "t/sub", "t/sub/b"]
+    );
+}
+
 #[test]
 fn existing_detects_files_dirs_and_dangling_symlinks() {
     let f = fixture();

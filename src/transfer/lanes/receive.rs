@@ -9,13 +9,13 @@ use tokio::task::JoinSet;
 
 use super::super::control::read_error;
 use super::super::fs::{Dest, Finished, Found, PartFile, RelPath, Resumable, Syncer};
-use super::super::survey::{admit, Survey};
+use super::super::survey::{admit, unlisted_target, LinkTargets, Survey};
 use super::super::walk;
 use super::super::{FileOutcome, Note, Progress, TransferError};
 use super::{COMMIT_BYTES, COMMIT_FILES, READ_BUDGET, READ_DEPTH};
 use crate::error::ErrorKind;
 use crate::proto::{LaneEvent, LaneReader};
-use crate::wire::control::{Offer, Summary};
+use crate::wire::control::{Offer, Summary, MAX_HARDLINK_BYTES};
 use crate::wire::data::{Entry, EntryKind, CHUNK_HEADER_LEN};
 use crate::wire::frame;
 
@@ -29,6 +29,13 @@ const MIN_FRAME_CAP: usize = 16 << 10;
 
 /// A directory's metadata to set at the end: its mode (none for the user's own) and mtime.
 type DirMeta = (Option<u32>, Option<std::time::SystemTime>);
+
+/// The hard links that arrived (path and target), and the bytes of their paths.
+#[derive(Debug, Default)]
+struct Links {
+    pending: Vec<(RelPath, String)>,
+    bytes: usize,
+}
 
 /// A writer that takes the one file of an offer instead of a destination directory
 /// (`receive --stdout`). Its bytes arrive in order, as they come; the file's hash is checked
@@ -104,6 +111,11 @@ pub struct Sink {
     /// Directories to get their mode and mtime once their contents are in, once each
     /// however often the sender names them (at most `limits.dirs` of them).
     dirs: Mutex<HashMap<RelPath, DirMeta>>,
+    /// Without a listing: the files that arrived, which links may name.
+    targets: Mutex<LinkTargets>,
+    /// Hard links to make once every lane has finished (a link's target may come on
+    /// another lane, later): at most `limits.hardlinks` of them.
+    links: Mutex<Links>,
     /// `--limit-rate`: the lanes read no faster (QUIC's flow control slows the sender).
     pub rate: Option<Arc<crate::transfer::rate::RateLimit>>,
     /// Told of each file put in place.
@@ -124,35 +136,41 @@ impl Sink {
         survey: Option<Survey>,
         progress: Arc<Progress>,
     ) -> Sink {
-        let admitted =
-            Offer { files: 0, dirs: 0, symlinks: 0, bytes: 0, streams: 0, ..offer.clone() };
+        Sink::with(Target::Dir(dest), overwrite, offer, survey, progress)
+    }
+
+    /// A sink writing the one file `offer` announced into `pipe` (the caller checked that the
+    /// offer is one file and nothing else; the lanes hold the sender to it).
+    pub fn pipe(pipe: Pipe, offer: &Offer, progress: Arc<Progress>) -> Sink {
+        Sink::with(Target::Pipe(pipe), false, offer, None, progress)
+    }
+
+    fn with(
+        target: Target,
+        overwrite: bool,
+        offer: &Offer,
+        survey: Option<Survey>,
+        progress: Arc<Progress>,
+    ) -> Sink {
+        let admitted = Offer {
+            files: 0,
+            dirs: 0,
+            symlinks: 0,
+            bytes: 0,
+            streams: 0,
+            hardlinks: 0,
+            ..offer.clone()
+        };
         Sink {
-            target: Target::Dir(dest),
+            target,
             overwrite,
             progress,
             limits: offer.clone(),
             admitted: Mutex::new(admitted),
             survey: survey.map(Mutex::new),
             dirs: Mutex::default(),
-            abandoned: std::sync::atomic::AtomicBool::new(false),
-            rate: None,
-            observer: None,
-        }
-    }
-
-    /// A sink writing the one file `offer` announced into `pipe` (the caller checked that the
-    /// offer is one file and nothing else; the lanes hold the sender to it).
-    pub fn pipe(pipe: Pipe, offer: &Offer, progress: Arc<Progress>) -> Sink {
-        let admitted =
-            Offer { files: 0, dirs: 0, symlinks: 0, bytes: 0, streams: 0, ..offer.clone() };
-        Sink {
-            target: Target::Pipe(pipe),
-            overwrite: false,
-            progress,
-            limits: offer.clone(),
-            admitted: Mutex::new(admitted),
-            survey: None,
-            dirs: Mutex::default(),
+            targets: Mutex::new(LinkTargets::new(offer)),
+            links: Mutex::default(),
             abandoned: std::sync::atomic::AtomicBool::new(false),
             rate: None,
             observer: None,
@@ -187,9 +205,52 @@ impl Sink {
             }
             None => {
                 let mut got = self.admitted.lock().map_err(|_| poisoned())?;
-                Ok((admit(&self.limits, &mut got, entry)?, None))
+                let rel = admit(&self.limits, &mut got, entry)?;
+                drop(got);
+                if let EntryKind::File { .. } = entry.kind {
+                    self.targets.lock().map_err(|_| poisoned())?.file(&entry.path, false);
+                }
+                Ok((rel, None))
             }
         }
+    }
+
+    /// Notes the hard link `rel` to `target`, to be made by [`Sink::make_links`].
+    fn link_later(&self, rel: RelPath, target: &str) -> Result<(), TransferError> {
+        self.dir()?;
+        let mut links = self.links.lock().map_err(|_| poisoned())?;
+        links.bytes += rel.as_str().len() + target.len();
+        if links.bytes > MAX_HARDLINK_BYTES {
+            return Err(TransferError::new(
+                ErrorKind::Protocol,
+                format!(
+                    "the sender's hard links exceed {MAX_HARDLINK_BYTES} bytes of paths (at {rel})"
+                ),
+            ));
+        }
+        links.pending.push((rel, target.to_owned()));
+        Ok(())
+    }
+
+    /// Makes the hard links that arrived, now that every file is in place: each must name a
+    /// regular file the sender sent (or listed) in this transfer. Call after every lane
+    /// finished, before [`Sink::finish_dirs`].
+    pub fn make_links(&self) -> Result<(), TransferError> {
+        let Some(dest) = self.dest() else { return Ok(()) };
+        let pending = std::mem::take(&mut self.links.lock().map_err(|_| poisoned())?.pending);
+        let targets = self.targets.lock().map_err(|_| poisoned())?;
+        for (rel, target) in pending {
+            // With a listing, the target was checked when the link was listed (and the link
+            // arrived as listed).
+            let found = match &self.survey {
+                Some(_) => RelPath::parse(&target).ok(),
+                None => targets.find(&target).map(|(t, _)| t),
+            };
+            let Some(target) = found else { return Err(unlisted_target(&rel, &target)) };
+            dest.hard_link(&target, &rel, self.overwrite)?;
+            tracing::debug!(path = %rel, %target, "linked");
+        }
+        Ok(())
     }
 
     /// After the lanes: with a listing, every entry asked for arrived.
@@ -479,6 +540,8 @@ fn apply_records(
                         EntryKind::Symlink { target } => {
                             sink.dir()?.symlink(&rel, target, sink.overwrite)?;
                         }
+                        // Made once every lane has finished: its target may be on another.
+                        EntryKind::HardLink { target } => sink.link_later(rel, target)?,
                         EntryKind::File { .. } | EntryKind::Stream => {
                             // Opened at the next record: RESUME_AT, or the first data.
                             open = Some(Open::Pending { entry, rel, resumable });
