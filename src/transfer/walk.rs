@@ -11,10 +11,11 @@
 //! mtime are checked against the walk's).
 //!
 //! Hard links: a regular file with more than one name whose inode the walk met before goes as
-//! an [`EntryKind::HardLink`] naming the path it was first sent under ([`Linked`]). The walk
+//! an [`EntryKind::HardLink`] naming the path it was first sent under (`Linked`). The walk
 //! remembers at most [`MAX_LINKED`] such inodes (and [`LINKED_BYTES`] of their paths) and sends
-//! at most [`MAX_HARDLINKS`] links; beyond that, further names go as copies. The decision
-//! depends only on the walk order, so the scan and every later walk or replay agree.
+//! at most [`MAX_HARDLINKS`] links, of at most [`MAX_HARDLINK_BYTES`] of paths; beyond that,
+//! further names go as copies. The decision depends only on the walk order, so the scan and
+//! every later walk or replay agree.
 
 use std::collections::{HashMap, HashSet};
 use std::fs::Metadata;
