@@ -650,7 +650,8 @@ fn odd_names_arrive_as_they_are() {
 /// Hard links inside the sent tree arrive as hard links (issue 15): one file under three
 /// names in different directories arrives once, as one inode with three names; the `done`
 /// event counts it as one file. Received again into the same place, the links are found
-/// there already and nothing is sent.
+/// there already and nothing is sent; once the file changed, `--overwrite` replaces all three
+/// names with one new file.
 #[test]
 fn hard_links_arrive_as_hard_links() {
     use std::os::unix::fs::MetadataExt;
@@ -664,9 +665,16 @@ fn hard_links_arrive_as_hard_links() {
     }
     random_file(&src.join("plain.bin"), 1000, &mut fx.rng);
     let out = fx.path("out");
-    for round in 0..2 {
+    for round in 0..3 {
+        if round == 2 {
+            // Written in place: the three names in the source see the new content.
+            let new = fx.rng.bytes(200_000);
+            std::fs::write(&first, new).unwrap();
+        }
         let s = fx.send([src.as_os_str()]);
-        let r = fx.receive(["--yes", "--out", out.to_str().unwrap()]);
+        let mut args = vec!["--yes", "--out", out.to_str().unwrap()];
+        args.extend((round == 2).then_some("--overwrite"));
+        let r = fx.receive(args);
         let (s, r) = finish_pair(s, r);
         assert_exits(&[(&s, 0), (&r, 0)]);
         let names = ["src/a/one.bin", "src/b/deep/two.bin", "src/three.bin"];
