@@ -323,7 +323,8 @@ impl Control {
                 }
                 if let Some(text) = &o.text {
                     cap("text", text.len(), MAX_TEXT)?;
-                    if !o.names.is_empty() || o.files + o.dirs + o.symlinks + o.bytes != 0 {
+                    let counts = [o.files, o.dirs, o.symlinks, o.hardlinks, o.bytes];
+                    if !o.names.is_empty() || counts.iter().any(|&n| n != 0) {
                         return Err(DecodeError::Invalid("text offer with files"));
                     }
                 }
@@ -599,6 +600,15 @@ mod tests {
         for (bad, why) in [
             (text("hi"), DecodeError::Invalid("text offer with files")),
             (Offer { streams: 3, ..base.clone() }, DecodeError::Invalid("stream count")),
+            (
+                Offer { hardlinks: 1, names: vec![], files: 0, dirs: 0, bytes: 0, ..text("hi") },
+                DecodeError::Invalid("text offer with files"),
+            ),
+            // Counts that would wrap to zero if added.
+            (
+                Offer { names: vec![], files: u64::MAX, dirs: 1, bytes: 0, ..text("hi") },
+                DecodeError::Invalid("text offer with files"),
+            ),
         ] {
             out.clear();
             Control::Offer(bad).encode(&mut out);
