@@ -97,15 +97,7 @@ impl Survey {
         Survey {
             overwrite,
             checksum,
-            admitted: Offer {
-                files: 0,
-                dirs: 0,
-                symlinks: 0,
-                bytes: 0,
-                streams: 0,
-                hardlinks: 0,
-                ..offer.clone()
-            },
+            admitted: none_admitted(offer),
             targets: LinkTargets::new(offer),
             limits: offer.clone(),
             states: Vec::new(),
@@ -155,10 +147,7 @@ impl Survey {
                 Found::Symlink { target: t } if t.as_os_str() == target.as_str() => {
                     (SKIP, Answer::Skip)
                 }
-                Found::Dir => self.conflict(
-                    &rel,
-                    "a directory is in the way, and p2p-copy never replaces a directory",
-                ),
+                Found::Dir => self.conflict(&rel, DIR_IN_THE_WAY),
                 Found::Blocked(why) => self.conflict(&rel, &why),
                 _ if self.overwrite => (WANT, Answer::Send),
                 _ => self.conflict(&rel, "exists and differs"),
@@ -175,10 +164,7 @@ impl Survey {
                         tracing::info!(path = %rel, "skipping: already here ({})", if self.checksum && listed.hash.is_some() { "same BLAKE3 hash" } else { "same size and mtime" });
                         (SKIP, Answer::Skip)
                     }
-                    Found::Dir => self.conflict(
-                        &rel,
-                        "a directory is in the way, and p2p-copy never replaces a directory",
-                    ),
+                    Found::Dir => self.conflict(&rel, DIR_IN_THE_WAY),
                     Found::Blocked(why) => self.conflict(&rel, &why),
                     Found::Missing => self.partial(dest, &rel, entry, size, touch)?,
                     _ if self.overwrite => self.partial(dest, &rel, entry, size, touch)?,
@@ -188,10 +174,7 @@ impl Survey {
             // A stream cannot be compared or resumed: it is sent whole, or is a conflict.
             EntryKind::Stream => match found {
                 Found::Missing => (WANT, Answer::Send),
-                Found::Dir => self.conflict(
-                    &rel,
-                    "a directory is in the way, and p2p-copy never replaces a directory",
-                ),
+                Found::Dir => self.conflict(&rel, DIR_IN_THE_WAY),
                 Found::Blocked(why) => self.conflict(&rel, &why),
                 _ if self.overwrite => (WANT, Answer::Send),
                 _ => self.conflict(&rel, "already exists"),
@@ -206,10 +189,7 @@ impl Survey {
                         (SKIP, Answer::Skip)
                     }
                     Found::Missing => (WANT, Answer::Send),
-                    Found::Dir => self.conflict(
-                        &rel,
-                        "a directory is in the way, and p2p-copy never replaces a directory",
-                    ),
+                    Found::Dir => self.conflict(&rel, DIR_IN_THE_WAY),
                     Found::Blocked(why) => self.conflict(&rel, &why),
                     _ if self.overwrite => (WANT, Answer::Send),
                     _ => self.conflict(&rel, "already exists and differs"),
@@ -396,6 +376,14 @@ fn same_mtime(found: Option<SystemTime>, offered: Option<Timestamp>) -> bool {
         t.duration_since(std::time::UNIX_EPOCH).ok().map(|d| (d.as_secs(), d.subsec_nanos()))
     };
     matches!((secs(found), secs(offered)), (Some((a, 0)), Some((b, _))) if a == b)
+}
+
+/// Why an entry cannot go where a directory is.
+const DIR_IN_THE_WAY: &str = "a directory is in the way, and p2p-copy never replaces a directory";
+
+/// The counts of nothing admitted yet under `offer`: what [`admit`] starts from.
+pub fn none_admitted(offer: &Offer) -> Offer {
+    Offer { files: 0, dirs: 0, symlinks: 0, bytes: 0, streams: 0, hardlinks: 0, ..offer.clone() }
 }
 
 /// A short keyed hash of what identifies an entry: id, path, kind, size or target, mtime.

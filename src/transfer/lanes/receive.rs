@@ -9,7 +9,7 @@ use tokio::task::JoinSet;
 
 use super::super::control::read_error;
 use super::super::fs::{Dest, Finished, Found, PartFile, RelPath, Resumable, Syncer};
-use super::super::survey::{admit, unlisted_target, LinkTargets, Survey};
+use super::super::survey::{admit, none_admitted, unlisted_target, LinkTargets, Survey};
 use super::super::walk;
 use super::super::{FileOutcome, Note, Progress, TransferError};
 use super::{COMMIT_BYTES, COMMIT_FILES, READ_BUDGET, READ_DEPTH};
@@ -152,15 +152,7 @@ impl Sink {
         survey: Option<Survey>,
         progress: Arc<Progress>,
     ) -> Sink {
-        let admitted = Offer {
-            files: 0,
-            dirs: 0,
-            symlinks: 0,
-            bytes: 0,
-            streams: 0,
-            hardlinks: 0,
-            ..offer.clone()
-        };
+        let admitted = none_admitted(offer);
         Sink {
             target,
             overwrite,
