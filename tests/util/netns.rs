@@ -58,6 +58,22 @@ pub fn can_use_netns() -> bool {
     true
 }
 
+/// Two new namespaces `{base}a` and `{base}b` joined by a veth pair whose ends carry the
+/// same names: (a, b, a's end, b's end).
+fn veth_pair(base: &str) -> Result<(Netns, Netns, String, String), String> {
+    let a = Netns::add(format!("{base}a"))?;
+    let b = Netns::add(format!("{base}b"))?;
+    let (va, vb) = (format!("{base}a"), format!("{base}b"));
+    run(
+        "ip",
+        &[
+            "link", "add", &va, "netns", &a.name, "type", "veth", "peer", "name", &vb, "netns",
+            &b.name,
+        ],
+    )?;
+    Ok((a, b, va, vb))
+}
+
 /// Two namespaces joined by a veth pair: (a, b, a's address, b's address).
 pub fn two_hosts() -> Option<(Netns, Netns, String, String)> {
     if !can_use_netns() {
@@ -67,16 +83,7 @@ pub fn two_hosts() -> Option<(Netns, Netns, String, String)> {
     let subnet = (std::process::id().wrapping_mul(3).wrapping_add(n)) % 250 + 1;
     let (a_addr, b_addr) = (format!("10.99.{subnet}.1"), format!("10.99.{subnet}.2"));
     let setup = || -> Result<(Netns, Netns), String> {
-        let a = Netns::add(format!("{base}a"))?;
-        let b = Netns::add(format!("{base}b"))?;
-        let (va, vb) = (format!("{base}a"), format!("{base}b"));
-        run(
-            "ip",
-            &[
-                "link", "add", &va, "netns", &a.name, "type", "veth", "peer", "name", &vb, "netns",
-                &b.name,
-            ],
-        )?;
+        let (a, b, va, vb) = veth_pair(&base)?;
         a.ip(&["addr", "add", &format!("{a_addr}/24"), "dev", &va])?;
         b.ip(&["addr", "add", &format!("{b_addr}/24"), "dev", &vb])?;
         a.ip(&["link", "set", &va, "up"])?;
@@ -177,16 +184,7 @@ pub fn two_hosts_link_local() -> Option<(Netns, Netns, std::net::Ipv6Addr, std::
     }
     let (base, _) = unique("6");
     let setup = || {
-        let a = Netns::add(format!("{base}a"))?;
-        let b = Netns::add(format!("{base}b"))?;
-        let (va, vb) = (format!("{base}a"), format!("{base}b"));
-        run(
-            "ip",
-            &[
-                "link", "add", &va, "netns", &a.name, "type", "veth", "peer", "name", &vb, "netns",
-                &b.name,
-            ],
-        )?;
+        let (a, b, va, vb) = veth_pair(&base)?;
         a.no_dad(&va)?;
         b.no_dad(&vb)?;
         a.ip(&["link", "set", &va, "up"])?;
