@@ -206,6 +206,9 @@ fn identity(config: &ServerConfig) -> Result<Identity, ServerError> {
     Ok((vec![cert], key))
 }
 
+/// How long a Retry token stays good (see [`server_config`]).
+const RETRY_TOKEN_LIFETIME: Duration = Duration::from_secs(60);
+
 /// The node's QUIC settings, presenting `identity`. Clients only authenticate the node when
 /// they pin its certificate (`--rendezvous-fingerprint`): everything they exchange through it
 /// is protected end to end by the code, and the access token is proved, never sent
@@ -238,6 +241,11 @@ fn server_config(
         transport.max_idle_timeout(Some(idle));
     }
     server.transport_config(Arc::new(transport));
+    // A client answers a Retry with the token in every copy of its next Initial; on a lossy
+    // path the copies back off (1, 2, 4, 8 s...), and quinn's default 15 s lets a token
+    // expire before a late copy arrives, which ends that client with INVALID_TOKEN instead of
+    // a new Retry. The token stays bound to the client's address and first connection ID.
+    server.retry_token_lifetime(RETRY_TOKEN_LIFETIME);
     Ok(server)
 }
 

@@ -88,6 +88,7 @@ use crate::wire::{ClientMsg, ErrorCode, NodeMsg, MAX_TEXT, REJOIN_NAMEPLATES, VE
 mod numbers;
 mod sources;
 
+#[cfg(feature = "server")]
 pub(crate) use sources::Counts;
 use sources::{Refusal, Sources};
 pub use sources::{SourceKey, FAIR_WINDOW, V6_LEVELS};

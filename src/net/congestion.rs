@@ -15,8 +15,10 @@
 //!   of it and at least [`QUEUE_SLACK`] (a filling drop-tail queue delays packets long before it
 //!   drops them);
 //! - or the loss is not rare: more than [`LOSS_TOLERANCE`] of the bytes sent over the last two
-//!   round trips (a policer, or a queue too short to show up as delay, drops a growing share
-//!   as the window grows);
+//!   round trips, and at least [`MIN_LOSS_BYTES`] (a policer, or a queue too short to show up
+//!   as delay, drops a growing share as the window grows; one or two packets lost among the
+//!   first few dozen of a connection are chance, not a rate, and backing off for them leaves
+//!   CUBIC crawling up from a window of a few packets for half a minute on a long path);
 //! - or quinn declares persistent congestion, or the peer marked packets with ECN.
 //!
 //! Isolated losses on an empty path are only retransmitted. Everything else (slow start, the
@@ -32,6 +34,9 @@ use quinn_proto::RttEstimator;
 /// Share of the bytes sent (over the last two round trips) that may be lost before a loss
 /// counts as congestion even without queueing delay.
 pub const LOSS_TOLERANCE: f64 = 0.02;
+/// Fewest bytes lost over the last two round trips that make a loss rate: three packets of
+/// QUIC's smallest size (more than two of any size up to 1,800 bytes).
+pub const MIN_LOSS_BYTES: u64 = 3 * 1200;
 /// Smallest rise of the smoothed round trip over the smallest one that counts as queueing.
 pub const QUEUE_SLACK: Duration = Duration::from_millis(2);
 /// Shortest loss-accounting epoch, for paths whose round trip is tiny (loopback).
@@ -171,7 +176,7 @@ impl LossFilter {
     pub fn lost(&mut self, now: Instant, bytes: u64) -> bool {
         self.roll(now);
         self.lost[1] += bytes;
-        self.queueing() || self.loss_rate() > LOSS_TOLERANCE
+        self.queueing() || self.lossy()
     }
 
     /// Whether the path holds a standing queue: the smoothed round trip is clearly above the
@@ -181,14 +186,12 @@ impl LossFilter {
         self.min_rtt.is_zero() || self.srtt > self.min_rtt + slack
     }
 
-    /// Bytes lost over bytes sent, over this epoch and the one before.
-    fn loss_rate(&self) -> f64 {
+    /// Whether more than [`LOSS_TOLERANCE`] of the bytes sent over this epoch and the one
+    /// before were lost, and at least [`MIN_LOSS_BYTES`].
+    fn lossy(&self) -> bool {
         let sent = self.sent[0] + self.sent[1];
         let lost = self.lost[0] + self.lost[1];
-        if sent == 0 {
-            return 1.0;
-        }
-        lost as f64 / sent as f64
+        lost >= MIN_LOSS_BYTES && lost as f64 > sent as f64 * LOSS_TOLERANCE
     }
 
     /// Starts a new epoch once a round trip (at least [`MIN_EPOCH`]) has passed.
@@ -253,6 +256,21 @@ mod tests {
         let mut f = LossFilter::new(t0);
         f.sent(t0, 10_000);
         assert!(f.lost(t0, 1_200), "no estimate: plain CUBIC");
+    }
+
+    #[test]
+    fn a_packet_lost_early_is_chance_not_a_rate() {
+        // Slow start's first round trips on an empty 100 ms path: ten packets, then twenty.
+        // One of them lost is 10 % of what was sent, but one packet makes no rate.
+        let t0 = Instant::now();
+        let mut f = LossFilter::new(t0);
+        f.rtt(100 * MS, 100 * MS);
+        f.sent(t0, 12_000);
+        assert!(!f.lost(t0 + 100 * MS, 1_200));
+        f.sent(t0 + 100 * MS, 24_000);
+        assert!(!f.lost(t0 + 150 * MS, 1_200), "two packets of 36 kB");
+        // A third in the same two round trips (9 %): a policer, not chance.
+        assert!(f.lost(t0 + 180 * MS, 1_200));
     }
 
     #[test]

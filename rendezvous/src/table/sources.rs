@@ -70,10 +70,13 @@ pub fn keys_of(ip: IpAddr) -> Vec<SourceKey> {
 }
 
 /// Connections (or relay streams) counted per source at every level: at most `max` per
-/// leaf, `max ×` [`SourceKey::multiple`] per wider level.
+/// leaf, `max ×` [`SourceKey::multiple`] per wider level (the server's connection and relay
+/// slots).
+#[cfg_attr(not(feature = "server"), allow(dead_code))]
 #[derive(Debug, Default)]
 pub struct Counts(HashMap<SourceKey, usize>);
 
+#[cfg_attr(not(feature = "server"), allow(dead_code))]
 impl Counts {
     /// Counts one more for `ip` if every level has room; the keys to [`Counts::release`]
     /// later, or `None` (nothing counted).
