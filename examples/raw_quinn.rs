@@ -12,7 +12,7 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use p2p_copy::net::quic::{Node, Tuning};
+use p2p_copy::internals::net::quic::{Node, Tuning};
 
 type Error = Box<dyn std::error::Error + Send + Sync>;
 

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 /// makes old peers see them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum ErrorKind {
     /// Bad command line or input (clap reports its own errors with the same code).
     Usage,

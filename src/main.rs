@@ -1,3 +1,3 @@
 fn main() -> std::process::ExitCode {
-    p2p_copy::cli::main()
+    p2p_copy::internals::cli::main()
 }

@@ -9,7 +9,7 @@ use std::ffi::OsStr;
 use std::os::unix::fs::symlink;
 use std::path::Path;
 
-use p2p_copy::code::Code;
+use p2p_copy::internals::code::Code;
 use util::*;
 
 /// Sends one file of `size` random bytes and checks the copy and the `done` events.

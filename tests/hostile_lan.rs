@@ -32,15 +32,15 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use p2p_copy::code::Code;
-use p2p_copy::crypto::Role;
 use p2p_copy::error::ErrorKind;
-use p2p_copy::net::discovery::{self, DiscoveryConfig};
-use p2p_copy::net::quic::{Node, Tuning};
-use p2p_copy::proto::{Config, Session, SessionError};
-use p2p_copy::transfer::control::ControlStream;
-use p2p_copy::wire::discovery::DiscoveryMsg;
-use p2p_copy::wire::frame;
+use p2p_copy::internals::code::Code;
+use p2p_copy::internals::crypto::Role;
+use p2p_copy::internals::net::discovery::{self, DiscoveryConfig};
+use p2p_copy::internals::net::quic::{Node, Tuning};
+use p2p_copy::internals::proto::{Config, Session, SessionError};
+use p2p_copy::internals::transfer::control::ControlStream;
+use p2p_copy::internals::wire::discovery::DiscoveryMsg;
+use p2p_copy::internals::wire::frame;
 use rand::rngs::OsRng;
 use udp::*;
 use util::*;
@@ -150,7 +150,7 @@ fn pause(pid: u32) {
 async fn read_frame(recv: &mut quinn::RecvStream) -> Result<Vec<u8>, &'static str> {
     let mut header = [0u8; frame::HEADER_LEN];
     recv.read_exact(&mut header).await.map_err(|_| "the stream ended")?;
-    let len = frame::body_len(header, p2p_copy::wire::control::MAX_FRAME)
+    let len = frame::body_len(header, p2p_copy::internals::wire::control::MAX_FRAME)
         .map_err(|_| "a frame over its cap")?;
     let mut body = vec![0u8; len];
     recv.read_exact(&mut body).await.map_err(|_| "the stream ended within a frame")?;

@@ -28,8 +28,8 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use p2p_copy::net::quic::{Congestion, Node, Tuning, DEFAULT_WINDOW};
-use p2p_copy::net::tune;
+use p2p_copy::internals::net::quic::{Congestion, Node, Tuning, DEFAULT_WINDOW};
+use p2p_copy::internals::net::tune;
 use p2p_copy_netsim::sim::{Link, Sim};
 use tokio::time::Instant;
 

@@ -15,17 +15,17 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use p2p_copy::code::Code;
-use p2p_copy::crypto::Role;
 use p2p_copy::error::ErrorKind;
-use p2p_copy::net::discovery::{Announcer, DiscoveryConfig};
-use p2p_copy::net::quic::{Node, Tuning};
-use p2p_copy::proto::{Config, Event, Session};
-use p2p_copy::transfer::control::ControlStream;
-use p2p_copy::transfer::TransferError;
-use p2p_copy::wire::control::{Answer, Listed, Offer, Summary};
-use p2p_copy::wire::data::{Entry, EntryKind, Record, DEFAULT_CHUNK};
-use p2p_copy::wire::frame;
+use p2p_copy::internals::code::Code;
+use p2p_copy::internals::crypto::Role;
+use p2p_copy::internals::net::discovery::{Announcer, DiscoveryConfig};
+use p2p_copy::internals::net::quic::{Node, Tuning};
+use p2p_copy::internals::proto::{Config, Event, Session};
+use p2p_copy::internals::transfer::control::ControlStream;
+use p2p_copy::internals::transfer::TransferError;
+use p2p_copy::internals::wire::control::{Answer, Listed, Offer, Summary};
+use p2p_copy::internals::wire::data::{Entry, EntryKind, Record, DEFAULT_CHUNK};
+use p2p_copy::internals::wire::frame;
 use rand::rngs::OsRng;
 use util::*;
 
@@ -487,7 +487,7 @@ fn stalled_receiver_is_given_up() {
     let rt = runtime();
     let _evil = rt.block_on(async {
         let discovery = DiscoveryConfig { port: fx.port, ..DiscoveryConfig::default() };
-        let found = p2p_copy::net::discovery::find(&discovery, code.nameplate(), STEP)
+        let found = p2p_copy::internals::net::discovery::find(&discovery, code.nameplate(), STEP)
             .await
             .expect("sender found");
         let node = Node::bind(SocketAddr::from(([0, 0, 0, 0], 0)), &Tuning::default(), true)
@@ -506,7 +506,7 @@ fn stalled_receiver_is_given_up() {
         let mut ctl = ControlStream::new(session, send, recv);
         assert!(matches!(ctl.next_event(STEP).await, Ok(Event::Secured { .. })));
         assert!(matches!(ctl.next_event(STEP).await, Ok(Event::Offer(_))));
-        ctl.session().accept(p2p_copy::wire::control::Accept {}).expect("accept");
+        ctl.session().accept(p2p_copy::internals::wire::control::Accept {}).expect("accept");
         ctl.flush().await.expect("flush");
         (node, conn, ctl)
     });
@@ -519,8 +519,8 @@ fn stalled_receiver_is_given_up() {
 // Resume and sync: the sender may only skip or resume what the receiver answered it may.
 
 /// The mtime `set_mtime` gives (whole seconds plus its fixed nanoseconds).
-const MTIME: p2p_copy::wire::data::Timestamp =
-    p2p_copy::wire::data::Timestamp { secs: 1_700_000_000, nanos: 123_456_789 };
+const MTIME: p2p_copy::internals::wire::data::Timestamp =
+    p2p_copy::internals::wire::data::Timestamp { secs: 1_700_000_000, nanos: 123_456_789 };
 
 fn file_entry(id: u64, path: &str, size: u64) -> Entry {
     Entry { id, path: path.into(), kind: EntryKind::File { size }, mode: 0o644, mtime: Some(MTIME) }

@@ -20,9 +20,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use p2p_copy::crypto::{Pake, Role};
-use p2p_copy::wire::control::Frame;
-use p2p_copy::wire::frame;
+use p2p_copy::internals::crypto::{Pake, Role};
+use p2p_copy::internals::wire::control::Frame;
+use p2p_copy::internals::wire::frame;
 use p2p_copy_rendezvous::server::{self, ServerConfig};
 use p2p_copy_rendezvous::wire::{self, ClientMsg, ErrorCode, NodeMsg, MAX_BODY, VERSION};
 use rand::rngs::OsRng;
@@ -558,12 +558,12 @@ fn flip(from: usize, index: usize, at: usize) -> Mailbox {
 #[test]
 fn a_pake_of_the_nodes_own_fails_confirmation_on_both_sides() {
     let (fx, src) = with_file(10_000);
-    let guess = other_code(&fx.code).parse::<p2p_copy::code::Code>().unwrap();
+    let guess = other_code(&fx.code).parse::<p2p_copy::internals::code::Code>().unwrap();
     let (_, msg) = Pake::start(Role::Sender, &guess, &mut OsRng);
     let mut ours = Vec::new();
     frame::begin(&mut ours);
     let msg = msg.try_into().expect("a PAKE message is 33 bytes");
-    Frame::Pake { version: p2p_copy::wire::control::VERSION, msg }.encode(&mut ours);
+    Frame::Pake { version: p2p_copy::internals::wire::control::VERSION, msg }.encode(&mut ours);
     frame::finish(&mut ours);
     let substitute: Mailbox = Arc::new(move |side, i, body| match (side, i) {
         (0, 0) => vec![ours.clone()],

@@ -20,18 +20,18 @@ use std::path::PathBuf;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
-use p2p_copy::code::Code;
-use p2p_copy::crypto::Role;
 use p2p_copy::error::ErrorKind;
-use p2p_copy::net::discovery::{self, DiscoveryConfig};
-use p2p_copy::net::quic::{Node, Tuning};
-use p2p_copy::proto::{Config, Event, Session, SessionError};
-use p2p_copy::wire::control::{
+use p2p_copy::internals::code::Code;
+use p2p_copy::internals::crypto::Role;
+use p2p_copy::internals::net::discovery::{self, DiscoveryConfig};
+use p2p_copy::internals::net::quic::{Node, Tuning};
+use p2p_copy::internals::proto::{Config, Event, Session, SessionError};
+use p2p_copy::internals::wire::control::{
     Accept, Answer, Ask, Control, ErrorReport, Listed, Offer, Refuse, RefuseReason, Summary,
     KIND_SEALED,
 };
-use p2p_copy::wire::data::{Entry, EntryKind, Record};
-use p2p_copy::wire::frame;
+use p2p_copy::internals::wire::data::{Entry, EntryKind, Record};
+use p2p_copy::internals::wire::frame;
 use rand::rngs::OsRng;
 use util::*;
 
@@ -128,7 +128,7 @@ impl Evil {
     /// no longer opens on the sender, so a forged message must be the last one.
     async fn forge(&mut self, msg: &Control) {
         let keys = self.session.keys().expect("keys after the handshake").clone();
-        let mut sealer = keys.sealer(p2p_copy::proto::session::CONTROL_LANE);
+        let mut sealer = keys.sealer(p2p_copy::internals::proto::session::CONTROL_LANE);
         for _ in 0..self.sealed {
             sealer.seal(&mut Vec::new(), 0).expect("counter");
         }
@@ -156,7 +156,7 @@ impl Evil {
 
 /// One frame body from a stream.
 async fn read_frame(recv: &mut quinn::RecvStream) -> Result<Vec<u8>, &'static str> {
-    read_capped(recv, p2p_copy::wire::control::MAX_FRAME).await
+    read_capped(recv, p2p_copy::internals::wire::control::MAX_FRAME).await
 }
 
 async fn read_capped(recv: &mut quinn::RecvStream, max: usize) -> Result<Vec<u8>, &'static str> {
@@ -184,7 +184,9 @@ async fn read_lane(mut stream: quinn::RecvStream) -> Vec<Got> {
     stream.read_exact(&mut preamble).await.expect("lane preamble");
     let mut got = Vec::new();
     loop {
-        let body = read_capped(&mut stream, p2p_copy::wire::data::MAX_FRAME).await.expect("frame");
+        let body = read_capped(&mut stream, p2p_copy::internals::wire::data::MAX_FRAME)
+            .await
+            .expect("frame");
         let record = match Record::decode(&body).expect("a valid record") {
             Record::Entry(e) => Got::Entry(e),
             Record::ResumeAt { .. } => Got::ResumeAt,
@@ -524,8 +526,8 @@ fn complete_before_accept_is_refused() {
 /// A second hello after the handshake: refused.
 #[test]
 fn a_second_hello_is_refused() {
-    let hello = p2p_copy::wire::control::Hello {
-        version: p2p_copy::wire::control::VERSION,
+    let hello = p2p_copy::internals::wire::control::Hello {
+        version: p2p_copy::internals::wire::control::VERSION,
         cert_fingerprint: [1; 32],
         binding: [2; 32],
         max_lanes: 16,
@@ -834,9 +836,10 @@ fn a_flood_of_largest_control_frames_leaves_the_sender_bounded() {
     let fx = tree();
     let (s, peak) = against_sender(&fx, &["d", "f"], &[], async |evil, pid| {
         let peak = watch_peak(pid);
-        let mut frame = vec![0u8; p2p_copy::wire::control::MAX_FRAME + frame::HEADER_LEN];
+        let mut frame =
+            vec![0u8; p2p_copy::internals::wire::control::MAX_FRAME + frame::HEADER_LEN];
         frame[..frame::HEADER_LEN]
-            .copy_from_slice(&(p2p_copy::wire::control::MAX_FRAME as u32).to_be_bytes());
+            .copy_from_slice(&(p2p_copy::internals::wire::control::MAX_FRAME as u32).to_be_bytes());
         frame[frame::HEADER_LEN] = KIND_SEALED;
         for _ in 0..64 {
             let sent = tokio::time::timeout(STEP, evil.send.write_all(&frame)).await;

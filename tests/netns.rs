@@ -335,8 +335,8 @@ fn helper(
 #[tokio::test]
 #[ignore = "started inside a namespace by lan_mode_keeps_to_the_link"]
 async fn lan_helper() {
-    use p2p_copy::net::discovery::{find, DiscoveryConfig};
-    use p2p_copy::wire::discovery::DiscoveryMsg;
+    use p2p_copy::internals::net::discovery::{find, DiscoveryConfig};
+    use p2p_copy::internals::wire::discovery::DiscoveryMsg;
     use std::net::SocketAddr;
     use std::time::Duration;
 
@@ -404,9 +404,9 @@ async fn lan_helper() {
             if mode == "query" {
                 return;
             }
-            let node = p2p_copy::net::quic::Node::bind(
+            let node = p2p_copy::internals::net::quic::Node::bind(
                 any(target),
-                &p2p_copy::net::quic::Tuning::default(),
+                &p2p_copy::internals::net::quic::Tuning::default(),
                 false,
             )
             .unwrap();

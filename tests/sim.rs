@@ -8,9 +8,9 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use p2p_copy::code::Code;
-use p2p_copy::transfer::meet::Rendezvous;
-use p2p_copy::transfer::{self, PathKind, Progress, Quiet, ReceiveOptions, SendOptions};
+use p2p_copy::internals::code::Code;
+use p2p_copy::internals::transfer::meet::Rendezvous;
+use p2p_copy::internals::transfer::{self, PathKind, Progress, Quiet, ReceiveOptions, SendOptions};
 use p2p_copy_netsim::sim::{Link, NatOptions, Sim, SimHost};
 use p2p_copy_netsim::Nat;
 use p2p_copy_rendezvous::server::{self, Listeners, ServerConfig};
@@ -98,13 +98,7 @@ fn options(
     sender: (&SimHost, Code, &Path),
     receiver: (&SimHost, Code, &Path),
 ) -> (SendOptions, ReceiveOptions) {
-    let rendezvous = Rendezvous {
-        node: format!("{}:4433", node_host.ip),
-        token: None,
-        fingerprint: None,
-        force_relay: false,
-        no_relay: false,
-    };
+    let rendezvous = Rendezvous::new(format!("{}:4433", node_host.ip));
     let mut s = SendOptions::new(vec![sender.2.to_path_buf()], sender.1);
     s.rendezvous = Some(rendezvous.clone());
     s.code_chosen = true;

@@ -4,7 +4,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use p2p_copy::wire::control::{Candidates, Control, Frame, MAX_CANDIDATES};
+use p2p_copy::internals::wire::control::{Candidates, Control, Frame, MAX_CANDIDATES};
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(frame) = Frame::decode(data) {

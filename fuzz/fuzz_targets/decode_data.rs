@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use p2p_copy::wire::data::{Record, FLAG_ZSTD, MAX_CHUNK};
+use p2p_copy::internals::wire::data::{Record, FLAG_ZSTD, MAX_CHUNK};
 
 fuzz_target!(|data: &[u8]| {
     let Ok(record) = Record::decode(data) else { return };

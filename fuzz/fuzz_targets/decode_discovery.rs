@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use p2p_copy::wire::discovery::DiscoveryMsg;
+use p2p_copy::internals::wire::discovery::DiscoveryMsg;
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(msg) = DiscoveryMsg::decode(data) {

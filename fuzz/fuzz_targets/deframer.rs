@@ -8,7 +8,7 @@
 use arbitrary::Arbitrary;
 use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
-use p2p_copy::transfer::lanes::Deframer;
+use p2p_copy::internals::transfer::lanes::Deframer;
 
 #[derive(Arbitrary, Debug)]
 struct Input {

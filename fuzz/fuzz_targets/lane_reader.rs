@@ -11,9 +11,9 @@
 
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
-use p2p_copy::proto::tree::group_cv;
-use p2p_copy::proto::{Held, LaneError, LaneEvent, LaneReader, TreeHasher, GROUP};
-use p2p_copy::wire::data::{Entry, EntryKind, Record, Timestamp, FLAG_ZSTD};
+use p2p_copy::internals::proto::tree::group_cv;
+use p2p_copy::internals::proto::{Held, LaneError, LaneEvent, LaneReader, TreeHasher, GROUP};
+use p2p_copy::internals::wire::data::{Entry, EntryKind, Record, Timestamp, FLAG_ZSTD};
 
 #[derive(Arbitrary, Debug)]
 struct Input {
@@ -294,7 +294,7 @@ fuzz_target!(|input: Input| {
 });
 
 /// CVs the reader yields are those of the model's content, each group once, in order.
-fn check_cvs(file: Option<&mut File>, first: u64, cvs: &[p2p_copy::proto::tree::ChainingValue]) {
+fn check_cvs(file: Option<&mut File>, first: u64, cvs: &[p2p_copy::internals::proto::tree::ChainingValue]) {
     if cvs.is_empty() {
         return;
     }

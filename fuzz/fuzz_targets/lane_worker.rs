@@ -20,11 +20,11 @@ use std::sync::{Arc, OnceLock};
 
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
-use p2p_copy::transfer::fs::Dest;
-use p2p_copy::transfer::lanes::{apply_frames, Sink};
-use p2p_copy::transfer::Progress;
-use p2p_copy::wire::control::Offer;
-use p2p_copy::wire::data::{Entry, EntryKind, Record, Timestamp, FLAG_ZSTD};
+use p2p_copy::internals::transfer::fs::Dest;
+use p2p_copy::internals::transfer::lanes::{apply_frames, Sink};
+use p2p_copy::internals::transfer::Progress;
+use p2p_copy::internals::wire::control::Offer;
+use p2p_copy::internals::wire::data::{Entry, EntryKind, Record, Timestamp, FLAG_ZSTD};
 
 const CHUNK: usize = 16 << 10;
 const CANARY: &[u8] = b"must stay as it is";

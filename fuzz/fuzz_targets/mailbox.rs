@@ -6,9 +6,9 @@
 
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
-use p2p_copy::crypto::{Keys, Role};
-use p2p_copy::proto::MAILBOX_LANE;
-use p2p_copy::wire::control::{Candidates, MAX_CANDIDATES};
+use p2p_copy::internals::crypto::{Keys, Role};
+use p2p_copy::internals::proto::MAILBOX_LANE;
+use p2p_copy::internals::wire::control::{Candidates, MAX_CANDIDATES};
 
 #[derive(Arbitrary, Debug)]
 struct Input {

@@ -4,7 +4,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use p2p_copy::transfer::fs::{RelPath, MAX_COMPONENT_LEN, MAX_DEPTH, MAX_PATH_LEN};
+use p2p_copy::internals::transfer::fs::{RelPath, MAX_COMPONENT_LEN, MAX_DEPTH, MAX_PATH_LEN};
 
 fuzz_target!(|s: &str| {
     let Ok(rel) = RelPath::parse(s) else { return };

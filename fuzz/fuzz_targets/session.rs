@@ -16,14 +16,14 @@ use std::time::{Duration, Instant};
 
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
-use p2p_copy::crypto::{Keys, Role};
+use p2p_copy::internals::crypto::{Keys, Role};
 use p2p_copy::error::ErrorKind;
-use p2p_copy::proto::{Channel, Config, Event, Session};
-use p2p_copy::wire::control::{
+use p2p_copy::internals::proto::{Channel, Config, Event, Session};
+use p2p_copy::internals::wire::control::{
     Accept, Answer, Ask, Control, ErrorReport, Hello, Listed, Offer, Refuse, RefuseReason, Summary,
     KIND_SEALED, VERSION,
 };
-use p2p_copy::wire::data::{Entry, EntryKind, Timestamp};
+use p2p_copy::internals::wire::data::{Entry, EntryKind, Timestamp};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 

@@ -6,8 +6,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use p2p_copy::net::discovery::GROUP_V4;
-use p2p_copy::wire::discovery::DiscoveryMsg;
+use p2p_copy::internals::net::discovery::GROUP_V4;
+use p2p_copy::internals::wire::discovery::DiscoveryMsg;
 use socket2::{Domain, Protocol, Socket, Type};
 
 /// A socket on the fixture's discovery port, shared as the real ones share it, in the group

@@ -21,7 +21,7 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use p2p_copy::code::Code;
+use p2p_copy::internals::code::Code;
 use rand::rngs::OsRng;
 use serde_json::Value;
 

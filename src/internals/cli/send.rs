@@ -9,11 +9,11 @@ use clap::Args as ClapArgs;
 
 use super::output::Ui;
 use super::Common;
-use crate::code::{Code, DEFAULT_WORDS};
+use crate::api::Sender;
+use crate::code::DEFAULT_WORDS;
 use crate::compress::Compression;
 use crate::crypto::Role;
 use crate::error::ErrorKind;
-use crate::transfer::walk::StreamSource;
 use crate::transfer::{self, SendOptions, Stop, TransferError};
 use crate::wire::control::MAX_TEXT;
 use crate::wire::data::DEFAULT_CHUNK;
@@ -99,10 +99,6 @@ pub async fn run(args: Args, stop: Stop) -> Result<(), TransferError> {
         (None, Some(path)) => Some(super::code_from_file(path)?),
         (None, None) => None,
     };
-    let code = match chosen {
-        Some(chosen) => Code::parse_chosen(&chosen).map_err(|e| super::usage(e.to_string()))?,
-        None => super::code::generate(args.code_words)?,
-    };
     let stdin = args.paths.iter().any(|p| p.as_os_str() == "-");
     if stdin && args.paths.len() > 1 {
         return Err(super::usage(
@@ -120,38 +116,49 @@ pub async fn run(args: Args, stop: Stop) -> Result<(), TransferError> {
     if stdin && (!args.exclude.is_empty() || args.checksum) {
         return Err(super::usage("--exclude and --checksum apply to paths, not to standard input"));
     }
-    let text = match args.text.as_deref() {
-        Some("-") => Some(text_from_stdin()?),
-        Some(text) => Some(text.to_owned()),
-        None => None,
-    };
-    let mut opts = SendOptions::new(if stdin { Vec::new() } else { args.paths }, code);
-    opts.text = text;
-    if stdin {
-        let input = std::io::stdin().as_fd().try_clone_to_owned().map_err(|e| {
-            TransferError::new(ErrorKind::Io, format!("cannot read standard input: {e}"))
-        })?;
-        opts.stream = Some(StreamSource::new(&args.name, Box::new(std::fs::File::from(input)))?);
-    }
-    opts.wait = Duration::from_secs(args.wait);
-    opts.lanes = args.lanes;
-    opts.chunk_size = args.chunk_size;
-    opts.compression = args.compress;
-    opts.sparse = args.sparse == Sparse::Auto;
-    opts.exclude = args.exclude;
-    opts.limit_rate = args.link.limit_rate();
-    opts.stop = stop;
-    opts.rendezvous = args.meeting.rendezvous()?;
-    opts.tuning = args.link.tuning();
-    opts.code_chosen = args.code.is_some() || args.code_file.is_some();
-    opts.checksum = args.checksum;
-    opts.reconnect_wait = args.reconnect.wait();
-    if args.count > 1 && opts.rendezvous.is_some() {
+    let rendezvous = args.meeting.rendezvous()?;
+    if args.count > 1 && rendezvous.is_some() {
         return Err(super::usage(
             "--count serves receivers on the local network only for now: a rendezvous node \
              retires a nameplate once its transfer ends",
         ));
     }
+    // The command line is the library's Sender with a terminal around it.
+    let mut sender = match args.text.as_deref() {
+        Some("-") => Sender::text(text_from_stdin()?),
+        Some(text) => Sender::text(text),
+        None if stdin => {
+            let input = std::io::stdin().as_fd().try_clone_to_owned().map_err(|e| {
+                TransferError::new(ErrorKind::Io, format!("cannot read standard input: {e}"))
+            })?;
+            Sender::blocking_reader(&args.name, std::fs::File::from(input))
+        }
+        None => Sender::paths(args.paths),
+    };
+    sender = sender
+        .code_words(args.code_words)
+        .wait(Duration::from_secs(args.wait))
+        .lanes(args.lanes)
+        .chunk_size(args.chunk_size)
+        .compression(args.compress)
+        .sparse(args.sparse == Sparse::Auto)
+        .checksum(args.checksum)
+        .reconnect_wait(args.reconnect.wait());
+    if let Some(code) = chosen {
+        sender = sender.code(code);
+    }
+    for glob in args.exclude {
+        sender = sender.exclude(glob);
+    }
+    if let Some(rate) = args.link.limit_rate() {
+        sender = sender.limit_rate(rate);
+    }
+    if let Some(node) = rendezvous {
+        sender = sender.rendezvous(node);
+    }
+    let mut opts = sender.into_options()?;
+    opts.tuning = args.link.tuning();
+    opts.stop = stop;
     for served in 1..=args.count {
         opts.more_receivers = served < args.count;
         send_once(opts.clone(), &args.common).await?;

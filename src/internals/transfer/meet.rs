@@ -56,6 +56,7 @@ const RELAY_LOST_GRACE: Duration = Duration::from_secs(10);
 
 /// Where and how to meet.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct Rendezvous {
     /// The node, `HOST:PORT`.
     pub node: String,
@@ -67,6 +68,31 @@ pub struct Rendezvous {
     pub force_relay: bool,
     /// Never use the relay (diagnosis; fails where direct is impossible).
     pub no_relay: bool,
+}
+
+impl Rendezvous {
+    /// The node at `node` (`HOST:PORT`), open to all, its certificate not pinned.
+    pub fn new(node: impl Into<String>) -> Rendezvous {
+        Rendezvous {
+            node: node.into(),
+            token: None,
+            fingerprint: None,
+            force_relay: false,
+            no_relay: false,
+        }
+    }
+
+    /// The node's access token (`--rendezvous-token`).
+    pub fn token(mut self, token: impl Into<String>) -> Rendezvous {
+        self.token = Some(token.into());
+        self
+    }
+
+    /// Pins the node's certificate by its SHA-256 (`--rendezvous-fingerprint`).
+    pub fn fingerprint(mut self, sha256: [u8; 32]) -> Rendezvous {
+        self.fingerprint = Some(sha256);
+        self
+    }
 }
 
 /// What one side brings to the meeting.

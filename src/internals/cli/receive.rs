@@ -9,11 +9,10 @@ use clap::Args as ClapArgs;
 
 use super::output::Ui;
 use super::Common;
-use crate::code::Code;
+use crate::api::Receiver;
 use crate::crypto::Role;
 use crate::error::ErrorKind;
-use crate::transfer::lanes::Pipe;
-use crate::transfer::{self, ReceiveOptions, Stop, TransferError};
+use crate::transfer::{self, Stop, TransferError};
 
 /// Arguments of `p2p-copy receive`.
 #[derive(Debug, ClapArgs)]
@@ -73,24 +72,31 @@ pub async fn run(args: Args, stop: Stop) -> Result<(), TransferError> {
         (None, None) if std::io::stdin().is_terminal() => ask_code()?,
         (None, None) => super::code_from_stdin(Duration::from_secs(args.wait))?,
     };
-    let code = Code::parse(&typed).map_err(|e| super::usage(e.to_string()))?;
-    let mut opts = ReceiveOptions::new(code, args.out);
+    // The command line is the library's Receiver with a terminal around it.
+    let mut receiver = Receiver::new(typed)
+        .into_dir(args.out)
+        .overwrite(args.overwrite)
+        .checksum(args.checksum)
+        .reconnect_wait(args.reconnect.wait())
+        .wait(Duration::from_secs(args.wait));
     if args.stdout {
         super::output::events_to_stderr();
         let out = std::io::stdout().as_fd().try_clone_to_owned().map_err(|e| {
             TransferError::new(ErrorKind::Io, format!("cannot write to standard output: {e}"))
         })?;
-        opts.pipe = Some(Pipe::new(Box::new(std::fs::File::from(out))));
+        receiver = receiver.into_blocking_writer(std::fs::File::from(out));
     }
+    if let Some(rate) = args.link.limit_rate() {
+        receiver = receiver.limit_rate(rate);
+    }
+    if let Some(node) = args.meeting.rendezvous()? {
+        receiver = receiver.rendezvous(node);
+    }
+    let (mut opts, _, _) = receiver.into_options().map_err(|e| super::usage(e.message))?;
+    // The person decides at the terminal (the Ui's confirm), unless --yes.
     opts.yes = args.yes;
     opts.interactive = std::io::stdin().is_terminal() && !args.common.json;
-    opts.overwrite = args.overwrite;
-    opts.checksum = args.checksum;
-    opts.limit_rate = args.link.limit_rate();
-    opts.reconnect_wait = args.reconnect.wait();
-    opts.wait = Duration::from_secs(args.wait);
     opts.stop = stop;
-    opts.rendezvous = args.meeting.rendezvous()?;
     opts.tuning = args.link.tuning();
     let ui = Ui::new(&args.common, Role::Receiver);
     let progress = ui.progress();

@@ -1,7 +1,6 @@
 //! `p2p-copy code`: print a fresh code.
 
 use clap::Args as ClapArgs;
-use rand::rngs::OsRng;
 
 use crate::code::{Code, DEFAULT_WORDS};
 use crate::transfer::TransferError;
@@ -30,6 +29,5 @@ pub fn run(args: Args) -> Result<(), TransferError> {
 
 /// A fresh code with a random LAN nameplate.
 pub fn generate(words: usize) -> Result<Code, TransferError> {
-    let nameplate = Code::random_nameplate(&mut OsRng);
-    Code::generate(nameplate, words, &mut OsRng).map_err(|e| super::usage(e.to_string()))
+    crate::api::fresh_code(words)
 }

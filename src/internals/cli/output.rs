@@ -5,9 +5,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use indicatif::{HumanBytes, ProgressBar, ProgressDrawTarget, ProgressStyle};
-use serde_json::json;
 
 use super::Common;
+use crate::api::{millis, Event, ProgressSample, Rate, Summary};
 use crate::crypto::Role;
 use crate::transfer::survey::Present;
 use crate::transfer::{Note, Observer, Progress, Report, TransferError};
@@ -82,20 +82,8 @@ impl Ui {
                 let per_second = rate.update(bytes, std::time::Instant::now());
                 let Some(total) = state.total else { continue };
                 let link = ui.progress.link();
-                let eta = total
-                    .filter(|_| per_second > 0.0)
-                    .map(|total| (total.saturating_sub(bytes) as f64 / per_second).round() as u64);
                 if ui.json {
-                    emit(&json!({
-                        "event": "progress",
-                        "bytes": bytes,
-                        "total": total,
-                        "rate": per_second.round() as u64,
-                        "eta_seconds": eta,
-                        "path": link.path.map(|p| p.as_str()),
-                        "rtt_ms": link.rtt.map(millis),
-                        "lost_packets": link.lost_packets,
-                    }));
+                    emit(&Event::Progress(ProgressSample::of(&ui.progress, total, per_second)));
                 } else if ui.verbose && !ui.quiet && state.bar.is_none() {
                     let of = total.map(|t| format!(" of {}", HumanBytes(t))).unwrap_or_default();
                     eprintln!(
@@ -119,29 +107,7 @@ impl Ui {
         }
         let Ok(report) = result else { return };
         if self.json {
-            emit(&json!({
-                "event": "done",
-                "path": report.path.as_str(),
-                "path_changes": report.path_changes,
-                "bytes": report.bytes,
-                "resumed_bytes": report.resumed_bytes,
-                "skipped_files": report.skipped_files,
-                "skipped_bytes": report.skipped_bytes,
-                "wire_bytes": report.wire_bytes,
-                "files": report.files,
-                "entries": report.entries,
-                "seconds": report.seconds,
-                "data_seconds": report.data_seconds(),
-                "first_byte_seconds": report.first_byte_seconds,
-                "punch_seconds": report.punch_seconds,
-                "reconnects": report.reconnects,
-                "quality": {
-                    "rtt_min_ms": report.quality.rtt_min.map(millis),
-                    "rtt_avg_ms": report.quality.rtt_mean.map(millis),
-                    "lost_packets": report.quality.lost_packets,
-                    "sent_packets": report.quality.sent_packets,
-                },
-            }));
+            emit(&Event::Done(Summary::from(report)));
         } else if !self.quiet {
             let verb = if self.role == Role::Sender { "Sent" } else { "Received" };
             if let Some(len) = self.state().text {
@@ -203,11 +169,6 @@ impl Ui {
     }
 }
 
-/// Milliseconds with one decimal, for events.
-fn millis(d: Duration) -> f64 {
-    (d.as_secs_f64() * 10_000.0).round() / 10.0
-}
-
 /// The connection in words, for `-v` progress lines.
 fn link_words(link: &crate::transfer::Link) -> String {
     match (link.path, link.rtt) {
@@ -221,45 +182,21 @@ fn link_words(link: &crate::transfer::Link) -> String {
     }
 }
 
-/// The transfer rate over about the last few seconds (an exponentially weighted mean of
-/// one-second rates, so one slow second does not make the estimate jump).
-#[derive(Debug, Default)]
-struct Rate {
-    last: Option<(u64, std::time::Instant)>,
-    mean: f64,
-}
-
-impl Rate {
-    /// Adds `bytes` done at `now`; returns the rate in bytes per second.
-    fn update(&mut self, bytes: u64, now: std::time::Instant) -> f64 {
-        if let Some((before, at)) = self.last {
-            let secs = now.saturating_duration_since(at).as_secs_f64();
-            if secs > 0.0 {
-                let current = bytes.saturating_sub(before) as f64 / secs;
-                self.mean =
-                    if self.mean == 0.0 { current } else { 0.7 * self.mean + 0.3 * current };
-            }
-        }
-        self.last = Some((bytes, now));
-        self.mean
-    }
-}
-
 impl Observer for Ui {
     fn note(&self, note: Note<'_>) {
+        // `--json` prints the library's events, as they are.
+        let event = Event::from_note(&note);
         match note {
             Note::Code(code) => {
                 if self.json {
-                    emit(
-                        &json!({"event": "code", "code": code.to_string(), "nameplate": code.nameplate()}),
-                    );
+                    emit(&event);
                 } else {
                     eprintln!("Code: {code}   (on the other machine: p2p-copy receive {code})");
                 }
             }
             Note::Searching { nameplate } => {
                 if self.json {
-                    emit(&json!({"event": "searching", "nameplate": nameplate}));
+                    emit(&event);
                 } else if self.verbose {
                     eprintln!(
                         "Looking for the sender of nameplate {nameplate} on the local network…"
@@ -268,23 +205,21 @@ impl Observer for Ui {
             }
             Note::Connected { peer, path } => {
                 if self.json {
-                    emit(
-                        &json!({"event": "connected", "peer": peer.to_string(), "path": path.as_str()}),
-                    );
+                    emit(&event);
                 } else if self.human() {
                     eprintln!("Connected to {peer} ({})", path.as_str());
                 }
             }
             Note::Text { text } => {
                 if self.json {
-                    emit(&json!({"event": "text", "text": text}));
+                    emit(&event);
                 } else {
                     show_text(text);
                 }
             }
             Note::Secured { verifier } => {
                 if self.json {
-                    emit(&json!({"event": "secured", "verifier": verifier}));
+                    emit(&event);
                 } else if self.verbose {
                     eprintln!("Key confirmed; verifier {verifier} (the same on both sides)");
                 }
@@ -292,18 +227,7 @@ impl Observer for Ui {
             Note::Offer { offer, present } => {
                 self.state().text = offer.text.as_ref().map(|t| t.len() as u64);
                 if self.json {
-                    emit(&json!({
-                        "event": "offer",
-                        "files": offer.files,
-                        "dirs": offer.dirs,
-                        "symlinks": offer.symlinks,
-                        "hardlinks": offer.hardlinks,
-                        "bytes": offer.bytes,
-                        "names": offer.names,
-                        "present_bytes": present.bytes,
-                        "present_files": present.files,
-                        "partial_files": present.partial,
-                    }));
+                    emit(&event);
                 } else if self.human() {
                     let lead = if self.role == Role::Sender { "Offering" } else { "Offered" };
                     eprintln!("{lead}: {}{}", describe(offer), held(offer, present));
@@ -313,13 +237,7 @@ impl Observer for Ui {
                 let mut state = self.state();
                 state.total = Some(total);
                 if self.json {
-                    emit(&json!({
-                        "event": "accepted",
-                        "bytes": total,
-                        "present_bytes": present.bytes,
-                        "present_files": present.files,
-                        "partial_files": present.partial,
-                    }));
+                    emit(&event);
                 } else if self.role == Role::Sender && self.human() && present.bytes > 0 {
                     eprintln!("The receiver has {}", held_short(total.unwrap_or(0), present));
                 }
@@ -339,9 +257,7 @@ impl Observer for Ui {
             }
             Note::Reconnecting { reason, wait } => {
                 if self.json {
-                    emit(
-                        &json!({"event": "reconnecting", "reason": reason, "wait_seconds": wait.as_secs()}),
-                    );
+                    emit(&event);
                 } else if !self.quiet {
                     let line = format!(
                         "reconnecting… ({}; trying for up to {}; Ctrl-C keeps what arrived)",
@@ -356,23 +272,21 @@ impl Observer for Ui {
             }
             Note::Reconnected => {
                 if self.json {
-                    emit(&json!({"event": "reconnected"}));
+                    emit(&event);
                 } else if !self.quiet {
                     eprintln!("Reconnected; going on where the transfer stopped");
                 }
             }
             Note::Warning(message) => {
                 if self.json {
-                    emit(&json!({"event": "warning", "message": message}));
+                    emit(&event);
                 } else {
                     eprintln!("warning: {}", crate::transfer::printable(&message));
                 }
             }
             Note::File { path, bytes, outcome } => {
                 if self.json {
-                    emit(
-                        &json!({"event": "file", "path": path, "bytes": bytes, "outcome": outcome.as_str()}),
-                    );
+                    emit(&event);
                 } else if self.verbose && !self.quiet {
                     let word = outcome.as_str();
                     eprintln!(
@@ -473,7 +387,7 @@ fn describe(offer: &Offer) -> String {
 /// Prints an error: a JSON event with `--json`, and always a line on stderr.
 pub fn report_error(common: &Common, e: &TransferError) {
     if common.json {
-        emit(&json!({"event": "error", "kind": e.kind.as_str(), "message": e.message}));
+        emit(&Event::Error { kind: e.kind, message: e.message.clone() });
     }
     eprintln!("{}", error_line(e));
 }
@@ -506,8 +420,8 @@ pub fn events_to_stderr() {
     EVENTS_TO_STDERR.store(true, std::sync::atomic::Ordering::Relaxed);
 }
 
-fn emit(value: &serde_json::Value) {
-    let mut line = serde_json::to_vec(value).unwrap_or_default();
+fn emit(event: &Event) {
+    let mut line = event.to_json().into_bytes();
     line.push(b'\n');
     let _ = if EVENTS_TO_STDERR.load(std::sync::atomic::Ordering::Relaxed) {
         let mut err = std::io::stderr().lock();

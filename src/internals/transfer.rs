@@ -319,6 +319,7 @@ pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
 
 /// What a finished transfer did.
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub struct Report {
     /// The path the data took last.
     pub path: PathKind,
@@ -554,7 +555,9 @@ pub fn offer_total(offer: &Offer) -> Option<u64> {
 }
 
 /// How one file ended, for [`Note::File`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum FileOutcome {
     /// Sender: every byte was handed to the connection.
     Sent,

@@ -1,0 +1,803 @@
+//! The library: [`Sender`] and [`Receiver`] builders, the [`Transfer`] they start, its
+//! [`Event`]s and its [`Finished`] result. Re-exported at the crate root.
+
+mod event;
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::mpsc;
+use tokio_util::io::SyncIoBridge;
+
+pub(crate) use event::{millis, Rate};
+pub use event::{Event, OfferSummary, ProgressSample, Quality, Summary};
+
+use crate::code::Code;
+use crate::error::ErrorKind;
+use crate::transfer::lanes::Pipe;
+use crate::transfer::survey::Present;
+use crate::transfer::walk::StreamSource;
+use crate::transfer::{
+    self, Note, Observer, Progress, ReceiveOptions, Report, SendOptions, Stop, StopHandle,
+    TransferError,
+};
+use crate::wire::control::Offer;
+
+#[doc(inline)]
+pub use crate::compress::Compression;
+#[doc(inline)]
+pub use crate::transfer::meet::Rendezvous;
+#[doc(inline)]
+pub use crate::transfer::{FileOutcome, Link, PathKind};
+
+/// A failed transfer: its [`ErrorKind`] and a sentence for a person.
+pub type Error = TransferError;
+
+/// Events a watcher may fall behind by before they are dropped (and counted in
+/// [`Event::Lagged`]): a transfer never waits for its watcher.
+pub const EVENT_QUEUE: usize = 1024;
+
+/// A fresh code of `words` secret words (3 words: 24 bits, each more adds 8), with a random
+/// local-network nameplate.
+pub fn generate_code(words: usize) -> Result<String, Error> {
+    fresh_code(words).map(|c| c.to_string())
+}
+
+pub(crate) fn fresh_code(words: usize) -> Result<Code, Error> {
+    use rand::rngs::OsRng;
+    let nameplate = Code::random_nameplate(&mut OsRng);
+    Code::generate(nameplate, words, &mut OsRng)
+        .map_err(|e| TransferError::new(ErrorKind::Usage, e.to_string()))
+}
+
+/// What a sender sends.
+enum Source {
+    Paths(Vec<PathBuf>),
+    Text(String),
+    Stream { name: String, reader: Box<dyn std::io::Read + Send> },
+    AsyncStream { name: String, reader: Box<dyn AsyncRead + Send + Unpin> },
+}
+
+/// Options both sides share.
+#[derive(Debug, Clone, Default)]
+struct Shared {
+    limit_rate: Option<u64>,
+    wait: Option<Duration>,
+    reconnect_wait: Option<Duration>,
+    rendezvous: Option<Rendezvous>,
+    discovery_port: Option<u16>,
+    window: Option<u32>,
+}
+
+/// Sends files, a text or a stream to one [`Receiver`]: the library's `p2p-copy send`.
+///
+/// Build it from what to send, set options, then [`Sender::start`] it inside a tokio runtime
+/// (the multi-threaded one: files are read on blocking threads). The code is known at once,
+/// before a receiver comes; hand it over, then read events and wait for the end.
+///
+/// ```no_run
+/// # async fn run() -> Result<(), p2p_copy::Error> {
+/// let mut transfer = p2p_copy::Sender::paths(["photos", "notes.txt"]).start()?;
+/// println!("on the other machine: p2p-copy receive {}", transfer.code());
+/// while let Some(event) = transfer.next_event().await {
+///     if let p2p_copy::Event::File { path, .. } = event {
+///         println!("sent {path:?}");
+///     }
+/// }
+/// let finished = transfer.wait().await?;
+/// println!("{} bytes in {:.1}s", finished.report.bytes, finished.report.seconds);
+/// # Ok(())
+/// # }
+/// ```
+#[must_use = "a Sender does nothing until it is started"]
+pub struct Sender {
+    source: Source,
+    code: Option<String>,
+    code_words: usize,
+    lanes: Option<u16>,
+    chunk_size: Option<usize>,
+    compression: Option<Compression>,
+    sparse: bool,
+    checksum: bool,
+    exclude: Vec<String>,
+    shared: Shared,
+}
+
+impl std::fmt::Debug for Sender {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let source = match &self.source {
+            Source::Paths(p) => format!("paths {p:?}"),
+            Source::Text(t) => format!("text of {} bytes", t.len()),
+            Source::Stream { name, .. } | Source::AsyncStream { name, .. } => {
+                format!("stream {name:?}")
+            }
+        };
+        f.debug_struct("Sender").field("source", &source).finish_non_exhaustive()
+    }
+}
+
+impl Sender {
+    fn with(source: Source) -> Sender {
+        Sender {
+            source,
+            code: None,
+            code_words: crate::code::DEFAULT_WORDS,
+            lanes: None,
+            chunk_size: None,
+            compression: None,
+            sparse: true,
+            checksum: false,
+            exclude: Vec::new(),
+            shared: Shared::default(),
+        }
+    }
+
+    /// Sends these files and directories (`p2p-copy send PATHS`).
+    pub fn paths<I, P>(paths: I) -> Sender
+    where
+        I: IntoIterator<Item = P>,
+        P: Into<PathBuf>,
+    {
+        Sender::with(Source::Paths(paths.into_iter().map(Into::into).collect()))
+    }
+
+    /// Sends a text message instead of files (`send --text`): at most 1 MiB; the receiver
+    /// gets it in [`Finished::text`] and writes no file.
+    pub fn text(text: impl Into<String>) -> Sender {
+        Sender::with(Source::Text(text.into()))
+    }
+
+    /// Sends `data` as one file called `name` (a single path component).
+    pub fn bytes(name: impl Into<String>, data: impl Into<Vec<u8>>) -> Sender {
+        let reader = Box::new(std::io::Cursor::new(data.into()));
+        Sender::with(Source::Stream { name: name.into(), reader })
+    }
+
+    /// Sends what `reader` gives, until its end, as one file called `name` of unknown size
+    /// (`send -`), read as it is sent: constant memory.
+    pub fn reader(
+        name: impl Into<String>,
+        reader: impl AsyncRead + Send + Unpin + 'static,
+    ) -> Sender {
+        Sender::with(Source::AsyncStream { name: name.into(), reader: Box::new(reader) })
+    }
+
+    /// As [`Sender::reader`], for a blocking reader (it is read on a blocking thread).
+    pub fn blocking_reader(
+        name: impl Into<String>,
+        reader: impl std::io::Read + Send + 'static,
+    ) -> Sender {
+        Sender::with(Source::Stream { name: name.into(), reader: Box::new(reader) })
+    }
+
+    /// Uses this code instead of a generated one (`--code`): it must be strong enough (see
+    /// `p2p-copy code`), or [`Sender::start`] fails with [`ErrorKind::Usage`].
+    pub fn code(mut self, code: impl Into<String>) -> Sender {
+        self.code = Some(code.into());
+        self
+    }
+
+    /// Secret words in a generated code (`--code-words`; default 3).
+    pub fn code_words(mut self, words: usize) -> Sender {
+        self.code_words = words;
+        self
+    }
+
+    /// Data streams to run in parallel, 1 to 16 (`--lanes`; default 4).
+    pub fn lanes(mut self, lanes: u16) -> Sender {
+        self.lanes = Some(lanes);
+        self
+    }
+
+    /// Chunk size in bytes, 16 KiB to 4 MiB (`--chunk-size`).
+    pub fn chunk_size(mut self, bytes: usize) -> Sender {
+        self.chunk_size = Some(bytes);
+        self
+    }
+
+    /// What to compress (`--compress`; default [`Compression::Auto`]).
+    pub fn compression(mut self, compression: Compression) -> Sender {
+        self.compression = Some(compression);
+        self
+    }
+
+    /// Whether holes of sparse files go as holes (`--sparse`; default on).
+    pub fn sparse(mut self, sparse: bool) -> Sender {
+        self.sparse = sparse;
+        self
+    }
+
+    /// Compares files the receiver already holds by BLAKE3 hash, not size and mtime
+    /// (`--checksum`).
+    pub fn checksum(mut self, checksum: bool) -> Sender {
+        self.checksum = checksum;
+        self
+    }
+
+    /// Leaves out what matches this gitignore-style pattern, relative to each sent path
+    /// (`--exclude`; repeatable).
+    pub fn exclude(mut self, glob: impl Into<String>) -> Sender {
+        self.exclude.push(glob.into());
+        self
+    }
+
+    /// How long to wait for the receiver (`--wait`; default an hour).
+    pub fn wait(mut self, wait: Duration) -> Sender {
+        self.shared.wait = Some(wait);
+        self
+    }
+
+    /// At most this many bytes per second of data (`--limit-rate`).
+    pub fn limit_rate(mut self, bytes_per_second: u64) -> Sender {
+        self.shared.limit_rate = Some(bytes_per_second).filter(|&r| r > 0);
+        self
+    }
+
+    /// How long to try to reconnect after losing the connection mid-transfer
+    /// (`--reconnect-wait`; default 10 minutes; zero fails at once).
+    pub fn reconnect_wait(mut self, wait: Duration) -> Sender {
+        self.shared.reconnect_wait = Some(wait);
+        self
+    }
+
+    /// Meets the receiver through a rendezvous node instead of on the local network.
+    pub fn rendezvous(mut self, node: Rendezvous) -> Sender {
+        self.shared.rendezvous = Some(node);
+        self
+    }
+
+    /// The UDP port of local-network discovery (both sides must agree; default 5032 or
+    /// `P2P_COPY_DISCOVERY_PORT`).
+    pub fn discovery_port(mut self, port: u16) -> Sender {
+        self.shared.discovery_port = Some(port);
+        self
+    }
+
+    /// Fixes the flow-control window at `bytes` instead of growing it (`--window`).
+    pub fn window(mut self, bytes: u32) -> Sender {
+        self.shared.window = Some(bytes);
+        self
+    }
+
+    /// The options of the driver, and the code.
+    pub(crate) fn into_options(self) -> Result<SendOptions, Error> {
+        let chosen = self.code.is_some();
+        let code = match &self.code {
+            Some(c) => Code::parse_chosen(c)
+                .map_err(|e| TransferError::new(ErrorKind::Usage, e.to_string()))?,
+            None => fresh_code(self.code_words)?,
+        };
+        let mut opts = SendOptions::new(Vec::new(), code);
+        match self.source {
+            Source::Paths(paths) => opts.paths = paths,
+            Source::Text(text) => opts.text = Some(text),
+            Source::Stream { name, reader } => {
+                opts.stream = Some(StreamSource::new(&name, reader)?)
+            }
+            Source::AsyncStream { name, reader } => {
+                let reader = Box::new(SyncIoBridge::new(reader));
+                opts.stream = Some(StreamSource::new(&name, reader)?);
+            }
+        }
+        if let Some(lanes) = self.lanes {
+            if !(1..=16).contains(&lanes) {
+                return Err(TransferError::new(ErrorKind::Usage, "lanes must be 1 to 16"));
+            }
+            opts.lanes = lanes;
+        }
+        if let Some(chunk) = self.chunk_size {
+            if !(16 << 10..=4 << 20).contains(&chunk) {
+                return Err(TransferError::new(
+                    ErrorKind::Usage,
+                    "the chunk size must be 16 KiB to 4 MiB",
+                ));
+            }
+            opts.chunk_size = chunk;
+        }
+        if let Some(c) = self.compression {
+            opts.compression = c;
+        }
+        opts.sparse = self.sparse;
+        opts.checksum = self.checksum;
+        opts.exclude = self.exclude;
+        opts.code_chosen = chosen;
+        let s = self.shared;
+        opts.limit_rate = s.limit_rate;
+        opts.wait = s.wait.unwrap_or(opts.wait);
+        opts.reconnect_wait = s.reconnect_wait.unwrap_or(opts.reconnect_wait);
+        opts.rendezvous = s.rendezvous;
+        if let Some(port) = s.discovery_port {
+            opts.discovery.port = port;
+        }
+        if let Some(window) = s.window {
+            opts.tuning = opts.tuning.with_window(window);
+        }
+        Ok(opts)
+    }
+
+    /// Starts the transfer on the current tokio runtime: checks the options, makes (or
+    /// checks) the code and returns at once; the transfer runs until the receiver is served,
+    /// the wait runs out, or it is stopped.
+    pub fn start(self) -> Result<Transfer, Error> {
+        let mut opts = self.into_options()?;
+        let code = opts.code.to_string();
+        let (handle, stop) = Stop::new();
+        opts.stop = stop;
+        Ok(Transfer::spawn(code, handle, Feed::new(None), None, move |feed, progress| {
+            transfer::send(opts, feed, progress)
+        }))
+    }
+}
+
+/// Where a receiver puts what it receives.
+enum Sink {
+    Dir(PathBuf),
+    Writer(Box<dyn std::io::Write + Send>),
+    AsyncWriter(Box<dyn AsyncWrite + Send + Unpin>),
+    Memory(usize),
+}
+
+/// The receiver's decision on an offer.
+type Decide = Arc<dyn Fn(&OfferSummary) -> bool + Send + Sync>;
+
+/// Receives what a [`Sender`] offers under a code: the library's `p2p-copy receive`.
+///
+/// By default it accepts the offer (as `receive --yes`) and writes into the current
+/// directory; [`Receiver::on_offer`] decides instead, and [`Receiver::into_dir`],
+/// [`Receiver::into_writer`] and [`Receiver::into_memory`] choose where the data goes.
+///
+/// ```no_run
+/// # async fn run() -> Result<(), p2p_copy::Error> {
+/// let transfer = p2p_copy::Receiver::new("7-guitar-nebula-crayon")
+///     .into_dir("downloads")
+///     .on_offer(|offer| offer.bytes < 1 << 30)
+///     .start()?;
+/// let finished = transfer.wait().await?;
+/// println!("{} files", finished.report.files);
+/// # Ok(())
+/// # }
+/// ```
+#[must_use = "a Receiver does nothing until it is started"]
+pub struct Receiver {
+    code: String,
+    sink: Sink,
+    decide: Option<Decide>,
+    overwrite: bool,
+    checksum: bool,
+    shared: Shared,
+}
+
+impl std::fmt::Debug for Receiver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let sink = match &self.sink {
+            Sink::Dir(d) => format!("directory {}", d.display()),
+            Sink::Writer(_) | Sink::AsyncWriter(_) => "a writer".to_owned(),
+            Sink::Memory(limit) => format!("memory (at most {limit} bytes)"),
+        };
+        f.debug_struct("Receiver").field("sink", &sink).finish_non_exhaustive()
+    }
+}
+
+impl Receiver {
+    /// Receives with this code (as the sender shows it) into the current directory.
+    pub fn new(code: impl Into<String>) -> Receiver {
+        Receiver {
+            code: code.into(),
+            sink: Sink::Dir(PathBuf::from(".")),
+            decide: None,
+            overwrite: false,
+            checksum: false,
+            shared: Shared::default(),
+        }
+    }
+
+    /// Receives into this directory (`--out`; created if missing). Partial files of an
+    /// interrupted transfer stay in it, and a later receive of the same offer continues them.
+    pub fn into_dir(mut self, dir: impl Into<PathBuf>) -> Receiver {
+        self.sink = Sink::Dir(dir.into());
+        self
+    }
+
+    /// Writes the offer's one file into `writer` (`--stdout`); an offer of anything else is
+    /// refused and nothing is written.
+    pub fn into_writer(mut self, writer: impl AsyncWrite + Send + Unpin + 'static) -> Receiver {
+        self.sink = Sink::AsyncWriter(Box::new(writer));
+        self
+    }
+
+    /// As [`Receiver::into_writer`], for a blocking writer (it is written on a blocking
+    /// thread).
+    pub fn into_blocking_writer(
+        mut self,
+        writer: impl std::io::Write + Send + 'static,
+    ) -> Receiver {
+        self.sink = Sink::Writer(Box::new(writer));
+        self
+    }
+
+    /// Keeps the offer's one file in memory, in [`Finished::data`]; an offer of anything else
+    /// is refused, and a file over `limit` bytes fails the transfer.
+    pub fn into_memory(mut self, limit: usize) -> Receiver {
+        self.sink = Sink::Memory(limit);
+        self
+    }
+
+    /// Decides on the offer: `decide` sees what is offered and what the destination holds
+    /// already, and returns whether to accept. It runs on a blocking thread, so it may ask a
+    /// person.
+    pub fn on_offer(
+        mut self,
+        decide: impl Fn(&OfferSummary) -> bool + Send + Sync + 'static,
+    ) -> Receiver {
+        self.decide = Some(Arc::new(decide));
+        self
+    }
+
+    /// Replaces files that exist and differ (`--overwrite`).
+    pub fn overwrite(mut self, overwrite: bool) -> Receiver {
+        self.overwrite = overwrite;
+        self
+    }
+
+    /// Compares files already held by BLAKE3 hash (`--checksum`).
+    pub fn checksum(mut self, checksum: bool) -> Receiver {
+        self.checksum = checksum;
+        self
+    }
+
+    /// How long to look for the sender (`--wait`; default 30 s).
+    pub fn wait(mut self, wait: Duration) -> Receiver {
+        self.shared.wait = Some(wait);
+        self
+    }
+
+    /// At most this many bytes per second of data (`--limit-rate`).
+    pub fn limit_rate(mut self, bytes_per_second: u64) -> Receiver {
+        self.shared.limit_rate = Some(bytes_per_second).filter(|&r| r > 0);
+        self
+    }
+
+    /// How long to try to reconnect after losing the connection mid-transfer.
+    pub fn reconnect_wait(mut self, wait: Duration) -> Receiver {
+        self.shared.reconnect_wait = Some(wait);
+        self
+    }
+
+    /// Meets the sender through a rendezvous node instead of on the local network.
+    pub fn rendezvous(mut self, node: Rendezvous) -> Receiver {
+        self.shared.rendezvous = Some(node);
+        self
+    }
+
+    /// The UDP port of local-network discovery (both sides must agree).
+    pub fn discovery_port(mut self, port: u16) -> Receiver {
+        self.shared.discovery_port = Some(port);
+        self
+    }
+
+    /// Fixes the flow-control window at `bytes` instead of growing it (`--window`).
+    pub fn window(mut self, bytes: u32) -> Receiver {
+        self.shared.window = Some(bytes);
+        self
+    }
+
+    /// Starts the transfer on the current tokio runtime (the multi-threaded one: files are
+    /// written on blocking threads) and returns at once.
+    pub fn start(self) -> Result<Transfer, Error> {
+        let (mut opts, decide, memory) = self.into_options()?;
+        let (handle, stop) = Stop::new();
+        opts.stop = stop;
+        let code = opts.code.to_string();
+        Ok(Transfer::spawn(code, handle, Feed::new(decide), memory, move |feed, progress| {
+            transfer::receive(opts, feed, progress)
+        }))
+    }
+
+    /// The options of the driver, the decision and the memory sink.
+    #[allow(clippy::type_complexity)]
+    pub(crate) fn into_options(
+        self,
+    ) -> Result<(ReceiveOptions, Option<Decide>, Option<Arc<Mutex<Vec<u8>>>>), Error> {
+        let code = Code::parse(&self.code)
+            .map_err(|e| TransferError::new(ErrorKind::Usage, e.to_string()))?;
+        let out = match &self.sink {
+            Sink::Dir(dir) => dir.clone(),
+            _ => PathBuf::from("."),
+        };
+        let mut opts = ReceiveOptions::new(code, out);
+        let mut memory = None;
+        opts.pipe = match self.sink {
+            Sink::Dir(_) => None,
+            Sink::Writer(w) => Some(Pipe::new(w)),
+            Sink::AsyncWriter(w) => Some(Pipe::new(Box::new(SyncIoBridge::new(w)))),
+            Sink::Memory(limit) => {
+                let buffer = Memory::new(limit);
+                memory = Some(buffer.0.clone());
+                Some(Pipe::new(Box::new(buffer)))
+            }
+        };
+        opts.yes = self.decide.is_none();
+        opts.interactive = self.decide.is_some();
+        opts.overwrite = self.overwrite;
+        opts.checksum = self.checksum;
+        let s = self.shared;
+        opts.limit_rate = s.limit_rate;
+        opts.wait = s.wait.unwrap_or(opts.wait);
+        opts.reconnect_wait = s.reconnect_wait.unwrap_or(opts.reconnect_wait);
+        opts.rendezvous = s.rendezvous;
+        if let Some(port) = s.discovery_port {
+            opts.discovery.port = port;
+        }
+        if let Some(window) = s.window {
+            opts.tuning = opts.tuning.with_window(window);
+        }
+        Ok((opts, self.decide, memory))
+    }
+}
+
+/// A receiver's memory sink: at most `limit` bytes.
+struct Memory(Arc<Mutex<Vec<u8>>>, usize);
+
+impl Memory {
+    fn new(limit: usize) -> Memory {
+        Memory(Arc::new(Mutex::new(Vec::new())), limit)
+    }
+}
+
+impl std::io::Write for Memory {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let mut data = self.0.lock().map_err(|_| std::io::Error::other("poisoned"))?;
+        if data.len() + buf.len() > self.1 {
+            return Err(std::io::Error::other(format!(
+                "the file is larger than the {} bytes allowed in memory",
+                self.1
+            )));
+        }
+        data.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The end of a successful transfer.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct Finished {
+    /// What the transfer did.
+    pub report: Report,
+    /// Receiver of a text offer: the text (untrusted: escape it for a terminal).
+    pub text: Option<String>,
+    /// Receiver into memory ([`Receiver::into_memory`]): the file.
+    pub data: Option<Vec<u8>>,
+}
+
+/// A running transfer: its code, its events, a way to stop it and its end.
+///
+/// Dropping it stops the transfer (as [`Transfer::stop`]) unless it has ended.
+#[derive(Debug)]
+pub struct Transfer {
+    code: String,
+    events: mpsc::Receiver<Event>,
+    stop: StopHandle,
+    progress: Arc<Progress>,
+    task: Option<tokio::task::JoinHandle<Result<Finished, Error>>>,
+    ended: Option<Result<Finished, Error>>,
+}
+
+impl Transfer {
+    fn spawn<F, Fut>(
+        code: String,
+        stop: StopHandle,
+        feed: Arc<Feed>,
+        memory: Option<Arc<Mutex<Vec<u8>>>>,
+        run: F,
+    ) -> Transfer
+    where
+        F: FnOnce(Arc<dyn Observer>, Arc<Progress>) -> Fut,
+        Fut: std::future::Future<Output = Result<Report, Error>> + Send + 'static,
+    {
+        let (tx, events) = mpsc::channel(EVENT_QUEUE);
+        *feed.tx.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(tx);
+        let progress = Progress::new();
+        let driver = run(feed.clone() as Arc<dyn Observer>, progress.clone());
+        let watched = progress.clone();
+        let task = tokio::spawn(async move {
+            let result = tokio::select! {
+                result = driver => result,
+                never = feed.tick(&watched) => match never {},
+            };
+            feed.push(Event::end(&result));
+            // The last event is queued: the channel closes with it.
+            feed.tx.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+            let report = result?;
+            let text = feed.text.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+            let data = memory.map(|m| {
+                std::mem::take(&mut *m.lock().unwrap_or_else(std::sync::PoisonError::into_inner))
+            });
+            Ok(Finished { report, text, data })
+        });
+        Transfer { code, events, stop, progress, task: Some(task), ended: None }
+    }
+
+    /// The code: the sender's to hand to the receiver (generated or chosen), the receiver's
+    /// as given.
+    pub fn code(&self) -> &str {
+        &self.code
+    }
+
+    /// File bytes moved so far (held ones included).
+    pub fn bytes(&self) -> u64 {
+        self.progress.bytes()
+    }
+
+    /// The next event; `None` once the transfer has ended and its last event (`done` or
+    /// `error`) was read. Events not read in time are dropped ([`Event::Lagged`]).
+    pub async fn next_event(&mut self) -> Option<Event> {
+        loop {
+            let Some(task) = self.task.as_mut() else {
+                // Ended: what is still queued, then nothing.
+                return self.events.try_recv().ok();
+            };
+            let ended = tokio::select! {
+                biased;
+                event = self.events.recv() => match event {
+                    Some(event) => return Some(event),
+                    // Closed: the last event was read; the task is ending.
+                    None => None,
+                },
+                ended = &mut *task => Some(ended),
+            };
+            let ended = match ended {
+                Some(ended) => ended,
+                None => match self.task.as_mut() {
+                    Some(task) => task.await,
+                    None => continue,
+                },
+            };
+            self.end(ended);
+        }
+    }
+
+    fn end(&mut self, ended: Result<Result<Finished, Error>, tokio::task::JoinError>) {
+        self.task = None;
+        self.ended = Some(ended.unwrap_or_else(|e| {
+            Err(TransferError::new(ErrorKind::Internal, format!("the transfer failed: {e}")))
+        }));
+    }
+
+    /// Asks the transfer to stop: the peer is told, partial files are kept for a resume, and
+    /// the transfer ends with [`ErrorKind::Interrupted`].
+    pub fn stop(&self) {
+        self.stop.stop("the program");
+    }
+
+    /// Waits for the end of the transfer (events not read are discarded).
+    pub async fn wait(mut self) -> Result<Finished, Error> {
+        if let Some(task) = self.task.as_mut() {
+            let ended = task.await;
+            self.end(ended);
+        }
+        self.ended.take().unwrap_or_else(|| {
+            Err(TransferError::new(ErrorKind::Internal, "the transfer's end was already taken"))
+        })
+    }
+}
+
+impl Drop for Transfer {
+    fn drop(&mut self) {
+        if self.task.as_ref().is_some_and(|t| !t.is_finished()) {
+            self.stop.stop("the program");
+        }
+    }
+}
+
+/// The library's observer: events into a bounded queue, the offer to the caller's decision.
+struct Feed {
+    tx: Mutex<Option<mpsc::Sender<Event>>>,
+    missed: AtomicU64,
+    decide: Option<Decide>,
+    text: Mutex<Option<String>>,
+    /// Once accepted: the bytes to move, if known.
+    total: Mutex<Option<Option<u64>>>,
+}
+
+impl Feed {
+    fn new(decide: Option<Decide>) -> Arc<Feed> {
+        Arc::new(Feed {
+            tx: Mutex::new(None),
+            missed: AtomicU64::new(0),
+            decide,
+            text: Mutex::new(None),
+            total: Mutex::new(None),
+        })
+    }
+
+    /// Queues `event`, or counts it missed when the queue is full.
+    fn push(&self, event: Event) {
+        let tx = self.tx.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let Some(tx) = tx.as_ref() else { return };
+        let missed = self.missed.swap(0, Ordering::Relaxed);
+        if missed > 0 && tx.try_send(Event::Lagged { missed }).is_err() {
+            self.missed.fetch_add(missed + 1, Ordering::Relaxed);
+            return;
+        }
+        if tx.try_send(event).is_err() {
+            self.missed.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// A `progress` event every second once data flows; never returns.
+    async fn tick(&self, progress: &Progress) -> std::convert::Infallible {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let mut rate = Rate::default();
+        loop {
+            tick.tick().await;
+            let per_second = rate.update(progress.bytes(), std::time::Instant::now());
+            let total = *self.total.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if let Some(total) = total {
+                self.push(Event::Progress(ProgressSample::of(progress, total, per_second)));
+            }
+        }
+    }
+}
+
+impl Observer for Feed {
+    fn note(&self, note: Note<'_>) {
+        match &note {
+            Note::Text { text } => {
+                *self.text.lock().unwrap_or_else(std::sync::PoisonError::into_inner) =
+                    Some((*text).to_owned());
+            }
+            Note::Accepted { total, .. } => {
+                *self.total.lock().unwrap_or_else(std::sync::PoisonError::into_inner) =
+                    Some(*total);
+            }
+            _ => {}
+        }
+        self.push(Event::from_note(&note));
+    }
+
+    fn confirm(&self, offer: &Offer, present: Present) -> bool {
+        self.decide.as_ref().is_some_and(|decide| decide(&OfferSummary::new(offer, present)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_queue_drops_events_and_says_how_many() {
+        let feed = Feed::new(None);
+        let (tx, mut rx) = mpsc::channel(2);
+        *feed.tx.lock().unwrap() = Some(tx);
+        for _ in 0..5 {
+            feed.push(Event::Reconnected);
+        }
+        assert_eq!(rx.try_recv().unwrap(), Event::Reconnected);
+        assert_eq!(rx.try_recv().unwrap(), Event::Reconnected);
+        assert!(rx.try_recv().is_err(), "three dropped");
+        feed.push(Event::Reconnected);
+        assert_eq!(rx.try_recv().unwrap(), Event::Lagged { missed: 3 });
+        assert_eq!(rx.try_recv().unwrap(), Event::Reconnected);
+    }
+
+    #[test]
+    fn events_print_as_the_json_lines_of_the_command_line() {
+        let event = Event::Warning { message: "a \"quoted\"\u{1b} word".into() };
+        assert_eq!(event.to_json(), r#"{"event":"warning","message":"a \"quoted\"\u001b word"}"#);
+        let error = Event::Error { kind: ErrorKind::WrongCode, message: "no".into() };
+        assert_eq!(error.to_json(), r#"{"event":"error","kind":"wrong_code","message":"no"}"#);
+        let file = Event::File { path: "a/b".into(), bytes: 3, outcome: FileOutcome::Skipped };
+        assert_eq!(
+            file.to_json(),
+            r#"{"event":"file","path":"a/b","bytes":3,"outcome":"skipped"}"#
+        );
+    }
+}
