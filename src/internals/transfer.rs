@@ -207,11 +207,6 @@ impl From<crate::net::quic::QuicError> for TransferError {
     }
 }
 
-impl From<quinn::ConnectionError> for TransferError {
-    fn from(e: quinn::ConnectionError) -> Self {
-        connection_lost(&e)
-    }
-}
 
 /// The error for a lost connection. A peer that closed with an error names its kind in the
 /// close reason; kinds both sides share (wrong code, refusal, conflict, integrity) keep their

@@ -151,7 +151,7 @@ pub async fn send_lanes(
         }
     });
     for lane in 1..=u32::from(how.lanes) {
-        let mut stream = conn.open_uni().await.map_err(TransferError::from)?;
+        let mut stream = conn.open_uni().await.map_err(|e| super::connection_lost(&e))?;
         let (tx, mut rx) = mpsc::channel::<Bytes>(LANE_DEPTH);
         let writer = LaneWriter::new(lane);
         let preamble = writer.preamble();

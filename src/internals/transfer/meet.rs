@@ -534,7 +534,7 @@ pub(crate) async fn meet(
                 let (send, recv) = tokio::time::timeout(NODE_TIMEOUT, conn.open_bi())
                     .await
                     .map_err(|_| TransferError::network("the sender did not let us open a stream"))?
-                    .map_err(TransferError::from)?;
+                    .map_err(|e| super::connection_lost(&e))?;
                 Ok((conn, send, recv))
             }
         };

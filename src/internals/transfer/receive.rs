@@ -265,7 +265,7 @@ async fn lan(
     let (send, recv) = tokio::time::timeout(Duration::from_secs(10), conn.open_bi())
         .await
         .map_err(|_| TransferError::network("the sender did not let us open a stream"))?
-        .map_err(TransferError::from)?;
+        .map_err(|e| super::connection_lost(&e))?;
     let channel = node.channel(&conn)?;
     let session = key.session(Role::Receiver, channel, config);
     Ok((node, conn, ControlStream::new(session, send, recv)))

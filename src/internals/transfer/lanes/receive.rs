@@ -300,7 +300,7 @@ pub async fn receive_lanes(
             stream = conn.accept_uni(), if accepted < lanes || more => {
                 let stream = match stream {
                     Ok(stream) => stream,
-                    Err(e) if accepted < lanes => return Err(e.into()),
+                    Err(e) if accepted < lanes => return Err(crate::transfer::connection_lost(&e)),
                     Err(_) => {
                         more = false;
                         continue;
