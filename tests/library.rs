@@ -195,3 +195,60 @@ async fn bad_options_fail_at_start_with_a_usage_error() {
     let code = Receiver::new("not a code").start().unwrap_err();
     assert_eq!(code.kind, ErrorKind::Usage, "{code}");
 }
+
+/// A stream may pause for longer than the stall watchdog allows a transfer to stand still
+/// (`tail -f | p2p-copy send -`): neither side gives up on it. Through the driver's options,
+/// where the watchdog's limit is set to a second (it is two minutes by default).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_may_pause_longer_than_the_stall_watchdog() {
+    use std::io::Read;
+    use std::sync::Arc;
+
+    use p2p_copy::internals::code::Code;
+    use p2p_copy::internals::transfer::walk::StreamSource;
+    use p2p_copy::internals::transfer::{self, Progress, Quiet, ReceiveOptions, SendOptions};
+
+    /// Gives `first`, then waits `pause` before giving `second`.
+    struct Pausing {
+        parts: Vec<Vec<u8>>,
+        pause: Duration,
+    }
+    impl Read for Pausing {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            if self.parts.len() == 1 && !self.pause.is_zero() {
+                std::thread::sleep(std::mem::take(&mut self.pause));
+            }
+            let Some(part) = self.parts.first_mut() else { return Ok(0) };
+            let n = buf.len().min(part.len());
+            buf[..n].copy_from_slice(&part[..n]);
+            part.drain(..n);
+            if part.is_empty() {
+                self.parts.remove(0);
+            }
+            Ok(n)
+        }
+    }
+
+    let mut fx = Fixture::new();
+    let first = fx.rng.bytes(300_000);
+    let second = fx.rng.bytes(200_000);
+    let stall = Duration::from_secs(1);
+    let reader = Pausing { parts: vec![first.clone(), second.clone()], pause: 4 * stall };
+    let code = Code::parse(&fx.code).unwrap();
+    let mut send = SendOptions::new(Vec::new(), code.clone());
+    send.stream = Some(StreamSource::new("log", Box::new(reader)).unwrap());
+    send.stall_timeout = stall;
+    send.discovery.port = fx.port;
+    let mut receive = ReceiveOptions::new(code, fx.path("out"));
+    receive.yes = true;
+    receive.stall_timeout = stall;
+    receive.discovery.port = fx.port;
+    let (sent, received) = tokio::join!(
+        transfer::send(send, Arc::new(Quiet), Progress::new()),
+        transfer::receive(receive, Arc::new(Quiet), Progress::new()),
+    );
+    sent.unwrap();
+    received.unwrap();
+    let got = std::fs::read(fx.path("out/log")).unwrap();
+    assert!(got == [first, second].concat(), "the stream arrived whole, in order");
+}

@@ -207,7 +207,6 @@ impl From<crate::net::quic::QuicError> for TransferError {
     }
 }
 
-
 /// The error for a lost connection. A peer that closed with an error names its kind in the
 /// close reason; kinds both sides share (wrong code, refusal, conflict, integrity) keep their
 /// kind here, so both sides exit alike even when the sealed report was lost.

@@ -62,6 +62,9 @@ pub struct ReceiveOptions {
     pub reconnect_wait: Duration,
     /// How long to look for the sender.
     pub wait: Duration,
+    /// How long the lanes may make no progress before the transfer is abandoned (not for a
+    /// stream, which may pause as long as its producer does).
+    pub stall_timeout: Duration,
     /// LAN discovery settings.
     pub discovery: DiscoveryConfig,
     /// Local address to bind the QUIC endpoint to.
@@ -91,6 +94,7 @@ impl ReceiveOptions {
             limit_rate: None,
             reconnect_wait: Duration::from_secs(600),
             wait: Duration::from_secs(30),
+            stall_timeout: super::STALL_TIMEOUT,
             discovery: DiscoveryConfig::default(),
             bind: SocketAddr::from(([0, 0, 0, 0], 0)),
             tuning: Tuning::default(),
@@ -371,7 +375,8 @@ async fn run(
     let mut sink = Sink::new(dest, opts.overwrite, &offer, survey, progress.clone());
     sink.rate = opts.limit_rate.map(|r| Arc::new(super::rate::RateLimit::new(r)));
     sink.observer = Some(observer.clone());
-    receive_into(ctl, conn, &offer, Arc::new(sink), &progress).await.map(|r| (r, present))
+    let stall = watchdog(opts, &offer);
+    receive_into(ctl, conn, &offer, Arc::new(sink), &progress, stall).await.map(|r| (r, present))
 }
 
 /// A text offer: shown (by the observer) and accepted; its one lane carries nothing.
@@ -389,7 +394,8 @@ async fn take_text(
     ctl.flush().await?;
     observer.note(Note::Accepted { total: Some(0), present: Present::default() });
     let sink = Sink::pipe(Pipe::new(Box::new(std::io::sink())), offer, progress.clone());
-    let received = receive_into(ctl, conn, offer, Arc::new(sink), &progress).await?;
+    let stall = Some(super::STALL_TIMEOUT);
+    let received = receive_into(ctl, conn, offer, Arc::new(sink), &progress, stall).await?;
     Ok((received, Present::default()))
 }
 
@@ -426,8 +432,16 @@ async fn into_pipe(
     let mut sink = Sink::pipe(pipe.clone(), offer, progress.clone());
     sink.rate = opts.limit_rate.map(|r| Arc::new(super::rate::RateLimit::new(r)));
     sink.observer = Some(observer.clone());
-    let received = receive_into(ctl, conn, offer, Arc::new(sink), &progress).await?;
+    let stall = watchdog(opts, offer);
+    let received = receive_into(ctl, conn, offer, Arc::new(sink), &progress, stall).await?;
     Ok((received, Present::default()))
+}
+
+/// How long the lanes may stand still before the transfer is abandoned: `None` (never) when
+/// the offer holds a stream, whose producer may pause for as long as it likes (`tail -f |
+/// p2p-copy send -`); a vanished sender is still caught by QUIC's idle timeout.
+fn watchdog(opts: &ReceiveOptions, offer: &Offer) -> Option<Duration> {
+    (offer.streams == 0).then_some(opts.stall_timeout)
 }
 
 /// Runs the accepted offer's lanes into `sink`, compares what arrived with the sender's
@@ -438,6 +452,7 @@ async fn receive_into(
     offer: &Offer,
     sink: Arc<Sink>,
     progress: &Arc<Progress>,
+    stall: Option<Duration>,
 ) -> Result<Summary, TransferError> {
     let lanes = receive_lanes(conn, offer.lanes, offer.chunk_size as usize, sink.clone());
     tokio::pin!(lanes);
@@ -450,7 +465,7 @@ async fn receive_into(
                 Ok(totals) => received = Some(totals),
                 Err(e) => return Err(fail_lanes(ctl, e).await),
             },
-            e = super::stalled(progress, super::STALL_TIMEOUT), if received.is_none() => {
+            e = super::stalled(progress, stall.unwrap_or(UNBOUNDED)), if received.is_none() && stall.is_some() => {
                 return Err(fail_lanes(ctl, e).await)
             }
             ev = ctl.next_event(wait), if announced.is_none() => match ev? {

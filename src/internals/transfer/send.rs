@@ -47,6 +47,9 @@ pub struct SendOptions {
     pub code: Code,
     /// How long to wait for a receiver to connect.
     pub wait: Duration,
+    /// How long the lanes may make no progress before the transfer is abandoned (not for a
+    /// stream, which may pause as long as its producer does).
+    pub stall_timeout: Duration,
     /// Data lanes to run (capped by what the receiver allows).
     pub lanes: u16,
     /// Chunk payload size.
@@ -95,6 +98,7 @@ impl SendOptions {
             stream: None,
             code,
             wait: Duration::from_secs(3600),
+            stall_timeout: super::STALL_TIMEOUT,
             lanes: 4,
             chunk_size: DEFAULT_CHUNK,
             compression: Compression::default(),
@@ -479,7 +483,9 @@ async fn run(
                 return Err(e);
             }
         },
-        e = super::stalled(&progress, super::STALL_TIMEOUT) => {
+        // A stream may pause as long as its producer does (`tail -f | p2p-copy send -`): no
+        // watchdog then; a vanished receiver is still caught by QUIC's idle timeout.
+        e = super::stalled(&progress, opts.stall_timeout), if offer.streams == 0 => {
             ctl.report(&e).await;
             return Err(e);
         }
