@@ -102,6 +102,7 @@ pub struct Sender {
     compression: Option<Compression>,
     sparse: bool,
     checksum: bool,
+    xattrs: bool,
     exclude: Vec<String>,
     shared: Shared,
 }
@@ -130,6 +131,7 @@ impl Sender {
             compression: None,
             sparse: true,
             checksum: false,
+            xattrs: false,
             exclude: Vec::new(),
             shared: Shared::default(),
         }
@@ -214,6 +216,13 @@ impl Sender {
     /// (`--checksum`).
     pub fn checksum(mut self, checksum: bool) -> Sender {
         self.checksum = checksum;
+        self
+    }
+
+    /// Sends the extended attributes of files and directories, `user.` ones only
+    /// (`--xattrs`); the receiver keeps them where its file system takes them.
+    pub fn xattrs(mut self, xattrs: bool) -> Sender {
+        self.xattrs = xattrs;
         self
     }
 
@@ -302,6 +311,7 @@ impl Sender {
         }
         opts.sparse = self.sparse;
         opts.checksum = self.checksum;
+        opts.xattrs = self.xattrs;
         opts.exclude = self.exclude;
         opts.code_chosen = chosen;
         let s = self.shared;

@@ -197,6 +197,7 @@ async fn read_lane(mut stream: quinn::RecvStream) -> Vec<Got> {
             Record::FileEnd { file_id, hash } => Got::FileEnd { file_id, hash },
             Record::LaneEnd { .. } => Got::LaneEnd,
             Record::Hole { .. } => panic!("no sparse files are sent here"),
+            Record::Xattrs { .. } => panic!("no extended attributes are sent here"),
         };
         let end = matches!(record, Got::LaneEnd);
         got.push(record);

@@ -694,3 +694,47 @@ fn hard_links_arrive_as_hard_links() {
         }
     }
 }
+
+/// `--xattrs` keeps the `user.` extended attributes of files and directories (a value of
+/// several KiB included), and only those: `trusted.` ones (when this test may set them) stay
+/// behind, and without the flag nothing is kept.
+#[test]
+fn extended_attributes_arrive_with_xattrs() {
+    let mut fx = Fixture::new();
+    let src = fx.path("src");
+    let file = src.join("sub/data.bin");
+    random_file(&file, 200_000, &mut fx.rng);
+    let big = fx.rng.bytes(3000);
+    if xattr::set(&file, "user.origin", b"lab 7").is_err() {
+        eprintln!("skipped: the file system here keeps no user extended attributes");
+        return;
+    }
+    xattr::set(&file, "user.big", &big).unwrap();
+    xattr::set(src.join("sub"), "user.dir", b"d").unwrap();
+    let privileged = xattr::set(&file, "trusted.secret", b"s").is_ok();
+    for keep in [true, false] {
+        let out = fx.path(if keep { "with" } else { "without" });
+        let mut send: Vec<&OsStr> = vec![src.as_os_str()];
+        if keep {
+            send.push(OsStr::new("--xattrs"));
+        }
+        let s = fx.send(send);
+        let r = fx.receive(["--yes", "--out", out.to_str().unwrap()]);
+        let (s, r) = finish_pair(s, r);
+        assert_exits(&[(&s, 0), (&r, 0)]);
+        let got = out.join("src/sub/data.bin");
+        assert_eq!(std::fs::read(&got).unwrap(), std::fs::read(&file).unwrap());
+        let value = |path: &std::path::Path, name: &str| xattr::get(path, name).unwrap();
+        if keep {
+            assert_eq!(value(&got, "user.origin").as_deref(), Some(&b"lab 7"[..]));
+            assert_eq!(value(&got, "user.big"), Some(big.clone()));
+            assert_eq!(value(&out.join("src/sub"), "user.dir").as_deref(), Some(&b"d"[..]));
+        } else {
+            assert_eq!(value(&got, "user.origin"), None, "not asked for");
+            assert_eq!(value(&out.join("src/sub"), "user.dir"), None, "not asked for");
+        }
+        if privileged {
+            assert_eq!(value(&got, "trusted.secret"), None, "only user. attributes travel");
+        }
+    }
+}

@@ -13,7 +13,7 @@ use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
 use p2p_copy::internals::proto::tree::group_cv;
 use p2p_copy::internals::proto::{Held, LaneError, LaneEvent, LaneReader, TreeHasher, GROUP};
-use p2p_copy::internals::wire::data::{Entry, EntryKind, Record, Timestamp, FLAG_ZSTD};
+use p2p_copy::internals::wire::data::{Entry, EntryKind, Record, Timestamp, Xattr, FLAG_ZSTD};
 
 #[derive(Arbitrary, Debug)]
 struct Input {
@@ -71,6 +71,11 @@ enum Rec {
         offset: Option<u64>,
         len: u32,
     },
+    /// XATTRS for the last entry (unless another id is given), names in `user.`.
+    Xattrs {
+        id: Option<u8>,
+        attrs: Vec<(String, Vec<u8>)>,
+    },
 }
 
 /// The file the reader has open, as the model sees it.
@@ -97,6 +102,8 @@ fuzz_target!(|input: Input| {
     let mut file: Option<File> = None;
     let mut last_id = 0u64;
     let mut entries = 0u64;
+    // The file or directory just entered, whose XATTRS may come.
+    let mut attributable: Option<u64> = None;
     let mut buf = Vec::new();
     for rec in input.recs.into_iter().take(512) {
         buf.clear();
@@ -212,6 +219,14 @@ fuzz_target!(|input: Input| {
                 Record::Hole { file_id: id.map_or(fid, u64::from), offset: offset.unwrap_or(at), len }
                     .encode(&mut buf);
             }
+            Rec::Xattrs { id, attrs } => {
+                let attrs = attrs
+                    .into_iter()
+                    .take(8)
+                    .map(|(name, value)| Xattr { name: format!("user.{name}"), value })
+                    .collect();
+                Record::Xattrs { entry_id: id.map_or(last_id, u64::from), attrs }.encode(&mut buf);
+            }
         }
         let result = reader.handle(&buf);
         let event = match result {
@@ -228,8 +243,19 @@ fuzz_target!(|input: Input| {
             // The driver stops the lane at the first error.
             Err(_) => return,
         };
+        let was = attributable.take();
         match event {
+            LaneEvent::Xattrs(list) => {
+                let Ok(Record::Xattrs { entry_id, .. }) = Record::decode(&buf) else {
+                    panic!("xattrs from another record");
+                };
+                assert_eq!(was, Some(entry_id), "xattrs accepted away from their entry");
+                assert!(list.iter().all(|a| a.name.starts_with("user.")), "a name outside user.");
+            }
             LaneEvent::Entry(e) => {
+                if matches!(e.kind, EntryKind::File { .. } | EntryKind::Dir) {
+                    attributable = Some(e.id);
+                }
                 assert!(file.is_none(), "an entry inside a file");
                 entries += 1;
                 last_id = e.id;

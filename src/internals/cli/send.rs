@@ -27,7 +27,7 @@ pub struct Args {
     pub paths: Vec<PathBuf>,
     /// Send this text instead of files (`-`: read it from standard input); the receiver
     /// prints it on its standard output and writes no file. At most 1 MiB of UTF-8.
-    #[arg(long, value_name = "TEXT", conflicts_with_all = ["paths", "exclude", "checksum"])]
+    #[arg(long, value_name = "TEXT", conflicts_with_all = ["paths", "exclude", "checksum", "xattrs"])]
     pub text: Option<String>,
     /// The name standard input is sent under (`send -`).
     #[arg(long, value_name = "NAME", default_value = "stdin")]
@@ -60,6 +60,10 @@ pub struct Args {
     /// `off` sends them as zeros, written out in full.
     #[arg(long, value_enum, default_value_t = Sparse::Auto, env = "P2P_COPY_SPARSE")]
     pub sparse: Sparse,
+    /// Keep the extended attributes of files and directories (the `user.` namespace only;
+    /// where the receiver's file system takes them).
+    #[arg(long, env = "P2P_COPY_XATTRS", value_parser = clap::builder::FalseyValueParser::new())]
+    pub xattrs: bool,
     /// When the receiver already holds some of the files, compare them by BLAKE3 hash rather
     /// than by size and mtime (every file is read first).
     #[arg(long, env = "P2P_COPY_CHECKSUM", value_parser = clap::builder::FalseyValueParser::new())]
@@ -113,8 +117,10 @@ pub async fn run(args: Args, stop: Stop) -> Result<(), TransferError> {
             "standard input can be sent once: --count needs files or a --text",
         ));
     }
-    if stdin && (!args.exclude.is_empty() || args.checksum) {
-        return Err(super::usage("--exclude and --checksum apply to paths, not to standard input"));
+    if stdin && (!args.exclude.is_empty() || args.checksum || args.xattrs) {
+        return Err(super::usage(
+            "--exclude, --checksum and --xattrs apply to paths, not to standard input",
+        ));
     }
     let rendezvous = args.meeting.rendezvous()?;
     if args.count > 1 && rendezvous.is_some() {
@@ -143,6 +149,7 @@ pub async fn run(args: Args, stop: Stop) -> Result<(), TransferError> {
         .compression(args.compress)
         .sparse(args.sparse == Sparse::Auto)
         .checksum(args.checksum)
+        .xattrs(args.xattrs)
         .reconnect_wait(args.reconnect.wait());
     if let Some(code) = chosen {
         sender = sender.code(code);

@@ -8,7 +8,8 @@
 //! file as it goes. The receiver's [`LaneReader`] decodes records in order and checks the
 //! structure a well-behaved sender produces:
 //!
-//! 1. `ENTRY` (directory or symlink: complete by itself; file: opens it);
+//! 1. `ENTRY` (directory or symlink: complete by itself; file: opens it), optionally followed
+//!    at once by one `XATTRS` for it (a file or directory only);
 //! 2. for a file, optionally `RESUME_AT` (the receiver's partial copy continues: the driver
 //!    must then hand the reader the hash state of the bytes it holds, [`LaneReader::resume`]),
 //!    then `CHUNK`s with the file's id, consecutive offsets from 0 (or the resume offset),
@@ -19,7 +20,7 @@
 //! Any deviation is a [`LaneError`]; the driver stops the transfer and discards the file.
 
 use super::tree::{TreeHasher, GROUP};
-use crate::wire::data::{self, Entry, EntryKind, Record, CHUNK_HEADER_LEN, FLAG_ZSTD};
+use crate::wire::data::{self, Entry, EntryKind, Record, Xattr, CHUNK_HEADER_LEN, FLAG_ZSTD};
 use crate::wire::{frame, DecodeError};
 
 /// Ways a lane can go wrong on the receiving side.
@@ -97,6 +98,13 @@ impl LaneWriter {
         }
         self.entries += 1;
         framed(out, |buf| Record::Entry(entry.clone()).encode(buf));
+    }
+
+    /// Writes the XATTRS record of the entry just written (a file or directory), before
+    /// anything else of it; `attrs` must pass [`data::validate_xattrs`] and encode within
+    /// [`data::MAX_XATTRS_RECORD`].
+    pub fn xattrs(&mut self, entry_id: u64, attrs: Vec<Xattr>, out: &mut Vec<u8>) {
+        framed(out, |buf| Record::Xattrs { entry_id, attrs }.encode(buf));
     }
 
     /// Writes the RESUME_AT record of the file just entered: the receiver holds its first
@@ -229,6 +237,8 @@ pub enum LaneEvent<'a> {
         /// Bytes held.
         offset: u64,
     },
+    /// The extended attributes of the entry just entered.
+    Xattrs(Vec<Xattr>),
     /// The next bytes of the open file.
     Data(&'a [u8]),
     /// The next bytes of the open file are this many zeros, stored as a hole.
@@ -257,6 +267,8 @@ pub struct LaneReader {
     unzstd: Unzstd,
     /// Chunk payload bytes received, as sent (compressed or not).
     wire: u64,
+    /// The entry just entered, while its XATTRS may still come.
+    attributable: Option<u64>,
 }
 
 /// A zstd decompression context, kept for the lane's life.
@@ -325,6 +337,7 @@ impl LaneReader {
             scratch: Vec::new(),
             unzstd: Unzstd::default(),
             wire: 0,
+            attributable: None,
         }
     }
 
@@ -348,7 +361,15 @@ impl LaneReader {
         if self.ended {
             return Err(LaneError::Order("record after the lane end"));
         }
-        match Record::decode(body)? {
+        let record = Record::decode(body)?;
+        let attributable = self.attributable.take();
+        match record {
+            Record::Xattrs { entry_id, attrs } => {
+                if attributable != Some(entry_id) {
+                    return Err(LaneError::Order("xattrs not right after their file or directory"));
+                }
+                Ok(LaneEvent::Xattrs(attrs))
+            }
             Record::Entry(entry) => {
                 if self.file.is_some() {
                     return Err(LaneError::Order("entry before the previous file ended"));
@@ -370,6 +391,8 @@ impl LaneReader {
                     });
                 }
                 self.entries += 1;
+                let attributed = matches!(entry.kind, EntryKind::File { .. } | EntryKind::Dir);
+                self.attributable = attributed.then_some(entry.id);
                 Ok(LaneEvent::Entry(entry))
             }
             Record::ResumeAt { file_id, offset } => {
@@ -558,7 +581,9 @@ mod tests {
                 LaneEvent::Data(d) => got.extend_from_slice(d),
                 LaneEvent::FileEnd { file_id, .. } => ends.push(file_id),
                 LaneEvent::Entry(_) | LaneEvent::End => {}
-                LaneEvent::ResumeAt { .. } | LaneEvent::Hole(_) => panic!("no resume or hole here"),
+                LaneEvent::ResumeAt { .. } | LaneEvent::Hole(_) | LaneEvent::Xattrs(_) => {
+                    panic!("no resume, hole or xattrs here")
+                }
             }
         }
         assert_eq!(got, b"hello worldabc");
@@ -613,7 +638,7 @@ mod tests {
                         reader.resume(Held::Prefix(prefix.clone())).unwrap();
                     }
                     LaneEvent::Data(d) => got.extend_from_slice(d),
-                    LaneEvent::Hole(_) => panic!("no hole here"),
+                    LaneEvent::Hole(_) | LaneEvent::Xattrs(_) => panic!("no hole or xattrs here"),
                     LaneEvent::FileEnd { .. } | LaneEvent::Entry(_) | LaneEvent::End => {}
                 }
                 got_cvs.extend(reader.take_cvs().1);
@@ -836,6 +861,33 @@ mod tests {
     }
 
     /// Builds a lane by hand, to express what a malicious sender could send.
+    fn attrs() -> Vec<Xattr> {
+        vec![Xattr { name: "user.k".into(), value: b"v".to_vec() }]
+    }
+
+    /// A file's and a directory's attributes come right after their entries, and a resume
+    /// may follow them.
+    #[test]
+    fn xattrs_follow_their_entry() {
+        let dir = Entry { id: 1, path: "d".into(), kind: EntryKind::Dir, mode: 0o755, mtime: None };
+        let bodies = forged(&[
+            Record::Entry(dir),
+            Record::Xattrs { entry_id: 1, attrs: attrs() },
+            Record::Entry(file(2, 1)),
+            Record::Xattrs { entry_id: 2, attrs: attrs() },
+            Record::Chunk { flags: 0, file_id: 2, offset: 0, payload: b"x" },
+        ]);
+        let mut reader = LaneReader::new(1 << 20);
+        let mut seen = 0;
+        for body in &bodies {
+            if let LaneEvent::Xattrs(list) = reader.handle(body).unwrap() {
+                assert_eq!(list, attrs());
+                seen += 1;
+            }
+        }
+        assert_eq!(seen, 2);
+    }
+
     fn forged(records: &[Record]) -> Vec<Vec<u8>> {
         records
             .iter()
@@ -922,6 +974,40 @@ mod tests {
             (
                 vec![Record::LaneEnd { entries: 0 }, Record::LaneEnd { entries: 0 }],
                 "after the lane end",
+            ),
+            (vec![Record::Xattrs { entry_id: 1, attrs: attrs() }], "xattrs not right after"),
+            (
+                vec![Record::Entry(file(1, 5)), Record::Xattrs { entry_id: 2, attrs: attrs() }],
+                "xattrs not right after",
+            ),
+            (
+                vec![
+                    Record::Entry(file(1, 5)),
+                    Record::Xattrs { entry_id: 1, attrs: attrs() },
+                    Record::Xattrs { entry_id: 1, attrs: attrs() },
+                ],
+                "xattrs not right after",
+            ),
+            (
+                vec![
+                    Record::Entry(file(1, 5)),
+                    Record::Chunk { flags: 0, file_id: 1, offset: 0, payload: b"x" },
+                    Record::Xattrs { entry_id: 1, attrs: attrs() },
+                ],
+                "xattrs not right after",
+            ),
+            (
+                vec![
+                    Record::Entry(Entry {
+                        id: 1,
+                        path: "l".into(),
+                        kind: EntryKind::Symlink { target: "t".into() },
+                        mode: 0,
+                        mtime: None,
+                    }),
+                    Record::Xattrs { entry_id: 1, attrs: attrs() },
+                ],
+                "xattrs not right after",
             ),
         ];
         for (records, want) in cases {

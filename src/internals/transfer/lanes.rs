@@ -18,6 +18,7 @@
 mod receive;
 
 use std::io::{Read, Seek, SeekFrom};
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::TryRecvError;
 use std::sync::{Arc, Mutex};
@@ -35,7 +36,7 @@ use crate::compress::{Compression, Packer, Sample};
 use crate::error::ErrorKind;
 use crate::proto::{LaneWriter, CHUNK_PAYLOAD_AT};
 use crate::wire::control::Summary;
-use crate::wire::data::EntryKind;
+use crate::wire::data::{EntryKind, Xattr, MAX_XATTRS, MAX_XATTRS_RECORD, XATTR_NAMESPACE};
 
 /// For the fuzz targets only (`fuzz/`): the receiving lane's deframer and worker.
 #[doc(hidden)]
@@ -69,6 +70,8 @@ pub struct Sending {
     pub compression: Compression,
     /// Send holes of sparse files as holes (`--sparse auto`) rather than as zeros.
     pub sparse: bool,
+    /// Send the `user.` extended attributes of files and directories (`--xattrs`).
+    pub xattrs: bool,
     /// The receiver's answers to the listing, if it asked for one: what to leave out and
     /// where to resume, for a walk of the paths.
     pub plan: Option<Arc<Plan>>,
@@ -171,6 +174,7 @@ pub async fn send_lanes(
             stream: input.clone(),
             streamed: streamed.clone(),
             sparse: how.sparse,
+            xattrs: how.xattrs.then(XattrReader::default),
         };
         tasks.spawn_blocking(move || worker.run(jobs, tx, &progress).map(|()| None));
         let rate = how.rate.clone();
@@ -235,6 +239,8 @@ struct Worker {
     streamed: Arc<AtomicU64>,
     /// Look for holes in sparse files.
     sparse: bool,
+    /// `--xattrs`: reads them.
+    xattrs: Option<XattrReader>,
 }
 
 impl Worker {
@@ -265,6 +271,10 @@ impl Worker {
                 _ => {
                     self.writer.entry(&job.entry, &mut out);
                     outbox.push(out)?;
+                    if let (EntryKind::Dir, Some(reader)) = (&job.entry.kind, &self.xattrs) {
+                        let attrs = reader.of_path(&job.local, &*self.observer);
+                        self.send_xattrs(job.entry.id, attrs, &mut outbox)?;
+                    }
                 }
             }
         }
@@ -272,6 +282,21 @@ impl Worker {
         self.writer.lane_end(&mut out);
         outbox.push(out)?;
         outbox.flush()
+    }
+
+    /// Sends the XATTRS record of the entry just sent, if it has any attributes.
+    fn send_xattrs(
+        &mut self,
+        entry_id: u64,
+        attrs: Vec<Xattr>,
+        outbox: &mut Outbox<'_>,
+    ) -> Result<(), TransferError> {
+        if attrs.is_empty() {
+            return Ok(());
+        }
+        let mut out = Vec::new();
+        self.writer.xattrs(entry_id, attrs, &mut out);
+        outbox.push(out)
     }
 
     /// Sends one file: its entry, where it resumes (if the receiver's copy proves to be a
@@ -288,6 +313,10 @@ impl Worker {
         let mut out = Vec::new();
         self.writer.entry(&job.entry, &mut out);
         outbox.push(out)?;
+        if let Some(reader) = &self.xattrs {
+            let attrs = reader.of_file(&file, local, &*self.observer);
+            self.send_xattrs(job.entry.id, attrs, outbox)?;
+        }
         // Group CVs of a large file go to the cache as they are computed.
         let cached = self.cache.as_ref().map_or(CvReader::empty(), |c| c.cvs(&meta));
         let mut cvs_out = self.cache.as_ref().and_then(|c| c.writer(&meta, cached.len()));
@@ -589,5 +618,88 @@ mod tests {
         let err = read_exactly(&mut file, 7, &mut out, &path).unwrap_err();
         assert_eq!(err.kind, ErrorKind::Io);
         assert!(err.to_string().contains("shrank"), "{err}");
+    }
+}
+
+/// Reads the `user.` extended attributes of what is sent (`--xattrs`), as many as one XATTRS
+/// record holds; tells the person once when some are left out or cannot be read.
+#[derive(Debug, Default)]
+struct XattrReader {
+    warned: std::sync::atomic::AtomicBool,
+}
+
+impl XattrReader {
+    /// Those of an open file.
+    fn of_file(
+        &self,
+        file: &std::fs::File,
+        path: &Path,
+        observer: &dyn super::Observer,
+    ) -> Vec<Xattr> {
+        use xattr::FileExt;
+        let names = file.list_xattr();
+        self.gather(path, names, |name| file.get_xattr(name), observer)
+    }
+
+    /// Those of a directory, by its path (a link there is not followed).
+    fn of_path(&self, path: &Path, observer: &dyn super::Observer) -> Vec<Xattr> {
+        self.gather(path, xattr::list(path), |name| xattr::get(path, name), observer)
+    }
+
+    fn gather<L: Iterator<Item = std::ffi::OsString>>(
+        &self,
+        path: &Path,
+        names: std::io::Result<L>,
+        get: impl Fn(&std::ffi::OsStr) -> std::io::Result<Option<Vec<u8>>>,
+        observer: &dyn super::Observer,
+    ) -> Vec<Xattr> {
+        let names = match names {
+            Ok(names) => names,
+            // The file system has none to give.
+            Err(e) if e.raw_os_error() == Some(rustix::io::Errno::NOTSUP.raw_os_error()) => {
+                return Vec::new()
+            }
+            Err(e) => {
+                self.left_out(path, &e.to_string(), observer);
+                return Vec::new();
+            }
+        };
+        let mut attrs = Vec::new();
+        // The record's framing: type, id, the list's length.
+        let mut size = 1 + 8 + 2;
+        for name in names {
+            let Some(text) = name.to_str().filter(|n| n.starts_with(XATTR_NAMESPACE)) else {
+                continue;
+            };
+            let value = match get(&name) {
+                Ok(Some(value)) => value,
+                // Removed since it was listed.
+                Ok(None) => continue,
+                Err(e) => {
+                    self.left_out(path, &format!("{text}: {e}"), observer);
+                    continue;
+                }
+            };
+            // Postcard lengths take at most 3 bytes here.
+            let cost = 3 + text.len() + 3 + value.len();
+            if attrs.len() == MAX_XATTRS || size + cost > MAX_XATTRS_RECORD {
+                self.left_out(path, &format!("{text}: more than one entry's share"), observer);
+                continue;
+            }
+            size += cost;
+            attrs.push(Xattr { name: text.to_owned(), value });
+        }
+        attrs
+    }
+
+    fn left_out(&self, path: &Path, why: &str, observer: &dyn super::Observer) {
+        if !self.warned.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            observer.note(super::Note::Warning(format!(
+                "extended attributes of {} (and of any later entry alike) are not all sent: {why} \
+                 (one entry's attributes are sent up to {} KiB)",
+                path.display(),
+                MAX_XATTRS_RECORD >> 10
+            )));
+        }
     }
 }

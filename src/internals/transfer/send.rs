@@ -58,6 +58,8 @@ pub struct SendOptions {
     pub compression: Compression,
     /// Holes of sparse files go as holes (the receiver's copy stays sparse); off: as zeros.
     pub sparse: bool,
+    /// Send the `user.` extended attributes of files and directories (`--xattrs`).
+    pub xattrs: bool,
     /// LAN discovery settings.
     pub discovery: DiscoveryConfig,
     /// Local address to bind the QUIC endpoint to.
@@ -103,6 +105,7 @@ impl SendOptions {
             chunk_size: DEFAULT_CHUNK,
             compression: Compression::default(),
             sparse: true,
+            xattrs: false,
             discovery: DiscoveryConfig::default(),
             bind: SocketAddr::from(([0, 0, 0, 0], 0)),
             tuning: Tuning::default(),
@@ -464,6 +467,7 @@ async fn run(
         chunk,
         compression: opts.compression,
         sparse: opts.sparse,
+        xattrs: opts.xattrs,
         plan,
         kept,
         cache,

@@ -21,7 +21,7 @@ use super::{fixed, from_postcard, to_postcard, DecodeError};
 use crate::error::ErrorKind;
 
 /// The protocol version this build speaks.
-pub const VERSION: u16 = 5;
+pub const VERSION: u16 = 6;
 /// Cap on a control frame body (an offer naming many top-level paths is the largest).
 pub const MAX_FRAME: usize = 4 << 20;
 /// Cap on the top-level names in an offer.
@@ -506,7 +506,7 @@ mod tests {
     fn control_snapshots() {
         let got: Vec<String> = samples().iter().map(encoded).collect();
         let want = [
-            "0005abababababababababababababababababababababababababababababababab\
+            "0006abababababababababababababababababababababababababababababababab\
              cdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcd04808040\
              00",
             "01020100ac02020670686f746f73096e6f7465732e74787402808040\

@@ -12,13 +12,16 @@
 //! | 0x04 | LANE_END | `entries: u64 BE` (entries this lane carried)                      |
 //! | 0x05 | RESUME_AT| `file_id: u64 BE ‖ offset: u64 BE` (the receiver holds `offset` bytes) |
 //! | 0x06 | HOLE     | `file_id: u64 BE ‖ offset: u64 BE ‖ len: u64 BE` (`len` zero bytes, not sent) |
+//! | 0x07 | XATTRS   | `entry_id: u64 BE ‖` postcard-encoded `Vec<`[`Xattr`]`>` (`send --xattrs`) |
 //!
 //! CHUNK `flags` bit 0: the payload is a zstd frame (decompressed size ≤ the chunk size);
 //! other bits must be zero. A file's chunks follow its ENTRY on the same lane, in order, then
 //! its FILE_END. A resumed file's ENTRY is followed by RESUME_AT, and its chunks start at that
 //! offset. A HOLE stands for a run of zeros the sender's file does not store (a sparse file),
-//! in place of CHUNKs: the receiver leaves a hole too. LANE_END is the last record; a lane
-//! that ends without it was cut.
+//! in place of CHUNKs: the receiver leaves a hole too. XATTRS, when the sender keeps extended
+//! attributes, comes right after the ENTRY of a file or directory it belongs to (before any
+//! RESUME_AT or CHUNK), at most once, and holds only `user.` attributes. LANE_END is the last
+//! record; a lane that ends without it was cut.
 
 use serde::{Deserialize, Serialize};
 
@@ -48,6 +51,25 @@ const TYPE_FILE_END: u8 = 0x03;
 const TYPE_LANE_END: u8 = 0x04;
 const TYPE_RESUME_AT: u8 = 0x05;
 const TYPE_HOLE: u8 = 0x06;
+const TYPE_XATTRS: u8 = 0x07;
+
+/// Cap on the encoded XATTRS record of one entry (it fits the smallest frame a receiver
+/// accepts); attributes beyond it are not sent.
+pub const MAX_XATTRS_RECORD: usize = 15 << 10;
+/// Cap on the attributes of one entry.
+pub const MAX_XATTRS: usize = 256;
+/// The only namespace sent: what an unprivileged user may set. `security.`, `trusted.` and
+/// `system.` (ACLs, capabilities, SELinux labels) are never sent nor accepted.
+pub const XATTR_NAMESPACE: &str = "user.";
+
+/// One extended attribute (`send --xattrs`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Xattr {
+    /// Its full name, `user.` included (at most 255 bytes, as Linux allows).
+    pub name: String,
+    /// Its value.
+    pub value: Vec<u8>,
+}
 
 /// One item of the manifest.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -144,6 +166,13 @@ pub enum Record<'a> {
         /// Its length (at least 1).
         len: u64,
     },
+    /// The extended attributes of the entry just sent.
+    Xattrs {
+        /// The entry's id.
+        entry_id: u64,
+        /// Its attributes (`user.` ones only).
+        attrs: Vec<Xattr>,
+    },
 }
 
 impl Record<'_> {
@@ -177,6 +206,11 @@ impl Record<'_> {
                 out.extend_from_slice(&file_id.to_be_bytes());
                 out.extend_from_slice(&offset.to_be_bytes());
                 out.extend_from_slice(&len.to_be_bytes());
+            }
+            Record::Xattrs { entry_id, attrs } => {
+                out.push(TYPE_XATTRS);
+                out.extend_from_slice(&entry_id.to_be_bytes());
+                to_postcard(attrs, out);
             }
         }
     }
@@ -232,6 +266,19 @@ impl Record<'_> {
                 }
                 Ok(Record::Hole { file_id: be_u64(&body[..8]), offset: be_u64(&body[8..16]), len })
             }
+            TYPE_XATTRS => {
+                if rest.len() + 1 > MAX_XATTRS_RECORD {
+                    return Err(DecodeError::TooLong {
+                        what: "xattrs record",
+                        len: rest.len() + 1,
+                        max: MAX_XATTRS_RECORD,
+                    });
+                }
+                let (id, list) = rest.split_at_checked(8).ok_or(DecodeError::Truncated)?;
+                let attrs: Vec<Xattr> = from_postcard(list)?;
+                validate_xattrs(&attrs)?;
+                Ok(Record::Xattrs { entry_id: be_u64(id), attrs })
+            }
             other => Err(DecodeError::UnknownType(other)),
         }
     }
@@ -281,6 +328,28 @@ impl Entry {
         }
         Ok(())
     }
+}
+
+/// Checks a list of extended attributes: at most [`MAX_XATTRS`], each a `user.` name of at
+/// most 255 bytes with no NUL, no name twice.
+pub fn validate_xattrs(attrs: &[Xattr]) -> Result<(), DecodeError> {
+    if attrs.is_empty() || attrs.len() > MAX_XATTRS {
+        return Err(DecodeError::Invalid("xattr count"));
+    }
+    let mut names = std::collections::HashSet::new();
+    for a in attrs {
+        let ok = a.name.len() > XATTR_NAMESPACE.len()
+            && a.name.len() <= 255
+            && a.name.starts_with(XATTR_NAMESPACE)
+            && !a.name.contains('\0');
+        if !ok {
+            return Err(DecodeError::Invalid("xattr name"));
+        }
+        if !names.insert(a.name.as_str()) {
+            return Err(DecodeError::Invalid("xattr named twice"));
+        }
+    }
+    Ok(())
 }
 
 fn be_u64(b: &[u8]) -> u64 {
@@ -359,6 +428,11 @@ mod tests {
             hex_of(&Record::Hole { file_id: 5, offset: 1 << 20, len: 4096 }),
             "06000000000000000500000000001000000000000000001000"
         );
+        let attrs = vec![Xattr { name: "user.a".into(), value: b"xy".to_vec() }];
+        assert_eq!(
+            hex_of(&Record::Xattrs { entry_id: 5, attrs }),
+            "0700000000000000050106757365722e61027879"
+        );
     }
 
     #[test]
@@ -422,5 +496,39 @@ mod tests {
         fn random_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
             let _ = Record::decode(&bytes);
         }
+    }
+
+    #[test]
+    fn xattrs_records_hold_user_attributes_only() {
+        let record = |attrs: Vec<Xattr>| {
+            let mut out = Vec::new();
+            Record::Xattrs { entry_id: 1, attrs }.encode(&mut out);
+            out
+        };
+        let attr = |name: &str| Xattr { name: name.into(), value: vec![1] };
+        let ok = record(vec![attr("user.a"), attr("user.b")]);
+        assert!(
+            matches!(Record::decode(&ok), Ok(Record::Xattrs { entry_id: 1, attrs }) if attrs.len() == 2)
+        );
+        for (attrs, why) in [
+            (vec![], "empty list"),
+            (vec![attr("security.selinux")], "another namespace"),
+            (vec![attr("trusted.x")], "another namespace"),
+            (vec![attr("system.posix_acl_access")], "an ACL"),
+            (vec![attr("user.")], "no name after the namespace"),
+            (vec![attr("user.a\0b")], "a NUL"),
+            (vec![attr(&format!("user.{}", "n".repeat(251)))], "over 255 bytes"),
+            (vec![attr("user.a"), attr("user.a")], "a name twice"),
+        ] {
+            assert!(Record::decode(&record(attrs)).is_err(), "refused: {why}");
+        }
+        let many: Vec<Xattr> = (0..=MAX_XATTRS).map(|i| attr(&format!("user.{i}"))).collect();
+        assert!(Record::decode(&record(many)).is_err(), "too many");
+        let big = vec![Xattr { name: "user.big".into(), value: vec![0; MAX_XATTRS_RECORD] }];
+        assert!(
+            matches!(Record::decode(&record(big)), Err(DecodeError::TooLong { .. })),
+            "over the record's cap"
+        );
+        assert!(matches!(Record::decode(&[TYPE_XATTRS, 0, 0]), Err(DecodeError::Truncated)));
     }
 }

@@ -497,7 +497,9 @@ fn in_namespace(inner: &str, setup: &[&[&str]]) {
     }
 
     let exe = std::env::current_exe().unwrap();
-    let test = format!("net::discovery::tests::{inner}");
+    // The test's name as libtest knows it: its module path without the crate's name.
+    let module = module_path!().split_once("::").map_or("", |(_, rest)| rest);
+    let test = format!("{module}::{inner}");
     let out = Command::new("ip")
         .args(["netns", "exec", &name])
         .arg(&exe)

@@ -411,6 +411,23 @@ impl Dest {
         Ok(())
     }
 
+    /// Gives the directory at `rel` (made by this transfer or already there) these extended
+    /// attributes, through a handle that follows no link.
+    pub fn set_dir_xattrs(
+        &self,
+        rel: &RelPath,
+        attrs: &[crate::wire::data::Xattr],
+    ) -> Result<(), FsError> {
+        use xattr::FileExt;
+        let parent = self.dir_of(rel, rel.dir(), false)?;
+        let path = || parent.path.join(rel.name());
+        let dir = parent.open_dir(rel.name()).map_err(|e| classify(&path(), e))?;
+        for a in attrs {
+            dir.set_xattr(&a.name, &a.value).map_err(|e| classify(&path(), e))?;
+        }
+        Ok(())
+    }
+
     /// Create a symlink at `rel` pointing to `target`, stored verbatim and never followed here.
     /// With `overwrite`, an existing non-directory is replaced atomically.
     pub fn symlink(&self, rel: &RelPath, target: &str, overwrite: bool) -> Result<(), FsError> {

@@ -146,6 +146,13 @@ impl PartFile {
         finished.install()
     }
 
+    /// Gives the file these extended attributes (`send --xattrs`); the first that cannot be
+    /// set ends it (the file system may not support them).
+    pub fn set_xattrs(&self, attrs: &[crate::wire::data::Xattr]) -> std::io::Result<()> {
+        use xattr::FileExt;
+        attrs.iter().try_for_each(|a| self.file.set_xattr(&a.name, &a.value))
+    }
+
     /// The whole file arrived and its hash `root` matched: sets `mtime`, closes the file and
     /// journals it as complete; making it durable, giving it `mode` and putting it in place is
     /// left to [`Dest::commit_all`](super::Dest::commit_all), which does that for many files

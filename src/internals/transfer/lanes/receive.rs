@@ -16,7 +16,7 @@ use super::{COMMIT_BYTES, COMMIT_FILES, READ_BUDGET, READ_DEPTH};
 use crate::error::ErrorKind;
 use crate::proto::{LaneEvent, LaneReader};
 use crate::wire::control::{Offer, Summary, MAX_HARDLINK_BYTES};
-use crate::wire::data::{Entry, EntryKind, CHUNK_HEADER_LEN};
+use crate::wire::data::{Entry, EntryKind, Xattr, CHUNK_HEADER_LEN};
 use crate::wire::frame;
 
 /// Permission bits a received file or directory never gets: group and other write. The
@@ -124,6 +124,8 @@ pub struct Sink {
     /// record instead of applying what is still queued (a queued message may hold many
     /// compressed records, each up to a chunk of writing).
     abandoned: std::sync::atomic::AtomicBool,
+    /// Set once extended attributes could not be kept (told once per transfer).
+    xattrs_warned: std::sync::atomic::AtomicBool,
 }
 
 impl Sink {
@@ -164,6 +166,7 @@ impl Sink {
             targets: Mutex::new(LinkTargets::new(offer)),
             links: Mutex::default(),
             abandoned: std::sync::atomic::AtomicBool::new(false),
+            xattrs_warned: std::sync::atomic::AtomicBool::new(false),
             rate: None,
             observer: None,
         }
@@ -174,6 +177,22 @@ impl Sink {
         match &self.target {
             Target::Dir(dest) => Some(dest),
             Target::Pipe(_) => None,
+        }
+    }
+
+    /// Extended attributes of `path` could not be set (the file system may not take them):
+    /// the data is kept, and the person is told, once.
+    fn xattrs_lost(&self, path: &dyn std::fmt::Display, why: &str) {
+        use std::sync::atomic::Ordering;
+        tracing::debug!(%path, why, "extended attributes not kept");
+        if self.xattrs_warned.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        if let Some(observer) = &self.observer {
+            observer.note(Note::Warning(format!(
+                "extended attributes of {path} (and of any later entry that fails alike) were \
+                 not kept: {why}"
+            )));
         }
     }
 
@@ -486,6 +505,9 @@ fn apply_records(
     finished: &mut Vec<Finished>,
 ) -> Result<Summary, TransferError> {
     let mut open: Option<Open> = None;
+    // The directory just entered (its XATTRS may follow), and the open file's attributes.
+    let mut last_dir: Option<RelPath> = None;
+    let mut attrs: Option<Vec<Xattr>> = None;
     let mut finished_bytes = 0;
     let mut totals = Summary::default();
     while let Some(item) = rx.blocking_recv() {
@@ -507,8 +529,20 @@ fn apply_records(
                 }
                 Err(e) => return Err(e.into()),
             };
+            let dir = last_dir.take();
             match event {
+                LaneEvent::Xattrs(list) => match (dir, &open) {
+                    (Some(rel), _) => {
+                        if let Err(e) = sink.dir()?.set_dir_xattrs(&rel, &list) {
+                            sink.xattrs_lost(&rel, &e.to_string());
+                        }
+                    }
+                    (None, Some(Open::Pending { .. })) => attrs = Some(list),
+                    // Into a pipe: no file to keep them.
+                    _ => {}
+                },
                 LaneEvent::Entry(entry) => {
+                    attrs = None;
                     let (rel, resumable) = sink.check(&entry)?;
                     totals.entries += 1;
                     let mtime = entry.mtime.and_then(walk::system_time);
@@ -527,6 +561,7 @@ fn apply_records(
                             let theirs = !dest.made(&rel) && dest.inspect(&rel)? == Found::Dir;
                             dest.create_dir(&rel)?;
                             let mode = (!theirs).then_some(entry.mode & MODE_MASK);
+                            last_dir = Some(rel.clone());
                             sink.dirs.lock().map_err(|_| poisoned())?.insert(rel, (mode, mtime));
                         }
                         EntryKind::Symlink { target } => {
@@ -603,6 +638,11 @@ fn apply_records(
                     let Some(Open::Writing { part, entry }) = open.take() else {
                         return Err(TransferError::internal("file end without an open file"));
                     };
+                    if let Some(list) = attrs.take() {
+                        if let Err(e) = part.set_xattrs(&list) {
+                            sink.xattrs_lost(&entry.path, &e.to_string());
+                        }
+                    }
                     let size = part.written();
                     finished.push(part.finish(
                         entry.mode & MODE_MASK,
