@@ -25,17 +25,20 @@ async fn main() -> std::process::ExitCode {
         // Names come from the other side: escaped before they reach the terminal.
         let names: Vec<String> = offer.names.iter().map(|n| printable(n)).collect();
         eprintln!("Offered {} file(s), {} bytes: {}", offer.files, offer.bytes, names.join(", "));
-        offer.bytes <= LIMIT
+        // A stream's size is not known until it ends.
+        !offer.stream && offer.bytes <= LIMIT
     });
     let mut transfer = match receiver.start() {
         Ok(transfer) => transfer,
         Err(e) => {
-            eprintln!("error: {e}");
+            eprintln!("error: {}", printable(&e.message));
             return std::process::ExitCode::from(e.kind.exit_code());
         }
     };
     while let Some(event) = transfer.next_event().await {
-        eprintln!("{}", event.to_json());
+        // JSON escapes only some control characters: the peer's strings are made safe for a
+        // terminal too.
+        eprintln!("{}", printable(&event.to_json()));
     }
     match transfer.wait().await {
         Ok(finished) => {

@@ -8,7 +8,7 @@
 //!
 //! Receive with `p2p-copy receive CODE` or `cargo run --example receive -- CODE`.
 
-use p2p_copy::{Event, Sender};
+use p2p_copy::{printable, Event, Sender};
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
@@ -24,7 +24,7 @@ async fn main() -> std::process::ExitCode {
     let mut transfer = match sender.start() {
         Ok(transfer) => transfer,
         Err(e) => {
-            eprintln!("error: {e}");
+            eprintln!("error: {}", printable(&e.message));
             return std::process::ExitCode::from(e.kind.exit_code());
         }
     };
@@ -33,11 +33,13 @@ async fn main() -> std::process::ExitCode {
     loop {
         tokio::select! {
             event = transfer.next_event() => match event {
+                // JSON escapes only some control characters: the peer's strings are made
+                // safe for a terminal too.
                 Some(event @ (Event::Done(_) | Event::Error { .. })) => {
-                    println!("{}", event.to_json());
+                    println!("{}", printable(&event.to_json()));
                     break;
                 }
-                Some(event) => println!("{}", event.to_json()),
+                Some(event) => println!("{}", printable(&event.to_json())),
                 None => break,
             },
             _ = tokio::signal::ctrl_c() => transfer.stop(),

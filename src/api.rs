@@ -72,6 +72,33 @@ struct Shared {
     window: Option<u32>,
 }
 
+/// Longest a sender waits for its receiver (as `send --wait`).
+const MAX_SEND_WAIT: Duration = Duration::from_secs(30 * 24 * 3600);
+/// Longest a receiver looks for its sender (as `receive --wait`).
+const MAX_RECEIVE_WAIT: Duration = Duration::from_secs(24 * 3600);
+/// Longest either side tries to reconnect (as `--reconnect-wait`).
+const MAX_RECONNECT_WAIT: Duration = Duration::from_secs(7 * 24 * 3600);
+
+fn usage(message: impl Into<String>) -> Error {
+    TransferError::new(ErrorKind::Usage, message)
+}
+
+impl Shared {
+    /// Checks the options against the command line's ranges.
+    fn check(&self, max_wait: Duration) -> Result<(), Error> {
+        if self.wait.is_some_and(|w| w.is_zero() || w > max_wait) {
+            return Err(usage(format!("the wait must be 1 s to {} s", max_wait.as_secs())));
+        }
+        if self.reconnect_wait.is_some_and(|w| w > MAX_RECONNECT_WAIT) {
+            return Err(usage("the reconnect wait must be at most a week"));
+        }
+        if self.window.is_some_and(|w| !(1 << 20..=1 << 30).contains(&w)) {
+            return Err(usage("the window must be 1 MiB to 1 GiB"));
+        }
+        Ok(())
+    }
+}
+
 /// Sends files, a text or a stream to one [`Receiver`]: the library's `p2p-copy send`.
 ///
 /// Build it from what to send, set options, then [`Sender::start`] it inside a tokio runtime
@@ -152,7 +179,8 @@ impl Sender {
         Sender::with(Source::Text(text.into()))
     }
 
-    /// Sends `data` as one file called `name` (a single path component).
+    /// Sends `data` as one file called `name` (a single path component). It goes as a stream
+    /// ([`Sender::reader`]): the offer does not show its size.
     pub fn bytes(name: impl Into<String>, data: impl Into<Vec<u8>>) -> Sender {
         let reader = Box::new(std::io::Cursor::new(data.into()));
         Sender::with(Source::Stream { name: name.into(), reader })
@@ -279,6 +307,11 @@ impl Sender {
                 .map_err(|e| TransferError::new(ErrorKind::Usage, e.to_string()))?,
             None => fresh_code(self.code_words)?,
         };
+        self.shared.check(MAX_SEND_WAIT)?;
+        let paths = matches!(self.source, Source::Paths(_));
+        if !paths && (self.checksum || self.xattrs || !self.exclude.is_empty()) {
+            return Err(usage("exclude, checksum and xattrs apply to paths only"));
+        }
         let mut opts = SendOptions::new(Vec::new(), code);
         match self.source {
             Source::Paths(paths) => opts.paths = paths,
@@ -331,6 +364,10 @@ impl Sender {
     /// Starts the transfer on the current tokio runtime: checks the options, makes (or
     /// checks) the code and returns at once; the transfer runs until the receiver is served,
     /// the wait runs out, or it is stopped.
+    ///
+    /// # Panics
+    ///
+    /// Outside a tokio runtime.
     pub fn start(self) -> Result<Transfer, Error> {
         let mut opts = self.into_options()?;
         let code = opts.code.to_string();
@@ -363,7 +400,8 @@ type Decide = Arc<dyn Fn(&OfferSummary) -> bool + Send + Sync>;
 /// # async fn run() -> Result<(), p2p_copy::Error> {
 /// let transfer = p2p_copy::Receiver::new("7-guitar-nebula-crayon")
 ///     .into_dir("downloads")
-///     .on_offer(|offer| offer.bytes < 1 << 30)
+///     // A stream's size is not known before it ends: refuse those too.
+///     .on_offer(|offer| !offer.stream && offer.bytes < 1 << 30)
 ///     .start()?;
 /// let finished = transfer.wait().await?;
 /// println!("{} files", finished.report.files);
@@ -411,8 +449,8 @@ impl Receiver {
         self
     }
 
-    /// Writes the offer's one file into `writer` (`--stdout`); an offer of anything else is
-    /// refused and nothing is written.
+    /// Writes the offer's one file into `writer` (`--stdout`), and shuts it down at the
+    /// file's end; an offer of anything else is refused and nothing is written.
     pub fn into_writer(mut self, writer: impl AsyncWrite + Send + Unpin + 'static) -> Receiver {
         self.sink = Sink::AsyncWriter(Box::new(writer));
         self
@@ -428,8 +466,9 @@ impl Receiver {
         self
     }
 
-    /// Keeps the offer's one file in memory, in [`Finished::data`]; an offer of anything else
-    /// is refused, and a file over `limit` bytes fails the transfer.
+    /// Keeps the offer's one file in memory, in [`Finished::data`]; an offer of anything else,
+    /// or of a file over `limit` bytes, is refused, and a stream that grows past `limit` fails
+    /// the transfer ([`ErrorKind::Io`]).
     pub fn into_memory(mut self, limit: usize) -> Receiver {
         self.sink = Sink::Memory(limit);
         self
@@ -437,7 +476,8 @@ impl Receiver {
 
     /// Decides on the offer: `decide` sees what is offered and what the destination holds
     /// already, and returns whether to accept. It runs on a blocking thread, so it may ask a
-    /// person.
+    /// person. A stream's size is not known (`offer.stream`, `offer.bytes` 0); a text is
+    /// not asked about (it writes nothing).
     pub fn on_offer(
         mut self,
         decide: impl Fn(&OfferSummary) -> bool + Send + Sync + 'static,
@@ -496,6 +536,10 @@ impl Receiver {
 
     /// Starts the transfer on the current tokio runtime (the multi-threaded one: files are
     /// written on blocking threads) and returns at once.
+    ///
+    /// # Panics
+    ///
+    /// Outside a tokio runtime.
     pub fn start(self) -> Result<Transfer, Error> {
         let (mut opts, decide, memory) = self.into_options()?;
         let (handle, stop) = Stop::new();
@@ -511,6 +555,7 @@ impl Receiver {
     pub(crate) fn into_options(
         self,
     ) -> Result<(ReceiveOptions, Option<Decide>, Option<Arc<Mutex<Vec<u8>>>>), Error> {
+        self.shared.check(MAX_RECEIVE_WAIT)?;
         let code = Code::parse(&self.code)
             .map_err(|e| TransferError::new(ErrorKind::Usage, e.to_string()))?;
         let out = match &self.sink {
@@ -519,18 +564,31 @@ impl Receiver {
         };
         let mut opts = ReceiveOptions::new(code, out);
         let mut memory = None;
+        let sink_limit = match &self.sink {
+            Sink::Memory(limit) => Sink::Memory(*limit),
+            _ => Sink::Dir(PathBuf::new()),
+        };
         opts.pipe = match self.sink {
             Sink::Dir(_) => None,
             Sink::Writer(w) => Some(Pipe::new(w)),
-            Sink::AsyncWriter(w) => Some(Pipe::new(Box::new(SyncIoBridge::new(w)))),
+            Sink::AsyncWriter(w) => Some(Pipe::new(Box::new(Closing(SyncIoBridge::new(w))))),
             Sink::Memory(limit) => {
                 let buffer = Memory::new(limit);
                 memory = Some(buffer.0.clone());
                 Some(Pipe::new(Box::new(buffer)))
             }
         };
-        opts.yes = self.decide.is_none();
-        opts.interactive = self.decide.is_some();
+        let mut decide = self.decide;
+        if let Sink::Memory(limit) = sink_limit {
+            // A file known to be too large is refused before a byte moves.
+            let inner = decide.take();
+            decide = Some(Arc::new(move |offer: &OfferSummary| {
+                (offer.stream || offer.bytes <= limit as u64)
+                    && inner.as_ref().is_none_or(|decide| decide(offer))
+            }));
+        }
+        opts.yes = decide.is_none();
+        opts.interactive = decide.is_some();
         opts.overwrite = self.overwrite;
         opts.checksum = self.checksum;
         let s = self.shared;
@@ -544,7 +602,7 @@ impl Receiver {
         if let Some(window) = s.window {
             opts.tuning = opts.tuning.with_window(window);
         }
-        Ok((opts, self.decide, memory))
+        Ok((opts, decide, memory))
     }
 }
 
@@ -566,12 +624,29 @@ impl std::io::Write for Memory {
                 self.1
             )));
         }
+        data.try_reserve_exact(buf.len()).map_err(std::io::Error::other)?;
         data.extend_from_slice(buf);
         Ok(buf.len())
     }
 
     fn flush(&mut self) -> std::io::Result<()> {
         Ok(())
+    }
+}
+
+/// An async writer's bridge that also shuts the writer down when the file is complete (the
+/// receiver flushes once, at the file's end), so that encoders and TLS streams write their
+/// tail.
+struct Closing<W: AsyncWrite + Unpin>(SyncIoBridge<W>);
+
+impl<W: AsyncWrite + Unpin> std::io::Write for Closing<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.write(buf)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.flush()?;
+        self.0.shutdown()
     }
 }
 
@@ -598,6 +673,10 @@ pub struct Transfer {
     progress: Arc<Progress>,
     task: Option<tokio::task::JoinHandle<Result<Finished, Error>>>,
     ended: Option<Result<Finished, Error>>,
+    /// The shared observer, for the count of dropped events.
+    feed: Arc<Feed>,
+    /// The last event (done or error) was given.
+    told_end: bool,
 }
 
 impl Transfer {
@@ -617,13 +696,14 @@ impl Transfer {
         let progress = Progress::new();
         let driver = run(feed.clone() as Arc<dyn Observer>, progress.clone());
         let watched = progress.clone();
+        let shared = feed.clone();
         let task = tokio::spawn(async move {
             let result = tokio::select! {
                 result = driver => result,
                 never = feed.tick(&watched) => match never {},
             };
-            feed.push(Event::end(&result));
-            // The last event is queued: the channel closes with it.
+            // The queue closes; its last event (done or error) is made from the result, so
+            // that a full queue cannot lose it.
             feed.tx.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
             let report = result?;
             let text = feed.text.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
@@ -632,7 +712,16 @@ impl Transfer {
             });
             Ok(Finished { report, text, data })
         });
-        Transfer { code, events, stop, progress, task: Some(task), ended: None }
+        Transfer {
+            code,
+            events,
+            feed: shared,
+            stop,
+            progress,
+            task: Some(task),
+            ended: None,
+            told_end: false,
+        }
     }
 
     /// The code: the sender's to hand to the receiver (generated or chosen), the receiver's
@@ -649,29 +738,37 @@ impl Transfer {
     /// The next event; `None` once the transfer has ended and its last event (`done` or
     /// `error`) was read. Events not read in time are dropped ([`Event::Lagged`]).
     pub async fn next_event(&mut self) -> Option<Event> {
-        loop {
-            let Some(task) = self.task.as_mut() else {
-                // Ended: what is still queued, then nothing.
-                return self.events.try_recv().ok();
-            };
+        while let Some(task) = self.task.as_mut() {
             let ended = tokio::select! {
                 biased;
                 event = self.events.recv() => match event {
                     Some(event) => return Some(event),
-                    // Closed: the last event was read; the task is ending.
+                    // Closed: the transfer is ending.
                     None => None,
                 },
                 ended = &mut *task => Some(ended),
             };
             let ended = match ended {
                 Some(ended) => ended,
-                None => match self.task.as_mut() {
-                    Some(task) => task.await,
-                    None => continue,
-                },
+                None => task.await,
             };
             self.end(ended);
         }
+        // Ended: what is still queued, how much was dropped, then the end.
+        if let Ok(event) = self.events.try_recv() {
+            return Some(event);
+        }
+        let missed = self.feed.missed.swap(0, Ordering::Relaxed);
+        if missed > 0 {
+            return Some(Event::Lagged { missed });
+        }
+        if std::mem::replace(&mut self.told_end, true) {
+            return None;
+        }
+        self.ended.as_ref().map(|ended| match ended {
+            Ok(finished) => Event::Done(Summary::from(&finished.report)),
+            Err(e) => Event::Error { kind: e.kind, message: e.message.clone() },
+        })
     }
 
     fn end(&mut self, ended: Result<Result<Finished, Error>, tokio::task::JoinError>) {
@@ -715,6 +812,12 @@ struct Feed {
     text: Mutex<Option<String>>,
     /// Once accepted: the bytes to move, if known.
     total: Mutex<Option<Option<u64>>>,
+}
+
+impl std::fmt::Debug for Feed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Feed").field("missed", &self.missed).finish_non_exhaustive()
+    }
 }
 
 impl Feed {

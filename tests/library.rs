@@ -252,3 +252,65 @@ async fn a_stream_may_pause_longer_than_the_stall_watchdog() {
     let got = std::fs::read(fx.path("out/log")).unwrap();
     assert!(got == [first, second].concat(), "the stream arrived whole, in order");
 }
+
+/// A program that reads its events late loses the ones past the queue, is told how many,
+/// and still gets the last one (`done`): the transfer never waits for its watcher.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_reader_is_told_what_it_missed_and_still_gets_the_end() {
+    let fx = Fixture::new();
+    let files = p2p_copy::EVENT_QUEUE + 200;
+    for i in 0..files {
+        write_file(&fx.path(&format!("src/d{}/f{i}", i % 10)), b"x");
+    }
+    let mut sender =
+        Sender::paths([fx.path("src")]).code(&fx.code).discovery_port(fx.port).start().unwrap();
+    let receiver =
+        Receiver::new(&fx.code).into_dir(fx.path("out")).discovery_port(fx.port).start().unwrap();
+    assert_eq!(receiver.wait().await.unwrap().report.files, files as u64);
+    // The sender ends right after the receiver; its events were not read meanwhile.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut events = Vec::new();
+    while let Some(event) = sender.next_event().await {
+        events.push(event);
+    }
+    let seen = events.iter().filter(|e| matches!(e, Event::File { .. })).count();
+    let missed: u64 = events
+        .iter()
+        .map(|e| match e {
+            Event::Lagged { missed, .. } => *missed,
+            _ => 0,
+        })
+        .sum();
+    assert!(missed > 0, "some were dropped: {} events read", events.len());
+    assert!(seen as u64 + missed >= files as u64, "{seen} seen, {missed} missed");
+    assert!(matches!(events.last(), Some(Event::Done(_))), "the end is never dropped");
+    assert!(sender.wait().await.is_ok());
+}
+
+/// A memory sink refuses a file it cannot hold before a byte moves, and the builders hold
+/// their options to the command line's ranges.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_are_checked_before_anything_moves() {
+    let mut fx = Fixture::new();
+    random_file(&fx.path("big.bin"), 100_000, &mut fx.rng);
+    let sender =
+        Sender::paths([fx.path("big.bin")]).code(&fx.code).discovery_port(fx.port).start().unwrap();
+    let receiver =
+        Receiver::new(&fx.code).into_memory(10_000).discovery_port(fx.port).start().unwrap();
+    let (sent, received) = tokio::join!(sender.wait(), receiver.wait());
+    assert_eq!(received.unwrap_err().kind, ErrorKind::Refused);
+    assert_eq!(sent.unwrap_err().kind, ErrorKind::Refused);
+
+    for (what, e) in [
+        ("no wait", Sender::text("t").wait(Duration::ZERO).start().unwrap_err()),
+        ("a zero window", Sender::text("t").window(0).start().unwrap_err()),
+        ("exclude with a text", Sender::text("t").exclude("*.o").start().unwrap_err()),
+        ("xattrs with bytes", Sender::bytes("b", vec![1]).xattrs(true).start().unwrap_err()),
+        (
+            "a day and more",
+            Receiver::new(&fx.code).wait(Duration::from_secs(86_401)).start().unwrap_err(),
+        ),
+    ] {
+        assert_eq!(e.kind, ErrorKind::Usage, "{what}: {e}");
+    }
+}

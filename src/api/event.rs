@@ -7,13 +7,13 @@ use serde::Serialize;
 
 use crate::error::ErrorKind;
 use crate::transfer::survey::Present;
-use crate::transfer::{FileOutcome, Link, Note, PathKind, Progress, Report, TransferError};
+use crate::transfer::{FileOutcome, Link, Note, PathKind, Progress, Report};
 use crate::wire::control::Offer;
 
 /// Something that happened in a transfer, in the order it happened.
 ///
 /// These are the events `p2p-copy --json` prints, one JSON object per line with the variant's
-/// name in snake case under `"event"` and the fields beside it (`docs/cli.md`, "Events"):
+/// name in snake case under `"event"` and the fields beside it (`docs/cli.md`, "JSON events"):
 /// serializing an `Event` with serde gives that line. Strings that came from the peer (names,
 /// texts, warnings, reasons) are as the peer sent them: escape them before showing them on a
 /// terminal.
@@ -139,9 +139,6 @@ pub struct OfferSummary {
     pub present_files: u64,
     /// Partial copies the destination holds, to be continued.
     pub partial_files: u64,
-    /// The offer is a text message (`send --text`), not files.
-    #[serde(skip)]
-    pub text: bool,
     /// The offer holds a stream of unknown size (`send -`).
     #[serde(skip)]
     pub stream: bool,
@@ -159,7 +156,6 @@ impl OfferSummary {
             present_bytes: present.bytes,
             present_files: present.files,
             partial_files: present.partial,
-            text: offer.text.is_some(),
             stream: offer.streams > 0,
         }
     }
@@ -311,14 +307,6 @@ impl Event {
             Note::File { path, bytes, outcome } => {
                 Event::File { path: (*path).to_owned(), bytes: *bytes, outcome: *outcome }
             }
-        }
-    }
-
-    /// The last event of a transfer that ended with `result`.
-    pub(crate) fn end(result: &Result<Report, TransferError>) -> Event {
-        match result {
-            Ok(report) => Event::Done(Summary::from(report)),
-            Err(e) => Event::Error { kind: e.kind, message: e.message.clone() },
         }
     }
 

@@ -135,6 +135,7 @@ impl StopHandle {
 /// A failed transfer: what kind of failure (for the exit code) and a sentence for the user.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{message}")]
+#[non_exhaustive]
 pub struct TransferError {
     /// The kind.
     pub kind: ErrorKind,
@@ -614,6 +615,8 @@ pub struct Progress {
     bytes: AtomicU64,
     wire: AtomicU64,
     records: AtomicU64,
+    /// Readers now waiting for a stream's producer (`send -`).
+    awaiting: AtomicU64,
     first_byte: std::sync::OnceLock<std::time::Instant>,
     link: std::sync::Mutex<Link>,
 }
@@ -739,6 +742,21 @@ impl Progress {
     fn records(&self) -> u64 {
         self.records.load(Ordering::Relaxed)
     }
+
+    /// Runs `read`, a read of a stream's input, counting the wait as progress: a producer
+    /// may pause as long as it likes (`tail -f | p2p-copy send -`) without the stall
+    /// watchdog taking it for a stuck transfer.
+    pub(crate) fn awaiting_input<T>(&self, read: impl FnOnce() -> T) -> T {
+        self.awaiting.fetch_add(1, Ordering::Relaxed);
+        let result = read();
+        self.awaiting.fetch_sub(1, Ordering::Relaxed);
+        self.touch();
+        result
+    }
+
+    fn is_awaiting_input(&self) -> bool {
+        self.awaiting.load(Ordering::Relaxed) > 0
+    }
 }
 
 /// Resolves (with an error) once `progress` has not moved for `limit`; never otherwise.
@@ -749,7 +767,7 @@ pub(crate) async fn stalled(progress: &Progress, limit: Duration) -> TransferErr
     loop {
         tokio::time::sleep(step).await;
         let now = progress.records();
-        if now != last {
+        if now != last || progress.is_awaiting_input() {
             last = now;
             since = tokio::time::Instant::now();
         } else if since.elapsed() >= limit {

@@ -445,7 +445,9 @@ impl Worker {
         let mut sent = 0u64;
         loop {
             let mut out = vec![0; CHUNK_PAYLOAD_AT + self.chunk];
-            let n = match input.read(&mut out[CHUNK_PAYLOAD_AT..]) {
+            // Waiting for the producer is not a stall (`tail -f | p2p-copy send -`).
+            let read = progress.awaiting_input(|| input.read(&mut out[CHUNK_PAYLOAD_AT..]));
+            let n = match read {
                 Ok(n) => n,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(e) => {

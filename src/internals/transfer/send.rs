@@ -487,9 +487,9 @@ async fn run(
                 return Err(e);
             }
         },
-        // A stream may pause as long as its producer does (`tail -f | p2p-copy send -`): no
-        // watchdog then; a vanished receiver is still caught by QUIC's idle timeout.
-        e = super::stalled(&progress, opts.stall_timeout), if offer.streams == 0 => {
+        // A stream's producer may pause as long as it likes: the watchdog counts waiting for
+        // it as progress (`Progress::awaiting_input`), and still catches a stuck receiver.
+        e = super::stalled(&progress, opts.stall_timeout) => {
             ctl.report(&e).await;
             return Err(e);
         }
