@@ -99,6 +99,75 @@ impl Shared {
     }
 }
 
+/// The options both builders share, as methods of `$builder`; `$wait` documents `wait`.
+macro_rules! shared_options {
+    ($builder:ident, $wait:literal, $peer:literal) => {
+        impl $builder {
+            #[doc = $wait]
+            pub fn wait(mut self, wait: Duration) -> $builder {
+                self.shared.wait = Some(wait);
+                self
+            }
+
+            /// At most this many bytes per second of data (`--limit-rate`).
+            pub fn limit_rate(mut self, bytes_per_second: u64) -> $builder {
+                self.shared.limit_rate = Some(bytes_per_second).filter(|&r| r > 0);
+                self
+            }
+
+            /// How long to try to reconnect after losing the connection mid-transfer
+            /// (`--reconnect-wait`; default 10 minutes; zero fails at once).
+            pub fn reconnect_wait(mut self, wait: Duration) -> $builder {
+                self.shared.reconnect_wait = Some(wait);
+                self
+            }
+
+            #[doc = concat!("Meets the ", $peer, " through a rendezvous node instead of on the local network.")]
+            pub fn rendezvous(mut self, node: Rendezvous) -> $builder {
+                self.shared.rendezvous = Some(node);
+                self
+            }
+
+            /// The UDP port of local-network discovery (both sides must agree; default 5032 or
+            /// `P2P_COPY_DISCOVERY_PORT`).
+            pub fn discovery_port(mut self, port: u16) -> $builder {
+                self.shared.discovery_port = Some(port);
+                self
+            }
+
+            /// Fixes the flow-control window at `bytes` instead of growing it (`--window`).
+            pub fn window(mut self, bytes: u32) -> $builder {
+                self.shared.window = Some(bytes);
+                self
+            }
+        }
+    };
+}
+
+/// Puts the shared options into the driver's options `$opts`.
+macro_rules! apply_shared {
+    ($shared:expr, $opts:ident) => {{
+        let s = $shared;
+        $opts.limit_rate = s.limit_rate;
+        $opts.wait = s.wait.unwrap_or($opts.wait);
+        $opts.reconnect_wait = s.reconnect_wait.unwrap_or($opts.reconnect_wait);
+        $opts.rendezvous = s.rendezvous;
+        if let Some(port) = s.discovery_port {
+            $opts.discovery.port = port;
+        }
+        if let Some(window) = s.window {
+            $opts.tuning = $opts.tuning.with_window(window);
+        }
+    }};
+}
+
+shared_options!(
+    Sender,
+    "How long to wait for the receiver (`--wait`; default an hour).",
+    "receiver"
+);
+shared_options!(Receiver, "How long to look for the sender (`--wait`; default 30 s).", "sender");
+
 /// Sends files, a text or a stream to one [`Receiver`]: the library's `p2p-copy send`.
 ///
 /// Build it from what to send, set options, then [`Sender::start`] it inside a tokio runtime
@@ -261,44 +330,6 @@ impl Sender {
         self
     }
 
-    /// How long to wait for the receiver (`--wait`; default an hour).
-    pub fn wait(mut self, wait: Duration) -> Sender {
-        self.shared.wait = Some(wait);
-        self
-    }
-
-    /// At most this many bytes per second of data (`--limit-rate`).
-    pub fn limit_rate(mut self, bytes_per_second: u64) -> Sender {
-        self.shared.limit_rate = Some(bytes_per_second).filter(|&r| r > 0);
-        self
-    }
-
-    /// How long to try to reconnect after losing the connection mid-transfer
-    /// (`--reconnect-wait`; default 10 minutes; zero fails at once).
-    pub fn reconnect_wait(mut self, wait: Duration) -> Sender {
-        self.shared.reconnect_wait = Some(wait);
-        self
-    }
-
-    /// Meets the receiver through a rendezvous node instead of on the local network.
-    pub fn rendezvous(mut self, node: Rendezvous) -> Sender {
-        self.shared.rendezvous = Some(node);
-        self
-    }
-
-    /// The UDP port of local-network discovery (both sides must agree; default 5032 or
-    /// `P2P_COPY_DISCOVERY_PORT`).
-    pub fn discovery_port(mut self, port: u16) -> Sender {
-        self.shared.discovery_port = Some(port);
-        self
-    }
-
-    /// Fixes the flow-control window at `bytes` instead of growing it (`--window`).
-    pub fn window(mut self, bytes: u32) -> Sender {
-        self.shared.window = Some(bytes);
-        self
-    }
-
     /// The options of the driver, and the code.
     pub(crate) fn into_options(self) -> Result<SendOptions, Error> {
         let chosen = self.code.is_some();
@@ -347,17 +378,7 @@ impl Sender {
         opts.xattrs = self.xattrs;
         opts.exclude = self.exclude;
         opts.code_chosen = chosen;
-        let s = self.shared;
-        opts.limit_rate = s.limit_rate;
-        opts.wait = s.wait.unwrap_or(opts.wait);
-        opts.reconnect_wait = s.reconnect_wait.unwrap_or(opts.reconnect_wait);
-        opts.rendezvous = s.rendezvous;
-        if let Some(port) = s.discovery_port {
-            opts.discovery.port = port;
-        }
-        if let Some(window) = s.window {
-            opts.tuning = opts.tuning.with_window(window);
-        }
+        apply_shared!(self.shared, opts);
         Ok(opts)
     }
 
@@ -498,42 +519,6 @@ impl Receiver {
         self
     }
 
-    /// How long to look for the sender (`--wait`; default 30 s).
-    pub fn wait(mut self, wait: Duration) -> Receiver {
-        self.shared.wait = Some(wait);
-        self
-    }
-
-    /// At most this many bytes per second of data (`--limit-rate`).
-    pub fn limit_rate(mut self, bytes_per_second: u64) -> Receiver {
-        self.shared.limit_rate = Some(bytes_per_second).filter(|&r| r > 0);
-        self
-    }
-
-    /// How long to try to reconnect after losing the connection mid-transfer.
-    pub fn reconnect_wait(mut self, wait: Duration) -> Receiver {
-        self.shared.reconnect_wait = Some(wait);
-        self
-    }
-
-    /// Meets the sender through a rendezvous node instead of on the local network.
-    pub fn rendezvous(mut self, node: Rendezvous) -> Receiver {
-        self.shared.rendezvous = Some(node);
-        self
-    }
-
-    /// The UDP port of local-network discovery (both sides must agree).
-    pub fn discovery_port(mut self, port: u16) -> Receiver {
-        self.shared.discovery_port = Some(port);
-        self
-    }
-
-    /// Fixes the flow-control window at `bytes` instead of growing it (`--window`).
-    pub fn window(mut self, bytes: u32) -> Receiver {
-        self.shared.window = Some(bytes);
-        self
-    }
-
     /// Starts the transfer on the current tokio runtime (the multi-threaded one: files are
     /// written on blocking threads) and returns at once.
     ///
@@ -591,17 +576,7 @@ impl Receiver {
         opts.interactive = decide.is_some();
         opts.overwrite = self.overwrite;
         opts.checksum = self.checksum;
-        let s = self.shared;
-        opts.limit_rate = s.limit_rate;
-        opts.wait = s.wait.unwrap_or(opts.wait);
-        opts.reconnect_wait = s.reconnect_wait.unwrap_or(opts.reconnect_wait);
-        opts.rendezvous = s.rendezvous;
-        if let Some(port) = s.discovery_port {
-            opts.discovery.port = port;
-        }
-        if let Some(window) = s.window {
-            opts.tuning = opts.tuning.with_window(window);
-        }
+        apply_shared!(self.shared, opts);
         Ok((opts, decide, memory))
     }
 }
