@@ -56,7 +56,7 @@ impl ErrorKind {
     }
 
     /// Every kind, in wire order.
-    pub const ALL: [ErrorKind; 11] = [
+    pub const ALL: &[ErrorKind] = &[
         ErrorKind::Usage,
         ErrorKind::WrongCode,
         ErrorKind::Refused,
@@ -72,7 +72,7 @@ impl ErrorKind {
 
     /// The kind with this [`ErrorKind::as_str`] name.
     pub fn from_name(name: &str) -> Option<ErrorKind> {
-        ErrorKind::ALL.into_iter().find(|k| k.as_str() == name)
+        ErrorKind::ALL.iter().copied().find(|k| k.as_str() == name)
     }
 
     /// The name used in `--json` error events.
@@ -106,7 +106,7 @@ mod tests {
     #[test]
     fn names_round_trip_and_exit_codes_are_distinct() {
         let mut codes = std::collections::HashSet::new();
-        for k in ErrorKind::ALL {
+        for &k in ErrorKind::ALL {
             assert_eq!(ErrorKind::from_name(k.as_str()), Some(k));
             assert!(codes.insert(k.exit_code()), "{k} shares its exit code");
             assert_ne!(k.exit_code(), 0);

@@ -40,8 +40,11 @@
 //! Everything the protocol is made of lives in [`internals`]: public for the command line,
 //! the tests and the fuzzers, unstable, and not meant for programs.
 
+#![warn(missing_docs)]
+
 mod api;
 pub mod error;
+#[allow(missing_docs)]
 pub mod internals;
 
 pub use api::{

@@ -629,11 +629,13 @@ pub struct Link {
     pub path: Option<PathKind>,
     /// QUIC's smoothed round-trip time now.
     pub rtt: Option<Duration>,
-    /// The lowest and the mean round-trip time over the samples.
+    /// The lowest round-trip time over the samples.
     pub rtt_min: Option<Duration>,
+    /// The mean round-trip time over the samples.
     pub rtt_mean: Option<Duration>,
-    /// Packets QUIC declared lost, and packets sent, over the connection's life.
+    /// Packets QUIC declared lost over the connection's life.
     pub lost_packets: u64,
+    /// Packets sent over the connection's life.
     pub sent_packets: u64,
     samples: u64,
 }

@@ -80,6 +80,7 @@ thread_local! {
 /// How the data flowed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum PathKind {
     /// A direct QUIC connection between the peers.
     Direct,
