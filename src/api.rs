@@ -436,6 +436,7 @@ pub struct Receiver {
     decide: Option<Decide>,
     overwrite: bool,
     checksum: bool,
+    xattrs: bool,
     shared: Shared,
 }
 
@@ -459,6 +460,7 @@ impl Receiver {
             decide: None,
             overwrite: false,
             checksum: false,
+            xattrs: true,
             shared: Shared::default(),
         }
     }
@@ -504,6 +506,13 @@ impl Receiver {
         decide: impl Fn(&OfferSummary) -> bool + Send + Sync + 'static,
     ) -> Receiver {
         self.decide = Some(Arc::new(decide));
+        self
+    }
+
+    /// Sets the extended attributes a sender sends with [`Sender::xattrs`] (default on;
+    /// off: `receive --no-xattrs`).
+    pub fn xattrs(mut self, xattrs: bool) -> Receiver {
+        self.xattrs = xattrs;
         self
     }
 
@@ -576,6 +585,7 @@ impl Receiver {
         opts.interactive = decide.is_some();
         opts.overwrite = self.overwrite;
         opts.checksum = self.checksum;
+        opts.xattrs = self.xattrs;
         apply_shared!(self.shared, opts);
         Ok((opts, decide, memory))
     }

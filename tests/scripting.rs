@@ -697,7 +697,8 @@ fn hard_links_arrive_as_hard_links() {
 
 /// `--xattrs` keeps the `user.` extended attributes of files and directories (a value of
 /// several KiB included), and only those: `trusted.` ones (when this test may set them) stay
-/// behind, and without the flag nothing is kept.
+/// behind, a directory that was already at the destination keeps its own, and without the
+/// flag (or with `receive --no-xattrs`) nothing is kept.
 #[test]
 fn extended_attributes_arrive_with_xattrs() {
     let mut fx = Fixture::new();
@@ -712,14 +713,20 @@ fn extended_attributes_arrive_with_xattrs() {
     xattr::set(&file, "user.big", &big).unwrap();
     xattr::set(src.join("sub"), "user.dir", b"d").unwrap();
     let privileged = xattr::set(&file, "trusted.secret", b"s").is_ok();
-    for keep in [true, false] {
-        let out = fx.path(if keep { "with" } else { "without" });
+    // A directory already at the destination is the user's own: it keeps its attributes.
+    std::fs::create_dir_all(fx.path("theirs/src/sub")).unwrap();
+    // The receiver may decline them: `receive --no-xattrs`.
+    for (sent, into) in [(true, "with"), (false, "without"), (true, "theirs"), (true, "declined")] {
+        let out = fx.path(into);
         let mut send: Vec<&OsStr> = vec![src.as_os_str()];
-        if keep {
+        if sent {
             send.push(OsStr::new("--xattrs"));
         }
         let s = fx.send(send);
-        let r = fx.receive(["--yes", "--out", out.to_str().unwrap()]);
+        let mut receive = vec!["--yes", "--out", out.to_str().unwrap()];
+        receive.extend((into == "declined").then_some("--no-xattrs"));
+        let r = fx.receive(receive);
+        let keep = sent && into != "declined";
         let (s, r) = finish_pair(s, r);
         assert_exits(&[(&s, 0), (&r, 0)]);
         let got = out.join("src/sub/data.bin");
@@ -728,10 +735,15 @@ fn extended_attributes_arrive_with_xattrs() {
         if keep {
             assert_eq!(value(&got, "user.origin").as_deref(), Some(&b"lab 7"[..]));
             assert_eq!(value(&got, "user.big"), Some(big.clone()));
-            assert_eq!(value(&out.join("src/sub"), "user.dir").as_deref(), Some(&b"d"[..]));
+            let dir = value(&out.join("src/sub"), "user.dir");
+            if into == "theirs" {
+                assert_eq!(dir, None, "a directory that was there is left as it was");
+            } else {
+                assert_eq!(dir.as_deref(), Some(&b"d"[..]));
+            }
         } else {
-            assert_eq!(value(&got, "user.origin"), None, "not asked for");
-            assert_eq!(value(&out.join("src/sub"), "user.dir"), None, "not asked for");
+            assert_eq!(value(&got, "user.origin"), None, "not sent, or declined");
+            assert_eq!(value(&out.join("src/sub"), "user.dir"), None, "not sent, or declined");
         }
         if privileged {
             assert_eq!(value(&got, "trusted.secret"), None, "only user. attributes travel");

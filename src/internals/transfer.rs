@@ -749,11 +749,17 @@ impl Progress {
     /// may pause as long as it likes (`tail -f | p2p-copy send -`) without the stall
     /// watchdog taking it for a stuck transfer.
     pub(crate) fn awaiting_input<T>(&self, read: impl FnOnce() -> T) -> T {
+        /// Ends the wait however the read ends (a panic included).
+        struct Waiting<'a>(&'a Progress);
+        impl Drop for Waiting<'_> {
+            fn drop(&mut self) {
+                self.0.awaiting.fetch_sub(1, Ordering::Relaxed);
+                self.0.touch();
+            }
+        }
         self.awaiting.fetch_add(1, Ordering::Relaxed);
-        let result = read();
-        self.awaiting.fetch_sub(1, Ordering::Relaxed);
-        self.touch();
-        result
+        let _waiting = Waiting(self);
+        read()
     }
 
     fn is_awaiting_input(&self) -> bool {

@@ -39,6 +39,10 @@ pub struct Args {
     /// sender's (identical ones are skipped either way).
     #[arg(long, env = "P2P_COPY_OVERWRITE", value_parser = clap::builder::FalseyValueParser::new())]
     pub overwrite: bool,
+    /// Ignore the extended attributes a sender sends with `send --xattrs` (they are set by
+    /// default, where the file system takes them).
+    #[arg(long, env = "P2P_COPY_NO_XATTRS", value_parser = clap::builder::FalseyValueParser::new())]
+    pub no_xattrs: bool,
     /// Compare files already in the destination by BLAKE3 hash rather than by size and mtime
     /// (both sides read every such file first).
     #[arg(long, env = "P2P_COPY_CHECKSUM", value_parser = clap::builder::FalseyValueParser::new())]
@@ -76,6 +80,7 @@ pub async fn run(args: Args, stop: Stop) -> Result<(), TransferError> {
     let mut receiver = Receiver::new(typed)
         .into_dir(args.out)
         .overwrite(args.overwrite)
+        .xattrs(!args.no_xattrs)
         .checksum(args.checksum)
         .reconnect_wait(args.reconnect.wait())
         .wait(Duration::from_secs(args.wait));

@@ -272,7 +272,7 @@ impl Worker {
                     self.writer.entry(&job.entry, &mut out);
                     outbox.push(out)?;
                     if let (EntryKind::Dir, Some(reader)) = (&job.entry.kind, &self.xattrs) {
-                        let attrs = reader.of_path(&job.local, &*self.observer);
+                        let attrs = reader.of_dir(&job, &*self.observer);
                         self.send_xattrs(job.entry.id, attrs, &mut outbox)?;
                     }
                 }
@@ -643,9 +643,28 @@ impl XattrReader {
         self.gather(path, names, |name| file.get_xattr(name), observer)
     }
 
-    /// Those of a directory, by its path (a link there is not followed).
-    fn of_path(&self, path: &Path, observer: &dyn super::Observer) -> Vec<Xattr> {
-        self.gather(path, xattr::list(path), |name| xattr::get(path, name), observer)
+    /// Those of a directory of the walk, read through a handle of the very directory the
+    /// walk found (device and inode compared: one swapped in since gives none of its own).
+    fn of_dir(&self, job: &Job, observer: &dyn super::Observer) -> Vec<Xattr> {
+        use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+        use xattr::FileExt;
+        let path = &job.local;
+        let opened = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(rustix::fs::OFlags::DIRECTORY.bits() as i32)
+            .open(path);
+        let dir = match opened.and_then(|d| d.metadata().map(|m| (d, m))) {
+            Ok((dir, meta)) if (meta.dev(), meta.ino()) == job.identity => dir,
+            Ok(_) => {
+                self.left_out(path, "the directory changed while it was sent", observer);
+                return Vec::new();
+            }
+            Err(e) => {
+                self.left_out(path, &e.to_string(), observer);
+                return Vec::new();
+            }
+        };
+        self.gather(path, dir.list_xattr(), |name| dir.get_xattr(name), observer)
     }
 
     fn gather<L: Iterator<Item = std::ffi::OsString>>(
@@ -670,7 +689,13 @@ impl XattrReader {
         // The record's framing: type, id, the list's length.
         let mut size = 1 + 8 + 2;
         for name in names {
-            let Some(text) = name.to_str().filter(|n| n.starts_with(XATTR_NAMESPACE)) else {
+            use std::os::unix::ffi::OsStrExt;
+            if !name.as_bytes().starts_with(XATTR_NAMESPACE.as_bytes()) {
+                continue;
+            }
+            let Some(text) = name.to_str() else {
+                let shown = String::from_utf8_lossy(name.as_bytes()).into_owned();
+                self.left_out(path, &format!("{shown}: the name is not UTF-8"), observer);
                 continue;
             };
             let value = match get(&name) {

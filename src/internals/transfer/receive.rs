@@ -53,6 +53,9 @@ pub struct ReceiveOptions {
     pub interactive: bool,
     /// Replace existing files.
     pub overwrite: bool,
+    /// Set the extended attributes a sender sends (`send --xattrs`); off: ignore them
+    /// (`receive --no-xattrs`).
+    pub xattrs: bool,
     /// Compare files already at the destination by BLAKE3 hash rather than size and mtime.
     pub checksum: bool,
     /// At most this many bytes per second on the data streams.
@@ -90,6 +93,7 @@ impl ReceiveOptions {
             yes: false,
             interactive: false,
             overwrite: false,
+            xattrs: true,
             checksum: false,
             limit_rate: None,
             reconnect_wait: Duration::from_secs(600),
@@ -373,6 +377,7 @@ async fn run(
     observer.note(Note::Accepted { total: super::offer_total(&offer), present });
 
     let mut sink = Sink::new(dest, opts.overwrite, &offer, survey, progress.clone());
+    sink.xattrs = opts.xattrs;
     sink.rate = opts.limit_rate.map(|r| Arc::new(super::rate::RateLimit::new(r)));
     sink.observer = Some(observer.clone());
     let stall = watchdog(opts, &offer);

@@ -318,7 +318,12 @@ impl Control {
                 if o.lanes == 0 {
                     return Err(DecodeError::Invalid("lane count"));
                 }
-                if o.streams > o.files {
+                // A stream (`send -`) goes alone: one file of unknown size, nothing else (the
+                // receiver gives a stream offer no stall limit, which must not cover a tree).
+                let alone = [o.dirs, o.symlinks, o.hardlinks].iter().all(|&n| n == 0)
+                    && o.files == 1
+                    && o.names.len() == 1;
+                if o.streams > 1 || (o.streams == 1 && !alone) {
                     return Err(DecodeError::Invalid("stream count"));
                 }
                 if let Some(text) = &o.text {
@@ -600,6 +605,8 @@ mod tests {
         for (bad, why) in [
             (text("hi"), DecodeError::Invalid("text offer with files")),
             (Offer { streams: 3, ..base.clone() }, DecodeError::Invalid("stream count")),
+            // A stream beside other entries: a tree with no stall limit.
+            (Offer { streams: 1, ..base.clone() }, DecodeError::Invalid("stream count")),
             (
                 Offer { hardlinks: 1, names: vec![], files: 0, dirs: 0, bytes: 0, ..text("hi") },
                 DecodeError::Invalid("text offer with files"),

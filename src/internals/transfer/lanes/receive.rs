@@ -124,6 +124,8 @@ pub struct Sink {
     /// record instead of applying what is still queued (a queued message may hold many
     /// compressed records, each up to a chunk of writing).
     abandoned: std::sync::atomic::AtomicBool,
+    /// Set the extended attributes the sender sends (off: `receive --no-xattrs`).
+    pub xattrs: bool,
     /// Set once extended attributes could not be kept (told once per transfer).
     xattrs_warned: std::sync::atomic::AtomicBool,
 }
@@ -166,6 +168,7 @@ impl Sink {
             targets: Mutex::new(LinkTargets::new(offer)),
             links: Mutex::default(),
             abandoned: std::sync::atomic::AtomicBool::new(false),
+            xattrs: true,
             xattrs_warned: std::sync::atomic::AtomicBool::new(false),
             rate: None,
             observer: None,
@@ -531,6 +534,7 @@ fn apply_records(
             };
             let dir = last_dir.take();
             match event {
+                LaneEvent::Xattrs(_) if !sink.xattrs => {}
                 LaneEvent::Xattrs(list) => match (dir, &open) {
                     (Some(rel), _) => {
                         if let Err(e) = sink.dir()?.set_dir_xattrs(&rel, &list) {
@@ -561,7 +565,9 @@ fn apply_records(
                             let theirs = !dest.made(&rel) && dest.inspect(&rel)? == Found::Dir;
                             dest.create_dir(&rel)?;
                             let mode = (!theirs).then_some(entry.mode & MODE_MASK);
-                            last_dir = Some(rel.clone());
+                            // Attributes only for a directory this transfer made: one
+                            // that was here is the user's own, as for its mode.
+                            last_dir = (!theirs).then(|| rel.clone());
                             sink.dirs.lock().map_err(|_| poisoned())?.insert(rel, (mode, mtime));
                         }
                         EntryKind::Symlink { target } => {
