@@ -90,6 +90,7 @@ impl Evil {
             streams: 0,
             text: None,
             hardlinks: 0,
+            xattrs: false,
         };
         self.offer_exactly(offer).await
     }
@@ -772,6 +773,7 @@ fn hard_links_to_anything_but_a_sent_file_are_refused() {
             streams: 0,
             text: None,
             hardlinks: 1,
+            xattrs: false,
         };
         let (r, err) = against_receiver(&fx, async |evil: &mut Evil| {
             match evil.offer_exactly(offer).await {
@@ -792,5 +794,64 @@ fn hard_links_to_anything_but_a_sent_file_are_refused() {
             !fx.path("out/t/l").exists() && std::fs::symlink_metadata(fx.path("out/t/l")).is_err()
         );
         assert_eq!(std::fs::metadata(&secret).unwrap().nlink(), 1, "{target}");
+    }
+}
+
+/// Extended attributes a sender did not announce in its offer (`Offer.xattrs`) are a protocol
+/// error; announced, they are set on the directory (through the receiving lane's worker, as
+/// `receive_lanes` runs it, without a network).
+#[test]
+fn unannounced_extended_attributes_are_refused() {
+    use p2p_copy::internals::transfer::fs::Dest;
+    use p2p_copy::internals::transfer::lanes::{apply_frames, Sink};
+    use p2p_copy::internals::transfer::Progress;
+    use p2p_copy::internals::wire::control::Offer;
+    use p2p_copy::internals::wire::data::{Entry, EntryKind, Record, Xattr};
+
+    let fx = Fixture::new();
+    let dir = Entry { id: 1, path: "d".into(), kind: EntryKind::Dir, mode: 0o755, mtime: None };
+    let attrs = vec![Xattr { name: "user.k".into(), value: b"v".to_vec() }];
+    let bodies: Vec<Vec<u8>> =
+        [Record::Entry(dir), Record::Xattrs { entry_id: 1, attrs }, Record::LaneEnd { entries: 1 }]
+            .iter()
+            .map(|r| {
+                let mut body = Vec::new();
+                r.encode(&mut body);
+                body
+            })
+            .collect();
+    for announced in [false, true] {
+        let root = fx.path(if announced { "announced" } else { "not" });
+        std::fs::create_dir_all(&root).unwrap();
+        let offer = Offer {
+            files: 0,
+            dirs: 1,
+            symlinks: 0,
+            bytes: 0,
+            names: vec!["d".into()],
+            lanes: 1,
+            chunk_size: 1 << 20,
+            transfer_id: [1; 16],
+            streams: 0,
+            text: None,
+            hardlinks: 0,
+            xattrs: announced,
+        };
+        let dest = Dest::open(&root).unwrap();
+        dest.begin(&offer.names, offer.dirs);
+        let sink = Sink::new(dest, false, &offer, None, Progress::new());
+        let result = apply_frames(1 << 20, vec![bodies.clone()], &sink);
+        if announced {
+            result.unwrap();
+            if xattr::get(root.join("d"), "user.k").is_err() {
+                eprintln!("no user extended attributes on this file system: not checked");
+                continue;
+            }
+            assert_eq!(xattr::get(root.join("d"), "user.k").unwrap().as_deref(), Some(&b"v"[..]));
+        } else {
+            let e = result.unwrap_err();
+            assert_eq!(e.kind, p2p_copy::ErrorKind::Protocol, "{e}");
+            assert!(e.message.contains("did not announce"), "{e}");
+        }
     }
 }

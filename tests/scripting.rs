@@ -729,6 +729,8 @@ fn extended_attributes_arrive_with_xattrs() {
         let keep = sent && into != "declined";
         let (s, r) = finish_pair(s, r);
         assert_exits(&[(&s, 0), (&r, 0)]);
+        let offer = r.event("offer").expect("offer event");
+        assert_eq!(offer["xattrs"], serde_json::Value::Bool(sent), "the offer says so: {r}");
         let got = out.join("src/sub/data.bin");
         assert_eq!(std::fs::read(&got).unwrap(), std::fs::read(&file).unwrap());
         let value = |path: &std::path::Path, name: &str| xattr::get(path, name).unwrap();

@@ -235,6 +235,7 @@ fuzz_target!(|input: Input| {
         streams: 0,
         text: None,
         hardlinks: 64,
+        xattrs: false,
     };
     {
         let dest = Dest::open(&root).unwrap();

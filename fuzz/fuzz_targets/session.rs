@@ -176,6 +176,7 @@ fn offer(o: ArbOffer) -> Offer {
         streams: 0,
         text: None,
         hardlinks: o.hardlinks,
+        xattrs: false,
     }
 }
 

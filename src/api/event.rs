@@ -139,6 +139,8 @@ pub struct OfferSummary {
     pub present_files: u64,
     /// Partial copies the destination holds, to be continued.
     pub partial_files: u64,
+    /// Files and directories come with their extended attributes (`send --xattrs`).
+    pub xattrs: bool,
     /// The offer holds a stream of unknown size (`send -`).
     #[serde(skip)]
     pub stream: bool,
@@ -156,6 +158,7 @@ impl OfferSummary {
             present_bytes: present.bytes,
             present_files: present.files,
             partial_files: present.partial,
+            xattrs: offer.xattrs,
             stream: offer.streams > 0,
         }
     }

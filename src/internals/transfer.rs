@@ -541,7 +541,8 @@ pub fn describe_offer(offer: &Offer) -> String {
         parts.push(format!("{} hard link(s)", offer.hardlinks));
     }
     let unknown = if offer.streams > 0 { " and a stream of unknown size" } else { "" };
-    format!("{}, {}{unknown}", parts.join(", "), indicatif::HumanBytes(offer.bytes))
+    let xattrs = if offer.xattrs { ", with extended attributes" } else { "" };
+    format!("{}, {}{unknown}{xattrs}", parts.join(", "), indicatif::HumanBytes(offer.bytes))
 }
 
 /// The bytes an offer moves, if known (not with a stream).

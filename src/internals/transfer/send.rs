@@ -420,6 +420,7 @@ async fn run(
         streams: u64::from(scan.stream.is_some()),
         text: opts.text.clone(),
         hardlinks: scan.hardlinks,
+        xattrs: opts.xattrs && opts.text.is_none() && scan.stream.is_none(),
     };
     ctl.session().offer(offer.clone())?;
     observer.note(Note::Offer { offer: &offer, present: Present::default() });

@@ -680,6 +680,7 @@ mod tests {
             streams: 0,
             text: None,
             hardlinks: 4,
+            xattrs: false,
         };
         let link = |id, path: &str, target: &str| {
             let kind = EntryKind::HardLink { target: target.into() };

@@ -240,6 +240,9 @@ pub struct Offer {
     /// Hard links: entries that name again a file sent earlier in this transfer (not counted
     /// in `files`; they carry no bytes).
     pub hardlinks: u64,
+    /// Files and directories may come with their extended attributes (`send --xattrs`): XATTRS
+    /// records; without it, one is a protocol error.
+    pub xattrs: bool,
 }
 
 /// The receiver's yes. What it already holds it said in its [`Answer`]s, if it asked for a
@@ -440,6 +443,7 @@ mod tests {
                 streams: 0,
                 text: None,
                 hardlinks: 0,
+                xattrs: false,
             }),
             Control::Accept(Accept {}),
             Control::Refuse(Refuse { reason: RefuseReason::Conflict, names: vec!["a".into()] }),
@@ -469,6 +473,7 @@ mod tests {
                 streams: 0,
                 text: Some("hi".into()),
                 hardlinks: 0,
+                xattrs: false,
             }),
             Control::Offer(Offer {
                 files: 1,
@@ -482,6 +487,7 @@ mod tests {
                 streams: 1,
                 text: None,
                 hardlinks: 0,
+                xattrs: false,
             }),
             Control::Refuse(Refuse { reason: RefuseReason::NotOneFile, names: vec![] }),
         ]
@@ -515,7 +521,7 @@ mod tests {
              cdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcd04808040\
              00",
             "01020100ac02020670686f746f73096e6f7465732e74787402808040\
-             77777777777777777777777777777777 000000",
+             77777777777777777777777777777777 000000 00",
             "02",
             "0301010161",
             "040302ac0264",
@@ -529,8 +535,8 @@ mod tests {
             "09",
             "0a03000102808040\
              5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a",
-            "010000000000 01808040 77777777777777777777777777777777 00 01026869 00",
-            "010100000001 05737464696e 01808040 77777777777777777777777777777777 01 00 00",
+            "010000000000 01808040 77777777777777777777777777777777 00 01026869 00 00",
+            "010100000001 05737464696e 01808040 77777777777777777777777777777777 01 00 00 00",
             "030300",
         ];
         let want: Vec<String> = want.iter().map(|w| w.replace(' ', "")).collect();
@@ -594,6 +600,7 @@ mod tests {
             streams: 0,
             text: None,
             hardlinks: 0,
+            xattrs: false,
         });
         out.clear();
         offer.encode(&mut out);

@@ -97,6 +97,7 @@ fn offer() -> Offer {
         streams: 0,
         text: None,
         hardlinks: 0,
+        xattrs: false,
     }
 }
 

@@ -534,6 +534,12 @@ fn apply_records(
             };
             let dir = last_dir.take();
             match event {
+                LaneEvent::Xattrs(_) if !sink.limits.xattrs => {
+                    return Err(TransferError::new(
+                        ErrorKind::Protocol,
+                        "the sender sent extended attributes its offer did not announce",
+                    ));
+                }
                 LaneEvent::Xattrs(_) if !sink.xattrs => {}
                 LaneEvent::Xattrs(list) => match (dir, &open) {
                     (Some(rel), _) => {
