@@ -28,7 +28,10 @@ async fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(e.kind.exit_code());
         }
     };
-    eprintln!("On the other machine: p2p-copy receive {}", transfer.code());
+    // Known at once on a local network; through a node, once it allocated the nameplate.
+    if let Some(code) = transfer.wait_code().await {
+        eprintln!("On the other machine: p2p-copy receive {code}");
+    }
     // Ctrl-C stops the transfer cleanly: the receiver is told, and keeps what arrived.
     loop {
         tokio::select! {

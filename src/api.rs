@@ -177,7 +177,9 @@ shared_options!(Receiver, "How long to look for the sender (`--wait`; default 30
 /// ```no_run
 /// # async fn run() -> Result<(), p2p_copy::Error> {
 /// let mut transfer = p2p_copy::Sender::paths(["photos", "notes.txt"]).start()?;
-/// println!("on the other machine: p2p-copy receive {}", transfer.code());
+/// if let Some(code) = transfer.wait_code().await {
+///     println!("on the other machine: p2p-copy receive {code}");
+/// }
 /// while let Some(event) = transfer.next_event().await {
 ///     if let p2p_copy::Event::File { path, .. } = event {
 ///         println!("sent {path:?}");
@@ -391,7 +393,9 @@ impl Sender {
     /// Outside a tokio runtime.
     pub fn start(self) -> Result<Transfer, Error> {
         let mut opts = self.into_options()?;
-        let code = opts.code.to_string();
+        // A node allocates the nameplate of a generated code: the code is known once it has.
+        let allocated = opts.rendezvous.is_some() && !opts.code_chosen;
+        let code = (!allocated).then(|| opts.code.to_string());
         let (handle, stop) = Stop::new();
         opts.stop = stop;
         Ok(Transfer::spawn(code, handle, Feed::new(None), None, move |feed, progress| {
@@ -538,7 +542,7 @@ impl Receiver {
         let (mut opts, decide, memory) = self.into_options()?;
         let (handle, stop) = Stop::new();
         opts.stop = stop;
-        let code = opts.code.to_string();
+        let code = Some(opts.code.to_string());
         Ok(Transfer::spawn(code, handle, Feed::new(decide), memory, move |feed, progress| {
             transfer::receive(opts, feed, progress)
         }))
@@ -652,7 +656,8 @@ pub struct Finished {
 /// Dropping it stops the transfer (as [`Transfer::stop`]) unless it has ended.
 #[derive(Debug)]
 pub struct Transfer {
-    code: String,
+    /// The code as far as it is known (see [`Transfer::code`]).
+    code: tokio::sync::watch::Receiver<CodeState>,
     events: mpsc::Receiver<Event>,
     stop: StopHandle,
     progress: Arc<Progress>,
@@ -666,7 +671,7 @@ pub struct Transfer {
 
 impl Transfer {
     fn spawn<F, Fut>(
-        code: String,
+        code_known: Option<String>,
         stop: StopHandle,
         feed: Arc<Feed>,
         memory: Option<Arc<Mutex<Vec<u8>>>>,
@@ -678,6 +683,10 @@ impl Transfer {
     {
         let (tx, events) = mpsc::channel(EVENT_QUEUE);
         *feed.tx.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(tx);
+        let code = feed.code.subscribe();
+        if let Some(known) = code_known {
+            feed.code.send_replace(CodeState::Known(known));
+        }
         let progress = Progress::new();
         let driver = run(feed.clone() as Arc<dyn Observer>, progress.clone());
         let watched = progress.clone();
@@ -687,6 +696,14 @@ impl Transfer {
                 result = driver => result,
                 never = feed.tick(&watched) => match never {},
             };
+            // Whoever waits for a code that never came is told.
+            feed.code.send_if_modified(|c| {
+                let pending = matches!(c, CodeState::Pending);
+                if pending {
+                    *c = CodeState::Ended;
+                }
+                pending
+            });
             // The queue closes; its last event (done or error) is made from the result, so
             // that a full queue cannot lose it.
             feed.tx.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
@@ -710,9 +727,25 @@ impl Transfer {
     }
 
     /// The code: the sender's to hand to the receiver (generated or chosen), the receiver's
-    /// as given.
-    pub fn code(&self) -> &str {
-        &self.code
+    /// as given. A sender meeting through a rendezvous node with a generated code knows it
+    /// only once the node allocated its nameplate (the [`Event::Code`]): `None` until then
+    /// ([`Transfer::wait_code`] waits for it). Everywhere else it is known at once.
+    pub fn code(&self) -> Option<String> {
+        match &*self.code.borrow() {
+            CodeState::Known(code) => Some(code.clone()),
+            CodeState::Pending | CodeState::Ended => None,
+        }
+    }
+
+    /// The code, once it is known (see [`Transfer::code`]); `None` if the transfer ended
+    /// first (its error is then [`Transfer::wait`]'s).
+    pub async fn wait_code(&self) -> Option<String> {
+        let mut code = self.code.clone();
+        let state = code.wait_for(|c| !matches!(c, CodeState::Pending)).await.ok()?;
+        match &*state {
+            CodeState::Known(code) => Some(code.clone()),
+            CodeState::Pending | CodeState::Ended => None,
+        }
     }
 
     /// File bytes moved so far (held ones included).
@@ -789,9 +822,21 @@ impl Drop for Transfer {
     }
 }
 
+/// What is known of a transfer's code.
+#[derive(Debug, Clone)]
+enum CodeState {
+    /// Not yet: a node is allocating the nameplate.
+    Pending,
+    Known(String),
+    /// The transfer ended before it was known.
+    Ended,
+}
+
 /// The library's observer: events into a bounded queue, the offer to the caller's decision.
 struct Feed {
     tx: Mutex<Option<mpsc::Sender<Event>>>,
+    /// The code, once known.
+    code: tokio::sync::watch::Sender<CodeState>,
     missed: AtomicU64,
     decide: Option<Decide>,
     text: Mutex<Option<String>>,
@@ -809,6 +854,7 @@ impl Feed {
     fn new(decide: Option<Decide>) -> Arc<Feed> {
         Arc::new(Feed {
             tx: Mutex::new(None),
+            code: tokio::sync::watch::Sender::new(CodeState::Pending),
             missed: AtomicU64::new(0),
             decide,
             text: Mutex::new(None),
@@ -855,6 +901,9 @@ impl Observer for Feed {
             Note::Accepted { total, .. } => {
                 *self.total.lock().unwrap_or_else(std::sync::PoisonError::into_inner) =
                     Some(*total);
+            }
+            Note::Code(code) => {
+                self.code.send_replace(CodeState::Known(code.to_string()));
             }
             _ => {}
         }

@@ -18,7 +18,7 @@
 //!
 //! // One machine:
 //! let sending = Sender::paths(["results/"]).exclude("*.tmp").start()?;
-//! println!("code: {}", sending.code());
+//! println!("code: {}", sending.wait_code().await.unwrap_or_default());
 //! sending.wait().await?;
 //!
 //! // The other, given the code:

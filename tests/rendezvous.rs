@@ -479,3 +479,39 @@ fn a_pinned_client_refuses_a_node_with_another_certificate() {
     assert_exits(&[(&r, 7)]);
     assert_says(&r, &["pinned", "--rendezvous-fingerprint"]);
 }
+
+/// The library through a node: a sender with a generated code learns it once the node has
+/// allocated the nameplate (`wait_code`), and a receiver given it gets the file.
+#[test]
+fn the_library_meets_through_a_node() {
+    use p2p_copy::{Receiver, Rendezvous, Sender};
+    let mut fx = Fixture::new();
+    let node = TestNode::start(ServerConfig::default());
+    let src = fx.path("src/data.bin");
+    random_file(&src, 2 << 20, &mut fx.rng);
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build();
+    rt.unwrap().block_on(async {
+        let at = Rendezvous::new(node.addr.to_string());
+        let sender = Sender::paths([src.clone()]).rendezvous(at.clone()).start().unwrap();
+        let code = tokio::time::timeout(Duration::from_secs(30), sender.wait_code())
+            .await
+            .expect("the node allocates a nameplate in time")
+            .expect("a code");
+        let receiver = Receiver::new(code).into_dir(fx.path("out")).rendezvous(at).start().unwrap();
+        let (sent, received) = tokio::join!(sender.wait(), receiver.wait());
+        assert_eq!(sent.unwrap().report.files, 1);
+        assert_eq!(received.unwrap().report.bytes, 2 << 20);
+    });
+    assert!(std::fs::read(&src).unwrap() == std::fs::read(fx.path("out/data.bin")).unwrap());
+
+    // A node nobody answers at: no code ever, and waiting for one ends with the transfer.
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build();
+    rt.unwrap().block_on(async {
+        let nowhere = Rendezvous::new(unused_addr().to_string());
+        let sender = Sender::paths([src.clone()]).rendezvous(nowhere).start().unwrap();
+        assert_eq!(sender.code(), None, "not known before the node allocates");
+        let code = tokio::time::timeout(Duration::from_secs(90), sender.wait_code()).await;
+        assert_eq!(code.expect("ends with the transfer"), None);
+        assert_eq!(sender.wait().await.unwrap_err().kind, p2p_copy::ErrorKind::Network);
+    });
+}
