@@ -29,6 +29,8 @@ use crate::wire::control::Offer;
 #[doc(inline)]
 pub use crate::compress::Compression;
 #[doc(inline)]
+pub use crate::net::quic::Congestion;
+#[doc(inline)]
 pub use crate::transfer::meet::Rendezvous;
 #[doc(inline)]
 pub use crate::transfer::{FileOutcome, Link, PathKind};
@@ -70,6 +72,7 @@ struct Shared {
     rendezvous: Option<Rendezvous>,
     discovery_port: Option<u16>,
     window: Option<u32>,
+    congestion: Option<Congestion>,
 }
 
 /// Longest a sender waits for its receiver (as `send --wait`).
@@ -140,6 +143,13 @@ macro_rules! shared_options {
                 self.shared.window = Some(bytes);
                 self
             }
+
+            /// The congestion controller for what this side sends (`--congestion`; default
+            /// [`Congestion::Tolerant`]).
+            pub fn congestion(mut self, controller: Congestion) -> $builder {
+                self.shared.congestion = Some(controller);
+                self
+            }
         }
     };
 }
@@ -154,6 +164,9 @@ macro_rules! apply_shared {
         $opts.rendezvous = s.rendezvous;
         if let Some(port) = s.discovery_port {
             $opts.discovery.port = port;
+        }
+        if let Some(congestion) = s.congestion {
+            $opts.tuning.congestion = congestion;
         }
         if let Some(window) = s.window {
             $opts.tuning = $opts.tuning.with_window(window);
@@ -933,6 +946,32 @@ mod tests {
         feed.push(Event::Reconnected);
         assert_eq!(rx.try_recv().unwrap(), Event::Lagged { missed: 3 });
         assert_eq!(rx.try_recv().unwrap(), Event::Reconnected);
+    }
+
+    #[test]
+    fn the_builders_options_reach_the_driver() {
+        let opts = Sender::paths(["a"])
+            .congestion(Congestion::Bbr)
+            .window(8 << 20)
+            .limit_rate(1000)
+            .lanes(2)
+            .exclude("*.o")
+            .xattrs(true)
+            .into_options()
+            .unwrap();
+        assert_eq!(opts.tuning.congestion, Congestion::Bbr);
+        assert_eq!((opts.tuning.stream_window, opts.tuning.conn_window), (8 << 20, 8 << 20));
+        assert_eq!((opts.limit_rate, opts.lanes, opts.xattrs), (Some(1000), 2, true));
+        assert_eq!(opts.exclude, vec!["*.o".to_owned()]);
+        let (opts, decide, memory) = Receiver::new("7-guitar-nebula-crayon")
+            .congestion(Congestion::Cubic)
+            .xattrs(false)
+            .into_memory(10)
+            .into_options()
+            .unwrap();
+        assert_eq!(opts.tuning.congestion, Congestion::Cubic);
+        assert!(!opts.xattrs && !opts.yes && opts.interactive, "the memory sink decides");
+        assert!(decide.is_some() && memory.is_some() && opts.pipe.is_some());
     }
 
     #[test]

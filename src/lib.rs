@@ -48,8 +48,9 @@ pub mod error;
 pub mod internals;
 
 pub use api::{
-    generate_code, Compression, Error, Event, FileOutcome, Finished, Link, OfferSummary, PathKind,
-    ProgressSample, Quality, Receiver, Rendezvous, Sender, Summary, Transfer, EVENT_QUEUE,
+    generate_code, Compression, Congestion, Error, Event, FileOutcome, Finished, Link,
+    OfferSummary, PathKind, ProgressSample, Quality, Receiver, Rendezvous, Sender, Summary,
+    Transfer, EVENT_QUEUE,
 };
 #[doc(inline)]
 pub use error::ErrorKind;

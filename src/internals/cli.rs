@@ -136,22 +136,20 @@ impl Link {
         self.limit_rate.filter(|&r| r > 0)
     }
 
-    /// The transport settings these options ask for.
-    pub fn tuning(&self) -> crate::net::quic::Tuning {
+    /// `--window`, if given.
+    pub fn window(&self) -> Option<u32> {
+        self.window
+    }
+
+    /// `--congestion`, if given.
+    pub fn congestion(&self) -> Option<crate::net::quic::Congestion> {
         use crate::net::quic::Congestion;
-        let mut tuning = crate::net::quic::Tuning::default();
-        if let Some(c) = self.congestion {
-            tuning.congestion = match c {
-                CongestionArg::Tolerant => Congestion::Tolerant,
-                CongestionArg::Bbr => Congestion::Bbr,
-                CongestionArg::Cubic => Congestion::Cubic,
-                CongestionArg::Newreno => Congestion::NewReno,
-            };
-        }
-        match self.window {
-            Some(window) => tuning.with_window(window),
-            None => tuning,
-        }
+        self.congestion.map(|c| match c {
+            CongestionArg::Tolerant => Congestion::Tolerant,
+            CongestionArg::Bbr => Congestion::Bbr,
+            CongestionArg::Cubic => Congestion::Cubic,
+            CongestionArg::Newreno => Congestion::NewReno,
+        })
     }
 }
 

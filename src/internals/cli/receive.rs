@@ -94,6 +94,12 @@ pub async fn run(args: Args, stop: Stop) -> Result<(), TransferError> {
     if let Some(rate) = args.link.limit_rate() {
         receiver = receiver.limit_rate(rate);
     }
+    if let Some(window) = args.link.window() {
+        receiver = receiver.window(window);
+    }
+    if let Some(congestion) = args.link.congestion() {
+        receiver = receiver.congestion(congestion);
+    }
     if let Some(node) = args.meeting.rendezvous()? {
         receiver = receiver.rendezvous(node);
     }
@@ -102,7 +108,6 @@ pub async fn run(args: Args, stop: Stop) -> Result<(), TransferError> {
     opts.yes = args.yes;
     opts.interactive = std::io::stdin().is_terminal() && !args.common.json;
     opts.stop = stop;
-    opts.tuning = args.link.tuning();
     let ui = Ui::new(&args.common, Role::Receiver);
     let progress = ui.progress();
     let ticker = ui.start_ticker();

@@ -160,11 +160,16 @@ pub async fn run(args: Args, stop: Stop) -> Result<(), TransferError> {
     if let Some(rate) = args.link.limit_rate() {
         sender = sender.limit_rate(rate);
     }
+    if let Some(window) = args.link.window() {
+        sender = sender.window(window);
+    }
+    if let Some(congestion) = args.link.congestion() {
+        sender = sender.congestion(congestion);
+    }
     if let Some(node) = rendezvous {
         sender = sender.rendezvous(node);
     }
     let mut opts = sender.into_options()?;
-    opts.tuning = args.link.tuning();
     opts.stop = stop;
     for served in 1..=args.count {
         opts.more_receivers = served < args.count;

@@ -71,6 +71,7 @@ pub const MAX_UDP_PAYLOAD: u16 = 1452;
 
 /// Which congestion controller a connection uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub enum Congestion {
     /// quinn's CUBIC, told random loss from congestion ([`super::congestion`]): the default
     /// (`docs/architecture.md` §5.11).
