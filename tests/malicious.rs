@@ -698,20 +698,18 @@ fn streams_beyond_the_offered_lanes_are_refused() {
                 mtime: None,
             }),
             Record::Chunk { flags: 0, file_id: 1, offset: 0, payload: content },
+        ];
+        // The file is left unfinished until the receiver has given up: were its end sent at
+        // once, the receiver could commit it before it accepted a stray stream, and the test
+        // would depend on that race.
+        write_records(&mut lane, &records).await;
+        let err = evil.report().await;
+        let end = [
             Record::FileEnd { file_id: 1, hash: blake3::hash(content).into() },
             Record::LaneEnd { entries: 1 },
         ];
-        for record in &records {
-            let mut buf = Vec::new();
-            frame::begin(&mut buf);
-            record.encode(&mut buf);
-            frame::finish(&mut buf);
-            if lane.write_all(&buf).await.is_err() {
-                break;
-            }
-        }
+        write_records(&mut lane, &end).await;
         let _ = lane.finish();
-        let err = evil.report().await;
         junk.abort_all();
         err
     });
@@ -719,6 +717,19 @@ fn streams_beyond_the_offered_lanes_are_refused() {
     assert_exits(&[(&r, 8)]);
     assert_says(&r, &["opened"]);
     assert_contained(&fx, &[]);
+}
+
+/// Writes `records` as frames on `lane`, until the first write that fails.
+async fn write_records(lane: &mut quinn::SendStream, records: &[Record<'_>]) {
+    for record in records {
+        let mut buf = Vec::new();
+        frame::begin(&mut buf);
+        record.encode(&mut buf);
+        frame::finish(&mut buf);
+        if lane.write_all(&buf).await.is_err() {
+            return;
+        }
+    }
 }
 
 /// Hard links that name something other than a file the sender sent (issue 15): a path
