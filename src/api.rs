@@ -377,12 +377,6 @@ impl Sender {
             opts.lanes = lanes;
         }
         if let Some(chunk) = self.chunk_size {
-            if !(16 << 10..=4 << 20).contains(&chunk) {
-                return Err(TransferError::new(
-                    ErrorKind::Usage,
-                    "the chunk size must be 16 KiB to 4 MiB",
-                ));
-            }
             opts.chunk_size = chunk;
         }
         if let Some(c) = self.compression {
@@ -394,6 +388,7 @@ impl Sender {
         opts.exclude = self.exclude;
         opts.code_chosen = chosen;
         apply_shared!(self.shared, opts);
+        transfer::send::check_chunk(opts.chunk_size)?;
         Ok(opts)
     }
 
@@ -575,29 +570,23 @@ impl Receiver {
         };
         let mut opts = ReceiveOptions::new(code, out);
         let mut memory = None;
-        let sink_limit = match &self.sink {
-            Sink::Memory(limit) => Sink::Memory(*limit),
-            _ => Sink::Dir(PathBuf::new()),
-        };
+        let mut decide = self.decide;
         opts.pipe = match self.sink {
             Sink::Dir(_) => None,
             Sink::Writer(w) => Some(Pipe::new(w)),
             Sink::AsyncWriter(w) => Some(Pipe::new(Box::new(Closing(SyncIoBridge::new(w))))),
             Sink::Memory(limit) => {
+                // A file known to be too large is refused before a byte moves.
+                let inner = decide.take();
+                decide = Some(Arc::new(move |offer: &OfferSummary| {
+                    (offer.stream || offer.bytes <= limit as u64)
+                        && inner.as_ref().is_none_or(|decide| decide(offer))
+                }));
                 let buffer = Memory::new(limit);
                 memory = Some(buffer.0.clone());
                 Some(Pipe::new(Box::new(buffer)))
             }
         };
-        let mut decide = self.decide;
-        if let Sink::Memory(limit) = sink_limit {
-            // A file known to be too large is refused before a byte moves.
-            let inner = decide.take();
-            decide = Some(Arc::new(move |offer: &OfferSummary| {
-                (offer.stream || offer.bytes <= limit as u64)
-                    && inner.as_ref().is_none_or(|decide| decide(offer))
-            }));
-        }
         opts.yes = decide.is_none();
         opts.interactive = decide.is_some();
         opts.overwrite = self.overwrite;
@@ -626,7 +615,11 @@ impl std::io::Write for Memory {
                 self.1
             )));
         }
-        data.try_reserve_exact(buf.len()).map_err(std::io::Error::other)?;
+        // Doubling, as a Vec grows, but never past the limit (and no abort when memory is
+        // short: an error instead).
+        let want = (data.len() + buf.len()).max(data.capacity() * 2).min(self.1);
+        let more = want - data.len();
+        data.try_reserve_exact(more).map_err(std::io::Error::other)?;
         data.extend_from_slice(buf);
         Ok(buf.len())
     }

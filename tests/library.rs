@@ -268,8 +268,7 @@ async fn a_late_reader_is_told_what_it_missed_and_still_gets_the_end() {
     let receiver =
         Receiver::new(&fx.code).into_dir(fx.path("out")).discovery_port(fx.port).start().unwrap();
     assert_eq!(receiver.wait().await.unwrap().report.files, files as u64);
-    // The sender ends right after the receiver; its events were not read meanwhile.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // The sender's events were not read meanwhile: it queued one per file as it sent them.
     let mut events = Vec::new();
     while let Some(event) = sender.next_event().await {
         events.push(event);
@@ -304,6 +303,7 @@ async fn limits_are_checked_before_anything_moves() {
 
     for (what, e) in [
         ("no wait", Sender::text("t").wait(Duration::ZERO).start().unwrap_err()),
+        ("a 1 KiB chunk", Sender::bytes("b", vec![1]).chunk_size(1024).start().unwrap_err()),
         ("a zero window", Sender::text("t").window(0).start().unwrap_err()),
         ("exclude with a text", Sender::text("t").exclude("*.o").start().unwrap_err()),
         ("xattrs with bytes", Sender::bytes("b", vec![1]).xattrs(true).start().unwrap_err()),

@@ -103,7 +103,7 @@ pub async fn run(args: Args, stop: Stop) -> Result<(), TransferError> {
     if let Some(node) = args.meeting.rendezvous()? {
         receiver = receiver.rendezvous(node);
     }
-    let (mut opts, _, _) = receiver.into_options().map_err(|e| super::usage(e.message))?;
+    let (mut opts, _, _) = receiver.into_options()?;
     // The person decides at the terminal (the Ui's confirm), unless --yes.
     opts.yes = args.yes;
     opts.interactive = std::io::stdin().is_terminal() && !args.common.json;

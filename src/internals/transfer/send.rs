@@ -122,6 +122,17 @@ impl SendOptions {
     }
 }
 
+/// A chunk size a sender may use ([`MIN_CHUNK`] to [`MAX_CHUNK`]).
+pub(crate) fn check_chunk(size: usize) -> Result<(), TransferError> {
+    if !(MIN_CHUNK..=MAX_CHUNK).contains(&size) {
+        return Err(TransferError::new(
+            ErrorKind::Usage,
+            format!("the chunk size must be between {MIN_CHUNK} and {MAX_CHUNK} bytes"),
+        ));
+    }
+    Ok(())
+}
+
 /// Sends `opts.paths`; returns when the receiver confirmed everything, or fails.
 pub async fn send(
     opts: SendOptions,
@@ -129,12 +140,7 @@ pub async fn send(
     progress: Arc<Progress>,
 ) -> Result<Report, TransferError> {
     let started = Instant::now();
-    if !(MIN_CHUNK..=MAX_CHUNK).contains(&opts.chunk_size) {
-        return Err(TransferError::new(
-            ErrorKind::Usage,
-            format!("the chunk size must be between {MIN_CHUNK} and {MAX_CHUNK} bytes"),
-        ));
-    }
+    check_chunk(opts.chunk_size)?;
     if let Some(text) = &opts.text {
         if text.len() > MAX_TEXT {
             return Err(TransferError::new(
