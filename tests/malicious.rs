@@ -83,7 +83,7 @@ impl Evil {
             dirs,
             symlinks: 0,
             bytes,
-            names: names.iter().map(|n| n.to_string()).collect(),
+            names: names.iter().map(|n| n.as_bytes().to_vec()).collect(),
             lanes: 1,
             chunk_size: DEFAULT_CHUNK as u32,
             transfer_id: [0x66; 16],
@@ -279,7 +279,7 @@ fn undeclared_and_deep_directories_are_refused() {
         let id = i as u64 + 1;
         records.push(Record::Entry(Entry {
             id,
-            path: path.clone(),
+            path: path.clone().into(),
             kind: EntryKind::File { size: 0 },
             mode: 0o644,
             mtime: None,
@@ -330,7 +330,7 @@ fn a_directory_named_again_and_again_is_remembered_once() {
         .map(|id| {
             Record::Entry(Entry {
                 id,
-                path: path.clone(),
+                path: path.clone().into(),
                 kind: EntryKind::Dir,
                 mode: 0o755,
                 mtime: None,
@@ -759,7 +759,7 @@ fn hard_links_to_anything_but_a_sent_file_are_refused() {
             Record::Entry(Entry {
                 id: 3,
                 path: "t/s".into(),
-                kind: EntryKind::Symlink { target: symlink_to },
+                kind: EntryKind::Symlink { target: symlink_to.into() },
                 mode: 0o777,
                 mtime: None,
             }),

@@ -224,6 +224,11 @@ async fn read_lanes(conn: &quinn::Connection, lanes: u16) -> Vec<Got> {
 /// A file the lanes carried: its first chunk's offset, its bytes, its FILE_END hash.
 type Carried = (Option<u64>, Vec<u8>, [u8; 32]);
 
+/// A path the tests' trees hold, as text.
+fn utf8(path: &[u8]) -> String {
+    String::from_utf8(path.to_vec()).expect("the test trees' names are UTF-8")
+}
+
 /// The files the lanes carried, by path.
 fn files_of(records: &[Got]) -> BTreeMap<String, Carried> {
     let mut paths = BTreeMap::new();
@@ -232,9 +237,9 @@ fn files_of(records: &[Got]) -> BTreeMap<String, Carried> {
         match r {
             Got::Entry(e) => {
                 if matches!(e.kind, EntryKind::File { .. }) {
-                    files.insert(e.path.clone(), (None, Vec::new(), [0; 32]));
+                    files.insert(utf8(&e.path), (None, Vec::new(), [0; 32]));
                 }
-                paths.insert(e.id, e.path.clone());
+                paths.insert(e.id, utf8(&e.path));
             }
             Got::Chunk { file_id, offset, payload } => {
                 let f = files.get_mut(&paths[file_id]).expect("a chunk of an open file");
@@ -424,7 +429,7 @@ fn resume_offsets_beyond_a_file_are_refused() {
             evil.offer().await;
             let batches = evil.ask().await;
             let entries: Vec<&Listed> = batches.iter().flatten().collect();
-            let target = entries.iter().find(|l| l.entry.path == what).expect("listed").entry.id;
+            let target = entries.iter().find(|l| l.entry.path == what.as_bytes()).expect("listed").entry.id;
             let answers = entries
                 .iter()
                 .map(|l| match l.entry.id == target {
@@ -454,7 +459,7 @@ fn a_made_up_resume_digest_gets_the_file_sent_whole() {
         let answers = batches
             .iter()
             .flatten()
-            .map(|l| match l.entry.path.as_str() {
+            .map(|l| match utf8(&l.entry.path).as_str() {
                 "d/a" => Answer::Resume { offset: 40_000, digest: [0xee; 32] },
                 _ => Answer::Send,
             })
@@ -474,7 +479,7 @@ fn a_made_up_resume_digest_gets_the_file_sent_whole() {
         (records, offer)
     });
     assert_exits(&[(&s, 0)]);
-    assert_eq!(offer.names, ["d", "f"]);
+    assert_eq!(offer.names, [b"d", b"f"]);
     assert!(
         !records.iter().any(|r| matches!(r, Got::ResumeAt)),
         "the sender resumed from a digest it could not have matched: {records:?}"
@@ -489,7 +494,7 @@ fn a_made_up_resume_digest_gets_the_file_sent_whole() {
     }
     for r in &records {
         if let Got::Entry(e) = r {
-            assert!(["d", "f"].contains(&e.path.split('/').next().unwrap()), "{e:?}");
+            assert!(["d", "f"].contains(&utf8(&e.path).split('/').next().unwrap()), "{e:?}");
         }
     }
 }
@@ -591,7 +596,7 @@ fn refusal_and_error_text_is_printed_escaped() {
     let fx = tree();
     let (s, ()) = against_sender(&fx, &["d", "f"], &[], async |evil, _| {
         evil.offer().await;
-        let names = vec![hostile.to_owned(), "f".to_owned()];
+        let names = vec![hostile.into(), "f".into()];
         evil.session.refuse(Refuse { reason: RefuseReason::Conflict, names }).expect("refuse");
         evil.flush().await;
         let _ = tokio::time::timeout(STEP, evil.conn.closed()).await;
@@ -814,7 +819,8 @@ fn a_receiver_that_vanishes_mid_file_is_noticed() {
 #[test]
 fn a_refusal_with_ten_thousand_names_shows_twenty() {
     let fx = tree();
-    let names: Vec<String> = (0..10_000).map(|i| format!("{i:05}{}", "n".repeat(295))).collect();
+    let names: Vec<Vec<u8>> =
+        (0..10_000).map(|i| format!("{i:05}{}", "n".repeat(295)).into()).collect();
     let (s, ()) = against_sender(&fx, &["d", "f"], &[], async |evil, _| {
         evil.offer().await;
         evil.session.refuse(Refuse { reason: RefuseReason::Conflict, names }).expect("refuse");

@@ -647,6 +647,53 @@ fn odd_names_arrive_as_they_are() {
     assert!(r.stderr.contains("\\u{1b}[31mred"), "shown escaped\n{r}");
 }
 
+/// Names that are not UTF-8 (Unix names are bytes) arrive with exactly their bytes: files and
+/// directories inside a tree, a symlink's target, and a top-level name; the receiver shows
+/// them with `\xNN` for each such byte, in its messages and in its `--json` events.
+#[test]
+fn names_that_are_not_utf8_arrive_as_bytes() {
+    use std::os::unix::ffi::OsStrExt;
+    let mut fx = Fixture::new();
+    let bytes = |b: &[u8]| OsStr::from_bytes(b).to_owned();
+    let src = fx.path("tree");
+    let (file, dir, inner) = (bytes(b"caf\xe9.txt"), bytes(b"\xff\xfe dir"), bytes(b"x\x80y"));
+    random_file(&src.join(&file), 3000, &mut fx.rng);
+    random_file(&src.join(&dir).join(&inner), 70_000, &mut fx.rng);
+    std::os::unix::fs::symlink(bytes(b"to-\xe9"), src.join("link")).unwrap();
+    let top = fx.path("top").join(bytes(b"\xc3(top"));
+    random_file(&top, 500, &mut fx.rng);
+    let out = fx.path("out");
+    let s = fx.send([src.as_os_str(), top.as_os_str()]);
+    let r = fx.spawn(
+        "receiver",
+        &[],
+        [
+            OsStr::new("receive"),
+            OsStr::new("--yes"),
+            OsStr::new("--json"),
+            OsStr::new("--out"),
+            out.as_os_str(),
+            OsStr::new(&fx.code),
+        ],
+    );
+    let (s, r) = finish_pair(s, r);
+    assert_exits(&[(&s, 0), (&r, 0)]);
+    for (sent, got) in [
+        (src.join(&file), out.join("tree").join(&file)),
+        (src.join(&dir).join(&inner), out.join("tree").join(&dir).join(&inner)),
+        (top.clone(), out.join(top.file_name().unwrap())),
+    ] {
+        assert_eq!(std::fs::read(&got).unwrap(), std::fs::read(&sent).unwrap(), "{got:?}");
+    }
+    let target = std::fs::read_link(out.join("tree/link")).unwrap();
+    assert_eq!(target.as_os_str().as_bytes(), b"to-\xe9");
+    let files: Vec<_> = r.events().into_iter().filter(|e| e["event"] == "file").collect();
+    let paths: Vec<&str> = files.iter().filter_map(|e| e["path"].as_str()).collect();
+    for want in [r"tree/caf\xe9.txt", r"tree/\xff\xfe dir/x\x80y", r"\xc3(top"] {
+        assert!(paths.contains(&want), "no file event for {want}: {paths:?}\n{r}");
+    }
+}
+
 /// Hard links inside the sent tree arrive as hard links (issue 15): one file under three
 /// names in different directories arrives once, as one inode with three names; the `done`
 /// event counts it as one file. Received again into the same place, the links are found

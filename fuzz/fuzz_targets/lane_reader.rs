@@ -28,7 +28,7 @@ enum Rec {
         id: u8,
         kind: u8,
         size: u32,
-        path: String,
+        path: Vec<u8>,
         mtime: Option<(i64, u32)>,
     },
     /// Next bytes of the open file: `len` bytes of `byte` (or the fuzzer's bytes).

@@ -127,7 +127,8 @@ fn scratch() -> &'static PathBuf {
 fn entry(id: u64, path: String, kind: EntryKind, mode: u16) -> Vec<u8> {
     let mut buf = Vec::new();
     let mtime = Some(Timestamp { secs: 1_700_000_000, nanos: 0 });
-    Record::Entry(Entry { id, path, kind, mode: u32::from(mode), mtime }).encode(&mut buf);
+    Record::Entry(Entry { id, path: path.into_bytes(), kind, mode: u32::from(mode), mtime })
+        .encode(&mut buf);
     buf
 }
 
@@ -150,7 +151,7 @@ fuzz_target!(|input: Input| {
             Rec::Symlink { path: p, target } => {
                 id += 1;
                 entries += 1;
-                let target = TARGETS[target as usize % TARGETS.len()].to_string();
+                let target = TARGETS[target as usize % TARGETS.len()].into();
                 out.push(entry(id, path(&p), EntryKind::Symlink { target }, 0o777));
             }
             Rec::File { path: p, mode, content, split, zstd, right, extra } => {
@@ -209,7 +210,7 @@ fuzz_target!(|input: Input| {
                     Some(t) => TARGETS[t as usize % TARGETS.len()].to_string(),
                     None => path(&target),
                 };
-                out.push(entry(id, path(&p), EntryKind::HardLink { target }, 0o644));
+                out.push(entry(id, path(&p), EntryKind::HardLink { target: target.into_bytes() }, 0o644));
             }
             Rec::Batch => batches.push(Vec::new()),
         }

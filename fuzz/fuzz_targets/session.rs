@@ -98,7 +98,7 @@ enum Op {
 enum App {
     Offer(ArbOffer),
     Accept,
-    Refuse(u8, Vec<String>),
+    Refuse(u8, Vec<Vec<u8>>),
     Ask(bool),
     List(Vec<ArbListed>),
     ListEnd,
@@ -121,7 +121,7 @@ enum ArbControl {
     },
     Offer(ArbOffer),
     Accept,
-    Refuse(u8, Vec<String>),
+    Refuse(u8, Vec<Vec<u8>>),
     Finish(u64, u64, u64, u64),
     Complete(u64, u64, u64, u64),
     Error(u8, String),
@@ -137,7 +137,7 @@ struct ArbOffer {
     dirs: u64,
     symlinks: u64,
     bytes: u64,
-    names: Vec<String>,
+    names: Vec<Vec<u8>>,
     lanes: u16,
     chunk_size: u32,
     transfer_id: [u8; 16],
@@ -147,10 +147,10 @@ struct ArbOffer {
 #[derive(Arbitrary, Debug)]
 struct ArbListed {
     id: u64,
-    path: String,
+    path: Vec<u8>,
     kind: u8,
     size: u64,
-    target: String,
+    target: Vec<u8>,
     mode: u32,
     mtime: Option<(i64, u32)>,
     hash: Option<[u8; 32]>,
@@ -458,10 +458,10 @@ impl Harness {
                 let batch = (0..3)
                     .map(|i| ArbListed {
                         id: i + 1,
-                        path: format!("top/f{i}"),
+                        path: format!("top/f{i}").into(),
                         kind: 1,
                         size: 5,
-                        target: String::new(),
+                        target: Vec::new(),
                         mode: 0o644,
                         mtime: None,
                         hash: None,

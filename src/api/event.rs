@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::error::ErrorKind;
+use crate::transfer::fs::shown;
 use crate::transfer::survey::Present;
 use crate::transfer::{FileOutcome, Link, Note, PathKind, Progress, Report};
 use crate::wire::control::Offer;
@@ -74,7 +75,8 @@ pub enum Event {
     /// One file is done on this side.
     #[non_exhaustive]
     File {
-        /// Its path as offered, `/`-separated.
+        /// Its path as offered, `/`-separated; a path that is not UTF-8 is given with `\xNN`
+        /// for each byte that is not.
         path: String,
         /// Its size.
         bytes: u64,
@@ -131,7 +133,8 @@ pub struct OfferSummary {
     /// Bytes of the files (what is known of them: a stream's size is not).
     pub bytes: u64,
     /// The top-level names, as the sender sent them (untrusted: they are checked before
-    /// anything is written, but escape them for a terminal).
+    /// anything is written, but escape them for a terminal). A name is bytes: one that is not
+    /// UTF-8 is given with `\xNN` for each byte that is not (`caf\xe9`).
     pub names: Vec<String>,
     /// Bytes the destination already holds.
     pub present_bytes: u64,
@@ -154,7 +157,7 @@ impl OfferSummary {
             symlinks: offer.symlinks,
             hardlinks: offer.hardlinks,
             bytes: offer.bytes,
-            names: offer.names.clone(),
+            names: offer.names.iter().map(|n| shown(n).into_owned()).collect(),
             present_bytes: present.bytes,
             present_files: present.files,
             partial_files: present.partial,
@@ -308,7 +311,7 @@ impl Event {
             Note::Reconnected => Event::Reconnected,
             Note::Text { text } => Event::Text { text: (*text).to_owned() },
             Note::File { path, bytes, outcome } => {
-                Event::File { path: (*path).to_owned(), bytes: *bytes, outcome: *outcome }
+                Event::File { path: shown(path).into_owned(), bytes: *bytes, outcome: *outcome }
             }
         }
     }

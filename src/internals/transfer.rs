@@ -268,6 +268,11 @@ pub fn printable(s: &str) -> String {
     out
 }
 
+/// [`printable`] for a name, which is bytes: those that are not UTF-8 are shown `\xNN`.
+pub fn printable_name(name: &[u8]) -> String {
+    printable(&fs::shown(name))
+}
+
 /// Unicode's format characters (general category Cf) and the other invisible characters that
 /// change how text around them reads.
 fn is_format(c: char) -> bool {
@@ -512,8 +517,8 @@ pub enum Note<'a> {
     },
     /// One file is done on this side.
     File {
-        /// Its path as offered.
-        path: &'a str,
+        /// Its path as offered (bytes: see [`fs::shown`]).
+        path: &'a [u8],
         /// Its size.
         bytes: u64,
         /// How it ended.

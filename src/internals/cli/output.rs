@@ -293,7 +293,7 @@ impl Observer for Ui {
                         "{}{} {} ({})",
                         word[..1].to_uppercase(),
                         &word[1..],
-                        crate::transfer::printable(path),
+                        crate::transfer::printable_name(path),
                         HumanBytes(bytes)
                     );
                 }
@@ -306,7 +306,7 @@ impl Observer for Ui {
         // `.bashrc` landing in a home directory must never be a surprise.
         const LISTED: usize = 20;
         for name in offer.names.iter().take(LISTED) {
-            eprintln!("  {}", crate::transfer::printable(name));
+            eprintln!("  {}", crate::transfer::printable_name(name));
         }
         if offer.names.len() > LISTED {
             eprintln!("  … and {} more", offer.names.len() - LISTED);
@@ -314,8 +314,8 @@ impl Observer for Ui {
         let hidden: Vec<String> = offer
             .names
             .iter()
-            .filter(|n| n.starts_with('.'))
-            .map(|n| crate::transfer::printable(n))
+            .filter(|n| n.starts_with(b"."))
+            .map(|n| crate::transfer::printable_name(n))
             .collect();
         if !hidden.is_empty() {
             eprintln!("warning: the offer includes hidden names: {}", hidden.join(", "));
@@ -375,9 +375,8 @@ fn describe(offer: &Offer) -> String {
     if offer.text.is_some() {
         return describe_short(offer);
     }
-    let mut names = crate::transfer::printable(
-        &offer.names.iter().take(SHOWN).cloned().collect::<Vec<_>>().join(", "),
-    );
+    let shown: Vec<_> = offer.names.iter().take(SHOWN).map(|n| crate::transfer::fs::shown(n)).collect();
+    let mut names = crate::transfer::printable(&shown.join(", "));
     if offer.names.len() > SHOWN {
         names.push_str(&format!(" and {} more", offer.names.len() - SHOWN));
     }

@@ -35,7 +35,7 @@ pub enum LaneError {
     /// A file's content did not match its hash.
     #[error("{path} arrived corrupted (its BLAKE3 hash did not match)")]
     Hash {
-        /// The file's path.
+        /// The file's path, as shown.
         path: String,
     },
 }
@@ -284,7 +284,7 @@ impl std::fmt::Debug for Unzstd {
 #[derive(Debug)]
 struct ReadFile {
     id: u64,
-    path: String,
+    path: Vec<u8>,
     /// `u64::MAX` for a stream, which ends at its FILE_END.
     size: u64,
     stream: bool,
@@ -473,7 +473,7 @@ impl LaneReader {
                     Check::Held(root) => *root,
                 };
                 if got != hash {
-                    return Err(LaneError::Hash { path: file.path });
+                    return Err(LaneError::Hash { path: crate::transfer::fs::shown(&file.path).into_owned() });
                 }
                 Ok(LaneEvent::FileEnd { file_id, hash, size: file.received })
             }
@@ -538,7 +538,7 @@ mod tests {
     fn file(id: u64, size: u64) -> Entry {
         Entry {
             id,
-            path: format!("dir/f{id}"),
+            path: format!("dir/f{id}").into(),
             kind: EntryKind::File { size },
             mode: 0o644,
             mtime: Some(Timestamp { secs: 1, nanos: 0 }),

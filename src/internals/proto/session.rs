@@ -170,7 +170,7 @@ fn refusal_message(r: &Refuse) -> String {
         }
         RefuseReason::Conflict => {
             // A receiver lists up to 20; a longer list is shown as a count, not printed whole.
-            let shown = r.names.iter().take(SHOWN_NAMES).map(String::as_str);
+            let shown = r.names.iter().take(SHOWN_NAMES).map(|n| crate::transfer::fs::shown(n));
             let more = match r.names.len().saturating_sub(SHOWN_NAMES) {
                 0 => String::new(),
                 n => format!(" and {n} more"),

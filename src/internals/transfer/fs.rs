@@ -61,7 +61,9 @@ mod part;
 pub mod state;
 
 pub use error::{classify, FsError};
-pub use path::{rel_path_of, PathError, RelPath, MAX_COMPONENT_LEN, MAX_DEPTH, MAX_PATH_LEN};
+pub use path::{
+    name_bytes, os, rel_path_of, shown, PathError, RelPath, MAX_COMPONENT_LEN, MAX_DEPTH, MAX_PATH_LEN,
+};
 
 #[cfg(unix)]
 pub use dest::{Dest, Found, Resumable, Syncer};

@@ -27,6 +27,7 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
+use super::fs::shown;
 use super::cache::{CvCache, CvReader};
 use super::prefix::prefix;
 use super::survey::{Plan, Verdict};
@@ -337,10 +338,10 @@ impl Worker {
                 file.seek(SeekFrom::Start(offset)).map_err(|e| read_failed(local, &e))?;
                 self.resumed.fetch_add(offset, Ordering::Relaxed);
                 start = offset;
-                tracing::info!(path = %job.entry.path, kept = offset, "resuming: the receiver holds a prefix");
+                tracing::info!(path = %shown(&job.entry.path), kept = offset, "resuming: the receiver holds a prefix");
             } else {
                 progress.sub(offset);
-                tracing::info!(path = %job.entry.path, "sending whole: the receiver's partial copy differs from this file");
+                tracing::info!(path = %shown(&job.entry.path), "sending whole: the receiver's partial copy differs from this file");
             }
         }
         self.packer.start_file(size);

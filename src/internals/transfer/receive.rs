@@ -306,9 +306,8 @@ async fn run(
     let mut survey = None;
     if std::fs::symlink_metadata(&opts.out).is_ok() {
         let d = Dest::open(&opts.out)?;
-        let refs: Vec<&str> = offer.names.iter().map(String::as_str).collect();
         let partials = d.state().partial_ids();
-        if !d.existing(&refs).is_empty() || !partials.is_empty() {
+        if !d.existing(&offer.names).is_empty() || !partials.is_empty() {
             let (d, s) = survey_destination(ctl, d, &offer, opts, partials).await?;
             survey = Some(s);
             dest = Some(d);
@@ -320,8 +319,8 @@ async fn run(
         let (count, shown) = s.conflicts();
         if count > 0 {
             let names: Vec<String> = shown.iter().map(|c| crate::transfer::printable(c)).collect();
-            ctl.session()
-                .refuse(Refuse { reason: RefuseReason::Conflict, names: names.clone() })?;
+            let refused = names.iter().map(|n| n.clone().into_bytes()).collect();
+            ctl.session().refuse(Refuse { reason: RefuseReason::Conflict, names: refused })?;
             ctl.flush().await?;
             let more = if count as usize > names.len() {
                 format!(" and {} more", count as usize - names.len())
@@ -643,7 +642,7 @@ fn check_offer(offer: &Offer) -> Result<(), TransferError> {
         if rel.components().count() != 1 || !names.insert(name.clone()) {
             return Err(protocol(format!("the sender offered an invalid top-level name {rel}")));
         }
-        if name == STATE_DIR {
+        if name == STATE_DIR.as_bytes() {
             return Err(TransferError::new(
                 ErrorKind::Conflict,
                 format!("the sender offered {STATE_DIR}, a name p2p-copy keeps for its own state; rename it and send again"),

@@ -412,8 +412,8 @@ async fn run(
     let one = opts.text.is_some() || scan.stream.is_some();
     let lanes = if one { 1 } else { opts.lanes.clamp(1, peer.max_lanes.max(1)) };
     let chunk = opts.chunk_size.min(peer.max_chunk as usize);
-    let mut names: Vec<String> = scan.sources.iter().map(|s| s.name.clone()).collect();
-    names.extend(scan.stream.iter().map(|s| s.name.clone()));
+    let mut names: Vec<Vec<u8>> = scan.sources.iter().map(|s| s.name.clone()).collect();
+    names.extend(scan.stream.iter().map(|s| s.name.clone().into_bytes()));
     let offer = Offer {
         files: scan.files,
         dirs: scan.dirs,

@@ -33,7 +33,7 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::SystemTime;
 
-use super::fs::{Dest, Found, RelPath, Resumable};
+use super::fs::{os, shown, Dest, Found, RelPath, Resumable};
 use super::walk::{system_time, Job};
 use super::TransferError;
 use crate::error::ErrorKind;
@@ -144,7 +144,7 @@ impl Survey {
             },
             EntryKind::Symlink { target } => match found {
                 Found::Missing => (WANT, Answer::Send),
-                Found::Symlink { target: t } if t.as_os_str() == target.as_str() => {
+                Found::Symlink { target: t } if t.as_os_str() == os(target) => {
                     (SKIP, Answer::Skip)
                 }
                 Found::Dir => self.conflict(&rel, DIR_IN_THE_WAY),
@@ -213,7 +213,7 @@ impl Survey {
     ) -> Result<bool, TransferError> {
         match (self.checksum, listed.hash) {
             (true, Some(hash)) => {
-                let path = dest.root().join(rel.as_str());
+                let path = dest.root().join(rel.as_path());
                 let mut h = blake3::Hasher::new();
                 std::fs::File::open(&path)
                     .and_then(|mut f| std::io::copy(&mut f, &mut h))
@@ -238,7 +238,7 @@ impl Survey {
         size: u64,
         touch: &dyn Fn(),
     ) -> Result<(u8, Answer), TransferError> {
-        let id = super::fs::state::partial_id(rel.as_str(), size, entry.mtime);
+        let id = super::fs::state::partial_id(rel.as_bytes(), size, entry.mtime);
         if size == 0 || !self.partials.contains(&id) {
             tracing::info!(path = %rel, "sending whole: not here");
             return Ok((WANT, Answer::Send));
@@ -293,17 +293,17 @@ impl Survey {
         if self.fingerprints[i] != fingerprint(&self.key, entry) {
             return Err(protocol(format!(
                 "the sender sent {} other than it listed it",
-                crate::transfer::printable(&entry.path)
+                crate::transfer::printable_name(&entry.path)
             )));
         }
         match self.states[i] {
             SKIP => Err(protocol(format!(
                 "the sender sent {}, which it was told is already here",
-                crate::transfer::printable(&entry.path)
+                crate::transfer::printable_name(&entry.path)
             ))),
             ARRIVED => Err(protocol(format!(
                 "the sender sent {} twice",
-                crate::transfer::printable(&entry.path)
+                crate::transfer::printable_name(&entry.path)
             ))),
             state => {
                 self.states[i] = ARRIVED;
@@ -391,7 +391,7 @@ fn fingerprint(key: &[u8; 32], entry: &Entry) -> u32 {
     let mut h = blake3::Hasher::new_keyed(key);
     h.update(&entry.id.to_be_bytes());
     h.update(&(entry.path.len() as u64).to_be_bytes());
-    h.update(entry.path.as_bytes());
+    h.update(&entry.path);
     match &entry.kind {
         EntryKind::Dir => {
             h.update(&[0]);
@@ -402,14 +402,14 @@ fn fingerprint(key: &[u8; 32], entry: &Entry) -> u32 {
         }
         EntryKind::Symlink { target } => {
             h.update(&[2]);
-            h.update(target.as_bytes());
+            h.update(target);
         }
         EntryKind::Stream => {
             h.update(&[3]);
         }
         EntryKind::HardLink { target } => {
             h.update(&[4]);
-            h.update(target.as_bytes());
+            h.update(target);
         }
     }
     if let Some(t) = entry.mtime {
@@ -425,10 +425,10 @@ fn protocol(message: String) -> TransferError {
 }
 
 /// The error for a hard link at `rel` whose `target` is not a regular file of the offer.
-pub fn unlisted_target(rel: &RelPath, target: &str) -> TransferError {
+pub fn unlisted_target(rel: &RelPath, target: &[u8]) -> TransferError {
     protocol(format!(
         "the sender sent {rel} as a hard link to {}, which it did not send as a file",
-        crate::transfer::printable(target)
+        crate::transfer::printable_name(target)
     ))
 }
 
@@ -449,20 +449,20 @@ impl LinkTargets {
     }
 
     /// The file `path` is an entry of the offer (`skipped`: and is already here).
-    pub fn file(&mut self, path: &str, skipped: bool) {
+    pub fn file(&mut self, path: &[u8], skipped: bool) {
         if self.used {
             self.files.insert(self.hash(path), skipped);
         }
     }
 
     /// The safe path of `target` and whether it was skipped, if it is a file of the offer.
-    pub fn find(&self, target: &str) -> Option<(RelPath, bool)> {
+    pub fn find(&self, target: &[u8]) -> Option<(RelPath, bool)> {
         let skipped = *self.files.get(&self.hash(target))?;
         Some((RelPath::parse(target).ok()?, skipped))
     }
 
-    fn hash(&self, path: &str) -> u64 {
-        let b = blake3::keyed_hash(&self.key, path.as_bytes());
+    fn hash(&self, path: &[u8]) -> u64 {
+        let b = blake3::keyed_hash(&self.key, path);
         let mut first = [0; 8];
         first.copy_from_slice(&b.as_bytes()[..8]);
         u64::from_be_bytes(first)
@@ -610,7 +610,7 @@ impl Plan {
                 ErrorKind::Io,
                 format!(
                     "the paths changed after they were listed (at {}); send again once they are settled",
-                    entry.path
+                    shown(&entry.path)
                 ),
             )),
         }
@@ -643,8 +643,8 @@ mod tests {
         assert_eq!(plan.present.files, 1);
         assert_eq!(plan.present.bytes, 10 + (1 << 20));
         let kept = plan.take_kept().unwrap();
-        let got: Vec<_> = kept.iter().map(|j| (j.entry.path.as_str(), j.resume)).collect();
-        assert_eq!(got, [("d", None), ("d/part", Some((1 << 20, [7; 32])))]);
+        let got: Vec<_> = kept.iter().map(|j| (j.entry.path.as_slice(), j.resume)).collect();
+        assert_eq!(got, [(&b"d"[..], None), (b"d/part", Some((1 << 20, [7; 32])))]);
         // The plan still answers for a walk of the same entries.
         let skipped = job(2, "d/same", EntryKind::File { size: 10 });
         assert_eq!(plan.verdict(&skipped.entry).unwrap(), Verdict::Skip);

@@ -27,7 +27,7 @@ use std::time::UNIX_EPOCH;
 use ignore::gitignore::{Gitignore, GitignoreBuilder};
 use walkdir::WalkDir;
 
-use super::fs::{rel_path_of, RelPath};
+use super::fs::{name_bytes, os, rel_path_of, shown, RelPath};
 use super::TransferError;
 use crate::error::ErrorKind;
 use crate::wire::control::{Summary, MAX_HARDLINKS, MAX_HARDLINK_BYTES, MAX_NAMES};
@@ -51,8 +51,8 @@ pub const LINKED_BYTES: usize = 8 << 20;
 pub struct Source {
     /// As given.
     pub path: PathBuf,
-    /// Its top-level name on the receiving side.
-    pub name: String,
+    /// Its top-level name on the receiving side (bytes, as on the wire).
+    pub name: Vec<u8>,
     /// What is left out below it (`send --exclude`), matched relative to it.
     pub exclude: Option<Arc<Gitignore>>,
 }
@@ -127,10 +127,10 @@ impl Scan {
     }
 }
 
-/// The entries of a scan: their paths (and symlink targets) in one string.
+/// The entries of a scan: their paths (and symlink targets) in one buffer.
 #[derive(Debug, Default)]
 struct Remembered {
-    text: String,
+    text: Vec<u8>,
     entries: Vec<Seen>,
 }
 
@@ -162,7 +162,7 @@ const HARDLINK: u64 = u64::MAX - 2;
 #[derive(Debug, Default)]
 struct Linked {
     first: HashMap<(u64, u64), (u32, u32)>,
-    text: String,
+    text: Vec<u8>,
     links: u64,
     link_bytes: usize,
 }
@@ -170,23 +170,23 @@ struct Linked {
 impl Linked {
     /// What a regular file found at `rel` with `meta` goes as: a hard link to the path its
     /// inode was first sent under, or (`None`) a file, remembered if it has other names.
-    fn target_of(&mut self, rel: &RelPath, meta: &Metadata) -> Option<String> {
+    fn target_of(&mut self, rel: &RelPath, meta: &Metadata) -> Option<Vec<u8>> {
         if meta.nlink() < 2 {
             return None;
         }
         let identity = (meta.dev(), meta.ino());
         if let Some(&(start, end)) = self.first.get(&identity) {
-            let bytes = self.link_bytes + rel.as_str().len() + (end - start) as usize;
+            let bytes = self.link_bytes + rel.as_bytes().len() + (end - start) as usize;
             if self.links >= MAX_HARDLINKS || bytes > MAX_HARDLINK_BYTES {
                 return None;
             }
             self.links += 1;
             self.link_bytes = bytes;
-            return Some(self.text[start as usize..end as usize].to_owned());
+            return Some(self.text[start as usize..end as usize].to_vec());
         }
-        if self.first.len() < MAX_LINKED && self.text.len() + rel.as_str().len() <= LINKED_BYTES {
+        if self.first.len() < MAX_LINKED && self.text.len() + rel.as_bytes().len() <= LINKED_BYTES {
             let start = self.text.len() as u32;
-            self.text.push_str(rel.as_str());
+            self.text.extend_from_slice(rel.as_bytes());
             self.first.insert(identity, (start, self.text.len() as u32));
         }
         None
@@ -197,16 +197,16 @@ impl Remembered {
     /// Adds an entry; false when the whole would no longer fit.
     fn push(&mut self, source: usize, entry: &Entry, identity: (u64, u64)) -> bool {
         let target = match &entry.kind {
-            EntryKind::Symlink { target } | EntryKind::HardLink { target } => target.as_str(),
-            _ => "",
+            EntryKind::Symlink { target } | EntryKind::HardLink { target } => target.as_slice(),
+            _ => &[],
         };
         let text = self.text.len() + entry.path.len() + target.len();
         if text + SEEN_ITEM_BYTES * (self.entries.len() + 1) > SEEN_BYTES {
             return false;
         }
-        self.text.push_str(&entry.path);
+        self.text.extend_from_slice(&entry.path);
         let path_end = self.text.len() as u32;
-        self.text.push_str(target);
+        self.text.extend_from_slice(target);
         self.entries.push(Seen {
             path_end,
             target_end: self.text.len() as u32,
@@ -234,18 +234,18 @@ impl Remembered {
             let target = &self.text[seen.path_end as usize..seen.target_end as usize];
             start = seen.target_end as usize;
             let source = &sources[seen.source as usize];
-            let below = path.get(source.name.len() + 1..).unwrap_or("");
+            let below = path.get(source.name.len() + 1..).unwrap_or_default();
             let local =
-                if below.is_empty() { source.path.clone() } else { source.path.join(below) };
+                if below.is_empty() { source.path.clone() } else { source.path.join(os(below)) };
             let kind = match seen.size {
                 DIR => EntryKind::Dir,
-                SYMLINK => EntryKind::Symlink { target: target.to_owned() },
-                HARDLINK => EntryKind::HardLink { target: target.to_owned() },
+                SYMLINK => EntryKind::Symlink { target: target.to_vec() },
+                HARDLINK => EntryKind::HardLink { target: target.to_vec() },
                 size => EntryKind::File { size },
             };
             let entry = Entry {
                 id: i as u64 + 1,
-                path: path.to_owned(),
+                path: path.to_vec(),
                 kind,
                 mode: seen.mode,
                 mtime: seen.mtime,
@@ -343,7 +343,7 @@ pub fn walk(scan: &Scan, mut emit: impl FnMut(Job) -> bool) -> Result<Summary, T
     if let Some(stream) = &scan.stream {
         let entry = Entry {
             id: 1,
-            path: stream.name.clone(),
+            path: stream.name.clone().into_bytes(),
             kind: EntryKind::Stream,
             mode: 0o644,
             mtime: None,
@@ -418,21 +418,22 @@ fn entry_of(
     };
     Ok(Entry {
         id,
-        path: rel.as_str().to_owned(),
+        path: rel.as_bytes().to_vec(),
         kind,
         mode: meta.permissions().mode() & 0o7777,
         mtime: mtime(meta),
     })
 }
 
-fn link_target(local: &Path) -> Result<String, TransferError> {
+fn link_target(local: &Path) -> Result<Vec<u8>, TransferError> {
     let target = std::fs::read_link(local).map_err(|e| read_failed(local, &e))?;
-    target.into_os_string().into_string().map_err(|_| {
+    let bytes = name_bytes(target.as_os_str()).ok_or_else(|| {
         TransferError::new(
             ErrorKind::Usage,
-            format!("the target of symlink {} is not valid UTF-8", local.display()),
+            format!("the target of symlink {} is not valid Unicode", local.display()),
         )
-    })
+    })?;
+    Ok(bytes.to_vec())
 }
 
 fn sources(paths: &[PathBuf], exclude: &[String]) -> Result<Vec<Source>, TransferError> {
@@ -470,7 +471,7 @@ fn sources(paths: &[PathBuf], exclude: &[String]) -> Result<Vec<Source>, Transfe
             if !seen.insert(name.clone()) {
                 return Err(TransferError::new(
                     ErrorKind::Usage,
-                    format!("two paths are named {name:?}; the receiver would get only one; rename one or send their parent"),
+                    format!("two paths are named {:?}; the receiver would get only one; rename one or send their parent", shown(&name)),
                 ));
             }
             let exclude = match exclude.is_empty() || !meta.is_dir() {
@@ -483,7 +484,7 @@ fn sources(paths: &[PathBuf], exclude: &[String]) -> Result<Vec<Source>, Transfe
 }
 
 /// The last component of a path, resolving `.` and `..` first.
-fn top_name(path: &Path) -> Result<String, TransferError> {
+fn top_name(path: &Path) -> Result<Vec<u8>, TransferError> {
     let named = match path.file_name() {
         Some(n) if !path.ends_with("..") => Some(n.to_owned()),
         _ => std::fs::canonicalize(path)
@@ -497,11 +498,11 @@ fn top_name(path: &Path) -> Result<String, TransferError> {
             format!("{} has no name to send it under; send the paths inside it", path.display()),
         )
     })?;
-    let name = name.into_string().map_err(|_| {
-        TransferError::new(ErrorKind::Usage, format!("{} is not valid UTF-8", path.display()))
+    let name = name_bytes(&name).ok_or_else(|| {
+        TransferError::new(ErrorKind::Usage, format!("{} is not valid Unicode", path.display()))
     })?;
-    RelPath::parse(&name).map_err(|e| TransferError::new(ErrorKind::Usage, e.to_string()))?;
-    Ok(name)
+    RelPath::parse(name).map_err(|e| TransferError::new(ErrorKind::Usage, e.to_string()))?;
+    Ok(name.to_vec())
 }
 
 enum Kind {
@@ -560,7 +561,7 @@ fn visit(
                 continue;
             };
             let below = dent.path().strip_prefix(&source.path).unwrap_or(Path::new(""));
-            let rel = rel_path_of(&source.name, below).map_err(|e| {
+            let rel = rel_path_of(os(&source.name), below).map_err(|e| {
                 TransferError::new(
                     ErrorKind::Usage,
                     format!("cannot send {}: {e}", dent.path().display()),
@@ -702,7 +703,7 @@ mod tests {
             jobs
         };
         let replayed = jobs(&remembered);
-        let paths: Vec<_> = replayed.iter().map(|(e, _)| e.path.as_str()).collect();
+        let paths: Vec<_> = replayed.iter().map(|(e, _)| String::from_utf8_lossy(&e.path)).collect();
         assert_eq!(
             paths,
             ["top", "top/a.txt", "top/b", "top/b/empty", "top/b/z.txt", "top/link", "single.bin"]
@@ -754,7 +755,7 @@ mod tests {
         };
         let replayed = jobs(&remembered);
         let link =
-            |path: &str| replayed.iter().find(|e| e.path == path).map(|e| e.kind.clone()).unwrap();
+            |path: &str| replayed.iter().find(|e| e.path == path.as_bytes()).map(|e| e.kind.clone()).unwrap();
         // Walk order: top, top/a, top/a/second (the first name met), top/b, top/b/first, …
         assert_eq!(link("top/a/second"), EntryKind::File { size: 6 });
         for later in ["top/b/first", "top/c", "single"] {
@@ -856,7 +857,7 @@ mod tests {
         assert!(err.message.contains("no longer a regular file"), "{err}");
 
         let scan = scan(std::slice::from_ref(&link), &[]).unwrap();
-        assert_eq!(scan.sources[0].name, "link");
+        assert_eq!(scan.sources[0].name, b"link");
         let mut locals = Vec::new();
         walk(&scan, |job| {
             locals.push(job.local);
@@ -894,7 +895,7 @@ mod tests {
             true
         })
         .unwrap();
-        let job = jobs.iter().find(|j| j.entry.path == "tree/sub/key").unwrap();
+        let job = jobs.iter().find(|j| j.entry.path == b"tree/sub/key").unwrap();
         std::fs::rename(tree.join("sub"), dir.path().join("moved")).unwrap();
         std::os::unix::fs::symlink(&private, tree.join("sub")).unwrap();
         let EntryKind::File { size } = job.entry.kind else { panic!("a file") };
@@ -920,7 +921,7 @@ mod tests {
         let scan = scan(std::slice::from_ref(&root), &patterns).unwrap();
         let mut paths = Vec::new();
         walk(&scan, |job| {
-            paths.push(job.entry.path);
+            paths.push(String::from_utf8(job.entry.path).unwrap());
             true
         })
         .unwrap();
@@ -947,7 +948,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let inner = dir.path().join("named");
         std::fs::create_dir(&inner).unwrap();
-        assert_eq!(top_name(&inner.join(".")).unwrap(), "named");
+        assert_eq!(top_name(&inner.join(".")).unwrap(), b"named");
         assert!(top_name(Path::new("/")).is_err());
     }
 

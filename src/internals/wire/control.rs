@@ -21,7 +21,7 @@ use super::{fixed, from_postcard, to_postcard, DecodeError};
 use crate::error::ErrorKind;
 
 /// The protocol version this build speaks.
-pub const VERSION: u16 = 6;
+pub const VERSION: u16 = 7;
 /// Cap on a control frame body (an offer naming many top-level paths is the largest).
 pub const MAX_FRAME: usize = 4 << 20;
 /// Cap on the top-level names in an offer.
@@ -223,8 +223,9 @@ pub struct Offer {
     pub symlinks: u64,
     /// Sum of file sizes.
     pub bytes: u64,
-    /// Top-level names: every entry path starts with one of these.
-    pub names: Vec<String>,
+    /// Top-level names: every entry path starts with one of these. Names are bytes (a Unix
+    /// name need not be UTF-8).
+    pub names: Vec<Vec<u8>>,
     /// Data lanes the sender will open.
     pub lanes: u16,
     /// Chunk payload size the sender will use.
@@ -255,8 +256,9 @@ pub struct Accept {}
 pub struct Refuse {
     /// The reason.
     pub reason: RefuseReason,
-    /// Names concerned (conflicting top-level names), possibly truncated.
-    pub names: Vec<String>,
+    /// Names concerned (conflicting top-level names), possibly truncated; bytes, as in
+    /// [`Offer::names`].
+    pub names: Vec<Vec<u8>>,
 }
 
 /// Reasons for a refusal.
@@ -381,7 +383,7 @@ impl Candidates {
     }
 }
 
-fn check_names(what: &'static str, names: &[String]) -> Result<(), DecodeError> {
+fn check_names(what: &'static str, names: &[Vec<u8>]) -> Result<(), DecodeError> {
     cap(what, names.len(), MAX_NAMES)?;
     names.iter().try_for_each(|n| cap("name", n.len(), MAX_PATH))
 }
@@ -517,7 +519,7 @@ mod tests {
     fn control_snapshots() {
         let got: Vec<String> = samples().iter().map(encoded).collect();
         let want = [
-            "0006abababababababababababababababababababababababababababababababab\
+            "0007abababababababababababababababababababababababababababababababab\
              cdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcd04808040\
              00",
             "01020100ac02020670686f746f73096e6f7465732e74787402808040\
@@ -593,7 +595,7 @@ mod tests {
             dirs: 0,
             symlinks: 0,
             bytes: 0,
-            names: vec![String::new(); MAX_NAMES + 1],
+            names: vec![Vec::new(); MAX_NAMES + 1],
             lanes: 1,
             chunk_size: 1,
             transfer_id: [0; 16],
@@ -648,7 +650,7 @@ mod tests {
             assert!(matches!(Control::decode(&out), Err(DecodeError::TooLong { .. })));
         }
         let mut bad = file_entry();
-        bad.path = "x".repeat(MAX_PATH + 1);
+        bad.path = vec![b'x'; MAX_PATH + 1];
         out.clear();
         Control::Listing(vec![Listed { entry: bad, hash: None }]).encode(&mut out);
         assert!(matches!(Control::decode(&out), Err(DecodeError::TooLong { what: "path", .. })));
@@ -656,7 +658,7 @@ mod tests {
 
     proptest! {
         #[test]
-        fn control_round_trips(i in 0usize..11, names in proptest::collection::vec(".{0,40}", 0..5), n in any::<u64>()) {
+        fn control_round_trips(i in 0usize..11, names in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..40), 0..5), n in any::<u64>()) {
             let mut m = samples()[i].clone();
             match &mut m {
                 Control::Offer(o) => { o.names = names; o.bytes = n; }

@@ -77,7 +77,8 @@ pub struct Entry {
     /// Sender-assigned id, unique within the session; chunks name it.
     pub id: u64,
     /// Relative path with `/` separators; its first component is an offered top-level name.
-    pub path: String,
+    /// Bytes: a Unix name need not be UTF-8.
+    pub path: Vec<u8>,
     /// What it is.
     pub kind: EntryKind,
     /// Unix permission bits (`st_mode & 0o7777`).
@@ -98,8 +99,8 @@ pub enum EntryKind {
     },
     /// A symbolic link, recreated as a link and never followed.
     Symlink {
-        /// The link target, verbatim.
-        target: String,
+        /// The link target, verbatim (bytes, as a path is).
+        target: Vec<u8>,
     },
     /// A regular file whose size is not known in advance (`send -`, a stream): its chunks
     /// go on until its FILE_END. Never resumed.
@@ -109,7 +110,7 @@ pub enum EntryKind {
     /// finished. Carries no data; its `mode` and `mtime` are the target's.
     HardLink {
         /// The path of the entry this one names again.
-        target: String,
+        target: Vec<u8>,
     },
 }
 
@@ -453,7 +454,7 @@ mod tests {
         assert_eq!(Record::decode(&empty_hole), Err(DecodeError::Invalid("empty hole")));
 
         let mut e = file_entry();
-        e.path = "x".repeat(5000);
+        e.path = vec![b'x'; 5000];
         let mut out = Vec::new();
         Record::Entry(e).encode(&mut out);
         assert!(matches!(Record::decode(&out), Err(DecodeError::TooLong { what: "path", .. })));
@@ -468,7 +469,7 @@ mod tests {
     proptest! {
         #[test]
         fn records_round_trip(
-            id in any::<u64>(), off in any::<u64>(), path in ".{0,64}", size in any::<u64>(),
+            id in any::<u64>(), off in any::<u64>(), path in proptest::collection::vec(any::<u8>(), 0..64), size in any::<u64>(),
             payload in proptest::collection::vec(any::<u8>(), 0..2000), sha in any::<[u8; 32]>(),
             secs in any::<i64>(), nanos in 0u32..1_000_000_000,
         ) {

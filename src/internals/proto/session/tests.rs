@@ -136,7 +136,7 @@ fn full_session_succeeds() {
 fn listed(id: u64) -> Listed {
     let entry = Entry {
         id,
-        path: format!("a/{id}"),
+        path: format!("a/{id}").into(),
         kind: EntryKind::File { size: 1 },
         mode: 0o644,
         mtime: None,

@@ -11,6 +11,7 @@
 //! large tree costs one lookup per entry, not one per component of its path.
 
 use std::collections::HashMap;
+use std::ffi::{OsStr, OsString};
 use std::fs::File;
 use std::io;
 use std::os::fd::OwnedFd;
@@ -21,6 +22,7 @@ use rustix::fs::{AtFlags, FileType, Mode, OFlags, Stat, CWD};
 use rustix::io::Errno;
 
 use super::error::{classify, FsError};
+use super::path::{os, shown};
 
 /// How a directory is held for walking and for the `*at` calls: `O_PATH` where there is one
 /// (only search permission is needed, as for a path).
@@ -48,11 +50,11 @@ pub(super) struct Dir {
 #[derive(Debug, Clone)]
 pub(super) struct At {
     pub dir: Arc<Dir>,
-    pub name: String,
+    pub name: OsString,
 }
 
 impl At {
-    pub fn new(dir: &Arc<Dir>, name: impl Into<String>) -> At {
+    pub fn new(dir: &Arc<Dir>, name: impl Into<OsString>) -> At {
         At { dir: dir.clone(), name: name.into() }
     }
 
@@ -81,7 +83,7 @@ impl Dir {
 
     /// Opens the directory `name` in this one; `Err(NOTDIR or LOOP)` if it is not a real
     /// directory.
-    fn child(&self, name: &str) -> Result<Dir, Errno> {
+    fn child(&self, name: &OsStr) -> Result<Dir, Errno> {
         let fd = rustix::fs::openat(&self.fd, name, WALK, Mode::empty())?;
         let st = rustix::fs::fstat(&fd)?;
         Ok(Dir { fd, dev: st.st_dev as u64, path: self.path.join(name) })
@@ -93,8 +95,8 @@ impl Dir {
     }
 
     /// What `name` is, without following it; `None` if nothing is there.
-    pub fn stat(&self, name: &str) -> io::Result<Option<Stat>> {
-        match rustix::fs::statat(&self.fd, name, AtFlags::SYMLINK_NOFOLLOW) {
+    pub fn stat(&self, name: impl AsRef<OsStr>) -> io::Result<Option<Stat>> {
+        match rustix::fs::statat(&self.fd, name.as_ref(), AtFlags::SYMLINK_NOFOLLOW) {
             Ok(st) => Ok(Some(st)),
             Err(Errno::NOENT) => Ok(None),
             Err(e) => Err(e.into()),
@@ -103,53 +105,53 @@ impl Dir {
 
     /// Opens (with `flags`, creating it mode 0o600 if `flags` say so) the file `name`, never
     /// through a link.
-    pub fn open_file(&self, name: &str, flags: OFlags) -> io::Result<File> {
+    pub fn open_file(&self, name: impl AsRef<OsStr>, flags: OFlags) -> io::Result<File> {
         let flags = flags | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-        let fd = rustix::fs::openat(&self.fd, name, flags, Mode::from_raw_mode(0o600))?;
+        let fd = rustix::fs::openat(&self.fd, name.as_ref(), flags, Mode::from_raw_mode(0o600))?;
         Ok(File::from(fd))
     }
 
     /// Opens the directory `name` for changing its mode and times (not through a link).
-    pub fn open_dir(&self, name: &str) -> io::Result<File> {
+    pub fn open_dir(&self, name: impl AsRef<OsStr>) -> io::Result<File> {
         let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-        Ok(File::from(rustix::fs::openat(&self.fd, name, flags, Mode::empty())?))
+        Ok(File::from(rustix::fs::openat(&self.fd, name.as_ref(), flags, Mode::empty())?))
     }
 
     /// Makes the directory `name` (modes as the umask allows).
-    pub fn mkdir(&self, name: &str) -> io::Result<()> {
-        Ok(rustix::fs::mkdirat(&self.fd, name, Mode::from_raw_mode(0o777))?)
+    pub fn mkdir(&self, name: impl AsRef<OsStr>) -> io::Result<()> {
+        Ok(rustix::fs::mkdirat(&self.fd, name.as_ref(), Mode::from_raw_mode(0o777))?)
     }
 
     /// Removes the file or link `name`.
-    pub fn remove(&self, name: &str) -> io::Result<()> {
-        Ok(rustix::fs::unlinkat(&self.fd, name, AtFlags::empty())?)
+    pub fn remove(&self, name: impl AsRef<OsStr>) -> io::Result<()> {
+        Ok(rustix::fs::unlinkat(&self.fd, name.as_ref(), AtFlags::empty())?)
     }
 
     /// Sets the permission bits of `name`, which must be a file of ours (`chmod` follows
     /// links: call it only on names this process created where nobody else can write).
-    pub fn chmod(&self, name: &str, mode: u32) -> io::Result<()> {
-        Ok(rustix::fs::chmodat(&self.fd, name, Mode::from_raw_mode(mode), AtFlags::empty())?)
+    pub fn chmod(&self, name: impl AsRef<OsStr>, mode: u32) -> io::Result<()> {
+        Ok(rustix::fs::chmodat(&self.fd, name.as_ref(), Mode::from_raw_mode(mode), AtFlags::empty())?)
     }
 
     /// Creates the link `name` to `target`, which is stored as given.
-    pub fn symlink(&self, target: &str, name: &str) -> io::Result<()> {
-        Ok(rustix::fs::symlinkat(target, &self.fd, name)?)
+    pub fn symlink(&self, target: &[u8], name: impl AsRef<OsStr>) -> io::Result<()> {
+        Ok(rustix::fs::symlinkat(os(target), &self.fd, name.as_ref())?)
     }
 
     /// The target of the link `name`.
-    pub fn readlink(&self, name: &str) -> io::Result<Vec<u8>> {
-        Ok(rustix::fs::readlinkat(&self.fd, name, Vec::new())?.into_bytes())
+    pub fn readlink(&self, name: impl AsRef<OsStr>) -> io::Result<Vec<u8>> {
+        Ok(rustix::fs::readlinkat(&self.fd, name.as_ref(), Vec::new())?.into_bytes())
     }
 
     /// Moves `name` onto `to`, replacing what is there (a file or a link, never followed).
-    pub fn rename(&self, name: &str, to: &At) -> io::Result<()> {
-        Ok(rustix::fs::renameat(&self.fd, name, &to.dir.fd, to.name.as_str())?)
+    pub fn rename(&self, name: impl AsRef<OsStr>, to: &At) -> io::Result<()> {
+        Ok(rustix::fs::renameat(&self.fd, name.as_ref(), &to.dir.fd, to.name.as_os_str())?)
     }
 
     /// Moves `name` onto `to` if nothing is there (`AlreadyExists` otherwise), atomically;
     /// `Unsupported` where the file system cannot tell.
-    pub fn rename_new(&self, name: &str, to: &At) -> io::Result<()> {
-        rename_noreplace(&self.fd, name, &to.dir.fd, &to.name)
+    pub fn rename_new(&self, name: impl AsRef<OsStr>, to: &At) -> io::Result<()> {
+        rename_noreplace(&self.fd, name.as_ref(), &to.dir.fd, &to.name)
     }
 
     /// The names in this directory (`.` and `..` left out); the directory must have been
@@ -170,14 +172,14 @@ impl Dir {
     }
 
     /// Gives the file `name` a second name `to`, which must not exist.
-    pub fn link(&self, name: &str, to: &At) -> io::Result<()> {
+    pub fn link(&self, name: impl AsRef<OsStr>, to: &At) -> io::Result<()> {
         let flags = AtFlags::empty();
-        Ok(rustix::fs::linkat(&self.fd, name, &to.dir.fd, to.name.as_str(), flags)?)
+        Ok(rustix::fs::linkat(&self.fd, name.as_ref(), &to.dir.fd, to.name.as_os_str(), flags)?)
     }
 }
 
 #[cfg(any(target_os = "linux", target_os = "android", target_vendor = "apple"))]
-fn rename_noreplace(from: &OwnedFd, name: &str, to: &OwnedFd, to_name: &str) -> io::Result<()> {
+fn rename_noreplace(from: &OwnedFd, name: &OsStr, to: &OwnedFd, to_name: &OsStr) -> io::Result<()> {
     use rustix::fs::RenameFlags;
     match rustix::fs::renameat_with(from, name, to, to_name, RenameFlags::NOREPLACE) {
         Ok(()) => Ok(()),
@@ -190,7 +192,7 @@ fn rename_noreplace(from: &OwnedFd, name: &str, to: &OwnedFd, to_name: &str) -> 
 }
 
 #[cfg(not(any(target_os = "linux", target_os = "android", target_vendor = "apple")))]
-fn rename_noreplace(_: &OwnedFd, _: &str, _: &OwnedFd, _: &str) -> io::Result<()> {
+fn rename_noreplace(_: &OwnedFd, _: &OsStr, _: &OwnedFd, _: &OsStr) -> io::Result<()> {
     Err(io::Error::new(io::ErrorKind::Unsupported, "no rename without replacing"))
 }
 
@@ -203,15 +205,15 @@ pub(super) fn not_a_dir(e: &io::Error) -> bool {
 /// The handles of the directories used last, by their path below the destination.
 #[derive(Debug, Default)]
 pub(super) struct DirCache {
-    dirs: Mutex<HashMap<String, Arc<Dir>>>,
+    dirs: Mutex<HashMap<Vec<u8>, Arc<Dir>>>,
 }
 
 impl DirCache {
-    fn get(&self, rel: &str) -> Option<Arc<Dir>> {
+    fn get(&self, rel: &[u8]) -> Option<Arc<Dir>> {
         self.dirs.lock().unwrap_or_else(PoisonError::into_inner).get(rel).cloned()
     }
 
-    fn put(&self, rel: &str, dir: &Arc<Dir>) {
+    fn put(&self, rel: &[u8], dir: &Arc<Dir>) {
         let mut dirs = self.dirs.lock().unwrap_or_else(PoisonError::into_inner);
         if dirs.len() >= CACHED && !dirs.contains_key(rel) {
             // Any one goes: a walk from the nearest kept ancestor is short anyway.
@@ -219,21 +221,22 @@ impl DirCache {
                 dirs.remove(&old);
             }
         }
-        dirs.insert(rel.to_owned(), dir.clone());
+        dirs.insert(rel.to_vec(), dir.clone());
     }
 }
 
-/// Makes the directory `name` in a parent (`shown` below the destination) for [`walk`].
-pub(super) type MakeDir<'a> = &'a dyn Fn(&Dir, &str, &str) -> Result<(), FsError>;
+/// Makes the directory `name` in a parent (`rel` below the destination) for [`walk`].
+pub(super) type MakeDir<'a> = &'a dyn Fn(&Dir, &OsStr, &[u8]) -> Result<(), FsError>;
 
 /// Walks from `root` to the directory `to` (a path below it, `""` for the root itself) one
 /// component at a time, each opened without following links. A missing component is made
 /// with `mkdir(parent, name, shown)` where given (which may find that someone else made it
-/// first: the walk opens whatever is there then), else the walk stops at it.
+/// first: the walk opens whatever is there then), else the walk stops at it. `to` is a
+/// valid path's bytes ([`super::RelPath`]).
 pub(super) fn walk(
     root: &Arc<Dir>,
     cache: &DirCache,
-    to: &str,
+    to: &[u8],
     mkdir: Option<MakeDir<'_>>,
 ) -> Result<Walked, FsError> {
     if to.is_empty() {
@@ -244,21 +247,21 @@ pub(super) fn walk(
     }
     // From the nearest ancestor whose handle is kept.
     let (mut dir, mut done) = (root.clone(), 0);
-    for (i, _) in to.rmatch_indices('/') {
+    for i in (0..to.len()).rev().filter(|&i| to[i] == b'/') {
         if let Some(d) = cache.get(&to[..i]) {
             (dir, done) = (d, i + 1);
             break;
         }
     }
     let mut end = done;
-    for comp in to[done..].split('/') {
+    for comp in to[done..].split(|&b| b == b'/') {
         end += comp.len();
-        let shown = &to[..end];
+        let (rel, comp) = (&to[..end], os(comp));
         end += 1;
         let opened = match dir.child(comp) {
             Err(Errno::NOENT) => match mkdir {
                 Some(mkdir) => {
-                    mkdir(&dir, comp, shown)?;
+                    mkdir(&dir, comp, rel)?;
                     dir.child(comp)
                 }
                 None => return Ok(Walked::Missing),
@@ -273,7 +276,7 @@ pub(super) fn walk(
                     .ok()
                     .flatten()
                     .is_some_and(|st| FileType::from_raw_mode(st.st_mode) == FileType::Symlink);
-                return Ok(Walked::Blocked { shown: shown.to_owned(), link });
+                return Ok(Walked::Blocked { shown: shown(rel).into_owned(), link });
             }
             Err(e) => return Err(classify(&dir.path.join(comp), e.into())),
         };

@@ -1,7 +1,7 @@
 //! The destination directory: checked walks from the root, directories, symlinks, new files.
 
 use std::collections::{HashMap, HashSet};
-use std::ffi::OsString;
+use std::ffi::{OsStr, OsString};
 use std::fs::{self, File, Permissions};
 use std::io;
 use std::os::unix::ffi::OsStringExt;
@@ -62,7 +62,7 @@ pub struct Dest {
 /// The directories made for an offer, and their log in the state directory.
 #[derive(Debug, Default)]
 struct Made {
-    dirs: HashSet<String>,
+    dirs: HashSet<Vec<u8>>,
     /// The log's name in the state directory.
     log: Option<String>,
     /// Directories this transfer created, and how many the offer allows it.
@@ -168,7 +168,7 @@ impl Dest {
     /// Picks up what earlier transfers of these offered names left: the directories they
     /// made (which get the sender's modes and mtimes like this transfer's own). From now on at
     /// most `dir_limit` directories are created (the offer's count). Call before writing.
-    pub fn begin(&self, names: &[String], dir_limit: u64) {
+    pub fn begin(&self, names: &[Vec<u8>], dir_limit: u64) {
         let mut earlier = self.earlier.lock().unwrap_or_else(PoisonError::into_inner);
         for id in self.state.partial_ids() {
             earlier.entry(id[..id.len().min(16)].to_owned()).or_default().push(id);
@@ -194,7 +194,7 @@ impl Dest {
 
     /// Whether p2p-copy made this directory (for this offer).
     pub fn made(&self, rel: &RelPath) -> bool {
-        self.made.lock().unwrap_or_else(PoisonError::into_inner).dirs.contains(rel.as_str())
+        self.made.lock().unwrap_or_else(PoisonError::into_inner).dirs.contains(rel.as_bytes())
     }
 
     /// What is at `rel` now, looking without creating or following anything.
@@ -241,9 +241,9 @@ impl Dest {
         mtime: Option<Timestamp>,
         touch: &dyn Fn(),
     ) -> Result<Option<Resumable>, FsError> {
-        let id = partial_id(rel.as_str(), size, mtime);
+        let id = partial_id(rel.as_bytes(), size, mtime);
         let Some(partial) = self.state.open(&id)? else {
-            return Err(FsError::Busy { path: self.root.join(rel.as_str()) });
+            return Err(FsError::Busy { path: self.root.join(rel.as_path()) });
         };
         let meta = partial.file.metadata().map_err(|e| classify(&partial.part.path(), e))?;
         let len = meta.len();
@@ -269,8 +269,8 @@ impl Dest {
         };
         let Some(j) = Journal::load(&journal) else { return Ok(None) };
         let h = &j.header;
-        if (h.dev, h.ino, h.size, h.mtime, h.path.as_str())
-            != (meta.dev(), meta.ino(), size, mtime, rel.as_str())
+        if (h.dev, h.ino, h.size, h.mtime, h.path.as_slice())
+            != (meta.dev(), meta.ino(), size, mtime, rel.as_bytes())
         {
             // Not this file's journal (the partial was replaced, or the entry differs).
             return Ok(None);
@@ -366,19 +366,20 @@ impl Dest {
     /// Which of these top-level names already exist (any file type, dangling symlinks too)?
     ///
     /// Names that are not valid [`RelPath`]s are never reported: they are refused later anyway.
-    pub fn existing(&self, names: &[&str]) -> Vec<String> {
+    pub fn existing(&self, names: &[Vec<u8>]) -> Vec<Vec<u8>> {
         names
             .iter()
             .filter(|name| {
-                RelPath::parse(name).is_ok() && self.root_dir.stat(name).is_ok_and(|s| s.is_some())
+                RelPath::parse(name).is_ok()
+                    && self.root_dir.stat(super::path::os(name)).is_ok_and(|s| s.is_some())
             })
-            .map(|name| (*name).to_owned())
+            .cloned()
             .collect()
     }
 
     /// Create a directory and its missing parents; fine if it already is a real directory.
     pub fn create_dir(&self, rel: &RelPath) -> Result<(), FsError> {
-        self.dir_of(rel, rel.as_str(), true).map(drop)
+        self.dir_of(rel, rel.as_bytes(), true).map(drop)
     }
 
     /// Apply `mode` (permission bits, setuid/setgid dropped) and `mtime`, where given, to a
@@ -397,7 +398,7 @@ impl Dest {
             Ok(dir) => dir,
             Err(e) if not_a_dir(&e) => {
                 let link = parent.stat(rel.name()).ok().flatten().is_some_and(is_symlink);
-                return Err(blocked(rel, rel.as_str(), link));
+                return Err(blocked(rel, &rel.to_string(), link));
             }
             Err(e) => return Err(classify(&path(), e)),
         };
@@ -430,8 +431,8 @@ impl Dest {
 
     /// Create a symlink at `rel` pointing to `target`, stored verbatim and never followed here.
     /// With `overwrite`, an existing non-directory is replaced atomically.
-    pub fn symlink(&self, rel: &RelPath, target: &str, overwrite: bool) -> Result<(), FsError> {
-        if target.is_empty() || target.contains('\0') || target.len() > super::MAX_PATH_LEN {
+    pub fn symlink(&self, rel: &RelPath, target: &[u8], overwrite: bool) -> Result<(), FsError> {
+        if target.is_empty() || target.contains(&0) || target.len() > super::MAX_PATH_LEN {
             return Err(unsafe_path(
                 rel,
                 "the link target is empty, too long or contains a NUL byte",
@@ -481,7 +482,7 @@ impl Dest {
         if at.dir.dev != self.dev {
             return self.create_temp(rel, at, overwrite);
         }
-        let id = partial_id(rel.as_str(), size, mtime);
+        let id = partial_id(rel.as_bytes(), size, mtime);
         let Some(partial) = self.state.open(&id)? else {
             return Err(FsError::Busy { path: at.path() });
         };
@@ -526,7 +527,9 @@ impl Dest {
             // A fresh journal with the CVs of the groups kept, then on as usual.
             let meta = file.metadata().map_err(err)?;
             let old = journal.dir.open_file(&journal.name, OFlags::RDONLY).map_err(err)?;
-            let next = At::new(&journal.dir, format!("{}.new", journal.name));
+            let mut next = journal.name.clone();
+            next.push(".new");
+            let next = At::new(&journal.dir, next);
             let header = header_for(self.boot, rel, size, mtime, &meta);
             let out = new_journal(&next).map_err(err)?;
             let mut w = JournalWriter::create(out, &header, [], Mark::default()).map_err(err)?;
@@ -677,7 +680,7 @@ impl Dest {
         if earlier.is_empty() {
             return;
         }
-        if let Some(ids) = earlier.remove(&super::state::path_part(rel.as_str())) {
+        if let Some(ids) = earlier.remove(&super::state::path_part(rel.as_bytes())) {
             for id in ids {
                 tracing::debug!(path = %rel, id, "removing a partial copy of another version");
                 self.state.remove_unused(&id);
@@ -685,14 +688,14 @@ impl Dest {
         }
     }
 
-    /// Creates the directory `name` in `parent` (`shown` below the root), counted against
+    /// Creates the directory `name` in `parent` (`rel` below the root), counted against
     /// the offer: a file's parents are created as needed (it may arrive before their
     /// entries), but never more of them than the offer declared. Fine if something is there
     /// already (another lane made it first: the walk then opens whatever it is). Lanes create
     /// directories one at a time, and a directory is noted as p2p-copy's (here and in the
     /// log, so that a resumed transfer still gives it the sender's metadata) before anyone
     /// else can see it: none is counted twice, and none is taken for the user's own.
-    fn create_counted(&self, parent: &Dir, name: &str, shown: &str) -> Result<(), FsError> {
+    fn create_counted(&self, parent: &Dir, name: &OsStr, rel: &[u8]) -> Result<(), FsError> {
         let path = || parent.path.join(name);
         let mut made = self.made.lock().unwrap_or_else(PoisonError::into_inner);
         if parent.stat(name).map_err(|e| classify(&path(), e))?.is_some() {
@@ -704,9 +707,9 @@ impl Dest {
         match parent.mkdir(name) {
             Ok(()) => {
                 made.created += 1;
-                if made.dirs.insert(shown.to_owned()) {
+                if made.dirs.insert(rel.to_vec()) {
                     if let Some(log) = &made.log {
-                        self.state.log_dir(log, shown)?;
+                        self.state.log_dir(log, rel)?;
                     }
                 }
                 drop(made);
@@ -756,14 +759,13 @@ impl Dest {
     /// The directory `to` (a prefix of `rel`, `""` for the root), open: walked from the root
     /// one component at a time, each a real directory, never a link; missing ones are created
     /// when `create` (counted against the offer).
-    fn dir_of(&self, rel: &RelPath, to: &str, create: bool) -> Result<Arc<Dir>, FsError> {
-        let mkdir =
-            |parent: &Dir, name: &str, shown: &str| self.create_counted(parent, name, shown);
+    fn dir_of(&self, rel: &RelPath, to: &[u8], create: bool) -> Result<Arc<Dir>, FsError> {
+        let mkdir = |parent: &Dir, name: &OsStr, to: &[u8]| self.create_counted(parent, name, to);
         let mkdir: Option<MakeDir<'_>> = if create { Some(&mkdir) } else { None };
         match walk(&self.root_dir, &self.dirs, to, mkdir)? {
             Walked::Dir(dir) => Ok(dir),
             Walked::Missing => Err(classify(
-                &self.root.join(to),
+                &self.root.join(super::path::os(to)),
                 io::Error::new(io::ErrorKind::NotFound, "no such directory"),
             )),
             Walked::Blocked { shown, link } => Err(blocked(rel, &shown, link)),
@@ -779,7 +781,7 @@ fn header_for(
     mtime: Option<Timestamp>,
     meta: &fs::Metadata,
 ) -> Header {
-    Header { boot, dev: meta.dev(), ino: meta.ino(), size, mtime, path: rel.as_str().to_owned() }
+    Header { boot, dev: meta.dev(), ino: meta.ino(), size, mtime, path: rel.as_bytes().to_vec() }
 }
 
 /// A journal file, emptied, mode 0o600, never through a symlink.
@@ -793,14 +795,19 @@ pub(super) fn safe_mode(mode: u32) -> u32 {
 }
 
 /// A hidden, unique name beside `name`: `.<name>.p2p-copy-<16 hex>.part`, with `name`
-/// shortened (at a character boundary) so the result fits in one component.
-fn temp_name(name: &str) -> String {
+/// shortened (at a character boundary, if it is text) so the result fits in one component.
+fn temp_name(name: &OsStr) -> OsString {
+    let name = name.as_encoded_bytes();
     let overhead = 1 + TEMP_MARKER.len() + 16 + TEMP_SUFFIX.len();
     let mut keep = name.len().min(MAX_COMPONENT_LEN - overhead);
-    while !name.is_char_boundary(keep) {
-        keep -= 1;
+    if let Ok(text) = std::str::from_utf8(name) {
+        while !text.is_char_boundary(keep) {
+            keep -= 1;
+        }
     }
-    format!(".{}{TEMP_MARKER}{:016x}{TEMP_SUFFIX}", &name[..keep], rand::random::<u64>())
+    let random = format!("{:016x}", rand::random::<u64>());
+    let tmp = [b".", &name[..keep], TEMP_MARKER.as_bytes(), random.as_bytes(), TEMP_SUFFIX.as_bytes()];
+    super::path::os(&tmp.concat()).to_os_string()
 }
 
 /// The error for `shown` (a prefix of `rel`) that is not a real directory: a link (`link`)
@@ -907,16 +914,21 @@ mod tests {
 
     #[test]
     fn temp_names_are_hidden_unique_and_fit() {
-        let a = temp_name("photo.jpg");
-        let b = temp_name("photo.jpg");
+        let a = temp_name(OsStr::new("photo.jpg")).into_string().unwrap();
+        let b = temp_name(OsStr::new("photo.jpg")).into_string().unwrap();
         assert_ne!(a, b);
         assert!(a.starts_with(".photo.jpg.p2p-copy-") && a.ends_with(".part"), "{a}");
         assert_eq!(a.len(), ".photo.jpg".len() + TEMP_MARKER.len() + 16 + TEMP_SUFFIX.len());
 
         let long = "é".repeat(MAX_COMPONENT_LEN / 2);
-        let t = temp_name(&long);
+        let t = temp_name(OsStr::new(&long)).into_string().expect("cut between characters");
         assert!(t.len() <= MAX_COMPONENT_LEN, "{}", t.len());
         assert!(t.starts_with(".é"));
+
+        // A name that is not text is cut anywhere, and kept as bytes.
+        let bytes = vec![0xff; MAX_COMPONENT_LEN];
+        let t = temp_name(super::super::path::os(&bytes));
+        assert!(t.len() <= MAX_COMPONENT_LEN && t.as_encoded_bytes().starts_with(b".\xff\xff"));
     }
 
     #[test]

@@ -58,7 +58,7 @@ pub struct Header {
     /// The file's mtime, as the sender announced it.
     pub mtime: Option<Timestamp>,
     /// Its relative path at the destination.
-    pub path: String,
+    pub path: Vec<u8>,
 }
 
 /// The partial file as the receiver left it after its last write.
@@ -137,7 +137,7 @@ impl Header {
         out.extend_from_slice(&nanos.to_be_bytes());
         // Paths are at most 4,096 bytes (`RelPath`).
         out.extend_from_slice(&(self.path.len().min(u16::MAX as usize) as u16).to_be_bytes());
-        out.extend_from_slice(&self.path.as_bytes()[..self.path.len().min(u16::MAX as usize)]);
+        out.extend_from_slice(&self.path[..self.path.len().min(u16::MAX as usize)]);
         let c = check(&[&out]);
         out.extend_from_slice(&c);
         out
@@ -169,7 +169,7 @@ impl Header {
             ino: be_u64(&fixed[32..40]),
             size: be_u64(&fixed[40..48]),
             mtime,
-            path: String::from_utf8(path).ok()?,
+            path,
         };
         Some((header, c))
     }
@@ -344,7 +344,7 @@ mod tests {
             ino: 9,
             size: 50 << 20,
             mtime: Some(Timestamp { secs: 1_700_000_000, nanos: 5 }),
-            path: "dir/big.bin".into(),
+            path: b"dir/big.bin".to_vec(),
         }
     }
 
@@ -462,7 +462,7 @@ mod tests {
             .truncate(true)
             .open(&other)
             .unwrap();
-        let h = Header { path: "another".into(), ..header() };
+        let h = Header { path: b"another".to_vec(), ..header() };
         let mut w = JournalWriter::create(file, &h, [cv(0)], Mark::default()).unwrap();
         w.append(&[cv(1)]).unwrap();
         let mut a = std::fs::read(&path).unwrap();

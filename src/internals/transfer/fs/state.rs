@@ -51,7 +51,7 @@ const DIRS: &str = "dirs-";
 /// The id of the partial copy of an entry: 32 hex digits, 16 from its path and 16 from its
 /// size and mtime, so that the copies of other versions of a path are found by the first half
 /// ([`path_part`]).
-pub fn partial_id(path: &str, size: u64, mtime: Option<Timestamp>) -> String {
+pub fn partial_id(path: &[u8], size: u64, mtime: Option<Timestamp>) -> String {
     let mut h = blake3::Hasher::new_derive_key("p2p-copy/1 partial version");
     h.update(&size.to_be_bytes());
     match mtime {
@@ -69,19 +69,19 @@ pub fn partial_id(path: &str, size: u64, mtime: Option<Timestamp>) -> String {
 }
 
 /// The first half of the partial ids of `path`.
-pub fn path_part(path: &str) -> String {
-    let h = blake3::derive_key("p2p-copy/1 partial path", path.as_bytes());
+pub fn path_part(path: &[u8]) -> String {
+    let h = blake3::derive_key("p2p-copy/1 partial path", path);
     hex::encode(&h[..8])
 }
 
 /// The id of the directory log of a set of offered top-level names.
-pub fn names_id(names: &[String]) -> String {
-    let mut sorted: Vec<&String> = names.iter().collect();
+pub fn names_id(names: &[Vec<u8>]) -> String {
+    let mut sorted: Vec<&Vec<u8>> = names.iter().collect();
     sorted.sort();
     let mut h = blake3::Hasher::new_derive_key("p2p-copy/1 offered names");
     for n in sorted {
         h.update(&(n.len() as u64).to_be_bytes());
-        h.update(n.as_bytes());
+        h.update(n);
     }
     hex::encode(&h.finalize().as_bytes()[..16])
 }
@@ -255,30 +255,34 @@ impl StateDir {
     }
 
     /// The log of directories made for `names`: those listed so far, and its name (the file
-    /// is created when the first directory is made).
-    pub fn dirs_log(&self, names: &[String]) -> (HashSet<String>, String) {
+    /// is created when the first directory is made). Each path in it ends with a NUL, the one
+    /// byte no name holds.
+    pub fn dirs_log(&self, names: &[Vec<u8>]) -> (HashSet<Vec<u8>>, String) {
         use std::io::Read;
         let name = format!("{DIRS}{}", names_id(names));
-        let mut text = String::new();
+        let mut log = Vec::new();
         if let Some(dir) = self.existing() {
             if let Ok(f) = dir.open_file(&name, OFlags::RDONLY | OFlags::NONBLOCK) {
-                // At most one line per directory the offer may hold, each a path.
-                let _ = f.take(MAX_DIRS_LOG).read_to_string(&mut text);
+                // At most one record per directory the offer may hold, each a path.
+                let _ = f.take(MAX_DIRS_LOG).read_to_end(&mut log);
             }
         }
-        (text.lines().map(str::to_owned).collect(), name)
+        // A record cut short (by a crash mid-write) has no NUL and is left out.
+        let mut records: Vec<&[u8]> = log.split(|&b| b == 0).collect();
+        records.pop();
+        (records.into_iter().filter(|r| !r.is_empty()).map(<[u8]>::to_vec).collect(), name)
     }
 
-    /// Appends a line to the directory log `log` (creating the state directory and the log
+    /// Appends a path to the directory log `log` (creating the state directory and the log
     /// as needed).
-    pub fn log_dir(&self, log: &str, rel: &str) -> Result<(), FsError> {
+    pub fn log_dir(&self, log: &str, rel: &[u8]) -> Result<(), FsError> {
         use std::io::Write;
         let dir = self.ensure()?;
         let path = || self.path.join(log);
         let mut f = dir
             .open_file(log, OFlags::WRONLY | OFlags::APPEND | OFlags::CREATE)
             .map_err(|e| classify(&path(), e))?;
-        f.write_all(format!("{rel}\n").as_bytes()).map_err(|e| classify(&path(), e))
+        f.write_all(&[rel, b"\0"].concat()).map_err(|e| classify(&path(), e))
     }
 
     /// Removes a directory log.
@@ -385,16 +389,17 @@ mod tests {
     #[test]
     fn partial_ids_tell_versions_apart() {
         let t = Some(Timestamp { secs: 5, nanos: 1 });
-        let a = partial_id("a/b", 10, t);
+        let a = partial_id(b"a/b", 10, t);
         assert_eq!(a.len(), 32);
-        assert_eq!(a, partial_id("a/b", 10, t));
-        assert_ne!(a, partial_id("a/b", 11, t));
-        assert_ne!(a, partial_id("a/b", 10, Some(Timestamp { secs: 5, nanos: 2 })));
-        assert_ne!(a, partial_id("a/b", 10, None));
-        assert_ne!(a, partial_id("a/c", 10, t));
-        assert_eq!(a[..16], partial_id("a/b", 99, None)[..16], "one path, one first half");
-        assert_eq!(a[..16], path_part("a/b"));
-        assert_eq!(names_id(&["x".into(), "y".into()]), names_id(&["y".into(), "x".into()]));
+        assert_eq!(a, partial_id(b"a/b", 10, t));
+        assert_ne!(a, partial_id(b"a/b", 11, t));
+        assert_ne!(a, partial_id(b"a/b", 10, Some(Timestamp { secs: 5, nanos: 2 })));
+        assert_ne!(a, partial_id(b"a/b", 10, None));
+        assert_ne!(a, partial_id(b"a/c", 10, t));
+        assert_eq!(a[..16], partial_id(b"a/b", 99, None)[..16], "one path, one first half");
+        assert_eq!(a[..16], path_part(b"a/b"));
+        let (x, y) = (b"x".to_vec(), b"y".to_vec());
+        assert_eq!(names_id(&[x.clone(), y.clone()]), names_id(&[y, x]));
     }
 
     #[test]

@@ -9,8 +9,8 @@ use tempfile::TempDir;
 
 use super::*;
 
-fn rel(s: &str) -> RelPath {
-    match RelPath::parse(s) {
+fn rel(s: impl AsRef<[u8]> + std::fmt::Debug) -> RelPath {
+    match RelPath::parse(&s) {
         Ok(p) => p,
         Err(e) => panic!("{s:?}: {e}"),
     }
@@ -214,7 +214,7 @@ fn a_parent_symlink_out_of_the_destination_is_refused() {
         other => panic!("unexpected {other:?}"),
     }
     assert!(f.dest.create_dir(&rel("link/sub")).is_err());
-    assert!(f.dest.symlink(&rel("link/l"), "x", true).is_err());
+    assert!(f.dest.symlink(&rel("link/l"), b"x", true).is_err());
     assert!(f.dest.create_file(&rel("link/a/b/c"), 0, None, true).is_err());
     assert!(f.dest.finish_dir(&rel("link"), Some(0o777), None).is_err());
     assert!(list(&f.outside).is_empty());
@@ -236,7 +236,7 @@ fn a_parent_swapped_for_a_link_mid_file_cannot_redirect_it() {
     assert_eq!(fs::read(root.join("moved/f.txt")).unwrap(), b"hello");
     // What follows in that directory goes where the handle is, never through the link.
     write_file(&f.dest, "d/g.txt", b"more", false).unwrap();
-    f.dest.symlink(&rel("d/l"), "target", false).unwrap();
+    f.dest.symlink(&rel("d/l"), b"target", false).unwrap();
     f.dest.create_dir(&rel("d/sub")).unwrap();
     f.dest.finish_dir(&rel("d/sub"), Some(0o700), None).unwrap();
     assert!(list(&f.outside).is_empty(), "{:?}", list(&f.outside));
@@ -300,7 +300,7 @@ fn a_symlink_final_name_is_replaced_not_written_through() {
 #[test]
 fn symlinks_are_created_verbatim_and_never_followed() {
     let f = fixture();
-    f.dest.symlink(&rel("d/up"), "../../outside", false).unwrap();
+    f.dest.symlink(&rel("d/up"), b"../../outside", false).unwrap();
     let link = f.dest.root().join("d/up");
     assert_eq!(fs::read_link(&link).unwrap(), PathBuf::from("../../outside"));
     // Writing below the new link is refused.
@@ -312,18 +312,18 @@ fn symlinks_are_created_verbatim_and_never_followed() {
 
     // Existing name: refused without overwrite, replaced with it; directories never.
     assert!(matches!(
-        f.dest.symlink(&rel("d/up"), "elsewhere", false),
+        f.dest.symlink(&rel("d/up"), b"elsewhere", false),
         Err(FsError::Exists { .. })
     ));
-    f.dest.symlink(&rel("d/up"), "elsewhere", true).unwrap();
+    f.dest.symlink(&rel("d/up"), b"elsewhere", true).unwrap();
     assert_eq!(fs::read_link(&link).unwrap(), PathBuf::from("elsewhere"));
     write_file(&f.dest, "d/file", b"x", false).unwrap();
-    f.dest.symlink(&rel("d/file"), "up", true).unwrap();
+    f.dest.symlink(&rel("d/file"), b"up", true).unwrap();
     assert_eq!(fs::read_link(f.dest.root().join("d/file")).unwrap(), PathBuf::from("up"));
     f.dest.create_dir(&rel("d/dir")).unwrap();
-    assert!(matches!(f.dest.symlink(&rel("d/dir"), "x", true), Err(FsError::Unsafe { .. })));
-    assert!(f.dest.symlink(&rel("d/bad"), "", true).is_err());
-    assert!(f.dest.symlink(&rel("d/bad"), "a\0b", true).is_err());
+    assert!(matches!(f.dest.symlink(&rel("d/dir"), b"x", true), Err(FsError::Unsafe { .. })));
+    assert!(f.dest.symlink(&rel("d/bad"), b"", true).is_err());
+    assert!(f.dest.symlink(&rel("d/bad"), b"a\0b", true).is_err());
     assert_eq!(list(f.dest.root()), ["d", "d/dir", "d/file", "d/up"]);
 }
 
@@ -387,8 +387,9 @@ fn existing_detects_files_dirs_and_dangling_symlinks() {
     fs::write(root.join("file"), b"").unwrap();
     fs::create_dir(root.join("dir")).unwrap();
     symlink("nowhere", root.join("dangling")).unwrap();
-    let found = f.dest.existing(&["file", "dir", "dangling", "absent", "..", "/etc", ""]);
-    assert_eq!(found, ["file", "dir", "dangling"]);
+    let names = ["file", "dir", "dangling", "absent", "..", "/etc", ""].map(Vec::from);
+    let found = f.dest.existing(&names);
+    assert_eq!(found, ["file", "dir", "dangling"].map(Vec::from));
 }
 
 #[test]
@@ -586,7 +587,7 @@ mod resume {
         let data = content(size());
         let f = fixture();
         receive_prefix(&f.dest, &data, 9 * G as usize + 5, 1 << 20, false);
-        let id = super::state::partial_id("big.bin", size(), MTIME);
+        let id = super::state::partial_id(b"big.bin", size(), MTIME);
         let part = f.dest.state().path().join(format!("{id}.part"));
         assert_eq!(fs::metadata(&part).unwrap().len(), 9 * G + 5, "the unrecorded write is there");
         let r = f.dest.examine(&rel("big.bin"), size(), MTIME, &|| {}).unwrap().unwrap();
@@ -616,7 +617,7 @@ mod resume {
             .dest
             .state()
             .path()
-            .join(format!("{}.part", super::state::partial_id("big.bin", size(), MTIME)));
+            .join(format!("{}.part", super::state::partial_id(b"big.bin", size(), MTIME)));
         let file = fs::OpenOptions::new().write(true).open(&part).unwrap();
         std::os::unix::fs::FileExt::write_all_at(&file, &vec![0; G as usize], 6 * G).unwrap();
         assert_eq!(offered(&f.dest, &data), 6 * G);
@@ -630,7 +631,7 @@ mod resume {
         for at in [0, G / 2, 3 * G + 1, 9 * G - 1] {
             let f = fixture();
             receive_prefix(&f.dest, &data, 10 * G as usize, 700_000, true);
-            let id = super::state::partial_id("big.bin", size(), MTIME);
+            let id = super::state::partial_id(b"big.bin", size(), MTIME);
             let part = f.dest.state().path().join(format!("{id}.part"));
             std::thread::sleep(Duration::from_millis(15));
             let file = fs::OpenOptions::new().write(true).open(&part).unwrap();
@@ -647,7 +648,7 @@ mod resume {
         let data = content(size());
         let f = fixture();
         receive_prefix(&f.dest, &data, 11 * G as usize, 1 << 20, true);
-        let id = super::state::partial_id("big.bin", size(), MTIME);
+        let id = super::state::partial_id(b"big.bin", size(), MTIME);
         let journal = f.dest.state().path().join(format!("{id}.journal"));
         let whole = fs::read(&journal).unwrap();
         for cut in (0..whole.len()).step_by(37).chain([whole.len() - 1]) {
@@ -660,7 +661,7 @@ mod resume {
         let other = fixture();
         let other_data = content(size() + 1);
         receive_prefix(&other.dest, &other_data, 7 * G as usize, 1 << 20, true);
-        let other_id = super::state::partial_id("big.bin", size() + 1, MTIME);
+        let other_id = super::state::partial_id(b"big.bin", size() + 1, MTIME);
         fs::copy(other.dest.state().path().join(format!("{other_id}.journal")), &journal).unwrap();
         assert_eq!(offered(&f.dest, &data), 0);
     }
@@ -721,7 +722,7 @@ mod resume {
 #[test]
 fn directories_made_are_counted_against_the_offer() {
     let fx = fixture();
-    fx.dest.begin(&["t".to_owned()], 3);
+    fx.dest.begin(&[b"t".to_vec()], 3);
     write_file(&fx.dest, "t/a/f1", b"1", false).unwrap();
     write_file(&fx.dest, "t/a/f2", b"2", false).unwrap();
     fx.dest.create_dir(&rel("t/b")).unwrap();
@@ -730,7 +731,7 @@ fn directories_made_are_counted_against_the_offer() {
     assert!(!fx.dest.root().join("t/c").exists());
 
     let fx = fixture();
-    let names: Vec<String> = (0..8).map(|i| format!("d{i}")).collect();
+    let names: Vec<Vec<u8>> = (0..8).map(|i| format!("d{i}").into()).collect();
     fx.dest.begin(&names, 8);
     std::thread::scope(|s| {
         for _ in 0..8 {

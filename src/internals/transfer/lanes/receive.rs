@@ -8,7 +8,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
 use super::super::control::read_error;
-use super::super::fs::{Dest, Finished, Found, PartFile, RelPath, Resumable, Syncer};
+use super::super::fs::{shown, Dest, Finished, Found, PartFile, RelPath, Resumable, Syncer};
 use super::super::survey::{admit, none_admitted, unlisted_target, LinkTargets, Survey};
 use super::super::walk;
 use super::super::{FileOutcome, Note, Progress, TransferError};
@@ -33,7 +33,7 @@ type DirMeta = (Option<u32>, Option<std::time::SystemTime>);
 /// The hard links that arrived (path and target), and the bytes of their paths.
 #[derive(Debug, Default)]
 struct Links {
-    pending: Vec<(RelPath, String)>,
+    pending: Vec<(RelPath, Vec<u8>)>,
     bytes: usize,
 }
 
@@ -230,10 +230,10 @@ impl Sink {
     }
 
     /// Notes the hard link `rel` to `target`, to be made by [`Sink::make_links`].
-    fn link_later(&self, rel: RelPath, target: &str) -> Result<(), TransferError> {
+    fn link_later(&self, rel: RelPath, target: &[u8]) -> Result<(), TransferError> {
         self.dir()?;
         let mut links = self.links.lock().map_err(|_| poisoned())?;
-        links.bytes += rel.as_str().len() + target.len();
+        links.bytes += rel.as_bytes().len() + target.len();
         if links.bytes > MAX_HARDLINK_BYTES {
             return Err(TransferError::new(
                 ErrorKind::Protocol,
@@ -242,7 +242,7 @@ impl Sink {
                 ),
             ));
         }
-        links.pending.push((rel, target.to_owned()));
+        links.pending.push((rel, target.to_vec()));
         Ok(())
     }
 
@@ -486,8 +486,10 @@ fn apply_lane(
 /// Puts `files` in place ([`Dest::commit_all`]) and tells the observer of each.
 fn commit(sink: &Sink, syncer: Option<&Syncer>, files: Vec<Finished>) -> Result<(), TransferError> {
     let (Some(dest), Some(syncer)) = (sink.dest(), syncer) else { return Ok(()) };
-    let done: Vec<(String, u64, bool)> = match &sink.observer {
-        Some(_) => files.iter().map(|f| (f.rel().to_string(), f.size(), f.resumed())).collect(),
+    let done: Vec<(Vec<u8>, u64, bool)> = match &sink.observer {
+        Some(_) => {
+            files.iter().map(|f| (f.rel().as_bytes().to_vec(), f.size(), f.resumed())).collect()
+        }
         None => Vec::new(),
     };
     dest.commit_all(syncer, files)?;
@@ -639,7 +641,7 @@ fn apply_records(
                     };
                     pipe.flush()?;
                     if let Some(observer) = &sink.observer {
-                        let (path, outcome) = (entry.path.as_str(), FileOutcome::Received);
+                        let (path, outcome) = (entry.path.as_slice(), FileOutcome::Received);
                         observer.note(Note::File { path, bytes: size, outcome });
                     }
                     totals.files += 1;
@@ -652,7 +654,7 @@ fn apply_records(
                     };
                     if let Some(list) = attrs.take() {
                         if let Err(e) = part.set_xattrs(&list) {
-                            sink.xattrs_lost(&entry.path, &e.to_string());
+                            sink.xattrs_lost(&shown(&entry.path), &e.to_string());
                         }
                     }
                     let size = part.written();
