@@ -35,6 +35,10 @@ pub enum ErrorKind {
     Internal,
     /// Stopped by a signal (Ctrl-C, SIGTERM).
     Interrupted,
+    /// The transfer finished, but the receiver's file system could not hold some entries
+    /// (names it does not allow, links where it has none): those were left out, everything
+    /// else arrived.
+    Incomplete,
 }
 
 impl ErrorKind {
@@ -51,6 +55,7 @@ impl ErrorKind {
             ErrorKind::Io => 9,
             ErrorKind::Peer => 10,
             ErrorKind::Interrupted => 130,
+            ErrorKind::Incomplete => 11,
             ErrorKind::Internal => 1,
         }
     }
@@ -68,6 +73,7 @@ impl ErrorKind {
         ErrorKind::Peer,
         ErrorKind::Internal,
         ErrorKind::Interrupted,
+        ErrorKind::Incomplete,
     ];
 
     /// The kind with this [`ErrorKind::as_str`] name.
@@ -88,6 +94,7 @@ impl ErrorKind {
             ErrorKind::Io => "io",
             ErrorKind::Peer => "peer",
             ErrorKind::Interrupted => "interrupted",
+            ErrorKind::Incomplete => "incomplete",
             ErrorKind::Internal => "internal",
         }
     }

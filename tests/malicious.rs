@@ -792,7 +792,13 @@ fn hard_links_to_anything_but_a_sent_file_are_refused() {
                 other => panic!("an honest offer must be accepted: {other:?}"),
             }
             evil.lane(&records).await;
-            let summary = Summary { entries: 4, files: 1, bytes: content.len() as u64, resumed: 0 };
+            let summary = Summary {
+                entries: 4,
+                files: 1,
+                bytes: content.len() as u64,
+                resumed: 0,
+                refused: 0,
+            };
             evil.ctl.session().finish(summary).expect("finish");
             evil.ctl.flush().await.expect("flush");
             evil.report().await

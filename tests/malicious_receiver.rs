@@ -429,7 +429,8 @@ fn resume_offsets_beyond_a_file_are_refused() {
             evil.offer().await;
             let batches = evil.ask().await;
             let entries: Vec<&Listed> = batches.iter().flatten().collect();
-            let target = entries.iter().find(|l| l.entry.path == what.as_bytes()).expect("listed").entry.id;
+            let target =
+                entries.iter().find(|l| l.entry.path == what.as_bytes()).expect("listed").entry.id;
             let answers = entries
                 .iter()
                 .map(|l| match l.entry.id == target {
@@ -518,14 +519,14 @@ fn out_of_order_after_offer(msg: Control, what: &[&str]) {
 /// Finish (a sender's message) instead of a decision: refused, no lane opens.
 #[test]
 fn finish_from_the_receiver_is_refused() {
-    let totals = Summary { entries: 4, files: 3, bytes: 100_000, resumed: 0 };
+    let totals = Summary { entries: 4, files: 3, bytes: 100_000, resumed: 0, refused: 0 };
     out_of_order_after_offer(Control::Finish(totals), &["unexpected finish"]);
 }
 
 /// Complete before anything was accepted or sent: refused, no lane opens.
 #[test]
 fn complete_before_accept_is_refused() {
-    let totals = Summary { entries: 4, files: 3, bytes: 100_000, resumed: 0 };
+    let totals = Summary { entries: 4, files: 3, bytes: 100_000, resumed: 0, refused: 0 };
     out_of_order_after_offer(Control::Complete(totals), &["unexpected complete"]);
 }
 

@@ -694,6 +694,78 @@ fn names_that_are_not_utf8_arrive_as_bytes() {
     }
 }
 
+/// A destination that cannot hold every name (exFAT, as on a USB stick: no `:` or `?`, no
+/// bytes that are not UTF-8, no links) refuses those entries one by one and takes the rest:
+/// each refusal is a warning (a file's also a `file` event with the outcome `refused`), a
+/// refused directory's contents are refused with it, `done` counts them, and both sides end
+/// with status 11. Every other file arrives whole.
+#[test]
+fn what_the_destination_cannot_hold_is_left_out_entry_by_entry() {
+    use std::os::unix::ffi::OsStrExt;
+    let mut fx = Fixture::new();
+    let Some(exfat) = Exfat::mount(fx.root()) else { return };
+    let src = fx.path("t");
+    let good = ["ok.txt", "sub/fine.bin", "one.bin", "trailing space .txt"];
+    for (i, name) in good.iter().enumerate() {
+        random_file(&src.join(name), 1000 + 70_000 * i as u64, &mut fx.rng);
+    }
+    let refused_files = ["a:b.txt", "what?", "d?/in.txt"];
+    for name in refused_files {
+        random_file(&src.join(name), 5000, &mut fx.rng);
+    }
+    random_file(&src.join(OsStr::from_bytes(b"caf\xe9")), 300, &mut fx.rng);
+    std::os::unix::fs::symlink("ok.txt", src.join("link")).unwrap();
+    std::fs::hard_link(src.join("one.bin"), src.join("two.bin")).unwrap();
+    let out = exfat.mount.join("in");
+    let args = [OsStr::new("--yes"), OsStr::new("--out"), out.as_os_str()];
+    let (s, r) = fx.transfer(&[src.as_os_str()], &args);
+    assert_exits(&[(&s, 11), (&r, 11)]);
+    for name in good {
+        let (got, want) = (out.join("t").join(name), src.join(name));
+        assert_eq!(std::fs::read(&got).unwrap(), std::fs::read(&want).unwrap(), "{name}");
+    }
+    // The file, the file in the directory that could not be made, the directory, the name
+    // that is not UTF-8, the symlink and the hard link.
+    let left_out =
+        [r"t/a:b.txt", r"t/what?", r"t/d?", r"t/d?/in.txt", r"t/caf\xe9", r"t/link", r"t/two.bin"];
+    assert_eq!(r.event("done").expect("done")["refused"], left_out.len(), "{r}");
+    assert_eq!(s.event("done").expect("done")["refused"], left_out.len(), "{s}");
+    let warnings: Vec<String> = r
+        .events()
+        .into_iter()
+        .filter(|e| e["event"] == "warning")
+        .filter_map(|e| e["message"].as_str().map(str::to_owned))
+        .collect();
+    for name in left_out {
+        let said = format!("left out {name}:");
+        assert!(warnings.iter().any(|w| w.starts_with(&said)), "no warning for {name}\n{r}");
+    }
+    let refused: Vec<String> = r
+        .events()
+        .into_iter()
+        .filter(|e| e["event"] == "file" && e["outcome"] == "refused")
+        .filter_map(|e| e["path"].as_str().map(str::to_owned))
+        .collect();
+    let mut want: Vec<&str> = vec![r"t/a:b.txt", r"t/what?", r"t/d?/in.txt", r"t/caf\xe9"];
+    want.sort();
+    let mut refused: Vec<&str> = refused.iter().map(String::as_str).collect();
+    refused.sort();
+    assert_eq!(refused, want, "{r}");
+    assert_eq!(r.event("error").expect("error")["kind"], "incomplete", "{r}");
+    let told = s.events().into_iter().any(|e| {
+        e["event"] == "warning"
+            && e["message"].as_str().is_some_and(|m| m.contains("could not hold 7 of the entries"))
+    });
+    assert!(told, "the sender tells how many were left out\n{s}");
+    assert_eq!(s.event("error").expect("error")["kind"], "incomplete", "{s}");
+    // Nothing of the refused files is left behind, partial copies included.
+    let mut left: Vec<String> =
+        list_all(&out).iter().map(|p| p.to_string_lossy().into_owned()).collect();
+    left.sort();
+    let kept = ["t", "t/ok.txt", "t/one.bin", "t/sub", "t/sub/fine.bin", "t/trailing space .txt"];
+    assert_eq!(left, kept);
+}
+
 /// Hard links inside the sent tree arrive as hard links (issue 15): one file under three
 /// names in different directories arrives once, as one inode with three names; the `done`
 /// event counts it as one file. Received again into the same place, the links are found

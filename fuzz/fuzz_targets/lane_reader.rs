@@ -211,13 +211,18 @@ fuzz_target!(|input: Input| {
             }
             Rec::Raw(bytes) => buf = bytes,
             Rec::Hole { id, offset, len } => {
-                let (fid, at) = file.as_ref().map_or((last_id, 0), |f| (f.id, f.content.len() as u64));
+                let (fid, at) =
+                    file.as_ref().map_or((last_id, 0), |f| (f.id, f.content.len() as u64));
                 let len = u64::from(len) % (MAX_SIZE + 1);
                 if len == 0 {
                     continue;
                 }
-                Record::Hole { file_id: id.map_or(fid, u64::from), offset: offset.unwrap_or(at), len }
-                    .encode(&mut buf);
+                Record::Hole {
+                    file_id: id.map_or(fid, u64::from),
+                    offset: offset.unwrap_or(at),
+                    len,
+                }
+                .encode(&mut buf);
             }
             Rec::Xattrs { id, attrs } => {
                 let attrs = attrs
@@ -320,7 +325,11 @@ fuzz_target!(|input: Input| {
 });
 
 /// CVs the reader yields are those of the model's content, each group once, in order.
-fn check_cvs(file: Option<&mut File>, first: u64, cvs: &[p2p_copy::internals::proto::tree::ChainingValue]) {
+fn check_cvs(
+    file: Option<&mut File>,
+    first: u64,
+    cvs: &[p2p_copy::internals::proto::tree::ChainingValue],
+) {
     if cvs.is_empty() {
         return;
     }

@@ -210,7 +210,12 @@ fuzz_target!(|input: Input| {
                     Some(t) => TARGETS[t as usize % TARGETS.len()].to_string(),
                     None => path(&target),
                 };
-                out.push(entry(id, path(&p), EntryKind::HardLink { target: target.into_bytes() }, 0o644));
+                out.push(entry(
+                    id,
+                    path(&p),
+                    EntryKind::HardLink { target: target.into_bytes() },
+                    0o644,
+                ));
             }
             Rec::Batch => batches.push(Vec::new()),
         }
@@ -254,8 +259,8 @@ fuzz_target!(|input: Input| {
             let _ = sink.finish_dirs();
         }
         if let Some(dest) = sink.dest() {
-        dest.end();
-    }
+            dest.end();
+        }
     }
 
     check_outside(base, &root);

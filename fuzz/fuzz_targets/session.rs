@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
-use p2p_copy::internals::crypto::{Keys, Role};
 use p2p_copy::error::ErrorKind;
+use p2p_copy::internals::crypto::{Keys, Role};
 use p2p_copy::internals::proto::{Channel, Config, Event, Session};
 use p2p_copy::internals::wire::control::{
     Accept, Answer, Ask, Control, ErrorReport, Hello, Listed, Offer, Refuse, RefuseReason, Summary,
@@ -215,7 +215,7 @@ fn reason(r: u8) -> RefuseReason {
     }
 }
 
-const KINDS: [ErrorKind; 11] = [
+const KINDS: [ErrorKind; 12] = [
     ErrorKind::Usage,
     ErrorKind::WrongCode,
     ErrorKind::Refused,
@@ -227,10 +227,12 @@ const KINDS: [ErrorKind; 11] = [
     ErrorKind::Peer,
     ErrorKind::Internal,
     ErrorKind::Interrupted,
+    ErrorKind::Incomplete,
 ];
 
 fn summary(entries: u64, files: u64, bytes: u64, resumed: u64) -> Summary {
-    Summary { entries, files, bytes, resumed }
+    // Some entries refused now and then (it only counts in Complete).
+    Summary { entries, files, bytes, resumed, refused: bytes % 3 }
 }
 
 fn control(c: ArbControl, from: Side) -> Control {

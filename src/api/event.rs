@@ -240,6 +240,11 @@ pub struct Summary {
     pub reconnects: u32,
     /// Round trips and losses over the transfer.
     pub quality: Quality,
+    /// Entries that arrived but that the receiver's file system cannot hold (names it does not
+    /// allow, links where it has none): left out, each told in a warning (the first 20) and,
+    /// for files, by a `file` event with the outcome `refused`. Everything else arrived. The
+    /// command line then exits with status 11 (`incomplete`).
+    pub refused: u64,
 }
 
 /// The connection's quality over a transfer.
@@ -285,6 +290,7 @@ impl From<&Report> for Summary {
             punch_seconds: r.punch_seconds,
             reconnects: r.reconnects,
             quality: Quality::from(&r.quality),
+            refused: r.refused,
         }
     }
 }

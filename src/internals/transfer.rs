@@ -350,6 +350,9 @@ pub struct Report {
     pub reconnects: u32,
     /// The connection's round trips and losses over the transfer.
     pub quality: Link,
+    /// Entries the receiver's file system could not hold (names it does not allow, links
+    /// where it has none): they arrived and were left out; everything else is in place.
+    pub refused: u64,
 }
 
 impl Report {
@@ -439,6 +442,7 @@ pub(crate) async fn conclude(
                 seconds: started.elapsed().as_secs_f64(),
                 reconnects: 0,
                 quality: progress.link(),
+                refused: totals.refused,
             })
         }
         Err(e) => {
@@ -568,6 +572,9 @@ pub enum FileOutcome {
     Resumed,
     /// Sender: the receiver already has it (same size and mtime, or hash); nothing moved.
     Skipped,
+    /// Receiver: it arrived, but the destination's file system cannot hold its name (or a
+    /// parent's); it was left out, and the transfer went on.
+    Refused,
 }
 
 impl FileOutcome {
@@ -578,6 +585,7 @@ impl FileOutcome {
             FileOutcome::Received => "received",
             FileOutcome::Resumed => "resumed",
             FileOutcome::Skipped => "skipped",
+            FileOutcome::Refused => "refused",
         }
     }
 }

@@ -613,3 +613,62 @@ pub async fn first_session(
     .await
     .expect("the receiver never connected")
 }
+
+/// An exFAT file system mounted through FUSE (`exfat-fuse` on a loop device): a destination
+/// that refuses names Unix allows (`:`, `?`, bytes that are not UTF-8) and has no links, as a
+/// USB stick has. Unmounted and detached when dropped.
+pub struct Exfat {
+    /// Where it is mounted.
+    pub mount: PathBuf,
+    device: String,
+}
+
+impl Exfat {
+    /// A 64 MiB exFAT file system mounted at `dir/mnt`; `None` (after [`skip_or_fail`]) without
+    /// root or the tools (`mkfs.exfat`, `losetup`, `mount.exfat-fuse`).
+    pub fn mount(dir: &Path) -> Option<Exfat> {
+        if !privileged("an exFAT mount") {
+            return None;
+        }
+        let image = dir.join("exfat.img");
+        let mount = dir.join("mnt");
+        fs::create_dir_all(&mount).expect("mount point");
+        fs::File::create(&image).and_then(|f| f.set_len(64 << 20)).expect("image");
+        let setup = || -> Result<String, String> {
+            run("mkfs.exfat", &[&image.to_string_lossy()])?;
+            let out = Command::new("losetup")
+                .args(["-f", "--show"])
+                .arg(&image)
+                .output()
+                .map_err(|e| format!("cannot run losetup: {e}"))?;
+            let device = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+            if !out.status.success() || device.is_empty() {
+                return Err(format!("losetup failed: {}", String::from_utf8_lossy(&out.stderr)));
+            }
+            if let Err(e) = run("mount.exfat-fuse", &[&device, &mount.to_string_lossy()]) {
+                let _ = run("losetup", &["-d", &device]);
+                return Err(e);
+            }
+            Ok(device)
+        };
+        match setup() {
+            Ok(device) => Some(Exfat { mount, device }),
+            Err(e) => {
+                skip_or_fail(&format!(
+                    "cannot mount exFAT (install exfat-fuse and exfatprogs): {e}"
+                ));
+                None
+            }
+        }
+    }
+}
+
+impl Drop for Exfat {
+    fn drop(&mut self) {
+        let mount = self.mount.to_string_lossy().into_owned();
+        if run("umount", &[&mount]).is_err() {
+            let _ = run("umount", &["-l", &mount]);
+        }
+        let _ = run("losetup", &["-d", &self.device]);
+    }
+}

@@ -134,6 +134,13 @@ impl Ui {
             if report.resumed_bytes > 0 {
                 kept.push_str(&format!("; {} kept from before", HumanBytes(report.resumed_bytes)));
             }
+            if report.refused > 0 {
+                kept.push_str(&format!(
+                    "; {} entr{} left out (the receiver's file system cannot hold them)",
+                    report.refused,
+                    if report.refused == 1 { "y" } else { "ies" }
+                ));
+            }
             if report.skipped_files > 0 {
                 kept.push_str(&format!(
                     "; {} file(s) ({}) were already there",
@@ -375,7 +382,8 @@ fn describe(offer: &Offer) -> String {
     if offer.text.is_some() {
         return describe_short(offer);
     }
-    let shown: Vec<_> = offer.names.iter().take(SHOWN).map(|n| crate::transfer::fs::shown(n)).collect();
+    let shown: Vec<_> =
+        offer.names.iter().take(SHOWN).map(|n| crate::transfer::fs::shown(n)).collect();
     let mut names = crate::transfer::printable(&shown.join(", "));
     if offer.names.len() > SHOWN {
         names.push_str(&format!(" and {} more", offer.names.len() - SHOWN));

@@ -122,7 +122,23 @@ pub async fn run(args: Args, stop: Stop) -> Result<(), TransferError> {
     });
     ticker.abort();
     ui.finish(&result);
-    result.map(|_| ())
+    incomplete(result?.refused)
+}
+
+/// The status of a transfer that left out `refused` entries its receiver's file system cannot
+/// hold: everything else arrived, and the exit status says that not everything did.
+pub(super) fn incomplete(refused: u64) -> Result<(), TransferError> {
+    match refused {
+        0 => Ok(()),
+        n => Err(TransferError::new(
+            ErrorKind::Incomplete,
+            format!(
+                "{n} entr{} could not be written at the destination (names or links its file \
+                 system cannot hold); everything else arrived",
+                if n == 1 { "y" } else { "ies" }
+            ),
+        )),
+    }
 }
 
 /// A failed receive that left partial files says how to resume or remove them.

@@ -171,11 +171,12 @@ pub async fn run(args: Args, stop: Stop) -> Result<(), TransferError> {
     }
     let mut opts = sender.into_options()?;
     opts.stop = stop;
+    let mut refused = 0;
     for served in 1..=args.count {
         opts.more_receivers = served < args.count;
-        send_once(opts.clone(), &args.common).await?;
+        refused += send_once(opts.clone(), &args.common).await?;
     }
-    Ok(())
+    super::receive::incomplete(refused)
 }
 
 /// `--text -`: standard input, whole, as UTF-8 text of at most [`MAX_TEXT`] bytes.
@@ -196,8 +197,9 @@ fn text_from_stdin() -> Result<String, TransferError> {
     })
 }
 
-/// One send to one receiver, with its own output (a `code` event to `done`).
-async fn send_once(opts: SendOptions, common: &Common) -> Result<(), TransferError> {
+/// One send to one receiver, with its own output (a `code` event to `done`); returns the
+/// entries the receiver's file system could not hold.
+async fn send_once(opts: SendOptions, common: &Common) -> Result<u64, TransferError> {
     let ui = Ui::new(common, Role::Sender);
     let progress = ui.progress();
     let ticker = ui.start_ticker();
@@ -219,5 +221,5 @@ async fn send_once(opts: SendOptions, common: &Common) -> Result<(), TransferErr
     });
     ticker.abort();
     ui.finish(&result);
-    result.map(|_| ())
+    result.map(|report| report.refused)
 }

@@ -473,7 +473,9 @@ impl LaneReader {
                     Check::Held(root) => *root,
                 };
                 if got != hash {
-                    return Err(LaneError::Hash { path: crate::transfer::fs::shown(&file.path).into_owned() });
+                    return Err(LaneError::Hash {
+                        path: crate::transfer::fs::shown(&file.path).into_owned(),
+                    });
                 }
                 Ok(LaneEvent::FileEnd { file_id, hash, size: file.received })
             }

@@ -60,9 +60,10 @@ mod part;
 #[cfg(unix)]
 pub mod state;
 
-pub use error::{classify, FsError};
+pub use error::{classify, shown_path, FsError};
 pub use path::{
-    name_bytes, os, rel_path_of, shown, PathError, RelPath, MAX_COMPONENT_LEN, MAX_DEPTH, MAX_PATH_LEN,
+    name_bytes, os, rel_path_of, shown, PathError, RelPath, MAX_COMPONENT_LEN, MAX_DEPTH,
+    MAX_PATH_LEN,
 };
 
 #[cfg(unix)]

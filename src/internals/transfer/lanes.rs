@@ -27,8 +27,8 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
-use super::fs::shown;
 use super::cache::{CvCache, CvReader};
+use super::fs::shown;
 use super::prefix::prefix;
 use super::survey::{Plan, Verdict};
 use super::walk::{self, read_failed, Job, Scan};
@@ -42,7 +42,7 @@ use crate::wire::data::{EntryKind, Xattr, MAX_XATTRS, MAX_XATTRS_RECORD, XATTR_N
 /// For the fuzz targets only (`fuzz/`): the receiving lane's deframer and worker.
 #[doc(hidden)]
 pub use receive::{apply_frames, Deframer};
-pub use receive::{receive_lanes, Pipe, Sink, MODE_MASK};
+pub use receive::{receive_lanes, Pipe, Sink, MODE_MASK, SHOWN_REFUSALS};
 
 /// Records buffered between a lane's worker and its stream, per lane.
 const LANE_DEPTH: usize = 2;

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use super::control::{unexpected, ControlStream, UNBOUNDED};
 use super::fs::{Dest, RelPath, STATE_DIR};
-use super::lanes::{receive_lanes, Pipe, Sink};
+use super::lanes::{receive_lanes, Pipe, Sink, SHOWN_REFUSALS};
 use super::meet::{Guard, Plan, Rendezvous};
 use super::rejoin::{self, Rejoin, Saved, Secured};
 use super::survey::{Present, Survey};
@@ -502,6 +502,15 @@ async fn receive_into(
     })
     .await
     .map_err(|e| TransferError::internal(e.to_string()))??;
+    let received = Summary { refused: sink.refused(), ..received };
+    if received.refused > SHOWN_REFUSALS {
+        if let Some(observer) = &sink.observer {
+            observer.note(Note::Warning(format!(
+                "{} more entries could not be written here either",
+                received.refused - SHOWN_REFUSALS
+            )));
+        }
+    }
     ctl.session().complete(received)?;
     ctl.flush().await?;
     Ok(received)

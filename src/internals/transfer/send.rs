@@ -468,7 +468,6 @@ async fn run(
     progress.hold(present.bytes);
 
     let rate = opts.limit_rate.map(|r| Arc::new(super::rate::RateLimit::new(r)));
-    let observer = observer.clone();
     let how = Sending {
         lanes,
         chunk,
@@ -479,11 +478,11 @@ async fn run(
         kept,
         cache,
         rate,
-        observer,
+        observer: observer.clone(),
     };
     let lanes_done = send_lanes(conn, how, scan, progress.clone());
     tokio::pin!(lanes_done);
-    let totals = tokio::select! {
+    let mut totals = tokio::select! {
         totals = &mut lanes_done => match totals {
             Ok(t) => t,
             Err(e) => {
@@ -509,7 +508,17 @@ async fn run(
     };
     ctl.session().finish(totals)?;
     match ctl.next_event(Duration::from_secs(600)).await? {
-        Event::Completed(confirmed) if confirmed == totals => {}
+        // The receiver may have left out entries its file system cannot hold.
+        Event::Completed(confirmed) if Summary { refused: 0, ..confirmed } == totals => {
+            if confirmed.refused > 0 {
+                observer.note(Note::Warning(format!(
+                    "the receiver's file system could not hold {} of the entries (names it \
+                     does not allow, or links); everything else arrived",
+                    confirmed.refused
+                )));
+            }
+            totals.refused = confirmed.refused;
+        }
         Event::Completed(confirmed) => {
             return Err(TransferError::new(
                 ErrorKind::Integrity,

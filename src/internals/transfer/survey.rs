@@ -144,9 +144,7 @@ impl Survey {
             },
             EntryKind::Symlink { target } => match found {
                 Found::Missing => (WANT, Answer::Send),
-                Found::Symlink { target: t } if t.as_os_str() == os(target) => {
-                    (SKIP, Answer::Skip)
-                }
+                Found::Symlink { target: t } if t.as_os_str() == os(target) => (SKIP, Answer::Skip),
                 Found::Dir => self.conflict(&rel, DIR_IN_THE_WAY),
                 Found::Blocked(why) => self.conflict(&rel, &why),
                 _ if self.overwrite => (WANT, Answer::Send),
@@ -433,19 +431,26 @@ pub fn unlisted_target(rel: &RelPath, target: &[u8]) -> TransferError {
 }
 
 /// The regular files of an offer with hard links, by a keyed hash of their paths, each with
-/// whether it was skipped (already here): what a link may name. Never filled for an offer
-/// without links.
+/// whether it was skipped (already here): what a link may name; and those the destination
+/// refused (a name its file system cannot hold), whose links are refused too. Never filled
+/// for an offer without links.
 #[derive(Debug)]
 pub struct LinkTargets {
     key: [u8; 32],
     used: bool,
     files: HashMap<u64, bool>,
+    refused: HashSet<u64>,
 }
 
 impl LinkTargets {
     /// Ready for the files of `offer`.
     pub fn new(offer: &Offer) -> LinkTargets {
-        LinkTargets { key: rand::random(), used: offer.hardlinks > 0, files: HashMap::new() }
+        LinkTargets {
+            key: rand::random(),
+            used: offer.hardlinks > 0,
+            files: HashMap::new(),
+            refused: HashSet::new(),
+        }
     }
 
     /// The file `path` is an entry of the offer (`skipped`: and is already here).
@@ -453,6 +458,18 @@ impl LinkTargets {
         if self.used {
             self.files.insert(self.hash(path), skipped);
         }
+    }
+
+    /// The file `path` could not be written here.
+    pub fn refused(&mut self, path: &[u8]) {
+        if self.used {
+            self.refused.insert(self.hash(path));
+        }
+    }
+
+    /// Whether the file `path` could not be written here.
+    pub fn was_refused(&self, path: &[u8]) -> bool {
+        self.used && self.refused.contains(&self.hash(path))
     }
 
     /// The safe path of `target` and whether it was skipped, if it is a file of the offer.

@@ -703,7 +703,8 @@ mod tests {
             jobs
         };
         let replayed = jobs(&remembered);
-        let paths: Vec<_> = replayed.iter().map(|(e, _)| String::from_utf8_lossy(&e.path)).collect();
+        let paths: Vec<_> =
+            replayed.iter().map(|(e, _)| String::from_utf8_lossy(&e.path)).collect();
         assert_eq!(
             paths,
             ["top", "top/a.txt", "top/b", "top/b/empty", "top/b/z.txt", "top/link", "single.bin"]
@@ -754,8 +755,9 @@ mod tests {
             jobs
         };
         let replayed = jobs(&remembered);
-        let link =
-            |path: &str| replayed.iter().find(|e| e.path == path.as_bytes()).map(|e| e.kind.clone()).unwrap();
+        let link = |path: &str| {
+            replayed.iter().find(|e| e.path == path.as_bytes()).map(|e| e.kind.clone()).unwrap()
+        };
         // Walk order: top, top/a, top/a/second (the first name met), top/b, top/b/first, …
         assert_eq!(link("top/a/second"), EntryKind::File { size: 6 });
         for later in ["top/b/first", "top/c", "single"] {

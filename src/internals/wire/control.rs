@@ -286,6 +286,9 @@ pub struct Summary {
     pub bytes: u64,
     /// Of `bytes`, those the receiver already held (the prefixes of resumed files).
     pub resumed: u64,
+    /// `Complete` only (0 in `Finish`): entries that arrived but that the receiver's file
+    /// system cannot hold (a name it does not allow, a link where it has none), left out.
+    pub refused: u64,
 }
 
 /// An error one side reports to the other before closing.
@@ -449,8 +452,14 @@ mod tests {
             }),
             Control::Accept(Accept {}),
             Control::Refuse(Refuse { reason: RefuseReason::Conflict, names: vec!["a".into()] }),
-            Control::Finish(Summary { entries: 3, files: 2, bytes: 300, resumed: 100 }),
-            Control::Complete(Summary { entries: 3, files: 2, bytes: 300, resumed: 100 }),
+            Control::Finish(Summary { entries: 3, files: 2, bytes: 300, resumed: 100, refused: 0 }),
+            Control::Complete(Summary {
+                entries: 3,
+                files: 2,
+                bytes: 300,
+                resumed: 100,
+                refused: 1,
+            }),
             Control::Error(ErrorReport { kind: ErrorKind::Io, message: "disk full".into() }),
             Control::Ask(Ask { checksum: true }),
             Control::Listing(vec![
@@ -526,8 +535,8 @@ mod tests {
              77777777777777777777777777777777 000000 00",
             "02",
             "0301010161",
-            "040302ac0264",
-            "050302ac0264",
+            "040302ac026400",
+            "050302ac026401",
             "0607096469736b2066756c6c",
             "0701",
             "0802010164\

@@ -123,7 +123,7 @@ fn full_session_succeeds() {
     p.pump();
     assert_eq!(Pair::events(&mut p.s), [Event::Accepted(Accept {})]);
 
-    let totals = Summary { entries: 1, files: 1, bytes: 5, resumed: 0 };
+    let totals = Summary { entries: 1, files: 1, bytes: 5, resumed: 0, refused: 0 };
     p.s.finish(totals).unwrap();
     p.pump();
     assert_eq!(Pair::events(&mut p.r), [Event::Finished(totals)]);

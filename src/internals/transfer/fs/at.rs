@@ -130,7 +130,12 @@ impl Dir {
     /// Sets the permission bits of `name`, which must be a file of ours (`chmod` follows
     /// links: call it only on names this process created where nobody else can write).
     pub fn chmod(&self, name: impl AsRef<OsStr>, mode: u32) -> io::Result<()> {
-        Ok(rustix::fs::chmodat(&self.fd, name.as_ref(), Mode::from_raw_mode(mode), AtFlags::empty())?)
+        Ok(rustix::fs::chmodat(
+            &self.fd,
+            name.as_ref(),
+            Mode::from_raw_mode(mode),
+            AtFlags::empty(),
+        )?)
     }
 
     /// Creates the link `name` to `target`, which is stored as given.

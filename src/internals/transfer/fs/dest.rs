@@ -15,7 +15,7 @@ use rustix::io::Errno;
 
 use super::at::{not_a_dir, walk, At, Dir, DirCache, MakeDir, Walked};
 
-use super::error::{classify, FsError};
+use super::error::{classify, classify_link, classify_new, FsError};
 use super::journal::{read_cvs, Header, Journal, JournalWriter, Mark};
 use super::part::{Finished, Names, PartFile};
 use super::path::{RelPath, MAX_COMPONENT_LEN};
@@ -31,6 +31,11 @@ mod link;
 /// Attempts at finding an unused temporary name before giving up.
 const TEMP_ATTEMPTS: usize = 16;
 /// Marker in every temporary name, so leftovers are recognisable.
+/// Why a symbolic link cannot be made where the file system has none.
+const NO_SYMLINKS: &str = "this file system has no symbolic links";
+/// Why a hard link cannot be made where the file system has none.
+pub(super) const NO_HARDLINKS: &str = "this file system has no hard links";
+
 const TEMP_MARKER: &str = ".p2p-copy-";
 const TEMP_SUFFIX: &str = ".part";
 
@@ -197,8 +202,16 @@ impl Dest {
         self.made.lock().unwrap_or_else(PoisonError::into_inner).dirs.contains(rel.as_bytes())
     }
 
-    /// What is at `rel` now, looking without creating or following anything.
+    /// What is at `rel` now, looking without creating or following anything. A name this
+    /// file system cannot hold is not there (writing it will be refused, for that entry).
     pub fn inspect(&self, rel: &RelPath) -> Result<Found, FsError> {
+        match self.look(rel) {
+            Err(FsError::Unwritable { .. }) => Ok(Found::Missing),
+            found => found,
+        }
+    }
+
+    fn look(&self, rel: &RelPath) -> Result<Found, FsError> {
         let dir = match walk(&self.root_dir, &self.dirs, rel.dir(), None)? {
             Walked::Dir(dir) => dir,
             Walked::Missing => return Ok(Found::Missing),
@@ -445,7 +458,7 @@ impl Dest {
             // symlink(2) never replaces: an entry that appeared meanwhile is reported.
             return parent.symlink(target, &at.name).map_err(|e| match e.kind() {
                 io::ErrorKind::AlreadyExists => FsError::Exists { path: at.path() },
-                _ => classify(&at.path(), e),
+                _ => classify_link(&at.path(), e, NO_SYMLINKS),
             });
         }
         for _ in 0..TEMP_ATTEMPTS {
@@ -460,7 +473,7 @@ impl Dest {
                     });
                 }
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
-                Err(e) => return Err(classify(&at.path(), e)),
+                Err(e) => return Err(classify_link(&at.path(), e, NO_SYMLINKS)),
             }
         }
         Err(no_temp_name(&at.path()))
@@ -639,7 +652,7 @@ impl Dest {
                     return Ok(PartFile::new(file, names, 0, None));
                 }
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
-                Err(e) => return Err(classify(&at.path(), e)),
+                Err(e) => return Err(classify_new(&at.path(), e)),
             }
         }
         Err(no_temp_name(&at.path()))
@@ -657,7 +670,14 @@ impl Dest {
     /// file system is not one known to be local (FUSE and network file systems may not pass
     /// `syncfs` on), or if `syncfs` fails. Then each moves onto its final name, as
     /// [`PartFile::commit`] does. On error, the files not yet in place are removed.
-    pub fn commit_all(&self, syncer: &Syncer, files: Vec<Finished>) -> Result<(), FsError> {
+    ///
+    /// A file whose name the file system will not take ([`FsError::Unwritable`]) is removed
+    /// and returned with its error; the others go on.
+    pub fn commit_all(
+        &self,
+        syncer: &Syncer,
+        files: Vec<Finished>,
+    ) -> Result<Vec<(RelPath, FsError)>, FsError> {
         let whole_fs = files.len() > 1
             && files.iter().all(|f| Some(f.dev()) == syncer.dev)
             && syncer.sync_fs().is_ok();
@@ -666,12 +686,16 @@ impl Dest {
                 file.sync()?;
             }
         }
+        let mut refused = Vec::new();
         for file in files {
             let rel = file.rel().clone();
-            file.install()?;
-            self.forget_versions(&rel);
+            match file.install() {
+                Ok(()) => self.forget_versions(&rel),
+                Err(e @ FsError::Unwritable { .. }) => refused.push((rel, e)),
+                Err(e) => return Err(e),
+            }
         }
-        Ok(())
+        Ok(refused)
     }
 
     /// `rel` is in place: partial copies of other versions of it, from earlier transfers, go.
@@ -717,7 +741,7 @@ impl Dest {
                 Ok(())
             }
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
-            Err(e) => Err(classify(&path(), e)),
+            Err(e) => Err(classify_new(&path(), e)),
         }
     }
 
@@ -806,7 +830,8 @@ fn temp_name(name: &OsStr) -> OsString {
         }
     }
     let random = format!("{:016x}", rand::random::<u64>());
-    let tmp = [b".", &name[..keep], TEMP_MARKER.as_bytes(), random.as_bytes(), TEMP_SUFFIX.as_bytes()];
+    let tmp =
+        [b".", &name[..keep], TEMP_MARKER.as_bytes(), random.as_bytes(), TEMP_SUFFIX.as_bytes()];
     super::path::os(&tmp.concat()).to_os_string()
 }
 
@@ -894,7 +919,7 @@ fn local_fs(_dir: &fs::File) -> bool {
 pub(super) fn rename_error(rel: &RelPath, path: &Path, err: io::Error) -> FsError {
     match err.kind() {
         io::ErrorKind::IsADirectory | io::ErrorKind::DirectoryNotEmpty => replaces_dir(rel),
-        _ => classify(path, err),
+        _ => classify_new(path, err),
     }
 }
 

@@ -3,6 +3,8 @@
 use std::io;
 use std::path::{Path, PathBuf};
 
+use rustix::io::Errno;
+
 /// A failure writing to the destination.
 #[derive(Debug, thiserror::Error)]
 pub enum FsError {
@@ -15,7 +17,7 @@ pub enum FsError {
     /// Disk full (ENOSPC) or quota exceeded (EDQUOT).
     #[error(
         "disk full while writing {}: free space on the destination or choose another --out",
-        path.display()
+        shown_path(path)
     )]
     DiskFull {
         /// The destination path being written.
@@ -24,7 +26,7 @@ pub enum FsError {
     /// Permission denied, or a read-only file system.
     #[error(
         "permission denied writing {}: make the destination writable or choose another --out",
-        path.display()
+        shown_path(path)
     )]
     PermissionDenied {
         /// The destination path being written.
@@ -33,7 +35,7 @@ pub enum FsError {
     /// A final name exists and overwriting is off.
     #[error(
         "{} already exists: pass --overwrite to replace it, or choose another --out",
-        path.display()
+        shown_path(path)
     )]
     Exists {
         /// The existing destination path.
@@ -63,14 +65,25 @@ pub enum FsError {
     #[error(
         "another p2p-copy is receiving {} into this destination right now; wait for it to end \
          or choose another --out",
-        path.display()
+        shown_path(path)
     )]
     Busy {
         /// The destination path.
         path: PathBuf,
     },
+    /// The destination's file system cannot hold this entry: its name (a character it does
+    /// not allow, bytes that are not valid in its character set, a name too long for it) or its
+    /// kind (a symbolic or hard link where it has none). The receiver refuses the entry alone
+    /// and goes on with the rest.
+    #[error("cannot write {} here: {why}", shown_path(path))]
+    Unwritable {
+        /// The destination path.
+        path: PathBuf,
+        /// What the file system does not take.
+        why: &'static str,
+    },
     /// Any other I/O error.
-    #[error("I/O error on {}: {source}", path.display())]
+    #[error("I/O error on {}: {source}", shown_path(path))]
     Io {
         /// The destination path being written.
         path: PathBuf,
@@ -89,12 +102,54 @@ impl FsError {
 /// Map an I/O error on `path` to the right [`FsError`] variant.
 pub fn classify(path: &Path, err: io::Error) -> FsError {
     let path = path.to_path_buf();
+    let errno = err.raw_os_error().map(Errno::from_raw_os_error);
+    if errno == Some(Errno::ILSEQ) {
+        return FsError::Unwritable { path, why: NOT_IN_CHARSET };
+    }
+    if errno == Some(Errno::NAMETOOLONG) {
+        return FsError::Unwritable { path, why: "its name is too long for this file system" };
+    }
     match err.kind() {
         io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded => FsError::DiskFull { path },
         io::ErrorKind::PermissionDenied | io::ErrorKind::ReadOnlyFilesystem => {
             FsError::PermissionDenied { path }
         }
         _ => FsError::Io { path, source: err },
+    }
+}
+
+/// A destination path for a message: a name that is not UTF-8 is shown with `\xNN` for its
+/// bytes that are not, as everywhere else.
+pub fn shown_path(path: &Path) -> String {
+    match super::path::name_bytes(path.as_os_str()) {
+        Some(bytes) => super::path::shown(bytes).into_owned(),
+        None => path.display().to_string(),
+    }
+}
+
+const NOT_IN_CHARSET: &str = "its name is not valid in this file system's character set";
+const NAME_REFUSED: &str = "this file system does not allow its name";
+
+/// [`classify`] for an error from creating or renaming onto `path`, a name in a directory that
+/// is open: there, `EINVAL` says the file system will not take the name (FAT, NTFS: `:`, `?`,
+/// `\\`, a trailing dot), and so does `ENOENT` (exFAT through FUSE says it so).
+pub fn classify_new(path: &Path, err: io::Error) -> FsError {
+    match err.raw_os_error().map(Errno::from_raw_os_error) {
+        Some(Errno::INVAL | Errno::NOENT) => {
+            FsError::Unwritable { path: path.to_path_buf(), why: NAME_REFUSED }
+        }
+        _ => classify(path, err),
+    }
+}
+
+/// [`classify_new`] for making a symbolic or hard link (`what`) at `path`: a file system
+/// without such links says `EPERM` (FAT), `ENOSYS` (FUSE) or `EOPNOTSUPP`.
+pub fn classify_link(path: &Path, err: io::Error, what: &'static str) -> FsError {
+    match err.raw_os_error().map(Errno::from_raw_os_error) {
+        Some(Errno::PERM | Errno::NOSYS | Errno::OPNOTSUPP) => {
+            FsError::Unwritable { path: path.to_path_buf(), why: what }
+        }
+        _ => classify_new(path, err),
     }
 }
 
@@ -150,6 +205,27 @@ mod tests {
             other => panic!("unexpected {other:?}"),
         }
         assert!(std::error::Error::source(&err).is_some());
+    }
+
+    #[test]
+    fn names_and_kinds_the_file_system_cannot_hold_are_unwritable() {
+        let path = Path::new("/dest/a:b");
+        let os = |e: Errno| io::Error::from_raw_os_error(e.raw_os_error());
+        for e in [Errno::ILSEQ, Errno::NAMETOOLONG] {
+            assert!(matches!(classify(path, os(e)), FsError::Unwritable { .. }), "{e:?}");
+        }
+        // Only where a name is being made do these speak of the name.
+        for e in [Errno::INVAL, Errno::NOENT] {
+            assert!(matches!(classify(path, os(e)), FsError::Io { .. }), "{e:?}");
+            assert!(matches!(classify_new(path, os(e)), FsError::Unwritable { .. }), "{e:?}");
+        }
+        assert!(matches!(classify_new(path, os(Errno::PERM)), FsError::PermissionDenied { .. }));
+        let link = classify_link(path, os(Errno::PERM), "this file system has no symbolic links");
+        assert_eq!(
+            link.to_string(),
+            "cannot write /dest/a:b here: this file system has no symbolic links"
+        );
+        assert!(classify_new(path, os(Errno::NOSPC)).is_disk_full());
     }
 
     #[test]

@@ -244,7 +244,13 @@ impl Finished {
             let err = |e| classify(&self.names.at.path(), e);
             tmp.dir.chmod(&tmp.name, self.mode).map_err(err)?;
         }
-        self.names.install()?;
+        if let Err(e) = self.names.install() {
+            if let FsError::Unwritable { .. } = e {
+                // It can never be put in place here: its partial copy and journal go.
+                self.names.discard()?;
+            }
+            return Err(e);
+        }
         if let Some(journal) = &self.names.journal {
             if let Err(e) = journal.dir.remove(&journal.name) {
                 tracing::warn!(path = %journal.path().display(), error = %e, "could not remove a journal");

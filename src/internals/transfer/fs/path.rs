@@ -226,7 +226,9 @@ fn check_component(path: &[u8], comp: &[u8]) -> Result<(), PathError> {
         "it is not valid Unicode, which names on this system must be"
     } else if cfg!(windows) && comp.contains(&b'\\') {
         "it contains a backslash, which is a separator on Windows"
-    } else if cfg!(windows) && std::str::from_utf8(comp).is_ok_and(|c| c.chars().any(char::is_control)) {
+    } else if cfg!(windows)
+        && std::str::from_utf8(comp).is_ok_and(|c| c.chars().any(char::is_control))
+    {
         "it contains a control character, which Windows does not allow in names"
     } else {
         return Ok(());

@@ -109,6 +109,9 @@ pub struct StateDir {
     path: PathBuf,
     /// The directory, open, once it was made and checked.
     dir: Mutex<Option<Arc<Dir>>>,
+    /// Its file system keeps no permission bits (FAT, exFAT: every file shows the mount's
+    /// mode, and `chmod` changes nothing): a partial file is then checked by its owner only.
+    modeless: std::sync::atomic::AtomicBool,
 }
 
 /// A partial file, opened and locked for this transfer.
@@ -127,7 +130,7 @@ pub(super) struct Partial {
 impl StateDir {
     /// The state directory of the destination `root` (not created yet).
     pub fn new(root: &Path) -> StateDir {
-        StateDir { path: root.join(STATE_DIR), dir: Mutex::default() }
+        StateDir { path: root.join(STATE_DIR), dir: Mutex::default(), modeless: Default::default() }
     }
 
     /// Its path.
@@ -185,6 +188,10 @@ impl StateDir {
         if st.st_mode & 0o077 != 0 {
             rustix::fs::fchmod(&dir, rustix::fs::Mode::from_raw_mode(0o700))
                 .map_err(|e| classify(&self.path, e.into()))?;
+            let now = rustix::fs::fstat(&dir).map_err(|e| classify(&self.path, e.into()))?;
+            if now.st_mode & 0o077 != 0 {
+                self.modeless.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
         }
         let dir = Arc::new(dir);
         *held = Some(dir.clone());
@@ -215,10 +222,11 @@ impl StateDir {
                 Err(e) => return Err(classify(&part.path(), e.into())),
             }
             let meta = file.metadata().map_err(|e| classify(&part.path(), e))?;
+            let modeless = self.modeless.load(std::sync::atomic::Ordering::Relaxed);
             let ours = meta.is_file()
                 && meta.uid() == rustix::process::geteuid().as_raw()
                 && meta.nlink() == 1
-                && meta.permissions().mode() & 0o077 == 0;
+                && (modeless || meta.permissions().mode() & 0o077 == 0);
             if ours {
                 return Ok(Some(Partial { file, len: meta.len(), part, journal }));
             }

@@ -8,7 +8,9 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
 use super::super::control::read_error;
-use super::super::fs::{shown, Dest, Finished, Found, PartFile, RelPath, Resumable, Syncer};
+use super::super::fs::{
+    shown, Dest, Finished, Found, FsError, PartFile, RelPath, Resumable, Syncer,
+};
 use super::super::survey::{admit, none_admitted, unlisted_target, LinkTargets, Survey};
 use super::super::walk;
 use super::super::{FileOutcome, Note, Progress, TransferError};
@@ -128,7 +130,12 @@ pub struct Sink {
     pub xattrs: bool,
     /// Set once extended attributes could not be kept (told once per transfer).
     xattrs_warned: std::sync::atomic::AtomicBool,
+    /// Entries the destination's file system cannot hold, refused one by one.
+    refused: std::sync::atomic::AtomicU64,
 }
+
+/// Refused entries told one by one; the rest are counted ([`Sink::refused`]).
+pub const SHOWN_REFUSALS: u64 = 20;
 
 impl Sink {
     /// A sink writing into `dest` what `offer` announced, held to the answers of `survey` if
@@ -170,6 +177,7 @@ impl Sink {
             abandoned: std::sync::atomic::AtomicBool::new(false),
             xattrs: true,
             xattrs_warned: std::sync::atomic::AtomicBool::new(false),
+            refused: std::sync::atomic::AtomicU64::new(0),
             rate: None,
             observer: None,
         }
@@ -197,6 +205,45 @@ impl Sink {
                  not kept: {why}"
             )));
         }
+    }
+
+    /// How many entries were refused because the destination's file system cannot hold
+    /// them (a name it does not allow, a link where it has none): everything else arrived.
+    pub fn refused(&self) -> u64 {
+        self.refused.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// `result` of writing the entry `rel` (a regular file of `size` bytes, if `size`), with a
+    /// name or kind the file system cannot hold ([`FsError::Unwritable`]) turned into a refusal
+    /// of that entry alone (`None`): told (the first [`SHOWN_REFUSALS`] as warnings, and a file
+    /// by its `file` event), counted, and the transfer goes on. Any other error stays one.
+    fn or_refuse<T>(
+        &self,
+        rel: &RelPath,
+        size: Option<u64>,
+        result: Result<T, FsError>,
+    ) -> Result<Option<T>, TransferError> {
+        use std::sync::atomic::Ordering;
+        let e = match result {
+            Ok(v) => return Ok(Some(v)),
+            Err(e @ FsError::Unwritable { .. }) => e,
+            Err(e) => return Err(e.into()),
+        };
+        tracing::debug!(path = %rel, error = %e, "entry refused");
+        if size.is_some() {
+            self.targets.lock().map_err(|_| poisoned())?.refused(rel.as_bytes());
+        }
+        let n = self.refused.fetch_add(1, Ordering::Relaxed) + 1;
+        if let Some(observer) = &self.observer {
+            if n <= SHOWN_REFUSALS {
+                observer.note(Note::Warning(refusal(rel, &e, self.dest())));
+            }
+            if let Some(bytes) = size {
+                let outcome = FileOutcome::Refused;
+                observer.note(Note::File { path: rel.as_bytes(), bytes, outcome });
+            }
+        }
+        Ok(None)
     }
 
     /// The destination directory, for an entry that needs one.
@@ -261,8 +308,16 @@ impl Sink {
                 None => targets.find(&target).map(|(t, _)| t),
             };
             let Some(target) = found else { return Err(unlisted_target(&rel, &target)) };
-            dest.hard_link(&target, &rel, self.overwrite)?;
-            tracing::debug!(path = %rel, %target, "linked");
+            if targets.was_refused(target.as_bytes()) {
+                let why = "the file it names could not be written here";
+                let gone = FsError::Unwritable { path: dest.root().join(rel.as_path()), why };
+                self.or_refuse(&rel, None, Err::<(), _>(gone))?;
+                continue;
+            }
+            if self.or_refuse(&rel, None, dest.hard_link(&target, &rel, self.overwrite))?.is_some()
+            {
+                tracing::debug!(path = %rel, %target, "linked");
+            }
         }
         Ok(())
     }
@@ -483,20 +538,33 @@ fn apply_lane(
     Ok(totals)
 }
 
+/// The warning for the entry `rel` refused with `e`: "left out a/b:c: this file system does
+/// not allow its name", naming the parent that could not be made when it is not the entry.
+fn refusal(rel: &RelPath, e: &FsError, dest: Option<&Dest>) -> String {
+    let FsError::Unwritable { path, why } = e else { return format!("left out {rel}: {e}") };
+    let at = dest.and_then(|d| path.strip_prefix(d.root()).ok());
+    match at {
+        Some(at) if at != rel.as_path() => {
+            format!("left out {rel}: {why} ({})", super::super::fs::shown_path(at))
+        }
+        _ => format!("left out {rel}: {why}"),
+    }
+}
+
 /// Puts `files` in place ([`Dest::commit_all`]) and tells the observer of each.
 fn commit(sink: &Sink, syncer: Option<&Syncer>, files: Vec<Finished>) -> Result<(), TransferError> {
     let (Some(dest), Some(syncer)) = (sink.dest(), syncer) else { return Ok(()) };
-    let done: Vec<(Vec<u8>, u64, bool)> = match &sink.observer {
-        Some(_) => {
-            files.iter().map(|f| (f.rel().as_bytes().to_vec(), f.size(), f.resumed())).collect()
-        }
-        None => Vec::new(),
-    };
-    dest.commit_all(syncer, files)?;
-    if let Some(observer) = &sink.observer {
-        for (path, bytes, resumed) in &done {
-            let outcome = if *resumed { FileOutcome::Resumed } else { FileOutcome::Received };
-            observer.note(Note::File { path, bytes: *bytes, outcome });
+    let done: Vec<(RelPath, u64, bool)> =
+        files.iter().map(|f| (f.rel().clone(), f.size(), f.resumed())).collect();
+    // Those whose names the file system will not take were removed.
+    let mut refused: HashMap<RelPath, FsError> =
+        dest.commit_all(syncer, files)?.into_iter().collect();
+    for (path, bytes, resumed) in done {
+        if let Some(e) = refused.remove(&path) {
+            sink.or_refuse(&path, Some(bytes), Err::<(), _>(e))?;
+        } else if let Some(observer) = &sink.observer {
+            let outcome = if resumed { FileOutcome::Resumed } else { FileOutcome::Received };
+            observer.note(Note::File { path: path.as_bytes(), bytes, outcome });
         }
     }
     Ok(())
@@ -571,15 +639,18 @@ fn apply_records(
                             // as the files in them changed it.
                             let dest = sink.dir()?;
                             let theirs = !dest.made(&rel) && dest.inspect(&rel)? == Found::Dir;
-                            dest.create_dir(&rel)?;
-                            let mode = (!theirs).then_some(entry.mode & MODE_MASK);
-                            // Attributes only for a directory this transfer made: one
-                            // that was here is the user's own, as for its mode.
-                            last_dir = (!theirs).then(|| rel.clone());
-                            sink.dirs.lock().map_err(|_| poisoned())?.insert(rel, (mode, mtime));
+                            if sink.or_refuse(&rel, None, dest.create_dir(&rel))?.is_some() {
+                                let mode = (!theirs).then_some(entry.mode & MODE_MASK);
+                                // Attributes only for a directory this transfer made: one
+                                // that was here is the user's own, as for its mode.
+                                last_dir = (!theirs).then(|| rel.clone());
+                                let meta = (mode, mtime);
+                                sink.dirs.lock().map_err(|_| poisoned())?.insert(rel, meta);
+                            }
                         }
                         EntryKind::Symlink { target } => {
-                            sink.dir()?.symlink(&rel, target, sink.overwrite)?;
+                            let made = sink.dir()?.symlink(&rel, target, sink.overwrite);
+                            sink.or_refuse(&rel, None, made)?;
                         }
                         // Made once every lane has finished: its target may be on another.
                         EntryKind::HardLink { target } => sink.link_later(rel, target)?,
@@ -607,18 +678,26 @@ fn apply_records(
                     };
                     let (size, mtime) = file_of(&entry);
                     let (offset, held) = (r.offset, r.held.clone());
-                    let part = sink.dir()?.resume_file(&rel, r, size, mtime, sink.overwrite)?;
+                    let part = sink.dir()?.resume_file(&rel, r, size, mtime, sink.overwrite);
+                    // The lane checks the whole file's hash, kept or not.
                     reader.resume(held)?;
-                    tracing::info!(path = %rel, kept = offset, "continuing a partial copy");
                     totals.resumed += offset;
-                    open = Some(Open::Writing { part, entry });
+                    open = Some(match sink.or_refuse(&rel, Some(size), part)? {
+                        Some(part) => {
+                            tracing::info!(path = %rel, kept = offset, "continuing a partial copy");
+                            Open::Writing { part, entry }
+                        }
+                        None => Open::Refused,
+                    });
                 }
                 LaneEvent::Data(data) => {
                     match (&open, &sink.target) {
                         (Some(Open::Piping { .. }), Target::Pipe(pipe)) => pipe.write(data)?,
                         _ => {
-                            writing(&mut open, sink)?.write_all(data)?;
-                            wrote = true;
+                            if let Some(part) = writing(&mut open, sink)? {
+                                part.write_all(data)?;
+                                wrote = true;
+                            }
                         }
                     }
                     sink.progress.add(data.len() as u64);
@@ -627,8 +706,10 @@ fn apply_records(
                     match (&open, &sink.target) {
                         (Some(Open::Piping { .. }), Target::Pipe(pipe)) => pipe.zeros(len)?,
                         _ => {
-                            writing(&mut open, sink)?.skip(len)?;
-                            wrote = true;
+                            if let Some(part) = writing(&mut open, sink)? {
+                                part.skip(len)?;
+                                wrote = true;
+                            }
                         }
                     }
                     sink.progress.add(len);
@@ -647,8 +728,14 @@ fn apply_records(
                     totals.files += 1;
                     totals.bytes += size;
                 }
-                LaneEvent::FileEnd { hash, .. } => {
-                    writing(&mut open, sink)?;
+                LaneEvent::FileEnd { hash, size, .. } => {
+                    if writing(&mut open, sink)?.is_none() {
+                        // Refused: its bytes arrived whole and verified, and were dropped.
+                        open = None;
+                        totals.files += 1;
+                        totals.bytes += size;
+                        continue;
+                    }
                     let Some(Open::Writing { part, entry }) = open.take() else {
                         return Err(TransferError::internal("file end without an open file"));
                     };
@@ -676,7 +763,9 @@ fn apply_records(
             if wrote {
                 // The data is written; now the journal may say so.
                 let (_, cvs) = reader.take_cvs();
-                writing(&mut open, sink)?.record(&cvs)?;
+                if let Some(part) = writing(&mut open, sink)? {
+                    part.record(&cvs)?;
+                }
             }
         }
     }
@@ -718,10 +807,17 @@ enum Open {
     Pending { entry: Entry, rel: RelPath, resumable: Option<Resumable> },
     /// Being written.
     Writing { part: PartFile, entry: Entry },
+    /// Arriving, but its name (or a parent's) is one the file system cannot hold: its bytes
+    /// are checked and dropped.
+    Refused,
 }
 
-/// The open file, opened fresh (from the start) if it was only entered so far.
-fn writing<'a>(open: &'a mut Option<Open>, sink: &Sink) -> Result<&'a mut PartFile, TransferError> {
+/// The open file, opened fresh (from the start) if it was only entered so far; `None` once it
+/// is refused ([`Sink::or_refuse`]).
+fn writing<'a>(
+    open: &'a mut Option<Open>,
+    sink: &Sink,
+) -> Result<Option<&'a mut PartFile>, TransferError> {
     if let Some(Open::Pending { .. }) = open {
         let Some(Open::Pending { entry, rel, resumable }) = open.take() else {
             return Err(TransferError::internal("no pending file"));
@@ -734,14 +830,18 @@ fn writing<'a>(open: &'a mut Option<Open>, sink: &Sink) -> Result<&'a mut PartFi
             Some(r) => {
                 tracing::info!(path = %rel, "the sender sends it whole: its copy differs from the partial one here");
                 sink.progress.sub(r.offset);
-                dest.restart_file(&rel, r, size, mtime, sink.overwrite)?
+                dest.restart_file(&rel, r, size, mtime, sink.overwrite)
             }
-            None => dest.create_file(&rel, size, mtime, sink.overwrite)?,
+            None => dest.create_file(&rel, size, mtime, sink.overwrite),
         };
-        *open = Some(Open::Writing { part, entry });
+        *open = Some(match sink.or_refuse(&rel, Some(size), part)? {
+            Some(part) => Open::Writing { part, entry },
+            None => Open::Refused,
+        });
     }
     match open {
-        Some(Open::Writing { part, .. }) => Ok(part),
+        Some(Open::Writing { part, .. }) => Ok(Some(part)),
+        Some(Open::Refused) => Ok(None),
         _ => Err(TransferError::internal("data without an open file")),
     }
 }

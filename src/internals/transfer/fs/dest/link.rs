@@ -6,9 +6,9 @@ use std::io;
 use rustix::fs::FileType;
 
 use super::super::at::{walk, At, Walked};
-use super::super::error::{classify, FsError};
+use super::super::error::{classify, classify_link, FsError};
 use super::super::path::RelPath;
-use super::{no_temp_name, rename_error, temp_name, Dest, TEMP_ATTEMPTS};
+use super::{no_temp_name, rename_error, temp_name, Dest, NO_HARDLINKS, TEMP_ATTEMPTS};
 
 /// A file's device and inode.
 type Identity = (u64, u64);
@@ -43,7 +43,7 @@ impl Dest {
             // link(2) never replaces: an entry that appeared meanwhile is reported.
             return from.dir.link(&from.name, &at).map_err(|e| match e.kind() {
                 io::ErrorKind::AlreadyExists => FsError::Exists { path: at.path() },
-                _ => classify(&at.path(), e),
+                _ => classify_link(&at.path(), e, NO_HARDLINKS),
             });
         }
         for _ in 0..TEMP_ATTEMPTS {
@@ -58,7 +58,7 @@ impl Dest {
                     });
                 }
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
-                Err(e) => return Err(classify(&at.path(), e)),
+                Err(e) => return Err(classify_link(&at.path(), e, NO_HARDLINKS)),
             }
         }
         Err(no_temp_name(&at.path()))
