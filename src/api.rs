@@ -808,7 +808,10 @@ impl Transfer {
         self.stop.stop("the program");
     }
 
-    /// Waits for the end of the transfer (events not read are discarded).
+    /// Waits for the end of the transfer (events not read are discarded). A transfer that
+    /// finished but whose receiver could not hold some entries (names or links its file system
+    /// does not take) is `Ok`, with their count in the report's `refused` (the command line
+    /// exits with [`ErrorKind::Incomplete`] then).
     pub async fn wait(mut self) -> Result<Finished, Error> {
         if let Some(task) = self.task.as_mut() {
             let ended = task.await;

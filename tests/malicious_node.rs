@@ -242,6 +242,11 @@ async fn serve(conn: quinn::Connection, script: Script, table: Arc<Mutex<Table>>
                     ready(&table, me, &script, &seen);
                 }
             }
+            // This node serves one pairing per nameplate.
+            ClientMsg::Hold | ClientMsg::Reclaim { .. } => {
+                let no = NodeMsg::Error { code: ErrorCode::Protocol, message: "no".into() };
+                let _ = tx.send(wire::encode(&no)).await;
+            }
             ClientMsg::Release | ClientMsg::Relay { .. } => {}
         }
     }

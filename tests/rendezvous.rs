@@ -515,3 +515,46 @@ fn the_library_meets_through_a_node() {
         assert_eq!(sender.wait().await.unwrap_err().kind, p2p_copy::ErrorKind::Network);
     });
 }
+
+/// `send --count` through a node: the sender holds its nameplate across its receivers. A
+/// receiver that comes while another is served is told to wait and is served next, with the
+/// same code; both get the file, and the sender has a `done` per receiver. Once the count is
+/// served, a late receiver waits out its `--wait` and is told why.
+#[test]
+fn count_serves_receivers_one_after_another_through_the_node() {
+    let mut fx = Fixture::new();
+    let node = TestNode::start(ServerConfig::default());
+    let src = fx.path("src/data.bin");
+    random_file(&src, 3 << 20, &mut fx.rng);
+    // Slow enough that the second receiver comes while the first is served.
+    let mut args: Vec<OsString> =
+        vec!["send".into(), "--json".into(), "--rendezvous".into(), node.arg()];
+    args.extend(["--count", "2", "--limit-rate", "512K"].map(OsString::from));
+    args.push(src.clone().into());
+    let mut sender = fx.spawn("sender", &[], args);
+    let code = sender.wait_event("code")["code"].as_str().unwrap().to_owned();
+    let (one, two) = (fx.path("one"), fx.path("two"));
+    let mut first = receive_via(&fx, &node, &code, &[], one.as_os_str());
+    first.wait_event("accepted");
+    let second = receive_via(&fx, &node, &code, &["--wait", "60"], two.as_os_str()).finish();
+    let first = first.finish();
+    assert_exits(&[(&first, 0), (&second, 0)]);
+    let told = second.events().into_iter().any(|e| {
+        e["event"] == "warning"
+            && e["message"].as_str().is_some_and(|m| m.contains("serving another receiver"))
+    });
+    assert!(told, "the second receiver was told to wait\n{second}");
+    for out in [&one, &two] {
+        assert_eq!(std::fs::read(out.join("data.bin")).unwrap(), std::fs::read(&src).unwrap());
+    }
+    let s = sender.finish();
+    assert_exits(&[(&s, 0)]);
+    let codes: Vec<_> = s.events().into_iter().filter(|e| e["event"] == "code").collect();
+    assert!(codes.iter().all(|e| e["code"] == code.as_str()), "one code throughout\n{s}");
+    assert_eq!(s.events().into_iter().filter(|e| e["event"] == "done").count(), 2, "{s}");
+
+    let late = receive_via(&fx, &node, &code, &["--wait", "4"], fx.path("late").as_os_str());
+    let late = late.finish();
+    assert_exits(&[(&late, 7)]);
+    assert_says(&late, &["one after another"]);
+}

@@ -47,6 +47,10 @@ enum Op {
     Release(u8),
     RelayTicket(u8),
     Relay(u8, u64),
+    /// Hold the nameplate (`send --count`).
+    Hold(u8),
+    /// Reclaim a held nameplate with its key (or, `false`, a wrong one).
+    Reclaim(u8, u8, bool),
     Raw(u8, Vec<u8>),
     Disconnect(u8),
     Wait(u16),
@@ -109,6 +113,8 @@ struct Model {
     /// Relay pairing → (opening, sides seen).
     pairings: HashMap<u64, (u64, [bool; 2])>,
     by_epoch: HashMap<u64, u64>,
+    /// Holder keys handed out, by nameplate.
+    keys: Vec<(u32, [u8; 16])>,
 }
 
 fuzz_target!(|input: Input| {
@@ -196,6 +202,16 @@ fuzz_target!(|input: Input| {
                 ClientId::from(c % 8),
                 ClientMsg::Relay { version: VERSION, proof: None, ticket },
             ),
+            Op::Hold(c) => t.handle(now, ClientId::from(c % 8), ClientMsg::Hold),
+            Op::Reclaim(c, i, right) => {
+                let Some(&(nameplate, key)) =
+                    m.keys.get(usize::from(i) % m.keys.len().max(1))
+                else {
+                    continue;
+                };
+                let key = if right { key } else { [0x5a; 16] };
+                t.handle(now, ClientId::from(c % 8), ClientMsg::Reclaim { nameplate, key })
+            }
             Op::Raw(c, bytes) => {
                 let c = ClientId::from(c % 8);
                 if let Ok(msg) = decode_client(&bytes) {
@@ -295,6 +311,13 @@ fn check(m: &mut Model, out: Output, gone: Option<ClientId>, max_number: u32) {
                     code: ErrorCode::Expired | ErrorCode::NameplateClosed, ..
                 } => {
                     m.clients.insert(to, None);
+                }
+                NodeMsg::Held { key } => {
+                    let Some((nameplate, _)) = m.clients[&to] else {
+                        panic!("a holder key for a client without a nameplate");
+                    };
+                    assert!(!m.keys.iter().any(|&(_, k)| k == key), "a holder key drawn twice");
+                    m.keys.push((nameplate, key));
                 }
                 NodeMsg::Message { body } => {
                     let (sender, held) = m.sent.get(&body).copied().expect("a message nobody sent");

@@ -376,6 +376,25 @@ impl Client {
         }
     }
 
+    /// Holds our nameplate for several pairings, one after another; returns the key that
+    /// reopens it ([`Client::reclaim`]).
+    pub async fn hold(&mut self) -> Result<[u8; 16], ClientError> {
+        self.send(&ClientMsg::Hold).await?;
+        match self.recv().await? {
+            NodeMsg::Held { key } => Ok(key),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Reopens `nameplate`, which we hold with `key`, as its first side (alone).
+    pub async fn reclaim(&mut self, nameplate: u32, key: [u8; 16]) -> Result<(), ClientError> {
+        self.send(&ClientMsg::Reclaim { nameplate, key }).await?;
+        match self.recv().await? {
+            NodeMsg::Claimed { peer_present: false, .. } => Ok(()),
+            other => Err(unexpected(&other)),
+        }
+    }
+
     /// Passes `body` to the other side.
     pub async fn post(&mut self, body: Vec<u8>) -> Result<(), ClientError> {
         self.send(&ClientMsg::Send { body }).await

@@ -31,7 +31,10 @@
 //!      claimer, `PeerJoined` to the first side, then the first side's queued messages.
 //!    - two sides already → `Error NameplateFull`; closed and cooling down → `Error
 //!      NameplateClosed` (one guess per code: a used nameplate is never reopened while a stale
-//!      peer may still try it); `n = 0` → `Error NoSuchNameplate`.
+//!      peer may still try it); `n = 0` → `Error NoSuchNameplate`. A held nameplate (8) answers
+//!      `Error Serving` in both cases instead: its holder serves the next peer soon.
+//!    - `Reclaim { n, key }` → as a `Claim` that creates `n`, for the holder of a held `n` that
+//!      is cooling down (or free again); anything else → `Error NameplateClosed`.
 //! 4. `Send { body }` → `Message { body }` to the other side, or queued for it while it has not
 //!    joined ([`Limits::mailbox_messages`], [`Limits::mailbox_bytes`]; over → `Error Busy`).
 //! 5. `Release` or disconnect → `PeerLeft` to the other side; the nameplate closes and its
@@ -46,6 +49,12 @@
 //!    the first, 1 for the second); the driver answers with the ticket its relay draws. Without
 //!    a nameplate, or before the other side joined, → `Error Protocol`; after the nameplate
 //!    closed → `Error NameplateClosed`.
+//! 8. `Hold` from a side of a nameplate (not a rejoin nameplate, at most once per nameplate)
+//!    → `Held { key }`, 128 random bits. The nameplate closes as in 5 after each pairing, but
+//!    keeps its key while it cools down; `Reclaim` with the key reopens it at once, held again.
+//!    Every pairing is its own key exchange; the holder (a `send --count`) stops at a failed
+//!    one. Whoever knows the code could claim the number anyway once it has cooled down, so a
+//!    key lets its holder only skip the cooldown.
 //!
 //! # Suspected guesses
 //!
@@ -204,9 +213,8 @@ pub struct Table {
     nameplates: HashMap<u32, Nameplate>,
     /// Open nameplates by expiry deadline.
     deadlines: BTreeSet<(Instant, u32)>,
-    /// Closed numbers and the end of their cooldown.
-    /// (Whether its nameplate had two sides, which counts towards [`Limits::max_closed`].)
-    closed: HashMap<u32, bool>,
+    /// Closed numbers cooling down.
+    closed: HashMap<u32, Closed>,
     /// Closed numbers in `closed` whose nameplate had two sides.
     closed_joined: usize,
     /// The same, by end of cooldown.
@@ -221,6 +229,17 @@ pub struct Table {
     random: Random,
     /// Nameplates that closed like a failed key exchange (see the module documentation).
     suspected_guesses: u64,
+}
+
+/// A closed number, cooling down.
+#[derive(Debug, Clone, Copy)]
+struct Closed {
+    /// Its nameplate had two sides (which counts towards [`Limits::max_closed`]).
+    joined: bool,
+    /// The end of its cooldown.
+    until: Instant,
+    /// The key that reopens it for its holder (`Hold`, `Reclaim`).
+    hold: Option<[u8; 16]>,
 }
 
 #[derive(Debug)]
@@ -262,6 +281,8 @@ struct Nameplate {
     joined: Option<Instant>,
     /// A side asked for a relay ticket.
     ticketed: bool,
+    /// Its holder serves peers one after another: the key that reopens it (`Hold`).
+    hold: Option<[u8; 16]>,
 }
 
 impl Nameplate {
@@ -376,6 +397,10 @@ impl Table {
                 self.error(client, ErrorCode::Protocol, "Relay opens its own stream".into());
             }
             (Phase::Ready, ClientMsg::RelayTicket) => self.ticket(client),
+            (Phase::Ready, ClientMsg::Hold) => self.hold(client),
+            (Phase::Ready, ClientMsg::Reclaim { nameplate, key }) => {
+                self.reclaim(now, client, nameplate, key)
+            }
         }
     }
 
@@ -450,7 +475,7 @@ impl Table {
                 break;
             }
             self.cooldowns.remove(&(at, n));
-            if self.closed.remove(&n) == Some(true) {
+            if self.closed.remove(&n).is_some_and(|c| c.joined) {
                 self.closed_joined -= 1;
             }
             self.taken.remove(&n);
@@ -550,7 +575,14 @@ impl Table {
             let message = "nameplate 0 does not exist: check the code".to_string();
             return self.error(client, ErrorCode::NoSuchNameplate, message);
         }
-        if self.closed.contains_key(&n) {
+        if let Some(closed) = self.closed.get(&n) {
+            if closed.hold.is_some() {
+                let message = format!(
+                    "nameplate {n}'s sender serves one receiver at a time and is busy: try again \
+                     in a moment"
+                );
+                return self.error(client, ErrorCode::Serving, message);
+            }
             let message = format!(
                 "nameplate {n} was used or expired and is closed: ask the sender for a new code"
             );
@@ -563,6 +595,13 @@ impl Table {
             }
             return;
         };
+        if np.second.is_some() && np.hold.is_some() {
+            let message = format!(
+                "nameplate {n}'s sender serves one receiver at a time and is busy: try again in \
+                 a moment"
+            );
+            return self.error(client, ErrorCode::Serving, message);
+        }
         if np.second.is_some() {
             let message =
                 format!("nameplate {n} already has two sides: someone else is using this code");
@@ -599,6 +638,7 @@ impl Table {
             },
             joined: None,
             ticketed: false,
+            hold: None,
         };
         self.nameplates.insert(n, np);
         self.deadlines.insert((deadline, n));
@@ -674,6 +714,68 @@ impl Table {
         self.outputs.push_back(Output::Ticket { to: client, pairing, side });
     }
 
+    /// `Hold`: the key that reopens the client's nameplate after this pairing.
+    fn hold(&mut self, client: ClientId) {
+        let Some(Slot::Held(n)) = self.clients.get(&client).map(|c| c.slot) else {
+            let message = "Hold needs a nameplate";
+            return self.error(client, ErrorCode::Protocol, message.into());
+        };
+        if n & REJOIN_NAMEPLATES != 0 {
+            let message = "a rejoin nameplate serves one pairing";
+            return self.error(client, ErrorCode::Protocol, message.into());
+        }
+        let key = self.draw_key();
+        let Some(np) = self.nameplates.get_mut(&n) else { return };
+        if np.hold.is_some() {
+            let message = format!("nameplate {n} is held already");
+            return self.error(client, ErrorCode::Protocol, message);
+        }
+        np.hold = Some(key);
+        self.send_to(client, NodeMsg::Held { key });
+    }
+
+    /// `Reclaim`: reopens a held nameplate for its holder, as its first side.
+    fn reclaim(&mut self, now: Instant, client: ClientId, n: u32, key: [u8; 16]) {
+        if !self.admit(now, client, 1) {
+            return;
+        }
+        if n == 0 || n & REJOIN_NAMEPLATES != 0 {
+            let message = format!("nameplate {n} cannot be held");
+            return self.error(client, ErrorCode::Protocol, message);
+        }
+        let free = match self.closed.get(&n) {
+            Some(closed) => closed.hold == Some(key),
+            // Cooled down meanwhile: free for anyone, the holder first.
+            None => !self.nameplates.contains_key(&n),
+        };
+        if !free {
+            let message = format!(
+                "nameplate {n} is no longer this sender's (it closed, or another transfer took \
+                 its number): start again with a new code"
+            );
+            return self.error(client, ErrorCode::NameplateClosed, message);
+        }
+        if !self.room(client) {
+            return;
+        }
+        if let Some(closed) = self.closed.remove(&n) {
+            self.closed_joined -= usize::from(closed.joined);
+            self.cooldowns.remove(&(closed.until, n));
+        }
+        self.open(now, client, n);
+        if let Some(np) = self.nameplates.get_mut(&n) {
+            np.hold = Some(key);
+        }
+        self.send_to(client, NodeMsg::Claimed { nameplate: n, peer_present: false });
+    }
+
+    fn draw_key(&mut self) -> [u8; 16] {
+        let mut key = [0; 16];
+        key[..8].copy_from_slice(&self.random.next().to_be_bytes());
+        key[8..].copy_from_slice(&self.random.next().to_be_bytes());
+        key
+    }
+
     fn release(&mut self, now: Instant, client: ClientId) {
         let Some(c) = self.clients.get_mut(&client) else { return };
         match std::mem::replace(&mut c.slot, Slot::None) {
@@ -693,7 +795,7 @@ impl Table {
         if n & REJOIN_NAMEPLATES == 0 {
             let until = after(now, self.limits.reuse_after);
             let joined = np.joined.is_some();
-            self.closed.insert(n, joined);
+            self.closed.insert(n, Closed { joined, until, hold: np.hold });
             self.closed_joined += usize::from(joined);
             self.cooldowns.insert((until, n));
         }

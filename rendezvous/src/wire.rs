@@ -24,6 +24,11 @@
 //!    partner, `Busy` when the relay is full).
 //! 6. Either side: `Release` (or it disconnects); the other gets `PeerLeft` and the nameplate
 //!    is closed for good.
+//! 7. A side that serves several peers one after another (`send --count`) sends `Hold` while
+//!    it holds the nameplate and gets `Held { key }`. Once that pairing has closed, the number
+//!    cools down as usual, but `Reclaim { nameplate, key }` reopens it for the holder, as its
+//!    first side; meanwhile a `Claim` of it gets `Error Serving` (try again shortly) instead
+//!    of `NameplateClosed`. Every pairing is its own key exchange.
 //!
 //! Any request may instead be answered by `Error { code, message }`; see [`ErrorCode`].
 //!
@@ -72,6 +77,8 @@
 //! | 4     | `Release`     | —                                        |
 //! | 5     | `Relay`       | `version: u16`, `proof: Option<[u8; 32]>`, `ticket: u64` |
 //! | 6     | `RelayTicket` | —                                        |
+//! | 7     | `Hold`        | —                                        |
+//! | 8     | `Reclaim`     | `nameplate: u32`, `key: [u8; 16]`        |
 //!
 //! | index | [`NodeMsg`]   | fields                                         |
 //! |-------|---------------|------------------------------------------------|
@@ -84,10 +91,11 @@
 //! | 6     | `Error`       | `code: ErrorCode`, `message: String` (≤ [`MAX_TEXT`]) |
 //! | 7     | `Paired`      | —                                              |
 //! | 8     | `RelayTicket` | `ticket: u64`                                  |
+//! | 9     | `Held`        | `key: [u8; 16]`                                |
 //!
 //! [`ErrorCode`] indexes: 0 `Version`, 1 `Unauthorized`, 2 `NoSuchNameplate`, 3
 //! `NameplateFull`, 4 `NameplateClosed`, 5 `RateLimited`, 6 `Busy`, 7 `Protocol`, 8 `Expired`,
-//! 9 `ShuttingDown`.
+//! 9 `ShuttingDown`, 10 `Serving`.
 //!
 //! New variants and codes are only ever appended. `Hello` stays variant 0 with `version` first
 //! in every protocol version, so a node can always read a client's version and answer a
@@ -101,7 +109,7 @@ use std::net::SocketAddr;
 use serde::{Deserialize, Serialize};
 
 /// The rendezvous protocol version this build speaks.
-pub const VERSION: u16 = 2;
+pub const VERSION: u16 = 3;
 /// Nameplates with this bit set are for peers rejoining a transfer they already share a key
 /// for: never allocated, and claimable again as soon as they close (no code is guessed there,
 /// so there is nothing to cool down for).
@@ -159,6 +167,17 @@ pub enum ClientMsg {
     },
     /// Give me my ticket for the relay of my nameplate's pairing (both sides must be there).
     RelayTicket,
+    /// I serve several peers on my nameplate, one after another (`send --count`): give me
+    /// its holder key, with which I may reopen it once this pairing has closed.
+    Hold,
+    /// Reopen this nameplate, which I hold (its number is cooling down after my last
+    /// pairing), and make me its first side again; answered like a `Claim` that created it.
+    Reclaim {
+        /// The nameplate number.
+        nameplate: u32,
+        /// The holder key from `Held`.
+        key: [u8; 16],
+    },
 }
 
 /// A message from the node to a client.
@@ -205,6 +224,12 @@ pub enum NodeMsg {
     RelayTicket {
         /// Random; presented in `Relay` and in every relay datagram.
         ticket: u64,
+    },
+    /// Answer to `Hold`: the key that reopens the nameplate (`Reclaim`) while its number cools
+    /// down after a pairing.
+    Held {
+        /// Random; only the holder learns it.
+        key: [u8; 16],
     },
 }
 
@@ -256,6 +281,9 @@ pub enum ErrorCode {
     Expired,
     /// The node is shutting down and takes no new nameplates.
     ShuttingDown,
+    /// The nameplate's holder serves peers one after another (`Hold`) and is busy with one
+    /// now: claim again in a moment.
+    Serving,
 }
 
 /// Why bytes from the other end could not be decoded. Every variant is the peer's fault.
@@ -380,7 +408,7 @@ mod tests {
     use proptest::prelude::*;
     use std::net::{Ipv4Addr, Ipv6Addr, SocketAddrV6};
 
-    const CODES: [ErrorCode; 10] = [
+    const CODES: [ErrorCode; 11] = [
         ErrorCode::Version,
         ErrorCode::Unauthorized,
         ErrorCode::NoSuchNameplate,
@@ -391,6 +419,7 @@ mod tests {
         ErrorCode::Protocol,
         ErrorCode::Expired,
         ErrorCode::ShuttingDown,
+        ErrorCode::Serving,
     ];
 
     fn body_hex<T: WireMsg>(msg: &T) -> String {
@@ -407,7 +436,7 @@ mod tests {
             24, 25, 26, 27, 28, 29, 30, 31,
         ];
         let cases = [
-            (ClientMsg::Hello { version: VERSION, proof: None }, "000200"),
+            (ClientMsg::Hello { version: VERSION, proof: None }, "000300"),
             (
                 ClientMsg::Hello { version: 300, proof: Some(PROOF) },
                 "00ac0201000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f",
@@ -417,12 +446,17 @@ mod tests {
             (ClientMsg::Claim { nameplate: u32::MAX }, "02ffffffff0f"),
             (ClientMsg::Send { body: vec![0xde, 0xad] }, "0302dead"),
             (ClientMsg::Release, "04"),
-            (ClientMsg::Relay { version: VERSION, proof: None, ticket: 0x0102 }, "0502008202"),
+            (ClientMsg::Relay { version: VERSION, proof: None, ticket: 0x0102 }, "0503008202"),
             (
                 ClientMsg::Relay { version: VERSION, proof: Some(PROOF), ticket: 1 },
-                "050201000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f01",
+                "050301000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f01",
             ),
             (ClientMsg::RelayTicket, "06"),
+            (ClientMsg::Hold, "07"),
+            (
+                ClientMsg::Reclaim { nameplate: 7, key: [0xab; 16] },
+                "0807abababababababababababababababab",
+            ),
         ];
         for (msg, want) in cases {
             assert_eq!(body_hex(&msg), want, "{msg:?}");
@@ -435,10 +469,10 @@ mod tests {
         let v4 = SocketAddr::from((Ipv4Addr::new(192, 0, 2, 1), 443));
         let v6 = SocketAddr::from((Ipv6Addr::LOCALHOST, 1));
         let cases = [
-            (NodeMsg::Welcome { version: VERSION, observed: v4 }, "000200c0000201bb03"),
+            (NodeMsg::Welcome { version: VERSION, observed: v4 }, "000300c0000201bb03"),
             (
                 NodeMsg::Welcome { version: VERSION, observed: v6 },
-                "0002010000000000000000000000000000000101",
+                "0003010000000000000000000000000000000101",
             ),
             (NodeMsg::Allocated { nameplate: 1000 }, "01e807"),
             (NodeMsg::Claimed { nameplate: 7, peer_present: true }, "020701"),
@@ -448,6 +482,7 @@ mod tests {
             (NodeMsg::PeerLeft, "05"),
             (NodeMsg::Paired, "07"),
             (NodeMsg::RelayTicket { ticket: u64::MAX }, "08ffffffffffffffffff01"),
+            (NodeMsg::Held { key: [0xcd; 16] }, "09cdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcd"),
             (NodeMsg::Error { code: ErrorCode::Busy, message: "full".into() }, "06060466756c6c"),
         ];
         for (msg, want) in cases {
@@ -492,9 +527,9 @@ mod tests {
     fn decode_errors() {
         assert_eq!(decode_client(&[]), Err(WireError::Truncated));
         assert_eq!(decode_node(&[]), Err(WireError::Truncated));
-        assert_eq!(decode_client(&[0x07]), Err(WireError::Invalid));
-        assert_eq!(decode_node(&[0x09]), Err(WireError::Invalid));
-        assert_eq!(decode_node(&[0x06, 0x0a, 0x00]), Err(WireError::Invalid));
+        assert_eq!(decode_client(&[0x09]), Err(WireError::Invalid));
+        assert_eq!(decode_node(&[0x0a]), Err(WireError::Invalid));
+        assert_eq!(decode_node(&[0x06, 0x0b, 0x00]), Err(WireError::Invalid));
         assert_eq!(decode_client(&[0x01, 0x00]), Err(WireError::TrailingBytes(1)));
         assert_eq!(decode_node(&[0x05, 0x00, 0x00]), Err(WireError::TrailingBytes(2)));
         assert_eq!(decode_client(&[0x03, 0x05, 1, 2]), Err(WireError::Truncated));
@@ -550,6 +585,9 @@ mod tests {
             (any::<u16>(), proptest::option::of(any::<[u8; 32]>()), any::<u64>())
                 .prop_map(|(version, proof, ticket)| ClientMsg::Relay { version, proof, ticket }),
             Just(ClientMsg::RelayTicket),
+            Just(ClientMsg::Hold),
+            (any::<u32>(), any::<[u8; 16]>())
+                .prop_map(|(nameplate, key)| ClientMsg::Reclaim { nameplate, key }),
         ]
     }
 
@@ -579,6 +617,7 @@ mod tests {
             Just(NodeMsg::PeerLeft),
             Just(NodeMsg::Paired),
             any::<u64>().prop_map(|ticket| NodeMsg::RelayTicket { ticket }),
+            any::<[u8; 16]>().prop_map(|key| NodeMsg::Held { key }),
             (0..CODES.len(), ".{0,60}")
                 .prop_map(|(i, message)| NodeMsg::Error { code: CODES[i], message }),
         ]

@@ -37,6 +37,11 @@ impl Random {
         })
     }
 
+    /// The next 64 random bits.
+    pub fn next(&mut self) -> u64 {
+        (self.0)()
+    }
+
     /// A number in `1..=top` (`top` ≥ 1), uniform up to a bias below 2⁻³².
     fn below(&mut self, top: u32) -> u32 {
         let wide = u128::from((self.0)()) * u128::from(top);

@@ -7,6 +7,9 @@ mod abuse;
 const A: ClientId = 1;
 const B: ClientId = 2;
 const C: ClientId = 3;
+const D: ClientId = 4;
+const E: ClientId = 5;
+const F: ClientId = 6;
 
 fn ip(last: u8) -> SocketAddr {
     SocketAddr::from((Ipv4Addr::new(198, 51, 100, last), 40_000 + u16::from(last)))
@@ -649,7 +652,7 @@ fn check_invariants(t: &Table) {
     }
     assert_eq!(t.deadlines.len(), t.nameplates.len());
     assert!(t.nameplates.len() <= t.limits.max_nameplates);
-    assert_eq!(t.closed.values().filter(|&&joined| joined).count(), t.closed_joined);
+    assert_eq!(t.closed.values().filter(|c| c.joined).count(), t.closed_joined);
     assert!(t.closed_joined <= t.limits.max_closed + t.limits.max_nameplates);
     assert_eq!(t.cooldowns.len(), t.closed.len());
     let in_range = |n: &&u32| (1..=t.limits.max_nameplate_number).contains(*n);
@@ -813,4 +816,80 @@ proptest! {
             }
         }
     }
+}
+
+/// The holder's key from `Hold`.
+fn held(out: &[Output]) -> [u8; 16] {
+    match out {
+        [Output::Send { msg: NodeMsg::Held { key }, .. }] => *key,
+        other => panic!("hold: {other:?}"),
+    }
+}
+
+/// A sender serving several receivers (`send --count`): it holds its nameplate, each pairing
+/// closes as usual, and only the holder's key reopens the number while it cools down; a
+/// receiver that comes meanwhile is told to try again (`Serving`), not that the code is used.
+#[test]
+fn a_held_nameplate_reopens_for_its_holder_only() {
+    let limits = Limits { idle_expiry: Duration::from_secs(600), ..Limits::default() };
+    let mut h = Harness::with_random(limits, Random::seeded(7));
+    for id in [A, B, C, D] {
+        h.join(id, ip(id as u8));
+    }
+    let n = h.allocate(A);
+    let key = held(&h.msg(A, ClientMsg::Hold));
+    assert_eq!(codes(&h.msg(A, ClientMsg::Hold)), [(A, ErrorCode::Protocol)], "held once");
+    h.claim(B, n);
+    // While they pair, a third party is told the sender is busy, not that the code is taken.
+    assert_eq!(codes(&h.claim(C, n)), [(C, ErrorCode::Serving)]);
+    // Connected: both release; the number cools down, held.
+    h.msg(A, ClientMsg::Release);
+    h.msg(B, ClientMsg::Release);
+    assert_eq!(codes(&h.claim(C, n)), [(C, ErrorCode::Serving)]);
+    // A wrong key, or no key, reopens nothing.
+    let wrong = ClientMsg::Reclaim { nameplate: n, key: [0; 16] };
+    assert_eq!(codes(&h.msg(D, wrong)), [(D, ErrorCode::NameplateClosed)]);
+    // The holder, on a new connection, reopens it, and the next receiver joins.
+    h.disconnect(A);
+    h.join(E, ip(E as u8));
+    let reclaim = ClientMsg::Reclaim { nameplate: n, key };
+    assert_eq!(h.msg(E, reclaim.clone()), [to(E, claimed(n, false))]);
+    let out = h.claim(C, n);
+    assert_eq!(out, [to(C, claimed(n, true)), to(E, NodeMsg::PeerJoined)]);
+    // Reopened nameplates stay held: once this pairing closes, the same key opens it again.
+    h.disconnect(C);
+    assert_eq!(codes(&h.claim(B, n)), [(B, ErrorCode::Serving)]);
+    h.msg(B, ClientMsg::Release);
+    h.disconnect(E);
+    h.join(E, ip(E as u8));
+    assert_eq!(h.msg(E, reclaim.clone()), [to(E, claimed(n, false))]);
+    // After the holder leaves for good and the cooldown ends, the number is free again.
+    h.disconnect(E);
+    h.at(600);
+    assert_eq!(h.claim(D, n), [to(D, claimed(n, false))]);
+    // A holder whose number another transfer took is told so.
+    h.join(F, ip(F as u8));
+    assert_eq!(codes(&h.msg(F, reclaim)), [(F, ErrorCode::NameplateClosed)]);
+    assert_eq!(h.t.closed.values().filter(|c| c.joined).count(), h.t.closed_joined);
+}
+
+/// Holding is for code nameplates held by the asker: not without a nameplate, not for a
+/// rejoin nameplate, and reclaiming costs a rate token like any claim.
+#[test]
+fn hold_and_reclaim_are_checked() {
+    let mut h = Harness::new(Limits { claims_per_minute: 2, ..Limits::default() });
+    h.join(A, ip(1));
+    assert_eq!(codes(&h.msg(A, ClientMsg::Hold)), [(A, ErrorCode::Protocol)]);
+    h.claim(A, REJOIN_NAMEPLATES | 5);
+    assert_eq!(codes(&h.msg(A, ClientMsg::Hold)), [(A, ErrorCode::Protocol)]);
+    h.msg(A, ClientMsg::Release);
+    let reclaim = |n| ClientMsg::Reclaim { nameplate: n, key: [1; 16] };
+    assert_eq!(codes(&h.msg(A, reclaim(0))), [(A, ErrorCode::Protocol)]);
+    assert_eq!(codes(&h.msg(A, reclaim(9))), [(A, ErrorCode::RateLimited)]);
+    h.at(60);
+    // A free number is opened for the one who reclaims it (as a claim would), held by its key.
+    assert_eq!(h.msg(A, reclaim(9)), [to(A, claimed(9, false))]);
+    h.msg(A, ClientMsg::Release);
+    h.join(B, ip(2));
+    assert_eq!(codes(&h.claim(B, 9)), [(B, ErrorCode::Serving)]);
 }

@@ -123,12 +123,6 @@ pub async fn run(args: Args, stop: Stop) -> Result<(), TransferError> {
         ));
     }
     let rendezvous = args.meeting.rendezvous()?;
-    if args.count > 1 && rendezvous.is_some() {
-        return Err(super::usage(
-            "--count serves receivers on the local network only for now: a rendezvous node \
-             retires a nameplate once its transfer ends",
-        ));
-    }
     // The command line is the library's Sender with a terminal around it.
     let mut sender = match args.text.as_deref() {
         Some("-") => Sender::text(text_from_stdin()?),
@@ -171,6 +165,8 @@ pub async fn run(args: Args, stop: Stop) -> Result<(), TransferError> {
     }
     let mut opts = sender.into_options()?;
     opts.stop = stop;
+    // Through a node, the transfers share the nameplate, held for them.
+    opts.hold = (args.count > 1).then(crate::transfer::meet::Hold::default);
     let mut refused = 0;
     for served in 1..=args.count {
         opts.more_receivers = served < args.count;

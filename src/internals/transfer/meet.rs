@@ -111,7 +111,31 @@ pub(crate) struct Plan<'a> {
     pub config: Config,
     /// How long to wait for the other side to show up at the node.
     pub wait: Duration,
+    /// Sender serving several receivers (`send --count`): the nameplate it holds across them.
+    pub hold: Option<&'a Hold>,
 }
+
+/// A sender's nameplate held across its transfers (`send --count` through a node): the code
+/// with the nameplate the node gave it, and the key that reopens the nameplate after each
+/// pairing. Shared by the transfers (clones share it); empty until the first one meets.
+#[derive(Debug, Clone, Default)]
+pub struct Hold(Arc<std::sync::Mutex<Option<(crate::code::Code, [u8; 16])>>>);
+
+impl Hold {
+    fn get(&self) -> Option<(crate::code::Code, [u8; 16])> {
+        self.0.lock().ok()?.clone()
+    }
+
+    fn set(&self, code: crate::code::Code, key: [u8; 16]) {
+        if let Ok(mut held) = self.0.lock() {
+            *held = Some((code, key));
+        }
+    }
+}
+
+/// How often a receiver asks again for a nameplate whose sender is serving another receiver
+/// (each ask spends one of the source's claims at the node).
+const SERVING_RETRY: Duration = Duration::from_secs(3);
 
 /// The connection the transfer runs on, and what must live as long as it.
 pub(crate) struct Met {
@@ -362,8 +386,15 @@ pub(crate) async fn meet(
     let outcome = async {
         // Nameplate.
         let rejoining = matches!(plan.key, Key::Rejoin(_));
-        let (key, mut present) = match &plan.key {
-            Key::Code(code) if sender && !plan.claim => {
+        let give_up = Instant::now() + plan.wait;
+        let held = plan.hold.and_then(Hold::get);
+        let (key, mut present) = match (&plan.key, held.clone()) {
+            // The next receiver of a sender that serves several: the same nameplate, reopened.
+            (Key::Code(_), Some((code, key))) if sender => {
+                client.reclaim(code.nameplate(), key).await.map_err(|e| claim_error(&rv.node, e))?;
+                (Key::Code(code), false)
+            }
+            (Key::Code(code), _) if sender && !plan.claim => {
                 let n = client.allocate().await.map_err(|e| node_error(&rv.node, e))?;
                 // A number no code can carry is the node breaking the protocol, not our bug.
                 let code = code.with_nameplate(n).map_err(|e| {
@@ -374,12 +405,35 @@ pub(crate) async fn meet(
                 })?;
                 (Key::Code(code), false)
             }
-            key => {
-                let present =
-                    client.claim(key.nameplate()).await.map_err(|e| claim_error(&rv.node, e))?;
+            (key, _) => {
+                let mut told = false;
+                let present = loop {
+                    match client.claim(key.nameplate()).await {
+                        Ok(present) => break present,
+                        // Its sender serves receivers one after another and is busy.
+                        Err(ClientError::Refused { code: ErrorCode::Serving, .. })
+                            if !sender && Instant::now() + SERVING_RETRY < give_up =>
+                        {
+                            if !told {
+                                told = true;
+                                observer.note(Note::Warning(
+                                    "the sender is serving another receiver; waiting for it \
+                                     (up to --wait)"
+                                        .into(),
+                                ));
+                            }
+                            tokio::time::sleep(SERVING_RETRY).await;
+                        }
+                        Err(e) => return Err(claim_error(&rv.node, e)),
+                    }
+                };
                 (key.clone(), present)
             }
         };
+        if let (Some(hold), None, Key::Code(code)) = (plan.hold, &held, &key) {
+            let k = client.hold().await.map_err(|e| node_error(&rv.node, e))?;
+            hold.set(code.clone(), k);
+        }
         match &key {
             Key::Code(code) if sender => observer.note(Note::Code(code)),
             Key::Code(code) => observer.note(Note::Searching { nameplate: code.nameplate() }),
@@ -388,7 +442,6 @@ pub(crate) async fn meet(
 
         // The other side.
         let mut early = Vec::new();
-        let give_up = Instant::now() + plan.wait;
         while !present {
             let left = give_up.saturating_duration_since(Instant::now());
             match client.recv_within(left).await {
@@ -853,6 +906,11 @@ fn claim_error(node: &str, e: ClientError) -> TransferError {
             ErrorKind::WrongCode,
             "this code is already in use by two other parties on the rendezvous node; start \
              again with a new code",
+        ),
+        ClientError::Refused { code: ErrorCode::Serving, .. } => TransferError::new(
+            ErrorKind::Network,
+            "the sender serves receivers one after another and was still serving another at the \
+             end of --wait (or has served its last); try again, or with a longer --wait",
         ),
         ClientError::Refused { code: ErrorCode::NameplateClosed, .. } => TransferError::new(
             ErrorKind::WrongCode,

@@ -239,6 +239,7 @@ async fn establish(
                 tuning: &opts.tuning,
                 config: config.clone(),
                 wait,
+                hold: None,
             };
             super::meet::meet(plan, observer).await.map(|m| {
                 let super::meet::Met { node, conn, send, recv, session, guard } = m;

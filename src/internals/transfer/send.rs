@@ -86,6 +86,9 @@ pub struct SendOptions {
     /// Another receiver is served after this one (`send --count`): one that comes meanwhile
     /// is told to wait, not to ask for a new code.
     pub more_receivers: bool,
+    /// Several receivers through a node (`send --count`): the nameplate held across them
+    /// (set on every transfer of the count, the last included).
+    pub hold: Option<super::meet::Hold>,
     /// How long to try to reconnect once the connection is lost mid-transfer (zero: fail at
     /// once).
     pub reconnect_wait: Duration,
@@ -117,6 +120,7 @@ impl SendOptions {
             exclude: Vec::new(),
             limit_rate: None,
             more_receivers: false,
+            hold: None,
             reconnect_wait: Duration::from_secs(600),
         }
     }
@@ -321,6 +325,7 @@ async fn establish(
                 tuning: &opts.tuning,
                 config: config.clone(),
                 wait,
+                hold: opts.hold.as_ref(),
             };
             super::meet::meet(plan, observer).await.map(|m| {
                 let super::meet::Met { node, conn, send, recv, session, guard } = m;
