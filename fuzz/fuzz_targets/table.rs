@@ -204,8 +204,7 @@ fuzz_target!(|input: Input| {
             ),
             Op::Hold(c) => t.handle(now, ClientId::from(c % 8), ClientMsg::Hold),
             Op::Reclaim(c, i, right) => {
-                let Some(&(nameplate, key)) =
-                    m.keys.get(usize::from(i) % m.keys.len().max(1))
+                let Some(&(nameplate, key)) = m.keys.get(usize::from(i) % m.keys.len().max(1))
                 else {
                     continue;
                 };

@@ -771,8 +771,8 @@ impl Table {
 
     fn draw_key(&mut self) -> [u8; 16] {
         let mut key = [0; 16];
-        key[..8].copy_from_slice(&self.random.next().to_be_bytes());
-        key[8..].copy_from_slice(&self.random.next().to_be_bytes());
+        key[..8].copy_from_slice(&self.random.bits().to_be_bytes());
+        key[8..].copy_from_slice(&self.random.bits().to_be_bytes());
         key
     }
 

@@ -119,10 +119,13 @@ pub(crate) struct Plan<'a> {
 /// with the nameplate the node gave it, and the key that reopens the nameplate after each
 /// pairing. Shared by the transfers (clones share it); empty until the first one meets.
 #[derive(Debug, Clone, Default)]
-pub struct Hold(Arc<std::sync::Mutex<Option<(crate::code::Code, [u8; 16])>>>);
+pub struct Hold(Arc<std::sync::Mutex<Option<Held>>>);
+
+/// The code of a held nameplate and the key that reopens it.
+type Held = (crate::code::Code, [u8; 16]);
 
 impl Hold {
-    fn get(&self) -> Option<(crate::code::Code, [u8; 16])> {
+    fn get(&self) -> Option<Held> {
         self.0.lock().ok()?.clone()
     }
 
@@ -391,7 +394,10 @@ pub(crate) async fn meet(
         let (key, mut present) = match (&plan.key, held.clone()) {
             // The next receiver of a sender that serves several: the same nameplate, reopened.
             (Key::Code(_), Some((code, key))) if sender => {
-                client.reclaim(code.nameplate(), key).await.map_err(|e| claim_error(&rv.node, e))?;
+                client
+                    .reclaim(code.nameplate(), key)
+                    .await
+                    .map_err(|e| claim_error(&rv.node, e))?;
                 (Key::Code(code), false)
             }
             (Key::Code(code), _) if sender && !plan.claim => {

@@ -344,10 +344,10 @@ impl StateDir {
                 if regular {
                     bytes += st.st_size as u64;
                 }
-                let _ = dir.remove(&format!("{id}{JOURNAL}"));
+                let _ = dir.remove(format!("{id}{JOURNAL}"));
                 removed += 1;
             } else if let Some(id) = name.strip_suffix(JOURNAL) {
-                if dir.stat(&format!("{id}{PART}")).is_ok_and(|st| st.is_some()) {
+                if dir.stat(format!("{id}{PART}")).is_ok_and(|st| st.is_some()) {
                     continue; // goes with its partial
                 }
             }
