@@ -376,21 +376,19 @@ impl Client {
         }
     }
 
-    /// Holds our nameplate for several pairings, one after another; returns the key that
-    /// reopens it ([`Client::reclaim`]).
-    pub async fn hold(&mut self) -> Result<[u8; 16], ClientError> {
-        self.send(&ClientMsg::Hold).await?;
-        match self.recv().await? {
-            NodeMsg::Held { key } => Ok(key),
-            other => Err(unexpected(&other)),
-        }
+    /// Asks to hold our nameplate for several pairings, one after another. The answer,
+    /// `Held { key }` (the key that reopens it, [`Client::reclaim`]), comes among the other
+    /// messages: the other side may join or write first.
+    pub async fn request_hold(&mut self) -> Result<(), ClientError> {
+        self.send(&ClientMsg::Hold).await
     }
 
-    /// Reopens `nameplate`, which we hold with `key`, as its first side (alone).
-    pub async fn reclaim(&mut self, nameplate: u32, key: [u8; 16]) -> Result<(), ClientError> {
+    /// Reopens `nameplate`, which we hold with `key`; returns whether the other side is
+    /// already there (it claimed the number after our hold ran out).
+    pub async fn reclaim(&mut self, nameplate: u32, key: [u8; 16]) -> Result<bool, ClientError> {
         self.send(&ClientMsg::Reclaim { nameplate, key }).await?;
         match self.recv().await? {
-            NodeMsg::Claimed { peer_present: false, .. } => Ok(()),
+            NodeMsg::Claimed { peer_present, .. } => Ok(peer_present),
             other => Err(unexpected(&other)),
         }
     }

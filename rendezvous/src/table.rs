@@ -33,8 +33,10 @@
 //!      NameplateClosed` (one guess per code: a used nameplate is never reopened while a stale
 //!      peer may still try it); `n = 0` → `Error NoSuchNameplate`. A held nameplate (8) answers
 //!      `Error Serving` in both cases instead: its holder serves the next peer soon.
-//!    - `Reclaim { n, key }` → as a `Claim` that creates `n`, for the holder of a held `n` that
-//!      is cooling down (or free again); anything else → `Error NameplateClosed`.
+//!    - `Reclaim { n, key }` (one rate token) → as a `Claim` that creates `n`, for the holder of
+//!      a held `n` that is cooling down, or of an `n` free again; as a `Claim` that joins `n`
+//!      when a peer opened it meanwhile (the hold ran out while the next receiver waited);
+//!      `Error NameplateClosed` when `n` is held with another key, or open otherwise.
 //! 4. `Send { body }` → `Message { body }` to the other side, or queued for it while it has not
 //!    joined ([`Limits::mailbox_messages`], [`Limits::mailbox_bytes`]; over → `Error Busy`).
 //! 5. `Release` or disconnect → `PeerLeft` to the other side; the nameplate closes and its
@@ -51,7 +53,10 @@
 //!    closed → `Error NameplateClosed`.
 //! 8. `Hold` from a side of a nameplate (not a rejoin nameplate, at most once per nameplate)
 //!    → `Held { key }`, 128 random bits. The nameplate closes as in 5 after each pairing, but
-//!    keeps its key while it cools down; `Reclaim` with the key reopens it at once, held again.
+//!    keeps its key while it cools down, for [`Limits::idle_expiry`] if that is longer (a
+//!    transfer may take a while), unless the pairing closed like a failed key exchange (see
+//!    Suspected guesses); `Reclaim` with the key reopens it at once, held again. A claim of a
+//!    held number, open with two sides or cooling down, costs one rate token.
 //!    Every pairing is its own key exchange; the holder (a `send --count`) stops at a failed
 //!    one. Whoever knows the code could claim the number anyway once it has cooled down, so a
 //!    key lets its holder only skip the cooldown.
@@ -566,8 +571,10 @@ impl Table {
     }
 
     fn claim(&mut self, now: Instant, client: ClientId, n: u32) {
-        // Joining somebody's nameplate may be a guess; a rejoin nameplate is no code's.
-        let joins = n & REJOIN_NAMEPLATES == 0 && self.nameplates.contains_key(&n);
+        // Joining somebody's nameplate may be a guess; a rejoin nameplate is no code's. Asking
+        // again for a held nameplate whose holder is busy is waiting, not guessing.
+        let joins = n & REJOIN_NAMEPLATES == 0
+            && self.nameplates.get(&n).is_some_and(|np| np.hold.is_none() || np.second.is_none());
         if !self.admit(now, client, if joins { JOIN_COST } else { 1 }) {
             return;
         }
@@ -743,20 +750,33 @@ impl Table {
             let message = format!("nameplate {n} cannot be held");
             return self.error(client, ErrorCode::Protocol, message);
         }
-        let free = match self.closed.get(&n) {
-            Some(closed) => closed.hold == Some(key),
-            // Cooled down meanwhile: free for anyone, the holder first.
-            None => !self.nameplates.contains_key(&n),
-        };
-        if !free {
-            let message = format!(
+        let lost = || {
+            format!(
                 "nameplate {n} is no longer this sender's (it closed, or another transfer took \
                  its number): start again with a new code"
-            );
-            return self.error(client, ErrorCode::NameplateClosed, message);
+            )
+        };
+        match (self.closed.get(&n), self.nameplates.get(&n)) {
+            (Some(closed), _) if closed.hold == Some(key) => {}
+            (Some(_), _) => return self.error(client, ErrorCode::NameplateClosed, lost()),
+            // Its hold ran out and a peer claimed the number meanwhile (the next receiver,
+            // waiting): join it, as a sender does that comes second to a pre-shared code.
+            (None, Some(np)) if np.second.is_none() && np.hold.is_none() => {
+                self.claim(now, client, n);
+                if let Some(np) = self.nameplates.get_mut(&n) {
+                    if np.second == Some(client) {
+                        np.hold = Some(key);
+                    }
+                }
+                return;
+            }
+            (None, Some(_)) => return self.error(client, ErrorCode::NameplateClosed, lost()),
+            // Its hold ran out and nobody took the number: the holder's again.
+            (None, None) => {}
         }
-        if !self.room(client) {
-            return;
+        if self.nameplates.len() >= self.limits.max_nameplates {
+            let message = "the node has too many nameplates open: try again later";
+            return self.error(client, ErrorCode::Busy, message.into());
         }
         if let Some(closed) = self.closed.remove(&n) {
             self.closed_joined -= usize::from(closed.joined);
@@ -789,13 +809,22 @@ impl Table {
         let Some(np) = self.nameplates.remove(&n) else { return };
         self.deadlines.remove(&(np.deadline, n));
         let soon = np.joined.is_some_and(|at| now.saturating_duration_since(at) <= GUESS_WINDOW);
-        if soon && !np.ticketed && n & REJOIN_NAMEPLATES == 0 {
+        let guess = soon && !np.ticketed;
+        if guess && n & REJOIN_NAMEPLATES == 0 {
             self.suspected_guesses += 1;
         }
         if n & REJOIN_NAMEPLATES == 0 {
-            let until = after(now, self.limits.reuse_after);
+            // A held number waits for its holder's next pairing as long as a nameplate may
+            // idle; after what looks like a failed key exchange it is not held any more (the
+            // holder stops there, and a guesser must not keep it).
+            let hold = np.hold.filter(|_| !guess);
+            let wait = match hold {
+                Some(_) => self.limits.reuse_after.max(self.limits.idle_expiry),
+                None => self.limits.reuse_after,
+            };
+            let until = after(now, wait);
             let joined = np.joined.is_some();
-            self.closed.insert(n, Closed { joined, until, hold: np.hold });
+            self.closed.insert(n, Closed { joined, until, hold });
             self.closed_joined += usize::from(joined);
             self.cooldowns.insert((until, n));
         }

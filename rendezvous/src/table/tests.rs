@@ -9,7 +9,6 @@ const B: ClientId = 2;
 const C: ClientId = 3;
 const D: ClientId = 4;
 const E: ClientId = 5;
-const F: ClientId = 6;
 
 fn ip(last: u8) -> SocketAddr {
     SocketAddr::from((Ipv4Addr::new(198, 51, 100, last), 40_000 + u16::from(last)))
@@ -831,7 +830,11 @@ fn held(out: &[Output]) -> [u8; 16] {
 /// receiver that comes meanwhile is told to try again (`Serving`), not that the code is used.
 #[test]
 fn a_held_nameplate_reopens_for_its_holder_only() {
-    let limits = Limits { idle_expiry: Duration::from_secs(600), ..Limits::default() };
+    let limits = Limits {
+        idle_expiry: Duration::from_secs(3600),
+        reuse_after: Duration::from_secs(600),
+        ..Limits::default()
+    };
     let mut h = Harness::with_random(limits, Random::seeded(7));
     for id in [A, B, C, D] {
         h.join(id, ip(id as u8));
@@ -842,35 +845,77 @@ fn a_held_nameplate_reopens_for_its_holder_only() {
     h.claim(B, n);
     // While they pair, a third party is told the sender is busy, not that the code is taken.
     assert_eq!(codes(&h.claim(C, n)), [(C, ErrorCode::Serving)]);
-    // Connected: both release; the number cools down, held.
+    // Their key exchange worked (they ask for relay tickets), they connect and release: the
+    // number cools down, held.
+    h.msg(A, ClientMsg::RelayTicket);
+    h.msg(B, ClientMsg::RelayTicket);
     h.msg(A, ClientMsg::Release);
     h.msg(B, ClientMsg::Release);
     assert_eq!(codes(&h.claim(C, n)), [(C, ErrorCode::Serving)]);
-    // A wrong key, or no key, reopens nothing.
+    // A wrong key reopens nothing.
     let wrong = ClientMsg::Reclaim { nameplate: n, key: [0; 16] };
     assert_eq!(codes(&h.msg(D, wrong)), [(D, ErrorCode::NameplateClosed)]);
-    // The holder, on a new connection, reopens it, and the next receiver joins.
+    // The holder, on a new connection and after the usual cooldown (a long transfer), reopens
+    // it, and the next receiver joins.
     h.disconnect(A);
+    h.at(1200);
     h.join(E, ip(E as u8));
     let reclaim = ClientMsg::Reclaim { nameplate: n, key };
     assert_eq!(h.msg(E, reclaim.clone()), [to(E, claimed(n, false))]);
     let out = h.claim(C, n);
     assert_eq!(out, [to(C, claimed(n, true)), to(E, NodeMsg::PeerJoined)]);
+    h.msg(E, ClientMsg::RelayTicket);
     // Reopened nameplates stay held: once this pairing closes, the same key opens it again.
     h.disconnect(C);
     assert_eq!(codes(&h.claim(B, n)), [(B, ErrorCode::Serving)]);
-    h.msg(B, ClientMsg::Release);
     h.disconnect(E);
     h.join(E, ip(E as u8));
     assert_eq!(h.msg(E, reclaim.clone()), [to(E, claimed(n, false))]);
-    // After the holder leaves for good and the cooldown ends, the number is free again.
+    // A pairing that closes like a failed key exchange (no relay ticket, at once) ends the
+    // hold: the holder stops there, and later comers hear that the code was used.
+    h.msg(B, ClientMsg::Release);
+    h.claim(B, n);
+    h.disconnect(B);
+    h.join(C, ip(C as u8));
+    assert_eq!(codes(&h.claim(C, n)), [(C, ErrorCode::NameplateClosed)]);
     h.disconnect(E);
-    h.at(600);
-    assert_eq!(h.claim(D, n), [to(D, claimed(n, false))]);
-    // A holder whose number another transfer took is told so.
-    h.join(F, ip(F as u8));
-    assert_eq!(codes(&h.msg(F, reclaim)), [(F, ErrorCode::NameplateClosed)]);
+    h.join(E, ip(E as u8));
+    assert_eq!(codes(&h.msg(E, reclaim)), [(E, ErrorCode::NameplateClosed)]);
     assert_eq!(h.t.closed.values().filter(|c| c.joined).count(), h.t.closed_joined);
+}
+
+/// A hold outlives the cooldown, up to the idle expiry; once it has run out, a waiting receiver
+/// that claims the number first is joined by the holder's `Reclaim`, and a number nobody took
+/// is the holder's again.
+#[test]
+fn a_hold_that_ran_out_still_serves_the_next_receiver() {
+    let limits = Limits {
+        idle_expiry: Duration::from_secs(3600),
+        reuse_after: Duration::from_secs(600),
+        ..Limits::default()
+    };
+    let mut h = Harness::with_random(limits, Random::seeded(9));
+    for id in [A, B, C] {
+        h.join(id, ip(id as u8));
+    }
+    let n = h.allocate(A);
+    let key = held(&h.msg(A, ClientMsg::Hold));
+    h.claim(B, n);
+    h.msg(A, ClientMsg::RelayTicket);
+    h.disconnect(A);
+    h.disconnect(B);
+    h.at(3599);
+    assert_eq!(codes(&h.claim(C, n)), [(C, ErrorCode::Serving)]);
+    h.at(3600);
+    assert_eq!(h.claim(C, n), [to(C, claimed(n, false))]);
+    h.join(A, ip(1));
+    let out = h.msg(A, ClientMsg::Reclaim { nameplate: n, key });
+    assert_eq!(out, [to(A, claimed(n, true)), to(C, NodeMsg::PeerJoined)]);
+    // Held again by the same key.
+    h.msg(C, ClientMsg::RelayTicket);
+    h.disconnect(C);
+    h.join(B, ip(2));
+    assert_eq!(codes(&h.claim(B, n)), [(B, ErrorCode::Serving)]);
 }
 
 /// Holding is for code nameplates held by the asker: not without a nameplate, not for a

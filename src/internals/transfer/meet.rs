@@ -139,6 +139,8 @@ impl Hold {
 /// How often a receiver asks again for a nameplate whose sender is serving another receiver
 /// (each ask spends one of the source's claims at the node).
 const SERVING_RETRY: Duration = Duration::from_secs(3);
+/// The longest pause between two such asks (they back off from [`SERVING_RETRY`]).
+const SERVING_RETRY_MAX: Duration = Duration::from_secs(12);
 
 /// The connection the transfer runs on, and what must live as long as it.
 pub(crate) struct Met {
@@ -394,11 +396,11 @@ pub(crate) async fn meet(
         let (key, mut present) = match (&plan.key, held.clone()) {
             // The next receiver of a sender that serves several: the same nameplate, reopened.
             (Key::Code(_), Some((code, key))) if sender => {
-                client
+                let present = client
                     .reclaim(code.nameplate(), key)
                     .await
                     .map_err(|e| claim_error(&rv.node, e))?;
-                (Key::Code(code), false)
+                (Key::Code(code), present)
             }
             (Key::Code(code), _) if sender && !plan.claim => {
                 let n = client.allocate().await.map_err(|e| node_error(&rv.node, e))?;
@@ -412,23 +414,31 @@ pub(crate) async fn meet(
                 (Key::Code(code), false)
             }
             (key, _) => {
-                let mut told = false;
+                let (mut waiting, mut pause) = (false, SERVING_RETRY);
                 let present = loop {
                     match client.claim(key.nameplate()).await {
                         Ok(present) => break present,
-                        // Its sender serves receivers one after another and is busy.
-                        Err(ClientError::Refused { code: ErrorCode::Serving, .. })
-                            if !sender && Instant::now() + SERVING_RETRY < give_up =>
+                        // Its sender serves receivers one after another and is busy (asking
+                        // too often is refused for a while too).
+                        Err(ClientError::Refused {
+                            code: code @ (ErrorCode::Serving | ErrorCode::RateLimited),
+                            message,
+                        }) if !sender
+                            && (waiting || code == ErrorCode::Serving)
+                            && Instant::now() + pause < give_up =>
                         {
-                            if !told {
-                                told = true;
+                            if !waiting {
+                                waiting = true;
                                 observer.note(Note::Warning(
                                     "the sender is serving another receiver; waiting for it \
                                      (up to --wait)"
                                         .into(),
                                 ));
                             }
-                            tokio::time::sleep(SERVING_RETRY).await;
+                            let shown = crate::transfer::printable(&message);
+                            tracing::debug!(?code, message = %shown, "nameplate busy");
+                            tokio::time::sleep(pause).await;
+                            pause = (pause * 2).min(SERVING_RETRY_MAX);
                         }
                         Err(e) => return Err(claim_error(&rv.node, e)),
                     }
@@ -436,18 +446,32 @@ pub(crate) async fn meet(
                 (key.clone(), present)
             }
         };
-        if let (Some(hold), None, Key::Code(code)) = (plan.hold, &held, &key) {
-            let k = client.hold().await.map_err(|e| node_error(&rv.node, e))?;
-            hold.set(code.clone(), k);
-        }
         match &key {
             Key::Code(code) if sender => observer.note(Note::Code(code)),
             Key::Code(code) => observer.note(Note::Searching { nameplate: code.nameplate() }),
             Key::Rejoin(_) => {}
         }
 
-        // The other side.
+        // Held for the next receivers (`send --count`): the node's answer may come after the
+        // other side joined or wrote.
         let mut early = Vec::new();
+        if let (Some(hold), None, Key::Code(code)) = (plan.hold, &held, &key) {
+            client.request_hold().await.map_err(|e| node_error(&rv.node, e))?;
+            loop {
+                match client.recv().await {
+                    Ok(NodeMsg::Held { key }) => break hold.set(code.clone(), key),
+                    Ok(NodeMsg::PeerJoined) => present = true,
+                    Ok(NodeMsg::Message { body }) => {
+                        early.push(body);
+                        present = true;
+                    }
+                    Ok(other) => return Err(protocol(&other)),
+                    Err(e) => return Err(node_error(&rv.node, e)),
+                }
+            }
+        }
+
+        // The other side.
         while !present {
             let left = give_up.saturating_duration_since(Instant::now());
             match client.recv_within(left).await {
@@ -518,13 +542,15 @@ pub(crate) async fn meet(
         keys.sealer(MAILBOX_LANE)
             .seal(&mut sealed, 0)
             .map_err(|e| TransferError::internal(e.to_string()))?;
-        if mine.relay {
+        // A holder asks even without the relay: the node takes a pairing that asked for none
+        // for a failed key exchange, and ends the hold.
+        let ask = mine.relay || plan.hold.is_some();
+        if ask {
             client.request_ticket().await.map_err(|e| node_error(&rv.node, e))?;
         }
         client.post(sealed).await.map_err(|e| node_error(&rv.node, e))?;
         let (mut theirs, ticket) =
-            candidates_and_ticket(&mut client, &session, &rv.node, inbox.pop_front(), mine.relay)
-                .await?;
+            candidates_and_ticket(&mut client, &session, &rv.node, inbox.pop_front(), ask).await?;
         keys.opener(MAILBOX_LANE).open(&mut theirs).map_err(|_| {
             TransferError::new(
                 ErrorKind::Integrity,

@@ -514,7 +514,10 @@ async fn run(
     ctl.session().finish(totals)?;
     match ctl.next_event(Duration::from_secs(600)).await? {
         // The receiver may have left out entries its file system cannot hold.
-        Event::Completed(confirmed) if Summary { refused: 0, ..confirmed } == totals => {
+        Event::Completed(confirmed)
+            if Summary { refused: 0, ..confirmed } == totals
+                && confirmed.refused <= totals.entries =>
+        {
             if confirmed.refused > 0 {
                 observer.note(Note::Warning(format!(
                     "the receiver's file system could not hold {} of the entries (names it \

@@ -256,8 +256,8 @@ pub struct Accept {}
 pub struct Refuse {
     /// The reason.
     pub reason: RefuseReason,
-    /// Names concerned (conflicting top-level names), possibly truncated; bytes, as in
-    /// [`Offer::names`].
+    /// What the refusal concerns, to show the sender (for a conflict: each path in the way
+    /// with why, `photos/a.jpg (already exists and differs)`), at most 20; bytes, as names are.
     pub names: Vec<Vec<u8>>,
 }
 

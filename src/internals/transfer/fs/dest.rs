@@ -512,9 +512,26 @@ impl Dest {
         mtime: Option<Timestamp>,
         overwrite: bool,
     ) -> Result<PartFile, FsError> {
-        let at = self.prepare_final(rel, overwrite)?;
+        let at = self.prepare_held(rel, &held, overwrite)?;
         self.unsynced(&at.dir.path);
         self.start(rel, at, held.partial, size, mtime, overwrite)
+    }
+
+    /// [`Dest::prepare_final`] for a file continued from `held`: where the file system cannot
+    /// hold its name, the partial copy goes too, as it could never be put in place.
+    fn prepare_held(
+        &self,
+        rel: &RelPath,
+        held: &Resumable,
+        overwrite: bool,
+    ) -> Result<At, FsError> {
+        let found = self.prepare_final(rel, overwrite);
+        if let Err(FsError::Unwritable { .. }) = &found {
+            for at in [&held.partial.part, &held.partial.journal] {
+                let _ = at.dir.remove(&at.name);
+            }
+        }
+        found
     }
 
     /// Continue receiving a file from the partial copy `held` ([`Dest::examine`] found it):
@@ -527,7 +544,7 @@ impl Dest {
         mtime: Option<Timestamp>,
         overwrite: bool,
     ) -> Result<PartFile, FsError> {
-        let at = self.prepare_final(rel, overwrite)?;
+        let at = self.prepare_held(rel, &held, overwrite)?;
         self.unsynced(&at.dir.path);
         let Resumable { partial, offset, .. } = held;
         let Partial { mut file, part, journal, .. } = partial;
@@ -691,7 +708,11 @@ impl Dest {
             let rel = file.rel().clone();
             match file.install() {
                 Ok(()) => self.forget_versions(&rel),
-                Err(e @ FsError::Unwritable { .. }) => refused.push((rel, e)),
+                // No version of it can be put in place here.
+                Err(e @ FsError::Unwritable { .. }) => {
+                    self.forget_versions(&rel);
+                    refused.push((rel, e));
+                }
                 Err(e) => return Err(e),
             }
         }

@@ -288,7 +288,7 @@ impl Names {
             }
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Err(exists(&self.at)),
             Err(e) if e.kind() == io::ErrorKind::Unsupported => {}
-            Err(e) => return Err(rename_error(&self.rel, &self.at.path(), e)),
+            Err(e) => return Err(self.rename_failed(e)),
         }
         match self.tmp.dir.link(&self.tmp.name, &self.at) {
             Ok(()) => {
@@ -322,12 +322,20 @@ impl Names {
     }
 
     fn rename(&mut self) -> Result<(), FsError> {
-        self.tmp
-            .dir
-            .rename(&self.tmp.name, &self.at)
-            .map_err(|e| rename_error(&self.rel, &self.at.path(), e))?;
+        self.tmp.dir.rename(&self.tmp.name, &self.at).map_err(|e| self.rename_failed(e))?;
         self.tmp_exists = false;
         Ok(())
+    }
+
+    /// The error for a failed move onto the final name: `ENOENT` says that the file system
+    /// will not take the name only while the partial file is still there (else it went).
+    fn rename_failed(&self, e: io::Error) -> FsError {
+        let gone = e.kind() == io::ErrorKind::NotFound
+            && !matches!(self.tmp.dir.stat(&self.tmp.name), Ok(Some(_)));
+        match gone {
+            true => classify(&self.tmp.path(), e),
+            false => rename_error(&self.rel, &self.at.path(), e),
+        }
     }
 
     fn discard(&mut self) -> Result<(), FsError> {

@@ -222,11 +222,10 @@ impl StateDir {
                 Err(e) => return Err(classify(&part.path(), e.into())),
             }
             let meta = file.metadata().map_err(|e| classify(&part.path(), e))?;
-            let modeless = self.modeless.load(std::sync::atomic::Ordering::Relaxed);
             let ours = meta.is_file()
                 && meta.uid() == rustix::process::geteuid().as_raw()
                 && meta.nlink() == 1
-                && (modeless || meta.permissions().mode() & 0o077 == 0);
+                && (meta.permissions().mode() & 0o077 == 0 || self.keeps_no_modes(&file));
             if ours {
                 return Ok(Some(Partial { file, len: meta.len(), part, journal }));
             }
@@ -238,6 +237,25 @@ impl StateDir {
             path: part.path(),
             source: io::Error::other("cannot make a partial file of our own here"),
         })
+    }
+
+    /// Whether the file system of `file`, one of ours that shows group or other bits, keeps no
+    /// permission bits at all (FAT, exFAT show the mount's mode on every file, and `chmod`
+    /// changes nothing): then a partial file is ours by its owner alone. Where `chmod` works,
+    /// such a file was open to others and is not taken.
+    fn keeps_no_modes(&self, file: &File) -> bool {
+        use std::sync::atomic::Ordering;
+        if self.modeless.load(Ordering::Relaxed) {
+            return true;
+        }
+        let before = rustix::fs::fstat(file).map(|st| st.st_mode);
+        let _ = rustix::fs::fchmod(file, rustix::fs::Mode::from_raw_mode(0o600));
+        let after = rustix::fs::fstat(file).map(|st| st.st_mode);
+        let modeless = matches!((before, after), (Ok(b), Ok(a)) if a == b && a & 0o077 != 0);
+        if modeless {
+            self.modeless.store(true, Ordering::Relaxed);
+        }
+        modeless
     }
 
     /// Removes partial `id` and its journal unless a transfer holds it.
