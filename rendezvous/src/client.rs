@@ -189,6 +189,37 @@ impl RelayOpener {
     }
 }
 
+/// How long [`Client::finish`] waits for its close to go out.
+pub const CLOSE_WAIT: Duration = Duration::from_millis(300);
+
+/// Closes a session with the node and sees the close go out: a process that exits before
+/// its close was sent leaves the node counting it until its idle timeout.
+#[derive(Debug, Clone)]
+pub struct Closer(Option<quinn::Connection>);
+
+impl Closer {
+    /// Closes the session (what was sent and not yet delivered may be lost) and waits, at most
+    /// `limit`, until the endpoint has sent the close. Over TCP the socket closes when the
+    /// client is dropped: nothing to wait for.
+    pub async fn close(&self, limit: Duration) {
+        let Some(conn) = &self.0 else { return };
+        if conn.close_reason().is_some() {
+            // Closed already: by whoever saw to its close, by the node, or lost.
+            return;
+        }
+        // A closed connection sends nothing but its close, so the first datagram it sends
+        // after this point is the close.
+        let sent = conn.stats().udp_tx.datagrams;
+        conn.close(0u32.into(), b"bye");
+        let _ = tokio::time::timeout(limit, async {
+            while conn.stats().udp_tx.datagrams == sent {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        })
+        .await;
+    }
+}
+
 /// A session with the node.
 pub struct Client {
     /// The transport, the node, the access and the timeout (shared with relay streams).
@@ -437,14 +468,30 @@ impl Client {
     /// Ends the session after everything sent so far reached the node: ends our side of the
     /// stream and waits (at most 2 s) for the node to end its side, which it does once it has
     /// read ours to the end.
+    /// Then closes it and waits (at most [`CLOSE_WAIT`]) for the close to go out.
     pub async fn finish(mut self) {
+        let closer = self.closer();
+        self.leave().await;
+        closer.close(CLOSE_WAIT).await;
+    }
+
+    /// The first half of [`Client::finish`]: ends our side of the stream and waits (at most
+    /// 2 s) for the node to end its side. The session stays open for [`Closer::close`].
+    pub async fn leave(&mut self) {
         let _ = tokio::time::timeout(Duration::from_secs(2), async {
             let _ = self.send.shutdown().await;
             let mut sink = [0u8; 512];
             while matches!(self.recv.read(&mut sink).await, Ok(n) if n > 0) {}
         })
         .await;
-        self.close();
+    }
+
+    /// What closes this session, also once the client itself has moved elsewhere.
+    pub fn closer(&self) -> Closer {
+        match &self.link.transport {
+            Transport::Quic(conn) => Closer(Some(conn.clone())),
+            Transport::Tcp => Closer(None),
+        }
     }
 
     /// Closes the session at once (what was sent may be lost). True if that closed a QUIC

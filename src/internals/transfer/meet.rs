@@ -24,7 +24,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use p2p_copy_rendezvous::client::{Client, ClientError, NodeAccess};
+use p2p_copy_rendezvous::client::{Client, ClientError, Closer, NodeAccess};
 use p2p_copy_rendezvous::wire::{ErrorCode, NodeMsg};
 
 use super::control::ControlStream;
@@ -167,8 +167,9 @@ pub(crate) struct Guard {
     client: Option<Client>,
     /// Setting up the relay, if it is still under way.
     relay: Option<tokio::task::JoinHandle<()>>,
-    /// Ending the node session when no relay needs it (started at once, waited for at the end).
-    leaving: Option<tokio::task::JoinHandle<()>>,
+    /// Leaving the node session when no relay needs it (started at once, waited for at the
+    /// end), and what closes it then.
+    leaving: Option<(tokio::task::JoinHandle<()>, Closer)>,
 }
 
 impl Guard {
@@ -179,9 +180,9 @@ impl Guard {
 
     /// Ends what the transfer kept open: probing, the relay, and the connection to the node
     /// (telling the node at once rather than leaving it to time out). Waits, at most
-    /// [`NODE_CLOSE_WAIT`], for `endpoint` to have sent the node its close: a process that
-    /// exits first leaves the node counting it until its idle timeout.
-    pub async fn close(self, endpoint: &quinn::Endpoint) {
+    /// [`NODE_CLOSE_WAIT`] for each, for the node to take our leaving and for the close to
+    /// go out: a process that exits first leaves the node counting it until its idle timeout.
+    pub async fn close(self) {
         if let Some(r) = &self.relay {
             r.abort();
         }
@@ -189,14 +190,13 @@ impl Guard {
             paths.close();
         }
         if let Some(client) = &self.client {
-            let open = endpoint.open_connections();
-            if client.close() {
-                super::drained(endpoint, open, NODE_CLOSE_WAIT).await;
-            }
+            client.closer().close(NODE_CLOSE_WAIT).await;
         }
-        // A short transfer can end before the node acknowledged our leaving.
-        if let Some(leaving) = self.leaving {
+        if let Some((leaving, closer)) = self.leaving {
+            // A short transfer can end before the node acknowledged our leaving; the session
+            // is closed whether it did or not.
             let _ = tokio::time::timeout(NODE_CLOSE_WAIT, leaving).await;
+            closer.close(NODE_CLOSE_WAIT).await;
         }
     }
 
@@ -679,7 +679,12 @@ pub(crate) async fn meet(
     let (client, leaving) = if relay.is_some() && !client.is_tcp() {
         (Some(client), None)
     } else {
-        (None, Some(tokio::spawn(client.finish())))
+        let closer = client.closer();
+        let leave = async move {
+            let mut client = client;
+            client.leave().await;
+        };
+        (None, Some((tokio::spawn(leave), closer)))
     };
     let guard = Guard { paths: Some(paths), punch: Some(punch), client, relay, leaving };
     Ok(Met { node: data, conn, send, recv, session, guard })

@@ -193,7 +193,7 @@ pub(crate) async fn secure(
     let open = node.endpoint.open_connections();
     ctl.abort(&conn, &failed).await;
     super::drained(&node.endpoint, open, Duration::from_secs(1)).await;
-    guard.close(&node.endpoint).await;
+    guard.close().await;
     Err(failed)
 }
 

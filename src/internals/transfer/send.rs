@@ -244,7 +244,7 @@ pub async fn send(
         let route = super::Route::of(&guard, started, progress_for_report);
         let report =
             super::conclude(Role::Sender, &mut ctl, &conn, &node.endpoint, route, result).await;
-        guard.close(&node.endpoint).await;
+        guard.close().await;
         drop(node);
         let e = match report {
             Ok(mut report) => {
