@@ -60,6 +60,10 @@ impl CvCache {
     /// The cached CVs of the source whose current metadata is `meta`, in order from group 0;
     /// empty if there are none, or they are of another version of the file.
     pub fn cvs(&self, meta: &fs::Metadata) -> CvReader {
+        // Never cached (see `writer`): no lookup for each small file of a tree.
+        if meta.len() <= SMALL {
+            return CvReader::empty();
+        }
         let Ok(mut file) = File::open(self.path(meta)) else { return CvReader::empty() };
         let mut header = [0u8; HEADER_LEN as usize];
         if file.read_exact(&mut header).is_err() || header[..] != encode_header(meta)[..] {

@@ -72,6 +72,9 @@ struct Made {
     log: Option<String>,
     /// Directories this transfer created, and how many the offer allows it.
     created: u64,
+    /// Those made by this run (not by an interrupted one) and holding no directory: no file
+    /// can be in one but what this run puts there.
+    fresh: HashSet<Vec<u8>>,
     limit: u64,
 }
 
@@ -752,6 +755,11 @@ impl Dest {
         match parent.mkdir(name) {
             Ok(()) => {
                 made.created += 1;
+                // A directory holding a directory of ours is no longer taken as empty: only
+                // files are left to be found at the final rename.
+                let up = rel.iter().rposition(|&b| b == b'/').map_or(&rel[..0], |i| &rel[..i]);
+                made.fresh.remove(up);
+                made.fresh.insert(rel.to_vec());
                 if made.dirs.insert(rel.to_vec()) {
                     if let Some(log) = &made.log {
                         self.state.log_dir(log, rel)?;
@@ -791,6 +799,12 @@ impl Dest {
     fn prepare_final(&self, rel: &RelPath, overwrite: bool) -> Result<At, FsError> {
         let parent = self.dir_of(rel, rel.dir(), true)?;
         let at = At::new(&parent, rel.name());
+        if self.made.lock().unwrap_or_else(PoisonError::into_inner).fresh.contains(rel.dir()) {
+            // This run made the directory and no directory in it: the name is free, or taken by
+            // a file, which putting the file in place finds as it would find one that raced us
+            // to the name. One call less for each file of a new tree.
+            return Ok(at);
+        }
         match parent.stat(rel.name()) {
             Ok(Some(_)) if !overwrite => Err(FsError::Exists { path: at.path() }),
             Ok(Some(st)) if FileType::from_raw_mode(st.st_mode) == FileType::Directory => {

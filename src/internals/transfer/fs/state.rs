@@ -212,6 +212,23 @@ impl StateDir {
         let dir = self.ensure()?;
         let part = At::new(&dir, format!("{id}{PART}"));
         let journal = At::new(&dir, format!("{id}{JOURNAL}"));
+        // Usually there is none yet: a file we just created, mode 0o600 in our own directory,
+        // is ours without a look at its metadata.
+        match dir.open_file(&part.name, OFlags::RDWR | OFlags::CREATE | OFlags::EXCL) {
+            Ok(file) => {
+                return match rustix::fs::flock(
+                    &file,
+                    rustix::fs::FlockOperation::NonBlockingLockExclusive,
+                ) {
+                    Ok(()) => Ok(Some(Partial { file, len: 0, part, journal })),
+                    // Another transfer opened it in the meantime and holds it.
+                    Err(rustix::io::Errno::WOULDBLOCK) => Ok(None),
+                    Err(e) => Err(classify(&part.path(), e.into())),
+                };
+            }
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(classify(&part.path(), e)),
+        }
         for _ in 0..2 {
             let file = dir
                 .open_file(&part.name, OFlags::RDWR | OFlags::CREATE)
