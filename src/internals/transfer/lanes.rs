@@ -19,7 +19,7 @@ mod receive;
 
 use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::TryRecvError;
 use std::sync::{Arc, Mutex};
 
@@ -46,8 +46,12 @@ pub use receive::{receive_lanes, Pipe, Sink, MODE_MASK, SHOWN_REFUSALS};
 
 /// Records buffered between a lane's worker and its stream, per lane.
 const LANE_DEPTH: usize = 2;
-/// Entries buffered between the walker and the lane workers.
-const JOB_DEPTH: usize = 256;
+/// Batches of entries buffered between the walker and the lane workers ...
+const JOB_DEPTH: usize = 8;
+/// ... of at most this many entries ...
+const JOB_BATCH: usize = 32;
+/// ... or about this many bytes of files (a larger file goes with what came before it).
+const JOB_BATCH_BYTES: u64 = 1 << 20;
 /// A receiving lane makes its finished files durable and puts them in place in batches of at
 /// most this many files ([`Dest::commit_all`]: one `syncfs` for the batch) ...
 const COMMIT_FILES: usize = 64;
@@ -94,8 +98,10 @@ pub async fn send_lanes(
     scan: Scan,
     progress: Arc<Progress>,
 ) -> Result<Summary, TransferError> {
-    let (job_tx, job_rx) = std::sync::mpsc::sync_channel::<Job>(JOB_DEPTH);
-    let job_rx = Arc::new(Mutex::new(job_rx));
+    let (job_tx, job_rx) = std::sync::mpsc::sync_channel::<Vec<Job>>(JOB_DEPTH);
+    let queued = Arc::new(AtomicUsize::new(0));
+    let mut job_tx = Batcher { tx: job_tx, batch: Vec::new(), bytes: 0, queued: queued.clone() };
+    let job_rx = Arc::new(Jobs { rx: Mutex::new(job_rx), queued });
     let resumed = Arc::new(AtomicU64::new(0));
     // A stream's bytes are known once it ended.
     let streamed = Arc::new(AtomicU64::new(0));
@@ -121,10 +127,11 @@ pub async fn send_lanes(
         if let Some(kept) = kept {
             for job in kept {
                 count(&job);
-                if job_tx.send(job).is_err() {
+                if !job_tx.push(job) {
                     break;
                 }
             }
+            job_tx.flush();
             return Ok(Some(sent));
         }
         let mut failed = None;
@@ -147,8 +154,9 @@ pub async fn send_lanes(
                 }
             }
             count(&job);
-            job_tx.send(job).is_ok()
+            job_tx.push(job)
         })?;
+        job_tx.flush();
         match failed {
             Some(e) => Err(e),
             None => Ok(Some(sent)),
@@ -247,23 +255,33 @@ struct Worker {
 impl Worker {
     fn run(
         mut self,
-        jobs: Arc<Mutex<std::sync::mpsc::Receiver<Job>>>,
+        jobs: Arc<Jobs>,
         tx: mpsc::Sender<Bytes>,
         progress: &Progress,
     ) -> Result<(), TransferError> {
         let mut outbox = Outbox { tx, pending: Vec::new(), progress };
+        let mut mine = std::collections::VecDeque::new();
         loop {
-            let job = match next_job(&jobs, false)? {
-                Next::Job(job) => job,
-                // Nothing waiting: what was gathered goes now, not after the next job.
-                Next::Empty => {
-                    outbox.flush()?;
-                    match next_job(&jobs, true)? {
-                        Next::Job(job) => job,
-                        Next::Empty | Next::Done => break,
+            let job = match mine.pop_front() {
+                Some(job) => job,
+                None => match jobs.next(false)? {
+                    Next::Jobs(batch) => {
+                        mine.extend(batch);
+                        continue;
                     }
-                }
-                Next::Done => break,
+                    // Nothing waiting: what was gathered goes now, not after the next job.
+                    Next::Empty => {
+                        outbox.flush()?;
+                        match jobs.next(true)? {
+                            Next::Jobs(batch) => {
+                                mine.extend(batch);
+                                continue;
+                            }
+                            Next::Empty | Next::Done => break,
+                        }
+                    }
+                    Next::Done => break,
+                },
             };
             let mut out = Vec::new();
             match job.entry.kind {
@@ -478,35 +496,81 @@ impl Worker {
 
 /// What a lane worker's queue holds.
 enum Next {
-    Job(Job),
+    Jobs(Vec<Job>),
     Empty,
     Done,
 }
 
-/// The next job; without `wait`, [`Next::Empty`] if none is queued right now (or another
-/// worker is waiting for one: the queue is empty then too).
-fn next_job(
-    jobs: &Mutex<std::sync::mpsc::Receiver<Job>>,
-    wait: bool,
-) -> Result<Next, TransferError> {
-    // Invariant: the lock is only held around `recv`; a poisoned lock means another worker
-    // panicked, and stopping this one is right.
-    let rx = if wait {
-        jobs.lock().map_err(|_| TransferError::internal("a lane worker panicked"))?
-    } else {
-        match jobs.try_lock() {
-            Ok(rx) => rx,
-            Err(std::sync::TryLockError::WouldBlock) => return Ok(Next::Empty),
-            Err(std::sync::TryLockError::Poisoned(_)) => {
-                return Err(TransferError::internal("a lane worker panicked"))
-            }
+/// The walk's side of the jobs: entries go to the workers in batches, so that a tree of
+/// small files does not cost a hand-off between threads per file. A batch goes at once when
+/// no other is queued (a worker may be waiting), or when it is full.
+struct Batcher {
+    tx: std::sync::mpsc::SyncSender<Vec<Job>>,
+    batch: Vec<Job>,
+    bytes: u64,
+    queued: Arc<AtomicUsize>,
+}
+
+impl Batcher {
+    /// Queues `job`; false once the workers are gone.
+    fn push(&mut self, job: Job) -> bool {
+        if let EntryKind::File { size } = job.entry.kind {
+            self.bytes += size;
         }
-    };
-    Ok(match if wait { rx.recv().map_err(|_| TryRecvError::Disconnected) } else { rx.try_recv() } {
-        Ok(job) => Next::Job(job),
-        Err(TryRecvError::Empty) => Next::Empty,
-        Err(TryRecvError::Disconnected) => Next::Done,
-    })
+        self.batch.push(job);
+        let full = self.batch.len() >= JOB_BATCH || self.bytes >= JOB_BATCH_BYTES;
+        if full || self.queued.load(Ordering::Acquire) == 0 {
+            return self.flush();
+        }
+        true
+    }
+
+    /// Sends what is batched; false once the workers are gone.
+    fn flush(&mut self) -> bool {
+        if self.batch.is_empty() {
+            return true;
+        }
+        self.bytes = 0;
+        self.queued.fetch_add(1, Ordering::AcqRel);
+        self.tx.send(std::mem::take(&mut self.batch)).is_ok()
+    }
+}
+
+/// The workers' side of the jobs.
+struct Jobs {
+    rx: Mutex<std::sync::mpsc::Receiver<Vec<Job>>>,
+    /// Batches sent and not yet taken.
+    queued: Arc<AtomicUsize>,
+}
+
+impl Jobs {
+    /// The next batch; without `wait`, [`Next::Empty`] if none is queued right now (or
+    /// another worker is waiting for one: the queue is empty then too).
+    fn next(&self, wait: bool) -> Result<Next, TransferError> {
+        // Invariant: the lock is only held around `recv`; a poisoned lock means another
+        // worker panicked, and stopping this one is right.
+        let rx = if wait {
+            self.rx.lock().map_err(|_| TransferError::internal("a lane worker panicked"))?
+        } else {
+            match self.rx.try_lock() {
+                Ok(rx) => rx,
+                Err(std::sync::TryLockError::WouldBlock) => return Ok(Next::Empty),
+                Err(std::sync::TryLockError::Poisoned(_)) => {
+                    return Err(TransferError::internal("a lane worker panicked"))
+                }
+            }
+        };
+        let got =
+            if wait { rx.recv().map_err(|_| TryRecvError::Disconnected) } else { rx.try_recv() };
+        Ok(match got {
+            Ok(batch) => {
+                self.queued.fetch_sub(1, Ordering::AcqRel);
+                Next::Jobs(batch)
+            }
+            Err(TryRecvError::Empty) => Next::Empty,
+            Err(TryRecvError::Disconnected) => Next::Done,
+        })
+    }
 }
 
 /// Records on their way from a lane worker to its stream. Small ones (entries, file ends,
