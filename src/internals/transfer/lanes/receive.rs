@@ -483,8 +483,9 @@ async fn receive_lane(
     let reader = LaneReader::new(setup.chunk);
     let (tx, rx) = mpsc::channel::<Result<Vec<Vec<u8>>, TransferError>>(READ_DEPTH);
     let rate = sink.rate.clone();
-    let worker = tokio::task::spawn_blocking(move || apply_lane(reader, rx, &sink));
-    let mut deframer = Deframer::new(setup.max_frame);
+    let bodies = Arc::new(Bodies::default());
+    let mut deframer = Deframer::new(setup.max_frame).with_bodies(bodies.clone());
+    let worker = tokio::task::spawn_blocking(move || apply_lane(reader, rx, &sink, &bodies));
     let mut ended = false;
     while !ended {
         // Whatever the stream holds, up to READ_BUDGET bytes, is cut into frames that go to
@@ -522,10 +523,11 @@ fn apply_lane(
     reader: LaneReader,
     rx: mpsc::Receiver<Result<Vec<Vec<u8>>, TransferError>>,
     sink: &Sink,
+    bodies: &Bodies,
 ) -> Result<Summary, TransferError> {
     let syncer = sink.dest().map(Dest::syncer);
     let mut finished = Vec::new();
-    let applied = apply_records(reader, rx, sink, syncer.as_ref(), &mut finished);
+    let applied = apply_records(reader, rx, sink, syncer.as_ref(), &mut finished, bodies);
     // Files that arrived whole and verified go in place even when a later one failed, unless
     // the whole transfer is being given up (Ctrl-C): then they are removed with the rest.
     let committed = if sink.abandoned.load(std::sync::atomic::Ordering::Relaxed) {
@@ -576,6 +578,7 @@ fn apply_records(
     sink: &Sink,
     syncer: Option<&Syncer>,
     finished: &mut Vec<Finished>,
+    bodies: &Bodies,
 ) -> Result<Summary, TransferError> {
     let mut open: Option<Open> = None;
     // The directory just entered (its XATTRS may follow), and the open file's attributes.
@@ -767,6 +770,7 @@ fn apply_records(
                     part.record(&cvs)?;
                 }
             }
+            bodies.give(body);
         }
     }
     // Only the final report reads it.
@@ -795,7 +799,7 @@ pub fn apply_frames(
         let _ = tx.try_send(Ok(batch));
     }
     drop(tx);
-    apply_lane(LaneReader::new(chunk), rx, sink)
+    apply_lane(LaneReader::new(chunk), rx, sink, &Bodies::default())
 }
 
 /// The file a lane is receiving (one per lane, so its size does not matter).
@@ -853,6 +857,44 @@ fn file_of(entry: &Entry) -> (u64, Option<crate::wire::data::Timestamp>) {
     }
 }
 
+/// Frame bodies of chunk size that the lane's worker is done with, for its stream task to
+/// fill again. A fresh allocation per chunk is memory the allocator maps, the kernel zeroes
+/// and faults in page by page, and the allocator unmaps again as its heap shrinks: tens of
+/// thousands of page faults per GiB.
+#[derive(Debug, Default)]
+pub(crate) struct Bodies(Mutex<Vec<Vec<u8>>>);
+
+/// Bodies from this size up are reused ...
+const POOLED: usize = 64 << 10;
+/// ... and this many are kept per lane (the stream task fills one while the worker holds
+/// the others of its channel).
+const KEPT: usize = 2;
+
+impl Bodies {
+    /// An empty buffer with room for `len` bytes.
+    fn take(&self, len: usize) -> Vec<u8> {
+        if len >= POOLED {
+            let kept = self.0.lock().map_or(None, |mut kept| kept.pop());
+            if let Some(mut body) = kept.filter(|b| b.capacity() >= len) {
+                body.clear();
+                return body;
+            }
+        }
+        Vec::with_capacity(len)
+    }
+
+    /// Takes `body` back, if it is large and fewer than [`KEPT`] are kept.
+    fn give(&self, body: Vec<u8>) {
+        if body.capacity() >= POOLED {
+            if let Ok(mut kept) = self.0.lock() {
+                if kept.len() < KEPT {
+                    kept.push(body);
+                }
+            }
+        }
+    }
+}
+
 /// Cuts a lane's byte stream, piece by piece, into frame bodies (`len: u32 BE ‖ body`) of at
 /// most `max` bytes, copying each byte once.
 ///
@@ -868,12 +910,27 @@ pub struct Deframer {
     want: Option<usize>,
     /// The body of the frame in progress.
     body: Vec<u8>,
+    /// Where large bodies come from.
+    bodies: Arc<Bodies>,
 }
 
 impl Deframer {
     /// A deframer for frames of at most `max` bytes.
     pub fn new(max: usize) -> Deframer {
-        Deframer { max, header: [0; frame::HEADER_LEN], have: 0, want: None, body: Vec::new() }
+        Deframer {
+            max,
+            header: [0; frame::HEADER_LEN],
+            have: 0,
+            want: None,
+            body: Vec::new(),
+            bodies: Arc::default(),
+        }
+    }
+
+    /// Takes large bodies from `bodies`, which the lane's worker refills.
+    fn with_bodies(mut self, bodies: Arc<Bodies>) -> Deframer {
+        self.bodies = bodies;
+        self
     }
 
     /// The frames that `pieces` complete, in order; a frame still in progress keeps its bytes
@@ -907,7 +964,7 @@ impl Deframer {
                 let len = frame::body_len(self.header, self.max).map_err(|e| {
                     TransferError::new(ErrorKind::Protocol, format!("the other side sent {e}"))
                 })?;
-                self.body = Vec::with_capacity(len);
+                self.body = self.bodies.take(len);
                 self.want = Some(len);
                 continue;
             };
