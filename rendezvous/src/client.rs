@@ -207,10 +207,11 @@ impl Closer {
             // Closed already: by whoever saw to its close, by the node, or lost.
             return;
         }
-        // A closed connection sends nothing but its close, so the first datagram it sends
-        // after this point is the close.
-        let sent = conn.stats().udp_tx.datagrams;
+        // A closed connection sends nothing but its close, so the first datagram it counts
+        // after `close` is the close. (Counted before `close`, an ACK sent in between would
+        // pass for it; if the close goes out before the count, the wait runs to `limit`.)
         conn.close(0u32.into(), b"bye");
+        let sent = conn.stats().udp_tx.datagrams;
         let _ = tokio::time::timeout(limit, async {
             while conn.stats().udp_tx.datagrams == sent {
                 tokio::time::sleep(Duration::from_millis(2)).await;

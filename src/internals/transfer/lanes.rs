@@ -136,6 +136,10 @@ pub async fn send_lanes(
         }
         let mut failed = None;
         walk::walk(&scan, |mut job| {
+            // Entries left out or slow to come must not keep a batch from idle workers.
+            if !job_tx.flush_if_idle() {
+                return false;
+            }
             if let Some(plan) = &plan {
                 match plan.verdict(&job.entry) {
                     Err(e) => {
@@ -518,8 +522,16 @@ impl Batcher {
             self.bytes += size;
         }
         self.batch.push(job);
-        let full = self.batch.len() >= JOB_BATCH || self.bytes >= JOB_BATCH_BYTES;
-        if full || self.queued.load(Ordering::Acquire) == 0 {
+        if self.batch.len() >= JOB_BATCH || self.bytes >= JOB_BATCH_BYTES {
+            return self.flush();
+        }
+        self.flush_if_idle()
+    }
+
+    /// Sends what is batched if no batch is queued (a worker may be waiting); false once the
+    /// workers are gone.
+    fn flush_if_idle(&mut self) -> bool {
+        if self.queued.load(Ordering::Acquire) == 0 {
             return self.flush();
         }
         true
