@@ -18,7 +18,9 @@
 //! much of that it waited for room towards the link, and how many bytes the connection had
 //! put on the wire by then ([`Sample`]). `auto` times [`RACE`] chunks sent compressed (the
 //! file's rate that way). If the lane waited for the link for at least [`LINK_BOUND`] of that
-//! time, the link is the limit and compression wins outright. Otherwise it sends as many
+//! time, and the receiver's flow-control windows were not what held it back (the connection
+//! sent no DATA_BLOCKED frame meanwhile: a receiver short of CPU is not a slow link), the link
+//! is the limit and compression wins outright. Otherwise it sends as many
 //! chunks as they are and measures what the connection puts on the wire meanwhile: sent as they
 //! are, the file can move no faster than that. (The lane's own timing would mislead here: the
 //! connection's send buffer takes the first chunks at once, however slow the link.)
@@ -80,6 +82,26 @@ pub struct Sample {
     pub waited: Duration,
     /// Bytes the connection has sent so far (all lanes, headers included).
     pub wire: u64,
+    /// Times so far the connection told the receiver it was held back by the receiver's
+    /// flow-control windows (DATA_BLOCKED and STREAM_DATA_BLOCKED frames).
+    pub blocked: u64,
+}
+
+/// Whether the receiver's windows held the sender back while chunks were timed: the first
+/// counter seen, and whether it moved since.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+struct Blocked {
+    first: Option<u64>,
+    moved: bool,
+}
+
+impl Blocked {
+    fn see(self, count: u64) -> Blocked {
+        match self.first {
+            None => Blocked { first: Some(count), moved: false },
+            Some(first) => Blocked { first: Some(first), moved: self.moved || count > first },
+        }
+    }
 }
 
 /// Where `auto` stands in racing compression against none on the lane's large chunks.
@@ -88,7 +110,7 @@ enum Race {
     /// Not racing: a small file, or chunks that do not compress.
     Idle,
     /// Timing chunks sent compressed: chunks left, and what the counted ones moved.
-    Compressed { left: u32, bytes: u64, time: Duration, waited: Duration },
+    Compressed { left: u32, bytes: u64, time: Duration, waited: Duration, blocked: Blocked },
     /// Sending chunks as they are: chunks left, the compressed rate to beat, and the wire
     /// counter and time since counting began.
     Plain { left: u32, to_beat: f64, wire: Option<u64>, time: Duration },
@@ -99,7 +121,8 @@ enum Race {
 impl Race {
     /// A race starts with the compressed half.
     fn start() -> Race {
-        Race::Compressed { left: RACE, bytes: 0, time: Duration::ZERO, waited: Duration::ZERO }
+        let (time, waited) = (Duration::ZERO, Duration::ZERO);
+        Race::Compressed { left: RACE, bytes: 0, time, waited, blocked: Blocked::default() }
     }
 }
 
@@ -160,18 +183,22 @@ impl Packer {
         }
         self.race = match self.race {
             Race::Idle => Race::Idle,
-            Race::Compressed { left, bytes, time, waited } => {
+            Race::Compressed { left, bytes, time, waited, blocked } => {
                 let left = left.saturating_sub(1);
-                let (bytes, time, waited) = if left < RACE - WARMUP {
-                    (bytes + sample.bytes, time + sample.took, waited + sample.waited)
+                let (bytes, time, waited, blocked) = if left < RACE - WARMUP {
+                    let blocked = blocked.see(sample.blocked);
+                    (bytes + sample.bytes, time + sample.took, waited + sample.waited, blocked)
                 } else {
-                    (bytes, time, waited)
+                    (bytes, time, waited, blocked)
                 };
                 if left > 0 {
-                    Race::Compressed { left, bytes, time, waited }
-                } else if waited.as_secs_f64() >= time.as_secs_f64() * LINK_BOUND {
+                    Race::Compressed { left, bytes, time, waited, blocked }
+                } else if waited.as_secs_f64() >= time.as_secs_f64() * LINK_BOUND && !blocked.moved
+                {
                     // Compressed and still waiting for the link: as they are, chunks would
-                    // wait longer.
+                    // wait longer. (Not when the receiver's windows held them back: a
+                    // receiver short of CPU is not a slow link, and compressing may only
+                    // take more of the CPU both sides share. The race decides then.)
                     self.settle(true)
                 } else {
                     let to_beat = bytes as f64 / time.as_secs_f64().max(1e-9);
@@ -392,6 +419,7 @@ mod tests {
                     took: Duration::from_secs_f64(secs),
                     waited: Duration::from_secs_f64(secs - work),
                     wire: on_wire,
+                    blocked: 0,
                 });
                 sent.is_some()
             })
@@ -425,6 +453,26 @@ mod tests {
     }
 
     #[test]
+    fn waiting_on_the_receivers_window_is_not_taken_for_a_slow_link() {
+        let chunk = text(256 << 10);
+        let run = |blocks: bool| {
+            let mut packer = Packer::new(Compression::Auto).unwrap();
+            packer.start_file(64 * chunk.len() as u64);
+            for i in 0..RACE as u64 {
+                assert!(packer.pack(&chunk).is_some(), "the race starts compressed");
+                // Half of each chunk's time spent waiting for room.
+                let (took, waited) = (Duration::from_millis(4), Duration::from_millis(2));
+                let blocked = if blocks { i } else { 0 };
+                let bytes = chunk.len() as u64;
+                packer.timed(Sample { bytes, took, waited, wire: 0, blocked });
+            }
+            packer.race
+        };
+        assert!(matches!(run(false), Race::Settled { compressed: true, .. }), "a slow link");
+        assert!(matches!(run(true), Race::Plain { .. }), "the race goes on, as they are");
+    }
+
+    #[test]
     fn small_chunks_are_not_raced() {
         let chunk = text(2 * SAMPLE);
         let mut packer = Packer::new(Compression::Auto).unwrap();
@@ -433,7 +481,8 @@ mod tests {
             assert!(packer.pack(&chunk).is_some());
             let second = Duration::from_secs(1);
             let bytes = chunk.len() as u64;
-            packer.timed(Sample { bytes, took: second, waited: Duration::ZERO, wire: 0 });
+            let waited = Duration::ZERO;
+            packer.timed(Sample { bytes, took: second, waited, wire: 0, blocked: 0 });
         }
         assert_eq!(packer.race, Race::Idle);
     }

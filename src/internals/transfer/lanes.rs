@@ -182,7 +182,11 @@ pub async fn send_lanes(
             chunk: how.chunk,
             cache: how.cache.clone(),
             resumed: resumed.clone(),
-            wire: Box::new(move || wire_conn.stats().udp_tx.bytes),
+            wire: Box::new(move || {
+                let stats = wire_conn.stats();
+                let blocked = stats.frame_tx.data_blocked + stats.frame_tx.stream_data_blocked;
+                (stats.udp_tx.bytes, blocked)
+            }),
             observer: how.observer.clone(),
             stream: input.clone(),
             streamed: streamed.clone(),
@@ -242,8 +246,9 @@ struct Worker {
     cache: Option<CvCache>,
     /// Bytes of resumed files the receiver already held, over all lanes.
     resumed: Arc<AtomicU64>,
-    /// Bytes the connection has put on the wire so far (for `auto`'s judgement).
-    wire: Box<dyn Fn() -> u64 + Send>,
+    /// Bytes the connection has put on the wire so far, and the DATA_BLOCKED frames it sent
+    /// (for `auto`'s judgement).
+    wire: Box<dyn Fn() -> (u64, u64) + Send>,
     /// Told of each file sent.
     observer: Arc<dyn super::Observer>,
     /// What a stream entry reads.
@@ -430,12 +435,9 @@ impl Worker {
         if flush {
             outbox.flush()?;
         }
-        self.packer.timed(Sample {
-            bytes: n as u64,
-            took: began.elapsed(),
-            waited: handing.elapsed(),
-            wire: (self.wire)(),
-        });
+        let waited = handing.elapsed();
+        let (wire, blocked) = (self.wire)();
+        self.packer.timed(Sample { bytes: n as u64, took: began.elapsed(), waited, wire, blocked });
         progress.add(n as u64);
         Ok(())
     }
