@@ -87,30 +87,14 @@ pub struct Sample {
     pub blocked: u64,
 }
 
-/// Whether the receiver's windows held the sender back while chunks were timed: the first
-/// counter seen, and whether it moved since.
-#[derive(Debug, Clone, Copy, PartialEq, Default)]
-struct Blocked {
-    first: Option<u64>,
-    moved: bool,
-}
-
-impl Blocked {
-    fn see(self, count: u64) -> Blocked {
-        match self.first {
-            None => Blocked { first: Some(count), moved: false },
-            Some(first) => Blocked { first: Some(first), moved: self.moved || count > first },
-        }
-    }
-}
-
 /// Where `auto` stands in racing compression against none on the lane's large chunks.
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Race {
     /// Not racing: a small file, or chunks that do not compress.
     Idle,
-    /// Timing chunks sent compressed: chunks left, and what the counted ones moved.
-    Compressed { left: u32, bytes: u64, time: Duration, waited: Duration, blocked: Blocked },
+    /// Timing chunks sent compressed: chunks left, what the counted ones moved, and the
+    /// flow-control counter ([`Sample::blocked`]) when counting began.
+    Compressed { left: u32, bytes: u64, time: Duration, waited: Duration, blocked: Option<u64> },
     /// Sending chunks as they are: chunks left, the compressed rate to beat, and the wire
     /// counter and time since counting began.
     Plain { left: u32, to_beat: f64, wire: Option<u64>, time: Duration },
@@ -122,7 +106,7 @@ impl Race {
     /// A race starts with the compressed half.
     fn start() -> Race {
         let (time, waited) = (Duration::ZERO, Duration::ZERO);
-        Race::Compressed { left: RACE, bytes: 0, time, waited, blocked: Blocked::default() }
+        Race::Compressed { left: RACE, bytes: 0, time, waited, blocked: None }
     }
 }
 
@@ -186,14 +170,15 @@ impl Packer {
             Race::Compressed { left, bytes, time, waited, blocked } => {
                 let left = left.saturating_sub(1);
                 let (bytes, time, waited, blocked) = if left < RACE - WARMUP {
-                    let blocked = blocked.see(sample.blocked);
+                    let blocked = blocked.or(Some(sample.blocked));
                     (bytes + sample.bytes, time + sample.took, waited + sample.waited, blocked)
                 } else {
                     (bytes, time, waited, blocked)
                 };
                 if left > 0 {
                     Race::Compressed { left, bytes, time, waited, blocked }
-                } else if waited.as_secs_f64() >= time.as_secs_f64() * LINK_BOUND && !blocked.moved
+                } else if waited.as_secs_f64() >= time.as_secs_f64() * LINK_BOUND
+                    && blocked.is_none_or(|from| sample.blocked == from)
                 {
                     // Compressed and still waiting for the link: as they are, chunks would
                     // wait longer. (Not when the receiver's windows held them back: a

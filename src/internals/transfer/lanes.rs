@@ -271,26 +271,20 @@ impl Worker {
         let mut outbox = Outbox { tx, pending: Vec::new(), progress };
         let mut mine = std::collections::VecDeque::new();
         loop {
-            let job = match mine.pop_front() {
-                Some(job) => job,
-                None => match jobs.next(false)? {
-                    Next::Jobs(batch) => {
-                        mine.extend(batch);
-                        continue;
-                    }
+            let Some(job) = mine.pop_front() else {
+                let next = match jobs.next(false)? {
                     // Nothing waiting: what was gathered goes now, not after the next job.
                     Next::Empty => {
                         outbox.flush()?;
-                        match jobs.next(true)? {
-                            Next::Jobs(batch) => {
-                                mine.extend(batch);
-                                continue;
-                            }
-                            Next::Empty | Next::Done => break,
-                        }
+                        jobs.next(true)?
                     }
-                    Next::Done => break,
-                },
+                    next => next,
+                };
+                match next {
+                    Next::Jobs(batch) => mine.extend(batch),
+                    Next::Empty | Next::Done => break,
+                }
+                continue;
             };
             let mut out = Vec::new();
             match job.entry.kind {

@@ -212,26 +212,6 @@ impl StateDir {
         let dir = self.ensure()?;
         let part = At::new(&dir, format!("{id}{PART}"));
         let journal = At::new(&dir, format!("{id}{JOURNAL}"));
-        // Usually there is none yet: a file we just created, mode 0o600 in our own directory,
-        // is ours. Its link count is still checked once it is locked: a `--discard-partial`
-        // between the two may have removed the new, unlocked file.
-        match dir.open_file(&part.name, OFlags::RDWR | OFlags::CREATE | OFlags::EXCL) {
-            Ok(file) => {
-                match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive)
-                {
-                    Ok(()) => {}
-                    // Another transfer opened it in the meantime and holds it.
-                    Err(rustix::io::Errno::WOULDBLOCK) => return Ok(None),
-                    Err(e) => return Err(classify(&part.path(), e.into())),
-                }
-                let meta = file.metadata().map_err(|e| classify(&part.path(), e))?;
-                if meta.nlink() == 1 {
-                    return Ok(Some(Partial { file, len: 0, part, journal }));
-                }
-            }
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-            Err(e) => return Err(classify(&part.path(), e)),
-        }
         for _ in 0..2 {
             let file = dir
                 .open_file(&part.name, OFlags::RDWR | OFlags::CREATE)
