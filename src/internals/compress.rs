@@ -27,6 +27,14 @@
 //! Compression is kept only when it is clearly faster, and the check comes back after a
 //! stretch that doubles while the same way keeps winning. On a fast link with the CPU as the
 //! limit (loopback) the chunks then go as they are; on a slower one, compressed.
+//!
+//! Once the plain way has won, a check costs less: the chunks go on as they are while the
+//! connection's rate is measured, then [`PROBE`] chunks are compressed to time the lane's own
+//! work on them (reading, hashing, compressing; not the wait for room). A lane that compresses
+//! can move no faster than that work allows, so if it is not clearly above the plain rate,
+//! the plain way wins again without a full race; if it is (the link got slower), a full race
+//! follows. Each check after the first then sends [`PROBE`] chunks compressed instead of
+//! [`RACE`], which is what `auto` costs where compressing does not pay.
 
 use std::fmt;
 use std::time::Duration;
@@ -67,6 +75,9 @@ pub const LINK_BOUND: f64 = 0.2;
 pub const SETTLE: u32 = 32;
 /// Most chunks between races (the stretch doubles while the same way keeps winning).
 pub const MAX_SETTLE: u32 = 1024;
+/// Chunks compressed to check whether compression could win at all, in a race after one the
+/// plain way won (the fastest counts: a pause of the lane's thread only ever slows one down).
+pub const PROBE: u32 = 2;
 /// Chunks sent as they are that are clearly this much slower than compressed ones end the
 /// race early (each costs the transfer that much).
 pub const CLEARLY: f64 = 1.5;
@@ -95,9 +106,14 @@ enum Race {
     /// Timing chunks sent compressed: chunks left, what the counted ones moved, and the
     /// flow-control counter ([`Sample::blocked`]) when counting began.
     Compressed { left: u32, bytes: u64, time: Duration, waited: Duration, blocked: Option<u64> },
-    /// Sending chunks as they are: chunks left, the compressed rate to beat, and the wire
-    /// counter and time since counting began.
-    Plain { left: u32, to_beat: f64, wire: Option<u64>, time: Duration },
+    /// Sending chunks as they are: chunks left, the compressed rate to beat (none in a check
+    /// after a race the plain way won: [`Race::Probe`] follows), and the wire counter and time
+    /// since counting began.
+    Plain { left: u32, to_beat: Option<f64>, wire: Option<u64>, time: Duration },
+    /// Compressing a few chunks to see whether compression could beat `rate` (what the chunks
+    /// moved as they are) at all: a lane compressing can move no faster than its own work
+    /// (reading, hashing, compressing) allows. `fastest` is the best work rate seen so far.
+    Probe { left: u32, rate: f64, fastest: f64 },
     /// Sending the winning way for `left` more chunks.
     Settled { compressed: bool, left: u32 },
 }
@@ -107,6 +123,12 @@ impl Race {
     fn start() -> Race {
         let (time, waited) = (Duration::ZERO, Duration::ZERO);
         Race::Compressed { left: RACE, bytes: 0, time, waited, blocked: None }
+    }
+
+    /// A check after a race the plain way won: the chunks go on as they are while timed,
+    /// then a [`Race::Probe`].
+    fn recheck() -> Race {
+        Race::Plain { left: RACE, to_beat: None, wire: None, time: Duration::ZERO }
     }
 }
 
@@ -186,7 +208,7 @@ impl Packer {
                     // take more of the CPU both sides share. The race decides then.)
                     self.settle(true)
                 } else {
-                    let to_beat = bytes as f64 / time.as_secs_f64().max(1e-9);
+                    let to_beat = Some(bytes as f64 / time.as_secs_f64().max(1e-9));
                     Race::Plain { left: RACE, to_beat, wire: None, time: Duration::ZERO }
                 }
             }
@@ -202,13 +224,27 @@ impl Packer {
                 let rate = wire.map_or(0.0, |w| {
                     sample.wire.saturating_sub(w) as f64 / time.as_secs_f64().max(1e-9)
                 });
-                match left {
-                    0 => self.settle(to_beat > rate * WIN_MARGIN),
+                match (left, to_beat) {
+                    (0, Some(to_beat)) => self.settle(to_beat > rate * WIN_MARGIN),
+                    (0, None) => Race::Probe { left: PROBE, rate, fastest: 0.0 },
                     // Clearly slower as they are: each more such chunk costs the transfer.
-                    _ if counted >= 2 && to_beat > rate * CLEARLY => self.settle(true),
+                    (_, Some(to_beat)) if counted >= 2 && to_beat > rate * CLEARLY => {
+                        self.settle(true)
+                    }
                     _ => Race::Plain { left, to_beat, wire, time },
                 }
             }
+            Race::Probe { left, rate, fastest } => {
+                // Of the chunk's time, what the lane worked (the rest it waited for room).
+                let work = sample.took.saturating_sub(sample.waited).as_secs_f64();
+                let fastest = fastest.max(sample.bytes as f64 / work.max(1e-9));
+                match left.saturating_sub(1) {
+                    0 if fastest <= rate * WIN_MARGIN => self.settle(false),
+                    0 => Race::start(),
+                    left => Race::Probe { left, rate, fastest },
+                }
+            }
+            Race::Settled { left: 1, .. } if self.winner == Some(false) => Race::recheck(),
             Race::Settled { left: 1, .. } => Race::start(),
             Race::Settled { compressed, left } => Race::Settled { compressed, left: left - 1 },
         };
@@ -382,12 +418,18 @@ mod tests {
     /// reading and hashing at 2 GB/s, zstd at `zstd` bytes per second, and the link at `link`
     /// bytes per second of what goes on the wire. Returns which chunks went compressed.
     fn race(chunks: usize, zstd: f64, link: f64) -> Vec<bool> {
+        race_on(chunks, zstd, |_| link)
+    }
+
+    /// [`race`] over a link whose rate changes: `link(i)` for chunk `i`.
+    fn race_on(chunks: usize, zstd: f64, link: impl Fn(usize) -> f64) -> Vec<bool> {
         let chunk = text(256 << 10);
         let mut packer = Packer::new(Compression::Auto).unwrap();
         packer.start_file((chunks * chunk.len()) as u64);
         let mut on_wire = 0u64;
         (0..chunks)
-            .map(|_| {
+            .map(|i| {
+                let link = link(i);
                 let sent = packer.pack(&chunk).map(<[u8]>::len);
                 let mut secs = chunk.len() as f64 / 2e9;
                 if sent.is_some() {
@@ -416,10 +458,44 @@ mod tests {
         // Loopback: the link takes 600 MB/s, zstd only 450.
         let sent = race(600, 450e6, 600e6);
         let compressed = sent.iter().filter(|c| **c).count();
-        assert!(compressed <= 60, "{compressed} of 600 chunks compressed");
+        // The first race compresses RACE chunks; each later check only PROBE of them.
+        assert!(compressed <= 20, "{compressed} of 600 chunks compressed");
         // The stretches grew: the races after the first few are far apart.
         let races = sent.windows(2).filter(|w| !w[0] && w[1]).count();
         assert!(races <= 5, "{races} races");
+    }
+
+    #[test]
+    fn a_link_that_slows_down_is_noticed_at_the_next_check() {
+        // Loopback for the first 150 chunks, then 1 Gbit/s.
+        let sent = race_on(1200, 450e6, |i| if i < 150 { 600e6 } else { 117e6 });
+        let early = sent[..150].iter().filter(|c| **c).count();
+        assert!(early <= 12, "{early} of the first 150 chunks compressed");
+        // Within one stretch (at most 64 chunks at this point) of the change, compressed.
+        let late = sent[300..].iter().filter(|c| !**c).count();
+        assert!(late <= 30, "{late} of the last 900 chunks sent as they are");
+    }
+
+    #[test]
+    fn a_check_that_compression_cannot_win_compresses_only_the_probe() {
+        let chunk = text(256 << 10);
+        let mut packer = Packer::new(Compression::Auto).unwrap();
+        packer.start_file(1 << 40);
+        packer.winner = Some(false);
+        packer.race = Race::recheck();
+        let bytes = chunk.len() as u64;
+        let (mut wire, mut compressed) = (0, 0);
+        // As they are, the chunks move at 1 GB/s; compressed ones take the lane 2 ms of work.
+        for _ in 0..RACE + PROBE {
+            let packed = packer.pack(&chunk).is_some();
+            let took = if packed { Duration::from_millis(2) } else { Duration::from_micros(262) };
+            wire += bytes;
+            compressed += u32::from(packed);
+            packer.timed(Sample { bytes, took, waited: Duration::ZERO, wire, blocked: 0 });
+        }
+        assert_eq!(compressed, PROBE);
+        let settled = matches!(packer.race, Race::Settled { compressed: false, .. });
+        assert!(settled, "{:?}", packer.race);
     }
 
     #[test]
