@@ -68,6 +68,19 @@ pub const RACE: u32 = 8;
 pub const WARMUP: u32 = 2;
 /// Compression wins a race only when it moves the file at least this much faster.
 pub const WIN_MARGIN: f64 = 1.05;
+/// Chunks timed sent as they are in a race (the first [`WARMUP`] of them not counted); more
+/// than compressed ones: the wire's pace over a few milliseconds varies with what else the
+/// cores run.
+pub const PLAIN_RACE: u32 = 16;
+/// Compression wins by this much at least where its rate is only the lane's own speed: the
+/// compressed chunks of a race that hardly waited for room (less than [`PUSHED_BACK`] of
+/// their time), which the connection's buffers took at once, and every [`PROBE`]. Such a rate
+/// leaves out what the receiver and the link make of the chunks (on two shared cores, the
+/// receiver's work is what compressing takes the CPU from).
+pub const UNPROVEN: f64 = 1.25;
+/// Compressed chunks of a race that waited for room at least this share of their time moved
+/// at the pace of the connection, not only of the lane.
+pub const PUSHED_BACK: f64 = 0.05;
 /// Compressed chunks that spent this share of their time waiting for the link win at once:
 /// sent as they are, they would wait longer still.
 pub const LINK_BOUND: f64 = 0.2;
@@ -106,16 +119,17 @@ enum Race {
     /// Timing chunks sent compressed: chunks left, what the counted ones moved, and the
     /// flow-control counter ([`Sample::blocked`]) when counting began.
     Compressed { left: u32, bytes: u64, time: Duration, waited: Duration, blocked: Option<u64> },
-    /// Sending chunks as they are: chunks left, the compressed rate to beat (none in a check
-    /// after a race the plain way won: [`Race::Probe`] follows), and the wire counter and time
-    /// since counting began.
-    Plain { left: u32, to_beat: Option<f64>, wire: Option<u64>, time: Duration },
+    /// Sending chunks as they are: chunks left, the compressed rate to beat and by how much,
+    /// and the wire counter and time since counting began.
+    Plain { left: u32, to_beat: f64, margin: f64, wire: Option<u64>, time: Duration },
     /// Compressing a few chunks to see whether compression could beat `rate` (what the chunks
     /// moved as they are) at all: a lane compressing can move no faster than its own work
     /// (reading, hashing, compressing) allows. `fastest` is the best work rate seen so far.
     Probe { left: u32, rate: f64, fastest: f64 },
-    /// Sending the winning way for `left` more chunks.
-    Settled { compressed: bool, left: u32 },
+    /// Sending the winning way for `left` more chunks; sent as they are, timed like the
+    /// plain half of a race (the wire counter and time since counting began), which over a
+    /// whole stretch measures the plain way far better than a race can.
+    Settled { compressed: bool, left: u32, wire: Option<u64>, time: Duration },
 }
 
 impl Race {
@@ -124,11 +138,26 @@ impl Race {
         let (time, waited) = (Duration::ZERO, Duration::ZERO);
         Race::Compressed { left: RACE, bytes: 0, time, waited, blocked: None }
     }
+}
 
-    /// A check after a race the plain way won: the chunks go on as they are while timed,
-    /// then a [`Race::Probe`].
-    fn recheck() -> Race {
-        Race::Plain { left: RACE, to_beat: None, wire: None, time: Duration::ZERO }
+/// What chunks sent as they are moved: the wire counter `wire` was read when counting began
+/// and `time` has passed since, as `now` reads it.
+fn plain_rate(wire: Option<u64>, time: Duration, now: u64) -> f64 {
+    wire.map_or(0.0, |w| now.saturating_sub(w) as f64 / time.as_secs_f64().max(1e-9))
+}
+
+/// Adds one chunk sent as they are to a count of wire bytes and time that begins once
+/// `counting`.
+fn count_plain(
+    wire: Option<u64>,
+    time: Duration,
+    counting: bool,
+    s: &Sample,
+) -> (Option<u64>, Duration) {
+    match wire {
+        Some(w) => (Some(w), time + s.took),
+        None if counting => (Some(s.wire), Duration::ZERO),
+        None => (None, time),
     }
 }
 
@@ -208,30 +237,26 @@ impl Packer {
                     // take more of the CPU both sides share. The race decides then.)
                     self.settle(true)
                 } else {
-                    let to_beat = Some(bytes as f64 / time.as_secs_f64().max(1e-9));
-                    Race::Plain { left: RACE, to_beat, wire: None, time: Duration::ZERO }
+                    let to_beat = bytes as f64 / time.as_secs_f64().max(1e-9);
+                    // Chunks that hardly waited for room went into the connection's buffers:
+                    // their rate is the lane's own speed, not what the receiver and the link
+                    // make of them.
+                    let pushed_back = waited.as_secs_f64() >= time.as_secs_f64() * PUSHED_BACK;
+                    let margin = if pushed_back { WIN_MARGIN } else { UNPROVEN };
+                    let (wire, time) = (None, Duration::ZERO);
+                    Race::Plain { left: PLAIN_RACE, to_beat, margin, wire, time }
                 }
             }
-            Race::Plain { left, to_beat, wire, time } => {
+            Race::Plain { left, to_beat, margin, wire, time } => {
                 let left = left.saturating_sub(1);
-                let counting = left < RACE - WARMUP;
-                let (wire, time) = match wire {
-                    Some(w) => (Some(w), time + sample.took),
-                    None if counting => (Some(sample.wire), Duration::ZERO),
-                    None => (None, time),
-                };
-                let counted = RACE - WARMUP - 1 - left.min(RACE - WARMUP - 1);
-                let rate = wire.map_or(0.0, |w| {
-                    sample.wire.saturating_sub(w) as f64 / time.as_secs_f64().max(1e-9)
-                });
-                match (left, to_beat) {
-                    (0, Some(to_beat)) => self.settle(to_beat > rate * WIN_MARGIN),
-                    (0, None) => Race::Probe { left: PROBE, rate, fastest: 0.0 },
+                let (wire, time) = count_plain(wire, time, left < PLAIN_RACE - WARMUP, &sample);
+                let counted = PLAIN_RACE - WARMUP - 1 - left.min(PLAIN_RACE - WARMUP - 1);
+                let rate = plain_rate(wire, time, sample.wire);
+                match left {
+                    0 => self.settle(to_beat > rate * margin),
                     // Clearly slower as they are: each more such chunk costs the transfer.
-                    (_, Some(to_beat)) if counted >= 2 && to_beat > rate * CLEARLY => {
-                        self.settle(true)
-                    }
-                    _ => Race::Plain { left, to_beat, wire, time },
+                    _ if counted >= 2 && to_beat > rate * CLEARLY => self.settle(true),
+                    _ => Race::Plain { left, to_beat, margin, wire, time },
                 }
             }
             Race::Probe { left, rate, fastest } => {
@@ -239,14 +264,27 @@ impl Packer {
                 let work = sample.took.saturating_sub(sample.waited).as_secs_f64();
                 let fastest = fastest.max(sample.bytes as f64 / work.max(1e-9));
                 match left.saturating_sub(1) {
-                    0 if fastest <= rate * WIN_MARGIN => self.settle(false),
+                    0 if fastest <= rate * UNPROVEN => self.settle(false),
                     0 => Race::start(),
                     left => Race::Probe { left, rate, fastest },
                 }
             }
-            Race::Settled { left: 1, .. } if self.winner == Some(false) => Race::recheck(),
-            Race::Settled { left: 1, .. } => Race::start(),
-            Race::Settled { compressed, left } => Race::Settled { compressed, left: left - 1 },
+            Race::Settled { compressed: true, left: 1, .. } => Race::start(),
+            Race::Settled { compressed: false, left: 1, wire, time } => {
+                let (wire, time) = count_plain(wire, time, true, &sample);
+                match plain_rate(wire, time, sample.wire) {
+                    rate if rate > 0.0 => Race::Probe { left: PROBE, rate, fastest: 0.0 },
+                    _ => Race::start(),
+                }
+            }
+            Race::Settled { compressed: false, left, wire, time } => {
+                let counting = self.settle - left >= WARMUP;
+                let (wire, time) = count_plain(wire, time, counting, &sample);
+                Race::Settled { compressed: false, left: left - 1, wire, time }
+            }
+            Race::Settled { compressed: true, left, .. } => {
+                Race::Settled { compressed: true, left: left - 1, wire: None, time: Duration::ZERO }
+            }
         };
     }
 
@@ -256,7 +294,7 @@ impl Packer {
             Some(w) if w == compress => (self.settle * 2).min(MAX_SETTLE),
             _ => SETTLE,
         };
-        Race::Settled { compressed: compress, left: self.settle }
+        Race::Settled { compressed: compress, left: self.settle, wire: None, time: Duration::ZERO }
     }
 
     /// Whether a race has this chunk go as it is.
@@ -481,12 +519,11 @@ mod tests {
         let chunk = text(256 << 10);
         let mut packer = Packer::new(Compression::Auto).unwrap();
         packer.start_file(1 << 40);
-        packer.winner = Some(false);
-        packer.race = Race::recheck();
+        packer.race = packer.settle(false);
         let bytes = chunk.len() as u64;
         let (mut wire, mut compressed) = (0, 0);
         // As they are, the chunks move at 1 GB/s; compressed ones take the lane 2 ms of work.
-        for _ in 0..RACE + PROBE {
+        for _ in 0..SETTLE + PROBE {
             let packed = packer.pack(&chunk).is_some();
             let took = if packed { Duration::from_millis(2) } else { Duration::from_micros(262) };
             wire += bytes;
@@ -494,8 +531,36 @@ mod tests {
             packer.timed(Sample { bytes, took, waited: Duration::ZERO, wire, blocked: 0 });
         }
         assert_eq!(compressed, PROBE);
-        let settled = matches!(packer.race, Race::Settled { compressed: false, .. });
+        // Plain won again, and the next stretch is twice as long.
+        let settled = matches!(packer.race, Race::Settled { compressed: false, left, .. } if left == 2 * SETTLE);
         assert!(settled, "{:?}", packer.race);
+    }
+
+    #[test]
+    fn compressed_chunks_the_buffers_took_at_once_must_win_clearly() {
+        let chunk = text(256 << 10);
+        let bytes = chunk.len() as u64;
+        // Compressed chunks move 15 % faster than plain ones by the lane's clock; `waited` of
+        // each chunk's 2 ms was spent waiting for room.
+        let run = |waited: Duration| {
+            let mut packer = Packer::new(Compression::Auto).unwrap();
+            packer.start_file(1 << 40);
+            let mut wire = 0;
+            for _ in 0..RACE + PLAIN_RACE {
+                let packed = packer.pack(&chunk).is_some();
+                let (took, waited) = if packed {
+                    (Duration::from_millis(2), waited)
+                } else {
+                    (Duration::from_micros(2300), Duration::ZERO)
+                };
+                wire += bytes;
+                packer.timed(Sample { bytes, took, waited, wire, blocked: 0 });
+            }
+            packer.race
+        };
+        let won = |race: Race| matches!(race, Race::Settled { compressed: true, .. });
+        assert!(!won(run(Duration::ZERO)), "only the lane's own speed: not clearly faster");
+        assert!(won(run(Duration::from_micros(200))), "paced by the connection: faster");
     }
 
     #[test]
