@@ -28,13 +28,18 @@
 //! stretch that doubles while the same way keeps winning. On a fast link with the CPU as the
 //! limit (loopback) the chunks then go as they are; on a slower one, compressed.
 //!
-//! Once the plain way has won, a check costs less: the chunks go on as they are while the
-//! connection's rate is measured, then [`PROBE`] chunks are compressed to time the lane's own
-//! work on them (reading, hashing, compressing; not the wait for room). A lane that compresses
-//! can move no faster than that work allows, so if it is not clearly above the plain rate,
-//! the plain way wins again without a full race; if it is (the link got slower), a full race
-//! follows. Each check after the first then sends [`PROBE`] chunks compressed instead of
-//! [`RACE`], which is what `auto` costs where compressing does not pay.
+//! A race lasts a few milliseconds, and where two cores run both sides, what the wire moves in
+//! a few milliseconds varies by a factor of two with what else they run. Two rules keep that
+//! noise from deciding: compressed chunks that hardly waited for room went into the
+//! connection's buffers, so their rate is only the lane's own speed, and must beat the plain
+//! rate by [`UNPROVEN`] (a quarter), not [`WIN_MARGIN`]; and once the plain way has won, the
+//! whole stretch sent as it is measures the plain rate (hundreds of chunks, not a dozen).
+//! The check at the stretch's end then compresses only [`PROBE`] chunks to time the lane's
+//! own work on them (reading, hashing, compressing; not the wait for room): a lane that
+//! compresses can move no faster than that, so unless it beats the plain rate by
+//! [`UNPROVEN`], the plain way wins again without a full race; if it does (the link got
+//! slower), a full race follows. Where compressing does not pay, `auto` thus compresses one
+//! race's chunks and then [`PROBE`] chunks per stretch of up to [`MAX_SETTLE`].
 
 use std::fmt;
 use std::time::Duration;
