@@ -29,11 +29,17 @@
 //! limit (loopback) the chunks then go as they are; on a slower one, compressed.
 //!
 //! A race lasts a few milliseconds, and where two cores run both sides, what the wire moves in
-//! a few milliseconds varies by a factor of two with what else they run. Two rules keep that
+//! a few milliseconds varies by a factor of two with what else they run. Three rules keep that
 //! noise from deciding: compressed chunks that hardly waited for room went into the
 //! connection's buffers, so their rate is only the lane's own speed, and must beat the plain
-//! rate by [`UNPROVEN`] (a quarter), not [`WIN_MARGIN`]; and once the plain way has won, the
-//! whole stretch sent as it is measures the plain rate (hundreds of chunks, not a dozen).
+//! rate by [`UNPROVEN`] (a quarter), not [`WIN_MARGIN`]; a race ends early for compression
+//! only if every plain chunk so far was clearly slower (a pause of the cores makes a chunk look
+//! slow, never fast); and once the plain way has won, the whole stretch sent as it is measures
+//! the plain rate (hundreds of chunks, not a dozen). The plain rate counts what the connection
+//! sent during the lane's chunks only, not while the lane opened files or waited for work.
+//! Chunks that do not compress are not timed: a race waits for the next compressible one
+//! instead of starting over (a tree of media and text files would restart it at every text
+//! file and never finish one).
 //! The check at the stretch's end then compresses only [`PROBE`] chunks to time the lane's
 //! own work on them (reading, hashing, compressing; not the wait for room): a lane that
 //! compresses can move no faster than that, so unless it beats the plain rate by
@@ -109,11 +115,19 @@ pub struct Sample {
     pub took: Duration,
     /// Of that, waiting for room towards the link.
     pub waited: Duration,
-    /// Bytes the connection has sent so far (all lanes, headers included).
+    /// Bytes the connection had sent (all lanes, headers included) when the chunk began to
+    /// be read; with [`Sample::wire`], what the connection moved meanwhile.
+    pub wire_before: u64,
+    /// Bytes the connection had sent when the chunk had been handed on.
     pub wire: u64,
     /// Times so far the connection told the receiver it was held back by the receiver's
     /// flow-control windows (DATA_BLOCKED and STREAM_DATA_BLOCKED frames).
     pub blocked: u64,
+}
+
+/// Whether `auto` times a chunk of `len` bytes ([`Packer::timed`]): only large ones.
+pub fn timed_len(len: usize) -> bool {
+    len > 2 * SAMPLE
 }
 
 /// Where `auto` stands in racing compression against none on the lane's large chunks.
@@ -125,16 +139,17 @@ enum Race {
     /// flow-control counter ([`Sample::blocked`]) when counting began.
     Compressed { left: u32, bytes: u64, time: Duration, waited: Duration, blocked: Option<u64> },
     /// Sending chunks as they are: chunks left, the compressed rate to beat and by how much,
-    /// and the wire counter and time since counting began.
-    Plain { left: u32, to_beat: f64, margin: f64, wire: Option<u64>, time: Duration },
+    /// what the connection moved during the counted chunks and their time, and the fastest
+    /// of them alone.
+    Plain { left: u32, to_beat: f64, margin: f64, wire: u64, time: Duration, fastest: f64 },
     /// Compressing a few chunks to see whether compression could beat `rate` (what the chunks
     /// moved as they are) at all: a lane compressing can move no faster than its own work
     /// (reading, hashing, compressing) allows. `fastest` is the best work rate seen so far.
     Probe { left: u32, rate: f64, fastest: f64 },
-    /// Sending the winning way for `left` more chunks; sent as they are, timed like the
-    /// plain half of a race (the wire counter and time since counting began), which over a
-    /// whole stretch measures the plain way far better than a race can.
-    Settled { compressed: bool, left: u32, wire: Option<u64>, time: Duration },
+    /// Sending the winning way for `left` more chunks after `seen`; sent as they are, timed
+    /// like the plain half of a race, which over a whole stretch measures the plain way far
+    /// better than a race can.
+    Settled { compressed: bool, left: u32, seen: u32, wire: u64, time: Duration },
 }
 
 impl Race {
@@ -145,24 +160,19 @@ impl Race {
     }
 }
 
-/// What chunks sent as they are moved: the wire counter `wire` was read when counting began
-/// and `time` has passed since, as `now` reads it.
-fn plain_rate(wire: Option<u64>, time: Duration, now: u64) -> f64 {
-    wire.map_or(0.0, |w| now.saturating_sub(w) as f64 / time.as_secs_f64().max(1e-9))
+/// What the connection moved while chunks went as they are: `wire` bytes in `time`.
+fn plain_rate(wire: u64, time: Duration) -> f64 {
+    wire as f64 / time.as_secs_f64().max(1e-9)
 }
 
-/// Adds one chunk sent as they are to a count of wire bytes and time that begins once
-/// `counting`.
-fn count_plain(
-    wire: Option<u64>,
-    time: Duration,
-    counting: bool,
-    s: &Sample,
-) -> (Option<u64>, Duration) {
-    match wire {
-        Some(w) => (Some(w), time + s.took),
-        None if counting => (Some(s.wire), Duration::ZERO),
-        None => (None, time),
+/// Adds one chunk sent as it is to what the connection moved and the time, if `counting`.
+/// Only the chunk's own time counts: between chunks the lane may open files or wait for work
+/// while the connection drains what it holds and carries other lanes.
+fn count_plain(wire: u64, time: Duration, counting: bool, s: &Sample) -> (u64, Duration) {
+    if counting {
+        (wire + s.wire.saturating_sub(s.wire_before), time + s.took)
+    } else {
+        (wire, time)
     }
 }
 
@@ -179,6 +189,8 @@ pub struct Packer {
     /// The way the last race of this file went, and the stretch it earned.
     winner: Option<bool>,
     settle: u32,
+    /// Whether the last chunk [`Packer::pack`] was asked about went compressed.
+    went_compressed: bool,
 }
 
 impl fmt::Debug for Packer {
@@ -203,6 +215,7 @@ impl Packer {
             race: Race::Idle,
             winner: None,
             settle: SETTLE,
+            went_compressed: false,
         })
     }
 
@@ -216,9 +229,15 @@ impl Packer {
         }
     }
 
-    /// What became of the last chunk `pack` was asked about. Only large chunks count.
+    /// What became of the last chunk `pack` was asked about. Only large chunks count, and
+    /// only those that went the way being timed (a chunk that did not compress, in the
+    /// compressed half of a race, tells nothing of compressing: the race waits for the next).
     pub fn timed(&mut self, sample: Sample) {
-        if sample.bytes <= 2 * SAMPLE as u64 {
+        let went_compressed = std::mem::take(&mut self.went_compressed);
+        if !usize::try_from(sample.bytes).is_ok_and(timed_len) {
+            return;
+        }
+        if matches!(self.race, Race::Compressed { .. } | Race::Probe { .. }) && !went_compressed {
             return;
         }
         self.race = match self.race {
@@ -248,20 +267,28 @@ impl Packer {
                     // make of them.
                     let pushed_back = waited.as_secs_f64() >= time.as_secs_f64() * PUSHED_BACK;
                     let margin = if pushed_back { WIN_MARGIN } else { UNPROVEN };
-                    let (wire, time) = (None, Duration::ZERO);
-                    Race::Plain { left: PLAIN_RACE, to_beat, margin, wire, time }
+                    let (wire, time, fastest) = (0, Duration::ZERO, 0.0);
+                    Race::Plain { left: PLAIN_RACE, to_beat, margin, wire, time, fastest }
                 }
             }
-            Race::Plain { left, to_beat, margin, wire, time } => {
+            Race::Plain { left, to_beat, margin, wire, time, fastest } => {
                 let left = left.saturating_sub(1);
-                let (wire, time) = count_plain(wire, time, left < PLAIN_RACE - WARMUP, &sample);
-                let counted = PLAIN_RACE - WARMUP - 1 - left.min(PLAIN_RACE - WARMUP - 1);
-                let rate = plain_rate(wire, time, sample.wire);
+                let counting = left < PLAIN_RACE - WARMUP;
+                let (wire, time) = count_plain(wire, time, counting, &sample);
+                let fastest = if counting {
+                    let (moved, _) = count_plain(0, Duration::ZERO, true, &sample);
+                    fastest.max(plain_rate(moved, sample.took))
+                } else {
+                    fastest
+                };
+                let counted = (PLAIN_RACE - WARMUP).saturating_sub(left);
                 match left {
-                    0 => self.settle(to_beat > rate * margin),
-                    // Clearly slower as they are: each more such chunk costs the transfer.
-                    _ if counted >= 2 && to_beat > rate * CLEARLY => self.settle(true),
-                    _ => Race::Plain { left, to_beat, margin, wire, time },
+                    0 => self.settle(to_beat > plain_rate(wire, time) * margin),
+                    // Clearly slower as they are, every one of them (a pause of the cores
+                    // makes a few chunks look slow, never fast): each more such chunk costs
+                    // the transfer.
+                    _ if counted >= 2 && to_beat > fastest * CLEARLY => self.settle(true),
+                    _ => Race::Plain { left, to_beat, margin, wire, time, fastest },
                 }
             }
             Race::Probe { left, rate, fastest } => {
@@ -275,20 +302,16 @@ impl Packer {
                 }
             }
             Race::Settled { compressed: true, left: 1, .. } => Race::start(),
-            Race::Settled { compressed: false, left: 1, wire, time } => {
-                let (wire, time) = count_plain(wire, time, true, &sample);
-                match plain_rate(wire, time, sample.wire) {
+            Race::Settled { compressed: false, left: 1, seen, wire, time } => {
+                let (wire, time) = count_plain(wire, time, seen >= WARMUP, &sample);
+                match plain_rate(wire, time) {
                     rate if rate > 0.0 => Race::Probe { left: PROBE, rate, fastest: 0.0 },
                     _ => Race::start(),
                 }
             }
-            Race::Settled { compressed: false, left, wire, time } => {
-                let counting = self.settle - left >= WARMUP;
-                let (wire, time) = count_plain(wire, time, counting, &sample);
-                Race::Settled { compressed: false, left: left - 1, wire, time }
-            }
-            Race::Settled { compressed: true, left, .. } => {
-                Race::Settled { compressed: true, left: left - 1, wire: None, time: Duration::ZERO }
+            Race::Settled { compressed, left, seen, wire, time } => {
+                let (wire, time) = count_plain(wire, time, !compressed && seen >= WARMUP, &sample);
+                Race::Settled { compressed, left: left - 1, seen: seen + 1, wire, time }
             }
         };
     }
@@ -299,7 +322,8 @@ impl Packer {
             Some(w) if w == compress => (self.settle * 2).min(MAX_SETTLE),
             _ => SETTLE,
         };
-        Race::Settled { compressed: compress, left: self.settle, wire: None, time: Duration::ZERO }
+        let (seen, wire, time) = (0, 0, Duration::ZERO);
+        Race::Settled { compressed: compress, left: self.settle, seen, wire, time }
     }
 
     /// Whether a race has this chunk go as it is.
@@ -322,7 +346,7 @@ impl Packer {
             return None;
         }
         if auto && chunk.len() > 2 * SAMPLE && !self.pays(&chunk[..SAMPLE]) {
-            self.did_not_pay(large);
+            self.did_not_pay();
             return None;
         }
         if self.pays(chunk) {
@@ -330,10 +354,11 @@ impl Packer {
             if auto && large && self.race == Race::Idle {
                 self.race = Race::start();
             }
+            self.went_compressed = true;
             Some(&self.out)
         } else {
             if auto {
-                self.did_not_pay(large);
+                self.did_not_pay();
             }
             None
         }
@@ -354,11 +379,11 @@ impl Packer {
         }
     }
 
-    fn did_not_pay(&mut self, large: bool) {
-        // Large chunks that do not compress need no race; one starts again when they do.
-        if large {
-            self.race = Race::Idle;
-        }
+    /// A chunk that did not compress: the next are sent as they are for a stretch. A race in
+    /// progress waits (chunks that do not compress are not timed) instead of starting over,
+    /// or a tree that mixes media and text would start a race at every text file and never
+    /// finish one.
+    fn did_not_pay(&mut self) {
         self.skip = self.stretch;
         self.stretch = (self.stretch * 2).min(MAX_SKIP);
     }
@@ -466,14 +491,28 @@ mod tests {
 
     /// [`race`] over a link whose rate changes: `link(i)` for chunk `i`.
     fn race_on(chunks: usize, zstd: f64, link: impl Fn(usize) -> f64) -> Vec<bool> {
-        let chunk = text(256 << 10);
+        simulate(chunks, zstd, link, |_| true, |_| 0.0)
+    }
+
+    /// The model of [`race`], in full: chunk `i` is text if `text(i)` (else random bytes),
+    /// and after it the lane spends `gap(i)` seconds elsewhere (opening the next file, say)
+    /// while the connection goes on sending at the link's rate (what it holds, other lanes).
+    fn simulate(
+        chunks: usize,
+        zstd: f64,
+        link: impl Fn(usize) -> f64,
+        is_text: impl Fn(usize) -> bool,
+        gap: impl Fn(usize) -> f64,
+    ) -> Vec<bool> {
+        let (words, noise) = (text(256 << 10), random(256 << 10));
         let mut packer = Packer::new(Compression::Auto).unwrap();
-        packer.start_file((chunks * chunk.len()) as u64);
+        packer.start_file((chunks * words.len()) as u64);
         let mut on_wire = 0u64;
         (0..chunks)
             .map(|i| {
                 let link = link(i);
-                let sent = packer.pack(&chunk).map(<[u8]>::len);
+                let chunk = if is_text(i) { &words } else { &noise };
+                let sent = packer.pack(chunk).map(<[u8]>::len);
                 let mut secs = chunk.len() as f64 / 2e9;
                 if sent.is_some() {
                     secs += chunk.len() as f64 / zstd;
@@ -483,14 +522,17 @@ mod tests {
                 let wire = sent.unwrap_or(chunk.len());
                 let work = secs;
                 secs = secs.max(wire as f64 / link);
+                let wire_before = on_wire;
                 on_wire += wire as u64;
                 packer.timed(Sample {
                     bytes: chunk.len() as u64,
                     took: Duration::from_secs_f64(secs),
                     waited: Duration::from_secs_f64(secs - work),
+                    wire_before,
                     wire: on_wire,
                     blocked: 0,
                 });
+                on_wire += (gap(i) * link) as u64;
                 sent.is_some()
             })
             .collect()
@@ -514,9 +556,73 @@ mod tests {
         let sent = race_on(1200, 450e6, |i| if i < 150 { 600e6 } else { 117e6 });
         let early = sent[..150].iter().filter(|c| **c).count();
         assert!(early <= 12, "{early} of the first 150 chunks compressed");
-        // Within one stretch (at most 64 chunks at this point) of the change, compressed.
+        // At the end of the stretch under way (128 chunks at this point), compressed.
         let late = sent[300..].iter().filter(|c| !**c).count();
         assert!(late <= 30, "{late} of the last 900 chunks sent as they are");
+    }
+
+    #[test]
+    fn time_the_lane_spends_between_chunks_does_not_hide_a_slower_link() {
+        // Files of 4 chunks; after each, the lane spends twice as long elsewhere as on the
+        // file, while the connection sends on. Loopback for 150 chunks, then 1 Gbit/s.
+        let link = |i: usize| if i < 150 { 600e6 } else { 117e6 };
+        let gap = |i: usize| if i % 4 == 3 { 8.0 * (256 << 10) as f64 / link(i) } else { 0.0 };
+        let sent = simulate(2400, 450e6, link, |_| true, gap);
+        let late = sent[600..].iter().filter(|c| !**c).count();
+        assert!(late <= 60, "{late} of the last 1800 chunks sent as they are");
+    }
+
+    #[test]
+    fn text_between_media_files_does_not_restart_the_race_each_time() {
+        // Loopback, where compressing does not pay: two chunks of text, two of random bytes.
+        let is_text = |i: usize| i % 4 < 2;
+        let sent = simulate(2000, 450e6, |_| 600e6, is_text, |_| 0.0);
+        let compressed = sent.iter().filter(|c| **c).count();
+        assert!(compressed <= 40, "{compressed} of 1000 chunks of text compressed");
+    }
+
+    #[test]
+    fn a_few_slow_chunks_do_not_end_a_race_that_compression_has_not_proven() {
+        let chunk = text(256 << 10);
+        let bytes = chunk.len() as u64;
+        let mut packer = Packer::new(Compression::Auto).unwrap();
+        packer.start_file(1 << 40);
+        // Compressed: 400 MB/s by the lane's clock, never waiting for room.
+        for _ in 0..RACE {
+            assert!(packer.pack(&chunk).is_some());
+            let took = Duration::from_secs_f64(bytes as f64 / 400e6);
+            packer.timed(Sample {
+                bytes,
+                took,
+                waited: Duration::ZERO,
+                wire_before: 0,
+                wire: 0,
+                blocked: 0,
+            });
+        }
+        // As they are: the first and third counted chunks see the wire at 75 MB/s (the cores
+        // busy elsewhere), the rest at 900 MB/s. (Averaged over the first two, 138 MB/s.)
+        let mut wire = 0;
+        for i in 0..PLAIN_RACE {
+            assert!(packer.pack(&chunk).is_none());
+            let rate = if i == WARMUP || i == WARMUP + 2 { 75e6 } else { 900e6 };
+            let took = Duration::from_secs_f64(bytes as f64 / rate);
+            let wire_before = wire;
+            wire += bytes;
+            packer.timed(Sample {
+                bytes,
+                took,
+                waited: Duration::ZERO,
+                wire_before,
+                wire,
+                blocked: 0,
+            });
+        }
+        assert!(
+            matches!(packer.race, Race::Settled { compressed: false, .. }),
+            "{:?}",
+            packer.race
+        );
     }
 
     #[test]
@@ -533,7 +639,15 @@ mod tests {
             let took = if packed { Duration::from_millis(2) } else { Duration::from_micros(262) };
             wire += bytes;
             compressed += u32::from(packed);
-            packer.timed(Sample { bytes, took, waited: Duration::ZERO, wire, blocked: 0 });
+            let wire_before = wire - bytes;
+            packer.timed(Sample {
+                bytes,
+                took,
+                waited: Duration::ZERO,
+                wire_before,
+                wire,
+                blocked: 0,
+            });
         }
         assert_eq!(compressed, PROBE);
         // Plain won again, and the next stretch is twice as long.
@@ -558,8 +672,9 @@ mod tests {
                 } else {
                     (Duration::from_micros(2300), Duration::ZERO)
                 };
+                let wire_before = wire;
                 wire += bytes;
-                packer.timed(Sample { bytes, took, waited, wire, blocked: 0 });
+                packer.timed(Sample { bytes, took, waited, wire_before, wire, blocked: 0 });
             }
             packer.race
         };
@@ -595,7 +710,7 @@ mod tests {
                 let (took, waited) = (Duration::from_millis(4), Duration::from_millis(2));
                 let blocked = if blocks { i } else { 0 };
                 let bytes = chunk.len() as u64;
-                packer.timed(Sample { bytes, took, waited, wire: 0, blocked });
+                packer.timed(Sample { bytes, took, waited, wire_before: 0, wire: 0, blocked });
             }
             packer.race
         };
@@ -613,7 +728,9 @@ mod tests {
             let second = Duration::from_secs(1);
             let bytes = chunk.len() as u64;
             let waited = Duration::ZERO;
-            packer.timed(Sample { bytes, took: second, waited, wire: 0, blocked: 0 });
+            let sample =
+                Sample { bytes, took: second, waited, wire_before: 0, wire: 0, blocked: 0 };
+            packer.timed(sample);
         }
         assert_eq!(packer.race, Race::Idle);
     }

@@ -387,7 +387,7 @@ impl Worker {
             }
             while pos < end {
                 let n = (end - pos).min(self.chunk as u64) as usize;
-                let began = std::time::Instant::now();
+                let began = self.begin(n);
                 // The file's bytes go straight into the record.
                 let mut out = Vec::with_capacity(CHUNK_PAYLOAD_AT + n);
                 out.resize(CHUNK_PAYLOAD_AT, 0);
@@ -405,7 +405,20 @@ impl Worker {
     }
 }
 
+/// When a chunk began to be read, and how many bytes the connection had sent by then.
+struct Began {
+    at: std::time::Instant,
+    wire: u64,
+}
+
 impl Worker {
+    /// A chunk of `n` bytes begins. The connection's counter is read only for a chunk that
+    /// `auto` times (a look at the connection's statistics takes its lock).
+    fn begin(&self, n: usize) -> Began {
+        let wire = if crate::compress::timed_len(n) { (self.wire)().0 } else { 0 };
+        Began { at: std::time::Instant::now(), wire }
+    }
+
     /// Compresses (as `auto` decides), frames and hands on one chunk: `out` holds the
     /// record's room, then the chunk's bytes, which were being read since `began`. `auto`
     /// learns from how long that took and how much of it was waiting for room towards the
@@ -413,7 +426,7 @@ impl Worker {
     fn chunk(
         &mut self,
         mut out: Vec<u8>,
-        began: std::time::Instant,
+        began: Began,
         flush: bool,
         outbox: &mut Outbox<'_>,
         progress: &Progress,
@@ -431,7 +444,8 @@ impl Worker {
         }
         let waited = handing.elapsed();
         let (wire, blocked) = (self.wire)();
-        self.packer.timed(Sample { bytes: n as u64, took: began.elapsed(), waited, wire, blocked });
+        let (took, wire_before) = (began.at.elapsed(), began.wire);
+        self.packer.timed(Sample { bytes: n as u64, took, waited, wire_before, wire, blocked });
         progress.add(n as u64);
         Ok(())
     }
@@ -481,7 +495,8 @@ impl Worker {
             }
             out.truncate(CHUNK_PAYLOAD_AT + n);
             // The producer may be slow: what it gave goes now, not once more has gathered.
-            self.chunk(out, std::time::Instant::now(), true, outbox, progress, &mut None)?;
+            let began = self.begin(n);
+            self.chunk(out, began, true, outbox, progress, &mut None)?;
             sent += n as u64;
         }
         let mut out = Vec::new();
