@@ -417,6 +417,12 @@ mod tests {
         (0..len).map(|_| rng.gen()).collect()
     }
 
+    /// A chunk of `bytes` that took `took` and never waited, while the connection's counter
+    /// went from `wire_before` to `wire`.
+    fn unhindered(bytes: u64, took: Duration, wire_before: u64, wire: u64) -> Sample {
+        Sample { bytes, took, waited: Duration::ZERO, wire_before, wire, blocked: 0 }
+    }
+
     #[test]
     fn auto_compresses_text_and_the_result_inflates_back() {
         let chunk = text(1 << 20);
@@ -591,14 +597,7 @@ mod tests {
         for _ in 0..RACE {
             assert!(packer.pack(&chunk).is_some());
             let took = Duration::from_secs_f64(bytes as f64 / 400e6);
-            packer.timed(Sample {
-                bytes,
-                took,
-                waited: Duration::ZERO,
-                wire_before: 0,
-                wire: 0,
-                blocked: 0,
-            });
+            packer.timed(unhindered(bytes, took, 0, 0));
         }
         // As they are: the first and third counted chunks see the wire at 75 MB/s (the cores
         // busy elsewhere), the rest at 900 MB/s. (Averaged over the first two, 138 MB/s.)
@@ -609,14 +608,7 @@ mod tests {
             let took = Duration::from_secs_f64(bytes as f64 / rate);
             let wire_before = wire;
             wire += bytes;
-            packer.timed(Sample {
-                bytes,
-                took,
-                waited: Duration::ZERO,
-                wire_before,
-                wire,
-                blocked: 0,
-            });
+            packer.timed(unhindered(bytes, took, wire_before, wire));
         }
         assert!(
             matches!(packer.race, Race::Settled { compressed: false, .. }),
@@ -640,14 +632,7 @@ mod tests {
             wire += bytes;
             compressed += u32::from(packed);
             let wire_before = wire - bytes;
-            packer.timed(Sample {
-                bytes,
-                took,
-                waited: Duration::ZERO,
-                wire_before,
-                wire,
-                blocked: 0,
-            });
+            packer.timed(unhindered(bytes, took, wire_before, wire));
         }
         assert_eq!(compressed, PROBE);
         // Plain won again, and the next stretch is twice as long.
