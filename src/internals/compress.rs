@@ -45,7 +45,11 @@
 //! compresses can move no faster than that, so unless it beats the plain rate by
 //! [`UNPROVEN`], the plain way wins again without a full race; if it does (the link got
 //! slower), a full race follows. Where compressing does not pay, `auto` thus compresses one
-//! race's chunks and then [`PROBE`] chunks per stretch of up to [`MAX_SETTLE`].
+//! race's chunks and then [`PROBE`] chunks per stretch of up to [`MAX_SETTLE`]. A long
+//! stretch is also checked every [`SETTLE`] chunks: if what it moved since the last check is
+//! a quarter below what the lane last moved compressed, the probe comes at once (a transfer
+//! that moves from a LAN to a slow relay notices within a few dozen chunks, not after up to
+//! [`MAX_SETTLE`]).
 
 use std::fmt;
 use std::time::Duration;
@@ -149,7 +153,16 @@ enum Race {
     /// Sending the winning way for `left` more chunks after `seen`; sent as they are, timed
     /// like the plain half of a race, which over a whole stretch measures the plain way far
     /// better than a race can.
-    Settled { compressed: bool, left: u32, seen: u32, wire: u64, time: Duration },
+    /// `mark` is what had been counted at the last check within the stretch (every [`SETTLE`]
+    /// counted chunks).
+    Settled {
+        compressed: bool,
+        left: u32,
+        seen: u32,
+        wire: u64,
+        time: Duration,
+        mark: (u64, Duration),
+    },
 }
 
 impl Race {
@@ -191,6 +204,10 @@ pub struct Packer {
     settle: u32,
     /// Whether the last chunk [`Packer::pack`] was asked about went compressed.
     went_compressed: bool,
+    /// The fastest the lane was last seen to move compressed chunks (a race's compressed
+    /// half or a probe): a stretch sent as it is whose rate falls clearly below it is
+    /// checked at once.
+    could: f64,
 }
 
 impl fmt::Debug for Packer {
@@ -216,6 +233,7 @@ impl Packer {
             winner: None,
             settle: SETTLE,
             went_compressed: false,
+            could: 0.0,
         })
     }
 
@@ -262,6 +280,7 @@ impl Packer {
                     self.settle(true)
                 } else {
                     let to_beat = bytes as f64 / time.as_secs_f64().max(1e-9);
+                    self.could = to_beat;
                     // Chunks that hardly waited for room went into the connection's buffers:
                     // their rate is the lane's own speed, not what the receiver and the link
                     // make of them.
@@ -296,22 +315,42 @@ impl Packer {
                 let work = sample.took.saturating_sub(sample.waited).as_secs_f64();
                 let fastest = fastest.max(sample.bytes as f64 / work.max(1e-9));
                 match left.saturating_sub(1) {
-                    0 if fastest <= rate * UNPROVEN => self.settle(false),
-                    0 => Race::start(),
+                    0 => {
+                        self.could = fastest;
+                        if fastest <= rate * UNPROVEN {
+                            self.settle(false)
+                        } else {
+                            Race::start()
+                        }
+                    }
                     left => Race::Probe { left, rate, fastest },
                 }
             }
             Race::Settled { compressed: true, left: 1, .. } => Race::start(),
-            Race::Settled { compressed: false, left: 1, seen, wire, time } => {
+            Race::Settled { compressed: false, left: 1, seen, wire, time, .. } => {
                 let (wire, time) = count_plain(wire, time, seen >= WARMUP, &sample);
                 match plain_rate(wire, time) {
                     rate if rate > 0.0 => Race::Probe { left: PROBE, rate, fastest: 0.0 },
                     _ => Race::start(),
                 }
             }
-            Race::Settled { compressed, left, seen, wire, time } => {
-                let (wire, time) = count_plain(wire, time, !compressed && seen >= WARMUP, &sample);
-                Race::Settled { compressed, left: left - 1, seen: seen + 1, wire, time }
+            Race::Settled { compressed, left, seen, wire, time, mark } => {
+                let counting = !compressed && seen >= WARMUP;
+                let (wire, time) = count_plain(wire, time, counting, &sample);
+                let check = counting && (seen + 1 - WARMUP) % SETTLE == 0;
+                // Since the last check: if the link got slower than compressing could go,
+                // the probe comes now, not at the end of a stretch up to 1,024 chunks long.
+                let lately = plain_rate(wire - mark.0, time.saturating_sub(mark.1));
+                let (left, seen) = (left - 1, seen + 1);
+                match check {
+                    true if lately * UNPROVEN < self.could => {
+                        Race::Probe { left: PROBE, rate: lately, fastest: 0.0 }
+                    }
+                    true => {
+                        Race::Settled { compressed, left, seen, wire, time, mark: (wire, time) }
+                    }
+                    false => Race::Settled { compressed, left, seen, wire, time, mark },
+                }
             }
         };
     }
@@ -322,8 +361,8 @@ impl Packer {
             Some(w) if w == compress => (self.settle * 2).min(MAX_SETTLE),
             _ => SETTLE,
         };
-        let (seen, wire, time) = (0, 0, Duration::ZERO);
-        Race::Settled { compressed: compress, left: self.settle, seen, wire, time }
+        let (seen, wire, time, mark) = (0, 0, Duration::ZERO, (0, Duration::ZERO));
+        Race::Settled { compressed: compress, left: self.settle, seen, wire, time, mark }
     }
 
     /// Whether a race has this chunk go as it is.
@@ -557,14 +596,16 @@ mod tests {
     }
 
     #[test]
-    fn a_link_that_slows_down_is_noticed_at_the_next_check() {
-        // Loopback for the first 150 chunks, then 1 Gbit/s.
-        let sent = race_on(1200, 450e6, |i| if i < 150 { 600e6 } else { 117e6 });
-        let early = sent[..150].iter().filter(|c| **c).count();
-        assert!(early <= 12, "{early} of the first 150 chunks compressed");
-        // At the end of the stretch under way (128 chunks at this point), compressed.
-        let late = sent[300..].iter().filter(|c| !**c).count();
-        assert!(late <= 30, "{late} of the last 900 chunks sent as they are");
+    fn a_link_that_slows_down_is_noticed_within_the_stretch() {
+        // Loopback for the first 530 chunks, then 1 Gbit/s: by then plain has won often
+        // enough that the stretch under way is 512 chunks long.
+        let sent = race_on(1600, 450e6, |i| if i < 530 { 600e6 } else { 117e6 });
+        let early = sent[..530].iter().filter(|c| **c).count();
+        assert!(early <= 20, "{early} of the first 530 chunks compressed");
+        // Within two checks (one every SETTLE chunks), a probe and a race: compressed.
+        let after = 530 + 2 * SETTLE as usize + 30;
+        let late = sent[after..].iter().filter(|c| !**c).count();
+        assert!(late <= 30, "{late} of the last {} chunks sent as they are", 1600 - after);
     }
 
     #[test]
