@@ -392,6 +392,15 @@ pub fn main() -> ExitCode {
     }
 }
 
+/// Threads for the async runtime: half the cores (at least one). Reading, hashing and
+/// writing run on blocking threads of their own; the async side is QUIC's connection driver
+/// and the lanes' stream tasks, and where it had a thread per core, its threads mostly handed
+/// tasks to each other across cores that the blocking threads needed (on 2 cores, one async
+/// thread moved 1 GiB 5–8 % faster: `docs/benchmarks.md`). `TOKIO_WORKER_THREADS` overrides.
+fn async_workers() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1))
+}
+
 /// Runs a transfer command on a fresh runtime. Ctrl-C or SIGTERM asks the transfer to stop
 /// cleanly (it tells the peer and removes partial files); a second signal ends it at once.
 /// Reports the error, if any.
@@ -400,7 +409,11 @@ fn with_runtime<F: std::future::Future<Output = Result<(), TransferError>>>(
     work: impl FnOnce(Stop) -> F,
 ) -> Result<(), TransferError> {
     init_tracing(common);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if std::env::var_os("TOKIO_WORKER_THREADS").is_none() {
+        builder.worker_threads(async_workers());
+    }
+    let runtime = builder
         .enable_all()
         .build()
         .map_err(|e| TransferError::internal(format!("cannot start the async runtime: {e}")))?;
