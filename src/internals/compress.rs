@@ -129,9 +129,16 @@ pub struct Sample {
     pub blocked: u64,
 }
 
-/// Whether `auto` times a chunk of `len` bytes ([`Packer::timed`]): only large ones.
-pub fn timed_len(len: usize) -> bool {
-    len > 2 * SAMPLE
+impl Sample {
+    /// Bytes the connection sent while the chunk was read and handed on.
+    fn moved(&self) -> u64 {
+        self.wire.saturating_sub(self.wire_before)
+    }
+}
+
+/// Whether a chunk of `len` bytes is large enough to be raced.
+fn raced(len: u64) -> bool {
+    len > 2 * SAMPLE as u64
 }
 
 /// Where `auto` stands in racing compression against none on the lane's large chunks.
@@ -152,8 +159,7 @@ enum Race {
     Probe { left: u32, rate: f64, fastest: f64 },
     /// Sending the winning way for `left` more chunks after `seen`; sent as they are, timed
     /// like the plain half of a race, which over a whole stretch measures the plain way far
-    /// better than a race can.
-    /// `mark` is what had been counted at the last check within the stretch (every [`SETTLE`]
+    /// better than a race can. `mark` is what had been counted at the last check within the stretch (every [`SETTLE`]
     /// counted chunks).
     Settled {
         compressed: bool,
@@ -183,7 +189,7 @@ fn plain_rate(wire: u64, time: Duration) -> f64 {
 /// while the connection drains what it holds and carries other lanes.
 fn count_plain(wire: u64, time: Duration, counting: bool, s: &Sample) -> (u64, Duration) {
     if counting {
-        (wire + s.wire.saturating_sub(s.wire_before), time + s.took)
+        (wire + s.moved(), time + s.took)
     } else {
         (wire, time)
     }
@@ -247,12 +253,19 @@ impl Packer {
         }
     }
 
+    /// Whether [`Packer::timed`] wants to hear about a chunk of `len` bytes: only `auto`
+    /// races, and only large chunks. (The driver reads the connection's statistics for a
+    /// [`Sample`], which takes the connection's lock: not for every small file.)
+    pub fn times(&self, len: usize) -> bool {
+        self.mode == Compression::Auto && raced(len as u64)
+    }
+
     /// What became of the last chunk `pack` was asked about. Only large chunks count, and
     /// only those that went the way being timed (a chunk that did not compress, in the
     /// compressed half of a race, tells nothing of compressing: the race waits for the next).
     pub fn timed(&mut self, sample: Sample) {
         let went_compressed = std::mem::take(&mut self.went_compressed);
-        if !usize::try_from(sample.bytes).is_ok_and(timed_len) {
+        if !raced(sample.bytes) {
             return;
         }
         if matches!(self.race, Race::Compressed { .. } | Race::Probe { .. }) && !went_compressed {
@@ -295,8 +308,7 @@ impl Packer {
                 let counting = left < PLAIN_RACE - WARMUP;
                 let (wire, time) = count_plain(wire, time, counting, &sample);
                 let fastest = if counting {
-                    let (moved, _) = count_plain(0, Duration::ZERO, true, &sample);
-                    fastest.max(plain_rate(moved, sample.took))
+                    fastest.max(plain_rate(sample.moved(), sample.took))
                 } else {
                     fastest
                 };
@@ -372,11 +384,12 @@ impl Packer {
 
     /// The compressed form of `chunk` if it is worth sending instead, else `None`.
     pub fn pack(&mut self, chunk: &[u8]) -> Option<&[u8]> {
+        self.went_compressed = false;
         let auto = self.mode == Compression::Auto;
         if chunk.len() < MIN_CHUNK || self.zstd.is_none() {
             return None;
         }
-        let large = chunk.len() > 2 * SAMPLE;
+        let large = raced(chunk.len() as u64);
         if auto && large && self.racing_plain() {
             return None;
         }
@@ -384,7 +397,7 @@ impl Packer {
             self.skip -= 1;
             return None;
         }
-        if auto && chunk.len() > 2 * SAMPLE && !self.pays(&chunk[..SAMPLE]) {
+        if auto && large && !self.pays(&chunk[..SAMPLE]) {
             self.did_not_pay();
             return None;
         }
@@ -539,7 +552,7 @@ mod tests {
         simulate(chunks, zstd, link, |_| true, |_| 0.0)
     }
 
-    /// The model of [`race`], in full: chunk `i` is text if `text(i)` (else random bytes),
+    /// The model of [`race`], in full: chunk `i` is text if `is_text(i)` (else random bytes),
     /// and after it the lane spends `gap(i)` seconds elsewhere (opening the next file, say)
     /// while the connection goes on sending at the link's rate (what it holds, other lanes).
     fn simulate(

@@ -405,17 +405,17 @@ impl Worker {
     }
 }
 
-/// When a chunk began to be read, and how many bytes the connection had sent by then.
+/// When a chunk began to be read, and how many bytes the connection had sent by then (if
+/// `auto` times the chunk).
 struct Began {
     at: std::time::Instant,
-    wire: u64,
+    wire: Option<u64>,
 }
 
 impl Worker {
-    /// A chunk of `n` bytes begins. The connection's counter is read only for a chunk that
-    /// `auto` times (a look at the connection's statistics takes its lock).
+    /// A chunk of `n` bytes begins.
     fn begin(&self, n: usize) -> Began {
-        let wire = if crate::compress::timed_len(n) { (self.wire)().0 } else { 0 };
+        let wire = self.packer.times(n).then(|| (self.wire)().0);
         Began { at: std::time::Instant::now(), wire }
     }
 
@@ -442,10 +442,12 @@ impl Worker {
         if flush {
             outbox.flush()?;
         }
-        let waited = handing.elapsed();
-        let (wire, blocked) = (self.wire)();
-        let (took, wire_before) = (began.at.elapsed(), began.wire);
-        self.packer.timed(Sample { bytes: n as u64, took, waited, wire_before, wire, blocked });
+        if let Some(wire_before) = began.wire {
+            let waited = handing.elapsed();
+            let (wire, blocked) = (self.wire)();
+            let took = began.at.elapsed();
+            self.packer.timed(Sample { bytes: n as u64, took, waited, wire_before, wire, blocked });
+        }
         progress.add(n as u64);
         Ok(())
     }
