@@ -44,7 +44,9 @@ pub enum LaneError {
 /// after the frame header and the chunk header.
 pub const CHUNK_PAYLOAD_AT: usize = frame::HEADER_LEN + CHUNK_HEADER_LEN;
 
-/// Builds the records of one lane.
+/// Builds the records of one lane. Each record is framed and appended to the buffer given
+/// (except [`LaneWriter::chunk`], which replaces it), so that small records can be gathered
+/// into one message as they are made.
 #[derive(Debug)]
 pub struct LaneWriter {
     lane: u32,
@@ -146,12 +148,18 @@ impl LaneWriter {
     /// `compressed`, if given, is a zstd frame of those bytes to send instead (the hash covers
     /// the original).
     pub fn chunk_in_place(&mut self, record: &mut Vec<u8>, compressed: Option<&[u8]>) {
+        self.chunk_at(record, 0, compressed);
+    }
+
+    /// [`LaneWriter::chunk_in_place`] for a record that starts at `at` in `buf` (and runs to
+    /// its end), after other records.
+    pub fn chunk_at(&mut self, buf: &mut Vec<u8>, at: usize, compressed: Option<&[u8]>) {
         let Some(file) = self.file.as_mut() else {
             debug_assert!(false, "chunk without an open file");
             return;
         };
-        debug_assert!(record.len() > CHUNK_PAYLOAD_AT, "chunk without room or payload");
-        let payload = &record[CHUNK_PAYLOAD_AT..];
+        debug_assert!(buf.len() > at + CHUNK_PAYLOAD_AT, "chunk without room or payload");
+        let payload = &buf[at + CHUNK_PAYLOAD_AT..];
         debug_assert!(
             file.size.is_none_or(|size| file.written + payload.len() as u64 <= size),
             "chunk beyond file size"
@@ -161,12 +169,13 @@ impl LaneWriter {
         file.written += payload.len() as u64;
         let flags = match compressed {
             Some(c) => {
-                record.truncate(CHUNK_PAYLOAD_AT);
-                record.extend_from_slice(c);
+                buf.truncate(at + CHUNK_PAYLOAD_AT);
+                buf.extend_from_slice(c);
                 FLAG_ZSTD
             }
             None => 0,
         };
+        let record = &mut buf[at..];
         record[frame::HEADER_LEN..CHUNK_PAYLOAD_AT]
             .copy_from_slice(&data::chunk_header(flags, id, offset));
         frame::finish(record);
@@ -217,11 +226,12 @@ impl LaneWriter {
     }
 }
 
-/// Replaces `out` with one frame whose body `fill` writes.
+/// Appends one frame whose body `fill` writes to `out`.
 fn framed(out: &mut Vec<u8>, fill: impl FnOnce(&mut Vec<u8>)) {
-    frame::begin(out);
+    let at = out.len();
+    out.extend_from_slice(&[0; frame::HEADER_LEN]);
     fill(out);
-    frame::finish(out);
+    frame::finish(&mut out[at..]);
 }
 
 /// What one record means for the receiving application.
@@ -557,13 +567,13 @@ mod tests {
         let mut out = Vec::new();
         for (id, content) in files {
             w.entry(&file(*id, content.len() as u64), &mut out);
-            frames.push(out.clone());
+            frames.push(std::mem::take(&mut out));
             for piece in content.chunks(3) {
                 w.chunk(piece, None, &mut out);
-                frames.push(out.clone());
+                frames.push(std::mem::take(&mut out));
             }
             w.file_end(&mut out);
-            frames.push(out.clone());
+            frames.push(std::mem::take(&mut out));
         }
         w.lane_end(&mut out);
         frames.push(out);
@@ -617,17 +627,17 @@ mod tests {
             let mut out = Vec::new();
             let mut frames = Vec::new();
             w.entry(&file(1, content.len() as u64), &mut out);
-            frames.push(out.clone());
+            frames.push(std::mem::take(&mut out));
             w.resume(held(prefix.clone()), &mut out);
-            frames.push(out.clone());
+            frames.push(std::mem::take(&mut out));
             let mut sent_cvs = Vec::new();
             for piece in content[held_len..].chunks(300_000) {
                 w.chunk(piece, None, &mut out);
-                frames.push(out.clone());
+                frames.push(std::mem::take(&mut out));
                 sent_cvs.extend(w.take_cvs().1);
             }
             w.file_end(&mut out);
-            frames.push(out.clone());
+            frames.push(std::mem::take(&mut out));
             assert_eq!(sent_cvs, cvs[held_len / g..], "the sender's new CVs");
 
             let mut reader = LaneReader::new(1 << 20);
@@ -703,13 +713,13 @@ mod tests {
         let mut out = Vec::new();
         let mut frames = Vec::new();
         w.entry(&stream(1), &mut out);
-        frames.push(out.clone());
+        frames.push(std::mem::take(&mut out));
         for piece in content.chunks(65_536) {
             w.chunk(piece, None, &mut out);
-            frames.push(out.clone());
+            frames.push(std::mem::take(&mut out));
         }
         let hash = w.file_end(&mut out);
-        frames.push(out.clone());
+        frames.push(std::mem::take(&mut out));
         assert_eq!(hash, *blake3::hash(&content).as_bytes());
         w.lane_end(&mut out);
         frames.push(out);
@@ -754,17 +764,17 @@ mod tests {
         let mut out = Vec::new();
         let mut frames = Vec::new();
         w.entry(&file(1, content.len() as u64), &mut out);
-        frames.push(out.clone());
+        frames.push(std::mem::take(&mut out));
         w.hole(g as u64 + 5, &mut out);
-        frames.push(out.clone());
+        frames.push(std::mem::take(&mut out));
         w.chunk(&content[g + 5..g + 9], None, &mut out);
-        frames.push(out.clone());
+        frames.push(std::mem::take(&mut out));
         w.hole((3 * g - (g + 9)) as u64, &mut out);
-        frames.push(out.clone());
+        frames.push(std::mem::take(&mut out));
         w.chunk(&content[3 * g..], None, &mut out);
-        frames.push(out.clone());
+        frames.push(std::mem::take(&mut out));
         assert_eq!(w.file_end(&mut out), *blake3::hash(&content).as_bytes());
-        frames.push(out.clone());
+        frames.push(std::mem::take(&mut out));
         let mut reader = LaneReader::new(1 << 20);
         let mut got = Vec::new();
         for body in bodies(&frames) {
@@ -805,11 +815,11 @@ mod tests {
             let mut out = Vec::new();
             let mut frames = Vec::new();
             w.entry(&file(1, content.len() as u64), &mut out);
-            frames.push(out.clone());
+            frames.push(std::mem::take(&mut out));
             w.resume(prefix.clone(), &mut out);
-            frames.push(out.clone());
+            frames.push(std::mem::take(&mut out));
             w.file_end(&mut out);
-            frames.push(out.clone());
+            frames.push(std::mem::take(&mut out));
             let mut reader = LaneReader::new(1 << 20);
             let mut result = Ok(());
             for body in bodies(&frames) {
@@ -825,6 +835,34 @@ mod tests {
         }
     }
 
+    /// Records made into one buffer, a chunk among them made in place after others, are the
+    /// same frames, back to back, as records made one by one.
+    #[test]
+    fn records_gather_into_one_buffer() {
+        let content = b"some bytes of a small file";
+        let mut alone = Vec::new();
+        let mut one = LaneWriter::new(1);
+        let mut out = Vec::new();
+        one.entry(&file(4, content.len() as u64), &mut out);
+        alone.extend(std::mem::take(&mut out));
+        one.chunk(content, None, &mut out);
+        alone.extend(std::mem::take(&mut out));
+        one.file_end(&mut out);
+        alone.extend(std::mem::take(&mut out));
+
+        let mut gathered = b"earlier records".to_vec();
+        let start = gathered.len();
+        let mut two = LaneWriter::new(1);
+        two.entry(&file(4, content.len() as u64), &mut gathered);
+        let at = gathered.len();
+        gathered.resize(at + CHUNK_PAYLOAD_AT, 0xee);
+        gathered.extend_from_slice(content);
+        two.chunk_at(&mut gathered, at, None);
+        two.file_end(&mut gathered);
+        assert_eq!(gathered[start..], alone[..]);
+        assert_eq!(&gathered[..start], b"earlier records", "what came before is left alone");
+    }
+
     #[test]
     fn compressed_chunks_are_inflated_and_hashed() {
         let mut w = LaneWriter::new(2);
@@ -833,12 +871,12 @@ mod tests {
         let mut out = Vec::new();
         let mut frames = Vec::new();
         w.entry(&file(9, 5000), &mut out);
-        frames.push(out.clone());
+        frames.push(std::mem::take(&mut out));
         w.chunk(&content, Some(&packed), &mut out);
         assert!(out.len() < 1000, "the compressed form is what is sent");
-        frames.push(out.clone());
+        frames.push(std::mem::take(&mut out));
         w.file_end(&mut out);
-        frames.push(out.clone());
+        frames.push(std::mem::take(&mut out));
         let mut reader = LaneReader::new(1 << 20);
         let mut got = Vec::new();
         for body in bodies(&frames) {

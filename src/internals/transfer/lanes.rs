@@ -268,7 +268,7 @@ impl Worker {
         tx: mpsc::Sender<Bytes>,
         progress: &Progress,
     ) -> Result<(), TransferError> {
-        let mut outbox = Outbox { tx, pending: Vec::new(), progress };
+        let mut outbox = Outbox { tx, pending: Vec::with_capacity(GATHER_ROOM), progress };
         let mut mine = std::collections::VecDeque::new();
         loop {
             let Some(job) = mine.pop_front() else {
@@ -286,13 +286,11 @@ impl Worker {
                 }
                 continue;
             };
-            let mut out = Vec::new();
             match job.entry.kind {
                 EntryKind::File { size } => self.file(&job, size, &mut outbox, progress)?,
                 EntryKind::Stream => self.stream(&job, &mut outbox, progress)?,
                 _ => {
-                    self.writer.entry(&job.entry, &mut out);
-                    outbox.push(out)?;
+                    outbox.append(|buf| self.writer.entry(&job.entry, buf))?;
                     if let (EntryKind::Dir, Some(reader)) = (&job.entry.kind, &self.xattrs) {
                         let attrs = reader.of_dir(&job, &*self.observer);
                         self.send_xattrs(job.entry.id, attrs, &mut outbox)?;
@@ -300,9 +298,7 @@ impl Worker {
                 }
             }
         }
-        let mut out = Vec::new();
-        self.writer.lane_end(&mut out);
-        outbox.push(out)?;
+        outbox.append(|buf| self.writer.lane_end(buf))?;
         outbox.flush()
     }
 
@@ -316,9 +312,7 @@ impl Worker {
         if attrs.is_empty() {
             return Ok(());
         }
-        let mut out = Vec::new();
-        self.writer.xattrs(entry_id, attrs, &mut out);
-        outbox.push(out)
+        outbox.append(|buf| self.writer.xattrs(entry_id, attrs, buf))
     }
 
     /// Sends one file: its entry, where it resumes (if the receiver's copy proves to be a
@@ -332,9 +326,7 @@ impl Worker {
     ) -> Result<(), TransferError> {
         let local = &job.local;
         let (mut file, meta) = walk::open_source(local, size, job.entry.mtime, job.identity)?;
-        let mut out = Vec::new();
-        self.writer.entry(&job.entry, &mut out);
-        outbox.push(out)?;
+        outbox.append(|buf| self.writer.entry(&job.entry, buf))?;
         if let Some(reader) = &self.xattrs {
             let attrs = reader.of_file(&file, local, &*self.observer);
             self.send_xattrs(job.entry.id, attrs, outbox)?;
@@ -353,9 +345,7 @@ impl Worker {
             let mine = prefix(&file, offset, size, &mut cached, &mut fresh, &|| progress.touch())
                 .map_err(|e| read_failed(local, &e))?;
             if mine.digest == digest {
-                let mut out = Vec::new();
-                self.writer.resume(mine.state, &mut out);
-                outbox.push(out)?;
+                outbox.append(|buf| self.writer.resume(mine.state, buf))?;
                 file.seek(SeekFrom::Start(offset)).map_err(|e| read_failed(local, &e))?;
                 self.resumed.fetch_add(offset, Ordering::Relaxed);
                 start = offset;
@@ -375,10 +365,8 @@ impl Worker {
             let (data, end) = if sparse { extent(&file, pos, size) } else { (pos, size) };
             while pos < data {
                 let n = (data - pos).min(crate::wire::data::MAX_HOLE);
-                let mut out = Vec::new();
-                self.writer.hole(n, &mut out);
+                outbox.append(|buf| self.writer.hole(n, buf))?;
                 self.cvs_to(&mut cvs_out);
-                outbox.push(out)?;
                 progress.add(n);
                 pos += n;
             }
@@ -387,6 +375,12 @@ impl Worker {
             }
             while pos < end {
                 let n = (end - pos).min(self.chunk as u64) as usize;
+                if n <= SMALL_CHUNK && !self.packer.times(n) {
+                    self.small_chunk(&mut file, n, outbox, local, &mut cvs_out)?;
+                    progress.add(n as u64);
+                    pos += n as u64;
+                    continue;
+                }
                 let began = self.begin(n);
                 // The file's bytes go straight into the record.
                 let mut out = Vec::with_capacity(CHUNK_PAYLOAD_AT + n);
@@ -396,9 +390,7 @@ impl Worker {
                 pos += n as u64;
             }
         }
-        let mut out = Vec::new();
-        self.writer.file_end(&mut out);
-        outbox.push(out)?;
+        outbox.append(|buf| self.writer.file_end(buf))?;
         let outcome = if start > 0 { FileOutcome::Resumed } else { FileOutcome::Sent };
         self.observer.note(Note::File { path: &job.entry.path, bytes: size, outcome });
         Ok(())
@@ -452,6 +444,30 @@ impl Worker {
         Ok(())
     }
 
+    /// Reads the next `n` bytes of the open file (a small chunk, not timed by `auto`) straight
+    /// into the message being gathered, and makes them a CHUNK record there.
+    fn small_chunk(
+        &mut self,
+        file: &mut std::fs::File,
+        n: usize,
+        outbox: &mut Outbox<'_>,
+        local: &Path,
+        cvs_out: &mut Option<super::cache::CvWriter>,
+    ) -> Result<(), TransferError> {
+        let buf = &mut outbox.pending;
+        let at = buf.len();
+        buf.resize(at + CHUNK_PAYLOAD_AT, 0);
+        if let Err(e) = read_exactly(file, n, buf, local) {
+            buf.truncate(at);
+            return Err(e);
+        }
+        let packed = self.packer.pack(&buf[at + CHUNK_PAYLOAD_AT..]);
+        outbox.progress.add_wire(packed.map_or(n, <[u8]>::len) as u64);
+        self.writer.chunk_at(buf, at, packed);
+        self.cvs_to(cvs_out);
+        outbox.gathered()
+    }
+
     /// Hands the group CVs the open file completed to the cache's writer, if any.
     fn cvs_to(&mut self, out: &mut Option<super::cache::CvWriter>) {
         let (first, cvs) = self.writer.take_cvs();
@@ -473,9 +489,7 @@ impl Worker {
             .as_ref()
             .and_then(walk::StreamSource::take)
             .ok_or_else(|| TransferError::internal("a stream entry without its input"))?;
-        let mut out = Vec::new();
-        self.writer.entry(&job.entry, &mut out);
-        outbox.push(out)?;
+        outbox.append(|buf| self.writer.entry(&job.entry, buf))?;
         self.packer.start_file(u64::MAX);
         let mut sent = 0u64;
         loop {
@@ -501,9 +515,7 @@ impl Worker {
             self.chunk(out, began, true, outbox, progress, &mut None)?;
             sent += n as u64;
         }
-        let mut out = Vec::new();
-        self.writer.file_end(&mut out);
-        outbox.push(out)?;
+        outbox.append(|buf| self.writer.file_end(buf))?;
         self.streamed.fetch_add(sent, Ordering::Relaxed);
         let outcome = FileOutcome::Sent;
         self.observer.note(Note::File { path: &job.entry.path, bytes: sent, outcome });
@@ -612,10 +624,30 @@ const STREAM_GONE: &str = "the connection to the receiver was lost";
 /// How long the other lane tasks are given to say why, after a worker lost its stream.
 const EXPLAIN_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// Size of a gathered message of small records.
+/// Size of a gathered message of small records ...
 const GATHER: usize = 64 << 10;
+/// ... in a buffer of this many bytes (the last record may go past `GATHER`).
+const GATHER_ROOM: usize = GATHER + GATHER / 2;
+
+/// A chunk this small is read straight into the message being gathered ([`Worker::small_chunk`]).
+const SMALL_CHUNK: usize = GATHER / 4;
 
 impl Outbox<'_> {
+    /// Appends the records `write` makes to the message being gathered; sends it once full.
+    fn append<T>(&mut self, write: impl FnOnce(&mut Vec<u8>) -> T) -> Result<T, TransferError> {
+        let made = write(&mut self.pending);
+        self.gathered()?;
+        Ok(made)
+    }
+
+    /// Sends the message being gathered if it is full.
+    fn gathered(&mut self) -> Result<(), TransferError> {
+        if self.pending.len() >= GATHER {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
     fn push(&mut self, mut record: Vec<u8>) -> Result<(), TransferError> {
         if record.len() >= GATHER {
             self.flush()?;
@@ -637,7 +669,12 @@ impl Outbox<'_> {
         if self.pending.is_empty() {
             return Ok(());
         }
-        let gathered = std::mem::take(&mut self.pending);
+        let mut gathered = std::mem::replace(&mut self.pending, Vec::with_capacity(GATHER_ROOM));
+        if gathered.capacity() > 2 * gathered.len() {
+            // Sent when the lane ran out of work, before it filled: QUIC holds the message
+            // until it is acknowledged, and must not hold the whole room with it.
+            gathered.shrink_to_fit();
+        }
         self.send(gathered)
     }
 

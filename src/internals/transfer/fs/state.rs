@@ -212,14 +212,29 @@ impl StateDir {
         let dir = self.ensure()?;
         let part = At::new(&dir, format!("{id}{PART}"));
         let journal = At::new(&dir, format!("{id}{JOURNAL}"));
+        let lock = |file: &File| {
+            match rustix::fs::flock(file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+                Ok(()) => Ok(true),
+                Err(rustix::io::Errno::WOULDBLOCK) => Ok(false),
+                Err(e) => Err(classify(&part.path(), e.into())),
+            }
+        };
         for _ in 0..2 {
+            // Most partials are new: one this call makes is ours (in our own 0700 directory,
+            // mode 0600, one link) without looking at it.
+            match dir.open_file(&part.name, OFlags::RDWR | OFlags::CREATE | OFlags::EXCL) {
+                Ok(file) if lock(&file)? => {
+                    return Ok(Some(Partial { file, len: 0, part, journal }));
+                }
+                Ok(_) => return Ok(None),
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(classify(&part.path(), e)),
+            }
             let file = dir
                 .open_file(&part.name, OFlags::RDWR | OFlags::CREATE)
                 .map_err(|e| classify(&part.path(), e))?;
-            match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
-                Ok(()) => {}
-                Err(rustix::io::Errno::WOULDBLOCK) => return Ok(None),
-                Err(e) => return Err(classify(&part.path(), e.into())),
+            if !lock(&file)? {
+                return Ok(None);
             }
             let meta = file.metadata().map_err(|e| classify(&part.path(), e))?;
             let ours = meta.is_file()
