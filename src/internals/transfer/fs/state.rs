@@ -212,12 +212,13 @@ impl StateDir {
         let dir = self.ensure()?;
         let part = At::new(&dir, format!("{id}{PART}"));
         let journal = At::new(&dir, format!("{id}{JOURNAL}"));
-        let lock = |file: &File| {
-            match rustix::fs::flock(file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
-                Ok(()) => Ok(true),
-                Err(rustix::io::Errno::WOULDBLOCK) => Ok(false),
-                Err(e) => Err(classify(&part.path(), e.into())),
-            }
+        let lock = |file: &File| match rustix::fs::flock(
+            file,
+            rustix::fs::FlockOperation::NonBlockingLockExclusive,
+        ) {
+            Ok(()) => Ok(true),
+            Err(rustix::io::Errno::WOULDBLOCK) => Ok(false),
+            Err(e) => Err(classify(&part.path(), e.into())),
         };
         for _ in 0..2 {
             // Most partials are new: one this call makes is ours (in our own 0700 directory,
