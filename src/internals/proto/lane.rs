@@ -839,13 +839,18 @@ mod tests {
     /// same frames, back to back, as records made one by one.
     #[test]
     fn records_gather_into_one_buffer() {
-        let content = b"some bytes of a small file";
+        let content = vec![b'x'; 3000];
+        // The file's two chunks: the first sent as it is, the second compressed.
+        let (first, second) = content.split_at(1000);
+        let packed = zstd::bulk::compress(second, 1).unwrap();
         let mut alone = Vec::new();
         let mut one = LaneWriter::new(1);
         let mut out = Vec::new();
         one.entry(&file(4, content.len() as u64), &mut out);
         alone.extend(std::mem::take(&mut out));
-        one.chunk(content, None, &mut out);
+        one.chunk(first, None, &mut out);
+        alone.extend(std::mem::take(&mut out));
+        one.chunk(second, Some(&packed), &mut out);
         alone.extend(std::mem::take(&mut out));
         one.file_end(&mut out);
         alone.extend(std::mem::take(&mut out));
@@ -854,10 +859,12 @@ mod tests {
         let start = gathered.len();
         let mut two = LaneWriter::new(1);
         two.entry(&file(4, content.len() as u64), &mut gathered);
-        let at = gathered.len();
-        gathered.resize(at + CHUNK_PAYLOAD_AT, 0xee);
-        gathered.extend_from_slice(content);
-        two.chunk_at(&mut gathered, at, None);
+        for (piece, compressed) in [(first, None), (second, Some(&packed[..]))] {
+            let at = gathered.len();
+            gathered.resize(at + CHUNK_PAYLOAD_AT, 0xee);
+            gathered.extend_from_slice(piece);
+            two.chunk_at(&mut gathered, at, compressed);
+        }
         two.file_end(&mut gathered);
         assert_eq!(gathered[start..], alone[..]);
         assert_eq!(&gathered[..start], b"earlier records", "what came before is left alone");
