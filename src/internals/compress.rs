@@ -159,8 +159,8 @@ enum Race {
     Probe { left: u32, rate: f64, fastest: f64 },
     /// Sending the winning way for `left` more chunks after `seen`; sent as they are, timed
     /// like the plain half of a race, which over a whole stretch measures the plain way far
-    /// better than a race can. `mark` is what had been counted at the last check within the stretch (every [`SETTLE`]
-    /// counted chunks).
+    /// better than a race can. `mark` is what had been counted at the last check within the
+    /// stretch (every [`SETTLE`] counted chunks).
     Settled {
         compressed: bool,
         left: u32,

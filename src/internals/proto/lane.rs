@@ -40,7 +40,7 @@ pub enum LaneError {
     },
 }
 
-/// Where a chunk's payload starts in the record buffer [`LaneWriter::chunk_in_place`] takes:
+/// Where a chunk's payload starts in the record [`LaneWriter::chunk_at`] makes:
 /// after the frame header and the chunk header.
 pub const CHUNK_PAYLOAD_AT: usize = frame::HEADER_LEN + CHUNK_HEADER_LEN;
 
@@ -140,19 +140,13 @@ impl LaneWriter {
         out.reserve(CHUNK_PAYLOAD_AT + payload.len());
         out.resize(CHUNK_PAYLOAD_AT, 0);
         out.extend_from_slice(payload);
-        self.chunk_in_place(out, compressed);
+        self.chunk_at(out, 0, compressed);
     }
 
-    /// Turns `record` into a CHUNK record without copying its payload: `record` holds
-    /// [`CHUNK_PAYLOAD_AT`] bytes of room (any content), then the open file's next bytes.
-    /// `compressed`, if given, is a zstd frame of those bytes to send instead (the hash covers
-    /// the original).
-    pub fn chunk_in_place(&mut self, record: &mut Vec<u8>, compressed: Option<&[u8]>) {
-        self.chunk_at(record, 0, compressed);
-    }
-
-    /// [`LaneWriter::chunk_in_place`] for a record that starts at `at` in `buf` (and runs to
-    /// its end), after other records.
+    /// Turns the end of `buf` from `at` into a CHUNK record without copying its payload:
+    /// `buf[at..]` holds [`CHUNK_PAYLOAD_AT`] bytes of room (any content), then the open file's
+    /// next bytes; what precedes `at` (other records) is left alone. `compressed`, if given, is
+    /// a zstd frame of those bytes to send instead (the hash covers the original).
     pub fn chunk_at(&mut self, buf: &mut Vec<u8>, at: usize, compressed: Option<&[u8]>) {
         let Some(file) = self.file.as_mut() else {
             debug_assert!(false, "chunk without an open file");

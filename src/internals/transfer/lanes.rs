@@ -377,7 +377,6 @@ impl Worker {
                 let n = (end - pos).min(self.chunk as u64) as usize;
                 if n <= SMALL_CHUNK && !self.packer.times(n) {
                     self.small_chunk(&mut file, n, outbox, local, &mut cvs_out)?;
-                    progress.add(n as u64);
                     pos += n as u64;
                     continue;
                 }
@@ -425,10 +424,7 @@ impl Worker {
         cvs_out: &mut Option<super::cache::CvWriter>,
     ) -> Result<(), TransferError> {
         let n = out.len() - CHUNK_PAYLOAD_AT;
-        let packed = self.packer.pack(&out[CHUNK_PAYLOAD_AT..]);
-        progress.add_wire(packed.map_or(n, <[u8]>::len) as u64);
-        self.writer.chunk_in_place(&mut out, packed);
-        self.cvs_to(cvs_out);
+        self.make_chunk(&mut out, 0, progress, cvs_out);
         let handing = std::time::Instant::now();
         outbox.push(out)?;
         if flush {
@@ -454,18 +450,32 @@ impl Worker {
         local: &Path,
         cvs_out: &mut Option<super::cache::CvWriter>,
     ) -> Result<(), TransferError> {
-        let buf = &mut outbox.pending;
-        let at = buf.len();
-        buf.resize(at + CHUNK_PAYLOAD_AT, 0);
-        if let Err(e) = read_exactly(file, n, buf, local) {
-            buf.truncate(at);
+        let Outbox { pending, progress, .. } = outbox;
+        let at = pending.len();
+        pending.resize(at + CHUNK_PAYLOAD_AT, 0);
+        if let Err(e) = read_exactly(file, n, pending, local) {
+            pending.truncate(at);
             return Err(e);
         }
+        self.make_chunk(pending, at, progress, cvs_out);
+        progress.add(n as u64);
+        outbox.gathered()
+    }
+
+    /// Compresses (as the mode decides) and frames the chunk read into `buf` from `at` (after
+    /// [`CHUNK_PAYLOAD_AT`] bytes of room), and hands on the group CVs it completed.
+    fn make_chunk(
+        &mut self,
+        buf: &mut Vec<u8>,
+        at: usize,
+        progress: &Progress,
+        cvs_out: &mut Option<super::cache::CvWriter>,
+    ) {
+        let n = buf.len() - at - CHUNK_PAYLOAD_AT;
         let packed = self.packer.pack(&buf[at + CHUNK_PAYLOAD_AT..]);
-        outbox.progress.add_wire(packed.map_or(n, <[u8]>::len) as u64);
+        progress.add_wire(packed.map_or(n, <[u8]>::len) as u64);
         self.writer.chunk_at(buf, at, packed);
         self.cvs_to(cvs_out);
-        outbox.gathered()
     }
 
     /// Hands the group CVs the open file completed to the cache's writer, if any.
