@@ -7,6 +7,8 @@ mod util;
 
 use std::ffi::OsStr;
 
+use serde_json::Value;
+
 use util::*;
 
 /// The code travels in a file on both sides (`--code-file`), and a receiver given no code
@@ -311,6 +313,41 @@ fn each_file_gets_an_event_on_both_sides() {
     assert_exits(&[(&s, 0), (&r, 0)]);
     assert_eq!(files(&s), want("skipped"), "{s}");
     assert!(files(&r).is_empty(), "nothing moved to the receiver\n{r}");
+}
+
+/// `file` events are written in batches: with more files than one batch holds, every line
+/// still arrives whole and in order, one per file on each side, and `done` is the last line.
+#[test]
+fn many_file_events_arrive_whole_and_before_done() {
+    let mut fx = Fixture::new();
+    let tree = fx.path("src/many");
+    const FILES: usize = 600; // about 60 KB of `file` lines: several batches
+    for i in 0..FILES {
+        random_file(&tree.join(format!("d{}/f{i:03}", i % 7)), (i % 50) as u64, &mut fx.rng);
+    }
+    let out = fx.path("out");
+    let (s, r) = fx.transfer(
+        &[tree.as_os_str()],
+        &[OsStr::new("--yes"), OsStr::new("--out"), out.as_os_str()],
+    );
+    assert_exits(&[(&s, 0), (&r, 0)]);
+    for o in [&s, &r] {
+        let lines: Vec<Value> = o
+            .stdout
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l:?}\n{o}")))
+            .collect();
+        assert_eq!(lines.last().map(|e| e["event"].clone()), Some("done".into()), "{o}");
+        let mut paths: Vec<&str> = lines
+            .iter()
+            .filter(|e| e["event"] == "file")
+            .map(|e| e["path"].as_str().unwrap_or_default())
+            .collect();
+        assert_eq!(paths.len(), FILES, "{o}");
+        paths.sort_unstable();
+        paths.dedup();
+        assert_eq!(paths.len(), FILES, "one event per file\n{o}");
+    }
 }
 
 /// The connection-quality view: `progress` events carry the rate, the time left, the path,
