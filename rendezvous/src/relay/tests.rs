@@ -183,3 +183,52 @@ async fn a_session_over_its_rate_loses_packets() {
     assert!((200_000..=400_000).contains(&passed), "{passed} passed");
     drop(b);
 }
+
+/// The datagrams of one receive call leave in as few sends as GSO allows: batches towards one
+/// address join while their datagrams are of one size, the one before ends on a whole datagram
+/// and the two fit in one send; each destination keeps its order, and nothing stays behind.
+#[test]
+fn an_outbox_joins_batches_only_where_one_send_can_carry_them() {
+    let other = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 2000);
+    let sent = std::cell::RefCell::new(Vec::<(SocketAddr, usize, Vec<u8>, u64)>::new());
+    let send = |b: &Batch| sent.borrow_mut().push((b.to, b.stride, b.bytes.clone(), b.packets));
+    let run = |n: usize, byte: u8| vec![byte; n];
+    let mut out = Outbox::default();
+    out.put(LOCAL, &run(30, 1), 10, 64, 30, 3, send); // three whole datagrams
+    out.put(other, &run(8, 9), 8, 64, 8, 1, send);
+    out.put(LOCAL, &run(25, 2), 10, 64, 25, 3, send); // joins; ends short
+    out.put(LOCAL, &run(10, 3), 10, 64, 10, 1, send); // cannot follow a short one
+    out.put(LOCAL, &run(12, 4), 12, 64, 12, 1, send); // another size
+    out.put(LOCAL, &run(36, 5), 12, 4, 36, 3, send); // 4 datagrams at most: 12 + 36 fits
+    out.put(LOCAL, &run(12, 6), 12, 4, 12, 1, send); // would be a fifth
+    assert_eq!(sent.borrow().len(), 3, "sent as batches could not join");
+    out.drain(send);
+    let sent = sent.into_inner();
+    let to_local: Vec<_> = sent.iter().filter(|s| s.0 == LOCAL).collect();
+    let mut joined = run(30, 1);
+    joined.extend(run(25, 2));
+    let mut third = run(12, 4);
+    third.extend(run(36, 5));
+    let want: Vec<(usize, Vec<u8>, u64)> =
+        vec![(10, joined, 6), (10, run(10, 3), 1), (12, third, 4), (12, run(12, 6), 1)];
+    let got: Vec<(usize, Vec<u8>, u64)> =
+        to_local.iter().map(|s| (s.1, s.2.clone(), s.3)).collect();
+    assert_eq!(got, want);
+    assert_eq!(sent.iter().filter(|s| s.0 == other).count(), 1);
+    let mut again = Vec::new();
+    out.drain(|b| again.push(b.bytes.len()));
+    assert!(again.is_empty(), "a drained outbox holds nothing: {again:?}");
+}
+
+/// No send is larger than a UDP datagram may be, however many segments the socket allows.
+#[test]
+fn an_outbox_batch_stays_within_a_datagram() {
+    let largest = std::cell::Cell::new(0);
+    let send = |b: &Batch| largest.set(largest.get().max(b.bytes.len()));
+    let mut out = Outbox::default();
+    for _ in 0..100 {
+        out.put(LOCAL, &[0u8; 1452 * 4], 1452, 64, 0, 4, send);
+    }
+    out.drain(send);
+    assert!(largest.get() <= GSO_BYTES && largest.get() >= GSO_BYTES - 4 * 1452, "{largest:?}");
+}
