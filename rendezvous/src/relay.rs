@@ -193,9 +193,8 @@ impl Drop for Slot<'_> {
 
 /// What a packet run is forwarded as.
 enum Packets<'a> {
-    /// Relay datagrams, headers included, `stride` bytes each (the last maybe shorter), from
-    /// the node's socket; those sent on as datagrams wait in `out`.
-    Datagrams { buf: &'a mut [u8], stride: usize, out: &'a mut Outbox },
+    /// Relay datagrams, headers included, `stride` bytes each (the last maybe shorter).
+    Datagrams { buf: &'a mut [u8], stride: usize },
     /// Bare packets from a TCP record, `stride` bytes each (the last maybe shorter).
     Bare { buf: &'a mut [u8], stride: usize },
 }
@@ -365,15 +364,8 @@ impl Relays {
     }
 
     /// Relay datagrams that arrived at the node's socket from `from`: `buf` holds one or more
-    /// of `stride` bytes each (the last may be shorter), all with the same ticket. Those that
-    /// go on as datagrams wait in `out` for [`Relays::send_out`].
-    pub(crate) fn datagrams(
-        &self,
-        from: SocketAddr,
-        buf: &mut [u8],
-        stride: usize,
-        out: &mut Outbox,
-    ) {
+    /// of `stride` bytes each (the last may be shorter), all with the same ticket.
+    pub(crate) fn datagrams(&self, from: SocketAddr, buf: &mut [u8], stride: usize) {
         let Some(ticket) = wire::datagram_ticket(buf) else { return };
         let found = lock(&self.state).tickets.get(&ticket).cloned();
         let Some((alloc, side)) = found else {
@@ -403,7 +395,7 @@ impl Relays {
                 }
             }
         };
-        self.forward(&alloc, side, source, Packets::Datagrams { buf, stride, out });
+        self.forward(&alloc, side, source, Packets::Datagrams { buf, stride });
     }
 
     /// Shutdown: new tickets and relay streams are refused; running relays go on (the server
@@ -527,7 +519,7 @@ impl Relays {
     fn forward(&self, alloc: &Alloc, side: u8, source: IpAddr, packets: Packets<'_>) {
         let (from, to) = (usize::from(side), usize::from(1 - side.min(1)));
         let (payload, count) = match &packets {
-            Packets::Datagrams { buf, stride, .. } => {
+            Packets::Datagrams { buf, stride } => {
                 let count = buf.len().div_ceil((*stride).max(1));
                 (buf.len().saturating_sub(count * DATAGRAM_HEADER), count)
             }
@@ -559,17 +551,13 @@ impl Relays {
         let ticket = alloc.tickets[to];
         let sent = match (dest, packets) {
             (Dest::Nowhere, _) => false,
-            (Dest::Datagrams(addr), Packets::Datagrams { buf, stride, out }) => {
+            (Dest::Datagrams(addr), Packets::Datagrams { buf, stride }) => {
                 let mut at = offset;
                 for segment in buf.chunks_mut(stride.max(1)) {
                     put_datagram_header(segment, ticket);
                     at += self.tap(side, at, &mut segment[DATAGRAM_HEADER..]);
                 }
-                let joinable = self.socket.as_ref().map_or(1, |s| s.max_transmit_segments());
-                out.put(addr, buf, stride, joinable, payload as u64, count as u64, |b| {
-                    self.send_batch(b)
-                });
-                return; // counted when sent
+                self.send_datagrams(addr, buf, stride)
             }
             (Dest::Datagrams(addr), Packets::Bare { buf, stride }) => {
                 let wide = stride + DATAGRAM_HEADER;
@@ -583,7 +571,7 @@ impl Relays {
                 }
                 self.send_datagrams(addr, &out, wide)
             }
-            (Dest::Stream(tx), Packets::Datagrams { buf, stride, .. }) => {
+            (Dest::Stream(tx), Packets::Datagrams { buf, stride }) => {
                 let narrow = stride.saturating_sub(DATAGRAM_HEADER);
                 let mut record = Vec::with_capacity(6 + payload);
                 record.extend_from_slice(&((payload + 2) as u32).to_be_bytes());
@@ -647,19 +635,6 @@ impl Relays {
         true
     }
 
-    /// Sends what waits in `out` (the relay datagrams of one receive call).
-    pub(crate) fn send_out(&self, out: &mut Outbox) {
-        out.drain(|b| self.send_batch(b));
-    }
-
-    fn send_batch(&self, batch: &Batch) {
-        if self.send_datagrams(batch.to, &batch.bytes, batch.stride) {
-            self.metrics.relay_bytes_total.fetch_add(batch.payload, Ordering::Relaxed);
-        } else {
-            self.dropped(batch.packets);
-        }
-    }
-
     fn dropped(&self, packets: u64) {
         self.metrics.relay_dropped_total.fetch_add(packets, Ordering::Relaxed);
     }
@@ -683,96 +658,6 @@ enum Dest {
 }
 
 /// Removes `alloc`'s tickets and pairing from `state` (if they are still its own).
-/// Relay datagrams waiting to be sent, joined per destination: a receive call brings several
-/// batches from one peer (one per send of its own, about six packets each on a fast path),
-/// and sending them as one batch (GSO) costs one `sendmsg` instead of one per batch (a
-/// relayed GiB took 132,000 of them). A batch is joined to the one before it towards the same
-/// address only if their datagrams are of one size and the one before ends on a whole
-/// datagram, as a GSO batch may only end short; it is sent when a batch that cannot join
-/// comes, when it is full, and at the end of the receive call ([`Relays::send_out`]), so
-/// nothing waits longer than that call. Order is kept per destination.
-#[derive(Debug, Default)]
-pub(crate) struct Outbox {
-    batches: Vec<Batch>,
-}
-
-/// Destinations an [`Outbox`] holds batches for at once; another sends the oldest.
-const OUTBOX_DESTINATIONS: usize = 4;
-/// The most bytes in one GSO send: a UDP datagram's limit over IPv4 (65,535 less the IP and
-/// UDP headers).
-const GSO_BYTES: usize = 65_507;
-
-#[derive(Debug)]
-struct Batch {
-    to: SocketAddr,
-    stride: usize,
-    bytes: Vec<u8>,
-    /// Packet bytes (without relay headers) and datagrams, for the metrics.
-    payload: u64,
-    packets: u64,
-}
-
-impl Outbox {
-    /// Adds datagrams of `stride` bytes (the last may be shorter) for `to`, joining them to
-    /// the batch waiting for `to` if that batch ends on a whole datagram of the same size and
-    /// the two fit in one send of at most `segments` datagrams; `send` sends a batch.
-    #[allow(clippy::too_many_arguments)]
-    fn put(
-        &mut self,
-        to: SocketAddr,
-        buf: &[u8],
-        stride: usize,
-        segments: usize,
-        payload: u64,
-        packets: u64,
-        mut send: impl FnMut(&Batch),
-    ) {
-        let stride = stride.max(1);
-        let limit = (segments.max(1) * stride).min(GSO_BYTES.max(stride));
-        let at = match self.batches.iter().position(|b| b.to == to) {
-            Some(i) => {
-                let b = &self.batches[i];
-                let fits = b.stride == stride
-                    && b.bytes.len() % stride == 0
-                    && b.bytes.len() + buf.len() <= limit;
-                if !fits {
-                    send(b);
-                    self.batches[i].bytes.clear();
-                    self.batches[i].stride = stride;
-                    self.batches[i].payload = 0;
-                    self.batches[i].packets = 0;
-                }
-                i
-            }
-            None => {
-                if self.batches.len() >= OUTBOX_DESTINATIONS {
-                    let oldest = self.batches.remove(0);
-                    send(&oldest);
-                }
-                let bytes = Vec::with_capacity(limit.max(buf.len()));
-                self.batches.push(Batch { to, stride, bytes, payload: 0, packets: 0 });
-                self.batches.len() - 1
-            }
-        };
-        let b = &mut self.batches[at];
-        b.bytes.extend_from_slice(buf);
-        b.payload += payload;
-        b.packets += packets;
-    }
-
-    /// Sends every waiting batch; keeps the buffers.
-    fn drain(&mut self, mut send: impl FnMut(&Batch)) {
-        for b in &mut self.batches {
-            if !b.bytes.is_empty() {
-                send(b);
-                b.bytes.clear();
-                b.payload = 0;
-                b.packets = 0;
-            }
-        }
-    }
-}
-
 fn forget(state: &mut State, alloc: &Arc<Alloc>) {
     for t in alloc.tickets {
         if state.tickets.get(&t).is_some_and(|(a, _)| Arc::ptr_eq(a, alloc)) {

@@ -5,30 +5,26 @@
 //! allows its clients to grease it); relay datagrams start with
 //! [`DATAGRAM_KIND`](crate::wire::DATAGRAM_KIND) (0x01). A receive batch (GRO) holds datagrams
 //! of one source and one size, but may mix the two kinds: each datagram is sorted on its own,
-//! and a run of relay datagrams with the same ticket is forwarded as one batch. The batches of
-//! one receive call that go to one address are joined into as few sends (GSO) as they fit
-//! ([`Outbox`]), and all are sent before the call returns.
+//! and a run of relay datagrams with the same ticket is forwarded as one batch (GSO) without
+//! being copied.
 
 use std::fmt;
 use std::io::{self, IoSliceMut};
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use quinn::udp::{RecvMeta, Transmit};
 use quinn::{AsyncUdpSocket, UdpPoller};
 
-use super::{Outbox, Relays};
+use super::Relays;
 use crate::wire::{datagram_ticket, DATAGRAM_KIND};
 
 /// The node's socket: `inner`, with relay datagrams handed to `relays`.
 pub(crate) struct NodeSocket {
     inner: Arc<dyn AsyncUdpSocket>,
     relays: Arc<Relays>,
-    /// The relay datagrams of the receive call under way (only quinn's endpoint driver
-    /// receives, so the lock is never contended).
-    out: Mutex<Outbox>,
 }
 
 impl fmt::Debug for NodeSocket {
@@ -39,17 +35,16 @@ impl fmt::Debug for NodeSocket {
 
 impl NodeSocket {
     pub(crate) fn new(inner: Arc<dyn AsyncUdpSocket>, relays: Arc<Relays>) -> NodeSocket {
-        NodeSocket { inner, relays, out: Mutex::default() }
+        NodeSocket { inner, relays }
     }
 
     /// Forwards the relay datagrams among the `n` received entries and keeps the rest, moved
     /// to the front; returns how many entries remain.
     fn sift(&self, bufs: &mut [IoSliceMut<'_>], meta: &mut [RecvMeta], n: usize) -> usize {
-        let mut out = self.out.lock().unwrap_or_else(|p| p.into_inner());
         let mut kept = 0;
         for i in 0..n {
             let mut m = meta[i];
-            m.len = self.take_relayed(&mut bufs[i], &m, &mut out);
+            m.len = self.take_relayed(&mut bufs[i], &m);
             if m.len == 0 {
                 continue;
             }
@@ -60,13 +55,12 @@ impl NodeSocket {
             meta[kept] = m;
             kept += 1;
         }
-        self.relays.send_out(&mut out);
         kept
     }
 
     /// Forwards the relay datagrams of one received entry and closes the gaps they leave;
     /// returns the length of what is left for QUIC.
-    fn take_relayed(&self, buf: &mut [u8], m: &RecvMeta, out: &mut Outbox) -> usize {
+    fn take_relayed(&self, buf: &mut [u8], m: &RecvMeta) -> usize {
         let stride = m.stride.clamp(1, m.len.max(1));
         let relayed = |seg: &[u8]| seg.first() == Some(&DATAGRAM_KIND);
         if !buf[..m.len].chunks(stride).any(relayed) {
@@ -92,7 +86,7 @@ impl NodeSocket {
                 }
                 run_end = next;
             }
-            self.relays.datagrams(m.addr, &mut buf[read..run_end], stride, out);
+            self.relays.datagrams(m.addr, &mut buf[read..run_end], stride);
             read = run_end;
         }
         write
