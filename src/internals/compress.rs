@@ -373,8 +373,15 @@ impl Packer {
             Some(w) if w == compress => (self.settle * 2).min(MAX_SETTLE),
             _ => SETTLE,
         };
+        tracing::debug!(compress, chunks = self.settle, race = ?self.race, "auto settled");
         let (seen, wire, time, mark) = (0, 0, Duration::ZERO, (0, Duration::ZERO));
         Race::Settled { compressed: compress, left: self.settle, seen, wire, time, mark }
+    }
+
+    /// Whether [`Sample::blocked`] counts for the chunk being timed (only in the compressed
+    /// half of a race; elsewhere it may be left at 0).
+    pub fn counts_blocked(&self) -> bool {
+        matches!(self.race, Race::Compressed { .. })
     }
 
     /// Whether a race has this chunk go as it is.

@@ -9,8 +9,12 @@
 //!
 //! One [`quinn::Endpoint`] acts as client and server on one UDP socket.
 
+use std::io::IoSliceMut;
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use p2p_copy_rendezvous::tls::AnyCert;
@@ -184,8 +188,7 @@ pub fn dual_stack_socket() -> Option<Arc<dyn quinn::AsyncUdpSocket>> {
 /// An unbound UDP socket with buffers of [`SOCKET_BUFFER`] asked for (a smaller buffer works,
 /// only with more loss under load).
 fn new_socket(domain: socket2::Domain) -> std::io::Result<socket2::Socket> {
-    let socket =
-        socket2::Socket::new(domain, socket2::Type::DGRAM, Some(socket2::Protocol::UDP))?;
+    let socket = socket2::Socket::new(domain, socket2::Type::DGRAM, Some(socket2::Protocol::UDP))?;
     if let Err(e) = socket.set_recv_buffer_size(SOCKET_BUFFER) {
         tracing::debug!(error = %e, "could not enlarge the UDP receive buffer");
     }
@@ -206,6 +209,50 @@ pub fn socket_for(addr: SocketAddr) -> Result<Arc<dyn quinn::AsyncUdpSocket>, Qu
         }
     }
     udp_socket(addr)
+}
+
+/// An endpoint's socket that counts what it sends ([`Node::sent`]).
+#[derive(Debug)]
+struct Counted {
+    inner: Arc<dyn quinn::AsyncUdpSocket>,
+    sent: Arc<AtomicU64>,
+}
+
+impl quinn::AsyncUdpSocket for Counted {
+    fn create_io_poller(self: Arc<Self>) -> Pin<Box<dyn quinn::UdpPoller>> {
+        self.inner.clone().create_io_poller()
+    }
+
+    fn try_send(&self, transmit: &quinn::udp::Transmit) -> std::io::Result<()> {
+        self.inner.try_send(transmit)?;
+        self.sent.fetch_add(transmit.contents.len() as u64, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn poll_recv(
+        &self,
+        cx: &mut Context,
+        bufs: &mut [IoSliceMut<'_>],
+        meta: &mut [quinn::udp::RecvMeta],
+    ) -> Poll<std::io::Result<usize>> {
+        self.inner.poll_recv(cx, bufs, meta)
+    }
+
+    fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.inner.local_addr()
+    }
+
+    fn max_transmit_segments(&self) -> usize {
+        self.inner.max_transmit_segments()
+    }
+
+    fn max_receive_segments(&self) -> usize {
+        self.inner.max_receive_segments()
+    }
+
+    fn may_fragment(&self) -> bool {
+        self.inner.may_fragment()
+    }
 }
 
 /// The peer's address on `conn` as people write it: an IPv4 peer of a dual-stack endpoint
@@ -239,6 +286,7 @@ pub struct Node {
     pub fingerprint: [u8; 32],
     client_config: quinn::ClientConfig,
     server_config: quinn::ServerConfig,
+    sent: Arc<AtomicU64>,
 }
 
 impl Node {
@@ -298,6 +346,8 @@ impl Node {
         let runtime = runtime()?;
         let unknown = SocketAddr::from(([0, 0, 0, 0], 0));
         let addr = socket.local_addr().unwrap_or(unknown);
+        let sent = Arc::new(AtomicU64::new(0));
+        let socket = Arc::new(Counted { inner: socket, sent: sent.clone() });
         // Our QUIC packets always carry the fixed bit, so that probes (which lack it) share
         // the socket: see `super::path`.
         let mut endpoint_config = quinn::EndpointConfig::default();
@@ -314,7 +364,15 @@ impl Node {
             fingerprint: fingerprint(&cert),
             client_config,
             server_config: serving,
+            sent,
         })
+    }
+
+    /// Bytes the endpoint has sent (UDP payloads, every connection on it), counted as they
+    /// leave: unlike `quinn::Connection::stats`, reading it takes no lock the connection's
+    /// driver holds.
+    pub fn sent(&self) -> Arc<AtomicU64> {
+        self.sent.clone()
     }
 
     /// Stops (or resumes) accepting connections.
@@ -471,7 +529,7 @@ mod tests {
         };
         for domain in [socket2::Domain::IPV4, socket2::Domain::IPV6] {
             let Ok(socket) = new_socket(domain) else { continue }; // no IPv6 here
-            // Linux reports twice what it granted (bookkeeping included).
+                                                                   // Linux reports twice what it granted (bookkeeping included).
             assert!(socket.recv_buffer_size().unwrap() >= SOCKET_BUFFER.min(rmem));
             assert!(socket.send_buffer_size().unwrap() >= SOCKET_BUFFER.min(wmem));
         }
@@ -495,6 +553,34 @@ mod tests {
         assert_eq!(peer_fingerprint(&s).unwrap(), client.fingerprint);
         assert_eq!(exporter(&c).unwrap(), exporter(&s).unwrap());
         assert_ne!(server.fingerprint, client.fingerprint);
+    }
+
+    /// `Node::sent` counts what the endpoint sent as quinn counts it for the connection
+    /// (the only one on it): the same bytes, without the connection's lock.
+    #[tokio::test]
+    async fn an_endpoint_counts_what_it_sends() {
+        let local: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let server = Node::bind(local, &Tuning::default(), true).unwrap();
+        let client = Node::bind(local, &Tuning::default(), false).unwrap();
+        let addr = server.local_addr().unwrap();
+        let accept = tokio::spawn({
+            let ep = server.endpoint.clone();
+            async move {
+                let conn = ep.accept().await.unwrap().await.unwrap();
+                let mut recv = conn.accept_uni().await.unwrap();
+                recv.read_to_end(1 << 22).await.unwrap().len()
+            }
+        });
+        let c = client.connect_any(&[addr], Duration::from_secs(5)).await.unwrap();
+        let mut send = c.open_uni().await.unwrap();
+        send.write_all(&vec![7u8; 1 << 21]).await.unwrap();
+        send.finish().unwrap();
+        assert_eq!(accept.await.unwrap(), 1 << 21);
+        c.close(0u32.into(), b"done");
+        client.endpoint.wait_idle().await; // nothing more leaves
+        let sent = client.sent().load(Ordering::Relaxed);
+        assert!(sent > 1 << 21, "{sent}");
+        assert_eq!(sent, c.stats().udp_tx.bytes);
     }
 
     /// A dual-stack endpoint reaches an IPv4 peer, and the peer's address reads as IPv4.

@@ -88,6 +88,9 @@ pub struct Sending {
     pub rate: Option<Arc<super::rate::RateLimit>>,
     /// Told of each file as it is done.
     pub observer: Arc<dyn super::Observer>,
+    /// Bytes the connection's endpoint has sent so far ([`crate::net::quic::Node::sent`]),
+    /// for `auto`'s judgement.
+    pub sent: Arc<AtomicU64>,
 }
 
 /// Sends every entry of the scanned paths (those the plan wants) over new streams; returns
@@ -175,17 +178,17 @@ pub async fn send_lanes(
             .map_err(|e| TransferError::internal(format!("cannot start zstd: {e}")))?;
         let jobs = job_rx.clone();
         let progress = progress.clone();
-        let wire_conn = conn.clone();
+        let blocked_conn = conn.clone();
         let worker = Worker {
             writer,
             packer,
             chunk: how.chunk,
             cache: how.cache.clone(),
             resumed: resumed.clone(),
-            wire: Box::new(move || {
-                let stats = wire_conn.stats();
-                let blocked = stats.frame_tx.data_blocked + stats.frame_tx.stream_data_blocked;
-                (stats.udp_tx.bytes, blocked)
+            sent: how.sent.clone(),
+            blocked: Box::new(move || {
+                let frames = blocked_conn.stats().frame_tx;
+                frames.data_blocked + frames.stream_data_blocked
             }),
             observer: how.observer.clone(),
             stream: input.clone(),
@@ -246,9 +249,14 @@ struct Worker {
     cache: Option<CvCache>,
     /// Bytes of resumed files the receiver already held, over all lanes.
     resumed: Arc<AtomicU64>,
-    /// Bytes the connection has put on the wire so far, and the DATA_BLOCKED frames it sent
-    /// (for `auto`'s judgement).
-    wire: Box<dyn Fn() -> (u64, u64) + Send>,
+    /// Bytes the connection has put on the wire so far (for `auto`'s judgement; read for
+    /// every chunk `auto` times, so it is an atomic counter, not the connection's statistics:
+    /// those lock the connection, and the lane's thread contending with the connection's
+    /// driver for that lock cost 37,000 futex calls per GiB).
+    sent: Arc<AtomicU64>,
+    /// The DATA_BLOCKED and STREAM_DATA_BLOCKED frames the connection sent so far (from its
+    /// statistics: read only while `auto` needs them).
+    blocked: Box<dyn Fn() -> u64 + Send>,
     /// Told of each file sent.
     observer: Arc<dyn super::Observer>,
     /// What a stream entry reads.
@@ -406,7 +414,7 @@ struct Began {
 impl Worker {
     /// A chunk of `n` bytes begins.
     fn begin(&self, n: usize) -> Began {
-        let wire = self.packer.times(n).then(|| (self.wire)().0);
+        let wire = self.packer.times(n).then(|| self.sent.load(Ordering::Relaxed));
         Began { at: std::time::Instant::now(), wire }
     }
 
@@ -432,7 +440,8 @@ impl Worker {
         }
         if let Some(wire_before) = began.wire {
             let waited = handing.elapsed();
-            let (wire, blocked) = (self.wire)();
+            let wire = self.sent.load(Ordering::Relaxed);
+            let blocked = if self.packer.counts_blocked() { (self.blocked)() } else { 0 };
             let took = began.at.elapsed();
             self.packer.timed(Sample { bytes: n as u64, took, waited, wire_before, wire, blocked });
         }

@@ -234,7 +234,7 @@ pub async fn send(
         let mut accepted = false;
         let result = match &scan {
             Ok(scan) => tokio::select! {
-                r = run(&mut ctl, &conn, &opts, scan.clone(), peer, transfer_id, &observer, progress.clone(), &mut accepted, saved.as_ref()) => r,
+                r = run(&mut ctl, &conn, node.sent(), &opts, scan.clone(), peer, transfer_id, &observer, progress.clone(), &mut accepted, saved.as_ref()) => r,
                 e = stop.requested() => Err(e),
                 e = guard.trouble(&conn) => Err(e),
                 e = stray_stream(&conn) => Err(e),
@@ -404,6 +404,7 @@ async fn lan(
 async fn run(
     ctl: &mut ControlStream,
     conn: &quinn::Connection,
+    sent: Arc<std::sync::atomic::AtomicU64>,
     opts: &SendOptions,
     scan: walk::Scan,
     peer: Hello,
@@ -484,6 +485,7 @@ async fn run(
         cache,
         rate,
         observer: observer.clone(),
+        sent,
     };
     let lanes_done = send_lanes(conn, how, scan, progress.clone());
     tokio::pin!(lanes_done);
