@@ -535,14 +535,20 @@ mod tests {
         }
     }
 
-    /// Two endpoints on loopback connect; both see the other's certificate and the same
-    /// exporter value.
-    #[tokio::test]
-    async fn endpoints_connect_and_agree_on_binding_inputs() {
+    /// A serving and a connecting endpoint on loopback, and the server's address.
+    fn two_nodes() -> (Node, Node, SocketAddr) {
         let local: SocketAddr = "127.0.0.1:0".parse().unwrap();
         let server = Node::bind(local, &Tuning::default(), true).unwrap();
         let client = Node::bind(local, &Tuning::default(), false).unwrap();
         let addr = server.local_addr().unwrap();
+        (server, client, addr)
+    }
+
+    /// Two endpoints on loopback connect; both see the other's certificate and the same
+    /// exporter value.
+    #[tokio::test]
+    async fn endpoints_connect_and_agree_on_binding_inputs() {
+        let (server, client, addr) = two_nodes();
         let accept = tokio::spawn({
             let ep = server.endpoint.clone();
             async move { ep.accept().await.unwrap().await.unwrap() }
@@ -559,10 +565,7 @@ mod tests {
     /// (the only one on it): the same bytes, without the connection's lock.
     #[tokio::test]
     async fn an_endpoint_counts_what_it_sends() {
-        let local: SocketAddr = "127.0.0.1:0".parse().unwrap();
-        let server = Node::bind(local, &Tuning::default(), true).unwrap();
-        let client = Node::bind(local, &Tuning::default(), false).unwrap();
-        let addr = server.local_addr().unwrap();
+        let (server, client, addr) = two_nodes();
         let accept = tokio::spawn({
             let ep = server.endpoint.clone();
             async move {
