@@ -195,6 +195,17 @@ fn new_socket(domain: socket2::Domain) -> std::io::Result<socket2::Socket> {
     if let Err(e) = socket.set_send_buffer_size(SOCKET_BUFFER) {
         tracing::debug!(error = %e, "could not enlarge the UDP send buffer");
     }
+    // Linux reports twice what it granted; the system's cap is the usual reason for less.
+    if let Ok(granted) = socket.recv_buffer_size() {
+        if granted < SOCKET_BUFFER {
+            tracing::debug!(
+                granted,
+                asked = SOCKET_BUFFER,
+                "UDP receive buffer capped by the system (net.core.rmem_max): fast transfers may \
+                 lose datagrams; docs/cli.md, \"UDP buffers\""
+            );
+        }
+    }
     Ok(socket)
 }
 
