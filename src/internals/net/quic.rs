@@ -21,7 +21,7 @@ use p2p_copy_rendezvous::tls::AnyCert;
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 
-use crate::crypto::fingerprint;
+use crate::crypto::{fingerprint, Role};
 
 /// ALPN protocol name; a peer speaking anything else fails the TLS handshake.
 pub const ALPN: &[u8] = b"p2p-copy/1";
@@ -159,17 +159,29 @@ impl Tuning {
     }
 }
 
-/// The receive and send buffers asked of every data socket. The system's default (208 KiB on
-/// Linux) holds about 1.5 ms of a 1 Gbit/s flow: when the receiving process is not on a core
-/// for longer (it shares the cores with its own disk work), datagrams are dropped and QUIC
-/// must resend them, a loss its congestion controller then pays for. The kernel caps the
-/// request at `net.core.rmem_max` / `wmem_max`; the memory is only used while datagrams wait.
+/// The receive buffer the receiving side's data socket asks for, and the send buffer the
+/// sending side's. The system's default (208 KiB on Linux) holds about 1.5 ms of a 1 Gbit/s
+/// flow: when the receiving process is not on a core for longer (it shares the cores with its
+/// own disk work), datagrams are dropped and QUIC must resend them, a loss its congestion
+/// controller then pays for. The kernel caps the request at `net.core.rmem_max` /
+/// `wmem_max`; the memory is only used while datagrams wait. The sending side keeps the
+/// default receive buffer (what it receives is acknowledgements): a larger one let a receiver
+/// that floods it with datagrams raise its memory past 40 MB under load, as quinn takes in
+/// whatever the socket holds.
 pub const SOCKET_BUFFER: usize = 4 << 20;
 
-/// A UDP socket bound on `addr`, for quinn.
+/// A UDP socket bound on `addr`, for quinn, with large buffers both ways.
 pub fn udp_socket(addr: SocketAddr) -> Result<Arc<dyn quinn::AsyncUdpSocket>, QuicError> {
+    role_socket(addr, None)
+}
+
+/// A UDP socket bound on `addr` with the buffers of `role` (`None`: both).
+fn role_socket(
+    addr: SocketAddr,
+    role: Option<Role>,
+) -> Result<Arc<dyn quinn::AsyncUdpSocket>, QuicError> {
     let bind = |source| QuicError::Bind { addr, source };
-    let socket = new_socket(socket2::Domain::for_address(addr)).map_err(bind)?;
+    let socket = new_socket(socket2::Domain::for_address(addr), role).map_err(bind)?;
     socket.bind(&addr.into()).map_err(bind)?;
     runtime()?.wrap_udp_socket(socket.into()).map_err(bind)
 }
@@ -177,33 +189,37 @@ pub fn udp_socket(addr: SocketAddr) -> Result<Arc<dyn quinn::AsyncUdpSocket>, Qu
 /// A UDP socket on every interface and both address families (`[::]:0` with IPv4 mapped in),
 /// so that IPv6 candidates work where IPv4 is behind a NAT; `None` where the system has no
 /// IPv6 (the caller then binds IPv4 only).
-pub fn dual_stack_socket() -> Option<Arc<dyn quinn::AsyncUdpSocket>> {
-    let socket = new_socket(socket2::Domain::IPV6).ok()?;
+pub fn dual_stack_socket(role: Role) -> Option<Arc<dyn quinn::AsyncUdpSocket>> {
+    let socket = new_socket(socket2::Domain::IPV6, Some(role)).ok()?;
     socket.set_only_v6(false).ok()?;
     let any = SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 0));
     socket.bind(&any.into()).ok()?;
     runtime().ok()?.wrap_udp_socket(socket.into()).ok()
 }
 
-/// An unbound UDP socket with buffers of [`SOCKET_BUFFER`] asked for (a smaller buffer works,
-/// only with more loss under load).
-fn new_socket(domain: socket2::Domain) -> std::io::Result<socket2::Socket> {
+/// An unbound UDP socket with [`SOCKET_BUFFER`] asked for as `role` needs it (`None`: both
+/// ways). A smaller buffer works, only with more loss under load.
+fn new_socket(domain: socket2::Domain, role: Option<Role>) -> std::io::Result<socket2::Socket> {
     let socket = socket2::Socket::new(domain, socket2::Type::DGRAM, Some(socket2::Protocol::UDP))?;
-    if let Err(e) = socket.set_recv_buffer_size(SOCKET_BUFFER) {
-        tracing::debug!(error = %e, "could not enlarge the UDP receive buffer");
+    if role != Some(Role::Sender) {
+        if let Err(e) = socket.set_recv_buffer_size(SOCKET_BUFFER) {
+            tracing::debug!(error = %e, "could not enlarge the UDP receive buffer");
+        }
+        // Linux reports twice what it granted; the system's cap is the usual reason for less.
+        if let Ok(granted) = socket.recv_buffer_size() {
+            if granted < SOCKET_BUFFER {
+                tracing::debug!(
+                    granted,
+                    asked = SOCKET_BUFFER,
+                    "UDP receive buffer capped by the system (net.core.rmem_max): fast \
+                     transfers may lose datagrams; docs/cli.md, \"UDP buffers\""
+                );
+            }
+        }
     }
-    if let Err(e) = socket.set_send_buffer_size(SOCKET_BUFFER) {
-        tracing::debug!(error = %e, "could not enlarge the UDP send buffer");
-    }
-    // Linux reports twice what it granted; the system's cap is the usual reason for less.
-    if let Ok(granted) = socket.recv_buffer_size() {
-        if granted < SOCKET_BUFFER {
-            tracing::debug!(
-                granted,
-                asked = SOCKET_BUFFER,
-                "UDP receive buffer capped by the system (net.core.rmem_max): fast transfers may \
-                 lose datagrams; docs/cli.md, \"UDP buffers\""
-            );
+    if role != Some(Role::Receiver) {
+        if let Err(e) = socket.set_send_buffer_size(SOCKET_BUFFER) {
+            tracing::debug!(error = %e, "could not enlarge the UDP send buffer");
         }
     }
     Ok(socket)
@@ -213,13 +229,16 @@ fn new_socket(domain: socket2::Domain) -> std::io::Result<socket2::Socket> {
 /// (what the options default to), takes [`dual_stack_socket`] where the system has IPv6, so
 /// that peers of either family reach the endpoint and are reached from it (on a LAN, IPv6
 /// link-local addresses may be all there is); any other address is bound as it is.
-pub fn socket_for(addr: SocketAddr) -> Result<Arc<dyn quinn::AsyncUdpSocket>, QuicError> {
+pub fn socket_for(
+    addr: SocketAddr,
+    role: Role,
+) -> Result<Arc<dyn quinn::AsyncUdpSocket>, QuicError> {
     if addr == SocketAddr::from(([0, 0, 0, 0], 0)) {
-        if let Some(socket) = dual_stack_socket() {
+        if let Some(socket) = dual_stack_socket(role) {
             return Ok(socket);
         }
     }
-    udp_socket(addr)
+    role_socket(addr, Some(role))
 }
 
 /// An endpoint's socket that counts what it sends ([`Node::sent`]).
@@ -539,10 +558,15 @@ mod tests {
             return;
         };
         for domain in [socket2::Domain::IPV4, socket2::Domain::IPV6] {
-            let Ok(socket) = new_socket(domain) else { continue }; // no IPv6 here
-                                                                   // Linux reports twice what it granted (bookkeeping included).
+            // No IPv6 here: nothing to check for it.
+            let Ok(socket) = new_socket(domain, Some(Role::Receiver)) else { continue };
+            // Linux reports twice what it granted (bookkeeping included).
             assert!(socket.recv_buffer_size().unwrap() >= SOCKET_BUFFER.min(rmem));
+            let socket = new_socket(domain, Some(Role::Sender)).unwrap();
             assert!(socket.send_buffer_size().unwrap() >= SOCKET_BUFFER.min(wmem));
+            let both = new_socket(domain, None).unwrap();
+            assert!(both.recv_buffer_size().unwrap() >= SOCKET_BUFFER.min(rmem));
+            assert!(both.send_buffer_size().unwrap() >= SOCKET_BUFFER.min(wmem));
         }
     }
 
@@ -603,7 +627,8 @@ mod tests {
         let server = Node::bind("127.0.0.1:0".parse().unwrap(), &Tuning::default(), true).unwrap();
         let any = SocketAddr::from(([0, 0, 0, 0], 0));
         let client =
-            Node::with_socket(socket_for(any).unwrap(), &Tuning::default(), false).unwrap();
+            Node::with_socket(socket_for(any, Role::Sender).unwrap(), &Tuning::default(), false)
+                .unwrap();
         if !client.local_addr().unwrap().is_ipv6() {
             eprintln!("no IPv6 on this host: nothing dual-stack to check");
             return;

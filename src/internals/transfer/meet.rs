@@ -368,7 +368,7 @@ pub(crate) async fn meet(
     // By default both address families, so IPv6 can go direct where IPv4 cannot.
     let base = match plan.socket.clone() {
         Some(socket) => socket,
-        None => socket_for(plan.bind)?,
+        None => socket_for(plan.bind, plan.role)?,
     };
     let paths = PathSocket::new(base);
     // Relayed packets travel 9 bytes longer (the relay's header): the connection's packets,

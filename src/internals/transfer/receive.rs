@@ -267,7 +267,11 @@ async fn lan(
     }
     let found = discovery::find(&opts.discovery, key.nameplate(), wait).await?;
     // Both address families: a LAN may have IPv6 link-local addresses only.
-    let node = Node::with_socket(crate::net::quic::socket_for(opts.bind)?, &opts.tuning, false)?;
+    let node = Node::with_socket(
+        crate::net::quic::socket_for(opts.bind, Role::Receiver)?,
+        &opts.tuning,
+        false,
+    )?;
     let conn = node.connect_any(&found.addrs, Duration::from_secs(10)).await?;
     let peer = crate::net::quic::peer_addr(&conn);
     observer.note(Note::Connected { peer, path: PathKind::Direct });

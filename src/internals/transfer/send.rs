@@ -349,7 +349,11 @@ async fn lan(
     observer: &Arc<dyn Observer>,
 ) -> Result<(Node, quinn::Connection, ControlStream), TransferError> {
     // Both address families: a LAN may have IPv6 link-local addresses only.
-    let node = Node::with_socket(crate::net::quic::socket_for(opts.bind)?, &opts.tuning, true)?;
+    let node = Node::with_socket(
+        crate::net::quic::socket_for(opts.bind, Role::Sender)?,
+        &opts.tuning,
+        true,
+    )?;
     let port = node.local_addr().map_err(|e| TransferError::network(e.to_string()))?.port();
     let announcer = Announcer::start(&opts.discovery, key.nameplate(), port).await?;
     if let Key::Code(code) = key {
