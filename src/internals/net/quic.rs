@@ -205,8 +205,10 @@ fn new_socket(domain: socket2::Domain, role: Option<Role>) -> std::io::Result<so
         if let Err(e) = socket.set_recv_buffer_size(SOCKET_BUFFER) {
             tracing::debug!(error = %e, "could not enlarge the UDP receive buffer");
         }
-        // Linux reports twice what it granted; the system's cap is the usual reason for less.
-        if let Ok(granted) = socket.recv_buffer_size() {
+        // Linux reports twice what it granted (its bookkeeping included); the system's cap is
+        // the usual reason for less.
+        let reported = if cfg!(target_os = "linux") { 2 } else { 1 };
+        if let Ok(granted) = socket.recv_buffer_size().map(|b| b / reported) {
             if granted < SOCKET_BUFFER {
                 tracing::debug!(
                     granted,
