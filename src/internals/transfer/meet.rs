@@ -154,8 +154,13 @@ pub(crate) struct Met {
     pub guard: Guard,
 }
 
-/// How long a side waits for its close to the node to go out before it exits.
-const NODE_CLOSE_WAIT: Duration = Duration::from_millis(300);
+/// How long a side waits for the node to take its leaving before it closes.
+const NODE_LEAVE_WAIT: Duration = Duration::from_millis(300);
+/// How long a side waits for its close to the node to go out before it exits. The wait ends
+/// as soon as the close is sent (within milliseconds); the bound only matters on a machine so
+/// loaded that the connection's task does not run for a while, and a close that never goes
+/// out leaves the node counting this side until its idle timeout.
+const NODE_CLOSE_WAIT: Duration = Duration::from_secs(1);
 
 /// Keeps the paths (and the node session that carries the relay) alive for the transfer, and
 /// watches them.
@@ -180,8 +185,9 @@ impl Guard {
 
     /// Ends what the transfer kept open: probing, the relay, and the connection to the node
     /// (telling the node at once rather than leaving it to time out). Waits, at most
-    /// [`NODE_CLOSE_WAIT`] for each, for the node to take our leaving and for the close to
-    /// go out: a process that exits first leaves the node counting it until its idle timeout.
+    /// [`NODE_LEAVE_WAIT`] and [`NODE_CLOSE_WAIT`], for the node to take our leaving and for
+    /// the close to go out: a process that exits first leaves the node counting it until its
+    /// idle timeout.
     pub async fn close(self) {
         if let Some(r) = &self.relay {
             r.abort();
@@ -195,7 +201,7 @@ impl Guard {
         if let Some((leaving, closer)) = self.leaving {
             // A short transfer can end before the node acknowledged our leaving; the session
             // is closed whether it did or not.
-            let _ = tokio::time::timeout(NODE_CLOSE_WAIT, leaving).await;
+            let _ = tokio::time::timeout(NODE_LEAVE_WAIT, leaving).await;
             closer.close(NODE_CLOSE_WAIT).await;
         }
     }
