@@ -146,11 +146,18 @@ impl Evil {
     /// Waits for the sender's error report (it must not go on); `None` if the stream ended
     /// without one.
     async fn report(&mut self) -> Option<ErrorReport> {
-        match self.next_event().await {
-            Err(SessionError::Peer(report)) => Some(report),
-            Err(SessionError::Unexpected { got: "end of stream", .. }) => None,
-            other => panic!("the sender went on after the lie: {other:?}"),
-        }
+        let event = self.next_event().await;
+        as_report(event)
+    }
+}
+
+/// The sender's error report in `event`; `None` for the end of the stream without one. Any
+/// other event means the sender went on.
+fn as_report(event: Result<Event, SessionError>) -> Option<ErrorReport> {
+    match event {
+        Err(SessionError::Peer(report)) => Some(report),
+        Err(SessionError::Unexpected { got: "end of stream", .. }) => None,
+        other => panic!("the sender went on after the lie: {other:?}"),
     }
 }
 
@@ -558,9 +565,7 @@ fn accepting_twice_is_refused() {
         // (a loaded machine): its totals then come first, and its refusal right after them.
         match evil.next_event().await {
             Ok(Event::Finished(_)) => evil.report().await,
-            Err(SessionError::Peer(report)) => Some(report),
-            Err(SessionError::Unexpected { got: "end of stream", .. }) => None,
-            other => panic!("the sender went on after the second accept: {other:?}"),
+            event => as_report(event),
         }
     });
     assert_protocol(&s, &report, &["unexpected accept"]);

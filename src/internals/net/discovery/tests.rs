@@ -578,7 +578,7 @@ async fn netns_inner_ipv6_discovery() {
     let np = nameplate();
     let tuning = crate::net::quic::Tuning::default();
     let any = SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0));
-    let socket = crate::net::quic::socket_for(any, crate::crypto::Role::Receiver).unwrap();
+    let socket = crate::net::quic::socket_for(any, crate::crypto::Role::Sender).unwrap();
     let server = crate::net::quic::Node::with_socket(socket, &tuning, true).unwrap();
     let port = server.local_addr().unwrap().port();
     let announcer = Announcer::start(&config, np, port).await.unwrap();
